@@ -1,0 +1,34 @@
+"""Parameter types and helpers shared by the commands."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pony_scheduler.config import Settings, load_settings
+
+
+class PositiveFloat(click.ParamType):
+    name = "SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not number > 0 or math.isinf(number):
+            self.fail(f"{value!r} is not a positive number of seconds", param, ctx)
+        return number
+
+
+POSITIVE_SECONDS = PositiveFloat()
+
+
+def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
+    root = ctx.find_root()
+    config_file: Path | None = (root.obj or {}).get("config_file")
+    return load_settings(overrides, config_file=config_file)

@@ -1,0 +1,226 @@
+"""start / stop / status / logs, built once and parameterised by service."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
+from pony_scheduler.config import Settings
+from pony_scheduler.errors import EXIT_OK
+from pony_scheduler.lifecycle import control
+from pony_scheduler.lifecycle.control import AlreadyRunning, StartFailed, Status
+from pony_scheduler.lifecycle.logs import follow, tail_lines
+from pony_scheduler.lifecycle.spec import ServiceSpec
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+# Start options that only some services have; they become Settings overrides.
+EXTRA_START_OPTIONS: dict[str, list[Decorator]] = {
+    "scheduler": [
+        click.option("--db", help="SQLite path or SQLAlchemy URL (postgresql+psycopg://…)."),
+        click.option("--socket", help="Gateway socket the scheduler reports to."),
+    ],
+}
+
+
+def _label(label: str) -> str:
+    return f"  {label + ':':<10} "
+
+
+def _when(meta: dict[str, Any] | None) -> str:
+    started = (meta or {}).get("startedAt")
+    if not isinstance(started, int | float):
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started / 1000))
+
+
+def _details(spec: ServiceSpec, meta: dict[str, Any] | None) -> list[str]:
+    meta = meta or {}
+    lines = []
+    for label, key in spec.details:
+        if meta.get(key) is not None:
+            lines.append(_label(label) + str(meta[key]))
+    return lines
+
+
+def service_group(spec: ServiceSpec) -> click.Group:
+    @click.group(name=spec.name, help=f"Control the {spec.title.lower()} daemon.")
+    def group() -> None:
+        pass
+
+    group.add_command(_start_command(spec))
+    group.add_command(_stop_command(spec))
+    group.add_command(_status_command(spec))
+    group.add_command(_logs_command(spec))
+    return group
+
+
+def _start_command(spec: ServiceSpec) -> click.Command:
+    @click.command(name="start", help=f"Start the {spec.title.lower()} (in the background).")
+    @click.option("--foreground", is_flag=True, help="Do not detach; log to stderr.")
+    @click.option("--force", is_flag=True, help="Stop a running instance first (TERM, then KILL).")
+    @click.option("--debug", is_flag=True, help="Debug-level logging.")
+    @click.option("--timeout", type=POSITIVE_SECONDS, default=30.0, show_default=True,
+                  help="Seconds to wait for readiness (and for --force to stop the old one).")
+    @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+    @click.pass_context
+    def start(ctx: click.Context, foreground: bool, force: bool, debug: bool, timeout: float,
+              quiet: bool, **extra: Any) -> None:
+        settings = settings_from(ctx, log_level="DEBUG" if debug else None, **extra)
+        say = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
+        if foreground:
+            ctx.exit(control.start_foreground(spec, settings, force=force, timeout=timeout,
+                                              say=say))
+        try:
+            result = control.start(spec, settings, timeout=timeout, force=force, say=say)
+        except AlreadyRunning as exc:
+            _print_already_running(spec, exc)
+            ctx.exit(exc.exit_code)
+        except StartFailed as exc:
+            _print_failure(spec, settings, exc)
+            ctx.exit(exc.exit_code)
+        if not quiet:
+            _print_started(spec, settings, result)
+
+    for option in EXTRA_START_OPTIONS.get(spec.name, []):
+        option(start)  # click.option() on a Command adds the parameter in place
+    return start
+
+
+def _print_started(spec: ServiceSpec, settings: Settings, result: control.StartResult) -> None:
+    for note in result.notes:
+        click.echo(f"⚠ {note}", err=True)
+    click.echo(f"✓ {spec.title} started")
+    click.echo(_label("PID") + str(result.pid))
+    for line in _details(spec, result.meta):
+        click.echo(line)
+    click.echo(_label("Log file") + str(spec.log_path(settings.home)))
+
+
+def _print_already_running(spec: ServiceSpec, exc: AlreadyRunning) -> None:
+    click.echo(f"⚠ {spec.title} is already running", err=True)
+    click.echo(_label("PID") + str(exc.info.pid), err=True)
+    click.echo(_label("Started") + _when(exc.info.meta), err=True)
+
+
+def _print_failure(spec: ServiceSpec, settings: Settings, exc: StartFailed) -> None:
+    click.echo(f"✗ {exc}", err=True)
+    if exc.log_tail:
+        click.echo(f"  Last lines of {spec.log_path(settings.home)}:", err=True)
+        for line in exc.log_tail:
+            click.echo(f"    {line}", err=True)
+
+
+def _stop_command(spec: ServiceSpec) -> click.Command:
+    @click.command(name="stop", help=f"Stop the {spec.title.lower()}.")
+    @click.option("--force", is_flag=True, help="SIGKILL at once and clean up its files.")
+    @click.option("--timeout", type=POSITIVE_SECONDS, default=30.0, show_default=True,
+                  help="Seconds to wait for the process to exit.")
+    @click.pass_context
+    def stop(ctx: click.Context, force: bool, timeout: float) -> None:
+        settings = settings_from(ctx)
+        result = control.stop(spec, settings, timeout=timeout, force=force,
+                              say=lambda line: click.echo(line))
+        if result.was_running:
+            click.echo(f"✓ {spec.title} {'killed' if force else 'stopped'}")
+        else:
+            extra = f" ({result.note})" if result.note else ""
+            click.echo(f"{spec.title} is not running{extra}")
+
+    return stop
+
+
+def _status_command(spec: ServiceSpec) -> click.Command:
+    @click.command(name="status", help=f"Is the {spec.title.lower()} running? (LSB exit codes)")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+    @click.pass_context
+    def status(ctx: click.Context, as_json: bool) -> None:
+        settings = settings_from(ctx)
+        report = control.status(spec, settings)
+        if as_json:
+            click.echo(json.dumps(status_json(report, settings), indent=2))
+        else:
+            _print_status(report, settings)
+        ctx.exit(report.exit_code)
+
+    return status
+
+
+STATE_WORDS = {
+    "running": "✓ Running",
+    "starting": "… Starting",
+    "stale": "✗ Not running (stale pid file)",
+    "stopped": "✗ Not running",
+    "unknown": "? Unknown",
+}
+
+
+def status_json(report: Status, settings: Settings) -> dict[str, Any]:
+    meta = report.meta or {}
+    uptime = report.uptime()
+    return {
+        "service": report.spec.name,
+        "status": report.state,
+        "exitCode": report.exit_code,
+        "pid": report.pid,
+        "mode": meta.get("mode"),
+        "startedAt": meta.get("startedAt"),
+        "uptimeSeconds": round(uptime, 3) if uptime is not None else None,
+        "logFile": str(report.spec.log_path(settings.home)),
+        "pidFile": str(report.spec.pid_path(settings.home)),
+        "reason": report.reason or None,
+        "metadata": report.meta,
+    }
+
+
+def _print_status(report: Status, settings: Settings) -> None:
+    spec = report.spec
+    click.echo(f"{spec.title} Status")
+    click.echo(_label("Status") + STATE_WORDS[report.state])
+    if report.reason:
+        click.echo(_label("Reason") + report.reason)
+    if report.state == "running":
+        meta = report.meta or {}
+        click.echo(_label("PID") + str(report.pid))
+        click.echo(_label("Mode") + str(meta.get("mode", "unknown")))
+        for line in _details(spec, meta):
+            click.echo(line)
+        click.echo(_label("Started") + _when(meta))
+        uptime = report.uptime()
+        click.echo(_label("Uptime") + (control.format_duration(uptime) if uptime is not None
+                                        else "unknown"))
+    click.echo(_label("Log file") + str(spec.log_path(settings.home)))
+
+
+def _logs_command(spec: ServiceSpec) -> click.Command:
+    @click.command(name="logs", help=f"Show the {spec.title.lower()}'s log.")
+    @click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True,
+                  help="How many of the last lines to show.")
+    @click.option("-f", "--follow", "follow_", is_flag=True,
+                  help="Keep printing new lines (across log rotation) until Ctrl-C.")
+    @click.pass_context
+    def logs(ctx: click.Context, lines: int, follow_: bool) -> None:
+        path = spec.log_path(settings_from(ctx).home)
+        if not path.exists():
+            click.echo(f"No {spec.title.lower()} log yet ({path} does not exist)", err=True)
+            if not follow_:
+                ctx.exit(EXIT_OK)
+        for line in tail_lines(path, lines):
+            click.echo(line)
+        if follow_:
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how one stops following
+                follow(path, _write_out)
+
+    return logs
+
+
+def _write_out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

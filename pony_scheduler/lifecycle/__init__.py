@@ -1,0 +1,1 @@
+"""Generic daemon lifecycle (start/stop/status/logs) shared by every service."""

@@ -1,0 +1,314 @@
+"""start / stop / status for any service.  Knows nothing about click: it returns results
+and reports progress through a `say` callback."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pwd
+import select
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pony_scheduler.config import Settings
+from pony_scheduler.errors import (
+    EXIT_FAILURE,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_START_TIMEOUT,
+    EXIT_UNKNOWN,
+    PonyError,
+)
+from pony_scheduler.lifecycle import pidfile
+from pony_scheduler.lifecycle.daemonize import daemon_child, ensure_home, run_foreground
+from pony_scheduler.lifecycle.logs import tail_lines
+from pony_scheduler.lifecycle.pidfile import PidInfo, PidState
+from pony_scheduler.lifecycle.spec import ServiceSpec
+
+Say = Callable[[str], None]
+
+
+class AlreadyRunning(PonyError):
+    def __init__(self, spec: ServiceSpec, info: PidInfo) -> None:
+        self.info = info
+        super().__init__(f"{spec.title} is already running", EXIT_FAILURE)
+
+
+class StartFailed(PonyError):
+    def __init__(self, message: str, log_tail: list[str], exit_code: int = EXIT_FAILURE):
+        self.log_tail = log_tail
+        super().__init__(message, exit_code)
+
+
+@dataclass
+class StartResult:
+    pid: int
+    meta: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- start
+def _take_start_lock(spec: ServiceSpec, settings: Settings, timeout: float) -> int:
+    """Serialise check-break-acquire between concurrent starts (the pid file alone can't:
+    two starts that both find a stale file could each break the other's fresh lock)."""
+    fd = os.open(spec.start_lock_path(settings.home), os.O_CREAT | os.O_RDWR, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise PonyError(f"another start of the {spec.title.lower()} held "
+                                f"{spec.start_lock_path(settings.home)} for {timeout:g}s; "
+                                "try again", EXIT_START_TIMEOUT) from None
+            time.sleep(0.02)
+
+
+def _clear_the_way(spec: ServiceSpec, settings: Settings, *, force: bool, timeout: float,
+                   say: Say) -> list[str]:
+    """Under the start lock: refuse if running, stop it with --force, break stale locks."""
+    info = pidfile.inspect(spec, settings.home)
+    if info.state is PidState.RUNNING:
+        if not force:
+            raise AlreadyRunning(spec, info)
+        terminate(spec, settings, info, timeout=timeout, say=say)
+        info = pidfile.inspect(spec, settings.home)
+    if info.state in (PidState.STALE, PidState.STARTING):
+        # STARTING cannot be true while we hold the start lock: that empty file is debris.
+        pidfile.remove_files(spec, settings.home)
+        return [f"Removed stale pid file {spec.pid_path(settings.home)}: "
+                f"{info.reason or 'the pid file is empty'}"]
+    return []
+
+
+def start(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool = False,
+          say: Say = lambda _: None) -> StartResult:
+    """Start `spec` in the background and return once it is ready."""
+    ensure_home(settings.home)
+    if not force:  # fast path, no lock: the common "already running" answer
+        info = pidfile.inspect(spec, settings.home)
+        if info.state is PidState.RUNNING:
+            raise AlreadyRunning(spec, info)
+    spec.run_preflight(settings)
+    lock_fd = _take_start_lock(spec, settings, timeout)
+    try:
+        notes = _clear_the_way(spec, settings, force=force, timeout=timeout, say=say)
+        read_fd, write_fd = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(read_fd)
+            daemon_child(spec, settings, write_fd, lock_fd, notes)
+        os.close(write_fd)
+        try:
+            verdict, detail = _await_ready(read_fd, child, timeout)
+        finally:
+            os.close(read_fd)
+    finally:
+        os.close(lock_fd)
+    return _start_outcome(spec, settings, verdict, detail, timeout, notes)
+
+
+def _await_ready(read_fd: int, child: int, timeout: float) -> tuple[str, str]:
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "TIMEOUT", ""
+            readable, _, _ = select.select([read_fd], [], [], remaining)
+            if not readable:
+                continue
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                return "EOF", ""
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                verdict, _, detail = line.decode(errors="replace").partition(" ")
+                if verdict in ("READY", "FAILED", "RUNNING"):
+                    return verdict, detail
+    finally:
+        _reap(child)
+
+
+def _reap(child: int) -> None:
+    # The intermediate child exits right after DaemonContext's first fork.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(child, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            return
+        time.sleep(0.01)
+
+
+def _start_outcome(spec: ServiceSpec, settings: Settings, verdict: str, detail: str,
+                   timeout: float, notes: list[str]) -> StartResult:
+    log_path = spec.log_path(settings.home)
+    if verdict == "READY":
+        pid = int(detail)
+        meta = pidfile.read_meta(spec.meta_path(settings.home)) or {"pid": pid}
+        return StartResult(pid=pid, meta=meta, notes=notes)
+    if verdict == "RUNNING":
+        raise AlreadyRunning(spec, pidfile.inspect(spec, settings.home))
+    if verdict == "TIMEOUT":
+        raise StartFailed(
+            f"{spec.title} did not become ready within {timeout:g}s; it may still be "
+            f"starting: check 'pb {spec.name} status' and 'pb {spec.name} logs'",
+            tail_lines(log_path, 10), EXIT_START_TIMEOUT)
+    reason = detail or "the daemon exited during start-up"
+    raise StartFailed(f"{spec.title} failed to start: {reason}", tail_lines(log_path, 10))
+
+
+def start_foreground(spec: ServiceSpec, settings: Settings, *, force: bool,
+                     timeout: float, say: Say = lambda _: None) -> int:
+    ensure_home(settings.home)
+    spec.run_preflight(settings)
+    lock_fd = _take_start_lock(spec, settings, timeout)
+    try:
+        notes = _clear_the_way(spec, settings, force=force, timeout=timeout, say=say)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return run_foreground(spec, settings, lock_fd, notes)  # closes lock_fd once locked
+
+
+# ---------------------------------------------------------------------------- stop
+def _signal(spec: ServiceSpec, info: PidInfo, signum: int) -> None:
+    """Send `signum` to a process that inspect() verified is ours."""
+    assert info.pid is not None and info.state is PidState.RUNNING
+    try:
+        os.kill(info.pid, signum)
+    except ProcessLookupError:
+        pass  # it just exited
+    except PermissionError:
+        owner = _user_name(info.owner_uid)
+        raise PonyError(f"{spec.title} (PID {info.pid}) runs as {owner}; you may not signal "
+                        f"it: run this command as {owner} or root", EXIT_UNKNOWN) from None
+
+
+def _user_name(uid: int | None) -> str:
+    if uid is None:
+        return "another user"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def terminate(spec: ServiceSpec, settings: Settings, info: PidInfo, *, timeout: float,
+              say: Say) -> None:
+    """What `start --force` does to a running daemon: TERM, wait, then KILL."""
+    assert info.pid is not None
+    start_time = pidfile.proc_start_time(info.pid)
+    say(f"Stopping {spec.title} (PID {info.pid})...")
+    _signal(spec, info, signal.SIGTERM)
+    if not pidfile.wait_gone(info.pid, start_time, timeout):
+        say(f"{spec.title} (PID {info.pid}) ignored SIGTERM for {timeout:g}s; sending SIGKILL")
+        _signal(spec, info, signal.SIGKILL)
+        pidfile.wait_gone(info.pid, start_time, 10)
+    pidfile.remove_files(spec, settings.home)
+
+
+@dataclass
+class StopResult:
+    was_running: bool
+    pid: int | None = None
+    note: str = ""
+
+
+def stop(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool,
+         say: Say) -> StopResult:
+    info = pidfile.inspect(spec, settings.home)
+    if info.state is PidState.STARTING:
+        info = _wait_started(spec, settings, timeout)
+    if info.state is PidState.ABSENT:
+        return StopResult(False)
+    if info.state is PidState.STALE:
+        note = _clean_stale(spec, settings, info)
+        return StopResult(False, info.pid, note)
+    assert info.pid is not None
+    start_time = pidfile.proc_start_time(info.pid)
+    if force:
+        say(f"Killing {spec.title} (PID {info.pid})...")
+        _signal(spec, info, signal.SIGKILL)
+        pidfile.wait_gone(info.pid, start_time, timeout)
+        pidfile.remove_files(spec, settings.home)
+        return StopResult(True, info.pid)
+    say(f"Stopping {spec.title} (PID {info.pid})...")
+    _signal(spec, info, signal.SIGTERM)
+    if not pidfile.wait_gone(info.pid, start_time, timeout):
+        raise PonyError(f"{spec.title} (PID {info.pid}) is still running after {timeout:g}s; "
+                        f"wait longer (--timeout) or use 'pb {spec.name} stop --force'")
+    return StopResult(True, info.pid)
+
+
+def _wait_started(spec: ServiceSpec, settings: Settings, timeout: float) -> PidInfo:
+    deadline = time.monotonic() + timeout
+    info = pidfile.inspect(spec, settings.home)
+    while info.state is PidState.STARTING and time.monotonic() < deadline:
+        time.sleep(0.05)
+        info = pidfile.inspect(spec, settings.home)
+    return info
+
+
+def _clean_stale(spec: ServiceSpec, settings: Settings, info: PidInfo) -> str:
+    """Remove a stale pid file unless a start is busy with it right now."""
+    if pidfile.start_lock_held(spec, settings.home):
+        return ""
+    pidfile.remove_files(spec, settings.home)
+    return f"removed stale pid file ({info.reason})"
+
+
+# ---------------------------------------------------------------------------- status
+@dataclass
+class Status:
+    spec: ServiceSpec
+    state: str  # running | starting | stale | stopped | unknown
+    exit_code: int
+    pid: int | None = None
+    meta: dict[str, Any] | None = None
+    reason: str = ""
+
+    def uptime(self, now: float | None = None) -> float | None:
+        if not self.meta or not isinstance(self.meta.get("startedAt"), int | float):
+            return None
+        return max(0.0, (now or time.time()) - self.meta["startedAt"] / 1000)
+
+
+def status(spec: ServiceSpec, settings: Settings) -> Status:
+    try:
+        info = pidfile.inspect(spec, settings.home)
+    except PermissionError as exc:
+        return Status(spec, "unknown", EXIT_UNKNOWN, reason=str(exc))
+    if info.state is PidState.RUNNING:
+        if info.owner_uid not in (None, os.getuid()) and os.getuid() != 0:
+            reason = f"runs as {_user_name(info.owner_uid)}"
+            return Status(spec, "running", EXIT_OK, info.pid, info.meta, reason)
+        return Status(spec, "running", EXIT_OK, info.pid, info.meta)
+    if info.state is PidState.STARTING:
+        return Status(spec, "starting", EXIT_NOT_RUNNING)
+    if info.state is PidState.STALE:
+        return Status(spec, "stale", EXIT_FAILURE, info.pid, None, info.reason)
+    return Status(spec, "stopped", EXIT_NOT_RUNNING)
+
+
+def format_duration(seconds: float) -> str:
+    """2h 15m 30s; days when it has been that long."""
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m")]
+    shown = [f"{value}{unit}" for value, unit in parts if value]
+    return " ".join([*shown, f"{secs}s"])
+
+

@@ -1,0 +1,180 @@
+"""Reading pid files and deciding whether the process they name is really ours.
+
+The pid file holds the PID alone (written by lockfile's PIDLockFile) so that `kill $(cat …)`,
+systemd's PIDFile= and logrotate can use it.  What identifies the process beyond its PID
+lives beside it in NAME.json: the kernel's start time of the process and the boot id, which
+together survive PID reuse after a crash or a reboot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pony_scheduler.lifecycle.spec import ServiceSpec
+
+
+class PidState(Enum):
+    ABSENT = "absent"  # no pid file
+    RUNNING = "running"  # a live process that is verifiably ours
+    STARTING = "starting"  # empty pid file while a start holds the start lock
+    STALE = "stale"  # pid file left behind: dead, foreign, garbage
+
+
+@dataclass(frozen=True)
+class PidInfo:
+    state: PidState
+    pid: int | None = None
+    meta: dict[str, Any] | None = None
+    reason: str = ""  # why a pid file is stale, in words for users
+    owner_uid: int | None = None  # uid of a running daemon (ours may run as another user)
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has finished; it only waits to be reaped
+        return None
+    return int(fields[19])
+
+
+def proc_uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def identity(pid: int) -> dict[str, Any]:
+    """The facts written to the metadata file that let a later command recognise us."""
+    return {"procStartTime": proc_start_time(pid), "bootId": boot_id(),
+            "hostname": socket.gethostname(), "uid": os.getuid()}
+
+
+def read_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_meta(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.chmod(tmp, 0o640)
+    os.replace(tmp, path)
+
+
+def _looks_like_pb(pid: int) -> bool:
+    """Fallback when no metadata describes `pid`: is its command line one of ours?"""
+    argv = proc_cmdline(pid)
+    return any(
+        "pony_scheduler" in part or os.path.basename(part) == "pb" for part in argv[:3]
+    )
+
+
+def is_ours(pid: int, meta: dict[str, Any] | None) -> bool:
+    start = proc_start_time(pid)
+    if start is None:
+        return False
+    if meta and meta.get("pid") == pid:
+        return bool(meta.get("procStartTime") == start and meta.get("bootId") == boot_id())
+    # Metadata missing or about another PID: a daemon between locking the pid file and
+    # writing its metadata, or metadata someone deleted.  Only the command line is left.
+    return _looks_like_pb(pid)
+
+
+def start_lock_held(spec: ServiceSpec, home: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(spec.start_lock_path(home), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def inspect(spec: ServiceSpec, home: Path) -> PidInfo:
+    """Classify the pid file of `spec`; never signals anything."""
+    pid_path = spec.pid_path(home)
+    try:
+        text = pid_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return PidInfo(PidState.ABSENT)
+    except PermissionError as exc:
+        raise PermissionError(f"cannot read {pid_path}: {exc.strerror}") from None
+    meta = read_meta(spec.meta_path(home))
+    if not text.strip():
+        if start_lock_held(spec, home):
+            return PidInfo(PidState.STARTING)
+        return PidInfo(PidState.STALE, reason="the pid file is empty")
+    try:
+        pid = int(text.strip())
+        if pid <= 0:
+            raise ValueError
+    except ValueError:
+        shown = text.strip()[:40]
+        return PidInfo(PidState.STALE, reason=f"the pid file holds garbage ({shown!r})")
+    if proc_start_time(pid) is None:
+        return PidInfo(PidState.STALE, pid=pid, meta=meta, reason=f"PID {pid} is not running")
+    if not is_ours(pid, meta):
+        return PidInfo(PidState.STALE, pid=pid, meta=meta,
+                       reason=f"PID {pid} belongs to another program (PID reused)")
+    return PidInfo(PidState.RUNNING, pid=pid, meta=meta if meta and meta.get("pid") == pid
+                   else None, owner_uid=proc_uid(pid))
+
+
+def remove_files(spec: ServiceSpec, home: Path) -> None:
+    """Remove the pid file and metadata of a daemon that is gone."""
+    for path in (spec.meta_path(home), spec.pid_path(home)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def still_ours(pid: int, start_time: int | None) -> bool:
+    """Is `pid` still the very process we verified earlier (not dead, not reused)?"""
+    return start_time is not None and proc_start_time(pid) == start_time
+
+
+def wait_gone(pid: int, start_time: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while still_ours(pid, start_time):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True

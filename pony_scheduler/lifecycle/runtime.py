@@ -1,0 +1,161 @@
+"""What a running service sees: its settings, stop/reload flags, a wake-up pipe, readiness.
+
+Signal handlers only set flags.  The kernel-level wake-up fd (signal.set_wakeup_fd) makes
+the work loop's select() return as soon as a signal arrives, so the loop can sleep for
+as long as it likes without polling and still react at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pony_scheduler.config import Settings
+
+log = logging.getLogger("pony_scheduler")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s[%(process)d]: %(message)s"
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        title: str,
+        log_path: Path | None,
+        announce: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.title = title
+        self.log_path = log_path  # None in the foreground: logs go to the terminal
+        self._announce = announce  # readiness channel: the start pipe or nothing
+        self.stop_requests = 0  # 1 = orderly shutdown, 2+ = stop now
+        self.reopen_requested = False
+        self.is_ready = False
+        # Made by install_wakeup(), after daemonizing: DaemonContext closes every other fd.
+        self._wake_r = self._wake_w = -1
+
+    # -- signal handlers: flags only --------------------------------------------------
+    def on_stop_signal(self, signum: int, frame: object) -> None:
+        self.stop_requests += 1
+
+    def on_hup_signal(self, signum: int, frame: object) -> None:
+        self.reopen_requested = True
+
+    def signal_map(self) -> dict[int, object]:
+        # None = ignore: SIGTSTP/SIGTTIN/SIGTTOU as python-daemon does by default.
+        return {
+            signal.SIGTERM: self.on_stop_signal,
+            signal.SIGINT: self.on_stop_signal,
+            signal.SIGHUP: self.on_hup_signal,
+            signal.SIGTSTP: None,
+            signal.SIGTTIN: None,
+            signal.SIGTTOU: None,
+        }
+
+    def install_wakeup(self) -> None:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_requests > 0
+
+    @property
+    def stop_now(self) -> bool:
+        return self.stop_requests > 1
+
+    # -- waiting ------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Wake the loop from another thread (a finished job, a new event)."""
+        with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
+            os.write(self._wake_w, b"w")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep until `seconds` pass, a signal arrives or wake() is called."""
+        if self.stop_requests and seconds > 0:
+            seconds = 0
+        ready, _, _ = select.select([self._wake_r], [], [], max(seconds, 0))
+        if ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        self.handle_reopen()
+
+    # -- readiness ------------------------------------------------------------------------
+    def ready(self) -> None:
+        self.is_ready = True
+        self._announce(f"READY {os.getpid()}")
+        sd_notify("READY=1", f"STATUS={self.title} running", f"MAINPID={os.getpid()}")
+        log.info("%s ready (PID %d)", self.title, os.getpid())
+
+    def stopping_notice(self) -> None:
+        sd_notify("STOPPING=1")
+
+    def watchdog(self) -> None:
+        sd_notify("WATCHDOG=1")
+
+    def watchdog_interval(self) -> float | None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec or not usec.isdigit():
+            return None
+        return int(usec) / 2e6  # systemd suggests pinging at half the interval
+
+    # -- logs ---------------------------------------------------------------------------
+    def handle_reopen(self) -> None:
+        if not self.reopen_requested:
+            return
+        self.reopen_requested = False
+        if self.log_path is None:
+            return
+        reopen_log(self.log_path)
+        log.info("Reopened log file %s (SIGHUP)", self.log_path)
+
+
+def reopen_log(path: Path) -> None:
+    """Point fds 1 and 2 at a fresh open of `path` (after logrotate renamed the old one)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr: the log file in the background, the terminal in the foreground."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Alembic narrates every migration context at INFO; only --debug wants that.
+    logging.getLogger("alembic").setLevel(level if level == "DEBUG" else "WARNING")
+    logging.Formatter.converter = time.localtime
+
+
+def sd_notify(*lines: str) -> None:
+    """Tell systemd about our state when it asked (Type=notify sets NOTIFY_SOCKET)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # abstract namespace socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto("\n".join(lines).encode(), address)
+    except OSError as exc:
+        log.warning("Could not notify systemd at %s: %s", address, exc)

@@ -1,0 +1,63 @@
+"""What the lifecycle needs to know about one service."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pony_scheduler.config import Settings
+    from pony_scheduler.lifecycle.runtime import ServiceRuntime
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # file stem: scheduler.pid, scheduler.json, scheduler.log
+    title: str  # what users read: "Scheduler", "Debug Server"
+    # "module:function" strings so that heavy modules are imported only inside the daemon.
+    runner: str  # run(runtime) -> None; calls runtime.ready() once serving
+    preflight: str | None = None  # check(settings) -> None; raises PonyError before forking
+    describe: str | None = None  # metadata(settings) -> dict of extra fields for scheduler.json
+    # (label, metadata key) pairs that start and status print for this service
+    details: tuple[tuple[str, str], ...] = ()
+
+    def pid_path(self, home: Path) -> Path:
+        return home / f"{self.name}.pid"
+
+    def meta_path(self, home: Path) -> Path:
+        return home / f"{self.name}.json"
+
+    def log_path(self, home: Path) -> Path:
+        return home / f"{self.name}.log"
+
+    def start_lock_path(self, home: Path) -> Path:
+        return home / f".{self.name}.start.lock"
+
+    def load(self, attribute: str) -> Callable[..., Any]:
+        module, _, function = attribute.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+    def run_preflight(self, settings: Settings) -> None:
+        if self.preflight:
+            self.load(self.preflight)(settings)
+
+    def extra_metadata(self, settings: Settings) -> dict[str, Any]:
+        return self.load(self.describe)(settings) if self.describe else {}
+
+    def run(self, runtime: ServiceRuntime) -> None:
+        self.load(self.runner)(runtime)
+
+
+SCHEDULER = ServiceSpec(
+    name="scheduler",
+    title="Scheduler",
+    runner="pony_scheduler.scheduler.service:run",
+    preflight="pony_scheduler.scheduler.service:preflight",
+    describe="pony_scheduler.scheduler.service:describe",
+    details=(("Database", "dbPath"), ("Socket", "socketPath")),
+)
+
+SERVICES: dict[str, ServiceSpec] = {SCHEDULER.name: SCHEDULER}

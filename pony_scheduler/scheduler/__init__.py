@@ -1,0 +1,1 @@
+"""The scheduler service: its work loop, schedule maths and job executor."""
