@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
         code = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else prog_name
-        click.echo(f"{where}: {exc.format_message()} (see '{where} --help')", err=True)
+        click.echo(f"{where}: {exc.format_message().rstrip('.')}; see '{where} --help'", err=True)
         code = EXIT_USAGE
     except click.ClickException as exc:
         click.echo(f"Error: {exc.format_message()}", err=True)

@@ -1,0 +1,158 @@
+"""Shared fixtures: a temporary PONYBUNNY_HOME, a way to run `pb`, and cleanup by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+SERVICES = ("scheduler", "gateway", "debug")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def all(self) -> str:
+        return self.out + self.err
+
+
+class Pb:
+    """Runs `python -m pony_scheduler` against one temporary home."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("PONYBUNNY_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        self.env["PONYBUNNY_HOME"] = str(home)
+        self.pids: set[int] = set()
+
+    def __call__(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
+                 check: bool = False) -> Result:
+        proc = subprocess.run([sys.executable, "-m", "pony_scheduler", *args],
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL)
+        self.remember()
+        result = Result(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pb {' '.join(args)} exited {proc.returncode}:\n{result.all}")
+        assert "Traceback" not in result.all, result.all
+        return result
+
+    def popen(self, *args: str, env: dict[str, str] | None = None,
+              **kwargs: object) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "pony_scheduler", *args], text=True,
+                                env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL,
+                                **kwargs)  # type: ignore[call-overload]
+        self.pids.add(proc.pid)
+        return proc  # type: ignore[no-any-return]
+
+    def remember(self) -> None:
+        """Note every daemon PID seen so that teardown can kill what a test left."""
+        for name in SERVICES:
+            with contextlib.suppress(OSError, ValueError):
+                self.pids.add(int((self.home / f"{name}.pid").read_text().strip()))
+
+    def pid(self, service: str = "scheduler") -> int:
+        pid = int((self.home / f"{service}.pid").read_text().strip())
+        self.pids.add(pid)
+        return pid
+
+    def cleanup(self) -> None:
+        self.remember()
+        for pid in self.pids:
+            if _is_ours(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for pid in self.pids:
+            wait_dead(pid, 5)
+
+
+def _is_ours(pid: int) -> bool:
+    """Only kill processes this test run started: python running pony_scheduler."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"pony_scheduler" in cmdline
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def wait_dead(pid: int, timeout: float) -> bool:
+    return wait_for(lambda: not alive(pid), timeout)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture
+def pb(home: Path) -> Iterator[Pb]:
+    runner = Pb(home)
+    try:
+        yield runner
+    finally:
+        runner.cleanup()
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL on 127.0.0.1:5432 is required in CI")
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    import psycopg
+
+    name = f"pony_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
