@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from pony_scheduler import __version__
+from pony_scheduler.cli.jobs import job_group, runs_group
 from pony_scheduler.cli.service import service_group
 from pony_scheduler.errors import EXIT_USAGE, PonyError
 from pony_scheduler.lifecycle.spec import SCHEDULER
@@ -29,6 +30,8 @@ def cli(ctx: click.Context, config_file: Path | None) -> None:
 
 
 cli.add_command(service_group(SCHEDULER))
+cli.add_command(job_group)
+cli.add_command(runs_group)
 
 
 def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:

@@ -1,48 +1,191 @@
-"""The scheduler's work loop: sleeps until something is due, never busy-polls."""
+"""The scheduler's work loop.
+
+It sleeps until the next due time, a wake-up (a finished job, a signal) or the next
+once-a-second look at the change counter that `pb job …` bumps; it never scans the jobs
+table in a tight loop.  Every database call is its own short transaction.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import random
+import socket
 import time
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
+from pony_scheduler.runstate import RETRYABLE, RunState
+from pony_scheduler.scheduler import recovery
+from pony_scheduler.scheduler.executor import Executor
+from pony_scheduler.scheduler.planner import plan
+from pony_scheduler.scheduler.schedule import backoff_delay, from_dict
 from pony_scheduler.store import Store
+from pony_scheduler.store.common import utcnow
 
 log = logging.getLogger("pony_scheduler.scheduler")
 
-HEARTBEAT_INTERVAL = 5.0  # seconds between heartbeat rows (other schedulers read them)
+HEARTBEAT_INTERVAL = 5.0  # seconds between heartbeats and lease renewals
+LEASE = 60.0  # seconds a claimed run stays ours without a heartbeat
+CHANGE_POLL = 1.0  # seconds between looks at the change counter
+
+
+class Events(Protocol):
+    def emit(self, type: str, data: dict[str, Any]) -> None: ...
 
 
 class WorkLoop:
-    def __init__(self, store: Store, runtime: ServiceRuntime) -> None:
+    def __init__(self, store: Store, runtime: ServiceRuntime, events: Events) -> None:
         self.store = store
         self.runtime = runtime
-        self.next_heartbeat = 0.0
-        self.next_watchdog = 0.0
+        self.events = events
+        self.hostname = socket.gethostname()
+        settings = runtime.settings
+        self.executor = Executor(settings.home, settings.workers, self._started, self._finished)
+        self.scheduler_id = ""
+        self.changes = -1
+        self.kicked = True  # something happened: plan and claim on the next iteration
+        self.next_due: datetime | None = None
+        self.next_heartbeat = self.next_poll = self.next_watchdog = 0.0
 
+    # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
+        self.scheduler_id = self.store.register_scheduler()
+        self.maintain(utcnow())
         self.runtime.ready()
         while not self.runtime.stopping:
-            self.tick(time.monotonic())
-            self.runtime.sleep(self.seconds_until_next(time.monotonic()))
+            self.iteration()
+            self.runtime.sleep(self.seconds_to_sleep())
         self.shutdown()
 
-    def tick(self, now: float) -> None:
-        if now >= self.next_heartbeat:
-            self.store.heartbeat()
-            self.next_heartbeat = now + HEARTBEAT_INTERVAL
-        interval = self.runtime.watchdog_interval()
-        if interval is not None and now >= self.next_watchdog:
-            self.runtime.watchdog()
-            self.next_watchdog = now + interval
+    def iteration(self) -> None:
+        mono, now = time.monotonic(), utcnow()
+        if mono >= self.next_heartbeat:
+            self.next_heartbeat = mono + HEARTBEAT_INTERVAL
+            self.maintain(now)
+        if mono >= self.next_poll:
+            self.next_poll = mono + CHANGE_POLL
+            changes = self.store.changes()
+            self.kicked |= changes != self.changes
+            self.changes = changes
+        if self.kicked or (self.next_due is not None and now >= self.next_due):
+            self.kicked = False
+            self.plan_due_jobs(now)
+            self.next_due = self.dispatch(utcnow())
+        self.ping_watchdog(mono)
 
-    def seconds_until_next(self, now: float) -> float:
-        deadlines = [self.next_heartbeat]
+    def seconds_to_sleep(self) -> float:
+        mono = time.monotonic()
+        deadlines = [self.next_heartbeat, self.next_poll]
         if self.runtime.watchdog_interval() is not None:
             deadlines.append(self.next_watchdog)
-        return max(0.0, min(deadlines) - now)
+        if self.next_due is not None:
+            deadlines.append(mono + (self.next_due - utcnow()).total_seconds())
+        return 0.0 if self.kicked else max(0.0, min(deadlines) - mono)
+
+    # -- schedules into runs, runs into processes ---------------------------------------------
+    def plan_due_jobs(self, now: datetime) -> None:
+        for job in self.store.due_jobs(now):
+            schedule = from_dict({"kind": job["schedule_kind"], "expr": job["schedule_expr"],
+                                  "tz": job["schedule_tz"], "anchor": job["schedule_anchor"]})
+            result = plan(schedule, job["catch_up"], job["next_due_at"], now)
+            if result.skipped:
+                log.warning("Job %s: %d occurrence(s) missed while down recorded as skipped",
+                            job["name"], len(result.skipped))
+            self.store.materialize(job["id"], job["next_due_at"], result.to_run,
+                                   result.skipped, result.next_due)
+
+    def dispatch(self, now: datetime) -> datetime | None:
+        """Claim and start what is due; return when something next becomes due."""
+        free = self.executor.free_slots()
+        if free:
+            for run in self.store.claim(self.scheduler_id, self.hostname, now, free, LEASE):
+                self.executor.launch(self._prepare(run))
+        # Due runs left unclaimed wait for a free worker, for the overlap policy or for
+        # another scheduler: a finished job or a change kicks us then, so only future due
+        # times count here (counting the past ones would make this loop spin).
+        candidates = [t for t in (self.store.next_job_due(), self.store.next_run_due(after=now))
+                      if t is not None]
+        return min(candidates) if candidates else None
+
+    def _prepare(self, run: dict[str, Any]) -> dict[str, Any]:
+        command = json.loads(run["command"])
+        run["argv"] = ["/bin/sh", "-c", command[0]] if run["shell"] else command
+        run["environ"] = {**os.environ, **json.loads(run["env"] or "{}"),
+                          "PONYBUNNY_JOB": run["name"], "PONYBUNNY_RUN_ID": str(run["id"])}
+        run["claimed_at"] = utcnow()
+        log.info("Run %d: starting job %s (attempt %d)", run["id"], run["name"],
+                 run["attempt"])
+        return run
+
+    # -- executor callbacks (executor threads) -------------------------------------------
+    def _started(self, run: dict[str, Any]) -> None:
+        recovery.retrying(lambda: self.store.run_started(
+            run["id"], run["pid"], run["pid_start"], run["output_path"]))
+        self.events.emit("run.started", {"run_id": run["id"], "job": run["name"],
+                                         "attempt": run["attempt"], "pid": run["pid"]})
+
+    def _finished(self, run: dict[str, Any], state: RunState, code: int | None,
+                  reason: str | None, tail: str) -> None:
+        ours = recovery.retrying(lambda: self.store.finish_run(
+            run["id"], self.scheduler_id, state, code, reason, tail))
+        if ours:
+            self._follow_up(run, state)
+        duration = (utcnow() - run["claimed_at"]).total_seconds()
+        log.info("Run %d: job %s %s%s", run["id"], run["name"], state,
+                 f" ({reason})" if reason else "")
+        kind = "run.finished" if state is RunState.SUCCEEDED else "run.failed"
+        self.events.emit(kind, {"run_id": run["id"], "job": run["name"], "state": str(state),
+                                "exit_code": code, "duration_s": round(duration, 3)})
+        self.kicked = True
+        self.runtime.wake()
+
+    def _follow_up(self, run: dict[str, Any], state: RunState) -> None:
+        if state is RunState.INTERRUPTED:
+            recovery.retrying(lambda: self.store.queue_attempt(run, utcnow(), "resume"))
+        elif state in RETRYABLE and run["attempt"] <= run["retries"]:
+            delay = backoff_delay(run["attempt"], run["retry_delay_s"], rand=random.random())
+            due = utcnow() + timedelta(seconds=delay)
+            recovery.retrying(lambda: self.store.queue_attempt(run, due, "retry"))
+            log.info("Run %d: retry %d of %d in %.1fs", run["id"], run["attempt"],
+                     run["retries"], delay)
+
+    # -- upkeep -------------------------------------------------------------------------
+    def maintain(self, now: datetime) -> None:
+        """Heartbeat, lease renewal, and rescue of runs whose scheduler died."""
+        self.store.heartbeat()
+        self.store.renew_leases(self.scheduler_id, now, LEASE)
+        for run, state in recovery.abandoned(self.store, self.scheduler_id, now):
+            self._follow_up(run, state)
+            self.kicked = True
+        self.events.emit("heartbeat", {"pid": os.getpid(), "scheduler_id": self.scheduler_id,
+                                       "running": self.executor.busy()})
+
+    def ping_watchdog(self, mono: float) -> None:
+        interval = self.runtime.watchdog_interval()
+        if interval is not None and mono >= self.next_watchdog:
+            self.runtime.watchdog()
+            self.next_watchdog = mono + interval
 
     def shutdown(self) -> None:
         log.info("Shutdown requested: no new work will be started")
         self.runtime.stopping_notice()
+        busy = self.executor.busy()
+        if busy:
+            log.info("Waiting up to %gs for %d running job(s) (a second signal stops them "
+                     "now)", self.runtime.settings.shutdown_grace, busy)
+        left = self.executor.drain(self.runtime.settings.shutdown_grace,
+                                   lambda: self.runtime.stop_now, self._keep_leases)
+        if left:
+            log.warning("Interrupted %d running job(s); they run again after the next start",
+                        left)
         self.store.mark_stopped()
+
+    def _keep_leases(self) -> None:
+        mono = time.monotonic()
+        if mono >= self.next_heartbeat:
+            self.next_heartbeat = mono + HEARTBEAT_INTERVAL
+            self.store.renew_leases(self.scheduler_id, utcnow(), LEASE)
+

@@ -17,8 +17,12 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pony_scheduler import __version__
 from pony_scheduler.errors import PonyError
+from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
 from pony_scheduler.store import migrate
+from pony_scheduler.store.common import read_changes
 from pony_scheduler.store.engine import make_engine, safe_url
+from pony_scheduler.store.jobs import JobQueries
+from pony_scheduler.store.runs import RunQueries
 from pony_scheduler.store.tables import schedulers
 
 log = logging.getLogger(__name__)
@@ -28,19 +32,25 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Store:
+class Store(JobQueries, RunQueries):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.scheduler_id: str | None = None
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = True) -> Store:
-        """Create the engine, check the connection and bring the schema up to date."""
+        """Create the engine, check the connection and bring the schema up to date.
+
+        Without `upgrade` (the CLI, the gateway) a schema that is not current is an error:
+        only the scheduler migrates, so that two versions never fight over it.
+        """
         engine = make_engine(url)
         try:
             with engine.connect():
                 pass
-            if upgrade:
+            if not upgrade:
+                _check_current(engine, url)
+            else:
                 before, after = migrate.upgrade(engine)
                 if before != after:
                     log.info("Database schema upgraded from %s to %s", before or "empty", after)
@@ -63,8 +73,17 @@ class Store:
         with self.engine.begin() as connection:
             connection.execute(schedulers.insert().values(
                 id=self.scheduler_id, hostname=socket.gethostname(), pid=os.getpid(),
+                proc_start=proc_start_time(os.getpid()), boot_id=boot_id(),
                 version=__version__, started_at=now, heartbeat_at=now))
         return self.scheduler_id
+
+    def changes(self) -> int:
+        return read_changes(self.engine)
+
+    def mark_scheduler_gone(self, scheduler_id: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(update(schedulers).where(schedulers.c.id == scheduler_id)
+                               .values(stopped_at=utcnow()))
 
     def heartbeat(self) -> None:
         with self.engine.begin() as connection:
@@ -75,6 +94,16 @@ class Store:
         with self.engine.begin() as connection:
             connection.execute(update(schedulers).where(schedulers.c.id == self.scheduler_id)
                                .values(stopped_at=utcnow()))
+
+
+def _check_current(engine: Engine, url: str) -> None:
+    current, head = migrate.current_revision(engine), migrate.head_revision()
+    if current is None:
+        raise PonyError(f"database {safe_url(url)} has no pony-scheduler schema yet; start "
+                        "the scheduler once ('pb scheduler start') to create it")
+    if current != head:
+        raise PonyError(f"database {safe_url(url)} is at schema {current}, this pb expects "
+                        f"{head}; restart the scheduler with this version to migrate it")
 
 
 def _first_line(exc: DBAPIError) -> str:

@@ -1,0 +1,157 @@
+"""Job definitions as users give them, validated and turned into store values.
+
+No click here: the CLI and the gateway hand in plain values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pony_scheduler.errors import ConfigError
+from pony_scheduler.scheduler import schedule as sched
+
+OVERLAP = ("skip", "queue", "allow")
+CATCH_UP = ("skip", "once", "all")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class JobOptions:
+    """What `pb job add/edit` received; None means "not given"."""
+
+    cron: str | None = None
+    tz: str | None = None
+    every: str | None = None
+    at: str | None = None
+    manual: bool = False
+    timeout: str | None = None
+    retries: int | None = None
+    retry_delay: str | None = None
+    overlap: str | None = None
+    catch_up: str | None = None
+    cwd: str | None = None
+    env: list[str] = field(default_factory=list)
+    shell: bool | None = None
+    command: list[str] = field(default_factory=list)
+
+
+def local_zone() -> str:
+    """The machine's zone name (cron follows local time unless --tz says otherwise)."""
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if (tz and "/" in tz) or tz == "UTC":
+        return tz
+    try:
+        target = os.readlink("/etc/localtime")
+    except OSError:
+        return "UTC"
+    return target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else "UTC"
+
+
+def build_schedule(opts: JobOptions, now: datetime) -> sched.Schedule | None:
+    chosen = [name for name, value in (("--cron", opts.cron), ("--every", opts.every),
+                                       ("--at", opts.at), ("--manual", opts.manual or None))
+              if value is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one schedule, not {' and '.join(chosen)}")
+    if opts.tz is not None and opts.cron is None and opts.at is None:
+        raise ConfigError("--tz applies to --cron and --at only")
+    tz = sched.check_zone(opts.tz) if opts.tz else local_zone()
+    if opts.cron is not None:
+        return sched.cron_schedule(opts.cron, tz)
+    if opts.every is not None:
+        return sched.every_schedule(opts.every, now)
+    if opts.at is not None:
+        return sched.at_schedule(opts.at, tz, now)
+    return sched.manual_schedule() if opts.manual else None
+
+
+def schedule_values(schedule: sched.Schedule, now: datetime) -> dict[str, Any]:
+    return {"schedule_kind": schedule.kind, "schedule_expr": schedule.expr,
+            "schedule_tz": schedule.tz, "schedule_anchor": schedule.anchor,
+            "next_due_at": sched.next_after(schedule, now)}
+
+
+def stored_schedule(row: dict[str, Any]) -> sched.Schedule:
+    return sched.from_dict({"kind": row["schedule_kind"], "expr": row["schedule_expr"],
+                            "tz": row["schedule_tz"], "anchor": row["schedule_anchor"]})
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not ENV_NAME.match(name):
+            raise ConfigError(f"--env {pair!r} is not NAME=VALUE (NAME: letters, digits, _)")
+        env[name] = value
+    return env
+
+
+def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | None:
+    if value is not None and value not in allowed:
+        raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
+def option_values(opts: JobOptions) -> dict[str, Any]:
+    """Store values for every option given (besides the schedule and the command)."""
+    values: dict[str, Any] = {}
+    if opts.timeout is not None:
+        values["timeout_s"] = sched.parse_duration(opts.timeout, "--timeout")
+    if opts.retries is not None:
+        if opts.retries < 0:
+            raise ConfigError(f"--retries must be 0 or more, not {opts.retries}")
+        values["retries"] = opts.retries
+    if opts.retry_delay is not None:
+        values["retry_delay_s"] = sched.parse_duration(opts.retry_delay, "--retry-delay")
+    if _choice(opts.overlap, OVERLAP, "--overlap"):
+        values["overlap"] = opts.overlap
+    if _choice(opts.catch_up, CATCH_UP, "--catch-up"):
+        values["catch_up"] = opts.catch_up
+    if opts.cwd is not None:
+        cwd = Path(opts.cwd).expanduser().absolute()
+        if not cwd.is_dir():
+            raise ConfigError(f"--cwd {opts.cwd}: no such directory")
+        values["cwd"] = str(cwd)
+    if opts.env:
+        values["env"] = parse_env(opts.env)
+    return values
+
+
+def command_values(opts: JobOptions, required: bool) -> dict[str, Any]:
+    if not opts.command:
+        if required:
+            raise ConfigError("missing command: put it after --, e.g. "
+                              "pb job add backup --cron '0 3 * * *' -- /usr/local/bin/backup")
+        return {} if opts.shell is None else {"shell": opts.shell}
+    shell = bool(opts.shell)
+    if shell and len(opts.command) != 1:
+        raise ConfigError("--shell takes the command as one string: "
+                          "pb job add NAME --shell ... -- 'cmd | other'")
+    return {"command": list(opts.command), "shell": shell}
+
+
+def new_job(name: str, opts: JobOptions, now: datetime) -> dict[str, Any]:
+    sched.validate_job_name(name)
+    schedule = build_schedule(opts, now)
+    if schedule is None:
+        raise ConfigError("missing schedule: give --cron, --every, --at or --manual")
+    defaults: dict[str, Any] = {"timeout_s": None, "retries": 0, "retry_delay_s": 10.0,
+                                "overlap": "skip", "catch_up": "once", "cwd": None, "env": {},
+                                "enabled": True}
+    return {**defaults, **option_values(opts), **command_values(opts, required=True),
+            **schedule_values(schedule, now)}
+
+
+def changed_job(opts: JobOptions, now: datetime) -> dict[str, Any]:
+    values = {**option_values(opts), **command_values(opts, required=False)}
+    schedule = build_schedule(opts, now)
+    if schedule is not None:
+        values.update(schedule_values(schedule, now))
+    if not values:
+        raise ConfigError("nothing to change: give at least one option")
+    return values

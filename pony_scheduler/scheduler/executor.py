@@ -1,0 +1,175 @@
+"""Runs job commands: one thread per running job, each child in its own session.
+
+The child gets its own process group so that a timeout or a shutdown can stop
+everything it started (shell pipelines, grandchildren) with one killpg().
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pony_scheduler.lifecycle.pidfile import proc_start_time
+from pony_scheduler.runstate import RunState
+
+log = logging.getLogger("pony_scheduler.executor")
+
+OUTPUT_CAP = 10 * 1024 * 1024  # bytes of output kept in a run's file
+TAIL_BYTES = 4096  # the end of the output, kept in the database
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to a job's process group
+
+# Outcome: (state, exit_code, reason, tail)
+Finish = Callable[[dict[str, Any], RunState, int | None, str | None, str], None]
+
+
+class Executor:
+    def __init__(self, home: Path, workers: int, on_started: Callable[[dict[str, Any]], None],
+                 on_finished: Finish) -> None:
+        self.output_dir = home / "runs"
+        self.workers = workers
+        self.on_started = on_started
+        self.on_finished = on_finished
+        self.threads: dict[int, threading.Thread] = {}
+        self.interrupt = threading.Event()  # set: stop every job now (shutdown)
+        self.lock = threading.Lock()
+
+    def free_slots(self) -> int:
+        with self.lock:
+            self.threads = {k: t for k, t in self.threads.items() if t.is_alive()}
+            return max(0, self.workers - len(self.threads))
+
+    def busy(self) -> int:
+        return self.workers - self.free_slots()
+
+    def launch(self, run: dict[str, Any]) -> None:
+        thread = threading.Thread(target=self._guarded, args=(run,), daemon=True,
+                                  name=f"run-{run['id']}")
+        with self.lock:
+            self.threads[run["id"]] = thread
+        thread.start()
+
+    def drain(self, grace: float, stop_now: Callable[[], bool],
+              keep_alive: Callable[[], None]) -> int:
+        """Wait up to `grace` for running jobs, then interrupt the rest; returns how many."""
+        deadline = time.monotonic() + grace
+        while self.busy() and time.monotonic() < deadline and not stop_now():
+            keep_alive()  # leases must not expire while we wait
+            time.sleep(0.05)
+        left = self.busy()
+        self.interrupt.set()
+        with self.lock:
+            threads = list(self.threads.values())
+        for thread in threads:
+            thread.join(KILL_GRACE + 5)
+        return left
+
+    def _guarded(self, run: dict[str, Any]) -> None:
+        try:
+            self._execute(run)
+        except Exception as exc:  # a bug here must not kill the daemon silently
+            log.exception("Run %s: executor failed", run["id"])
+            self.on_finished(run, RunState.FAILED, None, f"executor error: {exc}", "")
+
+    def _execute(self, run: dict[str, Any]) -> None:
+        path = self.output_dir / run["name"] / f"{run['id']}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run["output_path"] = str(path)
+        try:
+            proc = subprocess.Popen(
+                run["argv"], cwd=run.get("cwd") or None, env=run["environ"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True)
+        except OSError as exc:
+            path.write_text(f"cannot start {run['argv'][0]!r}: {exc.strerror}\n")
+            self.on_finished(run, RunState.FAILED, None,
+                             f"cannot start command: {exc.strerror}", "")
+            return
+        run["pid"], run["pid_start"] = proc.pid, proc_start_time(proc.pid)
+        self.on_started(run)
+        state, reason, tail = self._supervise(proc, path, run.get("timeout_s"))
+        code = proc.wait()
+        if state is RunState.SUCCEEDED and code != 0:
+            state = RunState.FAILED
+            reason = (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
+        self.on_finished(run, state, code, reason, tail)
+
+    def _supervise(self, proc: subprocess.Popen[bytes], path: Path,
+                   timeout: float | None) -> tuple[RunState, str | None, str]:
+        """Copy output (capped) until the child closes it, times out or is interrupted."""
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout if timeout else None
+        tail: collections.deque[bytes] = collections.deque()
+        tail_size = written = 0
+        state, reason = RunState.SUCCEEDED, None
+        fd = proc.stdout.fileno()
+        with open(path, "wb") as out:
+            while True:
+                if self.interrupt.is_set():
+                    state, reason = RunState.INTERRUPTED, "interrupted by scheduler shutdown"
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    state, reason = RunState.TIMED_OUT, f"timed out after {timeout:g}s"
+                    break
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if not ready:
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                if written < OUTPUT_CAP:
+                    out.write(chunk[: OUTPUT_CAP - written])
+                    out.flush()
+                    written += len(chunk)
+                    if written >= OUTPUT_CAP:
+                        out.write(b"\n[output truncated: more than 10 MiB]\n")
+                tail.append(chunk)
+                tail_size += len(chunk)
+                while tail_size - len(tail[0]) >= TAIL_BYTES:
+                    tail_size -= len(tail.popleft())
+        if state is RunState.SUCCEEDED:  # output closed; the process may still run
+            state, reason = self._await_exit(proc, deadline, timeout)
+        if state is not RunState.SUCCEEDED:
+            stop_group(proc)
+        proc.stdout.close()
+        return state, reason, b"".join(tail)[-TAIL_BYTES:].decode(errors="replace")
+
+
+    def _await_exit(self, proc: subprocess.Popen[bytes], deadline: float | None,
+                    timeout: float | None) -> tuple[RunState, str | None]:
+        while True:
+            try:
+                proc.wait(0.2)
+                return RunState.SUCCEEDED, None
+            except subprocess.TimeoutExpired:
+                pass
+            if self.interrupt.is_set():
+                return RunState.INTERRUPTED, "interrupted by scheduler shutdown"
+            if deadline is not None and time.monotonic() >= deadline:
+                return RunState.TIMED_OUT, f"timed out after {timeout:g}s"
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the job's process group, SIGKILL it after a grace period."""
+    for signum, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            # The leader is gone; make sure nothing it started lingers in the group.
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        return

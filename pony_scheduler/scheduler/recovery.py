@@ -1,0 +1,86 @@
+"""Finding runs whose scheduler died, and surviving a database that hiccups.
+
+A run is abandoned when its lease expired (its scheduler stopped heartbeating: killed,
+powered off, another host gone) or, sooner, when its scheduler ran on this host and that
+process is verifiably gone (after `kill -9` and a restart we need not wait for the lease).
+Its job process may still be running, orphaned: it is stopped (after checking it is the
+very process we started) so that the retry does not run beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+
+from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
+from pony_scheduler.runstate import RunState
+from pony_scheduler.store import Store
+
+log = logging.getLogger("pony_scheduler.scheduler")
+T = TypeVar("T")
+
+
+def retrying(action: Callable[[], T], attempts: int = 6) -> T:
+    """Run a short database write again when the database is briefly unavailable
+    (locked, restarting); results must not be dropped because of a hiccup."""
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except DBAPIError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("Database write failed (%s); retrying in %.1fs",
+                        str(exc.orig).strip().splitlines()[0] if exc.orig else exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")
+
+
+def dead_schedulers_here(store: Store, me: str) -> list[str]:
+    """Schedulers recorded as running on this host whose process is gone."""
+    dead = []
+    for row in store.running_schedulers_here(socket.gethostname(), exclude=me):
+        alive = row["boot_id"] == boot_id() and proc_start_time(row["pid"]) == row["proc_start"]
+        if not alive:
+            dead.append(row["id"])
+    return dead
+
+
+def abandoned(store: Store, me: str, now: datetime) -> list[tuple[dict[str, Any], RunState]]:
+    """Declare abandoned runs lost; return them so the caller applies the retry policy."""
+    dead = dead_schedulers_here(store, me)
+    handled = []
+    for run in store.abandoned_runs(now, socket.gethostname(), dead):
+        if run["claimed_by"] == me:
+            continue  # ours, and we are alive: the lease was renewed late, not lost
+        cause = ("its scheduler died" if run["claimed_by"] in dead
+                 else "its scheduler stopped renewing the lease")
+        _stop_orphan(run)
+        if store.mark_lost(run["id"], run["claimed_by"], f"lost: {cause}"):
+            log.warning("Run %d was lost (%s)", run["id"], cause)
+            handled.append((run, RunState.LOST))
+    for scheduler_id in dead:
+        store.mark_scheduler_gone(scheduler_id)
+    return handled
+
+
+def _stop_orphan(run: dict[str, Any]) -> None:
+    """Kill the process group of a lost run if it is still here and verifiably that run's."""
+    pid, started = run.get("pid"), run.get("pid_start")
+    if not pid or started is None or run.get("hostname") != socket.gethostname():
+        return
+    if proc_start_time(pid) != started:
+        return  # gone, or the PID now belongs to someone else: never signal it
+    log.warning("Run %d: stopping its orphaned process group %d", run["id"], pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,302 @@
+"""Turning user text into times: zones, durations, `--at` times and cron fields.
+
+Pure functions: nothing here reads the clock; `now` is always passed in.  Every user
+error is a ConfigError whose message is one line (input is quoted with control
+characters escaped, so a stray newline cannot break the CLI's one-line contract).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pony_scheduler.errors import ConfigError
+
+MAX_DURATION = 100 * 366 * 86400.0  # far beyond any sane interval; keeps timedelta in range
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"\s*({_NUMBER})\s*(ms|s|m|h|d|w)", re.ASCII | re.IGNORECASE)
+_BARE_NUMBER = re.compile(rf"\s*{_NUMBER}\s*", re.ASCII)
+_TIME_OF_DAY = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", re.ASCII)
+DURATION_FORMS = "a number of seconds or forms like 90s, 5m, 1h30m, 2d, 1.5h, 500ms"
+
+
+def quote(text: str, limit: int = 80) -> str:
+    """'text' for an error message: control characters escaped, long input shortened."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(shown) > limit:
+        shown = shown[: limit - 3] + "..."
+    return f"'{shown}'"
+
+
+# ---------------------------------------------------------------- zones
+
+
+@lru_cache(maxsize=512)
+def zone(tz: str) -> ZoneInfo:
+    """The ZoneInfo for a name already accepted by check_zone."""
+    return ZoneInfo(tz)
+
+
+def check_zone(tz: str) -> str:
+    """Return `tz` if it names an IANA zone, else a ConfigError saying what to use."""
+    try:
+        if tz.strip() != tz or not tz:
+            raise ValueError(tz)
+        zone(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # ValueError/OSError: paths such as "../x" or a directory such as "Europe".
+        raise ConfigError(
+            f"unknown time zone {quote(tz)}; use an IANA name such as Europe/Berlin or UTC"
+        ) from None
+    return tz
+
+
+def as_utc(moment: datetime) -> datetime:
+    """`moment` as an aware UTC datetime; naive datetimes are a programming error."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment!r}: pass a timezone-aware datetime")
+    return moment.astimezone(UTC)
+
+
+# ---------------------------------------------------------------- wall clock -> instants
+
+
+def wall_to_instants(wall: datetime, tz: ZoneInfo, both_folds: bool = False) -> list[datetime]:
+    """The UTC instants at which naive local time `wall` happens, ascending.
+
+    Normal time: one instant.  A time skipped by a forward jump (spring gap) maps to
+    the first instant after the gap, i.e. the transition itself (02:30 -> 03:00).
+    A repeated time (autumn fold) maps to its first occurrence, or to both when
+    `both_folds` (used for jobs that follow elapsed time, see schedule.py).
+    """
+    first = wall.replace(tzinfo=tz, fold=0)
+    second = wall.replace(tzinfo=tz, fold=1)
+    early, late = first.utcoffset(), second.utcoffset()
+    assert early is not None and late is not None
+    if early == late:
+        return [first.astimezone(UTC)]
+    if early < late:  # PEP 495: in a gap fold=0 uses the (smaller) offset from before
+        return [_transition(wall - late, wall - early, tz, early)]
+    if both_folds:
+        return [first.astimezone(UTC), second.astimezone(UTC)]
+    return [first.astimezone(UTC)]
+
+
+def _transition(lo: datetime, hi: datetime, tz: ZoneInfo, before: timedelta) -> datetime:
+    """First whole second in (lo, hi] whose offset differs from `before` (bisection).
+
+    zoneinfo does not expose transition times, and gaps are rare, so ~12 steps is fine.
+    """
+    low, high = int(lo.replace(tzinfo=UTC).timestamp()), int(hi.replace(tzinfo=UTC).timestamp())
+    while high - low > 1:
+        mid = (low + high) // 2
+        if datetime.fromtimestamp(mid, tz).utcoffset() == before:
+            low = mid
+        else:
+            high = mid
+    return datetime.fromtimestamp(high, UTC)
+
+
+def offset_swing(moment: datetime, tz: ZoneInfo) -> timedelta:
+    """How far local clocks go back around `moment` (a day either side), else zero.
+
+    Iterating wall-clock times must start this much earlier/later so that a
+    repeated hour is not missed.
+    """
+    day = timedelta(days=1)
+    try:
+        before = (moment - day).astimezone(tz).utcoffset()
+        after = (moment + day).astimezone(tz).utcoffset()
+    except OverflowError:
+        return timedelta(0)
+    assert before is not None and after is not None
+    return max(timedelta(0), before - after)
+
+
+# ---------------------------------------------------------------- durations
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds in `text`: "90", "90s", "5m", "1h30m", "1h 30m", "2d", "1.5h", "500ms"."""
+    seconds = _duration_seconds(text)
+    if seconds is None:
+        raise ConfigError(f"invalid {what} {quote(text)}: use {DURATION_FORMS}")
+    if seconds <= 0:
+        raise ConfigError(f"{what} must be greater than zero, got {quote(text)}")
+    if seconds > MAX_DURATION:
+        raise ConfigError(f"{what} {quote(text)} is too long; the maximum is 100 years")
+    return seconds
+
+
+def _duration_seconds(text: str) -> float | None:
+    if _BARE_NUMBER.fullmatch(text):
+        return float(text)
+    total, pos = 0.0, 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _UNITS[match.group(2).lower()]
+        pos = match.end()
+    if pos == 0 or text[pos:].strip():
+        return None
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Short human form: 5400 -> "1h 30m", 90 -> "1m 30s", 0.5 -> "500ms"."""
+    millis = round(abs(seconds) * 1000)
+    parts = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        count, millis = divmod(millis, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    if millis or not parts:
+        parts.append(f"{millis}ms" if millis else "0s")
+    return ("-" if seconds < 0 else "") + " ".join(parts)
+
+
+# ---------------------------------------------------------------- --at times
+
+
+def parse_at(when: str, tz: str, now: datetime) -> datetime:
+    """The UTC instant meant by `--at WHEN`, which must be after `now`."""
+    now = as_utc(now)
+    text = when.strip()
+    local = zone(check_zone(tz))
+    if text.startswith("+"):
+        moment = now + timedelta(seconds=parse_duration(text[1:], "relative time"))
+    elif match := _TIME_OF_DAY.fullmatch(text):
+        moment = _next_time_of_day(match, local, now, when)
+    else:
+        moment = _absolute(text, local, when)
+    moment = moment.replace(microsecond=0)
+    if moment <= now:
+        shown = moment.astimezone(local).strftime("%Y-%m-%d %H:%M:%S")
+        raise ConfigError(f"time {quote(when)} ({shown} {tz}) is in the past; give a future time")
+    return moment
+
+
+def _next_time_of_day(match: re.Match[str], local: ZoneInfo, now: datetime, when: str) -> datetime:
+    hour, minute, second = (int(g or 0) for g in match.groups())
+    if hour > 23 or minute > 59 or second > 59:
+        raise ConfigError(f"invalid time {quote(when)}: use HH:MM or HH:MM:SS, 00:00 to 23:59")
+    today = now.astimezone(local).replace(tzinfo=None)
+    for days in (0, 1, 2):  # 2: today's and tomorrow's could both be eaten by a gap
+        wall = (today + timedelta(days=days)).replace(hour=hour, minute=minute, second=second)
+        moment = wall_to_instants(wall.replace(microsecond=0), local)[0]
+        if moment > now:
+            return moment
+    raise AssertionError("unreachable: a later day always has this time")
+
+
+def _absolute(text: str, local: ZoneInfo, when: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
+        if parsed.tzinfo is not None:
+            return parsed.astimezone(UTC)
+        return wall_to_instants(parsed, local)[0]
+    except (ValueError, OverflowError):
+        raise ConfigError(
+            f"invalid time {quote(when)}: use '2026-12-01 09:00', '2026-12-01T09:00:00+01:00', "
+            "'09:00' (next such local time) or '+10m'"
+        ) from None
+
+
+# ---------------------------------------------------------------- cron fields
+
+CRON_FIELDS = "minute hour day-of-month month day-of-week"
+MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_NONE: tuple[str, ...] = ()
+_FIELD_SPECS = (  # name, lowest, highest, names (their index + offset is the value)
+    ("minute", 0, 59, _NONE, 0),
+    ("hour", 0, 23, _NONE, 0),
+    ("day-of-month", 1, 31, _NONE, 0),
+    ("month", 1, 12, _MONTHS, 1),
+    ("day-of-week", 0, 7, _DAYS, 0),
+)
+
+
+def cron_fields(text: str) -> list[str]:
+    """The five fields of a cron expression or macro, checked field by field."""
+    if text.startswith("@"):
+        if text.lower() not in MACROS:
+            raise ConfigError(
+                f"unknown cron macro {quote(text)}; use @yearly, @annually, @monthly, "
+                "@weekly, @daily, @midnight or @hourly"
+            )
+        return MACROS[text.lower()].split()
+    fields = text.split()
+    if len(fields) in (6, 7):
+        raise ConfigError(
+            f"invalid cron expression {quote(text)}: {len(fields)} fields given, but seconds "
+            f"and years are not supported; use 5 fields ({CRON_FIELDS})"
+        )
+    if len(fields) != 5:
+        raise ConfigError(
+            f"invalid cron expression {quote(text)}: expected 5 fields ({CRON_FIELDS}) "
+            f"or a macro such as @daily, got {len(fields)}"
+        )
+    check_cron_fields(text, fields)
+    return fields
+
+
+def check_cron_fields(expr: str, fields: list[str]) -> None:
+    """Check five cron fields so that errors name the field; croniter checks the rest."""
+    for field, (name, low, high, names, base) in zip(fields, _FIELD_SPECS, strict=True):
+        problem = _field_problem(field, name, low, high, names, base)
+        if problem:
+            where = f"{name} field {quote(field)}"
+            if not problem.startswith(" "):
+                where += ": "
+            raise ConfigError(f"invalid cron expression {quote(expr)}: {where}{problem}")
+
+
+def _field_problem(
+    field: str, name: str, low: int, high: int, names: tuple[str, ...], base: int
+) -> str:
+    """What is wrong with one field ("" if nothing), phrased to follow "<name> field"."""
+    for item in field.split(","):
+        body, slash, step = item.partition("/")
+        if slash and not (step.isascii() and step.isdigit() and int(step) > 0):
+            return f"step {quote(step)} must be a whole number above zero"
+        if body == "*" or (body == "?" and name.startswith("day")):
+            continue
+        if body.upper() == "L" and name == "day-of-month" and not slash:
+            continue  # croniter extension: last day of the month
+        if name == "day-of-week" and "#" in body and not slash:
+            body, _, nth = body.partition("#")
+            if nth not in ("1", "2", "3", "4", "5"):
+                return f"{quote(item)}: the number after '#' must be 1-5"
+        numbers = []
+        for part in body.split("-", 1):
+            value = _value(part, low, high, names, base)
+            if isinstance(value, str):
+                return value if part == field else f"{quote(part)}{value}"
+            numbers.append(value)
+        if len(numbers) == 2 and numbers[0] > numbers[1]:
+            return f"range {quote(body)} runs backwards; write it low-high"
+    return ""
+
+
+def _value(part: str, low: int, high: int, names: tuple[str, ...], base: int) -> int | str:
+    """The number in one field part, or the text of what is wrong with it."""
+    if part.isascii() and part.isdigit():
+        value = int(part)
+        return value if low <= value <= high else f" is out of range {low}-{high}"
+    if part.lower() in names:
+        return names.index(part.lower()) + base
+    kinds = "a number" + (" or a name such as " + names[0].upper() if names else "")
+    return f" is not {kinds}"

@@ -1,0 +1,57 @@
+"""Small helpers shared by the store's query modules."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Insert, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from pony_scheduler.store.tables import counters
+
+CHANGES = "job_changes"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def insert_ignore(connection: Connection, table: Table) -> Insert:
+    """INSERT … ON CONFLICT DO NOTHING: the unique key, not a race, decides who wins."""
+    dialect = connection.dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing()
+
+
+def bump_changes(connection: Connection) -> None:
+    """Tell running schedulers that jobs changed (they poll this one row)."""
+    result = connection.execute(update(counters).where(counters.c.key == CHANGES)
+                                .values(value=counters.c.value + 1))
+    if result.rowcount == 0:
+        connection.execute(insert_ignore(connection, counters).values(key=CHANGES, value=1))
+
+
+def read_changes(engine: Engine) -> int:
+    with engine.connect() as connection:
+        value = connection.execute(select(counters.c.value)
+                                   .where(counters.c.key == CHANGES)).scalar()
+    return int(value or 0)
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    return dict(row._mapping)
+
+
+def loads(text: str | None, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default

@@ -1,0 +1,172 @@
+"""Queries about runs: queueing, claiming, leases, results, history."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+
+from pony_scheduler.runstate import RunState
+from pony_scheduler.store.common import bump_changes, insert_ignore, iso, row_dict, utcnow
+from pony_scheduler.store.jobs import UnknownJob
+from pony_scheduler.store.tables import jobs, runs, schedulers
+
+RUN_VIEW = (runs.c.id, jobs.c.name.label("job"), runs.c.occurrence, runs.c.attempt,
+            runs.c.state, runs.c.trigger, runs.c.due_at, runs.c.started_at,
+            runs.c.finished_at, runs.c.exit_code, runs.c.reason, runs.c.pid,
+            runs.c.hostname, runs.c.claimed_by)
+
+
+def run_view(row: dict[str, Any]) -> dict[str, Any]:
+    view = dict(row)
+    started, finished = row.get("started_at"), row.get("finished_at")
+    view["duration_s"] = (round((finished - started).total_seconds(), 3)
+                          if started and finished else None)
+    for key in ("occurrence", "due_at", "started_at", "finished_at", "lease_until"):
+        if key in view:
+            view[key] = iso(view[key])
+    return view
+
+
+class RunQueries:
+    engine: Engine
+
+    # -- what users do ----------------------------------------------------------------------
+    def request_run(self, name: str) -> int:
+        """Queue a manual run now; the running scheduler picks it up within a second."""
+        now = utcnow()
+        with self.engine.begin() as connection:
+            job_id = connection.execute(select(jobs.c.id).where(jobs.c.name == name)).scalar()
+            if job_id is None:
+                raise UnknownJob(name)
+            result = connection.execute(runs.insert().values(
+                job_id=job_id, occurrence=now, attempt=1, trigger="manual",
+                state=RunState.QUEUED, due_at=now, created_at=now))
+            bump_changes(connection)
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def list_runs(self, job: str | None = None, limit: int = 50,
+                  state: str | None = None) -> list[dict[str, Any]]:
+        query = select(*RUN_VIEW).join(jobs, jobs.c.id == runs.c.job_id)
+        if job is not None:
+            query = query.where(jobs.c.name == job)
+        if state is not None:
+            query = query.where(runs.c.state == state)
+        query = query.order_by(runs.c.id.desc()).limit(limit)
+        with self.engine.connect() as connection:
+            return [run_view(row_dict(row)) for row in connection.execute(query)]
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        query = (select(*RUN_VIEW, runs.c.output_path, runs.c.output_tail, runs.c.lease_until)
+                 .join(jobs, jobs.c.id == runs.c.job_id).where(runs.c.id == run_id))
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        return run_view(row_dict(row)) if row else None
+
+    # -- what the work loop does ------------------------------------------------------------
+    def next_run_due(self, after: datetime | None = None) -> datetime | None:
+        query = select(func.min(runs.c.due_at)).where(runs.c.state == RunState.QUEUED)
+        if after is not None:
+            query = query.where(runs.c.due_at > after)
+        with self.engine.connect() as connection:
+            return connection.execute(query).scalar()
+
+    def claim(self, scheduler_id: str, hostname: str, now: datetime, limit: int,
+              lease: float) -> list[dict[str, Any]]:
+        """Atomically take up to `limit` due runs, applying each job's overlap policy."""
+        claimed: list[dict[str, Any]] = []
+        query = (select(runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt,
+                        jobs.c.overlap)
+                 .join(jobs, jobs.c.id == runs.c.job_id)
+                 .where(runs.c.state == RunState.QUEUED, runs.c.due_at <= now)
+                 .order_by(runs.c.due_at, runs.c.id).limit(limit * 4)
+                 .with_for_update(skip_locked=True, of=runs))
+        with self.engine.begin() as connection:
+            busy = set(connection.execute(select(runs.c.job_id).distinct()
+                                          .where(runs.c.state == RunState.RUNNING)).scalars())
+            for run_id, job_id, _occurrence, _attempt, overlap in connection.execute(query).all():
+                if len(claimed) >= limit:
+                    break
+                if job_id in busy and overlap != "allow":
+                    if overlap == "skip":
+                        self._skip(connection, run_id, now, "previous run still running")
+                    continue
+                won = connection.execute(
+                    update(runs).where(runs.c.id == run_id, runs.c.state == RunState.QUEUED)
+                    .values(state=RunState.RUNNING, claimed_by=scheduler_id, hostname=hostname,
+                            started_at=now, lease_until=now + timedelta(seconds=lease))).rowcount
+                if won == 1:  # on SQLite the rowcount is the claim; on PostgreSQL the row lock
+                    busy.add(job_id)
+                    claimed.append({"id": run_id})
+            details = [self._claimed_details(connection, c["id"]) for c in claimed]
+        return details
+
+    @staticmethod
+    def _skip(connection: Any, run_id: int, now: datetime, reason: str) -> None:
+        connection.execute(update(runs).where(runs.c.id == run_id,
+                                              runs.c.state == RunState.QUEUED)
+                           .values(state=RunState.SKIPPED, finished_at=now, reason=reason))
+
+    @staticmethod
+    def _claimed_details(connection: Any, run_id: int) -> dict[str, Any]:
+        row = connection.execute(
+            select(runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt, runs.c.trigger,
+                   jobs.c.name, jobs.c.command, jobs.c.shell, jobs.c.timeout_s, jobs.c.retries,
+                   jobs.c.retry_delay_s, jobs.c.cwd, jobs.c.env)
+            .join(jobs, jobs.c.id == runs.c.job_id).where(runs.c.id == run_id)).one()
+        return row_dict(row)
+
+    def run_started(self, run_id: int, pid: int, pid_start: int | None,
+                    output_path: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(update(runs).where(runs.c.id == run_id).values(
+                pid=pid, pid_start=pid_start, output_path=output_path))
+
+    def finish_run(self, run_id: int, scheduler_id: str, state: RunState,
+                   exit_code: int | None, reason: str | None, tail: str | None) -> bool:
+        """Record a result; false when the run is no longer ours (e.g. declared lost)."""
+        with self.engine.begin() as connection:
+            return connection.execute(
+                update(runs).where(runs.c.id == run_id, runs.c.state == RunState.RUNNING,
+                                   runs.c.claimed_by == scheduler_id)
+                .values(state=state, exit_code=exit_code, reason=reason, output_tail=tail,
+                        finished_at=utcnow(), lease_until=None)).rowcount == 1
+
+    def queue_attempt(self, run: dict[str, Any], due_at: datetime, trigger: str) -> None:
+        """Another attempt of the same occurrence (retry, or resume after a shutdown)."""
+        with self.engine.begin() as connection:
+            connection.execute(insert_ignore(connection, runs).values(
+                job_id=run["job_id"], occurrence=run["occurrence"], attempt=run["attempt"] + 1,
+                trigger=trigger, state=RunState.QUEUED, due_at=due_at, created_at=utcnow()))
+
+    def renew_leases(self, scheduler_id: str, now: datetime, lease: float) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(update(runs).where(runs.c.claimed_by == scheduler_id,
+                                                  runs.c.state == RunState.RUNNING)
+                               .values(lease_until=now + timedelta(seconds=lease)))
+
+    def abandoned_runs(self, now: datetime, hostname: str,
+                       dead_here: list[str]) -> list[dict[str, Any]]:
+        """Running runs whose scheduler is gone: lease expired, or found dead on this host."""
+        query = (select(runs, jobs.c.retries, jobs.c.retry_delay_s)
+                 .join(jobs, jobs.c.id == runs.c.job_id)
+                 .where(runs.c.state == RunState.RUNNING,
+                        (runs.c.lease_until < now) | runs.c.claimed_by.in_(dead_here)))
+        with self.engine.connect() as connection:
+            return [row_dict(row) for row in connection.execute(query)]
+
+    def mark_lost(self, run_id: int, claimed_by: str | None, reason: str) -> bool:
+        with self.engine.begin() as connection:
+            return connection.execute(
+                update(runs).where(runs.c.id == run_id, runs.c.state == RunState.RUNNING,
+                                   runs.c.claimed_by == claimed_by)
+                .values(state=RunState.LOST, reason=reason, finished_at=utcnow(),
+                        lease_until=None)).rowcount == 1
+
+    def running_schedulers_here(self, hostname: str, exclude: str) -> list[dict[str, Any]]:
+        query = select(schedulers).where(schedulers.c.hostname == hostname,
+                                         schedulers.c.stopped_at.is_(None),
+                                         schedulers.c.id != exclude)
+        with self.engine.connect() as connection:
+            return [row_dict(row) for row in connection.execute(query)]
