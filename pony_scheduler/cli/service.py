@@ -22,10 +22,25 @@ from pony_scheduler.lifecycle.spec import ServiceSpec
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # Start options that only some services have; they become Settings overrides.
+_PORT = click.IntRange(1, 65535)
 EXTRA_START_OPTIONS: dict[str, list[Decorator]] = {
     "scheduler": [
         click.option("--db", help="SQLite path or SQLAlchemy URL (postgresql+psycopg://…)."),
         click.option("--socket", help="Gateway socket the scheduler reports to."),
+    ],
+    "gateway": [
+        click.option("--host", "gateway_host", metavar="HOST",
+                     help="HTTP address to listen on [default: 127.0.0.1]."),
+        click.option("--port", "gateway_port", type=_PORT, metavar="PORT",
+                     help="HTTP port [default: 18789]."),
+        click.option("--db", help="The scheduler's database (path or SQLAlchemy URL)."),
+        click.option("--socket", help="Unix socket for the scheduler's events."),
+    ],
+    "debug": [
+        click.option("--host", "debug_host", metavar="HOST",
+                     help="HTTP address to listen on [default: 127.0.0.1]."),
+        click.option("--port", "debug_port", type=_PORT, metavar="PORT",
+                     help="HTTP port [default: 18790]."),
     ],
 }
 
@@ -121,11 +136,14 @@ def _print_failure(spec: ServiceSpec, settings: Settings, exc: StartFailed) -> N
 def _stop_command(spec: ServiceSpec) -> click.Command:
     @click.command(name="stop", help=f"Stop the {spec.title.lower()}.")
     @click.option("--force", is_flag=True, help="SIGKILL at once and clean up its files.")
-    @click.option("--timeout", type=POSITIVE_SECONDS, default=30.0, show_default=True,
-                  help="Seconds to wait for the process to exit.")
+    @click.option("--timeout", type=POSITIVE_SECONDS,
+                  help="Seconds to wait for the process to exit "
+                       "[default: the shutdown grace + 15].")
     @click.pass_context
-    def stop(ctx: click.Context, force: bool, timeout: float) -> None:
+    def stop(ctx: click.Context, force: bool, timeout: float | None) -> None:
         settings = settings_from(ctx)
+        if timeout is None:  # running jobs get the grace, then KILL_GRACE to die
+            timeout = settings.shutdown_grace + 15
         result = control.stop(spec, settings, timeout=timeout, force=force,
                               say=lambda line: click.echo(line))
         if result.was_running:

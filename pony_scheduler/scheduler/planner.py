@@ -1,7 +1,9 @@
 """Which occurrences of a job become runs now: pure, with `now` passed in.
 
-An occurrence more than MISFIRE_GRACE late was missed (the daemon was down or the
-machine asleep); the job's catch-up policy decides what happens to missed ones:
+Normally exactly one occurrence is due and it runs.  When several are due at once, the
+scheduler was down (or the machine asleep): all but the most recent were missed, and so
+was the most recent if it is more than MISFIRE_GRACE late.  The job's catch-up policy
+decides what happens to missed ones:
   skip  record them all as skipped, run none;
   once  run the most recent one, record the rest as skipped (anacron, systemd Persistent=);
   all   run every one of them (up to CATCH_UP_CAP, the rest skipped).
@@ -29,8 +31,8 @@ class Plan:
 def plan(schedule: Schedule, policy: str, next_due: datetime, now: datetime) -> Plan:
     """What to do with a job whose next occurrence `next_due` is at or before `now`."""
     due = [next_due, *due_between(schedule, next_due, now, limit=CATCH_UP_CAP + 1)]
-    late = [o for o in due if now - o > MISFIRE_GRACE]
-    on_time = [o for o in due if now - o <= MISFIRE_GRACE]
+    on_time = due[-1:] if now - due[-1] <= MISFIRE_GRACE else []
+    late = due[: len(due) - len(on_time)]
     run_late, skipped = _catch_up(late, policy, has_on_time=bool(on_time))
     return Plan(to_run=run_late + on_time, skipped=skipped,
                 next_due=next_after(schedule, max(now, due[-1])))

@@ -43,6 +43,7 @@ from croniter import CroniterError, croniter
 
 from pony_scheduler.errors import ConfigError
 from pony_scheduler.scheduler.timeparse import (
+    CRON_FIELDS,
     MACROS,
     as_utc,
     check_zone,
@@ -108,8 +109,8 @@ def cron_schedule(expr: str, tz: str) -> Schedule:
     except _CRON_FAILURES as exc:
         if isinstance(exc, CroniterError) and "failed to find" in str(exc):
             reason = "it never matches a real date (check the day and month fields)"
-        else:
-            reason = quote(" ".join(str(exc).split()), 120)
+        else:  # syntax croniter refuses after our field checks, e.g. "1-5#2"
+            reason = f"this is not cron syntax croniter understands; see crontab(5) ({CRON_FIELDS})"
         raise ConfigError(f"invalid cron expression {quote(text)}: {reason}") from None
     return Schedule("cron", text.lower() if text.startswith("@") else text, tz)
 
@@ -209,7 +210,7 @@ def _template(fields: str) -> croniter:
 
 def _walls(schedule: Schedule, start: datetime, backwards: bool) -> Iterator[datetime]:
     """Naive local wall-clock times matching the expression, strictly beyond `start`."""
-    fields = MACROS.get(schedule.expr, schedule.expr)
+    fields = MACROS.get(schedule.expr.lower(), schedule.expr)
     walker = copy.copy(_template(fields))
     walker.set_current(start, force=True)
     step = walker.get_prev if backwards else walker.get_next
@@ -222,7 +223,7 @@ def _walls(schedule: Schedule, start: datetime, backwards: bool) -> Iterator[dat
 
 def _hourly(schedule: Schedule) -> bool:
     """True if the job runs every hour, so it follows elapsed time across a fold."""
-    hours = _template(MACROS.get(schedule.expr, schedule.expr)).expanded[1]
+    hours = _template(MACROS.get(schedule.expr.lower(), schedule.expr)).expanded[1]
     return hours == ["*"] or len(set(hours)) == 24
 
 

@@ -270,8 +270,8 @@ def _field_problem(
     """What is wrong with one field ("" if nothing), phrased to follow "<name> field"."""
     for item in field.split(","):
         body, slash, step = item.partition("/")
-        if slash and not (step.isascii() and step.isdigit() and int(step) > 0):
-            return f"step {quote(step)} must be a whole number above zero"
+        if slash and not (step.isascii() and step.isdigit() and 0 < int(step) <= high - low + 1):
+            return f"step {quote(step)} must be a whole number from 1 to {high - low + 1}"
         if body == "*" or (body == "?" and name.startswith("day")):
             continue
         if body.upper() == "L" and name == "day-of-month" and not slash:

@@ -137,7 +137,7 @@ class JobQueries:
                 return False
             rows = [dict(job_id=job_id, occurrence=o, attempt=1, state=RunState.SKIPPED,
                          trigger="catch_up", due_at=o, created_at=now, finished_at=now,
-                         reason="missed while no scheduler was running") for o in skipped]
+                         reason="missed: no scheduler was running at its time") for o in skipped]
             rows += [dict(job_id=job_id, occurrence=o, attempt=1, state=RunState.QUEUED,
                           trigger=trigger if o == expected_due else "catch_up", due_at=o,
                           created_at=now, finished_at=None, reason=None) for o in to_run]

@@ -97,7 +97,8 @@ class Store(JobQueries, RunQueries):
 
 
 def _check_current(engine: Engine, url: str) -> None:
-    current, head = migrate.current_revision(engine), migrate.head_revision()
+    current, head = migrate.current_revision(engine), migrate.HEAD
+    migrate.check_known(current)
     if current is None:
         raise PonyError(f"database {safe_url(url)} has no pony-scheduler schema yet; start "
                         "the scheduler once ('pb scheduler start') to create it")

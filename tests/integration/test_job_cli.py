@@ -1,0 +1,90 @@
+"""`pb job` / `pb runs` without a daemon: definitions, listings and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Pb
+
+
+def test_add_list_show_edit_pause_resume_remove(pb: Pb, tmp_path: Path) -> None:
+    add = pb("job", "add", "backup", "--cron", "0 3 * * *", "--tz", "Europe/Berlin",
+             "--timeout", "1h", "--retries", "2", "--retry-delay", "30s", "--overlap", "queue",
+             "--catch-up", "all", "--cwd", str(tmp_path), "--env", "A=1", "--env", "B=x=y",
+             "--", "/usr/bin/env", "-i")
+    assert add.code == 0, add.all
+    assert "✓ Job backup added; next run:" in add.out
+    listing = pb("job", "list")
+    assert "backup" in listing.out and "cron '0 3 * * *' (Europe/Berlin)" in listing.out
+    data = json.loads(pb("job", "list", "--json").out)[0]
+    assert data["command"] == ["/usr/bin/env", "-i"] and data["env"] == {"A": "1", "B": "x=y"}
+    assert data["timeout_s"] == 3600 and data["retries"] == 2 and data["overlap"] == "queue"
+    assert data["catch_up"] == "all" and data["cwd"] == str(tmp_path) and data["enabled"]
+    assert data["next_run_at"].endswith(("01:00:00+00:00", "02:00:00+00:00"))
+    shown = pb("job", "show", "backup")
+    assert "Schedule:     cron '0 3 * * *' (Europe/Berlin)" in shown.out
+    assert pb("job", "edit", "backup", "--every", "5m").code == 0
+    assert json.loads(pb("job", "show", "backup", "--json").out)["schedule"] == "every 5m"
+    assert pb("job", "pause", "backup").code == 0
+    paused = json.loads(pb("job", "show", "backup", "--json").out)
+    assert paused["enabled"] is False and paused["next_run_at"] is None
+    assert "paused" in pb("job", "list").out
+    assert pb("job", "resume", "backup").code == 0
+    assert json.loads(pb("job", "show", "backup", "--json").out)["next_run_at"]
+    run = pb("job", "run", "backup")
+    assert run.code == 0 and "queued" in run.out
+    assert json.loads(pb("runs", "backup", "--json").out)[0]["state"] == "queued"
+    assert pb("job", "remove", "backup").code == 0
+    assert pb("job", "list").out.startswith("No jobs yet")
+
+
+def test_shell_and_one_shot(pb: Pb) -> None:
+    assert pb("job", "add", "s", "--at", "+1h", "--shell", "--", "echo a | tr a b").code == 0
+    job = json.loads(pb("job", "show", "s", "--json").out)
+    assert job["shell"] and job["command"] == ["echo a | tr a b"]
+    assert job["schedule"].startswith("at ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["x", "--cron", "61 * * * *", "--", "true"], "minute field"),
+    (["x", "--cron", "* * * *", "--", "true"], "cron"),
+    (["x", "--cron", "0 3 * * *", "--tz", "Mars/Base", "--", "true"], "unknown time zone"),
+    (["x", "--every", "soon", "--", "true"], "interval"),
+    (["x", "--every", "0s", "--", "true"], "interval"),
+    (["x", "--at", "yesterday-ish", "--", "true"], "invalid time"),
+    (["x", "--at", "2001-01-01 00:00", "--", "true"], "past"),
+    (["x", "--every", "1h"], "missing command"),
+    (["x", "--", "true"], "missing schedule"),
+    (["x", "--every", "1h", "--cron", "@daily", "--", "true"], "choose one schedule"),
+    (["bad name!", "--every", "1h", "--", "true"], "job name"),
+    (["x", "--every", "1h", "--cwd", "/no/such/dir", "--", "true"], "no such directory"),
+    (["x", "--every", "1h", "--env", "NOEQUALS", "--", "true"], "NAME=VALUE"),
+    (["x", "--every", "1h", "--timeout", "forever", "--", "true"], "--timeout"),
+    (["x", "--every", "1h", "--overlap", "maybe", "--", "true"], "maybe"),
+    (["x", "--every", "1h", "--retries", "-1", "--", "true"], "--retries"),
+])
+def test_bad_job_input(pb: Pb, args: list[str], message: str) -> None:
+    result = pb("job", "add", *args)
+    assert result.code != 0
+    assert result.err.count("\n") == 1, result.err  # one line
+    assert message.lower() in result.err.lower(), result.err
+    assert pb("job", "list").out.startswith("No jobs yet")
+
+
+def test_duplicates_and_unknowns(pb: Pb) -> None:
+    assert pb("job", "add", "one", "--manual", "--", "true").code == 0
+    again = pb("job", "add", "one", "--manual", "--", "true")
+    assert again.code == 1 and "already exists" in again.err
+    for args in (["job", "show", "nope"], ["job", "remove", "nope"], ["job", "run", "nope"],
+                 ["job", "pause", "nope"], ["job", "resume", "nope"],
+                 ["job", "edit", "nope", "--every", "1h"], ["runs", "nope"]):
+        result = pb(*args)
+        assert result.code == 1 and "no job named 'nope'" in result.err, (args, result.all)
+    for args in (["runs", "show", "999"], ["runs", "output", "999"]):
+        result = pb(*args)
+        assert result.code == 1 and "no run with id 999" in result.err
+    bad_id = pb("runs", "show", "abc")
+    assert bad_id.code == 2 and bad_id.err.count("\n") == 1

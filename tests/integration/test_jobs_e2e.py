@@ -1,0 +1,192 @@
+"""Jobs run by a real daemon: on time, with output, timeouts, retries, recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Pb, alive, wait_dead, wait_for
+
+
+def runs(pb: Pb, *args: str) -> list[dict[str, Any]]:
+    result = pb("runs", *args, "--json", "-n", "200")
+    assert result.code == 0, result.all
+    return json.loads(result.out)  # type: ignore[no-any-return]
+
+
+def wait_runs(pb: Pb, predicate: Any, timeout: float = 20, *args: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def check() -> bool:
+        nonlocal found
+        found = runs(pb, *args)
+        return bool(predicate(found))
+
+    assert wait_for(check, timeout, interval=0.3), found
+    return found
+
+
+def finished(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in items if r["state"] not in ("queued", "running")]
+
+
+def test_job_added_while_running_starts_on_time(pb: Pb, tmp_path: Path) -> None:
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "hello", "--every", "1s", "--", "sh", "-c", "echo out-$PONYBUNNY_JOB; "
+       "echo err >&2; exit 0", check=True)
+    pb("job", "add", "fails", "--manual", "--shell", "--", "echo bad; exit 7", check=True)
+    pb("job", "run", "fails", check=True)
+    done = wait_runs(pb, lambda rs: len([r for r in finished(rs) if r["job"] == "hello"]) >= 2
+                     and any(r["job"] == "fails" and r["state"] == "failed" for r in rs))
+    hello = [r for r in finished(done) if r["job"] == "hello"]
+    assert all(r["state"] == "succeeded" and r["exit_code"] == 0 for r in hello)
+    # On time: each run starts within a fraction of a second of its occurrence.
+    for run in hello:
+        started = run["started_at"]
+        assert started >= run["occurrence"]
+    shown = pb("runs", "show", str(hello[0]["id"]))
+    assert "out-hello" in shown.out and "err" in shown.out
+    output = pb("runs", "output", str(hello[0]["id"]))
+    assert output.out == "out-hello\nerr\n"
+    failed = next(r for r in done if r["job"] == "fails")
+    assert failed["exit_code"] == 7 and failed["reason"] == "exit status 7"
+    last = json.loads(pb("job", "show", "fails", "--json").out)["last_state"]
+    assert last == "failed"
+
+
+def test_timeout_kills_the_whole_process_group(pb: Pb, tmp_path: Path) -> None:
+    marker = tmp_path / "grandchild.pid"
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "slow", "--manual", "--timeout", "1s", "--shell", "--",
+       f"sleep 300 & echo $! > {marker}; wait", check=True)
+    pb("job", "run", "slow", check=True)
+    done = wait_runs(pb, finished)
+    assert done[0]["state"] == "timed_out" and "timed out after 1s" in done[0]["reason"]
+    grandchild = int(marker.read_text())
+    assert wait_dead(grandchild, 10)
+
+
+def test_retries_with_backoff(pb: Pb, tmp_path: Path) -> None:
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "flaky", "--manual", "--retries", "2", "--retry-delay", "0.2s",
+       "--", "false", check=True)
+    pb("job", "run", "flaky", check=True)
+    done = wait_runs(pb, lambda rs: len(finished(rs)) == 3)
+    assert sorted(r["attempt"] for r in done) == [1, 2, 3]
+    assert {r["state"] for r in done} == {"failed"}
+    assert [r["trigger"] for r in sorted(done, key=lambda r: r["attempt"])] == [
+        "manual", "retry", "retry"]
+    assert len({r["occurrence"] for r in done}) == 1  # attempts of one occurrence
+
+
+def test_overlap_skip_is_recorded(pb: Pb) -> None:
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "long", "--manual", "--", "sleep", "3", check=True)
+    pb("job", "run", "long", check=True)
+    wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
+    pb("job", "run", "long", check=True)
+    done = wait_runs(pb, lambda rs: any(r["state"] == "skipped" for r in rs))
+    skipped = next(r for r in done if r["state"] == "skipped")
+    assert skipped["reason"] == "previous run still running"
+
+
+def test_clean_stop_interrupts_and_resumes(pb: Pb, home: Path) -> None:
+    pb.env["PONYBUNNY_SHUTDOWN_GRACE"] = "1"
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "sleepy", "--manual", "--", "sleep", "60", check=True)
+    pb("job", "run", "sleepy", check=True)
+    wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
+    stopped = pb("scheduler", "stop")
+    assert stopped.code == 0
+    items = runs(pb)
+    states = sorted(r["state"] for r in items)
+    assert "running" not in states
+    assert states == ["interrupted", "queued"], items
+    log = (home / "scheduler.log").read_text()
+    assert "Interrupted 1 running job(s)" in log
+    pb("scheduler", "start", check=True)
+    resumed = wait_runs(pb, lambda rs: any(r["trigger"] == "resume" and r["state"] == "running"
+                                           for r in rs))
+    assert len(resumed) == 2
+
+
+@pytest.fixture
+def short_grace(pb: Pb) -> Pb:
+    pb.env["PONYBUNNY_SHUTDOWN_GRACE"] = "1"
+    return pb
+
+
+def test_second_signal_stops_at_once(pb: Pb, home: Path) -> None:
+    pb.env["PONYBUNNY_SHUTDOWN_GRACE"] = "60"
+    pb("scheduler", "start", check=True)
+    pid = pb.pid()
+    pb("job", "add", "sleepy", "--manual", "--", "sleep", "60", check=True)
+    pb("job", "run", "sleepy", check=True)
+    wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
+    os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: "Waiting up to 60s" in (home / "scheduler.log").read_text(), 10)
+    os.kill(pid, signal.SIGTERM)
+    assert wait_dead(pid, 15)
+    assert sorted(r["state"] for r in runs(pb)) == ["interrupted", "queued"]
+
+
+def test_kill_9_mid_run_then_start(short_grace: Pb, tmp_path: Path) -> None:
+    pb = short_grace
+    marker = tmp_path / "job.pid"
+    counter = tmp_path / "count"
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "victim", "--manual", "--retries", "1", "--retry-delay", "0.1s",
+       "--shell", "--", f"echo x >> {counter}; echo $$ > {marker}; exec sleep 2",
+       check=True)
+    pb("job", "run", "victim", check=True)
+    wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
+    assert wait_for(marker.exists, 5)
+    job_pid = int(marker.read_text())
+    os.kill(pb.pid(), signal.SIGKILL)
+    assert alive(job_pid)  # the orphaned job process survives its scheduler
+    pb("scheduler", "start", check=True)
+    assert wait_dead(job_pid, 10)  # recognised as ours and stopped
+    done = wait_runs(pb, lambda rs: len(finished(rs)) == 2, 30)
+    by_attempt = sorted(done, key=lambda r: r["attempt"])
+    assert by_attempt[0]["state"] == "lost" and "scheduler died" in by_attempt[0]["reason"]
+    assert by_attempt[1]["state"] == "succeeded" and by_attempt[1]["trigger"] == "retry"
+    assert not [r for r in runs(pb) if r["state"] == "running"]
+    assert counter.read_text().count("x") == 2  # once per attempt, never doubled
+
+
+@pytest.mark.postgres
+def test_two_daemons_on_one_postgresql(pb: Pb, tmp_path: Path, pg_url: str) -> None:
+    second_home = tmp_path / "second"
+    second_home.mkdir()
+    second = Pb(second_home)
+    try:
+        for runner in (pb, second):
+            runner.env["PONYBUNNY_DB"] = pg_url
+            runner("scheduler", "start", check=True)
+        log = tmp_path / "ran.log"
+        pb("job", "add", "tick", "--every", "1s", "--shell", "--",
+           f"echo $PONYBUNNY_RUN_ID >> {log}", check=True)
+        pb("job", "add", "burst", "--manual", "--overlap", "allow", "--shell", "--",
+           f"echo burst-$PONYBUNNY_RUN_ID >> {log}", check=True)
+        for _ in range(10):
+            pb("job", "run", "burst", check=True)
+        done = wait_runs(pb, lambda rs: len([r for r in finished(rs) if r["job"] == "tick"])
+                         >= 6 and len([r for r in finished(rs) if r["job"] == "burst"]) == 10)
+        for runner in (pb, second):
+            runner("scheduler", "stop", check=True)
+        lines = log.read_text().split()
+        assert len(lines) == len(set(lines))  # no run executed twice
+        ticks = [r for r in runs(pb) if r["job"] == "tick"]
+        occurrences = [r["occurrence"] for r in ticks]
+        assert len(occurrences) == len(set(occurrences))  # each occurrence once
+        assert {r["state"] for r in finished(ticks)} <= {"succeeded", "skipped"}
+        hosts = {r["claimed_by"] for r in runs(pb) if r["claimed_by"]}
+        assert len(hosts) == 2, "both schedulers took a share of the work"
+        del done
+    finally:
+        second.cleanup()
