@@ -27,6 +27,10 @@ EXTRA_START_OPTIONS: dict[str, list[Decorator]] = {
     "scheduler": [
         click.option("--db", help="SQLite path or SQLAlchemy URL (postgresql+psycopg://…)."),
         click.option("--socket", help="Gateway socket the scheduler reports to."),
+        click.option("--workers", type=click.IntRange(min=1), metavar="N",
+                     help="Jobs run at the same time at most [default: 4]."),
+        click.option("--shutdown-grace", type=POSITIVE_SECONDS,
+                     help="Seconds running jobs get to finish on shutdown [default: 30]."),
     ],
     "gateway": [
         click.option("--host", "gateway_host", metavar="HOST",

@@ -1,0 +1,112 @@
+"""The store on SQLite and on the real PostgreSQL: atomic claims, no duplicate runs,
+migrations."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pony_scheduler.errors import PonyError
+from pony_scheduler.store import Store, migrate
+from pony_scheduler.store.common import utcnow
+from tests.conftest import Pb
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'pony.db'}"
+    else:
+        yield request.getfixturevalue("pg_url")
+
+
+def job_values(now_offset: float = 0) -> dict[str, object]:
+    return {"command": ["true"], "shell": False, "schedule_kind": "manual",
+            "schedule_expr": "", "schedule_tz": "UTC", "schedule_anchor": "",
+            "timeout_s": None, "retries": 0, "retry_delay_s": 1.0, "overlap": "allow",
+            "catch_up": "once", "cwd": None, "env": {}, "enabled": True,
+            "next_due_at": utcnow() + timedelta(seconds=now_offset)}
+
+
+def test_each_queued_run_is_claimed_exactly_once(db_url: str) -> None:
+    store = Store.open(db_url)
+    store.add_job("j", job_values())
+    for _ in range(200):
+        store.request_run("j")
+    stores = [Store.open(db_url) for _ in range(4)]
+    for index, other in enumerate(stores):
+        other.scheduler_id = f"s{index}"
+
+    def drain(worker: Store) -> list[int]:
+        got: list[int] = []
+        while True:
+            batch = worker.claim(worker.scheduler_id or "", "host", utcnow(), 7, 60)
+            if not batch:
+                return got
+            got += [run["id"] for run in batch]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(drain, stores))
+    claimed = [run_id for result in results for run_id in result]
+    assert len(claimed) == 200 and len(set(claimed)) == 200
+    assert Counter(r["state"] for r in store.list_runs(limit=500)) == {"running": 200}
+    for other in [store, *stores]:
+        other.close()
+
+
+def test_an_occurrence_becomes_one_run_however_many_schedulers(db_url: str) -> None:
+    store = Store.open(db_url)
+    store.add_job("j", job_values(-1))
+    job = store.due_jobs(utcnow())[0]
+    due = job["next_due_at"]
+    stores = [Store.open(db_url) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        won = list(pool.map(lambda s: s.materialize(job["id"], due, [due], [],
+                                                    due + timedelta(hours=1)), stores))
+    assert won.count(True) == 1
+    assert len(store.list_runs()) == 1
+    # even a repeat that got past the conditional update cannot add a second row
+    store.queue_attempt({"job_id": job["id"], "occurrence": due, "attempt": 0}, due, "x")
+    assert len(store.list_runs()) == 1
+    for other in [store, *stores]:
+        other.close()
+
+
+def test_old_schema_is_upgraded_and_newer_refused(db_url: str) -> None:
+    engine = create_engine(db_url)
+    from alembic import command
+
+    config = migrate._config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    assert migrate.current_revision(engine) == "0001"
+    store = Store.open(db_url)
+    assert migrate.current_revision(store.engine) == migrate.HEAD
+    store.add_job("after-upgrade", job_values())
+    store.close()
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(PonyError, match="newer than this pony-scheduler"):
+        Store.open(db_url)
+    engine.dispose()
+
+
+def test_daemon_refuses_a_newer_database(pb: Pb, home: Path) -> None:
+    db = home / "new.db"
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+        connection.execute(text("INSERT INTO alembic_version VALUES ('9999')"))
+    engine.dispose()
+    result = pb("scheduler", "start", "--db", str(db))
+    assert result.code == 1
+    assert "newer than this pony-scheduler" in result.err.splitlines()[0]
+    listing = pb("job", "list", env={"PONYBUNNY_DB": str(db)})
+    assert listing.code == 1 and "newer than this pony-scheduler" in listing.err
