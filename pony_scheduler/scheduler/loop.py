@@ -7,6 +7,7 @@ table in a tight loop.  Every database call is its own short transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from sqlalchemy.exc import DBAPIError
+
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 from pony_scheduler.runstate import RETRYABLE, RunState
 from pony_scheduler.scheduler import recovery
@@ -23,7 +26,7 @@ from pony_scheduler.scheduler.executor import Executor
 from pony_scheduler.scheduler.planner import plan
 from pony_scheduler.scheduler.schedule import backoff_delay, from_dict
 from pony_scheduler.store import Store
-from pony_scheduler.store.common import utcnow
+from pony_scheduler.store.common import first_line, utcnow
 
 log = logging.getLogger("pony_scheduler.scheduler")
 
@@ -55,9 +58,20 @@ class WorkLoop:
         self.scheduler_id = self.store.register_scheduler()
         self.maintain(utcnow())
         self.runtime.ready()
+        backoff = 0.0
         while not self.runtime.stopping:
-            self.iteration()
-            self.runtime.sleep(self.seconds_to_sleep())
+            try:
+                self.iteration()
+                backoff = 0.0
+                pause = self.seconds_to_sleep()
+            except DBAPIError as exc:
+                # Locked, read-only, restarting: running jobs go on (their results are
+                # written with retries); we try again with a growing pause.
+                backoff = min(max(backoff * 2, 0.5), 30.0)
+                log.warning("Database unavailable (%s); retrying in %.1fs", first_line(exc),
+                            backoff)
+                self.kicked, pause = True, backoff
+            self.runtime.sleep(pause)
         self.shutdown()
 
     def iteration(self) -> None:
@@ -181,11 +195,15 @@ class WorkLoop:
         if left:
             log.warning("Interrupted %d running job(s); they run again after the next start",
                         left)
-        self.store.mark_stopped()
+        try:
+            recovery.retrying(self.store.mark_stopped, attempts=3)
+        except DBAPIError as exc:
+            log.warning("Could not record the stop in the database: %s", first_line(exc))
 
     def _keep_leases(self) -> None:
         mono = time.monotonic()
         if mono >= self.next_heartbeat:
             self.next_heartbeat = mono + HEARTBEAT_INTERVAL
-            self.store.renew_leases(self.scheduler_id, utcnow(), LEASE)
+            with contextlib.suppress(DBAPIError):  # the next renewal tries again
+                self.store.renew_leases(self.scheduler_id, utcnow(), LEASE)
 

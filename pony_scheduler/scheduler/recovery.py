@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
 from pony_scheduler.runstate import RunState
 from pony_scheduler.store import Store
+from pony_scheduler.store.common import first_line
 
 log = logging.getLogger("pony_scheduler.scheduler")
 T = TypeVar("T")
@@ -39,8 +40,7 @@ def retrying(action: Callable[[], T], attempts: int = 6) -> T:
         except DBAPIError as exc:
             if attempt == attempts:
                 raise
-            log.warning("Database write failed (%s); retrying in %.1fs",
-                        str(exc.orig).strip().splitlines()[0] if exc.orig else exc, delay)
+            log.warning("Database write failed (%s); retrying in %.1fs", first_line(exc), delay)
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
     raise AssertionError("unreachable")

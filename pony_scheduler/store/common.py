@@ -44,6 +44,13 @@ def read_changes(engine: Engine) -> int:
     return int(value or 0)
 
 
+def first_line(exc: Exception) -> str:
+    """The driver's own message, first line only: what users need to read."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def row_dict(row: Any) -> dict[str, Any]:
     return dict(row._mapping)
 

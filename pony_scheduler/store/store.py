@@ -19,7 +19,7 @@ from pony_scheduler import __version__
 from pony_scheduler.errors import PonyError
 from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
 from pony_scheduler.store import migrate
-from pony_scheduler.store.common import read_changes
+from pony_scheduler.store.common import first_line, read_changes
 from pony_scheduler.store.engine import make_engine, safe_url
 from pony_scheduler.store.jobs import JobQueries
 from pony_scheduler.store.runs import RunQueries
@@ -56,7 +56,7 @@ class Store(JobQueries, RunQueries):
                     log.info("Database schema upgraded from %s to %s", before or "empty", after)
         except (OperationalError, DBAPIError) as exc:
             engine.dispose()
-            raise PonyError(f"cannot use database {safe_url(url)}: {_first_line(exc)}; check "
+            raise PonyError(f"cannot use database {safe_url(url)}: {first_line(exc)}; check "
                             "--db and that the database server is running") from None
         except BaseException:
             engine.dispose()
@@ -106,7 +106,3 @@ def _check_current(engine: Engine, url: str) -> None:
         raise PonyError(f"database {safe_url(url)} is at schema {current}, this pb expects "
                         f"{head}; restart the scheduler with this version to migrate it")
 
-
-def _first_line(exc: DBAPIError) -> str:
-    text = str(exc.orig) if exc.orig is not None else str(exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -1,0 +1,39 @@
+"""`pb config show`: the effective settings and where each came from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import click
+
+from pony_scheduler.cli.options import settings_from
+
+
+@click.group(name="config")
+def config_group() -> None:
+    """Inspect the configuration (defaults < config.toml < environment < flags)."""
+
+
+@config_group.command(name="show")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print every effective setting and its source."""
+    settings = settings_from(ctx)
+    rows = []
+    for item in fields(settings):
+        if item.name in ("sources", "config_file"):
+            continue
+        value = getattr(settings, item.name)
+        rows.append((item.name, str(value), settings.sources.get(item.name, "derived")))
+    config_file = str(settings.config_file) if settings.config_file else None
+    if as_json:
+        click.echo(json.dumps({"configFile": config_file,
+                               "settings": {name: {"value": value, "source": source}
+                                            for name, value, source in rows}}, indent=2))
+        return
+    click.echo(f"Configuration file: {config_file or '(none)'}")
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        click.echo(f"  {name:<{width}}  {value}  ({source})")
