@@ -190,3 +190,35 @@ def test_two_daemons_on_one_postgresql(pb: Pb, tmp_path: Path, pg_url: str) -> N
         del done
     finally:
         second.cleanup()
+
+
+def test_missed_while_down_are_recorded_as_skipped(pb: Pb) -> None:
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "tick", "--every", "1s", "--", "true", check=True)
+    wait_runs(pb, lambda rs: len(finished(rs)) >= 1)
+    pb("scheduler", "stop", check=True)
+    count_before = len(runs(pb))
+    import time
+
+    time.sleep(3.5)  # at least three occurrences pass with no scheduler
+    pb("scheduler", "start", check=True)
+    after = wait_runs(pb, lambda rs: any(r["state"] == "skipped" for r in rs))
+    skipped = [r for r in after if r["state"] == "skipped"]
+    assert len(skipped) >= 2
+    assert all(r["reason"].startswith("missed") and r["trigger"] == "catch_up" for r in skipped)
+    occurrences = [r["occurrence"] for r in after]
+    assert len(occurrences) == len(set(occurrences)) and len(after) > count_before
+
+
+def test_follow_a_running_jobs_output(pb: Pb) -> None:
+    import subprocess
+
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "talk", "--manual", "--shell", "--",
+       "for i in 1 2 3; do echo line $i; sleep 0.5; done", check=True)
+    pb("job", "run", "talk", check=True)
+    run_id = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")[0]["id"]
+    follower = pb.popen("runs", "output", str(run_id), "-f", stdout=subprocess.PIPE)
+    out, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0
+    assert out == "line 1\nline 2\nline 3\n"
