@@ -121,8 +121,8 @@ def daemon_child(spec: ServiceSpec, settings: Settings, write_fd: int, lock_fd: 
     from lockfile import AlreadyLocked, LockTimeout
 
     announce = Announcer(write_fd)
-    runtime = ServiceRuntime(settings, title=spec.title,
-                             log_path=spec.log_path(settings.home), announce=announce)
+    runtime = ServiceRuntime(settings, title=spec.title, log_path=spec.log_path(settings.home),
+                             announce=announce, pid_path=spec.pid_path(settings.home))
     status = 1
     try:
         # A plain file, not a logging handler: DaemonContext dup2()s it onto fds 1 and 2.
@@ -166,7 +166,8 @@ def run_foreground(spec: ServiceSpec, settings: Settings, lock_fd: int,
     import daemon.pidfile
     from lockfile import AlreadyLocked
 
-    runtime = ServiceRuntime(settings, title=spec.title, log_path=None, announce=lambda _: None)
+    runtime = ServiceRuntime(settings, title=spec.title, log_path=None,
+                             announce=lambda _: None, pid_path=spec.pid_path(settings.home))
     lock = daemon.pidfile.TimeoutPIDLockFile(str(spec.pid_path(settings.home)), 0)
     try:
         lock.acquire()

@@ -22,6 +22,7 @@ from pony_scheduler.config import Settings
 
 log = logging.getLogger("pony_scheduler")
 
+PIDFILE_CHECK_INTERVAL = 5.0  # seconds between checks that our pid file is still ours
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s[%(process)d]: %(message)s"
 
 
@@ -33,10 +34,13 @@ class ServiceRuntime:
         title: str,
         log_path: Path | None,
         announce: Callable[[str], None],
+        pid_path: Path | None = None,
     ) -> None:
         self.settings = settings
         self.title = title
         self.log_path = log_path  # None in the foreground: logs go to the terminal
+        self.pid_path = pid_path
+        self.next_pid_check = 0.0
         self._announce = announce  # readiness channel: the start pipe or nothing
         self.stop_requests = 0  # 1 = orderly shutdown, 2+ = stop now
         self.reopen_requested = False
@@ -84,6 +88,7 @@ class ServiceRuntime:
         """Sleep until `seconds` pass, a signal arrives or wake() is called."""
         if self.stop_requests and seconds > 0:
             seconds = 0
+        seconds = min(seconds, max(0.0, self.next_pid_check - time.monotonic()))
         ready, _, _ = select.select([self._wake_r], [], [], max(seconds, 0))
         if ready:
             try:
@@ -92,6 +97,24 @@ class ServiceRuntime:
             except BlockingIOError:
                 pass
         self.handle_reopen()
+        self.check_pidfile()
+
+    def check_pidfile(self) -> None:
+        """Stop in order when our pid file vanished or names another process: the home
+        was removed, or someone broke the lock by hand.  Running on, unmanaged and
+        invisible to `pb`, would be worse."""
+        now = time.monotonic()
+        if self.pid_path is None or now < self.next_pid_check or not self.is_ready:
+            return
+        self.next_pid_check = now + PIDFILE_CHECK_INTERVAL
+        try:
+            owner = self.pid_path.read_text().strip()
+        except OSError:
+            owner = ""
+        if owner != str(os.getpid()) and not self.stop_requests:
+            log.error("Pid file %s was removed or now names %r, not us; shutting down",
+                      self.pid_path, owner or "nobody")
+            self.stop_requests = 1
 
     # -- readiness ------------------------------------------------------------------------
     def ready(self) -> None:
