@@ -180,6 +180,10 @@ def run_foreground(spec: ServiceSpec, settings: Settings, lock_fd: int,
     }
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
+    # The same umask and working directory as the background daemon, so that files and
+    # relative paths of jobs do not depend on how it was started.
+    os.umask(0o027)
+    os.chdir(settings.home)
     setup_logging(settings.log_level)
     exc: BaseException | None = None
     try:

@@ -133,6 +133,9 @@ class ServiceRuntime:
         usec = os.environ.get("WATCHDOG_USEC")
         if not usec or not usec.isdigit():
             return None
+        watched = os.environ.get("WATCHDOG_PID")
+        if watched and watched != str(os.getpid()):
+            return None  # the watchdog is meant for another process
         return int(usec) / 2e6  # systemd suggests pinging at half the interval
 
     # -- logs ---------------------------------------------------------------------------

@@ -33,6 +33,8 @@ log = logging.getLogger("pony_scheduler.scheduler")
 HEARTBEAT_INTERVAL = 5.0  # seconds between heartbeats and lease renewals
 LEASE = 60.0  # seconds a claimed run stays ours without a heartbeat
 CHANGE_POLL = 1.0  # seconds between looks at the change counter
+SERVICE_MANAGER_VARS = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+                                  "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
 
 
 class Events(Protocol):
@@ -127,7 +129,10 @@ class WorkLoop:
     def _prepare(self, run: dict[str, Any]) -> dict[str, Any]:
         command = json.loads(run["command"])
         run["argv"] = ["/bin/sh", "-c", command[0]] if run["shell"] else command
-        run["environ"] = {**os.environ, **json.loads(run["env"] or "{}"),
+        # systemd's variables describe the scheduler, not its jobs: a job that answered
+        # NOTIFY_SOCKET would speak for us.
+        inherited = {k: v for k, v in os.environ.items() if k not in SERVICE_MANAGER_VARS}
+        run["environ"] = {**inherited, **json.loads(run["env"] or "{}"),
                           "PONYBUNNY_JOB": run["name"], "PONYBUNNY_RUN_ID": str(run["id"])}
         run["claimed_at"] = utcnow()
         log.info("Run %d: starting job %s (attempt %d)", run["id"], run["name"],
