@@ -19,13 +19,27 @@ MAX_SOCKET_PATH = 107
 
 
 def _positive_float(name: str, value: Any) -> float:
+    """Seconds: a number, or a duration such as 30s, 2m, 1h30m."""
+    number: float | None
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}") from None
+        number = _duration(value)
+    if number is None:
+        raise ConfigError(f"{name} must be a positive number of seconds or a duration such "
+                          f"as 30s or 2m, not {value!r}")
     if not number > 0 or number == float("inf"):
         raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
     return number
+
+
+def _duration(value: Any) -> float | None:
+    from pony_scheduler.scheduler.timeparse import parse_duration
+
+    try:
+        return parse_duration(str(value))
+    except ConfigError:
+        return None
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -156,6 +170,7 @@ def load_settings(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {"home": home_source}
+    bases: dict[str, Path] = {}  # relative paths are relative to where they were written
     for key, (env_name, convert, default) in FIELDS.items():
         flag = (overrides or {}).get(key)
         if flag is not None:
@@ -165,12 +180,13 @@ def load_settings(
         elif key in from_file:
             values[key] = convert(f"{config_path}: {key}", from_file[key])
             sources[key] = f"file {config_path}"
+            bases[key] = config_path.parent
         else:
             values[key], sources[key] = default, "default"
 
-    values["db"] = db_url(values["db"] or str(home / "pony.db"), Path.cwd())
+    values["db"] = db_url(values["db"] or str(home / "pony.db"), bases.get("db", Path.cwd()))
     socket = Path(values["socket"] or home / "gateway.sock").expanduser()
-    values["socket"] = socket if socket.is_absolute() else Path.cwd() / socket
+    values["socket"] = socket if socket.is_absolute() else bases.get("socket", Path.cwd()) / socket
     return Settings(home=home, config_file=config_path if config_path.exists() else None,
                     sources=sources, **values)
 

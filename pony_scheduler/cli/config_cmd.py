@@ -26,6 +26,10 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
         if item.name in ("sources", "config_file"):
             continue
         value = getattr(settings, item.name)
+        if item.name == "db":  # never print a password
+            from pony_scheduler.store.engine import safe_url
+
+            value = safe_url(value)
         rows.append((item.name, str(value), settings.sources.get(item.name, "derived")))
     config_file = str(settings.config_file) if settings.config_file else None
     if as_json:

@@ -27,9 +27,21 @@ def open_store(ctx: click.Context) -> Store:
     from pony_scheduler.lifecycle.daemonize import ensure_home
     from pony_scheduler.store import Store
 
-    settings = settings_from(ctx)
+    settings = settings_from(ctx, db=ctx.meta.get("db"))
     ensure_home(settings.home)
     return Store.open(settings.db)
+
+
+def _remember_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta["db"] = value
+
+
+def add_db_option(group: click.Group) -> None:
+    """Every job/runs command can reach a database other than the configured one."""
+    for command in group.commands.values():
+        command.params.append(click.Option(
+            ["--db"], metavar="PATH|URL", expose_value=False, callback=_remember_db,
+            help="Database to use (default: PONYBUNNY_DB, config.toml, or HOME/pony.db)."))
 
 
 def now_utc() -> datetime:
@@ -348,3 +360,7 @@ def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> 
                     sys.stdout.write(rest.decode(errors="replace"))
                 return
             time.sleep(0.2)
+
+
+add_db_option(job_group)
+add_db_option(runs_group)

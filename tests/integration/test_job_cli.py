@@ -88,3 +88,11 @@ def test_duplicates_and_unknowns(pb: Pb) -> None:
         assert result.code == 1 and "no run with id 999" in result.err
     bad_id = pb("runs", "show", "abc")
     assert bad_id.code == 2 and bad_id.err.count("\n") == 1
+
+
+def test_db_option_reaches_another_database(pb: Pb, tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    assert pb("job", "add", "elsewhere", "--manual", "--db", str(other), "--", "true").code == 0
+    assert "elsewhere" in pb("job", "list", "--db", str(other)).out
+    assert "elsewhere" not in pb("job", "list").out
+    assert pb("runs", "--db", str(other)).out.strip() == "No runs yet"
