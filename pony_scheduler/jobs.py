@@ -10,10 +10,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pony_scheduler.errors import ConfigError
 from pony_scheduler.scheduler import schedule as sched
+
+if TYPE_CHECKING:
+    from pony_scheduler.store import Store
 
 OVERLAP = ("skip", "queue", "allow")
 CATCH_UP = ("skip", "once", "all")
@@ -155,3 +158,33 @@ def changed_job(opts: JobOptions, now: datetime) -> dict[str, Any]:
     if not values:
         raise ConfigError("nothing to change: give at least one option")
     return values
+
+
+def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
+    """A job as `pb job list --json` and the gateway's /api/jobs show it.
+
+    The environment is left out where it would leave the host (it may hold secrets).
+    """
+    try:
+        schedule = sched.describe(stored_schedule(job))
+    except ConfigError:
+        schedule = f"{job.get('schedule_kind')} (damaged)"
+    keys = ("name", "command", "shell", "schedule_kind", "schedule_expr", "next_run_at",
+            "enabled", "last_state", "last_run_at", "timeout_s", "retries", "retry_delay_s",
+            "overlap", "catch_up", "cwd")
+    view = {key: job.get(key) for key in keys}
+    view["schedule"] = schedule
+    view["tz"] = job.get("schedule_tz")
+    if with_env:
+        view["env"] = job.get("env") or {}
+    return view
+
+
+def resume_job(store: Store, name: str, now: datetime) -> None:
+    """Schedule a paused job again from `now` on; occurrences while paused are not run."""
+    from pony_scheduler.store.jobs import UnknownJob
+
+    row = store.job_row(name)
+    if row is None:
+        raise UnknownJob(name)
+    store.set_enabled(name, True, sched.next_after(stored_schedule(row), now))

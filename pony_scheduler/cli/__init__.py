@@ -8,10 +8,12 @@ from pathlib import Path
 import click
 
 from pony_scheduler import __version__
+from pony_scheduler.cli.config_cmd import config_group
 from pony_scheduler.cli.jobs import job_group, runs_group
 from pony_scheduler.cli.service import service_group
+from pony_scheduler.cli.service_all import service_all
 from pony_scheduler.errors import EXIT_USAGE, PonyError
-from pony_scheduler.lifecycle.spec import SCHEDULER
+from pony_scheduler.lifecycle.spec import DEBUG, GATEWAY, SCHEDULER
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,8 +32,12 @@ def cli(ctx: click.Context, config_file: Path | None) -> None:
 
 
 cli.add_command(service_group(SCHEDULER))
+cli.add_command(service_group(GATEWAY))
+cli.add_command(service_group(DEBUG))
+cli.add_command(service_all)
 cli.add_command(job_group)
 cli.add_command(runs_group)
+cli.add_command(config_group)
 
 
 def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:

@@ -132,25 +132,10 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _describe(job: dict[str, Any]) -> str:
-    from pony_scheduler.jobs import stored_schedule
-    from pony_scheduler.scheduler.schedule import describe
-
-    try:
-        return describe(stored_schedule(job))
-    except PonyError:
-        return f"{job['schedule_kind']} (damaged)"
-
-
 def _job_json(job: dict[str, Any]) -> dict[str, Any]:
-    return {"name": job["name"], "command": job["command"], "shell": job["shell"],
-            "schedule": _describe(job), "schedule_kind": job["schedule_kind"],
-            "schedule_expr": job["schedule_expr"], "tz": job["schedule_tz"],
-            "next_run_at": job["next_run_at"], "enabled": job["enabled"],
-            "last_state": job["last_state"], "last_run_at": job["last_run_at"],
-            "timeout_s": job["timeout_s"], "retries": job["retries"],
-            "retry_delay_s": job["retry_delay_s"], "overlap": job["overlap"],
-            "catch_up": job["catch_up"], "cwd": job["cwd"], "env": job["env"]}
+    from pony_scheduler.jobs import job_json
+
+    return job_json(job)
 
 
 @job_group.command(name="list")
@@ -230,15 +215,9 @@ def job_pause(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def job_resume(ctx: click.Context, name: str) -> None:
     """Schedule job NAME again, from now on (occurrences while paused are not run)."""
-    from pony_scheduler.jobs import stored_schedule
-    from pony_scheduler.scheduler.schedule import next_after
-    from pony_scheduler.store.jobs import UnknownJob
+    from pony_scheduler.jobs import resume_job
 
-    store = open_store(ctx)
-    row = store.job_row(name)
-    if row is None:
-        raise UnknownJob(name)
-    store.set_enabled(name, True, next_after(stored_schedule(row), now_utc()))
+    resume_job(open_store(ctx), name, now_utc())
     click.echo(f"✓ Job {name} resumed")
 
 

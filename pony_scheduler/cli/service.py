@@ -23,17 +23,31 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # Start options that only some services have; they become Settings overrides.
 _PORT = click.IntRange(1, 65535)
+
+
+class _Host(click.ParamType):
+    name = "HOST"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        if not str(value).strip():
+            self.fail("an address or host name is needed (e.g. 127.0.0.1)", param, ctx)
+        return str(value).strip()
+
+
 EXTRA_START_OPTIONS: dict[str, list[Decorator]] = {
     "scheduler": [
-        click.option("--db", help="SQLite path or SQLAlchemy URL (postgresql+psycopg://…)."),
-        click.option("--socket", help="Gateway socket the scheduler reports to."),
+        click.option("--db", metavar="PATH|URL",
+                     help="SQLite path or SQLAlchemy URL (postgresql+psycopg://…)."),
+        click.option("--socket", metavar="PATH", help="Gateway socket the scheduler reports to."),
         click.option("--workers", type=click.IntRange(min=1), metavar="N",
                      help="Jobs run at the same time at most [default: 4]."),
-        click.option("--shutdown-grace", type=POSITIVE_SECONDS,
-                     help="Seconds running jobs get to finish on shutdown [default: 30]."),
+        click.option("--shutdown-grace", metavar="DURATION",
+                     help="How long running jobs get to finish on shutdown (30, 30s, 2m) "
+                          "[default: 30s]."),
     ],
     "gateway": [
-        click.option("--host", "gateway_host", metavar="HOST",
+        click.option("--host", "gateway_host", type=_Host(),
                      help="HTTP address to listen on [default: 127.0.0.1]."),
         click.option("--port", "gateway_port", type=_PORT, metavar="PORT",
                      help="HTTP port [default: 18789]."),
@@ -41,7 +55,7 @@ EXTRA_START_OPTIONS: dict[str, list[Decorator]] = {
         click.option("--socket", help="Unix socket for the scheduler's events."),
     ],
     "debug": [
-        click.option("--host", "debug_host", metavar="HOST",
+        click.option("--host", "debug_host", type=_Host(),
                      help="HTTP address to listen on [default: 127.0.0.1]."),
         click.option("--port", "debug_port", type=_PORT, metavar="PORT",
                      help="HTTP port [default: 18790]."),
@@ -146,8 +160,10 @@ def _stop_command(spec: ServiceSpec) -> click.Command:
     @click.pass_context
     def stop(ctx: click.Context, force: bool, timeout: float | None) -> None:
         settings = settings_from(ctx)
-        if timeout is None:  # running jobs get the grace, then KILL_GRACE to die
-            timeout = settings.shutdown_grace + 15
+        if timeout is None:
+            from pony_scheduler.lifecycle.services import stop_timeout
+
+            timeout = stop_timeout(spec, settings)
         result = control.stop(spec, settings, timeout=timeout, force=force,
                               say=lambda line: click.echo(line))
         if result.was_running:

@@ -60,4 +60,23 @@ SCHEDULER = ServiceSpec(
     details=(("Database", "dbPath"), ("Socket", "socketPath")),
 )
 
-SERVICES: dict[str, ServiceSpec] = {SCHEDULER.name: SCHEDULER}
+GATEWAY = ServiceSpec(
+    name="gateway",
+    title="Gateway",
+    runner="pony_scheduler.gateway.service:run",
+    preflight="pony_scheduler.gateway.service:preflight",
+    describe="pony_scheduler.gateway.service:describe",
+    details=(("Address", "address"), ("Socket", "socketPath"), ("Database", "dbPath"),
+             ("Token", "tokenPath")),
+)
+
+DEBUG = ServiceSpec(
+    name="debug",
+    title="Debug Server",
+    runner="pony_scheduler.debug.service:run",
+    describe="pony_scheduler.debug.service:describe",
+    details=(("Address", "address"),),
+)
+
+# In start order: the scheduler reports to the gateway, the dashboard reads from it.
+SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (GATEWAY, SCHEDULER, DEBUG)}

@@ -32,32 +32,14 @@ def describe(settings: Settings) -> dict[str, Any]:
     return {"dbPath": safe_url(settings.db), "socketPath": str(settings.socket)}
 
 
-class _NoEvents:
-    def emit(self, type: str, data: dict[str, Any]) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def close(self, timeout: float = 2.0) -> None:
-        pass
-
-
-def _event_client(settings: Settings) -> Any:
-    try:
-        from pony_scheduler.events import EventClient
-    except ImportError:
-        return _NoEvents()
-    return EventClient(settings.socket)
-
-
 def run(runtime: ServiceRuntime) -> None:
+    from pony_scheduler.events import EventClient
     from pony_scheduler.scheduler.loop import WorkLoop
     from pony_scheduler.store import Store
 
     log.info("Opening database %s", describe(runtime.settings)["dbPath"])
     store = Store.open(runtime.settings.db)
-    events = _event_client(runtime.settings)
+    events = EventClient(runtime.settings.socket)
     try:
         events.start()
         WorkLoop(store, runtime, events).run()

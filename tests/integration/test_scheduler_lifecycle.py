@@ -128,7 +128,8 @@ def bystander() -> object:
     proc.wait()
 
 
-def test_pid_file_of_unrelated_live_process(pb: Pb, home: Path, bystander: subprocess.Popen) -> None:
+def test_pid_file_of_unrelated_live_process(pb: Pb, home: Path,
+                                            bystander: subprocess.Popen) -> None:
     (home / "scheduler.pid").write_text(f"{bystander.pid}\n")
     status = pb("scheduler", "status")
     assert status.code == 1 and "stale" in status.out and "another program" in status.out

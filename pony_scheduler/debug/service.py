@@ -1,0 +1,60 @@
+"""Entry points the lifecycle calls for the debug dashboard (imported only where needed)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pony_scheduler.config import Settings
+from pony_scheduler.errors import PonyError
+from pony_scheduler.gateway.hosting import (
+    bind_tcp,
+    http_address,
+    is_loopback,
+    quiet_protocol_errors,
+    serve,
+)
+from pony_scheduler.lifecycle.runtime import ServiceRuntime
+
+log = logging.getLogger("pony_scheduler.debug")
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    return {"address": http_address(settings.debug_host, settings.debug_port)}
+
+
+def run(runtime: ServiceRuntime) -> None:
+    settings = runtime.settings
+    listeners = bind_tcp(settings.debug_host, settings.debug_port)
+    try:
+        if not all(is_loopback(sock) for sock in listeners):
+            # It has no login of its own and acts with the gateway's token: on a network
+            # address anyone who can reach it could run jobs.
+            raise PonyError(f"the debug dashboard listens on loopback addresses only "
+                            f"(127.0.0.1, ::1, localhost), not {settings.debug_host!r}; "
+                            "reach it from elsewhere through an SSH tunnel")
+        _serve(runtime, listeners)
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
+def _serve(runtime: ServiceRuntime, listeners: list[Any]) -> None:
+    from aiohttp import web
+
+    from pony_scheduler.debug.app import build_app
+
+    settings = runtime.settings
+    quiet_protocol_errors()
+
+    async def setup() -> Any:
+        options: dict[str, Any] = {} if settings.debug else {"access_log": None}
+        runner = web.AppRunner(build_app(settings), shutdown_timeout=5.0, **options)
+        await runner.setup()
+        for sock in listeners:
+            await web.SockSite(runner, sock).start()
+        log.info("Debug dashboard on %s",
+                 ", ".join(http_address(*sock.getsockname()[:2]) for sock in listeners))
+        return runner.cleanup
+
+    serve(runtime, setup, name="debug")

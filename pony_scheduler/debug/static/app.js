@@ -1,0 +1,264 @@
+// The dashboard: plain DOM, no framework. Data is always inserted as text, never as HTML:
+// job names, commands and outputs come from users.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+const FEED_LIMIT = 200;
+let selectedRun = null;
+let refreshTimer = null;
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ "X-Pony-Dashboard": "1" }, options.headers || {});
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    throw new Error(body.error || `HTTP ${response.status}`);
+  }
+  return body;
+}
+
+function say(text) {
+  const box = $("#message");
+  box.textContent = text || "";
+  box.hidden = !text;
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text === null || text === undefined || text === "" ? "-" : String(text);
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "-";
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "-";
+  seconds = Math.floor(seconds);
+  const parts = [];
+  for (const [size, unit] of [[86400, "d"], [3600, "h"], [60, "m"]]) {
+    if (seconds >= size) { parts.push(Math.floor(seconds / size) + unit); seconds %= size; }
+  }
+  parts.push(seconds + "s");
+  return parts.join(" ");
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+async function refreshServices() {
+  try {
+    const { services } = await api("/api/services");
+    fill($("#services tbody"), services.map((s) => {
+      const tr = document.createElement("tr");
+      tr.dataset.service = s.service;
+      cell(tr, s.title);
+      cell(tr, s.running ? "running" : s.state, s.running ? "state-succeeded" : "state-failed")
+        .classList.add("service-state");
+      cell(tr, s.pid);
+      cell(tr, s.running ? duration(s.uptimeSeconds) : null);
+      cell(tr, s.address);
+      return tr;
+    }));
+  } catch (error) {
+    say(`Services: ${error.message}`);
+  }
+}
+
+async function refreshStatus() {
+  const badge = $("#scheduler-state");
+  try {
+    const { scheduler } = await api("/api/status");
+    const age = scheduler.lastHeartbeatAgeSeconds;
+    badge.textContent = scheduler.connected
+      ? `scheduler: connected${age === null ? "" : `, heartbeat ${Math.round(age)}s ago`}`
+      : "scheduler: not connected";
+    badge.className = "badge " + (scheduler.connected ? "on" : "off");
+  } catch (error) {
+    badge.textContent = "scheduler: unknown (gateway down)";
+    badge.className = "badge off";
+  }
+}
+
+function actionButton(job, action, label) {
+  const button = document.createElement("button");
+  button.textContent = label;
+  button.dataset.action = action;
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const answer = await api(`/api/jobs/${encodeURIComponent(job)}/${action}`, { method: "POST" });
+      say(action === "run" ? `Run ${answer.run_id} of ${job} queued` : `Job ${job} ${action}d`);
+      if (action === "run" && answer.run_id) selectRun(answer.run_id, job);
+      await Promise.all([refreshJobs(), refreshRuns()]);
+    } catch (error) {
+      say(`Could not ${action} ${job}: ${error.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
+async function refreshJobs() {
+  try {
+    const { jobs } = await api("/api/jobs");
+    $("#jobs-empty").hidden = jobs.length > 0;
+    fill($("#jobs tbody"), jobs.map((job) => {
+      const tr = document.createElement("tr");
+      tr.dataset.job = job.name;
+      cell(tr, job.name);
+      cell(tr, job.schedule);
+      cell(tr, when(job.next_run_at));
+      cell(tr, job.last_state, job.last_state ? `state-${job.last_state}` : "");
+      cell(tr, job.enabled ? "yes" : "paused").classList.add("enabled");
+      const actions = cell(tr, "");
+      actions.textContent = "";
+      actions.appendChild(actionButton(job.name, "run", "Run"));
+      actions.appendChild(job.enabled ? actionButton(job.name, "pause", "Pause")
+                                      : actionButton(job.name, "resume", "Resume"));
+      return tr;
+    }));
+  } catch (error) {
+    say(`Jobs: ${error.message}`);
+  }
+}
+
+async function refreshRuns() {
+  try {
+    const { runs } = await api("/api/runs?limit=30");
+    fill($("#runs tbody"), runs.map((run) => {
+      const tr = document.createElement("tr");
+      tr.dataset.runId = run.id;
+      tr.dataset.job = run.job;
+      tr.dataset.state = run.state;
+      if (run.id === selectedRun) tr.classList.add("selected");
+      cell(tr, run.id);
+      cell(tr, run.job);
+      cell(tr, run.state, `state state-${run.state}`);
+      cell(tr, run.trigger);
+      cell(tr, when(run.started_at));
+      cell(tr, run.duration_s === null ? null : `${run.duration_s}s`);
+      cell(tr, run.exit_code);
+      tr.addEventListener("click", () => selectRun(run.id, run.job));
+      return tr;
+    }));
+  } catch (error) {
+    say(`Runs: ${error.message}`);
+  }
+}
+
+async function selectRun(id, job) {
+  selectedRun = id;
+  for (const tr of document.querySelectorAll("#runs tbody tr")) {
+    tr.classList.toggle("selected", Number(tr.dataset.runId) === id);
+  }
+  await showRun(id, job);
+}
+
+async function showRun(id, job) {
+  const title = $("#output-title");
+  const output = $("#output");
+  try {
+    const run = await api(`/api/runs/${id}`);
+    if (selectedRun !== id) return;
+    title.textContent = `run ${run.id} (${run.job}) — ${run.state}`;
+    output.dataset.runId = run.id;
+    output.dataset.state = run.state;
+    output.textContent = run.output || (run.state === "queued" || run.state === "running"
+      ? "(no output yet)" : "(no output)");
+  } catch (error) {
+    title.textContent = `run ${id} (${job || "?"})`;
+    output.textContent = `Could not load the output: ${error.message}`;
+  }
+}
+
+function refreshSoon() {
+  // Several events often arrive together (started, finished): one refresh for all of them.
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => {
+    refreshJobs();
+    refreshRuns();
+    if (selectedRun !== null) showRun(selectedRun);
+  }, 150);
+}
+
+function describe(event) {
+  const d = event.data || {};
+  switch (event.type) {
+    case "run.started": return `${d.job} run ${d.run_id} started (attempt ${d.attempt}, PID ${d.pid})`;
+    case "run.finished":
+    case "run.failed": return `${d.job} run ${d.run_id} ${d.state} (exit ${d.exit_code}, ${d.duration_s}s)`;
+    case "heartbeat": return `scheduler ${d.pid} alive, ${d.running} running`;
+    case "connect": return `scheduler ${d.pid} connected`;
+    case "disconnect": return `scheduler ${d.pid} disconnected${d.reason ? ` (${d.reason})` : ""}`;
+    case "gateway.unreachable": return `gateway ${d.address} unreachable: ${d.error}; retrying in ${d.retryInSeconds}s`;
+    case "gateway.connected": return `connected to the gateway at ${d.address}`;
+    case "gateway.hello": return `gateway stream open (instance ${d.instance})`;
+    default: return JSON.stringify(d);
+  }
+}
+
+function addToFeed(event) {
+  const li = document.createElement("li");
+  li.dataset.type = event.type;
+  const time = event.timestamp ? new Date(event.timestamp) : new Date();
+  li.textContent = `${time.toLocaleTimeString()} ${event.type}: ${describe(event)}`;
+  const list = $("#events");
+  list.prepend(li);
+  while (list.children.length > FEED_LIMIT) list.lastChild.remove();
+}
+
+function setFeedState(text, on) {
+  const badge = $("#feed-state");
+  badge.textContent = text;
+  badge.className = "badge " + (on ? "on" : "off");
+}
+
+function connectEvents() {
+  const source = new EventSource("/api/events");
+  source.onopen = () => setFeedState("live", true);
+  source.onmessage = (message) => {
+    let event;
+    try { event = JSON.parse(message.data); } catch (error) { return; }
+    addToFeed(event);
+    if (event.type === "gateway.unreachable") {
+      setFeedState("gateway down, reconnecting…", false);
+      refreshServices();
+      refreshStatus();
+    } else if (event.type === "gateway.connected") {
+      setFeedState("live", true);
+      refreshAll();
+    } else if (event.type.startsWith("run.")) {
+      refreshSoon();
+    } else if (event.type === "connect" || event.type === "disconnect") {
+      refreshStatus();
+      refreshServices();
+    }
+  };
+  source.onerror = () => {
+    setFeedState("reconnecting…", false);
+    // EventSource retries by itself after a network error, but gives up for good on an
+    // HTTP error answer (e.g. while the debug server restarts): then start a new one.
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(connectEvents, 2000);
+    }
+  };
+}
+
+function refreshAll() {
+  refreshServices();
+  refreshStatus();
+  refreshJobs();
+  refreshRuns();
+}
+
+refreshAll();
+connectEvents();
+setInterval(() => { refreshServices(); refreshStatus(); }, 5000);
+// A safety net for anything the event stream cannot tell (e.g. a job added with `pb job add`).
+setInterval(() => { refreshJobs(); refreshRuns(); }, 10000);

@@ -1,0 +1,1 @@
+"""The gateway: the local HTTP API and the hub for the scheduler's events."""

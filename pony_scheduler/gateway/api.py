@@ -1,0 +1,271 @@
+"""The gateway's HTTP API.
+
+Every answer to an HTTP request is JSON, errors included (`{"error": "...", "status": N}`):
+a middleware turns every exception into one, so a malformed request never shows a traceback
+or takes the server down.  (Bytes that do not parse as HTTP at all never reach the app:
+aiohttp answers those with its own plain-text 400 and closes the connection.)
+
+Requests that change something need `Authorization: Bearer <token>`; when the gateway
+listens on a non-loopback address, every request does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from pony_scheduler import __version__
+from pony_scheduler.config import Settings
+from pony_scheduler.errors import PonyError
+from pony_scheduler.events import timestamp
+from pony_scheduler.gateway.data import RUN_STATES, Data, NotFound, Unavailable
+from pony_scheduler.gateway.hosting import loopback_host
+from pony_scheduler.gateway.hub import EventHub
+
+log = logging.getLogger("pony_scheduler.gateway")
+
+KEEPALIVE = 15.0  # seconds between SSE comments, so dead connections are noticed
+MAX_LIMIT = 1000
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    hub: EventHub
+    data: Data
+    token: str
+    addresses: list[str]
+    token_for_reads: bool  # bound to a non-loopback address
+    started: float = field(default_factory=time.time)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status,
+                             headers=headers or None)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error(405, f"{request.method} is not allowed on {request.path} (allowed: "
+                          f"{allowed})", Allow=allowed)
+    except web.HTTPNotFound as exc:
+        return error(404, str(exc.text) if _custom(exc) else f"no such endpoint: {request.path}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, str(exc.text) if _custom(exc) else str(exc.reason).lower())
+    except NotFound as exc:
+        return error(404, str(exc))
+    except Unavailable as exc:
+        return error(503, str(exc))
+    except PonyError as exc:
+        return error(409, str(exc))
+    except (ConnectionError, asyncio.CancelledError):
+        raise  # the client went away: nothing to answer
+    except Exception:
+        log.exception("Error handling %s %s", request.method, request.path)
+        return error(500, "internal error; the gateway log has the details")
+
+
+def _custom(exc: web.HTTPException) -> bool:
+    """Did our code give this exception a message (not aiohttp's "404: Not Found")?"""
+    return bool(exc.text) and not str(exc.text).startswith(f"{exc.status}:")
+
+
+def authorized(request: web.Request, token: str) -> bool:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), token.encode())
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    if not gateway.token_for_reads and not loopback_host(request.host or ""):
+        # Reads need no token on loopback, so refuse names that only rebind to it.
+        return error(403, "on a loopback address the gateway answers only to loopback names "
+                          f"(localhost, 127.0.0.1, [::1]), not {request.host!r}")
+    needed = request.method not in SAFE_METHODS or gateway.token_for_reads
+    if needed and not authorized(request, gateway.token):
+        log.warning("Refused %s %s from %s: missing or wrong token", request.method,
+                    request.path, request.remote)
+        return error(401, "missing or wrong token: send 'Authorization: Bearer <token>' with "
+                          f"the token in {gateway.settings.home / 'gateway.token'}",
+                     **{"WWW-Authenticate": 'Bearer realm="pony-scheduler"'})
+    return await handler(request)
+
+
+# -- reading ---------------------------------------------------------------------------------
+async def health(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    return web.json_response({"status": "ok", "service": "gateway", "version": __version__,
+                              "pid": os.getpid(),
+                              "uptimeSeconds": round(time.time() - gateway.started, 3)})
+
+
+async def status(request: web.Request) -> web.Response:
+    from pony_scheduler.lifecycle.services import summaries
+
+    gateway = request.app[GATEWAY]
+    loop = asyncio.get_running_loop()
+    services = await loop.run_in_executor(None, summaries, gateway.settings)
+    return web.json_response({
+        "gateway": {"pid": os.getpid(), "version": __version__,
+                    "addresses": gateway.addresses, "socket": str(gateway.settings.socket),
+                    "uptimeSeconds": round(time.time() - gateway.started, 3),
+                    "subscribers": gateway.hub.subscriber_count,
+                    "tokenRequiredForReads": gateway.token_for_reads},
+        "scheduler": gateway.hub.scheduler_status(),
+        "services": services,
+    })
+
+
+def _only(request: web.Request, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(request.query) - set(allowed))
+    if unknown:
+        raise web.HTTPBadRequest(text=f"unknown query parameter {unknown[0]!r} (known: "
+                                      f"{', '.join(allowed) or 'none'})")
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    _only(request, ())
+    return web.json_response({"jobs": await request.app[GATEWAY].data.jobs()})
+
+
+async def show_job(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[GATEWAY].data.job(request.match_info["name"]))
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    _only(request, ("job", "limit", "state"))
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise web.HTTPBadRequest(text=f"limit must be a whole number from 1 to {MAX_LIMIT}, "
+                                      f"not {raw!r}")
+    state = request.query.get("state") or None
+    if state is not None and state not in RUN_STATES:
+        raise web.HTTPBadRequest(text=f"unknown state {state!r} (known: "
+                                      f"{', '.join(RUN_STATES)})")
+    job = request.query.get("job") or None
+    runs = await request.app[GATEWAY].data.runs(job, int(raw), state)
+    return web.json_response({"runs": runs})
+
+
+def _run_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise web.HTTPBadRequest(text=f"a run id is a positive whole number, not {raw!r}")
+    return int(raw)
+
+
+async def show_run(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[GATEWAY].data.run(_run_id(request)))
+
+
+# -- changing --------------------------------------------------------------------------------
+async def _no_body(request: web.Request) -> None:
+    """These actions take no parameters: accept an empty body or a JSON object."""
+    body = await request.read()
+    if not body.strip():
+        return
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise web.HTTPBadRequest(text="the request body is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise web.HTTPBadRequest(text="the request body must be a JSON object")
+
+
+async def run_job(request: web.Request) -> web.Response:
+    await _no_body(request)
+    name = request.match_info["name"]
+    run_id = await request.app[GATEWAY].data.request_run(name)
+    log.info("Run %d of job %s requested through the API (%s)", run_id, name, request.remote)
+    return web.json_response({"run_id": run_id, "job": name, "state": "queued"}, status=202)
+
+
+def _set_enabled(enabled: bool) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        await _no_body(request)
+        name = request.match_info["name"]
+        job = await request.app[GATEWAY].data.set_enabled(name, enabled)
+        log.info("Job %s %s through the API (%s)", name, "resumed" if enabled else "paused",
+                 request.remote)
+        return web.json_response(job)
+
+    return handler
+
+
+# -- live events -----------------------------------------------------------------------------
+def sse_frame(event: dict[str, Any], with_id: bool = True) -> bytes:
+    lines = [f"id: {event['id']}"] if with_id and "id" in event else []
+    lines.append("data: " + json.dumps(event, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: every event as a default `message` whose data is the JSON event;
+    `Last-Event-ID` (sent by EventSource on reconnection) replays what was missed."""
+    gateway = request.app[GATEWAY]
+    subscriber = gateway.hub.subscribe(request.headers.get("Last-Event-ID"))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    try:
+        await response.prepare(request)
+        hello = {"type": "gateway.hello", "timestamp": timestamp(), "source": "gateway",
+                 "data": {"instance": gateway.hub.instance,
+                          "scheduler": gateway.hub.scheduler_status()}}
+        await response.write(b"retry: 2000\n\n" + sse_frame(hello, with_id=False))
+        while True:
+            try:
+                event = await subscriber.next(KEEPALIVE)
+            except EOFError:
+                break
+            await response.write(b": keepalive\n\n" if event is None else sse_frame(event))
+    except ConnectionError:
+        pass  # the client went away
+    finally:
+        gateway.hub.unsubscribe(subscriber)
+    return response
+
+
+def build_app(gateway: Gateway) -> web.Application:
+    app = web.Application(middlewares=[json_errors, require_token], client_max_size=64 * 1024)
+    app[GATEWAY] = gateway
+    app.router.add_get("/api/health", health)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/api/jobs", list_jobs)
+    app.router.add_get("/api/jobs/{name}", show_job)
+    app.router.add_post("/api/jobs/{name}/run", run_job)
+    app.router.add_post("/api/jobs/{name}/pause", _set_enabled(False))
+    app.router.add_post("/api/jobs/{name}/resume", _set_enabled(True))
+    app.router.add_get("/api/runs", list_runs)
+    app.router.add_get("/api/runs/{id}", show_run)
+    app.router.add_get("/api/events", events)
+
+    async def on_shutdown(app: web.Application) -> None:
+        app[GATEWAY].hub.close()  # ends the SSE streams, so shutdown need not wait for them
+
+    app.on_shutdown.append(on_shutdown)
+    return app

@@ -1,0 +1,154 @@
+"""The gateway's access to jobs and runs: the same Store the CLI uses, off the event loop.
+
+The gateway starts before the scheduler (`pb service start all`), so the database may not
+exist yet: it is opened on first use and again after a failure, never migrated here (only
+the scheduler migrates, so two versions never fight over the schema), and an SQLite file
+that does not exist is not created by a mere read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pony_scheduler.errors import PonyError
+
+log = logging.getLogger("pony_scheduler.gateway")
+
+T = TypeVar("T")
+
+RUN_STATES = ("queued", "running", "succeeded", "failed", "timed_out", "interrupted", "lost",
+              "skipped")
+
+
+class Unavailable(PonyError):
+    """The database cannot answer now (not created yet, server down): HTTP 503."""
+
+
+class NotFound(PonyError):
+    """No such job or run: HTTP 404."""
+
+
+def job_json(job: dict[str, Any]) -> dict[str, Any]:
+    from pony_scheduler.jobs import job_json as view
+
+    return view(job, with_env=False)
+
+
+class Data:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._store: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(function, *args))
+
+    async def store(self) -> Any:
+        async with self._lock:
+            if self._store is None:
+                self._store = await self._call(self._open)
+            return self._store
+
+    def _open(self) -> Any:
+        from pony_scheduler.store import Store
+        from pony_scheduler.store.engine import parse_url, safe_url
+
+        url = parse_url(self.url)
+        on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+        if on_disk and not Path(str(url.database)).exists():
+            raise Unavailable(f"the scheduler has not initialised the database yet "
+                              f"({safe_url(url)} does not exist); start it with "
+                              "'pb scheduler start'")
+        try:
+            return Store.open(self.url, upgrade=False)
+        except PonyError as exc:
+            raise Unavailable(str(exc)) from None
+
+    async def query(self, method: str, *args: Any) -> Any:
+        """Call Store.`method` in a worker thread."""
+        return await self.within(lambda store: getattr(store, method)(*args))
+
+    async def within(self, function: Callable[[Any], T]) -> T:
+        """Run `function(store)` in a worker thread; database trouble becomes Unavailable."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        store = await self.store()
+        try:
+            return await self._call(function, store)
+        except SQLAlchemyError as exc:
+            log.warning("Database error: %s", exc)
+            text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise Unavailable(f"database error: {text[0] if text else type(exc).__name__}"
+                              ) from None
+
+    # -- what the API serves -----------------------------------------------------------------
+    async def jobs(self) -> list[dict[str, Any]]:
+        return [job_json(job) for job in await self.query("list_jobs")]
+
+    async def job(self, name: str) -> dict[str, Any]:
+        job = await self.query("get_job", name)
+        if job is None:
+            raise NotFound(f"no job named {name!r}")
+        return job_json(job)
+
+    async def runs(self, job: str | None, limit: int, state: str | None) -> list[dict[str, Any]]:
+        return list(await self.query("list_runs", job, limit, state))
+
+    async def run(self, run_id: int) -> dict[str, Any]:
+        run = await self.query("get_run", run_id)
+        if run is None:
+            raise NotFound(f"no run with id {run_id}")
+        run["output"] = await self._call(_read_output, run.get("output_path"),
+                                         run.get("output_tail"))
+        return dict(run)
+
+    async def request_run(self, name: str) -> int:
+        await self.job(name)  # 404 for an unknown job, before anything is written
+        return int(await self.query("request_run", name))
+
+    async def set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
+        await self.job(name)
+        if enabled:
+            await self.within(lambda store: _resume(store, name))
+        else:
+            await self.query("set_enabled", name, False)
+        return await self.job(name)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+OUTPUT_LIMIT = 256 * 1024  # what one API answer carries of a run's output (its end)
+
+
+def _read_output(path: str | None, tail: str | None) -> str:
+    """The run's output file (its last 256 KiB), or the tail kept in the database."""
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(0, 2)
+                size = handle.tell()
+                handle.seek(max(0, size - OUTPUT_LIMIT))
+                return handle.read().decode(errors="replace")
+        except OSError:
+            pass
+    return tail or ""
+
+
+def _resume(store: Any, name: str) -> None:
+    from pony_scheduler.jobs import resume_job
+    from pony_scheduler.store.common import utcnow
+    from pony_scheduler.store.jobs import UnknownJob
+
+    try:
+        resume_job(store, name, utcnow())
+    except UnknownJob:
+        raise NotFound(f"no job named {name!r}") from None
