@@ -160,3 +160,36 @@ def test_home_removed_under_the_daemon(pb: Pb, tmp_path: Path, pg_url: str) -> N
     with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
         row = conn.execute("SELECT count(*) FROM schedulers WHERE stopped_at IS NULL").fetchone()
     assert row == (0,)
+
+
+def test_database_read_only_for_ten_seconds(pb: Pb, tmp_path: Path, pg_url: str) -> None:
+    import psycopg
+
+    markers = tmp_path / "executed"
+    name = pg_url.rsplit("/", 1)[1]
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
+            conn.execute(f'ALTER DATABASE "{name}" {setting}')
+            # sessions keep the setting they started with: make them reconnect
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = %s", (name,))
+
+    pb.env["PONYBUNNY_DB"] = pg_url
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "tick", "--every", "1s", "--shell", "--",
+       f"echo $PONYBUNNY_RUN_ID >> {markers}", check=True)
+    assert wait_for(lambda: markers.exists(), 10)
+    read_only(True)
+    time.sleep(10)
+    read_only(False)
+    before = len(markers.read_text().split())
+    assert wait_for(lambda: len(markers.read_text().split()) >= before + 3, 30)
+    assert pb("scheduler", "status").code == 0
+    pb("scheduler", "stop", check=True)
+    log = (pb.home / "scheduler.log").read_text()
+    assert "read-only transaction" in log
+    counts = account(pb, markers, interval=1.0)
+    print(f"\nSOAK db-read-only: {counts}")
