@@ -1,6 +1,8 @@
 """Job definitions as users give them, validated and turned into store values.
 
-No click here: the CLI and the gateway hand in plain values.
+No click here: the CLI and the gateway hand in plain values.  The schedule maths (and
+croniter) is imported inside the functions that need it, so that commands such as
+`pb scheduler status`, which only import the option names from here, stay quick.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pony_scheduler.errors import ConfigError
-from pony_scheduler.scheduler import schedule as sched
 
 if TYPE_CHECKING:
+    from pony_scheduler.scheduler.schedule import Schedule
     from pony_scheduler.store import Store
 
 OVERLAP = ("skip", "queue", "allow")
@@ -55,7 +57,9 @@ def local_zone() -> str:
     return target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else "UTC"
 
 
-def build_schedule(opts: JobOptions, now: datetime) -> sched.Schedule | None:
+def build_schedule(opts: JobOptions, now: datetime) -> Schedule | None:
+    from pony_scheduler.scheduler import schedule as sched
+
     chosen = [name for name, value in (("--cron", opts.cron), ("--every", opts.every),
                                        ("--at", opts.at), ("--manual", opts.manual or None))
               if value is not None]
@@ -73,13 +77,17 @@ def build_schedule(opts: JobOptions, now: datetime) -> sched.Schedule | None:
     return sched.manual_schedule() if opts.manual else None
 
 
-def schedule_values(schedule: sched.Schedule, now: datetime) -> dict[str, Any]:
+def schedule_values(schedule: Schedule, now: datetime) -> dict[str, Any]:
+    from pony_scheduler.scheduler import schedule as sched
+
     return {"schedule_kind": schedule.kind, "schedule_expr": schedule.expr,
             "schedule_tz": schedule.tz, "schedule_anchor": schedule.anchor,
             "next_due_at": sched.next_after(schedule, now)}
 
 
-def stored_schedule(row: dict[str, Any]) -> sched.Schedule:
+def stored_schedule(row: dict[str, Any]) -> Schedule:
+    from pony_scheduler.scheduler import schedule as sched
+
     return sched.from_dict({"kind": row["schedule_kind"], "expr": row["schedule_expr"],
                             "tz": row["schedule_tz"], "anchor": row["schedule_anchor"]})
 
@@ -102,6 +110,8 @@ def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | Non
 
 def option_values(opts: JobOptions) -> dict[str, Any]:
     """Store values for every option given (besides the schedule and the command)."""
+    from pony_scheduler.scheduler import schedule as sched
+
     values: dict[str, Any] = {}
     if opts.timeout is not None:
         values["timeout_s"] = sched.parse_duration(opts.timeout, "--timeout")
@@ -139,6 +149,8 @@ def command_values(opts: JobOptions, required: bool) -> dict[str, Any]:
 
 
 def new_job(name: str, opts: JobOptions, now: datetime) -> dict[str, Any]:
+    from pony_scheduler.scheduler import schedule as sched
+
     sched.validate_job_name(name)
     schedule = build_schedule(opts, now)
     if schedule is None:
@@ -165,6 +177,8 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
 
     The environment is left out where it would leave the host (it may hold secrets).
     """
+    from pony_scheduler.scheduler import schedule as sched
+
     try:
         schedule = sched.describe(stored_schedule(job))
     except ConfigError:
@@ -182,6 +196,7 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
 
 def resume_job(store: Store, name: str, now: datetime) -> None:
     """Schedule a paused job again from `now` on; occurrences while paused are not run."""
+    from pony_scheduler.scheduler import schedule as sched
     from pony_scheduler.store.jobs import UnknownJob
 
     row = store.job_row(name)

@@ -168,13 +168,14 @@ def test_logs(pb: Pb, home: Path) -> None:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["service", "status"], ["gateway", "status"],
+                                  ["scheduler", "status"], ["scheduler", "status", "--json"],
                                   ["debug", "status"], ["service", "--help"]])
 def test_cli_does_not_import_sqlalchemy_or_aiohttp(pb: Pb, argv: list[str]) -> None:
     code = ("import sys, runpy; sys.argv = ['pb', *sys.argv[1:]]\n"
             "try:\n    runpy.run_module('pony_scheduler', run_name='__main__')\n"
             "except SystemExit:\n    pass\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('sqlalchemy', 'aiohttp', 'alembic'))\n"
+            "('sqlalchemy', 'aiohttp', 'alembic', 'croniter'))\n"
             "print('HEAVY', heavy)\n")
     result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
                             text=True, env=pb.env, timeout=30)
