@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import queue
 import select
 import signal
 import subprocess
@@ -32,30 +33,42 @@ Finish = Callable[[dict[str, Any], RunState, int | None, str | None, str], None]
 
 
 class Executor:
+    """A fixed pool of worker threads fed by a queue; `active` counts the runs handed
+    over and not yet finished.  A finished run is recorded (on_finished), then its slot is
+    freed, then the loop is woken (on_idle): the wake-up always finds the slot it was woken
+    for, and the next claim never sees the finished run as still running."""
+
     def __init__(self, home: Path, workers: int, on_started: Callable[[dict[str, Any]], None],
-                 on_finished: Finish) -> None:
+                 on_finished: Finish, on_idle: Callable[[], None]) -> None:
         self.output_dir = home / "runs"
         self.workers = workers
         self.on_started = on_started
         self.on_finished = on_finished
-        self.threads: dict[int, threading.Thread] = {}
+        self.on_idle = on_idle
+        self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.active = 0
         self.interrupt = threading.Event()  # set: stop every job now (shutdown)
         self.lock = threading.Lock()
 
     def free_slots(self) -> int:
         with self.lock:
-            self.threads = {k: t for k, t in self.threads.items() if t.is_alive()}
-            return max(0, self.workers - len(self.threads))
+            return max(0, self.workers - self.active)
 
     def busy(self) -> int:
-        return self.workers - self.free_slots()
+        with self.lock:
+            return self.active
 
     def launch(self, run: dict[str, Any]) -> None:
-        thread = threading.Thread(target=self._guarded, args=(run,), daemon=True,
-                                  name=f"run-{run['id']}")
         with self.lock:
-            self.threads[run["id"]] = thread
-        thread.start()
+            self.active += 1
+            grow = len(self.threads) < min(self.active, self.workers)
+        if grow:  # threads are made on demand, after daemonizing, never more than workers
+            thread = threading.Thread(target=self._worker, daemon=True,
+                                      name=f"worker-{len(self.threads) + 1}")
+            self.threads.append(thread)
+            thread.start()
+        self.queue.put(run)
 
     def drain(self, grace: float, stop_now: Callable[[], bool],
               keep_alive: Callable[[], None]) -> int:
@@ -66,18 +79,33 @@ class Executor:
             time.sleep(0.05)
         left = self.busy()
         self.interrupt.set()
-        with self.lock:
-            threads = list(self.threads.values())
-        for thread in threads:
-            thread.join(KILL_GRACE + 5)
+        deadline = time.monotonic() + KILL_GRACE + 5
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join(1)
         return left
 
-    def _guarded(self, run: dict[str, Any]) -> None:
+    def _worker(self) -> None:
+        while (run := self.queue.get()) is not None:
+            try:
+                self._execute(run)
+            except Exception as exc:  # a bug here must not kill the daemon silently
+                log.exception("Run %s: executor failed", run["id"])
+                if not run.get("done"):
+                    self._done(run, RunState.FAILED, None, f"executor error: {exc}", "")
+
+    def _done(self, run: dict[str, Any], state: RunState, code: int | None,
+              reason: str | None, tail: str) -> None:
+        run["done"] = True
         try:
-            self._execute(run)
-        except Exception as exc:  # a bug here must not kill the daemon silently
-            log.exception("Run %s: executor failed", run["id"])
-            self.on_finished(run, RunState.FAILED, None, f"executor error: {exc}", "")
+            self.on_finished(run, state, code, reason, tail)
+        finally:
+            with self.lock:
+                self.active -= 1
+            self.on_idle()
 
     def _execute(self, run: dict[str, Any]) -> None:
         path = self.output_dir / run["name"] / f"{run['id']}.log"
@@ -90,8 +118,7 @@ class Executor:
                 start_new_session=True, close_fds=True)
         except OSError as exc:
             path.write_text(f"cannot start {run['argv'][0]!r}: {exc.strerror}\n")
-            self.on_finished(run, RunState.FAILED, None,
-                             f"cannot start command: {exc.strerror}", "")
+            self._done(run, RunState.FAILED, None, f"cannot start command: {exc.strerror}", "")
             return
         run["pid"], run["pid_start"] = proc.pid, proc_start_time(proc.pid)
         self.on_started(run)
@@ -100,7 +127,7 @@ class Executor:
         if state is RunState.SUCCEEDED and code != 0:
             state = RunState.FAILED
             reason = (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
-        self.on_finished(run, state, code, reason, tail)
+        self._done(run, state, code, reason, tail)
 
     def _supervise(self, proc: subprocess.Popen[bytes], path: Path,
                    timeout: float | None) -> tuple[RunState, str | None, str]:

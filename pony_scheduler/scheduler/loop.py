@@ -48,11 +48,17 @@ class WorkLoop:
         self.events = events
         self.hostname = socket.gethostname()
         settings = runtime.settings
-        self.executor = Executor(settings.home, settings.workers, self._started, self._finished)
+        self.executor = Executor(settings.home, settings.workers, self._started, self._finished,
+                                 self._kick)
         self.scheduler_id = ""
         self.changes = -1
-        self.kicked = True  # something happened: plan and claim on the next iteration
-        self.next_due: datetime | None = None
+        # systemd's variables describe the scheduler, not its jobs: a job that answered
+        # NOTIFY_SOCKET would speak for us.
+        self.base_env = {k: v for k, v in os.environ.items() if k not in SERVICE_MANAGER_VARS}
+        self.replan = True  # jobs changed: turn due occurrences into runs, recompute
+        self.kicked = True  # runs changed (finished, queued): claim what is due
+        self.next_job_due: datetime | None = None
+        self.next_run_due: datetime | None = None
         self.next_heartbeat = self.next_poll = self.next_watchdog = 0.0
 
     # -- the loop ------------------------------------------------------------------------
@@ -84,22 +90,30 @@ class WorkLoop:
         if mono >= self.next_poll:
             self.next_poll = mono + CHANGE_POLL
             changes = self.store.changes()
-            self.kicked |= changes != self.changes
+            if changes != self.changes:
+                self.replan = self.kicked = True
             self.changes = changes
-        if self.kicked or (self.next_due is not None and now >= self.next_due):
-            self.kicked = False
+        job_due = self.next_job_due is not None and now >= self.next_job_due
+        if self.replan or job_due:
+            self.replan, self.kicked = False, True
             self.plan_due_jobs(now)
-            self.next_due = self.dispatch(utcnow())
+            self.next_job_due = self.store.next_job_due()
+        if self.kicked or (self.next_run_due is not None and now >= self.next_run_due):
+            self.kicked = False
+            self.next_run_due = self.dispatch(utcnow())
         self.ping_watchdog(mono)
 
     def seconds_to_sleep(self) -> float:
-        mono = time.monotonic()
+        if self.kicked or self.replan:
+            return 0.0
+        mono, now = time.monotonic(), utcnow()
         deadlines = [self.next_heartbeat, self.next_poll]
         if self.runtime.watchdog_interval() is not None:
             deadlines.append(self.next_watchdog)
-        if self.next_due is not None:
-            deadlines.append(mono + (self.next_due - utcnow()).total_seconds())
-        return 0.0 if self.kicked else max(0.0, min(deadlines) - mono)
+        for due in (self.next_job_due, self.next_run_due):
+            if due is not None:
+                deadlines.append(mono + (due - now).total_seconds())
+        return max(0.0, min(deadlines) - mono)
 
     # -- schedules into runs, runs into processes ---------------------------------------------
     def plan_due_jobs(self, now: datetime) -> None:
@@ -108,31 +122,33 @@ class WorkLoop:
                                   "tz": job["schedule_tz"], "anchor": job["schedule_anchor"]})
             result = plan(schedule, job["catch_up"], job["next_due_at"], now)
             if result.skipped:
-                log.warning("Job %s: %d occurrence(s) missed while down recorded as skipped",
+                log.warning("Job %s: %d occurrence(s) missed recorded as skipped",
                             job["name"], len(result.skipped))
             self.store.materialize(job["id"], job["next_due_at"], result.to_run,
                                    result.skipped, result.next_due)
 
     def dispatch(self, now: datetime) -> datetime | None:
-        """Claim and start what is due; return when something next becomes due."""
+        """Claim and start what is due; return when to look at the queue again."""
         free = self.executor.free_slots()
+        waiting = free == 0
         if free:
-            for run in self.store.claim(self.scheduler_id, self.hostname, now, free, LEASE):
+            claimed, waiting = self.store.claim(self.scheduler_id, self.hostname, now, free,
+                                                LEASE)
+            for run in claimed:
                 self.executor.launch(self._prepare(run))
-        # Due runs left unclaimed wait for a free worker, for the overlap policy or for
-        # another scheduler: a finished job or a change kicks us then, so only future due
-        # times count here (counting the past ones would make this loop spin).
-        candidates = [t for t in (self.store.next_job_due(), self.store.next_run_due(after=now))
-                      if t is not None]
-        return min(candidates) if candidates else None
+        upcoming = self.store.next_run_due(after=now)  # retries waiting out their delay
+        if waiting:
+            # Due runs wait for a worker, the overlap policy or another scheduler.  A
+            # finished run kicks us; looking again within a second covers the rest
+            # without spinning.
+            soon = now + timedelta(seconds=CHANGE_POLL)
+            return min(upcoming, soon) if upcoming else soon
+        return upcoming
 
     def _prepare(self, run: dict[str, Any]) -> dict[str, Any]:
         command = json.loads(run["command"])
         run["argv"] = ["/bin/sh", "-c", command[0]] if run["shell"] else command
-        # systemd's variables describe the scheduler, not its jobs: a job that answered
-        # NOTIFY_SOCKET would speak for us.
-        inherited = {k: v for k, v in os.environ.items() if k not in SERVICE_MANAGER_VARS}
-        run["environ"] = {**inherited, **json.loads(run["env"] or "{}"),
+        run["environ"] = {**self.base_env, **json.loads(run["env"] or "{}"),
                           "PONYBUNNY_JOB": run["name"], "PONYBUNNY_RUN_ID": str(run["id"])}
         run["claimed_at"] = utcnow()
         log.info("Run %d: starting job %s (attempt %d)", run["id"], run["name"],
@@ -158,6 +174,9 @@ class WorkLoop:
         kind = "run.finished" if state is RunState.SUCCEEDED else "run.failed"
         self.events.emit(kind, {"run_id": run["id"], "job": run["name"], "state": str(state),
                                 "exit_code": code, "duration_s": round(duration, 3)})
+
+    def _kick(self) -> None:
+        """A worker is free (executor thread): claim on the next iteration."""
         self.kicked = True
         self.runtime.wake()
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, Table, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from pony_scheduler.store.tables import counters
 
@@ -23,9 +23,12 @@ def iso(value: datetime | None) -> str | None:
 
 
 def insert_ignore(connection: Connection, table: Table) -> Insert:
-    """INSERT … ON CONFLICT DO NOTHING: the unique key, not a race, decides who wins."""
-    dialect = connection.dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
+    """INSERT … ON CONFLICT DO NOTHING: the unique key, not a race, decides who wins.
+
+    The dialect module is imported here, not at the top: importing the PostgreSQL dialect
+    pulls in asyncio and every driver shim, which SQLite users would pay on every command.
+    """
+    module = importlib.import_module(f"sqlalchemy.dialects.{connection.dialect.name}")
     return module.insert(table).on_conflict_do_nothing()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 from pony_scheduler.errors import PonyError
 
@@ -34,9 +34,7 @@ def _config() -> Config:
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
-        if not inspect(connection).has_table("alembic_version"):
-            return None
-        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return _revision_in(connection)
 
 
 def check_known(revision: str | None) -> None:
@@ -46,15 +44,37 @@ def check_known(revision: str | None) -> None:
             f"understands (up to {HEAD}); upgrade pony-scheduler or use another --db")
 
 
+# Any constant will do: it names "pony-scheduler migrates" among advisory locks.
+PG_MIGRATION_LOCK = 0x706F6E79
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
-    """Upgrade to head; return (before, after)."""
+    """Upgrade to head; return (before, after).
+
+    Schedulers started together on an empty database must not both run the migrations:
+    the version is read again inside the migrating transaction, which holds an advisory
+    lock on PostgreSQL and SQLite's write lock (BEGIN IMMEDIATE) there.
+    """
     before = current_revision(engine)
     check_known(before)
-    if before != HEAD:
-        from alembic import command
+    if before == HEAD:
+        return before, HEAD
+    from alembic import command
 
-        config = _config()
-        with engine.begin() as connection:
+    config = _config()
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": PG_MIGRATION_LOCK})
+        before = _revision_in(connection)
+        check_known(before)
+        if before != HEAD:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     return before, HEAD
+
+
+def _revision_in(connection: Connection) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()

@@ -18,6 +18,12 @@ RUN_VIEW = (runs.c.id, jobs.c.name.label("job"), runs.c.occurrence, runs.c.attem
             runs.c.hostname, runs.c.claimed_by)
 
 
+# What starting a claimed run needs, read in the claiming query itself.
+CLAIM_COLUMNS = (runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt, runs.c.trigger,
+                 jobs.c.overlap, jobs.c.name, jobs.c.command, jobs.c.shell, jobs.c.timeout_s,
+                 jobs.c.retries, jobs.c.retry_delay_s, jobs.c.cwd, jobs.c.env)
+
+
 def run_view(row: dict[str, Any]) -> dict[str, Any]:
     view = dict(row)
     started, finished = row.get("started_at"), row.get("finished_at")
@@ -73,49 +79,47 @@ class RunQueries:
             return connection.execute(query).scalar()
 
     def claim(self, scheduler_id: str, hostname: str, now: datetime, limit: int,
-              lease: float) -> list[dict[str, Any]]:
-        """Atomically take up to `limit` due runs, applying each job's overlap policy."""
+              lease: float) -> tuple[list[dict[str, Any]], bool]:
+        """Atomically take up to `limit` due runs, applying each job's overlap policy.
+
+        Returns the claimed runs (with what is needed to start them) and whether due runs
+        were left waiting (on a free worker, the overlap policy or another scheduler).
+        """
         claimed: list[dict[str, Any]] = []
-        query = (select(runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt,
-                        jobs.c.overlap)
-                 .join(jobs, jobs.c.id == runs.c.job_id)
+        waiting = False
+        query = (select(*CLAIM_COLUMNS).join(jobs, jobs.c.id == runs.c.job_id)
                  .where(runs.c.state == RunState.QUEUED, runs.c.due_at <= now)
                  .order_by(runs.c.due_at, runs.c.id).limit(limit * 4)
                  .with_for_update(skip_locked=True, of=runs))
         with self.engine.begin() as connection:
             busy = set(connection.execute(select(runs.c.job_id).distinct()
                                           .where(runs.c.state == RunState.RUNNING)).scalars())
-            for run_id, job_id, _occurrence, _attempt, overlap in connection.execute(query).all():
+            for row in connection.execute(query).mappings().all():
                 if len(claimed) >= limit:
+                    waiting = True
                     break
-                if job_id in busy and overlap != "allow":
-                    if overlap == "skip":
-                        self._skip(connection, run_id, now, "previous run still running")
+                if row["job_id"] in busy and row["overlap"] != "allow":
+                    if row["overlap"] == "skip":
+                        self._skip(connection, row["id"], now, "previous run still running")
+                    else:
+                        waiting = True
                     continue
                 won = connection.execute(
-                    update(runs).where(runs.c.id == run_id, runs.c.state == RunState.QUEUED)
+                    update(runs).where(runs.c.id == row["id"], runs.c.state == RunState.QUEUED)
                     .values(state=RunState.RUNNING, claimed_by=scheduler_id, hostname=hostname,
                             started_at=now, lease_until=now + timedelta(seconds=lease))).rowcount
                 if won == 1:  # on SQLite the rowcount is the claim; on PostgreSQL the row lock
-                    busy.add(job_id)
-                    claimed.append({"id": run_id})
-            details = [self._claimed_details(connection, c["id"]) for c in claimed]
-        return details
+                    busy.add(row["job_id"])
+                    claimed.append(dict(row))
+                else:
+                    waiting = True
+        return claimed, waiting
 
     @staticmethod
     def _skip(connection: Any, run_id: int, now: datetime, reason: str) -> None:
         connection.execute(update(runs).where(runs.c.id == run_id,
                                               runs.c.state == RunState.QUEUED)
                            .values(state=RunState.SKIPPED, finished_at=now, reason=reason))
-
-    @staticmethod
-    def _claimed_details(connection: Any, run_id: int) -> dict[str, Any]:
-        row = connection.execute(
-            select(runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt, runs.c.trigger,
-                   jobs.c.name, jobs.c.command, jobs.c.shell, jobs.c.timeout_s, jobs.c.retries,
-                   jobs.c.retry_delay_s, jobs.c.cwd, jobs.c.env)
-            .join(jobs, jobs.c.id == runs.c.job_id).where(runs.c.id == run_id)).one()
-        return row_dict(row)
 
     def run_started(self, run_id: int, pid: int, pid_start: int | None,
                     output_path: str) -> None:

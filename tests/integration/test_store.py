@@ -46,7 +46,7 @@ def test_each_queued_run_is_claimed_exactly_once(db_url: str) -> None:
     def drain(worker: Store) -> list[int]:
         got: list[int] = []
         while True:
-            batch = worker.claim(worker.scheduler_id or "", "host", utcnow(), 7, 60)
+            batch, _ = worker.claim(worker.scheduler_id or "", "host", utcnow(), 7, 60)
             if not batch:
                 return got
             got += [run["id"] for run in batch]
@@ -110,3 +110,11 @@ def test_daemon_refuses_a_newer_database(pb: Pb, home: Path) -> None:
     assert "newer than this pony-scheduler" in result.err.splitlines()[0]
     listing = pb("job", "list", env={"PONYBUNNY_DB": str(db)})
     assert listing.code == 1 and "newer than this pony-scheduler" in listing.err
+
+
+def test_schedulers_opening_an_empty_database_together_migrate_once(db_url: str) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: Store.open(db_url), range(4)))
+    assert {migrate.current_revision(s.engine) for s in stores} == {migrate.HEAD}
+    for store in stores:
+        store.close()
