@@ -14,7 +14,6 @@ import fcntl
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,7 +100,7 @@ def _finish(spec: ServiceSpec, settings: Settings, runtime: ServiceRuntime,
     if exc is not None:
         reason = describe_error(exc)
         if not runtime.is_ready:
-            runtime._announce(f"FAILED {reason}")
+            runtime.fail(reason)
         if isinstance(exc, PonyError):
             log.error("%s", reason)
         else:
@@ -193,8 +192,6 @@ def run_foreground(spec: ServiceSpec, settings: Settings, lock_fd: int,
     status = _finish(spec, settings, runtime, exc)
     with contextlib.suppress(Exception):
         lock.release()
-    if exc is not None and not isinstance(exc, PonyError):
-        sys.stderr.flush()
     return status
 
 

@@ -123,6 +123,10 @@ class ServiceRuntime:
         sd_notify("READY=1", f"STATUS={self.title} running", f"MAINPID={os.getpid()}")
         log.info("%s ready (PID %d)", self.title, os.getpid())
 
+    def fail(self, reason: str) -> None:
+        """Tell the waiting `pb` that start-up failed (the log has the details)."""
+        self._announce(f"FAILED {reason}")
+
     def stopping_notice(self) -> None:
         sd_notify("STOPPING=1")
 
