@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import random
 import socket
 import time
@@ -59,7 +60,15 @@ class WorkLoop:
         self.kicked = True  # runs changed (finished, queued): claim what is due
         self.next_job_due: datetime | None = None
         self.next_run_due: datetime | None = None
+        # Queued runs due later (retries waiting out their delay) appear only through a
+        # change, a retry or a rescue: look them up again only then, not after every claim.
+        self.upcoming_dirty = True
+        self.upcoming: datetime | None = None
         self.next_heartbeat = self.next_poll = self.next_watchdog = 0.0
+        # What workers report (started, finished) waits here until the loop records it in
+        # one transaction per iteration; it stays here while the database is unavailable.
+        self.journal: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
+        self.unrecorded: list[tuple[str, dict[str, Any]]] = []
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -91,7 +100,7 @@ class WorkLoop:
             self.next_poll = mono + CHANGE_POLL
             changes = self.store.changes()
             if changes != self.changes:
-                self.replan = self.kicked = True
+                self.replan = self.kicked = self.upcoming_dirty = True
             self.changes = changes
         job_due = self.next_job_due is not None and now >= self.next_job_due
         if self.replan or job_due:
@@ -101,6 +110,8 @@ class WorkLoop:
         if self.kicked or (self.next_run_due is not None and now >= self.next_run_due):
             self.kicked = False
             self.next_run_due = self.dispatch(utcnow())
+        else:
+            self.record_results()
         self.ping_watchdog(mono)
 
     def seconds_to_sleep(self) -> float:
@@ -130,13 +141,11 @@ class WorkLoop:
     def dispatch(self, now: datetime) -> datetime | None:
         """Claim and start what is due; return when to look at the queue again."""
         free = self.executor.free_slots()
-        waiting = free == 0
-        if free:
-            claimed, waiting = self.store.claim(self.scheduler_id, self.hostname, now, free,
-                                                LEASE)
-            for run in claimed:
-                self.executor.launch(self._prepare(run))
-        upcoming = self.store.next_run_due(after=now)  # retries waiting out their delay
+        claimed, waiting = self.record_results((now, free, LEASE) if free else None)
+        for run in claimed:
+            self.executor.launch(self._prepare(run))
+        waiting = waiting or free == 0
+        upcoming = self.upcoming_runs(now)
         if waiting:
             # Due runs wait for a worker, the overlap policy or another scheduler.  A
             # finished run kicks us; looking again within a second covers the rest
@@ -145,30 +154,40 @@ class WorkLoop:
             return min(upcoming, soon) if upcoming else soon
         return upcoming
 
+    def upcoming_runs(self, now: datetime) -> datetime | None:
+        if self.upcoming is not None and self.upcoming <= now:
+            self.upcoming_dirty = True  # that one is due now; is there another after it?
+        if self.upcoming_dirty:
+            self.upcoming_dirty = False
+            self.upcoming = self.store.next_run_due(after=now)
+        return self.upcoming
+
     def _prepare(self, run: dict[str, Any]) -> dict[str, Any]:
         command = json.loads(run["command"])
         run["argv"] = ["/bin/sh", "-c", command[0]] if run["shell"] else command
         run["environ"] = {**self.base_env, **json.loads(run["env"] or "{}"),
                           "PONYBUNNY_JOB": run["name"], "PONYBUNNY_RUN_ID": str(run["id"])}
         run["claimed_at"] = utcnow()
-        log.info("Run %d: starting job %s (attempt %d)", run["id"], run["name"],
-                 run["attempt"])
+        log.debug("Run %d: starting job %s (attempt %d)", run["id"], run["name"],
+                  run["attempt"])
         return run
 
     # -- executor callbacks (executor threads) -------------------------------------------
     def _started(self, run: dict[str, Any]) -> None:
-        recovery.retrying(lambda: self.store.run_started(
-            run["id"], run["pid"], run["pid_start"], run["output_path"]))
+        self.journal.put(("started", {"run": run, "pid": run["pid"],
+                                      "pid_start": run["pid_start"],
+                                      "output_path": run["output_path"]}))
+        self.runtime.wake()  # record the pid soon: a restart needs it to stop an orphan
         self.events.emit("run.started", {"run_id": run["id"], "job": run["name"],
                                          "attempt": run["attempt"], "pid": run["pid"]})
 
     def _finished(self, run: dict[str, Any], state: RunState, code: int | None,
                   reason: str | None, tail: str) -> None:
-        ours = recovery.retrying(lambda: self.store.finish_run(
-            run["id"], self.scheduler_id, state, code, reason, tail))
-        if ours:
-            self._follow_up(run, state)
-        duration = (utcnow() - run["claimed_at"]).total_seconds()
+        now = utcnow()
+        self.journal.put(("finished", {"run": run, "state": state, "exit_code": code,
+                                       "reason": reason, "tail": tail, "finished_at": now,
+                                       "next_attempt": self.next_attempt(run, state, now)}))
+        duration = (now - run["claimed_at"]).total_seconds()
         log.info("Run %d: job %s %s%s", run["id"], run["name"], state,
                  f" ({reason})" if reason else "")
         kind = "run.finished" if state is RunState.SUCCEEDED else "run.failed"
@@ -180,15 +199,35 @@ class WorkLoop:
         self.kicked = True
         self.runtime.wake()
 
-    def _follow_up(self, run: dict[str, Any], state: RunState) -> None:
+    @staticmethod
+    def next_attempt(run: dict[str, Any], state: RunState,
+                     now: datetime) -> tuple[datetime, str] | None:
+        """What a result calls for: a resume after a shutdown, a retry after a failure."""
         if state is RunState.INTERRUPTED:
-            recovery.retrying(lambda: self.store.queue_attempt(run, utcnow(), "resume"))
-        elif state in RETRYABLE and run["attempt"] <= run["retries"]:
+            return now, "resume"
+        if state in RETRYABLE and run["attempt"] <= run["retries"]:
             delay = backoff_delay(run["attempt"], run["retry_delay_s"], rand=random.random())
-            due = utcnow() + timedelta(seconds=delay)
-            recovery.retrying(lambda: self.store.queue_attempt(run, due, "retry"))
             log.info("Run %d: retry %d of %d in %.1fs", run["id"], run["attempt"],
                      run["retries"], delay)
+            return now + timedelta(seconds=delay), "retry"
+        return None
+
+    def record_results(self, claim: tuple[datetime, int, float] | None = None,
+                       ) -> tuple[list[dict[str, Any]], bool]:
+        """Write what workers reported and, given (now, limit, lease), claim due runs: one
+        transaction.  Reports stay in `unrecorded` while the database refuses them."""
+        while not self.journal.empty():
+            self.unrecorded.append(self.journal.get())
+        if not self.unrecorded and claim is None:
+            return [], False
+        started = [item for kind, item in self.unrecorded if kind == "started"]
+        finished = [item for kind, item in self.unrecorded if kind == "finished"]
+        ours, claimed, waiting = self.store.record_and_claim(
+            self.scheduler_id, self.hostname, started, finished, claim)
+        self.unrecorded.clear()
+        if any(item["next_attempt"] for item in ours):
+            self.upcoming_dirty = self.kicked = True
+        return claimed, waiting
 
     # -- upkeep -------------------------------------------------------------------------
     def maintain(self, now: datetime) -> None:
@@ -196,8 +235,10 @@ class WorkLoop:
         self.store.heartbeat()
         self.store.renew_leases(self.scheduler_id, now, LEASE)
         for run, state in recovery.abandoned(self.store, self.scheduler_id, now):
-            self._follow_up(run, state)
-            self.kicked = True
+            attempt = self.next_attempt(run, state, now)
+            if attempt is not None:
+                self.store.queue_attempt(run, *attempt)
+                self.upcoming_dirty = self.kicked = True
         self.events.emit("heartbeat", {"pid": os.getpid(), "scheduler_id": self.scheduler_id,
                                        "running": self.executor.busy()})
 
@@ -215,19 +256,25 @@ class WorkLoop:
             log.info("Waiting up to %gs for %d running job(s) (a second signal stops them "
                      "now)", self.runtime.settings.shutdown_grace, busy)
         left = self.executor.drain(self.runtime.settings.shutdown_grace,
-                                   lambda: self.runtime.stop_now, self._keep_leases)
+                                   lambda: self.runtime.stop_now, self._keep_up)
         if left:
             log.warning("Interrupted %d running job(s); they run again after the next start",
                         left)
         try:
+            recovery.retrying(self.record_results)
             recovery.retrying(self.store.mark_stopped, attempts=3)
         except DBAPIError as exc:
-            log.warning("Could not record the stop in the database: %s", first_line(exc))
+            lost = [item["run"]["id"] for _, item in self.unrecorded]
+            log.error("Could not record the results of runs %s or the stop: %s; those runs "
+                      "will be found lost when their lease expires", lost, first_line(exc))
 
-    def _keep_leases(self) -> None:
+    def _keep_up(self) -> None:
+        """While draining: record results as they come, keep our leases alive."""
+        with contextlib.suppress(DBAPIError):  # the next call tries again
+            self.record_results()
         mono = time.monotonic()
         if mono >= self.next_heartbeat:
             self.next_heartbeat = mono + HEARTBEAT_INTERVAL
-            with contextlib.suppress(DBAPIError):  # the next renewal tries again
+            with contextlib.suppress(DBAPIError):
                 self.store.renew_leases(self.scheduler_id, utcnow(), LEASE)
 

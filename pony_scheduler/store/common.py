@@ -40,10 +40,12 @@ def bump_changes(connection: Connection) -> None:
         connection.execute(insert_ignore(connection, counters).values(key=CHANGES, value=1))
 
 
+CHANGES_QUERY = select(counters.c.value).where(counters.c.key == CHANGES)
+
+
 def read_changes(engine: Engine) -> int:
     with engine.connect() as connection:
-        value = connection.execute(select(counters.c.value)
-                                   .where(counters.c.key == CHANGES)).scalar()
+        value = connection.execute(CHANGES_QUERY).scalar()
     return int(value or 0)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, bindparam, func, select, update
 
 from pony_scheduler.runstate import RunState
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, row_dict, utcnow
@@ -22,6 +22,29 @@ RUN_VIEW = (runs.c.id, jobs.c.name.label("job"), runs.c.occurrence, runs.c.attem
 CLAIM_COLUMNS = (runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt, runs.c.trigger,
                  jobs.c.overlap, jobs.c.name, jobs.c.command, jobs.c.shell, jobs.c.timeout_s,
                  jobs.c.retries, jobs.c.retry_delay_s, jobs.c.cwd, jobs.c.env)
+
+# The statements every run goes through, built once with bound parameters: building a
+# statement and its cache key costs more than running it on SQLite.
+QUEUED = RunState.QUEUED.value
+RUNNING = RunState.RUNNING.value
+BUSY_JOBS = select(runs.c.job_id).distinct().where(runs.c.state == RUNNING)
+DUE_RUNS = (select(*CLAIM_COLUMNS).join(jobs, jobs.c.id == runs.c.job_id)
+            .where(runs.c.state == QUEUED, runs.c.due_at <= bindparam("now"))
+            .order_by(runs.c.due_at, runs.c.id).limit(bindparam("limit"))
+            .with_for_update(skip_locked=True, of=runs))
+CLAIM = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
+         .values(state=RUNNING, claimed_by=bindparam("me"), hostname=bindparam("host"),
+                 started_at=bindparam("now"), lease_until=bindparam("until")))
+STARTED = (update(runs).where(runs.c.id == bindparam("run_id"))
+           .values(pid=bindparam("b_pid"), pid_start=bindparam("b_pid_start"),
+                   output_path=bindparam("b_output_path")))
+FINISH = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
+                             runs.c.claimed_by == bindparam("me"))
+          .values(state=bindparam("b_state"), exit_code=bindparam("b_exit_code"),
+                  reason=bindparam("b_reason"), output_tail=bindparam("b_tail"),
+                  finished_at=bindparam("b_finished_at"), lease_until=None))
+NEXT_QUEUED = select(func.min(runs.c.due_at)).where(runs.c.state == QUEUED)
+NEXT_QUEUED_AFTER = NEXT_QUEUED.where(runs.c.due_at > bindparam("after"))
 
 
 def run_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -72,11 +95,10 @@ class RunQueries:
 
     # -- what the work loop does ------------------------------------------------------------
     def next_run_due(self, after: datetime | None = None) -> datetime | None:
-        query = select(func.min(runs.c.due_at)).where(runs.c.state == RunState.QUEUED)
-        if after is not None:
-            query = query.where(runs.c.due_at > after)
         with self.engine.connect() as connection:
-            return connection.execute(query).scalar()
+            if after is None:
+                return connection.execute(NEXT_QUEUED).scalar()
+            return connection.execute(NEXT_QUEUED_AFTER, {"after": after}).scalar()
 
     def claim(self, scheduler_id: str, hostname: str, now: datetime, limit: int,
               lease: float) -> tuple[list[dict[str, Any]], bool]:
@@ -85,34 +107,34 @@ class RunQueries:
         Returns the claimed runs (with what is needed to start them) and whether due runs
         were left waiting (on a free worker, the overlap policy or another scheduler).
         """
+        with self.engine.begin() as connection:
+            return self._claim(connection, scheduler_id, hostname, now, limit, lease)
+
+    def _claim(self, connection: Any, scheduler_id: str, hostname: str, now: datetime,
+               limit: int, lease: float) -> tuple[list[dict[str, Any]], bool]:
         claimed: list[dict[str, Any]] = []
         waiting = False
-        query = (select(*CLAIM_COLUMNS).join(jobs, jobs.c.id == runs.c.job_id)
-                 .where(runs.c.state == RunState.QUEUED, runs.c.due_at <= now)
-                 .order_by(runs.c.due_at, runs.c.id).limit(limit * 4)
-                 .with_for_update(skip_locked=True, of=runs))
-        with self.engine.begin() as connection:
-            busy = set(connection.execute(select(runs.c.job_id).distinct()
-                                          .where(runs.c.state == RunState.RUNNING)).scalars())
-            for row in connection.execute(query).mappings().all():
-                if len(claimed) >= limit:
-                    waiting = True
-                    break
-                if row["job_id"] in busy and row["overlap"] != "allow":
-                    if row["overlap"] == "skip":
-                        self._skip(connection, row["id"], now, "previous run still running")
-                    else:
-                        waiting = True
-                    continue
-                won = connection.execute(
-                    update(runs).where(runs.c.id == row["id"], runs.c.state == RunState.QUEUED)
-                    .values(state=RunState.RUNNING, claimed_by=scheduler_id, hostname=hostname,
-                            started_at=now, lease_until=now + timedelta(seconds=lease))).rowcount
-                if won == 1:  # on SQLite the rowcount is the claim; on PostgreSQL the row lock
-                    busy.add(row["job_id"])
-                    claimed.append(dict(row))
+        until = now + timedelta(seconds=lease)
+        busy = set(connection.execute(BUSY_JOBS).scalars())
+        due = connection.execute(DUE_RUNS, {"now": now, "limit": limit * 4})
+        for row in due.mappings().all():
+            if len(claimed) >= limit:
+                waiting = True
+                break
+            if row["job_id"] in busy and row["overlap"] != "allow":
+                if row["overlap"] == "skip":
+                    self._skip(connection, row["id"], now, "previous run still running")
                 else:
                     waiting = True
+                continue
+            won = connection.execute(CLAIM, {"run_id": row["id"], "me": scheduler_id,
+                                             "host": hostname, "now": now,
+                                             "until": until}).rowcount
+            if won == 1:  # on SQLite the rowcount is the claim; on PostgreSQL the row lock
+                busy.add(row["job_id"])
+                claimed.append(dict(row))
+            else:
+                waiting = True
         return claimed, waiting
 
     @staticmethod
@@ -121,28 +143,58 @@ class RunQueries:
                                               runs.c.state == RunState.QUEUED)
                            .values(state=RunState.SKIPPED, finished_at=now, reason=reason))
 
-    def run_started(self, run_id: int, pid: int, pid_start: int | None,
-                    output_path: str) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(update(runs).where(runs.c.id == run_id).values(
-                pid=pid, pid_start=pid_start, output_path=output_path))
+    def record_and_claim(self, scheduler_id: str, hostname: str,
+                         started: list[dict[str, Any]], finished: list[dict[str, Any]],
+                         claim: tuple[datetime, int, float] | None,
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+        """What workers reported since the last call, then a claim, in one transaction.
 
-    def finish_run(self, run_id: int, scheduler_id: str, state: RunState,
-                   exit_code: int | None, reason: str | None, tail: str | None) -> bool:
-        """Record a result; false when the run is no longer ours (e.g. declared lost)."""
+        `started`: run, pid, pid_start, output_path.  `finished`: run, state, exit_code,
+        reason, tail, finished_at, and next_attempt (due_at, trigger) or None.  `claim`:
+        (now, limit, lease), or None for recording only.  Returns the finished runs that
+        were still ours (their next attempts are queued here too), the claimed runs, and
+        whether due runs were left waiting.
+        """
         with self.engine.begin() as connection:
-            return connection.execute(
-                update(runs).where(runs.c.id == run_id, runs.c.state == RunState.RUNNING,
-                                   runs.c.claimed_by == scheduler_id)
-                .values(state=state, exit_code=exit_code, reason=reason, output_tail=tail,
-                        finished_at=utcnow(), lease_until=None)).rowcount == 1
+            ours = self._record(connection, scheduler_id, started, finished)
+            if claim is None:
+                return ours, [], False
+            claimed, waiting = self._claim(connection, scheduler_id, hostname, *claim)
+        return ours, claimed, waiting
+
+    def _record(self, connection: Any, scheduler_id: str, started: list[dict[str, Any]],
+                finished: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ours = []
+        if started:
+            connection.execute(STARTED, [
+                {"run_id": item["run"]["id"], "b_pid": item["pid"],
+                 "b_pid_start": item["pid_start"], "b_output_path": item["output_path"]}
+                for item in started])
+        for item in finished:
+            won = connection.execute(FINISH, {
+                "run_id": item["run"]["id"], "me": scheduler_id,
+                "b_state": item["state"].value, "b_exit_code": item["exit_code"],
+                "b_reason": item["reason"], "b_tail": item["tail"],
+                "b_finished_at": item["finished_at"]}).rowcount == 1
+            if not won:
+                continue  # declared lost meanwhile: whoever did decides what follows
+            ours.append(item)
+            if item["next_attempt"] is not None:
+                due_at, trigger = item["next_attempt"]
+                self._insert_attempt(connection, item["run"], due_at, trigger)
+        return ours
+
+    @staticmethod
+    def _insert_attempt(connection: Any, run: dict[str, Any], due_at: datetime,
+                        trigger: str) -> None:
+        connection.execute(insert_ignore(connection, runs).values(
+            job_id=run["job_id"], occurrence=run["occurrence"], attempt=run["attempt"] + 1,
+            trigger=trigger, state=RunState.QUEUED, due_at=due_at, created_at=utcnow()))
 
     def queue_attempt(self, run: dict[str, Any], due_at: datetime, trigger: str) -> None:
         """Another attempt of the same occurrence (retry, or resume after a shutdown)."""
         with self.engine.begin() as connection:
-            connection.execute(insert_ignore(connection, runs).values(
-                job_id=run["job_id"], occurrence=run["occurrence"], attempt=run["attempt"] + 1,
-                trigger=trigger, state=RunState.QUEUED, due_at=due_at, created_at=utcnow()))
+            self._insert_attempt(connection, run, due_at, trigger)
 
     def renew_leases(self, scheduler_id: str, now: datetime, lease: float) -> None:
         with self.engine.begin() as connection:
