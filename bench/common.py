@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pony_scheduler.lifecycle.pidfile import proc_start_time
+
 PY = sys.executable
 PB_MODULE = [PY, "-m", "pony_scheduler"]  # daemons started this way carry the name in cmdline
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -121,11 +123,8 @@ def proc_cmdline(pid: int) -> str:
 
 
 def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    """Running and not a zombie (the product's own /proc reading)."""
+    return proc_start_time(pid) is not None
 
 
 def cpu_seconds(pid: int) -> float:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pony_scheduler.lifecycle.pidfile import proc_start_time
+
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SERVICES = ("scheduler", "gateway", "debug")
 
@@ -91,11 +93,8 @@ def _is_ours(pid: int) -> bool:
 
 
 def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    """Running and not a zombie (the product's own /proc reading)."""
+    return proc_start_time(pid) is not None
 
 
 def wait_dead(pid: int, timeout: float) -> bool:
