@@ -106,9 +106,6 @@ class Settings:
     def debug(self) -> bool:
         return self.log_level == "DEBUG"
 
-    def log_path(self, service: str) -> Path:
-        return self.home / f"{service}.log"
-
 
 def default_home() -> Path:
     return Path(os.environ.get("PONYBUNNY_HOME") or Path.home() / ".ponybunny").expanduser()

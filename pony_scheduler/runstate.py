@@ -16,7 +16,6 @@ class RunState(StrEnum):
     SKIPPED = "skipped"  # never run: missed while down, or the previous run still ran
 
 
-TERMINAL = frozenset(set(RunState) - {RunState.QUEUED, RunState.RUNNING})
 # Failures that the job's retry policy answers with another attempt.
 RETRYABLE = frozenset({RunState.FAILED, RunState.TIMED_OUT, RunState.LOST})
 

@@ -14,12 +14,12 @@ import click
 from pony_scheduler.cli.options import settings_from
 from pony_scheduler.errors import PonyError
 from pony_scheduler.jobs import CATCH_UP, OVERLAP, JobOptions
+from pony_scheduler.runstate import RunState
 
 if TYPE_CHECKING:
     from pony_scheduler.store import Store
 
-STATES = ("queued", "running", "succeeded", "failed", "timed_out", "interrupted", "lost",
-          "skipped")
+STATES = tuple(state.value for state in RunState)
 
 
 def open_store(ctx: click.Context) -> Store:

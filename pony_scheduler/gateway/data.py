@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pony_scheduler.errors import PonyError
+from pony_scheduler.runstate import RunState
 
 log = logging.getLogger("pony_scheduler.gateway")
 
 T = TypeVar("T")
 
-RUN_STATES = ("queued", "running", "succeeded", "failed", "timed_out", "interrupted", "lost",
-              "skipped")
+RUN_STATES = tuple(state.value for state in RunState)
 
 
 class Unavailable(PonyError):

@@ -212,7 +212,7 @@ def terminate(spec: ServiceSpec, settings: Settings, info: PidInfo, *, timeout: 
               say: Say) -> None:
     """What `start --force` does to a running daemon: TERM, wait, then KILL."""
     assert info.pid is not None
-    start_time = pidfile.proc_start_time(info.pid)
+    start_time = info.start_time  # the process inspect() verified, not a later reading
     say(f"Stopping {spec.title} (PID {info.pid})...")
     _signal(spec, info, signal.SIGTERM)
     if not pidfile.wait_gone(info.pid, start_time, timeout):
@@ -240,7 +240,7 @@ def stop(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool,
         note = _clean_stale(spec, settings, info)
         return StopResult(False, info.pid, note)
     assert info.pid is not None
-    start_time = pidfile.proc_start_time(info.pid)
+    start_time = info.start_time  # the process inspect() verified, not a later reading
     if force:
         say(f"Killing {spec.title} (PID {info.pid})...")
         _signal(spec, info, signal.SIGKILL)

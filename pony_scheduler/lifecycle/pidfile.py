@@ -35,6 +35,7 @@ class PidInfo:
     meta: dict[str, Any] | None = None
     reason: str = ""  # why a pid file is stale, in words for users
     owner_uid: int | None = None  # uid of a running daemon (ours may run as another user)
+    start_time: int | None = None  # /proc start time of a running daemon, as verified
 
 
 def boot_id() -> str:
@@ -156,7 +157,7 @@ def inspect(spec: ServiceSpec, home: Path) -> PidInfo:
         return PidInfo(PidState.STALE, pid=pid, meta=meta,
                        reason=f"PID {pid} belongs to another program (PID reused)")
     return PidInfo(PidState.RUNNING, pid=pid, meta=meta if meta and meta.get("pid") == pid
-                   else None, owner_uid=proc_uid(pid))
+                   else None, owner_uid=proc_uid(pid), start_time=proc_start_time(pid))
 
 
 def remove_files(spec: ServiceSpec, home: Path) -> None:

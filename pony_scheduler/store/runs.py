@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, select, update
 
-from pony_scheduler.runstate import RunState
+from pony_scheduler.runstate import RunState, check_transition
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, row_dict, utcnow
 from pony_scheduler.store.jobs import UnknownJob
 from pony_scheduler.store.tables import jobs, runs, schedulers
@@ -171,6 +171,7 @@ class RunQueries:
                  "b_pid_start": item["pid_start"], "b_output_path": item["output_path"]}
                 for item in started])
         for item in finished:
+            check_transition(RunState.RUNNING, item["state"])  # workers report final states only
             won = connection.execute(FINISH, {
                 "run_id": item["run"]["id"], "me": scheduler_id,
                 "b_state": item["state"].value, "b_exit_code": item["exit_code"],

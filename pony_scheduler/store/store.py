@@ -10,7 +10,6 @@ import logging
 import os
 import socket
 import uuid
-from datetime import UTC, datetime
 
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -19,17 +18,13 @@ from pony_scheduler import __version__
 from pony_scheduler.errors import PonyError
 from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
 from pony_scheduler.store import migrate
-from pony_scheduler.store.common import first_line, read_changes
+from pony_scheduler.store.common import first_line, read_changes, utcnow
 from pony_scheduler.store.engine import make_engine, safe_url
 from pony_scheduler.store.jobs import JobQueries
 from pony_scheduler.store.runs import RunQueries
 from pony_scheduler.store.tables import schedulers
 
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Store(JobQueries, RunQueries):
