@@ -22,7 +22,7 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
-def insert_ignore(connection: Connection, table: Table) -> Insert:
+def insert_ignore(connection: Connection | Engine, table: Table) -> Insert:
     """INSERT … ON CONFLICT DO NOTHING: the unique key, not a race, decides who wins.
 
     The dialect module is imported here, not at the top: importing the PostgreSQL dialect

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, bindparam, func, select, update
 from pony_scheduler.runstate import RunState, check_transition
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, row_dict, utcnow
 from pony_scheduler.store.jobs import UnknownJob
+from pony_scheduler.store.prepared import Prepared, transaction
 from pony_scheduler.store.tables import jobs, runs, schedulers
 
 RUN_VIEW = (runs.c.id, jobs.c.name.label("job"), runs.c.occurrence, runs.c.attempt,
@@ -43,6 +44,9 @@ FINISH = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == R
           .values(state=bindparam("b_state"), exit_code=bindparam("b_exit_code"),
                   reason=bindparam("b_reason"), output_tail=bindparam("b_tail"),
                   finished_at=bindparam("b_finished_at"), lease_until=None))
+SKIP = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
+        .values(state=RunState.SKIPPED.value, finished_at=bindparam("now"),
+                reason=bindparam("b_reason")))
 NEXT_QUEUED = select(func.min(runs.c.due_at)).where(runs.c.state == QUEUED)
 NEXT_QUEUED_AFTER = NEXT_QUEUED.where(runs.c.due_at > bindparam("after"))
 
@@ -58,8 +62,33 @@ def run_view(row: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+class HotStatements:
+    """What every run goes through, prepared once per engine (see prepared.py)."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        self.busy_jobs = Prepared(BUSY_JOBS, dialect)
+        self.due_runs = Prepared(DUE_RUNS, dialect)
+        self.claim = Prepared(CLAIM, dialect)
+        self.started = Prepared(STARTED, dialect)
+        self.finish = Prepared(FINISH, dialect)
+        self.skip = Prepared(SKIP, dialect)
+        self.attempt = Prepared(insert_ignore(engine, runs).values(
+            job_id=bindparam("job_id"), occurrence=bindparam("occurrence"),
+            attempt=bindparam("attempt"), trigger=bindparam("trigger"),
+            state=QUEUED, due_at=bindparam("due_at"), created_at=bindparam("created_at")),
+            dialect)
+
+
 class RunQueries:
     engine: Engine
+    _hot: HotStatements | None = None
+
+    @property
+    def hot(self) -> HotStatements:
+        if self._hot is None:
+            self._hot = HotStatements(self.engine)
+        return self._hot
 
     # -- what users do ----------------------------------------------------------------------
     def request_run(self, name: str) -> int:
@@ -107,7 +136,7 @@ class RunQueries:
         Returns the claimed runs (with what is needed to start them) and whether due runs
         were left waiting (on a free worker, the overlap policy or another scheduler).
         """
-        with self.engine.begin() as connection:
+        with transaction(self.engine) as connection:
             return self._claim(connection, scheduler_id, hostname, now, limit, lease)
 
     def _claim(self, connection: Any, scheduler_id: str, hostname: str, now: datetime,
@@ -115,9 +144,9 @@ class RunQueries:
         claimed: list[dict[str, Any]] = []
         waiting = False
         until = now + timedelta(seconds=lease)
-        busy = set(connection.execute(BUSY_JOBS).scalars())
-        due = connection.execute(DUE_RUNS, {"now": now, "limit": limit * 4})
-        for row in due.mappings().all():
+        hot = self.hot
+        busy = set(hot.busy_jobs.scalars(connection))
+        for row in hot.due_runs.mappings(connection, {"now": now, "limit": limit * 4}):
             if len(claimed) >= limit:
                 waiting = True
                 break
@@ -127,21 +156,18 @@ class RunQueries:
                 else:
                     waiting = True
                 continue
-            won = connection.execute(CLAIM, {"run_id": row["id"], "me": scheduler_id,
-                                             "host": hostname, "now": now,
-                                             "until": until}).rowcount
+            won = hot.claim.rowcount(connection, {"run_id": row["id"], "me": scheduler_id,
+                                                  "host": hostname, "now": now,
+                                                  "until": until})
             if won == 1:  # on SQLite the rowcount is the claim; on PostgreSQL the row lock
                 busy.add(row["job_id"])
-                claimed.append(dict(row))
+                claimed.append(row)
             else:
                 waiting = True
         return claimed, waiting
 
-    @staticmethod
-    def _skip(connection: Any, run_id: int, now: datetime, reason: str) -> None:
-        connection.execute(update(runs).where(runs.c.id == run_id,
-                                              runs.c.state == RunState.QUEUED)
-                           .values(state=RunState.SKIPPED, finished_at=now, reason=reason))
+    def _skip(self, connection: Any, run_id: int, now: datetime, reason: str) -> None:
+        self.hot.skip.rowcount(connection, {"run_id": run_id, "now": now, "b_reason": reason})
 
     def record_and_claim(self, scheduler_id: str, hostname: str,
                          started: list[dict[str, Any]], finished: list[dict[str, Any]],
@@ -155,7 +181,7 @@ class RunQueries:
         were still ours (their next attempts are queued here too), the claimed runs, and
         whether due runs were left waiting.
         """
-        with self.engine.begin() as connection:
+        with transaction(self.engine) as connection:
             ours = self._record(connection, scheduler_id, started, finished)
             if claim is None:
                 return ours, [], False
@@ -166,17 +192,17 @@ class RunQueries:
                 finished: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ours = []
         if started:
-            connection.execute(STARTED, [
+            self.hot.started.execute_many(connection, [
                 {"run_id": item["run"]["id"], "b_pid": item["pid"],
                  "b_pid_start": item["pid_start"], "b_output_path": item["output_path"]}
                 for item in started])
         for item in finished:
             check_transition(RunState.RUNNING, item["state"])  # workers report final states only
-            won = connection.execute(FINISH, {
+            won = self.hot.finish.rowcount(connection, {
                 "run_id": item["run"]["id"], "me": scheduler_id,
                 "b_state": item["state"].value, "b_exit_code": item["exit_code"],
                 "b_reason": item["reason"], "b_tail": item["tail"],
-                "b_finished_at": item["finished_at"]}).rowcount == 1
+                "b_finished_at": item["finished_at"]}) == 1
             if not won:
                 continue  # declared lost meanwhile: whoever did decides what follows
             ours.append(item)
@@ -185,16 +211,16 @@ class RunQueries:
                 self._insert_attempt(connection, item["run"], due_at, trigger)
         return ours
 
-    @staticmethod
-    def _insert_attempt(connection: Any, run: dict[str, Any], due_at: datetime,
+    def _insert_attempt(self, connection: Any, run: dict[str, Any], due_at: datetime,
                         trigger: str) -> None:
-        connection.execute(insert_ignore(connection, runs).values(
-            job_id=run["job_id"], occurrence=run["occurrence"], attempt=run["attempt"] + 1,
-            trigger=trigger, state=RunState.QUEUED, due_at=due_at, created_at=utcnow()))
+        self.hot.attempt.rowcount(connection, {
+            "job_id": run["job_id"], "occurrence": run["occurrence"],
+            "attempt": run["attempt"] + 1, "trigger": trigger, "due_at": due_at,
+            "created_at": utcnow()})
 
     def queue_attempt(self, run: dict[str, Any], due_at: datetime, trigger: str) -> None:
         """Another attempt of the same occurrence (retry, or resume after a shutdown)."""
-        with self.engine.begin() as connection:
+        with transaction(self.engine) as connection:
             self._insert_attempt(connection, run, due_at, trigger)
 
     def renew_leases(self, scheduler_id: str, now: datetime, lease: float) -> None:

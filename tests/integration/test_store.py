@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.errors import PonyError
+from pony_scheduler.runstate import RunState
 from pony_scheduler.store import Store, migrate
 from pony_scheduler.store.common import utcnow
 from tests.conftest import Pb
@@ -118,3 +120,55 @@ def test_schedulers_opening_an_empty_database_together_migrate_once(db_url: str)
     assert {migrate.current_revision(s.engine) for s in stores} == {migrate.HEAD}
     for store in stores:
         store.close()
+
+
+def test_prepared_statements_store_what_core_reads(db_url: str) -> None:
+    """The loop's hot statements bypass SQLAlchemy's execution layer (store/prepared.py):
+    what they write must read back through Core exactly, datetimes and all."""
+    store = Store.open(db_url)
+    store.scheduler_id = store.register_scheduler()
+    store.add_job("j", job_values())
+    run_id = store.request_run("j")
+    now = utcnow()
+    _, claimed, _ = store.record_and_claim(store.scheduler_id, "host", [], [], (now, 1, 60))
+    assert [run["id"] for run in claimed] == [run_id]
+    assert claimed[0]["occurrence"].tzinfo is not None and claimed[0]["shell"] is False
+    started = [{"run": claimed[0], "pid": 4242, "pid_start": 17, "output_path": "/o.log"}]
+    finished_at = now + timedelta(seconds=1.5)
+    result = {"run": claimed[0], "state": RunState.FAILED, "exit_code": 3, "reason": "exit 3",
+              "tail": "bye", "finished_at": finished_at,
+              "next_attempt": (finished_at + timedelta(seconds=5), "retry")}
+    ours, _, _ = store.record_and_claim(store.scheduler_id, "host", started, [result], None)
+    assert len(ours) == 1
+    run = store.get_run(run_id)
+    assert run is not None
+    assert (run["state"], run["exit_code"], run["pid"], run["output_path"]) == (
+        "failed", 3, 4242, "/o.log")
+    assert run["started_at"] == now.isoformat()
+    assert run["finished_at"] == finished_at.isoformat() and run["duration_s"] == 1.5
+    retry = [r for r in store.list_runs() if r["attempt"] == 2]
+    assert len(retry) == 1 and retry[0]["state"] == "queued"
+    store.close()
+
+
+def test_prepared_statement_errors_are_sqlalchemy_errors(tmp_path: Path) -> None:
+    """The loop tells a database that is unavailable from a bug by SQLAlchemy's
+    DBAPIError; the prepared path must raise the same, and leave nothing half-written."""
+    url = f"sqlite:///{tmp_path / 'pony.db'}"
+    store = Store.open(url)
+    store.scheduler_id = store.register_scheduler()
+    store.add_job("j", job_values())
+    store.request_run("j")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TRIGGER no_claims BEFORE UPDATE OF claimed_by ON runs "
+                                "BEGIN SELECT RAISE(ABORT, 'claims refused'); END"))
+    with pytest.raises(DBAPIError, match="claims refused"):
+        store.record_and_claim(store.scheduler_id, "host", [], [], (utcnow(), 1, 60))
+    assert [r["state"] for r in store.list_runs()] == ["queued"]
+    with engine.begin() as connection:
+        connection.execute(text("DROP TRIGGER no_claims"))
+    _, claimed, _ = store.record_and_claim(store.scheduler_id, "host", [], [], (utcnow(), 1, 60))
+    assert len(claimed) == 1  # the connection went back to the pool usable
+    engine.dispose()
+    store.close()

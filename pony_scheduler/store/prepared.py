@@ -1,0 +1,133 @@
+"""The work loop's hot statements, compiled once and run on the driver's own cursor.
+
+Every job run goes through a handful of statements (claim, started, finish).  On SQLite,
+SQLAlchemy's per-call work (cache key, execution context, result wrapping) costs several
+times what SQLite itself spends on them, and it was most of the daemon's CPU per run
+(docs/BENCHMARKS.md, finding 2).  The statements stay defined in Core, so the dialect still
+writes the SQL (placeholders, casts, FOR UPDATE SKIP LOCKED); values go through the
+columns' own type processors, so a datetime is stored exactly as the Core path stores it.
+They run on a driver connection inside `transaction()`, which also skips SQLAlchemy's
+connection and transaction bookkeeping: on SQLite that was as costly as the statements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from sqlalchemy import Dialect, Engine, Executable
+from sqlalchemy.exc import DBAPIError
+
+Processor = Callable[[Any], Any]
+
+
+class Prepared:
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        self.sql: str = compiled.string
+        self.dialect = dialect
+        # qmark dialects (SQLite) take a tuple in this order; others take a mapping.
+        self.order: list[str] | None = compiled.positiontup
+        self.fixed: dict[str, Any] = {}  # values written into the statement (states, NULL)
+        self.binders: dict[str, Processor] = {}
+        for bind, name in compiled.bind_names.items():
+            if not bind.required:
+                self.fixed[name] = bind.value
+            binder = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if binder is not None:
+                self.binders[name] = binder
+        self.columns = list(getattr(statement, "selected_columns", ()))
+        self.keys: list[str] = [column.key for column in self.columns]
+        self.readers: list[Processor | None] | None = None  # from the first result
+
+    def _readers(self, description: Any) -> list[Processor | None]:
+        # Some processors depend on the type the driver reports (PostgreSQL numerics).
+        if self.readers is None:
+            self.readers = [
+                column.type.dialect_impl(self.dialect).result_processor(self.dialect, info[1])
+                for column, info in zip(self.columns, description, strict=True)]
+        return self.readers
+
+    def params(self, values: Mapping[str, Any]) -> Any:
+        merged = {**self.fixed, **values}
+        for name, binder in self.binders.items():
+            merged[name] = binder(merged[name])
+        return merged if self.order is None else tuple(merged[name] for name in self.order)
+
+    def execute(self, connection: Any, values: Mapping[str, Any] | None = None) -> Any:
+        """Run once; returns the driver's cursor (rowcount, rows), which the caller closes."""
+        return self._run(connection, lambda cursor: cursor.execute(
+            self.sql, self.params(values or {})), values)
+
+    def execute_many(self, connection: Any, rows: Iterable[Mapping[str, Any]]) -> None:
+        batch = [self.params(values) for values in rows]
+        self._run(connection, lambda cursor: cursor.executemany(self.sql, batch),
+                  None).close()
+
+    def rowcount(self, connection: Any, values: Mapping[str, Any]) -> int:
+        cursor = self.execute(connection, values)
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def mappings(self, connection: Any,
+                 values: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        cursor = self.execute(connection, values)
+        try:
+            rows = cursor.fetchall()
+            readers = self._readers(cursor.description)
+        finally:
+            cursor.close()
+        return [dict(zip(self.keys, [value if reader is None else reader(value)
+                                     for reader, value in zip(readers, row, strict=True)],
+                         strict=True)) for row in rows]
+
+    def scalars(self, connection: Any,
+                values: Mapping[str, Any] | None = None) -> list[Any]:
+        return [next(iter(row.values())) for row in self.mappings(connection, values)]
+
+    def _run(self, connection: Any, call: Callable[[Any], Any],
+             values: Mapping[str, Any] | None) -> Any:
+        cursor = connection.cursor()
+        try:
+            with translated(self.dialect, self.sql, values):
+                call(cursor)
+        except BaseException:
+            cursor.close()
+            raise
+        return cursor
+
+
+@contextlib.contextmanager
+def translated(dialect: Dialect, sql: str, values: Any) -> Iterator[None]:
+    """Driver errors as SQLAlchemy's: the loop's handling of a locked, read-only or
+    restarting database expects them, as from every other query."""
+    error = dialect.loaded_dbapi.Error
+    try:
+        yield
+    except error as exc:
+        raise DBAPIError.instance(sql, values, exc, error, dialect=dialect) from exc
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine) -> Iterator[Any]:
+    """One write transaction on a pooled driver connection: committed, or rolled back on
+    any error, and the connection returned to the pool either way."""
+    connection = engine.raw_connection()
+    try:
+        begin = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else None
+        if begin is not None:  # as the engine's own transactions begin (engine.py)
+            with translated(engine.dialect, begin, None):
+                connection.cursor().execute(begin).close()
+        try:
+            yield connection
+            with translated(engine.dialect, "COMMIT", None):
+                connection.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            raise
+    finally:
+        connection.close()
