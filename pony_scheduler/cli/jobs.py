@@ -323,10 +323,22 @@ def runs_output(ctx: click.Context, run_id: int, follow_: bool) -> None:
 
 
 def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> None:
-    try:
-        handle = open(path, "rb")  # noqa: SIM115
-    except OSError as exc:
-        raise PonyError(f"cannot read output of run {run_id} at {path}: {exc.strerror}") from None
+    while True:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115
+            break
+        except FileNotFoundError:
+            # The file is created at a run's first byte of output: none yet, or none ever.
+            run = _get_run(ctx, run_id)
+            if run.get("output_tail"):
+                raise PonyError(f"the output file of run {run_id} was removed ({path}); "
+                                f"`pb runs show {run_id}` has its end") from None
+            if not follow_ or run["state"] not in ("queued", "running"):
+                return
+            time.sleep(0.2)
+        except OSError as exc:
+            raise PonyError(f"cannot read output of run {run_id} at {path}: "
+                            f"{exc.strerror}") from None
     with handle:
         while True:
             data = handle.read()

@@ -222,3 +222,39 @@ def test_follow_a_running_jobs_output(pb: Pb) -> None:
     out, _ = follower.communicate(timeout=30)
     assert follower.returncode == 0
     assert out == "line 1\nline 2\nline 3\n"
+
+
+def test_quiet_run_leaves_no_output_file(pb: Pb, home: Path) -> None:
+    """The output file appears at a run's first byte: a quiet run has none, and `pb runs
+    output` prints nothing for it rather than failing."""
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "quiet", "--manual", "--", "true", check=True)
+    pb("job", "add", "loud", "--manual", "--", "echo", "hello", check=True)
+    pb("job", "run", "quiet", check=True)
+    pb("job", "run", "loud", check=True)
+    done = wait_runs(pb, lambda rs: len(finished(rs)) == 2)
+    by_job = {r["job"]: r for r in done}
+    assert by_job["quiet"]["state"] == by_job["loud"]["state"] == "succeeded"
+    assert not list((home / "runs" / "quiet").glob("*.log"))
+    quiet = pb("runs", "output", str(by_job["quiet"]["id"]))
+    assert (quiet.code, quiet.out, quiet.err) == (0, "", "")
+    loud_id = str(by_job["loud"]["id"])
+    assert pb("runs", "output", loud_id).out == "hello\n"
+    # Removed by an admin: say so, and where the end of it is still kept.
+    (home / "runs" / "loud" / f"{loud_id}.log").unlink()
+    gone = pb("runs", "output", loud_id)
+    assert gone.code != 0 and "removed" in gone.err and "pb runs show" in gone.err
+    assert "hello" in pb("runs", "show", loud_id).out
+
+
+def test_follow_waits_for_the_first_byte(pb: Pb) -> None:
+    import subprocess
+
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "late", "--manual", "--shell", "--", "sleep 1; echo at last", check=True)
+    pb("job", "run", "late", check=True)
+    run_id = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")[0]["id"]
+    follower = pb.popen("runs", "output", str(run_id), "-f", stdout=subprocess.PIPE)
+    out, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0
+    assert out == "at last\n"
