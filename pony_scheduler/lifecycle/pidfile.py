@@ -47,8 +47,12 @@ def boot_id() -> str:
 
 def proc_start_time(pid: int) -> int | None:
     """Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+    try:  # os.open/os.read: the executor calls this for every job run it starts
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            stat = os.read(fd, 4096).decode(errors="replace")
+        finally:
+            os.close(fd)
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.

@@ -40,6 +40,7 @@ class ServiceRuntime:
         self.title = title
         self.log_path = log_path  # None in the foreground: logs go to the terminal
         self.pid_path = pid_path
+        self._watchdog: float | bool | None = False  # False: not read yet
         self.next_pid_check = 0.0
         self._announce = announce  # readiness channel: the start pipe or nothing
         self.stop_requests = 0  # 1 = orderly shutdown, 2+ = stop now
@@ -134,6 +135,14 @@ class ServiceRuntime:
         sd_notify("WATCHDOG=1")
 
     def watchdog_interval(self) -> float | None:
+        """Seconds between watchdog pings, None when systemd asked for none.  The loop
+        asks every iteration; the environment does not change under us."""
+        if self._watchdog is False:
+            self._watchdog = self._read_watchdog()
+        return self._watchdog
+
+    @staticmethod
+    def _read_watchdog() -> float | None:
         usec = os.environ.get("WATCHDOG_USEC")
         if not usec or not usec.isdigit():
             return None
