@@ -73,7 +73,8 @@ class WorkLoop:
         # one transaction per iteration; it stays here while the database is unavailable.
         self.journal: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self.unrecorded: list[tuple[str, dict[str, Any]]] = []
-        self.pids_since: float | None = None  # when the oldest unrecorded pid came in
+        # When the pids of launched runs must be written by; None: none expected.
+        self.pids_due: float | None = None
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -124,8 +125,8 @@ class WorkLoop:
             return 0.0
         mono, now = time.monotonic(), utcnow()
         deadlines = [self.next_heartbeat, self.next_poll]
-        if self.pids_since is not None:
-            deadlines.append(self.pids_since + PID_RECORD_DELAY)
+        if self.pids_due is not None:
+            deadlines.append(self.pids_due)
         if self.runtime.watchdog_interval() is not None:
             deadlines.append(self.next_watchdog)
         for due in (self.next_job_due, self.next_run_due):
@@ -151,6 +152,8 @@ class WorkLoop:
         claimed, waiting = self.record_results((now, free, LEASE) if free else None)
         for run in claimed:
             self.executor.launch(self._prepare(run))
+        if claimed and self.pids_due is None:
+            self.pids_due = time.monotonic() + PID_RECORD_DELAY
         waiting = waiting or free == 0
         upcoming = self.upcoming_runs(now)
         if waiting:
@@ -184,7 +187,10 @@ class WorkLoop:
         self.journal.put(("started", {"run": run, "pid": run["pid"],
                                       "pid_start": run["pid_start"],
                                       "output_path": run["output_path"]}))
-        self.runtime.wake()  # record the pid soon: a restart needs it to stop an orphan
+        # The pid is written soon (a restart needs it to stop an orphan), with the next
+        # transaction; wake the loop only if it expects no pid and so has no deadline.
+        if self.pids_due is None:
+            self.runtime.wake()
         self.events.emit("run.started", {"run_id": run["id"], "job": run["name"],
                                          "attempt": run["attempt"], "pid": run["pid"]})
 
@@ -224,22 +230,28 @@ class WorkLoop:
 
     def record_due(self, mono: float) -> bool:
         """Whether reports are waiting that should not wait for the next claim."""
-        self.drain_journal()
+        if self.drain_journal() and self.pids_due is None:
+            self.pids_due = mono + PID_RECORD_DELAY
         if any(kind == "finished" for kind, _ in self.unrecorded):
             return True
-        return self.pids_since is not None and mono >= self.pids_since + PID_RECORD_DELAY
+        return self.pids_due is not None and mono >= self.pids_due
 
-    def drain_journal(self) -> None:
+    def drain_journal(self) -> bool:
+        """Move reports from the journal to `unrecorded`; whether a pid came in."""
+        pids = False
         while not self.journal.empty():
             item = self.journal.get()
-            if item[0] == "started" and self.pids_since is None:
-                self.pids_since = time.monotonic()
+            pids = pids or item[0] == "started"
             self.unrecorded.append(item)
+        return pids
 
     def record_results(self, claim: tuple[datetime, int, float] | None = None,
                        ) -> tuple[list[dict[str, Any]], bool]:
         """Write what workers reported and, given (now, limit, lease), claim due runs: one
         transaction.  Reports stay in `unrecorded` while the database refuses them."""
+        # Cleared before draining: a pid reported after the drain finds None and wakes
+        # us (see _started), so it never waits without a deadline.
+        self.pids_due = None
         self.drain_journal()
         if not self.unrecorded and claim is None:
             return [], False
@@ -248,7 +260,6 @@ class WorkLoop:
         ours, claimed, waiting = self.store.record_and_claim(
             self.scheduler_id, self.hostname, started, finished, claim)
         self.unrecorded.clear()
-        self.pids_since = None
         if any(item["next_attempt"] for item in ours):
             self.upcoming_dirty = self.kicked = True
         return claimed, waiting

@@ -144,7 +144,8 @@ def test_kill_9_mid_run_then_start(short_grace: Pb, tmp_path: Path) -> None:
        "--shell", "--", f"echo x >> {counter}; echo $$ > {marker}; exec sleep 2",
        check=True)
     pb("job", "run", "victim", check=True)
-    wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
+    # The pid is written within 50 ms of the start (loop.PID_RECORD_DELAY).
+    wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])
     assert wait_for(marker.exists, 5)
     job_pid = int(marker.read_text())
     os.kill(pb.pid(), signal.SIGKILL)
