@@ -72,17 +72,24 @@ class Prepared:
         finally:
             cursor.close()
 
-    def mappings(self, connection: Any,
-                 values: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def mappings(self, connection: Any, values: Mapping[str, Any] | None = None,
+                 *, raw: bool = False) -> list[dict[str, Any]]:
+        """Rows as dicts; `raw` leaves values as the driver gave them, for callers that
+        look at a few plain columns of many rows and convert() only the rows they keep."""
         cursor = self.execute(connection, values)
         try:
             rows = cursor.fetchall()
-            readers = self._readers(cursor.description)
+            self._readers(cursor.description)
         finally:
             cursor.close()
-        return [dict(zip(self.keys, [value if reader is None else reader(value)
-                                     for reader, value in zip(readers, row, strict=True)],
-                         strict=True)) for row in rows]
+        found = [dict(zip(self.keys, row, strict=True)) for row in rows]
+        return found if raw else [self.convert(row) for row in found]
+
+    def convert(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A raw row's values through the columns' result processors."""
+        assert self.readers is not None, "convert() before any result"
+        return {key: value if reader is None else reader(value)
+                for (key, value), reader in zip(row.items(), self.readers, strict=True)}
 
     def scalars(self, connection: Any,
                 values: Mapping[str, Any] | None = None) -> list[Any]:

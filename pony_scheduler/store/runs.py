@@ -145,8 +145,11 @@ class RunQueries:
         waiting = False
         until = now + timedelta(seconds=lease)
         hot = self.hot
-        busy = set(hot.busy_jobs.scalars(connection))
-        for row in hot.due_runs.mappings(connection, {"now": now, "limit": limit * 4}):
+        due = hot.due_runs.mappings(connection, {"now": now, "limit": limit * 4}, raw=True)
+        # Which jobs run already matters only to overlap policies other than allow.
+        constrained = any(row["overlap"] != "allow" for row in due)
+        busy = set(hot.busy_jobs.scalars(connection)) if constrained else set()
+        for row in due:
             if len(claimed) >= limit:
                 waiting = True
                 break
@@ -161,7 +164,7 @@ class RunQueries:
                                                   "until": until})
             if won == 1:  # on SQLite the rowcount is the claim; on PostgreSQL the row lock
                 busy.add(row["job_id"])
-                claimed.append(row)
+                claimed.append(hot.due_runs.convert(row))
             else:
                 waiting = True
         return claimed, waiting
