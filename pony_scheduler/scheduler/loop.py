@@ -176,7 +176,8 @@ class WorkLoop:
         command = json.loads(run["command"])
         run["argv"] = ["/bin/sh", "-c", command[0]] if run["shell"] else command
         run["environ"] = {**self.base_env, **json.loads(run["env"] or "{}"),
-                          "PONYBUNNY_JOB": run["name"], "PONYBUNNY_RUN_ID": str(run["id"])}
+                          "PONYBUNNY_JOB": run["name"], "PONYBUNNY_RUN_ID": str(run["id"]),
+                          recovery.SCHEDULER_VAR: self.scheduler_id}
         run["claimed_at"] = utcnow()
         log.debug("Run %d: starting job %s (attempt %d)", run["id"], run["name"],
                   run["attempt"])

@@ -27,6 +27,7 @@ from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line
 
 log = logging.getLogger("pony_scheduler.scheduler")
+SCHEDULER_VAR = "PONYBUNNY_SCHEDULER_ID"  # in each run's environment: who started it
 T = TypeVar("T")
 
 
@@ -76,11 +77,44 @@ def abandoned(store: Store, me: str, now: datetime) -> list[tuple[dict[str, Any]
 
 def _stop_orphan(run: dict[str, Any]) -> None:
     """Kill the process group of a lost run if it is still here and verifiably that run's."""
-    pid, started = run.get("pid"), run.get("pid_start")
-    if not pid or started is None or run.get("hostname") != socket.gethostname():
+    if run.get("hostname") != socket.gethostname():
         return
-    if proc_start_time(pid) != started:
-        return  # gone, or the PID now belongs to someone else: never signal it
-    log.warning("Run %d: stopping its orphaned process group %d", run["id"], pid)
+    pid, started = run.get("pid"), run.get("pid_start")
+    if pid and started is not None:
+        if proc_start_time(pid) == started:  # else gone, or the PID is someone else's now
+            _kill_group(run["id"], pid)
+        return
+    # Its scheduler died before writing the pid (it is written with the next transaction,
+    # within moments of the start): find the run's processes by what they inherited.
+    groups = set()
+    for found in run_processes(run["id"], run.get("claimed_by") or ""):
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(found))
+    for pgid in sorted(groups):
+        _kill_group(run["id"], pgid)
+
+
+def _kill_group(run_id: int, pgid: int) -> None:
+    log.warning("Run %d: stopping its orphaned process group %d", run_id, pgid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def run_processes(run_id: int, scheduler_id: str) -> list[int]:
+    """Processes of ours whose environment names this run and the scheduler that started it
+    (the scheduler's id is unique: another home's run with the same id never matches)."""
+    if not scheduler_id:
+        return []
+    wanted = {f"PONYBUNNY_RUN_ID={run_id}".encode(), f"{SCHEDULER_VAR}={scheduler_id}".encode()}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = set(handle.read().split(b"\0"))
+        except OSError:  # gone, or not ours to read
+            continue
+        if wanted <= environ:
+            found.append(int(entry))
+    return found
