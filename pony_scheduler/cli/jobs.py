@@ -313,7 +313,8 @@ def runs_output(ctx: click.Context, run_id: int, follow_: bool) -> None:
     run = _get_run(ctx, run_id)
     path = run.get("output_path")
     if not path:
-        if not follow_ or run["state"] != "queued":
+        # A running run's output path is written within moments of its start.
+        if not follow_ or run["state"] not in ("queued", "running"):
             raise PonyError(f"run {run_id} has no output ({run['state']})")
         while not path:
             time.sleep(0.2)
