@@ -21,8 +21,9 @@ RETRYABLE = frozenset({RunState.FAILED, RunState.TIMED_OUT, RunState.LOST})
 
 ALLOWED = {
     RunState.QUEUED: frozenset({RunState.RUNNING, RunState.SKIPPED}),
+    # QUEUED again: claimed ahead of a free worker and released before it started.
     RunState.RUNNING: frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT,
-                                 RunState.INTERRUPTED, RunState.LOST}),
+                                 RunState.INTERRUPTED, RunState.LOST, RunState.QUEUED}),
 }
 
 

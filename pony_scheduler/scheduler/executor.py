@@ -10,7 +10,6 @@ import collections
 import contextlib
 import logging
 import os
-import queue
 import select
 import signal
 import subprocess
@@ -59,9 +58,10 @@ class Output:
 
 class Executor:
     """A fixed pool of worker threads fed by a queue; `active` counts the runs handed
-    over and not yet finished.  A finished run is recorded (on_finished), then its slot is
-    freed, then the loop is woken (on_idle): the wake-up always finds the slot it was woken
-    for, and the next claim never sees the finished run as still running."""
+    over and not yet finished, `pending` holds those no worker has taken yet.  A finished
+    run is recorded (on_finished), then its slot is freed, then the loop is woken
+    (on_idle): the wake-up always finds the slot it was woken for, and the next claim never
+    sees the finished run as still running."""
 
     def __init__(self, home: Path, workers: int, on_started: Callable[[dict[str, Any]], None],
                  on_finished: Finish, on_idle: Callable[[], None]) -> None:
@@ -70,34 +70,57 @@ class Executor:
         self.on_started = on_started
         self.on_finished = on_finished
         self.on_idle = on_idle
-        self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)  # pending has a run, or closing
+        self.pending: collections.deque[dict[str, Any]] = collections.deque()
+        self.closing = False
         self.threads: list[threading.Thread] = []
         self.active = 0
+        self.last_finish = 0.0  # time.monotonic() of the latest finished run
         self.interrupt = threading.Event()  # set: stop every job now (shutdown)
-        self.lock = threading.Lock()
 
-    def free_slots(self) -> int:
+    def free_slots(self, ahead: int = 0) -> int:
+        """How many more runs to hand over: one per idle worker, plus `ahead` waiting."""
         with self.lock:
-            return max(0, self.workers - self.active)
+            return max(0, self.workers + ahead - self.active)
 
     def busy(self) -> int:
         with self.lock:
             return self.active
 
+    def oldest_pending(self) -> float | None:
+        """When the run waiting longest for a worker was handed over (monotonic)."""
+        with self.lock:
+            return self.pending[0]["handed_at"] if self.pending else None
+
     def launch(self, run: dict[str, Any]) -> None:
         with self.lock:
             self.active += 1
+            run["handed_at"] = time.monotonic()
+            self.pending.append(run)
+            self.ready.notify()
             grow = len(self.threads) < min(self.active, self.workers)
         if grow:  # threads are made on demand, after daemonizing, never more than workers
             thread = threading.Thread(target=self._worker, daemon=True,
                                       name=f"worker-{len(self.threads) + 1}")
             self.threads.append(thread)
             thread.start()
-        self.queue.put(run)
+
+    def take_back(self, handed_before: float | None = None) -> list[dict[str, Any]]:
+        """Remove runs that no worker has started, handed over before `handed_before`
+        (all of them when None); the caller gives them back to the queue."""
+        with self.lock:
+            back = [run for run in self.pending
+                    if handed_before is None or run["handed_at"] < handed_before]
+            for run in back:
+                self.pending.remove(run)
+            self.active -= len(back)
+        return back
 
     def drain(self, grace: float, stop_now: Callable[[], bool],
               keep_alive: Callable[[], None]) -> int:
-        """Wait up to `grace` for running jobs, then interrupt the rest; returns how many."""
+        """Wait up to `grace` for running jobs, then interrupt the rest; returns how many.
+        Runs not started yet must have been taken back first."""
         deadline = time.monotonic() + grace
         while self.busy() and time.monotonic() < deadline and not stop_now():
             keep_alive()  # leases must not expire while we wait
@@ -107,14 +130,21 @@ class Executor:
         deadline = time.monotonic() + KILL_GRACE + 5
         while self.busy() and time.monotonic() < deadline:
             time.sleep(0.05)
-        for _ in self.threads:
-            self.queue.put(None)
+        with self.lock:
+            self.closing = True
+            self.ready.notify_all()
         for thread in self.threads:
             thread.join(1)
         return left
 
+    def _next(self) -> dict[str, Any] | None:
+        with self.lock:
+            while not self.pending and not self.closing:
+                self.ready.wait()
+            return self.pending.popleft() if self.pending else None
+
     def _worker(self) -> None:
-        while (run := self.queue.get()) is not None:
+        while (run := self._next()) is not None:
             try:
                 self._execute(run)
             except Exception as exc:  # a bug here must not kill the daemon silently
@@ -130,6 +160,7 @@ class Executor:
         finally:
             with self.lock:
                 self.active -= 1
+                self.last_finish = time.monotonic()
             self.on_idle()
 
     def _execute(self, run: dict[str, Any]) -> None:

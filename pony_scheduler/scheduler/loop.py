@@ -38,6 +38,14 @@ CHANGE_POLL = 1.0  # seconds between looks at the change counter
 # carry it, rather than costing a write of its own; a restart needs the pid only to stop
 # an orphan, so a short delay trades a small window for half the writes per run.
 PID_RECORD_DELAY = 0.05
+# Claiming ahead: while due runs queue up and runs keep finishing (one did within
+# AHEAD_WINDOW), one run is claimed beyond the idle workers, so that a worker that frees
+# up starts it at once instead of waiting for the loop's next transaction.  A run claimed
+# ahead that no worker took within AHEAD_WAIT (the runs before it turned out long) goes
+# back to the queue, as does any at shutdown: it shows as running only while about to run.
+AHEAD = 1
+AHEAD_WINDOW = 0.1
+AHEAD_WAIT = 0.5
 SERVICE_MANAGER_VARS = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
                                   "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
 
@@ -75,6 +83,8 @@ class WorkLoop:
         self.unrecorded: list[tuple[str, dict[str, Any]]] = []
         # When the pids of launched runs must be written by; None: none expected.
         self.pids_due: float | None = None
+        self.backlog = False  # the last claim left due runs behind
+        self.unreleased: list[int] = []  # taken back from the executor, not yet requeued
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -118,6 +128,7 @@ class WorkLoop:
             self.next_run_due = self.dispatch(utcnow())
         elif self.record_due(mono):
             self.record_results()
+        self.release_waiting(mono)
         self.ping_watchdog(mono)
 
     def seconds_to_sleep(self) -> float:
@@ -127,6 +138,9 @@ class WorkLoop:
         deadlines = [self.next_heartbeat, self.next_poll]
         if self.pids_due is not None:
             deadlines.append(self.pids_due)
+        oldest = self.executor.oldest_pending()
+        if oldest is not None:
+            deadlines.append(oldest + AHEAD_WAIT)
         if self.runtime.watchdog_interval() is not None:
             deadlines.append(self.next_watchdog)
         for due in (self.next_job_due, self.next_run_due):
@@ -149,7 +163,10 @@ class WorkLoop:
     def dispatch(self, now: datetime) -> datetime | None:
         """Claim and start what is due; return when to look at the queue again."""
         free = self.executor.free_slots()
-        claimed, waiting = self.record_results((now, free, LEASE) if free else None)
+        turning_over = time.monotonic() - self.executor.last_finish < AHEAD_WINDOW
+        limit = self.executor.free_slots(AHEAD if self.backlog and turning_over else 0)
+        claimed, waiting = self.record_results((now, limit, LEASE) if limit else None)
+        self.backlog = waiting and limit > 0
         for run in claimed:
             self.executor.launch(self._prepare(run))
         if claimed and self.pids_due is None:
@@ -284,9 +301,20 @@ class WorkLoop:
             self.runtime.watchdog()
             self.next_watchdog = mono + interval
 
+    def release_waiting(self, mono: float) -> None:
+        """Runs claimed ahead that waited AHEAD_WAIT for a worker go back to the queue."""
+        stale = self.executor.take_back(handed_before=mono - AHEAD_WAIT)
+        self.unreleased += [run["id"] for run in stale]
+        if self.unreleased:
+            self.store.release_runs(self.scheduler_id, self.unreleased)
+            log.debug("Released runs %s, claimed ahead and not started", self.unreleased)
+            self.unreleased = []
+            self.kicked = self.upcoming_dirty = True
+
     def shutdown(self) -> None:
         log.info("Shutdown requested: no new work will be started")
         self.runtime.stopping_notice()
+        self.unreleased += [run["id"] for run in self.executor.take_back()]
         busy = self.executor.busy()
         if busy:
             log.info("Waiting up to %gs for %d running job(s) (a second signal stops them "
@@ -298,6 +326,7 @@ class WorkLoop:
                         left)
         try:
             recovery.retrying(self.record_results)
+            recovery.retrying(lambda: self.release_waiting(time.monotonic()))
             recovery.retrying(self.store.mark_stopped, attempts=3)
         except DBAPIError as exc:
             lost = [item["run"]["id"] for _, item in self.unrecorded]

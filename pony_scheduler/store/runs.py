@@ -221,6 +221,19 @@ class RunQueries:
             "attempt": run["attempt"] + 1, "trigger": trigger, "due_at": due_at,
             "created_at": utcnow()})
 
+    def release_runs(self, scheduler_id: str, run_ids: list[int]) -> int:
+        """Give claimed runs that were never started back to the queue, as if unclaimed."""
+        check_transition(RunState.RUNNING, RunState.QUEUED)
+        released = 0
+        with self.engine.begin() as connection:
+            for run_id in run_ids:
+                released += connection.execute(
+                    update(runs).where(runs.c.id == run_id, runs.c.state == RUNNING,
+                                       runs.c.claimed_by == scheduler_id, runs.c.pid.is_(None))
+                    .values(state=QUEUED, claimed_by=None, hostname=None, started_at=None,
+                            lease_until=None)).rowcount
+        return released
+
     def queue_attempt(self, run: dict[str, Any], due_at: datetime, trigger: str) -> None:
         """Another attempt of the same occurrence (retry, or resume after a shutdown)."""
         with transaction(self.engine) as connection:
