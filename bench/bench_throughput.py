@@ -5,7 +5,8 @@ transaction through the store's tables, all due at T0 (2 s ahead, so that the da
 seen the change and sleeps until T0).  Elapsed = the last run's finished_at - T0: it
 includes every database write the scheduler makes for each run.  Baselines, measured
 between the scheduler runs: subprocess.run(['true']) in a loop, and the same in a pool of
-N threads.  Optionally APScheduler 3 (SQLAlchemyJobStore on SQLite, ThreadPoolExecutor of
+N threads.  Three such trials per worker count (one with --quick); the one with the
+median ratio is reported, all ratios in its note.  Optionally APScheduler 3 (SQLAlchemyJobStore on SQLite, ThreadPoolExecutor of
 4) running the same command, installed into bench/.deps only for this benchmark.
 """
 
@@ -19,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from common import (
     PY,
@@ -39,6 +41,7 @@ from common import (
 HERE = Path(__file__).resolve().parent
 DEPS = HERE / ".deps"
 APS_REQUIREMENT = "apscheduler>=3.10,<4"
+TRIALS = 3  # scheduler bursts per worker count (the median is reported)
 
 
 def bare_rate(count: int, threads: int) -> tuple[float, float]:
@@ -154,34 +157,50 @@ def aps_rate(count: int, workers: int) -> tuple[float, dict[str, float]]:
     return count / result["elapsed"], {"elapsed_s": result["elapsed"]}
 
 
+def trial(count: int, workers: int) -> dict[str, Any]:
+    """One scheduler burst between two baseline measurements (before and after: drift
+    shows in the details)."""
+    bare_count = max(count, 500)  # the bare loops are cheap: more spawns, less noise
+    bare, bare_cpu = bare_rate(bare_count, workers)
+    rate, detail = scheduler_rate(count, workers)
+    bare_after, bare_cpu_after = bare_rate(bare_count, workers)
+    baseline = (bare + bare_after) / 2
+    return {**detail, "rate": rate, "baseline": baseline, "ratio": rate / baseline,
+            "bare_before": bare, "bare_after": bare_after,
+            "bare_cpu_ms_per_run": (bare_cpu + bare_cpu_after) / 2}
+
+
 def run(quick: bool) -> BenchResult:
     result = BenchResult("throughput")
     count = 200 if quick else 500
-    bare_count = max(count, 500)  # the bare loops are cheap: more spawns, less noise
+    trials = 1 if quick else TRIALS
     result.details["runs_per_measurement"] = count
+    result.details["trials"] = trials
     cpu_rows = []
     for workers in (1, 2, 4):
-        bare, bare_cpu = bare_rate(bare_count, workers)
-        rate, detail = scheduler_rate(count, workers)
-        bare_after, bare_cpu_after = bare_rate(bare_count, workers)
-        baseline = (bare + bare_after) / 2  # before and after: drift shows in the details
-        result.details[f"workers_{workers}"] = {**detail, "bare_before": bare,
-                                                "bare_after": bare_after}
+        # Each burst lasts a fraction of a second, and this machine's neighbours come and
+        # go: the trial with the median ratio is reported, and every ratio is in the note.
+        done = sorted((trial(count, workers) for _ in range(trials)),
+                      key=lambda t: t["ratio"])
+        detail = done[len(done) // 2]
+        result.details[f"workers_{workers}"] = done
         cpu_rows.append((workers, detail["daemon_cpu_ms_per_run"],
-                         (bare_cpu + bare_cpu_after) / 2))
+                         detail["bare_cpu_ms_per_run"]))
         name = "bare loop" if workers == 1 else f"bare pool of {workers} threads"
-        ratio = rate / baseline if rate is not None else 0.0
+        rate: float | None = detail["rate"]
+        stalled = [t for t in done if t["stalled"]]
         note = f"{detail['succeeded']}/{count} succeeded"
-        if detail["stalled"]:
-            note = (f"STALLED: {detail['finished']}/{count} finished, "
-                    f"{detail['queued_left']} left queued for 5 s with a free worker")
+        if trials > 1:
+            note += "; ratios " + ", ".join(f"{t['ratio']:.2f}" for t in done)
+        if stalled:
+            note = (f"STALLED in {len(stalled)} of {trials}: {stalled[0]['finished']}/{count} "
+                    f"finished, {stalled[0]['queued_left']} left queued for 5 s with a free "
+                    "worker")
             if detail["finished"] < 50:
                 rate = None  # a rate over a handful of runs says nothing
-            else:
-                note += " (rate is before the stall)"
         result.add(f"runs/s, {workers} worker{'s' if workers > 1 else ''}", rate, "runs/s",
-                   baseline=baseline, baseline_name=name, goal=">= 0.5x bare",
-                   met=ratio >= 0.5 and not detail["stalled"], note=note)
+                   baseline=detail["baseline"], baseline_name=name, goal=">= 0.5x bare",
+                   met=detail["ratio"] >= 0.5 and not stalled, note=note)
     for workers, ours_cpu, bare_cpu in cpu_rows[-1:]:
         result.add(f"scheduler CPU per run, {workers} workers", ours_cpu, "ms",
                    baseline=bare_cpu, baseline_name="bare spawner's CPU per run",
