@@ -6,8 +6,9 @@ seen the change and sleeps until T0).  Elapsed = the last run's finished_at - T0
 includes every database write the scheduler makes for each run.  Baselines, measured
 between the scheduler runs: subprocess.run(['true']) in a loop, and the same in a pool of
 N threads.  Three such trials per worker count (one with --quick); the one with the
-median ratio is reported, all ratios in its note.  Optionally APScheduler 3 (SQLAlchemyJobStore on SQLite, ThreadPoolExecutor of
-4) running the same command, installed into bench/.deps only for this benchmark.
+median ratio is reported, all ratios in its note.  Optionally APScheduler 3
+(SQLAlchemyJobStore on SQLite, ThreadPoolExecutor of 4) running the same command,
+installed into bench/.deps only for this benchmark.
 """
 
 from __future__ import annotations
