@@ -34,8 +34,9 @@ Finish = Callable[[dict[str, Any], RunState, int | None, str | None, str], None]
 
 class Output:
     """A run's output file, created at its first byte: a run that prints nothing leaves
-    no file.  Creating a file costs more than starting `true` on some file systems (up to
-    0.9 ms of CPU on this project's CI machines), and most scheduled jobs are quiet."""
+    no file.  Creating a file can cost more than starting `true` (0.7-0.9 ms of CPU in
+    this machine's /tmp; docs/BENCHMARKS.md, finding 2), and many scheduled jobs are
+    quiet."""
 
     def __init__(self, path: str) -> None:
         self.path = path
