@@ -329,7 +329,7 @@ class WorkLoop:
             recovery.retrying(lambda: self.release_waiting(time.monotonic()))
             recovery.retrying(self.store.mark_stopped, attempts=3)
         except DBAPIError as exc:
-            lost = [item["run"]["id"] for _, item in self.unrecorded]
+            lost = [item["run"]["id"] for _, item in self.unrecorded] + self.unreleased
             log.error("Could not record the results of runs %s or the stop: %s; those runs "
                       "will be found lost when their lease expires", lost, first_line(exc))
 
