@@ -44,6 +44,10 @@ FINISH = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == R
           .values(state=bindparam("b_state"), exit_code=bindparam("b_exit_code"),
                   reason=bindparam("b_reason"), output_tail=bindparam("b_tail"),
                   finished_at=bindparam("b_finished_at"), lease_until=None))
+# A run that started and finished since the last transaction (most short runs): its pid
+# and its result in one statement.
+FINISH_STARTED = FINISH.values(pid=bindparam("b_pid"), pid_start=bindparam("b_pid_start"),
+                               output_path=bindparam("b_output_path"))
 SKIP = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
         .values(state=RunState.SKIPPED.value, finished_at=bindparam("now"),
                 reason=bindparam("b_reason")))
@@ -72,6 +76,7 @@ class HotStatements:
         self.claim = Prepared(CLAIM, dialect)
         self.started = Prepared(STARTED, dialect)
         self.finish = Prepared(FINISH, dialect)
+        self.finish_started = Prepared(FINISH_STARTED, dialect)
         self.skip = Prepared(SKIP, dialect)
         self.attempt = Prepared(insert_ignore(engine, runs).values(
             job_id=bindparam("job_id"), occurrence=bindparam("occurrence"),
@@ -194,24 +199,27 @@ class RunQueries:
     def _record(self, connection: Any, scheduler_id: str, started: list[dict[str, Any]],
                 finished: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ours = []
-        if started:
-            self.hot.started.execute_many(connection, [
-                {"run_id": item["run"]["id"], "b_pid": item["pid"],
-                 "b_pid_start": item["pid_start"], "b_output_path": item["output_path"]}
-                for item in started])
+        pids = {item["run"]["id"]: {"run_id": item["run"]["id"], "b_pid": item["pid"],
+                                    "b_pid_start": item["pid_start"],
+                                    "b_output_path": item["output_path"]}
+                for item in started}
         for item in finished:
             check_transition(RunState.RUNNING, item["state"])  # workers report final states only
-            won = self.hot.finish.rowcount(connection, {
-                "run_id": item["run"]["id"], "me": scheduler_id,
-                "b_state": item["state"].value, "b_exit_code": item["exit_code"],
-                "b_reason": item["reason"], "b_tail": item["tail"],
-                "b_finished_at": item["finished_at"]}) == 1
+            values = {"run_id": item["run"]["id"], "me": scheduler_id,
+                      "b_state": item["state"].value, "b_exit_code": item["exit_code"],
+                      "b_reason": item["reason"], "b_tail": item["tail"],
+                      "b_finished_at": item["finished_at"]}
+            pid = pids.pop(item["run"]["id"], None)
+            statement = self.hot.finish if pid is None else self.hot.finish_started
+            won = statement.rowcount(connection, {**values, **(pid or {})}) == 1
             if not won:
                 continue  # declared lost meanwhile: whoever did decides what follows
             ours.append(item)
             if item["next_attempt"] is not None:
                 due_at, trigger = item["next_attempt"]
                 self._insert_attempt(connection, item["run"], due_at, trigger)
+        if pids:  # still running
+            self.hot.started.execute_many(connection, list(pids.values()))
         return ours
 
     def _insert_attempt(self, connection: Any, run: dict[str, Any], due_at: datetime,
