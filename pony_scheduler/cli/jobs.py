@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -297,6 +298,9 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
         value = run.get(key)
         if key in ("occurrence", "started_at", "finished_at"):
             value = local(value)
+        if key == "output_path" and value and not os.path.exists(value):
+            # Created at the first byte of output (see pb-job(1)).
+            value = f"{value} (removed)" if run.get("output_tail") else "- (no output)"
         click.echo(f"{key.replace('_', ' ').capitalize() + ':':<13} "
                    f"{'-' if value is None else value}")
     click.echo("Output (end):")

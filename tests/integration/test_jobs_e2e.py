@@ -239,13 +239,15 @@ def test_quiet_run_leaves_no_output_file(pb: Pb, home: Path) -> None:
     assert not list((home / "runs" / "quiet").glob("*.log"))
     quiet = pb("runs", "output", str(by_job["quiet"]["id"]))
     assert (quiet.code, quiet.out, quiet.err) == (0, "", "")
+    assert "Output path:  - (no output)" in pb("runs", "show", str(by_job["quiet"]["id"])).out
     loud_id = str(by_job["loud"]["id"])
     assert pb("runs", "output", loud_id).out == "hello\n"
     # Removed by an admin: say so, and where the end of it is still kept.
     (home / "runs" / "loud" / f"{loud_id}.log").unlink()
     gone = pb("runs", "output", loud_id)
     assert gone.code != 0 and "removed" in gone.err and "pb runs show" in gone.err
-    assert "hello" in pb("runs", "show", loud_id).out
+    shown = pb("runs", "show", loud_id).out
+    assert "hello" in shown and f"{loud_id}.log (removed)" in shown
 
 
 def test_follow_waits_for_the_first_byte(pb: Pb) -> None:
