@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -328,22 +328,9 @@ def runs_output(ctx: click.Context, run_id: int, follow_: bool) -> None:
 
 
 def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> None:
-    while True:
-        try:
-            handle = open(path, "rb")  # noqa: SIM115
-            break
-        except FileNotFoundError:
-            # The file is created at a run's first byte of output: none yet, or none ever.
-            run = _get_run(ctx, run_id)
-            if run.get("output_tail"):
-                raise PonyError(f"the output file of run {run_id} was removed ({path}); "
-                                f"`pb runs show {run_id}` has its end") from None
-            if not follow_ or run["state"] not in ("queued", "running"):
-                return
-            time.sleep(0.2)
-        except OSError as exc:
-            raise PonyError(f"cannot read output of run {run_id} at {path}: "
-                            f"{exc.strerror}") from None
+    handle = _open_output(ctx, run_id, path, follow_)
+    if handle is None:
+        return
     with handle:
         while True:
             data = handle.read()
@@ -356,6 +343,31 @@ def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> 
                     sys.stdout.write(rest.decode(errors="replace"))
                 return
             time.sleep(0.2)
+
+
+def _open_output(ctx: click.Context, run_id: int, path: str,
+                 follow_: bool) -> BinaryIO | None:
+    """The run's output file once it exists; None for a run that printed nothing.
+
+    The file is created at the run's first byte of output: it may not exist yet.
+    """
+    while True:
+        try:
+            return open(path, "rb")  # the caller closes it
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise PonyError(f"cannot read output of run {run_id} at {path}: "
+                            f"{exc.strerror}") from None
+        run = _get_run(ctx, run_id)
+        if os.path.exists(path):
+            continue  # it printed since we looked: the state above may already be final
+        if run.get("output_tail"):
+            raise PonyError(f"the output file of run {run_id} was removed ({path}); "
+                            f"`pb runs show {run_id}` has its end")
+        if not follow_ or run["state"] not in ("queued", "running"):
+            return None
+        time.sleep(0.2)
 
 
 add_db_option(job_group)

@@ -211,18 +211,28 @@ def test_missed_while_down_are_recorded_as_skipped(pb: Pb) -> None:
     assert len(occurrences) == len(set(occurrences)) and len(after) > count_before
 
 
-def test_follow_a_running_jobs_output(pb: Pb) -> None:
+def follow(pb: Pb, script: str) -> str:
+    """What `pb runs output -f` prints for a run of `script` followed from its start."""
     import subprocess
 
     pb("scheduler", "start", check=True)
-    pb("job", "add", "talk", "--manual", "--shell", "--",
-       "for i in 1 2 3; do echo line $i; sleep 0.5; done", check=True)
+    pb("job", "add", "talk", "--manual", "--shell", "--", script, check=True)
     pb("job", "run", "talk", check=True)
     run_id = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")[0]["id"]
     follower = pb.popen("runs", "output", str(run_id), "-f", stdout=subprocess.PIPE)
     out, _ = follower.communicate(timeout=30)
     assert follower.returncode == 0
-    assert out == "line 1\nline 2\nline 3\n"
+    return out  # type: ignore[no-any-return]
+
+
+def test_follow_a_running_jobs_output(pb: Pb) -> None:
+    assert follow(pb, "for i in 1 2 3; do echo line $i; sleep 0.5; done") == \
+        "line 1\nline 2\nline 3\n"
+
+
+def test_follow_waits_for_the_first_byte(pb: Pb) -> None:
+    """The output file appears at the first byte; following starts before it exists."""
+    assert follow(pb, "sleep 1; echo at last") == "at last\n"
 
 
 def test_quiet_run_leaves_no_output_file(pb: Pb, home: Path) -> None:
@@ -248,16 +258,3 @@ def test_quiet_run_leaves_no_output_file(pb: Pb, home: Path) -> None:
     assert gone.code != 0 and "removed" in gone.err and "pb runs show" in gone.err
     shown = pb("runs", "show", loud_id).out
     assert "hello" in shown and f"{loud_id}.log (removed)" in shown
-
-
-def test_follow_waits_for_the_first_byte(pb: Pb) -> None:
-    import subprocess
-
-    pb("scheduler", "start", check=True)
-    pb("job", "add", "late", "--manual", "--shell", "--", "sleep 1; echo at last", check=True)
-    pb("job", "run", "late", check=True)
-    run_id = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")[0]["id"]
-    follower = pb.popen("runs", "output", str(run_id), "-f", stdout=subprocess.PIPE)
-    out, _ = follower.communicate(timeout=30)
-    assert follower.returncode == 0
-    assert out == "at last\n"
