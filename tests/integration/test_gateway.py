@@ -338,13 +338,19 @@ def test_malformed_requests_get_json_errors_and_the_server_lives(pb: Pb, home: P
     assert "Traceback" not in log
 
 
-def test_events_of_one_run_reach_the_event_stream(pb: Pb, home: Path) -> None:
+def gateway_scheduler_and_job(pb: Pb) -> tuple[int, int]:
+    """A gateway, a scheduler connected to it and a job `hello`; (port, scheduler pid)."""
     port = free_port()
     start_gateway(pb, port)
     assert pb("scheduler", "start").code == 0
     scheduler = pb.pid("scheduler")
     wait_scheduler_connected(port, scheduler)
     assert pb("job", "add", "hello", "--every", "1h", "--", "echo", "hello").code == 0
+    return port, scheduler
+
+
+def test_events_of_one_run_reach_the_event_stream(pb: Pb, home: Path) -> None:
+    port, _ = gateway_scheduler_and_job(pb)
 
     stream = EventStream(port)
     try:
@@ -374,12 +380,7 @@ def test_events_of_one_run_reach_the_event_stream(pb: Pb, home: Path) -> None:
 
 
 def test_scheduler_keeps_working_while_the_gateway_restarts(pb: Pb, home: Path) -> None:
-    port = free_port()
-    start_gateway(pb, port)
-    assert pb("scheduler", "start").code == 0
-    scheduler = pb.pid("scheduler")
-    wait_scheduler_connected(port, scheduler)
-    assert pb("job", "add", "hello", "--every", "1h", "--", "echo", "hello").code == 0
+    port, scheduler = gateway_scheduler_and_job(pb)
 
     assert pb("gateway", "stop").code == 0
     run_id = queued_run_id(pb("job", "run", "hello").out)
