@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 OVERLAP = ("skip", "queue", "allow")
 CATCH_UP = ("skip", "once", "all")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Ranges of the integer options, the same on SQLite and PostgreSQL (pb-job(1)).
+RETRIES = (0, 10_000)
+MAX_QUEUED = (1, 10_000)
+UMASK_DEFAULT = 0o022  # what cron and systemd give their jobs
 
 
 @dataclass
@@ -43,6 +47,9 @@ class JobOptions:
     env: list[str] = field(default_factory=list)
     shell: bool | None = None
     command: list[str] = field(default_factory=list)
+    umask: str | None = None
+    start_deadline: str | None = None
+    max_queued: int | None = None
 
 
 def local_zone() -> str:
@@ -78,11 +85,16 @@ def build_schedule(opts: JobOptions, now: datetime) -> Schedule | None:
 
 
 def schedule_values(schedule: Schedule, now: datetime) -> dict[str, Any]:
+    """Store values for a schedule.  DEFAULT_DEADLINE is applied by the store only to jobs
+    whose start deadline was not given (start_deadline_auto)."""
     from pony_scheduler.scheduler import schedule as sched
+    from pony_scheduler.scheduler.runs import default_start_deadline
+    from pony_scheduler.store.jobs import DEFAULT_DEADLINE
 
     return {"schedule_kind": schedule.kind, "schedule_expr": schedule.expr,
             "schedule_tz": schedule.tz, "schedule_anchor": schedule.anchor,
-            "next_due_at": sched.next_after(schedule, now)}
+            "next_due_at": sched.next_after(schedule, now),
+            DEFAULT_DEADLINE: default_start_deadline(schedule, now)}
 
 
 def stored_schedule(row: dict[str, Any]) -> Schedule:
@@ -116,9 +128,16 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
     if opts.timeout is not None:
         values["timeout_s"] = sched.parse_duration(opts.timeout, "--timeout")
     if opts.retries is not None:
-        if opts.retries < 0:
-            raise ConfigError(f"--retries must be 0 or more, not {opts.retries}")
-        values["retries"] = opts.retries
+        values["retries"] = _in_range(opts.retries, RETRIES, "--retries")
+    if opts.max_queued is not None:
+        values["max_queued"] = _in_range(opts.max_queued, MAX_QUEUED, "--max-queued")
+    if opts.umask is not None:
+        values["umask"] = parse_umask(opts.umask)
+    if opts.start_deadline is not None:
+        values["start_deadline_auto"] = False
+        values["start_deadline_s"] = (
+            None if opts.start_deadline.strip().lower() == "none"
+            else sched.parse_duration(opts.start_deadline, "--start-deadline"))
     if opts.retry_delay is not None:
         values["retry_delay_s"] = sched.parse_duration(opts.retry_delay, "--retry-delay")
     if _choice(opts.overlap, OVERLAP, "--overlap"):
@@ -133,6 +152,23 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
     if opts.env:
         values["env"] = parse_env(opts.env)
     return values
+
+
+def _in_range(value: int, bounds: tuple[int, int], flag: str) -> int:
+    low, high = bounds
+    if not low <= value <= high:
+        raise ConfigError(f"{flag} must be from {low} to {high:,}, not {value}")
+    return value
+
+
+def parse_umask(text: str) -> int:
+    """An octal umask such as 022 or 0027 (umask(2)); ConfigError outside 000-777."""
+    digits = text.strip()
+    if not digits or len(digits) > 4 or any(c not in "01234567" for c in digits) or (
+            len(digits) == 4 and digits[0] != "0"):
+        raise ConfigError(f"--umask {text!r} is not an octal mask from 000 to 777, "
+                          "e.g. 022 or 027")
+    return int(digits, 8)
 
 
 def command_values(opts: JobOptions, required: bool) -> dict[str, Any]:
@@ -157,7 +193,7 @@ def new_job(name: str, opts: JobOptions, now: datetime) -> dict[str, Any]:
         raise ConfigError("missing schedule: give --cron, --every, --at or --manual")
     defaults: dict[str, Any] = {"timeout_s": None, "retries": 0, "retry_delay_s": 10.0,
                                 "overlap": "skip", "catch_up": "once", "cwd": None, "env": {},
-                                "enabled": True}
+                                "enabled": True, "umask": UMASK_DEFAULT, "max_queued": 10}
     return {**defaults, **option_values(opts), **command_values(opts, required=True),
             **schedule_values(schedule, now)}
 
@@ -185,10 +221,13 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
         schedule = f"{job.get('schedule_kind')} (damaged)"
     keys = ("name", "command", "shell", "schedule_kind", "schedule_expr", "next_run_at",
             "enabled", "last_state", "last_run_at", "timeout_s", "retries", "retry_delay_s",
-            "overlap", "catch_up", "cwd")
+            "overlap", "catch_up", "cwd", "start_deadline_s", "max_queued", "error",
+            "last_run_id", "last_duration_s", "last_success_at")
     view = {key: job.get(key) for key in keys}
     view["schedule"] = schedule
     view["tz"] = job.get("schedule_tz")
+    view["umask"] = f"{job.get('umask', UMASK_DEFAULT):03o}"
+    view["start_deadline_default"] = bool(job.get("start_deadline_auto", True))
     if with_env:
         view["env"] = job.get("env") or {}
     return view

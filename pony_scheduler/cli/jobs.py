@@ -82,6 +82,13 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      "variable for the command (repeatable)."),
         click.option("--shell", is_flag=True, default=None, help="COMMAND is one shell "
                      "string, run with /bin/sh -c."),
+        click.option("--umask", metavar="OCTAL", help="File mode mask of the command "
+                     "(default 022, as cron and systemd)."),
+        click.option("--start-deadline", metavar="DURATION|none", help="A run that cannot "
+                     "start this long after its due time expires (default: the schedule's "
+                     "period, at most 1h)."),
+        click.option("--max-queued", type=int, metavar="N", help="With --overlap queue: "
+                     "runs that may wait behind the running one (default 10)."),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]
     for decorator in reversed(decorators):
@@ -95,7 +102,9 @@ def _options(kwargs: dict[str, Any]) -> JobOptions:
                       timeout=kwargs["timeout"], retries=kwargs["retries"],
                       retry_delay=kwargs["retry_delay"], overlap=kwargs["overlap"],
                       catch_up=kwargs["catch_up"], cwd=kwargs["cwd"], env=list(kwargs["env"]),
-                      shell=kwargs["shell"], command=list(kwargs["command"]))
+                      shell=kwargs["shell"], command=list(kwargs["command"]),
+                      umask=kwargs["umask"], start_deadline=kwargs["start_deadline"],
+                      max_queued=kwargs["max_queued"])
 
 
 @click.group(name="job")
@@ -153,8 +162,22 @@ def job_list(ctx: click.Context, as_json: bool) -> None:
         return
     rows = [("NAME", "SCHEDULE", "NEXT RUN", "LAST RESULT", "ENABLED")]
     rows += [(j["name"], j["schedule"], local(j["next_run_at"]), j["last_state"] or "-",
-              "yes" if j["enabled"] else "paused") for j in jobs]
+              _enabled(j)) for j in jobs]
     _table(rows)
+
+
+def _enabled(job: dict[str, Any]) -> str:
+    if job.get("error"):
+        return "error (set aside)"
+    return "yes" if job["enabled"] else "paused"
+
+
+def _deadline(data: dict[str, Any]) -> str:
+    from pony_scheduler.scheduler.timeparse import format_duration
+
+    seconds = data.get("start_deadline_s")
+    shown = "none" if seconds is None else format_duration(seconds)
+    return f"{shown} (default)" if data.get("start_deadline_default") else shown
 
 
 def _table(rows: Sequence[Sequence[str]]) -> None:
@@ -181,16 +204,32 @@ def job_show(ctx: click.Context, name: str, as_json: bool) -> None:
         return
     command = data["command"][0] if data["shell"] else " ".join(data["command"])
     for label, value in (("Name", name), ("Command", command), ("Schedule", data["schedule"]),
-                         ("Enabled", "yes" if data["enabled"] else "paused"),
+                         ("Enabled", _enabled(data)),
+                         ("Error", data.get("error") or "-"),
                          ("Next run", local(data["next_run_at"])),
-                         ("Last result", data["last_state"] or "-"),
+                         ("Last result", _last_result(data)),
                          ("Timeout", data["timeout_s"] or "none"),
                          ("Retries", f"{data['retries']} (delay {data['retry_delay_s']:g}s)"),
-                         ("Overlap", data["overlap"]), ("Catch-up", data["catch_up"]),
+                         ("Overlap", f"{data['overlap']} (at most {data['max_queued']} "
+                          "queued)" if data["overlap"] == "queue" else data["overlap"]),
+                         ("Catch-up", data["catch_up"]),
+                         ("Start deadline", _deadline(data)), ("Umask", data["umask"]),
                          ("Directory", data["cwd"] or "(the scheduler's home)"),
                          ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items())
                           or "-")):
-        click.echo(f"{label + ':':<13} {value}")
+        click.echo(f"{label + ':':<15} {value}")
+
+
+def _last_result(data: dict[str, Any]) -> str:
+    if not data.get("last_state"):
+        return "-"
+    text = f"{data['last_state']} (run {data['last_run_id']}, {local(data['last_run_at'])}"
+    if data.get("last_duration_s") is not None:
+        text += f", {data['last_duration_s']:.2f}s"
+    text += ")"
+    if data.get("last_success_at") and data["last_state"] != "succeeded":
+        text += f"; last success {local(data['last_success_at'])}"
+    return text
 
 
 @job_group.command(name="remove")
@@ -224,11 +263,44 @@ def job_resume(ctx: click.Context, name: str) -> None:
 
 @job_group.command(name="run")
 @click.argument("name")
+@click.option("--wait", is_flag=True, help="Wait for the run (and its retries) to end; exit "
+              "with its exit status (128+N for signal N).")
+@click.option("-f", "--follow", "follow_", is_flag=True, help="With --wait: print the run's "
+              "output as it comes.")
 @click.pass_context
-def job_run(ctx: click.Context, name: str) -> None:
+def job_run(ctx: click.Context, name: str, wait: bool, follow_: bool) -> None:
     """Queue a run of job NAME now."""
+    if follow_ and not wait:
+        raise click.UsageError("--follow needs --wait")
     run_id = open_store(ctx).request_run(name)
-    click.echo(f"✓ Run {run_id} of job {name} queued")
+    if not wait:
+        click.echo(f"✓ Run {run_id} of job {name} queued")
+        return
+    click.echo(f"Run {run_id} of job {name} queued; waiting for it to end", err=True)
+    ctx.exit(_wait_for(ctx, run_id, follow_))
+
+
+def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
+    """Wait until run `run_id`, and any retry of it, is over; its exit status as a shell
+    gives it (128+N for signal N), or 1 when it has none (skipped, expired, lost)."""
+    store = open_store(ctx)
+    while True:
+        path = _output_path(ctx, run_id, follow_) if follow_ else None
+        if path is not None:
+            _print_output(ctx, run_id, path, True)
+        run = _get_run(ctx, run_id)
+        while run["state"] in ("queued", "running"):
+            time.sleep(0.2)
+            run = _get_run(ctx, run_id)
+        after = store.next_attempt_of(run_id)
+        if after is None:
+            break
+        click.echo(f"Run {run_id} {run['state']} ({run['reason']}); attempt "
+                   f"{run['attempt'] + 1} is run {after}", err=True)
+        run_id = after
+    click.echo(f"Run {run_id} {run['state']}" + (f" ({run['reason']})" if run["reason"] else ""),
+               err=True)
+    return int(run["exit_code"]) if run["exit_code"] is not None else 1
 
 
 class RunsGroup(click.Group):
@@ -270,9 +342,23 @@ def runs_list(ctx: click.Context, job: str | None, limit: int, state: str | None
     rows = [("ID", "JOB", "STATE", "STARTED", "DURATION", "EXIT", "TRIGGER")]
     rows += [(str(r["id"]), r["job"], r["state"], local(r["started_at"]),
               f"{r['duration_s']:.2f}s" if r["duration_s"] is not None else "-",
-              "-" if r["exit_code"] is None else str(r["exit_code"]), r["trigger"])
-             for r in runs]
+              _exit(r), r["trigger"]) for r in runs]
     _table(rows)
+    _missed_footer(store, job)
+
+
+def _exit(run: dict[str, Any]) -> str:
+    from pony_scheduler.scheduler.runs import describe_exit
+
+    return describe_exit(run["exit_code"], run.get("signal"))
+
+
+def _missed_footer(store: Store, job: str | None) -> None:
+    """Missed occurrences counted beyond those listed one by one (none vanish)."""
+    for gap in store.missed_summaries(job, limit=5):
+        click.echo(f"Missed, not listed one by one: {gap['count']:,} occurrence(s) of job "
+                   f"{gap['job']} from {local(gap['first_occurrence'])} to "
+                   f"{local(gap['last_occurrence'])} ({gap['reason']})")
 
 
 def _get_run(ctx: click.Context, run_id: int) -> dict[str, Any]:
@@ -298,6 +384,8 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
         value = run.get(key)
         if key in ("occurrence", "started_at", "finished_at"):
             value = local(value)
+        if key == "exit_code":
+            value = _exit(run)
         if key == "output_path" and value and not os.path.exists(value):
             # Created at the first byte of output (see pb-job(1)).
             value = f"{value} (removed)" if run.get("output_tail") else "- (no output)"
@@ -314,17 +402,20 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
 @click.pass_context
 def runs_output(ctx: click.Context, run_id: int, follow_: bool) -> None:
     """The whole output of run RUN_ID."""
-    run = _get_run(ctx, run_id)
-    path = run.get("output_path")
-    if not path:
-        # A running run's output path is written within moments of its start.
-        if not follow_ or run["state"] not in ("queued", "running"):
-            raise PonyError(f"run {run_id} has no output ({run['state']})")
-        while not path:
-            time.sleep(0.2)
-            run = _get_run(ctx, run_id)
-            path = run.get("output_path")
+    path = _output_path(ctx, run_id, follow_)
+    if path is None:
+        raise PonyError(f"run {run_id} has no output ({_get_run(ctx, run_id)['state']})")
     _print_output(ctx, run_id, path, follow_)
+
+
+def _output_path(ctx: click.Context, run_id: int, follow_: bool) -> str | None:
+    """Where run `run_id` writes its output; with `follow_`, waits for a queued or running
+    run's path (written within moments of its start).  None if it has none and never will."""
+    run = _get_run(ctx, run_id)
+    while not run.get("output_path") and follow_ and run["state"] in ("queued", "running"):
+        time.sleep(0.2)
+        run = _get_run(ctx, run_id)
+    return run.get("output_path") or None
 
 
 def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> None:

@@ -1,7 +1,9 @@
-"""Runs job commands: one thread per running job, each child in its own session.
+"""Runs job commands: a pool of worker threads, each child in its own session.
 
 The child gets its own process group so that a timeout or a shutdown can stop
-everything it started (shell pipelines, grandchildren) with one killpg().
+everything it started (shell pipelines, grandchildren) with one killpg().  The executor
+decides no state: it reports that a run started (Started) and how it ended (Outcome); the
+loop asks the run policy (runs.settle) what that makes of the run.
 """
 
 from __future__ import annotations
@@ -15,21 +17,33 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO
 
 from pony_scheduler.lifecycle.pidfile import proc_start_time
-from pony_scheduler.runstate import RunState
+from pony_scheduler.scheduler.runs import Ending, Outcome, Started
+from pony_scheduler.store.common import utcnow
 
 log = logging.getLogger("pony_scheduler.executor")
 
 OUTPUT_CAP = 10 * 1024 * 1024  # bytes of output kept in a run's file
 TAIL_BYTES = 4096  # the end of the output, kept in the database
-KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to a job's process group
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to a run's processes
 
-# Outcome: (state, exit_code, reason, tail)
-Finish = Callable[[dict[str, Any], RunState, int | None, str | None, str], None]
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """What starting one run needs: the command resolved, its whole environment."""
+
+    run_id: int
+    job: str
+    argv: tuple[str, ...]
+    environ: Mapping[str, str]
+    cwd: str | None
+    umask: int
+    timeout_s: float | None
+    output_path: str
 
 
 class Output:
@@ -41,8 +55,18 @@ class Output:
     def __init__(self, path: str) -> None:
         self.path = path
         self.file: BinaryIO | None = None
+        self.written = 0  # bytes the job wrote, kept or not
 
     def write(self, data: bytes) -> None:
+        """Keep `data` up to OUTPUT_CAP bytes in all, then a note that the rest was cut."""
+        kept = max(0, OUTPUT_CAP - self.written)
+        self.written += len(data)
+        if kept:
+            self._write(data[:kept])
+            if len(data) > kept:
+                self._write(b"\n[output truncated: more than 10 MiB]\n")
+
+    def _write(self, data: bytes) -> None:
         if self.file is None:
             try:
                 self.file = open(self.path, "wb")  # noqa: SIM115 (closed by close())
@@ -60,20 +84,19 @@ class Output:
 class Executor:
     """A fixed pool of worker threads fed by a queue; `active` counts the runs handed
     over and not yet finished, `pending` holds those no worker has taken yet.  A finished
-    run is recorded (on_finished), then its slot is freed, then the loop is woken
+    run is reported (on_outcome), then its slot is freed, then the loop is woken
     (on_idle): the wake-up always finds the slot it was woken for, and the next claim never
     sees the finished run as still running."""
 
-    def __init__(self, home: Path, workers: int, on_started: Callable[[dict[str, Any]], None],
-                 on_finished: Finish, on_idle: Callable[[], None]) -> None:
-        self.output_dir = home / "runs"
+    def __init__(self, workers: int, on_started: Callable[[Started], None],
+                 on_outcome: Callable[[Outcome], None], on_idle: Callable[[], None]) -> None:
         self.workers = workers
         self.on_started = on_started
-        self.on_finished = on_finished
+        self.on_outcome = on_outcome
         self.on_idle = on_idle
         self.lock = threading.Lock()
         self.ready = threading.Condition(self.lock)  # pending has a run, or closing
-        self.pending: collections.deque[dict[str, Any]] = collections.deque()
+        self.pending: collections.deque[tuple[Launch, float]] = collections.deque()
         self.closing = False
         self.threads: list[threading.Thread] = []
         self.active = 0
@@ -92,13 +115,12 @@ class Executor:
     def oldest_pending(self) -> float | None:
         """When the run waiting longest for a worker was handed over (monotonic)."""
         with self.lock:
-            return self.pending[0]["handed_at"] if self.pending else None
+            return self.pending[0][1] if self.pending else None
 
-    def launch(self, run: dict[str, Any]) -> None:
+    def launch(self, launch: Launch) -> None:
         with self.lock:
             self.active += 1
-            run["handed_at"] = time.monotonic()
-            self.pending.append(run)
+            self.pending.append((launch, time.monotonic()))
             self.ready.notify()
             grow = len(self.threads) < min(self.active, self.workers)
         if grow:  # threads are made on demand, after daemonizing, never more than workers
@@ -107,16 +129,16 @@ class Executor:
             self.threads.append(thread)
             thread.start()
 
-    def take_back(self, handed_before: float | None = None) -> list[dict[str, Any]]:
+    def take_back(self, handed_before: float | None = None) -> list[int]:
         """Remove runs that no worker has started, handed over before `handed_before`
-        (all of them when None); the caller gives them back to the queue."""
+        (all of them when None); returns their ids for the caller to requeue."""
         with self.lock:
-            back = [run for run in self.pending
-                    if handed_before is None or run["handed_at"] < handed_before]
-            for run in back:
-                self.pending.remove(run)
+            back = [item for item in self.pending
+                    if handed_before is None or item[1] < handed_before]
+            for item in back:
+                self.pending.remove(item)
             self.active -= len(back)
-        return back
+        return [launch.run_id for launch, _ in back]
 
     def drain(self, grace: float, stop_now: Callable[[], bool],
               keep_alive: Callable[[], None]) -> int:
@@ -138,72 +160,70 @@ class Executor:
             thread.join(1)
         return left
 
-    def _next(self) -> dict[str, Any] | None:
+    def _next(self) -> Launch | None:
         with self.lock:
             while not self.pending and not self.closing:
                 self.ready.wait()
-            return self.pending.popleft() if self.pending else None
+            return self.pending.popleft()[0] if self.pending else None
 
     def _worker(self) -> None:
-        while (run := self._next()) is not None:
+        while (launch := self._next()) is not None:
             try:
-                self._execute(run)
+                outcome = self._execute(launch)
             except Exception as exc:  # a bug here must not kill the daemon silently
-                log.exception("Run %s: executor failed", run["id"])
-                if not run.get("done"):
-                    self._done(run, RunState.FAILED, None, f"executor error: {exc}", "")
+                log.exception("Run %s: executor failed", launch.run_id)
+                outcome = Outcome(launch.run_id, Ending.NOT_STARTED, utcnow(),
+                                  detail=f"executor error: {exc}")
+            self._done(outcome)
 
-    def _done(self, run: dict[str, Any], state: RunState, code: int | None,
-              reason: str | None, tail: str) -> None:
-        run["done"] = True
+    def _done(self, outcome: Outcome) -> None:
         try:
-            self.on_finished(run, state, code, reason, tail)
+            self.on_outcome(outcome)
         finally:
             with self.lock:
                 self.active -= 1
                 self.last_finish = time.monotonic()
             self.on_idle()
 
-    def _execute(self, run: dict[str, Any]) -> None:
-        path = os.path.join(self.output_dir, run["name"], f"{run['id']}.log")
-        run["output_path"] = path
-        out = Output(path)
+    def _execute(self, launch: Launch) -> Outcome:
+        out = Output(launch.output_path)
         with contextlib.closing(out):
             try:
                 proc = subprocess.Popen(
-                    run["argv"], cwd=run.get("cwd") or None, env=run["environ"],
+                    launch.argv, cwd=launch.cwd or None, env=dict(launch.environ),
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True)
+                    start_new_session=True, close_fds=True, umask=launch.umask)
             except OSError as exc:
-                out.write(f"cannot start {run['argv'][0]!r}: {exc.strerror}\n".encode())
+                out.write(f"cannot start {launch.argv[0]!r}: {exc.strerror}\n".encode())
                 out.close()
-                self._done(run, RunState.FAILED, None, f"cannot start command: {exc.strerror}",
-                           "")
-                return
-            run["pid"], run["pid_start"] = proc.pid, proc_start_time(proc.pid)
-            self.on_started(run)
-            state, reason, tail = self._supervise(proc, out, run.get("timeout_s"))
+                return Outcome(launch.run_id, Ending.NOT_STARTED, utcnow(),
+                               detail=f"cannot start command: {exc.strerror}",
+                               output_path=launch.output_path)
+            pid, pid_start = proc.pid, proc_start_time(proc.pid)
+            self.on_started(Started(launch.run_id, pid, pid_start, launch.output_path))
+            ending, detail, tail = self._supervise(proc, out, launch.timeout_s)
         code = proc.wait()
-        if state is RunState.SUCCEEDED and code != 0:
-            state = RunState.FAILED
-            reason = (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
-        self._done(run, state, code, reason, tail)
+        return Outcome(launch.run_id, ending, utcnow(),
+                       exit_code=code if code >= 0 else None,
+                       signal=-code if code < 0 else None, detail=detail, pid=pid,
+                       pid_start=pid_start, output_path=launch.output_path,
+                       output_bytes=out.written, tail=tail)
 
     def _supervise(self, proc: subprocess.Popen[bytes], out: Output,
-                   timeout: float | None) -> tuple[RunState, str | None, str]:
+                   timeout: float | None) -> tuple[Ending, str | None, bytes]:
         """Copy output (capped) until the child closes it, times out or is interrupted."""
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout if timeout else None
         tail: collections.deque[bytes] = collections.deque()
-        tail_size = written = 0
-        state, reason = RunState.SUCCEEDED, None
+        tail_size = 0
+        ending, detail = Ending.EXITED, None
         fd = proc.stdout.fileno()
         while True:
             if self.interrupt.is_set():
-                state, reason = RunState.INTERRUPTED, "interrupted by scheduler shutdown"
+                ending, detail = Ending.STOPPED, "interrupted by scheduler shutdown"
                 break
             if deadline is not None and time.monotonic() >= deadline:
-                state, reason = RunState.TIMED_OUT, f"timed out after {timeout:g}s"
+                ending, detail = Ending.TIMED_OUT, f"timed out after {timeout:g}s"
                 break
             ready, _, _ = select.select([fd], [], [], 0.2)
             if not ready:
@@ -211,27 +231,22 @@ class Executor:
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
-            if written < OUTPUT_CAP:
-                out.write(chunk[: OUTPUT_CAP - written])
-                written += len(chunk)
-                if written >= OUTPUT_CAP:
-                    out.write(b"\n[output truncated: more than 10 MiB]\n")
+            out.write(chunk)
             tail.append(chunk)
             tail_size += len(chunk)
             while tail_size - len(tail[0]) >= TAIL_BYTES:
                 tail_size -= len(tail.popleft())
-        if state is RunState.SUCCEEDED:  # output closed; the process may still run
-            state, reason = self._await_exit(proc, deadline, timeout)
-        if state is not RunState.SUCCEEDED:
+        if ending is Ending.EXITED:  # output closed; the process may still run
+            ending, detail = self._await_exit(proc, deadline, timeout)
+        if ending is not Ending.EXITED:
             stop_group(proc)
         proc.stdout.close()
-        return state, reason, b"".join(tail)[-TAIL_BYTES:].decode(errors="replace")
-
+        return ending, detail, b"".join(tail)[-TAIL_BYTES:]
 
     def _await_exit(self, proc: subprocess.Popen[bytes], deadline: float | None,
-                    timeout: float | None) -> tuple[RunState, str | None]:
+                    timeout: float | None) -> tuple[Ending, str | None]:
         if proc.poll() is not None:
-            return RunState.SUCCEEDED, None
+            return Ending.EXITED, None
         # A pidfd becomes readable when the child exits: Popen.wait(timeout) would poll
         # with growing sleeps, adding up to milliseconds to every short run.
         with exit_watch(proc.pid) as fd:
@@ -239,7 +254,7 @@ class Executor:
 
     def _exit_or_limit(self, proc: subprocess.Popen[bytes], fd: int | None,
                        deadline: float | None, timeout: float | None,
-                       ) -> tuple[RunState, str | None]:
+                       ) -> tuple[Ending, str | None]:
         while True:
             if fd is not None:
                 select.select([fd], [], [], 0.2)
@@ -247,11 +262,11 @@ class Executor:
             else:
                 exited = _exited(proc, 0.2)
             if exited:
-                return RunState.SUCCEEDED, None
+                return Ending.EXITED, None
             if self.interrupt.is_set():
-                return RunState.INTERRUPTED, "interrupted by scheduler shutdown"
+                return Ending.STOPPED, "interrupted by scheduler shutdown"
             if deadline is not None and time.monotonic() >= deadline:
-                return RunState.TIMED_OUT, f"timed out after {timeout:g}s"
+                return Ending.TIMED_OUT, f"timed out after {timeout:g}s"
 
 
 @contextlib.contextmanager

@@ -2,32 +2,34 @@
 
 It sleeps until the next due time, a wake-up (a finished job, a signal) or the next
 once-a-second look at the change counter that `pb job …` bumps; it never scans the jobs
-table in a tight loop.  Every database call is its own short transaction.
+table in a tight loop.  Every database call is its own short transaction.  Decisions are
+the run policy's (runs.py): the loop gathers facts, asks, and hands the answers to the
+store.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
 import random
 import socket
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
-from pony_scheduler.runstate import RETRYABLE, RunState
-from pony_scheduler.scheduler import recovery
-from pony_scheduler.scheduler.executor import Executor
-from pony_scheduler.scheduler.planner import plan
-from pony_scheduler.scheduler.schedule import backoff_delay, from_dict
+from pony_scheduler.runstate import RunState
+from pony_scheduler.scheduler import planning, recovery, runs
+from pony_scheduler.scheduler.executor import Executor, Launch
+from pony_scheduler.scheduler.runs import Capacity, Claimed, Outcome, Run, Started
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line, utcnow
+from pony_scheduler.store.runs import ClaimRequest, Finished
 
 log = logging.getLogger("pony_scheduler.scheduler")
 
@@ -54,6 +56,12 @@ class Events(Protocol):
     def emit(self, type: str, data: dict[str, Any]) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    run: Run
+    claimed_at: datetime
+
+
 class WorkLoop:
     def __init__(self, store: Store, runtime: ServiceRuntime, events: Events) -> None:
         self.store = store
@@ -61,13 +69,15 @@ class WorkLoop:
         self.events = events
         self.hostname = socket.gethostname()
         settings = runtime.settings
-        self.executor = Executor(settings.home, settings.workers, self._started, self._finished,
-                                 self._kick)
+        self.output_dir = settings.home / "runs"
+        self.executor = Executor(settings.workers, self._started, self._finished, self._kick)
         self.scheduler_id = ""
+        self.started_at = utcnow()
         self.changes = -1
         # systemd's variables describe the scheduler, not its jobs: a job that answered
         # NOTIFY_SOCKET would speak for us.
         self.base_env = {k: v for k, v in os.environ.items() if k not in SERVICE_MANAGER_VARS}
+        self.planner = planning.Planner(store, self.started_at)
         self.replan = True  # jobs changed: turn due occurrences into runs, recompute
         self.kicked = True  # runs changed (finished, queued): claim what is due
         self.next_job_due: datetime | None = None
@@ -77,14 +87,17 @@ class WorkLoop:
         self.upcoming_dirty = True
         self.upcoming: datetime | None = None
         self.next_heartbeat = self.next_poll = self.next_watchdog = 0.0
-        # What workers report (started, finished) waits here until the loop records it in
-        # one transaction per iteration; it stays here while the database is unavailable.
-        self.journal: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
-        self.unrecorded: list[tuple[str, dict[str, Any]]] = []
+        # What the executor reports waits here until the loop records it, in one
+        # transaction per iteration; it stays in `unrecorded` while the database refuses.
+        self.journal: queue.SimpleQueue[Started | Outcome] = queue.SimpleQueue()
+        self.started: list[Started] = []
+        self.finished: list[Finished] = []
+        self.in_flight: dict[int, InFlight] = {}
         # When the pids of launched runs must be written by; None: none expected.
         self.pids_due: float | None = None
         self.backlog = False  # the last claim left due runs behind
         self.unreleased: list[int] = []  # taken back from the executor, not yet requeued
+        self.clock = planning.ClockWatch()
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -99,7 +112,7 @@ class WorkLoop:
                 pause = self.seconds_to_sleep()
             except DBAPIError as exc:
                 # Locked, read-only, restarting: running jobs go on (their results are
-                # written with retries); we try again with a growing pause.
+                # written once it is back); we try again with a growing pause.
                 backoff = min(max(backoff * 2, 0.5), 30.0)
                 log.warning("Database unavailable (%s); retrying in %.1fs", first_line(exc),
                             backoff)
@@ -109,6 +122,10 @@ class WorkLoop:
 
     def iteration(self) -> None:
         mono, now = time.monotonic(), utcnow()
+        step = self.clock.step(mono, now)
+        if step is not None:
+            self.planner.clock_stepped(step, now)
+            self.replan = self.kicked = self.upcoming_dirty = True
         if mono >= self.next_heartbeat:
             self.next_heartbeat = mono + HEARTBEAT_INTERVAL
             self.maintain(now)
@@ -121,7 +138,8 @@ class WorkLoop:
         job_due = self.next_job_due is not None and now >= self.next_job_due
         if self.replan or job_due:
             self.replan, self.kicked = False, True
-            self.plan_due_jobs(now)
+            if self.planner.plan_due_jobs(now):
+                self.upcoming_dirty = True
             self.next_job_due = self.store.next_job_due()
         if self.kicked or (self.next_run_due is not None and now >= self.next_run_due):
             self.kicked = False
@@ -148,27 +166,22 @@ class WorkLoop:
                 deadlines.append(mono + (due - now).total_seconds())
         return max(0.0, min(deadlines) - mono)
 
-    # -- schedules into runs, runs into processes ---------------------------------------------
-    def plan_due_jobs(self, now: datetime) -> None:
-        for job in self.store.due_jobs(now):
-            schedule = from_dict({"kind": job["schedule_kind"], "expr": job["schedule_expr"],
-                                  "tz": job["schedule_tz"], "anchor": job["schedule_anchor"]})
-            result = plan(schedule, job["catch_up"], job["next_due_at"], now)
-            if result.skipped:
-                log.warning("Job %s: %d occurrence(s) missed recorded as skipped",
-                            job["name"], len(result.skipped))
-            self.store.materialize(job["id"], job["next_due_at"], result.to_run,
-                                   result.skipped, result.next_due)
-
+    # -- runs into processes --------------------------------------------------------------
     def dispatch(self, now: datetime) -> datetime | None:
         """Claim and start what is due; return when to look at the queue again."""
         free = self.executor.free_slots()
         turning_over = time.monotonic() - self.executor.last_finish < AHEAD_WINDOW
         limit = self.executor.free_slots(AHEAD if self.backlog and turning_over else 0)
-        claimed, waiting = self.record_results((now, limit, LEASE) if limit else None)
+        capacity = Capacity(self.started_at, self.executor.workers, saturated=free == 0)
+
+        def admit(run: Run, job: runs.JobNow) -> runs.Admission:
+            return runs.admit(run, job, capacity, now)
+
+        # Even with no worker free: due runs past their start deadline expire now.
+        claimed, waiting = self.record_results(ClaimRequest(now, limit, LEASE, admit))
         self.backlog = waiting and limit > 0
-        for run in claimed:
-            self.executor.launch(self._prepare(run))
+        for item in claimed:
+            self.launch(item, now)
         if claimed and self.pids_due is None:
             self.pids_due = time.monotonic() + PID_RECORD_DELAY
         waiting = waiting or free == 0
@@ -189,109 +202,102 @@ class WorkLoop:
             self.upcoming = self.store.next_run_due(after=now)
         return self.upcoming
 
-    def _prepare(self, run: dict[str, Any]) -> dict[str, Any]:
-        command = json.loads(run["command"])
-        run["argv"] = ["/bin/sh", "-c", command[0]] if run["shell"] else command
-        run["environ"] = {**self.base_env, **json.loads(run["env"] or "{}"),
-                          "PONYBUNNY_JOB": run["name"], "PONYBUNNY_RUN_ID": str(run["id"]),
-                          recovery.SCHEDULER_VAR: self.scheduler_id}
-        run["claimed_at"] = utcnow()
-        log.debug("Run %d: starting job %s (attempt %d)", run["id"], run["name"],
-                  run["attempt"])
-        return run
+    def launch(self, item: Claimed, now: datetime) -> None:
+        run = item.run
+        argv = ("/bin/sh", "-c", item.command[0]) if item.shell else item.command
+        environ = {**self.base_env, **item.env, "PONYBUNNY_JOB": run.job,
+                   "PONYBUNNY_RUN_ID": str(run.id), recovery.SCHEDULER_VAR: self.scheduler_id}
+        path = str(self.output_dir / run.job / f"{run.id}.log")
+        self.in_flight[run.id] = InFlight(run, now)
+        log.debug("Run %d: starting job %s (attempt %d)", run.id, run.job, run.attempt)
+        self.executor.launch(Launch(run.id, run.job, argv, environ, item.cwd, item.umask,
+                                    item.timeout_s, path))
 
     # -- executor callbacks (executor threads) -------------------------------------------
-    def _started(self, run: dict[str, Any]) -> None:
-        self.journal.put(("started", {"run": run, "pid": run["pid"],
-                                      "pid_start": run["pid_start"],
-                                      "output_path": run["output_path"]}))
+    def _started(self, started: Started) -> None:
+        self.journal.put(started)
         # The pid is written soon (a restart needs it to stop an orphan), with the next
         # transaction; wake the loop only if it expects no pid and so has no deadline.
         if self.pids_due is None:
             self.runtime.wake()
-        self.events.emit("run.started", {"run_id": run["id"], "job": run["name"],
-                                         "attempt": run["attempt"], "pid": run["pid"]})
 
-    def _finished(self, run: dict[str, Any], state: RunState, code: int | None,
-                  reason: str | None, tail: str) -> None:
-        now = utcnow()
-        self.journal.put(("finished", {"run": run, "state": state, "exit_code": code,
-                                       "reason": reason, "tail": tail, "finished_at": now,
-                                       "next_attempt": self.next_attempt(run, state, now)}))
-        duration = (now - run["claimed_at"]).total_seconds()
-        # Successes at debug level: `pb runs` keeps every run, and a line per success
-        # cost a tenth of the daemon's time per run in the throughput benchmark.
-        log.log(logging.DEBUG if state is RunState.SUCCEEDED else logging.INFO,
-                "Run %d: job %s %s%s", run["id"], run["name"], state,
-                f" ({reason})" if reason else "")
-        kind = "run.finished" if state is RunState.SUCCEEDED else "run.failed"
-        self.events.emit(kind, {"run_id": run["id"], "job": run["name"], "state": str(state),
-                                "exit_code": code, "duration_s": round(duration, 3)})
+    def _finished(self, outcome: Outcome) -> None:
+        self.journal.put(outcome)
 
     def _kick(self) -> None:
         """A worker is free (executor thread): claim on the next iteration."""
         self.kicked = True
         self.runtime.wake()
 
-    @staticmethod
-    def next_attempt(run: dict[str, Any], state: RunState,
-                     now: datetime) -> tuple[datetime, str] | None:
-        """What a result calls for: a resume after a shutdown, a retry after a failure."""
-        if state is RunState.INTERRUPTED:
-            return now, "resume"
-        if state in RETRYABLE and run["attempt"] <= run["retries"]:
-            delay = backoff_delay(run["attempt"], run["retry_delay_s"], rand=random.random())
-            log.info("Run %d: retry %d of %d in %.1fs", run["id"], run["attempt"],
-                     run["retries"], delay)
-            return now + timedelta(seconds=delay), "retry"
-        return None
-
+    # -- results into the database ------------------------------------------------------------
     def record_due(self, mono: float) -> bool:
         """Whether reports are waiting that should not wait for the next claim."""
         if self.drain_journal() and self.pids_due is None:
             self.pids_due = mono + PID_RECORD_DELAY
-        if any(kind == "finished" for kind, _ in self.unrecorded):
+        if self.finished:
             return True
         return self.pids_due is not None and mono >= self.pids_due
 
     def drain_journal(self) -> bool:
-        """Move reports from the journal to `unrecorded`; whether a pid came in."""
+        """Take the executor's reports, settling each finished run; whether a pid came."""
         pids = False
         while not self.journal.empty():
             item = self.journal.get()
-            pids = pids or item[0] == "started"
-            self.unrecorded.append(item)
+            if isinstance(item, Started):
+                pids = True
+                self.started.append(item)
+                self.events.emit("run.started", {"run_id": item.run_id,
+                                                 "job": self.in_flight[item.run_id].run.job,
+                                                 "pid": item.pid})
+            else:
+                self.finished.append(self.settle(item))
         return pids
 
-    def record_results(self, claim: tuple[datetime, int, float] | None = None,
-                       ) -> tuple[list[dict[str, Any]], bool]:
-        """Write what workers reported and, given (now, limit, lease), claim due runs: one
-        transaction.  Reports stay in `unrecorded` while the database refuses them."""
+    def settle(self, outcome: Outcome) -> Finished:
+        flight = self.in_flight.pop(outcome.run_id)
+        run, now = flight.run, utcnow()
+        settlement = runs.settle(run, outcome, now, random.random())
+        duration = (outcome.finished_at - flight.claimed_at).total_seconds()
+        # Successes at debug level: `pb runs` keeps every run, and a line per success
+        # cost a tenth of the daemon's time per run in the throughput benchmark.
+        log.log(logging.DEBUG if settlement.state is RunState.SUCCEEDED else logging.INFO,
+                "Run %d: job %s %s%s", run.id, run.job, settlement.state,
+                f" ({settlement.reason})" if settlement.reason else "")
+        if settlement.next_attempt is not None and settlement.state is not RunState.INTERRUPTED:
+            log.info("Run %d: retry %d of %d at %s", run.id, run.attempt, run.policy.retries,
+                     settlement.next_attempt.due_at.isoformat(timespec="seconds"))
+        kind = "run.finished" if settlement.state is RunState.SUCCEEDED else "run.failed"
+        self.events.emit(kind, {"run_id": run.id, "job": run.job,
+                                "state": str(settlement.state),
+                                "exit_code": settlement.exit_code,
+                                "duration_s": round(duration, 3)})
+        return Finished(run, settlement, outcome, flight.claimed_at)
+
+    def record_results(self, claim: ClaimRequest | None = None) -> tuple[list[Claimed], bool]:
+        """Write what the executor reported and, given a request, claim due runs: one
+        transaction.  Reports stay queued here while the database refuses them."""
         # Cleared before draining: a pid reported after the drain finds None and wakes
         # us (see _started), so it never waits without a deadline.
         self.pids_due = None
         self.drain_journal()
-        if not self.unrecorded and claim is None:
+        if not self.started and not self.finished and claim is None:
             return [], False
-        started = [item for kind, item in self.unrecorded if kind == "started"]
-        finished = [item for kind, item in self.unrecorded if kind == "finished"]
         ours, claimed, waiting = self.store.record_and_claim(
-            self.scheduler_id, self.hostname, started, finished, claim)
-        self.unrecorded.clear()
-        if any(item["next_attempt"] for item in ours):
+            self.scheduler_id, self.hostname, self.started, self.finished, claim)
+        self.started, self.finished = [], []
+        if any(item.settlement.next_attempt for item in ours):
             self.upcoming_dirty = self.kicked = True
         return claimed, waiting
 
     # -- upkeep -------------------------------------------------------------------------
     def maintain(self, now: datetime) -> None:
-        """Heartbeat, lease renewal, and rescue of runs whose scheduler died."""
+        """Heartbeat, lease renewal, rescue of runs whose scheduler died, removals."""
         self.store.heartbeat()
         self.store.renew_leases(self.scheduler_id, now, LEASE)
-        for run, state in recovery.abandoned(self.store, self.scheduler_id, now):
-            attempt = self.next_attempt(run, state, now)
-            if attempt is not None:
-                self.store.queue_attempt(run, *attempt)
-                self.upcoming_dirty = self.kicked = True
+        if recovery.abandoned(self.store, self.scheduler_id, now):
+            self.upcoming_dirty = self.kicked = True
+        if self.store.removals_pending():
+            self.store.purge_removed()
         self.events.emit("heartbeat", {"pid": os.getpid(), "scheduler_id": self.scheduler_id,
                                        "running": self.executor.busy()})
 
@@ -303,18 +309,19 @@ class WorkLoop:
 
     def release_waiting(self, mono: float) -> None:
         """Runs claimed ahead that waited AHEAD_WAIT for a worker go back to the queue."""
-        stale = self.executor.take_back(handed_before=mono - AHEAD_WAIT)
-        self.unreleased += [run["id"] for run in stale]
+        self.unreleased += self.executor.take_back(handed_before=mono - AHEAD_WAIT)
         if self.unreleased:
             self.store.release_runs(self.scheduler_id, self.unreleased)
             log.debug("Released runs %s, claimed ahead and not started", self.unreleased)
+            for run_id in self.unreleased:
+                self.in_flight.pop(run_id, None)
             self.unreleased = []
             self.kicked = self.upcoming_dirty = True
 
     def shutdown(self) -> None:
         log.info("Shutdown requested: no new work will be started")
         self.runtime.stopping_notice()
-        self.unreleased += [run["id"] for run in self.executor.take_back()]
+        self.unreleased += self.executor.take_back()
         busy = self.executor.busy()
         if busy:
             log.info("Waiting up to %gs for %d running job(s) (a second signal stops them "
@@ -329,7 +336,7 @@ class WorkLoop:
             recovery.retrying(lambda: self.release_waiting(time.monotonic()))
             recovery.retrying(self.store.mark_stopped, attempts=3)
         except DBAPIError as exc:
-            lost = [item["run"]["id"] for _, item in self.unrecorded] + self.unreleased
+            lost = [item.run.id for item in self.finished] + self.unreleased
             log.error("Could not record the results of runs %s or the stop: %s; those runs "
                       "will be found lost when their lease expires", lost, first_line(exc))
 
@@ -342,4 +349,3 @@ class WorkLoop:
             self.next_heartbeat = mono + HEARTBEAT_INTERVAL
             with contextlib.suppress(DBAPIError):
                 self.store.renew_leases(self.scheduler_id, utcnow(), LEASE)
-

@@ -12,17 +12,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
-from pony_scheduler.runstate import RunState
+from pony_scheduler.scheduler import runs
+from pony_scheduler.scheduler.runs import Abandoned
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line
 
@@ -57,41 +59,40 @@ def dead_schedulers_here(store: Store, me: str) -> list[str]:
     return dead
 
 
-def abandoned(store: Store, me: str, now: datetime) -> list[tuple[dict[str, Any], RunState]]:
-    """Declare abandoned runs lost; return them so the caller applies the retry policy."""
+def abandoned(store: Store, me: str, now: datetime) -> int:
+    """Settle abandoned runs as lost (runs.lose decides what follows); returns how many."""
     dead = dead_schedulers_here(store, me)
-    handled = []
-    for run in store.abandoned_runs(now, socket.gethostname(), dead):
-        if run["claimed_by"] == me:
+    handled = 0
+    for lost in store.abandoned_runs(now, dead):
+        if lost.claimed_by == me:
             continue  # ours, and we are alive: the lease was renewed late, not lost
-        cause = ("its scheduler died" if run["claimed_by"] in dead
+        cause = ("its scheduler died" if lost.claimed_by in dead
                  else "its scheduler stopped renewing the lease")
-        _stop_orphan(run)
-        if store.mark_lost(run["id"], run["claimed_by"], f"lost: {cause}"):
-            log.warning("Run %d was lost (%s)", run["id"], cause)
-            handled.append((run, RunState.LOST))
+        _stop_orphan(lost)
+        if store.settle_lost(lost, runs.lose(lost.run, cause, now, random.random())):
+            log.warning("Run %d was lost (%s)", lost.run.id, cause)
+            handled += 1
     for scheduler_id in dead:
         store.mark_scheduler_gone(scheduler_id)
     return handled
 
 
-def _stop_orphan(run: dict[str, Any]) -> None:
+def _stop_orphan(lost: Abandoned) -> None:
     """Kill the process group of a lost run if it is still here and verifiably that run's."""
-    if run.get("hostname") != socket.gethostname():
+    if lost.hostname != socket.gethostname():
         return
-    pid, started = run.get("pid"), run.get("pid_start")
-    if pid and started is not None:
-        if proc_start_time(pid) == started:  # else gone, or the PID is someone else's now
-            _kill_group(run["id"], pid)
+    if lost.pid and lost.pid_start is not None:
+        if proc_start_time(lost.pid) == lost.pid_start:  # else gone, or someone else's now
+            _kill_group(lost.run.id, lost.pid)
         return
     # Its scheduler died before writing the pid (it is written with the next transaction,
     # within moments of the start): find the run's processes by what they inherited.
     groups = set()
-    for found in run_processes(run["id"], run.get("claimed_by") or ""):
+    for found in run_processes(lost.run.id, lost.claimed_by or ""):
         with contextlib.suppress(ProcessLookupError):
             groups.add(os.getpgid(found))
     for pgid in sorted(groups):
-        _kill_group(run["id"], pgid)
+        _kill_group(lost.run.id, pgid)
 
 
 def _kill_group(run_id: int, pgid: int) -> None:

@@ -1,27 +1,66 @@
-"""Queries about jobs: defining them, reading them, and turning occurrences into runs."""
+"""Queries about jobs: defining them, reading them, and turning occurrences into runs.
+
+Times are aware UTC datetimes; durations are seconds.
+"""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pony_scheduler.errors import PonyError
 from pony_scheduler.runstate import RunState
+from pony_scheduler.scheduler.runs import Plan, Trigger
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, loads, row_dict, utcnow
-from pony_scheduler.store.tables import jobs, runs
+from pony_scheduler.store.tables import jobs, missed, runs
 
-JOB_COLUMNS = ("command", "shell", "schedule_kind", "schedule_expr", "schedule_tz",
-               "schedule_anchor", "timeout_s", "retries", "retry_delay_s", "overlap",
-               "catch_up", "cwd", "env", "enabled", "next_due_at")
+REMOVE_BATCH = 2000  # runs deleted per transaction by `pb job remove`
+# In job values: the start deadline the schedule implies (runs.default_start_deadline),
+# which applies only to jobs whose deadline was not given (start_deadline_auto).
+DEFAULT_DEADLINE = "default_start_deadline_s"
 
 
 class UnknownJob(PonyError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no job named {name!r}; see 'pb job list'")
+
+
+@dataclass(frozen=True, slots=True)
+class DueJob:
+    """A job whose next occurrence is due: its schedule as stored, and its policy."""
+
+    id: int
+    name: str
+    kind: str
+    expr: str
+    tz: str
+    anchor: str
+    next_due_at: datetime
+    overlap: str
+    catch_up: str
+    retries: int
+    retry_delay_s: float
+    start_deadline_s: float | None
+    max_queued: int
+
+
+@dataclass(frozen=True, slots=True)
+class Materialize:
+    """Turn a due job's occurrences into runs as `plan` says, if its next due time is
+    still `expected_due` (another scheduler may have done it first)."""
+
+    job_id: int
+    expected_due: datetime
+    plan: Plan
+    missed_reason: str  # why plan.skipped and plan.uncounted were missed
+    refused_reason: str  # why plan.refused were not queued
 
 
 def _encode(values: dict[str, Any]) -> dict[str, Any]:
@@ -30,6 +69,8 @@ def _encode(values: dict[str, Any]) -> dict[str, Any]:
         out["command"] = json.dumps(out["command"])
     if "env" in out:
         out["env"] = json.dumps(out["env"] or {})
+    if "secret_env" in out:
+        out["secret_env"] = json.dumps(sorted(out["secret_env"] or []))
     return out
 
 
@@ -38,10 +79,14 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
     view = dict(row)
     view["command"] = loads(row.get("command"), [])
     view["env"] = loads(row.get("env"), {})
-    for key in ("next_due_at", "created_at", "updated_at", "last_run_at"):
+    view["secret_env"] = loads(row.get("secret_env"), [])
+    for key in ("next_due_at", "created_at", "updated_at", "last_finished_at",
+                "last_success_at", "removed_at"):
         if key in view:
             view[key] = iso(view[key])
-    view["next_run_at"] = view.get("next_due_at") if view.get("enabled") else None
+    view["last_run_at"] = view.get("last_finished_at")
+    view["next_run_at"] = (view.get("next_due_at") if view.get("enabled") and
+                           not view.get("error") else None)
     return view
 
 
@@ -49,7 +94,12 @@ class JobQueries:
     engine: Engine
 
     def add_job(self, name: str, values: dict[str, Any]) -> int:
+        """Insert job `name`; returns its id.  Raises PonyError if the name is taken."""
         now = utcnow()
+        values = dict(values)
+        default = values.pop(DEFAULT_DEADLINE, None)
+        if "start_deadline_auto" not in values:
+            values.update(start_deadline_auto=True, start_deadline_s=default)
         try:
             with self.engine.begin() as connection:
                 result = connection.execute(jobs.insert().values(
@@ -61,86 +111,233 @@ class JobQueries:
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def update_job(self, name: str, values: dict[str, Any]) -> None:
+        """Change the given columns of job `name` and clear a set-aside error (it is
+        evaluated again).  Raises UnknownJob."""
+        values = dict(values)
+        default = values.pop(DEFAULT_DEADLINE, None)
+        if default is not None and "start_deadline_auto" not in values:
+            values["start_deadline_s"] = case((jobs.c.start_deadline_auto.is_(True), default),
+                                              else_=jobs.c.start_deadline_s)
         with self.engine.begin() as connection:
-            result = connection.execute(update(jobs).where(jobs.c.name == name)
-                                        .values(updated_at=utcnow(), **_encode(values)))
+            result = connection.execute(
+                update(jobs).where(jobs.c.name == name, jobs.c.removed_at.is_(None))
+                .values(updated_at=utcnow(), error=None, **_encode(values)))
             if result.rowcount == 0:
                 raise UnknownJob(name)
             bump_changes(connection)
 
-    def remove_job(self, name: str) -> None:
+    def remove_job(self, name: str) -> int:
+        """Remove job `name`, its runs and their output files; returns the runs removed.
+
+        The job is renamed and unscheduled first (its name is free at once, its queued
+        runs never start), then its runs go in batches of REMOVE_BATCH, each its own
+        short transaction, so that a running scheduler is never blocked for long.  An
+        interrupted removal, or one whose runs were still running, is finished by the
+        scheduler's upkeep (purge_removed) once they end.
+        """
         with self.engine.begin() as connection:
-            job_id = connection.execute(select(jobs.c.id).where(jobs.c.name == name)).scalar()
+            job_id = connection.execute(select(jobs.c.id).where(
+                jobs.c.name == name, jobs.c.removed_at.is_(None))).scalar()
             if job_id is None:
                 raise UnknownJob(name)
-            connection.execute(delete(runs).where(runs.c.job_id == job_id))
-            connection.execute(delete(jobs).where(jobs.c.id == job_id))
+            connection.execute(update(jobs).where(jobs.c.id == job_id).values(
+                name=f".removed-{job_id}", removed_at=utcnow(), enabled=False,
+                next_due_at=None))
             bump_changes(connection)
+        return self.purge_removed()
+
+    def purge_removed(self) -> int:
+        """Delete the runs, output files and rows of removed jobs; returns runs deleted."""
+        with self.engine.connect() as connection:
+            removed = list(connection.execute(
+                select(jobs.c.id).where(jobs.c.removed_at.is_not(None))).scalars())
+        total = 0
+        for job_id in removed:
+            while batch := self._delete_batch(job_id):
+                total += batch
+            with self.engine.begin() as connection:  # once its running runs ended
+                if connection.execute(select(runs.c.id).where(runs.c.job_id == job_id)
+                                      .limit(1)).first() is None:
+                    connection.execute(delete(jobs).where(jobs.c.id == job_id))
+        return total
+
+    def _delete_batch(self, job_id: int) -> int:
+        settled = (runs.c.job_id == job_id) & (runs.c.state != RunState.RUNNING)
+        with self.engine.begin() as connection:
+            rows = connection.execute(select(runs.c.id, runs.c.output_path).where(settled)
+                                      .order_by(runs.c.id).limit(REMOVE_BATCH)).all()
+            if not rows:
+                return 0
+            for _, path in rows:
+                if path:
+                    _unlink(path)
+            connection.execute(delete(runs).where(settled, runs.c.id <= rows[-1][0]))
+        return len(rows)
+
+    def removals_pending(self) -> bool:
+        """Whether a removed job still has rows to delete."""
+        with self.engine.connect() as connection:
+            return connection.execute(select(jobs.c.id).where(jobs.c.removed_at.is_not(None))
+                                      .limit(1)).first() is not None
 
     def set_enabled(self, name: str, enabled: bool, next_due_at: datetime | None = None) -> None:
+        """Pause (runs already started go on; queued ones wait) or resume from
+        `next_due_at`.  Raises UnknownJob."""
         values: dict[str, Any] = {"enabled": enabled}
         if enabled:
             values["next_due_at"] = next_due_at
         self.update_job(name, values)
 
     def job_row(self, name: str) -> dict[str, Any] | None:
+        """The stored row of job `name` as a dict, or None."""
         with self.engine.connect() as connection:
-            row = connection.execute(select(jobs).where(jobs.c.name == name)).first()
+            row = connection.execute(select(jobs).where(
+                jobs.c.name == name, jobs.c.removed_at.is_(None))).first()
         return row_dict(row) if row else None
 
     def get_job(self, name: str) -> dict[str, Any] | None:
-        found = self.list_jobs(name=name)
-        return found[0] if found else None
+        """Job `name` as job_view() shows it, or None."""
+        row = self.job_row(name)
+        return job_view(row) if row else None
 
-    def list_jobs(self, name: str | None = None) -> list[dict[str, Any]]:
-        """Jobs with their most recent finished run's state and time."""
-        last = (select(runs.c.job_id, func.max(runs.c.id).label("last_id"))
-                .where(runs.c.state.notin_([RunState.QUEUED, RunState.RUNNING]))
-                .group_by(runs.c.job_id).subquery())
-        query = (select(jobs, runs.c.state.label("last_state"),
-                        runs.c.finished_at.label("last_run_at"))
-                 .outerjoin(last, last.c.job_id == jobs.c.id)
-                 .outerjoin(runs, runs.c.id == last.c.last_id)
-                 .order_by(jobs.c.name))
-        if name is not None:
-            query = query.where(jobs.c.name == name)
+    def list_jobs(self) -> list[dict[str, Any]]:
+        """Every job, by name, with its last result (kept on the job row: no run scan)."""
+        query = select(jobs).where(jobs.c.removed_at.is_(None)).order_by(jobs.c.name)
         with self.engine.connect() as connection:
             return [job_view(row_dict(row)) for row in connection.execute(query)]
 
     # -- for the work loop ------------------------------------------------------------------
     def next_job_due(self) -> datetime | None:
+        """The earliest next occurrence of an enabled job, or None."""
         with self.engine.connect() as connection:
             return connection.execute(
                 select(func.min(jobs.c.next_due_at)).where(jobs.c.enabled.is_(True))).scalar()
 
-    def due_jobs(self, now: datetime, limit: int = 500) -> list[dict[str, Any]]:
+    def due_jobs(self, now: datetime, limit: int = 500) -> list[DueJob]:
+        """Up to `limit` enabled jobs whose next occurrence is at or before `now`."""
+        query = (select(jobs.c.id, jobs.c.name, jobs.c.schedule_kind, jobs.c.schedule_expr,
+                        jobs.c.schedule_tz, jobs.c.schedule_anchor, jobs.c.next_due_at,
+                        jobs.c.overlap, jobs.c.catch_up, jobs.c.retries,
+                        jobs.c.retry_delay_s, jobs.c.start_deadline_s, jobs.c.max_queued)
+                 .where(jobs.c.enabled.is_(True), jobs.c.next_due_at <= now)
+                 .order_by(jobs.c.next_due_at).limit(limit))
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(jobs).where(jobs.c.enabled.is_(True), jobs.c.next_due_at <= now)
-                .order_by(jobs.c.next_due_at).limit(limit))
-            return [row_dict(row) for row in rows]
+            return [_due_job(row) for row in connection.execute(query)]
 
-    def materialize(self, job_id: int, expected_due: datetime, to_run: list[datetime],
-                    skipped: list[datetime], next_due: datetime | None,
-                    trigger: str = "schedule") -> bool:
-        """Turn occurrences into runs and advance the job, atomically.
+    def queued_count(self, job_id: int) -> int:
+        """How many runs of a job wait in the queue."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).where(
+                runs.c.job_id == job_id, runs.c.state == RunState.QUEUED)).scalar() or 0)
 
-        The conditional UPDATE makes one scheduler the winner when several share a
-        database; the unique (job, occurrence, attempt) key makes a repeat harmless.
-        """
-        now = utcnow()
+    def set_aside(self, job_id: int, reason: str) -> None:
+        """Stop scheduling a job the daemon cannot evaluate; `pb job edit` clears it."""
         with self.engine.begin() as connection:
-            moved = connection.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.next_due_at == expected_due)
-                .values(next_due_at=next_due)).rowcount
-            if moved != 1:
-                return False
-            rows = [dict(job_id=job_id, occurrence=o, attempt=1, state=RunState.SKIPPED,
-                         trigger="catch_up", due_at=o, created_at=now, finished_at=now,
-                         reason="missed: no scheduler was running at its time") for o in skipped]
-            rows += [dict(job_id=job_id, occurrence=o, attempt=1, state=RunState.QUEUED,
-                          trigger=trigger if o == expected_due else "catch_up", due_at=o,
-                          created_at=now, finished_at=None, reason=None) for o in to_run]
-            for row in rows:
-                connection.execute(insert_ignore(connection, runs).values(**row))
-        return True
+            connection.execute(update(jobs).where(jobs.c.id == job_id)
+                               .values(error=reason, next_due_at=None))
+
+    def shift_interval_jobs(self, by: timedelta) -> int:
+        """Move every interval job's grid by `by` (the wall clock was stepped by `by`):
+        they follow elapsed time.  Returns how many moved."""
+        with self.engine.begin() as connection:
+            rows = connection.execute(select(jobs.c.id, jobs.c.schedule_anchor,
+                                             jobs.c.next_due_at)
+                                      .where(jobs.c.schedule_kind == "every")).all()
+            for job_id, anchor, due in rows:
+                values: dict[str, Any] = {
+                    "schedule_anchor": (datetime.fromisoformat(anchor) + by).isoformat()}
+                if due is not None:
+                    values["next_due_at"] = due + by
+                connection.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            # Retries wait out a delay, not a wall-clock time: they move too.
+            waiting = connection.execute(select(runs.c.id, runs.c.due_at).where(
+                runs.c.state == RunState.QUEUED,
+                runs.c.trigger.in_([Trigger.RETRY.value, Trigger.RESUME.value]))).all()
+            for run_id, due in waiting:
+                connection.execute(update(runs).where(runs.c.id == run_id)
+                                   .values(due_at=due + by))
+        return len(rows)
+
+    def materialize(self, items: list[Materialize], now: datetime) -> list[int]:
+        """Turn due occurrences into runs and advance each job, in one transaction.
+
+        Returns the ids of the jobs this call advanced.  The conditional UPDATE of the
+        job's next due time makes one scheduler the winner when several share a
+        database; the unique (job, occurrence, attempt) key makes a repeat harmless.
+        Runs of one catch-up decision share a batch (they run one after another).
+        """
+        done = []
+        with self.engine.begin() as connection:
+            for item in items:
+                moved = connection.execute(
+                    update(jobs).where(jobs.c.id == item.job_id,
+                                       jobs.c.next_due_at == item.expected_due)
+                    .values(next_due_at=item.plan.next_due)).rowcount
+                if moved != 1:
+                    continue
+                rows = list(_rows(item, now))
+                if rows:
+                    connection.execute(insert_ignore(connection, runs), rows)
+                if item.plan.uncounted is not None:
+                    gap = item.plan.uncounted
+                    connection.execute(missed.insert().values(
+                        job_id=item.job_id, first_occurrence=gap.first,
+                        last_occurrence=gap.last, count=gap.count,
+                        reason=item.missed_reason, recorded_at=now))
+                done.append(item.job_id)
+        return done
+
+    def missed_summaries(self, job: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Outages' missed occurrences counted beyond those recorded one by one."""
+        query = (select(missed.c.id, jobs.c.name.label("job"), missed.c.first_occurrence,
+                        missed.c.last_occurrence, missed.c.count, missed.c.reason,
+                        missed.c.recorded_at)
+                 .join(jobs, jobs.c.id == missed.c.job_id).order_by(missed.c.id.desc())
+                 .limit(limit))
+        if job is not None:
+            query = query.where(jobs.c.name == job)
+        with self.engine.connect() as connection:
+            rows = [row_dict(row) for row in connection.execute(query)]
+        for row in rows:
+            for key in ("first_occurrence", "last_occurrence", "recorded_at"):
+                row[key] = iso(row[key])
+        return rows
+
+
+def _due_job(row: Any) -> DueJob:
+    fields: tuple[Any, ...] = tuple(row)
+    return DueJob(*fields)
+
+
+def _rows(item: Materialize, now: datetime) -> Iterator[dict[str, Any]]:
+    plan = item.plan
+    base = {"job_id": item.job_id, "attempt": 1, "created_at": now, "exit_code": None,
+            "started_at": None}
+    for moment in plan.skipped:
+        yield {**base, "occurrence": moment, "state": RunState.SKIPPED.value,
+               "trigger": Trigger.CATCH_UP.value, "due_at": moment, "finished_at": now,
+               "reason": item.missed_reason, "batch": None}
+    for moment in plan.refused:
+        yield {**base, "occurrence": moment, "state": RunState.SKIPPED.value,
+               "trigger": Trigger.SCHEDULE.value, "due_at": moment, "finished_at": now,
+               "reason": item.refused_reason, "batch": None}
+    batch = int(plan.to_run[0].timestamp() * 1000) if plan.batch else None
+    catch_up = set(plan.catch_up)
+    for moment in plan.to_run:
+        late = moment in catch_up
+        # A run the catch-up policy chose is due from the decision on: its start deadline
+        # counts from now, not from the occurrence it serves.  A set runs oldest first,
+        # in the order of its ids (the queue's order is due time, then id).
+        yield {**base, "occurrence": moment, "state": RunState.QUEUED.value,
+               "trigger": (Trigger.CATCH_UP if late else Trigger.SCHEDULE).value,
+               "due_at": now if late or batch else moment, "finished_at": None,
+               "reason": None, "batch": batch}
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a read-only home: stop here; `pb job remove` again resumes
+        raise PonyError(f"cannot remove output file {path}: {exc.strerror}") from None

@@ -1,61 +1,110 @@
-"""Queries about runs: queueing, claiming, leases, results, history."""
+"""Queries about runs: queueing, claiming, leases, results, history.
+
+Every change of a run's state goes through store/transitions.py; this module builds the
+moves from the scheduler's decisions and the rows it reads.  Times are aware UTC
+datetimes; durations are seconds.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from pony_scheduler.runstate import RunState, check_transition
+from pony_scheduler.runstate import RunState
+from pony_scheduler.scheduler.runs import (
+    Abandoned,
+    Admission,
+    Claimed,
+    JobNow,
+    Outcome,
+    Run,
+    Settlement,
+    Started,
+    Trigger,
+    Verdict,
+    policy_from,
+)
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, row_dict, utcnow
 from pony_scheduler.store.jobs import UnknownJob
 from pony_scheduler.store.prepared import Prepared, transaction
 from pony_scheduler.store.tables import jobs, runs, schedulers
+from pony_scheduler.store.transitions import Claim, Drop, Release, Settle, Transitions
+
+log = logging.getLogger("pony_scheduler.store")
 
 RUN_VIEW = (runs.c.id, jobs.c.name.label("job"), runs.c.occurrence, runs.c.attempt,
             runs.c.state, runs.c.trigger, runs.c.due_at, runs.c.started_at,
-            runs.c.finished_at, runs.c.exit_code, runs.c.reason, runs.c.pid,
+            runs.c.finished_at, runs.c.exit_code, runs.c.signal, runs.c.reason, runs.c.pid,
             runs.c.hostname, runs.c.claimed_by)
 
-
-# What starting a claimed run needs, read in the claiming query itself.
+# What deciding on and starting a claimed run needs, read in the claiming query itself.
 CLAIM_COLUMNS = (runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt, runs.c.trigger,
-                 jobs.c.overlap, jobs.c.name, jobs.c.command, jobs.c.shell, jobs.c.timeout_s,
-                 jobs.c.retries, jobs.c.retry_delay_s, jobs.c.cwd, jobs.c.env)
+                 runs.c.due_at, runs.c.batch, jobs.c.name, jobs.c.command, jobs.c.shell,
+                 jobs.c.timeout_s, jobs.c.retries, jobs.c.retry_delay_s, jobs.c.overlap,
+                 jobs.c.catch_up, jobs.c.start_deadline_s, jobs.c.max_queued, jobs.c.cwd,
+                 jobs.c.env, jobs.c.umask, jobs.c.env_file, jobs.c.secret_env,
+                 jobs.c.last_finished_at)
 
-# The statements every run goes through, built once with bound parameters: building a
-# statement and its cache key costs more than running it on SQLite.
 QUEUED = RunState.QUEUED.value
 RUNNING = RunState.RUNNING.value
-BUSY_JOBS = select(runs.c.job_id).distinct().where(runs.c.state == RUNNING)
+BUSY = select(runs.c.job_id, runs.c.batch).where(runs.c.state == RUNNING)
+# A paused job's runs wait (manual ones excepted: someone asked for them); a job being
+# removed starts nothing.
 DUE_RUNS = (select(*CLAIM_COLUMNS).join(jobs, jobs.c.id == runs.c.job_id)
-            .where(runs.c.state == QUEUED, runs.c.due_at <= bindparam("now"))
+            .where(runs.c.state == QUEUED, runs.c.due_at <= bindparam("now"),
+                   jobs.c.removed_at.is_(None),
+                   jobs.c.enabled.is_(True) | (runs.c.trigger == Trigger.MANUAL.value))
             .order_by(runs.c.due_at, runs.c.id).limit(bindparam("limit"))
             .with_for_update(skip_locked=True, of=runs))
-CLAIM = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
-         .values(state=RUNNING, claimed_by=bindparam("me"), hostname=bindparam("host"),
-                 started_at=bindparam("now"), lease_until=bindparam("until")))
-STARTED = (update(runs).where(runs.c.id == bindparam("run_id"))
+STARTED = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING)
            .values(pid=bindparam("b_pid"), pid_start=bindparam("b_pid_start"),
                    output_path=bindparam("b_output_path")))
-FINISH = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
-                             runs.c.claimed_by == bindparam("me"))
-          .values(state=bindparam("b_state"), exit_code=bindparam("b_exit_code"),
-                  reason=bindparam("b_reason"), output_tail=bindparam("b_tail"),
-                  finished_at=bindparam("b_finished_at"), lease_until=None))
-# A run that started and finished since the last transaction (most short runs): its pid
-# and its result in one statement.
-FINISH_STARTED = FINISH.values(pid=bindparam("b_pid"), pid_start=bindparam("b_pid_start"),
-                               output_path=bindparam("b_output_path"))
-SKIP = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
-        .values(state=RunState.SKIPPED.value, finished_at=bindparam("now"),
-                reason=bindparam("b_reason")))
+# The job's last result, written with its run's final state (`pb job list` reads it).
+LAST_RESULT = (update(jobs).where(jobs.c.id == bindparam("job_id"),
+                                  func.coalesce(jobs.c.last_run_id, 0) < bindparam("b_run_id"))
+               .values(last_run_id=bindparam("b_run_id"), last_state=bindparam("b_state"),
+                       last_finished_at=bindparam("b_finished_at"),
+                       last_duration_s=bindparam("b_duration")))
+LAST_SUCCESS = (update(jobs).where(jobs.c.id == bindparam("job_id"))
+                .values(last_success_at=bindparam("b_finished_at")))
 NEXT_QUEUED = select(func.min(runs.c.due_at)).where(runs.c.state == QUEUED)
 NEXT_QUEUED_AFTER = NEXT_QUEUED.where(runs.c.due_at > bindparam("after"))
+EXPIRY_WINDOW = 16  # due runs looked at per claim at least, for expiry
+# A value one run cannot be written with must not stop the others (no poison pill).
+POISON = (DataError, IntegrityError, ValueError, TypeError, OverflowError)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A run's settlement, with the outcome that led to it (None for a lost run)."""
+
+    run: Run
+    settlement: Settlement
+    outcome: Outcome | None
+    started_at: datetime | None = None  # when it was claimed, for the job's last duration
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Claim up to `limit` due runs at `now` with a lease of `lease_s` seconds; `admit`
+    is runs.admit() with this scheduler's capacity bound in."""
+
+    now: datetime
+    limit: int
+    lease_s: float
+    admit: Callable[[Run, JobNow], Admission]
 
 
 def run_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A run row as JSON-friendly data for `pb runs` and the gateway."""
     view = dict(row)
     started, finished = row.get("started_at"), row.get("finished_at")
     view["duration_s"] = (round((finished - started).total_seconds(), 3)
@@ -63,7 +112,27 @@ def run_view(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("occurrence", "due_at", "started_at", "finished_at", "lease_until"):
         if key in view:
             view[key] = iso(view[key])
+    if isinstance(view.get("output_tail"), bytes):  # exact bytes live in the output file
+        view["output_tail"] = view["output_tail"].decode(errors="replace")
     return view
+
+
+def run_from(row: dict[str, Any]) -> Run:
+    """The Run record of a claim row; ValueError/TypeError when a value cannot be read."""
+    policy = policy_from(row["retries"], row["retry_delay_s"], row["overlap"], row["catch_up"],
+                         row["start_deadline_s"], row["max_queued"])
+    return Run(row["id"], row["job_id"], row["name"], row["occurrence"], row["attempt"],
+               Trigger(row["trigger"]), row["due_at"], policy, row["batch"])
+
+
+def claimed_from(run: Run, row: dict[str, Any]) -> Claimed:
+    command, env = json.loads(row["command"]), json.loads(row["env"] or "{}")
+    secret = json.loads(row["secret_env"] or "[]")
+    if not (isinstance(command, list) and command and isinstance(env, dict)):
+        raise ValueError("the stored command or environment is damaged")
+    return Claimed(run, tuple(str(part) for part in command), bool(row["shell"]), row["cwd"],
+                   {str(k): str(v) for k, v in env.items()}, int(row["umask"]),
+                   row["timeout_s"], row["env_file"], frozenset(secret))
 
 
 class HotStatements:
@@ -71,18 +140,17 @@ class HotStatements:
 
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
-        self.busy_jobs = Prepared(BUSY_JOBS, dialect)
+        self.transitions = Transitions(engine)
+        self.busy = Prepared(BUSY, dialect)
         self.due_runs = Prepared(DUE_RUNS, dialect)
-        self.claim = Prepared(CLAIM, dialect)
         self.started = Prepared(STARTED, dialect)
-        self.finish = Prepared(FINISH, dialect)
-        self.finish_started = Prepared(FINISH_STARTED, dialect)
-        self.skip = Prepared(SKIP, dialect)
+        self.last_result = Prepared(LAST_RESULT, dialect)
+        self.last_success = Prepared(LAST_SUCCESS, dialect)
         self.attempt = Prepared(insert_ignore(engine, runs).values(
             job_id=bindparam("job_id"), occurrence=bindparam("occurrence"),
             attempt=bindparam("attempt"), trigger=bindparam("trigger"),
-            state=QUEUED, due_at=bindparam("due_at"), created_at=bindparam("created_at")),
-            dialect)
+            state=QUEUED, due_at=bindparam("due_at"), created_at=bindparam("created_at"),
+            batch=bindparam("batch")), dialect)
 
 
 class RunQueries:
@@ -97,20 +165,22 @@ class RunQueries:
 
     # -- what users do ----------------------------------------------------------------------
     def request_run(self, name: str) -> int:
-        """Queue a manual run now; the running scheduler picks it up within a second."""
+        """Queue a manual run of job `name` now; returns its id.  Raises UnknownJob."""
         now = utcnow()
         with self.engine.begin() as connection:
-            job_id = connection.execute(select(jobs.c.id).where(jobs.c.name == name)).scalar()
+            job_id = connection.execute(select(jobs.c.id).where(
+                jobs.c.name == name, jobs.c.removed_at.is_(None))).scalar()
             if job_id is None:
                 raise UnknownJob(name)
             result = connection.execute(runs.insert().values(
-                job_id=job_id, occurrence=now, attempt=1, trigger="manual",
-                state=RunState.QUEUED, due_at=now, created_at=now))
+                job_id=job_id, occurrence=now, attempt=1, trigger=Trigger.MANUAL.value,
+                state=QUEUED, due_at=now, created_at=now))
             bump_changes(connection)
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def list_runs(self, job: str | None = None, limit: int = 50,
                   state: str | None = None) -> list[dict[str, Any]]:
+        """The latest `limit` runs, newest first, of every job or of `job`."""
         query = select(*RUN_VIEW).join(jobs, jobs.c.id == runs.c.job_id)
         if job is not None:
             query = query.where(jobs.c.name == job)
@@ -121,159 +191,248 @@ class RunQueries:
             return [run_view(row_dict(row)) for row in connection.execute(query)]
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
+        """One run with its output path, tail (bytes) and lease; None if there is none."""
         query = (select(*RUN_VIEW, runs.c.output_path, runs.c.output_tail, runs.c.lease_until)
                  .join(jobs, jobs.c.id == runs.c.job_id).where(runs.c.id == run_id))
         with self.engine.connect() as connection:
             row = connection.execute(query).first()
         return run_view(row_dict(row)) if row else None
 
+    def next_attempt_of(self, run_id: int) -> int | None:
+        """The id of the attempt after run `run_id` (a retry or a resume), or None."""
+        later = runs.alias("later")
+        query = (select(later.c.id).join(runs, (runs.c.job_id == later.c.job_id)
+                                         & (runs.c.occurrence == later.c.occurrence)
+                                         & (later.c.attempt == runs.c.attempt + 1))
+                 .where(runs.c.id == run_id))
+        with self.engine.connect() as connection:
+            return connection.execute(query).scalar()
+
     # -- what the work loop does ------------------------------------------------------------
     def next_run_due(self, after: datetime | None = None) -> datetime | None:
+        """The earliest due time of a queued run (after `after`, if given), or None."""
         with self.engine.connect() as connection:
             if after is None:
                 return connection.execute(NEXT_QUEUED).scalar()
             return connection.execute(NEXT_QUEUED_AFTER, {"after": after}).scalar()
 
-    def claim(self, scheduler_id: str, hostname: str, now: datetime, limit: int,
-              lease: float) -> tuple[list[dict[str, Any]], bool]:
-        """Atomically take up to `limit` due runs, applying each job's overlap policy.
+    def record_and_claim(self, scheduler_id: str, hostname: str, started: list[Started],
+                         finished: list[Finished], claim: ClaimRequest | None,
+                         ) -> tuple[list[Finished], list[Claimed], bool]:
+        """Write what the executor reported, then claim due runs: one transaction.
 
-        Returns the claimed runs (with what is needed to start them) and whether due runs
-        were left waiting (on a free worker, the overlap policy or another scheduler).
+        Returns the finished runs whose settlement was written (their next attempts are
+        queued here too; the others were refused and logged), the runs claimed, and
+        whether due runs were left waiting (for a worker, their job's previous run or
+        another scheduler).  A value one run cannot be written with is retried for that
+        run alone, without its output tail, noted in its reason (runs never block each
+        other).  Raises DBAPIError when the database is unavailable: nothing is written.
         """
+        try:
+            with transaction(self.engine) as connection:
+                return self._record_then_claim(connection, scheduler_id, hostname, started,
+                                               finished, claim, isolated=False)
+        except POISON as exc:
+            if isinstance(exc, DBAPIError) and not isinstance(exc, DataError | IntegrityError):
+                raise
+            log.warning("A run's result could not be written (%s); writing each apart", exc)
         with transaction(self.engine) as connection:
-            return self._claim(connection, scheduler_id, hostname, now, limit, lease)
+            return self._record_then_claim(connection, scheduler_id, hostname, started,
+                                           finished, claim, isolated=True)
 
-    def _claim(self, connection: Any, scheduler_id: str, hostname: str, now: datetime,
-               limit: int, lease: float) -> tuple[list[dict[str, Any]], bool]:
-        claimed: list[dict[str, Any]] = []
-        waiting = False
-        until = now + timedelta(seconds=lease)
-        hot = self.hot
-        due = hot.due_runs.mappings(connection, {"now": now, "limit": limit * 4}, raw=True)
-        # Which jobs run already matters only to overlap policies other than allow.
-        constrained = any(row["overlap"] != "allow" for row in due)
-        busy = set(hot.busy_jobs.scalars(connection)) if constrained else set()
-        for row in due:
-            if len(claimed) >= limit:
-                waiting = True
-                break
-            if row["job_id"] in busy and row["overlap"] != "allow":
-                if row["overlap"] == "skip":
-                    self._skip(connection, row["id"], now, "previous run still running")
-                else:
-                    waiting = True
-                continue
-            won = hot.claim.rowcount(connection, {"run_id": row["id"], "me": scheduler_id,
-                                                  "host": hostname, "now": now,
-                                                  "until": until})
-            if won == 1:  # on SQLite the rowcount is the claim; on PostgreSQL the row lock
-                busy.add(row["job_id"])
-                claimed.append(hot.due_runs.convert(row))
-            else:
-                waiting = True
+    def claim(self, scheduler_id: str, hostname: str,
+              request: ClaimRequest) -> tuple[list[Claimed], bool]:
+        """Claim due runs with nothing to record; see record_and_claim."""
+        _, claimed, waiting = self.record_and_claim(scheduler_id, hostname, [], [], request)
         return claimed, waiting
 
-    def _skip(self, connection: Any, run_id: int, now: datetime, reason: str) -> None:
-        self.hot.skip.rowcount(connection, {"run_id": run_id, "now": now, "b_reason": reason})
-
-    def record_and_claim(self, scheduler_id: str, hostname: str,
-                         started: list[dict[str, Any]], finished: list[dict[str, Any]],
-                         claim: tuple[datetime, int, float] | None,
-                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
-        """What workers reported since the last call, then a claim, in one transaction.
-
-        `started`: run, pid, pid_start, output_path.  `finished`: run, state, exit_code,
-        reason, tail, finished_at, and next_attempt (due_at, trigger) or None.  `claim`:
-        (now, limit, lease), or None for recording only.  Returns the finished runs that
-        were still ours (their next attempts are queued here too), the claimed runs, and
-        whether due runs were left waiting.
-        """
-        with transaction(self.engine) as connection:
-            ours = self._record(connection, scheduler_id, started, finished)
-            if claim is None:
-                return ours, [], False
-            claimed, waiting = self._claim(connection, scheduler_id, hostname, *claim)
+    def _record_then_claim(self, connection: Any, me: str, host: str, started: list[Started],
+                           finished: list[Finished], claim: ClaimRequest | None,
+                           isolated: bool) -> tuple[list[Finished], list[Claimed], bool]:
+        ours = self._record(connection, me, started, finished, isolated)
+        if claim is None:
+            return ours, [], False
+        claimed, waiting = self._claim(connection, me, host, claim)
         return ours, claimed, waiting
 
-    def _record(self, connection: Any, scheduler_id: str, started: list[dict[str, Any]],
-                finished: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _record(self, connection: Any, me: str, started: list[Started],
+                finished: list[Finished], isolated: bool) -> list[Finished]:
+        hot = self.hot
+        pids = {item.run_id: item for item in started}
         ours = []
-        pids = {item["run"]["id"]: {"run_id": item["run"]["id"], "b_pid": item["pid"],
-                                    "b_pid_start": item["pid_start"],
-                                    "b_output_path": item["output_path"]}
-                for item in started}
         for item in finished:
-            check_transition(RunState.RUNNING, item["state"])  # workers report final states only
-            values = {"run_id": item["run"]["id"], "me": scheduler_id,
-                      "b_state": item["state"].value, "b_exit_code": item["exit_code"],
-                      "b_reason": item["reason"], "b_tail": item["tail"],
-                      "b_finished_at": item["finished_at"]}
-            pid = pids.pop(item["run"]["id"], None)
-            statement = self.hot.finish if pid is None else self.hot.finish_started
-            won = statement.rowcount(connection, {**values, **(pid or {})}) == 1
-            if not won:
-                continue  # declared lost meanwhile: whoever did decides what follows
-            ours.append(item)
-            if item["next_attempt"] is not None:
-                due_at, trigger = item["next_attempt"]
-                self._insert_attempt(connection, item["run"], due_at, trigger)
-        if pids:  # still running
-            self.hot.started.execute_many(connection, list(pids.values()))
+            pids.pop(item.run.id, None)  # the outcome carries the pid too
+            write = self._write_isolated if isolated else self._write_settle
+            if write(connection, me, item):
+                ours.append(item)
+        if pids:  # still running: what a restart needs to find them
+            hot.started.execute_many(connection, [
+                {"run_id": s.run_id, "b_pid": s.pid, "b_pid_start": s.pid_start,
+                 "b_output_path": s.output_path} for s in pids.values()])
+        self._last_results(connection, ours)
         return ours
 
-    def _insert_attempt(self, connection: Any, run: dict[str, Any], due_at: datetime,
-                        trigger: str) -> None:
+    def _write_settle(self, connection: Any, me: str, item: Finished) -> bool:
+        return self._settle(connection, item, me)
+
+    def _settle(self, connection: Any, item: Finished, claimed_by: str | None) -> bool:
+        if not self.hot.transitions.write(connection, Settle(item.settlement, item.outcome,
+                                                             claimed_by)):
+            return False
+        if item.settlement.next_attempt is not None:
+            self._insert_attempt(connection, item.run, item.settlement.next_attempt.due_at,
+                                 item.settlement.next_attempt.trigger)
+        return True
+
+    def _write_isolated(self, connection: Any, me: str, item: Finished) -> bool:
+        """One run's settlement on a savepoint; again without its tail if a value of it
+        cannot be written, with a note saying so."""
+        for attempt in (item, _without_tail(item)):
+            try:
+                with savepoint(connection):
+                    return self._write_settle(connection, me, attempt)
+            except POISON as exc:
+                if isinstance(exc, DBAPIError) and not isinstance(exc, DataError
+                                                                  | IntegrityError):
+                    raise
+                log.error("Run %d: its result could not be written as is: %s", item.run.id,
+                          exc)
+        return False
+
+    def _last_results(self, connection: Any, finished: list[Finished]) -> None:
+        latest: dict[int, Finished] = {}
+        for item in finished:
+            if item.run.job_id not in latest or item.run.id > latest[item.run.job_id].run.id:
+                latest[item.run.job_id] = item
+        for job_id, item in latest.items():
+            s = item.settlement
+            duration = ((s.finished_at - item.started_at).total_seconds()
+                        if item.started_at else None)
+            self.hot.last_result.rowcount(connection, {
+                "job_id": job_id, "b_run_id": s.run_id, "b_state": s.state.value,
+                "b_finished_at": s.finished_at, "b_duration": duration})
+        for item in finished:
+            if item.settlement.state is RunState.SUCCEEDED:
+                self.hot.last_success.rowcount(connection, {
+                    "job_id": item.run.job_id, "b_finished_at": item.settlement.finished_at})
+
+    def _claim(self, connection: Any, me: str, host: str,
+               request: ClaimRequest) -> tuple[list[Claimed], bool]:
+        hot = self.hot
+        # Due runs are looked at even with no worker free: those past their start
+        # deadline expire now, with the reason, rather than when a worker frees up.
+        rows = hot.due_runs.mappings(connection, {
+            "now": request.now, "limit": max(request.limit * 4, EXPIRY_WINDOW)})
+        busy: dict[int, set[int | None]] = {}
+        if any(row["overlap"] != "allow" for row in rows):
+            for row in hot.busy.mappings(connection, raw=True):
+                busy.setdefault(row["job_id"], set()).add(row["batch"])
+        until = request.now + timedelta(seconds=request.lease_s)
+        claimed: list[Claimed] = []
+        waiting = False
+        for row in rows:
+            try:
+                run = run_from(row)
+                start = claimed_from(run, row)
+            except (ValueError, TypeError, LookupError) as exc:
+                self._drop(connection, row["id"], RunState.SKIPPED,
+                           f"job definition cannot be read: {exc}", request.now)
+                continue
+            job = JobNow(frozenset(busy.get(run.job_id, ())), row["last_finished_at"])
+            decision = request.admit(run, job)
+            if decision.verdict is Verdict.START and len(claimed) >= request.limit:
+                waiting = True
+            elif decision.verdict is Verdict.START:
+                if hot.transitions.write(connection, Claim(run.id, me, host, request.now,
+                                                           until)):
+                    busy.setdefault(run.job_id, set()).add(run.batch)
+                    claimed.append(start)
+                else:
+                    waiting = True
+            elif decision.verdict is Verdict.WAIT:
+                waiting = True
+            else:
+                new = RunState.SKIPPED if decision.verdict is Verdict.SKIP else RunState.EXPIRED
+                self._drop(connection, run.id, new, decision.reason or str(new), request.now)
+        return claimed, waiting
+
+    def _drop(self, connection: Any, run_id: int, new: RunState, reason: str,
+              now: datetime) -> None:
+        if self.hot.transitions.write(connection, Drop(run_id, new, reason, now)):
+            log.info("Run %d %s: %s", run_id, new, reason)
+
+    def _insert_attempt(self, connection: Any, run: Run, due_at: datetime,
+                        trigger: Trigger) -> None:
         self.hot.attempt.rowcount(connection, {
-            "job_id": run["job_id"], "occurrence": run["occurrence"],
-            "attempt": run["attempt"] + 1, "trigger": trigger, "due_at": due_at,
-            "created_at": utcnow()})
+            "job_id": run.job_id, "occurrence": run.occurrence, "attempt": run.attempt + 1,
+            "trigger": trigger.value, "due_at": due_at, "created_at": utcnow(),
+            "batch": run.batch})
 
     def release_runs(self, scheduler_id: str, run_ids: list[int]) -> int:
-        """Give claimed runs that were never started back to the queue, as if unclaimed."""
-        check_transition(RunState.RUNNING, RunState.QUEUED)
-        released = 0
-        with self.engine.begin() as connection:
-            for run_id in run_ids:
-                released += connection.execute(
-                    update(runs).where(runs.c.id == run_id, runs.c.state == RUNNING,
-                                       runs.c.claimed_by == scheduler_id, runs.c.pid.is_(None))
-                    .values(state=QUEUED, claimed_by=None, hostname=None, started_at=None,
-                            lease_until=None)).rowcount
-        return released
-
-    def queue_attempt(self, run: dict[str, Any], due_at: datetime, trigger: str) -> None:
-        """Another attempt of the same occurrence (retry, or resume after a shutdown)."""
+        """Give claimed runs that never started back to the queue; returns how many."""
         with transaction(self.engine) as connection:
-            self._insert_attempt(connection, run, due_at, trigger)
+            return sum(self.hot.transitions.write(connection, Release(run_id, scheduler_id))
+                       for run_id in run_ids)
 
     def renew_leases(self, scheduler_id: str, now: datetime, lease: float) -> None:
+        """Extend the lease of every run `scheduler_id` holds to `now` + `lease` seconds."""
         with self.engine.begin() as connection:
             connection.execute(update(runs).where(runs.c.claimed_by == scheduler_id,
                                                   runs.c.state == RunState.RUNNING)
                                .values(lease_until=now + timedelta(seconds=lease)))
 
-    def abandoned_runs(self, now: datetime, hostname: str,
-                       dead_here: list[str]) -> list[dict[str, Any]]:
-        """Running runs whose scheduler is gone: lease expired, or found dead on this host."""
-        query = (select(runs, jobs.c.retries, jobs.c.retry_delay_s)
+    def abandoned_runs(self, now: datetime, dead_here: list[str]) -> list[Abandoned]:
+        """Running runs whose scheduler is gone: lease expired, or found dead here."""
+        query = (select(*CLAIM_COLUMNS, runs.c.claimed_by, runs.c.hostname, runs.c.pid,
+                        runs.c.pid_start)
                  .join(jobs, jobs.c.id == runs.c.job_id)
                  .where(runs.c.state == RunState.RUNNING,
                         (runs.c.lease_until < now) | runs.c.claimed_by.in_(dead_here)))
         with self.engine.connect() as connection:
-            return [row_dict(row) for row in connection.execute(query)]
+            rows = [row_dict(row) for row in connection.execute(query)]
+        return [Abandoned(run_from(row), row["claimed_by"], row["hostname"], row["pid"],
+                          row["pid_start"]) for row in rows]
 
-    def mark_lost(self, run_id: int, claimed_by: str | None, reason: str) -> bool:
-        with self.engine.begin() as connection:
-            return connection.execute(
-                update(runs).where(runs.c.id == run_id, runs.c.state == RunState.RUNNING,
-                                   runs.c.claimed_by == claimed_by)
-                .values(state=RunState.LOST, reason=reason, finished_at=utcnow(),
-                        lease_until=None)).rowcount == 1
+    def settle_lost(self, lost: Abandoned, settlement: Settlement) -> bool:
+        """Write a lost run's settlement (guarded by the scheduler that held it) and queue
+        its retry; False if it was no longer running under that scheduler."""
+        with transaction(self.engine) as connection:
+            item = Finished(lost.run, settlement, None)
+            written = self._settle(connection, item, lost.claimed_by)
+            if written:
+                self._last_results(connection, [item])
+            return written
 
     def running_schedulers_here(self, hostname: str, exclude: str) -> list[dict[str, Any]]:
+        """Schedulers on `hostname` not recorded as stopped, other than `exclude`."""
         query = select(schedulers).where(schedulers.c.hostname == hostname,
                                          schedulers.c.stopped_at.is_(None),
                                          schedulers.c.id != exclude)
         with self.engine.connect() as connection:
             return [row_dict(row) for row in connection.execute(query)]
+
+
+def _without_tail(item: Finished) -> Finished:
+    from dataclasses import replace
+
+    settlement = item.settlement
+    note = "output tail not recorded: it could not be stored"
+    reason = f"{settlement.reason}; {note}" if settlement.reason else note
+    outcome = replace(item.outcome, tail=b"") if item.outcome is not None else None
+    return replace(item, settlement=replace(settlement, reason=reason), outcome=outcome)
+
+
+@contextlib.contextmanager
+def savepoint(connection: Any) -> Iterator[None]:
+    """A SAVEPOINT on a driver connection: released, or rolled back to on any error."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute("SAVEPOINT run_write")
+        try:
+            yield
+        except BaseException:
+            cursor.execute("ROLLBACK TO SAVEPOINT run_write")
+            raise
+        cursor.execute("RELEASE SAVEPOINT run_write")
+    finally:
+        cursor.close()

@@ -59,10 +59,12 @@ class Store(JobQueries, RunQueries):
         return cls(engine)
 
     def close(self) -> None:
+        """Close every pooled connection."""
         self.engine.dispose()
 
     # -- scheduler processes -------------------------------------------------------------
     def register_scheduler(self) -> str:
+        """Record this process as a running scheduler; returns its new id (a UUID)."""
         now = utcnow()
         self.scheduler_id = str(uuid.uuid4())
         with self.engine.begin() as connection:
@@ -73,19 +75,23 @@ class Store(JobQueries, RunQueries):
         return self.scheduler_id
 
     def changes(self) -> int:
+        """The job change counter that `pb job …` bumps (one tiny query)."""
         return read_changes(self.engine)
 
     def mark_scheduler_gone(self, scheduler_id: str) -> None:
+        """Record another scheduler, verifiably dead, as stopped."""
         with self.engine.begin() as connection:
             connection.execute(update(schedulers).where(schedulers.c.id == scheduler_id)
                                .values(stopped_at=utcnow()))
 
     def heartbeat(self) -> None:
+        """Tell other schedulers and `pb` that this one is alive."""
         with self.engine.begin() as connection:
             connection.execute(update(schedulers).where(schedulers.c.id == self.scheduler_id)
                                .values(heartbeat_at=utcnow()))
 
     def mark_stopped(self) -> None:
+        """Record this scheduler's orderly stop."""
         with self.engine.begin() as connection:
             connection.execute(update(schedulers).where(schedulers.c.id == self.scheduler_id)
                                .values(stopped_at=utcnow()))

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -91,6 +92,28 @@ jobs = Table(
     Column("next_due_at", UTCDateTime()),  # next occurrence not yet turned into a run
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("umask", Integer, nullable=False, default=0o022),
+    # Seconds a due run may wait to start before it expires; NULL: never.  `auto`: derived
+    # from the schedule (runs.default_start_deadline), recomputed when it changes.
+    Column("start_deadline_s", Float),
+    Column("start_deadline_auto", Boolean, nullable=False, default=True),
+    Column("max_queued", Integer, nullable=False, default=10),
+    Column("jitter_s", Float),
+    Column("env_file", Text),
+    Column("secret_env", Text, nullable=False, default="[]"),  # JSON list of env names
+    # Why the daemon set this job aside (its schedule or definition cannot be evaluated);
+    # NULL when it is scheduled normally.  Cleared by `pb job edit`.
+    Column("error", Text),
+    # The latest settled run, written with that run's final state: `pb job list` and
+    # `show` read it here instead of scanning the runs table.
+    Column("last_run_id", Integer),
+    Column("last_state", String(16)),
+    Column("last_finished_at", UTCDateTime()),
+    Column("last_duration_s", Float),
+    Column("last_success_at", UTCDateTime()),
+    # Set while `pb job remove` deletes the job's runs in batches; the row is renamed so
+    # that the name is free at once, and it is deleted last.
+    Column("removed_at", UTCDateTime()),
     Index("ix_jobs_due", "enabled", "next_due_at"),
 )
 
@@ -114,9 +137,46 @@ runs = Table(
     Column("exit_code", Integer),
     Column("reason", Text),
     Column("output_path", Text),
-    Column("output_tail", Text),
+    Column("output_tail", LargeBinary),  # the last bytes of output, exactly as written
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("signal", Integer),  # the signal that ended it; exit_code is then 128+signal
+    Column("batch", BigInteger),  # runs of one catch-up decision share it (runs.Plan)
     UniqueConstraint("job_id", "occurrence", "attempt", name="uq_runs_job_occurrence_attempt"),
     Index("ix_runs_state_due", "state", "due_at"),
     Index("ix_runs_job_created", "job_id", "id"),
+    Index("ix_runs_state_id", "state", "id"),
+    # Ids are never reused (SQLite would reuse the highest after a delete): a removed
+    # job's run ids and output files are never shown for a new job.
+    sqlite_autoincrement=True,
+)
+
+# Missed occurrences beyond what is recorded one by one (runs.RECORD_CAP): one row per
+# outage and job, so that every missed occurrence is accounted for.
+missed = Table(
+    "missed",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("first_occurrence", UTCDateTime(), nullable=False),
+    Column("last_occurrence", UTCDateTime(), nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("recorded_at", UTCDateTime(), nullable=False),
+    Index("ix_missed_job", "job_id", "id"),
+)
+
+# Every change and trigger of a job, by whom (pb audit).
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("uid", Integer),
+    Column("user", String(64)),
+    Column("via", String(16), nullable=False),  # cli, api, dashboard
+    Column("scope", String(16)),  # the token scope for API calls
+    Column("action", String(16), nullable=False),  # add, edit, remove, run, pause, resume, kill
+    Column("job", String(64)),
+    Column("detail", Text),
+    sqlite_autoincrement=True,
 )

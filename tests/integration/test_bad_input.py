@@ -74,3 +74,25 @@ def test_unwritable_home(pb: Pb) -> None:
 def test_unwritable_existing_home(pb: Pb) -> None:
     result = pb("scheduler", "start", env={"PONYBUNNY_HOME": "/proc/1"})
     assert result.code == 1 and "not writable" in result.err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--retries", "9223372036854775808"], "--retries must be from 0 to 10,000"),
+    (["--retries", "2147483648"], "--retries must be from 0 to 10,000"),
+    (["--retries", "-1"], "--retries must be from 0 to 10,000"),
+    (["--max-queued", "0"], "--max-queued must be from 1 to 10,000"),
+    (["--umask", "1000"], "not an octal mask from 000 to 777"),
+    (["--umask", "08"], "not an octal mask from 000 to 777"),
+    (["--umask", ""], "not an octal mask from 000 to 777"),
+    (["--start-deadline", "soon"], "invalid --start-deadline 'soon'"),
+    (["--start-deadline", "0"], "--start-deadline must be greater than zero"),
+])
+def test_bad_job_numbers_change_nothing(pb: Pb, args: list[str], expected: str) -> None:
+    """Every integer option has a range, the same on SQLite and PostgreSQL."""
+    result = pb("job", "add", "x", "--every", "1h", *args, "--", "true")
+    assert result.code != 0 and result.err.count("\n") == 1, result.all
+    assert expected in result.err
+    assert pb("job", "list").out.startswith("No jobs yet")
+    pb("job", "add", "y", "--every", "1h", "--", "true", check=True)
+    edit = pb("job", "edit", "y", *args)
+    assert edit.code != 0 and expected in edit.err

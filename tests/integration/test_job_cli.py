@@ -25,7 +25,7 @@ def test_add_list_show_edit_pause_resume_remove(pb: Pb, tmp_path: Path) -> None:
     assert data["catch_up"] == "all" and data["cwd"] == str(tmp_path) and data["enabled"]
     assert data["next_run_at"].endswith(("01:00:00+00:00", "02:00:00+00:00"))
     shown = pb("job", "show", "backup")
-    assert "Schedule:     cron '0 3 * * *' (Europe/Berlin)" in shown.out
+    assert "Schedule:       cron '0 3 * * *' (Europe/Berlin)" in shown.out
     assert pb("job", "edit", "backup", "--every", "5m").code == 0
     assert json.loads(pb("job", "show", "backup", "--json").out)["schedule"] == "every 5m"
     assert pb("job", "pause", "backup").code == 0

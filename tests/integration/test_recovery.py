@@ -17,6 +17,7 @@ from pony_scheduler.store import Store
 from pony_scheduler.store.common import utcnow
 from pony_scheduler.store.tables import runs
 from tests.conftest import wait_for
+from tests.integration.test_store import request
 
 
 def job_values(retries: int = 1) -> dict[str, Any]:
@@ -31,16 +32,18 @@ def test_expired_lease_is_lost_and_retried(tmp_path: Path) -> None:
     store.add_job("j", job_values())
     run_id = store.request_run("j")
     # another host's scheduler claimed it, then vanished without a trace
-    store.claim("other-host-scheduler", "elsewhere", utcnow(), 1, 60)
+    store.claim("other-host-scheduler", "elsewhere", request(1))
     assert store.get_run(run_id)["state"] == "running"  # type: ignore[index]
     me = store.register_scheduler()
-    assert recovery.abandoned(store, me, utcnow()) == []  # the lease still runs
+    assert recovery.abandoned(store, me, utcnow()) == 0  # the lease still runs
     with store.engine.begin() as connection:
         connection.execute(update(runs).values(lease_until=utcnow() - timedelta(seconds=1)))
-    handled = recovery.abandoned(store, me, utcnow())
-    assert [(run["id"], str(state)) for run, state in handled] == [(run_id, "lost")]
+    assert recovery.abandoned(store, me, utcnow()) == 1
     lost = store.get_run(run_id)
-    assert lost is not None and lost["reason"] == "lost: its scheduler stopped renewing the lease"
+    assert lost is not None and lost["state"] == "lost"
+    assert lost["reason"] == "lost: its scheduler stopped renewing the lease"
+    retry = [r for r in store.list_runs() if r["attempt"] == 2]
+    assert len(retry) == 1 and retry[0]["trigger"] == "retry"
     store.close()
 
 
@@ -52,7 +55,7 @@ def test_orphan_without_a_recorded_pid_is_found_by_its_environment(tmp_path: Pat
     store.add_job("j", job_values(retries=0))
     run_id = store.request_run("j")
     dead = "dead-scheduler-id"
-    store.claim(dead, socket.gethostname(), utcnow(), 1, 60)
+    store.claim(dead, socket.gethostname(), request(1))
     with store.engine.begin() as connection:
         connection.execute(update(runs).values(lease_until=utcnow() - timedelta(seconds=1)))
     env = {**os.environ, "PONYBUNNY_RUN_ID": str(run_id)}
@@ -63,8 +66,8 @@ def test_orphan_without_a_recorded_pid_is_found_by_its_environment(tmp_path: Pat
     try:
         assert wait_for(lambda: len(recovery.run_processes(run_id, dead)) == 2, 5)
         me = store.register_scheduler()
-        handled = recovery.abandoned(store, me, utcnow())
-        assert [run["id"] for run, _ in handled] == [run_id]
+        assert recovery.abandoned(store, me, utcnow()) == 1
+        assert store.get_run(run_id)["state"] == "lost"  # type: ignore[index]
         assert orphan.wait(5) == -signal.SIGKILL
         assert wait_for(lambda: not recovery.run_processes(run_id, dead), 5)  # the group too
         assert stranger.poll() is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,9 +15,20 @@ from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.errors import PonyError
 from pony_scheduler.runstate import RunState
+from pony_scheduler.scheduler import runs
+from pony_scheduler.scheduler.runs import Ending, Outcome, Started
 from pony_scheduler.store import Store, migrate
 from pony_scheduler.store.common import utcnow
+from pony_scheduler.store.jobs import Materialize
+from pony_scheduler.store.runs import ClaimRequest, Finished
 from tests.conftest import Pb
+
+
+def request(limit: int, now: datetime | None = None) -> ClaimRequest:
+    """A claim as the loop makes it, with the real admission policy."""
+    now = now or utcnow()
+    capacity = runs.Capacity(now - timedelta(minutes=1), 4)
+    return ClaimRequest(now, limit, 60, lambda run, job: runs.admit(run, job, capacity, now))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -48,10 +59,10 @@ def test_each_queued_run_is_claimed_exactly_once(db_url: str) -> None:
     def drain(worker: Store) -> list[int]:
         got: list[int] = []
         while True:
-            batch, _ = worker.claim(worker.scheduler_id or "", "host", utcnow(), 7, 60)
+            batch, _ = worker.claim(worker.scheduler_id or "", "host", request(7))
             if not batch:
                 return got
-            got += [run["id"] for run in batch]
+            got += [item.run.id for item in batch]
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(drain, stores))
@@ -66,15 +77,18 @@ def test_an_occurrence_becomes_one_run_however_many_schedulers(db_url: str) -> N
     store = Store.open(db_url)
     store.add_job("j", job_values(-1))
     job = store.due_jobs(utcnow())[0]
-    due = job["next_due_at"]
+    due = job.next_due_at
+    plan = runs.Plan(to_run=(due,), next_due=due + timedelta(hours=1))
+    item = Materialize(job.id, due, plan, "missed", "full")
     stores = [Store.open(db_url) for _ in range(4)]
     with ThreadPoolExecutor(4) as pool:
-        won = list(pool.map(lambda s: s.materialize(job["id"], due, [due], [],
-                                                    due + timedelta(hours=1)), stores))
-    assert won.count(True) == 1
+        won = list(pool.map(lambda s: s.materialize([item], utcnow()), stores))
+    assert won.count([job.id]) == 1
     assert len(store.list_runs()) == 1
     # even a repeat that got past the conditional update cannot add a second row
-    store.queue_attempt({"job_id": job["id"], "occurrence": due, "attempt": 0}, due, "x")
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE jobs SET next_due_at = (SELECT occurrence FROM runs)"))
+    assert store.materialize([item], utcnow()) == [job.id]
     assert len(store.list_runs()) == 1
     for other in [store, *stores]:
         other.close()
@@ -130,20 +144,27 @@ def test_prepared_statements_store_what_core_reads(db_url: str) -> None:
     store.add_job("j", job_values())
     run_id = store.request_run("j")
     now = utcnow()
-    _, claimed, _ = store.record_and_claim(store.scheduler_id, "host", [], [], (now, 1, 60))
-    assert [run["id"] for run in claimed] == [run_id]
-    assert claimed[0]["occurrence"].tzinfo is not None and claimed[0]["shell"] is False
-    started = [{"run": claimed[0], "pid": 4242, "pid_start": 17, "output_path": "/o.log"}]
+    claimed, _ = store.claim(store.scheduler_id, "host", request(1, now))
+    assert [item.run.id for item in claimed] == [run_id]
+    assert claimed[0].run.occurrence.tzinfo is not None and claimed[0].shell is False
+    started = [Started(run_id, 4242, 17, "/o.log")]
+    store.record_and_claim(store.scheduler_id, "host", started, [], None)
+    assert store.get_run(run_id)["pid"] == 4242  # type: ignore[index]
     finished_at = now + timedelta(seconds=1.5)
-    result = {"run": claimed[0], "state": RunState.FAILED, "exit_code": 3, "reason": "exit 3",
-              "tail": "bye", "finished_at": finished_at,
-              "next_attempt": (finished_at + timedelta(seconds=5), "retry")}
-    ours, _, _ = store.record_and_claim(store.scheduler_id, "host", started, [result], None)
+    outcome = Outcome(run_id, Ending.EXITED, finished_at, exit_code=3, tail=b"bye\0\xff")
+    settlement = runs.Settlement(run_id, RunState.FAILED, "exit status 3", finished_at, 3,
+                                 next_attempt=runs.NextAttempt(
+                                     finished_at + timedelta(seconds=5), runs.Trigger.RETRY))
+    ours, _, _ = store.record_and_claim(
+        store.scheduler_id, "host", [],
+        [Finished(claimed[0].run, settlement, outcome, now)], None)
     assert len(ours) == 1
     run = store.get_run(run_id)
     assert run is not None
     assert (run["state"], run["exit_code"], run["pid"], run["output_path"]) == (
         "failed", 3, 4242, "/o.log")
+    job = store.get_job("j")
+    assert job is not None and (job["last_state"], job["last_run_id"]) == ("failed", run_id)
     assert run["started_at"] == now.isoformat()
     assert run["finished_at"] == finished_at.isoformat() and run["duration_s"] == 1.5
     retry = [r for r in store.list_runs() if r["attempt"] == 2]
@@ -164,11 +185,11 @@ def test_prepared_statement_errors_are_sqlalchemy_errors(tmp_path: Path) -> None
         connection.execute(text("CREATE TRIGGER no_claims BEFORE UPDATE OF claimed_by ON runs "
                                 "BEGIN SELECT RAISE(ABORT, 'claims refused'); END"))
     with pytest.raises(DBAPIError, match="claims refused"):
-        store.record_and_claim(store.scheduler_id, "host", [], [], (utcnow(), 1, 60))
+        store.claim(store.scheduler_id, "host", request(1))
     assert [r["state"] for r in store.list_runs()] == ["queued"]
     with engine.begin() as connection:
         connection.execute(text("DROP TRIGGER no_claims"))
-    _, claimed, _ = store.record_and_claim(store.scheduler_id, "host", [], [], (utcnow(), 1, 60))
+    claimed, _ = store.claim(store.scheduler_id, "host", request(1))
     assert len(claimed) == 1  # the connection went back to the pool usable
     engine.dispose()
     store.close()

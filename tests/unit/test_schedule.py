@@ -19,7 +19,6 @@ from pony_scheduler.scheduler.schedule import (
     Schedule,
     at_schedule,
     backoff_delay,
-    catch_up,
     check_zone,
     cron_schedule,
     describe,
@@ -364,36 +363,6 @@ def test_at_due_between_and_manual() -> None:
 def test_naive_datetimes_are_a_programming_error() -> None:
     with pytest.raises(ValueError, match="naive"):
         next_after(cron_schedule("* * * * *", "UTC"), datetime(2026, 1, 1))
-
-
-# ---------------------------------------------------------------- catch-up
-
-HOURLY = cron_schedule("0 * * * *", "UTC")
-MISSED = [utc(2026, 1, 1, h) for h in range(1, 6)]  # daemon down from 00:00 to 05:30
-
-
-@pytest.mark.parametrize(
-    ("policy", "to_run", "skipped"),
-    [("skip", [], MISSED), ("once", MISSED[-1:], MISSED[:-1]), ("all", MISSED, [])],
-)
-def test_catch_up_policies(policy: str, to_run: list[datetime], skipped: list[datetime]) -> None:
-    assert catch_up(HOURLY, utc(2026, 1, 1), utc(2026, 1, 1, 5, 30), policy) == (to_run, skipped)
-
-
-def test_catch_up_bounds_and_edge_cases() -> None:
-    last, now = utc(2026, 1, 1), utc(2026, 1, 1, 5, 30)
-    assert catch_up(HOURLY, last, now, "all", run_cap=2) == (MISSED[-2:], MISSED[:-2])
-    assert catch_up(HOURLY, last, now, "skip", record_cap=2) == ([], MISSED[-2:])
-    assert catch_up(HOURLY, now, now, "once") == ([], [])
-    assert catch_up(HOURLY, utc(2026, 1, 1, 5), utc(2026, 1, 1, 5, 59), "once") == ([], [])
-    one_shot = at_schedule("2026-12-01 09:00", "UTC", NOW)
-    assert catch_up(one_shot, utc(2026, 12, 1), utc(2026, 12, 3), "once") == (
-        [utc(2026, 12, 1, 9)], []
-    )  # fmt: skip
-    assert catch_up(manual_schedule(), last, now, "all") == ([], [])
-    assert message(lambda: catch_up(HOURLY, last, now, "some")) == (
-        "unknown catch-up policy 'some'; use skip, once or all"
-    )
 
 
 # ---------------------------------------------------------------- durations, zones, names

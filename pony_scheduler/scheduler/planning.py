@@ -1,0 +1,126 @@
+"""Turning due jobs into runs (the loop's side of runs.plan), and watching the wall clock.
+
+Jobs are read in batches and materialized in one transaction per batch, so that a
+top-of-the-minute herd of thousands of jobs costs a handful of transactions and the loop
+dispatches between batches.  A job whose schedule or definition this daemon cannot
+evaluate (a zone its tz database lacks, a cron expression its croniter refuses, a
+damaged row) is set aside: logged once, shown by `pb job list`, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pony_scheduler.errors import ConfigError
+from pony_scheduler.scheduler import runs
+from pony_scheduler.scheduler.timeparse import format_duration
+from pony_scheduler.store import Store
+from pony_scheduler.store.jobs import DueJob, Materialize
+
+log = logging.getLogger("pony_scheduler.scheduler")
+
+BATCH = 200  # due jobs materialized per transaction
+CLOCK_STEP = 1.0  # seconds the wall clock may move apart from the monotonic clock
+# What evaluating a stored schedule can raise when this daemon cannot read it.
+UNREADABLE = (ConfigError, ValueError, LookupError, TypeError, OverflowError)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The wall clock moved by `by` relative to elapsed time, seen at `at` (UTC)."""
+
+    by: timedelta
+    at: datetime
+
+
+class ClockWatch:
+    """Notices steps of the wall clock (settimeofday, a VM resumed with a stale clock) by
+    comparing it with the monotonic clock, which only counts elapsed time."""
+
+    def __init__(self) -> None:
+        self.offset: float | None = None  # wall - monotonic, seconds
+
+    def step(self, mono: float, now: datetime) -> Step | None:
+        """The step since the last call, if the clocks moved apart by over CLOCK_STEP."""
+        offset = now.timestamp() - mono
+        previous, self.offset = self.offset, offset
+        if previous is None or abs(offset - previous) <= CLOCK_STEP:
+            return None
+        return Step(timedelta(seconds=offset - previous), now)
+
+
+class Planner:
+    def __init__(self, store: Store, started_at: datetime) -> None:
+        self.store = store
+        self.started_at = started_at
+        self.last_step: Step | None = None
+
+    def clock_stepped(self, step: Step, now: datetime) -> None:
+        """Interval jobs follow elapsed time: their grid moves with the clock, so a step
+        back does not stall them and a step forward does not fire a burst.  Cron and --at
+        jobs follow the wall clock: an occurrence stepped over is missed (catch-up
+        policy), and one stepped back over is not run twice (next_due_at only advances)."""
+        direction = "forward" if step.by > timedelta(0) else "back"
+        moved = self.store.shift_interval_jobs(step.by)
+        log.warning("The wall clock was stepped %s by %s; %d interval job(s) follow elapsed "
+                    "time, cron and --at jobs follow the clock", direction,
+                    format_duration(abs(step.by.total_seconds())), moved)
+        self.last_step = step
+
+    def plan_due_jobs(self, now: datetime) -> bool:
+        """Materialize the due occurrences of up to one batch of due jobs; whether any
+        run was queued."""
+        items = []
+        for job in self.store.due_jobs(now, limit=BATCH):
+            item = self.evaluate(job, now)
+            if item is not None:
+                items.append(item)
+        if not items:
+            return False
+        self.store.materialize(items, now)
+        return any(item.plan.to_run for item in items)
+
+    def evaluate(self, job: DueJob, now: datetime) -> Materialize | None:
+        from pony_scheduler.scheduler.schedule import Schedule, from_dict
+
+        try:
+            schedule: Schedule = from_dict({"kind": job.kind, "expr": job.expr,
+                                            "tz": job.tz, "anchor": job.anchor})
+            policy = runs.policy_from(job.retries, job.retry_delay_s, job.overlap,
+                                      job.catch_up, job.start_deadline_s, job.max_queued)
+            queued = (self.store.queued_count(job.id)
+                      if policy.overlap is runs.Overlap.QUEUE else 0)
+            plan = runs.plan(schedule, policy, job.next_due_at, now, queued)
+        except UNREADABLE as exc:
+            reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            log.error("Job %s set aside: this scheduler cannot evaluate it (%s); other jobs "
+                      "go on, 'pb job edit %s' makes it run again", job.name, reason,
+                      job.name)
+            self.store.set_aside(job.id, reason)
+            return None
+        missed_reason = self.missed_reason(plan, now)
+        if plan.missed:
+            log.warning("Job %s: %d occurrence(s) %s", job.name, plan.missed, missed_reason)
+        refused = f"skipped: {policy.max_queued} runs already queued (--max-queued)"
+        if plan.refused:
+            log.warning("Job %s: %s", job.name, refused)
+        return Materialize(job.id, job.next_due_at, plan, missed_reason, refused)
+
+    def missed_reason(self, plan: runs.Plan, now: datetime) -> str:
+        """Why occurrences were missed, as far as this scheduler can tell."""
+        moments = list(plan.skipped) + list(plan.catch_up)
+        if plan.uncounted is not None:
+            moments.append(plan.uncounted.last)
+        if not moments:
+            return "missed"
+        latest = max(moments)
+        step = self.last_step
+        if step is not None and step.by > timedelta(0) and step.at - step.by <= latest:
+            return (f"missed: the clock was stepped forward by "
+                    f"{format_duration(step.by.total_seconds())}")
+        if latest < self.started_at:
+            return "missed: no scheduler was running at its time"
+        behind = format_duration((now - latest).total_seconds())
+        return f"missed: the scheduler was {behind} behind (busy, paused or frozen)"

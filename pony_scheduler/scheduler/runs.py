@@ -1,0 +1,465 @@
+"""Run policy: what happens to a run, and why.  Pure: typed records in, decisions out.
+
+This module is the one owner of every decision about a run; nothing here reads a clock,
+a database or a process (`now` and the random draw for jitter are passed in):
+
+  plan()    which occurrences of a due job become runs, which are recorded as skipped
+            and which are only counted (catch-up; systemd's Persistent=, anacron)
+  admit()   whether a due queued run starts now, waits, is skipped (overlap policy) or
+            expires (start deadline; Kubernetes' startingDeadlineSeconds)
+  settle()  what a finished run's outcome makes of it, and what follows (retry, resume)
+  lose()    what a run whose processes and outcome are gone becomes
+
+The store builds the records from rows and writes the decisions through its one guarded
+transition function; the executor only reports outcomes.  The run state machine these
+functions drive is the table in README "How it works".
+"""
+
+from __future__ import annotations
+
+import signal as signals
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from pony_scheduler.runstate import RunState
+from pony_scheduler.scheduler.timeparse import format_duration
+
+if TYPE_CHECKING:
+    from pony_scheduler.scheduler.schedule import Schedule
+
+# The schedule maths (and croniter, ~18 ms to import) is imported by the functions that
+# need it: `pb runs` and the store's record paths use this module without it.
+
+RUN_CAP = 1000  # catch-up "all" runs at most this many missed occurrences per outage
+RECORD_CAP = 1000  # missed occurrences recorded one by one; older ones only counted
+DEFAULT_MAX_QUEUED = 10  # overlap "queue": runs of one job waiting behind the running one
+DEFAULT_DEADLINE_CAP = 3600.0  # seconds: the longest default start deadline
+MIN_DEADLINE = 1.0  # seconds: the shortest start deadline, default or given
+
+
+class Trigger(StrEnum):
+    SCHEDULE = "schedule"  # its occurrence came due
+    MANUAL = "manual"  # pb job run
+    RETRY = "retry"  # the previous attempt failed and the job has retries left
+    CATCH_UP = "catch_up"  # missed while no scheduler could run it; the policy said run
+    RESUME = "resume"  # the previous attempt was interrupted by an orderly shutdown
+
+
+class Overlap(StrEnum):
+    SKIP = "skip"
+    QUEUE = "queue"
+    ALLOW = "allow"
+
+
+class CatchUp(StrEnum):
+    SKIP = "skip"
+    ONCE = "once"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A job's run policy, as stored on its row.  Seconds throughout."""
+
+    retries: int = 0
+    retry_delay_s: float = 10.0
+    overlap: Overlap = Overlap.SKIP
+    catch_up: CatchUp = CatchUp.ONCE
+    start_deadline_s: float | None = 60.0  # None: never expires
+    max_queued: int = DEFAULT_MAX_QUEUED
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One attempt of one occurrence of a job, as the loop holds it while it runs.
+
+    `batch` ties together the runs one catch-up decision made: they run one after
+    another, so a job's overlap policy is not applied among them.
+    """
+
+    id: int
+    job_id: int
+    job: str
+    occurrence: datetime  # UTC: the scheduled instant it serves
+    attempt: int  # 1 for the first attempt
+    trigger: Trigger
+    due_at: datetime  # UTC: it may not start before
+    policy: Policy
+    batch: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A run this scheduler has just claimed, with what starting it needs."""
+
+    run: Run
+    command: tuple[str, ...]  # argv, or one shell string when `shell`
+    shell: bool
+    cwd: str | None
+    env: Mapping[str, str]  # the job's own --env
+    umask: int
+    timeout_s: float | None
+    env_file: str | None = None
+    secret_env: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A run's main process exists: what a restart needs to find it again."""
+
+    run_id: int
+    pid: int
+    pid_start: int | None  # /proc start time, clock ticks since boot
+    output_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Abandoned:
+    """A running run whose scheduler is gone (lease expired, or found dead here)."""
+
+    run: Run
+    claimed_by: str | None
+    hostname: str | None
+    pid: int | None
+    pid_start: int | None
+
+
+class Ending(StrEnum):
+    """How a run's main process ended, as the executor saw it (it decides nothing else)."""
+
+    EXITED = "exited"  # it exited or was killed by a signal nobody here sent
+    NOT_STARTED = "not_started"  # the command could not be started
+    TIMED_OUT = "timed_out"  # stopped for exceeding the job's timeout
+    KILLED = "killed"  # stopped on request (pb runs kill)
+    STOPPED = "stopped"  # stopped by an orderly shutdown (drain)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the executor reports when a run is over.  UTC datetimes, seconds, bytes.
+
+    The executor (today threads in the scheduler, later the run keeper) fills what it
+    knows; the fields after `tail` are optional so that containment and fencing can add
+    what they measure without reshaping the record.
+    """
+
+    run_id: int
+    ending: Ending
+    finished_at: datetime
+    exit_code: int | None = None  # 0-255 when the main process exited
+    signal: int | None = None  # the signal number that killed it
+    detail: str | None = None  # the executor's words: "cannot start: ...", "killed by ..."
+    started_at: datetime | None = None
+    pid: int | None = None
+    pid_start: int | None = None
+    output_path: str | None = None
+    output_bytes: int = 0
+    output_note: str | None = None  # "output incomplete: No space left on device"
+    tail: bytes = b""  # the last TAIL_BYTES of output, exactly as written
+    leftovers: int = 0  # processes still alive when the main process exited
+    leftovers_kept: bool = False
+    peak_memory: int | None = None  # bytes
+    cpu_s: float | None = None
+    containment: str | None = None  # cgroup2, cgroup1, pgroup
+    token: int | None = None  # the lease epoch the run was launched under
+
+
+@dataclass(frozen=True, slots=True)
+class NextAttempt:
+    due_at: datetime
+    trigger: Trigger
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A run's final state and what follows it; what the store writes for an outcome."""
+
+    run_id: int
+    state: RunState
+    reason: str | None
+    finished_at: datetime
+    exit_code: int | None = None  # as a shell shows it: 128+N for signal N
+    signal: int | None = None
+    next_attempt: NextAttempt | None = None
+
+
+# ---------------------------------------------------------------- what follows a run
+
+RETRYABLE = frozenset({RunState.FAILED, RunState.TIMED_OUT, RunState.LOST})
+
+
+def settle(run: Run, outcome: Outcome, now: datetime, rand: float) -> Settlement:
+    """The final state of `run` from its outcome, and its next attempt if any.
+
+    Exit 0 succeeds; another status, a signal or a command that cannot start fails; a
+    timeout is `timed_out`; a drain is `interrupted` and resumes at once; a run killed
+    on request fails and is not retried (someone wanted it stopped).  Failures are
+    retried while attempts remain, after backoff_delay(attempt, retry_delay_s, rand).
+    Exit codes are kept as a shell shows them (128+N for signal N, bash(1)).
+    """
+    code, sig = outcome.exit_code, outcome.signal
+    if sig is not None:
+        code = 128 + sig
+    state, reason = _verdict(outcome)
+    notes = [note for note in (reason, _leftover_note(outcome), outcome.output_note) if note]
+    after = None
+    if state is RunState.INTERRUPTED:
+        after = NextAttempt(now, Trigger.RESUME)
+    elif state in RETRYABLE and outcome.ending is not Ending.KILLED:
+        after = _retry(run, now, rand)
+    return Settlement(run.id, state, "; ".join(notes) or None, outcome.finished_at, code, sig,
+                      after)
+
+
+def _verdict(outcome: Outcome) -> tuple[RunState, str | None]:
+    ending = outcome.ending
+    if ending is Ending.TIMED_OUT:
+        return RunState.TIMED_OUT, outcome.detail or "timed out"
+    if ending is Ending.STOPPED:
+        return RunState.INTERRUPTED, outcome.detail or "interrupted by scheduler shutdown"
+    if ending in (Ending.NOT_STARTED, Ending.KILLED):
+        return RunState.FAILED, outcome.detail or str(ending)
+    if outcome.signal is not None:
+        return RunState.FAILED, f"killed by signal {signal_name(outcome.signal)}"
+    if outcome.exit_code == 0:
+        return RunState.SUCCEEDED, None
+    return RunState.FAILED, f"exit status {outcome.exit_code}"
+
+
+def _leftover_note(outcome: Outcome) -> str | None:
+    if not outcome.leftovers:
+        return None
+    plural = "es" if outcome.leftovers != 1 else ""
+    fate = "left running (--leftovers keep)" if outcome.leftovers_kept else "killed"
+    return f"left {outcome.leftovers} process{plural} behind, {fate}"
+
+
+def _retry(run: Run, now: datetime, rand: float) -> NextAttempt | None:
+    from pony_scheduler.scheduler.schedule import backoff_delay
+
+    if run.attempt > run.policy.retries:
+        return None
+    delay = backoff_delay(run.attempt, run.policy.retry_delay_s, rand=rand)
+    return NextAttempt(now + timedelta(seconds=delay), Trigger.RETRY)
+
+
+def lose(run: Run, cause: str, now: datetime, rand: float) -> Settlement:
+    """A run whose processes and outcome are really gone: `lost`, retried by its policy."""
+    return Settlement(run.id, RunState.LOST, f"lost: {cause}", now,
+                      next_attempt=_retry(run, now, rand))
+
+
+def signal_name(number: int) -> str:
+    """SIGTERM for 15; "signal 99" for numbers without a name."""
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def describe_exit(exit_code: int | None, signal: int | None) -> str:
+    """An exit status as admins read it: "0", "3", "143 (SIGTERM)", "-"."""
+    if exit_code is None:
+        return "-"
+    return f"{exit_code} ({signal_name(signal)})" if signal is not None else str(exit_code)
+
+
+# ---------------------------------------------------------------- may a due run start
+
+
+class Verdict(StrEnum):
+    START = "start"
+    WAIT = "wait"  # stays queued: its job's previous run, or no free worker
+    SKIP = "skip"
+    EXPIRE = "expire"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    verdict: Verdict
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobNow:
+    """What the claim knows about a queued run's job at this moment."""
+
+    busy_batches: frozenset[int | None] = frozenset()  # batches of its running runs
+    last_finished_at: datetime | None = None  # its latest run's end, any state
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.busy_batches)
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What the scheduler knows about itself when it claims."""
+
+    started_at: datetime  # when this scheduler started (UTC)
+    workers: int
+    saturated: bool = False  # every worker was busy at the last claim
+
+
+START = Admission(Verdict.START)
+WAIT = Admission(Verdict.WAIT)
+
+
+def admit(run: Run, job: JobNow, capacity: Capacity, now: datetime) -> Admission:
+    """Whether queued `run`, due at or before `now`, starts now.
+
+    Overlap (skip/queue/allow) applies against its job's runs already in progress, never
+    among the runs of one catch-up decision, which wait for each other.  The start
+    deadline counts from when the run could first start: its due time, the end of the
+    previous run it waited behind, or, for a run resuming after a shutdown, this
+    scheduler's start.  A run still held back by its own job is bounded by --max-queued
+    instead, so it does not expire while it waits its turn.
+    """
+    if job.busy:
+        same_batch = run.batch is not None and job.busy_batches == frozenset({run.batch})
+        if same_batch or run.policy.overlap is Overlap.QUEUE:
+            return WAIT
+        if run.policy.overlap is Overlap.SKIP:
+            return Admission(Verdict.SKIP, "previous run still running")
+    expired = _expiry(run, job, capacity, now)
+    return Admission(Verdict.EXPIRE, expired) if expired else START
+
+
+def _expiry(run: Run, job: JobNow, capacity: Capacity, now: datetime) -> str | None:
+    deadline = run.policy.start_deadline_s
+    if deadline is None:
+        return None
+    since = run.due_at
+    if job.last_finished_at is not None and run.policy.overlap is not Overlap.ALLOW:
+        since = max(since, job.last_finished_at)
+    if run.trigger is Trigger.RESUME:
+        since = max(since, capacity.started_at)
+    late = (now - since).total_seconds()
+    if late <= deadline:
+        return None
+    if since + timedelta(seconds=deadline) < capacity.started_at:
+        cause = "no scheduler was running"
+    elif capacity.saturated:
+        cause = f"all {capacity.workers} workers were busy"
+    else:
+        cause = f"the scheduler was {format_duration(late)} behind"
+    return f"not started within its start deadline ({format_duration(deadline)}): {cause}"
+
+
+def default_start_deadline(schedule: Schedule, now: datetime) -> float:
+    """The start deadline of a job that gives none, in seconds.
+
+    A run that cannot start before its job's next occurrence is due only competes with
+    that one, so the default is the gap between the next two occurrences (an interval
+    job's interval, a minutely cron job's minute), at least MIN_DEADLINE and at most
+    DEFAULT_DEADLINE_CAP; jobs without a repeating schedule (--at, --manual) get the cap.
+    """
+    from pony_scheduler.scheduler.schedule import next_after
+
+    first = next_after(schedule, now)
+    second = next_after(schedule, first) if first is not None else None
+    if first is None or second is None:
+        return DEFAULT_DEADLINE_CAP
+    gap = (second - first).total_seconds()
+    return min(DEFAULT_DEADLINE_CAP, max(MIN_DEADLINE, gap))
+
+
+# ---------------------------------------------------------------- occurrences into runs
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """Missed occurrences only counted, not recorded one by one (beyond RECORD_CAP)."""
+
+    count: int
+    first: datetime
+    last: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do with a job's due occurrences; all lists ascending, UTC."""
+
+    to_run: tuple[datetime, ...] = ()
+    catch_up: tuple[datetime, ...] = ()  # the members of to_run that were missed
+    skipped: tuple[datetime, ...] = ()  # missed, and the catch-up policy said no
+    refused: tuple[datetime, ...] = ()  # would run, but the --max-queued backlog is full
+    uncounted: Missed | None = None  # missed beyond RECORD_CAP: counted only
+    next_due: datetime | None = None
+
+    @property
+    def batch(self) -> bool:
+        """Several runs from one decision: they run one after another."""
+        return len(self.to_run) > 1
+
+    @property
+    def missed(self) -> int:
+        return len(self.skipped) + (self.uncounted.count if self.uncounted else 0)
+
+
+def plan(schedule: Schedule, policy: Policy, next_due: datetime, now: datetime,
+         queued: int = 0) -> Plan:
+    """What becomes of a job's occurrences from `next_due` (due, not yet a run) to `now`.
+
+    The latest due occurrence is on time if no more than the start deadline has passed
+    since it; every other due occurrence was missed (no scheduler ran, or it fell
+    behind).  The catch-up policy decides what happens to missed ones: skip records them
+    all as skipped; once runs the most recent if none is on time (anacron, systemd
+    Persistent=); all runs every one of them (the latest RUN_CAP) one after another.
+    Missed occurrences not run are recorded as skipped, the latest RECORD_CAP of them;
+    older ones are counted in `uncounted`, so none vanish.  `queued` is how many runs of
+    the job wait already: with overlap "queue" at --max-queued, new runs are skipped.
+    """
+    from pony_scheduler.scheduler.schedule import count_between, due_between, next_after
+
+    limit = RUN_CAP + RECORD_CAP
+    listed = due_between(schedule, next_due, now, limit=limit)
+    uncounted = None
+    if len(listed) == limit and (beyond := count_between(schedule, next_due, now) - limit):
+        # Only the latest `limit` were listed: next_due and the `beyond - 1` after it
+        # are counted, never walked one by one again.
+        uncounted = Missed(beyond + 1, next_due, _before(listed[0], schedule, next_due))
+        due = listed
+    else:
+        due = [next_due, *listed]
+    deadline = policy.start_deadline_s
+    on_time = due[-1:] if deadline is None or (now - due[-1]).total_seconds() <= deadline else []
+    late = due[: len(due) - len(on_time)]
+    if policy.catch_up is CatchUp.ALL:
+        run_late, skipped = late[-RUN_CAP:], late[:-RUN_CAP]
+    elif policy.catch_up is CatchUp.ONCE and not on_time:
+        run_late, skipped = late[-1:], late[:-1]
+    else:
+        run_late, skipped = [], late
+    to_run, refused = run_late + on_time, []
+    if to_run and policy.overlap is Overlap.QUEUE and queued >= policy.max_queued:
+        to_run, run_late, refused = [], [], to_run
+    if len(skipped) > RECORD_CAP:
+        extra, skipped = skipped[:-RECORD_CAP], skipped[-RECORD_CAP:]
+        uncounted = _merge(uncounted, Missed(len(extra), extra[0], extra[-1]))
+    return Plan(tuple(to_run), tuple(run_late), tuple(skipped), tuple(refused), uncounted,
+                next_after(schedule, max(now, due[-1])))
+
+
+def _before(moment: datetime, schedule: Schedule, floor: datetime) -> datetime:
+    """The latest occurrence after `floor` and before `moment`, else `floor`."""
+    from pony_scheduler.scheduler.schedule import due_between
+
+    found = due_between(schedule, floor, moment - timedelta(microseconds=1), limit=1)
+    return found[-1] if found else floor
+
+
+def _merge(a: Missed | None, b: Missed) -> Missed:
+    if a is None:
+        return b
+    return Missed(a.count + b.count, min(a.first, b.first), max(a.last, b.last))
+
+
+def policy_from(retries: int, retry_delay_s: float, overlap: str, catch_up: str,
+                start_deadline_s: float | None, max_queued: int) -> Policy:
+    """A Policy from stored values; ValueError names a value this version cannot read."""
+    return Policy(retries, retry_delay_s, Overlap(overlap), CatchUp(catch_up),
+                  start_deadline_s, max_queued)

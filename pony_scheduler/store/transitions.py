@@ -1,0 +1,174 @@
+"""The one place a run's state is written.
+
+Every move of a run (claim, release, skip, expire, settle, lose) is a typed record, and
+`Transitions.write()` is the only function that applies one: it checks the move against
+runstate.ALLOWED and guards the UPDATE with `WHERE state = <old>` (and, for a running
+run, with the scheduler that claimed it).  A write that finds the run in another state is
+refused: logged with what it would have written, returned False, never applied.  Inside a
+batched transaction a refused write affects that run only; the caller goes on.
+
+The statements are compiled once per engine and run on the driver's cursor (prepared.py):
+every run goes through several of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import BigInteger, Engine, Integer, Text, bindparam, func, select, update
+
+from pony_scheduler.runstate import RunState, check_transition
+from pony_scheduler.scheduler.runs import Outcome, Settlement
+from pony_scheduler.store.prepared import Prepared
+from pony_scheduler.store.tables import runs
+
+log = logging.getLogger("pony_scheduler.store")
+
+QUEUED, RUNNING = RunState.QUEUED.value, RunState.RUNNING.value
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """queued -> running: `scheduler` takes the run, with a lease until `lease_until`."""
+
+    old: ClassVar[RunState] = RunState.QUEUED
+    run_id: int
+    scheduler: str
+    host: str
+    now: datetime
+    lease_until: datetime
+
+    @property
+    def new(self) -> RunState:
+        return RunState.RUNNING
+
+    def params(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "me": self.scheduler, "host": self.host,
+                "now": self.now, "until": self.lease_until}
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """running -> queued: a run claimed ahead of a free worker that never started."""
+
+    old: ClassVar[RunState] = RunState.RUNNING
+    run_id: int
+    scheduler: str
+
+    @property
+    def new(self) -> RunState:
+        return RunState.QUEUED
+
+    def params(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "me": self.scheduler}
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """queued -> skipped or expired, with the reason."""
+
+    old: ClassVar[RunState] = RunState.QUEUED
+    run_id: int
+    new: RunState
+    reason: str
+    now: datetime
+
+    def params(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "b_state": self.new.value, "b_reason": self.reason,
+                "now": self.now}
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """running -> its final state, from its outcome; `claimed_by` guards it (a run
+    another scheduler declared lost meanwhile is not ours to settle)."""
+
+    old: ClassVar[RunState] = RunState.RUNNING
+    settlement: Settlement
+    outcome: Outcome | None
+    claimed_by: str | None
+
+    @property
+    def new(self) -> RunState:
+        return self.settlement.state
+
+    @property
+    def run_id(self) -> int:
+        return self.settlement.run_id
+
+    def params(self) -> dict[str, Any]:
+        s, o = self.settlement, self.outcome
+        return {"run_id": s.run_id, "me": self.claimed_by, "b_state": s.state.value,
+                "b_exit_code": s.exit_code, "b_signal": s.signal, "b_reason": s.reason,
+                "b_finished_at": s.finished_at, "b_tail": o.tail if o else None,
+                "b_pid": o.pid if o else None, "b_pid_start": o.pid_start if o else None,
+                "b_output_path": o.output_path if o else None}
+
+
+Move = Claim | Release | Drop | Settle
+
+CLAIM = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
+         .values(state=RUNNING, claimed_by=bindparam("me"), hostname=bindparam("host"),
+                 started_at=bindparam("now"), lease_until=bindparam("until")))
+RELEASE = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
+                              runs.c.claimed_by == bindparam("me"), runs.c.pid.is_(None))
+           .values(state=QUEUED, claimed_by=None, hostname=None, started_at=None,
+                   lease_until=None))
+DROP = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
+        .values(state=bindparam("b_state"), reason=bindparam("b_reason"),
+                finished_at=bindparam("now")))
+# pid, pid_start and output_path are kept when the outcome does not know them (a run
+# declared lost, or one whose start was recorded earlier).
+SETTLE = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
+                             runs.c.claimed_by == bindparam("me"))
+          .values(state=bindparam("b_state"), exit_code=bindparam("b_exit_code"),
+                  signal=bindparam("b_signal"), reason=bindparam("b_reason"),
+                  output_tail=bindparam("b_tail"), finished_at=bindparam("b_finished_at"),
+                  lease_until=None,
+                  pid=func.coalesce(bindparam("b_pid", type_=Integer), runs.c.pid),
+                  pid_start=func.coalesce(bindparam("b_pid_start", type_=BigInteger),
+                                          runs.c.pid_start),
+                  output_path=func.coalesce(bindparam("b_output_path", type_=Text),
+                                            runs.c.output_path)))
+STATE_OF = select(runs.c.state, runs.c.claimed_by).where(runs.c.id == bindparam("run_id"))
+
+
+class Transitions:
+    """The guarded writes, prepared once per engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        self.statements: dict[type, Prepared] = {
+            Claim: Prepared(CLAIM, dialect), Release: Prepared(RELEASE, dialect),
+            Drop: Prepared(DROP, dialect), Settle: Prepared(SETTLE, dialect)}
+        self.state_of = Prepared(STATE_OF, dialect)
+
+    def write(self, connection: Any, move: Move) -> bool:
+        """Apply `move` on a driver connection inside the caller's transaction.
+
+        Returns True when applied; False, with an error logged, when the run was not in
+        the state the move starts from (or not held by that scheduler).  Raises
+        TransitionRefused for a move runstate.ALLOWED does not list (a bug), and the
+        driver's errors as SQLAlchemy's DBAPIError.
+        """
+        check_transition(move.old, move.new)
+        if self.statements[type(move)].rowcount(connection, move.params()) == 1:
+            return True
+        self._refused(connection, move)
+        return False
+
+    def _refused(self, connection: Any, move: Move) -> None:
+        found = self.state_of.mappings(connection, {"run_id": move.run_id})
+        where = (f"found {found[0]['state']}" + (f" held by {found[0]['claimed_by']}"
+                                                 if found[0]["claimed_by"] else "")
+                 if found else "found no such run")
+        detail = ""
+        if isinstance(move, Settle):
+            detail = f"; its outcome was {move.new}" + (
+                f" ({move.settlement.reason})" if move.settlement.reason else "")
+        log.error("Run %d: refused %s -> %s: %s%s", move.run_id, move.old, move.new, where,
+                  detail)
+

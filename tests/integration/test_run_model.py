@@ -1,0 +1,293 @@
+"""The run model against the real daemon: catch-up, start deadlines, queue bounds, paused
+jobs, set-aside jobs, clock steps, umask, exit statuses, nothing dropped, ids never reused.
+Each test waits for what a user would see; none depends on timing."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Pb, wait_for
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def all_runs(pb: Pb, *args: str) -> list[dict[str, Any]]:
+    result = pb("runs", *args, "--json", "-n", "5000")
+    assert result.code == 0, result.all
+    return json.loads(result.out)  # type: ignore[no-any-return]
+
+
+def of(job: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted((r for r in runs if r["job"] == job), key=lambda r: r["id"])
+
+
+def wait_runs(pb: Pb, predicate: Any, timeout: float = 60) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def check() -> bool:
+        nonlocal found
+        found = all_runs(pb)
+        return bool(predicate(found))
+
+    assert wait_for(check, timeout, interval=0.3), found
+    return found
+
+
+def sql(home: Path, statement: str, *args: object) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(home / "pony.db", timeout=30) as connection:
+        return connection.execute(statement, args).fetchall()
+
+
+def test_catch_up_all_runs_every_missed_occurrence_one_after_another(pb: Pb) -> None:
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "tick", "--every", "2s", "--catch-up", "all", "--", "sleep", "0.3",
+       check=True)
+    wait_runs(pb, lambda rs: any(r["state"] == "succeeded" for r in rs))
+    pb("scheduler", "stop", check=True)
+    stopped = datetime.now(UTC)
+    before = {r["id"] for r in all_runs(pb)}
+    wait_for(lambda: datetime.now(UTC) - stopped > timedelta(seconds=9), 30)
+    pb("scheduler", "start", check=True)
+    restarted = datetime.now(UTC)
+
+    def caught_up(rs: list[dict[str, Any]]) -> bool:
+        new = [r for r in rs if r["id"] not in before]
+        late = [r for r in new if datetime.fromisoformat(r["occurrence"]) < restarted]
+        return len(late) >= 4 and all(r["state"] == "succeeded" for r in late)
+
+    runs = wait_runs(pb, caught_up, 90)
+    new = [r for r in runs if r["id"] not in before]
+    late = sorted((r for r in new if datetime.fromisoformat(r["occurrence"]) < restarted),
+                  key=lambda r: r["occurrence"])
+    # None of the missed ones is skipped as "previous run still running" (occurrences due
+    # after the restart, while the catch-up runs still run, do overlap them).
+    assert all(r["state"] == "succeeded" for r in late), late
+    assert {r["trigger"] for r in late} <= {"catch_up", "schedule"}
+    for earlier, later in itertools.pairwise(late):  # one after another
+        assert later["started_at"] >= earlier["finished_at"], json.dumps(late, indent=1)
+
+
+def test_runs_that_cannot_start_in_time_expire_and_the_queue_is_bounded(pb: Pb) -> None:
+    pb("scheduler", "start", "--workers", "1", check=True)
+    pb("job", "add", "hog", "--manual", "--", "sleep", "6", check=True)
+    pb("job", "run", "hog", check=True)
+    wait_runs(pb, lambda rs: any(r["job"] == "hog" and r["state"] == "running" for r in rs))
+    pb("job", "add", "tick", "--every", "1s", "--overlap", "allow", "--", "true", check=True)
+    pb("job", "add", "backlog", "--every", "1s", "--overlap", "queue", "--max-queued", "2",
+       "--", "sleep", "3", check=True)
+    runs = wait_runs(pb, lambda rs: any(r["job"] == "tick" and r["state"] == "expired"
+                                        for r in rs)
+                     and any("runs already queued" in (r["reason"] or "") for r in rs))
+    expired = next(r for r in runs if r["job"] == "tick" and r["state"] == "expired")
+    assert expired["reason"] == ("not started within its start deadline (1s): "
+                                 "all 1 workers were busy"), expired
+    assert expired["started_at"] is None
+    assert Counter(r["state"] for r in of("backlog", runs))["queued"] <= 2
+    job = json.loads(pb("job", "show", "tick", "--json").out)
+    assert job["start_deadline_s"] == 1 and job["start_deadline_default"] is True
+
+
+def test_a_paused_jobs_queued_runs_do_not_start(pb: Pb) -> None:
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "slow", "--every", "1s", "--overlap", "queue", "--start-deadline",
+       "none", "--", "sleep", "2", check=True)
+    pb("job", "add", "beat", "--every", "1s", "--", "true", check=True)
+    wait_runs(pb, lambda rs: any(r["job"] == "slow" and r["state"] == "queued" for r in rs))
+    pb("job", "pause", "slow", check=True)
+    paused = {r["id"] for r in of("slow", all_runs(pb)) if r["state"] == "queued"}
+    beats = len(of("beat", all_runs(pb)))
+    # Five more runs of another job: the scheduler claimed several times meanwhile.
+    runs = wait_runs(pb, lambda rs: len([r for r in of("beat", rs)
+                                         if r["state"] == "succeeded"]) >= beats + 5)
+    still = {r["id"]: r["state"] for r in of("slow", runs) if r["id"] in paused}
+    assert set(still.values()) == {"queued"}, still
+    pb("job", "resume", "slow", check=True)
+    wait_runs(pb, lambda rs: all(r["state"] != "queued" for r in rs if r["id"] in paused))
+
+
+def test_a_job_the_daemon_cannot_evaluate_is_set_aside(pb: Pb, home: Path) -> None:
+    pb("job", "add", "mars", "--cron", "* * * * *", "--tz", "UTC", "--", "true", check=True)
+    pb("job", "add", "broken", "--every", "1s", "--", "true", check=True)
+    pb("job", "add", "fine", "--every", "1s", "--", "true", check=True)
+    # A zone added by a newer tz database, and a policy value a newer version wrote.
+    sql(home, "UPDATE jobs SET schedule_tz = 'Mars/Olympus_Mons', "
+              "next_due_at = '2020-01-01 00:00:00.000000' WHERE name = 'mars'")
+    sql(home, "UPDATE jobs SET overlap = 'sometimes' WHERE name = 'broken'")
+    pb("scheduler", "start", check=True)
+    wait_runs(pb, lambda rs: len([r for r in of("fine", rs) if r["state"] == "succeeded"]) >= 3)
+    listing = {j["name"]: j for j in json.loads(pb("job", "list", "--json").out)}
+    assert "Mars/Olympus_Mons" in listing["mars"]["error"]
+    assert "sometimes" in listing["broken"]["error"]
+    assert listing["mars"]["next_run_at"] is None
+    assert "error (set aside)" in pb("job", "list").out
+    assert "unknown time zone" in pb("job", "show", "mars").out
+    log = (home / "scheduler.log").read_text()
+    assert log.count("Job mars set aside") == 1 and log.count("Job broken set aside") == 1
+    assert pb("scheduler", "status").code == 0  # the daemon goes on
+    pb("job", "edit", "mars", "--cron", "* * * * *", "--tz", "UTC", check=True)
+    edited = json.loads(pb("job", "show", "mars", "--json").out)
+    assert edited["error"] is None and edited["next_run_at"] is not None
+
+
+def test_jobs_get_umask_022_by_default_and_their_own_on_request(pb: Pb, tmp_path: Path) -> None:
+    pb("scheduler", "start", check=True)
+    for name, extra in (("plain", ()), ("private", ("--umask", "077"))):
+        pb("job", "add", name, "--manual", *extra, "--cwd", str(tmp_path), "--shell", "--",
+           f"touch {name}.out && stat -c %a {name}.out", check=True)
+        pb("job", "run", name, check=True)
+    runs = wait_runs(pb, lambda rs: len([r for r in rs if r["state"] == "succeeded"]) == 2)
+    modes = {r["job"]: pb("runs", "output", str(r["id"])).out.strip() for r in runs}
+    assert modes == {"plain": "644", "private": "600"}
+    assert json.loads(pb("job", "show", "private", "--json").out)["umask"] == "077"
+
+
+def test_a_run_killed_by_a_signal_shows_the_signal(pb: Pb) -> None:
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "term", "--manual", "--shell", "--", "kill -TERM $$", check=True)
+    pb("job", "run", "term", check=True)
+    run = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "failed")[0]
+    assert (run["exit_code"], run["signal"], run["reason"]) == (143, 15,
+                                                                "killed by signal SIGTERM")
+    assert "143 (SIGTERM)" in pb("runs").out
+    assert "143 (SIGTERM)" in pb("runs", "show", str(run["id"])).out
+
+
+def test_nothing_missed_is_dropped_after_a_long_outage(pb: Pb, home: Path) -> None:
+    pb("job", "add", "often", "--every", "1s", "--", "true", check=True)
+    outage = datetime.now(UTC) - timedelta(seconds=3000)
+    # The job was last scheduled 3,000 s ago: as if the scheduler had been down since.
+    sql(home, "UPDATE jobs SET next_due_at = ?, schedule_anchor = ?",
+        outage.strftime("%Y-%m-%d %H:%M:%S.%f"), (outage - timedelta(seconds=1)).isoformat())
+    pb("scheduler", "start", check=True)
+    runs = wait_runs(pb, lambda rs: any(r["state"] == "succeeded" for r in rs))
+    pb("scheduler", "stop", check=True)
+    runs = all_runs(pb)
+    first_start = min(datetime.fromisoformat(r["occurrence"]) for r in runs
+                      if r["state"] == "succeeded")
+    # Every occurrence from the outage's start to the first run is accounted for.
+    skipped = [r for r in runs if r["state"] == "skipped"]
+    summary = sql(home, "SELECT count, reason FROM missed")
+    assert len(summary) == 1 and summary[0][1] == "missed: no scheduler was running at its time"
+    accounted = len(skipped) + summary[0][0] + 1
+    assert accounted == round((first_start - outage).total_seconds()) + 1
+    assert all(r["reason"] == summary[0][1] for r in skipped)
+    footer = pb("runs", "often").out
+    assert f"Missed, not listed one by one: {summary[0][0]:,} occurrence(s)" in footer
+    assert f"{summary[0][0] + len(skipped)} occurrence(s) missed" in (
+        home / "scheduler.log").read_text()
+
+
+def test_run_ids_and_output_of_a_removed_job_are_never_shown_again(pb: Pb, home: Path) -> None:
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "p", "--manual", "--shell", "--", "echo old-output", check=True)
+    pb("job", "run", "p", check=True)
+    old = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "succeeded")[0]
+    old_file = home / "runs" / "p" / f"{old['id']}.log"
+    assert old_file.exists()
+    assert pb("job", "remove", "p").code == 0
+    assert not old_file.exists()
+    pb("job", "add", "p", "--manual", "--shell", "--", "echo new-output", check=True)
+    pb("job", "run", "p", check=True)
+    new = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "succeeded")[0]
+    assert new["id"] > old["id"]
+    gone = pb("runs", "output", str(old["id"]))
+    assert gone.code == 1 and f"no run with id {old['id']}" in gone.err
+    assert pb("runs", "output", str(new["id"])).out == "new-output\n"
+
+
+@pytest.mark.postgres
+def test_output_with_nul_bytes_is_recorded_on_postgresql(pb: Pb, pg_url: str) -> None:
+    env = {"PONYBUNNY_DB": pg_url}
+    pb("scheduler", "start", env=env, check=True)
+    pb("job", "add", "nul", "--manual", "--shell", "--", r"printf 'a\000b\n'", env=env,
+       check=True)
+    pb("job", "add", "ok", "--manual", "--", "true", env=env, check=True)
+    pb("job", "run", "nul", env=env, check=True)
+    pb("job", "run", "ok", env=env, check=True)
+
+    def done() -> bool:
+        listed = json.loads(pb("runs", "--json", env=env).out)
+        return len(listed) == 2 and all(r["state"] == "succeeded" for r in listed)
+
+    assert wait_for(done, 60)
+    runs = json.loads(pb("runs", "--json", env=env).out)
+    nul = next(r for r in runs if r["job"] == "nul")
+    assert json.loads(pb("runs", "show", str(nul["id"]), "--json", env=env).out)[
+        "output_tail"] == "a\0b\n"
+    assert "Database unavailable" not in (pb.home / "scheduler.log").read_text()
+
+
+# ---------------------------------------------------------------- wall-clock steps
+
+
+def faketime_env(offset_file: Path) -> dict[str, str]:
+    offset_file.write_text("+0\n")
+    return {"LD_PRELOAD": str(FAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+needs_faketime = pytest.mark.skipif(not FAKETIME.exists() and not __import__("os").environ.get(
+    "CI"), reason="libfaketime (Debian package faketime) is not installed")
+
+
+@needs_faketime
+def test_interval_jobs_keep_their_pace_across_clock_steps(pb: Pb, tmp_path: Path,
+                                                          home: Path) -> None:
+    offset = tmp_path / "offset"
+    pb("scheduler", "start", env=faketime_env(offset), check=True)
+    pb("job", "add", "beat", "--every", "2s", "--catch-up", "all", "--", "true", check=True)
+    wait_runs(pb, lambda rs: len(rs) >= 2)
+    offset.write_text("-600\n")  # the clock is stepped back ten minutes
+    count = len(all_runs(pb))
+    wait_runs(pb, lambda rs: len(rs) >= count + 3)  # still every 2 s, not in 10 minutes
+    offset.write_text("+600\n")  # and forward ten minutes: no burst of "missed" runs
+    count = len(all_runs(pb))
+    runs = wait_runs(pb, lambda rs: len(rs) >= count + 3)
+    odd = [(r["state"], r["trigger"], r["reason"]) for r in runs
+           if r["state"] not in ("succeeded", "running") or r["trigger"] != "schedule"]
+    assert not odd, odd
+    log = (home / "scheduler.log").read_text()
+    assert "stepped back by 10m" in log and "stepped forward by 20m" in log
+
+
+@needs_faketime
+def test_cron_jobs_follow_the_wall_clock_across_steps(pb: Pb, tmp_path: Path) -> None:
+    offset = tmp_path / "offset"
+    pb("scheduler", "start", env=faketime_env(offset), check=True)
+    pb("job", "add", "minutely", "--cron", "* * * * *", "--tz", "UTC", "--catch-up", "skip",
+       "--", "true", check=True)
+    offset.write_text("+300\n")  # five minutes stepped over: those occurrences are missed
+    runs = wait_runs(pb, lambda rs: len([r for r in rs if r["state"] == "skipped"]) >= 4)
+    skipped = [r for r in runs if r["state"] == "skipped"]
+    assert all(r["reason"] == "missed: the clock was stepped forward by 5m" for r in skipped)
+    ran = {r["occurrence"] for r in runs if r["state"] != "skipped"}
+    offset.write_text("+0\n")  # back over them: none runs twice (unique occurrences)
+    log = pb.home / "scheduler.log"
+    assert wait_for(lambda: "stepped back by 5m" in log.read_text(), 60)
+    again = [r["occurrence"] for r in all_runs(pb)]
+    assert len(again) == len(set(again)) and ran <= set(again)
+
+
+def test_job_run_wait_exits_with_the_runs_status_and_follows_its_output(pb: Pb) -> None:
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "ok", "--manual", "--shell", "--", "echo one; echo two", check=True)
+    pb("job", "add", "three", "--manual", "--shell", "--", "echo bye; exit 3", check=True)
+    pb("job", "add", "term", "--manual", "--shell", "--", "kill -TERM $$", check=True)
+    pb("job", "add", "flaky", "--manual", "--retries", "1", "--retry-delay", "0.1",
+       "--shell", "--", "exit 4", check=True)
+    followed = pb("job", "run", "ok", "--wait", "--follow")
+    assert (followed.code, followed.out) == (0, "one\ntwo\n")
+    assert pb("job", "run", "three", "--wait").code == 3
+    assert pb("job", "run", "term", "--wait").code == 143
+    retried = pb("job", "run", "flaky", "--wait")
+    assert retried.code == 4 and "attempt 2 is run" in retried.err
+    usage = pb("job", "run", "ok", "--follow")
+    assert usage.code == 2 and "--follow needs --wait" in usage.err
