@@ -50,6 +50,8 @@ class JobOptions:
     umask: str | None = None
     start_deadline: str | None = None
     max_queued: int | None = None
+    env_file: str | None = None
+    secret: list[str] = field(default_factory=list)
 
 
 def local_zone() -> str:
@@ -151,7 +153,29 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
         values["cwd"] = str(cwd)
     if opts.env:
         values["env"] = parse_env(opts.env)
+    if opts.env_file is not None:
+        values["env_file"] = check_env_file(opts.env_file)
+    if opts.secret:
+        bad = [name for name in opts.secret if not ENV_NAME.match(name)]
+        if bad:
+            raise ConfigError(f"--secret {bad[0]!r} is not a variable name (letters, digits, _)")
+        values["secret_env"] = sorted(set(opts.secret))
     return values
+
+
+def check_env_file(path: str) -> str | None:
+    """The absolute path of an --env-file that can be read now ('' removes it); values are
+    read at each run's start, never stored."""
+    from pony_scheduler.scheduler.environment import EnvFileError, read_env_file
+
+    if path == "":
+        return None
+    absolute = str(Path(path).expanduser().absolute())
+    try:
+        read_env_file(absolute)
+    except EnvFileError as exc:
+        raise ConfigError(str(exc)) from None
+    return absolute
 
 
 def _in_range(value: int, bounds: tuple[int, int], flag: str) -> int:
@@ -229,7 +253,11 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
     view["umask"] = f"{job.get('umask', UMASK_DEFAULT):03o}"
     view["start_deadline_default"] = bool(job.get("start_deadline_auto", True))
     if with_env:
-        view["env"] = job.get("env") or {}
+        from pony_scheduler.scheduler.environment import redact
+
+        view["env"] = redact(job.get("env") or {}, job.get("secret_env") or [])
+        view["env_file"] = job.get("env_file")
+        view["secret_env"] = job.get("secret_env") or []
     return view
 
 

@@ -80,6 +80,10 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--cwd", metavar="DIR", help="Working directory of the command."),
         click.option("--env", multiple=True, metavar="NAME=VALUE", help="Environment "
                      "variable for the command (repeatable)."),
+        click.option("--env-file", metavar="PATH", help="NAME=VALUE lines read at each "
+                     "run's start, never stored (systemd's EnvironmentFile= format)."),
+        click.option("--secret", multiple=True, metavar="NAME", help="Show the value of "
+                     "--env NAME as (secret) in show, JSON and the API (repeatable)."),
         click.option("--shell", is_flag=True, default=None, help="COMMAND is one shell "
                      "string, run with /bin/sh -c."),
         click.option("--umask", metavar="OCTAL", help="File mode mask of the command "
@@ -104,7 +108,8 @@ def _options(kwargs: dict[str, Any]) -> JobOptions:
                       catch_up=kwargs["catch_up"], cwd=kwargs["cwd"], env=list(kwargs["env"]),
                       shell=kwargs["shell"], command=list(kwargs["command"]),
                       umask=kwargs["umask"], start_deadline=kwargs["start_deadline"],
-                      max_queued=kwargs["max_queued"])
+                      max_queued=kwargs["max_queued"], env_file=kwargs["env_file"],
+                      secret=list(kwargs["secret"]))
 
 
 @click.group(name="job")
@@ -216,7 +221,8 @@ def job_show(ctx: click.Context, name: str, as_json: bool) -> None:
                          ("Start deadline", _deadline(data)), ("Umask", data["umask"]),
                          ("Directory", data["cwd"] or "(the scheduler's home)"),
                          ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items())
-                          or "-")):
+                          or "-"),
+                         ("Env file", data.get("env_file") or "-")):
         click.echo(f"{label + ':':<15} {value}")
 
 

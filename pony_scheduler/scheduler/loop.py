@@ -24,9 +24,9 @@ from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 from pony_scheduler.runstate import RunState
-from pony_scheduler.scheduler import planning, recovery, runs
+from pony_scheduler.scheduler import environment, planning, recovery, runs
 from pony_scheduler.scheduler.executor import Executor, Launch
-from pony_scheduler.scheduler.runs import Capacity, Claimed, Outcome, Run, Started
+from pony_scheduler.scheduler.runs import Capacity, Claimed, Ending, Outcome, Run, Started
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line, utcnow
 from pony_scheduler.store.runs import ClaimRequest, Finished
@@ -48,8 +48,6 @@ PID_RECORD_DELAY = 0.05
 AHEAD = 1
 AHEAD_WINDOW = 0.1
 AHEAD_WAIT = 0.5
-SERVICE_MANAGER_VARS = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
-                                  "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
 
 
 class Events(Protocol):
@@ -74,9 +72,9 @@ class WorkLoop:
         self.scheduler_id = ""
         self.started_at = utcnow()
         self.changes = -1
-        # systemd's variables describe the scheduler, not its jobs: a job that answered
-        # NOTIFY_SOCKET would speak for us.
-        self.base_env = {k: v for k, v in os.environ.items() if k not in SERVICE_MANAGER_VARS}
+        # Jobs get a defined environment, never the daemon's (it may hold PONYBUNNY_DB's
+        # password, or NOTIFY_SOCKET: a job that answered it would speak for us).
+        self.base_env = environment.base_environment()
         self.planner = planning.Planner(store, self.started_at)
         self.replan = True  # jobs changed: turn due occurrences into runs, recompute
         self.kicked = True  # runs changed (finished, queued): claim what is due
@@ -204,11 +202,18 @@ class WorkLoop:
 
     def launch(self, item: Claimed, now: datetime) -> None:
         run = item.run
-        argv = ("/bin/sh", "-c", item.command[0]) if item.shell else item.command
-        environ = {**self.base_env, **item.env, "PONYBUNNY_JOB": run.job,
-                   "PONYBUNNY_RUN_ID": str(run.id), recovery.SCHEDULER_VAR: self.scheduler_id}
-        path = str(self.output_dir / run.job / f"{run.id}.log")
         self.in_flight[run.id] = InFlight(run, now)
+        try:
+            from_file = (environment.read_env_file(item.env_file)
+                         if item.env_file else {})
+        except environment.EnvFileError as exc:
+            self.journal.put(Outcome(run.id, Ending.NOT_STARTED, utcnow(), detail=str(exc)))
+            return
+        argv = ("/bin/sh", "-c", item.command[0]) if item.shell else item.command
+        environ = {**self.base_env, **item.env, **from_file,
+                   **environment.run_variables(run.job, run.id, run.attempt, run.occurrence,
+                                               self.scheduler_id)}
+        path = str(self.output_dir / run.job / f"{run.id}.log")
         log.debug("Run %d: starting job %s (attempt %d)", run.id, run.job, run.attempt)
         self.executor.launch(Launch(run.id, run.job, argv, environ, item.cwd, item.umask,
                                     item.timeout_s, path))

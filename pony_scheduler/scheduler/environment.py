@@ -1,0 +1,111 @@
+"""The environment a job runs with: defined, never the daemon's own.
+
+The daemon's environment may hold secrets (PONYBUNNY_DB with a password, a service
+manager's variables); jobs get a documented base instead, as cron gives its jobs (crontab(5):
+HOME, LOGNAME, SHELL, PATH) and systemd its services (systemd.exec(5), "Environment
+variables in spawned processes"), then the job's --env-file, then its --env, then the
+run's own PONYBUNNY_* variables, which nothing overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import stat
+from collections.abc import Mapping
+from datetime import datetime
+
+from pony_scheduler.errors import PonyError
+
+# systemd's default PATH for services (systemd.exec(5)).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Passed through from the daemon when set: how to print and which zone, never secrets.
+PASSED = re.compile(r"^(LANG|LANGUAGE|LC_[A-Z]+|TZ)$")
+ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+MAX_ENV_FILE = 1 << 20  # bytes: an environment file is small
+
+
+class EnvFileError(PonyError):
+    """An --env-file that cannot be used: the run does not start, with this reason."""
+
+
+def base_environment(daemon_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """HOME, LOGNAME, USER and SHELL of the user the scheduler runs as, PATH, and the
+    daemon's locale and TZ variables."""
+    daemon_env = os.environ if daemon_env is None else daemon_env
+    try:
+        user = pwd.getpwuid(os.geteuid())
+        name, home = user.pw_name, user.pw_dir
+    except KeyError:  # a uid without a passwd entry (containers)
+        name, home = str(os.geteuid()), "/"
+    base = {"HOME": home, "LOGNAME": name, "USER": name, "SHELL": "/bin/sh",
+            "PATH": DEFAULT_PATH}
+    base.update({key: value for key, value in daemon_env.items() if PASSED.match(key)})
+    return base
+
+
+def run_variables(job: str, run_id: int, attempt: int, occurrence: datetime,
+                  scheduler_id: str) -> dict[str, str]:
+    """What tells a run who it is; PONYBUNNY_OCCURRENCE (the scheduled instant, ISO 8601
+    UTC) and PONYBUNNY_ATTEMPT let a job that must not run twice be idempotent."""
+    from pony_scheduler.scheduler.recovery import SCHEDULER_VAR
+
+    return {"PONYBUNNY_JOB": job, "PONYBUNNY_RUN_ID": str(run_id),
+            "PONYBUNNY_ATTEMPT": str(attempt),
+            "PONYBUNNY_OCCURRENCE": occurrence.isoformat().replace("+00:00", "Z"),
+            SCHEDULER_VAR: scheduler_id}
+
+
+def read_env_file(path: str, owner: int | None = None) -> dict[str, str]:
+    """NAME=VALUE lines of `path`, as systemd's EnvironmentFile= reads them (systemd.exec(5)):
+    blank lines and lines starting with # or ; are ignored, a value may be quoted with '
+    or ".  The file must be a regular file owned by `owner` (default: us) or root and not
+    writable by group or others, reached without a symlink.  Raises EnvFileError."""
+    owner = os.geteuid() if owner is None else owner
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise EnvFileError(f"cannot read --env-file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise EnvFileError(f"--env-file {path} is not a regular file")
+        if info.st_uid not in (owner, 0):
+            raise EnvFileError(f"--env-file {path} is owned by uid {info.st_uid}, not by "
+                               f"uid {owner} or root; chown it")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise EnvFileError(f"--env-file {path} is writable by group or others; "
+                               f"chmod go-w {path}")
+        data = handle.read(MAX_ENV_FILE + 1)
+    if len(data) > MAX_ENV_FILE:
+        raise EnvFileError(f"--env-file {path} is larger than 1 MiB")
+    return parse_env_file(data, path)
+
+
+def parse_env_file(data: bytes, path: str) -> dict[str, str]:
+    """The variables in an environment file's bytes; EnvFileError names the bad line."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise EnvFileError(f"--env-file {path} is not UTF-8 text") from None
+    found = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        match = ENV_LINE.match(line)
+        if match is None or "\0" in line:
+            raise EnvFileError(f"--env-file {path} line {number}: not NAME=VALUE "
+                               "(NAME: letters, digits, _)")
+        name, value = match.groups()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[name] = value
+    return found
+
+
+def redact(env: Mapping[str, str], secret: frozenset[str] | set[str] | list[str],
+           ) -> dict[str, str]:
+    """`env` with the values of secret names replaced, for show, the API and exports."""
+    return {key: "(secret)" if key in secret else value for key, value in env.items()}
