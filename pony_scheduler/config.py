@@ -52,6 +52,14 @@ def _positive_int(name: str, value: Any) -> int:
     return number
 
 
+def _lease(name: str, value: Any) -> float:
+    """Seconds a claimed run stays a scheduler's without renewal (10 s to 1 h)."""
+    seconds = _positive_float(name, value)
+    if not 10 <= seconds <= 3600:
+        raise ConfigError(f"{name} must be from 10 seconds to 1 hour, not {value!r}")
+    return seconds
+
+
 def _port(name: str, value: Any) -> int:
     port = _positive_int(name, value)
     if port > 65535:
@@ -79,6 +87,7 @@ FIELDS: dict[str, tuple[str, Any, Any]] = {
     "socket": ("PONYBUNNY_SOCKET", _text, None),
     "workers": ("PONYBUNNY_WORKERS", _positive_int, 4),
     "shutdown_grace": ("PONYBUNNY_SHUTDOWN_GRACE", _positive_float, 30.0),
+    "lease": ("PONYBUNNY_LEASE", _lease, 60.0),
     "log_level": ("PONYBUNNY_LOG_LEVEL", _log_level, "INFO"),
     "gateway_host": ("PONYBUNNY_GATEWAY_HOST", _text, "127.0.0.1"),
     "gateway_port": ("PONYBUNNY_GATEWAY_PORT", _port, 18789),
@@ -94,6 +103,7 @@ class Settings:
     socket: Path
     workers: int
     shutdown_grace: float
+    lease: float
     log_level: str
     gateway_host: str
     gateway_port: int

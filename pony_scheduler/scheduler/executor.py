@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO
 
 from pony_scheduler.lifecycle.pidfile import proc_start_time
@@ -89,8 +90,12 @@ class Executor:
     sees the finished run as still running."""
 
     def __init__(self, workers: int, on_started: Callable[[Started], None],
-                 on_outcome: Callable[[Outcome], None], on_idle: Callable[[], None]) -> None:
+                 on_outcome: Callable[[Outcome], None], on_idle: Callable[[], None],
+                 now: Callable[[], datetime] = utcnow) -> None:
         self.workers = workers
+        self.now = now  # the clock outcomes are stamped with (the database's)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}  # running, by run id
+        self.kills: dict[int, str] = {}  # run id -> why it was killed on request
         self.on_started = on_started
         self.on_outcome = on_outcome
         self.on_idle = on_idle
@@ -128,6 +133,16 @@ class Executor:
                                       name=f"worker-{len(self.threads) + 1}")
             self.threads.append(thread)
             thread.start()
+
+    def kill(self, run_id: int, why: str) -> None:
+        """Stop run `run_id`'s process group now; its outcome is `killed`, with `why`."""
+        with self.lock:
+            proc = self.procs.get(run_id)
+            if proc is None:
+                return
+            self.kills[run_id] = why
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
     def take_back(self, handed_before: float | None = None) -> list[int]:
         """Remove runs that no worker has started, handed over before `handed_before`
@@ -172,7 +187,7 @@ class Executor:
                 outcome = self._execute(launch)
             except Exception as exc:  # a bug here must not kill the daemon silently
                 log.exception("Run %s: executor failed", launch.run_id)
-                outcome = Outcome(launch.run_id, Ending.NOT_STARTED, utcnow(),
+                outcome = Outcome(launch.run_id, Ending.NOT_STARTED, self.now(),
                                   detail=f"executor error: {exc}")
             self._done(outcome)
 
@@ -196,14 +211,23 @@ class Executor:
             except OSError as exc:
                 out.write(f"cannot start {launch.argv[0]!r}: {exc.strerror}\n".encode())
                 out.close()
-                return Outcome(launch.run_id, Ending.NOT_STARTED, utcnow(),
+                return Outcome(launch.run_id, Ending.NOT_STARTED, self.now(),
                                detail=f"cannot start command: {exc.strerror}",
                                output_path=launch.output_path)
             pid, pid_start = proc.pid, proc_start_time(proc.pid)
+            with self.lock:
+                self.procs[launch.run_id] = proc
             self.on_started(Started(launch.run_id, pid, pid_start, launch.output_path))
-            ending, detail, tail = self._supervise(proc, out, launch.timeout_s)
+            try:
+                ending, detail, tail = self._supervise(proc, out, launch.timeout_s)
+            finally:
+                with self.lock:
+                    self.procs.pop(launch.run_id, None)
+                    killed = self.kills.pop(launch.run_id, None)
         code = proc.wait()
-        return Outcome(launch.run_id, ending, utcnow(),
+        if killed is not None:
+            ending, detail = Ending.KILLED, killed
+        return Outcome(launch.run_id, ending, self.now(),
                        exit_code=code if code >= 0 else None,
                        signal=-code if code < 0 else None, detail=detail, pid=pid,
                        pid_start=pid_start, output_path=launch.output_path,

@@ -16,7 +16,7 @@ import queue
 import random
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -24,17 +24,21 @@ from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 from pony_scheduler.runstate import RunState
-from pony_scheduler.scheduler import environment, planning, recovery, runs
+from pony_scheduler.scheduler import environment, host, planning, recovery, runs
 from pony_scheduler.scheduler.executor import Executor, Launch
+from pony_scheduler.scheduler.planning import CLOCK_STEP
 from pony_scheduler.scheduler.runs import Capacity, Claimed, Ending, Outcome, Run, Started
+from pony_scheduler.scheduler.timeparse import format_duration
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line, utcnow
 from pony_scheduler.store.runs import ClaimRequest, Finished
+from pony_scheduler.store.transitions import Claimant
 
 log = logging.getLogger("pony_scheduler.scheduler")
 
-HEARTBEAT_INTERVAL = 5.0  # seconds between heartbeats and lease renewals
-LEASE = 60.0  # seconds a claimed run stays ours without a heartbeat
+# How far this host's clock may be from the database's before the log says so.
+CLOCK_WARN = timedelta(seconds=2)
+CLOCK_WARN_CHANGE = timedelta(seconds=1)
 CHANGE_POLL = 1.0  # seconds between looks at the change counter
 # A started run's pid waits this long for the next transaction (a finish, a claim) to
 # carry it, rather than costing a write of its own; a restart needs the pid only to stop
@@ -57,6 +61,7 @@ class Events(Protocol):
 @dataclass(frozen=True, slots=True)
 class InFlight:
     run: Run
+    epoch: int  # the fencing token it was claimed under
     claimed_at: datetime
 
 
@@ -65,10 +70,14 @@ class WorkLoop:
         self.store = store
         self.runtime = runtime
         self.events = events
-        self.hostname = socket.gethostname()
+        self.me = Claimant("", socket.gethostname(), host.host_id())
         settings = runtime.settings
         self.output_dir = settings.home / "runs"
-        self.executor = Executor(settings.workers, self._started, self._finished, self._kick)
+        # The database's clock minus this host's: leases and due times follow the
+        # database's clock, so that hosts whose clocks differ never disagree about them.
+        self.offset = timedelta(0)
+        self.executor = Executor(settings.workers, self._started, self._finished, self._kick,
+                                 now=self.now)
         self.scheduler_id = ""
         self.started_at = utcnow()
         self.changes = -1
@@ -85,6 +94,9 @@ class WorkLoop:
         self.upcoming_dirty = True
         self.upcoming: datetime | None = None
         self.next_heartbeat = self.next_poll = self.next_watchdog = 0.0
+        self.lease = settings.lease  # seconds a claimed run stays ours without renewal
+        # Renewed twelve times per lease (every 5 s for the default minute).
+        self.heartbeat_interval = self.lease / 12
         # What the executor reports waits here until the loop records it, in one
         # transaction per iteration; it stays in `unrecorded` while the database refuses.
         self.journal: queue.SimpleQueue[Started | Outcome] = queue.SimpleQueue()
@@ -100,7 +112,9 @@ class WorkLoop:
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         self.scheduler_id = self.store.register_scheduler()
-        self.maintain(utcnow())
+        self.me = replace(self.me, scheduler=self.scheduler_id)
+        self.measure_offset()
+        self.maintain(self.now())
         self.runtime.ready()
         backoff = 0.0
         while not self.runtime.stopping:
@@ -118,14 +132,37 @@ class WorkLoop:
             self.runtime.sleep(pause)
         self.shutdown()
 
+    def now(self) -> datetime:
+        """The database's time, as far as this host can tell (UTC)."""
+        return utcnow() + self.offset
+
+    def measure_offset(self) -> None:
+        offset = timedelta(seconds=self.store.clock_offset())
+        if abs(offset - self.offset) > CLOCK_WARN_CHANGE or (
+                self.offset == timedelta(0) and abs(offset) > CLOCK_WARN):
+            ahead = "ahead of" if offset < timedelta(0) else "behind"
+            log.warning("This host's clock is %s %s the database's; leases and due times "
+                        "follow the database's clock (check the host's time sync)",
+                        format_duration(abs(offset.total_seconds())), ahead)
+        self.offset = offset
+
     def iteration(self) -> None:
-        mono, now = time.monotonic(), utcnow()
-        step = self.clock.step(mono, now)
+        mono, host_now = time.monotonic(), utcnow()
+        step = self.clock.step(mono, host_now)
         if step is not None:
-            self.planner.clock_stepped(step, now)
-            self.replan = self.kicked = self.upcoming_dirty = True
+            before = self.offset
+            self.measure_offset()  # did the database's clock step too, or only ours?
+            moved = step.by + (self.offset - before)
+            if abs(moved.total_seconds()) > CLOCK_STEP:
+                self.planner.clock_stepped(replace(step, by=moved), host_now + self.offset)
+                self.replan = self.kicked = self.upcoming_dirty = True
+            else:
+                log.warning("This host's clock was stepped by %s; the database's clock, "
+                            "which decides, did not move",
+                            format_duration(step.by.total_seconds()))
+        now = host_now + self.offset
         if mono >= self.next_heartbeat:
-            self.next_heartbeat = mono + HEARTBEAT_INTERVAL
+            self.next_heartbeat = mono + self.heartbeat_interval
             self.maintain(now)
         if mono >= self.next_poll:
             self.next_poll = mono + CHANGE_POLL
@@ -141,7 +178,7 @@ class WorkLoop:
             self.next_job_due = self.store.next_job_due()
         if self.kicked or (self.next_run_due is not None and now >= self.next_run_due):
             self.kicked = False
-            self.next_run_due = self.dispatch(utcnow())
+            self.next_run_due = self.dispatch(self.now())
         elif self.record_due(mono):
             self.record_results()
         self.release_waiting(mono)
@@ -150,7 +187,7 @@ class WorkLoop:
     def seconds_to_sleep(self) -> float:
         if self.kicked or self.replan:
             return 0.0
-        mono, now = time.monotonic(), utcnow()
+        mono, now = time.monotonic(), self.now()
         deadlines = [self.next_heartbeat, self.next_poll]
         if self.pids_due is not None:
             deadlines.append(self.pids_due)
@@ -176,7 +213,7 @@ class WorkLoop:
             return runs.admit(run, job, capacity, now)
 
         # Even with no worker free: due runs past their start deadline expire now.
-        claimed, waiting = self.record_results(ClaimRequest(now, limit, LEASE, admit))
+        claimed, waiting = self.record_results(ClaimRequest(now, limit, self.lease, admit))
         self.backlog = waiting and limit > 0
         for item in claimed:
             self.launch(item, now)
@@ -202,12 +239,12 @@ class WorkLoop:
 
     def launch(self, item: Claimed, now: datetime) -> None:
         run = item.run
-        self.in_flight[run.id] = InFlight(run, now)
+        self.in_flight[run.id] = InFlight(run, item.epoch, now)
         try:
             from_file = (environment.read_env_file(item.env_file)
                          if item.env_file else {})
         except environment.EnvFileError as exc:
-            self.journal.put(Outcome(run.id, Ending.NOT_STARTED, utcnow(), detail=str(exc)))
+            self.journal.put(Outcome(run.id, Ending.NOT_STARTED, self.now(), detail=str(exc)))
             return
         argv = ("/bin/sh", "-c", item.command[0]) if item.shell else item.command
         environ = {**self.base_env, **item.env, **from_file,
@@ -260,7 +297,7 @@ class WorkLoop:
 
     def settle(self, outcome: Outcome) -> Finished:
         flight = self.in_flight.pop(outcome.run_id)
-        run, now = flight.run, utcnow()
+        run, now = flight.run, self.now()
         settlement = runs.settle(run, outcome, now, random.random())
         duration = (outcome.finished_at - flight.claimed_at).total_seconds()
         # Successes at debug level: `pb runs` keeps every run, and a line per success
@@ -276,7 +313,7 @@ class WorkLoop:
                                 "state": str(settlement.state),
                                 "exit_code": settlement.exit_code,
                                 "duration_s": round(duration, 3)})
-        return Finished(run, settlement, outcome, flight.claimed_at)
+        return Finished(run, flight.epoch, settlement, outcome, flight.claimed_at)
 
     def record_results(self, claim: ClaimRequest | None = None) -> tuple[list[Claimed], bool]:
         """Write what the executor reported and, given a request, claim due runs: one
@@ -287,8 +324,8 @@ class WorkLoop:
         self.drain_journal()
         if not self.started and not self.finished and claim is None:
             return [], False
-        ours, claimed, waiting = self.store.record_and_claim(
-            self.scheduler_id, self.hostname, self.started, self.finished, claim)
+        ours, claimed, waiting = self.store.record_and_claim(self.me, self.started,
+                                                             self.finished, claim)
         self.started, self.finished = [], []
         if any(item.settlement.next_attempt for item in ours):
             self.upcoming_dirty = self.kicked = True
@@ -297,14 +334,28 @@ class WorkLoop:
     # -- upkeep -------------------------------------------------------------------------
     def maintain(self, now: datetime) -> None:
         """Heartbeat, lease renewal, rescue of runs whose scheduler died, removals."""
-        self.store.heartbeat()
-        self.store.renew_leases(self.scheduler_id, now, LEASE)
+        self.measure_offset()
+        self.store.heartbeat(self.offset.total_seconds())
+        held = self.store.renew_leases(self.scheduler_id, now, self.lease)
+        self.fence(held)
         if recovery.abandoned(self.store, self.scheduler_id, now):
             self.upcoming_dirty = self.kicked = True
         if self.store.removals_pending():
             self.store.purge_removed()
         self.events.emit("heartbeat", {"pid": os.getpid(), "scheduler_id": self.scheduler_id,
                                        "running": self.executor.busy()})
+
+    def fence(self, held: dict[int, int]) -> None:
+        """Stop at once the runs this scheduler no longer owns: it was paused past its
+        lease (SIGSTOP, a frozen VM) and another scheduler took them over or declared them
+        lost.  Their outcome will be refused and logged; it must not run beside a retry."""
+        for run_id, flight in list(self.in_flight.items()):
+            if held.get(run_id) != flight.epoch:
+                log.error("Run %d (job %s) is no longer ours (epoch %d): its lease was taken "
+                          "over while this scheduler was paused; stopping its processes",
+                          run_id, flight.run.job, flight.epoch)
+                self.executor.kill(run_id, "stopped: its lease was taken over by another "
+                                   "scheduler while this one was paused")
 
     def ping_watchdog(self, mono: float) -> None:
         interval = self.runtime.watchdog_interval()
@@ -316,7 +367,8 @@ class WorkLoop:
         """Runs claimed ahead that waited AHEAD_WAIT for a worker go back to the queue."""
         self.unreleased += self.executor.take_back(handed_before=mono - AHEAD_WAIT)
         if self.unreleased:
-            self.store.release_runs(self.scheduler_id, self.unreleased)
+            self.store.release_runs([(run_id, self.in_flight[run_id].epoch)
+                                     for run_id in self.unreleased])
             log.debug("Released runs %s, claimed ahead and not started", self.unreleased)
             for run_id in self.unreleased:
                 self.in_flight.pop(run_id, None)
@@ -351,6 +403,6 @@ class WorkLoop:
             self.record_results()
         mono = time.monotonic()
         if mono >= self.next_heartbeat:
-            self.next_heartbeat = mono + HEARTBEAT_INTERVAL
+            self.next_heartbeat = mono + self.heartbeat_interval
             with contextlib.suppress(DBAPIError):
-                self.store.renew_leases(self.scheduler_id, utcnow(), LEASE)
+                self.store.renew_leases(self.scheduler_id, self.now(), self.lease)

@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -23,7 +22,7 @@ from typing import TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
-from pony_scheduler.scheduler import runs
+from pony_scheduler.scheduler import host, runs
 from pony_scheduler.scheduler.runs import Abandoned
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line
@@ -52,7 +51,7 @@ def retrying(action: Callable[[], T], attempts: int = 6) -> T:
 def dead_schedulers_here(store: Store, me: str) -> list[str]:
     """Schedulers recorded as running on this host whose process is gone."""
     dead = []
-    for row in store.running_schedulers_here(socket.gethostname(), exclude=me):
+    for row in store.running_schedulers_here(host.machine_id(), exclude=me):
         alive = row["boot_id"] == boot_id() and proc_start_time(row["pid"]) == row["proc_start"]
         if not alive:
             dead.append(row["id"])
@@ -79,7 +78,7 @@ def abandoned(store: Store, me: str, now: datetime) -> int:
 
 def _stop_orphan(lost: Abandoned) -> None:
     """Kill the process group of a lost run if it is still here and verifiably that run's."""
-    if lost.hostname != socket.gethostname():
+    if lost.host != host.host_id():  # another machine, or an earlier boot: nothing here
         return
     if lost.pid and lost.pid_start is not None:
         if proc_start_time(lost.pid) == lost.pid_start:  # else gone, or someone else's now

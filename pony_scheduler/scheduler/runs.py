@@ -96,6 +96,7 @@ class Claimed:
     """A run this scheduler has just claimed, with what starting it needs."""
 
     run: Run
+    epoch: int  # the fencing token this claim holds (runs.epoch)
     command: tuple[str, ...]  # argv, or one shell string when `shell`
     shell: bool
     cwd: str | None
@@ -121,8 +122,9 @@ class Abandoned:
     """A running run whose scheduler is gone (lease expired, or found dead here)."""
 
     run: Run
+    epoch: int
     claimed_by: str | None
-    hostname: str | None
+    host: str | None  # machine id:boot id it ran on
     pid: int | None
     pid_start: int | None
 

@@ -249,10 +249,13 @@ class JobQueries:
                 if due is not None:
                     values["next_due_at"] = due + by
                 connection.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
-            # Retries wait out a delay, not a wall-clock time: they move too.
+            # Their queued runs move with them, and so do retries of any job: a retry waits
+            # out a delay, not a wall-clock time.
+            interval = [job_id for job_id, _, _ in rows]
             waiting = connection.execute(select(runs.c.id, runs.c.due_at).where(
                 runs.c.state == RunState.QUEUED,
-                runs.c.trigger.in_([Trigger.RETRY.value, Trigger.RESUME.value]))).all()
+                runs.c.job_id.in_(interval) | runs.c.trigger.in_(
+                    [Trigger.RETRY.value, Trigger.RESUME.value]))).all()
             for run_id, due in waiting:
                 connection.execute(update(runs).where(runs.c.id == run_id)
                                    .values(due_at=due + by))

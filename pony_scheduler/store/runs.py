@@ -32,11 +32,19 @@ from pony_scheduler.scheduler.runs import (
     Verdict,
     policy_from,
 )
+from pony_scheduler.store.clock import ClockQueries
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, row_dict, utcnow
 from pony_scheduler.store.jobs import UnknownJob
 from pony_scheduler.store.prepared import Prepared, transaction
 from pony_scheduler.store.tables import jobs, runs, schedulers
-from pony_scheduler.store.transitions import Claim, Drop, Release, Settle, Transitions
+from pony_scheduler.store.transitions import (
+    Claim,
+    Claimant,
+    Drop,
+    Release,
+    Settle,
+    Transitions,
+)
 
 log = logging.getLogger("pony_scheduler.store")
 
@@ -47,10 +55,10 @@ RUN_VIEW = (runs.c.id, jobs.c.name.label("job"), runs.c.occurrence, runs.c.attem
 
 # What deciding on and starting a claimed run needs, read in the claiming query itself.
 CLAIM_COLUMNS = (runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt, runs.c.trigger,
-                 runs.c.due_at, runs.c.batch, jobs.c.name, jobs.c.command, jobs.c.shell,
-                 jobs.c.timeout_s, jobs.c.retries, jobs.c.retry_delay_s, jobs.c.overlap,
-                 jobs.c.catch_up, jobs.c.start_deadline_s, jobs.c.max_queued, jobs.c.cwd,
-                 jobs.c.env, jobs.c.umask, jobs.c.env_file, jobs.c.secret_env,
+                 runs.c.due_at, runs.c.batch, runs.c.epoch, jobs.c.name, jobs.c.command,
+                 jobs.c.shell, jobs.c.timeout_s, jobs.c.retries, jobs.c.retry_delay_s,
+                 jobs.c.overlap, jobs.c.catch_up, jobs.c.start_deadline_s, jobs.c.max_queued,
+                 jobs.c.cwd, jobs.c.env, jobs.c.umask, jobs.c.env_file, jobs.c.secret_env,
                  jobs.c.last_finished_at)
 
 QUEUED = RunState.QUEUED.value
@@ -87,6 +95,7 @@ class Finished:
     """A run's settlement, with the outcome that led to it (None for a lost run)."""
 
     run: Run
+    epoch: int  # the fencing token it ran under
     settlement: Settlement
     outcome: Outcome | None
     started_at: datetime | None = None  # when it was claimed, for the job's last duration
@@ -125,12 +134,13 @@ def run_from(row: dict[str, Any]) -> Run:
                Trigger(row["trigger"]), row["due_at"], policy, row["batch"])
 
 
-def claimed_from(run: Run, row: dict[str, Any]) -> Claimed:
+def claimed_from(run: Run, row: dict[str, Any], epoch: int) -> Claimed:
     command, env = json.loads(row["command"]), json.loads(row["env"] or "{}")
     secret = json.loads(row["secret_env"] or "[]")
     if not (isinstance(command, list) and command and isinstance(env, dict)):
         raise ValueError("the stored command or environment is damaged")
-    return Claimed(run, tuple(str(part) for part in command), bool(row["shell"]), row["cwd"],
+    return Claimed(run, epoch, tuple(str(part) for part in command), bool(row["shell"]),
+                   row["cwd"],
                    {str(k): str(v) for k, v in env.items()}, int(row["umask"]),
                    row["timeout_s"], row["env_file"], frozenset(secret))
 
@@ -150,10 +160,10 @@ class HotStatements:
             job_id=bindparam("job_id"), occurrence=bindparam("occurrence"),
             attempt=bindparam("attempt"), trigger=bindparam("trigger"),
             state=QUEUED, due_at=bindparam("due_at"), created_at=bindparam("created_at"),
-            batch=bindparam("batch")), dialect)
+            batch=bindparam("batch"), epoch=0), dialect)  # prepared: no Core defaults
 
 
-class RunQueries:
+class RunQueries(ClockQueries):
     engine: Engine
     _hot: HotStatements | None = None
 
@@ -165,8 +175,9 @@ class RunQueries:
 
     # -- what users do ----------------------------------------------------------------------
     def request_run(self, name: str) -> int:
-        """Queue a manual run of job `name` now; returns its id.  Raises UnknownJob."""
-        now = utcnow()
+        """Queue a manual run of job `name` now (the database's now: another host's
+        scheduler judges it by that clock); returns its id.  Raises UnknownJob."""
+        now = self.db_now()
         with self.engine.begin() as connection:
             job_id = connection.execute(select(jobs.c.id).where(
                 jobs.c.name == name, jobs.c.removed_at.is_(None))).scalar()
@@ -216,7 +227,7 @@ class RunQueries:
                 return connection.execute(NEXT_QUEUED).scalar()
             return connection.execute(NEXT_QUEUED_AFTER, {"after": after}).scalar()
 
-    def record_and_claim(self, scheduler_id: str, hostname: str, started: list[Started],
+    def record_and_claim(self, me: Claimant, started: list[Started],
                          finished: list[Finished], claim: ClaimRequest | None,
                          ) -> tuple[list[Finished], list[Claimed], bool]:
         """Write what the executor reported, then claim due runs: one transaction.
@@ -230,40 +241,39 @@ class RunQueries:
         """
         try:
             with transaction(self.engine) as connection:
-                return self._record_then_claim(connection, scheduler_id, hostname, started,
-                                               finished, claim, isolated=False)
+                return self._record_then_claim(connection, me, started, finished, claim,
+                                               isolated=False)
         except POISON as exc:
             if isinstance(exc, DBAPIError) and not isinstance(exc, DataError | IntegrityError):
                 raise
             log.warning("A run's result could not be written (%s); writing each apart", exc)
         with transaction(self.engine) as connection:
-            return self._record_then_claim(connection, scheduler_id, hostname, started,
-                                           finished, claim, isolated=True)
+            return self._record_then_claim(connection, me, started, finished, claim,
+                                           isolated=True)
 
-    def claim(self, scheduler_id: str, hostname: str,
-              request: ClaimRequest) -> tuple[list[Claimed], bool]:
+    def claim(self, me: Claimant, request: ClaimRequest) -> tuple[list[Claimed], bool]:
         """Claim due runs with nothing to record; see record_and_claim."""
-        _, claimed, waiting = self.record_and_claim(scheduler_id, hostname, [], [], request)
+        _, claimed, waiting = self.record_and_claim(me, [], [], request)
         return claimed, waiting
 
-    def _record_then_claim(self, connection: Any, me: str, host: str, started: list[Started],
+    def _record_then_claim(self, connection: Any, me: Claimant, started: list[Started],
                            finished: list[Finished], claim: ClaimRequest | None,
                            isolated: bool) -> tuple[list[Finished], list[Claimed], bool]:
-        ours = self._record(connection, me, started, finished, isolated)
+        ours = self._record(connection, started, finished, isolated)
         if claim is None:
             return ours, [], False
-        claimed, waiting = self._claim(connection, me, host, claim)
+        claimed, waiting = self._claim(connection, me, claim)
         return ours, claimed, waiting
 
-    def _record(self, connection: Any, me: str, started: list[Started],
-                finished: list[Finished], isolated: bool) -> list[Finished]:
+    def _record(self, connection: Any, started: list[Started], finished: list[Finished],
+                isolated: bool) -> list[Finished]:
         hot = self.hot
         pids = {item.run_id: item for item in started}
         ours = []
         for item in finished:
             pids.pop(item.run.id, None)  # the outcome carries the pid too
-            write = self._write_isolated if isolated else self._write_settle
-            if write(connection, me, item):
+            write = self._write_isolated if isolated else self._settle
+            if write(connection, item):
                 ours.append(item)
         if pids:  # still running: what a restart needs to find them
             hot.started.execute_many(connection, [
@@ -272,25 +282,22 @@ class RunQueries:
         self._last_results(connection, ours)
         return ours
 
-    def _write_settle(self, connection: Any, me: str, item: Finished) -> bool:
-        return self._settle(connection, item, me)
-
-    def _settle(self, connection: Any, item: Finished, claimed_by: str | None) -> bool:
+    def _settle(self, connection: Any, item: Finished) -> bool:
         if not self.hot.transitions.write(connection, Settle(item.settlement, item.outcome,
-                                                             claimed_by)):
+                                                             item.epoch)):
             return False
         if item.settlement.next_attempt is not None:
             self._insert_attempt(connection, item.run, item.settlement.next_attempt.due_at,
                                  item.settlement.next_attempt.trigger)
         return True
 
-    def _write_isolated(self, connection: Any, me: str, item: Finished) -> bool:
+    def _write_isolated(self, connection: Any, item: Finished) -> bool:
         """One run's settlement on a savepoint; again without its tail if a value of it
         cannot be written, with a note saying so."""
         for attempt in (item, _without_tail(item)):
             try:
                 with savepoint(connection):
-                    return self._write_settle(connection, me, attempt)
+                    return self._settle(connection, attempt)
             except POISON as exc:
                 if isinstance(exc, DBAPIError) and not isinstance(exc, DataError
                                                                   | IntegrityError):
@@ -316,7 +323,7 @@ class RunQueries:
                 self.hot.last_success.rowcount(connection, {
                     "job_id": item.run.job_id, "b_finished_at": item.settlement.finished_at})
 
-    def _claim(self, connection: Any, me: str, host: str,
+    def _claim(self, connection: Any, me: Claimant,
                request: ClaimRequest) -> tuple[list[Claimed], bool]:
         hot = self.hot
         # Due runs are looked at even with no worker free: those past their start
@@ -333,7 +340,7 @@ class RunQueries:
         for row in rows:
             try:
                 run = run_from(row)
-                start = claimed_from(run, row)
+                start = claimed_from(run, row, row["epoch"] + 1)
             except (ValueError, TypeError, LookupError) as exc:
                 self._drop(connection, row["id"], RunState.SKIPPED,
                            f"job definition cannot be read: {exc}", request.now)
@@ -343,8 +350,8 @@ class RunQueries:
             if decision.verdict is Verdict.START and len(claimed) >= request.limit:
                 waiting = True
             elif decision.verdict is Verdict.START:
-                if hot.transitions.write(connection, Claim(run.id, me, host, request.now,
-                                                           until)):
+                if hot.transitions.write(connection, Claim(run.id, row["epoch"], me,
+                                                           request.now, until)):
                     busy.setdefault(run.job_id, set()).add(run.batch)
                     claimed.append(start)
                 else:
@@ -368,44 +375,49 @@ class RunQueries:
             "trigger": trigger.value, "due_at": due_at, "created_at": utcnow(),
             "batch": run.batch})
 
-    def release_runs(self, scheduler_id: str, run_ids: list[int]) -> int:
-        """Give claimed runs that never started back to the queue; returns how many."""
+    def release_runs(self, held: list[tuple[int, int]]) -> int:
+        """Give claimed runs that never started, as (run id, epoch), back to the queue;
+        returns how many."""
         with transaction(self.engine) as connection:
-            return sum(self.hot.transitions.write(connection, Release(run_id, scheduler_id))
-                       for run_id in run_ids)
+            return sum(self.hot.transitions.write(connection, Release(run_id, epoch))
+                       for run_id, epoch in held)
 
-    def renew_leases(self, scheduler_id: str, now: datetime, lease: float) -> None:
-        """Extend the lease of every run `scheduler_id` holds to `now` + `lease` seconds."""
+    def renew_leases(self, scheduler_id: str, now: datetime, lease: float) -> dict[int, int]:
+        """Extend the lease of every run `scheduler_id` holds to `now` + `lease` seconds;
+        returns them as {run id: epoch} (a run missing there is no longer ours)."""
+        mine = (runs.c.claimed_by == scheduler_id) & (runs.c.state == RunState.RUNNING)
         with self.engine.begin() as connection:
-            connection.execute(update(runs).where(runs.c.claimed_by == scheduler_id,
-                                                  runs.c.state == RunState.RUNNING)
+            connection.execute(update(runs).where(mine)
                                .values(lease_until=now + timedelta(seconds=lease)))
+            return {row.id: row.epoch for row in connection.execute(
+                select(runs.c.id, runs.c.epoch).where(mine))}
 
     def abandoned_runs(self, now: datetime, dead_here: list[str]) -> list[Abandoned]:
         """Running runs whose scheduler is gone: lease expired, or found dead here."""
-        query = (select(*CLAIM_COLUMNS, runs.c.claimed_by, runs.c.hostname, runs.c.pid,
+        query = (select(*CLAIM_COLUMNS, runs.c.claimed_by, runs.c.host, runs.c.pid,
                         runs.c.pid_start)
                  .join(jobs, jobs.c.id == runs.c.job_id)
                  .where(runs.c.state == RunState.RUNNING,
                         (runs.c.lease_until < now) | runs.c.claimed_by.in_(dead_here)))
         with self.engine.connect() as connection:
             rows = [row_dict(row) for row in connection.execute(query)]
-        return [Abandoned(run_from(row), row["claimed_by"], row["hostname"], row["pid"],
-                          row["pid_start"]) for row in rows]
+        return [Abandoned(run_from(row), row["epoch"], row["claimed_by"], row["host"],
+                          row["pid"], row["pid_start"]) for row in rows]
 
     def settle_lost(self, lost: Abandoned, settlement: Settlement) -> bool:
         """Write a lost run's settlement (guarded by the scheduler that held it) and queue
         its retry; False if it was no longer running under that scheduler."""
         with transaction(self.engine) as connection:
-            item = Finished(lost.run, settlement, None)
-            written = self._settle(connection, item, lost.claimed_by)
+            item = Finished(lost.run, lost.epoch, settlement, None)
+            written = self._settle(connection, item)
             if written:
                 self._last_results(connection, [item])
             return written
 
-    def running_schedulers_here(self, hostname: str, exclude: str) -> list[dict[str, Any]]:
-        """Schedulers on `hostname` not recorded as stopped, other than `exclude`."""
-        query = select(schedulers).where(schedulers.c.hostname == hostname,
+    def running_schedulers_here(self, machine: str, exclude: str) -> list[dict[str, Any]]:
+        """Schedulers on machine `machine` (machine-id(5)) not recorded as stopped, other
+        than `exclude`."""
+        query = select(schedulers).where(schedulers.c.machine_id == machine,
                                          schedulers.c.stopped_at.is_(None),
                                          schedulers.c.id != exclude)
         with self.engine.connect() as connection:

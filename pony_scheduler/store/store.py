@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from pony_scheduler import __version__
 from pony_scheduler.errors import PonyError
 from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
+from pony_scheduler.scheduler.host import machine_id
 from pony_scheduler.store import migrate
 from pony_scheduler.store.common import first_line, read_changes, utcnow
 from pony_scheduler.store.engine import make_engine, safe_url
@@ -69,7 +70,8 @@ class Store(JobQueries, RunQueries):
         self.scheduler_id = str(uuid.uuid4())
         with self.engine.begin() as connection:
             connection.execute(schedulers.insert().values(
-                id=self.scheduler_id, hostname=socket.gethostname(), pid=os.getpid(),
+                id=self.scheduler_id, hostname=socket.gethostname(), machine_id=machine_id(),
+                pid=os.getpid(),
                 proc_start=proc_start_time(os.getpid()), boot_id=boot_id(),
                 version=__version__, started_at=now, heartbeat_at=now))
         return self.scheduler_id
@@ -84,11 +86,13 @@ class Store(JobQueries, RunQueries):
             connection.execute(update(schedulers).where(schedulers.c.id == scheduler_id)
                                .values(stopped_at=utcnow()))
 
-    def heartbeat(self) -> None:
-        """Tell other schedulers and `pb` that this one is alive."""
+    def heartbeat(self, clock_offset: float | None = None) -> None:
+        """Tell other schedulers and `pb` that this one is alive (and how far this host's
+        clock is from the database's, in seconds)."""
         with self.engine.begin() as connection:
             connection.execute(update(schedulers).where(schedulers.c.id == self.scheduler_id)
-                               .values(heartbeat_at=utcnow()))
+                               .values(heartbeat_at=utcnow(), clock_offset_s=clock_offset))
+
 
     def mark_stopped(self) -> None:
         """Record this scheduler's orderly stop."""

@@ -59,6 +59,8 @@ schedulers = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("heartbeat_at", UTCDateTime(), nullable=False),
     Column("stopped_at", UTCDateTime()),
+    Column("machine_id", String(64)),  # with boot_id: the host (never its hostname)
+    Column("clock_offset_s", Float),  # the database's clock minus this host's, seconds
 )
 
 # A counter bumped by every change to jobs, so that a running scheduler notices `pb job …`
@@ -114,6 +116,12 @@ jobs = Table(
     # Set while `pb job remove` deletes the job's runs in batches; the row is renamed so
     # that the name is free at once, and it is deleted last.
     Column("removed_at", UTCDateTime()),
+    # Containment (the run keeper): what a run leaves behind when its main process exits
+    # (kill|keep), and resource limits where the cgroup controllers exist.
+    Column("leftovers", String(8), nullable=False, default="kill"),
+    Column("memory_max", BigInteger),  # bytes
+    Column("cpu_max", Float),  # CPUs, e.g. 0.5
+    Column("tasks_max", Integer),
     Index("ix_jobs_due", "enabled", "next_due_at"),
 )
 
@@ -141,6 +149,14 @@ runs = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("signal", Integer),  # the signal that ended it; exit_code is then 128+signal
     Column("batch", BigInteger),  # runs of one catch-up decision share it (runs.Plan)
+    # The fencing token: raised by every claim, hand-over and rescue; a write carrying an
+    # older epoch is refused (a scheduler paused past its lease records nothing).
+    Column("epoch", Integer, nullable=False, default=0),
+    Column("host", String(80)),  # machine id:boot id of the host it runs on
+    Column("leftovers", Integer),  # processes left behind when its main process exited
+    Column("peak_memory", BigInteger),  # bytes
+    Column("cpu_s", Float),
+    Column("containment", String(16)),  # cgroup2, cgroup1, pgroup
     UniqueConstraint("job_id", "occurrence", "attempt", name="uq_runs_job_occurrence_attempt"),
     Index("ix_runs_state_due", "state", "due_at"),
     Index("ix_runs_job_created", "job_id", "id"),

@@ -31,13 +31,23 @@ QUEUED, RUNNING = RunState.QUEUED.value, RunState.RUNNING.value
 
 
 @dataclass(frozen=True, slots=True)
+class Claimant:
+    """Who claims: a scheduler process, the name it shows, the host it runs on."""
+
+    scheduler: str  # schedulers.id
+    hostname: str  # shown to users; never used to decide anything
+    host: str  # machine id:boot id (scheduler/host.py)
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
-    """queued -> running: `scheduler` takes the run, with a lease until `lease_until`."""
+    """queued -> running: `by` takes the run, with a lease until `lease_until`, under the
+    next epoch (the fencing token every later write about it must carry)."""
 
     old: ClassVar[RunState] = RunState.QUEUED
     run_id: int
-    scheduler: str
-    host: str
+    epoch: int  # the run's epoch before the claim
+    by: Claimant
     now: datetime
     lease_until: datetime
 
@@ -46,8 +56,9 @@ class Claim:
         return RunState.RUNNING
 
     def params(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "me": self.scheduler, "host": self.host,
-                "now": self.now, "until": self.lease_until}
+        return {"run_id": self.run_id, "b_epoch": self.epoch, "b_next": self.epoch + 1,
+                "me": self.by.scheduler, "b_hostname": self.by.hostname,
+                "b_host": self.by.host, "now": self.now, "until": self.lease_until}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +67,14 @@ class Release:
 
     old: ClassVar[RunState] = RunState.RUNNING
     run_id: int
-    scheduler: str
+    epoch: int
 
     @property
     def new(self) -> RunState:
         return RunState.QUEUED
 
     def params(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "me": self.scheduler}
+        return {"run_id": self.run_id, "b_epoch": self.epoch}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +94,13 @@ class Drop:
 
 @dataclass(frozen=True, slots=True)
 class Settle:
-    """running -> its final state, from its outcome; `claimed_by` guards it (a run
-    another scheduler declared lost meanwhile is not ours to settle)."""
+    """running -> its final state, from its outcome; the epoch it ran under guards it (a
+    run another scheduler took over or declared lost meanwhile is not ours to settle)."""
 
     old: ClassVar[RunState] = RunState.RUNNING
     settlement: Settlement
     outcome: Outcome | None
-    claimed_by: str | None
+    epoch: int
 
     @property
     def new(self) -> RunState:
@@ -101,7 +112,7 @@ class Settle:
 
     def params(self) -> dict[str, Any]:
         s, o = self.settlement, self.outcome
-        return {"run_id": s.run_id, "me": self.claimed_by, "b_state": s.state.value,
+        return {"run_id": s.run_id, "b_epoch": self.epoch, "b_state": s.state.value,
                 "b_exit_code": s.exit_code, "b_signal": s.signal, "b_reason": s.reason,
                 "b_finished_at": s.finished_at, "b_tail": o.tail if o else None,
                 "b_pid": o.pid if o else None, "b_pid_start": o.pid_start if o else None,
@@ -110,12 +121,14 @@ class Settle:
 
 Move = Claim | Release | Drop | Settle
 
-CLAIM = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
-         .values(state=RUNNING, claimed_by=bindparam("me"), hostname=bindparam("host"),
+CLAIM = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED,
+                            runs.c.epoch == bindparam("b_epoch"))
+         .values(state=RUNNING, epoch=bindparam("b_next"), claimed_by=bindparam("me"),
+                 hostname=bindparam("b_hostname"), host=bindparam("b_host"),
                  started_at=bindparam("now"), lease_until=bindparam("until")))
 RELEASE = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
-                              runs.c.claimed_by == bindparam("me"), runs.c.pid.is_(None))
-           .values(state=QUEUED, claimed_by=None, hostname=None, started_at=None,
+                              runs.c.epoch == bindparam("b_epoch"), runs.c.pid.is_(None))
+           .values(state=QUEUED, claimed_by=None, hostname=None, host=None, started_at=None,
                    lease_until=None))
 DROP = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
         .values(state=bindparam("b_state"), reason=bindparam("b_reason"),
@@ -123,7 +136,7 @@ DROP = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUE
 # pid, pid_start and output_path are kept when the outcome does not know them (a run
 # declared lost, or one whose start was recorded earlier).
 SETTLE = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
-                             runs.c.claimed_by == bindparam("me"))
+                             runs.c.epoch == bindparam("b_epoch"))
           .values(state=bindparam("b_state"), exit_code=bindparam("b_exit_code"),
                   signal=bindparam("b_signal"), reason=bindparam("b_reason"),
                   output_tail=bindparam("b_tail"), finished_at=bindparam("b_finished_at"),
@@ -133,7 +146,8 @@ SETTLE = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == R
                                           runs.c.pid_start),
                   output_path=func.coalesce(bindparam("b_output_path", type_=Text),
                                             runs.c.output_path)))
-STATE_OF = select(runs.c.state, runs.c.claimed_by).where(runs.c.id == bindparam("run_id"))
+STATE_OF = select(runs.c.state, runs.c.claimed_by, runs.c.epoch).where(
+    runs.c.id == bindparam("run_id"))
 
 
 class Transitions:
@@ -162,13 +176,14 @@ class Transitions:
 
     def _refused(self, connection: Any, move: Move) -> None:
         found = self.state_of.mappings(connection, {"run_id": move.run_id})
-        where = (f"found {found[0]['state']}" + (f" held by {found[0]['claimed_by']}"
-                                                 if found[0]["claimed_by"] else "")
+        where = (f"found {found[0]['state']} at epoch {found[0]['epoch']}"
+                 + (f" held by {found[0]['claimed_by']}" if found[0]["claimed_by"] else "")
                  if found else "found no such run")
         detail = ""
         if isinstance(move, Settle):
             detail = f"; its outcome was {move.new}" + (
                 f" ({move.settlement.reason})" if move.settlement.reason else "")
-        log.error("Run %d: refused %s -> %s: %s%s", move.run_id, move.old, move.new, where,
-                  detail)
+        mine = f" at epoch {move.epoch}" if hasattr(move, "epoch") else ""
+        log.error("Run %d: refused %s -> %s%s: %s%s", move.run_id, move.old, move.new, mine,
+                  where, detail)
 

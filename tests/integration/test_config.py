@@ -64,7 +64,7 @@ def test_bad_files(pb: Pb, home: Path, tmp_path: Path) -> None:
     assert result.code == 2
     assert result.err.strip() == (f"Error: {config}:3: unknown key 'bogus_key' (known keys: "
                                   "db, debug_host, debug_port, gateway_host, gateway_port, "
-                                  "log_level, shutdown_grace, socket, workers)")
+                                  "lease, log_level, shutdown_grace, socket, workers)")
     config.write_text("workers = [\n")
     result = pb("config", "show")
     assert result.code == 2 and str(config) in result.err and "malformed TOML" in result.err

@@ -13,9 +13,11 @@ from typing import Any
 from sqlalchemy import update
 
 from pony_scheduler.scheduler import recovery
+from pony_scheduler.scheduler.host import host_id
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import utcnow
 from pony_scheduler.store.tables import runs
+from pony_scheduler.store.transitions import Claimant
 from tests.conftest import wait_for
 from tests.integration.test_store import request
 
@@ -32,7 +34,7 @@ def test_expired_lease_is_lost_and_retried(tmp_path: Path) -> None:
     store.add_job("j", job_values())
     run_id = store.request_run("j")
     # another host's scheduler claimed it, then vanished without a trace
-    store.claim("other-host-scheduler", "elsewhere", request(1))
+    store.claim(Claimant("other-host-scheduler", "elsewhere", "other:boot"), request(1))
     assert store.get_run(run_id)["state"] == "running"  # type: ignore[index]
     me = store.register_scheduler()
     assert recovery.abandoned(store, me, utcnow()) == 0  # the lease still runs
@@ -55,7 +57,7 @@ def test_orphan_without_a_recorded_pid_is_found_by_its_environment(tmp_path: Pat
     store.add_job("j", job_values(retries=0))
     run_id = store.request_run("j")
     dead = "dead-scheduler-id"
-    store.claim(dead, socket.gethostname(), request(1))
+    store.claim(Claimant(dead, socket.gethostname(), host_id()), request(1))
     with store.engine.begin() as connection:
         connection.execute(update(runs).values(lease_until=utcnow() - timedelta(seconds=1)))
     env = {**os.environ, "PONYBUNNY_RUN_ID": str(run_id)}

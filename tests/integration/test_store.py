@@ -21,7 +21,12 @@ from pony_scheduler.store import Store, migrate
 from pony_scheduler.store.common import utcnow
 from pony_scheduler.store.jobs import Materialize
 from pony_scheduler.store.runs import ClaimRequest, Finished
+from pony_scheduler.store.transitions import Claimant
 from tests.conftest import Pb
+
+
+def me(scheduler: str, hostname: str = "host") -> Claimant:
+    return Claimant(scheduler, hostname, f"machine-of-{hostname}:boot")
 
 
 def request(limit: int, now: datetime | None = None) -> ClaimRequest:
@@ -59,7 +64,7 @@ def test_each_queued_run_is_claimed_exactly_once(db_url: str) -> None:
     def drain(worker: Store) -> list[int]:
         got: list[int] = []
         while True:
-            batch, _ = worker.claim(worker.scheduler_id or "", "host", request(7))
+            batch, _ = worker.claim(me(worker.scheduler_id or ""), request(7))
             if not batch:
                 return got
             got += [item.run.id for item in batch]
@@ -144,20 +149,24 @@ def test_prepared_statements_store_what_core_reads(db_url: str) -> None:
     store.add_job("j", job_values())
     run_id = store.request_run("j")
     now = utcnow()
-    claimed, _ = store.claim(store.scheduler_id, "host", request(1, now))
+    claimed, _ = store.claim(me(store.scheduler_id), request(1, now))
     assert [item.run.id for item in claimed] == [run_id]
     assert claimed[0].run.occurrence.tzinfo is not None and claimed[0].shell is False
     started = [Started(run_id, 4242, 17, "/o.log")]
-    store.record_and_claim(store.scheduler_id, "host", started, [], None)
+    store.record_and_claim(me(store.scheduler_id), started, [], None)
     assert store.get_run(run_id)["pid"] == 4242  # type: ignore[index]
     finished_at = now + timedelta(seconds=1.5)
     outcome = Outcome(run_id, Ending.EXITED, finished_at, exit_code=3, tail=b"bye\0\xff")
     settlement = runs.Settlement(run_id, RunState.FAILED, "exit status 3", finished_at, 3,
                                  next_attempt=runs.NextAttempt(
                                      finished_at + timedelta(seconds=5), runs.Trigger.RETRY))
+    stale = Finished(claimed[0].run, claimed[0].epoch - 1, settlement, outcome, now)
+    ours, _, _ = store.record_and_claim(me(store.scheduler_id), [], [stale], None)
+    assert ours == []  # an older epoch's write is refused (fencing)
+    assert store.get_run(run_id)["state"] == "running"  # type: ignore[index]
     ours, _, _ = store.record_and_claim(
-        store.scheduler_id, "host", [],
-        [Finished(claimed[0].run, settlement, outcome, now)], None)
+        me(store.scheduler_id), [],
+        [Finished(claimed[0].run, claimed[0].epoch, settlement, outcome, now)], None)
     assert len(ours) == 1
     run = store.get_run(run_id)
     assert run is not None
@@ -185,11 +194,11 @@ def test_prepared_statement_errors_are_sqlalchemy_errors(tmp_path: Path) -> None
         connection.execute(text("CREATE TRIGGER no_claims BEFORE UPDATE OF claimed_by ON runs "
                                 "BEGIN SELECT RAISE(ABORT, 'claims refused'); END"))
     with pytest.raises(DBAPIError, match="claims refused"):
-        store.claim(store.scheduler_id, "host", request(1))
+        store.claim(me(store.scheduler_id), request(1))
     assert [r["state"] for r in store.list_runs()] == ["queued"]
     with engine.begin() as connection:
         connection.execute(text("DROP TRIGGER no_claims"))
-    claimed, _ = store.claim(store.scheduler_id, "host", request(1))
+    claimed, _ = store.claim(me(store.scheduler_id), request(1))
     assert len(claimed) == 1  # the connection went back to the pool usable
     engine.dispose()
     store.close()
