@@ -57,7 +57,7 @@ def next_run_local(job: Mapping[str, Any]) -> datetime | None:
 
 
 def text(moment: datetime | None) -> str:
-    """"2026-12-01 03:00 CET" for an aware local time (see timeparse.local_text); "-"."""
+    """ "2026-12-01 03:00 CET" for an aware local time (see timeparse.local_text); "-"."""
     return local_text(moment, moment.tzinfo) if moment is not None else "-"
 
 

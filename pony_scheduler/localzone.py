@@ -80,17 +80,17 @@ def _from_tz(value: str, now: datetime) -> MachineZone:
                     f"TZ={quote(value)} is a POSIX time zone rule, not a zone name; pb needs "
                     f"the tz database's rules to run jobs in the right hour: {_ADVICE}"
                 ) from None
-            raise ConfigError(f"TZ={quote(value)} is not a zone of the tz database; "
-                              f"{_ADVICE}") from None
+            raise ConfigError(
+                f"TZ={quote(value)} is not a zone of the tz database; {_ADVICE}"
+            ) from None
     path = Path(text)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"TZ={quote(value)} names a file that cannot be read "
-                          f"({exc.strerror}); {_ADVICE}") from None
-    name = _name_under_tzpath(path)
-    if name is None or not _same_zone(name, data, now):
-        name = _match(data, now)
+        raise ConfigError(
+            f"TZ={quote(value)} names a file that cannot be read ({exc.strerror}); {_ADVICE}"
+        ) from None
+    name = _name_from_path(path, data, now) or _match(data)
     if name is None:
         raise ConfigError(f"TZ={quote(value)} is not a zone file of the tz database; {_ADVICE}")
     return MachineZone(name)
@@ -105,15 +105,14 @@ def _from_system(localtime: Path, now: datetime) -> MachineZone:
     name = _configured_name()
     if name is not None and _same_zone(name, data, now):
         return MachineZone(name)
-    name = _match(data, now)
+    name = _match(data)
     if name is None:
         return _unknown(f"TZ is not set and {localtime} matches no zone of the tz database")
     return MachineZone(name)
 
 
 def _unknown(why: str) -> MachineZone:
-    return MachineZone("UTC", f"cannot tell this machine's time zone ({why}); using UTC: "
-                              f"{_ADVICE}")
+    return MachineZone("UTC", f"cannot tell this machine's time zone ({why}); using UTC: {_ADVICE}")
 
 
 def _configured_name() -> str | None:
@@ -133,27 +132,28 @@ def _configured_name() -> str | None:
         return None
 
 
-def _name_under_tzpath(path: Path) -> str | None:
-    """The zone name of a path inside a zoneinfo directory, as written (not resolved)."""
-    for root in zoneinfo.TZPATH:
-        try:
-            name = str(path.relative_to(root))
-            return check_zone(name)
-        except (ValueError, ConfigError):
-            continue
+def _name_from_path(path: Path, data: bytes, now: datetime) -> str | None:
+    """The zone a zone file's path names (/usr/share/zoneinfo/Asia/Tokyo, also a copy
+    such as /opt/zones/Asia/Tokyo), checked against its content; or None."""
+    for candidate in (path, path.resolve()):
+        parts = candidate.parts[1:]
+        for start in reversed(range(len(parts))):  # the shortest name: not posix/Asia/Tokyo
+            try:
+                name = check_zone("/".join(parts[start:]))
+            except ConfigError:
+                continue
+            if _same_zone(name, data, now):
+                return name
     return None
 
 
-def _match(data: bytes, now: datetime) -> str | None:
-    """The tz database zone whose file is `data`, or that behaves exactly like it."""
+def _match(data: bytes) -> str | None:
+    """The tz database zone whose file is exactly `data`, or None.
+
+    Only byte-for-byte: many zones share today's rules (Europe/Berlin, Europe/Paris ...
+    since 1980), so a file that matches none exactly could be any of them.
+    """
     same = [name for name in _zones() if _zone_bytes(name) == data]
-    if not same:
-        try:
-            copied = ZoneInfo.from_file(io.BytesIO(data))
-        except (ValueError, OSError):
-            return None  # not a zone file at all
-        same = [name for name in _zones() if _behaves_alike(zoneinfo.ZoneInfo(name), copied,
-                                                            now)]
     return min(same, key=_preference) if same else None
 
 
@@ -183,7 +183,8 @@ def _same_zone(name: str, data: bytes, now: datetime) -> bool:
 def _behaves_alike(a: ZoneInfo, b: ZoneInfo, now: datetime) -> bool:
     """Same offset and abbreviation every hour from a year before `now` to two after.
 
-    Catches a copy of an older release of the same zone, which differs in bytes only.
+    Accepts a name for a copy of another build or release of that zone (zic -b slim, an
+    older tzdata), which differs in bytes only.
     """
     coarse = [now + timedelta(days=days) for days in range(-365, 731, 30)]
     if any(_reading(a, moment) != _reading(b, moment) for moment in coarse):

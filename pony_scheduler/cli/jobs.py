@@ -277,7 +277,7 @@ def job_next(ctx: click.Context, name: str | None, count: int, cron: str | None,
         click.echo(f"{title}: no further runs (that time has passed)")
         return
     click.echo(title + ("" if enabled else f" (paused: these runs follow 'pb job resume {name}')"))
-    table = [("LOCAL", "UTC", "DAYLIGHT SAVING")]
+    table = [("LOCAL", "UTC", "DAYLIGHT SAVING" if any(row.dst for row in rows) else "")]
     table += [(text(row.local), text(row.at), f"{row.dst}: {row.note}" if row.dst else "")
               for row in rows]
     _table(table)

@@ -30,7 +30,9 @@ from croniter import CroniterError, croniter
 from pony_scheduler.errors import ConfigError
 from pony_scheduler.scheduler.timeparse import (
     CRON_FIELDS,
+    DAYS,
     MACROS,
+    MONTHS,
     cron_fields,
     offset_swing,
     quote,
@@ -80,32 +82,41 @@ def parse(text: str) -> str:
 def day_variants(fields: str) -> tuple[str, ...]:
     """Expressions whose matches together are those of `fields` under the crontab(5) rule."""
     texts = fields.split()
-    minute, hour, dom, month, dow = (_plain(t, high) for t, high in zip(texts, _HIGHS, strict=True))
+    minute, hour, dom, month, dow = (_plain(text, index) for index, text in enumerate(texts))
     if texts[2][0] in "*?" or texts[4][0] in "*?":
         return (f"{minute} {hour} {dom} {month} {dow}",)  # both must match: day_or=False
     return (f"{minute} {hour} {dom} {month} *", f"{minute} {hour} * {month} {dow}")
 
 
-_HIGHS = (59, 23, 31, 12, 7)  # day-of-week 7 is Sunday, as '*' covers it in cron
+# Per field: the highest value (day-of-week 7 is Sunday, as '*' covers it in cron),
+# and the names with the value of the first.
+_FIELDS = ((59, (), 0), (23, (), 0), (31, (), 0), (12, MONTHS, 1), (7, DAYS, 0))
 
 
-def _plain(field: str, high: int) -> str:
-    """`field` spelled so that croniter (7.0) reads it as crontab(5) does.
+def _plain(field: str, index: int) -> str:
+    """`field` with its ranges and names written out as numbers, for croniter.
 
-    croniter expands a range of one value to the whole field ("1-1" becomes "*"), and
-    reads "N/S" (an extension: N to the field's end, every S) as ending at 6 on
-    day-of-week, leaving out Sunday as 7.
+    croniter (7.0) misreads some ranges that crontab(5) allows: one of a single value
+    ("1-1" becomes "*"), and "N/S" (an extension: N to the field's end, every S) ends at
+    6 on day-of-week, leaving out Sunday as 7.  Lists of numbers it reads right.
     """
+    high, names, base = _FIELDS[index]
     items = []
     for item in field.split(","):
         body, slash, step = item.partition("/")
+        if body in ("*", "?") or body.upper() == "L" or "#" in body:
+            items.append(item)
+            continue
         low, dash, top = body.partition("-")
-        if dash and low.lower() == top.lower():
-            item = low
-        elif slash and not dash and body not in ("*", "?"):
-            item = f"{body}-{high}/{step}"
-        items.append(item)
+        first = _number(low, names, base)
+        last = _number(top, names, base) if dash else high if slash else first
+        values = range(first, last + 1, int(step) if slash else 1)
+        items.append(",".join(str(value) for value in values))
     return ",".join(items)
+
+
+def _number(text: str, names: tuple[str, ...], base: int) -> int:
+    return int(text) if text.isdigit() else names.index(text.lower()) + base
 
 
 @lru_cache(maxsize=4096)

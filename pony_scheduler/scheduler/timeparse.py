@@ -190,15 +190,15 @@ MACROS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _NONE: tuple[str, ...] = ()
 _FIELD_SPECS = (  # name, lowest, highest, names (their index + offset is the value)
     ("minute", 0, 59, _NONE, 0),
     ("hour", 0, 23, _NONE, 0),
     ("day-of-month", 1, 31, _NONE, 0),
-    ("month", 1, 12, _MONTHS, 1),
-    ("day-of-week", 0, 7, _DAYS, 0),
+    ("month", 1, 12, MONTHS, 1),
+    ("day-of-week", 0, 7, DAYS, 0),
 )
 
 
