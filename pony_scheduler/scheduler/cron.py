@@ -149,7 +149,7 @@ def _parts(expr: str) -> tuple[croniter, ...]:
 def hourly(expr: str) -> bool:
     """True if the job runs every hour, so it follows elapsed time across a fold."""
     hours = _parts(expr)[0].expanded[1]
-    return hours == ["*"] or len(set(hours)) == 24
+    return "*" in hours or len(set(hours)) == 24  # "*", "0-23", also "*,*/1" or "3,*"
 
 
 def walls(expr: str, start: datetime, backwards: bool = False) -> Iterator[datetime]:

@@ -85,3 +85,17 @@ def test_expressions_that_never_match_are_refused() -> None:
     for expr in ("0 0 30 2 *", "0 0 31 4,6,9,11 *", "0 0 31 2,4 *"):
         with pytest.raises(ConfigError, match="never matches a real date"):
             cron_schedule(expr, "UTC")
+
+
+@pytest.mark.parametrize(
+    ("hours", "every_hour"),
+    [("*", True), ("*/1", True), ("0-23", True), ("1-23,0", True), ("3,*", True),
+     ("*,*/1", True), ("1-23", False), ("*/2", False), ("2", False)],
+)  # fmt: skip
+def test_which_jobs_run_every_hour(hours: str, every_hour: bool) -> None:
+    """Jobs that run every hour run in both passes of a repeated hour (see schedule.py)."""
+    autumn = (utc(2026, 10, 24, 22), utc(2026, 10, 25, 22))  # the Berlin fall-back day
+    runs = due_between(cron_schedule(f"0 {hours} * * *", "Europe/Berlin"), *autumn)
+    second_pass = utc(2026, 10, 25, 1)  # 02:00 CET, after 02:00 CEST
+    assert utc(2026, 10, 25, 0) in runs  # 02:00 CEST: every one of them runs at 02:00
+    assert (second_pass in runs) is every_hour
