@@ -84,8 +84,9 @@ def build_schedule(opts: JobOptions, now: datetime, current: Schedule | None = N
         if current is None or opts.every is not None or opts.manual:
             raise ConfigError("--tz applies to --cron and --at only")
         if current.kind not in ("cron", "at"):
-            raise ConfigError(f"--tz applies to cron and --at jobs; this one runs "
-                              f"{sched.describe(current)} (give --cron or --at with --tz)")
+            raise ConfigError(f"--tz applies to cron and --at jobs, and this job's schedule is "
+                              f"'{sched.describe(current)}' (give --cron or --at with --tz to "
+                              "change it)")
         return sched.with_zone(current, opts.tz, now)
     if opts.cron is not None or opts.at is not None:
         if opts.tz is not None:

@@ -183,7 +183,8 @@ def test_edit_tz_is_refused_where_there_is_no_zone(pb: Pb) -> None:
     for name, shown in (("often", "every 5m"), ("byhand", "manual")):
         refused = pb("job", "edit", name, "--tz", "UTC")
         assert refused.code == 2
-        assert f"--tz applies to cron and --at jobs; this one runs {shown}" in one_line(refused)
+        assert (f"--tz applies to cron and --at jobs, and this job's schedule is '{shown}' "
+                "(give --cron or --at with --tz to change it)") in one_line(refused)
     both = pb("job", "edit", "often", "--every", "1h", "--tz", "UTC")
     assert "--tz applies to --cron and --at only" in one_line(both)
     assert pb("job", "list", "--json").out == before
