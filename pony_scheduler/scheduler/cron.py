@@ -7,12 +7,13 @@ DOW_STAR from the field's first character), and then both must match: ``0 0 */2 
 runs on Wednesdays that fall on odd days, while ``0 0 1-31 * 3`` runs every day.
 ``?`` (a day field's "no specific value", as in Quartz) counts as ``*``.
 
-croniter decides the rule from the *expanded* fields instead (``1 * 0-7`` would be AND
-there, ``*/2`` OR), so it only ever sees one side of the rule: an AND expression is
-iterated with ``day_or=False``, and an OR expression as two expressions, one per day
-field, whose matches are merged.  croniter iterates naive wall-clock times; zoneinfo maps
-them to instants (timeparse.wall_to_instants holds the daylight-saving rules, which
-schedule.py's docstring describes).
+croniter decides from the *expanded* fields instead (by default ``*/2`` is restricted,
+so ``0 0 */2 * 3`` runs on most days), so pb applies the rule itself and croniter only
+ever sees one side of it: an AND expression is iterated with ``day_or=False``, an OR
+expression as two expressions, one per day field, whose matches are merged.  croniter
+iterates naive wall-clock times; zoneinfo maps them to instants
+(timeparse.wall_to_instants holds the daylight-saving rules, which schedule.py's
+docstring describes).
 """
 
 from __future__ import annotations

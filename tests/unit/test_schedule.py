@@ -426,7 +426,8 @@ def test_parse_duration_limits() -> None:
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [(90, "1m 30s"), (5400, "1h 30m"), (0.5, "500ms"), (3600, "1h"), (0, "0s"),
-     (93784.005, "1d 2h 3m 4s 5ms"), (59.9999, "1m"), (-90, "-1m 30s")],
+     (93784.005, "1d 2h 3m 4s 5ms"), (59.9999, "1m"), (-90, "-1m 30s"),
+     (8130, "2h 15m 30s"), (86400, "1d")],
 )  # fmt: skip
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
