@@ -62,11 +62,12 @@ def local_text(moment: datetime, tz: tzinfo | None = None) -> str:
     """
     local = moment.astimezone(tz)
     text = local.strftime("%Y-%m-%d %H:%M" + (":%S" if local.second else ""))
-    abbr = local.tzname() or ""
+    abbr = local.tzname()
     other = local.replace(fold=1 - local.fold)
-    if not abbr or (other.utcoffset() != local.utcoffset() and other.tzname() == abbr):
-        return f"{text} {abbr} {local.isoformat()[-6:]}".replace("  ", " ")
-    return f"{text} {abbr}"
+    if abbr and (other.utcoffset() == local.utcoffset() or other.tzname() != abbr):
+        return f"{text} {abbr}"
+    offset = local.isoformat()[-6:]  # "+04:00"
+    return f"{text} {abbr} {offset}" if abbr else f"{text} {offset}"
 
 
 def as_utc(moment: datetime) -> datetime:
