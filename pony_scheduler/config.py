@@ -34,7 +34,7 @@ def _positive_float(name: str, value: Any) -> float:
 
 
 def _duration(value: Any) -> float | None:
-    from pony_scheduler.scheduler.timeparse import parse_duration
+    from pony_scheduler.durations import parse_duration
 
     try:
         return parse_duration(str(value))

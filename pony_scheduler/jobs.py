@@ -7,8 +7,8 @@ croniter) is imported inside the functions that need it, so that commands such a
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -54,19 +54,32 @@ class JobOptions:
     secret: list[str] = field(default_factory=list)
 
 
-def local_zone() -> str:
-    """The machine's zone name (cron follows local time unless --tz says otherwise)."""
-    tz = os.environ.get("TZ", "").lstrip(":")
-    if (tz and "/" in tz) or tz == "UTC":
-        return tz
-    try:
-        target = os.readlink("/etc/localtime")
-    except OSError:
-        return "UTC"
-    return target.split("zoneinfo/", 1)[1] if "zoneinfo/" in target else "UTC"
+def _ignore(message: str) -> None:
+    del message
 
 
-def build_schedule(opts: JobOptions, now: datetime) -> Schedule | None:
+def local_zone(now: datetime, warn: Callable[[str], None] = _ignore) -> str:
+    """The machine's zone, for a cron or --at job given no --tz (see localzone.py).
+
+    `warn` gets the one line saying the zone could not be told (UTC is used then); an
+    unusable TZ (a POSIX rule such as JST-9) is a ConfigError.
+    """
+    from pony_scheduler.localzone import machine_zone
+
+    found = machine_zone(now)
+    if found.warning:
+        warn(found.warning)
+    return found.name
+
+
+def build_schedule(opts: JobOptions, now: datetime, current: Schedule | None = None,
+                   warn: Callable[[str], None] = _ignore) -> Schedule | None:
+    """The schedule the options give, or None if they give none.
+
+    `current` is the job's schedule for `pb job edit`, which changes only what is given:
+    --tz alone moves a cron or --at schedule to that zone (sched.with_zone), --cron or
+    --at alone keep the job's zone.  A job that gets its first zone takes the machine's.
+    """
     from pony_scheduler.scheduler import schedule as sched
 
     chosen = [name for name, value in (("--cron", opts.cron), ("--every", opts.every),
@@ -74,15 +87,28 @@ def build_schedule(opts: JobOptions, now: datetime) -> Schedule | None:
               if value is not None]
     if len(chosen) > 1:
         raise ConfigError(f"choose one schedule, not {' and '.join(chosen)}")
+    if opts.tz is not None:
+        sched.check_zone(opts.tz)
     if opts.tz is not None and opts.cron is None and opts.at is None:
-        raise ConfigError("--tz applies to --cron and --at only")
-    tz = sched.check_zone(opts.tz) if opts.tz else local_zone()
-    if opts.cron is not None:
-        return sched.cron_schedule(opts.cron, tz)
+        if current is None or opts.every is not None or opts.manual:
+            raise ConfigError("--tz applies to --cron and --at only")
+        if current.kind not in ("cron", "at"):
+            raise ConfigError(f"--tz applies to cron and --at jobs, and this job's schedule is "
+                              f"'{sched.describe(current)}' (give --cron or --at with --tz to "
+                              "change it)")
+        return sched.with_zone(current, opts.tz, now)
+    if opts.cron is not None or opts.at is not None:
+        if opts.tz is not None:
+            tz = opts.tz
+        elif current is not None and current.kind in ("cron", "at"):
+            tz = current.tz
+        else:
+            tz = local_zone(now, warn)
+        if opts.cron is not None:
+            return sched.cron_schedule(opts.cron, tz)
+        return sched.at_schedule(str(opts.at), tz, now)
     if opts.every is not None:
         return sched.every_schedule(opts.every, now)
-    if opts.at is not None:
-        return sched.at_schedule(opts.at, tz, now)
     return sched.manual_schedule() if opts.manual else None
 
 
@@ -124,11 +150,11 @@ def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | Non
 
 def option_values(opts: JobOptions) -> dict[str, Any]:
     """Store values for every option given (besides the schedule and the command)."""
-    from pony_scheduler.scheduler import schedule as sched
+    from pony_scheduler.durations import parse_duration
 
     values: dict[str, Any] = {}
     if opts.timeout is not None:
-        values["timeout_s"] = sched.parse_duration(opts.timeout, "--timeout")
+        values["timeout_s"] = parse_duration(opts.timeout, "--timeout")
     if opts.retries is not None:
         values["retries"] = _in_range(opts.retries, RETRIES, "--retries")
     if opts.max_queued is not None:
@@ -139,9 +165,9 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
         values["start_deadline_auto"] = False
         values["start_deadline_s"] = (
             None if opts.start_deadline.strip().lower() == "none"
-            else sched.parse_duration(opts.start_deadline, "--start-deadline"))
+            else parse_duration(opts.start_deadline, "--start-deadline"))
     if opts.retry_delay is not None:
-        values["retry_delay_s"] = sched.parse_duration(opts.retry_delay, "--retry-delay")
+        values["retry_delay_s"] = parse_duration(opts.retry_delay, "--retry-delay")
     if _choice(opts.overlap, OVERLAP, "--overlap"):
         values["overlap"] = opts.overlap
     if _choice(opts.catch_up, CATCH_UP, "--catch-up"):
@@ -208,11 +234,12 @@ def command_values(opts: JobOptions, required: bool) -> dict[str, Any]:
     return {"command": list(opts.command), "shell": shell}
 
 
-def new_job(name: str, opts: JobOptions, now: datetime) -> dict[str, Any]:
+def new_job(name: str, opts: JobOptions, now: datetime,
+            warn: Callable[[str], None] = _ignore) -> dict[str, Any]:
     from pony_scheduler.scheduler import schedule as sched
 
     sched.validate_job_name(name)
-    schedule = build_schedule(opts, now)
+    schedule = build_schedule(opts, now, warn=warn)
     if schedule is None:
         raise ConfigError("missing schedule: give --cron, --every, --at or --manual")
     defaults: dict[str, Any] = {"timeout_s": None, "retries": 0, "retry_delay_s": 10.0,
@@ -222,9 +249,33 @@ def new_job(name: str, opts: JobOptions, now: datetime) -> dict[str, Any]:
             **schedule_values(schedule, now)}
 
 
-def changed_job(opts: JobOptions, now: datetime) -> dict[str, Any]:
+def check_changes(opts: JobOptions) -> None:
+    """What `pb job edit` can check before it opens the database (ConfigError)."""
+    from pony_scheduler.scheduler import schedule as sched
+
+    option_values(opts)
+    command_values(opts, required=False)
+    if opts.tz is not None:
+        sched.check_zone(opts.tz)
+
+
+def changed_job(opts: JobOptions, now: datetime, row: dict[str, Any] | None = None,
+                warn: Callable[[str], None] = _ignore) -> dict[str, Any]:
+    """Store values for `pb job edit`: only what `opts` give; `row` is the job's row."""
+    from pony_scheduler.scheduler import schedule as sched
+
     values = {**option_values(opts), **command_values(opts, required=False)}
-    schedule = build_schedule(opts, now)
+    current = None
+    if row is not None:
+        try:
+            current = stored_schedule(row)
+        except ConfigError:
+            if row["schedule_kind"] == "cron":  # e.g. a zone this host's tz database lacks:
+                current = sched.Schedule("cron", row["schedule_expr"], row["schedule_tz"])
+            elif opts.tz is not None and opts.cron is None and opts.at is None:
+                raise ConfigError("the job's stored schedule is damaged; give a whole new "
+                                  "one (--cron, --every, --at or --manual)") from None
+    schedule = build_schedule(opts, now, current, warn)
     if schedule is not None:
         values.update(schedule_values(schedule, now))
     if not values:
@@ -237,6 +288,7 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
 
     The environment is left out where it would leave the host (it may hold secrets).
     """
+    from pony_scheduler.jobtimes import next_run_local
     from pony_scheduler.scheduler import schedule as sched
 
     try:
@@ -252,6 +304,8 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
     view["tz"] = job.get("schedule_tz")
     view["umask"] = f"{job.get('umask', UMASK_DEFAULT):03o}"
     view["start_deadline_default"] = bool(job.get("start_deadline_auto", True))
+    local = next_run_local(job)
+    view["next_run_local"] = local.isoformat() if local else None
     if with_env:
         from pony_scheduler.scheduler.environment import redact
 

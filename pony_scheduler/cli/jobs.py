@@ -125,9 +125,9 @@ def job_add(ctx: click.Context, name: str, **kwargs: Any) -> None:
     """Add job NAME running COMMAND (after --) on a schedule."""
     from pony_scheduler.jobs import new_job
 
-    values = new_job(name, _options(kwargs), now_utc())
+    values = new_job(name, _options(kwargs), now_utc(), warn=_warn)
     open_store(ctx).add_job(name, values)
-    click.echo(f"✓ Job {name} added; next run: {local(_iso(values['next_due_at']))}")
+    click.echo(f"✓ Job {name} added; next run: {_next_run(values, enabled=True)}")
 
 
 @job_group.command(name="edit")
@@ -135,12 +135,40 @@ def job_add(ctx: click.Context, name: str, **kwargs: Any) -> None:
 @job_options
 @click.pass_context
 def job_edit(ctx: click.Context, name: str, **kwargs: Any) -> None:
-    """Change options, schedule or command of job NAME."""
-    from pony_scheduler.jobs import changed_job
+    """Change options, schedule or command of job NAME (only what is given)."""
+    from pony_scheduler.jobs import changed_job, check_changes
+    from pony_scheduler.store.jobs import UnknownJob
 
-    values = changed_job(_options(kwargs), now_utc())
-    open_store(ctx).update_job(name, values)
-    click.echo(f"✓ Job {name} changed")
+    options = _options(kwargs)
+    check_changes(options)  # bad input changes nothing, not even the database file
+    store = open_store(ctx)
+    row = store.job_row(name)
+    if row is None:
+        raise UnknownJob(name)
+    values = changed_job(options, now_utc(), row, warn=_warn)
+    store.update_job(name, values)
+    rescheduled = "next_due_at" in values
+    click.echo(f"✓ Job {name} changed"
+               + (f"; next run: {_next_run(values, row['enabled'])}" if rescheduled else ""))
+
+
+def _warn(message: str) -> None:
+    click.echo(f"⚠ {message}", err=True)
+
+
+def _next_run(values: dict[str, Any], enabled: bool) -> str:
+    """The next run of a job just written with `values`, as `pb job list` shows it."""
+    if not enabled:
+        return "- (paused)"
+    return _when({"next_run_at": _iso(values["next_due_at"]),
+                  "schedule_kind": values["schedule_kind"], "schedule_tz": values["schedule_tz"]})
+
+
+def _when(job: dict[str, Any]) -> str:
+    """A job's next run in its own zone (cron, --at) or the machine's, with the zone."""
+    from pony_scheduler.jobtimes import next_run_local, text
+
+    return text(next_run_local(job))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -157,8 +185,9 @@ def _job_json(job: dict[str, Any]) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
 def job_list(ctx: click.Context, as_json: bool) -> None:
-    """All jobs: schedule, next run (local time), last result, enabled."""
-    jobs = [_job_json(job) for job in open_store(ctx).list_jobs()]
+    """All jobs: schedule, next run (in the job's zone), last result, enabled."""
+    found = open_store(ctx).list_jobs()
+    jobs = [_job_json(job) for job in found]
     if as_json:
         click.echo(json.dumps(jobs, indent=2))
         return
@@ -166,8 +195,8 @@ def job_list(ctx: click.Context, as_json: bool) -> None:
         click.echo("No jobs yet; add one with 'pb job add NAME --every 1h -- COMMAND'")
         return
     rows = [("NAME", "SCHEDULE", "NEXT RUN", "LAST RESULT", "ENABLED")]
-    rows += [(j["name"], j["schedule"], local(j["next_run_at"]), j["last_state"] or "-",
-              _enabled(j)) for j in jobs]
+    rows += [(j["name"], j["schedule"], _when(raw), j["last_state"] or "-", _enabled(j))
+             for j, raw in zip(jobs, found, strict=True)]
     _table(rows)
 
 
@@ -178,7 +207,7 @@ def _enabled(job: dict[str, Any]) -> str:
 
 
 def _deadline(data: dict[str, Any]) -> str:
-    from pony_scheduler.scheduler.timeparse import format_duration
+    from pony_scheduler.durations import format_duration
 
     seconds = data.get("start_deadline_s")
     shown = "none" if seconds is None else format_duration(seconds)
@@ -211,7 +240,7 @@ def job_show(ctx: click.Context, name: str, as_json: bool) -> None:
     for label, value in (("Name", name), ("Command", command), ("Schedule", data["schedule"]),
                          ("Enabled", _enabled(data)),
                          ("Error", data.get("error") or "-"),
-                         ("Next run", local(data["next_run_at"])),
+                         ("Next run", _when(job)),
                          ("Last result", _last_result(data)),
                          ("Timeout", data["timeout_s"] or "none"),
                          ("Retries", f"{data['retries']} (delay {data['retry_delay_s']:g}s)"),
@@ -236,6 +265,67 @@ def _last_result(data: dict[str, Any]) -> str:
     if data.get("last_success_at") and data["last_state"] != "succeeded":
         text += f"; last success {local(data['last_success_at'])}"
     return text
+
+
+def _count(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from pony_scheduler.jobtimes import PREVIEW_MAX
+
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= PREVIEW_MAX):
+        raise click.BadParameter(f"{value!r} is not a whole number from 1 to {PREVIEW_MAX}")
+    return int(text)
+
+
+@job_group.command(name="next")
+@click.argument("name", required=False)
+@click.option("-n", "--count", default="5", callback=_count, metavar="N", show_default=True,
+              help="How many runs to show, 1 to 1000.")
+@click.option("--cron", metavar="EXPR", help="Preview this cron expression instead of a "
+              "job's schedule.")
+@click.option("--tz", metavar="ZONE", help="The zone of --cron (default: the machine's).")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@click.pass_context
+def job_next(ctx: click.Context, name: str | None, count: int, cron: str | None,
+             tz: str | None, as_json: bool) -> None:
+    """The next runs of job NAME (or of --cron EXPR) in its zone and in UTC."""
+    from pony_scheduler.errors import ConfigError
+    from pony_scheduler.jobs import build_schedule, stored_schedule
+    from pony_scheduler.jobtimes import ZONED, preview, preview_json, text
+    from pony_scheduler.scheduler.schedule import describe
+    from pony_scheduler.store.jobs import UnknownJob
+
+    if (name is None) == (cron is None):
+        raise ConfigError("give a job NAME, or --cron EXPR to try an expression (not both)")
+    if tz is not None and cron is None:
+        raise ConfigError("--tz goes with --cron; a job's runs are shown in its own zone")
+    enabled = True
+    if cron is not None:
+        schedule = build_schedule(JobOptions(cron=cron, tz=tz), now_utc(), warn=_warn)
+    else:
+        row = open_store(ctx).job_row(str(name))
+        if row is None:
+            raise UnknownJob(str(name))
+        schedule, enabled = stored_schedule(row), bool(row["enabled"])
+    assert schedule is not None
+    rows = preview(schedule, now_utc(), count)
+    title = f"{name}: {describe(schedule)}" if name else describe(schedule)
+    if as_json:
+        click.echo(json.dumps({"job": name, "schedule": describe(schedule),
+                               "kind": schedule.kind,
+                               "tz": schedule.tz if schedule.kind in ZONED else None,
+                               "enabled": enabled, "runs": preview_json(rows)}, indent=2))
+        return
+    if schedule.kind == "manual":
+        click.echo(f"{title}: no schedule; it runs only with 'pb job run {name}'")
+        return
+    if not rows:
+        click.echo(f"{title}: no further runs (that time has passed)")
+        return
+    click.echo(title + ("" if enabled else f" (paused: these runs follow 'pb job resume {name}')"))
+    table = [("LOCAL", "UTC", "DAYLIGHT SAVING" if any(row.dst for row in rows) else "")]
+    table += [(text(row.local), text(row.at), f"{row.dst}: {row.note}" if row.dst else "")
+              for row in rows]
+    _table(table)
 
 
 @job_group.command(name="remove")

@@ -13,6 +13,7 @@ import click
 
 from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
 from pony_scheduler.config import Settings
+from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import EXIT_OK
 from pony_scheduler.lifecycle import control
 from pony_scheduler.lifecycle.control import AlreadyRunning, StartFailed, Status
@@ -232,7 +233,7 @@ def _print_status(report: Status, settings: Settings) -> None:
             click.echo(line)
         click.echo(_label("Started") + _when(meta))
         uptime = report.uptime()
-        click.echo(_label("Uptime") + (control.format_duration(uptime) if uptime is not None
+        click.echo(_label("Uptime") + (format_duration(int(uptime)) if uptime is not None
                                         else "unknown"))
     click.echo(_label("Log file") + str(spec.log_path(settings.home)))
 

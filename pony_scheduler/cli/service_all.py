@@ -9,7 +9,8 @@ import click
 
 from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
 from pony_scheduler.cli.service import service_group, status_json
-from pony_scheduler.lifecycle import control, services
+from pony_scheduler.durations import format_duration
+from pony_scheduler.lifecycle import services
 from pony_scheduler.lifecycle.control import Status
 from pony_scheduler.lifecycle.services import ALL, NAMES, Outcome
 from pony_scheduler.lifecycle.spec import SERVICES
@@ -114,7 +115,7 @@ def _status_line(report: Status) -> str:
     uptime = report.uptime()
     parts = [f"PID {report.pid}"]
     if uptime is not None:
-        parts.append(f"uptime {control.format_duration(uptime)}")
+        parts.append(f"uptime {format_duration(int(uptime))}")
     if meta.get("address"):
         parts.append(str(meta["address"]))
     return f"✓ {title}: Running ({', '.join(parts)})"

@@ -303,16 +303,3 @@ def status(spec: ServiceSpec, settings: Settings) -> Status:
     if info.state is PidState.STALE:
         return Status(spec, "stale", EXIT_FAILURE, info.pid, None, info.reason)
     return Status(spec, "stopped", EXIT_NOT_RUNNING)
-
-
-def format_duration(seconds: float) -> str:
-    """2h 15m 30s; days when it has been that long."""
-    total = int(seconds)
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m")]
-    shown = [f"{value}{unit}" for value, unit in parts if value]
-    return " ".join([*shown, f"{secs}s"])
-
-

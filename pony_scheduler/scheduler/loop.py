@@ -22,13 +22,13 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
 
+from pony_scheduler.durations import format_duration
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler import environment, host, planning, recovery, runs
 from pony_scheduler.scheduler.executor import Executor, Launch
 from pony_scheduler.scheduler.planning import CLOCK_STEP
 from pony_scheduler.scheduler.runs import Capacity, Claimed, Ending, Outcome, Run, Started
-from pony_scheduler.scheduler.timeparse import format_duration
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line, utcnow
 from pony_scheduler.store.runs import ClaimRequest, Finished

@@ -13,9 +13,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import ConfigError
 from pony_scheduler.scheduler import runs
-from pony_scheduler.scheduler.timeparse import format_duration
 from pony_scheduler.store import Store
 from pony_scheduler.store.jobs import DueJob, Materialize
 

@@ -24,8 +24,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from pony_scheduler.durations import format_duration
 from pony_scheduler.runstate import RunState
-from pony_scheduler.scheduler.timeparse import format_duration
 
 if TYPE_CHECKING:
     from pony_scheduler.scheduler.schedule import Schedule

@@ -23,42 +23,35 @@ then each matching wall time is mapped to real instants:
   again at 02:00 CET.
 
 croniter alone gets this wrong (it runs ``30 2 * * *`` twice on the fall-back day), so
-croniter only iterates naive wall-clock times and zoneinfo maps them to instants here.
+croniter only iterates naive wall-clock times and zoneinfo maps them to instants; cron.py
+does that, and also holds the crontab(5) rule for the two day fields.
 """
 
 from __future__ import annotations
 
-import copy
-import heapq
-import json
 import math
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 from itertools import islice, takewhile
 from typing import Any
 
-from croniter import CroniterError, croniter
-
+from pony_scheduler.durations import format_duration, parse_duration, quote
 from pony_scheduler.errors import ConfigError
+from pony_scheduler.scheduler import cron
+from pony_scheduler.scheduler.cron import Occurrence
 from pony_scheduler.scheduler.timeparse import (
-    CRON_FIELDS,
-    MACROS,
     as_utc,
     check_zone,
-    cron_fields,
-    format_duration,
-    offset_swing,
+    local_text,
     parse_at,
-    parse_duration,
-    quote,
     wall_to_instants,
     zone,
 )
 
 __all__ = [
     "KINDS",
+    "Occurrence",
     "Schedule",
     "at_schedule",
     "backoff_delay",
@@ -68,20 +61,16 @@ __all__ = [
     "describe",
     "due_between",
     "every_schedule",
-    "format_duration",
     "from_dict",
-    "from_json",
     "manual_schedule",
     "next_after",
-    "parse_duration",
-    "to_dict",
-    "to_json",
+    "upcoming",
     "validate_job_name",
+    "with_zone",
 ]
 
 KINDS = ("cron", "every", "at", "manual")
 MIN_INTERVAL = 1.0  # seconds; a shorter `every` would be a busy loop spawning processes
-_CRON_FAILURES = (CroniterError, ValueError, LookupError, TypeError, OverflowError)
 _JOB_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -97,20 +86,9 @@ class Schedule:
 
 
 def cron_schedule(expr: str, tz: str) -> Schedule:
-    """A validated cron schedule; errors name the field that is wrong."""
-    text = " ".join(expr.split())
+    """A validated cron schedule; errors name the field that is wrong (cron.parse)."""
     check_zone(tz)
-    fields = cron_fields(text)
-    try:
-        template = _template(" ".join(fields))
-        copy.copy(template).get_next(datetime)  # croniter gives up after ~50 years
-    except _CRON_FAILURES as exc:
-        if isinstance(exc, CroniterError) and "failed to find" in str(exc):
-            reason = "it never matches a real date (check the day and month fields)"
-        else:  # syntax croniter refuses after our field checks, e.g. "1-5#2"
-            reason = f"this is not cron syntax croniter understands; see crontab(5) ({CRON_FIELDS})"
-        raise ConfigError(f"invalid cron expression {quote(text)}: {reason}") from None
-    return Schedule("cron", text.lower() if text.startswith("@") else text, tz)
+    return Schedule("cron", cron.parse(expr), tz)
 
 
 def every_schedule(duration: str, anchor: datetime) -> Schedule:
@@ -131,6 +109,31 @@ def manual_schedule() -> Schedule:
     return Schedule("manual", "", "UTC")
 
 
+def with_zone(schedule: Schedule, tz: str, now: datetime) -> Schedule:
+    """`schedule` moved to zone `tz`, everything else kept.
+
+    cron: the same fields, now matched against `tz`'s wall clock.  at: the same
+    wall-clock time (what `describe` shows: "at 2026-12-01 09:00 Europe/Berlin" becomes
+    09:00 in `tz`), which must still lie after `now`.  Other kinds have no zone: a
+    ConfigError.
+    """
+    check_zone(tz)
+    if schedule.kind == "cron":
+        return cron_schedule(schedule.expr, tz)  # checked again: it may come from a damaged row
+    if schedule.kind != "at":
+        raise ConfigError(
+            f"a time zone applies to cron and one-shot schedules, not to {describe(schedule)}"
+        )
+    wall = _instant(schedule.expr).astimezone(zone(schedule.tz)).replace(tzinfo=None)
+    moment = wall_to_instants(wall, zone(tz))[0]
+    if moment <= as_utc(now):
+        raise ConfigError(
+            f"{wall:%Y-%m-%d %H:%M:%S} in {tz} ({local_text(moment)}) is in the "
+            "past; give a future time"
+        )
+    return Schedule("at", moment.isoformat(), tz)
+
+
 # ---------------------------------------------------------------- when is it due
 
 
@@ -145,8 +148,26 @@ def next_after(schedule: Schedule, after: datetime) -> datetime | None:
         moment = _instant(schedule.expr)
         return moment if moment > after else None
     if schedule.kind == "cron":
-        return next(_cron_ascending(schedule, after), None)
+        return next((o.at for o in cron.ascending(schedule.expr, schedule.tz, after)), None)
     return None
+
+
+def upcoming(schedule: Schedule, after: datetime, count: int) -> list[Occurrence]:
+    """The first `count` occurrences strictly after `after`, ascending, for previews.
+
+    The same iteration next_after uses, so a preview cannot disagree with the daemon;
+    cron occurrences say how daylight saving moved or merged them (cron.Occurrence).
+    """
+    after = as_utc(after)
+    if schedule.kind == "cron":
+        return list(islice(cron.ascending(schedule.expr, schedule.tz, after), max(0, count)))
+    first = next_after(schedule, after)
+    if first is None or count <= 0:
+        return []
+    if schedule.kind == "every":
+        step = _grid(schedule)[1]
+        return [Occurrence(first + k * step) for k in range(count)]
+    return [Occurrence(first)]
 
 
 def due_between(
@@ -166,7 +187,8 @@ def due_between(
         return [moment] if start < moment <= end else []
     if schedule.kind == "cron":
         # Walk backwards from `end` so a long outage costs `limit` steps, not millions.
-        recent = takewhile(lambda moment: moment > start, _cron_descending(schedule, end))
+        newest = cron.descending(schedule.expr, schedule.tz, end)
+        recent = takewhile(lambda moment: moment > start, newest)
         return list(islice(recent, limit))[::-1]
     return []
 
@@ -181,83 +203,9 @@ def count_between(schedule: Schedule, start: datetime, end: datetime) -> int:
         anchor, step = _grid(schedule)
         return max(0, (end - anchor) // step) - max(0, (start - anchor) // step)
     if schedule.kind == "cron":
-        return sum(1 for _ in takewhile(lambda m: m <= end, _cron_ascending(schedule, start)))
+        found = cron.ascending(schedule.expr, schedule.tz, start)
+        return sum(1 for _ in takewhile(lambda o: o.at <= end, found))
     return len(due_between(schedule, start, end))
-
-
-# ---------------------------------------------------------------- cron iteration
-
-
-@lru_cache(maxsize=4096)
-def _template(fields: str) -> croniter:
-    """A parsed croniter to copy: parsing costs ~150 us, copying ~20 us.
-
-    Never iterated itself, only copied, so sharing it between threads is safe.
-    """
-    return croniter(fields, datetime(2000, 1, 1))
-
-
-def _walls(schedule: Schedule, start: datetime, backwards: bool) -> Iterator[datetime]:
-    """Naive local wall-clock times matching the expression, strictly beyond `start`."""
-    fields = MACROS.get(schedule.expr.lower(), schedule.expr)
-    walker = copy.copy(_template(fields))
-    walker.set_current(start, force=True)
-    step = walker.get_prev if backwards else walker.get_next
-    while True:
-        try:
-            yield step(datetime)
-        except _CRON_FAILURES:  # no further match, or beyond year 9999
-            return
-
-
-def _hourly(schedule: Schedule) -> bool:
-    """True if the job runs every hour, so it follows elapsed time across a fold."""
-    hours = _template(MACROS.get(schedule.expr.lower(), schedule.expr)).expanded[1]
-    return hours == ["*"] or len(set(hours)) == 24
-
-
-def _cron_ascending(schedule: Schedule, after: datetime) -> Iterator[datetime]:
-    """Due instants strictly after `after`, ascending, without duplicates.
-
-    Mapping wall times to instants is monotonic per fold, but the second pass of a
-    repeated hour comes out after later wall times' first passes, so candidates wait in
-    a heap until no later wall time can produce anything earlier.
-    """
-    tz, both = zone(schedule.tz), _hourly(schedule)
-    start = after.astimezone(tz).replace(tzinfo=None, fold=0) - offset_swing(after, tz)
-    pending: list[datetime] = []
-    last: datetime | None = None
-    for wall in _walls(schedule, start, backwards=False):
-        instants = wall_to_instants(wall, tz, both)
-        for moment in instants:
-            if moment > after:
-                heapq.heappush(pending, moment)
-        while pending and pending[0] <= instants[0]:
-            moment = heapq.heappop(pending)
-            if last is None or moment > last:
-                last = moment
-                yield moment
-    yield from (m for m in sorted(pending) if last is None or m > last)
-
-
-def _cron_descending(schedule: Schedule, end: datetime) -> Iterator[datetime]:
-    """Due instants at or before `end`, newest first, without duplicates."""
-    tz, both = zone(schedule.tz), _hourly(schedule)
-    local_end = end.astimezone(tz).replace(tzinfo=None, fold=0)
-    start = local_end + offset_swing(end, tz) + timedelta(seconds=1)  # get_prev is exclusive
-    pending: list[tuple[float, datetime]] = []
-    last: datetime | None = None
-    for wall in _walls(schedule, start, backwards=True):
-        instants = wall_to_instants(wall, tz, both)
-        for moment in instants:
-            if moment <= end:
-                heapq.heappush(pending, (-moment.timestamp(), moment))
-        while pending and pending[0][1] >= instants[-1]:
-            moment = heapq.heappop(pending)[1]
-            if last is None or moment < last:
-                last = moment
-                yield moment
-    yield from (m for _, m in sorted(pending) if last is None or m < last)
 
 
 # ---------------------------------------------------------------- text and storage
@@ -276,10 +224,6 @@ def describe(schedule: Schedule) -> str:
     return "manual"
 
 
-def to_dict(schedule: Schedule) -> dict[str, str]:
-    return asdict(schedule)
-
-
 def from_dict(data: Mapping[str, Any]) -> Schedule:
     """A Schedule from stored data, re-validated (ConfigError if it is damaged)."""
     values = {key: data.get(key) for key in ("kind", "expr", "tz", "anchor")}
@@ -293,20 +237,6 @@ def from_dict(data: Mapping[str, Any]) -> Schedule:
     )
     _revalidate(schedule)
     return schedule
-
-
-def to_json(schedule: Schedule) -> str:
-    return json.dumps(to_dict(schedule), sort_keys=True)
-
-
-def from_json(text: str) -> Schedule:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise ConfigError(f"stored schedule {quote(text)} is not a JSON object")
-    return from_dict(data)
 
 
 def _revalidate(schedule: Schedule) -> None:

@@ -1,4 +1,4 @@
-"""Turning user text into times: zones, durations, `--at` times and cron fields.
+"""Turning user text into times and back: zones, `--at` times, cron fields, display.
 
 Pure functions: nothing here reads the clock; `now` is always passed in.  Every user
 error is a ConfigError whose message is one line (input is quoted with control
@@ -8,27 +8,14 @@ characters escaped, so a stray newline cannot break the CLI's one-line contract)
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pony_scheduler.durations import parse_duration, quote
 from pony_scheduler.errors import ConfigError
 
-MAX_DURATION = 100 * 366 * 86400.0  # far beyond any sane interval; keeps timedelta in range
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_DURATION_PART = re.compile(rf"\s*({_NUMBER})\s*(ms|s|m|h|d|w)", re.ASCII | re.IGNORECASE)
-_BARE_NUMBER = re.compile(rf"\s*{_NUMBER}\s*", re.ASCII)
 _TIME_OF_DAY = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", re.ASCII)
-DURATION_FORMS = "a number of seconds or forms like 90s, 5m, 1h30m, 2d, 1.5h, 500ms"
-
-
-def quote(text: str, limit: int = 80) -> str:
-    """'text' for an error message: control characters escaped, long input shortened."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    if len(shown) > limit:
-        shown = shown[: limit - 3] + "..."
-    return f"'{shown}'"
 
 
 # ---------------------------------------------------------------- zones
@@ -40,18 +27,47 @@ def zone(tz: str) -> ZoneInfo:
     return ZoneInfo(tz)
 
 
+# Files in the zoneinfo directory that are not zones: "localtime" follows /etc/localtime
+# (so a job would silently change zone with the machine), "posixrules" is zic's template.
+_NOT_ZONES = frozenset({"localtime", "posixrules"})
+ZONE_HINT = "use an IANA name such as Europe/Berlin or UTC"
+
+
 def check_zone(tz: str) -> str:
-    """Return `tz` if it names an IANA zone, else a ConfigError saying what to use."""
+    """Return `tz` if it names a zone of the tz database, else a ConfigError (one line).
+
+    The message says what is wrong: an empty name, spaces around it, or a name the tz
+    database (zoneinfo: TZPATH, then the tzdata package) does not have.
+    """
+    if not tz.strip():
+        raise ConfigError(f"the time zone is empty; {ZONE_HINT}")
+    if tz.strip() != tz:
+        raise ConfigError(f"time zone {quote(tz)} has spaces around it; write {quote(tz.strip())}")
     try:
-        if tz.strip() != tz or not tz:
+        if tz in _NOT_ZONES:
             raise ValueError(tz)
         zone(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         # ValueError/OSError: paths such as "../x" or a directory such as "Europe".
-        raise ConfigError(
-            f"unknown time zone {quote(tz)}; use an IANA name such as Europe/Berlin or UTC"
-        ) from None
+        raise ConfigError(f"unknown time zone {quote(tz)}; {ZONE_HINT}") from None
     return tz
+
+
+def local_text(moment: datetime, tz: tzinfo | None = None) -> str:
+    """`moment` as an admin reads it: "2026-12-01 03:00 CET" ("…:30" if it has seconds).
+
+    `tz` None means the machine's zone (libc's, as `date` shows it).  The abbreviation
+    tells the two passes of a repeated hour apart (CEST, then CET); where it cannot (the
+    same abbreviation on both sides, or none) the UTC offset is added: "01:30 MSK +04:00".
+    """
+    local = moment.astimezone(tz)
+    text = local.strftime("%Y-%m-%d %H:%M" + (":%S" if local.second else ""))
+    abbr = local.tzname()
+    other = local.replace(fold=1 - local.fold)
+    if abbr and (other.utcoffset() == local.utcoffset() or other.tzname() != abbr):
+        return f"{text} {abbr}"
+    offset = local.isoformat()[-6:]  # "+04:00"
+    return f"{text} {abbr} {offset}" if abbr else f"{text} {offset}"
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -116,48 +132,6 @@ def offset_swing(moment: datetime, tz: ZoneInfo) -> timedelta:
     return max(timedelta(0), before - after)
 
 
-# ---------------------------------------------------------------- durations
-
-
-def parse_duration(text: str, what: str = "duration") -> float:
-    """Seconds in `text`: "90", "90s", "5m", "1h30m", "1h 30m", "2d", "1.5h", "500ms"."""
-    seconds = _duration_seconds(text)
-    if seconds is None:
-        raise ConfigError(f"invalid {what} {quote(text)}: use {DURATION_FORMS}")
-    if seconds <= 0:
-        raise ConfigError(f"{what} must be greater than zero, got {quote(text)}")
-    if seconds > MAX_DURATION:
-        raise ConfigError(f"{what} {quote(text)} is too long; the maximum is 100 years")
-    return seconds
-
-
-def _duration_seconds(text: str) -> float | None:
-    if _BARE_NUMBER.fullmatch(text):
-        return float(text)
-    total, pos = 0.0, 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _UNITS[match.group(2).lower()]
-        pos = match.end()
-    if pos == 0 or text[pos:].strip():
-        return None
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """Short human form: 5400 -> "1h 30m", 90 -> "1m 30s", 0.5 -> "500ms"."""
-    millis = round(abs(seconds) * 1000)
-    parts = []
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        count, millis = divmod(millis, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    if millis or not parts:
-        parts.append(f"{millis}ms" if millis else "0s")
-    return ("-" if seconds < 0 else "") + " ".join(parts)
-
-
 # ---------------------------------------------------------------- --at times
 
 
@@ -217,15 +191,15 @@ MACROS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _NONE: tuple[str, ...] = ()
 _FIELD_SPECS = (  # name, lowest, highest, names (their index + offset is the value)
     ("minute", 0, 59, _NONE, 0),
     ("hour", 0, 23, _NONE, 0),
     ("day-of-month", 1, 31, _NONE, 0),
-    ("month", 1, 12, _MONTHS, 1),
-    ("day-of-week", 0, 7, _DAYS, 0),
+    ("month", 1, 12, MONTHS, 1),
+    ("day-of-week", 0, 7, DAYS, 0),
 )
 
 

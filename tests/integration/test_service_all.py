@@ -175,7 +175,7 @@ def test_cli_does_not_import_sqlalchemy_or_aiohttp(pb: Pb, argv: list[str]) -> N
             "try:\n    runpy.run_module('pony_scheduler', run_name='__main__')\n"
             "except SystemExit:\n    pass\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('sqlalchemy', 'aiohttp', 'alembic', 'croniter'))\n"
+            "('sqlalchemy', 'aiohttp', 'alembic', 'croniter', 'zoneinfo', 'tzlocal'))\n"
             "print('HEAVY', heavy)\n")
     result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
                             text=True, env=pb.env, timeout=30)
