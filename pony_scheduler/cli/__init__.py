@@ -14,6 +14,7 @@ from pony_scheduler.cli.service import service_group
 from pony_scheduler.cli.service_all import service_all
 from pony_scheduler.errors import EXIT_USAGE, PonyError
 from pony_scheduler.lifecycle.spec import DEBUG, GATEWAY, SCHEDULER
+from pony_scheduler.textsafe import for_log
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
     except click.Abort:
         code = 130
     except PonyError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        # Messages may quote job names, paths and URLs that others chose: one line, no
+        # control character reaches the terminal.
+        click.echo(f"Error: {for_log(str(exc))}", err=True)
         code = exc.exit_code
     except BrokenPipeError:
         code = 141

@@ -164,11 +164,24 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
                                                                           strict=True)).rstrip())
 
 
+# Job commands and outputs are chosen by whoever defines the job: on a terminal their
+# control characters are shown (textsafe.for_terminal), not obeyed, unless --raw.
+RAW = click.option("--raw", is_flag=True, help="Print control characters as they are "
+                   "(default: made visible, like cat -v).")
+
+
+def _shown(text: str, raw: bool) -> str:
+    from pony_scheduler.textsafe import for_terminal
+
+    return text if raw else for_terminal(text)
+
+
 @job_group.command(name="show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@RAW
 @click.pass_context
-def job_show(ctx: click.Context, name: str, as_json: bool) -> None:
+def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
     """Everything about job NAME."""
     from pony_scheduler.store.jobs import UnknownJob
 
@@ -190,7 +203,7 @@ def job_show(ctx: click.Context, name: str, as_json: bool) -> None:
                          ("Directory", data["cwd"] or "(the scheduler's home)"),
                          ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items())
                           or "-")):
-        click.echo(f"{label + ':':<13} {value}")
+        click.echo(_shown(f"{label + ':':<13} {value}", raw))
 
 
 @job_group.command(name="remove")
@@ -285,8 +298,9 @@ def _get_run(ctx: click.Context, run_id: int) -> dict[str, Any]:
 @runs_group.command(name="show")
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@RAW
 @click.pass_context
-def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
+def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None:
     """Metadata and output of run RUN_ID."""
     run = _get_run(ctx, run_id)
     if as_json:
@@ -301,18 +315,19 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
         if key == "output_path" and value and not os.path.exists(value):
             # Created at the first byte of output (see pb-job(1)).
             value = f"{value} (removed)" if run.get("output_tail") else "- (no output)"
-        click.echo(f"{key.replace('_', ' ').capitalize() + ':':<13} "
-                   f"{'-' if value is None else value}")
+        click.echo(_shown(f"{key.replace('_', ' ').capitalize() + ':':<13} "
+                          f"{'-' if value is None else value}", raw))
     click.echo("Output (end):")
-    click.echo(run.get("output_tail") or "(none)")
+    click.echo(_shown(run.get("output_tail") or "(none)", raw))
 
 
 @runs_group.command(name="output")
 @click.argument("run_id", type=int)
 @click.option("-f", "--follow", "follow_", is_flag=True,
               help="Keep printing while the run is running.")
+@RAW
 @click.pass_context
-def runs_output(ctx: click.Context, run_id: int, follow_: bool) -> None:
+def runs_output(ctx: click.Context, run_id: int, follow_: bool, raw: bool) -> None:
     """The whole output of run RUN_ID."""
     run = _get_run(ctx, run_id)
     path = run.get("output_path")
@@ -324,10 +339,20 @@ def runs_output(ctx: click.Context, run_id: int, follow_: bool) -> None:
             time.sleep(0.2)
             run = _get_run(ctx, run_id)
             path = run.get("output_path")
-    _print_output(ctx, run_id, path, follow_)
+    _print_output(ctx, run_id, path, follow_, raw)
 
 
-def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> None:
+def _write(data: bytes, raw: bool) -> None:
+    """--raw: the bytes as the job wrote them; else text with control characters shown."""
+    if raw:
+        sys.stdout.buffer.write(data)
+    else:
+        sys.stdout.write(_shown(data.decode(errors="replace"), raw))
+    sys.stdout.flush()
+
+
+def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool,
+                  raw: bool) -> None:
     handle = _open_output(ctx, run_id, path, follow_)
     if handle is None:
         return
@@ -335,12 +360,11 @@ def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> 
         while True:
             data = handle.read()
             if data:
-                sys.stdout.write(data.decode(errors="replace"))
-                sys.stdout.flush()
+                _write(data, raw)
             if not follow_ or _get_run(ctx, run_id)["state"] not in ("queued", "running"):
                 rest = handle.read()
                 if rest:
-                    sys.stdout.write(rest.decode(errors="replace"))
+                    _write(rest, raw)
                 return
             time.sleep(0.2)
 

@@ -98,24 +98,6 @@ def is_loopback(sock: socket.socket) -> bool:
         return False
 
 
-def loopback_host(header: str) -> bool:
-    """Does an HTTP Host header name this machine's loopback ("localhost:80", "[::1]:80")?
-
-    A server on loopback that answers any Host can be read by a web page through DNS
-    rebinding (a name of the attacker's that resolves to 127.0.0.1); insisting on a loopback
-    name or address defeats that."""
-    if header.startswith("["):
-        name = header[1:].split("]", 1)[0]
-    else:
-        name = header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-    if name.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def bind_unix(path: Path) -> tuple[socket.socket, int]:
     """A listening Unix socket at `path`, mode 0600 from the moment it exists, and the
     inode of its file (to recognise it when removing it)."""
