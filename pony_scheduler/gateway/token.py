@@ -119,14 +119,19 @@ class TokenKeeper:
         self.home = home
         self._seen: tuple[tuple[int, int, int] | None, ...] | None = None
         self._tokens = Tokens(None, None)
-        self.generation = 0  # bumped at every change: the dashboard ends its sessions
+        # Bumped when a token that was there changes or goes (a rotation; not its first
+        # creation): the dashboard then ends its sessions.
+        self.generation = 0
 
     def current(self) -> Tokens:
         seen = tuple(_identity(token_path(self.home, kind)) for kind in FILES)
         if seen != self._seen:
             self._seen = seen
-            self._tokens = Tokens(self._load("admin"), self._load("read"))
-            self.generation += 1
+            old, new = self._tokens, Tokens(self._load("admin"), self._load("read"))
+            if any(before is not None and before != after
+                   for before, after in ((old.admin, new.admin), (old.read, new.read))):
+                self.generation += 1
+            self._tokens = new
         return self._tokens
 
     def _load(self, kind: Kind) -> str | None:

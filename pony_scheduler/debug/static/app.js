@@ -397,12 +397,28 @@ $("#logout").addEventListener("click", async () => {
   loggedOut("Logged out.");
 });
 
-async function start() {
+// A login link's code, taken out of the address bar and the history at once (it works
+// once anyway); null when the URL holds none.
+function takeCode() {
   const match = location.hash.match(/^#login=([A-Za-z0-9_-]+)$/);
-  if (match) {
-    // The code works once; take it out of the address bar and the history at once.
-    history.replaceState(null, "", location.pathname + location.search);
-    await login({ code: match[1] });
+  if (!match) return null;
+  history.replaceState(null, "", location.pathname + location.search);
+  return match[1];
+}
+
+// A link opened in a tab that already shows the dashboard only changes the fragment.
+window.addEventListener("hashchange", () => {
+  const code = takeCode();
+  if (code) {
+    if (session) loggedOut("");
+    login({ code });
+  }
+});
+
+async function start() {
+  const code = takeCode();
+  if (code) {
+    await login({ code });
   } else if (session) {
     try {
       enter((await api("/api/session")).scope);
