@@ -81,6 +81,10 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _me() -> str:
+    return "root" if os.geteuid() == 0 else f"{_user(os.geteuid())} or root"
+
+
 def _trusted_owner(uid: int) -> bool:
     return uid in (os.geteuid(), 0)
 
@@ -119,8 +123,7 @@ def _check_owner_and_mode(path: str | os.PathLike[str], info: os.stat_result, *,
     if not _trusted_owner(info.st_uid):
         fix = (f"remove it (rm -r {path}) or, if it is yours, 'chown {_user(os.geteuid())} "
                f"{path}'")
-        raise UnsafePath(path, f"belongs to {_user(info.st_uid)}, not to "
-                         f"{_user(os.geteuid())} or root", fix)
+        raise UnsafePath(path, f"belongs to {_user(info.st_uid)}, not to {_me()}", fix)
     mode = stat.S_IMODE(info.st_mode)
     if private and mode & 0o077:
         target = 0o700 if stat.S_ISDIR(info.st_mode) else 0o600

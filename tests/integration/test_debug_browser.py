@@ -65,7 +65,7 @@ def login_link(pb: Pb) -> str:
 def test_dashboard_shows_a_run_live_and_its_output(pb: Pb, page: Any) -> None:
     from playwright.sync_api import expect
 
-    _, debug_port = use_free_ports(pb)
+    use_free_ports(pb)
     assert pb("service", "start", "all").code == 0
     assert pb("job", "add", "hello", "--every", "1h", "--", "echo", "hello").code == 0
     link = login_link(pb)
@@ -190,7 +190,7 @@ class EvilSite:
         body = html.encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(body)))
@@ -247,7 +247,7 @@ def test_other_sites_cannot_drive_or_frame_the_dashboard(pb: Pb, page: Any) -> N
 
 
 def test_dashboard_http_rules(pb: Pb) -> None:
-    gateway_port, debug_port = use_free_ports(pb)
+    _, debug_port = use_free_ports(pb)
     assert pb("service", "start", "debug").code == 0
     status, body, _ = request(debug_port, "GET", "/api/health")
     assert status == 401 and "log in first" in body["error"]
