@@ -239,9 +239,10 @@ def _parts(relative: str | os.PathLike[str]) -> tuple[str, ...]:
 
 def _refuse_link(root: Root, relative: str | os.PathLike[str], exc: OSError) -> UnsafePath:
     shown = relative if isinstance(root, int) else os.path.join(root, relative)
-    return UnsafePath(shown, "is reached through a symbolic link (or a component is not "
-                      "a directory), and pony-scheduler follows none",
-                      f"remove the link ({exc.strerror.lower() if exc.strerror else exc})")
+    what = "not a directory" if exc.errno == errno.ENOTDIR else "a symbolic link"
+    return UnsafePath(shown, "is reached through a symbolic link (or a component of it is "
+                      f"{what}), and pony-scheduler follows none",
+                      "remove the link and let pony-scheduler make the file")
 
 
 def open_beneath(root: Root, relative: str | os.PathLike[str], flags: int,
@@ -271,12 +272,20 @@ def open_beneath(root: Root, relative: str | os.PathLike[str], flags: int,
             return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
                            dir_fd=dir_fd)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno == errno.ELOOP or (exc.errno == errno.EEXIST
+                                            and _is_link(parts[-1], dir_fd)):
                 raise _refuse_link(root, relative, exc) from None
             raise
     finally:
         if owned:
             os.close(dir_fd)
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
 
 
 def _open_dir(dir_fd: int, part: str, root: Root, relative: str | os.PathLike[str],

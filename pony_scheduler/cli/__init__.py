@@ -61,4 +61,13 @@ def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
         code = exc.exit_code
     except BrokenPipeError:
         code = 141
+    except Exception as exc:
+        # A database that refuses (read-only, locked, gone) is one line too, never a
+        # traceback; anything else is a bug and shows as one.
+        if not type(exc).__module__.startswith("sqlalchemy"):
+            raise
+        from pony_scheduler.store.common import first_line
+
+        click.echo(f"Error: database error: {for_log(first_line(exc))}", err=True)
+        code = 1
     sys.exit(code if isinstance(code, int) else 0)

@@ -10,6 +10,7 @@ import click
 
 from pony_scheduler.cli.options import settings_from
 from pony_scheduler.config import Settings
+from pony_scheduler.errors import PonyError
 
 
 @click.command(name="token")
@@ -59,7 +60,11 @@ def dashboard_address(settings: Settings) -> tuple[str, bool]:
 def new_login_url(settings: Settings, address: str) -> str:
     from pony_scheduler.debug.logins import login_url, new_code
 
-    return login_url(address, new_code(settings.home))
+    try:
+        return login_url(address, new_code(settings.home))
+    except OSError as exc:
+        raise PonyError(f"cannot make a login link in {settings.home}: "
+                        f"{exc.strerror or exc}") from None
 
 
 @click.command(name="url")

@@ -91,12 +91,14 @@ def bearer(header: str) -> str | None:
     return credentials if scheme.lower() == "bearer" and credentials else None
 
 
-def _identity(path: Path) -> tuple[int, int, int] | None:
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """What changes when the file is replaced, written, chmod-ed or chown-ed."""
     try:
         info = os.lstat(path)
     except OSError:
         return None
-    return info.st_ino, info.st_mtime_ns, info.st_size
+    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_mode,
+            info.st_uid)
 
 
 @dataclass
@@ -117,7 +119,7 @@ class TokenKeeper:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self._seen: tuple[tuple[int, int, int] | None, ...] | None = None
+        self._seen: tuple[tuple[int, ...] | None, ...] | None = None
         self._tokens = Tokens(None, None)
         # Bumped when a token that was there changes or goes (a rotation; not its first
         # creation): the dashboard then ends its sessions.

@@ -111,7 +111,7 @@ def _finish(spec: ServiceSpec, settings: Settings, runtime: ServiceRuntime,
             log.error("%s failed: %s", spec.title, reason, exc_info=exc)
     with contextlib.suppress(FileNotFoundError):
         spec.meta_path(settings.home).unlink()
-    status = 1 if exc is not None else 0
+    status = 1 if exc is not None or runtime.failure is not None else 0
     log.info("%s stopped (exit status %d)", spec.title, status)
     return status
 

@@ -48,6 +48,7 @@ class ServiceRuntime:
         self.reopen_requested = False
         self.is_ready = False
         self.stop_on_corrupt_database = False  # set for the scheduler (ServiceSpec)
+        self.failure: str | None = None  # why it stops on its own (exit status 1)
         # Made by install_wakeup(), after daemonizing: DaemonContext closes every other fd.
         self._wake_r = self._wake_w = -1
 
@@ -253,5 +254,6 @@ def database_corrupt(message: str) -> None:
     log.critical("%s", message)
     if CURRENT.stop_on_corrupt_database:
         log.critical("Stopping: the scheduler cannot work on a corrupt database")
+        CURRENT.failure = message
         CURRENT.request_stop()
 

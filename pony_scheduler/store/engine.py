@@ -91,11 +91,22 @@ def _on_error(context: Any) -> None:
     if not is_corrupt(context.original_exception) or _reported_corruption:
         return
     _reported_corruption = True
-    where = safe_url(context.engine.url) if context.engine is not None else "the database"
+    where = _shown(context.engine.url) if context.engine is not None else "the database"
     from pony_scheduler.lifecycle import runtime
 
     runtime.database_corrupt(f"database {where} is corrupt ({context.original_exception}); "
                              "restore it from a backup, or move it aside to start afresh")
+
+
+def _shown(url: URL) -> str:
+    """The URL as the user gave it: without the password, and an SQLite `file:` URI
+    (which _sqlite_engine makes of a path) back as the path."""
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database.startswith("file:"):
+        from urllib.parse import unquote
+
+        return f"sqlite:///{unquote(database[5:])}"
+    return safe_url(url)
 
 
 def _sqlite_file(url: URL) -> str | None:
@@ -166,12 +177,14 @@ def _immutable_fallback(engine: Engine, url: URL) -> None:
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-        try:
-            return dialect.loaded_dbapi.connect(*cargs, **cparams)
+        connection = dialect.loaded_dbapi.connect(*cargs, **cparams)
+        try:  # SQLite opens the file at the first statement, not at connect()
+            connection.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+            return connection
         except sqlite3.OperationalError:
-            fallback_args, fallback_params = dialect.create_connect_args(immutable)
-            return dialect.loaded_dbapi.connect(*fallback_args,
-                                                **{**cparams, **fallback_params})
+            connection.close()
+        fallback_args, fallback_params = dialect.create_connect_args(immutable)
+        return dialect.loaded_dbapi.connect(*fallback_args, **{**cparams, **fallback_params})
 
 
 def trust_warning(engine: Engine) -> str | None:
