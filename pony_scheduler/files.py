@@ -6,8 +6,9 @@ or overwrite files, as its user, often root.  So, as OpenSSH's StrictModes does 
 ~/.ssh (sshd_config(5); `safe_path()` in OpenSSH's misc.c):
 
 * `check_home(home)`: the home and every file we use in it belong to the invoking user
-  (or root) and are not group- or world-writable; private files (database, tokens,
-  sockets) are not accessible to others at all; the directories above the home belong to
+  (or root) and are not group- or world-writable; private files (tokens, sockets) are
+  not accessible to others at all, nor is the database when others may enter the home;
+  the directories above the home belong to
   root or the user and, when group- or world-writable, have the sticky bit (a home under
   /tmp works); none of our files is a symbolic link.  A few stat calls: cheap enough for
   every command.
@@ -45,19 +46,27 @@ PRIVATE_MODE = 0o600  # database, tokens, sockets, login codes, start locks
 SHARED_MODE = 0o640  # logs, run outputs, pid files, metadata
 
 _SERVICES = ("scheduler", "gateway", "debug")
-# Names we use in the home: name -> (kind, private).  kind: file | socket | dir.
-KNOWN: dict[str, tuple[str, bool]] = {
-    **{f"{s}.{ext}": ("file", False) for s in _SERVICES for ext in ("pid", "json", "log")},
-    **{f".{s}.start.lock": ("file", True) for s in _SERVICES},
-    "config.toml": ("file", False),
-    "gateway.token": ("file", True),
-    "gateway.read-token": ("file", True),
-    **{f"pony.db{suffix}": ("file", True) for suffix in ("", "-wal", "-shm", "-journal")},
-    "gateway.sock": ("socket", True),
-    "gateway.api.sock": ("socket", True),
-    "runs": ("dir", False),
-    "debug.logins": ("dir", True),
+# Names we use in the home: name -> (kind, privacy).  kind: file | socket | dir.
+# privacy: "shared" (others may read), "private" (never accessible to others: tokens,
+# sockets, login codes), "data" (the database: not readable by others when others may
+# enter its directory; a pony.db an older version made 0644 in a 0700 home is not exposed).
+KNOWN: dict[str, tuple[str, str]] = {
+    **{f"{s}.{ext}": ("file", "shared") for s in _SERVICES for ext in ("pid", "json", "log")},
+    **{f".{s}.start.lock": ("file", "private") for s in _SERVICES},
+    "config.toml": ("file", "shared"),
+    "gateway.token": ("file", "private"),
+    "gateway.read-token": ("file", "private"),
+    **{f"pony.db{suffix}": ("file", "data") for suffix in ("", "-wal", "-shm", "-journal")},
+    "gateway.sock": ("socket", "private"),
+    "gateway.api.sock": ("socket", "private"),
+    "runs": ("dir", "shared"),
+    "debug.logins": ("dir", "private"),
 }
+
+
+def _others_may_enter(mode: int) -> bool:
+    """May users other than the owner reach the files of a directory of this mode?"""
+    return bool(mode & 0o011)
 _KIND_OK = {"file": stat.S_ISREG, "socket": stat.S_ISSOCK, "dir": stat.S_ISDIR}
 
 
@@ -161,11 +170,12 @@ def check_home(home: str | os.PathLike[str]) -> None:
     except PermissionError:
         raise PonyError(f"cannot read home {home}: permission denied; run this as its owner",
                         4) from None
+    open_home = _others_may_enter(info.st_mode)
     for entry in entries:
-        _check_entry(Path(home) / entry.name, entry)
+        _check_entry(Path(home) / entry.name, entry, open_home)
 
 
-def _check_entry(path: Path, entry: os.DirEntry[str]) -> None:
+def _check_entry(path: Path, entry: os.DirEntry[str], open_home: bool) -> None:
     known = KNOWN.get(entry.name)
     try:
         info = entry.stat(follow_symlinks=False)
@@ -177,11 +187,12 @@ def _check_entry(path: Path, entry: os.DirEntry[str]) -> None:
         raise UnsafePath(path, "is a symbolic link, and pony-scheduler follows none in its "
                          "home", f"replace it with the real {known[0]} (rm {path})")
     if known is not None:
-        kind, private = known
+        kind, privacy = known
         if not _KIND_OK[kind](info.st_mode):
             what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a " + kind
             remove = "rmdir" if stat.S_ISDIR(info.st_mode) else "rm"
             raise UnsafePath(path, f"is {what}, not a {kind}", f"remove it ({remove} {path})")
+        private = privacy == "private" or (privacy == "data" and open_home)
         _check_owner_and_mode(path, info, private=private)
     else:
         _check_owner_and_mode(path, info, private=False)
@@ -200,9 +211,10 @@ def check_file(path: str | os.PathLike[str], *, private: bool = False) -> None:
 
 
 def check_database_file(path: str | os.PathLike[str]) -> None:
-    """An SQLite database outside the home (`--db PATH`): the directories up to it as for
-    the home, the directory itself not writable by others (SQLite makes its -wal, -shm
-    and journal files there), and the database and those files ours, private, and no
+    """An SQLite database (`--db PATH`, the home's pony.db too): the directories up to it
+    as for the home, the directory itself not writable by others (SQLite makes its -wal,
+    -shm and journal files there), and the database and those files ours, not writable
+    by others, not readable by others either when others may enter the directory, and no
     symbolic links.  Raises UnsafePath."""
     directory = os.path.dirname(os.path.abspath(path))
     check_directory_chain(directory)
@@ -212,6 +224,7 @@ def check_database_file(path: str | os.PathLike[str]) -> None:
         raise UnsafePath(directory, f"holds the database and is writable by others (mode "
                          f"{stat.S_IMODE(info.st_mode):04o})", f"run 'chmod go-w {directory}' "
                          "or keep the database elsewhere")
+    exposed = _others_may_enter(info.st_mode)
     name = os.path.basename(path)
     for suffix in ("", "-wal", "-shm", "-journal"):
         candidate = os.path.join(directory, name + suffix)
@@ -223,7 +236,7 @@ def check_database_file(path: str | os.PathLike[str]) -> None:
             raise UnsafePath(candidate, "is a symbolic link", "point --db at the real file")
         if not stat.S_ISREG(info.st_mode):
             raise UnsafePath(candidate, "is not a regular file", "point --db at a file")
-        _check_owner_and_mode(candidate, info, private=True)
+        _check_owner_and_mode(candidate, info, private=exposed)
 
 
 # -- opening and creating ------------------------------------------------------------------

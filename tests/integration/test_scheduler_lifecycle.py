@@ -224,7 +224,6 @@ def test_stop_timeout_then_force(pb: Pb, home: Path) -> None:
 
 def test_start_not_ready_within_timeout(pb: Pb, home: Path) -> None:
     db = home / "locked.db"
-    db.touch(mode=0o600)  # private, as pb makes its databases (files.check_database_file)
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("PRAGMA journal_mode=DELETE")
     holder.execute("BEGIN EXCLUSIVE")  # the daemon cannot read the schema until we let go
