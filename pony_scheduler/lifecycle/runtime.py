@@ -169,7 +169,14 @@ class ServiceRuntime:
         self.reopen_requested = False
         if self.log_path is None:
             return
-        reopen_log(self.log_path)
+        from pony_scheduler.errors import PonyError
+
+        try:
+            reopen_log(self.log_path)
+        except (OSError, PonyError) as exc:  # e.g. a link planted where the log was
+            log.error("Could not reopen %s (%s); still writing to the old file",
+                      self.log_path, exc)
+            return
         log.info("Reopened log file %s (SIGHUP)", self.log_path)
 
 

@@ -430,3 +430,23 @@ def test_error_messages_are_one_line(victim: Pb) -> None:
     result = victim("job", "show", "no\nsuch\x1b[2J")
     assert result.code != 0
     assert re.fullmatch(r"Error: [^\n\x1b]*\n", result.err), result.err
+
+
+def test_a_log_replaced_by_a_link_is_not_reopened(victim: Pb, shared_dir: Path) -> None:
+    """logrotate's SIGHUP after someone swapped scheduler.log for a link: the daemon keeps
+    its old file, says so, and never writes through the link."""
+    assert victim("scheduler", "start").code == 0
+    pid = victim.pid()
+    target = shared_dir / "precious"
+    target.write_text("precious\n")
+    log = victim.home / "scheduler.log"
+    log.rename(victim.home / "scheduler.log.1")
+    log.symlink_to(target)
+    os.kill(pid, signal.SIGHUP)
+    rotated = victim.home / "scheduler.log.1"
+    assert wait_for(lambda: "Could not reopen" in rotated.read_text(), 30)
+    assert "is reached through a symbolic link" in rotated.read_text()
+    assert target.read_text() == "precious\n"
+    log.unlink()
+    assert victim("scheduler", "stop").code == 0
+    assert target.read_text() == "precious\n"
