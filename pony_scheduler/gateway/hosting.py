@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pony_scheduler.config import validate_socket_path
 from pony_scheduler.errors import PonyError
+from pony_scheduler.files import PRIVATE_MODE
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 
 log = logging.getLogger("pony_scheduler.gateway")
@@ -117,7 +118,7 @@ def bind_unix(path: Path) -> tuple[socket.socket, int]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     # No other thread exists yet, so changing the process umask here is safe; it closes
     # the window in which the socket would exist with looser permissions than 0600.
-    old = os.umask(0o177)
+    old = os.umask(0o777 & ~PRIVATE_MODE)
     try:
         sock.bind(str(path))
     except OSError as exc:
@@ -125,7 +126,7 @@ def bind_unix(path: Path) -> tuple[socket.socket, int]:
         raise PonyError(f"cannot listen on {path}: {exc.strerror}") from None
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    os.chmod(path, PRIVATE_MODE)  # the project's one mode for sockets (files.py)
     sock.listen(64)
     sock.setblocking(False)
     return sock, os.stat(path).st_ino

@@ -170,6 +170,9 @@ def run_foreground(spec: ServiceSpec, settings: Settings, lock_fd: int,
     runtime = ServiceRuntime(settings, title=spec.title, log_path=None,
                              announce=lambda _: None, pid_path=spec.pid_path(settings.home))
     lock = daemon.pidfile.TimeoutPIDLockFile(str(spec.pid_path(settings.home)), 0)
+    # The same umask as the background daemon, before the pid file is made, so that it
+    # gets the same mode (0640).
+    os.umask(0o027)
     try:
         lock.acquire()
     except AlreadyLocked:
@@ -181,9 +184,8 @@ def run_foreground(spec: ServiceSpec, settings: Settings, lock_fd: int,
     }
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
-    # The same umask and working directory as the background daemon, so that files and
-    # relative paths of jobs do not depend on how it was started.
-    os.umask(0o027)
+    # The same working directory as the background daemon, so that relative paths of jobs
+    # do not depend on how it was started.
     os.chdir(settings.home)
     setup_logging(settings.log_level)
     exc: BaseException | None = None
