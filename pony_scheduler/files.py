@@ -271,10 +271,9 @@ def open_beneath(root: Root, relative: str | os.PathLike[str], flags: int,
     OSError for everything else (FileNotFoundError, FileExistsError with O_EXCL...).
     """
     parts = _parts(relative)
-    own_root = not isinstance(root, int)
-    dir_fd = (os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-              if not isinstance(root, int) else root)
-    owned = own_root
+    owned = not isinstance(root, int)  # an fd we opened, so close
+    dir_fd = root if isinstance(root, int) else os.open(
+        root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts[:-1]:
             next_fd = _open_dir(dir_fd, part, root, relative, make_dirs, dir_mode)
@@ -303,36 +302,27 @@ def _is_link(name: str, dir_fd: int) -> bool:
 
 def _open_dir(dir_fd: int, part: str, root: Root, relative: str | os.PathLike[str],
               make_dirs: bool, dir_mode: int) -> int:
+    """One directory component, never through a link; made (exactly `dir_mode`) when
+    missing and `make_dirs`."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     created = False
-    try:
-        fd = os.open(part, flags, dir_fd=dir_fd)
-    except FileNotFoundError:
-        if not make_dirs:
-            raise
+    for attempt in (1, 2):
         try:
-            os.mkdir(part, dir_mode, dir_fd=dir_fd)
-            created = True
-        except FileExistsError:
-            pass  # made by someone else meanwhile: opened (and checked) below
-        fd = _open_dir_plain(dir_fd, part, flags, root, relative)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise _refuse_link(root, relative, exc) from None
-        raise
+            fd = os.open(part, flags, dir_fd=dir_fd)
+            break
+        except FileNotFoundError:
+            if not make_dirs or attempt == 2:
+                raise
+            with contextlib.suppress(FileExistsError):  # made meanwhile: opened next
+                os.mkdir(part, dir_mode, dir_fd=dir_fd)
+                created = True
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _refuse_link(root, relative, exc) from None
+            raise
     if created:
         os.fchmod(fd, dir_mode)  # exactly, whatever the umask
     return fd
-
-
-def _open_dir_plain(dir_fd: int, part: str, flags: int, root: Root,
-                    relative: str | os.PathLike[str]) -> int:
-    try:
-        return os.open(part, flags, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise _refuse_link(root, relative, exc) from None
-        raise
 
 
 def verify_fd(fd: int, shown: str | os.PathLike[str], *, private: bool = False) -> None:
