@@ -16,20 +16,28 @@ from pony_scheduler.errors import ConfigError
 
 # Unix socket paths live in a 108-byte sun_path including the trailing NUL.
 MAX_SOCKET_PATH = 107
+# The documented ranges (pony-scheduler.conf(5)): the same whatever the database.
+MAX_WORKERS = 1024  # worker threads of the scheduler; more is a typo, not a plan
+MAX_SECONDS = 86400.0  # shutdown grace and --timeout: at most a day
 
 
 def _positive_float(name: str, value: Any) -> float:
-    """Seconds: a number, or a duration such as 30s, 2m, 1h30m."""
+    """Seconds: a number, or a duration such as 30s, 2m, 1h30m; more than 0, at most a
+    day (MAX_SECONDS)."""
     number: float | None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = _duration(value)
+    if isinstance(value, bool):
+        number = None
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = _duration(value)
     if number is None:
         raise ConfigError(f"{name} must be a positive number of seconds or a duration such "
                           f"as 30s or 2m, not {value!r}")
-    if not number > 0 or number == float("inf"):
-        raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+    if not 0 < number <= MAX_SECONDS:
+        raise ConfigError(f"{name} must be more than 0 and at most {MAX_SECONDS:g} seconds "
+                          f"(a day), not {value!r}")
     return number
 
 
@@ -42,13 +50,19 @@ def _duration(value: Any) -> float | None:
         return None
 
 
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a positive whole number, not {value!r}") from None
-    if number <= 0 or isinstance(value, float):
-        raise ConfigError(f"{name} must be a positive whole number, not {value!r}")
+def _whole(name: str, value: Any, low: int, high: int, what: str) -> int:
+    """A whole number from `low` to `high`: an integer in the file, digits in the
+    environment or a flag.  TOML's true/false and floats are refused (bool is an int in
+    Python: `workers = true` would otherwise mean 1)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        raise ConfigError(f"{name} must be {what} (a whole number from {low} to {high}), "
+                          f"not {value!r}")
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must be {what} from {low} to {high}, not {value!r}")
     return number
 
 
@@ -60,11 +74,12 @@ def _lease(name: str, value: Any) -> float:
     return seconds
 
 
+def _workers(name: str, value: Any) -> int:
+    return _whole(name, value, 1, MAX_WORKERS, "a number of workers")
+
+
 def _port(name: str, value: Any) -> int:
-    port = _positive_int(name, value)
-    if port > 65535:
-        raise ConfigError(f"{name} must be a TCP port (1-65535), not {value!r}")
-    return port
+    return _whole(name, value, 1, 65535, "a TCP port")
 
 
 def _log_level(name: str, value: Any) -> str:
@@ -77,7 +92,41 @@ def _log_level(name: str, value: Any) -> str:
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
+    if not value.isprintable():
+        raise ConfigError(f"{name} must not contain control characters, not {value!r}")
     return value
+
+
+_HOST_NAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                        r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$")
+
+
+def _hosts(name: str, value: Any) -> tuple[str, ...]:
+    """Host names (a TOML array, or comma-separated in the environment) that the gateway
+    and the dashboard answer to besides the loopback names: the name a reverse proxy
+    forwards (`pony.example.com`).  Names only, no ports, no wildcards."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{name} must be a list of host names, not {value!r}")
+    hosts = []
+    for item in items:
+        host = item.strip().lower() if isinstance(item, str) else item
+        if not isinstance(host, str) or not _HOST_NAME.match(host):
+            raise ConfigError(f"{name}: {item!r} is not a host name (such as "
+                              "pony.example.com; no port, no wildcard)")
+        hosts.append(host)
+    return tuple(hosts)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
 
 
 # key -> (environment variable, converter, default).  Defaults that depend on the home
@@ -85,7 +134,7 @@ def _text(name: str, value: Any) -> str:
 FIELDS: dict[str, tuple[str, Any, Any]] = {
     "db": ("PONYBUNNY_DB", _text, None),
     "socket": ("PONYBUNNY_SOCKET", _text, None),
-    "workers": ("PONYBUNNY_WORKERS", _positive_int, 4),
+    "workers": ("PONYBUNNY_WORKERS", _workers, 4),
     "shutdown_grace": ("PONYBUNNY_SHUTDOWN_GRACE", _positive_float, 30.0),
     "lease": ("PONYBUNNY_LEASE", _lease, 60.0),
     "log_level": ("PONYBUNNY_LOG_LEVEL", _log_level, "INFO"),
@@ -93,6 +142,8 @@ FIELDS: dict[str, tuple[str, Any, Any]] = {
     "gateway_port": ("PONYBUNNY_GATEWAY_PORT", _port, 18789),
     "debug_host": ("PONYBUNNY_DEBUG_HOST", _text, "127.0.0.1"),
     "debug_port": ("PONYBUNNY_DEBUG_PORT", _port, 18790),
+    "allowed_hosts": ("PONYBUNNY_ALLOWED_HOSTS", _hosts, ()),
+    "anonymous_read": ("PONYBUNNY_ANONYMOUS_READ", _flag, False),
 }
 
 
@@ -109,6 +160,10 @@ class Settings:
     gateway_port: int
     debug_host: str
     debug_port: int
+    # Host names accepted besides the loopback ones (a reverse proxy's), see _hosts.
+    allowed_hosts: tuple[str, ...] = ()
+    # The documented opt-in: the gateway answers reads without a token (trusted hosts).
+    anonymous_read: bool = False
     config_file: Path | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -131,13 +186,30 @@ def db_url(value: str, base: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
+    from pony_scheduler.files import check_file, open_beneath
+
     try:
-        text = path.read_text(encoding="utf-8")
+        if explicit:
+            check_file(path)  # owned by us or root, not writable by others
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        else:  # HOME/config.toml: check_home vetted it; never follow a link to it
+            fd = open_beneath(path.parent, path.name, os.O_RDONLY)
+            with os.fdopen(fd, "rb") as handle:
+                raw = handle.read()
     except (FileNotFoundError, NotADirectoryError):
         return {}  # a home that is not a directory is reported by the command that needs it
+    except IsADirectoryError:
+        raise ConfigError(f"configuration file {path} is a directory; remove it or name a "
+                          "file with --config") from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -167,13 +239,17 @@ def load_settings(
     """Resolve every setting; `overrides` holds command-line flags (None = not given)."""
     home_source = "flag" if home else ("env" if os.environ.get("PONYBUNNY_HOME") else "default")
     home = (home or default_home()).expanduser().absolute()
+    from pony_scheduler.files import check_home
+
+    # StrictModes: before anything in the home (its config.toml first) is read.
+    check_home(home)
     if config_file is None and os.environ.get("PONYBUNNY_CONFIG"):
         config_file = Path(os.environ["PONYBUNNY_CONFIG"])
     explicit_config = config_file is not None
     config_path = (config_file or home / "config.toml").expanduser().absolute()
     if explicit_config and not config_path.exists():
         raise ConfigError(f"configuration file {config_path} does not exist")
-    from_file = _read_config_file(config_path)
+    from_file = _read_config_file(config_path, explicit_config)
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {"home": home_source}

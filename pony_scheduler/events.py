@@ -18,11 +18,13 @@ events were dropped while the gateway was unreachable; `close()` sends `disconne
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -52,6 +54,16 @@ def encode(event: dict[str, Any]) -> bytes:
         event = {**event, "timestamp": timestamp(event["timestamp"])}
     # default=str: a caller's datetime or Path must not kill the sender thread.
     return (json.dumps(event, default=str, separators=(",", ":")) + "\n").encode()
+
+
+def _check_peer(sock: socket.socket, path: Path) -> None:
+    """Send events (job names, PIDs) only to a gateway of our own user or root: a
+    `--socket` outside the home could have been bound by someone else first."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                      struct.calcsize("3i")))
+    if uid not in (os.geteuid(), 0):
+        raise PermissionError(errno.EACCES, f"{path} is served by PID {pid} of uid {uid}, "
+                              "not by our gateway")
 
 
 class EventClient:
@@ -154,6 +166,7 @@ class EventClient:
         sock.settimeout(SEND_TIMEOUT)
         try:
             sock.connect(str(self.socket_path))
+            _check_peer(sock, self.socket_path)
             with self._lock:
                 dropped, self.dropped = self.dropped, 0
             self.connections += 1

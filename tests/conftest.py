@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -163,3 +166,110 @@ def pg_url() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- a second, unprivileged user, and read-only homes (tests/integration/test_security.py) --
+OTHER_USER = "pony-attacker"
+
+
+def _root_only(why: str) -> None:
+    """Skip on a workstation; CI runs as root, where this is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (CI runs the tests as root)")
+    pytest.skip(why)
+
+
+@dataclass(frozen=True)
+class OtherUser:
+    """Another local account: what the security tests attack as.  Runs programs with its
+    uid and gid only (no supplementary groups), a minimal environment, cwd /."""
+
+    name: str
+    uid: int
+    gid: int
+    python: str  # an interpreter this user may run (the standard library is enough)
+
+    def run(self, argv: list[str], *, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, user=self.uid, group=self.gid, extra_groups=[],
+                              env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
+                                   "LANG": "C.UTF-8", **(env or {})},
+                              cwd="/", capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def python_code(self, code: str, *args: str,
+                    timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.run([self.python, "-c", code, *args], timeout=timeout)
+
+    def popen(self, code: str, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([self.python, "-u", "-c", code, *args], user=self.uid,
+                                group=self.gid, extra_groups=[], cwd="/",
+                                env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+
+def _usable_python(uid: int, gid: int) -> str | None:
+    for candidate in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
+        if not candidate:
+            continue
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            result = subprocess.run([candidate, "-c", "import http.client, socket"],
+                                    user=uid, group=gid, extra_groups=[], cwd="/",
+                                    capture_output=True, timeout=30)
+            if result.returncode == 0:
+                return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def other_user() -> OtherUser:
+    """The unprivileged account `pony-attacker`, created (useradd) when missing."""
+    if os.geteuid() != 0:
+        _root_only("the tests as another user need root (to create and become that user)")
+    try:
+        entry = pwd.getpwnam(OTHER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                        "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                        OTHER_USER], check=True, capture_output=True, timeout=60)
+        entry = pwd.getpwnam(OTHER_USER)
+    python = _usable_python(entry.pw_uid, entry.pw_gid)
+    if python is None:
+        _root_only(f"no Python interpreter that {OTHER_USER} may run")
+    assert python is not None
+    return OtherUser(OTHER_USER, entry.pw_uid, entry.pw_gid, python)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory under /tmp that every user may enter (0755, ours): homes there are
+    reachable by the other user, as a home under /home/alice is by her neighbours."""
+    path = Path(tempfile.mkdtemp(prefix="pony-sec-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def read_only_available() -> None:
+    """Skip (fail in CI) unless we can make a private mount namespace (root, unshare)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        _root_only("a read-only home needs root and unshare(1)")
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        _root_only(f"unshare --mount does not work here: {probe.stderr.decode().strip()}")
+
+
+def pb_read_only(pb: Pb, *args: str, timeout: float = 60) -> Result:
+    """`pb ARGS` with the home mounted read-only (a bind mount in a private mount
+    namespace: root ignores file modes, not a read-only mount)."""
+    script = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", str(pb.home),
+                           sys.executable, "-m", "pony_scheduler", *args],
+                          capture_output=True, text=True, timeout=timeout, env=pb.env,
+                          stdin=subprocess.DEVNULL)
+    result = Result(proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in result.all, result.all
+    return result

@@ -14,6 +14,7 @@ from pony_scheduler.cli.service import service_group
 from pony_scheduler.cli.service_all import service_all
 from pony_scheduler.errors import EXIT_USAGE, PonyError
 from pony_scheduler.lifecycle.spec import DEBUG, GATEWAY, SCHEDULER
+from pony_scheduler.textsafe import for_log
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,8 +55,19 @@ def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
     except click.Abort:
         code = 130
     except PonyError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        # Messages may quote job names, paths and URLs that others chose: one line, no
+        # control character reaches the terminal.
+        click.echo(f"Error: {for_log(str(exc))}", err=True)
         code = exc.exit_code
     except BrokenPipeError:
         code = 141
+    except Exception as exc:
+        # A database that refuses (read-only, locked, gone) is one line too, never a
+        # traceback; anything else is a bug and shows as one.
+        if not type(exc).__module__.startswith("sqlalchemy"):
+            raise
+        from pony_scheduler.store.common import first_line
+
+        click.echo(f"Error: database error: {for_log(first_line(exc))}", err=True)
+        code = 1
     sys.exit(code if isinstance(code, int) else 0)

@@ -30,6 +30,8 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
             from pony_scheduler.store.engine import safe_url
 
             value = safe_url(value)
+        if isinstance(value, tuple):  # allowed_hosts
+            value = ", ".join(value) or "-"
         rows.append((item.name, str(value), settings.sources.get(item.name, "derived")))
     config_file = str(settings.config_file) if settings.config_file else None
     if as_json:

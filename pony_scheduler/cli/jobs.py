@@ -221,11 +221,24 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
                                                                           strict=True)).rstrip())
 
 
+# Job commands and outputs are chosen by whoever defines the job: on a terminal their
+# control characters are shown (textsafe.for_terminal), not obeyed, unless --raw.
+RAW = click.option("--raw", is_flag=True, help="Print control characters as they are "
+                   "(default: made visible, like cat -v).")
+
+
+def _shown(text: str, raw: bool) -> str:
+    from pony_scheduler.textsafe import for_terminal
+
+    return text if raw else for_terminal(text)
+
+
 @job_group.command(name="show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@RAW
 @click.pass_context
-def job_show(ctx: click.Context, name: str, as_json: bool) -> None:
+def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
     """Everything about job NAME."""
     from pony_scheduler.store.jobs import UnknownJob
 
@@ -252,7 +265,7 @@ def job_show(ctx: click.Context, name: str, as_json: bool) -> None:
                          ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items())
                           or "-"),
                          ("Env file", data.get("env_file") or "-")):
-        click.echo(f"{label + ':':<15} {value}")
+        click.echo(_shown(f"{label + ':':<15} {value}", raw))
 
 
 def _last_result(data: dict[str, Any]) -> str:
@@ -383,7 +396,7 @@ def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
     while True:
         path = _output_path(ctx, run_id, follow_) if follow_ else None
         if path is not None:
-            _print_output(ctx, run_id, path, True)
+            _print_output(ctx, run_id, path, True, raw=False)
         run = _get_run(ctx, run_id)
         while run["state"] in ("queued", "running"):
             time.sleep(0.2)
@@ -467,8 +480,9 @@ def _get_run(ctx: click.Context, run_id: int) -> dict[str, Any]:
 @runs_group.command(name="show")
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@RAW
 @click.pass_context
-def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
+def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None:
     """Metadata and output of run RUN_ID."""
     run = _get_run(ctx, run_id)
     if as_json:
@@ -485,23 +499,24 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool) -> None:
         if key == "output_path" and value and not os.path.exists(value):
             # Created at the first byte of output (see pb-job(1)).
             value = f"{value} (removed)" if run.get("output_tail") else "- (no output)"
-        click.echo(f"{key.replace('_', ' ').capitalize() + ':':<13} "
-                   f"{'-' if value is None else value}")
+        click.echo(_shown(f"{key.replace('_', ' ').capitalize() + ':':<13} "
+                          f"{'-' if value is None else value}", raw))
     click.echo("Output (end):")
-    click.echo(run.get("output_tail") or "(none)")
+    click.echo(_shown(run.get("output_tail") or "(none)", raw))
 
 
 @runs_group.command(name="output")
 @click.argument("run_id", type=int)
 @click.option("-f", "--follow", "follow_", is_flag=True,
               help="Keep printing while the run is running.")
+@RAW
 @click.pass_context
-def runs_output(ctx: click.Context, run_id: int, follow_: bool) -> None:
+def runs_output(ctx: click.Context, run_id: int, follow_: bool, raw: bool) -> None:
     """The whole output of run RUN_ID."""
     path = _output_path(ctx, run_id, follow_)
     if path is None:
         raise PonyError(f"run {run_id} has no output ({_get_run(ctx, run_id)['state']})")
-    _print_output(ctx, run_id, path, follow_)
+    _print_output(ctx, run_id, path, follow_, raw)
 
 
 def _output_path(ctx: click.Context, run_id: int, follow_: bool) -> str | None:
@@ -514,22 +529,39 @@ def _output_path(ctx: click.Context, run_id: int, follow_: bool) -> str | None:
     return run.get("output_path") or None
 
 
-def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> None:
+def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool,
+                  raw: bool) -> None:
     handle = _open_output(ctx, run_id, path, follow_)
     if handle is None:
         return
+    out = OutputWriter(raw or not sys.stdout.isatty())
     with handle:
         while True:
-            data = handle.read()
-            if data:
-                sys.stdout.write(data.decode(errors="replace"))
-                sys.stdout.flush()
+            out.write(handle.read())
             if not follow_ or _get_run(ctx, run_id)["state"] not in ("queued", "running"):
-                rest = handle.read()
-                if rest:
-                    sys.stdout.write(rest.decode(errors="replace"))
+                out.write(handle.read(), final=True)
                 return
             time.sleep(0.2)
+
+
+class OutputWriter:
+    """A run's output on our stdout: the exact bytes when they go to a file or a pipe (or
+    with --raw); on a terminal, text with control characters and escape sequences made
+    visible.  Decoding is incremental, so a character split between two reads while
+    following is never broken in two."""
+
+    def __init__(self, exact: bool) -> None:
+        import codecs
+
+        self.exact = exact
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(self, data: bytes, final: bool = False) -> None:
+        if self.exact:
+            sys.stdout.buffer.write(data)
+        else:
+            sys.stdout.write(_shown(self.decoder.decode(data, final=final), raw=False))
+        sys.stdout.flush()
 
 
 def _open_output(ctx: click.Context, run_id: int, path: str,

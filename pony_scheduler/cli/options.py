@@ -8,10 +8,12 @@ from typing import Any
 
 import click
 
-from pony_scheduler.config import Settings, load_settings
+from pony_scheduler.config import MAX_SECONDS, Settings, load_settings
 
 
 class PositiveFloat(click.ParamType):
+    """Seconds: more than 0, at most MAX_SECONDS (a day; select() cannot wait for 1e300)."""
+
     name = "SECONDS"
 
     def convert(self, value: Any, param: click.Parameter | None,
@@ -22,6 +24,8 @@ class PositiveFloat(click.ParamType):
             number = math.nan
         if not number > 0 or math.isinf(number):
             self.fail(f"{value!r} is not a positive number of seconds", param, ctx)
+        if number > MAX_SECONDS:
+            self.fail(f"{value!r} is more than {MAX_SECONDS:g} seconds (a day)", param, ctx)
         return number
 
 

@@ -11,14 +11,16 @@ from typing import Any
 
 import click
 
+from pony_scheduler.cli.access import EXTRA_COMMANDS, dashboard_address, new_login_url
 from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
-from pony_scheduler.config import Settings
+from pony_scheduler.config import MAX_WORKERS, Settings
 from pony_scheduler.durations import format_duration
-from pony_scheduler.errors import EXIT_OK
+from pony_scheduler.errors import EXIT_OK, EXIT_UNKNOWN
 from pony_scheduler.lifecycle import control
 from pony_scheduler.lifecycle.control import AlreadyRunning, StartFailed, Status
 from pony_scheduler.lifecycle.logs import follow, tail_lines
 from pony_scheduler.lifecycle.spec import ServiceSpec
+from pony_scheduler.textsafe import for_terminal
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -41,8 +43,9 @@ EXTRA_START_OPTIONS: dict[str, list[Decorator]] = {
         click.option("--db", metavar="PATH|URL",
                      help="SQLite path or SQLAlchemy URL (postgresql+psycopg://…)."),
         click.option("--socket", metavar="PATH", help="Gateway socket the scheduler reports to."),
-        click.option("--workers", type=click.IntRange(min=1), metavar="N",
-                     help="Jobs run at the same time at most [default: 4]."),
+        click.option("--workers", type=click.IntRange(1, MAX_WORKERS), metavar="N",
+                     help=f"Jobs run at the same time at most, 1-{MAX_WORKERS} "
+                          "[default: 4]."),
         click.option("--shutdown-grace", metavar="DURATION",
                      help="How long running jobs get to finish on shutdown (30, 30s, 2m) "
                           "[default: 30s]."),
@@ -93,6 +96,8 @@ def service_group(spec: ServiceSpec) -> click.Group:
     group.add_command(_stop_command(spec))
     group.add_command(_status_command(spec))
     group.add_command(_logs_command(spec))
+    for command in EXTRA_COMMANDS.get(spec.name, []):
+        group.add_command(command)
     return group
 
 
@@ -136,6 +141,10 @@ def _print_started(spec: ServiceSpec, settings: Settings, result: control.StartR
     for line in _details(spec, result.meta):
         click.echo(line)
     click.echo(_label("Log file") + str(spec.log_path(settings.home)))
+    if spec.name == "debug":  # the dashboard's own login: a one-time link (pb-debug(1))
+        address = (result.meta or {}).get("address") or dashboard_address(settings)[0]
+        click.echo(_label("Login") + new_login_url(settings, str(address)))
+        click.echo("  (the link works once, for 10 minutes; 'pb debug url' prints another)")
 
 
 def _print_already_running(spec: ServiceSpec, exc: AlreadyRunning) -> None:
@@ -181,7 +190,7 @@ def _status_command(spec: ServiceSpec) -> click.Command:
     @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
     @click.pass_context
     def status(ctx: click.Context, as_json: bool) -> None:
-        settings = settings_from(ctx)
+        settings = status_settings(ctx)
         report = control.status(spec, settings)
         if as_json:
             click.echo(json.dumps(status_json(report, settings), indent=2))
@@ -190,6 +199,19 @@ def _status_command(spec: ServiceSpec) -> click.Command:
         ctx.exit(report.exit_code)
 
     return status
+
+
+def status_settings(ctx: click.Context) -> Settings:
+    """Settings for a status command: a home that fails the StrictModes check is
+    "unknown" to LSB (exit 4), not "dead with a pid file" (1)."""
+    from pony_scheduler.files import UnsafePath
+
+    try:
+        return settings_from(ctx)
+    except UnsafePath as exc:
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(EXIT_UNKNOWN)
+        raise  # not reached: ctx.exit raises
 
 
 STATE_WORDS = {
@@ -240,24 +262,36 @@ def _print_status(report: Status, settings: Settings) -> None:
 
 def _logs_command(spec: ServiceSpec) -> click.Command:
     @click.command(name="logs", help=f"Show the {spec.title.lower()}'s log.")
-    @click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True,
-                  help="How many of the last lines to show.")
+    @LINES
     @click.option("-f", "--follow", "follow_", is_flag=True,
                   help="Keep printing new lines (across log rotation) until Ctrl-C.")
+    @RAW
     @click.pass_context
-    def logs(ctx: click.Context, lines: int, follow_: bool) -> None:
+    def logs(ctx: click.Context, lines: int, follow_: bool, raw: bool) -> None:
         path = spec.log_path(settings_from(ctx).home)
         if not path.exists():
             click.echo(f"No {spec.title.lower()} log yet ({path} does not exist)", err=True)
             if not follow_:
                 ctx.exit(EXIT_OK)
+        shown = (lambda text: text) if raw else for_terminal
         for line in tail_lines(path, lines):
-            click.echo(line)
+            click.echo(shown(line))
         if follow_:
             with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how one stops following
-                follow(path, _write_out)
+                follow(path, lambda text: _write_out(shown(text)))
 
     return logs
+
+
+MAX_LINES = 1_000_000
+LINES = click.option("-n", "--lines", type=click.IntRange(0, MAX_LINES), default=50,
+                     show_default=True,
+                     help=f"How many of the last lines to show (0-{MAX_LINES}).")
+# Logs hold what jobs and requests chose (job names, paths): on a terminal their control
+# characters are shown, not obeyed (textsafe.for_terminal), unless --raw.
+RAW = click.option("--raw", is_flag=True,
+                   help="Print control characters as they are (default: made visible, "
+                        "like cat -v).")
 
 
 def _write_out(text: str) -> None:

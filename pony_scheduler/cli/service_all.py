@@ -8,12 +8,13 @@ from pathlib import Path
 import click
 
 from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
-from pony_scheduler.cli.service import service_group, status_json
+from pony_scheduler.cli.service import LINES, RAW, service_group, status_json, status_settings
 from pony_scheduler.durations import format_duration
 from pony_scheduler.lifecycle import services
 from pony_scheduler.lifecycle.control import Status
 from pony_scheduler.lifecycle.services import ALL, NAMES, Outcome
 from pony_scheduler.lifecycle.spec import SERVICES
+from pony_scheduler.textsafe import for_terminal
 
 _NAME = click.argument("name", type=click.Choice(NAMES), default=ALL, required=False)
 _START_TIMEOUT = click.option("--timeout", type=POSITIVE_SECONDS, default=30.0,
@@ -137,7 +138,7 @@ def control_state_words(report: Status) -> str:
 @click.pass_context
 def status(ctx: click.Context, name: str, as_json: bool) -> None:
     """One line per service; exit 0 when all named services run, 3 otherwise."""
-    settings = settings_from(ctx)
+    settings = status_settings(ctx)
     reports = services.statuses(services.select(name), settings)
     code = services.status_exit_code(reports)
     if as_json:
@@ -152,17 +153,17 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
 
 @service_all.command(name="logs")
 @click.argument("name", type=click.Choice(NAMES))
-@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True,
-              help="How many of the last lines to show.")
+@LINES
 @click.option("-f", "--follow", "follow_", is_flag=True,
               help="Keep printing new lines (across log rotation) until Ctrl-C.")
+@RAW
 @click.pass_context
-def logs(ctx: click.Context, name: str, lines: int, follow_: bool) -> None:
+def logs(ctx: click.Context, name: str, lines: int, follow_: bool, raw: bool) -> None:
     """Show NAME's log, as `pb NAME logs` does; `all` shows each one's last lines."""
     if name != ALL:
         # The very command `pb NAME logs` runs, so both always behave the same.
         command = service_group(SERVICES[name]).commands["logs"]
-        ctx.invoke(command, lines=lines, follow_=follow_)
+        ctx.invoke(command, lines=lines, follow_=follow_, raw=raw)
         return
     if follow_:
         raise click.UsageError("follow one service at a time: pb service logs NAME -f")
@@ -175,4 +176,4 @@ def logs(ctx: click.Context, name: str, lines: int, follow_: bool) -> None:
         if not path.exists():
             click.echo(f"(no {spec.title.lower()} log yet)")
         for line in tail_lines(path, lines):
-            click.echo(line)
+            click.echo(line if raw else for_terminal(line))

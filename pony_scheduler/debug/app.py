@@ -1,11 +1,13 @@
-"""The debug dashboard's HTTP side: the page, its own health and service list, and a
-proxy to the gateway that adds the gateway's token, so the browser never holds it.
+"""The debug dashboard's HTTP side: the page, the login, its own health and service list,
+and a relay to the gateway.
 
-Because this server acts with the token, it guards against being driven by other web
-pages: it listens on loopback only (see service.py), answers only requests whose Host is a
-loopback name or address (DNS rebinding), and performs actions only for requests carrying
-the `X-Pony-Dashboard` header, which a cross-site page cannot send without a CORS
-preflight that this server never grants.
+The dashboard never lends its power to a caller: every /api request but the login needs
+a session (debug/sessions.py), got with a one-time link (debug/logins.py) or a gateway
+token pasted into the page, and actions need a session of the admin scope.  It reaches
+only a gateway verified as ours (debug/upstream.py).  Against other web pages: it listens
+on loopback only (service.py), answers only to loopback names and `allowed_hosts` (DNS
+rebinding), refuses requests whose Origin is another site, holds its credential where no
+other origin can read or send it (not a cookie), and forbids framing.
 """
 
 from __future__ import annotations
@@ -19,78 +21,163 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from pony_scheduler import __version__
+from pony_scheduler.actor import Scope
 from pony_scheduler.config import Settings
-from pony_scheduler.gateway.api import Handler, error, json_errors
-from pony_scheduler.gateway.hosting import http_address, loopback_host
-from pony_scheduler.gateway.token import read_token
-from pony_scheduler.lifecycle import pidfile
-from pony_scheduler.lifecycle.spec import GATEWAY
+from pony_scheduler.debug.sessions import Session, Sessions
+from pony_scheduler.debug.upstream import Clients, Endpoint, GatewayDown, ImpostorError, locate
+from pony_scheduler.gateway.api import error, json_errors
+from pony_scheduler.gateway.auth import Handler, host_allowed, security_headers
+from pony_scheduler.gateway.token import TokenKeeper, bearer
 
 log = logging.getLogger("pony_scheduler.debug")
 
 STATIC = Path(__file__).with_name("static")
-ACTION_HEADER = "X-Pony-Dashboard"
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=10, sock_connect=3)
 RETRY_MAX = 8.0  # seconds between attempts to reach a gateway that is down
+PUBLIC = ("/", "/api/login")  # and /static/: what needs no session
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
+               "connect-src 'self'; img-src 'self'; frame-ancestors 'none'; "
+               "base-uri 'none'; form-action 'none'")
 
 
 @dataclass
 class Dashboard:
     settings: Settings
-    session: aiohttp.ClientSession | None = None
+    clients: Clients = field(default_factory=Clients)
+    sessions: Sessions = field(default_factory=Sessions)
+    tokens: TokenKeeper | None = None
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     # Open relays of the gateway's stream: closing the session alone does not wake a
     # read in progress, closing these does, so shutdown need not wait for a timeout.
     upstreams: set[aiohttp.ClientResponse] = field(default_factory=set)
     started: float = field(default_factory=time.time)
 
-    def gateway_address(self) -> str:
-        """Where the gateway really listens (its metadata), else where it would."""
-        meta = pidfile.read_meta(GATEWAY.meta_path(self.settings.home)) or {}
-        address = meta.get("address")
-        if isinstance(address, str) and address.startswith("http"):
-            return address
-        return http_address(self.settings.gateway_host, self.settings.gateway_port)
+    def keeper(self) -> TokenKeeper:
+        if self.tokens is None:
+            self.tokens = TokenKeeper(self.settings.home)
+        return self.tokens
 
-    def headers(self) -> dict[str, str]:
-        token = read_token(self.settings.home)  # read each time: it may appear later
-        return {"Authorization": f"Bearer {token}"} if token else {}
+    def check_rotation(self) -> None:
+        """A rotated gateway token ends every session (`pb gateway token --rotate`)."""
+        keeper = self.keeper()
+        keeper.current()
+        if self.sessions.token_generation != keeper.generation:
+            if self.sessions.token_generation is not None:
+                ended = self.sessions.end_all()
+                if ended:
+                    log.warning("A gateway token changed: ended %d dashboard session(s)",
+                                ended)
+            self.sessions.token_generation = keeper.generation
 
 
 DASHBOARD = web.AppKey("dashboard", Dashboard)
+SESSION = web.RequestKey("session", Session)
 
 
 class BrowserGone(Exception):
     pass
 
 
+def _same_origin(request: web.Request) -> bool:
+    """No Origin (not a browser's cross-site request), or the one we are served from."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == (request.host or "").lower()
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not loopback_host(request.host or ""):
+    dashboard = request.app[DASHBOARD]
+    if not host_allowed(request.host or "", dashboard.settings.allowed_hosts):
         return error(403, "this dashboard answers only to loopback names (localhost, "
-                          f"127.0.0.1, [::1]), not {request.host!r}")
-    if request.method not in ("GET", "HEAD") and request.headers.get(ACTION_HEADER) != "1":
-        return error(403, f"actions need the {ACTION_HEADER} header (sent by the dashboard)")
+                          f"127.0.0.1, [::1]) and allowed_hosts, not {request.host!r}")
+    if request.method not in ("GET", "HEAD") and not _same_origin(request):
+        log.warning("Refused %s %s from %s: Origin %s is another site", request.method,
+                    request.path, request.remote, request.headers.get("Origin"))
+        return error(403, "requests from other sites are refused")
+    if request.path in PUBLIC or request.path.startswith("/static/"):
+        return await handler(request)
+    dashboard.check_rotation()
+    credential = bearer(request.headers.get("Authorization", ""))
+    session = dashboard.sessions.get(credential, time.time()) if credential else None
+    if session is None:
+        return error(401, "log in first: open the link 'pb debug url' prints, or paste a "
+                          "gateway token", **{"WWW-Authenticate": 'Bearer realm="dashboard"'})
+    request[SESSION] = session
     return await handler(request)
 
 
-# -- the page and our own answers -------------------------------------------------------------
+# -- the page, the login and our own answers --------------------------------------------------
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(STATIC / "index.html", headers={
+        "Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY})
+
+
+async def login(request: web.Request) -> web.Response:
+    """`{"code": CODE}` (a one-time link) or `{"token": TOKEN}` (the admin or read-only
+    gateway token) -> `{"session": S, "scope": "admin"|"read"}`."""
+    from pony_scheduler.debug.logins import redeem
+
+    dashboard = request.app[DASHBOARD]
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="send the login as application/json")
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        raise web.HTTPBadRequest(text="the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the request body must be a JSON object")
+    dashboard.check_rotation()
+    now = time.time()
+    code, token = body.get("code"), body.get("token")
+    loop = asyncio.get_running_loop()
+    scope: Scope
+    if isinstance(code, str) and await loop.run_in_executor(
+            None, redeem, dashboard.settings.home, code, now):
+        scope, how = "admin", "link"
+    elif isinstance(token, str) and (found := dashboard.keeper().current().scope_of(
+            token.strip())) is not None:
+        scope, how = found, "token"
+    else:
+        log.warning("Refused a dashboard login from %s: unknown, used or expired link, or "
+                    "wrong token", request.remote)
+        return error(401, "that login link is unknown, used or expired (links work once, "
+                          "for 10 minutes: 'pb debug url' prints a new one), or the token is "
+                          "wrong")
+    credential = dashboard.sessions.new(scope, how, now)
+    log.info("Dashboard login (%s, %s scope) from %s", how, scope, request.remote)
+    return web.json_response({"session": credential, "scope": scope})
+
+
+async def logout(request: web.Request) -> web.Response:
+    credential = bearer(request.headers.get("Authorization", ""))
+    if credential:
+        request.app[DASHBOARD].sessions.end(credential)
+    return web.json_response({"loggedOut": True})
+
+
+async def whoami(request: web.Request) -> web.Response:
+    session = request[SESSION]
+    return web.json_response({"scope": session.scope, "how": session.how})
 
 
 async def health(request: web.Request) -> web.Response:
     dashboard = request.app[DASHBOARD]
+    try:
+        gateway: str | None = locate(dashboard.settings.home).shown
+    except GatewayDown:
+        gateway = None
     return web.json_response({"status": "ok", "service": "debug", "version": __version__,
                               "pid": os.getpid(),
                               "uptimeSeconds": round(time.time() - dashboard.started, 3),
-                              "gateway": dashboard.gateway_address()})
+                              "gateway": gateway})
 
 
 async def services(request: web.Request) -> web.Response:
@@ -103,22 +190,30 @@ async def services(request: web.Request) -> web.Response:
                                                                      settings)})
 
 
-# -- the proxy ----------------------------------------------------------------------------------
+# -- the relay ----------------------------------------------------------------------------------
+def _down(exc: Exception) -> web.Response:
+    return web.json_response({"error": str(exc), "status": 503, "gatewayDown": True},
+                             status=503)
+
+
 async def forward(request: web.Request, path: str) -> web.Response:
     dashboard = request.app[DASHBOARD]
-    assert dashboard.session is not None
-    base = dashboard.gateway_address()
     try:
-        async with dashboard.session.request(
-                request.method, base + path, params=request.query, headers=dashboard.headers(),
-                timeout=UPSTREAM_TIMEOUT) as upstream:
+        endpoint = locate(dashboard.settings.home)
+        session = dashboard.clients.session(endpoint)
+        headers = dashboard.clients.headers(endpoint, request[SESSION].scope)
+        async with session.request(request.method, endpoint.base + path,
+                                   params=request.query, headers=headers,
+                                   timeout=UPSTREAM_TIMEOUT) as upstream:
             body = await upstream.read()
             kind = upstream.headers.get("Content-Type", "application/json")
             return web.Response(body=body, status=upstream.status,
                                 headers={"Content-Type": kind})
+    except (GatewayDown, ImpostorError) as exc:
+        return _down(exc)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return error(502, f"the gateway at {base} is not reachable ({_reason(exc)}); "
-                          "start it with 'pb gateway start'")
+        return _down(GatewayDown(f"the gateway is not reachable ({_reason(exc)}); start it "
+                                 "with 'pb gateway start'"))
 
 
 def _reason(exc: BaseException) -> str:
@@ -137,6 +232,9 @@ async def gateway_action(request: web.Request) -> web.Response:
     name, action = request.match_info["name"], request.match_info["action"]
     if action not in ("run", "pause", "resume"):
         raise web.HTTPNotFound(text=f"unknown action {action!r} (run, pause, resume)")
+    if request[SESSION].scope != "admin":
+        return error(403, "this session may only read: log in with the admin token or a "
+                          "login link to change jobs")
     return await forward(request, f"/api/jobs/{quote(name, safe='')}/{action}")
 
 
@@ -156,6 +254,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     """The gateway's event stream, relayed; when the gateway is down or restarts, this
     stream stays open, says so, and resumes from the last event id it relayed."""
     dashboard = request.app[DASHBOARD]
+    scope = request[SESSION].scope
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
@@ -164,17 +263,20 @@ async def events(request: web.Request) -> web.StreamResponse:
     with contextlib.suppress(BrowserGone):
         await _send(response, b"retry: 2000\n\n")
         while not dashboard.closing.is_set():
-            base = dashboard.gateway_address()
+            where = "the gateway"
             try:
-                last_id = await _relay(dashboard, response, base, last_id)
+                endpoint = locate(dashboard.settings.home)
+                where = endpoint.shown
+                last_id = await _relay(dashboard, response, endpoint, scope, last_id)
                 reason = "the gateway closed the stream"
                 delay = 1.0
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                reason = _reason(exc)
+            except (aiohttp.ClientError, TimeoutError, ValueError, GatewayDown) as exc:
+                reason = (str(exc) if isinstance(exc, GatewayDown | ImpostorError)
+                          else _reason(exc))
             if dashboard.closing.is_set():
                 break
             await _send(response, frame({"type": "gateway.unreachable", "source": "debug",
-                                         "data": {"address": base, "error": reason,
+                                         "data": {"address": where, "error": reason,
                                                   "retryInSeconds": delay}}))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(dashboard.closing.wait(), delay)
@@ -182,21 +284,21 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _relay(dashboard: Dashboard, response: web.StreamResponse, base: str,
-                 last_id: str | None) -> str | None:
-    assert dashboard.session is not None
-    headers = dashboard.headers()
+async def _relay(dashboard: Dashboard, response: web.StreamResponse, endpoint: Endpoint,
+                 scope: str, last_id: str | None) -> str | None:
+    headers = dashboard.clients.headers(endpoint, scope)
     if last_id:
         headers["Last-Event-ID"] = last_id
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=45)
-    async with dashboard.session.get(base + "/api/events", headers=headers,
-                                     timeout=timeout) as upstream:
+    session = dashboard.clients.session(endpoint)
+    async with session.get(endpoint.base + "/api/events", headers=headers,
+                           timeout=timeout) as upstream:
         if upstream.status != 200:
             raise ValueError(f"HTTP {upstream.status} from the gateway")
         dashboard.upstreams.add(upstream)
         try:
             await _send(response, frame({"type": "gateway.connected", "source": "debug",
-                                         "data": {"address": base}}))
+                                         "data": {"address": endpoint.shown}}))
             async for line in upstream.content:
                 if line.startswith(b"id: "):
                     last_id = line[4:].decode(errors="replace").strip()
@@ -212,6 +314,9 @@ def build_app(settings: Settings) -> web.Application:
     dashboard = app[DASHBOARD] = Dashboard(settings)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC)
+    app.router.add_post("/api/login", login)
+    app.router.add_post("/api/logout", logout)
+    app.router.add_get("/api/session", whoami)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/services", services)
     for path in ("/api/status", "/api/jobs", "/api/runs", "/api/runs/{id}"):
@@ -219,16 +324,15 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_post("/api/jobs/{name}/{action}", gateway_action)
     app.router.add_get("/api/events", events)
 
-    async def on_startup(app: web.Application) -> None:
-        dashboard.session = aiohttp.ClientSession()
+    async def headers(request: web.Request, response: web.StreamResponse) -> None:
+        security_headers(response)
 
     async def on_shutdown(app: web.Application) -> None:
         dashboard.closing.set()
         for upstream in list(dashboard.upstreams):
             upstream.close()
-        if dashboard.session is not None:
-            await dashboard.session.close()  # ends the relays that wait on the gateway
+        await dashboard.clients.close()  # ends the relays that wait on the gateway
 
-    app.on_startup.append(on_startup)
+    app.on_response_prepare.append(headers)
     app.on_shutdown.append(on_shutdown)
     return app

@@ -28,11 +28,12 @@ def run(runtime: ServiceRuntime) -> None:
     listeners = bind_tcp(settings.debug_host, settings.debug_port)
     try:
         if not all(is_loopback(sock) for sock in listeners):
-            # It has no login of its own and acts with the gateway's token: on a network
-            # address anyone who can reach it could run jobs.
+            # Its session credential is a bearer token: over plain HTTP on a network it
+            # could be read on the way.  Beyond loopback, TLS goes in front (pb-debug(1)).
             raise PonyError(f"the debug dashboard listens on loopback addresses only "
                             f"(127.0.0.1, ::1, localhost), not {settings.debug_host!r}; "
-                            "reach it from elsewhere through an SSH tunnel")
+                            "reach it from elsewhere through an SSH tunnel or a TLS "
+                            "reverse proxy (see pb-debug(1), SECURITY)")
         _serve(runtime, listeners)
     finally:
         for sock in listeners:

@@ -5,19 +5,17 @@ a middleware turns every exception into one, so a malformed request never shows 
 or takes the server down.  (Bytes that do not parse as HTTP at all never reach the app:
 aiohttp answers those with its own plain-text 400 and closes the connection.)
 
-Requests that change something need `Authorization: Bearer <token>`; when the gateway
-listens on a non-loopback address, every request does.
+Every request is authenticated, reads included (gateway/auth.py): the admin token, the
+read-only token, or our own uid on the Unix socket; changes need the admin scope.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,17 +25,25 @@ from pony_scheduler import __version__
 from pony_scheduler.config import Settings
 from pony_scheduler.errors import PonyError
 from pony_scheduler.events import timestamp
+from pony_scheduler.gateway.auth import (
+    ACTOR,
+    SAFE_METHODS,
+    Handler,
+    forbidden,
+    host_allowed,
+    identify,
+    peer_credentials,
+    security_headers,
+    unauthorized,
+)
 from pony_scheduler.gateway.data import RUN_STATES, Data, NotFound, Unavailable
-from pony_scheduler.gateway.hosting import loopback_host
 from pony_scheduler.gateway.hub import EventHub
+from pony_scheduler.gateway.token import TokenKeeper, token_path
 
 log = logging.getLogger("pony_scheduler.gateway")
 
 KEEPALIVE = 15.0  # seconds between SSE comments, so dead connections are noticed
 MAX_LIMIT = 1000
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -45,9 +51,10 @@ class Gateway:
     settings: Settings
     hub: EventHub
     data: Data
-    token: str
+    tokens: TokenKeeper
     addresses: list[str]
-    token_for_reads: bool  # bound to a non-loopback address
+    check_host: bool  # listening on loopback only: refuse Host names that only rebind to it
+    api_socket: str | None = None
     started: float = field(default_factory=time.time)
 
 
@@ -91,27 +98,31 @@ def _custom(exc: web.HTTPException) -> bool:
     return bool(exc.text) and not str(exc.text).startswith(f"{exc.status}:")
 
 
-def authorized(request: web.Request, token: str) -> bool:
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        return False
-    return hmac.compare_digest(credentials.strip().encode(), token.encode())
-
-
 @web.middleware
-async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    if not gateway.token_for_reads and not loopback_host(request.host or ""):
-        # Reads need no token on loopback, so refuse names that only rebind to it.
-        return error(403, "on a loopback address the gateway answers only to loopback names "
-                          f"(localhost, 127.0.0.1, [::1]), not {request.host!r}")
-    needed = request.method not in SAFE_METHODS or gateway.token_for_reads
-    if needed and not authorized(request, gateway.token):
+    settings = gateway.settings
+    on_tcp = peer_credentials(request.transport) is None
+    if gateway.check_host and on_tcp and not host_allowed(request.host or "",
+                                                          settings.allowed_hosts):
+        return forbidden("the gateway answers only to loopback names (localhost, "
+                         "127.0.0.1, [::1]) and allowed_hosts, not "
+                         f"{request.host!r}")
+    actor = identify(request, gateway.tokens, settings.anonymous_read)
+    if actor is None:
         log.warning("Refused %s %s from %s: missing or wrong token", request.method,
-                    request.path, request.remote)
-        return error(401, "missing or wrong token: send 'Authorization: Bearer <token>' with "
-                          f"the token in {gateway.settings.home / 'gateway.token'}",
-                     **{"WWW-Authenticate": 'Bearer realm="pony-scheduler"'})
+                    request.path, request.remote or "the Unix socket")
+        return unauthorized(request, "missing or wrong token: send 'Authorization: Bearer "
+                            "<token>' with the token in "
+                            f"{token_path(settings.home)} (or the read-only one: 'pb "
+                            "gateway token --read-only')")
+    if request.method not in SAFE_METHODS and not actor.may_change:
+        log.warning("Refused %s %s from %s: the read-only token may not change anything",
+                    request.method, request.path, actor.describe())
+        return forbidden("this token may only read; changes need the admin token",
+                         **{"WWW-Authenticate": 'Bearer realm="pony-scheduler", '
+                                                'error="insufficient_scope"'})
+    request[ACTOR] = actor
     return await handler(request)
 
 
@@ -133,8 +144,9 @@ async def status(request: web.Request) -> web.Response:
         "gateway": {"pid": os.getpid(), "version": __version__,
                     "addresses": gateway.addresses, "socket": str(gateway.settings.socket),
                     "uptimeSeconds": round(time.time() - gateway.started, 3),
+                    "apiSocket": gateway.api_socket,
                     "subscribers": gateway.hub.subscriber_count,
-                    "tokenRequiredForReads": gateway.token_for_reads},
+                    "anonymousRead": gateway.settings.anonymous_read},
         "scheduler": gateway.hub.scheduler_status(),
         "services": services,
     })
@@ -198,22 +210,28 @@ async def _no_body(request: web.Request) -> None:
 
 async def run_job(request: web.Request) -> web.Response:
     await _no_body(request)
-    name = request.match_info["name"]
-    run_id = await request.app[GATEWAY].data.request_run(name)
-    log.info("Run %d of job %s requested through the API (%s)", run_id, name, request.remote)
+    name, actor = request.match_info["name"], request[ACTOR]
+    run_id = await request.app[GATEWAY].data.request_run(name, actor)
+    log.info("Run %d of job %s requested by %s", run_id, name, actor.describe())
     return web.json_response({"run_id": run_id, "job": name, "state": "queued"}, status=202)
 
 
 def _set_enabled(enabled: bool) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         await _no_body(request)
-        name = request.match_info["name"]
-        job = await request.app[GATEWAY].data.set_enabled(name, enabled)
-        log.info("Job %s %s through the API (%s)", name, "resumed" if enabled else "paused",
-                 request.remote)
+        name, actor = request.match_info["name"], request[ACTOR]
+        job = await request.app[GATEWAY].data.set_enabled(name, enabled, actor)
+        log.info("Job %s %s by %s", name, "resumed" if enabled else "paused",
+                 actor.describe())
         return web.json_response(job)
 
     return handler
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from pony_scheduler.gateway.openapi import SPEC
+
+    return web.json_response(SPEC)
 
 
 # -- live events -----------------------------------------------------------------------------
@@ -251,8 +269,14 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(gateway: Gateway) -> web.Application:
-    app = web.Application(middlewares=[json_errors, require_token], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[json_errors, authenticate], client_max_size=64 * 1024)
     app[GATEWAY] = gateway
+
+    async def headers(request: web.Request, response: web.StreamResponse) -> None:
+        security_headers(response)
+
+    app.on_response_prepare.append(headers)
+    app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/jobs", list_jobs)

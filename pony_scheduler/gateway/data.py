@@ -9,12 +9,15 @@ that does not exist is not created by a mere read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pony_scheduler.actor import Actor
 from pony_scheduler.errors import PonyError
 from pony_scheduler.runstate import RunState
 
@@ -40,8 +43,9 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
 
 
 class Data:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, home: Path) -> None:
         self.url = url
+        self.home = home
         self._store: Any = None
         self._lock = asyncio.Lock()
 
@@ -66,9 +70,16 @@ class Data:
                               f"({safe_url(url)} does not exist); start it with "
                               "'pb scheduler start'")
         try:
-            return Store.open(self.url, upgrade=False)
+            store = Store.open(self.url, upgrade=False)
         except PonyError as exc:
             raise Unavailable(str(exc)) from None
+        from pony_scheduler.store.engine import trust_warning
+
+        with contextlib.suppress(Exception):  # a warning must not cost the answer
+            warning = trust_warning(store.engine)
+            if warning:
+                log.warning("%s", warning)
+        return store
 
     async def query(self, method: str, *args: Any) -> Any:
         """Call Store.`method` in a worker thread."""
@@ -104,15 +115,18 @@ class Data:
         run = await self.query("get_run", run_id)
         if run is None:
             raise NotFound(f"no run with id {run_id}")
-        run["output"] = await self._call(_read_output, run.get("output_path"),
+        run["output"] = await self._call(_read_output, self.home, run.get("output_path"),
                                          run.get("output_tail"))
         return dict(run)
 
-    async def request_run(self, name: str) -> int:
+    # The actor (who asked, pony_scheduler.actor) goes to the audit trail once the store
+    # takes it; the API's log line names it meanwhile.
+    async def request_run(self, name: str, actor: Actor | None = None) -> int:
         await self.job(name)  # 404 for an unknown job, before anything is written
         return int(await self.query("request_run", name))
 
-    async def set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
+    async def set_enabled(self, name: str, enabled: bool,
+                          actor: Actor | None = None) -> dict[str, Any]:
         await self.job(name)
         if enabled:
             await self.within(lambda store: _resume(store, name))
@@ -129,18 +143,36 @@ class Data:
 OUTPUT_LIMIT = 256 * 1024  # what one API answer carries of a run's output (its end)
 
 
-def _read_output(path: str | None, tail: str | None) -> str:
-    """The run's output file (its last 256 KiB), or the tail kept in the database."""
-    if path:
+def _read_output(home: Path, path: str | None, tail: str | None) -> str:
+    """The run's output file (its last 256 KiB), or the tail kept in the database.
+
+    Only a file below HOME/runs is read, and never through a symbolic link: the path
+    comes from the database, and the API must not become a way to read other files."""
+    from pony_scheduler.files import UnsafePath, open_beneath
+
+    relative = _below(home / "runs", path)
+    if relative is not None:
         try:
-            with open(path, "rb") as handle:
+            fd = open_beneath(home / "runs", relative, os.O_RDONLY)
+        except (OSError, UnsafePath, ValueError) as exc:
+            if isinstance(exc, UnsafePath):
+                log.warning("Not reading run output %s: %s", path, exc)
+        else:
+            with os.fdopen(fd, "rb") as handle:
                 handle.seek(0, 2)
                 size = handle.tell()
                 handle.seek(max(0, size - OUTPUT_LIMIT))
                 return handle.read().decode(errors="replace")
-        except OSError:
-            pass
     return tail or ""
+
+
+def _below(directory: Path, path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return str(Path(os.path.normpath(path)).relative_to(directory))
+    except ValueError:
+        return None
 
 
 def _resume(store: Any, name: str) -> None:

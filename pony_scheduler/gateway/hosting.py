@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pony_scheduler.config import validate_socket_path
 from pony_scheduler.errors import PonyError
+from pony_scheduler.files import PRIVATE_MODE
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 
 log = logging.getLogger("pony_scheduler.gateway")
@@ -98,24 +99,6 @@ def is_loopback(sock: socket.socket) -> bool:
         return False
 
 
-def loopback_host(header: str) -> bool:
-    """Does an HTTP Host header name this machine's loopback ("localhost:80", "[::1]:80")?
-
-    A server on loopback that answers any Host can be read by a web page through DNS
-    rebinding (a name of the attacker's that resolves to 127.0.0.1); insisting on a loopback
-    name or address defeats that."""
-    if header.startswith("["):
-        name = header[1:].split("]", 1)[0]
-    else:
-        name = header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-    if name.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def bind_unix(path: Path) -> tuple[socket.socket, int]:
     """A listening Unix socket at `path`, mode 0600 from the moment it exists, and the
     inode of its file (to recognise it when removing it)."""
@@ -135,7 +118,7 @@ def bind_unix(path: Path) -> tuple[socket.socket, int]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     # No other thread exists yet, so changing the process umask here is safe; it closes
     # the window in which the socket would exist with looser permissions than 0600.
-    old = os.umask(0o177)
+    old = os.umask(0o777 & ~PRIVATE_MODE)
     try:
         sock.bind(str(path))
     except OSError as exc:
@@ -143,7 +126,7 @@ def bind_unix(path: Path) -> tuple[socket.socket, int]:
         raise PonyError(f"cannot listen on {path}: {exc.strerror}") from None
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    os.chmod(path, PRIVATE_MODE)  # the project's one mode for sockets (files.py)
     sock.listen(64)
     sock.setblocking(False)
     return sock, os.stat(path).st_ino

@@ -152,7 +152,15 @@ class EventHub:
 
     async def handle_connection(self, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
-        """One scheduler connection: newline-delimited JSON until EOF."""
+        """One scheduler connection: newline-delimited JSON until EOF.  Only a process of
+        our own user (or root) may send events (the socket is 0600 besides)."""
+        from pony_scheduler.gateway.auth import peer_credentials, trusted_uid
+
+        peer = peer_credentials(writer.transport)
+        if peer is not None and not trusted_uid(peer[1]):
+            log.warning("Refused events from PID %d (uid %d): not our user", peer[0], peer[1])
+            writer.close()
+            return
         key = id(writer)
         link = self._links[key] = SchedulerLink()
         self._writers.add(writer)

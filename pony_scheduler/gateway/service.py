@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
-from pony_scheduler.config import Settings, validate_socket_path
+from pony_scheduler.config import MAX_SOCKET_PATH, Settings, validate_socket_path
 from pony_scheduler.gateway.hosting import (
     bind_tcp,
     bind_unix,
@@ -21,73 +23,105 @@ from pony_scheduler.gateway.hosting import (
     remove_unix,
     serve,
 )
-from pony_scheduler.gateway.token import ensure_token, token_path
+from pony_scheduler.gateway.token import FILES, ensure_tokens, read_token, token_path
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 
 log = logging.getLogger("pony_scheduler.gateway")
 
+API_SOCKET = "gateway.api.sock"
+
+
+def api_socket_path(settings: Settings) -> Path | None:
+    """HOME/gateway.api.sock, where the dashboard and local tools reach the API with their
+    peer credentials; None when the home's path is too long for a Unix socket (sun_path):
+    then only TCP is left, with the token."""
+    path = settings.home / API_SOCKET
+    return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
+
 
 def preflight(settings: Settings) -> None:
+    from pony_scheduler.files import check_directory_chain
     from pony_scheduler.store.engine import parse_url
 
     parse_url(settings.db)  # a malformed --db is a usage error now, not a 503 later
     validate_socket_path(settings.socket)
+    # A socket elsewhere than the home (--socket): nobody else may replace it.
+    check_directory_chain(settings.socket.parent)
+    for kind in FILES:  # a bad token file is refused before forking
+        read_token(settings.home, kind)
 
 
 def describe(settings: Settings) -> dict[str, Any]:
     from pony_scheduler.store.engine import safe_url
 
+    api = api_socket_path(settings)
     return {"address": http_address(settings.gateway_host, settings.gateway_port),
             "socketPath": str(settings.socket), "dbPath": safe_url(settings.db),
-            "tokenPath": str(token_path(settings.home))}
+            "apiSocket": str(api) if api else None,
+            "tokenPath": str(token_path(settings.home)),
+            "readTokenPath": str(token_path(settings.home, "read"))}
 
 
 def run(runtime: ServiceRuntime) -> None:
     settings = runtime.settings
-    token = ensure_token(settings.home)
+    ensure_tokens(settings.home)
     listeners = bind_tcp(settings.gateway_host, settings.gateway_port)
+    bound: list[tuple[Path, int]] = []
     try:
         ipc_socket, inode = bind_unix(settings.socket)
-    except BaseException:
+        bound.append((settings.socket, inode))
+        api_path = api_socket_path(settings)
+        api_socket = None
+        if api_path is None:
+            log.warning("The home's path is too long for %s: the API is reachable over "
+                        "TCP only", API_SOCKET)
+        else:
+            api_socket, api_inode = bind_unix(api_path)
+            bound.append((api_path, api_inode))
+        _serve(runtime, listeners, ipc_socket, api_socket)
+    finally:
+        for path, inode in bound:
+            remove_unix(path, inode)
         for sock in listeners:
             sock.close()
-        raise
-    try:
-        _serve(runtime, token, listeners, ipc_socket)
-    finally:
-        remove_unix(settings.socket, inode)
-        for sock in [*listeners, ipc_socket]:
-            sock.close()
 
 
-def _serve(runtime: ServiceRuntime, token: str, listeners: list[Any], ipc_socket: Any) -> None:
+def _serve(runtime: ServiceRuntime, listeners: list[Any], ipc_socket: Any,
+           api_socket: Any) -> None:
     from aiohttp import web
 
     from pony_scheduler.gateway.api import Gateway, build_app
     from pony_scheduler.gateway.data import Data
     from pony_scheduler.gateway.hub import MAX_LINE, EventHub
+    from pony_scheduler.gateway.token import TokenKeeper
 
     settings = runtime.settings
     addresses = [http_address(*sock.getsockname()[:2]) for sock in listeners]
-    open_to_network = not all(is_loopback(sock) for sock in listeners)
-    if open_to_network:
-        log.warning("Listening on a non-loopback address: every request needs the token")
+    loopback_only = all(is_loopback(sock) for sock in listeners)
+    if not loopback_only:
+        log.warning("Listening on a non-loopback address: the token travels in clear text "
+                    "unless a TLS proxy is in front (see pb-gateway(1), SECURITY)")
+    if settings.anonymous_read:
+        log.warning("anonymous_read is on: anyone who can reach the gateway may read jobs, "
+                    "runs and their output without a token")
     quiet_protocol_errors()
-    hub, data = EventHub(), Data(settings.db)
+    hub, data = EventHub(), Data(settings.db, settings.home)
+    api_path = api_socket.getsockname() if api_socket is not None else None
 
     async def setup() -> Any:
-        gateway = Gateway(settings=settings, hub=hub, data=data, token=token,
-                          addresses=addresses, token_for_reads=open_to_network)
+        gateway = Gateway(settings=settings, hub=hub, data=data,
+                          tokens=TokenKeeper(settings.home), addresses=addresses,
+                          check_host=loopback_only, api_socket=api_path)
         # The access log only with --debug: dashboards poll, and the log is for admins.
         options: dict[str, Any] = {} if settings.debug else {"access_log": None}
         runner = web.AppRunner(build_app(gateway), shutdown_timeout=5.0, **options)
         await runner.setup()
-        for sock in listeners:
+        for sock in [*listeners, *([api_socket] if api_socket is not None else [])]:
             await web.SockSite(runner, sock).start()
         ipc = await asyncio.start_unix_server(hub.handle_connection, sock=ipc_socket,
                                               limit=MAX_LINE)
-        log.info("Gateway listening on %s; scheduler events on %s", ", ".join(addresses),
-                 settings.socket)
+        log.info("Gateway listening on %s%s; scheduler events on %s", ", ".join(addresses),
+                 f" and {api_path}" if api_path else "", settings.socket)
 
         async def cleanup() -> None:
             ipc.close()

@@ -24,7 +24,11 @@ from pony_scheduler.errors import (
     PonyError,
 )
 from pony_scheduler.lifecycle import pidfile
-from pony_scheduler.lifecycle.daemonize import daemon_child, ensure_home, run_foreground
+from pony_scheduler.lifecycle.daemonize import (
+    daemon_child,
+    require_writable_home,
+    run_foreground,
+)
 from pony_scheduler.lifecycle.logs import tail_lines
 from pony_scheduler.lifecycle.pidfile import PidInfo, PidState
 from pony_scheduler.lifecycle.spec import ServiceSpec
@@ -55,7 +59,10 @@ class StartResult:
 def _take_start_lock(spec: ServiceSpec, settings: Settings, timeout: float) -> int:
     """Serialise check-break-acquire between concurrent starts (the pid file alone can't:
     two starts that both find a stale file could each break the other's fresh lock)."""
-    fd = os.open(spec.start_lock_path(settings.home), os.O_CREAT | os.O_RDWR, 0o600)
+    from pony_scheduler.files import PRIVATE_MODE, create_file
+
+    fd = create_file(settings.home, spec.start_lock_path(settings.home).name, PRIVATE_MODE,
+                     exclusive=False)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -90,7 +97,7 @@ def _clear_the_way(spec: ServiceSpec, settings: Settings, *, force: bool, timeou
 def start(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool = False,
           say: Say = lambda _: None) -> StartResult:
     """Start `spec` in the background and return once it is ready."""
-    ensure_home(settings.home)
+    require_writable_home(settings.home)
     if not force:  # fast path, no lock: the common "already running" answer
         info = pidfile.inspect(spec, settings.home)
         if info.state is PidState.RUNNING:
@@ -174,7 +181,7 @@ def _start_outcome(spec: ServiceSpec, settings: Settings, verdict: str, detail: 
 
 def start_foreground(spec: ServiceSpec, settings: Settings, *, force: bool,
                      timeout: float, say: Say = lambda _: None) -> int:
-    ensure_home(settings.home)
+    require_writable_home(settings.home)
     spec.run_preflight(settings)
     lock_fd = _take_start_lock(spec, settings, timeout)
     try:

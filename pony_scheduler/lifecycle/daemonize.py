@@ -23,7 +23,7 @@ from pony_scheduler import __version__
 from pony_scheduler.config import Settings
 from pony_scheduler.errors import PonyError
 from pony_scheduler.lifecycle import pidfile
-from pony_scheduler.lifecycle.runtime import ServiceRuntime, setup_logging
+from pony_scheduler.lifecycle.runtime import ServiceRuntime, open_log, setup_logging
 from pony_scheduler.lifecycle.spec import ServiceSpec
 
 log = logging.getLogger("pony_scheduler")
@@ -92,6 +92,10 @@ def serve(
     fcntl.flock(lock_fd, fcntl.LOCK_UN)
     os.close(lock_fd)
     runtime.install_wakeup()
+    runtime.stop_on_corrupt_database = spec.stops_on_corrupt_database
+    from pony_scheduler.lifecycle import runtime as runtime_module
+
+    runtime_module.CURRENT = runtime
     spec.run(runtime)
 
 
@@ -107,7 +111,7 @@ def _finish(spec: ServiceSpec, settings: Settings, runtime: ServiceRuntime,
             log.error("%s failed: %s", spec.title, reason, exc_info=exc)
     with contextlib.suppress(FileNotFoundError):
         spec.meta_path(settings.home).unlink()
-    status = 1 if exc is not None else 0
+    status = 1 if exc is not None or runtime.failure is not None else 0
     log.info("%s stopped (exit status %d)", spec.title, status)
     return status
 
@@ -125,9 +129,7 @@ def daemon_child(spec: ServiceSpec, settings: Settings, write_fd: int, lock_fd: 
     status = 1
     try:
         # A plain file, not a logging handler: DaemonContext dup2()s it onto fds 1 and 2.
-        log_fd = os.open(spec.log_path(settings.home), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                         0o640)
-        log_file = os.fdopen(log_fd, "a", buffering=1)
+        log_file = os.fdopen(open_log(spec.log_path(settings.home)), "a", buffering=1)
         context = daemon.DaemonContext(
             detach_process=True,
             files_preserve=[write_fd, lock_fd],
@@ -168,6 +170,9 @@ def run_foreground(spec: ServiceSpec, settings: Settings, lock_fd: int,
     runtime = ServiceRuntime(settings, title=spec.title, log_path=None,
                              announce=lambda _: None, pid_path=spec.pid_path(settings.home))
     lock = daemon.pidfile.TimeoutPIDLockFile(str(spec.pid_path(settings.home)), 0)
+    # The same umask as the background daemon, before the pid file is made, so that it
+    # gets the same mode (0640).
+    os.umask(0o027)
     try:
         lock.acquire()
     except AlreadyLocked:
@@ -179,9 +184,8 @@ def run_foreground(spec: ServiceSpec, settings: Settings, lock_fd: int,
     }
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
-    # The same umask and working directory as the background daemon, so that files and
-    # relative paths of jobs do not depend on how it was started.
-    os.umask(0o027)
+    # The same working directory as the background daemon, so that relative paths of jobs
+    # do not depend on how it was started.
     os.chdir(settings.home)
     setup_logging(settings.log_level)
     exc: BaseException | None = None
@@ -196,23 +200,40 @@ def run_foreground(spec: ServiceSpec, settings: Settings, lock_fd: int,
 
 
 def ensure_home(home: Path) -> None:
-    """Create the home (0700) or explain in one line why it cannot be used."""
+    """Create the home (0700) or explain in one line why it cannot be used: it, the files in
+    it and the directories above it must pass the StrictModes check (files.check_home).
+    A home that exists need not be writable: read-only commands work on a read-only home."""
+    from pony_scheduler.files import check_home, make_home
+
     try:
-        home.mkdir(mode=0o700)
-    except FileExistsError:
-        if not home.is_dir():
-            raise PonyError(f"home {home} exists but is not a directory; set PONYBUNNY_HOME "
-                            "to a directory") from None
+        make_home(home)
     except FileNotFoundError:
         raise PonyError(f"cannot create home {home}: its parent directory does not exist; "
                         "create it or set PONYBUNNY_HOME") from None
+    except NotADirectoryError:
+        raise PonyError(f"cannot create home {home}: a component of its path is not a "
+                        "directory; set PONYBUNNY_HOME to a directory") from None
     except OSError as exc:
         raise PonyError(f"cannot create home {home}: {exc.strerror}; set PONYBUNNY_HOME to "
                         "a writable directory") from None
-    probe = home / f".probe.{os.getpid()}"
+    if not home.is_dir():
+        raise PonyError(f"home {home} exists but is not a directory; set PONYBUNNY_HOME "
+                        "to a directory")
+    check_home(home)
+
+
+def require_writable_home(home: Path) -> None:
+    """What starting a daemon needs beyond ensure_home: a home it can write to."""
+    ensure_home(home)
+    if not os.access(home, os.W_OK):
+        reason = ("read-only file system" if _read_only_fs(home)
+                  else "permission denied")
+        raise PonyError(f"home {home} is not writable: {reason}; fix its permissions or "
+                        "set PONYBUNNY_HOME")
+
+
+def _read_only_fs(path: Path) -> bool:
     try:
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise PonyError(f"home {home} is not writable: {exc.strerror}; fix its permissions "
-                        "or set PONYBUNNY_HOME") from None
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -92,11 +92,11 @@ def read_meta(path: Path) -> dict[str, Any] | None:
 
 
 def write_meta(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.chmod(tmp, 0o640)
-    os.replace(tmp, path)
+    """Write atomically, so a reader never sees half a file (and never through a link)."""
+    from pony_scheduler.files import SHARED_MODE, write_atomic
+
+    write_atomic(path.parent, path.name, (json.dumps(data, indent=2) + "\n").encode(),
+                 SHARED_MODE)
 
 
 def _looks_like_pb(pid: int) -> bool:
@@ -143,6 +143,11 @@ def inspect(spec: ServiceSpec, home: Path) -> PidInfo:
         return PidInfo(PidState.ABSENT)
     except PermissionError as exc:
         raise PermissionError(f"cannot read {pid_path}: {exc.strerror}") from None
+    except IsADirectoryError:
+        from pony_scheduler.files import UnsafePath
+
+        raise UnsafePath(pid_path, "is a directory, not a file",
+                         f"remove it (rmdir {pid_path})") from None
     meta = read_meta(spec.meta_path(home))
     if not text.strip():
         if start_lock_held(spec, home):

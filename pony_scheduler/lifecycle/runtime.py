@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pony_scheduler.config import Settings
 
@@ -46,6 +47,8 @@ class ServiceRuntime:
         self.stop_requests = 0  # 1 = orderly shutdown, 2+ = stop now
         self.reopen_requested = False
         self.is_ready = False
+        self.stop_on_corrupt_database = False  # set for the scheduler (ServiceSpec)
+        self.failure: str | None = None  # why it stops on its own (exit status 1)
         # Made by install_wakeup(), after daemonizing: DaemonContext closes every other fd.
         self._wake_r = self._wake_w = -1
 
@@ -55,6 +58,14 @@ class ServiceRuntime:
 
     def on_hup_signal(self, signum: int, frame: object) -> None:
         self.reopen_requested = True
+
+    def request_stop(self) -> None:
+        """An orderly stop asked from inside (another thread: e.g. the database found
+        corrupt), as if SIGTERM had arrived: set the flag and wake the loop."""
+        if not self.stop_requests:
+            self.stop_requests = 1
+        if self._wake_w >= 0:
+            self.wake()
 
     def signal_map(self) -> dict[int, object]:
         # None = ignore: SIGTSTP/SIGTTIN/SIGTTOU as python-daemon does by default.
@@ -158,15 +169,30 @@ class ServiceRuntime:
         self.reopen_requested = False
         if self.log_path is None:
             return
-        reopen_log(self.log_path)
+        from pony_scheduler.errors import PonyError
+
+        try:
+            reopen_log(self.log_path)
+        except (OSError, PonyError) as exc:  # e.g. a link planted where the log was
+            log.error("Could not reopen %s (%s); still writing to the old file",
+                      self.log_path, exc)
+            return
         log.info("Reopened log file %s (SIGHUP)", self.log_path)
+
+
+def open_log(path: Path) -> int:
+    """A daemon's log file opened for appending (created 0640): never through a symbolic
+    link, and refused unless it is ours and not writable by others (files.create_file)."""
+    from pony_scheduler.files import SHARED_MODE, create_file
+
+    return create_file(path.parent, path.name, SHARED_MODE, append=True)
 
 
 def reopen_log(path: Path) -> None:
     """Point fds 1 and 2 at a fresh open of `path` (after logrotate renamed the old one)."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = open_log(path)
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -174,10 +200,32 @@ def reopen_log(path: Path) -> None:
         os.close(fd)
 
 
+class EscapingFormatter(logging.Formatter):
+    """Every record is one line: job names, commands, request paths and Host headers are
+    chosen by others, and a raw newline in one would forge a log line, an escape sequence
+    would reach the terminal of whoever reads the log (textsafe.for_log).  Tracebacks
+    keep their line breaks; control characters in them are made visible."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from pony_scheduler.textsafe import for_log
+
+        saved = record.msg, record.args
+        record.msg, record.args = for_log(record.getMessage()), None
+        try:
+            return super().format(record)
+        finally:
+            record.msg, record.args = saved
+
+    def formatException(self, ei: Any) -> str:
+        from pony_scheduler.textsafe import for_terminal
+
+        return for_terminal(super().formatException(ei))
+
+
 def setup_logging(level: str) -> None:
     """Log to stderr: the log file in the background, the terminal in the foreground."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -198,3 +246,21 @@ def sd_notify(*lines: str) -> None:
             sock.sendto("\n".join(lines).encode(), address)
     except OSError as exc:
         log.warning("Could not notify systemd at %s: %s", address, exc)
+
+
+# The runtime of this daemon process, for code far from it (the database engine) that
+# must ask for an orderly stop; None in the CLI.
+CURRENT: ServiceRuntime | None = None
+
+
+def database_corrupt(message: str) -> None:
+    """Log a corrupt database loudly; a daemon that needs it (the scheduler) stops in
+    order, as on SIGTERM.  In the CLI (no runtime) the caller shows the error."""
+    if CURRENT is None:
+        return
+    log.critical("%s", message)
+    if CURRENT.stop_on_corrupt_database:
+        log.critical("Stopping: the scheduler cannot work on a corrupt database")
+        CURRENT.failure = message
+        CURRENT.request_stop()
+

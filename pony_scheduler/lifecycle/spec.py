@@ -23,6 +23,8 @@ class ServiceSpec:
     describe: str | None = None  # metadata(settings) -> dict of extra fields for scheduler.json
     # (label, metadata key) pairs that start and status print for this service
     details: tuple[tuple[str, str], ...] = ()
+    # A corrupt database stops it in order (it can do nothing useful without one).
+    stops_on_corrupt_database: bool = False
 
     def pid_path(self, home: Path) -> Path:
         return home / f"{self.name}.pid"
@@ -58,6 +60,7 @@ SCHEDULER = ServiceSpec(
     preflight="pony_scheduler.scheduler.service:preflight",
     describe="pony_scheduler.scheduler.service:describe",
     details=(("Database", "dbPath"), ("Socket", "socketPath")),
+    stops_on_corrupt_database=True,
 )
 
 GATEWAY = ServiceSpec(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
 
+from pony_scheduler import files
 from pony_scheduler.lifecycle.pidfile import proc_start_time
 from pony_scheduler.scheduler.runs import Ending, Outcome, Started
 from pony_scheduler.store.common import utcnow
@@ -53,10 +54,12 @@ class Output:
     this machine's /tmp; docs/BENCHMARKS.md, finding 2), and many scheduled jobs are
     quiet."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, home: str, path: str) -> None:
+        self.home = home
         self.path = path
         self.file: BinaryIO | None = None
         self.written = 0  # bytes the job wrote, kept or not
+        self.note: str | None = None  # why the file does not hold everything kept
 
     def write(self, data: bytes) -> None:
         """Keep `data` up to OUTPUT_CAP bytes in all, then a note that the rest was cut."""
@@ -68,18 +71,30 @@ class Output:
                 self._write(b"\n[output truncated: more than 10 MiB]\n")
 
     def _write(self, data: bytes) -> None:
-        if self.file is None:
-            try:
-                self.file = open(self.path, "wb")  # noqa: SIM115 (closed by close())
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                self.file = open(self.path, "wb")  # noqa: SIM115
-        self.file.write(data)
-        self.file.flush()  # `pb runs output -f` follows the file
+        """Write through to the file; a file that cannot be made or written (a full disk,
+        a planted symlink) ends the copy with a note, never the run: its pipe is still
+        drained, so the job goes on."""
+        if self.note is not None:
+            return
+        try:
+            if self.file is None:
+                # Never through a symlink, never over a file that is there already.
+                fd = files.create_file(self.home, os.path.relpath(self.path, self.home),
+                                       files.SHARED_MODE, make_dirs=True)
+                self.file = os.fdopen(fd, "wb")
+            self.file.write(data)
+            self.file.flush()  # `pb runs output -f` follows the file
+        except (OSError, files.UnsafePath) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.note = f"output incomplete: {reason}"
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError as exc:  # the last flush hit a full disk
+                self.note = self.note or f"output incomplete: {exc.strerror}"
+            self.file = None
 
 
 class Executor:
@@ -89,9 +104,10 @@ class Executor:
     (on_idle): the wake-up always finds the slot it was woken for, and the next claim never
     sees the finished run as still running."""
 
-    def __init__(self, workers: int, on_started: Callable[[Started], None],
+    def __init__(self, home: str, workers: int, on_started: Callable[[Started], None],
                  on_outcome: Callable[[Outcome], None], on_idle: Callable[[], None],
                  now: Callable[[], datetime] = utcnow) -> None:
+        self.home = home  # output files are made beneath it, never through a symlink
         self.workers = workers
         self.now = now  # the clock outcomes are stamped with (the database's)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}  # running, by run id
@@ -201,7 +217,7 @@ class Executor:
             self.on_idle()
 
     def _execute(self, launch: Launch) -> Outcome:
-        out = Output(launch.output_path)
+        out = Output(self.home, launch.output_path)
         with contextlib.closing(out):
             try:
                 proc = subprocess.Popen(
@@ -231,7 +247,7 @@ class Executor:
                        exit_code=code if code >= 0 else None,
                        signal=-code if code < 0 else None, detail=detail, pid=pid,
                        pid_start=pid_start, output_path=launch.output_path,
-                       output_bytes=out.written, tail=tail)
+                       output_bytes=out.written, output_note=out.note, tail=tail)
 
     def _supervise(self, proc: subprocess.Popen[bytes], out: Output,
                    timeout: float | None) -> tuple[Ending, str | None, bytes]:

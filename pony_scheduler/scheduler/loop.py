@@ -76,8 +76,8 @@ class WorkLoop:
         # The database's clock minus this host's: leases and due times follow the
         # database's clock, so that hosts whose clocks differ never disagree about them.
         self.offset = timedelta(0)
-        self.executor = Executor(settings.workers, self._started, self._finished, self._kick,
-                                 now=self.now)
+        self.executor = Executor(str(settings.home), settings.workers, self._started,
+                                 self._finished, self._kick, now=self.now)
         self.scheduler_id = ""
         self.started_at = utcnow()
         self.changes = -1

@@ -1,10 +1,21 @@
-"""Engines for SQLite (the embedded default) and PostgreSQL, tuned for a daemon."""
+"""Engines for SQLite (the embedded default) and PostgreSQL, tuned for a daemon.
+
+Whoever can write the jobs table runs commands as the scheduler's user, so the database
+is part of the trust boundary (README, SECURITY): an SQLite file and its directory must
+pass the same StrictModes check as the home (files.check_database_file), the file is
+created 0600 by us before SQLite sees it, and SQLite opens it with `nofollow`; a
+PostgreSQL server that let us in without a password gets a warning in the log.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
 import time
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -12,7 +23,11 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from pony_scheduler.errors import ConfigError
 
+log = logging.getLogger("pony_scheduler.store")
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# sqlite3_errcode() primary codes that mean the file is damaged or not a database.
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 
 
 def parse_url(value: str) -> URL:
@@ -45,26 +60,102 @@ def safe_url(url: URL | str) -> str:
 
 
 def make_engine(value: str) -> Engine:
+    """An engine for `value` (an SQLAlchemy URL).  Raises ConfigError for a bad URL and
+    files.UnsafePath for an SQLite file or directory that fails the StrictModes check."""
     url = parse_url(value)
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
-    connect_args: dict[str, Any] = {"connect_timeout": 5}
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                         connect_args=connect_args)
+        engine = _sqlite_engine(url)
+    else:
+        connect_args: dict[str, Any] = {"connect_timeout": 5}
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                               connect_args=connect_args)
+    event.listen(engine, "handle_error", _on_error)
+    return engine
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """Does this (DBAPI or SQLAlchemy) error say the SQLite file is damaged?"""
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+
+
+_reported_corruption = False
+
+
+def _on_error(context: Any) -> None:
+    """A corrupt database is logged loudly, once, and a daemon that cannot work without
+    it (the scheduler) is asked to stop in order (lifecycle.runtime.database_corrupt);
+    the CLI shows the error itself."""
+    global _reported_corruption
+    if not is_corrupt(context.original_exception) or _reported_corruption:
+        return
+    _reported_corruption = True
+    where = _shown(context.engine.url) if context.engine is not None else "the database"
+    from pony_scheduler.lifecycle import runtime
+
+    runtime.database_corrupt(f"database {where} is corrupt ({context.original_exception}); "
+                             "restore it from a backup, or move it aside to start afresh")
+
+
+def _shown(url: URL) -> str:
+    """The URL as the user gave it: without the password, and an SQLite `file:` URI
+    (which _sqlite_engine makes of a path) back as the path."""
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database.startswith("file:"):
+        from urllib.parse import unquote
+
+        return f"sqlite:///{unquote(database[5:])}"
+    return safe_url(url)
+
+
+def _sqlite_file(url: URL) -> str | None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
+
+
+def _prepare_sqlite_file(path: str) -> bool:
+    """Check the file and its directory (StrictModes), create the file 0600 when there is
+    none (SQLite would make it 0644), and say whether it can only be read (a read-only
+    home: read-only commands still work)."""
+    from pony_scheduler.files import PRIVATE_MODE, check_database_file, create_file
+
+    check_database_file(path)
+    directory, name = os.path.split(path)
+    if not os.path.exists(path) and os.access(directory, os.W_OK):
+        # FileExistsError: another process made it meanwhile; checked again below.
+        with contextlib.suppress(FileExistsError):
+            os.close(create_file(directory, name, PRIVATE_MODE))
+        check_database_file(path)
+    return not os.access(directory, os.W_OK) or (os.path.exists(path)
+                                                  and not os.access(path, os.W_OK))
 
 
 def _sqlite_engine(url: URL) -> Engine:
+    path = _sqlite_file(url)
+    read_only = _prepare_sqlite_file(path) if path is not None else False
+    if path is not None:
+        # SQLite's own `nofollow` (3.31+): the database itself is never a symbolic link.
+        query = {**url.query, "uri": "true", "nofollow": "1"}
+        if read_only:
+            query["mode"] = "ro"
+        url = url.set(database=f"file:{quote(path, safe='/')}", query=query)
     # Autocommit at the driver level; SQLAlchemy issues BEGIN itself so that we can make
     # it BEGIN IMMEDIATE: writers then queue on the busy timeout instead of failing with
     # "database is locked" when a read transaction tries to upgrade.
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
                                               "check_same_thread": False,
                                               "isolation_level": None})
+    if read_only:
+        _immutable_fallback(engine, url)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        _wal(cursor)
+        if not read_only:
+            _wal(cursor)
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -72,9 +163,46 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _immutable_fallback(engine: Engine, url: URL) -> None:
+    """A WAL database on a read-only file system opens only while its -shm file exists
+    (a daemon has it open elsewhere); otherwise SQLite can read it only as `immutable`,
+    which ignores what no checkpoint has copied into the file yet (sqlite.org/wal.html,
+    "Read-Only Databases")."""
+    immutable = url.update_query_dict({"immutable": "1"})
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        connection = dialect.loaded_dbapi.connect(*cargs, **cparams)
+        try:  # SQLite opens the file at the first statement, not at connect()
+            connection.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+            return connection
+        except sqlite3.OperationalError:
+            connection.close()
+        fallback_args, fallback_params = dialect.create_connect_args(immutable)
+        return dialect.loaded_dbapi.connect(*fallback_args, **{**cparams, **fallback_params})
+
+
+def trust_warning(engine: Engine) -> str | None:
+    """For PostgreSQL: a warning when the server let us in without a password (trust,
+    or ident/peer over TCP): any local user who can reach it may then be able to connect
+    as this role and change jobs.  None when a password was used, or for SQLite."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as connection:
+        raw: Any = connection.connection.dbapi_connection
+        used = getattr(getattr(raw, "pgconn", None), "used_password", True)
+    if used:
+        return None
+    url = engine.url
+    return (f"PostgreSQL at {url.host or 'the local socket'} let role {url.username!r} in "
+            "without a password: whoever can connect as that role can change jobs and run "
+            "commands as this user; require scram-sha-256 for it in pg_hba.conf and give "
+            "it a password (see pb-scheduler(1), SECURITY)")
 
 
 def _wal(cursor: Any) -> None:

@@ -20,7 +20,7 @@ from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
 from pony_scheduler.scheduler.host import machine_id
 from pony_scheduler.store import migrate
 from pony_scheduler.store.common import first_line, read_changes, utcnow
-from pony_scheduler.store.engine import make_engine, safe_url
+from pony_scheduler.store.engine import is_corrupt, make_engine, safe_url, trust_warning
 from pony_scheduler.store.jobs import JobQueries
 from pony_scheduler.store.runs import RunQueries
 from pony_scheduler.store.tables import schedulers
@@ -50,8 +50,15 @@ class Store(JobQueries, RunQueries):
                 before, after = migrate.upgrade(engine)
                 if before != after:
                     log.info("Database schema upgraded from %s to %s", before or "empty", after)
+                warning = trust_warning(engine)  # the scheduler, at start
+                if warning:
+                    log.warning("%s", warning)
         except (OperationalError, DBAPIError) as exc:
             engine.dispose()
+            if is_corrupt(exc):
+                raise PonyError(f"database {safe_url(url)} is corrupt ({first_line(exc)}); "
+                                "restore it from a backup, or move it aside to start "
+                                "afresh") from None
             raise PonyError(f"cannot use database {safe_url(url)}: {first_line(exc)}; check "
                             "--db and that the database server is running") from None
         except BaseException:

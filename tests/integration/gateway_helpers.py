@@ -56,17 +56,31 @@ def request(port: int, method: str, path: str, *, token: str | None = None,
         connection.close()
 
 
-def token_of(home: Path) -> str:
-    return (home / "gateway.token").read_text().strip()
+def token_of(home: Path, kind: str = "admin") -> str:
+    name = "gateway.token" if kind == "admin" else "gateway.read-token"
+    return (home / name).read_text().strip()
+
+
+def dashboard_session(pb: Pb, port: int) -> str:
+    """Log in to the dashboard as its user would: the one-time link of `pb debug url`."""
+    url = pb("debug", "url", check=True).out.strip()
+    code = url.split("#login=", 1)[1]
+    status, body, _ = request(port, "POST", "/api/login",
+                              body=json.dumps({"code": code}).encode(),
+                              headers={"Content-Type": "application/json"})
+    assert status == 200 and body["scope"] == "admin", body
+    return str(body["session"])
 
 
 class EventStream:
     """A `GET /api/events` reader: parses server-sent events into JSON objects."""
 
-    def __init__(self, port: int, *, last_event_id: str | None = None,
-                 path: str = "/api/events") -> None:
+    def __init__(self, port: int, *, token: str | None = None,
+                 last_event_id: str | None = None, path: str = "/api/events") -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         self.connection.request("GET", path, headers=headers)
         self.response = self.connection.getresponse()
         assert self.response.status == 200
@@ -119,9 +133,10 @@ def start_gateway(pb: Pb, port: int, *extra: str) -> int:
     return pb.pid("gateway")
 
 
-def wait_scheduler_connected(port: int, pid: int, timeout: float = 40) -> None:
+def wait_scheduler_connected(port: int, pid: int, token: str, timeout: float = 40) -> None:
     def connected() -> bool:
-        status, body, _ = request(port, "GET", "/api/status")
+        status, body, _ = request(port, "GET", "/api/status", token=token)
         return status == 200 and any(s["pid"] == pid for s in body["scheduler"]["schedulers"])
 
-    assert wait_for(connected, timeout, interval=0.2), request(port, "GET", "/api/status")
+    assert wait_for(connected, timeout, interval=0.2), request(port, "GET", "/api/status",
+                                                               token=token)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Pb
+from tests.conftest import Pb, pb_read_only, read_only_available, wait_dead, wait_for
 
 
 def one_line_error(result_err: str) -> str:
@@ -71,9 +71,134 @@ def test_unwritable_home(pb: Pb) -> None:
     assert result.code == 1 and "cannot create home" in result.err
 
 
-def test_unwritable_existing_home(pb: Pb) -> None:
-    result = pb("scheduler", "start", env={"PONYBUNNY_HOME": "/proc/1"})
-    assert result.code == 1 and "not writable" in result.err
+def test_unwritable_existing_home(pb: Pb, home: Path) -> None:
+    read_only_available()
+    result = pb_read_only(pb, "scheduler", "start")
+    assert result.code == 1
+    assert one_line_error(result.err) == (f"Error: home {home} is not writable: read-only "
+                                          "file system; fix its permissions or set "
+                                          "PONYBUNNY_HOME")
+
+
+def test_a_read_only_home_still_serves_read_only_commands(pb: Pb, home: Path) -> None:
+    """A home on a read-only mount (root ignores file modes, not that): what only reads
+    works, with the daemon running elsewhere or not; what writes says why in one line."""
+    read_only_available()
+    assert pb("scheduler", "start").code == 0
+    assert pb("job", "add", "a", "--manual", "--", "echo", "out").code == 0
+    assert pb("job", "run", "a").code == 0
+    assert wait_for(lambda: '"succeeded"' in pb("runs", "--json").out, 30)
+    for running in (True, False):
+        if not running:
+            assert pb("scheduler", "stop").code == 0
+        for args, expected in ((("scheduler", "status"), "Running" if running
+                                else "Not running"),
+                               (("job", "list"), "a "), (("job", "show", "a"), "echo out"),
+                               (("runs",), "succeeded"), (("runs", "output", "1"), "out"),
+                               (("config", "show"), "workers"),
+                               (("scheduler", "logs", "-n", "1"), "Scheduler")):
+            result = pb_read_only(pb, *args)
+            assert result.code == (0 if running or args[1:] != ("status",) else 3), (
+                args, result.all)
+            assert expected in result.out, (args, result.all)
+        for args, words in ((("job", "add", "b", "--manual", "--", "true"),
+                             "Error: database error: attempt to write a readonly database"),
+                            (("debug", "url"), "Read-only file system"),
+                            (("scheduler", "start"), "read-only file system")):
+            result = pb_read_only(pb, *args)
+            assert result.code != 0 and words in one_line_error(
+                result.err.replace("⚠ The dashboard is not running; start it with 'pb debug "
+                                   "start'\n", "")), (args, result.all)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("workers = 100000000000\n", "workers must be a number of workers from 1 to 1024"),
+    ("workers = true\n", "workers must be a number of workers (a whole number from 1 to "
+                         "1024), not True"),
+    ("workers = 2.5\n", "not 2.5"),
+    ("gateway_port = true\n", "gateway_port must be a TCP port"),
+    ("shutdown_grace = 1e9\n", "at most 86400 seconds"),
+    ("shutdown_grace = false\n", "shutdown_grace must be a positive number"),
+    ('allowed_hosts = ["*"]\n', "'*' is not a host name"),
+    ('anonymous_read = "maybe"\n', "anonymous_read must be true or false"),
+    ('debug_host = "a\\u001bb"\n', "must not contain control characters"),
+])
+def test_settings_out_of_range(pb: Pb, home: Path, text: str, expected: str) -> None:
+    (home / "config.toml").write_text(text)
+    for args in (("config", "show"), ("scheduler", "start"), ("service", "start")):
+        result = pb(*args)
+        assert result.code == 2, (args, result.all)
+        assert expected in one_line_error(result.err) and result.err.count("\n") == 1
+    assert not (home / "scheduler.pid").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["scheduler", "start", "--timeout", "1e300"], "more than 86400 seconds"),
+    (["scheduler", "stop", "--timeout", "1e300"], "more than 86400 seconds"),
+    (["scheduler", "start", "--workers", "100000000000"], "1<=x<=1024"),
+    (["scheduler", "logs", "-n", "100000000000000000000"], "0<=x<=1000000"),
+    (["service", "start", "--timeout", "86401"], "more than 86400 seconds"),
+])
+def test_service_numbers_out_of_range(pb: Pb, home: Path, args: list[str],
+                                      expected: str) -> None:
+    result = pb(*args)
+    assert result.code == 2 and expected in result.err, result.all
+    assert result.err.count("\n") == 1
+    assert not (home / "scheduler.pid").exists()
+
+
+def test_environment_out_of_range(pb: Pb, home: Path) -> None:
+    result = pb("scheduler", "start", env={"PONYBUNNY_WORKERS": "100000000000"})
+    assert result.code == 2 and "PONYBUNNY_WORKERS must be a number of workers" in result.err
+
+
+def test_config_that_is_not_utf8(pb: Pb, home: Path) -> None:
+    config = home / "config.toml"
+    config.write_bytes(b"workers = 4\n# caf\xe9\n")
+    for args in (("config", "show"), ("scheduler", "start"), ("scheduler", "status")):
+        result = pb(*args)
+        assert result.code == 2
+        assert one_line_error(result.err) == (f"Error: {config}: not UTF-8 text (byte 0xe9 at "
+                                              "offset 17); save it as UTF-8")
+
+
+def test_pid_file_that_is_a_directory(pb: Pb, home: Path) -> None:
+    (home / "scheduler.pid").mkdir()
+    result = pb("scheduler", "start")
+    assert result.code == 1
+    assert one_line_error(result.err) == (
+        f"Error: {home}/scheduler.pid is a directory, not a file; remove it (rmdir "
+        f"{home}/scheduler.pid)")
+    status = pb("scheduler", "status")
+    assert status.code == 4 and "rmdir" in status.err
+    assert pb("scheduler", "stop").code == 1
+
+
+def test_a_corrupt_database(pb: Pb, home: Path) -> None:
+    """At start: one line and exit 1.  Under a running scheduler: logged loudly, and the
+    scheduler stops in order (exit status 1); the CLI says so in one line."""
+    db = home / "pony.db"
+    db.touch(mode=0o600)
+    db.write_bytes(b"this is not an SQLite database, not at all" * 200)
+    result = pb("scheduler", "start")
+    assert result.code == 1
+    assert one_line_error(result.err).startswith(
+        f"✗ Scheduler failed to start: database sqlite:///{db} is corrupt (file is not a "
+        "database); restore it from a backup")
+    db.unlink()
+    assert pb("scheduler", "start").code == 0
+    pid = pb.pid()
+    assert pb("job", "add", "a", "--every", "1h", "--", "true").code == 0
+    for name in ("pony.db", "pony.db-wal"):
+        with open(home / name, "r+b") as handle:  # garbage over the file and its log
+            handle.write(b"garbage!" * 4096)
+    assert wait_dead(pid, 30)
+    log = (home / "scheduler.log").read_text()
+    assert f"CRITICAL pony_scheduler[{pid}]: database sqlite:///{db} is corrupt" in log
+    assert "Scheduler stopped (exit status 1)" in log
+    result = pb("job", "list")
+    assert result.code == 1 and one_line_error(result.err).startswith(
+        f"Error: database sqlite:///{db} is corrupt")
 
 
 @pytest.mark.parametrize("args, expected", [

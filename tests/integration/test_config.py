@@ -63,15 +63,16 @@ def test_bad_files(pb: Pb, home: Path, tmp_path: Path) -> None:
     result = pb("scheduler", "status")
     assert result.code == 2
     assert result.err.strip() == (f"Error: {config}:3: unknown key 'bogus_key' (known keys: "
-                                  "db, debug_host, debug_port, gateway_host, gateway_port, "
-                                  "lease, log_level, shutdown_grace, socket, workers)")
+                                  "allowed_hosts, anonymous_read, db, debug_host, "
+                                  "debug_port, gateway_host, gateway_port, lease, log_level, "
+                                  "shutdown_grace, socket, workers)")
     config.write_text("workers = [\n")
     result = pb("config", "show")
     assert result.code == 2 and str(config) in result.err and "malformed TOML" in result.err
     assert result.err.count("\n") == 1
     config.write_text('workers = "many"\n')
     result = pb("config", "show")
-    assert result.code == 2 and "workers must be a positive whole number" in result.err
+    assert result.code == 2 and "workers must be a number of workers" in result.err
     missing = pb("--config", str(tmp_path / "nope.toml"), "config", "show")
     assert missing.code == 2 and "does not exist" in missing.err
     bad_env = pb("config", "show", env={"PONYBUNNY_WORKERS": "0"})

@@ -202,10 +202,12 @@ def test_gateway_lifecycle_files_and_health(pb: Pb, home: Path) -> None:
     assert stat.S_IMODE((home / "gateway.sock").stat().st_mode) == 0o600
     assert stat.S_ISSOCK((home / "gateway.sock").stat().st_mode)
     assert stat.S_IMODE((home / "gateway.token").stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "gateway.read-token").stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "gateway.api.sock").stat().st_mode) == 0o600
     token = token_of(home)
-    assert len(token) >= 32
+    assert len(token) >= 43 and token != token_of(home, "read")
 
-    status, body, headers = request(port, "GET", "/api/health")
+    status, body, headers = request(port, "GET", "/api/health", token=token)
     assert status == 200 and headers["Content-Type"].startswith("application/json")
     assert body["status"] == "ok" and body["pid"] == pid
 
@@ -257,12 +259,23 @@ def test_token_rules_on_loopback(pb: Pb, home: Path) -> None:
     assert pb("scheduler", "start").code == 0  # creates the database
     assert pb("job", "add", "nightly", "--every", "1h", "--", "true").code == 0
     start_gateway(pb, port)
-    token = token_of(home)
+    token, read_only = token_of(home), token_of(home, "read")
 
-    assert request(port, "GET", "/api/jobs")[0] == 200  # reads are open on loopback
-    assert request(port, "GET", "/api/jobs", headers={"Host": f"localhost:{port}"})[0] == 200
-    # ... to loopback names only: a name that merely resolves here (DNS rebinding) is refused.
-    status, body, _ = request(port, "GET", "/api/jobs", headers={"Host": "evil.example"})
+    # Every request needs a token, reads included.
+    for path in ("/api/jobs", "/api/jobs/nightly", "/api/runs", "/api/status",
+                 "/api/health", "/api/openapi.json"):
+        status, body, headers = request(port, "GET", path)
+        assert status == 401 and "missing or wrong token" in body["error"], (path, body)
+        assert headers["WWW-Authenticate"] == 'Bearer realm="pony-scheduler"'
+        assert request(port, "GET", path, token=read_only)[0] == 200, path
+        assert request(port, "GET", path, token=token)[0] == 200, path
+    status, _, headers = request(port, "GET", "/api/jobs", token="wrong")
+    assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
+    assert request(port, "GET", "/api/jobs", token=token,
+                   headers={"Host": f"localhost:{port}"})[0] == 200
+    # ... from loopback names only: a name that merely resolves here (DNS rebinding).
+    status, body, _ = request(port, "GET", "/api/jobs", token=token,
+                              headers={"Host": "evil.example"})
     assert status == 403 and "loopback names" in body["error"]
     for path in ("/api/jobs/nightly/run", "/api/jobs/nightly/pause"):
         for credentials in (None, "wrong", token + "x"):
@@ -273,9 +286,13 @@ def test_token_rules_on_loopback(pb: Pb, home: Path) -> None:
         status, body, _ = request(port, "POST", path,
                                   headers={"Authorization": f"Basic {token}"})
         assert status == 401
+        # The read-only token reads; it never changes anything.
+        status, body, headers = request(port, "POST", path, token=read_only)
+        assert status == 403 and "may only read" in body["error"], body
+        assert 'error="insufficient_scope"' in headers["WWW-Authenticate"]
     # Nothing changed:
     assert json.loads(pb("runs", "--json").out) == []
-    assert request(port, "GET", "/api/jobs/nightly")[1]["enabled"] is True
+    assert request(port, "GET", "/api/jobs/nightly", token=read_only)[1]["enabled"] is True
 
     status, body, _ = request(port, "POST", "/api/jobs/nightly/pause", token=token)
     assert status == 200 and body["enabled"] is False and body["next_run_at"] is None
@@ -285,6 +302,8 @@ def test_token_rules_on_loopback(pb: Pb, home: Path) -> None:
     assert status == 202 and body["job"] == "nightly" and isinstance(body["run_id"], int)
     runs = json.loads(pb("runs", "--json").out)
     assert [run["id"] for run in runs] == [body["run_id"]]
+    log = (home / "gateway.log").read_text()
+    assert f"Run {body['run_id']} of job nightly requested by api (admin token)" in log
 
 
 def test_non_loopback_address_needs_the_token_for_every_request(pb: Pb, home: Path) -> None:
@@ -296,6 +315,9 @@ def test_non_loopback_address_needs_the_token_for_every_request(pb: Pb, home: Pa
         assert status == 401, (path, body)
     status, body, _ = request(port, "GET", "/api/health", token=token_of(home))
     assert status == 200 and body["status"] == "ok"
+    # Any Host is answered there (the token protects it, not the name).
+    assert request(port, "GET", "/api/health", token=token_of(home),
+                   headers={"Host": "pony.example"})[0] == 200
 
 
 def test_malformed_requests_get_json_errors_and_the_server_lives(pb: Pb, home: Path) -> None:
@@ -325,7 +347,7 @@ def test_malformed_requests_get_json_errors_and_the_server_lives(pb: Pb, home: P
         assert headers["Content-Type"].startswith("application/json"), (path, answer)
         assert answer["status"] == expected and words in answer["error"], (path, answer)
     # No database yet: a clear 503, not a crash.
-    status, answer, _ = request(port, "GET", "/api/jobs")
+    status, answer, _ = request(port, "GET", "/api/jobs", token=token)
     assert status == 503 and "not initialised the database yet" in answer["error"]
     # Bytes that are not HTTP at all: aiohttp's own 400, the connection closed.
     for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
@@ -333,7 +355,7 @@ def test_malformed_requests_get_json_errors_and_the_server_lives(pb: Pb, home: P
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
             raw.sendall(garbage)
             assert raw.recv(100).startswith(b"HTTP/1.0 400")
-    assert request(port, "GET", "/api/health")[0] == 200
+    assert request(port, "GET", "/api/health", token=token)[0] == 200
     log = (home / "gateway.log").read_text()
     assert "Traceback" not in log
 
@@ -344,15 +366,16 @@ def gateway_scheduler_and_job(pb: Pb) -> tuple[int, int]:
     start_gateway(pb, port)
     assert pb("scheduler", "start").code == 0
     scheduler = pb.pid("scheduler")
-    wait_scheduler_connected(port, scheduler)
+    wait_scheduler_connected(port, scheduler, token_of(pb.home))
     assert pb("job", "add", "hello", "--every", "1h", "--", "echo", "hello").code == 0
     return port, scheduler
 
 
 def test_events_of_one_run_reach_the_event_stream(pb: Pb, home: Path) -> None:
     port, _ = gateway_scheduler_and_job(pb)
+    token = token_of(home, "read")
 
-    stream = EventStream(port)
+    stream = EventStream(port, token=token)
     try:
         hello = stream.next_event()
         assert hello["type"] == "gateway.hello"
@@ -366,13 +389,14 @@ def test_events_of_one_run_reach_the_event_stream(pb: Pb, home: Path) -> None:
     assert finished["data"]["state"] == "succeeded" and finished["data"]["exit_code"] == 0
     assert re.fullmatch(r"[0-9a-f]+-\d+", finished["id"])
 
-    status, run, _ = request(port, "GET", f"/api/runs/{run_id}")
+    status, run, _ = request(port, "GET", f"/api/runs/{run_id}", token=token)
     assert status == 200 and run["state"] == "succeeded" and run["output"] == "hello\n"
-    status, body, _ = request(port, "GET", "/api/runs?job=hello&state=succeeded&limit=5")
+    status, body, _ = request(port, "GET", "/api/runs?job=hello&state=succeeded&limit=5",
+                              token=token)
     assert [r["id"] for r in body["runs"]] == [run_id]
-    status, body, _ = request(port, "GET", "/api/jobs")
+    status, body, _ = request(port, "GET", "/api/jobs", token=token)
     assert body["jobs"][0]["name"] == "hello" and body["jobs"][0]["schedule"] == "every 1h"
-    status, body, _ = request(port, "GET", "/api/status")
+    status, body, _ = request(port, "GET", "/api/status", token=token)
     assert body["scheduler"]["connected"] is True
     assert body["scheduler"]["lastHeartbeatAgeSeconds"] is not None
     assert [s["service"] for s in body["services"]] == ["gateway", "scheduler", "debug"]
@@ -391,12 +415,12 @@ def test_scheduler_keeps_working_while_the_gateway_restarts(pb: Pb, home: Path) 
 
     assert wait_for(finished, 20), pb("runs", "--json").out  # no gateway needed for work
     start_gateway(pb, port)
-    wait_scheduler_connected(port, scheduler)
+    wait_scheduler_connected(port, scheduler, token_of(home))
     assert alive(scheduler)
 
     # What happened while the gateway was down was buffered and arrives now; a client
     # that last saw an earlier gateway gets everything this one holds.
-    stream = EventStream(port, last_event_id="0000-0")
+    stream = EventStream(port, token=token_of(home, "read"), last_event_id="0000-0")
     try:
         missed = run_events(stream, run_id)
         assert [e["type"] for e in missed] == ["run.started", "run.finished"]
@@ -413,7 +437,8 @@ def test_scheduler_keeps_working_while_the_gateway_restarts(pb: Pb, home: Path) 
 def test_gateway_on_postgresql(pb: Pb, home: Path, pg_url: str) -> None:
     port = free_port()
     start_gateway(pb, port, "--db", pg_url)
-    status, body, _ = request(port, "GET", "/api/jobs")
+    read_only = token_of(home, "read")
+    status, body, _ = request(port, "GET", "/api/jobs", token=read_only)
     assert status == 503 and "no pony-scheduler schema yet" in body["error"]
     assert pb("scheduler", "start", "--db", pg_url).code == 0
     assert pb("job", "add", "pg", "--every", "1h", "--", "echo", "from pg",
@@ -423,7 +448,11 @@ def test_gateway_on_postgresql(pb: Pb, home: Path, pg_url: str) -> None:
     run_id = body["run_id"]
 
     def done() -> bool:
-        return request(port, "GET", f"/api/runs/{run_id}")[1]["state"] == "succeeded"
+        return request(port, "GET", f"/api/runs/{run_id}",
+                       token=read_only)[1]["state"] == "succeeded"
 
     assert wait_for(done, 20)
-    assert request(port, "GET", f"/api/runs/{run_id}")[1]["output"] == "from pg\n"
+    assert request(port, "GET", f"/api/runs/{run_id}",
+                   token=read_only)[1]["output"] == "from pg\n"
+    # This machine's server trusts every local connection: the gateway says so.
+    assert "let role 'postgres' in without a password" in (home / "gateway.log").read_text()

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pb, alive
-from tests.integration.gateway_helpers import occupied_port, request, use_free_ports
+from tests.integration.gateway_helpers import (
+    dashboard_session,
+    occupied_port,
+    request,
+    token_of,
+    use_free_ports,
+)
 
 TITLES = {"gateway": "Gateway", "scheduler": "Scheduler", "debug": "Debug Server"}
 
@@ -31,8 +37,10 @@ def test_start_all_status_stop_all(pb: Pb, home: Path) -> None:
         f"✓ Scheduler started (PID {running['scheduler']})",
         f"✓ Debug Server started (PID {running['debug']}, http://127.0.0.1:{debug_port})",
     ]
-    assert request(gateway_port, "GET", "/api/health")[1]["service"] == "gateway"
-    assert request(debug_port, "GET", "/api/health")[1]["service"] == "debug"
+    assert request(gateway_port, "GET", "/api/health",
+                   token=token_of(home, "read"))[1]["service"] == "gateway"
+    assert request(debug_port, "GET", "/api/health",
+                   token=dashboard_session(pb, debug_port))[1]["service"] == "debug"
 
     status = pb("service", "status")
     assert status.code == 0

@@ -1,18 +1,39 @@
 // The dashboard: plain DOM, no framework. Data is always inserted as text, never as HTML:
 // job names, commands and outputs come from users.
+//
+// The login: a one-time link (#login=CODE, from `pb debug url`) or a pasted gateway token
+// is exchanged for a session credential, kept in sessionStorage (scoped to this origin:
+// scheme, host and port; never a cookie) and sent in the Authorization header. The event
+// stream is read with fetch() because EventSource cannot send that header.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
 const FEED_LIMIT = 200;
+const SESSION_KEY = "pony-scheduler.session";
+let session = sessionStorage.getItem(SESSION_KEY);
+let scope = null;
 let selectedRun = null;
 let refreshTimer = null;
+let stream = null; // the AbortController of the open event stream
+let timers = [];
+
+class SessionEnded extends Error {}
 
 async function api(path, options = {}) {
-  const headers = Object.assign({ "X-Pony-Dashboard": "1" }, options.headers || {});
-  const response = await fetch(path, Object.assign({}, options, { headers }));
+  const headers = Object.assign({}, options.headers || {});
+  if (session) headers.Authorization = `Bearer ${session}`;
+  const response = await fetch(path, Object.assign({}, options,
+    { headers, credentials: "omit", cache: "no-store" }));
   const body = await response.json().catch(() => ({}));
+  if (response.status === 401 && path !== "/api/login") {
+    loggedOut("Your session ended (the dashboard restarted, a gateway token was rotated, " +
+              "or it was idle too long): log in again.");
+    throw new SessionEnded("logged out");
+  }
   if (!response.ok) {
-    throw new Error(body.error || `HTTP ${response.status}`);
+    const error = new Error(body.error || `HTTP ${response.status}`);
+    error.gatewayDown = Boolean(body.gatewayDown);
+    throw error;
   }
   return body;
 }
@@ -50,6 +71,18 @@ function fill(tbody, rows) {
   tbody.replaceChildren(...rows);
 }
 
+function failed(what, error) {
+  if (error instanceof SessionEnded) return;
+  if (error.gatewayDown) {
+    // No gateway verified as ours: show no data rather than stale or foreign data.
+    fill($("#jobs tbody"), []);
+    fill($("#runs tbody"), []);
+    say(error.message);
+    return;
+  }
+  say(`${what}: ${error.message}`);
+}
+
 async function refreshServices() {
   try {
     const { services } = await api("/api/services");
@@ -65,7 +98,7 @@ async function refreshServices() {
       return tr;
     }));
   } catch (error) {
-    say(`Services: ${error.message}`);
+    failed("Services", error);
   }
 }
 
@@ -96,7 +129,7 @@ function actionButton(job, action, label) {
       if (action === "run" && answer.run_id) selectRun(answer.run_id, job);
       await Promise.all([refreshJobs(), refreshRuns()]);
     } catch (error) {
-      say(`Could not ${action} ${job}: ${error.message}`);
+      if (!(error instanceof SessionEnded)) say(`Could not ${action} ${job}: ${error.message}`);
     } finally {
       button.disabled = false;
     }
@@ -118,13 +151,15 @@ async function refreshJobs() {
       cell(tr, job.enabled ? "yes" : "paused").classList.add("enabled");
       const actions = cell(tr, "");
       actions.textContent = "";
-      actions.appendChild(actionButton(job.name, "run", "Run"));
-      actions.appendChild(job.enabled ? actionButton(job.name, "pause", "Pause")
-                                      : actionButton(job.name, "resume", "Resume"));
+      if (scope === "admin") {
+        actions.appendChild(actionButton(job.name, "run", "Run"));
+        actions.appendChild(job.enabled ? actionButton(job.name, "pause", "Pause")
+                                        : actionButton(job.name, "resume", "Resume"));
+      }
       return tr;
     }));
   } catch (error) {
-    say(`Jobs: ${error.message}`);
+    failed("Jobs", error);
   }
 }
 
@@ -148,7 +183,7 @@ async function refreshRuns() {
       return tr;
     }));
   } catch (error) {
-    say(`Runs: ${error.message}`);
+    failed("Runs", error);
   }
 }
 
@@ -172,6 +207,7 @@ async function showRun(id, job) {
     output.textContent = run.output || (run.state === "queued" || run.state === "running"
       ? "(no output yet)" : "(no output)");
   } catch (error) {
+    if (error instanceof SessionEnded) return;
     title.textContent = `run ${id} (${job || "?"})`;
     output.textContent = `Could not load the output: ${error.message}`;
   }
@@ -219,35 +255,73 @@ function setFeedState(text, on) {
   badge.className = "badge " + (on ? "on" : "off");
 }
 
-function connectEvents() {
-  const source = new EventSource("/api/events");
-  source.onopen = () => setFeedState("live", true);
-  source.onmessage = (message) => {
-    let event;
-    try { event = JSON.parse(message.data); } catch (error) { return; }
-    addToFeed(event);
-    if (event.type === "gateway.unreachable") {
-      setFeedState("gateway down, reconnecting…", false);
-      refreshServices();
-      refreshStatus();
-    } else if (event.type === "gateway.connected") {
+function handleEvent(text) {
+  let event;
+  try { event = JSON.parse(text); } catch (error) { return; }
+  addToFeed(event);
+  if (event.type === "gateway.unreachable") {
+    setFeedState("gateway down, reconnecting…", false);
+    refreshServices();
+    refreshStatus();
+    refreshJobs();
+    refreshRuns();
+  } else if (event.type === "gateway.connected") {
+    setFeedState("live", true);
+    refreshAll();
+  } else if (event.type.startsWith("run.")) {
+    refreshSoon();
+  } else if (event.type === "connect" || event.type === "disconnect") {
+    refreshStatus();
+    refreshServices();
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Server-sent events over fetch(): frames end with a blank line; `id:` lines are kept to
+// resume (Last-Event-ID) after a reconnection, as EventSource would.
+async function streamEvents() {
+  let lastId = null;
+  const controller = new AbortController();
+  stream = controller;
+  while (session && stream === controller) {
+    try {
+      const headers = { Authorization: `Bearer ${session}` };
+      if (lastId) headers["Last-Event-ID"] = lastId;
+      const response = await fetch("/api/events",
+        { headers, signal: controller.signal, cache: "no-store", credentials: "omit" });
+      if (response.status === 401) {
+        loggedOut("Your session ended: log in again.");
+        return;
+      }
+      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
       setFeedState("live", true);
-      refreshAll();
-    } else if (event.type.startsWith("run.")) {
-      refreshSoon();
-    } else if (event.type === "connect" || event.type === "disconnect") {
-      refreshStatus();
-      refreshServices();
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = [];
+          for (const line of block.split("\n")) {
+            if (line.startsWith("id:")) lastId = line.slice(3).trim();
+            else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          }
+          if (data.length) handleEvent(data.join("\n"));
+        }
+      }
+    } catch (error) {
+      if (controller.signal.aborted) return;
     }
-  };
-  source.onerror = () => {
+    if (stream !== controller) return;
     setFeedState("reconnecting…", false);
-    // EventSource retries by itself after a network error, but gives up for good on an
-    // HTTP error answer (e.g. while the debug server restarts): then start a new one.
-    if (source.readyState === EventSource.CLOSED) {
-      setTimeout(connectEvents, 2000);
-    }
-  };
+    await sleep(2000);
+  }
 }
 
 function refreshAll() {
@@ -257,8 +331,103 @@ function refreshAll() {
   refreshRuns();
 }
 
-refreshAll();
-connectEvents();
-setInterval(() => { refreshServices(); refreshStatus(); }, 5000);
-// A safety net for anything the event stream cannot tell (e.g. a job added with `pb job add`).
-setInterval(() => { refreshJobs(); refreshRuns(); }, 10000);
+function showLogin(message) {
+  $("#dashboard").hidden = true;
+  $("#login").hidden = false;
+  $("#logout").hidden = true;
+  $("#scope").hidden = true;
+  say(message || "");
+  $("#login-token").focus();
+}
+
+function enter(newScope) {
+  scope = newScope;
+  $("#login").hidden = true;
+  $("#dashboard").hidden = false;
+  $("#logout").hidden = false;
+  const badge = $("#scope");
+  badge.hidden = false;
+  badge.textContent = scope === "admin" ? "admin" : "read-only";
+  say("");
+  refreshAll();
+  streamEvents();
+  timers.push(setInterval(() => { refreshServices(); refreshStatus(); }, 5000));
+  // A safety net for anything the event stream cannot tell (e.g. a job added with `pb job add`).
+  timers.push(setInterval(() => { refreshJobs(); refreshRuns(); }, 10000));
+}
+
+function loggedOut(message) {
+  session = null;
+  scope = null;
+  sessionStorage.removeItem(SESSION_KEY);
+  if (stream) stream.abort();
+  stream = null;
+  for (const timer of timers) clearInterval(timer);
+  timers = [];
+  for (const body of document.querySelectorAll("tbody")) fill(body, []);
+  $("#events").replaceChildren();
+  $("#output").textContent = "";
+  setFeedState("logged out", false);
+  showLogin(message);
+}
+
+async function login(credentials) {
+  try {
+    const answer = await api("/api/login", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(credentials) });
+    session = answer.session;
+    sessionStorage.setItem(SESSION_KEY, session);
+    enter(answer.scope);
+  } catch (error) {
+    showLogin(`Login failed: ${error.message}`);
+  }
+}
+
+$("#login-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const field = $("#login-token");
+  const token = field.value.trim();
+  field.value = "";
+  if (token) login({ token });
+});
+
+$("#logout").addEventListener("click", async () => {
+  try { await api("/api/logout", { method: "POST" }); } catch (error) { /* logged out anyway */ }
+  loggedOut("Logged out.");
+});
+
+// A login link's code, taken out of the address bar and the history at once (it works
+// once anyway); null when the URL holds none.
+function takeCode() {
+  const match = location.hash.match(/^#login=([A-Za-z0-9_-]+)$/);
+  if (!match) return null;
+  history.replaceState(null, "", location.pathname + location.search);
+  return match[1];
+}
+
+// A link opened in a tab that already shows the dashboard only changes the fragment.
+window.addEventListener("hashchange", () => {
+  const code = takeCode();
+  if (code) {
+    if (session) loggedOut("");
+    login({ code });
+  }
+});
+
+async function start() {
+  const code = takeCode();
+  if (code) {
+    await login({ code });
+  } else if (session) {
+    try {
+      enter((await api("/api/session")).scope);
+    } catch (error) {
+      if (!(error instanceof SessionEnded)) showLogin(error.message);
+    }
+  } else {
+    showLogin("");
+  }
+}
+
+start();

@@ -1,0 +1,87 @@
+"""`pb gateway token` and `pb debug url`: the credentials of the API and the dashboard.
+
+Light on purpose (no aiohttp, no SQLAlchemy): the token code and the login links live in
+modules that only need the standard library.
+"""
+
+from __future__ import annotations
+
+import click
+
+from pony_scheduler.cli.options import settings_from
+from pony_scheduler.config import Settings
+from pony_scheduler.errors import PonyError
+
+
+@click.command(name="token")
+@click.option("--read-only", "read_only", is_flag=True,
+              help="The read-only token (reads only: for monitoring) instead of the admin "
+                   "token.")
+@click.option("--rotate", is_flag=True,
+              help="Replace the token with a new one: the old one is refused at once and "
+                   "every dashboard session ends.")
+@click.pass_context
+def gateway_token(ctx: click.Context, read_only: bool, rotate: bool) -> None:
+    """Print the gateway's API token (made on first use), or --rotate it.
+
+    Only the token goes to standard output, so that scripts can use
+    "$(pb gateway token)"; notes go to standard error.
+    """
+    from pony_scheduler.gateway.token import Kind, ensure_tokens, new_token, token_path
+    from pony_scheduler.lifecycle.daemonize import ensure_home
+
+    settings = settings_from(ctx)
+    ensure_home(settings.home)
+    kind: Kind = "read" if read_only else "admin"
+    path = token_path(settings.home, kind)
+    if rotate:
+        token = new_token(settings.home, kind)
+        click.echo(f"✓ New {'read-only' if read_only else 'admin'} token in {path}; the old "
+                   "one is refused from now on and dashboard sessions have ended", err=True)
+    else:
+        token = ensure_tokens(settings.home)[kind]
+    click.echo(token)
+
+
+def dashboard_address(settings: Settings) -> tuple[str, bool]:
+    """Where the dashboard listens (its metadata when it runs) and whether it runs."""
+    from pony_scheduler.lifecycle import pidfile
+    from pony_scheduler.lifecycle.spec import DEBUG
+
+    info = pidfile.inspect(DEBUG, settings.home)
+    address = (info.meta or {}).get("address")
+    if info.state is pidfile.PidState.RUNNING and isinstance(address, str):
+        return address, True
+    host = settings.debug_host
+    return (f"http://[{host}]:{settings.debug_port}" if ":" in host
+            else f"http://{host}:{settings.debug_port}"), False
+
+
+def new_login_url(settings: Settings, address: str) -> str:
+    from pony_scheduler.debug.logins import login_url, new_code
+
+    try:
+        return login_url(address, new_code(settings.home))
+    except OSError as exc:
+        raise PonyError(f"cannot make a login link in {settings.home}: "
+                        f"{exc.strerror or exc}") from None
+
+
+@click.command(name="url")
+@click.pass_context
+def debug_url(ctx: click.Context) -> None:
+    """Print a one-time login link for the dashboard (it works once, for 10 minutes)."""
+    from pony_scheduler.lifecycle.daemonize import ensure_home
+
+    settings = settings_from(ctx)
+    ensure_home(settings.home)
+    address, running = dashboard_address(settings)
+    if not running:
+        click.echo("⚠ The dashboard is not running; start it with 'pb debug start'", err=True)
+    click.echo(new_login_url(settings, address))
+
+
+EXTRA_COMMANDS: dict[str, list[click.Command]] = {
+    "gateway": [gateway_token],
+    "debug": [debug_url],
+}
