@@ -1,0 +1,429 @@
+"""The keeper's loop: one thread, one epoll.
+
+Each pass waits for the socket, the runs' output pipes, their cgroup.events (EPOLLPRI),
+the signal wake-up pipe and the journal's sync helper, or for the nearest timer (a
+timeout, a SIGKILL after the grace, a drain's end, a journal retry, the idle exit).
+SIGCHLD arrives through the wake-up pipe (signal.set_wakeup_fd): every exited child is
+reaped with wait4(2), which also gives the main process's resource use.  The keeper is
+a child subreaper, so it reaps the orphans of its runs too.
+
+At the end of a pass its messages are sent and its journal lines written with one
+write; the sync helper makes them durable in batches (group commit, commit.py) and says
+when.  Outcomes go to the scheduler at once.
+
+Lifetime: the keeper runs while it holds runs, has outcomes not yet durable in the
+journal, or has a connection; when none of these is true for `idle_exit` seconds (the
+scheduler was kill -9'd and its runs have ended, say) it exits.  After `exit` it leaves
+as soon as no run is held and its outcomes are durable.  SIGTERM/SIGINT = drain now
+(stop every run, record them as stopped) and exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from typing import Any
+
+from pony_scheduler import __version__
+from pony_scheduler.keeper import conns
+from pony_scheduler.keeper.commit import COMPACT_BYTES, JOURNAL_RETRY_S, Journal
+from pony_scheduler.keeper.containment import Cgroups, PgroupBox, Tracker
+from pony_scheduler.keeper.output import Output, relative_parts
+from pony_scheduler.keeper.protocol import (
+    LOG_FILE,
+    PROTOCOL,
+    Launch,
+    Outcome,
+    Started,
+    outcome_to_json,
+    started_to_json,
+)
+from pony_scheduler.keeper.runs import NotStarted, Run, iso_utc
+
+STRAY_CHECK_S = 1.0
+
+
+class Keeper:
+    def __init__(self, home: str, home_fd: int, keeper_id: str, cg: Cgroups, journal: Journal,
+                 listener: socket.socket, wakeup: int, idle_exit: float,
+                 pending: list[Outcome], log: logging.Logger, log_to_file: bool) -> None:
+        self.home = home
+        self.home_fd = home_fd
+        self.keeper_id = keeper_id
+        self.cg = cg
+        self.journal = journal
+        self.listener = listener
+        self.wakeup = wakeup
+        self.idle_exit = idle_exit
+        self.log = log
+        self.log_to_file = log_to_file
+        self.started_at = iso_utc(time.time())
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.epoll = select.epoll()
+        self.handlers: dict[int, Any] = {}
+        self.runs: dict[int, Run] = {}
+        self.by_pid: dict[int, Run] = {}
+        self.unacked: dict[str, Outcome] = {o.id: o for o in pending}
+        self.unacked_runs = {o.run_id for o in pending}
+        self.tracker = Tracker(keeper_id)
+        self.conns: dict[int, conns.Conn] = {}
+        self.scheduler: conns.Conn | None = None
+        self.seq = 0
+        self.draining = False
+        self.drain_at: float | None = None
+        self.drain_detail = ""
+        self.exit_requested = False
+        self.stop_now = False
+        self.idle_since: float | None = None
+        self.stray_check_at = 0.0
+        self.to_remove: list[Any] = []  # boxes of ended runs: removed after the pass's sends
+        self.epoll.register(listener.fileno(), select.EPOLLIN)
+        self.handlers[listener.fileno()] = "listen"
+        self.epoll.register(wakeup, select.EPOLLIN)
+        self.handlers[wakeup] = "wakeup"
+        self.journal_error = ""
+        self.journal_fd = journal.fileno()  # the sync helper's answers
+        if self.journal_fd is not None:
+            self.epoll.register(self.journal_fd, select.EPOLLIN)
+            self.handlers[self.journal_fd] = "journal"
+
+    # ------------------------------------------------------------------ fds
+    def watch_fd(self, fd: int, run: Run) -> None:
+        self.epoll.register(fd, select.EPOLLPRI)
+        self.handlers[fd] = ("watch", run)
+
+    def forget_fd(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self.epoll.unregister(fd)
+
+    # ------------------------------------------------------------------ the loop
+    def serve(self) -> None:
+        while True:
+            timeout = self._next_timeout()
+            try:
+                events = self.epoll.poll(timeout)
+            except InterruptedError:
+                events = []
+            self.tracker.invalidate()
+            for fd, mask in events:
+                self._dispatch(fd, mask)
+            self._timers(time.monotonic())
+            self._end_of_pass()
+            if self._should_exit():
+                return
+
+    def _dispatch(self, fd: int, mask: int) -> None:
+        handler = self.handlers.get(fd)
+        if handler is None:
+            return
+        if handler == "listen":
+            conn = conns.accept(self, self.listener)
+            if conn is not None:
+                self.conns[conn.fileno()] = conn
+                self.handlers[conn.fileno()] = conn
+                self.epoll.register(conn.fileno(), select.EPOLLIN)
+        elif handler == "wakeup":
+            self._signals()
+        elif handler == "journal":
+            self.journal.answers()
+            self._journal_news()
+        elif isinstance(handler, conns.Conn):
+            if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                conns.receive(self, handler)
+        elif handler[0] == "pipe":
+            handler[1].read_output()
+        elif handler[0] == "watch":
+            run = handler[1]
+            with contextlib.suppress(OSError):
+                os.pread(fd, 4096, 0)  # reading re-arms the notification
+            run.check_empty()
+
+    def _signals(self) -> None:
+        try:
+            data = os.read(self.wakeup, 4096)
+        except BlockingIOError:
+            data = b""
+        signums = set(data)
+        if signal.SIGHUP in signums and self.log_to_file:
+            reopen_log(self.home_fd, self.log)
+        if signums & {signal.SIGTERM, signal.SIGINT}:
+            self.log.info("Signal received: stopping every run and exiting")
+            self.exit_requested = True
+            self.drain(0.0, "a signal to the keeper")
+        self._reap()
+
+    def _journal_news(self) -> None:
+        """After a flush or the sync helper's answer: log what changed."""
+        if self.journal.helper_lost:
+            self.journal.helper_lost = False
+            if self.journal_fd is not None:
+                self.forget_fd(self.journal_fd)  # closed with the helper
+                self.journal_fd = None
+            self.log.warning("The journal's sync helper is gone; the loop syncs by itself")
+        error = self.journal.error
+        if error and error != self.journal_error:
+            self.log.error("Cannot write keeper.journal (%s): %d outcome(s) kept in memory, "
+                           "retrying every %gs", error, len(self.journal.waiting),
+                           JOURNAL_RETRY_S)
+        elif self.journal_error and not error:
+            self.log.info("keeper.journal written again; no outcome was lost")
+        self.journal_error = error
+
+    def _reap(self) -> None:
+        """Reap every exited child: main processes end their run's first phase, the rest
+        are orphans of runs that the subreaper inherited.  Each is looked at before it
+        is reaped (WNOWAIT), so that a main's start time can still be read."""
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if info is None or info.si_pid == 0:
+                return
+            run = self.by_pid.pop(info.si_pid, None)
+            if run is not None:
+                run.learn_start()
+            try:
+                _, status, rusage = os.wait4(info.si_pid, 0)
+            except ChildProcessError:
+                continue
+            if run is not None:
+                run.main_exited(status, rusage)
+
+    def _timers(self, now: float) -> None:
+        if self.drain_at is not None and now >= self.drain_at:
+            self.drain_at = None
+            for run in list(self.runs.values()):
+                run.stop("stopped", self.drain_detail)
+        for run in list(self.runs.values()):
+            run.tick(now)
+        if not self.runs and now >= self.stray_check_at and self.cg.mode == "pgroup":
+            self.stray_check_at = now + STRAY_CHECK_S
+            self._kill_strays()
+
+    def _next_timeout(self) -> float:
+        times = [t for run in self.runs.values() if (t := run.next_wake()) is not None]
+        for t in (self.drain_at, self.journal.retry_at):
+            if t is not None:
+                times.append(t)
+        if self.to_remove:
+            times.append(time.monotonic() + 0.5)  # an rmdir that failed is tried again
+        if self.idle_since is not None:
+            times.append(self.idle_since + self.idle_exit)
+        if not times:
+            return -1
+        return max(0.0, min(times) - time.monotonic())
+
+    def _end_of_pass(self) -> None:
+        for conn in list(self.conns.values()):
+            if conn.wbuf and not conn.flush():
+                if len(conn.wbuf) > conns.MAX_BUFFER:
+                    self.log.warning("Dropping connection of PID %d: it does not read",
+                                     conn.peer_pid)
+                    self.close_conn(conn)
+                    continue
+                if not conn.writing:
+                    conn.writing = True
+                    self.epoll.modify(conn.fileno(), select.EPOLLIN | select.EPOLLOUT)
+            elif conn.closing:
+                self.close_conn(conn)
+            elif conn.writing:
+                conn.writing = False
+                self.epoll.modify(conn.fileno(), select.EPOLLIN)
+        self.journal.flush(time.monotonic())
+        self._journal_news()
+        if self.to_remove:  # after the sends: the scheduler need not wait for rmdir(2)
+            self.to_remove = [box for box in self.to_remove if not box.remove()]
+        if self.journal.size > COMPACT_BYTES:
+            self.journal.compact(list(self.unacked.values()))
+
+    def _should_exit(self) -> bool:
+        durable = not self.journal.waiting
+        if self.exit_requested and not self.runs and durable:
+            return True
+        busy = self.runs or not durable or self.conns
+        if busy:
+            self.idle_since = None
+            return False
+        now = time.monotonic()
+        if self.idle_since is None:
+            self.idle_since = now
+        return now - self.idle_since >= self.idle_exit
+
+    # ------------------------------------------------------------------ requests
+    def take_scheduler(self, conn: conns.Conn) -> None:
+        old = self.scheduler
+        if old is not None and old is not conn:
+            old.send({"type": "superseded",
+                      "message": f"another scheduler connected (PID {conn.peer_pid})"})
+            old.closing = True
+        self.scheduler = conn
+        self.log.info("Scheduler connected (PID %d%s)", conn.peer_pid,
+                      f", id {conn.scheduler_id}" if conn.scheduler_id else "")
+
+    def close_conn(self, conn: conns.Conn) -> None:
+        self.forget_fd(conn.fileno())
+        self.conns.pop(conn.fileno(), None)
+        if self.scheduler is conn:
+            self.scheduler = None
+            self.log.info("Scheduler disconnected (PID %d); %d run(s) go on", conn.peer_pid,
+                          len(self.runs))
+        conns.close_quietly(conn)
+
+    def live_runs(self) -> list[Run]:
+        return [run for run in self.runs.values() if not run.done]
+
+    def launch(self, launch: Launch, conn: conns.Conn) -> None:
+        reason = ""
+        if launch.run_id in self.runs:
+            reason = f"run {launch.run_id} is already held by this keeper"
+        elif launch.run_id in self.unacked_runs:
+            reason = f"run {launch.run_id} has an outcome not yet acknowledged"
+        elif self.draining or self.exit_requested:
+            reason = "the keeper is draining its runs and takes no new ones"
+        parts = relative_parts(self.home, launch.output_path)
+        if not reason and parts is None:
+            reason = f"output path {launch.output_path!r} is not a file below {self.home}"
+        if reason:
+            conn.send({"type": "refused", "run_id": launch.run_id, "token": launch.token,
+                       "reason": reason})
+            return
+        assert parts is not None
+        try:
+            self._start(launch, parts)
+        except NotStarted as exc:
+            self._not_started(launch, str(exc))
+
+    def _start(self, launch: Launch, parts: list[str]) -> None:
+        why = self.cg.unenforceable(launch)
+        if why:
+            raise NotStarted(f"cannot start: {why}")
+        box: Any
+        if self.cg.mode == "pgroup":
+            box = PgroupBox(self.tracker, launch.run_id)
+        else:
+            box = self.cg.box(launch.run_id, launch)
+            try:
+                box.create()
+            except OSError as exc:
+                raise NotStarted(f"cannot start: cannot create its cgroup "
+                                 f"{exc.filename}: {exc.strerror}") from None
+        run = Run(self, launch, box, Output(self.home_fd, launch.output_path, parts))
+        try:
+            run.spawn(self.home_fd, self.devnull)
+        except NotStarted:
+            if not isinstance(box, PgroupBox):
+                box.remove()
+            raise
+        self.runs[run.run_id] = run
+        self.by_pid[run.pid] = run
+        if isinstance(box, PgroupBox):
+            self.tracker.mains[run.pid] = run.run_id
+            self.tracker.sessions[run.pid] = run.run_id
+        self.epoll.register(run.pipe, select.EPOLLIN)
+        self.handlers[run.pipe] = ("pipe", run)
+
+    def announce(self, started: Started) -> None:
+        if self.scheduler is not None:
+            self.scheduler.send(started_to_json(started))
+
+    def _not_started(self, launch: Launch, detail: str) -> None:
+        now = iso_utc(time.time())
+        self.emit(Outcome(
+            id=self.next_outcome_id(), run_id=launch.run_id, token=launch.token,
+            ending="not_started", exit_code=None, signal=None, started_at=None,
+            finished_at=now, detail=detail, output_path=launch.output_path, output_bytes=0,
+            output_note="", tail=b"", leftovers=0, leftovers_kept=False,
+            peak_memory_bytes=None, cpu_seconds=None, containment=self.cg.mode))
+
+    def next_outcome_id(self) -> str:
+        self.seq += 1
+        return f"{self.keeper_id}-{self.seq}"
+
+    def run_finished(self, run: Run, outcome: Outcome) -> None:
+        self.runs.pop(run.run_id, None)
+        self.tracker.sessions.pop(run.pid, None)
+        if run.kept and isinstance(run.box, PgroupBox):
+            self.tracker.kept.add(run.pid)
+        if not isinstance(run.box, PgroupBox):
+            if run.kept:
+                run.box.release()
+            self.to_remove.append(run.box)
+        self.emit(outcome)
+
+    def emit(self, outcome: Outcome) -> None:
+        """Pending until acknowledged; queued for the journal; sent now."""
+        self.unacked[outcome.id] = outcome
+        self.unacked_runs.add(outcome.run_id)
+        self.journal.add(outcome)
+        if self.scheduler is not None:
+            self.scheduler.send(outcome_to_json(outcome))
+
+    def ack(self, ids: list[str]) -> None:
+        known = [i for i in ids if i in self.unacked]
+        for outcome_id in known:
+            self.unacked_runs.discard(self.unacked.pop(outcome_id).run_id)
+        if known:
+            self.journal.ack(known, len(self.unacked))
+
+    def drain(self, grace: float, by: str) -> None:
+        self.draining = True
+        self.drain_detail = f"stopped by {by}"
+        at = time.monotonic() + grace
+        if self.drain_at is None or at < self.drain_at:
+            self.drain_at = at
+        self.log.info("Draining %d run(s): %gs grace, then they are stopped", len(self.runs),
+                      grace)
+
+    def status_json(self) -> dict[str, Any]:
+        return {"type": "status", "pid": os.getpid(), "version": __version__,
+                "protocol": PROTOCOL, "keeper_id": self.keeper_id,
+                "started_at": self.started_at, "home": self.home,
+                "containment": self.cg.mode, "containment_note": "; ".join(self.cg.notes),
+                "controllers": list(self.cg.controllers()), "runs": len(self.runs),
+                "unacked": len(self.unacked), "unjournaled": len(self.journal.waiting),
+                "journal_bytes": self.journal.size, "journal_error": self.journal.error,
+                "draining": self.draining, "exiting": self.exit_requested,
+                "clients": len(self.conns)}
+
+    def _kill_strays(self) -> None:
+        strays = self.tracker.strays()
+        if strays:
+            from pony_scheduler.keeper.procs import signal_procs
+
+            self.log.warning("Killing %d process(es) left behind by ended runs: %s",
+                             len(strays), ", ".join(str(p.pid) for p in strays))
+            signal_procs(strays, signal.SIGKILL)
+
+    def close(self) -> None:
+        for conn in list(self.conns.values()):
+            conn.flush()
+            self.close_conn(conn)
+        self.epoll.close()
+
+
+def open_log(home_fd: int) -> int:
+    """keeper.log, appended to, never through a symlink; raises OSError."""
+    return os.open(LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                   | os.O_CLOEXEC, 0o640, dir_fd=home_fd)
+
+
+def reopen_log(home_fd: int, log: logging.Logger) -> None:
+    """SIGHUP: keeper.log again (logrotate renamed it), onto fds 1 and 2 as well."""
+    try:
+        fd = open_log(home_fd)
+    except OSError as exc:
+        log.error("Cannot reopen keeper.log: %s", exc.strerror)
+        return
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    log.info("Reopened log file")
