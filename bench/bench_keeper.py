@@ -44,8 +44,12 @@ from pony_scheduler.keeper.protocol import Launch, Outcome  # noqa: E402
 
 ROUNDS = 10
 GOAL = 0.75
-ENV = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "HOME": "/root",
-       "PONYBUNNY_JOB": "t"}
+ENV = {
+    "PATH": os.environ.get("PATH", os.defpath),
+    "LANG": "C.UTF-8",
+    "HOME": "/root",
+    "PONYBUNNY_JOB": "t",
+}
 
 
 def bare_rate(count: int, threads: int) -> float:
@@ -60,8 +64,14 @@ def bare_rate(count: int, threads: int) -> float:
     return count / (time.perf_counter() - began)
 
 
-def keeper_rate(client: KeeperClient, home: Path, count: int, inflight: int,
-                first_id: int, memory_max: int | None = None) -> float:
+def keeper_rate(
+    client: KeeperClient,
+    home: Path,
+    count: int,
+    inflight: int,
+    first_id: int,
+    memory_max: int | None = None,
+) -> float:
     """Runs per second of `true` through the keeper with `inflight` runs at a time."""
     launched = done = 0
     began = time.perf_counter()
@@ -70,8 +80,9 @@ def keeper_rate(client: KeeperClient, home: Path, count: int, inflight: int,
         nonlocal launched
         run_id = first_id + launched
         launched += 1
-        client.launch(Launch(run_id, ("true",), f"{home}/runs/t/{run_id}.log", env=ENV,
-                             memory_max=memory_max))
+        client.launch(
+            Launch(run_id, ("true",), f"{home}/runs/t/{run_id}.log", env=ENV, memory_max=memory_max)
+        )
 
     for _ in range(min(inflight, count)):
         launch_one()
@@ -89,8 +100,9 @@ def keeper_rate(client: KeeperClient, home: Path, count: int, inflight: int,
     return count / (time.perf_counter() - began)
 
 
-def throughput(res: BenchResult, label: str, containment: str, count: int,
-               memory_max: int | None = None) -> None:
+def throughput(
+    res: BenchResult, label: str, containment: str, count: int, memory_max: int | None = None
+) -> None:
     """ROUNDS rounds per concurrency, each a chunk of bare runs then a chunk through the
     keeper, so that both see the same moments of a shared, noisy machine."""
     home = Path(tempfile.mkdtemp(prefix=f"pony-keeper-{containment}-"))
@@ -98,8 +110,12 @@ def throughput(res: BenchResult, label: str, containment: str, count: int,
     try:
         got = client.status()
         if got.containment != containment:
-            res.add(f"{label}: runs/s", None, "runs/s",
-                    note=f"{containment} not possible here ({got.containment_note})")
+            res.add(
+                f"{label}: runs/s",
+                None,
+                "runs/s",
+                note=f"{containment} not possible here ({got.containment_note})",
+            )
             return
         next_id = 1
         keeper_rate(client, home, 50, 2, 100_000_000, memory_max)  # warm up
@@ -116,13 +132,18 @@ def throughput(res: BenchResult, label: str, containment: str, count: int,
             total = chunk * ROUNDS
             ratio = bare_time / keeper_time
             quartiles = statistics.quantiles(ratios, n=4)
-            res.add(f"{label}: {inflight} in flight", total / keeper_time, "runs/s",
-                    baseline=total / bare_time,
-                    baseline_name=f"subprocess.run x{inflight} thread(s)",
-                    goal=f">= {GOAL}x", met=ratio >= GOAL,
-                    note=f"{ROUNDS} rounds of {chunk}: per-round ratios median "
-                         f"{statistics.median(ratios):.2f}, quartiles {quartiles[0]:.2f}-"
-                         f"{quartiles[2]:.2f}, min {min(ratios):.2f}, max {max(ratios):.2f}")
+            res.add(
+                f"{label}: {inflight} in flight",
+                total / keeper_time,
+                "runs/s",
+                baseline=total / bare_time,
+                baseline_name=f"subprocess.run x{inflight} thread(s)",
+                goal=f">= {GOAL}x",
+                met=ratio >= GOAL,
+                note=f"{ROUNDS} rounds of {chunk}: per-round ratios median "
+                f"{statistics.median(ratios):.2f}, quartiles {quartiles[0]:.2f}-"
+                f"{quartiles[2]:.2f}, min {min(ratios):.2f}, max {max(ratios):.2f}",
+            )
     finally:
         client.release_exit(10)
         client.close()
@@ -168,12 +189,22 @@ def containment_cost(res: BenchResult, count: int) -> None:
         box.stats()
         box.remove()
 
-    steps = {"mkdir + rmdir": lambda i: (os.mkdir(f"{cg.v2_parent}/b{i}"),
-                                         os.rmdir(f"{cg.v2_parent}/b{i}"))}
+    steps = {
+        "mkdir + rmdir": lambda i: (
+            os.mkdir(f"{cg.v2_parent}/b{i}"),
+            os.rmdir(f"{cg.v2_parent}/b{i}"),
+        )
+    }
     whole = per_run(contained)
     res.add("posix_spawn(true) + wait", bare, "us", note="the bare spawn, in this process")
-    res.add("cgroup2 run: spawn + create/place/stats/remove", whole, "us", baseline=bare,
-            baseline_name="bare spawn", note=f"containment adds {whole - bare:.0f} us per run")
+    res.add(
+        "cgroup2 run: spawn + create/place/stats/remove",
+        whole,
+        "us",
+        baseline=bare,
+        baseline_name="bare spawn",
+        note=f"containment adds {whole - bare:.0f} us per run",
+    )
     for name, step in steps.items():
         res.add(f"cgroup2 {name}", per_run(step), "us")
     if "memory" in cg.v1:
@@ -193,8 +224,14 @@ def containment_cost(res: BenchResult, count: int) -> None:
             box.remove()
 
         cost = per_run(with_v1)
-        res.add("cgroup2 + v1 memory run", cost, "us", baseline=bare,
-                baseline_name="bare spawn", note=f"adds {cost - bare:.0f} us per run")
+        res.add(
+            "cgroup2 + v1 memory run",
+            cost,
+            "us",
+            baseline=bare,
+            baseline_name="bare spawn",
+            note=f"adds {cost - bare:.0f} us per run",
+        )
     for path in filter(None, [cg.v2_parent, *(g.parent for g in cg.v1.values())]):
         with contextlib.suppress(OSError):
             cgroups.remove_group(path)

@@ -57,8 +57,8 @@ def _unescape(text: str) -> str:
         return text
     out, i = [], 0
     while i < len(text):
-        if text[i] == "\\" and text[i + 1:i + 4].isdigit():
-            out.append(chr(int(text[i + 1:i + 4], 8)))
+        if text[i] == "\\" and text[i + 1 : i + 4].isdigit():
+            out.append(chr(int(text[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(text[i])
@@ -76,8 +76,9 @@ def parse_mountinfo(text: str) -> list[Mount]:
         fields, tail = left.split(), right.split()
         if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
             continue
-        mounts.append(Mount(_unescape(fields[4]), _unescape(fields[3]), tail[0],
-                            tuple(tail[2].split(","))))
+        mounts.append(
+            Mount(_unescape(fields[4]), _unescape(fields[3]), tail[0], tuple(tail[2].split(",")))
+        )
     return mounts
 
 
@@ -96,7 +97,7 @@ def _fs_path(mount: Mount, group: str) -> str | None:
     root = mount.root.rstrip("/")
     if group != root and not group.startswith(root + "/"):
         return None
-    rest = group[len(root):].lstrip("/")
+    rest = group[len(root) :].lstrip("/")
     return os.path.join(mount.mount_point, rest) if rest else mount.mount_point
 
 
@@ -143,16 +144,21 @@ def discover() -> list[Hierarchy]:
 
 
 def read_text(path: str) -> str | None:
+    """The whole file, or None.  cgroup files are seq_files that give at most a page per
+    read(2): a cgroup.procs of 1,000 processes takes two."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    chunks = []
     try:
-        return os.read(fd, 65536).decode(errors="replace")
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
     except OSError:
         return None
     finally:
         os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def write_text(path: str, text: str) -> None:

@@ -56,13 +56,28 @@ from pony_scheduler.keeper.protocol import (
     signal_number,
 )
 
-__all__ = ["KeeperClient", "KeeperError", "KeeperGone", "KeeperRunning", "KeeperStartError",
-           "ProtocolMismatch", "ensure_keeper", "mark_recorded", "read_journal"]
+__all__ = [
+    "KeeperClient",
+    "KeeperError",
+    "KeeperGone",
+    "KeeperRunning",
+    "KeeperStartError",
+    "ProtocolMismatch",
+    "ensure_keeper",
+    "mark_recorded",
+    "read_journal",
+]
 
 REPLY_TIMEOUT_S = 30.0  # a keeper that answers nothing for this long is hung
 START_TIMEOUT_S = 30.0
-_SERVICE_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-                 "LISTEN_FDNAMES")
+_SERVICE_VARS = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+)
 
 
 class KeeperError(PonyError):
@@ -83,29 +98,43 @@ class ProtocolMismatch(KeeperError):
     exit), or run the matching version."""
 
 
-def _socket_address(home: Path) -> tuple[str, int | None]:
-    """keeper.sock's address; through /proc/self/fd when the path is too long for
-    sun_path (108 bytes), with the directory fd to close afterwards."""
-    path = str(home / SOCKET_FILE)
-    if len(os.fsencode(path)) < 100:
-        return path, None
-    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    return f"/proc/self/fd/{fd}/{SOCKET_FILE}", fd
-
-
 def _dial(home: Path) -> socket.socket:
-    address, dir_fd = _socket_address(home)
+    """Connect to HOME/keeper.sock.  A path too long for sun_path (108 bytes) is reached
+    through /proc/self/fd/N/ (N: the home, opened), or - where /proc/self belongs to
+    root, in a process that changed its uid - through a symlink in a private temporary
+    directory."""
+    path = str(home / SOCKET_FILE)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.connect(address)
+        if len(os.fsencode(path)) < 100:
+            sock.connect(path)
+        else:
+            _connect_long(sock, home)
     except OSError:
         sock.close()
         raise
-    finally:
-        if dir_fd is not None:
-            os.close(dir_fd)
     sock.setblocking(False)
     return sock
+
+
+def _connect_long(sock: socket.socket, home: Path) -> None:
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock.connect(f"/proc/self/fd/{fd}/{SOCKET_FILE}")
+        return
+    except PermissionError:
+        pass
+    finally:
+        os.close(fd)
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="pb-")
+    try:
+        os.symlink(home / SOCKET_FILE, f"{scratch}/s")
+        sock.connect(f"{scratch}/s")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class KeeperClient:
@@ -126,10 +155,17 @@ class KeeperClient:
 
     # ---------------------------------------------------------------- connecting
     @classmethod
-    def connect(cls, home: Path, scheduler_id: str = "", *, role: str = "scheduler",
-                start: bool = True, containment: str | None = None,
-                idle_exit_s: float | None = None,
-                timeout_s: float = START_TIMEOUT_S) -> KeeperClient:
+    def connect(
+        cls,
+        home: Path,
+        scheduler_id: str = "",
+        *,
+        role: str = "scheduler",
+        start: bool = True,
+        containment: str | None = None,
+        idle_exit_s: float | None = None,
+        timeout_s: float = START_TIMEOUT_S,
+    ) -> KeeperClient:
         """Connect to the keeper of `home`, starting one if none runs (start=True) and
         saying hello.  role "scheduler": this connection receives the events, and the
         welcome carries the pending outcomes (a previous scheduler connection is
@@ -150,29 +186,43 @@ class KeeperClient:
             if not start:
                 raise KeeperError(f"no keeper runs in {home}")
             if time.monotonic() >= deadline:
-                raise KeeperError(f"no keeper answered in {home} within {timeout_s:g}s"
-                                  + (f" ({last})" if last else ""))
+                raise KeeperError(
+                    f"no keeper answered in {home} within {timeout_s:g}s"
+                    + (f" ({last})" if last else "")
+                )
             _start_keeper(home, containment, idle_exit_s, deadline)
 
     def _hello(self, scheduler_id: str, deadline: float) -> None:
-        reply = self._request({"type": "hello", "protocol": PROTOCOL, "role": self.role,
-                               "scheduler_id": scheduler_id,
-                               "client": f"pony-scheduler {__version__}"},
-                              ("welcome", "unsupported"), deadline)
+        reply = self._request(
+            {
+                "type": "hello",
+                "protocol": PROTOCOL,
+                "role": self.role,
+                "scheduler_id": scheduler_id,
+                "client": f"pony-scheduler {__version__}",
+            },
+            ("welcome", "unsupported"),
+            deadline,
+        )
         if reply["type"] == "unsupported":
             self.close()
             raise ProtocolMismatch(
                 f"{reply.get('message', 'the keeper speaks another protocol')}; this "
                 f"pony-scheduler {__version__} speaks protocol {PROTOCOL}: let its runs end "
-                f"(or stop them) and it exits, or run the matching version")
+                f"(or stop them) and it exits, or run the matching version"
+            )
         try:
             self.welcome = Welcome(
-                protocol=int(reply["protocol"]), version=str(reply["version"]),
-                keeper_id=str(reply["keeper_id"]), pid=int(reply["pid"]),
+                protocol=int(reply["protocol"]),
+                version=str(reply["version"]),
+                keeper_id=str(reply["keeper_id"]),
+                pid=int(reply["pid"]),
                 containment=str(reply["containment"]),
                 runs=tuple(held_from_json(r) for r in reply["runs"]),
-                outcomes=tuple(outcome_from_json({**o, "type": "outcome"})
-                               for o in reply["outcomes"]))
+                outcomes=tuple(
+                    outcome_from_json({**o, "type": "outcome"}) for o in reply["outcomes"]
+                ),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise KeeperError(f"the keeper's welcome makes no sense: {exc}") from None
 
@@ -204,8 +254,9 @@ class KeeperClient:
         (root)").  False when the keeper does not hold the run.  ValueError for an
         unknown signal."""
         signum = signal_number(signal)
-        reply = self._request({"type": "kill", "run_id": run_id, "signal": signum, "by": by},
-                              ("kill_result",))
+        reply = self._request(
+            {"type": "kill", "run_id": run_id, "signal": signum, "by": by}, ("kill_result",)
+        )
         return bool(reply.get("held"))
 
     def held(self) -> list[Held]:
@@ -223,15 +274,24 @@ class KeeperClient:
         r = self._request({"type": "status"}, ("status",))
         try:
             return KeeperStatus(
-                pid=int(r["pid"]), version=str(r["version"]), protocol=int(r["protocol"]),
-                keeper_id=str(r["keeper_id"]), started_at=str(r["started_at"]),
-                home=str(r["home"]), containment=str(r["containment"]),
+                pid=int(r["pid"]),
+                version=str(r["version"]),
+                protocol=int(r["protocol"]),
+                keeper_id=str(r["keeper_id"]),
+                started_at=str(r["started_at"]),
+                home=str(r["home"]),
+                containment=str(r["containment"]),
                 containment_note=str(r.get("containment_note", "")),
                 controllers=tuple(str(c) for c in r.get("controllers", [])),
-                runs=int(r["runs"]), unacked=int(r["unacked"]),
-                unjournaled=int(r["unjournaled"]), journal_bytes=int(r["journal_bytes"]),
-                journal_error=str(r.get("journal_error", "")), draining=bool(r["draining"]),
-                exiting=bool(r["exiting"]), clients=int(r["clients"]))
+                runs=int(r["runs"]),
+                unacked=int(r["unacked"]),
+                unjournaled=int(r["unjournaled"]),
+                journal_bytes=int(r["journal_bytes"]),
+                journal_error=str(r.get("journal_error", "")),
+                draining=bool(r["draining"]),
+                exiting=bool(r["exiting"]),
+                clients=int(r["clients"]),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise KeeperError(f"the keeper's status makes no sense: {exc}") from None
 
@@ -282,14 +342,14 @@ class KeeperClient:
             except (BlockingIOError, InterruptedError):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise KeeperError("the keeper has not read for "
-                                      f"{timeout_s:g}s; is it hung?") from None
+                    raise KeeperError(
+                        f"the keeper has not read for {timeout_s:g}s; is it hung?"
+                    ) from None
                 select.select([], [self._sock], [], remaining)
                 continue
             except OSError as exc:
                 self._eof = True
-                raise KeeperGone(f"the keeper of {self.home} is gone ({exc.strerror})") \
-                    from None
+                raise KeeperGone(f"the keeper of {self.home} is gone ({exc.strerror})") from None
             view = view[sent:]
 
     def _receive(self) -> None:
@@ -309,7 +369,7 @@ class KeeperClient:
                 break
         while (end := self._rbuf.find(b"\n")) >= 0:
             line = bytes(self._rbuf[:end])
-            del self._rbuf[:end + 1]
+            del self._rbuf[: end + 1]
             try:
                 self._take(decode(line))
             except ProtocolError as exc:
@@ -324,8 +384,9 @@ class KeeperClient:
         else:
             self._replies.append(message)
 
-    def _request(self, message: dict[str, Any], kinds: tuple[str, ...],
-                 deadline: float | None = None) -> dict[str, Any]:
+    def _request(
+        self, message: dict[str, Any], kinds: tuple[str, ...], deadline: float | None = None
+    ) -> dict[str, Any]:
         self._req += 1
         message["req"] = self._req
         self._send(self._take_acks() + encode(message))
@@ -335,8 +396,9 @@ class KeeperClient:
                 if reply.get("req") == self._req or reply["type"] == "error":
                     self._replies.remove(reply)
                     if reply["type"] == "error":
-                        raise KeeperError(f"the keeper refused a request: "
-                                          f"{reply.get('message', '?')}")
+                        raise KeeperError(
+                            f"the keeper refused a request: {reply.get('message', '?')}"
+                        )
                     if reply["type"] not in kinds:
                         raise KeeperError(f"unexpected answer {reply['type']!r}")
                     return reply
@@ -355,23 +417,28 @@ class KeeperClient:
 
 
 # -------------------------------------------------------------------- starting a keeper
-def ensure_keeper(home: Path, *, containment: str | None = None,
-                  idle_exit_s: float | None = None,
-                  timeout_s: float = START_TIMEOUT_S) -> KeeperClient:
+def ensure_keeper(
+    home: Path,
+    *,
+    containment: str | None = None,
+    idle_exit_s: float | None = None,
+    timeout_s: float = START_TIMEOUT_S,
+) -> KeeperClient:
     """A control connection to the keeper of `home`, started if none runs (see
     KeeperClient.connect).  Concurrent calls, from any number of processes, leave
     exactly one keeper: starts are serialized by HOME/.keeper.start.lock and the keeper
     itself holds keeper.pid locked."""
-    return KeeperClient.connect(home, role="control", containment=containment,
-                                idle_exit_s=idle_exit_s, timeout_s=timeout_s)
+    return KeeperClient.connect(
+        home, role="control", containment=containment, idle_exit_s=idle_exit_s, timeout_s=timeout_s
+    )
 
 
-def _start_keeper(home: Path, containment: str | None, idle_exit_s: float | None,
-                  deadline: float) -> None:
+def _start_keeper(
+    home: Path, containment: str | None, idle_exit_s: float | None, deadline: float
+) -> None:
     """Start a keeper unless one is (being) started; returns once it is ready or another
     keeper holds the home.  Raises KeeperStartError with the keeper's reason."""
-    lock = os.open(home / START_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                   0o600)
+    lock = os.open(home / START_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         while True:
             try:
@@ -379,16 +446,16 @@ def _start_keeper(home: Path, containment: str | None, idle_exit_s: float | None
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise KeeperError(f"another process keeps starting the keeper of {home}") \
-                        from None
+                    raise KeeperError(
+                        f"another process keeps starting the keeper of {home}"
+                    ) from None
                 time.sleep(0.01)
         with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):
             _dial(home).close()
             return  # someone else started it while we waited for the lock
         answer = _spawn(home, containment, idle_exit_s, deadline)
         if answer.startswith("FAILED"):
-            raise KeeperStartError(f"the keeper failed to start: {answer[7:]}"
-                                   + _log_tail(home))
+            raise KeeperStartError(f"the keeper failed to start: {answer[7:]}" + _log_tail(home))
         if answer.startswith("RUNNING"):
             time.sleep(0.02)  # a keeper that is exiting still holds the lock: try again
         elif not answer.startswith("READY"):
@@ -397,22 +464,38 @@ def _start_keeper(home: Path, containment: str | None, idle_exit_s: float | None
         os.close(lock)
 
 
-def _spawn(home: Path, containment: str | None, idle_exit_s: float | None,
-           deadline: float) -> str:
+def _spawn(home: Path, containment: str | None, idle_exit_s: float | None, deadline: float) -> str:
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    argv = [sys.executable, "-m", "pony_scheduler.keeper", "--home", str(home),
-            "--ready-fd", str(write_end)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pony_scheduler.keeper",
+        "--home",
+        str(home),
+        "--ready-fd",
+        str(write_end),
+    ]
     if containment:
         argv += ["--containment", containment]
     if idle_exit_s is not None:
         argv += ["--idle-exit", str(idle_exit_s)]
     env = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARS}
-    log_fd = os.open(home / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o640)
+    log_fd = os.open(
+        home / LOG_FILE,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o640,
+    )
     try:
-        proc = subprocess.Popen(argv, pass_fds=(write_end,), start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                                cwd=home, env=env)
+        proc = subprocess.Popen(
+            argv,
+            pass_fds=(write_end,),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            cwd=home,
+            env=env,
+        )
     finally:
         os.close(write_end)
         os.close(log_fd)

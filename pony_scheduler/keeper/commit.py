@@ -118,8 +118,7 @@ def _helper(home_fd: int, req: int, rep: int) -> None:  # pragma: no cover (chil
         generation, offset = _RECORD.unpack_from(buf, n - _RECORD.size)  # the latest asked
         buf = buf[n:]
         try:
-            fd = os.open(JOURNAL_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=home_fd)
+            fd = os.open(JOURNAL_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=home_fd)
             try:
                 os.fdatasync(fd)
             finally:

@@ -38,8 +38,7 @@ MAX_BUFFER = 256 * 1024 * 1024
 
 
 class Conn:
-    __slots__ = ("closing", "peer_pid", "rbuf", "role", "scheduler_id", "sock", "wbuf",
-                 "writing")
+    __slots__ = ("closing", "peer_pid", "rbuf", "role", "scheduler_id", "sock", "wbuf", "writing")
 
     def __init__(self, sock: socket.socket, peer_pid: int) -> None:
         self.sock = sock
@@ -88,8 +87,12 @@ def accept(keeper: Keeper, listener: socket.socket) -> Conn | None:
         return None
     pid, uid, _ = peer_credentials(sock)
     if uid != os.getuid():
-        keeper.log.warning("Refused a connection from PID %d (uid %d): only uid %d may use "
-                           "the keeper", pid, uid, os.getuid())
+        keeper.log.warning(
+            "Refused a connection from PID %d (uid %d): only uid %d may use the keeper",
+            pid,
+            uid,
+            os.getuid(),
+        )
         sock.close()
         return None
     sock.setblocking(False)
@@ -115,7 +118,7 @@ def receive(keeper: Keeper, conn: Conn) -> None:
                 _fail(conn, f"message longer than {MAX_LINE} bytes")
             return
         line = bytes(conn.rbuf[:end])
-        del conn.rbuf[:end + 1]
+        del conn.rbuf[: end + 1]
         try:
             handle(keeper, conn, decode(line))
         except ProtocolError as exc:
@@ -174,9 +177,13 @@ def handle(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> None:
 def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
     if m.get("protocol") != PROTOCOL:
         conn.closing = True
-        return {"type": "unsupported", "protocol": PROTOCOL, "version": __version__,
-                "message": f"this keeper (pony-scheduler {__version__}, PID {os.getpid()}) "
-                           f"speaks protocol {PROTOCOL}, not {m.get('protocol')!r}"}
+        return {
+            "type": "unsupported",
+            "protocol": PROTOCOL,
+            "version": __version__,
+            "message": f"this keeper (pony-scheduler {__version__}, PID {os.getpid()}) "
+            f"speaks protocol {PROTOCOL}, not {m.get('protocol')!r}",
+        }
     role = m.get("role")
     if role not in ("scheduler", "control"):
         raise ProtocolError("hello needs role 'scheduler' or 'control'")
@@ -184,12 +191,18 @@ def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
     conn.scheduler_id = str(m.get("scheduler_id") or "")
     if role == "scheduler":
         keeper.take_scheduler(conn)
-    return {"type": "welcome", "protocol": PROTOCOL, "version": __version__,
-            "keeper_id": keeper.keeper_id, "pid": os.getpid(),
-            "containment": keeper.cg.mode,
-            "runs": [held_to_json(r.held()) for r in keeper.live_runs()],
-            "outcomes": [outcome_to_json(o) for o in keeper.unacked.values()]
-            if role == "scheduler" else []}
+    return {
+        "type": "welcome",
+        "protocol": PROTOCOL,
+        "version": __version__,
+        "keeper_id": keeper.keeper_id,
+        "pid": os.getpid(),
+        "containment": keeper.cg.mode,
+        "runs": [held_to_json(r.held()) for r in keeper.live_runs()],
+        "outcomes": [outcome_to_json(o) for o in keeper.unacked.values()]
+        if role == "scheduler"
+        else [],
+    }
 
 
 def _kill(keeper: Keeper, m: dict[str, Any]) -> dict[str, Any]:
@@ -209,4 +222,3 @@ def _kill(keeper: Keeper, m: dict[str, Any]) -> dict[str, Any]:
 def close_quietly(conn: Conn) -> None:
     with contextlib.suppress(OSError):
         conn.sock.close()
-

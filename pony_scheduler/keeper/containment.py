@@ -86,8 +86,10 @@ class Cgroups:
         elif want in ("auto", "cgroup1") and self.tracker is not None:
             self.mode = "cgroup1"
         if want in ("cgroup2", "cgroup1") and self.mode != want:
-            raise ContainmentError(f"containment {want} is not possible here: "
-                                   + ("; ".join(self.notes) or f"no {want} hierarchy"))
+            raise ContainmentError(
+                f"containment {want} is not possible here: "
+                + ("; ".join(self.notes) or f"no {want} hierarchy")
+            )
 
     def _setup_v2(self, found: list[Hierarchy]) -> None:
         if not found:
@@ -116,8 +118,9 @@ class Cgroups:
             if why:
                 self.notes.append(f"cgroup v1 {','.join(h.controllers)}: {why}")
                 continue
-            group = V1Group(h, parent, os.open(os.path.join(h.own, "cgroup.procs"),
-                                               os.O_WRONLY | os.O_CLOEXEC))
+            group = V1Group(
+                h, parent, os.open(os.path.join(h.own, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            )
             for controller in h.controllers:
                 self.v1.setdefault(controller, group)
         for name in cgroups.TRACKERS_V1:
@@ -139,10 +142,13 @@ class Cgroups:
         """Why a limit of `launch` cannot be enforced here, or ''."""
         for limit in launch.limits:
             controller = LIMIT_CONTROLLER[limit]
-            if self.mode == "pgroup" or (controller not in self.v2_controllers
-                                         and controller not in self.v1):
-                return (f"{limit} needs the {controller} controller (cgroup v2 or v1), which "
-                        f"this keeper cannot use ({self.mode} containment)")
+            if self.mode == "pgroup" or (
+                controller not in self.v2_controllers and controller not in self.v1
+            ):
+                return (
+                    f"{limit} needs the {controller} controller (cgroup v2 or v1), which "
+                    f"this keeper cannot use ({self.mode} containment)"
+                )
         return ""
 
     def box(self, run_id: int, launch: Launch) -> CgroupBox:
@@ -162,8 +168,11 @@ class Cgroups:
         found = []
         for parent in parents:
             with contextlib.suppress(OSError):
-                found += [e.path for e in os.scandir(parent)
-                          if e.is_dir(follow_symlinks=False) and e.name.startswith("run-")]
+                found += [
+                    e.path
+                    for e in os.scandir(parent)
+                    if e.is_dir(follow_symlinks=False) and e.name.startswith("run-")
+                ]
         return found
 
     def kill_stale(self, path: str) -> int:
@@ -180,16 +189,17 @@ class Cgroups:
 class CgroupBox:
     """One run's groups: the v2 leaf (cgroup2 mode) plus the v1 groups it needs."""
 
-    def __init__(self, cg: Cgroups, name: str, launch: Launch,
-                 v1: dict[str, V1Group]) -> None:
+    def __init__(self, cg: Cgroups, name: str, launch: Launch, v1: dict[str, V1Group]) -> None:
         self.cg = cg
         self.kind = cg.mode
         self.launch = launch
-        self.v2 = os.path.join(cg.v2_parent, name) if cg.mode == "cgroup2" and cg.v2_parent \
-            else None
+        self.v2 = (
+            os.path.join(cg.v2_parent, name) if cg.mode == "cgroup2" and cg.v2_parent else None
+        )
         unique = {id(g): g for g in v1.values()}
-        self.v1 = {g.hierarchy.mount_point: (g, os.path.join(g.parent, name))
-                   for g in unique.values()}
+        self.v1 = {
+            g.hierarchy.mount_point: (g, os.path.join(g.parent, name)) for g in unique.values()
+        }
         tracker = cg.tracker if cg.mode == "cgroup1" else None
         self.track = self.v2 or (os.path.join(tracker.parent, name) if tracker else "")
         self.entered: list[int] = []  # own-procs fds to write ourselves back to
@@ -393,8 +403,12 @@ class Tracker:
             if pid in self.exclude or pid in self.mains:
                 continue
             proc = procs.read_stat(pid)
-            if proc is not None and not proc.zombie and proc.sid not in self.kept \
-                    and proc.pgid not in self.kept:
+            if (
+                proc is not None
+                and not proc.zombie
+                and proc.sid not in self.kept
+                and proc.pgid not in self.kept
+            ):
                 found.append(proc)
                 found += procs.descendants(pid)
         return found

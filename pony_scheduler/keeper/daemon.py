@@ -80,9 +80,11 @@ def _subreaper() -> None:
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(36, 1, 0, 0, 0) != 0:
-        log.warning("Cannot become a child subreaper (errno %d): orphaned processes of runs "
-                    "go to init and are found only through their group or environment",
-                    ctypes.get_errno())
+        log.warning(
+            "Cannot become a child subreaper (errno %d): orphaned processes of runs "
+            "go to init and are found only through their group or environment",
+            ctypes.get_errno(),
+        )
 
 
 def _cleanup_stale(home: Path, cg: Cgroups, old_meta: dict[str, object] | None) -> None:
@@ -93,14 +95,19 @@ def _cleanup_stale(home: Path, cg: Cgroups, old_meta: dict[str, object] | None) 
         deadline = time.monotonic() + 5
         while not cgroups.remove_group(path) and time.monotonic() < deadline:
             time.sleep(0.02)
-        log.warning("Killed %d process(es) of %s, left by a keeper that died", count,
-                    os.path.basename(path))
+        log.warning(
+            "Killed %d process(es) of %s, left by a keeper that died", count, os.path.basename(path)
+        )
     old_id = (old_meta or {}).get("keeperId")
     if isinstance(old_id, str) and old_id:
         found = procs.scan_marked(old_id, os.getuid())
         if found:
-            log.warning("Killing %d process(es) of runs of keeper %s, which died: %s",
-                        len(found), old_id, ", ".join(str(p.pid) for p in found))
+            log.warning(
+                "Killing %d process(es) of runs of keeper %s, which died: %s",
+                len(found),
+                old_id,
+                ", ".join(str(p.pid) for p in found),
+            )
             procs.signal_procs(found, signal.SIGKILL)
 
 
@@ -128,8 +135,9 @@ def _signals() -> int:
     return read_end
 
 
-def serve(home: Path, announce: Announcer, foreground: bool, containment: str,
-          idle_exit: float) -> int:
+def serve(
+    home: Path, announce: Announcer, foreground: bool, containment: str, idle_exit: float
+) -> int:
     os.umask(0o027)
     home_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     os.fchdir(home_fd)
@@ -142,25 +150,42 @@ def serve(home: Path, announce: Announcer, foreground: bool, containment: str,
     old_meta = read_meta(home / META_FILE)
     old_pid = (home / PID_FILE).read_text().strip()
     if old_pid:
-        log.warning("Replacing a stale keeper.pid (PID %s: %s)", old_pid,
-                    "not running" if not old_pid.isdigit() or proc_start_time(int(old_pid))
-                    is None else "another program now")
+        log.warning(
+            "Replacing a stale keeper.pid (PID %s: %s)",
+            old_pid,
+            "not running"
+            if not old_pid.isdigit() or proc_start_time(int(old_pid)) is None
+            else "another program now",
+        )
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
     keeper_id = secrets.token_hex(8)
     cg = Cgroups(str(home), containment)
-    write_meta(home / META_FILE, {
-        "pid": os.getpid(), "procStartTime": proc_start_time(os.getpid()),
-        "bootId": boot_id(), "uid": os.getuid(), "keeperId": keeper_id,
-        "version": __version__, "protocol": PROTOCOL, "containment": cg.mode,
-        "startedAt": int(time.time() * 1000), "home": str(home)})
+    write_meta(
+        home / META_FILE,
+        {
+            "pid": os.getpid(),
+            "procStartTime": proc_start_time(os.getpid()),
+            "bootId": boot_id(),
+            "uid": os.getuid(),
+            "keeperId": keeper_id,
+            "version": __version__,
+            "protocol": PROTOCOL,
+            "containment": cg.mode,
+            "startedAt": int(time.time() * 1000),
+            "home": str(home),
+        },
+    )
     _subreaper()
     _cleanup_stale(home, cg, old_meta)
     journal_file = JournalFile(home_fd)
     found = journal_file.recover()
     if found.torn or found.bad_lines:
-        log.warning("keeper.journal: %s%d unreadable line(s) skipped",
-                    "a torn last line cut; " if found.torn else "", found.bad_lines)
+        log.warning(
+            "keeper.journal: %s%d unreadable line(s) skipped",
+            "a torn last line cut; " if found.torn else "",
+            found.bad_lines,
+        )
     try:
         helper: SyncHelper | None = SyncHelper(home_fd)  # forked now: no thread exists yet
     except OSError as exc:
@@ -168,15 +193,32 @@ def serve(home: Path, announce: Announcer, foreground: bool, containment: str,
         helper = None
     journal = Journal(journal_file, helper)
     listener = _listen(home_fd)
-    keeper = Keeper(str(home), home_fd, keeper_id, cg, journal, listener, _signals(),
-                    idle_exit, found.outcomes, log, not foreground)
+    keeper = Keeper(
+        str(home),
+        home_fd,
+        keeper_id,
+        cg,
+        journal,
+        listener,
+        _signals(),
+        idle_exit,
+        found.outcomes,
+        log,
+        not foreground,
+    )
     if helper is not None:
         keeper.tracker.exclude.add(helper.pid)
-    log.info("Keeper %s ready (pony-scheduler %s, protocol %d): containment %s%s%s, "
-             "%d outcome(s) pending from the journal", keeper_id, __version__, PROTOCOL,
-             cg.mode, f" ({'; '.join(cg.notes)})" if cg.notes and cg.mode == "pgroup" else "",
-             f", controllers {' '.join(cg.controllers())}" if cg.controllers() else "",
-             len(found.outcomes))
+    log.info(
+        "Keeper %s ready (pony-scheduler %s, protocol %d): containment %s%s%s, "
+        "%d outcome(s) pending from the journal",
+        keeper_id,
+        __version__,
+        PROTOCOL,
+        cg.mode,
+        f" ({'; '.join(cg.notes)})" if cg.notes and cg.mode == "pgroup" else "",
+        f", controllers {' '.join(cg.controllers())}" if cg.controllers() else "",
+        len(found.outcomes),
+    )
     announce(f"READY {os.getpid()}")
     try:
         keeper.serve()
@@ -184,28 +226,35 @@ def serve(home: Path, announce: Announcer, foreground: bool, containment: str,
         with contextlib.suppress(OSError):
             os.unlink(SOCKET_FILE, dir_fd=home_fd)
         listener.close()
-        keeper.close()
         journal.close(all_acked=not keeper.unacked)
+        for box in keeper.to_remove:
+            box.remove()
         for path in filter(None, [cg.v2_parent, *(g.parent for g in cg.v1.values())]):
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+            with contextlib.suppress(OSError):  # with `kept` if empty; never kills anything
+                cgroups.remove_group(path)
         with contextlib.suppress(OSError):
             os.unlink(META_FILE, dir_fd=home_fd)
         with contextlib.suppress(OSError):
             os.unlink(PID_FILE, dir_fd=home_fd)
-        os.close(lock_fd)
         log.info("Keeper stopped")
+        keeper.close()  # last: a client that sees the connection end finds the files gone
+        os.close(lock_fd)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pony_scheduler.keeper",
-                                     description="The run keeper of one pony-scheduler home.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pony_scheduler.keeper",
+        description="The run keeper of one pony-scheduler home.",
+    )
     parser.add_argument("--home", required=True, type=Path)
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--foreground", action="store_true")
-    parser.add_argument("--containment", choices=("auto", "cgroup2", "cgroup1", "pgroup"),
-                        default=os.environ.get(CONTAINMENT_VAR) or "auto")
+    parser.add_argument(
+        "--containment",
+        choices=("auto", "cgroup2", "cgroup1", "pgroup"),
+        default=os.environ.get(CONTAINMENT_VAR) or "auto",
+    )
     parser.add_argument("--idle-exit", type=float, default=DEFAULT_IDLE_EXIT_S)
     args = parser.parse_args(argv)
     home = args.home.absolute()
@@ -215,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return serve(home, announce, args.foreground, args.containment, args.idle_exit)
     except (ContainmentError, OSError) as exc:
-        reason = str(exc) if isinstance(exc, ContainmentError) else \
-            f"{exc.filename or home}: {exc.strerror}"
+        reason = (
+            str(exc)
+            if isinstance(exc, ContainmentError)
+            else f"{exc.filename or home}: {exc.strerror}"
+        )
         log.error("Keeper failed to start: %s", reason)
         announce(f"FAILED {reason}")
         return 1

@@ -100,8 +100,10 @@ class JournalFile:
     def recover(self) -> Recovered:
         """Read the file, cut a torn last line, and rewrite it compactly when it holds
         acknowledged outcomes or bad lines."""
-        with open(os.open(JOURNAL_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=self.home_fd), "rb") as handle:
+        with open(
+            os.open(JOURNAL_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.home_fd),
+            "rb",
+        ) as handle:
             found = parse(handle.read())
         if found.torn:
             os.ftruncate(self.fd, found.good_size)
@@ -166,16 +168,19 @@ def lock_pid_file(home_fd: int) -> int | None:
     checked to be on the file the name still points to (a keeper that is exiting
     unlinks it)."""
     while True:
-        fd = os.open(PID_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
-                     dir_fd=home_fd)
+        fd = os.open(
+            PID_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=home_fd
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None
         try:
-            same = os.stat(PID_FILE, dir_fd=home_fd, follow_symlinks=False).st_ino \
+            same = (
+                os.stat(PID_FILE, dir_fd=home_fd, follow_symlinks=False).st_ino
                 == os.fstat(fd).st_ino
+            )
         except FileNotFoundError:
             same = False
         if same:

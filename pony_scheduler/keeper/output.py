@@ -28,7 +28,7 @@ def relative_parts(home: str, path: str) -> list[str] | None:
     prefix = home.rstrip("/") + "/"
     if not path.startswith(prefix):
         return None
-    parts = path[len(prefix):].split("/")
+    parts = path[len(prefix) :].split("/")
     if not parts or any(p in ("", ".", "..") for p in parts):
         return None
     return parts
@@ -58,8 +58,7 @@ def open_below(home_fd: int, parts: list[str]) -> int:
 class Output:
     """Where one run's bytes go: the file (at the first byte), the tail, the counts."""
 
-    __slots__ = ("capped", "fd", "home_fd", "note", "parts", "path", "stored", "tail",
-                 "total")
+    __slots__ = ("capped", "fd", "home_fd", "note", "parts", "path", "stored", "tail", "total")
 
     def __init__(self, home_fd: int, path: str, parts: list[str]) -> None:
         self.home_fd = home_fd
@@ -113,8 +112,7 @@ class Output:
             os.close(self.fd)
             self.fd = -1
         if not self.note and self.total > self.stored:
-            return (f"output truncated: {self.total} bytes written, the first "
-                    f"{self.stored} kept")
+            return f"output truncated: {self.total} bytes written, the first {self.stored} kept"
         return self.note
 
     def tail_bytes(self) -> bytes:

@@ -43,9 +43,15 @@ def read_stat(pid: int) -> Proc | None:
             os.close(fd)
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
-    return Proc(pid, int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]),
-                fields[0] in ("Z", "X"))
+    fields = text[text.rindex(")") + 2 :].split()
+    return Proc(
+        pid,
+        int(fields[1]),
+        int(fields[2]),
+        int(fields[3]),
+        int(fields[19]),
+        fields[0] in ("Z", "X"),
+    )
 
 
 def children(pid: int) -> list[int]:
@@ -60,12 +66,15 @@ def children(pid: int) -> list[int]:
             fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue
-        try:
-            found.extend(int(p) for p in os.read(fd, 1 << 20).split())
+        data = b""
+        try:  # a seq_file: a page per read
+            while chunk := os.read(fd, 1 << 16):
+                data += chunk
         except OSError:
             pass
         finally:
             os.close(fd)
+        found.extend(int(p) for p in data.split())
     return found
 
 

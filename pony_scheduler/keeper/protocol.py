@@ -102,21 +102,31 @@ class Launch:
 
     def __post_init__(self) -> None:
         _check_run_id(self.run_id)
-        if not isinstance(self.argv, tuple) or not self.argv or not all(
-                isinstance(a, str) and "\0" not in a for a in self.argv):
+        if (
+            not isinstance(self.argv, tuple)
+            or not self.argv
+            or not all(isinstance(a, str) and "\0" not in a for a in self.argv)
+        ):
             raise ValueError("argv must be a non-empty tuple of strings without NUL")
         if not self.argv[0]:
             raise ValueError("argv[0] must not be empty")
         if not isinstance(self.output_path, str) or not self.output_path.startswith("/"):
             raise ValueError(f"output_path must be an absolute path, not {self.output_path!r}")
         for key, value in self.env.items():
-            if (not isinstance(key, str) or not isinstance(value, str) or not key
-                    or "=" in key or "\0" in key or "\0" in value):
+            if (
+                not isinstance(key, str)
+                or not isinstance(value, str)
+                or not key
+                or "=" in key
+                or "\0" in key
+                or "\0" in value
+            ):
                 raise ValueError(f"bad environment entry {key!r}")
         if not isinstance(self.token, str):
             raise ValueError("token must be a string")
-        if self.cwd is not None and (not isinstance(self.cwd, str) or not self.cwd
-                                     or "\0" in self.cwd):
+        if self.cwd is not None and (
+            not isinstance(self.cwd, str) or not self.cwd or "\0" in self.cwd
+        ):
             raise ValueError(f"cwd must be a path or None, not {self.cwd!r}")
         if not isinstance(self.umask, int) or not 0 <= self.umask <= 0o777:
             raise ValueError(f"umask must be 0-0o777, not {self.umask!r}")
@@ -126,18 +136,23 @@ class Launch:
             raise ValueError(f"leftovers must be 'kill' or 'keep', not {self.leftovers!r}")
         for name in ("memory_max", "tasks_max"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value <= 0):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value <= 0
+            ):
                 raise ValueError(f"{name} must be a positive whole number or None")
         if self.cpu_max is not None and not _positive(self.cpu_max):
-            raise ValueError(f"cpu_max must be a positive number of CPUs or None, "
-                             f"not {self.cpu_max!r}")
+            raise ValueError(
+                f"cpu_max must be a positive number of CPUs or None, not {self.cpu_max!r}"
+            )
 
     @property
     def limits(self) -> dict[str, int | float]:
         """The limits asked for, by name (empty when none)."""
-        asked = {"memory_max": self.memory_max, "cpu_max": self.cpu_max,
-                 "tasks_max": self.tasks_max}
+        asked = {
+            "memory_max": self.memory_max,
+            "cpu_max": self.cpu_max,
+            "tasks_max": self.tasks_max,
+        }
         return {name: value for name, value in asked.items() if value is not None}
 
 
@@ -285,12 +300,21 @@ def decode(line: bytes) -> dict[str, Any]:
 
 
 def launch_to_json(launch: Launch) -> dict[str, Any]:
-    return {"type": "launch", "run_id": launch.run_id, "token": launch.token,
-            "argv": list(launch.argv), "env": dict(launch.env), "cwd": launch.cwd,
-            "umask": launch.umask, "timeout_s": launch.timeout_s,
-            "output_path": launch.output_path, "leftovers": launch.leftovers,
-            "memory_max": launch.memory_max, "cpu_max": launch.cpu_max,
-            "tasks_max": launch.tasks_max}
+    return {
+        "type": "launch",
+        "run_id": launch.run_id,
+        "token": launch.token,
+        "argv": list(launch.argv),
+        "env": dict(launch.env),
+        "cwd": launch.cwd,
+        "umask": launch.umask,
+        "timeout_s": launch.timeout_s,
+        "output_path": launch.output_path,
+        "leftovers": launch.leftovers,
+        "memory_max": launch.memory_max,
+        "cpu_max": launch.cpu_max,
+        "tasks_max": launch.tasks_max,
+    }
 
 
 def launch_from_json(m: Mapping[str, Any]) -> Launch:
@@ -298,44 +322,87 @@ def launch_from_json(m: Mapping[str, Any]) -> Launch:
         env = m.get("env") or {}
         if not isinstance(env, dict) or not isinstance(m.get("argv"), list):
             raise ValueError("argv must be a list and env an object")
-        return Launch(run_id=m["run_id"], argv=tuple(m["argv"]), output_path=m["output_path"],
-                      env=env, token=m.get("token", ""), cwd=m.get("cwd"),
-                      umask=m.get("umask", 0o027), timeout_s=m.get("timeout_s"),
-                      leftovers=m.get("leftovers", "kill"), memory_max=m.get("memory_max"),
-                      cpu_max=m.get("cpu_max"), tasks_max=m.get("tasks_max"))
+        return Launch(
+            run_id=m["run_id"],
+            argv=tuple(m["argv"]),
+            output_path=m["output_path"],
+            env=env,
+            token=m.get("token", ""),
+            cwd=m.get("cwd"),
+            umask=m.get("umask", 0o027),
+            timeout_s=m.get("timeout_s"),
+            leftovers=m.get("leftovers", "kill"),
+            memory_max=m.get("memory_max"),
+            cpu_max=m.get("cpu_max"),
+            tasks_max=m.get("tasks_max"),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad launch: {exc}") from None
 
 
 def started_to_json(s: Started) -> dict[str, Any]:
-    return {"type": "started", "run_id": s.run_id, "token": s.token, "pid": s.pid,
-            "pid_start": s.pid_start, "started_at": s.started_at,
-            "output_path": s.output_path, "containment": s.containment}
+    return {
+        "type": "started",
+        "run_id": s.run_id,
+        "token": s.token,
+        "pid": s.pid,
+        "pid_start": s.pid_start,
+        "started_at": s.started_at,
+        "output_path": s.output_path,
+        "containment": s.containment,
+    }
 
 
 def held_to_json(h: Held) -> dict[str, Any]:
-    return {"run_id": h.run_id, "token": h.token, "pid": h.pid, "pid_start": h.pid_start,
-            "started_at": h.started_at, "output_path": h.output_path,
-            "containment": h.containment, "stopping": h.stopping}
+    return {
+        "run_id": h.run_id,
+        "token": h.token,
+        "pid": h.pid,
+        "pid_start": h.pid_start,
+        "started_at": h.started_at,
+        "output_path": h.output_path,
+        "containment": h.containment,
+        "stopping": h.stopping,
+    }
 
 
 def outcome_to_json(o: Outcome) -> dict[str, Any]:
-    return {"type": "outcome", "id": o.id, "run_id": o.run_id, "token": o.token,
-            "ending": o.ending, "exit_code": o.exit_code, "signal": o.signal,
-            "started_at": o.started_at, "finished_at": o.finished_at, "detail": o.detail,
-            "output_path": o.output_path, "output_bytes": o.output_bytes,
-            "output_note": o.output_note, "tail": base64.b64encode(o.tail).decode(),
-            "leftovers": o.leftovers, "leftovers_kept": o.leftovers_kept,
-            "peak_memory_bytes": o.peak_memory_bytes, "cpu_seconds": o.cpu_seconds,
-            "containment": o.containment, "pid": o.pid, "pid_start": o.pid_start}
+    return {
+        "type": "outcome",
+        "id": o.id,
+        "run_id": o.run_id,
+        "token": o.token,
+        "ending": o.ending,
+        "exit_code": o.exit_code,
+        "signal": o.signal,
+        "started_at": o.started_at,
+        "finished_at": o.finished_at,
+        "detail": o.detail,
+        "output_path": o.output_path,
+        "output_bytes": o.output_bytes,
+        "output_note": o.output_note,
+        "tail": base64.b64encode(o.tail).decode(),
+        "leftovers": o.leftovers,
+        "leftovers_kept": o.leftovers_kept,
+        "peak_memory_bytes": o.peak_memory_bytes,
+        "cpu_seconds": o.cpu_seconds,
+        "containment": o.containment,
+        "pid": o.pid,
+        "pid_start": o.pid_start,
+    }
 
 
 def started_from_json(m: Mapping[str, Any]) -> Started:
     try:
-        return Started(run_id=_int(m["run_id"]), token=_str(m["token"]), pid=_int(m["pid"]),
-                       pid_start=_opt_int(m.get("pid_start")),
-                       started_at=_str(m["started_at"]), output_path=_str(m["output_path"]),
-                       containment=_str(m["containment"]))
+        return Started(
+            run_id=_int(m["run_id"]),
+            token=_str(m["token"]),
+            pid=_int(m["pid"]),
+            pid_start=_opt_int(m.get("pid_start")),
+            started_at=_str(m["started_at"]),
+            output_path=_str(m["output_path"]),
+            containment=_str(m["containment"]),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad started: {exc}") from None
 
@@ -343,10 +410,16 @@ def started_from_json(m: Mapping[str, Any]) -> Started:
 def held_from_json(m: Mapping[str, Any]) -> Held:
     try:
         stopping = m.get("stopping")
-        return Held(run_id=_int(m["run_id"]), token=_str(m["token"]), pid=_int(m["pid"]),
-                    pid_start=_opt_int(m.get("pid_start")), started_at=_str(m["started_at"]),
-                    output_path=_str(m["output_path"]), containment=_str(m["containment"]),
-                    stopping=None if stopping is None else _str(stopping))
+        return Held(
+            run_id=_int(m["run_id"]),
+            token=_str(m["token"]),
+            pid=_int(m["pid"]),
+            pid_start=_opt_int(m.get("pid_start")),
+            started_at=_str(m["started_at"]),
+            output_path=_str(m["output_path"]),
+            containment=_str(m["containment"]),
+            stopping=None if stopping is None else _str(stopping),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad held run: {exc}") from None
 
@@ -358,19 +431,27 @@ def outcome_from_json(m: Mapping[str, Any]) -> Outcome:
             raise ValueError(f"unknown ending {ending!r}")
         cpu = m.get("cpu_seconds")
         return Outcome(
-            id=_str(m["id"]), run_id=_int(m["run_id"]), token=_str(m["token"]), ending=ending,
-            exit_code=_opt_int(m.get("exit_code")), signal=_opt_int(m.get("signal")),
+            id=_str(m["id"]),
+            run_id=_int(m["run_id"]),
+            token=_str(m["token"]),
+            ending=ending,
+            exit_code=_opt_int(m.get("exit_code")),
+            signal=_opt_int(m.get("signal")),
             started_at=None if m.get("started_at") is None else _str(m["started_at"]),
-            finished_at=_str(m["finished_at"]), detail=_str(m["detail"]),
-            output_path=_str(m["output_path"]), output_bytes=_int(m["output_bytes"]),
+            finished_at=_str(m["finished_at"]),
+            detail=_str(m["detail"]),
+            output_path=_str(m["output_path"]),
+            output_bytes=_int(m["output_bytes"]),
             output_note=_str(m.get("output_note", "")),
             tail=base64.b64decode(_str(m.get("tail", "")), validate=True),
             leftovers=_int(m.get("leftovers", 0)),
             leftovers_kept=bool(m.get("leftovers_kept", False)),
             peak_memory_bytes=_opt_int(m.get("peak_memory_bytes")),
             cpu_seconds=None if cpu is None else float(cpu),
-            containment=_str(m["containment"]), pid=_opt_int(m.get("pid")),
-            pid_start=_opt_int(m.get("pid_start")))
+            containment=_str(m["containment"]),
+            pid=_opt_int(m.get("pid")),
+            pid_start=_opt_int(m.get("pid_start")),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad outcome: {exc}") from None
 
@@ -399,8 +480,9 @@ def _check_run_id(value: object) -> None:
 
 
 def _positive(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and 0 < value < float("inf"))
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
+    )
 
 
 def _int(value: object) -> int:

@@ -86,15 +86,18 @@ def resolve(argv0: str, env_path: str | None) -> str:
                 _path_cache[key] = candidate
             return candidate
         denied = True
-    raise NotStarted(f"cannot start {shown(argv0)}: "
-                     + ("Permission denied" if denied else "No such file or directory"))
+    raise NotStarted(
+        f"cannot start {shown(argv0)}: "
+        + ("Permission denied" if denied else "No such file or directory")
+    )
 
 
 class Run:
     """A run the keeper holds, from its spawn to its outcome."""
 
-    def __init__(self, keeper: Keeper, launch: Launch, box: CgroupBox | PgroupBox,
-                 output: Output) -> None:
+    def __init__(
+        self, keeper: Keeper, launch: Launch, box: CgroupBox | PgroupBox, output: Output
+    ) -> None:
         self.keeper = keeper
         self.launch = launch
         self.run_id = launch.run_id
@@ -136,23 +139,32 @@ class Run:
                 try:
                     os.chdir(launch.cwd)
                 except OSError as exc:
-                    raise NotStarted(f"cannot start: working directory {shown(launch.cwd)}: "
-                                     f"{exc.strerror}") from None
+                    raise NotStarted(
+                        f"cannot start: working directory {shown(launch.cwd)}: {exc.strerror}"
+                    ) from None
             if isinstance(self.box, CgroupBox):
                 try:
                     self.box.enter()
                 except OSError as exc:
-                    raise NotStarted(f"cannot start: cannot enter its cgroup: "
-                                     f"{exc.strerror}") from None
+                    raise NotStarted(
+                        f"cannot start: cannot enter its cgroup: {exc.strerror}"
+                    ) from None
             try:
                 self.pid = os.posix_spawn(
-                    program, launch.argv, env, setsid=True, setsigdef=_IGNORED, setsigmask=(),
-                    file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
-                                  (os.POSIX_SPAWN_DUP2, write_end, 1),
-                                  (os.POSIX_SPAWN_DUP2, write_end, 2)])
+                    program,
+                    launch.argv,
+                    env,
+                    setsid=True,
+                    setsigdef=_IGNORED,
+                    setsigmask=(),
+                    file_actions=[
+                        (os.POSIX_SPAWN_DUP2, devnull, 0),
+                        (os.POSIX_SPAWN_DUP2, write_end, 1),
+                        (os.POSIX_SPAWN_DUP2, write_end, 2),
+                    ],
+                )
             except OSError as exc:
-                raise NotStarted(f"cannot start {shown(launch.argv[0])}: {exc.strerror}") \
-                    from None
+                raise NotStarted(f"cannot start {shown(launch.argv[0])}: {exc.strerror}") from None
         except NotStarted:
             os.close(read_end)
             raise
@@ -174,8 +186,9 @@ class Run:
             try:
                 self.box.apply_limits()
             except OSError as exc:
-                self.stop("killed", f"killed: cannot apply its limits: {exc.strerror}",
-                          signal.SIGKILL)
+                self.stop(
+                    "killed", f"killed: cannot apply its limits: {exc.strerror}", signal.SIGKILL
+                )
 
     def learn_start(self) -> int | None:
         """The main's /proc start time, read when first needed: right after the spawn
@@ -187,12 +200,27 @@ class Run:
         return self.pid_start
 
     def started_message(self) -> Started:
-        return Started(self.run_id, self.launch.token, self.pid, self.learn_start(),
-                       self.started_at, self.launch.output_path, self.box.kind)
+        return Started(
+            self.run_id,
+            self.launch.token,
+            self.pid,
+            self.learn_start(),
+            self.started_at,
+            self.launch.output_path,
+            self.box.kind,
+        )
 
     def held(self) -> Held:
-        return Held(self.run_id, self.launch.token, self.pid, self.learn_start(),
-                    self.started_at, self.launch.output_path, self.box.kind, self.stopping)
+        return Held(
+            self.run_id,
+            self.launch.token,
+            self.pid,
+            self.learn_start(),
+            self.started_at,
+            self.launch.output_path,
+            self.box.kind,
+            self.stopping,
+        )
 
     # ------------------------------------------------------------------ output
     def read_output(self) -> None:
@@ -305,17 +333,28 @@ class Run:
             self.poll_every = min(self.poll_every * 2, POLL_MAX_S)
             self.poll_at = now + self.poll_every
             self.check_empty()
-        if (not self.done and self.status is not None and self.give_up_at is not None
-                and now >= self.give_up_at):
+        if (
+            not self.done
+            and self.status is not None
+            and self.give_up_at is not None
+            and now >= self.give_up_at
+        ):
             left = self.box.count()
-            self.keeper.log.warning("Run %d: %d process(es) still there %gs after SIGKILL "
-                                    "(uninterruptible?); recording its outcome anyway",
-                                    self.run_id, left, FINAL_WAIT_S)
+            self.keeper.log.warning(
+                "Run %d: %d process(es) still there %gs after SIGKILL "
+                "(uninterruptible?); recording its outcome anyway",
+                self.run_id,
+                left,
+                FINAL_WAIT_S,
+            )
             self.finish()
 
     def next_wake(self) -> float | None:
-        times = [t for t in (self.announce_at, self.deadline, self.kill_at, self.give_up_at,
-                             self.poll_at) if t is not None]
+        times = [
+            t
+            for t in (self.announce_at, self.deadline, self.kill_at, self.give_up_at, self.poll_at)
+            if t is not None
+        ]
         return min(times) if times else None
 
     # ------------------------------------------------------------------ the end
@@ -357,10 +396,24 @@ class Run:
             ending, detail = "exited", f"exit status {exit_code}"
         launch = self.launch
         return Outcome(
-            id=self.keeper.next_outcome_id(), run_id=self.run_id, token=launch.token,
-            ending=ending, exit_code=exit_code, signal=signum, started_at=self.started_at,
-            finished_at=self.finished_at or iso_utc(time.time()), detail=detail,
-            output_path=launch.output_path, output_bytes=self.out.stored, output_note=note,
-            tail=self.out.tail_bytes(), leftovers=self.leftovers, leftovers_kept=self.kept,
-            peak_memory_bytes=peak, cpu_seconds=cpu, containment=self.box.kind,
-            pid=self.pid, pid_start=self.pid_start)
+            id=self.keeper.next_outcome_id(),
+            run_id=self.run_id,
+            token=launch.token,
+            ending=ending,
+            exit_code=exit_code,
+            signal=signum,
+            started_at=self.started_at,
+            finished_at=self.finished_at or iso_utc(time.time()),
+            detail=detail,
+            output_path=launch.output_path,
+            output_bytes=self.out.stored,
+            output_note=note,
+            tail=self.out.tail_bytes(),
+            leftovers=self.leftovers,
+            leftovers_kept=self.kept,
+            peak_memory_bytes=peak,
+            cpu_seconds=cpu,
+            containment=self.box.kind,
+            pid=self.pid,
+            pid_start=self.pid_start,
+        )

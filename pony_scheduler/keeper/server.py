@@ -49,9 +49,20 @@ STRAY_CHECK_S = 1.0
 
 
 class Keeper:
-    def __init__(self, home: str, home_fd: int, keeper_id: str, cg: Cgroups, journal: Journal,
-                 listener: socket.socket, wakeup: int, idle_exit: float,
-                 pending: list[Outcome], log: logging.Logger, log_to_file: bool) -> None:
+    def __init__(
+        self,
+        home: str,
+        home_fd: int,
+        keeper_id: str,
+        cg: Cgroups,
+        journal: Journal,
+        listener: socket.socket,
+        wakeup: int,
+        idle_exit: float,
+        pending: list[Outcome],
+        log: logging.Logger,
+        log_to_file: bool,
+    ) -> None:
         self.home = home
         self.home_fd = home_fd
         self.keeper_id = keeper_id
@@ -168,9 +179,13 @@ class Keeper:
             self.log.warning("The journal's sync helper is gone; the loop syncs by itself")
         error = self.journal.error
         if error and error != self.journal_error:
-            self.log.error("Cannot write keeper.journal (%s): %d outcome(s) kept in memory, "
-                           "retrying every %gs", error, len(self.journal.waiting),
-                           JOURNAL_RETRY_S)
+            self.log.error(
+                "Cannot write keeper.journal (%s): %d outcome(s) kept in memory, "
+                "retrying every %gs",
+                error,
+                len(self.journal.waiting),
+                JOURNAL_RETRY_S,
+            )
         elif self.journal_error and not error:
             self.log.info("keeper.journal written again; no outcome was lost")
         self.journal_error = error
@@ -226,8 +241,9 @@ class Keeper:
         for conn in list(self.conns.values()):
             if conn.wbuf and not conn.flush():
                 if len(conn.wbuf) > conns.MAX_BUFFER:
-                    self.log.warning("Dropping connection of PID %d: it does not read",
-                                     conn.peer_pid)
+                    self.log.warning(
+                        "Dropping connection of PID %d: it does not read", conn.peer_pid
+                    )
                     self.close_conn(conn)
                     continue
                 if not conn.writing:
@@ -262,20 +278,28 @@ class Keeper:
     def take_scheduler(self, conn: conns.Conn) -> None:
         old = self.scheduler
         if old is not None and old is not conn:
-            old.send({"type": "superseded",
-                      "message": f"another scheduler connected (PID {conn.peer_pid})"})
+            old.send(
+                {
+                    "type": "superseded",
+                    "message": f"another scheduler connected (PID {conn.peer_pid})",
+                }
+            )
             old.closing = True
         self.scheduler = conn
-        self.log.info("Scheduler connected (PID %d%s)", conn.peer_pid,
-                      f", id {conn.scheduler_id}" if conn.scheduler_id else "")
+        self.log.info(
+            "Scheduler connected (PID %d%s)",
+            conn.peer_pid,
+            f", id {conn.scheduler_id}" if conn.scheduler_id else "",
+        )
 
     def close_conn(self, conn: conns.Conn) -> None:
         self.forget_fd(conn.fileno())
         self.conns.pop(conn.fileno(), None)
         if self.scheduler is conn:
             self.scheduler = None
-            self.log.info("Scheduler disconnected (PID %d); %d run(s) go on", conn.peer_pid,
-                          len(self.runs))
+            self.log.info(
+                "Scheduler disconnected (PID %d); %d run(s) go on", conn.peer_pid, len(self.runs)
+            )
         conns.close_quietly(conn)
 
     def live_runs(self) -> list[Run]:
@@ -293,8 +317,14 @@ class Keeper:
         if not reason and parts is None:
             reason = f"output path {launch.output_path!r} is not a file below {self.home}"
         if reason:
-            conn.send({"type": "refused", "run_id": launch.run_id, "token": launch.token,
-                       "reason": reason})
+            conn.send(
+                {
+                    "type": "refused",
+                    "run_id": launch.run_id,
+                    "token": launch.token,
+                    "reason": reason,
+                }
+            )
             return
         assert parts is not None
         try:
@@ -314,8 +344,9 @@ class Keeper:
             try:
                 box.create()
             except OSError as exc:
-                raise NotStarted(f"cannot start: cannot create its cgroup "
-                                 f"{exc.filename}: {exc.strerror}") from None
+                raise NotStarted(
+                    f"cannot start: cannot create its cgroup {exc.filename}: {exc.strerror}"
+                ) from None
         run = Run(self, launch, box, Output(self.home_fd, launch.output_path, parts))
         try:
             run.spawn(self.home_fd, self.devnull)
@@ -337,12 +368,28 @@ class Keeper:
 
     def _not_started(self, launch: Launch, detail: str) -> None:
         now = iso_utc(time.time())
-        self.emit(Outcome(
-            id=self.next_outcome_id(), run_id=launch.run_id, token=launch.token,
-            ending="not_started", exit_code=None, signal=None, started_at=None,
-            finished_at=now, detail=detail, output_path=launch.output_path, output_bytes=0,
-            output_note="", tail=b"", leftovers=0, leftovers_kept=False,
-            peak_memory_bytes=None, cpu_seconds=None, containment=self.cg.mode))
+        self.emit(
+            Outcome(
+                id=self.next_outcome_id(),
+                run_id=launch.run_id,
+                token=launch.token,
+                ending="not_started",
+                exit_code=None,
+                signal=None,
+                started_at=None,
+                finished_at=now,
+                detail=detail,
+                output_path=launch.output_path,
+                output_bytes=0,
+                output_note="",
+                tail=b"",
+                leftovers=0,
+                leftovers_kept=False,
+                peak_memory_bytes=None,
+                cpu_seconds=None,
+                containment=self.cg.mode,
+            )
+        )
 
     def next_outcome_id(self) -> str:
         self.seq += 1
@@ -380,27 +427,40 @@ class Keeper:
         at = time.monotonic() + grace
         if self.drain_at is None or at < self.drain_at:
             self.drain_at = at
-        self.log.info("Draining %d run(s): %gs grace, then they are stopped", len(self.runs),
-                      grace)
+        self.log.info("Draining %d run(s): %gs grace, then they are stopped", len(self.runs), grace)
 
     def status_json(self) -> dict[str, Any]:
-        return {"type": "status", "pid": os.getpid(), "version": __version__,
-                "protocol": PROTOCOL, "keeper_id": self.keeper_id,
-                "started_at": self.started_at, "home": self.home,
-                "containment": self.cg.mode, "containment_note": "; ".join(self.cg.notes),
-                "controllers": list(self.cg.controllers()), "runs": len(self.runs),
-                "unacked": len(self.unacked), "unjournaled": len(self.journal.waiting),
-                "journal_bytes": self.journal.size, "journal_error": self.journal.error,
-                "draining": self.draining, "exiting": self.exit_requested,
-                "clients": len(self.conns)}
+        return {
+            "type": "status",
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": PROTOCOL,
+            "keeper_id": self.keeper_id,
+            "started_at": self.started_at,
+            "home": self.home,
+            "containment": self.cg.mode,
+            "containment_note": "; ".join(self.cg.notes),
+            "controllers": list(self.cg.controllers()),
+            "runs": len(self.runs),
+            "unacked": len(self.unacked),
+            "unjournaled": len(self.journal.waiting),
+            "journal_bytes": self.journal.size,
+            "journal_error": self.journal.error,
+            "draining": self.draining,
+            "exiting": self.exit_requested,
+            "clients": len(self.conns),
+        }
 
     def _kill_strays(self) -> None:
         strays = self.tracker.strays()
         if strays:
             from pony_scheduler.keeper.procs import signal_procs
 
-            self.log.warning("Killing %d process(es) left behind by ended runs: %s",
-                             len(strays), ", ".join(str(p.pid) for p in strays))
+            self.log.warning(
+                "Killing %d process(es) left behind by ended runs: %s",
+                len(strays),
+                ", ".join(str(p.pid) for p in strays),
+            )
             signal_procs(strays, signal.SIGKILL)
 
     def close(self) -> None:
@@ -412,8 +472,12 @@ class Keeper:
 
 def open_log(home_fd: int) -> int:
     """keeper.log, appended to, never through a symlink; raises OSError."""
-    return os.open(LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                   | os.O_CLOEXEC, 0o640, dir_fd=home_fd)
+    return os.open(
+        LOG_FILE,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o640,
+        dir_fd=home_fd,
+    )
 
 
 def reopen_log(home_fd: int, log: logging.Logger) -> None:
