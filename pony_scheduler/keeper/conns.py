@@ -123,6 +123,9 @@ def receive(keeper: Keeper, conn: Conn) -> None:
             handle(keeper, conn, decode(line))
         except ProtocolError as exc:
             _fail(conn, str(exc))
+        except Exception:  # a bug must not take the runs of everyone down with it
+            keeper.log.exception("Request from PID %d failed", conn.peer_pid)
+            _fail(conn, "internal error in the keeper (see keeper.log)")
 
 
 def _fail(conn: Conn, message: str) -> None:
@@ -152,7 +155,7 @@ def handle(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> None:
     elif kind == "held":
         reply = {"type": "held", "runs": [held_to_json(r.held()) for r in keeper.live_runs()]}
     elif kind == "query":
-        run = keeper.runs.get(m.get("run_id"))  # type: ignore[arg-type]
+        run = keeper.runs.get(_run_id(m))
         reply = {"type": "held", "runs": [held_to_json(run.held())] if run else []}
     elif kind == "drain":
         grace = m.get("grace_s", 0)
@@ -211,12 +214,19 @@ def _kill(keeper: Keeper, m: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         raise ProtocolError(str(exc)) from None
     by = str(m.get("by") or "a kill request")
-    run = keeper.runs.get(m.get("run_id"))  # type: ignore[arg-type]
+    run = keeper.runs.get(_run_id(m))
     if run is None or run.done:
         return {"type": "kill_result", "held": False}
     keeper.log.info("Run %d: kill with signal %d, by %s", run.run_id, signum, by)
     run.stop("killed", f"killed by {by}", signum)
     return {"type": "kill_result", "held": True}
+
+
+def _run_id(m: dict[str, Any]) -> int:
+    run_id = m.get("run_id")
+    if not isinstance(run_id, int) or isinstance(run_id, bool):
+        raise ProtocolError("run_id must be a whole number")
+    return run_id
 
 
 def close_quietly(conn: Conn) -> None:

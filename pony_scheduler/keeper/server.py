@@ -123,7 +123,10 @@ class Keeper:
                 events = []
             self.tracker.invalidate()
             for fd, mask in events:
-                self._dispatch(fd, mask)
+                try:
+                    self._dispatch(fd, mask)
+                except Exception:  # a bug in one run's handling must not end them all
+                    self.log.exception("Handling fd %d failed", fd)
             self._timers(time.monotonic())
             self._end_of_pass()
             if self._should_exit():
@@ -219,7 +222,10 @@ class Keeper:
             for run in list(self.runs.values()):
                 run.stop("stopped", self.drain_detail)
         for run in list(self.runs.values()):
-            run.tick(now)
+            try:
+                run.tick(now)
+            except Exception:
+                self.log.exception("Run %d: timer handling failed", run.run_id)
         if not self.runs and now >= self.stray_check_at and self.cg.mode == "pgroup":
             self.stray_check_at = now + STRAY_CHECK_S
             self._kill_strays()
