@@ -21,12 +21,8 @@ Errors: KeeperError and its kinds below (PonyError: the CLI shows them as one li
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import select
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,24 +32,24 @@ from pony_scheduler import __version__
 from pony_scheduler.errors import PonyError
 from pony_scheduler.keeper.journal import KeeperRunning, mark_recorded, read_journal
 from pony_scheduler.keeper.protocol import (
-    LOG_FILE,
     MAX_LINE,
     PROTOCOL,
-    SOCKET_FILE,
-    START_LOCK,
     Event,
     Held,
     KeeperStatus,
     Launch,
     ProtocolError,
     Welcome,
+    signal_number,
+)
+from pony_scheduler.keeper.starting import StartBusy, StartFailed, dial, start_keeper
+from pony_scheduler.keeper.wire import (
     decode,
     encode,
     event_from_json,
     held_from_json,
     launch_to_json,
     outcome_from_json,
-    signal_number,
 )
 
 __all__ = [
@@ -70,14 +66,6 @@ __all__ = [
 
 REPLY_TIMEOUT_S = 30.0  # a keeper that answers nothing for this long is hung
 START_TIMEOUT_S = 30.0
-_SERVICE_VARS = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-)
 
 
 class KeeperError(PonyError):
@@ -96,45 +84,6 @@ class ProtocolMismatch(KeeperError):
     """The keeper speaks another protocol version (an older or newer pony-scheduler):
     this scheduler cannot adopt its runs.  Stop them (or let them finish and the keeper
     exit), or run the matching version."""
-
-
-def _dial(home: Path) -> socket.socket:
-    """Connect to HOME/keeper.sock.  A path too long for sun_path (108 bytes) is reached
-    through /proc/self/fd/N/ (N: the home, opened), or - where /proc/self belongs to
-    root, in a process that changed its uid - through a symlink in a private temporary
-    directory."""
-    path = str(home / SOCKET_FILE)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        if len(os.fsencode(path)) < 100:
-            sock.connect(path)
-        else:
-            _connect_long(sock, home)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
-def _connect_long(sock: socket.socket, home: Path) -> None:
-    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        sock.connect(f"/proc/self/fd/{fd}/{SOCKET_FILE}")
-        return
-    except PermissionError:
-        pass
-    finally:
-        os.close(fd)
-    import shutil
-    import tempfile
-
-    scratch = tempfile.mkdtemp(prefix="pb-")
-    try:
-        os.symlink(home / SOCKET_FILE, f"{scratch}/s")
-        sock.connect(f"{scratch}/s")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class KeeperClient:
@@ -178,7 +127,7 @@ class KeeperClient:
         last = ""
         while True:
             try:
-                client = cls(_dial(home), home, role)
+                client = cls(dial(home), home, role)
                 client._hello(scheduler_id, deadline)
                 return client
             except (FileNotFoundError, ConnectionRefusedError, KeeperGone) as exc:
@@ -190,7 +139,12 @@ class KeeperClient:
                     f"no keeper answered in {home} within {timeout_s:g}s"
                     + (f" ({last})" if last else "")
                 )
-            _start_keeper(home, containment, idle_exit_s, deadline)
+            try:
+                start_keeper(home, containment, idle_exit_s, deadline)
+            except StartFailed as exc:
+                raise KeeperStartError(str(exc)) from None
+            except StartBusy as exc:
+                raise KeeperError(str(exc)) from None
 
     def _hello(self, scheduler_id: str, deadline: float) -> None:
         reply = self._request(
@@ -431,95 +385,3 @@ def ensure_keeper(
     return KeeperClient.connect(
         home, role="control", containment=containment, idle_exit_s=idle_exit_s, timeout_s=timeout_s
     )
-
-
-def _start_keeper(
-    home: Path, containment: str | None, idle_exit_s: float | None, deadline: float
-) -> None:
-    """Start a keeper unless one is (being) started; returns once it is ready or another
-    keeper holds the home.  Raises KeeperStartError with the keeper's reason."""
-    lock = os.open(home / START_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise KeeperError(
-                        f"another process keeps starting the keeper of {home}"
-                    ) from None
-                time.sleep(0.01)
-        with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):
-            _dial(home).close()
-            return  # someone else started it while we waited for the lock
-        answer = _spawn(home, containment, idle_exit_s, deadline)
-        if answer.startswith("FAILED"):
-            raise KeeperStartError(f"the keeper failed to start: {answer[7:]}" + _log_tail(home))
-        if answer.startswith("RUNNING"):
-            time.sleep(0.02)  # a keeper that is exiting still holds the lock: try again
-        elif not answer.startswith("READY"):
-            raise KeeperStartError("the keeper exited without saying why" + _log_tail(home))
-    finally:
-        os.close(lock)
-
-
-def _spawn(home: Path, containment: str | None, idle_exit_s: float | None, deadline: float) -> str:
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    argv = [
-        sys.executable,
-        "-m",
-        "pony_scheduler.keeper",
-        "--home",
-        str(home),
-        "--ready-fd",
-        str(write_end),
-    ]
-    if containment:
-        argv += ["--containment", containment]
-    if idle_exit_s is not None:
-        argv += ["--idle-exit", str(idle_exit_s)]
-    env = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARS}
-    log_fd = os.open(
-        home / LOG_FILE,
-        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o640,
-    )
-    try:
-        proc = subprocess.Popen(
-            argv,
-            pass_fds=(write_end,),
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=log_fd,
-            cwd=home,
-            env=env,
-        )
-    finally:
-        os.close(write_end)
-        os.close(log_fd)
-    try:
-        proc.wait(max(0.1, deadline - time.monotonic()))  # the intermediate exits at once
-        answer = b""
-        while not answer.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([read_end], [], [], remaining)[0]:
-                return "FAILED not ready in time"
-            chunk = os.read(read_end, 4096)
-            if not chunk:
-                break
-            answer += chunk
-        return answer.decode(errors="replace").strip()
-    except subprocess.TimeoutExpired:
-        return "FAILED not ready in time"
-    finally:
-        os.close(read_end)
-
-
-def _log_tail(home: Path, lines: int = 5) -> str:
-    try:
-        text = (home / LOG_FILE).read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return ("\n" + "\n".join(text[-lines:])) if text else ""

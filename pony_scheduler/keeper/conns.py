@@ -23,12 +23,14 @@ from pony_scheduler.keeper.protocol import (
     MAX_LINE,
     PROTOCOL,
     ProtocolError,
+    signal_number,
+)
+from pony_scheduler.keeper.wire import (
     decode,
     encode,
     held_to_json,
     launch_from_json,
     outcome_to_json,
-    signal_number,
 )
 
 if TYPE_CHECKING:

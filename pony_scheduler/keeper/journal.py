@@ -26,6 +26,8 @@ from pony_scheduler.keeper.protocol import (
     PID_FILE,
     Outcome,
     ProtocolError,
+)
+from pony_scheduler.keeper.wire import (
     outcome_from_json,
     outcome_to_json,
 )

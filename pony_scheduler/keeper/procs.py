@@ -164,3 +164,87 @@ def scan_marked(keeper_id: str, uid: int) -> list[Proc]:
             if proc is not None and not proc.zombie:
                 found.append(proc)
     return found
+
+
+class PgroupBox:
+    """One run without cgroups: its session/process group and marked environment, found
+    by walking the keeper's subtree (procs.py).  Limits are refused before this exists."""
+
+    kind = "pgroup"
+
+    def __init__(self, tracker: Tracker, run_id: int) -> None:
+        self.tracker = tracker
+        self.run_id = run_id
+
+    def members(self) -> list[Proc]:
+        return self.tracker.members(self.run_id)
+
+    def count(self) -> int:
+        return len(self.members())
+
+    def signal(self, signum: int, main_pid: int | None) -> None:
+        rest = self.members()
+        if main_pid is not None:  # unreaped, so its group id is still this run's
+            with contextlib.suppress(OSError):
+                os.killpg(main_pid, signum)
+            rest = [p for p in rest if p.pgid != main_pid]
+        signal_procs(rest, signum)
+
+
+class Tracker:
+    """Finds the processes of pgroup runs below the keeper (procs.py).  A run's members
+    are computed at most once per loop pass; only the keeper's direct children, the
+    run's own subtree and orphans are read, never other runs' subtrees."""
+
+    def __init__(self, keeper_id: str) -> None:
+        self.keeper_id = keeper_id
+        self.uid = os.getuid()
+        self.mains: dict[int, int] = {}  # unreaped main PID -> run id
+        self.sessions: dict[int, int] = {}  # session id of each held run -> run id
+        self.exclude: set[int] = set()  # the keeper's own helpers
+        self.kept: set[int] = set()  # sessions of runs whose leftovers were kept
+        self._cache: dict[int, list[Proc]] = {}
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+    def members(self, run_id: int) -> list[Proc]:
+        cached = self._cache.get(run_id)
+        if cached is not None:
+            return cached
+        sole = next(iter(self.sessions.values())) if len(self.sessions) == 1 else None
+        found: list[Proc] = []
+        for pid in children(os.getpid()):
+            if pid in self.exclude:
+                continue
+            if pid in self.mains:  # a live main: its subtree is its run's
+                if self.mains[pid] == run_id:
+                    found += descendants(pid)
+                continue
+            proc = read_stat(pid)
+            if proc is None or proc.zombie or proc.sid in self.kept:
+                continue
+            found_run = owner(proc, self.sessions, self.keeper_id, self.uid)
+            if (found_run if found_run is not None else sole) == run_id:
+                found.append(proc)
+                found += descendants(pid)
+        self._cache[run_id] = found
+        return found
+
+    def strays(self) -> list[Proc]:
+        """Processes below the keeper that belong to no held run (asked only when none
+        is held, so they are what ended runs left behind)."""
+        found = []
+        for pid in children(os.getpid()):
+            if pid in self.exclude or pid in self.mains:
+                continue
+            proc = read_stat(pid)
+            if (
+                proc is not None
+                and not proc.zombie
+                and proc.sid not in self.kept
+                and proc.pgid not in self.kept
+            ):
+                found.append(proc)
+                found += descendants(pid)
+        return found

@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import stat
 import time
 from typing import TYPE_CHECKING
 
-from pony_scheduler.keeper.containment import CgroupBox, PgroupBox
+from pony_scheduler.keeper.containment import CgroupBox
+from pony_scheduler.keeper.execpath import NotStarted, resolve, shown
 from pony_scheduler.keeper.output import Output
-from pony_scheduler.keeper.procs import read_stat
+from pony_scheduler.keeper.procs import PgroupBox, read_stat
 from pony_scheduler.keeper.protocol import (
     KILL_GRACE_S,
     STARTED_DELAY_S,
@@ -34,13 +34,14 @@ from pony_scheduler.keeper.protocol import (
     Launch,
     Outcome,
     Started,
+    iso_utc,
     signal_name,
 )
 
 if TYPE_CHECKING:
     from resource import struct_rusage
 
-    from pony_scheduler.keeper.server import Keeper
+    from pony_scheduler.keeper.runbook import RunBook
 
 FINAL_WAIT_S = 10.0  # after SIGKILL: how long to wait for the tree to vanish before giving up
 POLL_FIRST_S = 0.01  # polling for an empty run where no cgroup.events can tell (pgroup, v1)
@@ -48,55 +49,11 @@ POLL_MAX_S = 0.25
 _IGNORED = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
 
-def iso_utc(t: float) -> str:
-    """UTC ISO 8601 with milliseconds: 2024-05-01T12:00:00.123Z."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-
-
-def shown(text: str) -> str:
-    """Job-controlled text for logs and details: quoted, control characters escaped."""
-    return repr(text)
-
-
-class NotStarted(Exception):
-    """The run could not be started; str() is the outcome's detail."""
-
-
-_path_cache: dict[tuple[str, str], str] = {}
-
-
-def resolve(argv0: str, env_path: str | None) -> str:
-    """The file execvp(3) would run for argv0 with PATH=env_path; raises NotStarted."""
-    if "/" in argv0:
-        return argv0
-    path = env_path if env_path is not None else os.defpath
-    key = (path, argv0)
-    hit = _path_cache.get(key)
-    if hit is not None:
-        return hit
-    denied = False
-    for directory in path.split(":"):
-        candidate = os.path.join(directory or ".", argv0)
-        try:
-            st = os.stat(candidate)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
-            if directory.startswith("/"):  # relative PATH entries depend on the cwd
-                _path_cache[key] = candidate
-            return candidate
-        denied = True
-    raise NotStarted(
-        f"cannot start {shown(argv0)}: "
-        + ("Permission denied" if denied else "No such file or directory")
-    )
-
-
 class Run:
     """A run the keeper holds, from its spawn to its outcome."""
 
     def __init__(
-        self, keeper: Keeper, launch: Launch, box: CgroupBox | PgroupBox, output: Output
+        self, keeper: RunBook, launch: Launch, box: CgroupBox | PgroupBox, output: Output
     ) -> None:
         self.keeper = keeper
         self.launch = launch
@@ -191,9 +148,9 @@ class Run:
                 )
 
     def learn_start(self) -> int | None:
-        """The main's /proc start time, read when first needed: right after the spawn
-        the read waits for the exec to finish (140 µs), later it costs nothing much; the
-        reaper reads it from the zombie before reaping."""
+        """The main's /proc start time, read when first needed (announcing the run,
+        listing it): right after the spawn the read would wait for the exec to finish
+        (140 µs on this machine), and a run that ends at once never needs it."""
         if self.pid_start is None and self.pid:
             proc = read_stat(self.pid)
             self.pid_start = proc.start if proc else None

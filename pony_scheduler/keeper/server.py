@@ -29,26 +29,22 @@ import socket
 import time
 from typing import Any
 
-from pony_scheduler import __version__
 from pony_scheduler.keeper import conns
 from pony_scheduler.keeper.commit import COMPACT_BYTES, JOURNAL_RETRY_S, Journal
-from pony_scheduler.keeper.containment import Cgroups, PgroupBox, Tracker
-from pony_scheduler.keeper.output import Output, relative_parts
+from pony_scheduler.keeper.containment import Cgroups
+from pony_scheduler.keeper.procs import Tracker
 from pony_scheduler.keeper.protocol import (
     LOG_FILE,
-    PROTOCOL,
-    Launch,
     Outcome,
-    Started,
-    outcome_to_json,
-    started_to_json,
+    iso_utc,
 )
-from pony_scheduler.keeper.runs import NotStarted, Run, iso_utc
+from pony_scheduler.keeper.runbook import RunBook
+from pony_scheduler.keeper.runs import Run
 
 STRAY_CHECK_S = 1.0
 
 
-class Keeper:
+class Keeper(RunBook):
     def __init__(
         self,
         home: str,
@@ -104,15 +100,6 @@ class Keeper:
             self.handlers[self.journal_fd] = "journal"
 
     # ------------------------------------------------------------------ fds
-    def watch_fd(self, fd: int, run: Run) -> None:
-        self.epoll.register(fd, select.EPOLLPRI)
-        self.handlers[fd] = ("watch", run)
-
-    def forget_fd(self, fd: int) -> None:
-        if self.handlers.pop(fd, None) is not None:
-            with contextlib.suppress(OSError):
-                self.epoll.unregister(fd)
-
     # ------------------------------------------------------------------ the loop
     def serve(self) -> None:
         while True:
@@ -195,24 +182,17 @@ class Keeper:
 
     def _reap(self) -> None:
         """Reap every exited child: main processes end their run's first phase, the rest
-        are orphans of runs that the subreaper inherited.  Each is looked at before it
-        is reaped (WNOWAIT), so that a main's start time can still be read."""
+        are orphans of runs that the subreaper inherited."""
         while True:
             try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                pid, status, rusage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             except InterruptedError:
                 continue
-            if info is None or info.si_pid == 0:
+            if pid == 0:
                 return
-            run = self.by_pid.pop(info.si_pid, None)
-            if run is not None:
-                run.learn_start()
-            try:
-                _, status, rusage = os.wait4(info.si_pid, 0)
-            except ChildProcessError:
-                continue
+            run = self.by_pid.pop(pid, None)
             if run is not None:
                 run.main_exited(status, rusage)
 
@@ -307,155 +287,6 @@ class Keeper:
                 "Scheduler disconnected (PID %d); %d run(s) go on", conn.peer_pid, len(self.runs)
             )
         conns.close_quietly(conn)
-
-    def live_runs(self) -> list[Run]:
-        return [run for run in self.runs.values() if not run.done]
-
-    def launch(self, launch: Launch, conn: conns.Conn) -> None:
-        reason = ""
-        if launch.run_id in self.runs:
-            reason = f"run {launch.run_id} is already held by this keeper"
-        elif launch.run_id in self.unacked_runs:
-            reason = f"run {launch.run_id} has an outcome not yet acknowledged"
-        elif self.draining or self.exit_requested:
-            reason = "the keeper is draining its runs and takes no new ones"
-        parts = relative_parts(self.home, launch.output_path)
-        if not reason and parts is None:
-            reason = f"output path {launch.output_path!r} is not a file below {self.home}"
-        if reason:
-            conn.send(
-                {
-                    "type": "refused",
-                    "run_id": launch.run_id,
-                    "token": launch.token,
-                    "reason": reason,
-                }
-            )
-            return
-        assert parts is not None
-        try:
-            self._start(launch, parts)
-        except NotStarted as exc:
-            self._not_started(launch, str(exc))
-
-    def _start(self, launch: Launch, parts: list[str]) -> None:
-        why = self.cg.unenforceable(launch)
-        if why:
-            raise NotStarted(f"cannot start: {why}")
-        box: Any
-        if self.cg.mode == "pgroup":
-            box = PgroupBox(self.tracker, launch.run_id)
-        else:
-            box = self.cg.box(launch.run_id, launch)
-            try:
-                box.create()
-            except OSError as exc:
-                raise NotStarted(
-                    f"cannot start: cannot create its cgroup {exc.filename}: {exc.strerror}"
-                ) from None
-        run = Run(self, launch, box, Output(self.home_fd, launch.output_path, parts))
-        try:
-            run.spawn(self.home_fd, self.devnull)
-        except NotStarted:
-            if not isinstance(box, PgroupBox):
-                box.remove()
-            raise
-        self.runs[run.run_id] = run
-        self.by_pid[run.pid] = run
-        if isinstance(box, PgroupBox):
-            self.tracker.mains[run.pid] = run.run_id
-            self.tracker.sessions[run.pid] = run.run_id
-        self.epoll.register(run.pipe, select.EPOLLIN)
-        self.handlers[run.pipe] = ("pipe", run)
-
-    def announce(self, started: Started) -> None:
-        if self.scheduler is not None:
-            self.scheduler.send(started_to_json(started))
-
-    def _not_started(self, launch: Launch, detail: str) -> None:
-        now = iso_utc(time.time())
-        self.emit(
-            Outcome(
-                id=self.next_outcome_id(),
-                run_id=launch.run_id,
-                token=launch.token,
-                ending="not_started",
-                exit_code=None,
-                signal=None,
-                started_at=None,
-                finished_at=now,
-                detail=detail,
-                output_path=launch.output_path,
-                output_bytes=0,
-                output_note="",
-                tail=b"",
-                leftovers=0,
-                leftovers_kept=False,
-                peak_memory_bytes=None,
-                cpu_seconds=None,
-                containment=self.cg.mode,
-            )
-        )
-
-    def next_outcome_id(self) -> str:
-        self.seq += 1
-        return f"{self.keeper_id}-{self.seq}"
-
-    def run_finished(self, run: Run, outcome: Outcome) -> None:
-        self.runs.pop(run.run_id, None)
-        self.tracker.sessions.pop(run.pid, None)
-        if run.kept and isinstance(run.box, PgroupBox):
-            self.tracker.kept.add(run.pid)
-        if not isinstance(run.box, PgroupBox):
-            if run.kept:
-                run.box.release()
-            self.to_remove.append(run.box)
-        self.emit(outcome)
-
-    def emit(self, outcome: Outcome) -> None:
-        """Pending until acknowledged; queued for the journal; sent now."""
-        self.unacked[outcome.id] = outcome
-        self.unacked_runs.add(outcome.run_id)
-        self.journal.add(outcome)
-        if self.scheduler is not None:
-            self.scheduler.send(outcome_to_json(outcome))
-
-    def ack(self, ids: list[str]) -> None:
-        known = [i for i in ids if i in self.unacked]
-        for outcome_id in known:
-            self.unacked_runs.discard(self.unacked.pop(outcome_id).run_id)
-        if known:
-            self.journal.ack(known, len(self.unacked))
-
-    def drain(self, grace: float, by: str) -> None:
-        self.draining = True
-        self.drain_detail = f"stopped by {by}"
-        at = time.monotonic() + grace
-        if self.drain_at is None or at < self.drain_at:
-            self.drain_at = at
-        self.log.info("Draining %d run(s): %gs grace, then they are stopped", len(self.runs), grace)
-
-    def status_json(self) -> dict[str, Any]:
-        return {
-            "type": "status",
-            "pid": os.getpid(),
-            "version": __version__,
-            "protocol": PROTOCOL,
-            "keeper_id": self.keeper_id,
-            "started_at": self.started_at,
-            "home": self.home,
-            "containment": self.cg.mode,
-            "containment_note": "; ".join(self.cg.notes),
-            "controllers": list(self.cg.controllers()),
-            "runs": len(self.runs),
-            "unacked": len(self.unacked),
-            "unjournaled": len(self.journal.waiting),
-            "journal_bytes": self.journal.size,
-            "journal_error": self.journal.error,
-            "draining": self.draining,
-            "exiting": self.exit_requested,
-            "clients": len(self.conns),
-        }
 
     def _kill_strays(self) -> None:
         strays = self.tracker.strays()

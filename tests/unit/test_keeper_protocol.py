@@ -15,6 +15,10 @@ from pony_scheduler.keeper.protocol import (
     ProtocolError,
     Refused,
     Started,
+    signal_name,
+    signal_number,
+)
+from pony_scheduler.keeper.wire import (
     decode,
     encode,
     event_from_json,
@@ -22,8 +26,6 @@ from pony_scheduler.keeper.protocol import (
     launch_to_json,
     outcome_from_json,
     outcome_to_json,
-    signal_name,
-    signal_number,
     started_to_json,
 )
 
