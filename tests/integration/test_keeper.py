@@ -5,13 +5,16 @@ and the process-group fallback)."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import stat
 from pathlib import Path
 
 import pytest
 
-from pony_scheduler.keeper.protocol import Launch, Outcome, Refused, signal_number
+from pony_scheduler.keeper import cgroups
+from pony_scheduler.keeper.client import KeeperGone
+from pony_scheduler.keeper.protocol import Launch, Outcome, Refused, Superseded, signal_number
 from tests.conftest import wait_for
 from tests.integration.keeper_helpers import (
     CONTAINMENTS,
@@ -25,6 +28,10 @@ pytestmark = pytest.mark.usefixtures("sessions")
 
 @pytest.fixture(params=CONTAINMENTS)
 def keeper(request: pytest.FixtureRequest, home: Path, sessions: list[Session]) -> Session:
+    if request.param == "cgroup1" and (
+        os.geteuid() != 0 or not any(h.version == 1 for h in cgroups.discover())
+    ):
+        pytest.skip("no cgroup v1 hierarchy to force")
     session = Session(home, containment=request.param)
     sessions.append(session)
     if request.param == "auto" and os.geteuid() == 0:
@@ -244,3 +251,22 @@ def test_launch_validation_is_the_clients() -> None:
         Launch(1, (), "/x")
     with pytest.raises(ValueError, match="unknown signal"):
         signal_number("NOPE")
+
+
+def test_a_newer_scheduler_supersedes_the_older(home: Path, sessions: list[Session]) -> None:
+    first = Session(home, scheduler_id="old")
+    sessions.append(first)
+    run = first.launch("sleep", "300")
+    first.started(run)
+    second = Session(home, scheduler_id="new")
+    sessions.append(second)
+    assert [h.run_id for h in second.client.welcome.runs] == [run]
+    assert wait_for(
+        lambda: first.pump() or any(isinstance(e, Superseded) for e in first.events), 30
+    )
+    with pytest.raises(KeeperGone):
+        for _ in range(100):
+            first.client.read_events()
+            select.select([first.client], [], [], 0.1)
+    assert second.client.kill(run, "KILL", "the new scheduler")
+    assert second.outcome(run).detail == "killed by the new scheduler"
