@@ -220,7 +220,7 @@ def _kill(keeper: Keeper, m: dict[str, Any]) -> dict[str, Any]:
     if run is None or run.done:
         return {"type": "kill_result", "held": False}
     keeper.log.info("Run %d: kill with signal %d, by %s", run.run_id, signum, by)
-    run.stop("killed", f"killed by {by}", signum)
+    run.stop("killed", f"killed by {by}", signum, by)
     return {"type": "kill_result", "held": True}
 
 

@@ -196,19 +196,21 @@ class Held:
 class Outcome:
     """How a run ended; durable in the journal until acknowledged by its `id`.
 
-    ending: exited (the main process exited by itself: exit_code, or `signal` when a signal
-    killed it, e.g. a crash or an OOM kill), not_started, timed_out, killed (a `kill`
-    request), stopped (a drain).  exit_code 0-255 when the main process exited, else
-    None; signal: the number that killed it, else None.  Times are UTC ISO 8601
-    (started_at None when not started).  output_bytes: bytes stored in the file (at
-    most OUTPUT_CAP; 0 and no note: the run printed nothing and has no file);
-    output_note: why the file is incomplete, else "".  tail: the last TAIL_BYTES the
-    job wrote.  leftovers: processes still there when the main process exited;
-    leftovers_kept: they were left running (policy keep).  peak_memory_bytes: the peak
-    of the run's memory cgroup (v2 memory.peak, v1 memory.max_usage_in_bytes) when it
-    had one, else None.  cpu_seconds: the run's cgroup CPU time (v2 cpu.stat, v1
-    cpuacct.usage) when it had one, else that of the main process and the children it
-    waited for (getrusage(2)).  None when unknown."""
+    ending: exited (the main process exited by itself: exit_code), not_started,
+    timed_out, killed (a kill request - `by` says whose - or a signal nobody here asked
+    for: a crash, an OOM kill; `signal` has the number), stopped (a drain; `by`).
+    exit_code 0-255 when the main process exited, else None; signal: the number that
+    killed it, else None.  The first cause decides: a run being stopped for its timeout
+    stays timed_out whatever its main process then does.  Times are UTC ISO 8601
+    (started_at None when not started; finished_at: when the main process exited).
+    output_bytes: bytes stored in the file (at most OUTPUT_CAP; 0 and no note: the run
+    printed nothing and has no file); output_note: why the file is incomplete, else "".
+    tail: the last TAIL_BYTES the job wrote.  leftovers: processes still there when the
+    main process exited; leftovers_kept: they were left running (policy keep).
+    peak_memory_bytes: the peak of the run's memory cgroup (v2 memory.peak, v1
+    memory.max_usage_in_bytes) when it had one, else None.  cpu_seconds: the run's cgroup
+    CPU time (v2 cpu.stat, v1 cpuacct.usage) when it had one, else that of the main
+    process and the children it waited for (getrusage(2))."""
 
     id: str
     run_id: int
@@ -230,6 +232,7 @@ class Outcome:
     containment: str
     pid: int | None = None  # the main process (None when not started)
     pid_start: int | None = None  # its /proc start time, if read while it ran
+    by: str = ""  # who asked, when a kill request or a drain ended the run
 
 
 @dataclass(frozen=True)

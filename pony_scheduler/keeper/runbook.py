@@ -48,7 +48,7 @@ class RunBook:
     seq: int
     draining: bool
     drain_at: float | None
-    drain_detail: str
+    drain_by: str
     exit_requested: bool
     to_remove: list[Any]
 
@@ -182,7 +182,7 @@ class RunBook:
 
     def drain(self, grace: float, by: str) -> None:
         self.draining = True
-        self.drain_detail = f"stopped by {by}"
+        self.drain_by = by
         at = time.monotonic() + grace
         if self.drain_at is None or at < self.drain_at:
             self.drain_at = at

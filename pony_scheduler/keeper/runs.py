@@ -68,6 +68,7 @@ class Run:
         self.deadline: float | None = None  # the timeout
         self.stopping: str | None = None  # timed_out, killed, stopped
         self.stop_detail = ""
+        self.stop_by = ""  # who asked (a kill request, a drain), for the outcome
         self.kill_at: float | None = None  # SIGKILL to what is left
         self.give_up_at: float | None = None
         self.poll_at: float | None = None
@@ -211,11 +212,11 @@ class Run:
                 self.out.write(data)
 
     # ------------------------------------------------------------------ stopping
-    def stop(self, ending: str, detail: str, signum: int = signal.SIGTERM) -> None:
+    def stop(self, ending: str, detail: str, signum: int = signal.SIGTERM, by: str = "") -> None:
         """Stop the whole tree: `signum` now, SIGKILL after KILL_GRACE_S.  The first cause
         decides the ending; a later one may only hasten the SIGKILL."""
         if self.stopping is None and self.status is None:
-            self.stopping, self.stop_detail = ending, detail
+            self.stopping, self.stop_detail, self.stop_by = ending, detail, by
         main = self.pid if self.status is None else None
         self.box.signal(signum, main)
         now = time.monotonic()
@@ -373,4 +374,5 @@ class Run:
             containment=self.box.kind,
             pid=self.pid,
             pid_start=self.pid_start,
+            by=self.stop_by,
         )

@@ -83,7 +83,7 @@ class Keeper(RunBook):
         self.seq = 0
         self.draining = False
         self.drain_at: float | None = None
-        self.drain_detail = ""
+        self.drain_by = ""
         self.exit_requested = False
         self.stop_now = False
         self.idle_since: float | None = None
@@ -200,7 +200,7 @@ class Keeper(RunBook):
         if self.drain_at is not None and now >= self.drain_at:
             self.drain_at = None
             for run in list(self.runs.values()):
-                run.stop("stopped", self.drain_detail)
+                run.stop("stopped", f"stopped by {self.drain_by}", by=self.drain_by)
         for run in list(self.runs.values()):
             try:
                 run.tick(now)

@@ -126,6 +126,7 @@ def outcome_to_json(o: Outcome) -> dict[str, Any]:
         "containment": o.containment,
         "pid": o.pid,
         "pid_start": o.pid_start,
+        "by": o.by,
     }
 
 
@@ -188,6 +189,7 @@ def outcome_from_json(m: Mapping[str, Any]) -> Outcome:
             containment=_str(m["containment"]),
             pid=_opt_int(m.get("pid")),
             pid_start=_opt_int(m.get("pid_start")),
+            by=_str(m.get("by", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad outcome: {exc}") from None

@@ -65,7 +65,7 @@ def test_killed_by_a_signal(keeper: Session) -> None:
     run = keeper.launch("sh", "-c", "kill -9 $$")
     done = keeper.outcome(run)
     assert (done.ending, done.exit_code, done.signal) == ("killed", None, 9)
-    assert done.detail == "killed by signal 9 (SIGKILL)"
+    assert done.detail == "killed by signal 9 (SIGKILL)" and done.by == ""
 
 
 def test_not_startable(keeper: Session) -> None:
@@ -116,6 +116,7 @@ def test_kill_stops_the_tree_and_says_who(keeper: Session) -> None:
     assert keeper.client.kill(run, "TERM", "pb runs kill by uid 0 (root)")
     done = keeper.outcome(run)
     assert (done.ending, done.detail) == ("killed", "killed by pb runs kill by uid 0 (root)")
+    assert done.by == "pb runs kill by uid 0 (root)"
     assert done.signal == signal.SIGTERM
     assert marked(keeper.keeper_id, run) == []
     assert keeper.client.is_held(run) is None
@@ -147,7 +148,9 @@ def test_leftovers_kept_live_on(keeper: Session) -> None:
     )
     kept = int(done.tail.split()[0])
     try:
-        assert marked(keeper.keeper_id, run) == [kept]
+        # (wait: the kept process may still be in the middle of its exec of sleep, when
+        # /proc/PID/environ reads empty)
+        assert wait_for(lambda: marked(keeper.keeper_id, run) == [kept], 30)
     finally:
         os.kill(kept, signal.SIGKILL)  # ours: the pid came from the run's own output
 
@@ -234,7 +237,11 @@ def test_drain_stops_runs_and_release_lets_the_keeper_go(keeper: Session, home: 
     refused = keeper.launch("true")
     assert keeper.outcome(short).exit_code == 4
     done = keeper.outcome(long)
-    assert (done.ending, done.detail) == ("stopped", "stopped by pb scheduler stop")
+    assert (done.ending, done.detail, done.by) == (
+        "stopped",
+        "stopped by pb scheduler stop",
+        "pb scheduler stop",
+    )
     assert any(isinstance(e, Refused) and e.run_id == refused for e in keeper.events)
     keeper.client.ack([e.id for e in keeper.events if isinstance(e, Outcome)])
     assert keeper.client.release_exit(30)
