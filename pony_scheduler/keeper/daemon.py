@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -159,7 +158,7 @@ def serve(
         )
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
-    keeper_id = secrets.token_hex(8)
+    keeper_id = os.urandom(8).hex()  # in every run's environment: whose run it is
     cg = Cgroups(str(home), containment)
     write_meta(
         home / META_FILE,
