@@ -199,7 +199,16 @@ def kill_listed(group: str, signum: int) -> int:
 
 
 def remove_group(path: str) -> bool:
-    """rmdir a group (children first); False when something still lives in it."""
+    """rmdir a group, its sub-groups first if it has any; False when something still
+    lives in it.  Never kills anything."""
+    try:
+        os.rmdir(path)  # a run's leaf: one call
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+            raise
     with contextlib.suppress(OSError):
         for entry in os.scandir(path):
             if entry.is_dir(follow_symlinks=False):
