@@ -151,9 +151,10 @@ class Journal:
     def fileno(self) -> int | None:
         return self.helper.rep if self.helper else None
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, outcome: Outcome, message: bytes | None = None) -> None:
+        """Queue `outcome` (`message`: its protocol line, if already encoded)."""
         self.waiting.add(outcome.id)
-        self.queue.append((outcome.id, outcome_line(outcome)))
+        self.queue.append((outcome.id, outcome_line(outcome, message)))
 
     def ack(self, ids: list[str], pending_left: int) -> None:
         """Forget `ids`; `pending_left` outcomes remain unacknowledged."""

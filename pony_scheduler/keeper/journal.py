@@ -28,6 +28,7 @@ from pony_scheduler.keeper.protocol import (
     ProtocolError,
 )
 from pony_scheduler.keeper.wire import (
+    encode,
     outcome_from_json,
     outcome_to_json,
 )
@@ -49,10 +50,12 @@ class Recovered:
     acked: int = 0  # outcomes already acknowledged (compaction would drop them)
 
 
-def outcome_line(outcome: Outcome) -> bytes:
-    body = outcome_to_json(outcome)
-    del body["type"]
-    return _line({"v": JOURNAL_VERSION, "type": "outcome", "outcome": body})
+def outcome_line(outcome: Outcome, message: bytes | None = None) -> bytes:
+    """The journal line of `outcome`; `message`, its protocol line (wire.encode of
+    outcome_to_json) when the caller has it, is reused rather than encoded again."""
+    if message is None:
+        message = encode(outcome_to_json(outcome))
+    return b'{"v":%d,"type":"outcome","outcome":%s}\n' % (JOURNAL_VERSION, message[:-1])
 
 
 def ack_line(ids: Iterable[str]) -> bytes:

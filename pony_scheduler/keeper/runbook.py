@@ -18,7 +18,7 @@ from pony_scheduler.keeper.output import Output, relative_parts
 from pony_scheduler.keeper.procs import PgroupBox, Tracker
 from pony_scheduler.keeper.protocol import PROTOCOL, Launch, Outcome, Started, iso_utc
 from pony_scheduler.keeper.runs import Run
-from pony_scheduler.keeper.wire import outcome_to_json, started_to_json
+from pony_scheduler.keeper.wire import encode, outcome_to_json, started_to_json
 
 if TYPE_CHECKING:
     from pony_scheduler.keeper.commit import Journal
@@ -169,9 +169,10 @@ class RunBook:
         """Pending until acknowledged; queued for the journal; sent now."""
         self.unacked[outcome.id] = outcome
         self.unacked_runs.add(outcome.run_id)
-        self.journal.add(outcome)
+        message = encode(outcome_to_json(outcome))  # once, for the socket and the journal
+        self.journal.add(outcome, message)
         if self.scheduler is not None:
-            self.scheduler.send(outcome_to_json(outcome))
+            self.scheduler.wbuf += message
 
     def ack(self, ids: list[str]) -> None:
         known = [i for i in ids if i in self.unacked]
