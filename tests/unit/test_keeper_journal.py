@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,19 @@ def test_compaction(tmp_path: Path, home_fd: int, monkeypatch: pytest.MonkeyPatc
     journal.ack(["k-4"], pending_left=0)  # all acknowledged and bigger than 100: start over
     assert journal_bytes(tmp_path) == b""
     journal.close(all_acked=True)
+
+
+def test_a_dead_helper_leaves_the_syncing_to_the_loop(tmp_path: Path, home_fd: int) -> None:
+    helper = SyncHelper(home_fd)
+    journal = Journal(JournalFile(home_fd), helper)
+    os.kill(helper.pid, signal.SIGKILL)  # our own child, not reaped yet: its pid is its own
+    os.waitpid(helper.pid, 0)
+    journal.add(outcome(1))
+    journal.flush(0.0)  # the request may go into the pipe before the death is noticed
+    fd = journal.fileno()
+    if fd is not None:
+        assert select.select([fd], [], [], 30)[0]
+        journal.answers()
+    assert journal.helper is None and journal.helper_lost
+    assert not journal.waiting and read_journal(tmp_path) == [outcome(1)]
+    journal.close(all_acked=False)
