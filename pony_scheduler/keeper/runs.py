@@ -269,6 +269,10 @@ class Run:
             return
         if self.box.count() == 0:
             self.finish()
+        elif self.give_up_at is not None:
+            # SIGKILL was sent: again, for what was forked while the last one went out
+            # (cgroup.kill needs no second round; a process list does).
+            self.box.signal(signal.SIGKILL, None)
 
     def tick(self, now: float) -> None:
         """Timers: the timeout, the SIGKILL, giving up, polling for emptiness."""
