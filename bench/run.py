@@ -36,6 +36,7 @@ BENCHMARKS = {  # name -> module, in the order they run
     "throughput": "bench_throughput",
     "idle": "bench_idle",
     "multi_pg": "bench_multi",
+    "keeper": "bench_keeper",
 }
 ALIASES = {"multi": "multi_pg", "pg": "multi_pg", "start": "lifecycle", "stop": "lifecycle"}
 

@@ -337,8 +337,16 @@ def test_every_unit_runs_as_the_service_user_in_its_home(unit_path: Path) -> Non
     assert one(unit, "Service.StateDirectory") == "pony-scheduler"
     assert f"PONYBUNNY_HOME={PACKAGED_HOME}" in unit["Service.Environment"]
     assert one(unit, "Service.Restart") == "on-failure"
-    # SIGTERM to the daemon only: it drains its own jobs, systemd must not TERM them at once.
-    assert one(unit, "Service.KillMode") == "mixed"
+    if "scheduler" in unit_path.name:
+        # The run keeper and the jobs are never signalled by systemd: on stop the scheduler
+        # drains them (SIGTERM), on restart it hands them over (SIGUSR2), docs/KEEPER.md.
+        assert one(unit, "Service.KillMode") == "process"
+        assert one(unit, "Service.KillSignal") == "SIGTERM"
+        assert one(unit, "Service.RestartKillSignal") == "SIGUSR2"
+        assert one(unit, "Service.Delegate") == "yes"  # a cgroup per run below the unit's
+    else:
+        # SIGTERM to the daemon only; whatever is left gets SIGKILL.
+        assert one(unit, "Service.KillMode") == "mixed"
     assert one(unit, "Install.WantedBy") == "multi-user.target"
     if "scheduler" in unit_path.name:
         # Room for the drain (shutdown_grace) plus terminating jobs and closing the database.
@@ -392,7 +400,7 @@ def test_notify_unit_behaves_as_systemd_expects(unit_name: str, tmp_path: Path, 
 
             # ExecReload= (SIGHUP) must not stop it: killed by SIGHUP, it would not exit 0.
             exec_reload(unit, proc.pid)
-            proc.send_signal(signal.SIGTERM)  # systemctl stop, KillMode=mixed
+            proc.send_signal(signal.SIGTERM)  # systemctl stop
             code = proc.wait(timeout=seconds(one(unit, "Service.TimeoutStopSec")))
             if service == "scheduler":  # issue 2: STOPPING=1 on SIGTERM
                 assert wait_for(received("STOPPING=1"), 5), messages
@@ -507,7 +515,7 @@ def test_logrotate_config_settings() -> None:
         assert needed in directives, needed
     assert "copytruncate" not in config
     assert "create 0640 pony-scheduler pony-scheduler" in config
-    for service in SERVICES:
+    for service in (*SERVICES, "keeper"):
         assert f"{PACKAGED_HOME}/{service}.log" in config
         assert f"{PACKAGED_HOME}/{service}.pid" in config
     assert "kill -HUP" in config
@@ -603,6 +611,30 @@ def test_real_logrotate_run_moves_the_daemons_to_the_new_files(tmp_path: Path,
     finally:
         for pid in pids.values():
             kill_ours(pid)
+
+
+def test_real_logrotate_run_moves_the_keeper_to_its_new_log(tmp_path: Path,
+                                                            home: Path) -> None:
+    """The run keeper (started by the scheduler in every mode) logs to keeper.log: rotated
+    with the others, it reopens its log on the postrotate SIGHUP."""
+    from pony_scheduler.keeper.client import ensure_keeper
+
+    logrotate = need("logrotate")
+    client = ensure_keeper(home, idle_exit_s=60)
+    try:
+        log = home / "keeper.log"
+        assert wait_for(logged(log, "ready"))
+        conf = tmp_path / "logrotate.conf"
+        conf.write_text(localized_logrotate(LOGROTATE.read_text(), home))
+        result = run([logrotate, "-f", "-s", str(tmp_path / "state"), str(conf)])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "ready" in log_text(home / "keeper.log.1")
+        assert stat.S_IMODE(log.stat().st_mode) == 0o640
+        assert wait_for(logged(log, "Reopened log file")), log_text(log)
+        assert client.status().pid == client.welcome.pid  # SIGHUP did not stop it
+    finally:
+        client.release_exit(10)
+        client.close()
 
 
 def test_logrotate_never_signals_a_foreign_or_dead_pid(tmp_path: Path, home: Path) -> None:

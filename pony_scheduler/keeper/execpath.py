@@ -1,0 +1,46 @@
+"""Finding the program a run starts, as execvp(3) would: in the job's own PATH, not the
+keeper's (posix_spawnp(3) would search the keeper's)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+
+class NotStarted(Exception):
+    """The run could not be started; str() is the outcome's detail."""
+
+
+def shown(text: str) -> str:
+    """Job-controlled text for logs and details: quoted, control characters escaped."""
+    return repr(text)
+
+
+_path_cache: dict[tuple[str, str], str] = {}
+
+
+def resolve(argv0: str, env_path: str | None) -> str:
+    """The file execvp(3) would run for argv0 with PATH=env_path (os.defpath when unset);
+    raises NotStarted.  Hits in absolute directories are cached: a cached program that
+    has gone makes the spawn fail with ENOENT, and the run's outcome says so."""
+    if "/" in argv0:
+        return argv0
+    path = env_path if env_path is not None else os.defpath
+    key = (path, argv0)
+    hit = _path_cache.get(key)
+    if hit is not None:
+        return hit
+    denied = False
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", argv0)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+            if directory.startswith("/"):  # relative PATH entries depend on the cwd
+                _path_cache[key] = candidate
+            return candidate
+        denied = True
+    reason = "Permission denied" if denied else "No such file or directory"
+    raise NotStarted(f"cannot start {shown(argv0)}: {reason}")

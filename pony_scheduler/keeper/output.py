@@ -1,0 +1,119 @@
+"""A run's output file: exactly the bytes the job wrote, created at the first byte.
+
+Many scheduled jobs print nothing, and creating a file costs more than starting `true`,
+so a quiet run leaves no file.  The file is opened relative to the home with O_NOFOLLOW
+on every component (a symlink anywhere below the home is refused, never followed),
+created with O_CREAT|O_EXCL and mode 0640; missing directories are made 0750 the same
+way.  Output beyond OUTPUT_CAP is counted but not stored, and a line saying so ends the
+file.  When the file cannot be made or written (a full disk, a read-only file system, a
+directory we may not write), the job goes on: its pipe keeps being drained, its tail
+kept, and the reason becomes the outcome's output_note ("output incomplete: …").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from pony_scheduler.keeper.protocol import OUTPUT_CAP, TAIL_BYTES
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+TRUNCATED = b"\n[output truncated: more than 10 MiB]\n"
+
+
+def relative_parts(home: str, path: str) -> list[str] | None:
+    """Components of `path` below `home`, or None when it is not a file under the home
+    (relative, '..', '.', empty components, or the home itself)."""
+    prefix = home.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return None
+    parts = path[len(prefix) :].split("/")
+    if not parts or any(p in ("", ".", "..") for p in parts):
+        return None
+    return parts
+
+
+def open_below(home_fd: int, parts: list[str]) -> int:
+    """Create the file parts[-1] in the directories parts[:-1] below home_fd, never
+    through a symlink; returns the fd; raises OSError (filename set to the component)."""
+    fd = home_fd
+    try:
+        for name in parts[:-1]:
+            try:
+                nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o750, dir_fd=fd)
+                nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
+            if fd != home_fd:
+                os.close(fd)
+            fd = nxt
+        return os.open(parts[-1], FILE_FLAGS, 0o640, dir_fd=fd)
+    finally:
+        if fd != home_fd:
+            os.close(fd)
+
+
+class Output:
+    """Where one run's bytes go: the file (at the first byte), the tail, the counts."""
+
+    __slots__ = ("capped", "fd", "home_fd", "note", "parts", "path", "stored", "tail", "total")
+
+    def __init__(self, home_fd: int, path: str, parts: list[str]) -> None:
+        self.home_fd = home_fd
+        self.path = path
+        self.parts = parts
+        self.fd = -1
+        self.stored = 0  # bytes in the file
+        self.total = 0  # bytes the job wrote
+        self.note = ""  # why the file is incomplete
+        self.capped = False  # the truncation line is written
+        self.tail = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.total += len(data)
+        self.tail += data
+        if len(self.tail) > 2 * TAIL_BYTES:
+            del self.tail[:-TAIL_BYTES]
+        if self.note:
+            return  # failed before: the job goes on, its bytes are no longer stored
+        room = OUTPUT_CAP - self.stored
+        if room <= 0:
+            self._truncated()
+            return
+        if self.fd < 0:
+            try:
+                self.fd = open_below(self.home_fd, self.parts)
+            except OSError as exc:
+                self.note = f"output incomplete: cannot create {self.path}: {exc.strerror}"
+                return
+        chunk = data[:room]
+        try:
+            while chunk:
+                n = os.write(self.fd, chunk)
+                self.stored += n
+                chunk = chunk[n:]
+        except OSError as exc:
+            self.note = f"output incomplete: {exc.strerror}"
+            return
+        if len(data) > room:
+            self._truncated()
+
+    def _truncated(self) -> None:
+        if not self.capped:
+            self.capped = True
+            with contextlib.suppress(OSError):
+                os.write(self.fd, TRUNCATED)
+
+    def close(self) -> str:
+        """Close the file; returns the note for the outcome."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if not self.note and self.total > self.stored:
+            return f"output truncated: {self.total} bytes written, the first {self.stored} kept"
+        return self.note
+
+    def tail_bytes(self) -> bytes:
+        return bytes(self.tail[-TAIL_BYTES:])

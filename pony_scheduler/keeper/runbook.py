@@ -1,0 +1,212 @@
+"""What the keeper does with runs and outcomes, apart from its loop (server.py): starting
+a run, refusing one, announcing it, recording its outcome (pending until acknowledged,
+queued for the journal, sent to the scheduler at once), draining, reporting status."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import time
+from typing import TYPE_CHECKING, Any
+
+from pony_scheduler import __version__
+from pony_scheduler.keeper.containment import Cgroups
+from pony_scheduler.keeper.execpath import NotStarted
+from pony_scheduler.keeper.output import Output, relative_parts
+from pony_scheduler.keeper.procs import PgroupBox, Tracker
+from pony_scheduler.keeper.protocol import PROTOCOL, Launch, Outcome, Started, iso_utc
+from pony_scheduler.keeper.runs import Run
+from pony_scheduler.keeper.wire import encode, outcome_to_json, started_to_json
+
+if TYPE_CHECKING:
+    from pony_scheduler.keeper.commit import Journal
+    from pony_scheduler.keeper.conns import Conn
+
+
+class RunBook:
+    """Mixed into Keeper, whose __init__ sets these."""
+
+    home: str
+    home_fd: int
+    keeper_id: str
+    cg: Cgroups
+    journal: Journal
+    log: logging.Logger
+    started_at: str
+    devnull: int
+    epoll: select.epoll
+    handlers: dict[int, Any]
+    runs: dict[int, Run]
+    by_pid: dict[int, Run]
+    unacked: dict[str, Outcome]
+    unacked_runs: set[int]
+    tracker: Tracker
+    conns: dict[int, Conn]
+    scheduler: Conn | None
+    seq: int
+    draining: bool
+    drain_at: float | None
+    drain_by: str
+    exit_requested: bool
+    to_remove: list[Any]
+
+    def watch_fd(self, fd: int, run: Run) -> None:
+        self.epoll.register(fd, select.EPOLLPRI)
+        self.handlers[fd] = ("watch", run)
+
+    def forget_fd(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self.epoll.unregister(fd)
+
+    def live_runs(self) -> list[Run]:
+        return [run for run in self.runs.values() if not run.done]
+
+    def launch(self, launch: Launch, conn: Conn) -> None:
+        reason = ""
+        if launch.run_id in self.runs:
+            reason = f"run {launch.run_id} is already held by this keeper"
+        elif launch.run_id in self.unacked_runs:
+            reason = f"run {launch.run_id} has an outcome not yet acknowledged"
+        elif self.draining or self.exit_requested:
+            reason = "the keeper is draining its runs and takes no new ones"
+        parts = relative_parts(self.home, launch.output_path)
+        if not reason and parts is None:
+            reason = f"output path {launch.output_path!r} is not a file below {self.home}"
+        if reason:
+            conn.send(
+                {
+                    "type": "refused",
+                    "run_id": launch.run_id,
+                    "token": launch.token,
+                    "reason": reason,
+                }
+            )
+            return
+        assert parts is not None
+        try:
+            self._start(launch, parts)
+        except NotStarted as exc:
+            self._not_started(launch, str(exc))
+
+    def _start(self, launch: Launch, parts: list[str]) -> None:
+        why = self.cg.unenforceable(launch)
+        if why:
+            raise NotStarted(f"cannot start: {why}")
+        box: Any
+        if self.cg.mode == "pgroup":
+            box = PgroupBox(self.tracker, launch.run_id)
+        else:
+            box = self.cg.box(launch.run_id, launch)
+            try:
+                box.create()
+            except OSError as exc:
+                raise NotStarted(
+                    f"cannot start: cannot create its cgroup {exc.filename}: {exc.strerror}"
+                ) from None
+        run = Run(self, launch, box, Output(self.home_fd, launch.output_path, parts))
+        try:
+            run.spawn(self.home_fd, self.devnull)
+        except NotStarted:
+            if not isinstance(box, PgroupBox):
+                box.remove()
+            raise
+        self.runs[run.run_id] = run
+        self.by_pid[run.pid] = run
+        if isinstance(box, PgroupBox):
+            self.tracker.mains[run.pid] = run.run_id
+            self.tracker.sessions[run.pid] = run.run_id
+        self.epoll.register(run.pipe, select.EPOLLIN)
+        self.handlers[run.pipe] = ("pipe", run)
+
+    def announce(self, started: Started) -> None:
+        if self.scheduler is not None:
+            self.scheduler.send(started_to_json(started))
+
+    def _not_started(self, launch: Launch, detail: str) -> None:
+        now = iso_utc(time.time())
+        self.emit(
+            Outcome(
+                id=self.next_outcome_id(),
+                run_id=launch.run_id,
+                token=launch.token,
+                ending="not_started",
+                exit_code=None,
+                signal=None,
+                started_at=None,
+                finished_at=now,
+                detail=detail,
+                output_path=launch.output_path,
+                output_bytes=0,
+                output_note="",
+                tail=b"",
+                leftovers=0,
+                leftovers_kept=False,
+                peak_memory_bytes=None,
+                cpu_seconds=None,
+                containment=self.cg.mode,
+            )
+        )
+
+    def next_outcome_id(self) -> str:
+        self.seq += 1
+        return f"{self.keeper_id}-{self.seq}"
+
+    def run_finished(self, run: Run, outcome: Outcome) -> None:
+        self.runs.pop(run.run_id, None)
+        self.tracker.sessions.pop(run.pid, None)
+        if run.kept and isinstance(run.box, PgroupBox):
+            self.tracker.kept.add(run.pid)
+        if not isinstance(run.box, PgroupBox):
+            if run.kept:
+                run.box.release()
+            self.to_remove.append(run.box)
+        self.emit(outcome)
+
+    def emit(self, outcome: Outcome) -> None:
+        """Pending until acknowledged; queued for the journal; sent now."""
+        self.unacked[outcome.id] = outcome
+        self.unacked_runs.add(outcome.run_id)
+        message = encode(outcome_to_json(outcome))  # once, for the socket and the journal
+        self.journal.add(outcome, message)
+        if self.scheduler is not None:
+            self.scheduler.wbuf += message
+
+    def ack(self, ids: list[str]) -> None:
+        known = [i for i in ids if i in self.unacked]
+        for outcome_id in known:
+            self.unacked_runs.discard(self.unacked.pop(outcome_id).run_id)
+        if known:
+            self.journal.ack(known, len(self.unacked))
+
+    def drain(self, grace: float, by: str) -> None:
+        self.draining = True
+        self.drain_by = by
+        at = time.monotonic() + grace
+        if self.drain_at is None or at < self.drain_at:
+            self.drain_at = at
+        self.log.info("Draining %d run(s): %gs grace, then they are stopped", len(self.runs), grace)
+
+    def status_json(self) -> dict[str, Any]:
+        return {
+            "type": "status",
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": PROTOCOL,
+            "keeper_id": self.keeper_id,
+            "started_at": self.started_at,
+            "home": self.home,
+            "containment": self.cg.mode,
+            "containment_note": "; ".join(self.cg.notes),
+            "controllers": list(self.cg.controllers()),
+            "runs": len(self.runs),
+            "unacked": len(self.unacked),
+            "unjournaled": len(self.journal.waiting),
+            "journal_bytes": self.journal.size,
+            "journal_error": self.journal.error,
+            "draining": self.draining,
+            "exiting": self.exit_requested,
+            "clients": len(self.conns),
+        }

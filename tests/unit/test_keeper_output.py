@@ -1,0 +1,127 @@
+"""A run's output file: created at the first byte, below the home only, never through a
+symlink, capped, and a failure to write it noted rather than fatal."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pony_scheduler.keeper import output
+from pony_scheduler.keeper.output import TRUNCATED, Output, relative_parts
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def home_fd(home: Path) -> Iterator[int]:
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def make(home: Path, home_fd: int, rel: str = "runs/job/1.log") -> Output:
+    path = f"{home}/{rel}"
+    parts = relative_parts(str(home), path)
+    assert parts is not None
+    return Output(home_fd, path, parts)
+
+
+def test_paths_must_be_files_below_the_home() -> None:
+    assert relative_parts("/h", "/h/runs/j/1.log") == ["runs", "j", "1.log"]
+    assert relative_parts("/h/", "/h/x") == ["x"]
+    for bad in (
+        "/h",
+        "/h/",
+        "/other/x",
+        "/h/../etc/passwd",
+        "/h/runs//1.log",
+        "/h/./x",
+        "/hx/y",
+        "h/x",
+    ):
+        assert relative_parts("/h", bad) is None, bad
+
+
+def test_created_at_the_first_byte(home: Path, home_fd: int) -> None:
+    out = make(home, home_fd)
+    assert not (home / "runs").exists()
+    out.write(b"one")
+    out.write(b"\x00two")
+    assert out.close() == ""
+    path = home / "runs/job/1.log"
+    assert path.read_bytes() == b"one\x00two" == out.tail_bytes()
+    assert out.stored == out.total == 7
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640 & ~_umask()
+    assert stat.S_IMODE((home / "runs").stat().st_mode) == 0o750 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_quiet_runs_leave_no_file(home: Path, home_fd: int) -> None:
+    out = make(home, home_fd)
+    assert out.close() == ""
+    assert not (home / "runs").exists()
+
+
+def test_never_through_a_symlink(home: Path, home_fd: int, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (home / "runs").symlink_to(elsewhere)
+    out = make(home, home_fd)
+    out.write(b"secret")
+    assert out.close().startswith(f"output incomplete: cannot create {home}/runs/job/1.log: ")
+    assert list(elsewhere.iterdir()) == []
+    assert out.tail_bytes() == b"secret"  # the tail is kept all the same
+
+
+def test_an_existing_file_is_not_overwritten(home: Path, home_fd: int) -> None:
+    (home / "runs/job").mkdir(parents=True)
+    (home / "runs/job/1.log").write_bytes(b"earlier")
+    out = make(home, home_fd)
+    out.write(b"later")
+    assert out.close() == f"output incomplete: cannot create {home}/runs/job/1.log: File exists"
+    assert (home / "runs/job/1.log").read_bytes() == b"earlier"
+
+
+def test_output_is_capped(home: Path, home_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(output, "OUTPUT_CAP", 10)
+    out = make(home, home_fd)
+    for chunk in (b"0123456", b"789abc", b"def"):
+        out.write(chunk)
+    assert out.close() == "output truncated: 16 bytes written, the first 10 kept"
+    assert (home / "runs/job/1.log").read_bytes() == b"0123456789" + TRUNCATED
+    assert out.tail_bytes() == b"0123456789abcdef" and out.stored == 10
+
+
+def test_exactly_at_the_cap_then_more(
+    home: Path, home_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(output, "OUTPUT_CAP", 4)
+    out = make(home, home_fd)
+    out.write(b"abcd")
+    out.write(b"e")
+    out.write(b"f")
+    out.close()
+    assert (home / "runs/job/1.log").read_bytes() == b"abcd" + TRUNCATED
+
+
+def test_tail_is_the_last_4_kib(home: Path, home_fd: int) -> None:
+    out = make(home, home_fd)
+    data = bytes(range(256)) * 100
+    for i in range(0, len(data), 1000):
+        out.write(data[i : i + 1000])
+    out.close()
+    assert out.tail_bytes() == data[-4096:]
