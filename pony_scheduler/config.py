@@ -66,6 +66,13 @@ def _whole(name: str, value: Any, low: int, high: int, what: str) -> int:
     return number
 
 
+def _containment(name: str, value: Any) -> str:
+    """How the run keeper contains a run's processes (docs/KEEPER.md)."""
+    if value not in ("auto", "cgroup2", "cgroup1", "pgroup"):
+        raise ConfigError(f"{name} must be one of auto, cgroup2, cgroup1, pgroup; not {value!r}")
+    return str(value)
+
+
 def _lease(name: str, value: Any) -> float:
     """Seconds a claimed run stays a scheduler's without renewal (10 s to 1 h)."""
     seconds = _positive_float(name, value)
@@ -137,6 +144,7 @@ FIELDS: dict[str, tuple[str, Any, Any]] = {
     "workers": ("PONYBUNNY_WORKERS", _workers, 4),
     "shutdown_grace": ("PONYBUNNY_SHUTDOWN_GRACE", _positive_float, 30.0),
     "lease": ("PONYBUNNY_LEASE", _lease, 60.0),
+    "containment": ("PONYBUNNY_CONTAINMENT", _containment, "auto"),
     "log_level": ("PONYBUNNY_LOG_LEVEL", _log_level, "INFO"),
     "gateway_host": ("PONYBUNNY_GATEWAY_HOST", _text, "127.0.0.1"),
     "gateway_port": ("PONYBUNNY_GATEWAY_PORT", _port, 18789),
@@ -155,6 +163,7 @@ class Settings:
     workers: int
     shutdown_grace: float
     lease: float
+    containment: str
     log_level: str
     gateway_host: str
     gateway_port: int

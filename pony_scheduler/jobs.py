@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pony_scheduler.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pony_scheduler.actor import Actor
     from pony_scheduler.scheduler.schedule import Schedule
     from pony_scheduler.store import Store
 
@@ -26,6 +27,11 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Ranges of the integer options, the same on SQLite and PostgreSQL (pb-job(1)).
 RETRIES = (0, 10_000)
 MAX_QUEUED = (1, 10_000)
+TASKS_MAX = (1, 4_194_304)  # the kernel's pid_max limit
+MEMORY_MAX = (1 << 20, 1 << 50)  # bytes: 1 MiB to 1 PiB
+CPU_MAX = (0.01, 1024.0)  # CPUs
+LEFTOVERS = ("kill", "keep")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
 UMASK_DEFAULT = 0o022  # what cron and systemd give their jobs
 
 
@@ -52,6 +58,10 @@ class JobOptions:
     max_queued: int | None = None
     env_file: str | None = None
     secret: list[str] = field(default_factory=list)
+    leftovers: str | None = None
+    memory_max: str | None = None
+    cpu_max: str | None = None
+    tasks_max: int | None = None
 
 
 def _ignore(message: str) -> None:
@@ -181,6 +191,14 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
         values["env"] = parse_env(opts.env)
     if opts.env_file is not None:
         values["env_file"] = check_env_file(opts.env_file)
+    if _choice(opts.leftovers, LEFTOVERS, "--leftovers"):
+        values["leftovers"] = opts.leftovers
+    if opts.memory_max is not None:
+        values["memory_max"] = parse_size(opts.memory_max, "--memory-max")
+    if opts.cpu_max is not None:
+        values["cpu_max"] = parse_cpus(opts.cpu_max)
+    if opts.tasks_max is not None:
+        values["tasks_max"] = _in_range(opts.tasks_max, TASKS_MAX, "--tasks-max")
     if opts.secret:
         bad = [name for name in opts.secret if not ENV_NAME.match(name)]
         if bad:
@@ -209,6 +227,37 @@ def _in_range(value: int, bounds: tuple[int, int], flag: str) -> int:
     if not low <= value <= high:
         raise ConfigError(f"{flag} must be from {low} to {high:,}, not {value}")
     return value
+
+
+def parse_size(text: str, flag: str) -> int | None:
+    """Bytes from 512M, 2G, 1.5G or a plain number (suffixes are powers of 1024, as
+    systemd's MemoryMax=); "none" for no limit.  ConfigError outside 1 MiB to 1 PiB."""
+    if text.strip().lower() == "none":
+        return None
+    match = _SIZE.match(text)
+    if match is None:
+        raise ConfigError(f"{flag} {text!r} is not a size such as 512M or 2G (or none)")
+    number = float(match.group(1)) * 1024 ** "_KMGTP".index(match.group(2).upper() or "_")
+    low, high = MEMORY_MAX
+    if not low <= number <= high:
+        raise ConfigError(f"{flag} {text!r} is out of range: give 1M to 1P")
+    return int(number)
+
+
+def parse_cpus(text: str) -> float | None:
+    """CPUs from 0.5, 2 or 50% (of one CPU, as systemd's CPUQuota=); "none" for no limit."""
+    value = text.strip().lower()
+    if value == "none":
+        return None
+    try:
+        cpus = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        cpus = float("nan")
+    low, high = CPU_MAX
+    if not low <= cpus <= high:  # also false for NaN
+        raise ConfigError(f"--cpu-max {text!r} is not a number of CPUs from {low:g} to "
+                          f"{high:g} or a percentage of one CPU such as 50% (or none)")
+    return cpus
 
 
 def parse_umask(text: str) -> int:
@@ -298,7 +347,8 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
     keys = ("name", "command", "shell", "schedule_kind", "schedule_expr", "next_run_at",
             "enabled", "last_state", "last_run_at", "timeout_s", "retries", "retry_delay_s",
             "overlap", "catch_up", "cwd", "start_deadline_s", "max_queued", "error",
-            "last_run_id", "last_duration_s", "last_success_at")
+            "last_run_id", "last_duration_s", "last_success_at", "leftovers", "memory_max",
+            "cpu_max", "tasks_max")
     view = {key: job.get(key) for key in keys}
     view["schedule"] = schedule
     view["tz"] = job.get("schedule_tz")
@@ -315,12 +365,13 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
     return view
 
 
-def resume_job(store: Store, name: str, now: datetime) -> None:
-    """Schedule a paused job again from `now` on; occurrences while paused are not run."""
+def resume_job(store: Store, name: str, now: datetime, actor: Actor | None = None) -> None:
+    """Schedule a paused job again from `now` on; occurrences while paused are not run.
+    `actor` is who asked (the audit trail)."""
     from pony_scheduler.scheduler import schedule as sched
     from pony_scheduler.store.jobs import UnknownJob
 
     row = store.job_row(name)
     if row is None:
         raise UnknownJob(name)
-    store.set_enabled(name, True, sched.next_after(stored_schedule(row), now))
+    store.set_enabled(name, True, sched.next_after(stored_schedule(row), now), actor)

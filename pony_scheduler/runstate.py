@@ -28,8 +28,10 @@ FINAL = frozenset(set(RunState) - {RunState.QUEUED, RunState.RUNNING})
 ALLOWED = {
     RunState.QUEUED: frozenset({RunState.RUNNING, RunState.SKIPPED, RunState.EXPIRED}),
     # QUEUED again: claimed ahead of a free worker and released before it started.
+    # RUNNING again: adopted by another scheduler (a hand-over) while the keeper runs it.
     RunState.RUNNING: frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT,
-                                 RunState.INTERRUPTED, RunState.LOST, RunState.QUEUED}),
+                                 RunState.INTERRUPTED, RunState.LOST, RunState.QUEUED,
+                                 RunState.RUNNING}),
 }
 
 

@@ -30,6 +30,8 @@ if os.environ.get("CI"):
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SERVICES = ("scheduler", "gateway", "debug")
+# Every process with a pid file in the home: the services and the run keeper.
+DAEMONS = (*SERVICES, "keeper")
 
 
 @dataclass
@@ -75,7 +77,7 @@ class Pb:
 
     def remember(self) -> None:
         """Note every daemon PID seen so that teardown can kill what a test left."""
-        for name in SERVICES:
+        for name in DAEMONS:
             with contextlib.suppress(OSError, ValueError):
                 self.pids.add(int((self.home / f"{name}.pid").read_text().strip()))
 
@@ -86,12 +88,27 @@ class Pb:
 
     def cleanup(self) -> None:
         self.remember()
-        for pid in self.pids:
+        keeper = self.keeper_pid()
+        for pid in self.pids - {keeper}:
             if _is_ours(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        if keeper is not None and _is_ours(keeper):
+            # SIGTERM: the keeper stops every run's whole tree, then exits; SIGKILL would
+            # leave the runs' processes behind.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(keeper, signal.SIGTERM)
+            if not wait_dead(keeper, 20):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(keeper, signal.SIGKILL)
         for pid in self.pids:
             wait_dead(pid, 5)
+
+    def keeper_pid(self) -> int | None:
+        try:
+            return int((self.home / "keeper.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
 
 
 def _is_ours(pid: int) -> bool:

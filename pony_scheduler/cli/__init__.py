@@ -9,7 +9,7 @@ import click
 
 from pony_scheduler import __version__
 from pony_scheduler.cli.config_cmd import config_group
-from pony_scheduler.cli.jobs import job_group, runs_group
+from pony_scheduler.cli.jobs import audit_command, job_group, runs_group
 from pony_scheduler.cli.service import service_group
 from pony_scheduler.cli.service_all import service_all
 from pony_scheduler.errors import EXIT_USAGE, PonyError
@@ -39,6 +39,7 @@ cli.add_command(service_all)
 cli.add_command(job_group)
 cli.add_command(runs_group)
 cli.add_command(config_group)
+cli.add_command(audit_command)
 
 
 def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:

@@ -84,6 +84,14 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      "run's start, never stored (systemd's EnvironmentFile= format)."),
         click.option("--secret", multiple=True, metavar="NAME", help="Show the value of "
                      "--env NAME as (secret) in show, JSON and the API (repeatable)."),
+        click.option("--leftovers", type=click.Choice(("kill", "keep")), help="Processes "
+                     "a run leaves when its main process exits: kill (default) or keep."),
+        click.option("--memory-max", metavar="SIZE|none", help="Memory limit of a run's "
+                     "processes, e.g. 512M, 2G (where the memory controller exists)."),
+        click.option("--cpu-max", metavar="CPUS|none", help="CPU limit, e.g. 0.5 or 50% "
+                     "(of one CPU), 2 (where the cpu controller exists)."),
+        click.option("--tasks-max", type=int, metavar="N", help="Most processes and threads "
+                     "a run may have (where the pids controller exists)."),
         click.option("--shell", is_flag=True, default=None, help="COMMAND is one shell "
                      "string, run with /bin/sh -c."),
         click.option("--umask", metavar="OCTAL", help="File mode mask of the command "
@@ -109,7 +117,9 @@ def _options(kwargs: dict[str, Any]) -> JobOptions:
                       shell=kwargs["shell"], command=list(kwargs["command"]),
                       umask=kwargs["umask"], start_deadline=kwargs["start_deadline"],
                       max_queued=kwargs["max_queued"], env_file=kwargs["env_file"],
-                      secret=list(kwargs["secret"]))
+                      secret=list(kwargs["secret"]), leftovers=kwargs["leftovers"],
+                      memory_max=kwargs["memory_max"], cpu_max=kwargs["cpu_max"],
+                      tasks_max=kwargs["tasks_max"])
 
 
 @click.group(name="job")
@@ -490,8 +500,12 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
         return
     for key in ("id", "job", "state", "trigger", "attempt", "occurrence", "started_at",
                 "finished_at", "duration_s", "exit_code", "reason", "pid", "hostname",
-                "output_path"):
+                "containment", "peak_memory", "cpu_s", "output_path"):
         value = run.get(key)
+        if key == "peak_memory" and value is not None:
+            value = f"{value / 1048576:.1f} MiB"
+        if key == "cpu_s" and value is not None:
+            value = f"{value:.3f}s"
         if key in ("occurrence", "started_at", "finished_at"):
             value = local(value)
         if key == "exit_code":
@@ -517,6 +531,68 @@ def runs_output(ctx: click.Context, run_id: int, follow_: bool, raw: bool) -> No
     if path is None:
         raise PonyError(f"run {run_id} has no output ({_get_run(ctx, run_id)['state']})")
     _print_output(ctx, run_id, path, follow_, raw)
+
+
+@runs_group.command(name="kill")
+@click.argument("run_id", type=int)
+@click.option("--signal", "signame", default="TERM", show_default=True, metavar="SIG",
+              help="The signal for the run's whole process tree (SIGKILL follows after the "
+                   "kill grace if it is not SIGKILL).")
+@click.pass_context
+def runs_kill(ctx: click.Context, run_id: int, signame: str) -> None:
+    """Stop run RUN_ID's whole process tree; it is recorded as killed, and by whom."""
+    from pony_scheduler.actor import cli_actor
+    from pony_scheduler.keeper.client import KeeperClient, KeeperError
+    from pony_scheduler.keeper.protocol import signal_number
+
+    try:
+        signal_number(signame)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--signal") from None
+    run = _get_run(ctx, run_id)
+    if run["state"] != "running":
+        raise PonyError(f"run {run_id} is not running ({run['state']})")
+    settings = settings_from(ctx, db=ctx.meta.get("db"))
+    actor = cli_actor()
+    try:
+        keeper = KeeperClient.connect(settings.home, role="control", start=False)
+    except KeeperError:
+        keeper = None
+    try:
+        if keeper is None or keeper.is_held(run_id) is None:
+            raise PonyError(f"run {run_id} is not held by the run keeper of {settings.home} "
+                            f"(it runs on {run['hostname'] or 'another host'}); run "
+                            "'pb runs kill' there")
+        keeper.kill(run_id, signame, by=f"pb runs kill by {actor.describe()}")
+    finally:
+        if keeper is not None:
+            keeper.close()
+    open_store(ctx).record_audit(actor, "kill", run["job"], f"run {run_id} {signame.upper()}")
+    click.echo(f"✓ Sent {signame.upper()} to run {run_id} (job {run['job']}) and its whole "
+               "process tree")
+
+
+@click.command(name="audit")
+@click.argument("job", required=False)
+@click.option("-n", "--limit", type=click.IntRange(1, 1_000_000), default=20, show_default=True,
+              help="How many entries, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.pass_context
+def audit_command(ctx: click.Context, job: str | None, limit: int, as_json: bool) -> None:
+    """Who changed or triggered jobs (of JOB), and when: add, edit, remove, run, pause,
+    resume, kill, by CLI or API."""
+    entries = open_store(ctx).audit_entries(job, limit)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        click.echo("Nothing recorded yet")
+        return
+    rows = [("WHEN", "WHO", "VIA", "ACTION", "JOB", "DETAIL")]
+    rows += [(local(e["at"]), f"{e['user'] or '?'} ({e['uid']})" if e["uid"] is not None
+              else "-", f"{e['via']} ({e['scope']})", e["action"], e["job"] or "-",
+              e["detail"] or "") for e in entries]
+    _table([[_shown(str(cell), raw=False) for cell in row] for row in rows])
 
 
 def _output_path(ctx: click.Context, run_id: int, follow_: bool) -> str | None:
@@ -591,3 +667,6 @@ def _open_output(ctx: click.Context, run_id: int, path: str,
 
 add_db_option(job_group)
 add_db_option(runs_group)
+audit_command.params.append(click.Option(
+    ["--db"], metavar="PATH|URL", expose_value=False, callback=_remember_db,
+    help="Database to use (default: PONYBUNNY_DB, config.toml, or HOME/pony.db)."))

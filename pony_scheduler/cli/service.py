@@ -93,6 +93,7 @@ def service_group(spec: ServiceSpec) -> click.Group:
         pass
 
     group.add_command(_start_command(spec))
+    group.add_command(_restart_command(spec))
     group.add_command(_stop_command(spec))
     group.add_command(_status_command(spec))
     group.add_command(_logs_command(spec))
@@ -104,7 +105,7 @@ def service_group(spec: ServiceSpec) -> click.Group:
 def _start_command(spec: ServiceSpec) -> click.Command:
     @click.command(name="start", help=f"Start the {spec.title.lower()} (in the background).")
     @click.option("--foreground", is_flag=True, help="Do not detach; log to stderr.")
-    @click.option("--force", is_flag=True, help="Stop a running instance first (TERM, then KILL).")
+    @click.option("--force", is_flag=True, help="Replace a running instance (as restart).")
     @click.option("--debug", is_flag=True, help="Debug-level logging.")
     @click.option("--timeout", type=POSITIVE_SECONDS, default=30.0, show_default=True,
                   help="Seconds to wait for readiness (and for --force to stop the old one).")
@@ -131,6 +132,33 @@ def _start_command(spec: ServiceSpec) -> click.Command:
     for option in EXTRA_START_OPTIONS.get(spec.name, []):
         option(start)  # click.option() on a Command adds the parameter in place
     return start
+
+
+def _restart_command(spec: ServiceSpec) -> click.Command:
+    what = ("hands its running runs over to the new one: they keep running"
+            if spec.name == "scheduler" else "stops")
+    @click.command(name="restart", help=f"Replace the {spec.title.lower()} with a new "
+                   f"process (the old one {what}); start it if it is not running.")
+    @click.option("--debug", is_flag=True, help="Debug-level logging.")
+    @click.option("--timeout", type=POSITIVE_SECONDS, default=30.0, show_default=True,
+                  help="Seconds to wait for the old one to go and the new one to be ready.")
+    @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+    @click.pass_context
+    def restart(ctx: click.Context, debug: bool, timeout: float, quiet: bool,
+                **extra: Any) -> None:
+        settings = settings_from(ctx, log_level="DEBUG" if debug else None, **extra)
+        say = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
+        try:
+            result = control.start(spec, settings, timeout=timeout, force=True, say=say)
+        except StartFailed as exc:
+            _print_failure(spec, settings, exc)
+            ctx.exit(exc.exit_code)
+        if not quiet:
+            _print_started(spec, settings, result)
+
+    for option in EXTRA_START_OPTIONS.get(spec.name, []):
+        option(restart)
+    return restart
 
 
 def _print_started(spec: ServiceSpec, settings: Settings, result: control.StartResult) -> None:
@@ -223,9 +251,27 @@ STATE_WORDS = {
 }
 
 
+def keeper_facts(settings: Settings) -> dict[str, Any] | None:
+    """The run keeper of the home, from its keeper.json, if its process is alive and the
+    one the file describes (the same checks as for a pid file): pid, containment, ..."""
+    from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
+
+    try:
+        with open(settings.home / "keeper.json", "rb") as handle:
+            facts = json.loads(handle.read(65536))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(facts, dict) or not isinstance(facts.get("pid"), int):
+        return None
+    alive = (facts.get("bootId") == boot_id()
+             and proc_start_time(facts["pid"]) == facts.get("procStartTime"))
+    return facts if alive else None
+
+
 def status_json(report: Status, settings: Settings) -> dict[str, Any]:
     meta = report.meta or {}
     uptime = report.uptime()
+    keeper = keeper_facts(settings) if report.spec.name == "scheduler" else None
     return {
         "service": report.spec.name,
         "status": report.state,
@@ -238,6 +284,9 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
         "pidFile": str(report.spec.pid_path(settings.home)),
         "reason": report.reason or None,
         "metadata": report.meta,
+        **({"keeper": {"pid": keeper["pid"], "containment": keeper.get("containment"),
+                       "version": keeper.get("version")} if keeper else None}
+           if report.spec.name == "scheduler" else {}),
     }
 
 
@@ -254,6 +303,11 @@ def _print_status(report: Status, settings: Settings) -> None:
         for line in _details(spec, meta):
             click.echo(line)
         click.echo(_label("Started") + _when(meta))
+    if spec.name == "scheduler":
+        keeper = keeper_facts(settings)
+        click.echo(_label("Keeper") + (
+            f"PID {keeper['pid']}, containment {keeper.get('containment')}" if keeper
+            else "not running (the scheduler starts it)"))
         uptime = report.uptime()
         click.echo(_label("Uptime") + (format_duration(int(uptime)) if uptime is not None
                                         else "unknown"))

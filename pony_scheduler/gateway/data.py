@@ -119,19 +119,18 @@ class Data:
                                          run.get("output_tail"))
         return dict(run)
 
-    # The actor (who asked, pony_scheduler.actor) goes to the audit trail once the store
-    # takes it; the API's log line names it meanwhile.
+    # The actor (who asked, pony_scheduler.actor) goes to the audit trail with the change.
     async def request_run(self, name: str, actor: Actor | None = None) -> int:
         await self.job(name)  # 404 for an unknown job, before anything is written
-        return int(await self.query("request_run", name))
+        return int(await self.query("request_run", name, actor))
 
     async def set_enabled(self, name: str, enabled: bool,
                           actor: Actor | None = None) -> dict[str, Any]:
         await self.job(name)
         if enabled:
-            await self.within(lambda store: _resume(store, name))
+            await self.within(lambda store: _resume(store, name, actor))
         else:
-            await self.query("set_enabled", name, False)
+            await self.query("set_enabled", name, False, None, actor)
         return await self.job(name)
 
     def close(self) -> None:
@@ -175,12 +174,12 @@ def _below(directory: Path, path: str | None) -> str | None:
         return None
 
 
-def _resume(store: Any, name: str) -> None:
+def _resume(store: Any, name: str, actor: Actor | None) -> None:
     from pony_scheduler.jobs import resume_job
     from pony_scheduler.store.common import utcnow
     from pony_scheduler.store.jobs import UnknownJob
 
     try:
-        resume_job(store, name, utcnow())
+        resume_job(store, name, utcnow(), actor)
     except UnknownJob:
         raise NotFound(f"no job named {name!r}") from None

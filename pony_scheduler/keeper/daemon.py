@@ -33,6 +33,7 @@ from pony_scheduler.keeper.journal import JournalFile, lock_pid_file
 from pony_scheduler.keeper.protocol import META_FILE, PID_FILE, PROTOCOL, SOCKET_FILE
 from pony_scheduler.keeper.server import Keeper, open_log
 from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time, read_meta, write_meta
+from pony_scheduler.waiting import pause
 
 # The same lines as the other daemons' logs (lifecycle/runtime.py LOG_FORMAT).
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s[%(process)d]: %(message)s"
@@ -93,7 +94,7 @@ def _cleanup_stale(home: Path, cg: Cgroups, old_meta: dict[str, object] | None) 
         count = cg.kill_stale(path)
         deadline = time.monotonic() + 5
         while not cgroups.remove_group(path) and time.monotonic() < deadline:
-            time.sleep(0.02)
+            pause(0.02)
         log.warning(
             "Killed %d process(es) of %s, left by a keeper that died", count, os.path.basename(path)
         )

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from pony_scheduler.keeper.protocol import LOG_FILE, SOCKET_FILE, START_LOCK
+from pony_scheduler.waiting import pause, wait_child
 
 _SERVICE_VARS = (
     "NOTIFY_SOCKET",
@@ -95,7 +96,7 @@ def start_keeper(
                     raise StartBusy(
                         f"another process keeps starting the keeper of {home}"
                     ) from None
-                time.sleep(0.01)
+                pause(0.01)
         with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):
             dial(home).close()
             return  # someone else started it while we waited for the lock
@@ -103,7 +104,7 @@ def start_keeper(
         if answer.startswith("FAILED"):
             raise StartFailed(f"the keeper failed to start: {answer[7:]}" + log_tail(home))
         if answer.startswith("RUNNING"):
-            time.sleep(0.02)  # a keeper that is exiting still holds the lock: try again
+            pause(0.02)  # a keeper that is exiting still holds the lock: try again
         elif not answer.startswith("READY"):
             raise StartFailed("the keeper exited without saying why" + log_tail(home))
     finally:
@@ -146,7 +147,10 @@ def spawn(home: Path, containment: str | None, idle_exit_s: float | None, deadli
         os.close(write_end)
         os.close(log_fd)
     try:
-        proc.wait(max(0.1, deadline - time.monotonic()))  # the intermediate exits at once
+        # The intermediate exits at once (it only forks the keeper).
+        if wait_child(proc.pid, max(0.1, deadline - time.monotonic())) is None:
+            return "FAILED not ready in time"
+        proc.returncode = 0  # reaped here: Popen must not wait for it again
         answer = b""
         while not answer.endswith(b"\n"):
             remaining = deadline - time.monotonic()
@@ -157,8 +161,6 @@ def spawn(home: Path, containment: str | None, idle_exit_s: float | None, deadli
                 break
             answer += chunk
         return answer.decode(errors="replace").strip()
-    except subprocess.TimeoutExpired:
-        return "FAILED not ready in time"
     finally:
         os.close(read_end)
 

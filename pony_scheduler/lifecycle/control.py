@@ -217,13 +217,16 @@ def _user_name(uid: int | None) -> str:
 
 def terminate(spec: ServiceSpec, settings: Settings, info: PidInfo, *, timeout: float,
               say: Say) -> None:
-    """What `start --force` does to a running daemon: TERM, wait, then KILL."""
+    """What `start --force` and `restart` do to a running daemon: SIGUSR2 (hand over: the
+    scheduler leaves its running runs to the run keeper and the next scheduler), wait,
+    then SIGKILL (the runs survive that too)."""
     assert info.pid is not None
     start_time = info.start_time  # the process inspect() verified, not a later reading
-    say(f"Stopping {spec.title} (PID {info.pid})...")
-    _signal(spec, info, signal.SIGTERM)
+    say(f"Replacing {spec.title} (PID {info.pid})...")
+    _signal(spec, info, signal.SIGUSR2)
     if not pidfile.wait_gone(info.pid, start_time, timeout):
-        say(f"{spec.title} (PID {info.pid}) ignored SIGTERM for {timeout:g}s; sending SIGKILL")
+        say(f"{spec.title} (PID {info.pid}) did not hand over within {timeout:g}s; "
+            "sending SIGKILL")
         _signal(spec, info, signal.SIGKILL)
         pidfile.wait_gone(info.pid, start_time, 10)
     pidfile.remove_files(spec, settings.home)

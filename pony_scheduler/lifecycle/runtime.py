@@ -45,6 +45,9 @@ class ServiceRuntime:
         self.next_pid_check = 0.0
         self._announce = announce  # readiness channel: the start pipe or nothing
         self.stop_requests = 0  # 1 = orderly shutdown, 2+ = stop now
+        # SIGUSR2: stop and leave running work to the next process of this service (the
+        # scheduler's runs keep running under the run keeper); a later SIGTERM overrides.
+        self.handing_over = False
         self.reopen_requested = False
         self.is_ready = False
         self.stop_on_corrupt_database = False  # set for the scheduler (ServiceSpec)
@@ -55,6 +58,12 @@ class ServiceRuntime:
     # -- signal handlers: flags only --------------------------------------------------
     def on_stop_signal(self, signum: int, frame: object) -> None:
         self.stop_requests += 1
+        self.handing_over = False
+
+    def on_handover_signal(self, signum: int, frame: object) -> None:
+        if not self.stop_requests:
+            self.stop_requests = 1
+            self.handing_over = True
 
     def on_hup_signal(self, signum: int, frame: object) -> None:
         self.reopen_requested = True
@@ -73,6 +82,7 @@ class ServiceRuntime:
             signal.SIGTERM: self.on_stop_signal,
             signal.SIGINT: self.on_stop_signal,
             signal.SIGHUP: self.on_hup_signal,
+            signal.SIGUSR2: self.on_handover_signal,
             signal.SIGTSTP: None,
             signal.SIGTTIN: None,
             signal.SIGTTOU: None,
@@ -96,13 +106,15 @@ class ServiceRuntime:
         with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
             os.write(self._wake_w, b"w")
 
-    def sleep(self, seconds: float) -> None:
-        """Sleep until `seconds` pass, a signal arrives or wake() is called."""
+    def sleep(self, seconds: float, also: int | None = None) -> None:
+        """Sleep until `seconds` pass, a signal arrives, wake() is called or the file
+        descriptor `also` (the run keeper's connection) becomes readable."""
         if self.stop_requests and seconds > 0:
             seconds = 0
         seconds = min(seconds, max(0.0, self.next_pid_check - time.monotonic()))
-        ready, _, _ = select.select([self._wake_r], [], [], max(seconds, 0))
-        if ready:
+        watched = [self._wake_r] if also is None else [self._wake_r, also]
+        ready, _, _ = select.select(watched, [], [], max(seconds, 0))
+        if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 4096):
                     pass

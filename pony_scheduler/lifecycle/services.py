@@ -50,7 +50,7 @@ def select(name: str) -> list[ServiceSpec]:
 
 
 def start(specs: list[ServiceSpec], settings: Settings, *, timeout: float,
-          report: Report = lambda _: None) -> list[Outcome]:
+          report: Report = lambda _: None, replace: bool = False) -> list[Outcome]:
     """Start each in turn, each waited for until ready; stop at the first failure (the
     later ones depend on the earlier: the scheduler reports to the gateway, the dashboard
     reads from it).  One that already runs counts as started."""
@@ -61,16 +61,17 @@ def start(specs: list[ServiceSpec], settings: Settings, *, timeout: float,
             outcome = Outcome(spec, "skipped", failed.exit_code,
                               message=f"not started because {failed.spec.title} failed")
         else:
-            outcome = _start_one(spec, settings, timeout)
+            outcome = _start_one(spec, settings, timeout, replace)
             failed = None if outcome.ok else outcome
         outcomes.append(outcome)
         report(outcome)
     return outcomes
 
 
-def _start_one(spec: ServiceSpec, settings: Settings, timeout: float) -> Outcome:
+def _start_one(spec: ServiceSpec, settings: Settings, timeout: float,
+               replace: bool = False) -> Outcome:
     try:
-        result = control.start(spec, settings, timeout=timeout)
+        result = control.start(spec, settings, timeout=timeout, force=replace)
     except AlreadyRunning as exc:
         return Outcome(spec, "running", pid=exc.info.pid, meta=exc.info.meta)
     except StartFailed as exc:
@@ -83,13 +84,16 @@ def _start_one(spec: ServiceSpec, settings: Settings, timeout: float) -> Outcome
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
-KILL_GRACE = 15.0  # after the shutdown grace: jobs get SIGTERM, then SIGKILL, then we exit
 
 
 def stop_timeout(spec: ServiceSpec, settings: Settings) -> float:
-    """What `pb NAME stop` waits by default: the scheduler lets running jobs finish first."""
+    """What `pb NAME stop` waits by default: the scheduler lets running jobs finish first.
+    After the shutdown grace, jobs get SIGTERM and, the keeper's one kill grace later,
+    SIGKILL; then their outcomes are recorded and it exits: three kill graces cover it."""
     if spec.name == "scheduler":
-        return settings.shutdown_grace + KILL_GRACE
+        from pony_scheduler.keeper.protocol import KILL_GRACE_S
+
+        return settings.shutdown_grace + 3 * KILL_GRACE_S
     return STOP_TIMEOUT
 
 
@@ -115,10 +119,10 @@ def stop(specs: list[ServiceSpec], settings: Settings, *, timeout: float | None 
 
 def restart(specs: list[ServiceSpec], settings: Settings, *, timeout: float | None = None,
             report: Report = lambda _: None) -> list[Outcome]:
-    stopped = stop(specs, settings, timeout=timeout, report=report)
-    if not all(outcome.ok for outcome in stopped):
-        return stopped  # starting now would only find the old ones still running
-    return stopped + start(specs, settings, timeout=timeout or START_TIMEOUT, report=report)
+    """Replace each in start order, as `pb NAME restart` does: the old process hands over
+    (the scheduler's runs keep running under the run keeper) and a new one starts."""
+    return start(specs, settings, timeout=timeout or START_TIMEOUT, report=report,
+                 replace=True)
 
 
 def exit_code(outcomes: list[Outcome]) -> int:

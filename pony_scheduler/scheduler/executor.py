@@ -1,349 +1,203 @@
-"""Runs job commands: a pool of worker threads, each child in its own session.
+"""The scheduler's side of the run keeper: hands runs to it, turns its events into the
+run policy's records, and counts worker slots.
 
-The child gets its own process group so that a timeout or a shutdown can stop
-everything it started (shell pipelines, grandchildren) with one killpg().  The executor
-decides no state: it reports that a run started (Started) and how it ended (Outcome); the
-loop asks the run policy (runs.settle) what that makes of the run.
+The keeper (pony_scheduler/keeper, docs/KEEPER.md) is the parent of every job process: a
+run keeps running, and its outcome is kept, whatever happens to the scheduler.  This
+module decides no state: it reports that a run started (Started) and how it ended
+(runs.Outcome); the loop asks runs.settle what that makes of the run, records it, and
+only then acknowledges the outcome, so a crash in between replays it (the store's epoch
+guard makes a replay change nothing).  Everything runs on the loop's thread: the loop
+sleeps on fileno() and calls poll().
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import os
-import select
-import signal
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from typing import BinaryIO
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
 
-from pony_scheduler import files
-from pony_scheduler.lifecycle.pidfile import proc_start_time
+from pony_scheduler.keeper import protocol as kp
+from pony_scheduler.keeper.client import KeeperClient, KeeperError, KeeperGone
 from pony_scheduler.scheduler.runs import Ending, Outcome, Started
 from pony_scheduler.store.common import utcnow
+from pony_scheduler.waiting import pause
 
 log = logging.getLogger("pony_scheduler.executor")
 
-OUTPUT_CAP = 10 * 1024 * 1024  # bytes of output kept in a run's file
-TAIL_BYTES = 4096  # the end of the output, kept in the database
-KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to a run's processes
-
-
-@dataclass(frozen=True, slots=True)
-class Launch:
-    """What starting one run needs: the command resolved, its whole environment."""
-
-    run_id: int
-    job: str
-    argv: tuple[str, ...]
-    environ: Mapping[str, str]
-    cwd: str | None
-    umask: int
-    timeout_s: float | None
-    output_path: str
-
-
-class Output:
-    """A run's output file, created at its first byte: a run that prints nothing leaves
-    no file.  Creating a file can cost more than starting `true` (0.7-0.9 ms of CPU in
-    this machine's /tmp; docs/BENCHMARKS.md, finding 2), and many scheduled jobs are
-    quiet."""
-
-    def __init__(self, home: str, path: str) -> None:
-        self.home = home
-        self.path = path
-        self.file: BinaryIO | None = None
-        self.written = 0  # bytes the job wrote, kept or not
-        self.note: str | None = None  # why the file does not hold everything kept
-
-    def write(self, data: bytes) -> None:
-        """Keep `data` up to OUTPUT_CAP bytes in all, then a note that the rest was cut."""
-        kept = max(0, OUTPUT_CAP - self.written)
-        self.written += len(data)
-        if kept:
-            self._write(data[:kept])
-            if len(data) > kept:
-                self._write(b"\n[output truncated: more than 10 MiB]\n")
-
-    def _write(self, data: bytes) -> None:
-        """Write through to the file; a file that cannot be made or written (a full disk,
-        a planted symlink) ends the copy with a note, never the run: its pipe is still
-        drained, so the job goes on."""
-        if self.note is not None:
-            return
-        try:
-            if self.file is None:
-                # Never through a symlink, never over a file that is there already.
-                fd = files.create_file(self.home, os.path.relpath(self.path, self.home),
-                                       files.SHARED_MODE, make_dirs=True)
-                self.file = os.fdopen(fd, "wb")
-            self.file.write(data)
-            self.file.flush()  # `pb runs output -f` follows the file
-        except (OSError, files.UnsafePath) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            self.note = f"output incomplete: {reason}"
-
-    def close(self) -> None:
-        if self.file is not None:
-            try:
-                self.file.close()
-            except OSError as exc:  # the last flush hit a full disk
-                self.note = self.note or f"output incomplete: {exc.strerror}"
-            self.file = None
+Launch = kp.Launch  # what starting one run needs: the command resolved, its environment
 
 
 class Executor:
-    """A fixed pool of worker threads fed by a queue; `active` counts the runs handed
-    over and not yet finished, `pending` holds those no worker has taken yet.  A finished
-    run is reported (on_outcome), then its slot is freed, then the loop is woken
-    (on_idle): the wake-up always finds the slot it was woken for, and the next claim never
-    sees the finished run as still running."""
+    """Worker slots over the keeper: at most `workers` runs in flight; a run claimed ahead
+    of a free slot waits in `pending` and goes to the keeper when one frees up (or back to
+    the queue: take_back)."""
 
-    def __init__(self, home: str, workers: int, on_started: Callable[[Started], None],
+    def __init__(self, home: Path, workers: int, on_started: Callable[[Started], None],
                  on_outcome: Callable[[Outcome], None], on_idle: Callable[[], None],
-                 now: Callable[[], datetime] = utcnow) -> None:
-        self.home = home  # output files are made beneath it, never through a symlink
+                 skew: Callable[[], timedelta], containment: str | None = None) -> None:
+        self.home = home
         self.workers = workers
-        self.now = now  # the clock outcomes are stamped with (the database's)
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}  # running, by run id
-        self.kills: dict[int, str] = {}  # run id -> why it was killed on request
         self.on_started = on_started
         self.on_outcome = on_outcome
         self.on_idle = on_idle
-        self.lock = threading.Lock()
-        self.ready = threading.Condition(self.lock)  # pending has a run, or closing
-        self.pending: collections.deque[tuple[Launch, float]] = collections.deque()
-        self.closing = False
-        self.threads: list[threading.Thread] = []
-        self.active = 0
+        self.skew = skew  # the database's clock minus ours: outcomes are stamped with it
+        self.containment = containment
+        self.client: KeeperClient | None = None
+        self.in_flight: set[int] = set()
+        self.pending: collections.deque[tuple[kp.Launch, float]] = collections.deque()
         self.last_finish = 0.0  # time.monotonic() of the latest finished run
-        self.interrupt = threading.Event()  # set: stop every job now (shutdown)
+        self.stopped = 0  # runs a drain stopped
 
-    def free_slots(self, ahead: int = 0) -> int:
-        """How many more runs to hand over: one per idle worker, plus `ahead` waiting."""
-        with self.lock:
-            return max(0, self.workers + ahead - self.active)
+    # -- the keeper ------------------------------------------------------------------------
+    def connect(self, scheduler_id: str) -> kp.Welcome:
+        """Connect to the home's keeper (starting it if none runs) as this scheduler;
+        its welcome lists the runs it holds and the outcomes not recorded yet.  Raises
+        KeeperError (ProtocolMismatch: another version's keeper holds runs)."""
+        self.client = KeeperClient.connect(self.home, scheduler_id,
+                                           containment=self.containment)
+        self.in_flight = {held.run_id for held in self.client.welcome.runs}
+        return self.client.welcome
 
-    def busy(self) -> int:
-        with self.lock:
-            return self.active
+    def fileno(self) -> int | None:
+        return self.client.fileno() if self.client is not None else None
 
-    def oldest_pending(self) -> float | None:
-        """When the run waiting longest for a worker was handed over (monotonic)."""
-        with self.lock:
-            return self.pending[0][1] if self.pending else None
+    def keeper(self) -> KeeperClient:
+        if self.client is None:
+            raise KeeperError("not connected to the run keeper")
+        return self.client
 
-    def launch(self, launch: Launch) -> None:
-        with self.lock:
-            self.active += 1
-            self.pending.append((launch, time.monotonic()))
-            self.ready.notify()
-            grow = len(self.threads) < min(self.active, self.workers)
-        if grow:  # threads are made on demand, after daemonizing, never more than workers
-            thread = threading.Thread(target=self._worker, daemon=True,
-                                      name=f"worker-{len(self.threads) + 1}")
-            self.threads.append(thread)
-            thread.start()
-
-    def kill(self, run_id: int, why: str) -> None:
-        """Stop run `run_id`'s process group now; its outcome is `killed`, with `why`."""
-        with self.lock:
-            proc = self.procs.get(run_id)
-            if proc is None:
-                return
-            self.kills[run_id] = why
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    def take_back(self, handed_before: float | None = None) -> list[int]:
-        """Remove runs that no worker has started, handed over before `handed_before`
-        (all of them when None); returns their ids for the caller to requeue."""
-        with self.lock:
-            back = [item for item in self.pending
-                    if handed_before is None or item[1] < handed_before]
-            for item in back:
-                self.pending.remove(item)
-            self.active -= len(back)
-        return [launch.run_id for launch, _ in back]
-
-    def drain(self, grace: float, stop_now: Callable[[], bool],
-              keep_alive: Callable[[], None]) -> int:
-        """Wait up to `grace` for running jobs, then interrupt the rest; returns how many.
-        Runs not started yet must have been taken back first."""
-        deadline = time.monotonic() + grace
-        while self.busy() and time.monotonic() < deadline and not stop_now():
-            keep_alive()  # leases must not expire while we wait
-            time.sleep(0.05)
-        left = self.busy()
-        self.interrupt.set()
-        deadline = time.monotonic() + KILL_GRACE + 5
-        while self.busy() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with self.lock:
-            self.closing = True
-            self.ready.notify_all()
-        for thread in self.threads:
-            thread.join(1)
-        return left
-
-    def _next(self) -> Launch | None:
-        with self.lock:
-            while not self.pending and not self.closing:
-                self.ready.wait()
-            return self.pending.popleft()[0] if self.pending else None
-
-    def _worker(self) -> None:
-        while (launch := self._next()) is not None:
-            try:
-                outcome = self._execute(launch)
-            except Exception as exc:  # a bug here must not kill the daemon silently
-                log.exception("Run %s: executor failed", launch.run_id)
-                outcome = Outcome(launch.run_id, Ending.NOT_STARTED, self.now(),
-                                  detail=f"executor error: {exc}")
-            self._done(outcome)
-
-    def _done(self, outcome: Outcome) -> None:
+    def poll(self) -> None:
+        """Take the keeper's events: report starts and outcomes, fill freed slots."""
         try:
-            self.on_outcome(outcome)
-        finally:
-            with self.lock:
-                self.active -= 1
-                self.last_finish = time.monotonic()
+            events = self.keeper().read_events()
+        except KeeperGone as exc:
+            raise KeeperError(f"the run keeper went away: {exc}") from None
+        finished = False
+        for event in events:
+            if isinstance(event, kp.Started):
+                self.on_started(Started(event.run_id, event.pid, event.pid_start,
+                                        event.output_path))
+            elif isinstance(event, kp.Outcome):
+                self.in_flight.discard(event.run_id)
+                self.stopped += event.ending == Ending.STOPPED
+                self.on_outcome(self.outcome(event))
+                finished = True
+            elif isinstance(event, kp.Refused):
+                log.error("Run %d: the keeper refused it: %s", event.run_id, event.reason)
+                self.in_flight.discard(event.run_id)
+                self.on_outcome(Outcome(event.run_id, Ending.NOT_STARTED, self.stamp(None),
+                                        detail=f"the run keeper refused it: {event.reason}",
+                                        token=_epoch(event.token)))
+                finished = True
+            else:  # Superseded: another scheduler of this home took the keeper over
+                raise KeeperError(f"the run keeper was taken over: {event.message}")
+        if finished:
+            self.last_finish = time.monotonic()
+            self._fill()
             self.on_idle()
 
-    def _execute(self, launch: Launch) -> Outcome:
-        out = Output(self.home, launch.output_path)
-        with contextlib.closing(out):
-            try:
-                proc = subprocess.Popen(
-                    launch.argv, cwd=launch.cwd or None, env=dict(launch.environ),
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True, umask=launch.umask)
-            except OSError as exc:
-                out.write(f"cannot start {launch.argv[0]!r}: {exc.strerror}\n".encode())
-                out.close()
-                return Outcome(launch.run_id, Ending.NOT_STARTED, self.now(),
-                               detail=f"cannot start command: {exc.strerror}",
-                               output_path=launch.output_path)
-            pid, pid_start = proc.pid, proc_start_time(proc.pid)
-            with self.lock:
-                self.procs[launch.run_id] = proc
-            self.on_started(Started(launch.run_id, pid, pid_start, launch.output_path))
-            try:
-                ending, detail, tail = self._supervise(proc, out, launch.timeout_s)
-            finally:
-                with self.lock:
-                    self.procs.pop(launch.run_id, None)
-                    killed = self.kills.pop(launch.run_id, None)
-        code = proc.wait()
-        if killed is not None:
-            ending, detail = Ending.KILLED, killed
-        return Outcome(launch.run_id, ending, self.now(),
-                       exit_code=code if code >= 0 else None,
-                       signal=-code if code < 0 else None, detail=detail, pid=pid,
-                       pid_start=pid_start, output_path=launch.output_path,
-                       output_bytes=out.written, output_note=out.note, tail=tail)
+    def outcome(self, event: kp.Outcome) -> Outcome:
+        """The run policy's Outcome of a keeper outcome, stamped with the database's clock."""
+        ending = Ending(event.ending)
+        detail = event.detail or None
+        if ending is Ending.KILLED and not event.by:
+            ending = Ending.EXITED  # a signal nobody here asked for: a crash, an OOM kill
+        return Outcome(
+            event.run_id, ending, self.stamp(event.finished_at), exit_code=event.exit_code,
+            signal=event.signal, detail=detail,
+            started_at=self.stamp(event.started_at) if event.started_at else None,
+            pid=event.pid, pid_start=event.pid_start, output_path=event.output_path or None,
+            output_bytes=event.output_bytes, output_note=event.output_note or None,
+            tail=event.tail, leftovers=event.leftovers, leftovers_kept=event.leftovers_kept,
+            peak_memory=event.peak_memory_bytes, cpu_s=event.cpu_seconds,
+            containment=event.containment or None, token=_epoch(event.token),
+            receipt=event.id)
 
-    def _supervise(self, proc: subprocess.Popen[bytes], out: Output,
-                   timeout: float | None) -> tuple[Ending, str | None, bytes]:
-        """Copy output (capped) until the child closes it, times out or is interrupted."""
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout if timeout else None
-        tail: collections.deque[bytes] = collections.deque()
-        tail_size = 0
-        ending, detail = Ending.EXITED, None
-        fd = proc.stdout.fileno()
-        while True:
-            if self.interrupt.is_set():
-                ending, detail = Ending.STOPPED, "interrupted by scheduler shutdown"
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                ending, detail = Ending.TIMED_OUT, f"timed out after {timeout:g}s"
-                break
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if not ready:
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            out.write(chunk)
-            tail.append(chunk)
-            tail_size += len(chunk)
-            while tail_size - len(tail[0]) >= TAIL_BYTES:
-                tail_size -= len(tail.popleft())
-        if ending is Ending.EXITED:  # output closed; the process may still run
-            ending, detail = self._await_exit(proc, deadline, timeout)
-        if ending is not Ending.EXITED:
-            stop_group(proc)
-        proc.stdout.close()
-        return ending, detail, b"".join(tail)[-TAIL_BYTES:]
+    def stamp(self, text: str | None) -> datetime:
+        """A keeper time (this host's clock, ISO 8601 UTC; None: now) on the database's."""
+        moment = datetime.fromisoformat(text) if text else utcnow()
+        return moment + self.skew()
 
-    def _await_exit(self, proc: subprocess.Popen[bytes], deadline: float | None,
-                    timeout: float | None) -> tuple[Ending, str | None]:
-        if proc.poll() is not None:
-            return Ending.EXITED, None
-        # A pidfd becomes readable when the child exits: Popen.wait(timeout) would poll
-        # with growing sleeps, adding up to milliseconds to every short run.
-        with exit_watch(proc.pid) as fd:
-            return self._exit_or_limit(proc, fd, deadline, timeout)
+    def ack(self, receipts: Iterable[str]) -> None:
+        """The outcomes with these ids are recorded: the keeper may forget them."""
+        ids = [receipt for receipt in receipts if receipt]
+        if ids and self.client is not None:
+            self.client.ack(ids)
 
-    def _exit_or_limit(self, proc: subprocess.Popen[bytes], fd: int | None,
-                       deadline: float | None, timeout: float | None,
-                       ) -> tuple[Ending, str | None]:
-        while True:
-            if fd is not None:
-                select.select([fd], [], [], 0.2)
-                exited = proc.poll() is not None
-            else:
-                exited = _exited(proc, 0.2)
-            if exited:
-                return Ending.EXITED, None
-            if self.interrupt.is_set():
-                return Ending.STOPPED, "interrupted by scheduler shutdown"
-            if deadline is not None and time.monotonic() >= deadline:
-                return Ending.TIMED_OUT, f"timed out after {timeout:g}s"
+    # -- slots -----------------------------------------------------------------------------
+    def free_slots(self, ahead: int = 0) -> int:
+        """How many more runs to hand over: one per free slot, plus `ahead` waiting."""
+        return max(0, self.workers + ahead - self.busy())
+
+    def busy(self) -> int:
+        return len(self.in_flight) + len(self.pending)
+
+    def pending_ids(self) -> list[int]:
+        """Runs claimed ahead, not handed to the keeper yet."""
+        return [launch.run_id for launch, _ in self.pending]
+
+    def oldest_pending(self) -> float | None:
+        """When the run waiting longest for a slot was handed over (monotonic)."""
+        return self.pending[0][1] if self.pending else None
+
+    def launch(self, launch: kp.Launch) -> None:
+        self.pending.append((launch, time.monotonic()))
+        self._fill()
+
+    def _fill(self) -> None:
+        while self.pending and len(self.in_flight) < self.workers:
+            launch, _ = self.pending.popleft()
+            self.in_flight.add(launch.run_id)
+            self.keeper().launch(launch)
+
+    def take_back(self, handed_before: float | None = None) -> list[int]:
+        """Remove runs not handed to the keeper yet, handed over before `handed_before`
+        (all of them when None); returns their ids for the caller to requeue."""
+        back = [item for item in self.pending
+                if handed_before is None or item[1] < handed_before]
+        for item in back:
+            self.pending.remove(item)
+        return [launch.run_id for launch, _ in back]
+
+    def kill(self, run_id: int, why: str, signal: str = "KILL") -> None:
+        """Stop run `run_id`'s whole process tree now; its outcome is `killed`, `why`."""
+        if run_id in self.in_flight:
+            self.keeper().kill(run_id, signal, by=why)
+
+    # -- the end ---------------------------------------------------------------------------
+    def drain(self, grace: float, stop_now: Callable[[], bool],
+              keep_up: Callable[[], None]) -> int:
+        """`pb scheduler stop`: runs get `grace` seconds, then the keeper stops their
+        trees (outcome `stopped`: interrupted); returns how many were still running.
+        Outcomes are recorded as they come (keep_up); the keeper then may exit."""
+        keeper = self.keeper()
+        if self.in_flight:
+            keeper.drain(grace, by="the scheduler's shutdown")
+        hastened = False
+        self.stopped = 0
+        while self.in_flight:
+            if stop_now() and not hastened:
+                keeper.drain(0, by="the scheduler's shutdown (second signal)")
+                hastened = True
+            self.poll()
+            keep_up()
+            pause(0.05)
+        keep_up()
+        keeper.release_exit()
+        return self.stopped
+
+    def hand_over(self) -> None:
+        """Leave the runs to the keeper and whichever scheduler connects next."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
 
-@contextlib.contextmanager
-def exit_watch(pid: int) -> Iterator[int | None]:
-    """A pidfd for `pid`, or None where the kernel has none (before Linux 5.3)."""
+def _epoch(token: str) -> int | None:
     try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        yield None
-        return
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _exited(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        return False
-    return True
-
-
-def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the job's process group, SIGKILL it after a grace period."""
-    for signum, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            # The leader is gone; make sure nothing it started lingers in the group.
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        return
+        return int(token)
+    except ValueError:
+        return None

@@ -23,9 +23,11 @@ from typing import Any, Protocol
 from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.durations import format_duration
+from pony_scheduler.errors import PonyError
+from pony_scheduler.keeper.client import KeeperError
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 from pony_scheduler.runstate import RunState
-from pony_scheduler.scheduler import environment, host, planning, recovery, runs
+from pony_scheduler.scheduler import environment, host, planning, recovery, runs, takeover
 from pony_scheduler.scheduler.executor import Executor, Launch
 from pony_scheduler.scheduler.planning import CLOCK_STEP
 from pony_scheduler.scheduler.runs import Capacity, Claimed, Ending, Outcome, Run, Started
@@ -76,8 +78,9 @@ class WorkLoop:
         # The database's clock minus this host's: leases and due times follow the
         # database's clock, so that hosts whose clocks differ never disagree about them.
         self.offset = timedelta(0)
-        self.executor = Executor(str(settings.home), settings.workers, self._started,
-                                 self._finished, self._kick, now=self.now)
+        self.executor = Executor(settings.home, settings.workers, self._started,
+                                 self._finished, self._kick, skew=lambda: self.offset,
+                                 containment=settings.containment)
         self.scheduler_id = ""
         self.started_at = utcnow()
         self.changes = -1
@@ -103,6 +106,7 @@ class WorkLoop:
         self.started: list[Started] = []
         self.finished: list[Finished] = []
         self.in_flight: dict[int, InFlight] = {}
+        self.announced: set[int] = set()  # runs whose run.started event was sent
         # When the pids of launched runs must be written by; None: none expected.
         self.pids_due: float | None = None
         self.backlog = False  # the last claim left due runs behind
@@ -111,15 +115,21 @@ class WorkLoop:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
-        self.scheduler_id = self.store.register_scheduler()
+        self.scheduler_id = self.store.register_scheduler(str(self.runtime.settings.home))
         self.me = replace(self.me, scheduler=self.scheduler_id)
         self.measure_offset()
+        try:
+            takeover.take_over(self, self.executor.connect(self.scheduler_id))
+        except KeeperError as exc:
+            raise PonyError(f"cannot use the run keeper: {exc}") from None
         self.maintain(self.now())
         self.runtime.ready()
         backoff = 0.0
         while not self.runtime.stopping:
             try:
                 self.iteration()
+                if backoff:
+                    log.info("Database available again")
                 backoff = 0.0
                 pause = self.seconds_to_sleep()
             except DBAPIError as exc:
@@ -129,7 +139,10 @@ class WorkLoop:
                 log.warning("Database unavailable (%s); retrying in %.1fs", first_line(exc),
                             backoff)
                 self.kicked, pause = True, backoff
-            self.runtime.sleep(pause)
+            except KeeperError as exc:
+                takeover.keeper_lost(self, exc)
+                pause = 0.0
+            self.runtime.sleep(pause, self.executor.fileno())
         self.shutdown()
 
     def now(self) -> datetime:
@@ -147,6 +160,7 @@ class WorkLoop:
         self.offset = offset
 
     def iteration(self) -> None:
+        self.executor.poll()
         mono, host_now = time.monotonic(), utcnow()
         step = self.clock.step(mono, host_now)
         if step is not None:
@@ -250,12 +264,14 @@ class WorkLoop:
         environ = {**self.base_env, **item.env, **from_file,
                    **environment.run_variables(run.job, run.id, run.attempt, run.occurrence,
                                                self.scheduler_id)}
-        path = str(self.output_dir / run.job / f"{run.id}.log")
         log.debug("Run %d: starting job %s (attempt %d)", run.id, run.job, run.attempt)
-        self.executor.launch(Launch(run.id, run.job, argv, environ, item.cwd, item.umask,
-                                    item.timeout_s, path))
+        self.executor.launch(Launch(
+            run.id, argv, str(self.output_dir / run.job / f"{run.id}.log"), environ,
+            token=str(item.epoch), cwd=item.cwd, umask=item.umask, timeout_s=item.timeout_s,
+            leftovers=item.leftovers, memory_max=item.memory_max, cpu_max=item.cpu_max,
+            tasks_max=item.tasks_max))
 
-    # -- executor callbacks (executor threads) -------------------------------------------
+    # -- executor callbacks (on this thread, from executor.poll) -------------------------
     def _started(self, started: Started) -> None:
         self.journal.put(started)
         # The pid is written soon (a restart needs it to stop an orphan), with the next
@@ -288,16 +304,28 @@ class WorkLoop:
             if isinstance(item, Started):
                 pids = True
                 self.started.append(item)
-                self.events.emit("run.started", {"run_id": item.run_id,
-                                                 "job": self.in_flight[item.run_id].run.job,
-                                                 "pid": item.pid})
-            else:
-                self.finished.append(self.settle(item))
+                flight = self.in_flight.get(item.run_id)
+                if flight is not None:
+                    self.announce(item.run_id, flight.run.job, item.pid)
+            elif (finished := self.settle(item)) is not None:
+                self.finished.append(finished)
         return pids
 
-    def settle(self, outcome: Outcome) -> Finished:
-        flight = self.in_flight.pop(outcome.run_id)
+    def announce(self, run_id: int, job: str, pid: int | None) -> None:
+        """The run.started event, once per run: the keeper reports a start only for runs
+        that last a moment, and a short run's outcome is its first news."""
+        if run_id not in self.announced:
+            self.announced.add(run_id)
+            self.events.emit("run.started", {"run_id": run_id, "job": job, "pid": pid})
+
+    def settle(self, outcome: Outcome) -> Finished | None:
+        flight = self.in_flight.pop(outcome.run_id, None) or takeover.flight_of(self, outcome)
+        if flight is None:
+            return None
         run, now = flight.run, self.now()
+        if outcome.ending is not Ending.NOT_STARTED:
+            self.announce(run.id, run.job, outcome.pid)
+        self.announced.discard(run.id)
         settlement = runs.settle(run, outcome, now, random.random())
         duration = (outcome.finished_at - flight.claimed_at).total_seconds()
         # Successes at debug level: `pb runs` keeps every run, and a line per success
@@ -326,6 +354,8 @@ class WorkLoop:
             return [], False
         ours, claimed, waiting = self.store.record_and_claim(self.me, self.started,
                                                              self.finished, claim)
+        # Recorded (or refused and logged): the keeper may forget these outcomes.
+        self.executor.ack(item.outcome.receipt or "" for item in self.finished if item.outcome)
         self.started, self.finished = [], []
         if any(item.settlement.next_attempt for item in ours):
             self.upcoming_dirty = self.kicked = True
@@ -338,7 +368,8 @@ class WorkLoop:
         self.store.heartbeat(self.offset.total_seconds())
         held = self.store.renew_leases(self.scheduler_id, now, self.lease)
         self.fence(held)
-        if recovery.abandoned(self.store, self.scheduler_id, now):
+        if recovery.abandoned(self.store, self.scheduler_id, str(self.runtime.settings.home),
+                              now):
             self.upcoming_dirty = self.kicked = True
         if self.store.removals_pending():
             self.store.purge_removed()
@@ -379,6 +410,9 @@ class WorkLoop:
         log.info("Shutdown requested: no new work will be started")
         self.runtime.stopping_notice()
         self.unreleased += self.executor.take_back()
+        if self.runtime.handing_over:
+            takeover.hand_over(self)
+            return
         busy = self.executor.busy()
         if busy:
             log.info("Waiting up to %gs for %d running job(s) (a second signal stops them "
@@ -388,14 +422,18 @@ class WorkLoop:
         if left:
             log.warning("Interrupted %d running job(s); they run again after the next start",
                         left)
+        self.close_books()
+
+    def close_books(self) -> None:
+        """Record what is left, requeue runs claimed and not started, record the stop."""
         try:
             recovery.retrying(self.record_results)
             recovery.retrying(lambda: self.release_waiting(time.monotonic()))
             recovery.retrying(self.store.mark_stopped, attempts=3)
         except DBAPIError as exc:
             lost = [item.run.id for item in self.finished] + self.unreleased
-            log.error("Could not record the results of runs %s or the stop: %s; those runs "
-                      "will be found lost when their lease expires", lost, first_line(exc))
+            log.error("Could not record the results of runs %s or the stop: %s; the run "
+                      "keeper keeps their outcomes for the next start", lost, first_line(exc))
 
     def _keep_up(self) -> None:
         """While draining: record results as they come, keep our leases alive."""

@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import signal
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
@@ -26,6 +25,7 @@ from pony_scheduler.scheduler import host, runs
 from pony_scheduler.scheduler.runs import Abandoned
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line
+from pony_scheduler.waiting import pause
 
 log = logging.getLogger("pony_scheduler.scheduler")
 SCHEDULER_VAR = "PONYBUNNY_SCHEDULER_ID"  # in each run's environment: who started it
@@ -43,24 +43,27 @@ def retrying(action: Callable[[], T], attempts: int = 6) -> T:
             if attempt == attempts:
                 raise
             log.warning("Database write failed (%s); retrying in %.1fs", first_line(exc), delay)
-            time.sleep(delay)
+            pause(delay)
             delay = min(delay * 2, 8.0)
     raise AssertionError("unreachable")
 
 
-def dead_schedulers_here(store: Store, me: str) -> list[str]:
-    """Schedulers recorded as running on this host whose process is gone."""
+def dead_predecessors(store: Store, me: str, home: str) -> list[str]:
+    """Earlier schedulers of this home on this host whose process is gone.  Their runs
+    that this scheduler did not adopt from the home's run keeper (held, or finished with
+    an outcome) are really gone.  Another home's runs are never judged here: its keeper
+    may hold them, and their leases say whether they live."""
     dead = []
-    for row in store.running_schedulers_here(host.machine_id(), exclude=me):
+    for row in store.predecessors(host.machine_id(), home, exclude=me):
         alive = row["boot_id"] == boot_id() and proc_start_time(row["pid"]) == row["proc_start"]
         if not alive:
             dead.append(row["id"])
     return dead
 
 
-def abandoned(store: Store, me: str, now: datetime) -> int:
+def abandoned(store: Store, me: str, home: str, now: datetime) -> int:
     """Settle abandoned runs as lost (runs.lose decides what follows); returns how many."""
-    dead = dead_schedulers_here(store, me)
+    dead = dead_predecessors(store, me, home)
     handled = 0
     for lost in store.abandoned_runs(now, dead):
         if lost.claimed_by == me:

@@ -105,6 +105,10 @@ class Claimed:
     timeout_s: float | None
     env_file: str | None = None
     secret_env: frozenset[str] = frozenset()
+    leftovers: str = "kill"  # what happens to processes left when the main one exits
+    memory_max: int | None = None  # bytes
+    cpu_max: float | None = None  # CPUs
+    tasks_max: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,16 @@ class Started:
     pid: int
     pid_start: int | None  # /proc start time, clock ticks since boot
     output_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """A running run as the database has it: what a scheduler that adopts it, or records
+    an outcome for it, needs."""
+
+    run: Run
+    epoch: int
+    claimed_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +181,7 @@ class Outcome:
     cpu_s: float | None = None
     containment: str | None = None  # cgroup2, cgroup1, pgroup
     token: int | None = None  # the lease epoch the run was launched under
+    receipt: str | None = None  # the keeper's id for it, acknowledged once recorded
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,11 @@ from typing import Any
 from sqlalchemy import Engine, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from pony_scheduler.actor import Actor
 from pony_scheduler.errors import PonyError
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler.runs import Plan, Trigger
+from pony_scheduler.store import audit
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, loads, row_dict, utcnow
 from pony_scheduler.store.tables import jobs, missed, runs
 
@@ -93,8 +95,9 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
 class JobQueries:
     engine: Engine
 
-    def add_job(self, name: str, values: dict[str, Any]) -> int:
-        """Insert job `name`; returns its id.  Raises PonyError if the name is taken."""
+    def add_job(self, name: str, values: dict[str, Any], actor: Actor | None = None) -> int:
+        """Insert job `name`, audited as `actor`'s; returns its id.  Raises PonyError if
+        the name is taken."""
         now = utcnow()
         values = dict(values)
         default = values.pop(DEFAULT_DEADLINE, None)
@@ -104,15 +107,17 @@ class JobQueries:
             with self.engine.begin() as connection:
                 result = connection.execute(jobs.insert().values(
                     name=name, created_at=now, updated_at=now, **_encode(values)))
+                audit.record(connection, actor, "add", name, _summary(values))
                 bump_changes(connection)
         except IntegrityError:
             raise PonyError(f"a job named {name!r} already exists; choose another name or "
                             f"use 'pb job edit {name}'") from None
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
-    def update_job(self, name: str, values: dict[str, Any]) -> None:
+    def update_job(self, name: str, values: dict[str, Any], actor: Actor | None = None,
+                   action: str = "edit") -> None:
         """Change the given columns of job `name` and clear a set-aside error (it is
-        evaluated again).  Raises UnknownJob."""
+        evaluated again), audited as `actor`'s `action`.  Raises UnknownJob."""
         values = dict(values)
         default = values.pop(DEFAULT_DEADLINE, None)
         if default is not None and "start_deadline_auto" not in values:
@@ -124,9 +129,11 @@ class JobQueries:
                 .values(updated_at=utcnow(), error=None, **_encode(values)))
             if result.rowcount == 0:
                 raise UnknownJob(name)
+            audit.record(connection, actor, action, name,
+                         _summary(values) if action == "edit" else None)
             bump_changes(connection)
 
-    def remove_job(self, name: str) -> int:
+    def remove_job(self, name: str, actor: Actor | None = None) -> int:
         """Remove job `name`, its runs and their output files; returns the runs removed.
 
         The job is renamed and unscheduled first (its name is free at once, its queued
@@ -143,6 +150,7 @@ class JobQueries:
             connection.execute(update(jobs).where(jobs.c.id == job_id).values(
                 name=f".removed-{job_id}", removed_at=utcnow(), enabled=False,
                 next_due_at=None))
+            audit.record(connection, actor, "remove", name)
             bump_changes(connection)
         return self.purge_removed()
 
@@ -180,13 +188,14 @@ class JobQueries:
             return connection.execute(select(jobs.c.id).where(jobs.c.removed_at.is_not(None))
                                       .limit(1)).first() is not None
 
-    def set_enabled(self, name: str, enabled: bool, next_due_at: datetime | None = None) -> None:
+    def set_enabled(self, name: str, enabled: bool, next_due_at: datetime | None = None,
+                    actor: Actor | None = None) -> None:
         """Pause (runs already started go on; queued ones wait) or resume from
         `next_due_at`.  Raises UnknownJob."""
         values: dict[str, Any] = {"enabled": enabled}
         if enabled:
             values["next_due_at"] = next_due_at
-        self.update_job(name, values)
+        self.update_job(name, values, actor, "resume" if enabled else "pause")
 
     def job_row(self, name: str) -> dict[str, Any] | None:
         """The stored row of job `name` as a dict, or None."""
@@ -305,6 +314,26 @@ class JobQueries:
             for key in ("first_occurrence", "last_occurrence", "recorded_at"):
                 row[key] = iso(row[key])
         return rows
+
+
+def _summary(values: dict[str, Any]) -> str:
+    """What an add or edit set, for the audit trail: option names, and the command and
+    schedule (never environment values: they may be secrets)."""
+    shown = []
+    for key in sorted(values):
+        if key == DEFAULT_DEADLINE or key.startswith("schedule_") or key == "next_due_at":
+            continue
+        value = values[key]
+        if key == "command":
+            shown.append(f"command={' '.join(map(str, value))}")
+        elif key == "env":
+            shown.append(f"env={','.join(sorted(value or {}))}")
+        else:
+            shown.append(f"{key}={value}")
+    if "schedule_kind" in values:
+        shown.insert(0, f"schedule={values['schedule_kind']} {values['schedule_expr']} "
+                        f"{values['schedule_tz']}".rstrip())
+    return "; ".join(shown)
 
 
 def _due_job(row: Any) -> DueJob:

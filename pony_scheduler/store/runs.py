@@ -18,11 +18,13 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
+from pony_scheduler.actor import Actor
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler.runs import (
     Abandoned,
     Admission,
     Claimed,
+    Holding,
     JobNow,
     Outcome,
     Run,
@@ -32,12 +34,14 @@ from pony_scheduler.scheduler.runs import (
     Verdict,
     policy_from,
 )
+from pony_scheduler.store import audit
 from pony_scheduler.store.clock import ClockQueries
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, row_dict, utcnow
 from pony_scheduler.store.jobs import UnknownJob
 from pony_scheduler.store.prepared import Prepared, transaction
 from pony_scheduler.store.tables import jobs, runs, schedulers
 from pony_scheduler.store.transitions import (
+    Adopt,
     Claim,
     Claimant,
     Drop,
@@ -59,7 +63,8 @@ CLAIM_COLUMNS = (runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt, ru
                  jobs.c.shell, jobs.c.timeout_s, jobs.c.retries, jobs.c.retry_delay_s,
                  jobs.c.overlap, jobs.c.catch_up, jobs.c.start_deadline_s, jobs.c.max_queued,
                  jobs.c.cwd, jobs.c.env, jobs.c.umask, jobs.c.env_file, jobs.c.secret_env,
-                 jobs.c.last_finished_at)
+                 jobs.c.last_finished_at, jobs.c.leftovers, jobs.c.memory_max,
+                 jobs.c.cpu_max, jobs.c.tasks_max)
 
 QUEUED = RunState.QUEUED.value
 RUNNING = RunState.RUNNING.value
@@ -140,9 +145,9 @@ def claimed_from(run: Run, row: dict[str, Any], epoch: int) -> Claimed:
     if not (isinstance(command, list) and command and isinstance(env, dict)):
         raise ValueError("the stored command or environment is damaged")
     return Claimed(run, epoch, tuple(str(part) for part in command), bool(row["shell"]),
-                   row["cwd"],
-                   {str(k): str(v) for k, v in env.items()}, int(row["umask"]),
-                   row["timeout_s"], row["env_file"], frozenset(secret))
+                   row["cwd"], {str(k): str(v) for k, v in env.items()}, int(row["umask"]),
+                   row["timeout_s"], row["env_file"], frozenset(secret), row["leftovers"],
+                   row["memory_max"], row["cpu_max"], row["tasks_max"])
 
 
 class HotStatements:
@@ -174,9 +179,10 @@ class RunQueries(ClockQueries):
         return self._hot
 
     # -- what users do ----------------------------------------------------------------------
-    def request_run(self, name: str) -> int:
+    def request_run(self, name: str, actor: Actor | None = None) -> int:
         """Queue a manual run of job `name` now (the database's now: another host's
-        scheduler judges it by that clock); returns its id.  Raises UnknownJob."""
+        scheduler judges it by that clock), audited as `actor`'s; returns its id.  Raises
+        UnknownJob."""
         now = self.db_now()
         with self.engine.begin() as connection:
             job_id = connection.execute(select(jobs.c.id).where(
@@ -186,8 +192,10 @@ class RunQueries(ClockQueries):
             result = connection.execute(runs.insert().values(
                 job_id=job_id, occurrence=now, attempt=1, trigger=Trigger.MANUAL.value,
                 state=QUEUED, due_at=now, created_at=now))
+            run_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            audit.record(connection, actor, "run", name, f"run {run_id}")
             bump_changes(connection)
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
+        return run_id
 
     def list_runs(self, job: str | None = None, limit: int = 50,
                   state: str | None = None) -> list[dict[str, Any]]:
@@ -203,7 +211,9 @@ class RunQueries(ClockQueries):
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         """One run with its output path, tail (bytes) and lease; None if there is none."""
-        query = (select(*RUN_VIEW, runs.c.output_path, runs.c.output_tail, runs.c.lease_until)
+        query = (select(*RUN_VIEW, runs.c.output_path, runs.c.output_tail, runs.c.lease_until,
+                        runs.c.epoch, runs.c.leftovers, runs.c.peak_memory, runs.c.cpu_s,
+                        runs.c.containment)
                  .join(jobs, jobs.c.id == runs.c.job_id).where(runs.c.id == run_id))
         with self.engine.connect() as connection:
             row = connection.execute(query).first()
@@ -382,6 +392,28 @@ class RunQueries(ClockQueries):
             return sum(self.hot.transitions.write(connection, Release(run_id, epoch))
                        for run_id, epoch in held)
 
+    def adopt(self, me: Claimant, held: list[tuple[int, int]], now: datetime,
+              lease: float) -> list[Holding]:
+        """Take over running runs the run keeper holds, as (run id, epoch): a hand-over
+        from the scheduler that started them.  Returns those adopted; a run the database
+        no longer has running at that epoch (another scheduler declared it lost) is not."""
+        until = now + timedelta(seconds=lease)
+        with transaction(self.engine) as connection:
+            adopted = [run_id for run_id, epoch in held if self.hot.transitions.write(
+                connection, Adopt(run_id, epoch, me, until))]
+        return list(self.holdings(adopted).values())
+
+    def holdings(self, run_ids: list[int]) -> dict[int, Holding]:
+        """Running runs by id, as the database has them (ids not running are left out)."""
+        if not run_ids:
+            return {}
+        query = (select(*CLAIM_COLUMNS, runs.c.started_at).join(jobs, jobs.c.id == runs.c.job_id)
+                 .where(runs.c.id.in_(run_ids), runs.c.state == RunState.RUNNING))
+        with self.engine.connect() as connection:
+            rows = [row_dict(row) for row in connection.execute(query)]
+        return {row["id"]: Holding(run_from(row), row["epoch"], row["started_at"])
+                for row in rows}
+
     def renew_leases(self, scheduler_id: str, now: datetime, lease: float) -> dict[int, int]:
         """Extend the lease of every run `scheduler_id` holds to `now` + `lease` seconds;
         returns them as {run id: epoch} (a run missing there is no longer ours)."""
@@ -414,10 +446,11 @@ class RunQueries(ClockQueries):
                 self._last_results(connection, [item])
             return written
 
-    def running_schedulers_here(self, machine: str, exclude: str) -> list[dict[str, Any]]:
-        """Schedulers on machine `machine` (machine-id(5)) not recorded as stopped, other
-        than `exclude`."""
+    def predecessors(self, machine: str, home: str, exclude: str) -> list[dict[str, Any]]:
+        """Schedulers of `home` on machine `machine` (machine-id(5)) not recorded as
+        stopped, other than `exclude`."""
         query = select(schedulers).where(schedulers.c.machine_id == machine,
+                                         schedulers.c.home == home,
                                          schedulers.c.stopped_at.is_(None),
                                          schedulers.c.id != exclude)
         with self.engine.connect() as connection:

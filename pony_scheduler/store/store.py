@@ -19,6 +19,7 @@ from pony_scheduler.errors import PonyError
 from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
 from pony_scheduler.scheduler.host import machine_id
 from pony_scheduler.store import migrate
+from pony_scheduler.store.audit import AuditQueries
 from pony_scheduler.store.common import first_line, read_changes, utcnow
 from pony_scheduler.store.engine import is_corrupt, make_engine, safe_url, trust_warning
 from pony_scheduler.store.jobs import JobQueries
@@ -28,7 +29,7 @@ from pony_scheduler.store.tables import schedulers
 log = logging.getLogger(__name__)
 
 
-class Store(JobQueries, RunQueries):
+class Store(JobQueries, RunQueries, AuditQueries):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.scheduler_id: str | None = None
@@ -71,8 +72,8 @@ class Store(JobQueries, RunQueries):
         self.engine.dispose()
 
     # -- scheduler processes -------------------------------------------------------------
-    def register_scheduler(self) -> str:
-        """Record this process as a running scheduler; returns its new id (a UUID)."""
+    def register_scheduler(self, home: str | None = None) -> str:
+        """Record this process as a running scheduler of `home`; returns its new id."""
         now = utcnow()
         self.scheduler_id = str(uuid.uuid4())
         with self.engine.begin() as connection:
@@ -80,7 +81,7 @@ class Store(JobQueries, RunQueries):
                 id=self.scheduler_id, hostname=socket.gethostname(), machine_id=machine_id(),
                 pid=os.getpid(),
                 proc_start=proc_start_time(os.getpid()), boot_id=boot_id(),
-                version=__version__, started_at=now, heartbeat_at=now))
+                version=__version__, started_at=now, heartbeat_at=now, home=home))
         return self.scheduler_id
 
     def changes(self) -> int:

@@ -61,6 +61,9 @@ schedulers = Table(
     Column("stopped_at", UTCDateTime()),
     Column("machine_id", String(64)),  # with boot_id: the host (never its hostname)
     Column("clock_offset_s", Float),  # the database's clock minus this host's, seconds
+    # Its home: the schedulers of one home follow each other, and its run keeper holds
+    # their runs, so only they may say that a predecessor's runs are gone.
+    Column("home", Text),
 )
 
 # A counter bumped by every change to jobs, so that a running scheduler notices `pb job …`

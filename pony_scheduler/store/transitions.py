@@ -116,10 +116,36 @@ class Settle:
                 "b_exit_code": s.exit_code, "b_signal": s.signal, "b_reason": s.reason,
                 "b_finished_at": s.finished_at, "b_tail": o.tail if o else None,
                 "b_pid": o.pid if o else None, "b_pid_start": o.pid_start if o else None,
-                "b_output_path": o.output_path if o else None}
+                "b_output_path": o.output_path if o else None,
+                "b_leftovers": o.leftovers if o else None,
+                "b_peak_memory": o.peak_memory if o else None,
+                "b_cpu_s": o.cpu_s if o else None,
+                "b_containment": o.containment if o else None}
 
 
-Move = Claim | Release | Drop | Settle
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """running -> running under another scheduler: a hand-over (restart, upgrade) of a run
+    the run keeper still holds.  The epoch stays: it names the execution, whose outcome
+    the keeper will report under it."""
+
+    old: ClassVar[RunState] = RunState.RUNNING
+    run_id: int
+    epoch: int
+    by: Claimant
+    lease_until: datetime
+
+    @property
+    def new(self) -> RunState:
+        return RunState.RUNNING
+
+    def params(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "b_epoch": self.epoch, "me": self.by.scheduler,
+                "b_hostname": self.by.hostname, "b_host": self.by.host,
+                "until": self.lease_until}
+
+
+Move = Claim | Release | Drop | Settle | Adopt
 
 CLAIM = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED,
                             runs.c.epoch == bindparam("b_epoch"))
@@ -145,7 +171,13 @@ SETTLE = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == R
                   pid_start=func.coalesce(bindparam("b_pid_start", type_=BigInteger),
                                           runs.c.pid_start),
                   output_path=func.coalesce(bindparam("b_output_path", type_=Text),
-                                            runs.c.output_path)))
+                                            runs.c.output_path),
+                  leftovers=bindparam("b_leftovers"), peak_memory=bindparam("b_peak_memory"),
+                  cpu_s=bindparam("b_cpu_s"), containment=bindparam("b_containment")))
+ADOPT = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
+                            runs.c.epoch == bindparam("b_epoch"))
+         .values(claimed_by=bindparam("me"), hostname=bindparam("b_hostname"),
+                 host=bindparam("b_host"), lease_until=bindparam("until")))
 STATE_OF = select(runs.c.state, runs.c.claimed_by, runs.c.epoch).where(
     runs.c.id == bindparam("run_id"))
 
@@ -157,7 +189,8 @@ class Transitions:
         dialect = engine.dialect
         self.statements: dict[type, Prepared] = {
             Claim: Prepared(CLAIM, dialect), Release: Prepared(RELEASE, dialect),
-            Drop: Prepared(DROP, dialect), Settle: Prepared(SETTLE, dialect)}
+            Drop: Prepared(DROP, dialect), Settle: Prepared(SETTLE, dialect),
+            Adopt: Prepared(ADOPT, dialect)}
         self.state_of = Prepared(STATE_OF, dialect)
 
     def write(self, connection: Any, move: Move) -> bool:
@@ -176,6 +209,11 @@ class Transitions:
 
     def _refused(self, connection: Any, move: Move) -> None:
         found = self.state_of.mappings(connection, {"run_id": move.run_id})
+        if (isinstance(move, Settle) and found and found[0]["epoch"] == move.epoch
+                and found[0]["state"] == move.new.value):
+            # The same outcome again (its acknowledgement was lost in a crash): done.
+            log.debug("Run %d: outcome already recorded (%s)", move.run_id, found[0]["state"])
+            return
         where = (f"found {found[0]['state']} at epoch {found[0]['epoch']}"
                  + (f" held by {found[0]['claimed_by']}" if found[0]["claimed_by"] else "")
                  if found else "found no such run")

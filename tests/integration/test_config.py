@@ -63,7 +63,7 @@ def test_bad_files(pb: Pb, home: Path, tmp_path: Path) -> None:
     result = pb("scheduler", "status")
     assert result.code == 2
     assert result.err.strip() == (f"Error: {config}:3: unknown key 'bogus_key' (known keys: "
-                                  "allowed_hosts, anonymous_read, db, debug_host, "
+                                  "allowed_hosts, anonymous_read, containment, db, debug_host, "
                                   "debug_port, gateway_host, gateway_port, lease, log_level, "
                                   "shutdown_grace, socket, workers)")
     config.write_text("workers = [\n")

@@ -37,10 +37,10 @@ def test_expired_lease_is_lost_and_retried(tmp_path: Path) -> None:
     store.claim(Claimant("other-host-scheduler", "elsewhere", "other:boot"), request(1))
     assert store.get_run(run_id)["state"] == "running"  # type: ignore[index]
     me = store.register_scheduler()
-    assert recovery.abandoned(store, me, utcnow()) == 0  # the lease still runs
+    assert recovery.abandoned(store, me, "/home", utcnow()) == 0  # the lease still runs
     with store.engine.begin() as connection:
         connection.execute(update(runs).values(lease_until=utcnow() - timedelta(seconds=1)))
-    assert recovery.abandoned(store, me, utcnow()) == 1
+    assert recovery.abandoned(store, me, "/home", utcnow()) == 1
     lost = store.get_run(run_id)
     assert lost is not None and lost["state"] == "lost"
     assert lost["reason"] == "lost: its scheduler stopped renewing the lease"
@@ -68,7 +68,7 @@ def test_orphan_without_a_recorded_pid_is_found_by_its_environment(tmp_path: Pat
     try:
         assert wait_for(lambda: len(recovery.run_processes(run_id, dead)) == 2, 5)
         me = store.register_scheduler()
-        assert recovery.abandoned(store, me, utcnow()) == 1
+        assert recovery.abandoned(store, me, "/home", utcnow()) == 1
         assert store.get_run(run_id)["state"] == "lost"  # type: ignore[index]
         assert orphan.wait(5) == -signal.SIGKILL
         assert wait_for(lambda: not recovery.run_processes(run_id, dead), 5)  # the group too

@@ -92,7 +92,9 @@ def _pony_processes() -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"pony_scheduler" in (entry / "cmdline").read_bytes():
+                cmdline = (entry / "cmdline").read_bytes()
+                # The scheduler's run keeper (and its sync helper) is another program.
+                if b"pony_scheduler" in cmdline and b"pony_scheduler.keeper" not in cmdline:
                     pids.append(int(entry.name))
             except OSError:
                 pass

@@ -31,10 +31,12 @@ def upgrade() -> None:
     with op.batch_alter_table("schedulers") as batch:
         batch.add_column(sa.Column("machine_id", sa.String(64)))
         batch.add_column(sa.Column("clock_offset_s", sa.Float))
+        batch.add_column(sa.Column("home", sa.Text))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("schedulers") as batch:
+        batch.drop_column("home")
         batch.drop_column("clock_offset_s")
         batch.drop_column("machine_id")
     with op.batch_alter_table("jobs") as batch:
