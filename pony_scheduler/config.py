@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +127,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         return {}  # a home that is not a directory is reported by the command that needs it
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    import tomllib  # here: most homes have no config file, and tomllib costs a few ms
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

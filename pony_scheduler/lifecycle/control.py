@@ -24,7 +24,6 @@ from pony_scheduler.errors import (
     PonyError,
 )
 from pony_scheduler.lifecycle import pidfile
-from pony_scheduler.lifecycle.daemonize import daemon_child, ensure_home, run_foreground
 from pony_scheduler.lifecycle.logs import tail_lines
 from pony_scheduler.lifecycle.pidfile import PidInfo, PidState
 from pony_scheduler.lifecycle.spec import ServiceSpec
@@ -90,6 +89,9 @@ def _clear_the_way(spec: ServiceSpec, settings: Settings, *, force: bool, timeou
 def start(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool = False,
           say: Say = lambda _: None) -> StartResult:
     """Start `spec` in the background and return once it is ready."""
+    # Imported here, not at the top: it pulls in logging, which status and stop need not pay.
+    from pony_scheduler.lifecycle.daemonize import daemon_child, ensure_home
+
     ensure_home(settings.home)
     if not force:  # fast path, no lock: the common "already running" answer
         info = pidfile.inspect(spec, settings.home)
@@ -174,6 +176,8 @@ def _start_outcome(spec: ServiceSpec, settings: Settings, verdict: str, detail: 
 
 def start_foreground(spec: ServiceSpec, settings: Settings, *, force: bool,
                      timeout: float, say: Say = lambda _: None) -> int:
+    from pony_scheduler.lifecycle.daemonize import ensure_home, run_foreground
+
     ensure_home(settings.home)
     spec.run_preflight(settings)
     lock_fd = _take_start_lock(spec, settings, timeout)
