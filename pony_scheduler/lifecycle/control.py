@@ -7,8 +7,6 @@ import fcntl
 import gc
 import os
 import pwd
-import select
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,6 +118,8 @@ def start(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool 
 
 
 def _await_ready(read_fd: int, child: int, timeout: float) -> tuple[str, str]:
+    import select  # signal and select are imported where used: `status` needs neither
+
     deadline = time.monotonic() + timeout
     buffer = b""
     try:
@@ -215,6 +215,8 @@ def _user_name(uid: int | None) -> str:
 def terminate(spec: ServiceSpec, settings: Settings, info: PidInfo, *, timeout: float,
               say: Say) -> None:
     """What `start --force` does to a running daemon: TERM, wait, then KILL."""
+    import signal
+
     assert info.pid is not None
     start_time = info.start_time  # the process inspect() verified, not a later reading
     say(f"Stopping {spec.title} (PID {info.pid})...")
@@ -235,6 +237,8 @@ class StopResult:
 
 def stop(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool,
          say: Say) -> StopResult:
+    import signal
+
     info = pidfile.inspect(spec, settings.home)
     if info.state is PidState.STARTING:
         info = _wait_started(spec, settings, timeout)
