@@ -21,6 +21,7 @@ for k = 2, 3 the single scheduler's rate in the same trial (scaling).
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from datetime import timedelta
@@ -31,12 +32,16 @@ from common import (
     Daemon,
     bare,
     busy_since,
+    children_cpu_seconds,
     cpu_jiffies,
+    cpu_seconds,
+    iowait_jiffies,
     job_values,
     new_home,
     open_store,
     pg_available,
     pg_database,
+    postgres_cpu_seconds,
     queue_runs,
     run_counts,
     run_times,
@@ -61,6 +66,27 @@ def duplicate_rows(store: Any) -> int:
         return int(connection.execute(query).scalar() or 0)
 
 
+def cpu_snapshot(daemons: list[Daemon]) -> dict[str, Any]:
+    pids = [d.pid for d in daemons if d.pid is not None]
+    return {"jiffies": cpu_jiffies(), "iowait": iowait_jiffies(), "t": time.monotonic(),
+            "schedulers": sum(cpu_seconds(p) for p in pids),
+            "jobs": sum(children_cpu_seconds(p) for p in pids),
+            "postgres": postgres_cpu_seconds()}
+
+
+def cpu_used(daemons: list[Daemon], before: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds since `before` of the schedulers, their job processes and PostgreSQL,
+    the seconds elapsed, and the machine's busy and iowait fractions."""
+    after = cpu_snapshot(daemons)
+    total = max(1, after["jiffies"][1] - before["jiffies"][1])
+    return {"elapsed": after["t"] - before["t"],
+            "schedulers": after["schedulers"] - before["schedulers"],
+            "jobs": after["jobs"] - before["jobs"],
+            "postgres": after["postgres"] - before["postgres"],
+            "busy": busy_since(before["jiffies"]),
+            "iowait": (after["iowait"] - before["iowait"]) / total}
+
+
 def share(count: int, schedulers: int, sleep: float) -> dict[str, Any]:
     homes = [new_home(f"pg{schedulers}-{i}") for i in range(schedulers)]
     markers = homes[0] / "markers.txt"
@@ -79,9 +105,10 @@ def share(count: int, schedulers: int, sleep: float) -> dict[str, Any]:
                 due = utcnow() + timedelta(seconds=2.5)
                 queue_runs(store, job_id, count, due)
                 time.sleep(max(0.0, (due - utcnow()).total_seconds()))
-                jiffies = cpu_jiffies()  # the machine's CPU from the due time on
+                # Where the CPU went from the due time on: what bounds the rate.
+                before = cpu_snapshot(daemons)
                 counts, stalled = wait_finished(store, count, timeout=max(180, count / 2))
-                busy = busy_since(jiffies)
+                cpu = cpu_used(daemons, before)
                 rows = run_times(store)
                 dup_rows = duplicate_rows(store)
                 counts = run_counts(store)
@@ -97,7 +124,8 @@ def share(count: int, schedulers: int, sleep: float) -> dict[str, Any]:
     return {
         "rate": len(finished) / elapsed if finished else 0.0,
         "elapsed_s": elapsed,
-        "busy": busy,
+        "busy": cpu["busy"],
+        "cpu": cpu,
         "states": counts,
         "stalled": stalled,
         "dup_rows": dup_rows,
@@ -105,6 +133,13 @@ def share(count: int, schedulers: int, sleep: float) -> dict[str, Any]:
         "lost": count - len(seen),
         "per_scheduler": sorted(per_scheduler.values(), reverse=True),
     }
+
+
+def cpu_note(cpu: dict[str, float]) -> str:
+    cores = os.cpu_count() or 1
+    return (f"CPU s of {cores} x {cpu['elapsed']:.1f} s: schedulers {cpu['schedulers']:.1f}, "
+            f"jobs {cpu['jobs']:.1f}, postgres {cpu['postgres']:.1f}; machine busy "
+            f"{cpu['busy']:.0%}, iowait {cpu['iowait']:.0%}")
 
 
 def workload(result: BenchResult, label: str, count: int, sleep: float, trials: int,
@@ -122,8 +157,7 @@ def workload(result: BenchResult, label: str, count: int, sleep: float, trials: 
     for k in (1, 2, 3):
         name = f"{label}: {k} scheduler{'s' if k > 1 else ''}"
         rates = [i["rate"] for i in infos[k]]
-        busy = ", ".join(f"{i['busy']:.0%}" for i in infos[k])
-        note = f"split {infos[k][-1]['per_scheduler']}; machine CPU busy {busy}"
+        note = f"split {infos[k][-1]['per_scheduler']}; " + cpu_note(infos[k][-1]["cpu"])
         if any(i["stalled"] for i in infos[k]):
             note = f"STALLED {[i['states'] for i in infos[k]]}; " + note
         if k == 1:

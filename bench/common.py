@@ -167,6 +167,35 @@ def busy_since(before: tuple[int, int]) -> float:
     return (busy - before[0]) / max(1, total - before[1])
 
 
+def iowait_jiffies() -> int:
+    return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[5])
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """cutime + cstime: CPU of the children `pid` has waited for (its job processes)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[13]) + int(fields[14])) / CLK_TCK
+
+
+def postgres_cpu_seconds() -> float:
+    """utime + stime of every process named postgres (the server and its backends, all
+    databases: other work on the machine counts too).  Read from /proc only."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")] != "postgres":
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
 # ------------------------------------------------------------------------------ processes
 def clean_env(home: Path | None = None, **extra: str) -> dict[str, str]:
     """The caller's environment without anything that would steer pb elsewhere.
