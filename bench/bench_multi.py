@@ -9,8 +9,10 @@ Rate = N / (last finished_at - due).  Two workloads:
   slot for 0.2 s while using almost no CPU, so k schedulers have 4k slots: what bounds
   this is the slots, and scale-out should be near k (goal: 3 schedulers >= 2.7x one).
 - CPU-bound: `echo $PONYBUNNY_RUN_ID >> MARKERS` alone, as cheap as `true`.  On a 2-core
-  machine the CPUs, not the design, are the limit: the machine's CPU busy fraction
-  (/proc/stat, everyone's work) is shown beside the figure to say so.
+  machine the CPUs are the limit: the note gives the CPU one run costs (schedulers, the
+  job process, PostgreSQL: utime+stime over the burst / runs), the ceiling that puts on
+  the rate (cores / CPU per run), and the machine's busy and iowait fractions
+  (/proc/stat, everyone's work).
 
 Every execution leaves its run id in the marker file.  Duplicates are counted two ways:
 run rows per (job, occurrence, attempt) beyond one, and run ids that appear more than once
@@ -135,10 +137,17 @@ def share(count: int, schedulers: int, sleep: float) -> dict[str, Any]:
     }
 
 
-def cpu_note(cpu: dict[str, float]) -> str:
+def cpu_note(cpu: dict[str, float], runs: int, slots: int, sleep: float) -> str:
+    """Where the CPU went, and the two ceilings: the cores over the CPU a run costs, and
+    the worker slots over the time a run holds one."""
     cores = os.cpu_count() or 1
-    return (f"CPU s of {cores} x {cpu['elapsed']:.1f} s: schedulers {cpu['schedulers']:.1f}, "
-            f"jobs {cpu['jobs']:.1f}, postgres {cpu['postgres']:.1f}; machine busy "
+    per_run = (cpu["schedulers"] + cpu["jobs"] + cpu["postgres"]) / runs
+    ceiling = f"CPU ceiling {cores / per_run:,.0f} runs/s" if per_run else "no CPU used"
+    if sleep:
+        ceiling += f", slot ceiling {slots / sleep:,.0f} runs/s"
+    return (f"CPU per run {per_run * 1000:.2f} ms (schedulers "
+            f"{cpu['schedulers'] * 1000 / runs:.2f}, jobs {cpu['jobs'] * 1000 / runs:.2f}, "
+            f"postgres {cpu['postgres'] * 1000 / runs:.2f}) -> {ceiling}; machine busy "
             f"{cpu['busy']:.0%}, iowait {cpu['iowait']:.0%}")
 
 
@@ -157,7 +166,8 @@ def workload(result: BenchResult, label: str, count: int, sleep: float, trials: 
     for k in (1, 2, 3):
         name = f"{label}: {k} scheduler{'s' if k > 1 else ''}"
         rates = [i["rate"] for i in infos[k]]
-        note = f"split {infos[k][-1]['per_scheduler']}; " + cpu_note(infos[k][-1]["cpu"])
+        note = (f"split {infos[k][-1]['per_scheduler']}; "
+                + cpu_note(infos[k][-1]["cpu"], count, k * WORKERS, sleep))
         if any(i["stalled"] for i in infos[k]):
             note = f"STALLED {[i['states'] for i in infos[k]]}; " + note
         if k == 1:

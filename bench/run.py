@@ -162,7 +162,11 @@ def machine(python: str) -> dict[str, Any]:
         except OSError:
             return ""
 
+    from importlib.metadata import distributions
+
+    packages = {d.metadata["Name"]: d.version for d in distributions()}
     return {"python": platform.python_version(), "interpreter": python,
+            "base_interpreter": base_interpreter(), "packages": packages,
             "install": "pip install . (not editable) into bench/.deps/venv",
             "cpus": os.cpu_count(), "kernel": platform.release(),
             "loadavg_start": os.getloadavg(), "commit": git("rev-parse", "--short", "HEAD"),
@@ -221,6 +225,10 @@ def run_benchmarks(args: argparse.Namespace, names: list[str]) -> int:
           f"{info['loadavg_end'][0]:.2f}; Python {info['python']} plain install; "
           f"commit {info['commit']}{'+dirty' if info['dirty'] else ''}; "
           f"{info['seconds']:.0f} s)")
+    versions = ", ".join(f"{name} {info['packages'].get(name, '?')}"
+                         for name in ("click", "SQLAlchemy", "pony-scheduler"))
+    print(f"pb: {Path(sys.executable).parent / 'pb'} (pip install ., not editable) on "
+          f"{info['base_interpreter']}; {versions}")
     print(table(results))
     print("\nload (1-min average at start -> end) and the machine's CPU busy fraction "
           "(everyone's work) per benchmark:")

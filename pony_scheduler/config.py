@@ -127,7 +127,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         return {}  # a home that is not a directory is reported by the command that needs it
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
-    import tomllib  # here: most homes have no config file, and tomllib costs a few ms
+    import tomllib  # here: most homes have no config file (its import is ~1.5 ms)
 
     try:
         data = tomllib.loads(text)
