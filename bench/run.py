@@ -82,6 +82,10 @@ def _snapshot() -> Path:
 def prepare_venv(base_python: str, reinstall: bool = True) -> Path:
     """bench/.deps/venv with this tree installed as users install it; its python."""
     python = VENV / "bin" / "python"
+    if python.exists() and _venv_base() != os.path.realpath(base_python):
+        print(f"bench: {VENV} was made with {_venv_base()}; making it again with "
+              f"{base_python}", file=sys.stderr)
+        shutil.rmtree(VENV)
     if not python.exists():
         print(f"bench: creating {VENV} with {base_python}", file=sys.stderr)
         subprocess.run([base_python, "-m", "venv", str(VENV)], check=True)
@@ -100,6 +104,19 @@ def prepare_venv(base_python: str, reinstall: bool = True) -> Path:
         finally:
             shutil.rmtree(src, ignore_errors=True)
     return python
+
+
+def _venv_base() -> str:
+    """The interpreter bench/.deps/venv was made with (its pyvenv.cfg)."""
+    try:
+        lines = (VENV / "pyvenv.cfg").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "executable":
+            return os.path.realpath(value.strip())
+    return ""
 
 
 def base_interpreter() -> str:
@@ -247,7 +264,7 @@ def run_benchmarks(args: argparse.Namespace, names: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer trials (~5 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer trials (~5 minutes instead of ~13)")
     parser.add_argument("--only", metavar="NAME,...",
                         help=f"run only these: {', '.join(BENCHMARKS)}")
     parser.add_argument("--json", metavar="PATH", default=str(HERE / "results.json"),
