@@ -264,7 +264,7 @@ def run_benchmarks(args: argparse.Namespace, names: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer trials (~5 minutes instead of ~13)")
+    parser.add_argument("--quick", action="store_true", help="fewer trials (~5 minutes, not ~13)")
     parser.add_argument("--only", metavar="NAME,...",
                         help=f"run only these: {', '.join(BENCHMARKS)}")
     parser.add_argument("--json", metavar="PATH", default=str(HERE / "results.json"),
