@@ -1,7 +1,10 @@
-"""Shared by the benchmarks: temporary homes, daemons cleaned up by PID, /proc readings,
-fast inserts through the Store's tables, and the result rows the table is printed from.
+"""Shared by the benchmarks: result rows with their spread, temporary homes, daemons
+cleaned up by PID, /proc readings, and fast data set-up.
 
-Nothing here asserts a timing: every figure becomes a row with a baseline measured in the
+Everything here runs inside the plain (non-editable) install that bench/run.py makes:
+sys.executable is that venv's interpreter and PB its `pb` console script, so every
+figure is taken on what users install, and every baseline on the same interpreter.
+Nothing here asserts a timing: each figure becomes a row beside a baseline measured in the
 same run, and the reader judges.
 """
 
@@ -10,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -23,13 +28,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pony_scheduler.lifecycle.pidfile import proc_start_time
-
 PY = sys.executable
-PB_MODULE = [PY, "-m", "pony_scheduler"]  # daemons started this way carry the name in cmdline
+PB = str(Path(PY).parent / "pb")  # the console script users run, beside the interpreter
+HERE = Path(__file__).resolve().parent
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
+# A spread (max / min over trials) beyond this is flagged: too wide to conclude from.
+WIDE = 1.5
 
 KEEP_HOMES = False  # --keep: leave the temporary homes for inspection
 
@@ -39,17 +44,36 @@ KEEP_HOMES = False  # --keep: leave the temporary homes for inspection
 class Row:
     bench: str
     metric: str
-    value: float | None
+    value: float | None  # the median over trials
     unit: str
+    lo: float | None = None  # min and max of the value over trials
+    hi: float | None = None
     baseline: float | None = None
     baseline_name: str = ""
-    ratio: float | None = None  # value / baseline
+    ratio: float | None = None  # the median of the per-trial ratios value / baseline
+    ratio_lo: float | None = None
+    ratio_hi: float | None = None
     goal: str = ""
     met: bool | None = None  # None: no goal, or not measurable
+    flag: str = ""  # "WIDE": the spread is too wide to conclude from (see spread_flag)
     note: str = ""
+    trials: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def spread_flag(lo: float | None, hi: float | None,
+                check: Callable[[float], bool] | None = None) -> str:
+    """WIDE when the trials straddle the goal (some meet it, some do not) or spread by
+    more than WIDE times; '' otherwise.  The benchmark refuses nothing: it says so."""
+    if lo is None or hi is None:
+        return ""
+    if check is not None and check(lo) != check(hi):
+        return "WIDE"
+    if lo > 0 and hi / lo > WIDE:
+        return "WIDE"
+    return ""
 
 
 @dataclass
@@ -58,17 +82,53 @@ class BenchResult:
     rows: list[Row] = field(default_factory=list)
     skipped: str = ""  # why the benchmark did not run
     seconds: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at its start and end
+    busy: float = 0.0  # the machine's CPU busy fraction while it ran (everyone's work)
     details: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, metric: str, value: float | None, unit: str, *, baseline: float | None = None,
-            baseline_name: str = "", goal: str = "", met: bool | None = None,
-            note: str = "") -> Row:
-        ratio = (value / baseline if value is not None and baseline not in (None, 0)
-                 else None)
-        row = Row(self.name, metric, value, unit, baseline, baseline_name, ratio, goal, met,
-                  note)
+    def add(self, metric: str, values: float | Sequence[float] | None, unit: str, *,
+            baseline: float | Sequence[float] | None = None, baseline_name: str = "",
+            ratios: Sequence[float] | None = None, goal: str = "",
+            check: Callable[[float], bool] | None = None, on_value: bool = False,
+            met: bool | None = None, note: str = "") -> Row:
+        """One row.  `values` (and `baseline`) are one figure or one per trial; the
+        ratios are per trial (value_i / baseline_i) unless given.  `check` is the goal as
+        a test of the ratio, or of the value when there is no ratio or `on_value`."""
+        vals = _floats(values)
+        bases = _floats(baseline)
+        value = median(vals) if vals else None
+        base = median(bases) if bases else None
+        if ratios is None and vals and bases:
+            ratios = ([v / b for v, b in zip(vals, bases, strict=True) if b]
+                      if len(vals) == len(bases) else [value / base] if base else [])
+        ratio_list = list(ratios or [])
+        ratio = median(ratio_list) if ratio_list else None
+        row = Row(self.name, metric, value, unit,
+                  lo=min(vals) if len(vals) > 1 else None,
+                  hi=max(vals) if len(vals) > 1 else None,
+                  baseline=base, baseline_name=baseline_name, ratio=ratio,
+                  ratio_lo=min(ratio_list) if len(ratio_list) > 1 else None,
+                  ratio_hi=max(ratio_list) if len(ratio_list) > 1 else None,
+                  goal=goal, note=note, trials=max(len(vals), len(ratio_list), 1))
+        by_ratio = ratio is not None and not on_value
+        judged = ratio if by_ratio else value
+        lo, hi = (row.ratio_lo, row.ratio_hi) if by_ratio else (row.lo, row.hi)
+        if check is not None and judged is not None:
+            row.met = check(judged)
+            row.flag = spread_flag(lo, hi, check)
+        else:
+            row.met = met
+            row.flag = spread_flag(lo, hi)
         self.rows.append(row)
         return row
+
+
+def _floats(values: float | Sequence[float] | None) -> list[float]:
+    if values is None:
+        return []
+    if isinstance(values, int | float):
+        return [float(values)]
+    return [float(v) for v in values if v is not None]
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -84,29 +144,69 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def shuffled(items: Sequence[Any], seed: int) -> list[Any]:
+    """The items in an order of their own for each round (interleaving: drift and
+    neighbours hit every command alike, not always the one that runs first)."""
+    out = list(items)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+# ------------------------------------------------------------------------------ machine
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def busy_since(before: tuple[int, int]) -> float:
+    """The machine's CPU busy fraction since `before` (cpu_jiffies())."""
+    busy, total = cpu_jiffies()
+    return (busy - before[0]) / max(1, total - before[1])
+
+
+def iowait_jiffies() -> int:
+    return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[5])
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """cutime + cstime: CPU of the children `pid` has waited for (its job processes)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[13]) + int(fields[14])) / CLK_TCK
+
+
+def postgres_cpu_seconds() -> float:
+    """utime + stime of every process named postgres (the server and its backends, all
+    databases: other work on the machine counts too).  Read from /proc only."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")] != "postgres":
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
 # ------------------------------------------------------------------------------ processes
-_PYCACHE: list[Path] = []
-
-
-def pycache_dir() -> Path:
-    """One bytecode cache for every process of this run (see clean_env)."""
-    if not _PYCACHE:
-        _PYCACHE.append(new_home("pycache"))
-    return _PYCACHE[0]
-
-
 def clean_env(home: Path | None = None, **extra: str) -> dict[str, str]:
     """The caller's environment without anything that would steer pb elsewhere.
 
-    Bytecode: a sandbox may set PYTHONDONTWRITEBYTECODE, and then every module edited since
-    its last .pyc is compiled again by every `pb` process, which no installed package does.
-    Measure as installed: .pyc files go to a cache of this run (PYTHONPYCACHEPREFIX), away
-    from the work tree, and warm-up runs fill it.
+    PYTHONDONTWRITEBYTECODE goes too: an installed package has its .pyc files (pip wrote
+    them), and a sandbox's setting must not make the measured processes differ from a
+    user's.
     """
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PONYBUNNY_", "NOTIFY_SOCKET", "WATCHDOG_"))
-           and k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(pycache_dir())
+           if not k.startswith(("PONYBUNNY_", "NOTIFY_SOCKET", "WATCHDOG_", "PB_BENCH"))
+           and k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONPATH")}
     env["LC_ALL"] = "C"
     if home is not None:
         env["PONYBUNNY_HOME"] = str(home)
@@ -124,6 +224,8 @@ def proc_cmdline(pid: int) -> str:
 
 def alive(pid: int) -> bool:
     """Running and not a zombie (the product's own /proc reading)."""
+    from pony_scheduler.lifecycle.pidfile import proc_start_time
+
     return proc_start_time(pid) is not None
 
 
@@ -156,12 +258,43 @@ def context_switches(pid: int) -> int:
     return total
 
 
-def run_timed(argv: list[str], env: dict[str, str], timeout: float = 60) -> tuple[float, int]:
-    """Wall time of one command, output discarded."""
-    start = time.perf_counter()
-    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, timeout=timeout, check=False)
-    return time.perf_counter() - start, proc.returncode
+@dataclass(frozen=True)
+class Timed:
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the process (and of children it waited for)
+    maxrss_mb: float  # its peak resident set size, MiB
+    code: int
+
+
+def run_timed(argv: Sequence[str], env: dict[str, str], timeout: float = 300) -> Timed:
+    """Wall time, CPU time and peak RSS of one command, output discarded."""
+    with open(os.devnull, "wb") as null:
+        began = time.perf_counter()
+        proc = subprocess.Popen(list(argv), env=env, stdin=subprocess.DEVNULL, stdout=null,
+                                stderr=null)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        wall = time.perf_counter() - began
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if wall > timeout:
+        raise RuntimeError(f"{' '.join(argv)} took {wall:.0f} s")
+    return Timed(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+                 proc.returncode)
+
+
+def bare(mode: str, count: int, threads: int, command: Sequence[str],
+         timeout: float = 900) -> dict[str, Any]:
+    """A bare spawner (bench/bare.py) on this same interpreter, in a fresh process."""
+    proc = subprocess.run([PY, str(HERE / "bare.py"), mode, str(count), str(threads), "--",
+                           *command], capture_output=True, text=True, timeout=timeout,
+                          check=False, env=clean_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"bare.py failed: {proc.stderr[-1000:]}")
+    return json.loads(proc.stdout)
 
 
 # ------------------------------------------------------------------------------ homes
@@ -170,6 +303,7 @@ _HOMES: list[Path] = []
 
 def new_home(tag: str) -> Path:
     home = Path(tempfile.mkdtemp(prefix=f"pb-bench-{tag}-"))
+    os.chmod(home, 0o700)
     _HOMES.append(home)
     return home
 
@@ -182,7 +316,6 @@ def remove_homes() -> None:
     for home in _HOMES:
         shutil.rmtree(home, ignore_errors=True)
     _HOMES.clear()
-    _PYCACHE.clear()
 
 
 # ------------------------------------------------------------------------------ daemons
@@ -190,7 +323,8 @@ _LIVE: set[Daemon] = set()
 
 
 class Daemon:
-    """One scheduler in one home, always cleaned up by the PID it wrote."""
+    """One scheduler in one home, started with `pb scheduler start` and always cleaned up
+    by the PID it wrote."""
 
     def __init__(self, home: Path, *, db: str | None = None, workers: int | None = None,
                  extra: Sequence[str] = ()) -> None:
@@ -202,11 +336,11 @@ class Daemon:
         self.pid: int | None = None
 
     def pb(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*PB_MODULE, *args], env=self.env, stdin=subprocess.DEVNULL,
+        return subprocess.run([PB, *args], env=self.env, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def start_argv(self) -> list[str]:
-        argv = [*PB_MODULE, "scheduler", "start", "--quiet", "--timeout", "60"]
+        argv = [PB, "scheduler", "start", "--quiet", "--timeout", "120"]
         if self.db:
             argv += ["--db", self.db]
         if self.workers:
@@ -218,7 +352,7 @@ class Daemon:
         _LIVE.add(self)
         began = time.perf_counter()
         proc = subprocess.run(self.start_argv(), env=self.env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=90, check=False)
+                              capture_output=True, text=True, timeout=180, check=False)
         elapsed = time.perf_counter() - began
         self.pid = self.read_pid()
         if proc.returncode != 0 or self.pid is None:
@@ -257,7 +391,8 @@ class Daemon:
         if pid is not None and alive(pid):
             with contextlib.suppress(Exception):
                 self.pb("scheduler", "stop", "--timeout", "15", timeout=45)
-            if alive(pid) and "pony_scheduler" in proc_cmdline(pid):
+            cmdline = proc_cmdline(pid)
+            if alive(pid) and ("pony_scheduler" in cmdline or PB in cmdline):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         self.pid = None
@@ -313,26 +448,11 @@ def job_values(name: str, command: list[str], *, every: str | None = None,
     return new_job(name, opts, anchor or utcnow())
 
 
-def encoded(values: dict[str, Any]) -> dict[str, Any]:
-    out = dict(values)
-    out["command"] = json.dumps(out["command"])
-    out["env"] = json.dumps(out.get("env") or {})
-    return out
-
-
-def bulk_jobs(store: Any, rows: list[dict[str, Any]], batch: int = 5000) -> None:
-    """Insert many jobs (dicts of store values with a "name") in a few transactions
-    (SQLAlchemy core executemany), bumping the change counter like `pb job add`."""
-    from pony_scheduler.store.common import bump_changes
-    from pony_scheduler.store.tables import jobs
-
-    now = utcnow()
-    for i in range(0, len(rows), batch):
-        chunk = [{**encoded(r), "created_at": now, "updated_at": now}
-                 for r in rows[i : i + batch]]
-        with store.engine.begin() as connection:
-            connection.execute(jobs.insert(), chunk)
-            bump_changes(connection)
+def bulk_jobs(store: Any, rows: list[dict[str, Any]]) -> None:
+    """A few jobs (dicts of store values with a "name"), each added as `pb job add` does."""
+    for row in rows:
+        values = dict(row)
+        store.add_job(values.pop("name"), values)
 
 
 def queue_runs(store: Any, job_id: int, count: int, due: datetime) -> None:
@@ -349,6 +469,86 @@ def queue_runs(store: Any, job_id: int, count: int, due: datetime) -> None:
         bump_changes(connection)
 
 
+# SQLite keeps SQLAlchemy's DateTime as text in this format (UTC, no offset).
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def sqlite_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(SQLITE_TIME)
+
+
+@contextlib.contextmanager
+def raw_sqlite(home: Path) -> Iterator[sqlite3.Connection]:
+    """The home's SQLite database, for bulk set-up only (no daemon may run on it)."""
+    connection = sqlite3.connect(home / "pony.db", isolation_level=None, timeout=30)
+    try:
+        connection.execute("PRAGMA synchronous=OFF")
+        yield connection
+    finally:
+        connection.close()
+
+
+def _columns(connection: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+
+
+def clone_jobs(home: Path, template: str, count: int, prefix: str,
+               **override: Any) -> tuple[int, int]:
+    """`count` copies of job `template` (added through the store before), named
+    PREFIX-000001…, in one statement; (first id, last id).  Columns given in `override`
+    take that value in every copy (those the schema lacks are left out).  Copying whatever
+    the current schema holds keeps this working as columns come and go."""
+    with raw_sqlite(home) as connection:
+        present = _columns(connection, "jobs")
+        override = {k: v for k, v in override.items() if k in present}
+        cols = [c for c in present if c not in ("id", "name", *override)]
+        names = ", ".join(f'"{c}"' for c in (*cols, *override))
+        values = ", ".join([*(f'"{c}"' for c in cols), *(f":{c}" for c in override)])
+        connection.execute("BEGIN")
+        before = connection.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
+        connection.execute(
+            f"WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < :count) "
+            f"INSERT INTO jobs (name, {names}) SELECT printf('%s-%06d', :prefix, n), {values} "
+            f"FROM s, (SELECT * FROM jobs WHERE name = :template)",
+            {"count": count, "prefix": prefix, "template": template, **override})
+        after = connection.execute("SELECT MAX(id) FROM jobs").fetchone()[0]
+        connection.execute("UPDATE counters SET value = value + 1 WHERE key = 'job_changes'")
+        connection.execute("COMMIT")
+    return before + 1, after
+
+
+def clone_runs(home: Path, count: int, first_job: int, jobs: int, newest: datetime,
+               failed_every: int = 10) -> None:
+    """`count` settled runs spread over jobs first_job … first_job+jobs-1, one a minute
+    per job going back from `newest`; every `failed_every`-th failed, the rest succeeded.
+    One INSERT … SELECT in one transaction: a million rows take seconds."""
+    base = int(newest.timestamp())
+    with raw_sqlite(home) as connection:
+        cols = set(_columns(connection, "runs"))
+        # n = 0 is the oldest, so that ids grow with time as they do in real life.
+        stamp = ("strftime('%Y-%m-%d %H:%M:%S', :base - ((:count - 1 - n) / :jobs) * 60, "
+                 "'unixepoch') || '.000000'")
+        given = {
+            "job_id": ":first + n % :jobs",
+            "occurrence": stamp, "attempt": "1", "trigger": "'schedule'",
+            "state": "CASE WHEN n % :failed = 0 THEN 'failed' ELSE 'succeeded' END",
+            "due_at": stamp, "started_at": stamp, "finished_at": stamp, "created_at": stamp,
+            "exit_code": "CASE WHEN n % :failed = 0 THEN 1 ELSE 0 END",
+            "hostname": "'bench'", "reason": "NULL",
+        }
+        given = {k: v for k, v in given.items() if k in cols}
+        connection.execute("BEGIN")
+        connection.execute(
+            f"WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s "
+            f"WHERE n + 1 < :count) INSERT INTO runs ({', '.join(given)}) "
+            f"SELECT {', '.join(given.values())} FROM s",
+            {"count": count, "first": first_job, "jobs": jobs, "base": base,
+             "failed": failed_every})
+        connection.execute("COMMIT")
+        # No ANALYZE: a database the daemon grew has no sqlite_stat1 either (and with it,
+        # SQLite 3.40 plans the recovery query as a scan of every job).
+
+
 def run_counts(store: Any) -> dict[str, int]:
     from sqlalchemy import func, select
 
@@ -360,7 +560,7 @@ def run_counts(store: Any) -> dict[str, int]:
 
 
 def wait_finished(store: Any, total: int, timeout: float, poll: float = 0.25,
-                  stall: float = 5.0) -> tuple[dict[str, int], bool]:
+                  stall: float = 10.0) -> tuple[dict[str, int], bool]:
     """Poll until `total` runs are in a terminal state; (counts, stalled).
 
     Stalled: no run finished for `stall` seconds while some are still queued (the
@@ -424,7 +624,8 @@ def pg_database(tag: str) -> Iterator[str]:
 
 
 def run_alone(run: Callable[[bool], Any]) -> None:
-    """Run one benchmark module by itself: python bench/bench_NAME.py [--quick]."""
+    """Run one benchmark module by itself (inside the bench venv):
+    python bench/bench_NAME.py [--quick]; better: python bench/run.py --only NAME."""
     try:
         for row in run("--quick" in sys.argv).rows:
             print(row)

@@ -1,45 +1,142 @@
-"""`pb`: the command line.  Click only: parse, call the core, format the answer."""
+"""`pb`: the command line.  Click only: parse, call the core, format the answer.
+
+Start-up is what users feel most (`pb scheduler status` in a prompt, in monitoring, in a
+loop), so `pb` imports only the command group that runs: the top-level groups are listed
+in LAZY with their one-line help and imported on first use.  `pb --help` and
+`pb --version` import none of them.  Keep module-level imports here to click and the
+standard library.
+"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import click
 
 from pony_scheduler import __version__
-from pony_scheduler.cli.config_cmd import config_group
-from pony_scheduler.cli.jobs import audit_command, job_group, runs_group
-from pony_scheduler.cli.service import service_group
-from pony_scheduler.cli.service_all import service_all
 from pony_scheduler.errors import EXIT_USAGE, PonyError
-from pony_scheduler.lifecycle.spec import DEBUG, GATEWAY, SCHEDULER
-from pony_scheduler.textsafe import for_log
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyCommand(NamedTuple):  # not a dataclass: `pb --version` need not import dataclasses
+    """A top-level command known by its help text until it is needed."""
+
+    help: str  # the command's own help text (tests/unit/test_cli_lazy.py keeps them equal)
+    load: Callable[[], click.Command]
+
+
+def _service(name: str) -> Callable[[], click.Command]:
+    def load() -> click.Command:
+        from pony_scheduler.cli.service import service_group
+        from pony_scheduler.lifecycle.spec import SERVICES
+
+        return service_group(SERVICES[name])
+
+    return load
+
+
+def _config() -> click.Command:
+    from pony_scheduler.cli.config_cmd import config_group
+
+    return config_group
+
+
+def _job() -> click.Command:
+    from pony_scheduler.cli.jobs import job_group
+
+    return job_group
+
+
+def _runs() -> click.Command:
+    from pony_scheduler.cli.jobs import runs_group
+
+    return runs_group
+
+
+def _audit() -> click.Command:
+    from pony_scheduler.cli.jobs import audit_command
+
+    return audit_command
+
+
+def _service_all() -> click.Command:
+    from pony_scheduler.cli.service_all import service_all
+
+    return service_all
+
+
+LAZY: dict[str, LazyCommand] = {
+    "scheduler": LazyCommand("Control the scheduler daemon.", _service("scheduler")),
+    "gateway": LazyCommand("Control the gateway daemon.", _service("gateway")),
+    "debug": LazyCommand("Control the debug server daemon.", _service("debug")),
+    "service": LazyCommand("All services at once: gateway, scheduler, debug server "
+                           "(NAME: all by default).", _service_all),
+    "job": LazyCommand("Define, change and trigger jobs (the running scheduler sees changes "
+                       "within a second).", _job),
+    "runs": LazyCommand("Run history: `pb runs [JOB]`, `pb runs show ID`, "
+                        "`pb runs output ID`.", _runs),
+    "config": LazyCommand("Inspect the configuration (defaults < config.toml < environment "
+                          "< flags).", _config),
+    "audit": LazyCommand("Who changed or triggered jobs (of JOB), when, and how (CLI or "
+                         "API).", _audit),
+}
+
+
+class LazyGroup(click.Group):
+    """A click.Group whose LAZY commands are imported when they are resolved.
+
+    Everything that walks the tree (completion, the man page tests) goes through
+    list_commands() and get_command(), which import on demand; only the command listing of
+    `pb --help` is written from the table, so that help imports nothing.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY:
+            self.add_command(LAZY[cmd_name].load(), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # As click.Group.format_commands, with stand-ins for the commands not imported yet.
+        listed: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name) or click.Command(name, help=LAZY[name].help)
+            if not command.hidden:
+                listed.append((name, command))
+        if not listed:
+            return
+        limit = formatter.width - 6 - max(len(name) for name, _ in listed)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, command.get_short_help_str(limit))
+                                for name, command in listed])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="pb",
                       message="%(prog)s (pony-scheduler) %(version)s")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="Configuration file (default: $PONYBUNNY_HOME/config.toml).")
 @click.pass_context
-def cli(ctx: click.Context, config_file: Path | None) -> None:
+def cli(ctx: click.Context, config_file: str | None) -> None:
     """pony-scheduler: run jobs on schedules, as a proper Unix daemon.
 
     The home directory is $PONYBUNNY_HOME (default ~/.ponybunny).
     """
     ctx.ensure_object(dict)
-    ctx.obj["config_file"] = config_file
+    ctx.obj["config_file"] = _path(config_file)
 
 
-cli.add_command(service_group(SCHEDULER))
-cli.add_command(service_group(GATEWAY))
-cli.add_command(service_group(DEBUG))
-cli.add_command(service_all)
-cli.add_command(job_group)
-cli.add_command(runs_group)
-cli.add_command(config_group)
-cli.add_command(audit_command)
+def _path(value: str | None) -> Path | None:
+    # pathlib (with urllib.parse and fnmatch) only when a command runs, not for --version.
+    from pathlib import Path
+
+    return Path(value) if value is not None else None
 
 
 def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
@@ -56,6 +153,8 @@ def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
     except click.Abort:
         code = 130
     except PonyError as exc:
+        from pony_scheduler.textsafe import for_log
+
         # Messages may quote job names, paths and URLs that others chose: one line, no
         # control character reaches the terminal.
         click.echo(f"Error: {for_log(str(exc))}", err=True)
@@ -68,6 +167,7 @@ def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
         if not type(exc).__module__.startswith("sqlalchemy"):
             raise
         from pony_scheduler.store.common import first_line
+        from pony_scheduler.textsafe import for_log
 
         click.echo(f"Error: database error: {for_log(first_line(exc))}", err=True)
         code = 1

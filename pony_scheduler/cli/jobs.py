@@ -579,8 +579,7 @@ def runs_kill(ctx: click.Context, run_id: int, signame: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
 def audit_command(ctx: click.Context, job: str | None, limit: int, as_json: bool) -> None:
-    """Who changed or triggered jobs (of JOB), and when: add, edit, remove, run, pause,
-    resume, kill, by CLI or API."""
+    """Who changed or triggered jobs (of JOB), when, and how (CLI or API)."""
     entries = open_store(ctx).audit_entries(job, limit)
     if as_json:
         click.echo(json.dumps(entries, indent=2))

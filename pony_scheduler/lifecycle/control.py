@@ -7,8 +7,6 @@ import fcntl
 import gc
 import os
 import pwd
-import select
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +22,6 @@ from pony_scheduler.errors import (
     PonyError,
 )
 from pony_scheduler.lifecycle import pidfile
-from pony_scheduler.lifecycle.daemonize import (
-    daemon_child,
-    require_writable_home,
-    run_foreground,
-)
 from pony_scheduler.lifecycle.logs import tail_lines
 from pony_scheduler.lifecycle.pidfile import PidInfo, PidState
 from pony_scheduler.lifecycle.spec import ServiceSpec
@@ -97,6 +90,9 @@ def _clear_the_way(spec: ServiceSpec, settings: Settings, *, force: bool, timeou
 def start(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool = False,
           say: Say = lambda _: None) -> StartResult:
     """Start `spec` in the background and return once it is ready."""
+    # Imported here, not at the top: it pulls in logging, which status and stop need not pay.
+    from pony_scheduler.lifecycle.daemonize import daemon_child, require_writable_home
+
     require_writable_home(settings.home)
     if not force:  # fast path, no lock: the common "already running" answer
         info = pidfile.inspect(spec, settings.home)
@@ -125,6 +121,8 @@ def start(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool 
 
 
 def _await_ready(read_fd: int, child: int, timeout: float) -> tuple[str, str]:
+    import select  # signal and select are imported where used: `status` needs neither
+
     deadline = time.monotonic() + timeout
     buffer = b""
     try:
@@ -181,6 +179,8 @@ def _start_outcome(spec: ServiceSpec, settings: Settings, verdict: str, detail: 
 
 def start_foreground(spec: ServiceSpec, settings: Settings, *, force: bool,
                      timeout: float, say: Say = lambda _: None) -> int:
+    from pony_scheduler.lifecycle.daemonize import require_writable_home, run_foreground
+
     require_writable_home(settings.home)
     spec.run_preflight(settings)
     lock_fd = _take_start_lock(spec, settings, timeout)
@@ -220,6 +220,8 @@ def terminate(spec: ServiceSpec, settings: Settings, info: PidInfo, *, timeout: 
     """What `start --force` and `restart` do to a running daemon: SIGUSR2 (hand over: the
     scheduler leaves its running runs to the run keeper and the next scheduler), wait,
     then SIGKILL (the runs survive that too)."""
+    import signal
+
     assert info.pid is not None
     start_time = info.start_time  # the process inspect() verified, not a later reading
     say(f"Replacing {spec.title} (PID {info.pid})...")
@@ -241,6 +243,8 @@ class StopResult:
 
 def stop(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool,
          say: Say) -> StopResult:
+    import signal
+
     info = pidfile.inspect(spec, settings.home)
     if info.state is PidState.STARTING:
         info = _wait_started(spec, settings, timeout)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -79,6 +78,8 @@ def proc_cmdline(pid: int) -> list[str]:
 
 def identity(pid: int) -> dict[str, Any]:
     """The facts written to the metadata file that let a later command recognise us."""
+    import socket  # here: `pb scheduler status` reads these facts and need not import it
+
     return {"procStartTime": proc_start_time(pid), "bootId": boot_id(),
             "hostname": socket.gethostname(), "uid": os.getuid()}
 

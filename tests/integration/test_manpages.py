@@ -91,8 +91,11 @@ def commands() -> dict[Path_, click.Command]:
     def walk(command: click.Command, path: Path_) -> None:
         found[path] = command
         if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
-                if not sub.hidden:
+            # list_commands/get_command, not .commands: pb's top-level groups load lazily.
+            ctx = click.Context(command, info_name="pb")
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                if sub is not None and not sub.hidden:
                     walk(sub, (*path, name))
 
     walk(cli, ())

@@ -1,0 +1,121 @@
+"""`pb` imports only what the command that runs needs (issue 15: start-up stays light).
+
+No timing here (bench/bench_cli.py measures it): these tests look at which modules a real
+`pb` process imported, compared with `python -c 'import click'` in the same interpreter,
+so that whatever the environment imports anyway (an editable install's finder, say) does
+not count.  They also check that the lazy top-level groups look exactly like eager ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from pony_scheduler.cli import LAZY, LazyGroup, cli
+
+# Run a command as `pb` does and print the modules it imported, whatever its exit code.
+PROBE = """
+import json, sys
+try:
+    if sys.argv[1:] != ["--click-only"]:
+        from pony_scheduler.cli import main
+        main(sys.argv[1:])
+    else:
+        import click
+except SystemExit:
+    pass
+finally:
+    sys.stdout.flush()
+    sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules)) + "\\n")
+"""
+
+# Heavy modules that must stay off the paths that do not need them.
+HEAVY = {"logging", "tomllib", "socket", "ipaddress", "sqlalchemy", "alembic", "croniter",
+         "daemon", "lockfile", "asyncio", "aiohttp", "psycopg", "zoneinfo", "sqlite3",
+         "uuid", "inspect", "urllib", "urllib.parse"}
+
+
+def imported(home: Path, *args: str) -> set[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
+    env["PONYBUNNY_HOME"] = str(home)
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
+                          text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    line = proc.stderr.rsplit("MODULES ", 1)[1]
+    return set(json.loads(line))
+
+
+@pytest.fixture(scope="module")
+def floor(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """What `import click` (and the interpreter's own start-up) imports."""
+    return imported(tmp_path_factory.mktemp("floor"), "--click-only")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["-h"]])
+def test_version_and_help_import_no_command_group(tmp_path: Path, floor: set[str],
+                                                  args: list[str]) -> None:
+    extra = imported(tmp_path, *args) - floor
+    ours = {m for m in extra if m.startswith("pony_scheduler")}
+    assert ours == {"pony_scheduler", "pony_scheduler.cli", "pony_scheduler.errors"}
+    assert not extra & HEAVY, sorted(extra & HEAVY)
+    assert "pathlib" not in extra and "dataclasses" not in extra
+
+
+def test_scheduler_status_imports_only_the_lifecycle(tmp_path: Path, floor: set[str]) -> None:
+    extra = imported(tmp_path, "scheduler", "status") - floor
+    assert not extra & HEAVY, sorted(extra & HEAVY)
+    ours = {m for m in extra if m.startswith("pony_scheduler")}
+    assert "pony_scheduler.cli.service" in ours  # the command really ran
+    for unneeded in ("pony_scheduler.cli.jobs", "pony_scheduler.cli.config_cmd",
+                     "pony_scheduler.cli.service_all", "pony_scheduler.store",
+                     "pony_scheduler.lifecycle.daemonize", "pony_scheduler.scheduler"):
+        assert unneeded not in ours
+
+
+def test_a_config_file_is_still_read(tmp_path: Path, floor: set[str]) -> None:
+    """tomllib is imported when there is a file to parse (and then it is parsed)."""
+    (tmp_path / "config.toml").write_text("workers = 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
+    proc = subprocess.run([sys.executable, "-m", "pony_scheduler", "scheduler", "status"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**env, "PONYBUNNY_HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "workers must be a number of workers from 1 to 1024" in proc.stderr
+
+
+def test_lazy_help_texts_are_the_commands_own() -> None:
+    fresh = LazyGroup(commands=[])
+    ctx = click.Context(fresh, info_name="pb")
+    for name, entry in LAZY.items():
+        command = fresh.get_command(ctx, name)
+        assert command is not None and command.name == name
+        assert command.help == entry.help, name
+
+
+def test_help_lists_every_group_as_eager_loading_would(tmp_path: Path) -> None:
+    runner = CliRunner()
+    lazy = runner.invoke(cli, ["--help"], prog_name="pb", env={"PONYBUNNY_HOME": str(tmp_path)})
+    ctx = click.Context(cli, info_name="pb")
+    eager = click.Group(name="pb", commands={n: cli.get_command(ctx, n) for n in LAZY},
+                        help=cli.help, params=cli.params,
+                        context_settings=cli.context_settings)
+    loaded = runner.invoke(eager, ["--help"], prog_name="pb")
+    assert lazy.exit_code == 0 and loaded.exit_code == 0
+    assert lazy.output == loaded.output
+    for name in LAZY:
+        assert f"\n  {name} " in lazy.output
+
+
+def test_an_unknown_command_is_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
+    proc = subprocess.run([sys.executable, "-m", "pony_scheduler", "schedular", "status"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**env, "PONYBUNNY_HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "No such command 'schedular'" in proc.stderr
