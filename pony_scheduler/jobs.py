@@ -62,6 +62,7 @@ class JobOptions:
     memory_max: str | None = None
     cpu_max: str | None = None
     tasks_max: int | None = None
+    jitter: str | None = None
 
 
 def _ignore(message: str) -> None:
@@ -136,10 +137,12 @@ def schedule_values(schedule: Schedule, now: datetime) -> dict[str, Any]:
 
 
 def stored_schedule(row: dict[str, Any]) -> Schedule:
+    """A job row's schedule, with its --jitter offset; ConfigError if it is damaged."""
     from pony_scheduler.scheduler import schedule as sched
 
     return sched.from_dict({"kind": row["schedule_kind"], "expr": row["schedule_expr"],
-                            "tz": row["schedule_tz"], "anchor": row["schedule_anchor"]})
+                            "tz": row["schedule_tz"], "anchor": row["schedule_anchor"],
+                            "offset": sched.jitter_offset(row["name"], row.get("jitter_s"))})
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -197,6 +200,9 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
         values["memory_max"] = parse_size(opts.memory_max, "--memory-max")
     if opts.cpu_max is not None:
         values["cpu_max"] = parse_cpus(opts.cpu_max)
+    if opts.jitter is not None:
+        values["jitter_s"] = (None if opts.jitter.strip().lower() == "none"
+                              else parse_duration(opts.jitter, "--jitter"))
     if opts.tasks_max is not None:
         values["tasks_max"] = _in_range(opts.tasks_max, TASKS_MAX, "--tasks-max")
     if opts.secret:
@@ -294,7 +300,9 @@ def new_job(name: str, opts: JobOptions, now: datetime,
     defaults: dict[str, Any] = {"timeout_s": None, "retries": 0, "retry_delay_s": 10.0,
                                 "overlap": "skip", "catch_up": "once", "cwd": None, "env": {},
                                 "enabled": True, "umask": UMASK_DEFAULT, "max_queued": 10}
-    return {**defaults, **option_values(opts), **command_values(opts, required=True),
+    options = option_values(opts)
+    schedule = sched.with_offset(schedule, sched.jitter_offset(name, options.get("jitter_s")))
+    return {**defaults, **options, **command_values(opts, required=True),
             **schedule_values(schedule, now)}
 
 
@@ -325,8 +333,12 @@ def changed_job(opts: JobOptions, now: datetime, row: dict[str, Any] | None = No
                 raise ConfigError("the job's stored schedule is damaged; give a whole new "
                                   "one (--cron, --every, --at or --manual)") from None
     schedule = build_schedule(opts, now, current, warn)
+    if schedule is None and "jitter_s" in values:
+        schedule = current  # the same schedule, moved by its new jitter offset
     if schedule is not None:
-        values.update(schedule_values(schedule, now))
+        jitter = values["jitter_s"] if "jitter_s" in values else (row or {}).get("jitter_s")
+        offset = sched.jitter_offset(str((row or {}).get("name", "")), jitter)
+        values.update(schedule_values(sched.with_offset(schedule, offset), now))
     if not values:
         raise ConfigError("nothing to change: give at least one option")
     return values
@@ -340,15 +352,17 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
     from pony_scheduler.jobtimes import next_run_local
     from pony_scheduler.scheduler import schedule as sched
 
-    try:
-        schedule = sched.describe(stored_schedule(job))
-    except ConfigError:
+    try:  # as stored, not checked again: croniter's parse would cost most of a listing
+        schedule = sched.describe(sched.Schedule(
+            str(job.get("schedule_kind")), str(job.get("schedule_expr") or ""),
+            str(job.get("schedule_tz") or "UTC"), str(job.get("schedule_anchor") or "")))
+    except (ConfigError, ValueError, LookupError, OSError):
         schedule = f"{job.get('schedule_kind')} (damaged)"
     keys = ("name", "command", "shell", "schedule_kind", "schedule_expr", "next_run_at",
             "enabled", "last_state", "last_run_at", "timeout_s", "retries", "retry_delay_s",
             "overlap", "catch_up", "cwd", "start_deadline_s", "max_queued", "error",
             "last_run_id", "last_duration_s", "last_success_at", "leftovers", "memory_max",
-            "cpu_max", "tasks_max")
+            "cpu_max", "tasks_max", "jitter_s")
     view = {key: job.get(key) for key in keys}
     view["schedule"] = schedule
     view["tz"] = job.get("schedule_tz")

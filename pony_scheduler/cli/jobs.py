@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -92,6 +92,8 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      "(of one CPU), 2 (where the cpu controller exists)."),
         click.option("--tasks-max", type=int, metavar="N", help="Most processes and threads "
                      "a run may have (where the pids controller exists)."),
+        click.option("--jitter", metavar="DURATION|none", help="Move every run of a cron or "
+                     "interval job by a stable offset within this window (spreads herds)."),
         click.option("--shell", is_flag=True, default=None, help="COMMAND is one shell "
                      "string, run with /bin/sh -c."),
         click.option("--umask", metavar="OCTAL", help="File mode mask of the command "
@@ -119,7 +121,7 @@ def _options(kwargs: dict[str, Any]) -> JobOptions:
                       max_queued=kwargs["max_queued"], env_file=kwargs["env_file"],
                       secret=list(kwargs["secret"]), leftovers=kwargs["leftovers"],
                       memory_max=kwargs["memory_max"], cpu_max=kwargs["cpu_max"],
-                      tasks_max=kwargs["tasks_max"])
+                      tasks_max=kwargs["tasks_max"], jitter=kwargs["jitter"])
 
 
 @click.group(name="job")
@@ -191,23 +193,64 @@ def _job_json(job: dict[str, Any]) -> dict[str, Any]:
     return job_json(job)
 
 
+PAGE = 100  # jobs `pb job list` shows unless told otherwise
+
+
 @job_group.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.option("-n", "--limit", type=click.IntRange(1, 1_000_000), default=PAGE,
+              show_default=True, help="Jobs per page, by name.")
+@click.option("--after", metavar="NAME", help="The page after the job NAME (the last of "
+              "the page before).")
+@click.option("--all", "everything", is_flag=True, help="Every job, streamed (memory stays "
+              "flat).")
 @click.pass_context
-def job_list(ctx: click.Context, as_json: bool) -> None:
-    """All jobs: schedule, next run (in the job's zone), last result, enabled."""
-    found = open_store(ctx).list_jobs()
-    jobs = [_job_json(job) for job in found]
+def job_list(ctx: click.Context, as_json: bool, limit: int, after: str | None,
+             everything: bool) -> None:
+    """Jobs by name: schedule, next run (in the job's zone), last result, enabled."""
+    store = open_store(ctx)
+    found = store.iter_jobs(after, None if everything else limit)
     if as_json:
-        click.echo(json.dumps(jobs, indent=2))
+        _stream_json(_job_json(job) for job in found)
         return
-    if not jobs:
-        click.echo("No jobs yet; add one with 'pb job add NAME --every 1h -- COMMAND'")
+    shown = 0
+    for page in _pages(found, PAGE):
+        if shown == 0 and not page:
+            break
+        rows = [("NAME", "SCHEDULE", "NEXT RUN", "LAST RESULT", "ENABLED")]
+        rows += [(j["name"], j["schedule"], _when(raw), j["last_state"] or "-", _enabled(j))
+                 for j, raw in ((_job_json(raw), raw) for raw in page)]
+        _table(rows if shown == 0 else rows[1:])
+        shown += len(page)
+        last = page[-1]["name"] if page else after
+    if shown == 0:
+        click.echo("No more jobs" if after else
+                   "No jobs yet; add one with 'pb job add NAME --every 1h -- COMMAND'")
         return
-    rows = [("NAME", "SCHEDULE", "NEXT RUN", "LAST RESULT", "ENABLED")]
-    rows += [(j["name"], j["schedule"], _when(raw), j["last_state"] or "-", _enabled(j))
-             for j, raw in zip(jobs, found, strict=True)]
-    _table(rows)
+    if not everything and shown == limit:
+        total = store.count_jobs()
+        click.echo(f"Showing {shown:,} of {total:,} jobs; next page: pb job list --after "
+                   f"{last}  (--all for every one)", err=True)
+
+
+def _pages(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    page: list[dict[str, Any]] = []
+    for item in items:
+        page.append(item)
+        if len(page) == size:
+            yield page
+            page = []
+    yield page
+
+
+def _stream_json(items: Iterator[dict[str, Any]]) -> None:
+    """A JSON array written element by element (the same text json.dumps(indent=2) makes)."""
+    first = True
+    for item in items:
+        text = json.dumps(item, indent=2).replace("\n", "\n  ")
+        click.echo(("[\n  " if first else ",\n  ") + text, nl=False)
+        first = False
+    click.echo("[]" if first else "\n]")
 
 
 def _enabled(job: dict[str, Any]) -> str:
@@ -270,12 +313,24 @@ def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
                          ("Overlap", f"{data['overlap']} (at most {data['max_queued']} "
                           "queued)" if data["overlap"] == "queue" else data["overlap"]),
                          ("Catch-up", data["catch_up"]),
-                         ("Start deadline", _deadline(data)), ("Umask", data["umask"]),
+                         ("Start deadline", _deadline(data)), ("Jitter", _jitter(name, data)),
+                         ("Umask", data["umask"]),
                          ("Directory", data["cwd"] or "(the scheduler's home)"),
                          ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items())
                           or "-"),
                          ("Env file", data.get("env_file") or "-")):
         click.echo(_shown(f"{label + ':':<15} {value}", raw))
+
+
+def _jitter(name: str, data: dict[str, Any]) -> str:
+    from pony_scheduler.durations import format_duration
+    from pony_scheduler.scheduler.schedule import jitter_offset
+
+    window = data.get("jitter_s")
+    if not window:
+        return "none"
+    return (f"{format_duration(window)} (this job's runs: "
+            f"+{format_duration(jitter_offset(name, window))})")
 
 
 def _last_result(data: dict[str, Any]) -> str:
@@ -311,6 +366,7 @@ def _count(ctx: click.Context, param: click.Parameter, value: str) -> int:
 def job_next(ctx: click.Context, name: str | None, count: int, cron: str | None,
              tz: str | None, as_json: bool) -> None:
     """The next runs of job NAME (or of --cron EXPR) in its zone and in UTC."""
+    from pony_scheduler.durations import format_duration
     from pony_scheduler.errors import ConfigError
     from pony_scheduler.jobs import build_schedule, stored_schedule
     from pony_scheduler.jobtimes import ZONED, preview, preview_json, text
@@ -334,7 +390,7 @@ def job_next(ctx: click.Context, name: str | None, count: int, cron: str | None,
     title = f"{name}: {describe(schedule)}" if name else describe(schedule)
     if as_json:
         click.echo(json.dumps({"job": name, "schedule": describe(schedule),
-                               "kind": schedule.kind,
+                               "kind": schedule.kind, "jitter_offset_s": schedule.offset,
                                "tz": schedule.tz if schedule.kind in ZONED else None,
                                "enabled": enabled, "runs": preview_json(rows)}, indent=2))
         return
@@ -345,6 +401,9 @@ def job_next(ctx: click.Context, name: str | None, count: int, cron: str | None,
         click.echo(f"{title}: no further runs (that time has passed)")
         return
     click.echo(title + ("" if enabled else f" (paused: these runs follow 'pb job resume {name}')"))
+    if schedule.offset:
+        click.echo(f"(each run moved by +{format_duration(schedule.offset)}: its share of "
+                   "--jitter)")
     table = [("LOCAL", "UTC", "DAYLIGHT SAVING" if any(row.dst for row in rows) else "")]
     table += [(text(row.local), text(row.at), f"{row.dst}: {row.note}" if row.dst else "")
               for row in rows]

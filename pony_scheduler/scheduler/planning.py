@@ -83,11 +83,12 @@ class Planner:
         return any(item.plan.to_run for item in items)
 
     def evaluate(self, job: DueJob, now: datetime) -> Materialize | None:
-        from pony_scheduler.scheduler.schedule import Schedule, from_dict
+        from pony_scheduler.scheduler.schedule import Schedule, from_dict, jitter_offset
 
         try:
             schedule: Schedule = from_dict({"kind": job.kind, "expr": job.expr,
-                                            "tz": job.tz, "anchor": job.anchor})
+                                            "tz": job.tz, "anchor": job.anchor,
+                                            "offset": jitter_offset(job.name, job.jitter_s)})
             policy = runs.policy_from(job.retries, job.retry_delay_s, job.overlap,
                                       job.catch_up, job.start_deadline_s, job.max_queued)
             queued = (self.store.queued_count(job.id)

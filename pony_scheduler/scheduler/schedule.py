@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from itertools import islice, takewhile
 from typing import Any
@@ -62,10 +62,12 @@ __all__ = [
     "due_between",
     "every_schedule",
     "from_dict",
+    "jitter_offset",
     "manual_schedule",
     "next_after",
     "upcoming",
     "validate_job_name",
+    "with_offset",
     "with_zone",
 ]
 
@@ -80,6 +82,9 @@ class Schedule:
     expr: str  # cron text, interval seconds ("90"), ISO UTC instant, or "" for manual
     tz: str  # IANA zone for cron (and for showing/parsing `at`)
     anchor: str = ""  # every: ISO UTC instant the interval counts from
+    # Seconds every occurrence of a cron or interval schedule is moved by: the job's
+    # stable share of its --jitter window (jitter_offset), 0 without one.
+    offset: float = 0.0
 
 
 # ---------------------------------------------------------------- constructors
@@ -137,9 +142,36 @@ def with_zone(schedule: Schedule, tz: str, now: datetime) -> Schedule:
 # ---------------------------------------------------------------- when is it due
 
 
+def jitter_offset(name: str, jitter_s: float | None) -> float:
+    """A job's stable offset within its --jitter window, in seconds: the same for the job
+    on every host and every start, different between jobs (Jenkins' H, systemd's
+    RandomizedOffsetSec=): a hash of its name, whole milliseconds below `jitter_s`."""
+    if not jitter_s:
+        return 0.0
+    import hashlib
+
+    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    return digest % max(1, int(jitter_s * 1000)) / 1000
+
+
+def with_offset(schedule: Schedule, offset: float) -> Schedule:
+    """`schedule` moved by `offset` seconds; only cron and interval schedules move."""
+    moved = offset if schedule.kind in ("cron", "every") else 0.0
+    return Schedule(schedule.kind, schedule.expr, schedule.tz, schedule.anchor, moved)
+
+
+def _shift(schedule: Schedule) -> timedelta:
+    return timedelta(seconds=schedule.offset)
+
+
 def next_after(schedule: Schedule, after: datetime) -> datetime | None:
     """The first due instant strictly after `after` (UTC), or None if there is none."""
-    after = as_utc(after)
+    shift = _shift(schedule)
+    found = _next_after(schedule, as_utc(after) - shift)
+    return found + shift if found is not None else None
+
+
+def _next_after(schedule: Schedule, after: datetime) -> datetime | None:
     if schedule.kind == "every":
         anchor, step = _grid(schedule)
         k = max(1, (after - anchor) // step + 1)
@@ -159,6 +191,10 @@ def upcoming(schedule: Schedule, after: datetime, count: int) -> list[Occurrence
     cron occurrences say how daylight saving moved or merged them (cron.Occurrence).
     """
     after = as_utc(after)
+    if schedule.offset:
+        shift = _shift(schedule)
+        base = upcoming(with_offset(schedule, 0.0), after - shift, count)
+        return [replace(o, at=o.at + shift) for o in base]
     if schedule.kind == "cron":
         return list(islice(cron.ascending(schedule.expr, schedule.tz, after), max(0, count)))
     first = next_after(schedule, after)
@@ -177,6 +213,10 @@ def due_between(
     start, end = as_utc(start), as_utc(end)
     if end <= start or limit <= 0:
         return []
+    if schedule.offset:
+        shift = _shift(schedule)
+        base = due_between(with_offset(schedule, 0.0), start - shift, end - shift, limit)
+        return [moment + shift for moment in base]
     if schedule.kind == "every":
         anchor, step = _grid(schedule)
         last = (end - anchor) // step
@@ -199,6 +239,9 @@ def count_between(schedule: Schedule, start: datetime, end: datetime) -> int:
     start, end = as_utc(start), as_utc(end)
     if end <= start:
         return 0
+    if schedule.offset:
+        shift = _shift(schedule)
+        return count_between(with_offset(schedule, 0.0), start - shift, end - shift)
     if schedule.kind == "every":
         anchor, step = _grid(schedule)
         return max(0, (end - anchor) // step) - max(0, (start - anchor) // step)
@@ -227,6 +270,7 @@ def describe(schedule: Schedule) -> str:
 def from_dict(data: Mapping[str, Any]) -> Schedule:
     """A Schedule from stored data, re-validated (ConfigError if it is damaged)."""
     values = {key: data.get(key) for key in ("kind", "expr", "tz", "anchor")}
+    offset = data.get("offset") or 0.0
     if not all(isinstance(v, str) for v in values.values() if v is not None):
         raise ConfigError(f"stored schedule {quote(repr(dict(data)))} has non-text fields")
     schedule = Schedule(
@@ -236,7 +280,7 @@ def from_dict(data: Mapping[str, Any]) -> Schedule:
         anchor=values["anchor"] or "",
     )
     _revalidate(schedule)
-    return schedule
+    return with_offset(schedule, float(offset))
 
 
 def _revalidate(schedule: Schedule) -> None:

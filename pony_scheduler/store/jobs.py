@@ -51,6 +51,7 @@ class DueJob:
     retry_delay_s: float
     start_deadline_s: float | None
     max_queued: int
+    jitter_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,9 +212,27 @@ class JobQueries:
 
     def list_jobs(self) -> list[dict[str, Any]]:
         """Every job, by name, with its last result (kept on the job row: no run scan)."""
+        return list(self.iter_jobs())
+
+    def iter_jobs(self, after: str | None = None,
+                  limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Jobs by name (those after `after`, at most `limit`), streamed from the database
+        in batches, so that memory stays flat however many jobs there are."""
         query = select(jobs).where(jobs.c.removed_at.is_(None)).order_by(jobs.c.name)
+        if after is not None:
+            query = query.where(jobs.c.name > after)
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as connection:
-            return [job_view(row_dict(row)) for row in connection.execute(query)]
+            result = connection.execution_options(yield_per=500).execute(query)
+            for row in result:
+                yield job_view(row_dict(row))
+
+    def count_jobs(self) -> int:
+        """How many jobs there are."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(jobs).where(
+                jobs.c.removed_at.is_(None))).scalar() or 0)
 
     # -- for the work loop ------------------------------------------------------------------
     def next_job_due(self) -> datetime | None:
@@ -227,7 +246,8 @@ class JobQueries:
         query = (select(jobs.c.id, jobs.c.name, jobs.c.schedule_kind, jobs.c.schedule_expr,
                         jobs.c.schedule_tz, jobs.c.schedule_anchor, jobs.c.next_due_at,
                         jobs.c.overlap, jobs.c.catch_up, jobs.c.retries,
-                        jobs.c.retry_delay_s, jobs.c.start_deadline_s, jobs.c.max_queued)
+                        jobs.c.retry_delay_s, jobs.c.start_deadline_s, jobs.c.max_queued,
+                        jobs.c.jitter_s)
                  .where(jobs.c.enabled.is_(True), jobs.c.next_due_at <= now)
                  .order_by(jobs.c.next_due_at).limit(limit))
         with self.engine.connect() as connection:

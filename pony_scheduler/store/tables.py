@@ -126,6 +126,7 @@ jobs = Table(
     Column("cpu_max", Float),  # CPUs, e.g. 0.5
     Column("tasks_max", Integer),
     Index("ix_jobs_due", "enabled", "next_due_at"),
+    Index("ix_jobs_removed", "removed_at"),
 )
 
 runs = Table(

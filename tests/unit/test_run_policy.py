@@ -302,3 +302,33 @@ def test_clock_watch_sees_steps_not_elapsed_time() -> None:
     assert back is not None and round(back.by.total_seconds()) == -600
     forward = watch.step(162.0, T0 + s(62.3) + timedelta(minutes=5))
     assert forward is not None and round(forward.by.total_seconds()) == 900
+
+
+# ---------------------------------------------------------------- jitter
+
+
+def test_jitter_moves_every_occurrence_by_a_stable_offset_within_the_window() -> None:
+    from pony_scheduler.scheduler.schedule import (
+        due_between,
+        jitter_offset,
+        next_after,
+        upcoming,
+        with_offset,
+    )
+
+    offsets = {name: jitter_offset(name, 300) for name in ("a", "b", "backup", "report")}
+    assert all(0 <= off < 300 for off in offsets.values())
+    assert len(set(offsets.values())) == len(offsets)  # spread between jobs
+    assert jitter_offset("backup", 300) == offsets["backup"]  # stable
+    assert jitter_offset("backup", None) == 0.0
+    moved = with_offset(HOURLY, offsets["backup"])
+    shift = timedelta(seconds=offsets["backup"])
+    hour = timedelta(hours=1)
+    assert next_after(moved, T0) == T0 + shift  # 12:00 + the job's share
+    assert next_after(moved, T0 + shift) == T0 + hour + shift
+    assert due_between(moved, T0, T0 + 2 * hour + shift) == [
+        T0 + shift, T0 + hour + shift, T0 + 2 * hour + shift]
+    assert [o.at for o in upcoming(moved, T0, 2)] == [T0 + shift, T0 + hour + shift]
+    assert count_between(moved, T0, T0 + 2 * hour) == 2
+    one = at_schedule("2026-12-01T09:00:00+00:00", "UTC", T0)
+    assert with_offset(one, 60).offset == 0.0  # one-shot times are not moved

@@ -1,0 +1,83 @@
+"""`pb job list` pages and streams; --jitter as users see it; the audit trail by CLI and
+API; `pb scheduler status` names the run keeper and its containment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import Pb, wait_for
+from tests.integration.gateway_helpers import request, start_gateway, token_of, use_free_ports
+
+
+def test_job_list_pages_by_name_and_streams_everything(pb: Pb) -> None:
+    for index in range(7):
+        pb("job", "add", f"j{index}", "--every", "1h", "--", "true", check=True)
+    first = pb("job", "list", "-n", "3")
+    assert [line.split()[0] for line in first.out.splitlines()[1:]] == ["j0", "j1", "j2"]
+    assert "Showing 3 of 7 jobs; next page: pb job list --after j2" in first.err
+    second = pb("job", "list", "-n", "3", "--after", "j2")
+    assert [line.split()[0] for line in second.out.splitlines()[1:]] == ["j3", "j4", "j5"]
+    last = pb("job", "list", "-n", "3", "--after", "j5")
+    assert [line.split()[0] for line in last.out.splitlines()[1:]] == ["j6"]
+    assert last.err == ""  # the last page says no more
+    assert pb("job", "list", "--after", "j6").out.strip() == "No more jobs"
+    everything = json.loads(pb("job", "list", "--all", "--json").out)
+    assert [job["name"] for job in everything] == [f"j{i}" for i in range(7)]
+    page = json.loads(pb("job", "list", "--json", "-n", "2").out)
+    assert page == everything[:2]  # the streamed JSON is the same JSON
+    assert json.loads(pb("job", "list", "--json", "--after", "zzz").out) == []
+
+
+def test_jitter_moves_a_jobs_runs_stably(pb: Pb) -> None:
+    pb("job", "add", "spread", "--cron", "0 * * * *", "--tz", "UTC", "--jitter", "10m", "--",
+       "true", check=True)
+    preview = json.loads(pb("job", "next", "spread", "-n", "2", "--json").out)
+    offset = preview["jitter_offset_s"]
+    assert 0 <= offset < 600
+    again = json.loads(pb("job", "next", "spread", "-n", "2", "--json").out)
+    assert again == preview  # stable
+    minute, second = divmod(int(offset), 60)
+    assert all(run["utc"].endswith(f":{minute:02d}:{second:02d}" + run["utc"][19:])
+               for run in preview["runs"]), preview
+    shown = pb("job", "show", "spread").out
+    assert "Jitter:" in shown and "10m (this job's runs: +" in shown
+    bad = pb("job", "edit", "spread", "--jitter", "soon")
+    assert bad.code != 0 and bad.err.count("\n") == 1
+
+
+def test_every_change_and_trigger_is_audited(pb: Pb) -> None:
+    pb("job", "add", "a", "--manual", "--env", "TOKEN=s3cret", "--", "true", check=True)
+    pb("job", "edit", "a", "--retries", "2", check=True)
+    pb("job", "pause", "a", check=True)
+    pb("job", "resume", "a", check=True)
+    pb("job", "run", "a", check=True)
+    pb("job", "remove", "a", check=True)
+    entries = json.loads(pb("audit", "--json").out)
+    assert [e["action"] for e in entries] == ["remove", "run", "resume", "pause", "edit", "add"]
+    assert all(e["via"] == "cli" and e["uid"] == 0 and e["user"] == "root" for e in entries)
+    assert "retries=2" in entries[4]["detail"]
+    assert "s3cret" not in json.dumps(entries)  # names of variables, never their values
+    assert "TOKEN" in entries[5]["detail"]
+    assert "root (0)" in pb("audit", "a").out
+
+
+def test_api_changes_are_audited_with_the_callers_scope(pb: Pb, home: Path) -> None:
+    port, _ = use_free_ports(pb)
+    start_gateway(pb, port)
+    pb("job", "add", "b", "--manual", "--", "true", check=True)
+    status, _, _ = request(port, "POST", "/api/jobs/b/run", token=token_of(home))
+    assert status == 202
+    assert wait_for(lambda: any(e["action"] == "run" for e in
+                                json.loads(pb("audit", "b", "--json").out)), 30)
+    run = next(e for e in json.loads(pb("audit", "b", "--json").out) if e["action"] == "run")
+    assert run["via"] == "api" and run["scope"] == "admin token"
+
+
+def test_status_names_the_keeper_and_its_containment(pb: Pb) -> None:
+    pb("scheduler", "start", check=True)
+    status = pb("scheduler", "status")
+    assert "Keeper:" in status.out and "containment" in status.out, status.out
+    data = json.loads(pb("scheduler", "status", "--json").out)
+    assert data["keeper"]["containment"] in ("cgroup2", "cgroup1", "pgroup")
+    assert data["keeper"]["pid"] == int((pb.home / "keeper.pid").read_text())
