@@ -272,8 +272,11 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
     meta = report.meta or {}
     uptime = report.uptime()
     keeper = keeper_facts(settings) if report.spec.name == "scheduler" else None
+    # The one shape of a service's status: `pb NAME status --json` prints it, and
+    # `pb service status --json` lists it for each service.
     return {
         "service": report.spec.name,
+        "title": report.spec.title,
         "status": report.state,
         "exitCode": report.exit_code,
         "pid": report.pid,
@@ -283,6 +286,7 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
         "logFile": str(report.spec.log_path(settings.home)),
         "pidFile": str(report.spec.pid_path(settings.home)),
         "reason": report.reason or None,
+        "address": meta.get("address"),
         "metadata": report.meta,
         **({"keeper": {"pid": keeper["pid"], "containment": keeper.get("containment"),
                        "version": keeper.get("version")} if keeper else None}

@@ -142,8 +142,7 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
     reports = services.statuses(services.select(name), settings)
     code = services.status_exit_code(reports)
     if as_json:
-        entries = [{**status_json(r, settings), "title": r.spec.title,
-                    "address": (r.meta or {}).get("address")} for r in reports]
+        entries = [status_json(r, settings) for r in reports]
         click.echo(json.dumps({"services": entries, "allRunning": code == 0}, indent=2))
     else:
         for report in reports:

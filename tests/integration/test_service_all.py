@@ -53,6 +53,12 @@ def test_start_all_status_stop_all(pb: Pb, home: Path) -> None:
     assert [(s["service"], s["status"], s["pid"]) for s in as_json["services"]] == [
         (name, "running", running[name]) for name in TITLES]
     assert as_json["services"][0]["address"] == f"http://127.0.0.1:{gateway_port}"
+    # One shape for a service's status, whichever command prints it.
+    for entry in as_json["services"]:
+        own = json.loads(pb(entry["service"], "status", "--json").out)
+        assert set(own) == set(entry)
+        assert {k: own[k] for k in ("service", "title", "status", "pid", "address")} == {
+            k: entry[k] for k in ("service", "title", "status", "pid", "address")}
 
     again = pb("service", "start")  # `all` is the default; running counts as success
     assert again.code == 0
