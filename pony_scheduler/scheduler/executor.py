@@ -62,9 +62,11 @@ class Executor:
         return self.client.welcome
 
     def fileno(self) -> int | None:
+        """The keeper connection's descriptor for the loop's select(); None before connect."""
         return self.client.fileno() if self.client is not None else None
 
     def keeper(self) -> KeeperClient:
+        """The connected client; KeeperError before connect() or after hand_over()."""
         if self.client is None:
             raise KeeperError("not connected to the run keeper")
         return self.client
@@ -133,6 +135,7 @@ class Executor:
         return max(0, self.workers + ahead - self.busy())
 
     def busy(self) -> int:
+        """Runs in flight at the keeper plus those claimed ahead and waiting for a slot."""
         return len(self.in_flight) + len(self.pending)
 
     def pending_ids(self) -> list[int]:
@@ -144,6 +147,7 @@ class Executor:
         return self.pending[0][1] if self.pending else None
 
     def launch(self, launch: kp.Launch) -> None:
+        """Hand a claimed run over: to the keeper now if a slot is free, else it waits."""
         self.pending.append((launch, time.monotonic()))
         self._fill()
 

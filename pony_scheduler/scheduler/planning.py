@@ -83,6 +83,8 @@ class Planner:
         return any(item.plan.to_run for item in items)
 
     def evaluate(self, job: DueJob, now: datetime) -> Materialize | None:
+        """What runs.plan makes of a due job's occurrences; None, with the job set aside,
+        when this daemon cannot evaluate its schedule or policy."""
         from pony_scheduler.scheduler.schedule import Schedule, from_dict, jitter_offset
 
         try:

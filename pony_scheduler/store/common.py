@@ -15,10 +15,12 @@ CHANGES = "job_changes"
 
 
 def utcnow() -> datetime:
+    """This host's time, aware UTC (the loop adds the database clock's offset)."""
     return datetime.now(UTC)
 
 
 def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with its offset, or None."""
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
@@ -44,6 +46,7 @@ CHANGES_QUERY = select(counters.c.value).where(counters.c.key == CHANGES)
 
 
 def read_changes(engine: Engine) -> int:
+    """The job change counter (0 before any change)."""
     with engine.connect() as connection:
         value = connection.execute(CHANGES_QUERY).scalar()
     return int(value or 0)
@@ -57,10 +60,12 @@ def first_line(exc: Exception) -> str:
 
 
 def row_dict(row: Any) -> dict[str, Any]:
+    """A result row as a plain dict, by column name."""
     return dict(row._mapping)
 
 
 def loads(text: str | None, default: Any) -> Any:
+    """Stored JSON, or `default` when it is empty or damaged."""
     if not text:
         return default
     try:

@@ -33,11 +33,13 @@ def _config() -> Config:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The database's Alembic revision, None for a database without our schema."""
     with engine.connect() as connection:
         return _revision_in(connection)
 
 
 def check_known(revision: str | None) -> None:
+    """PonyError for a revision newer than this code (unknown to it)."""
     if revision is not None and revision not in REVISIONS:
         raise PonyError(
             f"the database schema is at revision {revision}, newer than this pony-scheduler "

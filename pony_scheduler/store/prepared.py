@@ -50,6 +50,7 @@ class Prepared:
         return self.readers
 
     def params(self, values: Mapping[str, Any]) -> Any:
+        """The driver's parameters: fixed values merged, type processors applied."""
         merged = {**self.fixed, **values}
         for name, binder in self.binders.items():
             merged[name] = binder(merged[name])
@@ -61,11 +62,13 @@ class Prepared:
             self.sql, self.params(values or {})), values)
 
     def execute_many(self, connection: Any, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Run once per row of values, in one driver call."""
         batch = [self.params(values) for values in rows]
         self._run(connection, lambda cursor: cursor.executemany(self.sql, batch),
                   None).close()
 
     def rowcount(self, connection: Any, values: Mapping[str, Any]) -> int:
+        """Run once; how many rows it changed."""
         cursor = self.execute(connection, values)
         try:
             return int(cursor.rowcount)

@@ -140,6 +140,8 @@ def run_from(row: dict[str, Any]) -> Run:
 
 
 def claimed_from(run: Run, row: dict[str, Any], epoch: int) -> Claimed:
+    """What starting a claimed run needs, from its claim row; ValueError when the stored
+    command or environment is damaged."""
     command, env = json.loads(row["command"]), json.loads(row["env"] or "{}")
     secret = json.loads(row["secret_env"] or "[]")
     if not (isinstance(command, list) and command and isinstance(env, dict)):
