@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import ConfigError
@@ -19,9 +21,14 @@ from pony_scheduler.scheduler import runs
 from pony_scheduler.store import Store
 from pony_scheduler.store.jobs import DueJob, Materialize
 
+if TYPE_CHECKING:
+    from pony_scheduler.scheduler.schedule import Schedule
+
 log = logging.getLogger("pony_scheduler.scheduler")
 
-BATCH = 200  # due jobs materialized per transaction
+# Due jobs materialized per transaction: small enough that the first runs of a herd start
+# within milliseconds (the loop dispatches between batches), large enough to be cheap.
+BATCH = 100
 CLOCK_STEP = 1.0  # seconds the wall clock may move apart from the monotonic clock
 # What evaluating a stored schedule can raise when this daemon cannot read it.
 UNREADABLE = (ConfigError, ValueError, LookupError, TypeError, OverflowError)
@@ -49,6 +56,19 @@ class ClockWatch:
         if previous is None or abs(offset - previous) <= CLOCK_STEP:
             return None
         return Step(timedelta(seconds=offset - previous), now)
+
+
+# Jobs that share a schedule share its checking and, at one instant, its plan: both are
+# pure, and at the top of the minute thousands of jobs ask the same question.
+@lru_cache(maxsize=4096)
+def _schedule(kind: str, expr: str, tz: str, anchor: str, offset: float) -> Schedule:
+    from pony_scheduler.scheduler.schedule import from_dict
+
+    return from_dict({"kind": kind, "expr": expr, "tz": tz, "anchor": anchor,
+                      "offset": offset})
+
+
+_plan = lru_cache(maxsize=64)(runs.plan)  # entries of earlier instants are dead weight
 
 
 class Planner:
@@ -85,17 +105,16 @@ class Planner:
     def evaluate(self, job: DueJob, now: datetime) -> Materialize | None:
         """What runs.plan makes of a due job's occurrences; None, with the job set aside,
         when this daemon cannot evaluate its schedule or policy."""
-        from pony_scheduler.scheduler.schedule import Schedule, from_dict, jitter_offset
+        from pony_scheduler.scheduler.schedule import jitter_offset
 
         try:
-            schedule: Schedule = from_dict({"kind": job.kind, "expr": job.expr,
-                                            "tz": job.tz, "anchor": job.anchor,
-                                            "offset": jitter_offset(job.name, job.jitter_s)})
+            schedule = _schedule(job.kind, job.expr, job.tz, job.anchor,
+                                 jitter_offset(job.name, job.jitter_s))
             policy = runs.policy_from(job.retries, job.retry_delay_s, job.overlap,
                                       job.catch_up, job.start_deadline_s, job.max_queued)
             queued = (self.store.queued_count(job.id)
                       if policy.overlap is runs.Overlap.QUEUE else 0)
-            plan = runs.plan(schedule, policy, job.next_due_at, now, queued)
+            plan = _plan(schedule, policy, job.next_due_at, now, queued)
         except UNREADABLE as exc:
             reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
             log.error("Job %s set aside: this scheduler cannot evaluate it (%s); other jobs "

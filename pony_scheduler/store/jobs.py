@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, func, select, update
+from sqlalchemy import Engine, bindparam, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pony_scheduler.actor import Actor
@@ -298,26 +298,33 @@ class JobQueries:
         database; the unique (job, occurrence, attempt) key makes a repeat harmless.
         Runs of one catch-up decision share a batch (they run one after another).
         """
-        done = []
+        if not items:
+            return []
         with self.engine.begin() as connection:
-            for item in items:
-                moved = connection.execute(
-                    update(jobs).where(jobs.c.id == item.job_id,
-                                       jobs.c.next_due_at == item.expected_due)
-                    .values(next_due_at=item.plan.next_due)).rowcount
-                if moved != 1:
-                    continue
-                rows = list(_rows(item, now))
-                if rows:
-                    connection.execute(insert_ignore(connection, runs), rows)
-                if item.plan.uncounted is not None:
-                    gap = item.plan.uncounted
-                    connection.execute(missed.insert().values(
-                        job_id=item.job_id, first_occurrence=gap.first,
-                        last_occurrence=gap.last, count=gap.count,
-                        reason=item.missed_reason, recorded_at=now))
-                done.append(item.job_id)
-        return done
+            # Which jobs are still where this plan found them: read under the write lock
+            # (SQLite's BEGIN IMMEDIATE; FOR UPDATE on PostgreSQL), so the updates below
+            # cannot race another scheduler; a herd of thousands costs a few statements.
+            current = dict(connection.execute(
+                select(jobs.c.id, jobs.c.next_due_at)
+                .where(jobs.c.id.in_([item.job_id for item in items]))
+                .with_for_update()).all())
+            won = [item for item in items if current.get(item.job_id) == item.expected_due]
+            if not won:
+                return []
+            connection.execute(
+                update(jobs).where(jobs.c.id == bindparam("b_id"))
+                .values(next_due_at=bindparam("b_next")),
+                [{"b_id": item.job_id, "b_next": item.plan.next_due} for item in won])
+            rows = [row for item in won for row in _rows(item, now)]
+            if rows:
+                connection.execute(insert_ignore(connection, runs), rows)
+            gaps = [{"job_id": item.job_id, "first_occurrence": item.plan.uncounted.first,
+                     "last_occurrence": item.plan.uncounted.last,
+                     "count": item.plan.uncounted.count, "reason": item.missed_reason,
+                     "recorded_at": now} for item in won if item.plan.uncounted is not None]
+            if gaps:
+                connection.execute(missed.insert(), gaps)
+        return [item.job_id for item in won]
 
     def missed_summaries(self, job: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Outages' missed occurrences counted beyond those recorded one by one."""
