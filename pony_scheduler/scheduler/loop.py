@@ -365,6 +365,7 @@ class WorkLoop:
     def maintain(self, now: datetime) -> None:
         """Heartbeat, lease renewal, rescue of runs whose scheduler died, removals."""
         self.measure_offset()
+        self.store.check_file()
         self.store.heartbeat(self.offset.total_seconds())
         held = self.store.renew_leases(self.scheduler_id, now, self.lease)
         self.fence(held)

@@ -84,18 +84,51 @@ _reported_corruption = False
 
 
 def _on_error(context: Any) -> None:
+    """SQLAlchemy's error hook: see report_corruption."""
+    if is_corrupt(context.original_exception):
+        where = _shown(context.engine.url) if context.engine is not None else "the database"
+        report_corruption(where, str(context.original_exception))
+
+
+def report_corruption(where: str, why: str) -> None:
     """A corrupt database is logged loudly, once, and a daemon that cannot work without
     it (the scheduler) is asked to stop in order (lifecycle.runtime.database_corrupt);
     the CLI shows the error itself."""
     global _reported_corruption
-    if not is_corrupt(context.original_exception) or _reported_corruption:
+    if _reported_corruption:
         return
     _reported_corruption = True
-    where = _shown(context.engine.url) if context.engine is not None else "the database"
     from pony_scheduler.lifecycle import runtime
 
-    runtime.database_corrupt(f"database {where} is corrupt ({context.original_exception}); "
-                             "restore it from a backup, or move it aside to start afresh")
+    runtime.database_corrupt(f"database {where} is corrupt ({why}); restore it from a "
+                             "backup, or move it aside to start afresh")
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite file
+
+
+def check_sqlite_file(engine: Engine, opened_inode: int | None) -> int | None:
+    """The inode of the engine's SQLite file, after checking that it still starts as an
+    SQLite database and is the file opened at start (`opened_inode`); a damaged or
+    replaced file is reported (report_corruption).  Connections read through their page
+    cache and WAL index, so a file overwritten under a running daemon can otherwise go
+    unnoticed for as long as nothing new is read.  None for other databases."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    path = _shown(url).removeprefix("sqlite:///")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_MAGIC))
+            inode = os.fstat(handle.fileno()).st_ino
+    except OSError as exc:
+        report_corruption(path, f"cannot read it: {exc.strerror}")
+        return opened_inode
+    if head != SQLITE_MAGIC and head:
+        report_corruption(path, "its header is not an SQLite database's any more")
+    elif opened_inode is not None and inode != opened_inode:
+        report_corruption(path, "the file was replaced under the running scheduler")
+    return inode
 
 
 def _shown(url: URL) -> str:

@@ -21,7 +21,13 @@ from pony_scheduler.scheduler.host import machine_id
 from pony_scheduler.store import migrate
 from pony_scheduler.store.audit import AuditQueries
 from pony_scheduler.store.common import first_line, read_changes, utcnow
-from pony_scheduler.store.engine import is_corrupt, make_engine, safe_url, trust_warning
+from pony_scheduler.store.engine import (
+    check_sqlite_file,
+    is_corrupt,
+    make_engine,
+    safe_url,
+    trust_warning,
+)
 from pony_scheduler.store.jobs import JobQueries
 from pony_scheduler.store.runs import RunQueries
 from pony_scheduler.store.tables import schedulers
@@ -66,6 +72,10 @@ class Store(JobQueries, RunQueries, AuditQueries):
             engine.dispose()
             raise
         return cls(engine)
+
+    def check_file(self) -> None:
+        """SQLite: report a file damaged or replaced under us (engine.check_sqlite_file)."""
+        self._inode = check_sqlite_file(self.engine, getattr(self, "_inode", None))
 
     def close(self) -> None:
         """Close every pooled connection."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -190,8 +192,8 @@ def test_a_corrupt_database(pb: Pb, home: Path) -> None:
     pid = pb.pid()
     assert pb("job", "add", "a", "--every", "1h", "--", "true").code == 0
     for name in ("pony.db", "pony.db-wal"):
-        with open(home / name, "r+b") as handle:  # garbage over the file and its log
-            handle.write(b"garbage!" * 4096)
+        with contextlib.suppress(FileNotFoundError), open(home / name, "r+b") as handle:
+            handle.write(b"garbage!" * 4096)  # garbage over the file and its log
     assert wait_dead(pid, 30)
     log = (home / "scheduler.log").read_text()
     assert f"CRITICAL pony_scheduler[{pid}]: database sqlite:///{db} is corrupt" in log
@@ -221,3 +223,19 @@ def test_bad_job_numbers_change_nothing(pb: Pb, args: list[str], expected: str) 
     pb("job", "add", "y", "--every", "1h", "--", "true", check=True)
     edit = pb("job", "edit", "y", *args)
     assert edit.code != 0 and expected in edit.err
+
+
+def test_a_database_overwritten_under_a_quiet_scheduler_stops_it(pb: Pb, home: Path) -> None:
+    """Nothing asks the database anything new (no change, no due job): the scheduler still
+    notices, at its next heartbeat, a file that no longer is an SQLite database."""
+    assert pb("job", "add", "later", "--every", "1h", "--", "true").code == 0
+    assert pb("scheduler", "start").code == 0
+    pid = pb.pid()
+    for name in ("pony.db", "pony.db-wal"):
+        if (home / name).exists():
+            with open(home / name, "r+b") as handle:
+                handle.write(os.urandom(65536))
+    assert wait_dead(pid, 60)
+    log = (home / "scheduler.log").read_text()
+    assert f"CRITICAL pony_scheduler[{pid}]: database {home / 'pony.db'} is corrupt" in log
+    assert "Scheduler stopped (exit status 1)" in log
