@@ -82,9 +82,7 @@ def never_started(store: Store, me: str, home: str, sole_keeper_of: Iterable[str
     skip = set(accounted)
     back = [(found.run.id, found.epoch) for found in store.abandoned_runs(now, sorted(candidates))
             if found.claimed_by in candidates and found.run.id not in skip and found.pid is None]
-    if not back or not store.release_runs(back):
-        return []
-    return sorted(run_id for run_id, _ in back)
+    return sorted(run_id for run_id, epoch in back if store.release_runs([(run_id, epoch)]))
 
 
 def abandoned(store: Store, me: str, home: str, now: datetime) -> int:
