@@ -114,12 +114,15 @@ class KeeperClient:
         containment: str | None = None,
         idle_exit_s: float | None = None,
         timeout_s: float = START_TIMEOUT_S,
+        first_keeper: bool = False,
     ) -> KeeperClient:
         """Connect to the keeper of `home`, starting one if none runs (start=True) and
         saying hello.  role "scheduler": this connection receives the events, and the
         welcome carries the pending outcomes (a previous scheduler connection is
         superseded); "control": ask and command only.  containment / idle_exit_s are used
         only when a keeper is started (default: $PONYBUNNY_CONTAINMENT or auto; 5 s).
+        first_keeper: this scheduler has handed runs to no other keeper (its first
+        connection since it started); the keeper then lists it in welcome.sole_keeper_of.
         Raises ProtocolMismatch, KeeperStartError, KeeperError (not running with
         start=False, or no answer within timeout_s)."""
         home = Path(home).absolute()
@@ -128,7 +131,7 @@ class KeeperClient:
         while True:
             try:
                 client = cls(dial(home), home, role)
-                client._hello(scheduler_id, deadline)
+                client._hello(scheduler_id, deadline, first_keeper)
                 return client
             except (FileNotFoundError, ConnectionRefusedError, KeeperGone) as exc:
                 last = str(exc)
@@ -146,13 +149,14 @@ class KeeperClient:
             except StartBusy as exc:
                 raise KeeperError(str(exc)) from None
 
-    def _hello(self, scheduler_id: str, deadline: float) -> None:
+    def _hello(self, scheduler_id: str, deadline: float, first_keeper: bool) -> None:
         reply = self._request(
             {
                 "type": "hello",
                 "protocol": PROTOCOL,
                 "role": self.role,
                 "scheduler_id": scheduler_id,
+                "first_keeper": first_keeper,
                 "client": f"pony-scheduler {__version__}",
             },
             ("welcome", "unsupported"),
@@ -176,6 +180,7 @@ class KeeperClient:
                 outcomes=tuple(
                     outcome_from_json({**o, "type": "outcome"}) for o in reply["outcomes"]
                 ),
+                sole_keeper_of=tuple(str(s) for s in reply.get("sole_keeper_of", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise KeeperError(f"the keeper's welcome makes no sense: {exc}") from None

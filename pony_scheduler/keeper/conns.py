@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from pony_scheduler.keeper.server import Keeper
 
 MAX_BUFFER = 256 * 1024 * 1024
+# Schedulers remembered as having used no other keeper (the latest ones): a successor
+# asks about its predecessors, the last few at most.
+SOLE_KEEPER_OF_MAX = 64
 
 
 class Conn:
@@ -195,6 +198,10 @@ def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
     conn.role = role
     conn.scheduler_id = str(m.get("scheduler_id") or "")
     if role == "scheduler":
+        if m.get("first_keeper") is True and conn.scheduler_id:
+            keeper.sole_keeper_of[conn.scheduler_id] = None
+            while len(keeper.sole_keeper_of) > SOLE_KEEPER_OF_MAX:
+                del keeper.sole_keeper_of[next(iter(keeper.sole_keeper_of))]
         keeper.take_scheduler(conn)
     return {
         "type": "welcome",
@@ -207,6 +214,7 @@ def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
         "outcomes": [outcome_to_json(o) for o in keeper.unacked.values()]
         if role == "scheduler"
         else [],
+        "sole_keeper_of": list(keeper.sole_keeper_of) if role == "scheduler" else [],
     }
 
 

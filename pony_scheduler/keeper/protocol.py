@@ -261,6 +261,10 @@ class Welcome:
     containment: str
     runs: tuple[Held, ...]
     outcomes: tuple[Outcome, ...]
+    # Schedulers (ids) whose first keeper this is (scheduler role only): every run such a
+    # scheduler handed over came here, so a run it claimed that this keeper neither holds
+    # nor has an outcome for never started.
+    sole_keeper_of: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,8 @@ class Keeper(RunBook):
         self.tracker = Tracker(keeper_id)
         self.conns: dict[int, conns.Conn] = {}
         self.scheduler: conns.Conn | None = None
+        # Schedulers whose first keeper this is, oldest first (insertion-ordered set).
+        self.sole_keeper_of: dict[str, None] = {}
         self.seq = 0
         self.draining = False
         self.drain_at: float | None = None

@@ -46,6 +46,7 @@ class Executor:
         self.skew = skew  # the database's clock minus ours: outcomes are stamped with it
         self.containment = containment
         self.client: KeeperClient | None = None
+        self.keepers = 0  # connections made: the first tells the keeper it is our first
         self.in_flight: set[int] = set()
         self.pending: collections.deque[tuple[kp.Launch, float]] = collections.deque()
         self.last_finish = 0.0  # time.monotonic() of the latest finished run
@@ -57,7 +58,9 @@ class Executor:
         its welcome lists the runs it holds and the outcomes not recorded yet.  Raises
         KeeperError (ProtocolMismatch: another version's keeper holds runs)."""
         self.client = KeeperClient.connect(self.home, scheduler_id,
-                                           containment=self.containment)
+                                           containment=self.containment,
+                                           first_keeper=self.keepers == 0)
+        self.keepers += 1
         self.in_flight = {held.run_id for held in self.client.welcome.runs}
         return self.client.welcome
 

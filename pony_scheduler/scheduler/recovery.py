@@ -4,7 +4,9 @@ A run is abandoned when its lease expired (its scheduler stopped heartbeating: k
 powered off, another host gone) or, sooner, when its scheduler ran on this host and that
 process is verifiably gone (after `kill -9` and a restart we need not wait for the lease).
 Its job process may still be running, orphaned: it is stopped (after checking it is the
-very process we started) so that the retry does not run beside it.
+very process we started) so that the retry does not run beside it.  A run its dead
+scheduler claimed but never handed to the run keeper is not lost: it never started, and
+goes back to the queue (never_started).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TypeVar
 
@@ -59,6 +61,28 @@ def dead_predecessors(store: Store, me: str, home: str) -> list[str]:
         if not alive:
             dead.append(row["id"])
     return dead
+
+
+def never_started(store: Store, me: str, home: str, sole_keeper_of: Iterable[str],
+                  accounted: Iterable[int], now: datetime) -> list[int]:
+    """Give back to the queue (running -> queued, as at a stop) the runs that a dead
+    predecessor of this home claimed and never handed to the run keeper: it was killed
+    between its claim and the launch (a run claimed ahead of a free worker waits that
+    way for up to half a second).  Returns their ids.
+
+    Only for predecessors whose first and only keeper is the one we are connected to
+    (`sole_keeper_of`, from its welcome): every launch of theirs came to it, and the
+    welcome lists every run it holds and every outcome not yet recorded (`accounted`),
+    so their other running runs never started.  Called once, right after the welcome:
+    the keeper takes no launch from a connection it has superseded.  A predecessor whose
+    runs a dead keeper may have held is left to `abandoned` (lost: really gone)."""
+    candidates = set(sole_keeper_of) & set(dead_predecessors(store, me, home))
+    if not candidates:
+        return []
+    skip = set(accounted)
+    back = [(found.run.id, found.epoch) for found in store.abandoned_runs(now, sorted(candidates))
+            if found.claimed_by in candidates and found.run.id not in skip and found.pid is None]
+    return sorted(run_id for run_id, epoch in back if store.release_runs([(run_id, epoch)]))
 
 
 def abandoned(store: Store, me: str, home: str, now: datetime) -> int:

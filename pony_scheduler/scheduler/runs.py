@@ -240,7 +240,11 @@ def _verdict(outcome: Outcome) -> tuple[RunState, str | None]:
     if ending in (Ending.NOT_STARTED, Ending.KILLED):
         return RunState.FAILED, outcome.detail or str(ending)
     if outcome.signal is not None:
-        return RunState.FAILED, f"killed by signal {signal_name(outcome.signal)}"
+        # The executor may know why ("killed by signal 9 (SIGKILL): out of memory
+        # (memory_max)"): an OOM kill inside the job's limit is not a mystery crash.
+        why = (outcome.detail or "").partition(": ")[2]
+        return RunState.FAILED, f"killed by signal {signal_name(outcome.signal)}" + (
+            f": {why}" if why else "")
     if outcome.exit_code == 0:
         return RunState.SUCCEEDED, None
     return RunState.FAILED, f"exit status {outcome.exit_code}"

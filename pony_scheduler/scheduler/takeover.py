@@ -14,7 +14,7 @@ import random
 from typing import TYPE_CHECKING
 
 from pony_scheduler.keeper import protocol as kp
-from pony_scheduler.scheduler import runs
+from pony_scheduler.scheduler import recovery, runs
 from pony_scheduler.scheduler.runs import Outcome
 from pony_scheduler.store.runs import Finished
 
@@ -45,6 +45,14 @@ def take_over(loop: WorkLoop, welcome: kp.Welcome) -> None:
     if running:
         log.info("Adopted %d running run(s) from the previous scheduler: %s", len(running),
                  ", ".join(map(str, running)))
+    unstarted = recovery.never_started(loop.store, loop.scheduler_id,
+                                       str(loop.runtime.settings.home), welcome.sole_keeper_of,
+                                       set(held) | set(done), now)
+    if unstarted:
+        log.info("Queued again %d run(s) that the previous scheduler claimed but had not "
+                 "handed to the run keeper when it died (they never started): %s",
+                 len(unstarted), ", ".join(map(str, unstarted)))
+        loop.upcoming_dirty = loop.kicked = True
     for run_id in sorted(set(held) - {h.run.id for h in adopted}):
         log.error("Run %d: the keeper still runs it, but the database no longer has it "
                   "running under this epoch (another scheduler declared it lost); stopping "

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pony_scheduler.keeper import cgroups
-from pony_scheduler.keeper.client import KeeperGone
+from pony_scheduler.keeper.client import KeeperClient, KeeperGone
 from pony_scheduler.keeper.protocol import Launch, Outcome, Refused, Superseded, signal_number
 from tests.conftest import wait_for
 from tests.integration.keeper_helpers import (
@@ -277,3 +277,20 @@ def test_a_newer_scheduler_supersedes_the_older(home: Path, sessions: list[Sessi
             select.select([first.client], [], [], 0.1)
     assert second.client.kill(run, "KILL", "the new scheduler")
     assert second.outcome(run).detail == "killed by the new scheduler"
+
+
+def test_the_welcome_names_the_schedulers_it_is_the_only_keeper_of(
+    home: Path, sessions: list[Session]
+) -> None:
+    """A scheduler says whether this is the first keeper it uses; a successor is told
+    which of its predecessors handed every run they launched to this keeper."""
+    first = KeeperClient.connect(home, "first", first_keeper=True, idle_exit_s=5)
+    first.close()
+    again = KeeperClient.connect(home, "reconnected", first_keeper=False, idle_exit_s=5)
+    again.close()
+    control = KeeperClient.connect(home, "", role="control")
+    assert control.welcome.sole_keeper_of == ()  # for schedulers only
+    control.close()
+    successor = Session(home, scheduler_id="successor")
+    sessions.append(successor)
+    assert successor.client.welcome.sole_keeper_of == ("first",)

@@ -79,3 +79,43 @@ def test_orphan_without_a_recorded_pid_is_found_by_its_environment(tmp_path: Pat
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         store.close()
+
+
+def dead_scheduler(store: Store, scheduler_id: str, home: str) -> None:
+    """A row for a scheduler of `home` on this host whose process is gone."""
+    from pony_scheduler.lifecycle.pidfile import boot_id
+    from pony_scheduler.scheduler.host import machine_id
+    from pony_scheduler.store.tables import schedulers
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now = utcnow()
+    with store.engine.begin() as connection:
+        connection.execute(schedulers.insert().values(
+            id=scheduler_id, hostname=socket.gethostname(), machine_id=machine_id(),
+            pid=gone.pid, proc_start=1, boot_id=boot_id(), version="0", started_at=now,
+            heartbeat_at=now, home=home))
+
+
+def test_a_run_claimed_and_never_handed_to_the_keeper_is_queued_again(tmp_path: Path) -> None:
+    """Its scheduler was killed between the claim and the launch: when this keeper was
+    its only one and neither holds the run nor has its outcome, the run never started;
+    it goes back to the queue, unlike a run of a scheduler that used another keeper."""
+    store = Store.open(f"sqlite:///{tmp_path / 'pony.db'}")
+    store.add_job("j", {**job_values(retries=0), "overlap": "allow"})
+    home = str(tmp_path / "home")
+    ids = {name: store.request_run("j") for name in ("unsent", "held", "elsewhere")}
+    for name in ids:
+        dead_scheduler(store, f"dead-{name}", home)
+        store.claim(Claimant(f"dead-{name}", socket.gethostname(), host_id()), request(1))
+    me = store.register_scheduler(home)
+    sole = ["dead-unsent", "dead-held", "someone-alive"]
+    back = recovery.never_started(store, me, home, sole, {ids["held"]}, utcnow())
+    assert back == [ids["unsent"]]
+    states = {name: store.get_run(run_id)["state"] for name, run_id in ids.items()}  # type: ignore[index]
+    assert states == {"unsent": "queued", "held": "running", "elsewhere": "running"}
+    assert recovery.never_started(store, me, "/another/home", ["dead-elsewhere"], set(),
+                                  utcnow()) == []  # another home's keeper may hold it
+    assert recovery.abandoned(store, me, home, utcnow()) == 2  # the others: really lost
+    assert store.get_run(ids["elsewhere"])["reason"] == "lost: its scheduler died"  # type: ignore[index]
+    store.close()

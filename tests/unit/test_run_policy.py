@@ -82,6 +82,15 @@ def test_a_signal_is_shown_as_a_shell_shows_it() -> None:
     assert runs.signal_name(99) == "signal 99"
 
 
+def test_the_executors_cause_of_a_signal_is_kept() -> None:
+    """An OOM kill inside the job's memory limit says so (the keeper's detail)."""
+    oom = runs.settle(a_run(), outcome(signal=9, detail="killed by signal 9 (SIGKILL): out of "
+                                                       "memory (memory_max)"), T0, 0.5)
+    assert oom.reason == "killed by signal SIGKILL: out of memory (memory_max)"
+    plain = runs.settle(a_run(), outcome(signal=9, detail="killed by signal 9 (SIGKILL)"), T0, 0.5)
+    assert plain.reason == "killed by signal SIGKILL"
+
+
 @pytest.mark.parametrize(("ending", "state", "retried"), [
     (Ending.TIMED_OUT, RunState.TIMED_OUT, True),
     (Ending.NOT_STARTED, RunState.FAILED, True),

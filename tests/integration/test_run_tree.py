@@ -1,0 +1,280 @@
+"""A run is its whole process tree, against the real daemon (`pb`), in both containments:
+the default (a cgroup v2 per run as root here) and the process-group fallback
+(PONYBUNNY_CONTAINMENT=pgroup set for the scheduler, which starts the run keeper).
+
+A run's processes are found the way an admin would: by PONYBUNNY_RUN_ID and the run
+keeper's PONYBUNNY_KEEPER_ID in /proc/*/environ (keeper_helpers.marked).  The keeper
+records an outcome only once nothing of the run is left, so "no process remains" is
+checked the moment the run is recorded, not after a wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Pb, Result, wait_for
+from tests.integration.keeper_helpers import kill_marked, marked
+
+CONTAINMENTS = ("auto", "pgroup")
+ALLOC = "import sys; b = bytearray({size} * 2**20); b[::4096] = b'x' * len(b[::4096])"
+
+
+@dataclass
+class Daemon:
+    """A running scheduler and the run keeper it started."""
+
+    pb: Pb
+    containment: str  # in force: cgroup2, cgroup1 or pgroup
+    keeper_id: str
+
+    def add(self, name: str, *args: str) -> None:
+        self.pb("job", "add", name, "--manual", *args, check=True)
+
+    def run(self, name: str, timeout: float = 120) -> tuple[Result, dict[str, Any]]:
+        """`pb job run NAME --wait`: its result, and the run as recorded."""
+        result = self.pb("job", "run", name, "--wait", timeout=timeout)
+        found = re.search(r"Run (\d+) of job", result.err)
+        assert found, result.all
+        return result, self.show(int(found.group(1)))
+
+    def show(self, run_id: int) -> dict[str, Any]:
+        shown = self.pb("runs", "show", str(run_id), "--json")
+        assert shown.code == 0, shown.all
+        return json.loads(shown.out)  # type: ignore[no-any-return]
+
+    def queue(self, name: str) -> int:
+        queued = self.pb("job", "run", name, check=True)
+        return int(re.search(r"Run (\d+)", queued.out).group(1))  # type: ignore[union-attr]
+
+    def left(self, run_id: int) -> list[int]:
+        """Live processes of run `run_id`."""
+        return marked(self.keeper_id, run_id)
+
+
+def start(pb: Pb, containment: str, wrap: list[str] | None = None, setup: str = "") -> Daemon:
+    if containment != "auto":
+        pb.env["PONYBUNNY_CONTAINMENT"] = containment
+    if wrap:
+        command = f'{setup} exec "$0" -m pony_scheduler scheduler start'
+        proc = subprocess.run([*wrap, "sh", "-c", command, sys.executable], env=pb.env,
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        pb.remember()
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    else:
+        pb("scheduler", "start", check=True)
+    meta = json.loads((pb.home / "keeper.json").read_text())
+    if containment == "pgroup":
+        assert meta["containment"] == "pgroup"
+    elif os.geteuid() == 0:
+        assert meta["containment"] in ("cgroup2", "cgroup1"), meta
+    return Daemon(pb, meta["containment"], meta["keeperId"])
+
+
+@pytest.fixture(params=CONTAINMENTS)
+def daemon(request: pytest.FixtureRequest, pb: Pb) -> Any:
+    started = start(pb, request.param)
+    yield started
+    kill_marked(started.keeper_id)  # what a failed test left (cleanup also stops the keeper)
+
+
+def test_status_shows_the_keeper_and_its_containment(daemon: Daemon) -> None:
+    status = daemon.pb("scheduler", "status")
+    assert status.code == 0, status.all
+    keeper_pid = daemon.pb.keeper_pid()
+    assert f"PID {keeper_pid}, containment {daemon.containment}" in status.out
+    facts = json.loads(daemon.pb("scheduler", "status", "--json").out)["keeper"]
+    assert facts["pid"] == keeper_pid and facts["containment"] == daemon.containment
+
+
+def test_a_background_child_does_not_keep_the_run(daemon: Daemon, tmp_path: Path) -> None:
+    """The helper is killed and counted, the run is recorded at once (not after the
+    helper's 300 s), the next run is not skipped as overlapping, and a stop and start
+    run nothing again."""
+    book = tmp_path / "ran"
+    daemon.add("bg", "--shell", "--", f"echo x >> {book}; sleep 300 & echo helper; exit 0")
+    daemon.add("probe", "--", "true")
+    result, run = daemon.run("bg", timeout=120)  # far less than the helper's 300 s
+    assert result.code == 0, result.all
+    assert run["state"] == "succeeded", run
+    assert run["reason"] == "left 1 process behind, killed"
+    assert run["output_tail"] == "helper\n" and run["containment"] == daemon.containment
+    assert daemon.left(run["id"]) == []
+    result, again = daemon.run("bg")
+    assert (result.code, again["state"]) == (0, "succeeded"), again
+    assert daemon.left(again["id"]) == []
+    daemon.pb("scheduler", "stop", check=True)
+    assert wait_for(lambda: daemon.pb.keeper_pid() is None, 30)
+    restarted = start(daemon.pb, "pgroup" if daemon.containment == "pgroup" else "auto")
+    # A run queued after the start is recorded only after the start's take-over.
+    assert restarted.run("probe")[1]["state"] == "succeeded"
+    assert book.read_text() == "x\nx\n"
+    items = json.loads(daemon.pb("runs", "bg", "--json").out)
+    assert sorted(r["state"] for r in items) == ["succeeded", "succeeded"]
+
+
+def test_a_setsid_double_fork_under_a_timeout_leaves_nothing(daemon: Daemon) -> None:
+    daemon.add("escape", "--timeout", "2s", "--shell", "--",
+               "setsid sh -c 'sleep 300 & echo $!'; sleep 300")
+    result, run = daemon.run("escape")
+    assert run["state"] == "timed_out" and run["reason"] == "timed out after 2s", run
+    escapee = int(run["output_tail"].split()[0])
+    assert escapee not in daemon.left(run["id"])
+    assert daemon.left(run["id"]) == []
+    assert result.code != 0
+
+
+@pytest.mark.timeout(600)
+def test_a_thousand_children_left_behind_are_killed(daemon: Daemon) -> None:
+    daemon.add("herd", "--shell", "--",
+               "i=0; while [ $i -lt 1000 ]; do sleep 300 & i=$((i+1)); done; echo forked")
+    result, run = daemon.run("herd", timeout=540)
+    assert (result.code, run["state"]) == (0, "succeeded"), run
+    assert run["reason"] == "left 1000 processes behind, killed"
+    assert daemon.left(run["id"]) == []
+
+
+def test_leftovers_keep_lets_them_live_and_says_so(daemon: Daemon) -> None:
+    daemon.add("daemonize", "--leftovers", "keep", "--shell", "--",
+               "sleep 300 >/dev/null 2>&1 & echo $!")
+    result, run = daemon.run("daemonize")
+    kept = int(run["output_tail"].split()[0])
+    try:
+        assert (result.code, run["state"]) == (0, "succeeded"), run
+        assert run["reason"] == "left 1 process behind, left running (--leftovers keep)"
+        # (the kept sleep may still be in its exec, when its environ reads empty)
+        assert wait_for(lambda: daemon.left(run["id"]) == [kept], 30)
+    finally:
+        if kept in daemon.left(run["id"]):  # verified ours: the run's marks
+            os.kill(kept, signal.SIGKILL)
+
+
+def test_runs_kill_stops_the_whole_tree_and_records_who(daemon: Daemon) -> None:
+    pb = daemon.pb
+    daemon.add("victim", "--shell", "--", "sleep 300 & echo up; wait")
+    for signame, number in (("TERM", 15), ("KILL", 9)):
+        run_id = daemon.queue("victim")
+        assert wait_for(lambda rid=run_id: len(daemon.left(rid)) >= 2, 60)  # sh and sleep
+        args = ("--signal", signame) if signame != "TERM" else ()
+        killed = pb("runs", "kill", str(run_id), *args)
+        assert killed.code == 0, killed.all
+        assert wait_for(lambda rid=run_id: daemon.show(rid)["state"] != "running", 60)
+        run = daemon.show(run_id)
+        assert run["state"] == "failed", run
+        assert run["reason"].startswith("killed by pb runs kill by "), run
+        assert "(uid 0)" in run["reason"] or os.geteuid() != 0
+        assert (run["exit_code"], run["signal"]) == (128 + number, number), run
+        assert daemon.left(run_id) == []
+        assert pb("audit", "victim", "--json").out.count(f"run {run_id} {signame}") == 1
+    unknown = pb("runs", "kill", str(run_id), "--signal", "NOPE")
+    assert unknown.code == 2 and len(unknown.err.strip().splitlines()) == 1, unknown.all
+    assert "NOPE" in unknown.err
+    done = pb("runs", "kill", str(run_id))
+    assert done.code == 1, done.all
+    assert len(done.err.strip().splitlines()) == 1, done.all
+    assert f"run {run_id} is not running (failed)" in done.err
+
+
+def test_resource_use_and_a_memory_limit(daemon: Daemon) -> None:
+    python = sys.executable
+    daemon.add("busy", "--", python, "-c",
+               "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass")
+    _, busy = daemon.run("busy")
+    assert (busy["state"], busy["containment"]) == ("succeeded", daemon.containment), busy
+    assert busy["cpu_s"] is not None and busy["cpu_s"] >= 0.2, busy
+    daemon.add("alloc", "--memory-max", "512M", "--", python, "-c", ALLOC.format(size=50))
+    daemon.add("hog", "--memory-max", "64M", "--", python, "-c", ALLOC.format(size=200))
+    _, alloc = daemon.run("alloc")
+    _, hog = daemon.run("hog")
+    if daemon.containment == "pgroup":
+        for run in (alloc, hog):
+            assert run["state"] == "failed" and run["peak_memory"] is None, run
+            assert run["reason"].startswith("cannot start: memory_max needs the memory "
+                                            "controller"), run
+            assert "pgroup containment" in run["reason"]
+        return
+    assert alloc["state"] == "succeeded", alloc
+    assert alloc["peak_memory"] is not None and alloc["peak_memory"] >= 50 * 2**20, alloc
+    assert (hog["state"], hog["signal"], hog["exit_code"]) == ("failed", 9, 137), hog
+    assert hog["reason"] == "killed by signal SIGKILL: out of memory (memory_max)", hog
+    assert daemon.left(hog["id"]) == []
+
+
+def test_a_full_disk_for_the_output(pb: Pb, home: Path) -> None:
+    """HOME/runs is a 64 KiB tmpfs, in a mount namespace of the scheduler's own (so the
+    keeper it starts writes there): the job's real result is recorded, with the reason its
+    output is short, and its processes (a background child too) are gone."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a private tmpfs")
+    (home / "runs").mkdir(mode=0o750)
+    wrap = ["unshare", "--mount", "--propagation", "private"]
+    for containment in CONTAINMENTS:
+        setup = f"mount -t tmpfs -o size=64k,mode=0750 tmpfs {home}/runs &&"
+        daemon = start(pb, containment, wrap=wrap, setup=setup)
+        try:
+            daemon.add(f"fill-{containment}", "--shell", "--",
+                       "sleep 300 & head -c 1000000 /dev/zero | tr '\\0' x; echo; exit 3")
+            result, run = daemon.run(f"fill-{containment}")
+            assert (result.code, run["state"], run["exit_code"]) == (3, "failed", 3), run
+            assert run["reason"] == ("exit status 3; left 1 process behind, killed; output "
+                                     "incomplete: No space left on device"), run
+            assert daemon.left(run["id"]) == []
+        finally:
+            kill_marked(daemon.keeper_id)
+        pb("scheduler", "stop", check=True)
+        assert wait_for(lambda: pb.keeper_pid() is None, 30)
+        pb.env.pop("PONYBUNNY_CONTAINMENT", None)
+
+
+def test_an_escapee_that_clears_its_environment_beside_another_run(daemon: Daemon,
+                                                                   tmp_path: Path) -> None:
+    """The fallback's gap inside the keeper's subtree (README, "How a job runs"): a
+    process that leaves its run's session and clears its environment, and whose parent
+    has exited, cannot be told apart while another run is held.  Its run is recorded
+    without it, and it is taken for a leftover of the next run that is alone in the
+    keeper (or killed as a stray once no run is held).  A cgroup keeps it in its run."""
+    pid_file, release = tmp_path / "escapee", tmp_path / "release"
+    daemon.add("hold", "--shell", "--", f"until [ -e {release} ]; do sleep 0.1; done")
+    daemon.add("escape", "--shell", "--",
+               f"(setsid env -i sleep 300 & echo $! > {pid_file}); p=$(cat {pid_file}); "
+               # wait until it runs `sleep` with the empty environment `env -i` gave it
+               'until [ "$(cat /proc/$p/comm 2>/dev/null)" = sleep ]; do sleep 0.05; done')
+    hold = daemon.queue("hold")
+    assert wait_for(lambda: daemon.left(hold), 60)
+    _, run = daemon.run("escape")
+    escapee = int(pid_file.read_text())
+    cmdline = Path(f"/proc/{escapee}/cmdline")
+
+    def escapee_alive() -> bool:
+        try:
+            return cmdline.read_bytes() == b"sleep\x00300\x00" and os.getsid(escapee) == escapee
+        except OSError:
+            return False
+
+    assert run["state"] == "succeeded", run
+    if daemon.containment == "pgroup":
+        assert run["reason"] is None, run  # not seen: not counted, not killed
+        assert escapee_alive()
+    else:
+        assert run["reason"] == "left 1 process behind, killed"
+        assert not escapee_alive()
+    release.touch()
+    assert wait_for(lambda: daemon.show(hold)["state"] != "running", 60)
+    held = daemon.show(hold)
+    assert held["state"] == "succeeded", held
+    if daemon.containment == "pgroup":  # taken for the lone run's own
+        assert held["reason"] == "left 1 process behind, killed", held
+    else:
+        assert held["reason"] is None, held
+    assert not escapee_alive()
