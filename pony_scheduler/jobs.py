@@ -333,15 +333,46 @@ def changed_job(opts: JobOptions, now: datetime, row: dict[str, Any] | None = No
                 raise ConfigError("the job's stored schedule is damaged; give a whole new "
                                   "one (--cron, --every, --at or --manual)") from None
     schedule = build_schedule(opts, now, current, warn)
-    if schedule is None and "jitter_s" in values:
-        schedule = current  # the same schedule, moved by its new jitter offset
+    if schedule is None and ("jitter_s" in values or (row or {}).get("error")):
+        # The same schedule, moved by its new jitter offset, or scheduled again: a job the
+        # daemon set aside has no next run until an edit makes it evaluable.
+        schedule = current
     if schedule is not None:
         jitter = values["jitter_s"] if "jitter_s" in values else (row or {}).get("jitter_s")
         offset = sched.jitter_offset(str((row or {}).get("name", "")), jitter)
-        values.update(schedule_values(sched.with_offset(schedule, offset), now))
+        try:
+            values.update(schedule_values(sched.with_offset(schedule, offset), now))
+        except (ValueError, LookupError, OverflowError) as exc:  # a damaged stored one
+            raise ConfigError(f"job {(row or {}).get('name')} would still be broken: its "
+                              f"schedule cannot be evaluated ({exc}); give a new one") from None
     if not values:
         raise ConfigError("nothing to change: give at least one option")
+    if row is not None:
+        check_evaluable({**row, **values})
     return values
+
+
+def check_evaluable(row: dict[str, Any]) -> None:
+    """ConfigError, saying what to fix, if the daemon could not evaluate a job stored as
+    `row` (its schedule, its policy, its command and environment): an edit must not make
+    a broken job look healthy, nor leave one broken."""
+    import json as _json
+
+    from pony_scheduler.scheduler.runs import policy_from
+
+    name = row.get("name")
+    try:
+        if row.get("schedule_kind") is not None and "next_due_at" not in row:
+            stored_schedule(row)
+        policy_from(row["retries"], row["retry_delay_s"], row["overlap"], row["catch_up"],
+                    row.get("start_deadline_s"), row["max_queued"])
+        for key in ("command", "env"):
+            value = row.get(key)
+            if isinstance(value, str):
+                _json.loads(value)
+    except (ConfigError, ValueError, TypeError, LookupError, OverflowError) as exc:
+        raise ConfigError(f"job {name} would still be broken: {exc}; give a new value for "
+                          "what is damaged (see 'pb job show')") from None
 
 
 def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
@@ -356,7 +387,7 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
         schedule = sched.describe(sched.Schedule(
             str(job.get("schedule_kind")), str(job.get("schedule_expr") or ""),
             str(job.get("schedule_tz") or "UTC"), str(job.get("schedule_anchor") or "")))
-    except (ConfigError, ValueError, LookupError, OSError):
+    except (ConfigError, ValueError, LookupError, OSError, ArithmeticError):
         schedule = f"{job.get('schedule_kind')} (damaged)"
     keys = ("name", "command", "shell", "schedule_kind", "schedule_expr", "next_run_at",
             "enabled", "last_state", "last_run_at", "timeout_s", "retries", "retry_delay_s",
@@ -388,4 +419,6 @@ def resume_job(store: Store, name: str, now: datetime, actor: Actor | None = Non
     row = store.job_row(name)
     if row is None:
         raise UnknownJob(name)
+    if not row["enabled"]:
+        store.drop_paused(name, now)
     store.set_enabled(name, True, sched.next_after(stored_schedule(row), now), actor)

@@ -85,7 +85,7 @@ def _from_tz(value: str, now: datetime) -> MachineZone:
             ) from None
     path = Path(text)
     try:
-        data = path.read_bytes()
+        data = _zone_file(path)
     except OSError as exc:
         raise ConfigError(
             f"TZ={quote(value)} names a file that cannot be read ({exc.strerror}); {_ADVICE}"
@@ -96,9 +96,30 @@ def _from_tz(value: str, now: datetime) -> MachineZone:
     return MachineZone(name)
 
 
+MAX_ZONE_FILE = 1 << 20  # bytes: tz database files are a few KiB
+
+
+def _zone_file(path: Path) -> bytes:
+    """A zone file's bytes: a regular file, read without blocking and at most
+    MAX_ZONE_FILE bytes (TZ may name /dev/zero or a FIFO).  OSError otherwise."""
+    import errno
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = os.read(fd, MAX_ZONE_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_ZONE_FILE:
+        raise OSError(errno.EFBIG, "too large for a zone file")
+    return data
+
+
 def _from_system(localtime: Path, now: datetime) -> MachineZone:
     try:
-        data = localtime.read_bytes()
+        data = _zone_file(localtime)
     except OSError as exc:
         why = "does not exist" if isinstance(exc, FileNotFoundError) else exc.strerror
         return _unknown(f"TZ is not set and {localtime} {why}")

@@ -308,7 +308,7 @@ def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
                          ("Error", data.get("error") or "-"),
                          ("Next run", _when(job)),
                          ("Last result", _last_result(data)),
-                         ("Timeout", data["timeout_s"] or "none"),
+                         ("Timeout", _seconds(data["timeout_s"])),
                          ("Retries", f"{data['retries']} (delay {data['retry_delay_s']:g}s)"),
                          ("Overlap", f"{data['overlap']} (at most {data['max_queued']} "
                           "queued)" if data["overlap"] == "queue" else data["overlap"]),
@@ -320,6 +320,12 @@ def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
                           or "-"),
                          ("Env file", data.get("env_file") or "-")):
         click.echo(_shown(f"{label + ':':<15} {value}", raw))
+
+
+def _seconds(value: float | None) -> str:
+    from pony_scheduler.durations import format_duration
+
+    return format_duration(value) if value else "none"
 
 
 def _jitter(name: str, data: dict[str, Any]) -> str:
@@ -500,16 +506,21 @@ def runs_group() -> None:
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="How many runs, newest first.")
 @click.option("--state", type=click.Choice(STATES), help="Only runs in this state.")
+@click.option("--missed", is_flag=True, help="The missed occurrences counted beyond those "
+              "listed one by one as skipped runs (one summary per outage).")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
 def runs_list(ctx: click.Context, job: str | None, limit: int, state: str | None,
-              as_json: bool) -> None:
+              missed: bool, as_json: bool) -> None:
     """Recent runs, of every job or of JOB."""
     from pony_scheduler.store.jobs import UnknownJob
 
     store = open_store(ctx)
     if job is not None and store.job_row(job) is None:
         raise UnknownJob(job)
+    if missed:
+        _missed(store, job, limit, as_json)
+        return
     runs = store.list_runs(job, limit, state)
     if as_json:
         click.echo(json.dumps(runs, indent=2))
@@ -522,7 +533,22 @@ def runs_list(ctx: click.Context, job: str | None, limit: int, state: str | None
               f"{r['duration_s']:.2f}s" if r["duration_s"] is not None else "-",
               _exit(r), r["trigger"]) for r in runs]
     _table(rows)
-    _missed_footer(store, job)
+    if state in (None, "skipped"):
+        _missed_footer(store, job)
+
+
+def _missed(store: Store, job: str | None, limit: int, as_json: bool) -> None:
+    gaps = store.missed_summaries(job, limit)
+    if as_json:
+        click.echo(json.dumps(gaps, indent=2))
+        return
+    if not gaps:
+        click.echo("Nothing missed beyond what the skipped runs list")
+        return
+    rows = [("JOB", "COUNT", "FROM", "TO", "REASON")]
+    rows += [(g["job"], f"{g['count']:,}", local(g["first_occurrence"]),
+              local(g["last_occurrence"]), g["reason"]) for g in gaps]
+    _table(rows)
 
 
 def _exit(run: dict[str, Any]) -> str:

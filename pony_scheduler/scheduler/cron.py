@@ -22,8 +22,9 @@ import copy
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import CroniterError, croniter
@@ -120,13 +121,31 @@ def _number(text: str, names: tuple[str, ...], base: int) -> int:
     return int(text) if text.isdigit() else names.index(text.lower()) + base
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
+class _Croniter(croniter):
+    """croniter turning timestamps into times by arithmetic.  Its own conversion goes
+    through the C library's gmtime(), which counts leap seconds when TZ names a right/
+    zone (TZ=right/UTC): croniter then finds the same time again and again, for ever, in
+    the CLI and in the daemon.  The times here are naive wall clock; no zone applies."""
+
+    def timestamp_to_datetime(self, timestamp: float, tzinfo: Any = None) -> datetime:
+        result = _EPOCH + timedelta(seconds=timestamp)
+        if tzinfo:  # not used by this module; kept for croniter's own callers
+            result = result.replace(tzinfo=UTC).astimezone(tzinfo)
+        return result
+
+    _timestamp_to_datetime = timestamp_to_datetime
+
+
 @lru_cache(maxsize=4096)
 def _template(fields: str) -> croniter:
     """A parsed croniter to copy: parsing costs ~150 us, copying ~20 us.
 
     Never iterated itself, only copied, so sharing it between threads is safe.
     """
-    return croniter(fields, datetime(2000, 1, 1), day_or=False)
+    return _Croniter(fields, datetime(2000, 1, 1), day_or=False)
 
 
 def _matches_ever(template: croniter) -> bool:

@@ -42,6 +42,14 @@ class Step:
     at: datetime
 
 
+def _span(plan: runs.Plan) -> tuple[datetime, datetime]:
+    """The first and last of a plan's missed occurrences (recorded or only counted)."""
+    moments = [*plan.skipped, *plan.catch_up]
+    if plan.uncounted is not None:
+        moments += [plan.uncounted.first, plan.uncounted.last]
+    return min(moments), max(moments)
+
+
 class ClockWatch:
     """Notices steps of the wall clock (settimeofday, a VM resumed with a stale clock) by
     comparing it with the monotonic clock, which only counts elapsed time."""
@@ -124,7 +132,10 @@ class Planner:
             return None
         missed_reason = self.missed_reason(plan, now)
         if plan.missed:
-            log.warning("Job %s: %d occurrence(s) %s", job.name, plan.missed, missed_reason)
+            first, last = _span(plan)
+            log.warning("Job %s: %d occurrence(s) from %s to %s %s", job.name, plan.missed,
+                        first.isoformat(timespec="seconds"), last.isoformat(timespec="seconds"),
+                        missed_reason)
         refused = f"skipped: {policy.max_queued} runs already queued (--max-queued)"
         if plan.refused:
             log.warning("Job %s: %s", job.name, refused)
@@ -144,5 +155,5 @@ class Planner:
                     f"{format_duration(step.by.total_seconds())}")
         if latest < self.started_at:
             return "missed: no scheduler was running at its time"
-        behind = format_duration((now - latest).total_seconds())
-        return f"missed: the scheduler was {behind} behind (busy, paused or frozen)"
+        behind = format_duration((now - min(moments)).total_seconds())
+        return f"missed: the scheduler was up to {behind} behind (busy, paused or frozen)"

@@ -109,11 +109,20 @@ def _transition(lo: datetime, hi: datetime, tz: ZoneInfo, before: timedelta) -> 
     low, high = int(lo.replace(tzinfo=UTC).timestamp()), int(hi.replace(tzinfo=UTC).timestamp())
     while high - low > 1:
         mid = (low + high) // 2
-        if datetime.fromtimestamp(mid, tz).utcoffset() == before:
+        if _at(mid).astimezone(tz).utcoffset() == before:
             low = mid
         else:
             high = mid
-    return datetime.fromtimestamp(high, UTC)
+    return _at(high)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _at(seconds: int) -> datetime:
+    """The UTC instant `seconds` after the epoch, by arithmetic: fromtimestamp() goes
+    through gmtime(), which counts leap seconds under a TZ=right/... zone."""
+    return _EPOCH + timedelta(seconds=seconds)
 
 
 def offset_swing(moment: datetime, tz: ZoneInfo) -> timedelta:

@@ -107,28 +107,46 @@ def report_corruption(where: str, why: str) -> None:
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite file
 
 
-def check_sqlite_file(engine: Engine, opened_inode: int | None) -> int | None:
-    """The inode of the engine's SQLite file, after checking that it still starts as an
-    SQLite database and is the file opened at start (`opened_inode`); a damaged or
-    replaced file is reported (report_corruption).  Connections read through their page
-    cache and WAL index, so a file overwritten under a running daemon can otherwise go
-    unnoticed for as long as nothing new is read.  None for other databases."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or not url.database:
-        return None
-    path = _shown(url).removeprefix("sqlite:///")
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(SQLITE_MAGIC))
-            inode = os.fstat(handle.fileno()).st_ino
-    except OSError as exc:
-        report_corruption(path, f"cannot read it: {exc.strerror}")
-        return opened_inode
-    if head != SQLITE_MAGIC and head:
-        report_corruption(path, "its header is not an SQLite database's any more")
-    elif opened_inode is not None and inode != opened_inode:
-        report_corruption(path, "the file was replaced under the running scheduler")
-    return inode
+class FileWatch:
+    """Notices an SQLite file damaged or replaced under a running daemon.
+
+    Connections read through their page cache and WAL index, so a file overwritten under
+    a daemon can go unnoticed for as long as nothing new is read.  The file is opened once
+    and never closed while the engine lives: closing any descriptor of a file drops every
+    POSIX lock this process holds on it (fcntl(2)), SQLite's included, and another process
+    would then take itself for the last connection and delete the write-ahead log under
+    us (sqlite.org/howtocorrupt.html, 2.2).  Only pread() and stat() after that."""
+
+    def __init__(self, engine: Engine) -> None:
+        url = engine.url
+        self.path: str | None = None
+        self.fd: int | None = None
+        if url.get_backend_name() == "sqlite" and url.database:
+            self.path = _shown(url).removeprefix("sqlite:///")
+
+    def check(self) -> None:
+        """Report (report_corruption) a file whose header is no longer an SQLite
+        database's, or a path that now names another file."""
+        if self.path is None:
+            return
+        try:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            head = os.pread(self.fd, len(SQLITE_MAGIC), 0)
+            replaced = os.stat(self.path).st_ino != os.fstat(self.fd).st_ino
+        except OSError as exc:
+            report_corruption(self.path, f"cannot read it: {exc.strerror}")
+            return
+        if head and head != SQLITE_MAGIC:
+            report_corruption(self.path, "its header is not an SQLite database's any more")
+        elif replaced:
+            report_corruption(self.path, "the file was replaced under the running scheduler")
+
+    def close(self) -> None:
+        """After the engine's connections are closed (see the class): never before."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _shown(url: URL) -> str:

@@ -88,6 +88,8 @@ LAST_RESULT = (update(jobs).where(jobs.c.id == bindparam("job_id"),
                        last_duration_s=bindparam("b_duration")))
 LAST_SUCCESS = (update(jobs).where(jobs.c.id == bindparam("job_id"))
                 .values(last_success_at=bindparam("b_finished_at")))
+SET_ASIDE = (update(jobs).where(jobs.c.id == bindparam("job_id"), jobs.c.error.is_(None))
+             .values(error=bindparam("b_error"), next_due_at=None))
 NEXT_QUEUED = select(func.min(runs.c.due_at)).where(runs.c.state == QUEUED)
 NEXT_QUEUED_AFTER = NEXT_QUEUED.where(runs.c.due_at > bindparam("after"))
 EXPIRY_WINDOW = 16  # due runs looked at per claim at least, for expiry
@@ -163,6 +165,7 @@ class HotStatements:
         self.started = Prepared(STARTED, dialect)
         self.last_result = Prepared(LAST_RESULT, dialect)
         self.last_success = Prepared(LAST_SUCCESS, dialect)
+        self.set_aside = Prepared(SET_ASIDE, dialect)
         self.attempt = Prepared(insert_ignore(engine, runs).values(
             job_id=bindparam("job_id"), occurrence=bindparam("occurrence"),
             attempt=bindparam("attempt"), trigger=bindparam("trigger"),
@@ -354,8 +357,13 @@ class RunQueries(ClockQueries):
                 run = run_from(row)
                 start = claimed_from(run, row, row["epoch"] + 1)
             except (ValueError, TypeError, LookupError) as exc:
-                self._drop(connection, row["id"], RunState.SKIPPED,
-                           f"job definition cannot be read: {exc}", request.now)
+                reason = f"job definition cannot be read: {exc}"
+                self._drop(connection, row["id"], RunState.SKIPPED, reason, request.now)
+                # Set aside, as the planner does with a schedule it cannot evaluate: shown
+                # by pb job list/show, not scheduled until 'pb job edit' repairs it.
+                hot.set_aside.rowcount(connection, {"job_id": row["job_id"],
+                                                    "b_error": reason})
+                log.error("Job %s set aside: %s", row["name"], reason)
                 continue
             job = JobNow(frozenset(busy.get(run.job_id, ())), row["last_finished_at"])
             decision = request.admit(run, job)
@@ -386,6 +394,22 @@ class RunQueries(ClockQueries):
             "job_id": run.job_id, "occurrence": run.occurrence, "attempt": run.attempt + 1,
             "trigger": trigger.value, "due_at": due_at, "created_at": utcnow(),
             "batch": run.batch})
+
+    def drop_paused(self, name: str, now: datetime) -> int:
+        """Skip the runs of paused job `name` that came due while it was paused (manual
+        runs excepted: someone asked for them); returns how many.  Called before it is
+        resumed, so that none of them starts late."""
+        query = (select(runs.c.id).join(jobs, jobs.c.id == runs.c.job_id)
+                 .where(jobs.c.name == name, jobs.c.enabled.is_(False),
+                        runs.c.state == QUEUED, runs.c.due_at <= now,
+                        runs.c.trigger != Trigger.MANUAL.value))
+        reason = "not run: its job was paused when it was due"
+        with self.engine.connect() as connection:  # paused: nothing claims them meanwhile
+            ids = list(connection.execute(query).scalars())
+        with transaction(self.engine) as connection:
+            return sum(self.hot.transitions.write(connection, Drop(run_id, RunState.SKIPPED,
+                                                                   reason, now))
+                       for run_id in ids)
 
     def release_runs(self, held: list[tuple[int, int]]) -> int:
         """Give claimed runs that never started, as (run id, epoch), back to the queue;

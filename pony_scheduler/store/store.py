@@ -22,7 +22,7 @@ from pony_scheduler.store import migrate
 from pony_scheduler.store.audit import AuditQueries
 from pony_scheduler.store.common import first_line, read_changes, utcnow
 from pony_scheduler.store.engine import (
-    check_sqlite_file,
+    FileWatch,
     is_corrupt,
     make_engine,
     safe_url,
@@ -39,6 +39,7 @@ class Store(JobQueries, RunQueries, AuditQueries):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.scheduler_id: str | None = None
+        self._watch: FileWatch | None = None
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = True) -> Store:
@@ -74,12 +75,16 @@ class Store(JobQueries, RunQueries, AuditQueries):
         return cls(engine)
 
     def check_file(self) -> None:
-        """SQLite: report a file damaged or replaced under us (engine.check_sqlite_file)."""
-        self._inode = check_sqlite_file(self.engine, getattr(self, "_inode", None))
+        """SQLite: report a file damaged or replaced under us (engine.FileWatch)."""
+        if self._watch is None:
+            self._watch = FileWatch(self.engine)
+        self._watch.check()
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (then the file watch: see FileWatch)."""
         self.engine.dispose()
+        if self._watch is not None:
+            self._watch.close()
 
     # -- scheduler processes -------------------------------------------------------------
     def register_scheduler(self, home: str | None = None) -> str:

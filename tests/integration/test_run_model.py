@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -181,8 +182,11 @@ def test_nothing_missed_is_dropped_after_a_long_outage(pb: Pb, home: Path) -> No
     assert all(r["reason"] == summary[0][1] for r in skipped)
     footer = pb("runs", "often").out
     assert f"Missed, not listed one by one: {summary[0][0]:,} occurrence(s)" in footer
-    assert f"{summary[0][0] + len(skipped)} occurrence(s) missed" in (
-        home / "scheduler.log").read_text()
+    assert re.search(rf"Job often: {summary[0][0] + len(skipped)} occurrence\(s\) from "
+                     r"\S+ to \S+ missed: no scheduler was running",
+                     (home / "scheduler.log").read_text())
+    missed = json.loads(pb("runs", "often", "--missed", "--json").out)
+    assert [m["count"] for m in missed] == [summary[0][0]]
 
 
 def test_run_ids_and_output_of_a_removed_job_are_never_shown_again(pb: Pb, home: Path) -> None:
@@ -339,3 +343,59 @@ def test_a_scheduler_paused_past_its_lease_records_nothing_over_the_rescuer(
         assert lost["reason"] == "lost: its scheduler stopped renewing the lease"
     finally:
         second.cleanup()
+
+
+def test_cron_under_a_leap_second_zone_and_unreadable_tz_files(pb: Pb) -> None:
+    """TZ=right/... makes gmtime() count leap seconds: cron must not spin for ever; a TZ
+    naming a device is one line, not a read of endless bytes."""
+    right = pb("job", "next", "--cron", "0 9 * * *", "--tz", "UTC", "-n", "2",
+               env={"TZ": "right/UTC"}, timeout=30)
+    assert right.code == 0 and right.out.count("09:00 UTC") == 4, right.all
+    pb("job", "add", "leap", "--cron", "0 9 * * *", "--tz", "UTC", "--", "true",
+       env={"TZ": "right/Europe/Berlin"}, timeout=30, check=True)
+    device = pb("job", "next", "--cron", "0 9 * * *", env={"TZ": "/dev/zero"}, timeout=30)
+    assert device.code == 2 and device.err.count("\n") == 1
+    assert "not a regular file" in device.err
+
+
+def test_a_set_aside_job_comes_back_only_when_repaired(pb: Pb, home: Path) -> None:
+    pb("job", "add", "bad", "--cron", "* * * * *", "--tz", "UTC", "--", "true", check=True)
+    pb("job", "add", "cmd", "--every", "1s", "--", "true", check=True)
+    pb("job", "add", "inf", "--every", "1h", "--", "true", check=True)
+    sql(home, "UPDATE jobs SET overlap = 'bogus', next_due_at = '2020-01-01 00:00:00.000000' "
+              "WHERE name = 'bad'")
+    sql(home, "UPDATE jobs SET command = 'not json' WHERE name = 'cmd'")
+    sql(home, "UPDATE jobs SET schedule_expr = 'inf' WHERE name = 'inf'")
+    listing = pb("job", "list")  # a damaged row never breaks the listing
+    assert listing.code == 0 and "every (damaged)" in listing.out, listing.all
+    pb("scheduler", "start", check=True)
+
+    def errors() -> dict[str, str | None]:
+        return {j["name"]: j["error"] for j in json.loads(pb("job", "list", "--json").out)}
+
+    assert wait_for(lambda: errors()["bad"] and errors()["cmd"], 60), errors()
+    assert "cannot be read" in (errors()["cmd"] or "")
+    still = pb("job", "edit", "bad", "--retries", "1")  # does not repair it
+    assert still.code != 0 and "would still be broken" in still.err
+    assert errors()["bad"]  # nothing changed
+    fixed = pb("job", "edit", "bad", "--overlap", "skip")
+    assert fixed.code == 0 and "next run:" in fixed.out, fixed.all
+    job = json.loads(pb("job", "show", "bad", "--json").out)
+    assert job["error"] is None and job["next_run_at"] is not None
+    pb("job", "edit", "cmd", "--", "true", check=True)
+    assert wait_for(lambda: any(r["job"] == "cmd" and r["state"] == "succeeded"
+                                for r in all_runs(pb)), 60)
+
+
+def test_resuming_a_job_does_not_start_what_came_due_while_it_was_paused(pb: Pb) -> None:
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "q", "--every", "1s", "--overlap", "queue", "--start-deadline", "none",
+       "--", "sleep", "3", check=True)
+    wait_runs(pb, lambda rs: any(r["job"] == "q" and r["state"] == "queued" for r in rs))
+    pb("job", "pause", "q", check=True)
+    waiting = {r["id"] for r in of("q", all_runs(pb)) if r["state"] == "queued"}
+    pb("job", "resume", "q", check=True)
+    after = {r["id"]: r for r in of("q", all_runs(pb))}
+    assert waiting and all(after[i]["state"] == "skipped" for i in waiting), after
+    assert all(after[i]["reason"] == "not run: its job was paused when it was due"
+               for i in waiting)
