@@ -702,11 +702,15 @@ def _open_output(ctx: click.Context, run_id: int, path: str,
                  follow_: bool) -> BinaryIO | None:
     """The run's output file once it exists; None for a run that printed nothing.
 
-    The file is created at the run's first byte of output: it may not exist yet.
+    The file is created at the run's first byte of output: it may not exist yet.  Only a
+    file below HOME/runs is opened, never through a link (files.open_run_output).
     """
+    from pony_scheduler.files import open_run_output
+
+    home = settings_from(ctx, db=ctx.meta.get("db")).home
     while True:
         try:
-            return open(path, "rb")  # the caller closes it
+            return os.fdopen(open_run_output(home, path), "rb")  # the caller closes it
         except FileNotFoundError:
             pass
         except OSError as exc:

@@ -146,16 +146,16 @@ def _read_output(home: Path, path: str | None, tail: str | None) -> str:
     """The run's output file (its last 256 KiB), or the tail kept in the database.
 
     Only a file below HOME/runs is read, and never through a symbolic link: the path
-    comes from the database, and the API must not become a way to read other files."""
-    from pony_scheduler.files import UnsafePath, open_beneath
+    comes from the database, and the API must not become a way to read other files
+    (files.open_run_output)."""
+    from pony_scheduler.files import UnsafePath, open_run_output
 
-    relative = _below(home / "runs", path)
-    if relative is not None:
+    if path:
         try:
-            fd = open_beneath(home / "runs", relative, os.O_RDONLY)
-        except (OSError, UnsafePath, ValueError) as exc:
+            fd = open_run_output(home, path)
+        except (OSError, UnsafePath) as exc:
             if isinstance(exc, UnsafePath):
-                log.warning("Not reading run output %s: %s", path, exc)
+                log.warning("Not reading run output: %s", exc)
         else:
             with os.fdopen(fd, "rb") as handle:
                 handle.seek(0, 2)
@@ -163,15 +163,6 @@ def _read_output(home: Path, path: str | None, tail: str | None) -> str:
                 handle.seek(max(0, size - OUTPUT_LIMIT))
                 return handle.read().decode(errors="replace")
     return tail or ""
-
-
-def _below(directory: Path, path: str | None) -> str | None:
-    if not path:
-        return None
-    try:
-        return str(Path(os.path.normpath(path)).relative_to(directory))
-    except ValueError:
-        return None
 
 
 def _resume(store: Any, name: str, actor: Actor | None) -> None:
