@@ -41,9 +41,9 @@ def api_socket_path(settings: Settings) -> Path | None:
 
 def preflight(settings: Settings) -> None:
     from pony_scheduler.files import check_directory_chain
-    from pony_scheduler.store.engine import parse_url
+    from pony_scheduler.store.engine import check_database
 
-    parse_url(settings.db)  # a malformed --db is a usage error now, not a 503 later
+    check_database(settings.db)  # a malformed or unsafe --db: one line now, not a 503 later
     validate_socket_path(settings.socket)
     # A socket elsewhere than the home (--socket): nobody else may replace it.
     check_directory_chain(settings.socket.parent)

@@ -49,6 +49,23 @@ def parse_url(value: str) -> URL:
     return url
 
 
+def check_database(value: str) -> URL:
+    """Before forking a daemon: the `--db` URL is valid and an SQLite file, its directory
+    and the path to them pass the StrictModes check (files.check_database_file; nothing
+    is created).  Raises ConfigError, files.UnsafePath."""
+    url = parse_url(value)
+    path = _sqlite_file(url)
+    if path is not None:
+        from pony_scheduler.files import check_database_file
+
+        try:
+            check_database_file(path)
+        except FileNotFoundError:
+            raise ConfigError(f"--db {path}: directory {os.path.dirname(path)} does not "
+                              "exist; create it or choose another path") from None
+    return url
+
+
 def safe_url(url: URL | str) -> str:
     """The URL as users may see it in logs and status: without the password."""
     try:
