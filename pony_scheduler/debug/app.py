@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from pony_scheduler.debug.sessions import Session, Sessions
 from pony_scheduler.debug.upstream import Clients, Endpoint, GatewayDown, ImpostorError, locate
 from pony_scheduler.gateway.api import error, json_errors
 from pony_scheduler.gateway.auth import Handler, host_allowed, security_headers
+from pony_scheduler.gateway.refusals import RefusalLog, shown_path
 from pony_scheduler.gateway.token import TokenKeeper, bearer
 
 log = logging.getLogger("pony_scheduler.debug")
@@ -40,6 +42,8 @@ log = logging.getLogger("pony_scheduler.debug")
 STATIC = Path(__file__).with_name("static")
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=10, sock_connect=3)
 RETRY_MAX = 8.0  # seconds between attempts to reach a gateway that is down
+RECHECK = 1.0  # seconds between checks that an event stream's session is still valid
+FLUSH_EVERY = 5.0  # seconds between summaries of rate-limited refusal lines
 PUBLIC = ("/", "/api/login")  # and /static/: what needs no session
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
                "connect-src 'self'; img-src 'self'; frame-ancestors 'none'; "
@@ -57,6 +61,7 @@ class Dashboard:
     # read in progress, closing these does, so shutdown need not wait for a timeout.
     upstreams: set[aiohttp.ClientResponse] = field(default_factory=set)
     started: float = field(default_factory=time.time)
+    refusals: RefusalLog = field(default_factory=lambda: RefusalLog(log))
 
     def keeper(self) -> TokenKeeper:
         if self.tokens is None:
@@ -99,8 +104,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(403, "this dashboard answers only to loopback names (localhost, "
                           f"127.0.0.1, [::1]) and allowed_hosts, not {request.host!r}")
     if request.method not in ("GET", "HEAD") and not _same_origin(request):
-        log.warning("Refused %s %s from %s: Origin %s is another site", request.method,
-                    request.path, request.remote, request.headers.get("Origin"))
+        dashboard.refusals.refused(time.monotonic(), request.remote,
+                                   "Refused %s %s from %s: Origin %s is another site",
+                                   request.method, shown_path(request.path), request.remote,
+                                   shown_path(request.headers.get("Origin", "")))
         return error(403, "requests from other sites are refused")
     if request.path in PUBLIC or request.path.startswith("/static/"):
         return await handler(request)
@@ -146,8 +153,9 @@ async def login(request: web.Request) -> web.Response:
             token.strip())) is not None:
         scope, how = found, "token"
     else:
-        log.warning("Refused a dashboard login from %s: unknown, used or expired link, or "
-                    "wrong token", request.remote)
+        dashboard.refusals.refused(time.monotonic(), request.remote,
+                                   "Refused a dashboard login from %s: unknown, used or "
+                                   "expired link, or wrong token", request.remote)
         return error(401, "that login link is unknown, used or expired (links work once, "
                           "for 10 minutes: 'pb debug url' prints a new one), or the token is "
                           "wrong")
@@ -201,7 +209,8 @@ async def forward(request: web.Request, path: str) -> web.Response:
     try:
         endpoint = locate(dashboard.settings.home)
         session = dashboard.clients.session(endpoint)
-        headers = dashboard.clients.headers(endpoint, request[SESSION].scope)
+        headers = dashboard.clients.headers(endpoint, request[SESSION].scope,
+                                            request[SESSION].how)
         async with session.request(request.method, endpoint.base + path,
                                    params=request.query, headers=headers,
                                    timeout=UPSTREAM_TIMEOUT) as upstream:
@@ -252,41 +261,81 @@ async def _send(response: web.StreamResponse, data: bytes) -> None:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """The gateway's event stream, relayed; when the gateway is down or restarts, this
-    stream stays open, says so, and resumes from the last event id it relayed."""
+    stream stays open, says so, and resumes from the last event id it relayed.  It ends
+    when its session does (logout, a rotated token, idle), checked every RECHECK s."""
     dashboard = request.app[DASHBOARD]
-    scope = request[SESSION].scope
+    session = request[SESSION]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
+    stream = _Stream(session)
+    watcher = asyncio.get_running_loop().create_task(
+        _watch(dashboard, bearer(request.headers.get("Authorization", "")) or "", stream))
     last_id = request.headers.get("Last-Event-ID")
     delay = 1.0
-    with contextlib.suppress(BrowserGone):
-        await _send(response, b"retry: 2000\n\n")
-        while not dashboard.closing.is_set():
-            where = "the gateway"
-            try:
-                endpoint = locate(dashboard.settings.home)
-                where = endpoint.shown
-                last_id = await _relay(dashboard, response, endpoint, scope, last_id)
-                reason = "the gateway closed the stream"
-                delay = 1.0
-            except (aiohttp.ClientError, TimeoutError, ValueError, GatewayDown) as exc:
-                reason = (str(exc) if isinstance(exc, GatewayDown | ImpostorError)
-                          else _reason(exc))
-            if dashboard.closing.is_set():
-                break
-            await _send(response, frame({"type": "gateway.unreachable", "source": "debug",
-                                         "data": {"address": where, "error": reason,
-                                                  "retryInSeconds": delay}}))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(dashboard.closing.wait(), delay)
-            delay = min(delay * 2, RETRY_MAX)
+    try:
+        with contextlib.suppress(BrowserGone):
+            await _send(response, b"retry: 2000\n\n")
+            while not dashboard.closing.is_set() and not stream.ended.is_set():
+                where = "the gateway"
+                try:
+                    endpoint = locate(dashboard.settings.home)
+                    where = endpoint.shown
+                    last_id = await _relay(dashboard, response, endpoint, stream, last_id)
+                    reason = "the gateway closed the stream"
+                    delay = 1.0
+                except (aiohttp.ClientError, TimeoutError, ValueError, GatewayDown) as exc:
+                    reason = (str(exc) if isinstance(exc, GatewayDown | ImpostorError)
+                              else _reason(exc))
+                if dashboard.closing.is_set() or stream.ended.is_set():
+                    break
+                await _send(response, frame({"type": "gateway.unreachable", "source": "debug",
+                                             "data": {"address": where, "error": reason,
+                                                      "retryInSeconds": delay}}))
+                await _pause(dashboard, stream, delay)
+                delay = min(delay * 2, RETRY_MAX)
+    finally:
+        watcher.cancel()
     return response
 
 
+@dataclass
+class _Stream:
+    """One relayed event stream: its session, whether that ended, the relay in progress."""
+
+    session: Session
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    upstream: aiohttp.ClientResponse | None = None
+
+
+async def _watch(dashboard: Dashboard, credential: str, stream: _Stream) -> None:
+    """End `stream` once its session is no longer valid: closing the relay in progress
+    wakes its read at once."""
+    while True:
+        await asyncio.sleep(RECHECK)
+        dashboard.check_rotation()
+        if dashboard.sessions.peek(credential, time.time()) is not stream.session:
+            log.info("Ended a dashboard event stream: its session ended")
+            stream.ended.set()
+            if stream.upstream is not None:
+                stream.upstream.close()
+            return
+
+
+async def _pause(dashboard: Dashboard, stream: _Stream, delay: float) -> None:
+    """Wait `delay` seconds, or less if the dashboard stops or the stream's session ends."""
+    waits = [asyncio.ensure_future(dashboard.closing.wait()),
+             asyncio.ensure_future(stream.ended.wait())]
+    try:
+        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 async def _relay(dashboard: Dashboard, response: web.StreamResponse, endpoint: Endpoint,
-                 scope: str, last_id: str | None) -> str | None:
-    headers = dashboard.clients.headers(endpoint, scope)
+                 stream: _Stream, last_id: str | None) -> str | None:
+    headers = dashboard.clients.headers(endpoint, stream.session.scope, stream.session.how)
     if last_id:
         headers["Last-Event-ID"] = last_id
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=45)
@@ -296,17 +345,39 @@ async def _relay(dashboard: Dashboard, response: web.StreamResponse, endpoint: E
         if upstream.status != 200:
             raise ValueError(f"HTTP {upstream.status} from the gateway")
         dashboard.upstreams.add(upstream)
+        stream.upstream = upstream
         try:
+            if stream.ended.is_set():
+                return last_id
             await _send(response, frame({"type": "gateway.connected", "source": "debug",
                                          "data": {"address": endpoint.shown}}))
             async for line in upstream.content:
+                if stream.ended.is_set():
+                    break
                 if line.startswith(b"id: "):
                     last_id = line[4:].decode(errors="replace").strip()
                 if not line.startswith(b"retry:"):
                     await _send(response, line)
         finally:
+            stream.upstream = None
             dashboard.upstreams.discard(upstream)
     return last_id
+
+
+async def _flush_refusals(app: web.Application) -> AsyncIterator[None]:
+    """Summaries of rate-limited refusal lines, written when their minute is over."""
+    refusals = app[DASHBOARD].refusals
+
+    async def flush() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            refusals.flush(time.monotonic())
+
+    task = asyncio.get_running_loop().create_task(flush())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def build_app(settings: Settings) -> web.Application:
@@ -335,4 +406,5 @@ def build_app(settings: Settings) -> web.Application:
 
     app.on_response_prepare.append(headers)
     app.on_shutdown.append(on_shutdown)
+    app.cleanup_ctx.append(_flush_refusals)
     return app

@@ -48,6 +48,7 @@ class Data:
         self.home = home
         self._store: Any = None
         self._lock = asyncio.Lock()
+        self._trust_checked = False
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -73,13 +74,35 @@ class Data:
             store = Store.open(self.url, upgrade=False)
         except PonyError as exc:
             raise Unavailable(str(exc)) from None
+        if not self._trust_checked:
+            self._warn_if_trusted(store.engine)
+        return store
+
+    def check_trust(self) -> None:
+        """At start (README, SECURITY): warn when a PostgreSQL server let us in without a
+        password.  A server that cannot be reached now is checked at the first open."""
+        from pony_scheduler.store.engine import make_engine, parse_url
+
+        if parse_url(self.url).get_backend_name() != "postgresql":
+            self._trust_checked = True
+            return
+        try:
+            engine = make_engine(self.url)
+        except PonyError:
+            return
+        try:
+            self._warn_if_trusted(engine)
+        finally:
+            engine.dispose()
+
+    def _warn_if_trusted(self, engine: Any) -> None:
         from pony_scheduler.store.engine import trust_warning
 
-        with contextlib.suppress(Exception):  # a warning must not cost the answer
-            warning = trust_warning(store.engine)
+        with contextlib.suppress(Exception):  # a warning must not cost the answer (or start)
+            warning = trust_warning(engine)
+            self._trust_checked = True
             if warning:
                 log.warning("%s", warning)
-        return store
 
     async def query(self, method: str, *args: Any) -> Any:
         """Call Store.`method` in a worker thread."""

@@ -109,6 +109,8 @@ def _serve(runtime: ServiceRuntime, listeners: list[Any], ipc_socket: Any,
     api_path = api_socket.getsockname() if api_socket is not None else None
 
     async def setup() -> Any:
+        # Before readiness, so that the warning is in the log when `start` returns.
+        await asyncio.get_running_loop().run_in_executor(None, data.check_trust)
         gateway = Gateway(settings=settings, hub=hub, data=data,
                           tokens=TokenKeeper(settings.home), addresses=addresses,
                           check_host=loopback_only, api_socket=api_path)

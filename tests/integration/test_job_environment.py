@@ -83,3 +83,23 @@ def test_secret_values_are_redacted(pb: Pb) -> None:
     assert "hunter2" not in pb("job", "show", "db", "--json").out
     bad = pb("job", "edit", "db", "--secret", "not-a-name")
     assert bad.code != 0 and "is not a variable name" in bad.err
+
+
+def test_a_secret_must_name_a_variable_of_the_job(pb: Pb) -> None:
+    """`--secret a` for `--env A=1` would leave A in clear: refused, nothing added."""
+    for secret, words in (("a", "--secret a names no --env variable of the job (did you mean "
+                                "A? names are case-sensitive)"),
+                          ("B", "--secret B names no --env variable of the job (its --env "
+                                "variables: A)")):
+        refused = pb("job", "add", "s", "--manual", "--env", "A=1", "--secret", secret, "--",
+                     "true")
+        assert refused.code == 2 and refused.err == f"Error: {words}; give --env NAME=VALUE " \
+                                                    "with it\n", refused.all
+    assert pb("job", "show", "s").code != 0  # not added
+    pb("job", "add", "s", "--manual", "--env", "A=1", "--", "true", check=True)
+    # Checked against the job's environment after the edit: stored, or given with it.
+    assert pb("job", "edit", "s", "--secret", "Z").code == 2
+    pb("job", "edit", "s", "--secret", "A", check=True)
+    assert "A=(secret)" in pb("job", "show", "s").out
+    pb("job", "edit", "s", "--env", "Z=2", "--secret", "Z", check=True)
+    assert "Z=(secret)" in pb("job", "show", "s").out
