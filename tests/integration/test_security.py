@@ -288,6 +288,10 @@ PLANTS = {
     "gateway.token": ("foreign", "belongs to pony-attacker"),
     "config.toml": ("foreign", "belongs to pony-attacker"),
     "scheduler.pid": ("directory", "is a directory, not a file; remove it (rmdir"),
+    # The run keeper's files (files.KNOWN): refused in one line, nothing started.
+    **{name: ("symlink", "is a symbolic link") for name in (
+        "keeper.pid", "keeper.json", "keeper.log", "keeper.sock", "keeper.journal",
+        ".keeper.start.lock")},
 }
 
 
