@@ -1,5 +1,5 @@
 """The debug dashboard's HTTP side: the page, the login, its own health and service list,
-and a relay to the gateway.
+and a relay to the gateway (its live events: debug/stream.py).
 
 The dashboard never lends its power to a caller: every /api request but the login needs
 a session (debug/sessions.py), got with a one-time link (debug/logins.py) or a gateway
@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -31,7 +30,7 @@ from pony_scheduler import __version__
 from pony_scheduler.actor import Scope
 from pony_scheduler.config import Settings
 from pony_scheduler.debug.sessions import Session, Sessions
-from pony_scheduler.debug.upstream import Clients, Endpoint, GatewayDown, ImpostorError, locate
+from pony_scheduler.debug.upstream import Clients, GatewayDown, ImpostorError, locate
 from pony_scheduler.gateway.api import error, json_errors
 from pony_scheduler.gateway.auth import Handler, host_allowed, security_headers
 from pony_scheduler.gateway.refusals import RefusalLog, shown_path
@@ -41,8 +40,6 @@ log = logging.getLogger("pony_scheduler.debug")
 
 STATIC = Path(__file__).with_name("static")
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=10, sock_connect=3)
-RETRY_MAX = 8.0  # seconds between attempts to reach a gateway that is down
-RECHECK = 1.0  # seconds between checks that an event stream's session is still valid
 FLUSH_EVERY = 5.0  # seconds between summaries of rate-limited refusal lines
 PUBLIC = ("/", "/api/login")  # and /static/: what needs no session
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -83,10 +80,6 @@ class Dashboard:
 
 DASHBOARD = web.AppKey("dashboard", Dashboard)
 SESSION = web.RequestKey("session", Session)
-
-
-class BrowserGone(Exception):
-    pass
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -221,11 +214,11 @@ async def forward(request: web.Request, path: str) -> web.Response:
     except (GatewayDown, ImpostorError) as exc:
         return _down(exc)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return _down(GatewayDown(f"the gateway is not reachable ({_reason(exc)}); start it "
+        return _down(GatewayDown(f"the gateway is not reachable ({reason_of(exc)}); start it "
                                  "with 'pb gateway start'"))
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
@@ -247,123 +240,6 @@ async def gateway_action(request: web.Request) -> web.Response:
     return await forward(request, f"/api/jobs/{quote(name, safe='')}/{action}")
 
 
-# -- live events -----------------------------------------------------------------------------
-def frame(event: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
-
-
-async def _send(response: web.StreamResponse, data: bytes) -> None:
-    try:
-        await response.write(data)
-    except (ConnectionError, RuntimeError) as exc:
-        raise BrowserGone from exc
-
-
-async def events(request: web.Request) -> web.StreamResponse:
-    """The gateway's event stream, relayed; when the gateway is down or restarts, this
-    stream stays open, says so, and resumes from the last event id it relayed.  It ends
-    when its session does (logout, a rotated token, idle), checked every RECHECK s."""
-    dashboard = request.app[DASHBOARD]
-    session = request[SESSION]
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-    await response.prepare(request)
-    stream = _Stream(session)
-    watcher = asyncio.get_running_loop().create_task(
-        _watch(dashboard, bearer(request.headers.get("Authorization", "")) or "", stream))
-    last_id = request.headers.get("Last-Event-ID")
-    delay = 1.0
-    try:
-        with contextlib.suppress(BrowserGone):
-            await _send(response, b"retry: 2000\n\n")
-            while not dashboard.closing.is_set() and not stream.ended.is_set():
-                where = "the gateway"
-                try:
-                    endpoint = locate(dashboard.settings.home)
-                    where = endpoint.shown
-                    last_id = await _relay(dashboard, response, endpoint, stream, last_id)
-                    reason = "the gateway closed the stream"
-                    delay = 1.0
-                except (aiohttp.ClientError, TimeoutError, ValueError, GatewayDown) as exc:
-                    reason = (str(exc) if isinstance(exc, GatewayDown | ImpostorError)
-                              else _reason(exc))
-                if dashboard.closing.is_set() or stream.ended.is_set():
-                    break
-                await _send(response, frame({"type": "gateway.unreachable", "source": "debug",
-                                             "data": {"address": where, "error": reason,
-                                                      "retryInSeconds": delay}}))
-                await _pause(dashboard, stream, delay)
-                delay = min(delay * 2, RETRY_MAX)
-    finally:
-        watcher.cancel()
-    return response
-
-
-@dataclass
-class _Stream:
-    """One relayed event stream: its session, whether that ended, the relay in progress."""
-
-    session: Session
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    upstream: aiohttp.ClientResponse | None = None
-
-
-async def _watch(dashboard: Dashboard, credential: str, stream: _Stream) -> None:
-    """End `stream` once its session is no longer valid: closing the relay in progress
-    wakes its read at once."""
-    while True:
-        await asyncio.sleep(RECHECK)
-        dashboard.check_rotation()
-        if dashboard.sessions.peek(credential, time.time()) is not stream.session:
-            log.info("Ended a dashboard event stream: its session ended")
-            stream.ended.set()
-            if stream.upstream is not None:
-                stream.upstream.close()
-            return
-
-
-async def _pause(dashboard: Dashboard, stream: _Stream, delay: float) -> None:
-    """Wait `delay` seconds, or less if the dashboard stops or the stream's session ends."""
-    waits = [asyncio.ensure_future(dashboard.closing.wait()),
-             asyncio.ensure_future(stream.ended.wait())]
-    try:
-        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
-
-
-async def _relay(dashboard: Dashboard, response: web.StreamResponse, endpoint: Endpoint,
-                 stream: _Stream, last_id: str | None) -> str | None:
-    headers = dashboard.clients.headers(endpoint, stream.session.scope, stream.session.how)
-    if last_id:
-        headers["Last-Event-ID"] = last_id
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=45)
-    session = dashboard.clients.session(endpoint)
-    async with session.get(endpoint.base + "/api/events", headers=headers,
-                           timeout=timeout) as upstream:
-        if upstream.status != 200:
-            raise ValueError(f"HTTP {upstream.status} from the gateway")
-        dashboard.upstreams.add(upstream)
-        stream.upstream = upstream
-        try:
-            if stream.ended.is_set():
-                return last_id
-            await _send(response, frame({"type": "gateway.connected", "source": "debug",
-                                         "data": {"address": endpoint.shown}}))
-            async for line in upstream.content:
-                if stream.ended.is_set():
-                    break
-                if line.startswith(b"id: "):
-                    last_id = line[4:].decode(errors="replace").strip()
-                if not line.startswith(b"retry:"):
-                    await _send(response, line)
-        finally:
-            stream.upstream = None
-            dashboard.upstreams.discard(upstream)
-    return last_id
-
-
 async def _flush_refusals(app: web.Application) -> AsyncIterator[None]:
     """Summaries of rate-limited refusal lines, written when their minute is over."""
     refusals = app[DASHBOARD].refusals
@@ -381,6 +257,8 @@ async def _flush_refusals(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_app(settings: Settings) -> web.Application:
+    from pony_scheduler.debug.stream import events  # it builds on this module
+
     app = web.Application(middlewares=[json_errors, guard], client_max_size=64 * 1024)
     dashboard = app[DASHBOARD] = Dashboard(settings)
     app.router.add_get("/", index)
