@@ -245,9 +245,12 @@ async def _flush_refusals(app: web.Application) -> AsyncIterator[None]:
     refusals = app[DASHBOARD].refusals
 
     async def flush() -> None:
+        from pony_scheduler.gateway.hosting import PROTOCOL_ERRORS
+
         while True:
             await asyncio.sleep(FLUSH_EVERY)
             refusals.flush(time.monotonic())
+            PROTOCOL_ERRORS.flush(time.monotonic())
 
     task = asyncio.get_running_loop().create_task(flush())
     yield

@@ -293,10 +293,13 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def _flush_refusals(app: web.Application) -> None:
     """Write the summaries of rate-limited refusals when their minute is over."""
+    from pony_scheduler.gateway.hosting import PROTOCOL_ERRORS
+
     refusals = app[GATEWAY].refusals
     while True:
         await asyncio.sleep(FLUSH_EVERY)
         refusals.flush(time.monotonic())
+        PROTOCOL_ERRORS.flush(time.monotonic())
 
 
 def build_app(gateway: Gateway) -> web.Application:

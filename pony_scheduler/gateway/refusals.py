@@ -44,14 +44,23 @@ class RefusalLog:
     """Writes refusal lines to `logger`, BURST per address per WINDOW seconds."""
 
     def __init__(self, logger: logging.Logger, *, burst: int = BURST,
-                 window: float = WINDOW, max_addresses: int = MAX_ADDRESSES) -> None:
+                 window: float = WINDOW, max_addresses: int = MAX_ADDRESSES,
+                 what: str = "refused requests") -> None:
         self.logger = logger
         self.burst, self.window, self.max_addresses = burst, window, max_addresses
+        self.what = what  # for the summary: "N more <what> from ADDRESS ..."
         self._windows: dict[str, _Window] = {}
 
     def refused(self, now: float, address: str | None, message: str, *args: object) -> bool:
         """Log `message % args` (a WARNING) unless `address` has used up its lines in this
         window; True when it was written.  `now`: seconds on a monotonic clock."""
+        if not self.allow(now, address):
+            return False
+        self.logger.warning(message, *args)
+        return True
+
+    def allow(self, now: float, address: str | None) -> bool:
+        """May one more line about `address` be written now?  Counted either way."""
         self.flush(now)
         key = address or "the Unix socket"
         if key not in self._windows and len(self._windows) >= self.max_addresses:
@@ -59,7 +68,6 @@ class RefusalLog:
         window = self._windows.setdefault(key, _Window(now))
         if window.written < self.burst:
             window.written += 1
-            self.logger.warning(message, *args)
             return True
         window.suppressed += 1
         return False
@@ -72,6 +80,6 @@ class RefusalLog:
                 continue
             del self._windows[key]
             if window.suppressed:
-                self.logger.warning("%d more refused requests from %s in the last %s",
-                                    window.suppressed, key,
+                self.logger.warning("%d more %s from %s in the last %s", window.suppressed,
+                                    self.what, key,
                                     "minute" if self.window == 60 else f"{self.window:g} s")

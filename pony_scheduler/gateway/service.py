@@ -46,7 +46,7 @@ def preflight(settings: Settings) -> None:
     check_database(settings.db)  # a malformed or unsafe --db: one line now, not a 503 later
     validate_socket_path(settings.socket)
     # A socket elsewhere than the home (--socket): nobody else may replace it.
-    check_directory_chain(settings.socket.parent)
+    check_directory_chain(settings.socket.parent, "the socket (--socket)")
     for kind in FILES:  # a bad token file is refused before forking
         read_token(settings.home, kind)
 
