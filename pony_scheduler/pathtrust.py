@@ -69,23 +69,28 @@ def trusted_owner(uid: int) -> bool:
     return uid in (os.geteuid(), 0)
 
 
-def check_owner_and_mode(path: str | os.PathLike[str], info: os.stat_result, *,
-                         private: bool) -> None:
+def check_owner_and_mode(
+    path: str | os.PathLike[str], info: os.stat_result, *, private: bool
+) -> None:
     """A file (or directory) we use: ours or root's, not writable by others, and not
     accessible to them at all when `private`.  Raises UnsafePath."""
     if not trusted_owner(info.st_uid):
-        fix = (f"remove it (rm -r {path}) or, if it is yours, 'chown "
-               f"{user_name(os.geteuid())} {path}'")
-        raise UnsafePath(path, f"belongs to {user_name(info.st_uid)}, not to "
-                         f"{trusted_owners()}", fix)
+        fix = (
+            f"remove it (rm -r {path}) or, if it is yours, 'chown {user_name(os.geteuid())} {path}'"
+        )
+        raise UnsafePath(
+            path, f"belongs to {user_name(info.st_uid)}, not to {trusted_owners()}", fix
+        )
     mode = stat.S_IMODE(info.st_mode)
     if private and mode & 0o077:
         target = 0o700 if stat.S_ISDIR(info.st_mode) else 0o600
-        raise UnsafePath(path, f"is accessible to others (mode {mode:04o})",
-                         f"run 'chmod {target:o} {path}'")
+        raise UnsafePath(
+            path, f"is accessible to others (mode {mode:04o})", f"run 'chmod {target:o} {path}'"
+        )
     if mode & 0o022:
-        raise UnsafePath(path, f"is writable by others (mode {mode:04o})",
-                         f"run 'chmod go-w {path}'")
+        raise UnsafePath(
+            path, f"is writable by others (mode {mode:04o})", f"run 'chmod go-w {path}'"
+        )
 
 
 def check_directory(path: str, info: os.stat_result, what: str) -> None:
@@ -94,13 +99,17 @@ def check_directory(path: str, info: os.stat_result, what: str) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafePath(path, "is not a directory", "choose another path")
     if not trusted_owner(info.st_uid):
-        raise UnsafePath(path, f"belongs to {user_name(info.st_uid)}, who could replace "
-                         f"what is below it", f"keep {what} in a directory owned by "
-                         f"{trusted_owners()}")
+        raise UnsafePath(
+            path,
+            f"belongs to {user_name(info.st_uid)}, who could replace what is below it",
+            f"keep {what} in a directory owned by {trusted_owners()}",
+        )
     if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-        raise UnsafePath(path, f"is writable by others (mode "
-                         f"{stat.S_IMODE(info.st_mode):04o}) without the sticky bit",
-                         f"run 'chmod go-w {path}'")
+        raise UnsafePath(
+            path,
+            f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o}) without the sticky bit",
+            f"run 'chmod go-w {path}'",
+        )
 
 
 class Found:
@@ -126,8 +135,11 @@ def _open_checked_dir(name: str, dir_fd: int | None, real: str, what: str) -> in
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except NotADirectoryError:  # became a link or a file since we looked
-        raise UnsafePath(real, "changed while it was being checked, or is not a directory",
-                         "check who else can write to it") from None
+        raise UnsafePath(
+            real,
+            "changed while it was being checked, or is not a directory",
+            "check who else can write to it",
+        ) from None
     try:
         check_directory(real, os.fstat(fd), what)
     except BaseException:
@@ -145,9 +157,12 @@ def _check_link(dir_fd: int, name: str, real: str) -> str:
     checked as above nobody else can replace a link of ours between lstat and readlink.)"""
     info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     if not trusted_owner(info.st_uid):
-        raise UnsafePath(real, f"is a symbolic link owned by {user_name(info.st_uid)}, who "
-                         "can point it elsewhere at any moment", "name the real path "
-                         f"instead, not another user's link (or remove it: rm {real})")
+        raise UnsafePath(
+            real,
+            f"is a symbolic link owned by {user_name(info.st_uid)}, who "
+            "can point it elsewhere at any moment",
+            f"name the real path instead, not another user's link (or remove it: rm {real})",
+        )
     return os.readlink(name, dir_fd=dir_fd)
 
 
@@ -175,8 +190,7 @@ def locate(path: str | os.PathLike[str], what: str, *, follow_last: bool = True)
                 continue
             if parts or follow_last:
                 try:
-                    is_link = stat.S_ISLNK(os.stat(name, dir_fd=fd,
-                                                   follow_symlinks=False).st_mode)
+                    is_link = stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
                 except FileNotFoundError:
                     if parts:
                         raise
@@ -184,8 +198,7 @@ def locate(path: str | os.PathLike[str], what: str, *, follow_last: bool = True)
                 if is_link:
                     links += 1
                     if links > MAX_LINKS:
-                        raise UnsafePath(text, "has too many symbolic links",
-                                         "give the real path")
+                        raise UnsafePath(text, "has too many symbolic links", "give the real path")
                     target = _check_link(fd, name, _join(real, name))
                     parts.extendleft(reversed(_split(target)))
                     if target.startswith("/"):
@@ -203,8 +216,9 @@ def locate(path: str | os.PathLike[str], what: str, *, follow_last: bool = True)
         raise
 
 
-def open_checked(path: str | os.PathLike[str], what: str, flags: int,
-                 check: str = "file", private: bool = False) -> tuple[int, str]:
+def open_checked(
+    path: str | os.PathLike[str], what: str, flags: int, check: str = "file", private: bool = False
+) -> tuple[int, str]:
     """Open `path` (after `locate`) with `flags` | O_NOFOLLOW and check the opened object
     with fstat: `check` "file" (a regular file, ours or root's, not writable by others,
     not accessible to them when `private`) or "dir" (a directory as on the way).
@@ -219,16 +233,18 @@ def open_checked(path: str | os.PathLike[str], what: str, flags: int,
             fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=found.dir_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # a link appeared since the walk
-                raise UnsafePath(found.real, "changed into a symbolic link while it was "
-                                 "being checked", "check who else can write to it") from None
+                raise UnsafePath(
+                    found.real,
+                    "changed into a symbolic link while it was being checked",
+                    "check who else can write to it",
+                ) from None
             raise
         try:
             info = os.fstat(fd)
             if check == "dir":
                 check_directory(found.real, info, what)
             elif stat.S_ISDIR(info.st_mode):
-                raise IsADirectoryError(errno.EISDIR, "Is a directory",
-                                        found.real)
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", found.real)
             elif not stat.S_ISREG(info.st_mode):
                 raise UnsafePath(os.fspath(path), "is not a regular file", "name a file")
             else:
@@ -241,8 +257,9 @@ def open_checked(path: str | os.PathLike[str], what: str, flags: int,
         found.close()
 
 
-def read_checked(path: str | os.PathLike[str], what: str, *, limit: int,
-                 private: bool = False) -> bytes:
+def read_checked(
+    path: str | os.PathLike[str], what: str, *, limit: int, private: bool = False
+) -> bytes:
     """The bytes (at most `limit` + 1, so that the caller can tell a file too large) of a
     file named by the user (a configuration or environment file), read from the checked
     descriptor.  O_NONBLOCK: a FIFO planted there is refused, not waited on.  Raises
@@ -267,14 +284,23 @@ def _parts(relative: str | os.PathLike[str]) -> tuple[str, ...]:
 def _refuse_link(root: Root, relative: str | os.PathLike[str], exc: OSError) -> UnsafePath:
     shown = relative if isinstance(root, int) else os.path.join(root, relative)
     what = "not a directory" if exc.errno == errno.ENOTDIR else "a symbolic link"
-    return UnsafePath(shown, "is reached through a symbolic link (or a component of it is "
-                      f"{what}), and pony-scheduler follows none",
-                      "remove the link and let pony-scheduler make the file")
+    return UnsafePath(
+        shown,
+        "is reached through a symbolic link (or a component of it is "
+        f"{what}), and pony-scheduler follows none",
+        "remove the link and let pony-scheduler make the file",
+    )
 
 
-def open_beneath(root: Root, relative: str | os.PathLike[str], flags: int,
-                 mode: int = 0o600, *, make_dirs: bool = False,
-                 dir_mode: int = 0o700) -> int:
+def open_beneath(
+    root: Root,
+    relative: str | os.PathLike[str],
+    flags: int,
+    mode: int = 0o600,
+    *,
+    make_dirs: bool = False,
+    dir_mode: int = 0o700,
+) -> int:
     """Open `relative` below the directory `root` (a path or a directory fd), following
     no symbolic link in any component, and return the new fd (the caller closes it).
 
@@ -288,8 +314,11 @@ def open_beneath(root: Root, relative: str | os.PathLike[str], flags: int,
     """
     parts = _parts(relative)
     owned = not isinstance(root, int)  # an fd we opened, so close
-    dir_fd = root if isinstance(root, int) else os.open(
-        root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dir_fd = (
+        root
+        if isinstance(root, int)
+        else os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    )
     try:
         for part in parts[:-1]:
             next_fd = _open_dir(dir_fd, part, root, relative, make_dirs, dir_mode)
@@ -297,11 +326,11 @@ def open_beneath(root: Root, relative: str | os.PathLike[str], flags: int,
                 os.close(dir_fd)
             dir_fd, owned = next_fd, True
         try:
-            return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                           dir_fd=dir_fd)
+            return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         except OSError as exc:
-            if exc.errno == errno.ELOOP or (exc.errno == errno.EEXIST
-                                            and _is_link(parts[-1], dir_fd)):
+            if exc.errno == errno.ELOOP or (
+                exc.errno == errno.EEXIST and _is_link(parts[-1], dir_fd)
+            ):
                 raise _refuse_link(root, relative, exc) from None
             raise
     finally:
@@ -316,8 +345,14 @@ def _is_link(name: str, dir_fd: int) -> bool:
         return False
 
 
-def _open_dir(dir_fd: int, part: str, root: Root, relative: str | os.PathLike[str],
-              make_dirs: bool, dir_mode: int) -> int:
+def _open_dir(
+    dir_fd: int,
+    part: str,
+    root: Root,
+    relative: str | os.PathLike[str],
+    make_dirs: bool,
+    dir_mode: int,
+) -> int:
     """One directory component, never through a link; made (exactly `dir_mode`) when
     missing and `make_dirs`."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -51,12 +51,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     when its session does (logout, a rotated token, idle), checked every RECHECK s."""
     dashboard = request.app[DASHBOARD]
     session = request[SESSION]
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await response.prepare(request)
     stream = _Stream(session)
     watcher = asyncio.get_running_loop().create_task(
-        _watch(dashboard, bearer(request.headers.get("Authorization", "")) or "", stream))
+        _watch(dashboard, bearer(request.headers.get("Authorization", "")) or "", stream)
+    )
     last_id = request.headers.get("Last-Event-ID")
     delay = 1.0
     try:
@@ -71,13 +73,21 @@ async def events(request: web.Request) -> web.StreamResponse:
                     reason = "the gateway closed the stream"
                     delay = 1.0
                 except (aiohttp.ClientError, TimeoutError, ValueError, GatewayDown) as exc:
-                    reason = (str(exc) if isinstance(exc, GatewayDown | ImpostorError)
-                              else reason_of(exc))
+                    reason = (
+                        str(exc) if isinstance(exc, GatewayDown | ImpostorError) else reason_of(exc)
+                    )
                 if dashboard.closing.is_set() or stream.ended.is_set():
                     break
-                await _send(response, frame({"type": "gateway.unreachable", "source": "debug",
-                                             "data": {"address": where, "error": reason,
-                                                      "retryInSeconds": delay}}))
+                await _send(
+                    response,
+                    frame(
+                        {
+                            "type": "gateway.unreachable",
+                            "source": "debug",
+                            "data": {"address": where, "error": reason, "retryInSeconds": delay},
+                        }
+                    ),
+                )
                 await _pause(dashboard, stream, delay)
                 delay = min(delay * 2, RETRY_MAX)
     finally:
@@ -110,8 +120,10 @@ async def _watch(dashboard: Dashboard, credential: str, stream: _Stream) -> None
 
 async def _pause(dashboard: Dashboard, stream: _Stream, delay: float) -> None:
     """Wait `delay` seconds, or less if the dashboard stops or the stream's session ends."""
-    waits = [asyncio.ensure_future(dashboard.closing.wait()),
-             asyncio.ensure_future(stream.ended.wait())]
+    waits = [
+        asyncio.ensure_future(dashboard.closing.wait()),
+        asyncio.ensure_future(stream.ended.wait()),
+    ]
     try:
         await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -119,15 +131,21 @@ async def _pause(dashboard: Dashboard, stream: _Stream, delay: float) -> None:
             wait.cancel()
 
 
-async def _relay(dashboard: Dashboard, response: web.StreamResponse, endpoint: Endpoint,
-                 stream: _Stream, last_id: str | None) -> str | None:
+async def _relay(
+    dashboard: Dashboard,
+    response: web.StreamResponse,
+    endpoint: Endpoint,
+    stream: _Stream,
+    last_id: str | None,
+) -> str | None:
     headers = dashboard.clients.headers(endpoint, stream.session.scope, stream.session.how)
     if last_id:
         headers["Last-Event-ID"] = last_id
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=45)
     session = dashboard.clients.session(endpoint)
-    async with session.get(endpoint.base + "/api/events", headers=headers,
-                           timeout=timeout) as upstream:
+    async with session.get(
+        endpoint.base + "/api/events", headers=headers, timeout=timeout
+    ) as upstream:
         if upstream.status != 200:
             raise ValueError(f"HTTP {upstream.status} from the gateway")
         dashboard.upstreams.add(upstream)
@@ -135,8 +153,16 @@ async def _relay(dashboard: Dashboard, response: web.StreamResponse, endpoint: E
         try:
             if stream.ended.is_set():
                 return last_id
-            await _send(response, frame({"type": "gateway.connected", "source": "debug",
-                                         "data": {"address": endpoint.shown}}))
+            await _send(
+                response,
+                frame(
+                    {
+                        "type": "gateway.connected",
+                        "source": "debug",
+                        "data": {"address": endpoint.shown},
+                    }
+                ),
+            )
             async for line in upstream.content:
                 if stream.ended.is_set():
                     break

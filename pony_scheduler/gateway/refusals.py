@@ -43,9 +43,15 @@ class _Window:
 class RefusalLog:
     """Writes refusal lines to `logger`, BURST per address per WINDOW seconds."""
 
-    def __init__(self, logger: logging.Logger, *, burst: int = BURST,
-                 window: float = WINDOW, max_addresses: int = MAX_ADDRESSES,
-                 what: str = "refused requests") -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = BURST,
+        window: float = WINDOW,
+        max_addresses: int = MAX_ADDRESSES,
+        what: str = "refused requests",
+    ) -> None:
         self.logger = logger
         self.burst, self.window, self.max_addresses = burst, window, max_addresses
         self.what = what  # for the summary: "N more <what> from ADDRESS ..."
@@ -80,6 +86,10 @@ class RefusalLog:
                 continue
             del self._windows[key]
             if window.suppressed:
-                self.logger.warning("%d more %s from %s in the last %s", window.suppressed,
-                                    self.what, key,
-                                    "minute" if self.window == 60 else f"{self.window:g} s")
+                self.logger.warning(
+                    "%d more %s from %s in the last %s",
+                    window.suppressed,
+                    self.what,
+                    key,
+                    "minute" if self.window == 60 else f"{self.window:g} s",
+                )

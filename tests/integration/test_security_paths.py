@@ -75,39 +75,38 @@ def flipper(other_user: OtherUser) -> Iterator[list[subprocess.Popen[str]]]:
         proc.communicate(timeout=30)
 
 
-def flip(user: OtherUser, started: list[subprocess.Popen[str]], link: Path,
-         *targets: Path) -> None:
+def flip(user: OtherUser, started: list[subprocess.Popen[str]], link: Path, *targets: Path) -> None:
     proc = user.popen(FLIP, str(link), *map(str, targets))
     started.append(proc)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "flipping", proc.stderr and proc.stderr.read()
 
 
-def attackers_home(victim: Pb, other_user: OtherUser, shared_dir: Path,
-                   outside: Path) -> Path:
+def attackers_home(victim: Pb, other_user: OtherUser, shared_dir: Path, outside: Path) -> Path:
     """A home of the other user's, whose database holds a job that would leave `outside`
     behind (made by root here for want of pb as that user, then given to them)."""
     theirs = shared_dir / "theirs"
     maker = Pb(theirs)
     try:
-        assert maker("job", "add", "evil", "--every", "1s", "--", "touch",
-                     str(outside)).code == 0
+        assert maker("job", "add", "evil", "--every", "1s", "--", "touch", str(outside)).code == 0
     finally:
         maker.cleanup()
-    subprocess.run(["chown", "-R", f"{other_user.uid}:{other_user.gid}", str(theirs)],
-                   check=True)
+    subprocess.run(["chown", "-R", f"{other_user.uid}:{other_user.gid}", str(theirs)], check=True)
     return theirs
 
 
 def refused_through(result_err: str, link: Path) -> bool:
     line = one_line(result_err)
-    return (f"{link} is a symbolic link owned by pony-attacker, who can point it elsewhere"
-            in line)
+    return f"{link} is a symbolic link owned by pony-attacker, who can point it elsewhere" in line
 
 
-def test_a_config_file_reached_through_their_link(victim: Pb, other_user: OtherUser,
-                                                  shared_dir: Path, sticky: Path,
-                                                  flipper: list[subprocess.Popen[str]]) -> None:
+def test_a_config_file_reached_through_their_link(
+    victim: Pb,
+    other_user: OtherUser,
+    shared_dir: Path,
+    sticky: Path,
+    flipper: list[subprocess.Popen[str]],
+) -> None:
     """`pb --config /tmp/x-cfglink scheduler start` while the other user flips the link
     between root's good.toml and their evil.toml (`db =` their database)."""
     outside = shared_dir / "ran"
@@ -137,9 +136,13 @@ def test_a_config_file_reached_through_their_link(victim: Pb, other_user: OtherU
     assert victim("--config", str(mine), "config", "show").code == 0
 
 
-def test_a_home_reached_through_their_link(victim: Pb, other_user: OtherUser,
-                                           shared_dir: Path, sticky: Path,
-                                           flipper: list[subprocess.Popen[str]]) -> None:
+def test_a_home_reached_through_their_link(
+    victim: Pb,
+    other_user: OtherUser,
+    shared_dir: Path,
+    sticky: Path,
+    flipper: list[subprocess.Popen[str]],
+) -> None:
     """PONYBUNNY_HOME=/tmp/link, their link to root's home, flipped to theirs: refused
     every time, for reading commands and for starting the scheduler."""
     outside = shared_dir / "ran"
@@ -158,8 +161,12 @@ def test_a_home_reached_through_their_link(victim: Pb, other_user: OtherUser,
 
 
 def test_a_database_reached_through_their_directory_link(
-        victim: Pb, other_user: OtherUser, shared_dir: Path, sticky: Path,
-        flipper: list[subprocess.Popen[str]]) -> None:
+    victim: Pb,
+    other_user: OtherUser,
+    shared_dir: Path,
+    sticky: Path,
+    flipper: list[subprocess.Popen[str]],
+) -> None:
     outside = shared_dir / "ran"
     theirs = attackers_home(victim, other_user, shared_dir, outside)
     link = sticky / "dblink"
@@ -172,8 +179,9 @@ def test_a_database_reached_through_their_directory_link(
     assert not (victim.home / "scheduler.pid").exists() and not outside.exists()
 
 
-def test_an_env_file_in_their_directory(victim: Pb, other_user: OtherUser,
-                                        shared_dir: Path, sticky: Path) -> None:
+def test_an_env_file_in_their_directory(
+    victim: Pb, other_user: OtherUser, shared_dir: Path, sticky: Path
+) -> None:
     """Root's --env-file in a directory the other user owns: they could replace it with
     their own variables (LD_PRELOAD, PATH), so it is refused when the job is added and
     when a run starts."""
@@ -188,11 +196,11 @@ def test_an_env_file_in_their_directory(victim: Pb, other_user: OtherUser,
     assert result.code != 0
     assert one_line(result.err) == (
         f"Error: --env-file {theirs} belongs to pony-attacker, who could replace what is "
-        f"below it; keep the --env-file in a directory owned by root")
+        f"below it; keep the --env-file in a directory owned by root"
+    )
     # Added while the directory was root's; theirs by the time the run starts.
     os.chown(theirs, 0, 0)
-    assert victim("job", "add", "j", "--manual", "--env-file", str(env_file), "--",
-                  "env").code == 0
+    assert victim("job", "add", "j", "--manual", "--env-file", str(env_file), "--", "env").code == 0
     os.chown(theirs, other_user.uid, other_user.gid)
     assert victim("scheduler", "start").code == 0
     run_id = queued_run_id(victim("job", "run", "j").out)
@@ -207,8 +215,9 @@ def test_an_env_file_in_their_directory(victim: Pb, other_user: OtherUser,
     assert f"{theirs} belongs to pony-attacker" in str(run["reason"]), run
 
 
-def test_run_output_is_read_only_below_the_runs_directory(victim: Pb, other_user: OtherUser,
-                                                          shared_dir: Path) -> None:
+def test_run_output_is_read_only_below_the_runs_directory(
+    victim: Pb, other_user: OtherUser, shared_dir: Path
+) -> None:
     """A link planted as runs/JOB/ID.log (`ln -s /etc/shadow`), or an output path that
     leads elsewhere: `pb runs output` (and -f) prints nothing of the file."""
     use_free_ports(victim)

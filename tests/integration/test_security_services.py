@@ -84,9 +84,14 @@ def test_rotation_ends_the_streams_opened_with_the_old_credentials(victim: Pb) -
     assert victim("service", "start", "debug").code == 0
     admin, read_only = token_of(victim.home), token_of(victim.home, "read")
     session = dashboard_session(victim, debug_port)
-    streams = {name: EventStream(port, token=token) for name, port, token in (
-        ("admin", gateway_port, admin), ("read", gateway_port, read_only),
-        ("dashboard", debug_port, session))}
+    streams = {
+        name: EventStream(port, token=token)
+        for name, port, token in (
+            ("admin", gateway_port, admin),
+            ("read", gateway_port, read_only),
+            ("dashboard", debug_port, session),
+        )
+    }
     try:
         streams["admin"].wait_for(lambda e: e["type"] == "gateway.hello")
         streams["read"].wait_for(lambda e: e["type"] == "gateway.hello")
@@ -119,16 +124,21 @@ def test_refused_requests_do_not_flood_the_logs(victim: Pb, other_user: OtherUse
     gateway_log, debug_log = victim.home / "gateway.log", victim.home / "debug.log"
     before = gateway_log.stat().st_size, debug_log.stat().st_size
     path = "/api/jobs/" + "A" * 8000
-    sent = other_user.python_code(FLOOD, str(gateway_port), "300", "GET", path, "{}",
-                                  timeout=300)
+    sent = other_user.python_code(FLOOD, str(gateway_port), "300", "GET", path, "{}", timeout=300)
     answer = json.loads(sent.stdout)
     assert answer["statuses"] == [401], sent.stderr
     # Where the token is would tell the home's path: not for whoever asks.
     assert str(victim.home) not in answer["first"] and "gateway.token" not in answer["first"]
     sent = other_user.python_code(
-        FLOOD, str(debug_port), "300", "POST", "/api/login",
-        json.dumps({"Content-Type": "application/json"}), json.dumps({"code": "x" * 43}),
-        timeout=300)
+        FLOOD,
+        str(debug_port),
+        "300",
+        "POST",
+        "/api/login",
+        json.dumps({"Content-Type": "application/json"}),
+        json.dumps({"code": "x" * 43}),
+        timeout=300,
+    )
     assert json.loads(sent.stdout)["statuses"] == [401], sent.stderr
     sent = other_user.python_code(GARBAGE, str(gateway_port), "200", timeout=300)
     assert sent.stdout.strip() == "sent", sent.stderr
@@ -161,8 +171,7 @@ def test_no_login_link_while_the_dashboard_is_down(victim: Pb, other_user: Other
 
 
 # -- 13. dashboard actions in the audit trail --------------------------------------------------
-def test_dashboard_actions_say_they_came_through_a_session(victim: Pb,
-                                                           shared_dir: Path) -> None:
+def test_dashboard_actions_say_they_came_through_a_session(victim: Pb, shared_dir: Path) -> None:
     _, debug_port = use_free_ports(victim)
     assert victim("service", "start", "all").code == 0
     marker_job(victim, shared_dir / "ran")
@@ -175,8 +184,10 @@ def test_dashboard_actions_say_they_came_through_a_session(victim: Pb,
     shown = victim("audit", "marker").out
     assert "dashboard session (admin, login link)" in shown, shown
     assert wait_for((shared_dir / "ran").exists, 30)
-    assert "requested by dashboard (session from a login link, admin) as root (uid 0)" in \
-        (victim.home / "gateway.log").read_text()
+    assert (
+        "requested by dashboard (session from a login link, admin) as root (uid 0)"
+        in (victim.home / "gateway.log").read_text()
+    )
 
 
 def test_unix_socket_refusals_name_the_socket(victim: Pb) -> None:
@@ -188,8 +199,10 @@ def test_unix_socket_refusals_name_the_socket(victim: Pb) -> None:
     marker_job(victim, victim.home / "never")
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(str(victim.home / "gateway.api.sock"))
-    sock.sendall(b"POST /api/jobs/marker/run HTTP/1.1\r\nHost: localhost\r\n"
-                 b"X-Pony-Scope: read\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    sock.sendall(
+        b"POST /api/jobs/marker/run HTTP/1.1\r\nHost: localhost\r\n"
+        b"X-Pony-Scope: read\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
     answer = b""
     while chunk := sock.recv(65536):
         answer += chunk

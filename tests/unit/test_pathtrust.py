@@ -32,8 +32,11 @@ def test_our_links_are_followed_to_the_real_path(tmp_path: Path) -> None:
     (real / "pony.toml").write_text("workers = 2\n")
     (tmp_path / "dirlink").symlink_to(real)
     (real / "filelink").symlink_to("pony.toml")  # relative, as ln -s makes them
-    for path in (tmp_path / "dirlink/pony.toml", tmp_path / "dirlink/filelink",
-                 real / "../dirlink/./pony.toml"):
+    for path in (
+        tmp_path / "dirlink/pony.toml",
+        tmp_path / "dirlink/filelink",
+        real / "../dirlink/./pony.toml",
+    ):
         assert read_checked(path, "the configuration file", limit=100) == b"workers = 2\n"
         found = locate(path, "the configuration file")
         try:
@@ -49,14 +52,17 @@ def test_another_users_link_is_refused_wherever_it_is(tmp_path: Path) -> None:
     (real / "pony.toml").write_text("")
     foreign_link(tmp_path / "theirs", real)
     foreign_link(real / "their.toml", real / "pony.toml")
-    for path, link in ((tmp_path / "theirs/pony.toml", tmp_path / "theirs"),
-                       (real / "their.toml", real / "their.toml")):
+    for path, link in (
+        (tmp_path / "theirs/pony.toml", tmp_path / "theirs"),
+        (real / "their.toml", real / "their.toml"),
+    ):
         with pytest.raises(UnsafePath) as caught:
             read_checked(path, "the configuration file", limit=100)
         assert str(caught.value) == (
             f"{link} is a symbolic link owned by nobody, who can point it elsewhere at any "
             f"moment; name the real path instead, not another user's link (or remove it: "
-            f"rm {link})")
+            f"rm {link})"
+        )
     # Even when it points at our own file, and only for checks: check_file, the
     # database, the directory of a socket.
     with pytest.raises(UnsafePath, match="symbolic link owned by nobody"):
@@ -75,9 +81,11 @@ def test_directories_on_the_way_name_what_they_hold(tmp_path: Path) -> None:
     os.chown(theirs, NOBODY, NOBODY)
     with pytest.raises(UnsafePath) as caught:
         read_checked(theirs / "pony.toml", "the configuration file", limit=100)
-    assert str(caught.value) == (f"{theirs} belongs to nobody, who could replace what is "
-                                 "below it; keep the configuration file in a directory "
-                                 "owned by root")
+    assert str(caught.value) == (
+        f"{theirs} belongs to nobody, who could replace what is "
+        "below it; keep the configuration file in a directory "
+        "owned by root"
+    )
     # Reached through a link of ours, the directory the link leads to is checked too.
     (tmp_path / "ours").symlink_to(theirs)
     with pytest.raises(UnsafePath, match=f"^{theirs} belongs to nobody"):

@@ -29,8 +29,9 @@ def test_a_few_lines_per_address_then_one_summary(caplog: pytest.LogCaptureFixtu
     refusals.flush(59.0)  # the minute is not over
     assert len(caplog.records) == 4
     refusals.flush(61.0)
-    assert messages(caplog)[4:] == ["97 more refused requests from 127.0.0.1 in the last "
-                                    "minute"]  # ::1 used none of its lines beyond: no summary
+    assert messages(caplog)[4:] == [
+        "97 more refused requests from 127.0.0.1 in the last minute"
+    ]  # ::1 used none of its lines beyond: no summary
     refusals.refused(62.0, "127.0.0.1", "Refused again")  # a new minute
     assert messages(caplog)[-1] == "Refused again"
 
@@ -38,11 +39,11 @@ def test_a_few_lines_per_address_then_one_summary(caplog: pytest.LogCaptureFixtu
 def test_addresses_beyond_the_limit_share_one_count(caplog: pytest.LogCaptureFixture) -> None:
     """127.0.0.0/8 is all loopback: sixteen million addresses are not told apart."""
     caplog.set_level(logging.WARNING)
-    refusals = RefusalLog(logging.getLogger("test.refusals"), burst=1, window=60.0,
-                          max_addresses=4)
+    refusals = RefusalLog(logging.getLogger("test.refusals"), burst=1, window=60.0, max_addresses=4)
     for host in range(1000):
         refusals.refused(1.0, f"127.0.{host // 256}.{host % 256}", "Refused %d", host)
     assert len(caplog.records) == 5  # four addresses, then the others together
     refusals.flush(100.0)
-    assert messages(caplog)[-1] == "995 more refused requests from other addresses in the " \
-                                   "last minute"
+    assert (
+        messages(caplog)[-1] == "995 more refused requests from other addresses in the last minute"
+    )
