@@ -176,7 +176,10 @@ def locate(path: str | os.PathLike[str], what: str, *, follow_last: bool = True)
     `what` names the thing for messages ("the configuration file").  Raises UnsafePath,
     FileNotFoundError (a directory on the way is missing), OSError.
     """
-    text = os.fspath(path)
+    return _walk(os.fspath(path), what, follow_last)
+
+
+def _walk(text: str, what: str, follow_last: bool) -> Found:
     parts = _split(text if text.startswith("/") else _join(os.getcwd(), text))
     fd, real, links = _open_checked_dir("/", None, "/", what), "/", 0
     try:
@@ -211,6 +214,13 @@ def locate(path: str | os.PathLike[str], what: str, *, follow_last: bool = True)
             new = _open_checked_dir(name, fd, _join(real, name), what)
             os.close(fd)
             fd, real = new, _join(real, name)
+    except PermissionError as exc:  # a directory on the way we may not search
+        os.close(fd)
+        raise UnsafePath(
+            real,
+            f"cannot be searched ({exc.strerror})",
+            f"check its permissions, or keep {what} elsewhere",
+        ) from None
     except BaseException:
         os.close(fd)
         raise
