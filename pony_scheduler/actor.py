@@ -19,12 +19,17 @@ Scope = Literal["admin", "read"]
 # gateway's Unix socket, a dashboard session, the anonymous-read opt-in, or being the
 # local process (the CLI).
 Credential = Literal["token", "peer", "session", "anonymous", "local"]
+# How a dashboard session was opened: a one-time login link, or a pasted gateway token.
+SessionOrigin = Literal["link", "token"]
+SESSION_ORIGINS: tuple[SessionOrigin, ...] = ("link", "token")
 
 
 @dataclass(frozen=True)
 class Actor:
     """One caller.  `uid`/`user` are known for the CLI and Unix-socket peers (None over
-    TCP: a token says what may be done, not who holds it); `address` is the TCP peer."""
+    TCP: a token says what may be done, not who holds it); `address` is the TCP peer.
+    For a dashboard session, `uid`/`user` are the dashboard's own (whoever holds the
+    session is not known by uid) and `session` says how it was opened, when known."""
 
     via: Via
     scope: Scope
@@ -32,6 +37,7 @@ class Actor:
     uid: int | None = None
     user: str | None = None
     address: str | None = None
+    session: SessionOrigin | None = None
 
     @property
     def may_change(self) -> bool:
@@ -42,8 +48,10 @@ class Actor:
         """One line for logs and the audit trail, e.g. `api (admin token) from
         127.0.0.1` or `dashboard (session, admin) as alice (uid 1000)`.  Contains no
         control characters (addresses and user names come from the system)."""
+        opened = {"link": " from a login link", "token": " from a pasted token",
+                  None: ""}[self.session]
         how = {"token": f"{self.scope} token", "peer": "Unix socket peer",
-               "session": f"session, {self.scope}", "anonymous": "anonymous read",
+               "session": f"session{opened}, {self.scope}", "anonymous": "anonymous read",
                "local": "local"}[self.credential]
         text = f"{self.via} ({how})"
         if self.user is not None or self.uid is not None:
@@ -68,7 +76,16 @@ def cli_actor() -> Actor:
     return Actor(via="cli", scope="admin", credential="local", uid=uid, user=user_name(uid))
 
 
-def peer_actor(uid: int, via: Via = "api", scope: Scope = "admin") -> Actor:
-    """A caller on the gateway's Unix socket, known by its uid (SO_PEERCRED)."""
+def peer_actor(uid: int, via: Via = "api", scope: Scope = "admin",
+               session: SessionOrigin | None = None) -> Actor:
+    """A caller on the gateway's Unix socket, known by its uid (SO_PEERCRED); for the
+    dashboard (`via`), the session it acts for: its scope and how it was opened."""
     return Actor(via=via, scope=scope, credential="peer" if via == "api" else "session",
-                 uid=uid, user=user_name(uid))
+                 uid=uid, user=user_name(uid), session=session if via == "dashboard" else None)
+
+
+def audit_scope(actor: Actor) -> str:
+    """The audit trail's `scope` column (at most 16 characters): the scope and how the
+    caller proved it, e.g. "admin token", "read peer", "admin link" (a dashboard session
+    opened by a login link), "admin session" (a dashboard session, origin unknown)."""
+    return f"{actor.scope} {actor.session or actor.credential}"

@@ -194,18 +194,21 @@ def db_url(value: str, base: Path) -> str:
     return f"sqlite:///{path}"
 
 
+MAX_CONFIG = 1 << 20  # bytes: a configuration file is small
+
+
 def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
-    from pony_scheduler.files import check_file, open_beneath
+    from pony_scheduler.files import open_beneath, verify_fd
+    from pony_scheduler.pathtrust import read_checked
 
     try:
-        if explicit:
-            check_file(path)  # owned by us or root, not writable by others
-            with open(path, "rb") as handle:
-                raw = handle.read()
-        else:  # HOME/config.toml: check_home vetted it; never follow a link to it
-            fd = open_beneath(path.parent, path.name, os.O_RDONLY)
+        if explicit:  # checked on the descriptor it is read from (pathtrust)
+            raw = read_checked(path, "the configuration file", limit=MAX_CONFIG)
+        else:  # HOME/config.toml: check_home vetted the home; never follow a link to it
+            fd = open_beneath(path.parent, path.name, os.O_RDONLY | os.O_NONBLOCK)
             with os.fdopen(fd, "rb") as handle:
-                raw = handle.read()
+                verify_fd(handle.fileno(), path)
+                raw = handle.read(MAX_CONFIG + 1)
     except (FileNotFoundError, NotADirectoryError):
         return {}  # a home that is not a directory is reported by the command that needs it
     except IsADirectoryError:
@@ -213,6 +216,9 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
                           "file with --config") from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG:
+        raise ConfigError(f"configuration file {path} is larger than 1 MiB; name the right "
+                          "file")
     import tomllib  # here: most homes have no config file (its import is ~1.5 ms)
 
     try:
@@ -229,7 +235,28 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
             line = _line_of(text, key)
             known = ", ".join(sorted(FIELDS))
             raise ConfigError(f"{path}:{line}: unknown key {key!r} (known keys: {known})")
+        if _quoted_number(key, data[key]):
+            raise ConfigError(f"{path}:{_line_of(text, key)}: {key} = {data[key]!r} is a "
+                              f"string, and {key} is a number; write it without quotes "
+                              f"({key} = {data[key].strip()})")
     return data
+
+
+# Keys whose values are numbers: in the file, TOML numbers (README, pony-scheduler.conf(5)),
+# never strings, which only the environment gives (it has nothing else).  Other strings
+# are left to the converters, which say what the value must be ("30s" is a duration).
+_NUMBERS = ("workers", "gateway_port", "debug_port", "lease", "shutdown_grace")
+
+
+def _quoted_number(key: str, value: Any) -> bool:
+    """A number written as a TOML string (`workers = "4"`, `lease = "30"`)."""
+    if not isinstance(value, str) or key not in _NUMBERS:
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _line_of(text: str, key: str) -> int:

@@ -5,29 +5,31 @@ redirect a file it writes (a symbolic link planted as its log) can make it run c
 or overwrite files, as its user, often root.  So, as OpenSSH's StrictModes does for
 ~/.ssh (sshd_config(5); `safe_path()` in OpenSSH's misc.c):
 
+* the path to the home, to a configuration, environment or database file: every
+  directory on the way is root's or the user's and not writable by others unless
+  sticky (a home under /tmp works), every symbolic link on the way is root's or the
+  user's, and each check is made on the descriptor then used (pony_scheduler/pathtrust.py);
 * `check_home(home)`: the home and every file we use in it belong to the invoking user
-  (or root) and are not group- or world-writable; private files (tokens, sockets) are
-  not accessible to others at all, nor is the database when others may enter the home;
-  the directories above the home belong to
-  root or the user and, when group- or world-writable, have the sticky bit (a home under
-  /tmp works); none of our files is a symbolic link.  A few stat calls: cheap enough for
-  every command.
-* `check_file(path)`: the same ownership rule for a file named on the command line
-  (a configuration file, a job file) and the directories above it.
+  (or root) and are not group- or world-writable; private files (tokens, sockets, the
+  keeper's journal) are not accessible to others at all, nor is the database when others
+  may enter the home; none of our files is a symbolic link.  A few stat calls: cheap
+  enough for every command.
+* `check_database_file(path)`: the same for an SQLite file and its directory.
 * `open_beneath(root, relative, ...)` / `create_file(...)`: open or create a file below a
   directory without following a symbolic link in any component: each component is
   opened relative to its parent's descriptor with O_NOFOLLOW (openat(2)), new files are
   made with O_EXCL (or appended to after checking who owns them) and get exactly the
-  mode asked for, whatever the umask.
+  mode asked for, whatever the umask.  The run keeper makes run outputs with it too.
 * `write_atomic(directory, name, data, mode)`: a whole new file or none (a temporary
   file made with O_EXCL, renamed over the old one).
 
-One set of modes for everything: the home and directories in it 0700, private files
-(database, tokens, sockets, login codes, start locks) 0600, logs, run outputs, pid and
-metadata files 0640.
+One set of modes for everything: the home and the directories in it (runs/, runs/JOB/,
+debug.logins/) 0700; private files (database, tokens, sockets, login codes, start locks,
+the keeper's journal) 0600; logs, run outputs, pid and metadata files 0640.
 
 A refusal is an `UnsafePath` whose message is one line: the path, what is wrong and the
-command that fixes it.  No heavy imports here: `pb scheduler status` runs this.
+command that fixes it.  No heavy imports here: `pb scheduler status` and the run keeper
+run this.
 """
 
 from __future__ import annotations
@@ -36,14 +38,29 @@ import contextlib
 import errno
 import os
 import stat
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from pony_scheduler.errors import EXIT_FAILURE, PonyError
+from pony_scheduler.errors import PonyError
+from pony_scheduler.pathtrust import (
+    Root,
+    UnsafePath,
+    check_owner_and_mode,
+    locate,
+    open_beneath,
+    open_checked,
+    trusted_owner,
+    trusted_owners,
+    user_name,
+)
+
+# Defined in pathtrust (walking paths, opening below a directory); imported from here.
+__all__ = ["UnsafePath", "open_beneath"]
 
 HOME_MODE = 0o700
 DIR_MODE = 0o700  # directories below the home: runs/, runs/JOB/, debug.logins/
-PRIVATE_MODE = 0o600  # database, tokens, sockets, login codes, start locks
+PRIVATE_MODE = 0o600  # database, tokens, sockets, login codes, start locks, the journal
 SHARED_MODE = 0o640  # logs, run outputs, pid files, metadata
+HOME_WHAT = "the home (PONYBUNNY_HOME)"
 
 _SERVICES = ("scheduler", "gateway", "debug")
 # Names we use in the home: name -> (kind, privacy).  kind: file | socket | dir.
@@ -52,7 +69,7 @@ _SERVICES = ("scheduler", "gateway", "debug")
 # enter its directory; a pony.db an older version made 0644 in a 0700 home is not exposed).
 KNOWN: dict[str, tuple[str, str]] = {
     **{f"{s}.{ext}": ("file", "shared") for s in _SERVICES for ext in ("pid", "json", "log")},
-    **{f".{s}.start.lock": ("file", "private") for s in _SERVICES},
+    **{f".{s}.start.lock": ("file", "private") for s in (*_SERVICES, "keeper")},
     "config.toml": ("file", "shared"),
     "gateway.token": ("file", "private"),
     "gateway.read-token": ("file", "private"),
@@ -61,118 +78,90 @@ KNOWN: dict[str, tuple[str, str]] = {
     "gateway.api.sock": ("socket", "private"),
     "runs": ("dir", "shared"),
     "debug.logins": ("dir", "private"),
+    # The run keeper's (pony_scheduler/keeper/protocol.py): its journal holds outcomes
+    # and environments' secrets may reach its log; the socket is its own uid's only.
+    **{f"keeper.{ext}": ("file", "shared") for ext in ("pid", "json", "log")},
+    "keeper.journal": ("file", "private"),
+    "keeper.sock": ("socket", "private"),
 }
 
 
 def _others_may_enter(mode: int) -> bool:
     """May users other than the owner reach the files of a directory of this mode?"""
     return bool(mode & 0o011)
+
+
 _KIND_OK = {"file": stat.S_ISREG, "socket": stat.S_ISSOCK, "dir": stat.S_ISDIR}
 
 
-class UnsafePath(PonyError):
-    """A path another user could have planted or could change; the message names the
-    path and the fix."""
-
-    exit_code = EXIT_FAILURE
-
-    def __init__(self, path: str | os.PathLike[str], problem: str, fix: str) -> None:
-        self.path = str(path)
-        super().__init__(f"{path} {problem}; {fix}")
-
-
-def _user(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _me() -> str:
-    return "root" if os.geteuid() == 0 else f"{_user(os.geteuid())} or root"
-
-
-def _trusted_owner(uid: int) -> bool:
-    return uid in (os.geteuid(), 0)
-
-
 # -- checks --------------------------------------------------------------------------------
-def check_directory_chain(directory: str | os.PathLike[str]) -> None:
-    """Every directory from / down to `directory` (its real path) belongs to root or us and
-    is not group- or world-writable unless it has the sticky bit (like /tmp).
+def check_directory_chain(directory: str | os.PathLike[str], what: str = HOME_WHAT) -> None:
+    """Every directory from / down to `directory`, and every symbolic link on the way, as
+    pathtrust.locate checks them (root's or ours; directories not writable by others
+    unless sticky).  `what` is what the directory holds, for messages.
 
     Raises UnsafePath.  Missing components are skipped: they are created by us later.
     """
-    parts = PurePosixPath(os.path.realpath(directory)).parts
-    for depth in range(1, len(parts) + 1):
-        current = PurePosixPath(*parts[:depth])
-        try:
-            info = os.lstat(current)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise UnsafePath(current, f"cannot be examined ({exc.strerror})",
-                             "check its permissions") from None
-        if not stat.S_ISDIR(info.st_mode):
-            raise UnsafePath(current, "is not a directory", "choose another path")
-        if not _trusted_owner(info.st_uid):
-            raise UnsafePath(current, f"belongs to {_user(info.st_uid)}, who could replace "
-                             "what is below it", "keep the home in a directory owned by "
-                             f"root or {_user(os.geteuid())} (PONYBUNNY_HOME)")
-        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-            raise UnsafePath(current, f"is writable by others (mode "
-                             f"{stat.S_IMODE(info.st_mode):04o}) without the sticky bit",
-                             f"run 'chmod go-w {current}'")
-
-
-def _check_owner_and_mode(path: str | os.PathLike[str], info: os.stat_result, *,
-                          private: bool) -> None:
-    if not _trusted_owner(info.st_uid):
-        fix = (f"remove it (rm -r {path}) or, if it is yours, 'chown {_user(os.geteuid())} "
-               f"{path}'")
-        raise UnsafePath(path, f"belongs to {_user(info.st_uid)}, not to {_me()}", fix)
-    mode = stat.S_IMODE(info.st_mode)
-    if private and mode & 0o077:
-        target = 0o700 if stat.S_ISDIR(info.st_mode) else 0o600
-        raise UnsafePath(path, f"is accessible to others (mode {mode:04o})",
-                         f"run 'chmod {target:o} {path}'")
-    if mode & 0o022:
-        raise UnsafePath(path, f"is writable by others (mode {mode:04o})",
-                         f"run 'chmod go-w {path}'")
+    try:
+        fd, _ = open_checked(directory, what, os.O_PATH | os.O_DIRECTORY, check="dir")
+    except FileNotFoundError:
+        return
+    os.close(fd)
 
 
 def check_home(home: str | os.PathLike[str]) -> None:
     """The StrictModes check of a home (see the module docstring); raises UnsafePath.
 
     A home that does not exist yet is fine when the directories that will hold it are.
-    PermissionError (PonyError, exit 4) when the home cannot be read at all.
+    PermissionError (PonyError, exit 4) when the home cannot be read at all.  The home
+    and its entries are checked through descriptors (pathtrust.locate), and every
+    component of its path is root's or ours: nobody else can redirect it afterwards.
     """
-    real = os.path.realpath(home)
     try:
-        info = os.lstat(real)
+        found = locate(home, HOME_WHAT)
     except FileNotFoundError:
-        check_directory_chain(os.path.dirname(real))
-        return
-    check_directory_chain(os.path.dirname(real))
+        return  # a directory above is missing: reported by whoever makes the home
+    try:
+        try:
+            home_fd = os.open(found.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=found.dir_fd)
+        except FileNotFoundError:
+            return
+    finally:
+        found.close()
+    try:
+        _check_home_itself(home, os.fstat(home_fd))
+        info = os.fstat(home_fd)
+        try:
+            read_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                              dir_fd=home_fd)
+        except PermissionError:
+            raise PonyError(f"cannot read home {home}: permission denied; run this as its "
+                            "owner", 4) from None
+    finally:
+        os.close(home_fd)
+    try:
+        open_home = _others_may_enter(info.st_mode)
+        for entry in list(os.scandir(read_fd)):
+            _check_entry(Path(home) / entry.name, entry, open_home)
+    finally:
+        os.close(read_fd)
+
+
+def _check_home_itself(home: str | os.PathLike[str], info: os.stat_result) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafePath(home, "is not a directory", "set PONYBUNNY_HOME to a directory")
-    if not _trusted_owner(info.st_uid):
-        raise UnsafePath(home, f"belongs to {_user(info.st_uid)}, not to "
-                         f"{_user(os.geteuid())}", "use a home of your own "
-                         f"(PONYBUNNY_HOME) or 'chown -R {_user(os.geteuid())} {home}'")
+    if not trusted_owner(info.st_uid):
+        # Not "chown -R": that would adopt whatever was planted in it (a pony.db with
+        # jobs, a token).
+        raise UnsafePath(home, f"belongs to {user_name(info.st_uid)}, not to "
+                         f"{trusted_owners()}, so it is not ours and must not be used as "
+                         f"it is", f"use a home of your own (PONYBUNNY_HOME), and move this "
+                         f"one aside (mv {home} {home}.untrusted) or check every file in it "
+                         "before taking it over")
     if stat.S_IMODE(info.st_mode) & 0o022:
         raise UnsafePath(home, f"is writable by others (mode "
                          f"{stat.S_IMODE(info.st_mode):04o})", f"run 'chmod 700 {home}'")
-    try:
-        entries = list(os.scandir(real))
-    except PermissionError:
-        raise PonyError(f"cannot read home {home}: permission denied; run this as its owner",
-                        4) from None
-    open_home = _others_may_enter(info.st_mode)
-    for entry in entries:
-        _check_entry(Path(home) / entry.name, entry, open_home)
 
 
 def _check_entry(path: Path, entry: os.DirEntry[str], open_home: bool) -> None:
@@ -193,135 +182,94 @@ def _check_entry(path: Path, entry: os.DirEntry[str], open_home: bool) -> None:
             remove = "rmdir" if stat.S_ISDIR(info.st_mode) else "rm"
             raise UnsafePath(path, f"is {what}, not a {kind}", f"remove it ({remove} {path})")
         private = privacy == "private" or (privacy == "data" and open_home)
-        _check_owner_and_mode(path, info, private=private)
+        check_owner_and_mode(path, info, private=private)
     else:
-        _check_owner_and_mode(path, info, private=False)
+        check_owner_and_mode(path, info, private=False)
 
 
-def check_file(path: str | os.PathLike[str], *, private: bool = False) -> None:
-    """A file named on the command line (configuration, job or environment file): it and
-    the directories above it follow the home's ownership rule.  Raises UnsafePath;
-    FileNotFoundError when it does not exist."""
-    real = os.path.realpath(path)
-    check_directory_chain(os.path.dirname(real))
-    info = os.stat(real)
-    if not stat.S_ISREG(info.st_mode):
-        raise UnsafePath(path, "is not a regular file", "name a file")
-    _check_owner_and_mode(path, info, private=private)
+def check_file(path: str | os.PathLike[str], *, private: bool = False,
+               what: str = "the file") -> None:
+    """A file named on the command line: it and the path to it follow the home's
+    ownership rule (pathtrust).  Raises UnsafePath; FileNotFoundError when it does not
+    exist.  To read such a file, use pathtrust.read_checked: it checks what it reads."""
+    fd, _ = open_checked(path, what, os.O_PATH, private=private)
+    os.close(fd)
 
 
-def check_database_file(path: str | os.PathLike[str]) -> None:
-    """An SQLite database (`--db PATH`, the home's pony.db too): the directories up to it
-    as for the home, the directory itself not writable by others (SQLite makes its -wal,
+def check_database_file(path: str | os.PathLike[str], *, create: bool = False) -> str:
+    """An SQLite database (`--db PATH`, the home's pony.db too): the path to it as for the
+    home (pathtrust.locate), its directory not writable by others (SQLite makes its -wal,
     -shm and journal files there), and the database and those files ours, not writable
     by others, not readable by others either when others may enter the directory, and no
-    symbolic links.  Raises UnsafePath."""
-    directory = os.path.dirname(os.path.abspath(path))
-    check_directory_chain(directory)
-    real_dir = os.path.realpath(directory)
-    info = os.lstat(real_dir)
-    if info.st_mode & 0o022:
-        raise UnsafePath(directory, f"holds the database and is writable by others (mode "
-                         f"{stat.S_IMODE(info.st_mode):04o})", f"run 'chmod go-w {directory}' "
-                         "or keep the database elsewhere")
-    exposed = _others_may_enter(info.st_mode)
-    name = os.path.basename(path)
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        candidate = os.path.join(directory, name + suffix)
-        try:
-            info = os.lstat(candidate)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISLNK(info.st_mode):
-            raise UnsafePath(candidate, "is a symbolic link", "point --db at the real file")
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafePath(candidate, "is not a regular file", "point --db at a file")
-        _check_owner_and_mode(candidate, info, private=exposed)
+    symbolic links.  With `create`, a missing database is made here, 0600 (SQLite would
+    make it 0644), unless the directory cannot be written (a read-only home).
+
+    Returns the database's real path (no symbolic link in it, every part root's or ours)
+    for SQLite, which can only be given a name.  Raises UnsafePath, FileNotFoundError
+    (its directory is missing)."""
+    found = locate(path, "the database", follow_last=False)
+    try:
+        directory = os.path.dirname(found.real) or "/"
+        info = os.fstat(found.dir_fd)
+        if info.st_mode & 0o022:
+            raise UnsafePath(directory, f"holds the database and is writable by others "
+                             f"(mode {stat.S_IMODE(info.st_mode):04o})", f"run 'chmod go-w "
+                             f"{directory}' or keep the database elsewhere")
+        if create:
+            _create_database(found.dir_fd, found.name)
+        exposed = _others_may_enter(info.st_mode)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            candidate = os.path.join(directory, found.name + suffix)
+            try:
+                entry = os.stat(found.name + suffix, dir_fd=found.dir_fd,
+                                follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(entry.st_mode):
+                raise UnsafePath(candidate, "is a symbolic link", "point --db at the real file")
+            if not stat.S_ISREG(entry.st_mode):
+                raise UnsafePath(candidate, "is not a regular file", "point --db at a file")
+            check_owner_and_mode(candidate, entry, private=exposed)
+        return found.real
+    finally:
+        found.close()
+
+
+def _create_database(dir_fd: int, name: str) -> None:
+    try:
+        os.close(create_file(dir_fd, name, PRIVATE_MODE))
+    except FileExistsError:
+        pass  # there already, or made meanwhile by another process: checked next
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise  # a read-only home: read-only commands still work
 
 
 # -- opening and creating ------------------------------------------------------------------
-Root = str | os.PathLike[str] | int
+def open_run_output(home: str | os.PathLike[str], path: str | None) -> int:
+    """A run's output file, opened for reading: only a file below HOME/runs (the path
+    comes from the database, which must not become a way to read /etc/shadow), reached
+    without following a link in any component, runs/ included (open_beneath), and a
+    regular file of ours (verify_fd).  The caller closes the fd.
 
-
-def _parts(relative: str | os.PathLike[str]) -> tuple[str, ...]:
-    pure = PurePosixPath(relative)
-    if pure.is_absolute() or not pure.parts or ".." in pure.parts:
-        raise ValueError(f"not a relative path below a directory: {relative!s}")
-    return pure.parts
-
-
-def _refuse_link(root: Root, relative: str | os.PathLike[str], exc: OSError) -> UnsafePath:
-    shown = relative if isinstance(root, int) else os.path.join(root, relative)
-    what = "not a directory" if exc.errno == errno.ENOTDIR else "a symbolic link"
-    return UnsafePath(shown, "is reached through a symbolic link (or a component of it is "
-                      f"{what}), and pony-scheduler follows none",
-                      "remove the link and let pony-scheduler make the file")
-
-
-def open_beneath(root: Root, relative: str | os.PathLike[str], flags: int,
-                 mode: int = SHARED_MODE, *, make_dirs: bool = False,
-                 dir_mode: int = DIR_MODE) -> int:
-    """Open `relative` below the directory `root` (a path or a directory fd), following
-    no symbolic link in any component, and return the new fd (the caller closes it).
-
-    `flags` are os.open flags; O_NOFOLLOW and O_CLOEXEC are added.  With `make_dirs`,
-    missing directories on the way are created with `dir_mode` (exactly).  `root`
-    itself is opened as given: checking it is check_home's job.  Raises UnsafePath when
-    a component is a symbolic link, ValueError for an absolute path or one with "..",
-    OSError for everything else (FileNotFoundError, FileExistsError with O_EXCL...).
-    """
-    parts = _parts(relative)
-    owned = not isinstance(root, int)  # an fd we opened, so close
-    dir_fd = root if isinstance(root, int) else os.open(
-        root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    Raises UnsafePath (elsewhere, a link, not ours), FileNotFoundError (none yet: the file
+    is made at the run's first byte of output), OSError."""
+    runs = os.path.join(home, "runs")
+    relative = None
+    if path:
+        normal = os.path.normpath(path)
+        if normal.startswith(runs + "/"):
+            relative = normal[len(runs) + 1:]
+    if relative is None:
+        raise UnsafePath(str(path), f"is not a file below {runs}", "pony-scheduler reads "
+                         "run output only there; the database holding this path may have "
+                         "been changed by someone else")
+    fd = open_beneath(home, f"runs/{relative}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     try:
-        for part in parts[:-1]:
-            next_fd = _open_dir(dir_fd, part, root, relative, make_dirs, dir_mode)
-            if owned:
-                os.close(dir_fd)
-            dir_fd, owned = next_fd, True
-        try:
-            return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                           dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP or (exc.errno == errno.EEXIST
-                                            and _is_link(parts[-1], dir_fd)):
-                raise _refuse_link(root, relative, exc) from None
-            raise
-    finally:
-        if owned:
-            os.close(dir_fd)
-
-
-def _is_link(name: str, dir_fd: int) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
-    except OSError:
-        return False
-
-
-def _open_dir(dir_fd: int, part: str, root: Root, relative: str | os.PathLike[str],
-              make_dirs: bool, dir_mode: int) -> int:
-    """One directory component, never through a link; made (exactly `dir_mode`) when
-    missing and `make_dirs`."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    created = False
-    for attempt in (1, 2):
-        try:
-            fd = os.open(part, flags, dir_fd=dir_fd)
-            break
-        except FileNotFoundError:
-            if not make_dirs or attempt == 2:
-                raise
-            with contextlib.suppress(FileExistsError):  # made meanwhile: opened next
-                os.mkdir(part, dir_mode, dir_fd=dir_fd)
-                created = True
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise _refuse_link(root, relative, exc) from None
-            raise
-    if created:
-        os.fchmod(fd, dir_mode)  # exactly, whatever the umask
+        verify_fd(fd, path or "")
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -331,7 +279,7 @@ def verify_fd(fd: int, shown: str | os.PathLike[str], *, private: bool = False) 
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(shown, "is not a regular file", f"remove it (rm -r {shown})")
-    _check_owner_and_mode(shown, info, private=private)
+    check_owner_and_mode(shown, info, private=private)
     if info.st_nlink > 1:
         raise UnsafePath(shown, f"has {info.st_nlink} hard links; another name could "
                          "change it", f"replace it with a copy (cp {shown} x && mv x {shown})")
@@ -411,12 +359,21 @@ def read_private(directory: str | os.PathLike[str], name: str, *,
 
 
 def make_home(home: str | os.PathLike[str]) -> bool:
-    """Create the home (exactly HOME_MODE) after checking the directories above it;
-    True when we created it.  Raises UnsafePath, OSError."""
-    check_directory_chain(os.path.dirname(os.path.realpath(home)))
+    """Create the home (exactly HOME_MODE) in its checked parent directory (pathtrust);
+    True when we created it.  Raises UnsafePath, FileNotFoundError (its parent is
+    missing), OSError."""
+    found = locate(home, HOME_WHAT)
     try:
-        os.mkdir(home, HOME_MODE)
-    except FileExistsError:
-        return False
-    os.chmod(home, HOME_MODE)  # exactly, whatever the umask
-    return True
+        try:
+            os.mkdir(found.name, HOME_MODE, dir_fd=found.dir_fd)
+        except FileExistsError:
+            return False
+        fd = os.open(found.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=found.dir_fd)
+        try:
+            os.fchmod(fd, HOME_MODE)  # exactly, whatever the umask
+        finally:
+            os.close(fd)
+        return True
+    finally:
+        found.close()

@@ -213,6 +213,30 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
     return values
 
 
+def check_secrets(secret: list[str], env: dict[str, str]) -> None:
+    """Every --secret names a variable of the job's --env, as the job has it after the add
+    or edit (names are case-sensitive, as in the environment): a name that matches none
+    would leave the value it was meant to hide in clear.  Raises ConfigError."""
+    for name in secret:
+        if name in env:
+            continue
+        alike = [key for key in env if key.lower() == name.lower()]
+        hint = (f"did you mean {alike[0]}? names are case-sensitive" if alike
+                else f"its --env variables: {', '.join(sorted(env)) or 'none'}")
+        raise ConfigError(f"--secret {name} names no --env variable of the job ({hint}); "
+                          "give --env NAME=VALUE with it")
+
+
+def _stored_env(row: dict[str, Any] | None) -> dict[str, str]:
+    import json
+
+    try:
+        env = json.loads((row or {}).get("env") or "{}")
+    except ValueError:
+        return {}
+    return env if isinstance(env, dict) else {}
+
+
 def check_env_file(path: str) -> str | None:
     """The absolute path of an --env-file that can be read now ('' removes it); values are
     read at each run's start, never stored."""
@@ -301,6 +325,7 @@ def new_job(name: str, opts: JobOptions, now: datetime,
                                 "overlap": "skip", "catch_up": "once", "cwd": None, "env": {},
                                 "enabled": True, "umask": UMASK_DEFAULT, "max_queued": 10}
     options = option_values(opts)
+    check_secrets(opts.secret, options.get("env") or {})
     schedule = sched.with_offset(schedule, sched.jitter_offset(name, options.get("jitter_s")))
     return {**defaults, **options, **command_values(opts, required=True),
             **schedule_values(schedule, now)}
@@ -322,6 +347,8 @@ def changed_job(opts: JobOptions, now: datetime, row: dict[str, Any] | None = No
     from pony_scheduler.scheduler import schedule as sched
 
     values = {**option_values(opts), **command_values(opts, required=False)}
+    if "env" in values or row is not None:
+        check_secrets(opts.secret, values["env"] if "env" in values else _stored_env(row))
     current = None
     if row is not None:
         try:

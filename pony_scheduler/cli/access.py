@@ -44,13 +44,18 @@ def gateway_token(ctx: click.Context, read_only: bool, rotate: bool) -> None:
 
 
 def dashboard_address(settings: Settings) -> tuple[str, bool]:
-    """Where the dashboard listens (its metadata when it runs) and whether it runs."""
+    """Where the dashboard listens (its metadata when it runs) and whether it runs and is
+    verified as ours: its pid file names a live process that its metadata describes
+    (pidfile.inspect: /proc start time, boot id) and that runs as our user."""
+    import os
+
     from pony_scheduler.lifecycle import pidfile
     from pony_scheduler.lifecycle.spec import DEBUG
 
     info = pidfile.inspect(DEBUG, settings.home)
     address = (info.meta or {}).get("address")
-    if info.state is pidfile.PidState.RUNNING and isinstance(address, str):
+    if (info.state is pidfile.PidState.RUNNING and info.meta is not None
+            and info.owner_uid == os.geteuid() and isinstance(address, str)):
         return address, True
     host = settings.debug_host
     return (f"http://[{host}]:{settings.debug_port}" if ":" in host
@@ -77,7 +82,11 @@ def debug_url(ctx: click.Context) -> None:
     ensure_home(settings.home)
     address, running = dashboard_address(settings)
     if not running:
-        click.echo("⚠ The dashboard is not running; start it with 'pb debug start'", err=True)
+        # Whoever holds the port meanwhile could read a live code from the page it is
+        # opened on, and use it once the real dashboard starts: no code then.
+        raise PonyError("the dashboard is not running, so no login link is made (another "
+                        f"program could be listening on {address}); start it with 'pb debug "
+                        "start', which prints one")
     click.echo(new_login_url(settings, address))
 
 

@@ -14,7 +14,7 @@ import click
 
 from pony_scheduler.cli.options import settings_from
 from pony_scheduler.errors import PonyError
-from pony_scheduler.jobs import CATCH_UP, OVERLAP, JobOptions
+from pony_scheduler.jobs import CATCH_UP, MAX_QUEUED, OVERLAP, RETRIES, TASKS_MAX, JobOptions
 from pony_scheduler.runstate import RunState
 
 if TYPE_CHECKING:
@@ -58,6 +58,11 @@ def local(iso: str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _range(bounds: tuple[int, int]) -> str:
+    """A documented range as pb-job(1) writes it: "0 to 10,000"."""
+    return f"{bounds[0]:,} to {bounds[1]:,}"
+
+
 def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options `add` and `edit` share."""
     decorators = [
@@ -70,7 +75,8 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--manual", is_flag=True, default=None, help="No schedule: runs only "
                      "with 'pb job run'."),
         click.option("--timeout", metavar="DURATION", help="Kill the run after this long."),
-        click.option("--retries", type=int, metavar="N", help="Attempts after a failure."),
+        click.option("--retries", type=int, metavar="N", help="Attempts after a failure "
+                     f"({_range(RETRIES)}; default 0)."),
         click.option("--retry-delay", metavar="DURATION", help="First retry delay "
                      "(doubles each attempt, with jitter)."),
         click.option("--overlap", type=click.Choice(OVERLAP), help="When the previous run "
@@ -91,7 +97,8 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--cpu-max", metavar="CPUS|none", help="CPU limit, e.g. 0.5 or 50% "
                      "(of one CPU), 2 (where the cpu controller exists)."),
         click.option("--tasks-max", type=int, metavar="N", help="Most processes and threads "
-                     "a run may have (where the pids controller exists)."),
+                     f"a run may have, {_range(TASKS_MAX)} (where the pids controller "
+                     "exists)."),
         click.option("--jitter", metavar="DURATION|none", help="Move every run of a cron or "
                      "interval job by a stable offset within this window (spreads herds)."),
         click.option("--shell", is_flag=True, default=None, help="COMMAND is one shell "
@@ -102,7 +109,8 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      "start this long after its due time expires (default: the schedule's "
                      "period, at most 1h)."),
         click.option("--max-queued", type=int, metavar="N", help="With --overlap queue: "
-                     "runs that may wait behind the running one (default 10)."),
+                     f"runs that may wait behind the running one, {_range(MAX_QUEUED)} "
+                     "(default 10)."),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]
     for decorator in reversed(decorators):
@@ -673,10 +681,24 @@ def audit_command(ctx: click.Context, job: str | None, limit: int, as_json: bool
         click.echo("Nothing recorded yet")
         return
     rows = [("WHEN", "WHO", "VIA", "ACTION", "JOB", "DETAIL")]
-    rows += [(local(e["at"]), f"{e['user'] or '?'} ({e['uid']})" if e["uid"] is not None
-              else "-", f"{e['via']} ({e['scope']})", e["action"], e["job"] or "-",
-              e["detail"] or "") for e in entries]
+    rows += [(local(e["at"]), *_audit_who(e), e["action"], e["job"] or "-", e["detail"] or "")
+             for e in entries]
     _table([[_shown(str(cell), raw=False) for cell in row] for row in rows])
+
+
+# How a dashboard session was opened, from the audit trail's scope ("admin link").
+_OPENED = {"link": "login link", "token": "pasted token", "session": "opened how: unknown"}
+
+
+def _audit_who(entry: dict[str, Any]) -> tuple[str, str]:
+    """WHO and VIA of an audit entry.  A dashboard action is a session's, not its
+    process's user: `dashboard session (admin, login link)`, served as root (0)."""
+    user = f"{entry['user'] or '?'} ({entry['uid']})" if entry["uid"] is not None else "-"
+    if entry["via"] != "dashboard":
+        return user, f"{entry['via']} ({entry['scope']})"
+    scope, _, how = str(entry["scope"] or "").partition(" ")
+    return (f"dashboard session ({scope}, {_OPENED.get(how, how)})",
+            f"dashboard running as {user}")
 
 
 def _output_path(ctx: click.Context, run_id: int, follow_: bool) -> str | None:
@@ -728,11 +750,15 @@ def _open_output(ctx: click.Context, run_id: int, path: str,
                  follow_: bool) -> BinaryIO | None:
     """The run's output file once it exists; None for a run that printed nothing.
 
-    The file is created at the run's first byte of output: it may not exist yet.
+    The file is created at the run's first byte of output: it may not exist yet.  Only a
+    file below HOME/runs is opened, never through a link (files.open_run_output).
     """
+    from pony_scheduler.files import open_run_output
+
+    home = settings_from(ctx, db=ctx.meta.get("db")).home
     while True:
         try:
-            return open(path, "rb")  # the caller closes it
+            return os.fdopen(open_run_output(home, path), "rb")  # the caller closes it
         except FileNotFoundError:
             pass
         except OSError as exc:

@@ -1,5 +1,5 @@
 """The debug dashboard's HTTP side: the page, the login, its own health and service list,
-and a relay to the gateway.
+and a relay to the gateway (its live events: debug/stream.py).
 
 The dashboard never lends its power to a caller: every /api request but the login needs
 a session (debug/sessions.py), got with a one-time link (debug/logins.py) or a gateway
@@ -18,9 +18,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -30,16 +30,17 @@ from pony_scheduler import __version__
 from pony_scheduler.actor import Scope
 from pony_scheduler.config import Settings
 from pony_scheduler.debug.sessions import Session, Sessions
-from pony_scheduler.debug.upstream import Clients, Endpoint, GatewayDown, ImpostorError, locate
+from pony_scheduler.debug.upstream import Clients, GatewayDown, ImpostorError, locate
 from pony_scheduler.gateway.api import error, json_errors
 from pony_scheduler.gateway.auth import Handler, host_allowed, security_headers
+from pony_scheduler.gateway.refusals import RefusalLog, shown_path
 from pony_scheduler.gateway.token import TokenKeeper, bearer
 
 log = logging.getLogger("pony_scheduler.debug")
 
 STATIC = Path(__file__).with_name("static")
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=10, sock_connect=3)
-RETRY_MAX = 8.0  # seconds between attempts to reach a gateway that is down
+FLUSH_EVERY = 5.0  # seconds between summaries of rate-limited refusal lines
 PUBLIC = ("/", "/api/login")  # and /static/: what needs no session
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
                "connect-src 'self'; img-src 'self'; frame-ancestors 'none'; "
@@ -57,6 +58,7 @@ class Dashboard:
     # read in progress, closing these does, so shutdown need not wait for a timeout.
     upstreams: set[aiohttp.ClientResponse] = field(default_factory=set)
     started: float = field(default_factory=time.time)
+    refusals: RefusalLog = field(default_factory=lambda: RefusalLog(log))
 
     def keeper(self) -> TokenKeeper:
         if self.tokens is None:
@@ -80,10 +82,6 @@ DASHBOARD = web.AppKey("dashboard", Dashboard)
 SESSION = web.RequestKey("session", Session)
 
 
-class BrowserGone(Exception):
-    pass
-
-
 def _same_origin(request: web.Request) -> bool:
     """No Origin (not a browser's cross-site request), or the one we are served from."""
     origin = request.headers.get("Origin")
@@ -99,8 +97,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(403, "this dashboard answers only to loopback names (localhost, "
                           f"127.0.0.1, [::1]) and allowed_hosts, not {request.host!r}")
     if request.method not in ("GET", "HEAD") and not _same_origin(request):
-        log.warning("Refused %s %s from %s: Origin %s is another site", request.method,
-                    request.path, request.remote, request.headers.get("Origin"))
+        dashboard.refusals.refused(time.monotonic(), request.remote,
+                                   "Refused %s %s from %s: Origin %s is another site",
+                                   request.method, shown_path(request.path), request.remote,
+                                   shown_path(request.headers.get("Origin", "")))
         return error(403, "requests from other sites are refused")
     if request.path in PUBLIC or request.path.startswith("/static/"):
         return await handler(request)
@@ -146,8 +146,9 @@ async def login(request: web.Request) -> web.Response:
             token.strip())) is not None:
         scope, how = found, "token"
     else:
-        log.warning("Refused a dashboard login from %s: unknown, used or expired link, or "
-                    "wrong token", request.remote)
+        dashboard.refusals.refused(time.monotonic(), request.remote,
+                                   "Refused a dashboard login from %s: unknown, used or "
+                                   "expired link, or wrong token", request.remote)
         return error(401, "that login link is unknown, used or expired (links work once, "
                           "for 10 minutes: 'pb debug url' prints a new one), or the token is "
                           "wrong")
@@ -201,7 +202,8 @@ async def forward(request: web.Request, path: str) -> web.Response:
     try:
         endpoint = locate(dashboard.settings.home)
         session = dashboard.clients.session(endpoint)
-        headers = dashboard.clients.headers(endpoint, request[SESSION].scope)
+        headers = dashboard.clients.headers(endpoint, request[SESSION].scope,
+                                            request[SESSION].how)
         async with session.request(request.method, endpoint.base + path,
                                    params=request.query, headers=headers,
                                    timeout=UPSTREAM_TIMEOUT) as upstream:
@@ -212,11 +214,11 @@ async def forward(request: web.Request, path: str) -> web.Response:
     except (GatewayDown, ImpostorError) as exc:
         return _down(exc)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return _down(GatewayDown(f"the gateway is not reachable ({_reason(exc)}); start it "
+        return _down(GatewayDown(f"the gateway is not reachable ({reason_of(exc)}); start it "
                                  "with 'pb gateway start'"))
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
@@ -238,78 +240,28 @@ async def gateway_action(request: web.Request) -> web.Response:
     return await forward(request, f"/api/jobs/{quote(name, safe='')}/{action}")
 
 
-# -- live events -----------------------------------------------------------------------------
-def frame(event: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+async def _flush_refusals(app: web.Application) -> AsyncIterator[None]:
+    """Summaries of rate-limited refusal lines, written when their minute is over."""
+    refusals = app[DASHBOARD].refusals
 
+    async def flush() -> None:
+        from pony_scheduler.gateway.hosting import PROTOCOL_ERRORS
 
-async def _send(response: web.StreamResponse, data: bytes) -> None:
-    try:
-        await response.write(data)
-    except (ConnectionError, RuntimeError) as exc:
-        raise BrowserGone from exc
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            refusals.flush(time.monotonic())
+            PROTOCOL_ERRORS.flush(time.monotonic())
 
-
-async def events(request: web.Request) -> web.StreamResponse:
-    """The gateway's event stream, relayed; when the gateway is down or restarts, this
-    stream stays open, says so, and resumes from the last event id it relayed."""
-    dashboard = request.app[DASHBOARD]
-    scope = request[SESSION].scope
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-    await response.prepare(request)
-    last_id = request.headers.get("Last-Event-ID")
-    delay = 1.0
-    with contextlib.suppress(BrowserGone):
-        await _send(response, b"retry: 2000\n\n")
-        while not dashboard.closing.is_set():
-            where = "the gateway"
-            try:
-                endpoint = locate(dashboard.settings.home)
-                where = endpoint.shown
-                last_id = await _relay(dashboard, response, endpoint, scope, last_id)
-                reason = "the gateway closed the stream"
-                delay = 1.0
-            except (aiohttp.ClientError, TimeoutError, ValueError, GatewayDown) as exc:
-                reason = (str(exc) if isinstance(exc, GatewayDown | ImpostorError)
-                          else _reason(exc))
-            if dashboard.closing.is_set():
-                break
-            await _send(response, frame({"type": "gateway.unreachable", "source": "debug",
-                                         "data": {"address": where, "error": reason,
-                                                  "retryInSeconds": delay}}))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(dashboard.closing.wait(), delay)
-            delay = min(delay * 2, RETRY_MAX)
-    return response
-
-
-async def _relay(dashboard: Dashboard, response: web.StreamResponse, endpoint: Endpoint,
-                 scope: str, last_id: str | None) -> str | None:
-    headers = dashboard.clients.headers(endpoint, scope)
-    if last_id:
-        headers["Last-Event-ID"] = last_id
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=45)
-    session = dashboard.clients.session(endpoint)
-    async with session.get(endpoint.base + "/api/events", headers=headers,
-                           timeout=timeout) as upstream:
-        if upstream.status != 200:
-            raise ValueError(f"HTTP {upstream.status} from the gateway")
-        dashboard.upstreams.add(upstream)
-        try:
-            await _send(response, frame({"type": "gateway.connected", "source": "debug",
-                                         "data": {"address": endpoint.shown}}))
-            async for line in upstream.content:
-                if line.startswith(b"id: "):
-                    last_id = line[4:].decode(errors="replace").strip()
-                if not line.startswith(b"retry:"):
-                    await _send(response, line)
-        finally:
-            dashboard.upstreams.discard(upstream)
-    return last_id
+    task = asyncio.get_running_loop().create_task(flush())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def build_app(settings: Settings) -> web.Application:
+    from pony_scheduler.debug.stream import events  # it builds on this module
+
     app = web.Application(middlewares=[json_errors, guard], client_max_size=64 * 1024)
     dashboard = app[DASHBOARD] = Dashboard(settings)
     app.router.add_get("/", index)
@@ -335,4 +287,5 @@ def build_app(settings: Settings) -> web.Application:
 
     app.on_response_prepare.append(headers)
     app.on_shutdown.append(on_shutdown)
+    app.cleanup_ctx.append(_flush_refusals)
     return app

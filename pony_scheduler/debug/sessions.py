@@ -58,6 +58,14 @@ class Sessions:
         session.last_used = now
         return session
 
+    def peek(self, credential: str, now: float) -> Session | None:
+        """The live session of `credential`, its idle clock left as it is (an open event
+        stream is checked with this: it does not keep a session alive by itself)."""
+        session = self._sessions.get(_digest(credential))
+        if session is None or now - session.last_used > IDLE:
+            return None
+        return session
+
     def end(self, credential: str) -> None:
         self._sessions.pop(_digest(credential), None)
 

@@ -118,11 +118,12 @@ class Clients:
             session.connector.expected_pid = endpoint.pid  # the gateway verified just now
         return session
 
-    def headers(self, endpoint: Endpoint, scope: str) -> dict[str, str]:
-        """Over the socket: who we act for (the gateway believes this only from its own
-        uid); over TCP: the token."""
+    def headers(self, endpoint: Endpoint, scope: str, how: str) -> dict[str, str]:
+        """Over the socket: who we act for, a session of `scope` opened by `how` ("link",
+        "token"; the gateway believes this only from its own uid, and records it in the
+        audit trail); over TCP: the token."""
         if endpoint.unix is not None:
-            return {"X-Pony-Via": "dashboard", "X-Pony-Scope": scope}
+            return {"X-Pony-Via": "dashboard", "X-Pony-Scope": scope, "X-Pony-Session": how}
         return {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else {}
 
     async def close(self) -> None:

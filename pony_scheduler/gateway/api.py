@@ -12,10 +12,12 @@ read-only token, or our own uid on the Unix socket; changes need the admin scope
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +40,14 @@ from pony_scheduler.gateway.auth import (
 )
 from pony_scheduler.gateway.data import RUN_STATES, Data, NotFound, Unavailable
 from pony_scheduler.gateway.hub import EventHub
-from pony_scheduler.gateway.token import TokenKeeper, token_path
+from pony_scheduler.gateway.refusals import RefusalLog, shown_path
+from pony_scheduler.gateway.token import TokenKeeper
 
 log = logging.getLogger("pony_scheduler.gateway")
 
 KEEPALIVE = 15.0  # seconds between SSE comments, so dead connections are noticed
+RECHECK = 1.0  # seconds between checks that an event stream's credential is still valid
+FLUSH_EVERY = 5.0  # seconds between summaries of rate-limited refusal lines
 MAX_LIMIT = 1000
 
 
@@ -56,6 +61,7 @@ class Gateway:
     check_host: bool  # listening on loopback only: refuse Host names that only rebind to it
     api_socket: str | None = None
     started: float = field(default_factory=time.time)
+    refusals: RefusalLog = field(default_factory=lambda: RefusalLog(log))
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -110,15 +116,19 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
                          f"{request.host!r}")
     actor = identify(request, gateway.tokens, settings.anonymous_read)
     if actor is None:
-        log.warning("Refused %s %s from %s: missing or wrong token", request.method,
-                    request.path, request.remote or "the Unix socket")
+        gateway.refusals.refused(time.monotonic(), request.remote,
+                                 "Refused %s %s from %s: missing or wrong token",
+                                 request.method, shown_path(request.path),
+                                 request.remote or "the Unix socket")
+        # Where the token is, and so the home's path, is not for whoever asks.
         return unauthorized(request, "missing or wrong token: send 'Authorization: Bearer "
-                            "<token>' with the token in "
-                            f"{token_path(settings.home)} (or the read-only one: 'pb "
-                            "gateway token --read-only')")
+                            "<token>' with the admin or the read-only token (their owner "
+                            "prints them with 'pb gateway token [--read-only]')")
     if request.method not in SAFE_METHODS and not actor.may_change:
-        log.warning("Refused %s %s from %s: the read-only token may not change anything",
-                    request.method, request.path, actor.describe())
+        gateway.refusals.refused(time.monotonic(), request.remote,
+                                 "Refused %s %s from %s: the read-only token may not change "
+                                 "anything", request.method, shown_path(request.path),
+                                 actor.describe())
         return forbidden("this token may only read; changes need the admin token",
                          **{"WWW-Authenticate": 'Bearer realm="pony-scheduler", '
                                                 'error="insufficient_scope"'})
@@ -243,8 +253,11 @@ def sse_frame(event: dict[str, Any], with_id: bool = True) -> bytes:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: every event as a default `message` whose data is the JSON event;
-    `Last-Event-ID` (sent by EventSource on reconnection) replays what was missed."""
+    `Last-Event-ID` (sent by EventSource on reconnection) replays what was missed.  The
+    stream ends once the caller's credential is no longer valid (a rotated token), checked
+    with each event and every RECHECK seconds."""
     gateway = request.app[GATEWAY]
+    actor = request[ACTOR]
     subscriber = gateway.hub.subscribe(request.headers.get("Last-Event-ID"))
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache",
@@ -255,17 +268,38 @@ async def events(request: web.Request) -> web.StreamResponse:
                  "data": {"instance": gateway.hub.instance,
                           "scheduler": gateway.hub.scheduler_status()}}
         await response.write(b"retry: 2000\n\n" + sse_frame(hello, with_id=False))
+        quiet_since = time.monotonic()
         while True:
             try:
-                event = await subscriber.next(KEEPALIVE)
+                event = await subscriber.next(RECHECK)
             except EOFError:
                 break
-            await response.write(b": keepalive\n\n" if event is None else sse_frame(event))
+            if identify(request, gateway.tokens, gateway.settings.anonymous_read) != actor:
+                log.info("Ended the event stream of %s: its credential is no longer valid",
+                         actor.describe())
+                break
+            if event is not None:
+                await response.write(sse_frame(event))
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= KEEPALIVE:
+                await response.write(b": keepalive\n\n")
+                quiet_since = time.monotonic()
     except ConnectionError:
         pass  # the client went away
     finally:
         gateway.hub.unsubscribe(subscriber)
     return response
+
+
+async def _flush_refusals(app: web.Application) -> None:
+    """Write the summaries of rate-limited refusals when their minute is over."""
+    from pony_scheduler.gateway.hosting import PROTOCOL_ERRORS
+
+    refusals = app[GATEWAY].refusals
+    while True:
+        await asyncio.sleep(FLUSH_EVERY)
+        refusals.flush(time.monotonic())
+        PROTOCOL_ERRORS.flush(time.monotonic())
 
 
 def build_app(gateway: Gateway) -> web.Application:
@@ -292,4 +326,13 @@ def build_app(gateway: Gateway) -> web.Application:
         app[GATEWAY].hub.close()  # ends the SSE streams, so shutdown need not wait for them
 
     app.on_shutdown.append(on_shutdown)
+    app.cleanup_ctx.append(_flusher)
     return app
+
+
+async def _flusher(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.get_running_loop().create_task(_flush_refusals(app))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -5,7 +5,8 @@ A caller is one of (pony_scheduler.actor.Actor):
 * a process of our own user (or root) on the gateway's Unix socket `gateway.api.sock`
   (0600), known by its peer credentials (SO_PEERCRED, unix(7)): admin, no token needed.
   The dashboard talks to the gateway this way and says so (`X-Pony-Via: dashboard`,
-  `X-Pony-Scope: read|admin` for the scope of its user's session), which is believed
+  `X-Pony-Scope: read|admin` for the scope of its user's session, `X-Pony-Session:
+  link|token` for how that session was opened, for the audit trail), which is believed
   only from such a peer, and only to lower the scope;
 * a holder of the admin token or of the read-only token
   (`Authorization: Bearer TOKEN`, RFC 6750 §2.1; never in the URL, §5.3);
@@ -28,7 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from pony_scheduler.actor import Actor, Scope, Via, peer_actor
+from pony_scheduler.actor import SESSION_ORIGINS, Actor, Scope, Via, peer_actor
 from pony_scheduler.gateway.token import TokenKeeper, bearer
 
 log = logging.getLogger("pony_scheduler.gateway")
@@ -36,7 +37,7 @@ log = logging.getLogger("pony_scheduler.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 ACTOR = web.RequestKey("actor", Actor)
-VIA_HEADER, SCOPE_HEADER = "X-Pony-Via", "X-Pony-Scope"
+VIA_HEADER, SCOPE_HEADER, SESSION_HEADER = "X-Pony-Via", "X-Pony-Scope", "X-Pony-Session"
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -84,7 +85,9 @@ def identify(request: web.Request, tokens: TokenKeeper, anonymous_read: bool) ->
     if peer is not None and trusted_uid(peer[1]):
         via: Via = "dashboard" if request.headers.get(VIA_HEADER) == "dashboard" else "api"
         scope: Scope = "read" if request.headers.get(SCOPE_HEADER) == "read" else "admin"
-        return peer_actor(peer[1], via=via, scope=scope)
+        opened = request.headers.get(SESSION_HEADER)
+        session = next((origin for origin in SESSION_ORIGINS if origin == opened), None)
+        return peer_actor(peer[1], via=via, scope=scope, session=session)
     offered = bearer(request.headers.get("Authorization", ""))
     address = request.remote or None
     if offered is not None:

@@ -48,6 +48,7 @@ class Data:
         self.home = home
         self._store: Any = None
         self._lock = asyncio.Lock()
+        self._trust_checked = False
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -73,13 +74,35 @@ class Data:
             store = Store.open(self.url, upgrade=False)
         except PonyError as exc:
             raise Unavailable(str(exc)) from None
+        if not self._trust_checked:
+            self._warn_if_trusted(store.engine)
+        return store
+
+    def check_trust(self) -> None:
+        """At start (README, SECURITY): warn when a PostgreSQL server let us in without a
+        password.  A server that cannot be reached now is checked at the first open."""
+        from pony_scheduler.store.engine import make_engine, parse_url
+
+        if parse_url(self.url).get_backend_name() != "postgresql":
+            self._trust_checked = True
+            return
+        try:
+            engine = make_engine(self.url)
+        except PonyError:
+            return
+        try:
+            self._warn_if_trusted(engine)
+        finally:
+            engine.dispose()
+
+    def _warn_if_trusted(self, engine: Any) -> None:
         from pony_scheduler.store.engine import trust_warning
 
-        with contextlib.suppress(Exception):  # a warning must not cost the answer
-            warning = trust_warning(store.engine)
+        with contextlib.suppress(Exception):  # a warning must not cost the answer (or start)
+            warning = trust_warning(engine)
+            self._trust_checked = True
             if warning:
                 log.warning("%s", warning)
-        return store
 
     async def query(self, method: str, *args: Any) -> Any:
         """Call Store.`method` in a worker thread."""
@@ -146,16 +169,16 @@ def _read_output(home: Path, path: str | None, tail: str | None) -> str:
     """The run's output file (its last 256 KiB), or the tail kept in the database.
 
     Only a file below HOME/runs is read, and never through a symbolic link: the path
-    comes from the database, and the API must not become a way to read other files."""
-    from pony_scheduler.files import UnsafePath, open_beneath
+    comes from the database, and the API must not become a way to read other files
+    (files.open_run_output)."""
+    from pony_scheduler.files import UnsafePath, open_run_output
 
-    relative = _below(home / "runs", path)
-    if relative is not None:
+    if path:
         try:
-            fd = open_beneath(home / "runs", relative, os.O_RDONLY)
-        except (OSError, UnsafePath, ValueError) as exc:
+            fd = open_run_output(home, path)
+        except (OSError, UnsafePath) as exc:
             if isinstance(exc, UnsafePath):
-                log.warning("Not reading run output %s: %s", path, exc)
+                log.warning("Not reading run output: %s", exc)
         else:
             with os.fdopen(fd, "rb") as handle:
                 handle.seek(0, 2)
@@ -163,15 +186,6 @@ def _read_output(home: Path, path: str | None, tail: str | None) -> str:
                 handle.seek(max(0, size - OUTPUT_LIMIT))
                 return handle.read().decode(errors="replace")
     return tail or ""
-
-
-def _below(directory: Path, path: str | None) -> str | None:
-    if not path:
-        return None
-    try:
-        return str(Path(os.path.normpath(path)).relative_to(directory))
-    except ValueError:
-        return None
 
 
 def _resume(store: Any, name: str, actor: Actor | None) -> None:

@@ -20,12 +20,14 @@ import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pony_scheduler.config import validate_socket_path
 from pony_scheduler.errors import PonyError
 from pony_scheduler.files import PRIVATE_MODE
+from pony_scheduler.gateway.refusals import RefusalLog, shown_path
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 
 log = logging.getLogger("pony_scheduler.gateway")
@@ -214,9 +216,16 @@ def serve(runtime: ServiceRuntime, setup: Setup, *, name: str) -> None:
         log.warning("Second stop request: not waiting for open connections")
 
 
+# Requests that are not HTTP at all: aiohttp does not say from where, so they share one
+# count (gateway/refusals.py); the services flush it with their own refusals.
+PROTOCOL_ERRORS = RefusalLog(logging.getLogger("aiohttp.server"),
+                             what="requests that were not HTTP")
+
+
 class _OneLine(logging.Filter):
     """aiohttp logs a full traceback for every request it cannot parse (a port scanner, a
-    TLS client on the HTTP port).  That is the client's fault: one line is enough."""
+    TLS client on the HTTP port).  That is the client's fault: one line is enough, and
+    only a few a minute (anyone can send garbage as fast as they like)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
@@ -224,9 +233,11 @@ class _OneLine(logging.Filter):
             from aiohttp.http_exceptions import HttpProcessingError
 
             if isinstance(exc, HttpProcessingError):
+                if not PROTOCOL_ERRORS.allow(time.monotonic(), "any address"):
+                    return False
                 detail = str(exc.message).strip().splitlines()
                 record.msg = (f"{record.getMessage()}: {type(exc).__name__}: "
-                              f"{detail[0] if detail else ''}")
+                              f"{shown_path(detail[0]) if detail else ''}")
                 record.args = None
                 record.exc_info = None
                 record.levelno, record.levelname = logging.WARNING, "WARNING"

@@ -41,12 +41,12 @@ def api_socket_path(settings: Settings) -> Path | None:
 
 def preflight(settings: Settings) -> None:
     from pony_scheduler.files import check_directory_chain
-    from pony_scheduler.store.engine import parse_url
+    from pony_scheduler.store.engine import check_database
 
-    parse_url(settings.db)  # a malformed --db is a usage error now, not a 503 later
+    check_database(settings.db)  # a malformed or unsafe --db: one line now, not a 503 later
     validate_socket_path(settings.socket)
     # A socket elsewhere than the home (--socket): nobody else may replace it.
-    check_directory_chain(settings.socket.parent)
+    check_directory_chain(settings.socket.parent, "the socket (--socket)")
     for kind in FILES:  # a bad token file is refused before forking
         read_token(settings.home, kind)
 
@@ -109,6 +109,8 @@ def _serve(runtime: ServiceRuntime, listeners: list[Any], ipc_socket: Any,
     api_path = api_socket.getsockname() if api_socket is not None else None
 
     async def setup() -> Any:
+        # Before readiness, so that the warning is in the log when `start` returns.
+        await asyncio.get_running_loop().run_in_executor(None, data.check_trust)
         gateway = Gateway(settings=settings, hub=hub, data=data,
                           tokens=TokenKeeper(settings.home), addresses=addresses,
                           check_host=loopback_only, api_socket=api_path)

@@ -1,10 +1,11 @@
 """A run's output file: exactly the bytes the job wrote, created at the first byte.
 
 Many scheduled jobs print nothing, and creating a file costs more than starting `true`,
-so a quiet run leaves no file.  The file is opened relative to the home with O_NOFOLLOW
-on every component (a symlink anywhere below the home is refused, never followed),
-created with O_CREAT|O_EXCL and mode 0640; missing directories are made 0750 the same
-way.  Output beyond OUTPUT_CAP is counted but not stored, and a line saying so ends the
+so a quiet run leaves no file.  It is made by the project's one helper for files,
+files.create_file: relative to the home with O_NOFOLLOW on every component (a symlink
+anywhere below the home is refused, never followed), with O_CREAT|O_EXCL and exactly
+mode 0640 (files.SHARED_MODE); missing directories are made the same way, exactly 0700
+(files.DIR_MODE).  Output beyond OUTPUT_CAP is counted but not stored, and a line saying so ends the
 file.  When the file cannot be made or written (a full disk, a read-only file system, a
 directory we may not write), the job goes on: its pipe keeps being drained, its tail
 kept, and the reason becomes the outcome's output_note ("output incomplete: …").
@@ -15,10 +16,9 @@ from __future__ import annotations
 import contextlib
 import os
 
+from pony_scheduler.files import SHARED_MODE, UnsafePath, create_file
 from pony_scheduler.keeper.protocol import OUTPUT_CAP, TAIL_BYTES
 
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TRUNCATED = b"\n[output truncated: more than 10 MiB]\n"
 
 
@@ -36,23 +36,8 @@ def relative_parts(home: str, path: str) -> list[str] | None:
 
 def open_below(home_fd: int, parts: list[str]) -> int:
     """Create the file parts[-1] in the directories parts[:-1] below home_fd, never
-    through a symlink; returns the fd; raises OSError (filename set to the component)."""
-    fd = home_fd
-    try:
-        for name in parts[:-1]:
-            try:
-                nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o750, dir_fd=fd)
-                nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
-            if fd != home_fd:
-                os.close(fd)
-            fd = nxt
-        return os.open(parts[-1], FILE_FLAGS, 0o640, dir_fd=fd)
-    finally:
-        if fd != home_fd:
-            os.close(fd)
+    through a symlink (files.create_file); returns the fd; raises OSError, UnsafePath."""
+    return create_file(home_fd, "/".join(parts), SHARED_MODE, make_dirs=True)
 
 
 class Output:
@@ -87,6 +72,10 @@ class Output:
                 self.fd = open_below(self.home_fd, self.parts)
             except OSError as exc:
                 self.note = f"output incomplete: cannot create {self.path}: {exc.strerror}"
+                return
+            except UnsafePath:  # a link planted below the home: never followed
+                self.note = (f"output incomplete: cannot create {self.path}: a symbolic "
+                             "link is on the way, and pony-scheduler follows none")
                 return
         chunk = data[:room]
         try:

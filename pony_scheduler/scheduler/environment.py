@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import stat
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -57,27 +56,24 @@ def run_variables(job: str, run_id: int, attempt: int, occurrence: datetime,
             SCHEDULER_VAR: scheduler_id}
 
 
-def read_env_file(path: str, owner: int | None = None) -> dict[str, str]:
+def read_env_file(path: str) -> dict[str, str]:
     """NAME=VALUE lines of `path`, as systemd's EnvironmentFile= reads them (systemd.exec(5)):
     blank lines and lines starting with # or ; are ignored, a value may be quoted with '
-    or ".  The file must be a regular file owned by `owner` (default: us) or root and not
-    writable by group or others, reached without a symlink.  Raises EnvFileError."""
-    owner = os.geteuid() if owner is None else owner
+    or ".  The file must be a regular file of ours or root's, not writable by group or
+    others, reached through directories and links of ours or root's only, and it is
+    checked on the descriptor it is read from (pathtrust: another user's link or
+    directory on the way could swap the file between a check and the read).
+    Raises EnvFileError."""
+    from pony_scheduler.pathtrust import UnsafePath, read_checked
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+        data = read_checked(path, "the --env-file", limit=MAX_ENV_FILE)
+    except UnsafePath as exc:
+        raise EnvFileError(f"--env-file {exc}") from None
+    except IsADirectoryError:
+        raise EnvFileError(f"--env-file {path} is a directory; name a file") from None
     except OSError as exc:
         raise EnvFileError(f"cannot read --env-file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise EnvFileError(f"--env-file {path} is not a regular file")
-        if info.st_uid not in (owner, 0):
-            raise EnvFileError(f"--env-file {path} is owned by uid {info.st_uid}, not by "
-                               f"uid {owner} or root; chown it")
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise EnvFileError(f"--env-file {path} is writable by group or others; "
-                               f"chmod go-w {path}")
-        data = handle.read(MAX_ENV_FILE + 1)
     if len(data) > MAX_ENV_FILE:
         raise EnvFileError(f"--env-file {path} is larger than 1 MiB")
     return parse_env_file(data, path)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from pony_scheduler.config import Settings, validate_socket_path
-from pony_scheduler.errors import ConfigError
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 
 log = logging.getLogger("pony_scheduler.scheduler")
@@ -15,14 +13,9 @@ log = logging.getLogger("pony_scheduler.scheduler")
 
 def preflight(settings: Settings) -> None:
     """Checks that need no database connection, made before forking."""
-    from pony_scheduler.store.engine import parse_url
+    from pony_scheduler.store.engine import check_database
 
-    url = parse_url(settings.db)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        parent = Path(url.database).parent
-        if not parent.is_dir():
-            raise ConfigError(f"--db {url.database}: directory {parent} does not exist; "
-                              "create it or choose another path")
+    check_database(settings.db)  # its path, StrictModes: one line now, not a failed start
     validate_socket_path(settings.socket)
 
 

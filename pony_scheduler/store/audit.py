@@ -2,7 +2,8 @@
 
 Each entry is written in the same transaction as the change it records, so one is never
 without the other.  Who: the Actor (pony_scheduler/actor.py) - the CLI's user, or the
-gateway's caller by its token scope or Unix-socket peer.
+gateway's caller by its token scope or Unix-socket peer, or a dashboard session (via
+"dashboard", the dashboard's uid, and in `scope` how the session was opened).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from pony_scheduler.actor import Actor, cli_actor
+from pony_scheduler.actor import Actor, audit_scope, cli_actor
 from pony_scheduler.store.common import iso, row_dict, utcnow
 from pony_scheduler.store.tables import audit
 
@@ -25,7 +26,7 @@ def record(connection: Connection, actor: Actor | None, action: str, job: str | 
     who = actor or cli_actor()
     connection.execute(audit.insert().values(
         at=utcnow(), uid=who.uid, user=who.user, via=who.via,
-        scope=f"{who.scope} {who.credential}", action=action, job=job,
+        scope=audit_scope(who), action=action, job=job,
         detail=(detail or "")[:2000] or None))
 
 

@@ -9,7 +9,6 @@ PostgreSQL server that let us in without a password gets a warning in the log.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -47,6 +46,23 @@ def parse_url(value: str) -> URL:
                           "pip install 'pony-scheduler[postgresql]'") from None
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(f"--db {safe_url(url)}: only SQLite and PostgreSQL are supported")
+    return url
+
+
+def check_database(value: str) -> URL:
+    """Before forking a daemon: the `--db` URL is valid and an SQLite file, its directory
+    and the path to them pass the StrictModes check (files.check_database_file; nothing
+    is created).  Raises ConfigError, files.UnsafePath."""
+    url = parse_url(value)
+    path = _sqlite_file(url)
+    if path is not None:
+        from pony_scheduler.files import check_database_file
+
+        try:
+            check_database_file(path)
+        except FileNotFoundError:
+            raise ConfigError(f"--db {path}: directory {os.path.dirname(path)} does not "
+                              "exist; create it or choose another path") from None
     return url
 
 
@@ -167,27 +183,25 @@ def _sqlite_file(url: URL) -> str | None:
     return os.path.abspath(database)
 
 
-def _prepare_sqlite_file(path: str) -> bool:
-    """Check the file and its directory (StrictModes), create the file 0600 when there is
-    none (SQLite would make it 0644), and say whether it can only be read (a read-only
-    home: read-only commands still work)."""
-    from pony_scheduler.files import PRIVATE_MODE, check_database_file, create_file
+def _prepare_sqlite_file(path: str) -> tuple[str, bool]:
+    """Check the file and the path to it (StrictModes, through descriptors), create the
+    file 0600 when there is none (SQLite would make it 0644), and return its real path
+    (no symbolic link in it, every part root's or ours: what SQLite, which takes only a
+    name, is given) and whether it can only be read (a read-only home: read-only
+    commands still work)."""
+    from pony_scheduler.files import check_database_file
 
-    check_database_file(path)
-    directory, name = os.path.split(path)
-    if not os.path.exists(path) and os.access(directory, os.W_OK):
-        # FileExistsError: another process made it meanwhile; checked again below.
-        with contextlib.suppress(FileExistsError):
-            os.close(create_file(directory, name, PRIVATE_MODE))
-        check_database_file(path)
-    return not os.access(directory, os.W_OK) or (os.path.exists(path)
-                                                  and not os.access(path, os.W_OK))
+    real = check_database_file(path, create=True)
+    directory = os.path.dirname(real)
+    return real, not os.access(directory, os.W_OK) or (os.path.exists(real)
+                                                       and not os.access(real, os.W_OK))
 
 
 def _sqlite_engine(url: URL) -> Engine:
     path = _sqlite_file(url)
-    read_only = _prepare_sqlite_file(path) if path is not None else False
+    read_only = False
     if path is not None:
+        path, read_only = _prepare_sqlite_file(path)
         # SQLite's own `nofollow` (3.31+): the database itself is never a symbolic link.
         query = {**url.query, "uri": "true", "nofollow": "1"}
         if read_only:
@@ -253,7 +267,7 @@ def trust_warning(engine: Engine) -> str | None:
     return (f"PostgreSQL at {url.host or 'the local socket'} let role {url.username!r} in "
             "without a password: whoever can connect as that role can change jobs and run "
             "commands as this user; require scram-sha-256 for it in pg_hba.conf and give "
-            "it a password (see pb-scheduler(1), SECURITY)")
+            "it a password (see pb-gateway(1), SECURITY)")
 
 
 def _wal(cursor: Any) -> None:

@@ -355,11 +355,16 @@ def _summary(values: dict[str, Any]) -> str:
             shown.append(f"command={' '.join(map(str, value))}")
         elif key == "env":
             shown.append(f"env={','.join(sorted(value or {}))}")
+        elif key == "umask" and isinstance(value, int):
+            shown.append(f"umask={value:03o}")  # as umask(1) and pb job show write it
         else:
             shown.append(f"{key}={value}")
     if "schedule_kind" in values:
-        shown.insert(0, f"schedule={values['schedule_kind']} {values['schedule_expr']} "
-                        f"{values['schedule_tz']}".rstrip())
+        kind = values["schedule_kind"]
+        # The zone only where it means something (cron, --at); no empty expression.
+        parts = (kind, values.get("schedule_expr"),
+                 values.get("schedule_tz") if kind in ("cron", "at") else None)
+        shown.insert(0, "schedule=" + " ".join(str(part) for part in parts if part))
     return "; ".join(shown)
 
 

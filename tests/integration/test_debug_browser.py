@@ -100,7 +100,7 @@ def test_dashboard_shows_a_run_live_and_its_output(pb: Pb, page: Any) -> None:
     expect(job.locator(".enabled")).to_have_text("yes")
     assert token_of(pb.home) not in page.content()
     log = (pb.home / "gateway.log").read_text()
-    assert "Job hello paused by dashboard (session, admin) as root" in log
+    assert "Job hello paused by dashboard (session from a login link, admin) as root" in log
 
     # A reload keeps the session (sessionStorage of this tab).
     page.reload()

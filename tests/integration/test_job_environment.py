@@ -60,7 +60,7 @@ def test_env_file_is_read_at_each_run_and_checked(pb: Pb, tmp_path: Path) -> Non
     secrets.chmod(0o666)  # now anyone could plant variables in it
     pb("job", "run", "withfile", check=True)
     run = finished_run(pb, "withfile")
-    assert run["state"] == "failed" and "writable by group or others" in run["reason"]
+    assert run["state"] == "failed" and "writable by others (mode 0666)" in run["reason"]
     refused = pb("job", "add", "other", "--manual", "--env-file", str(secrets), "--", "true")
     assert refused.code != 0 and refused.err.count("\n") == 1
     assert f"chmod go-w {secrets}" in refused.err
@@ -69,8 +69,9 @@ def test_env_file_is_read_at_each_run_and_checked(pb: Pb, tmp_path: Path) -> Non
     assert missing.code != 0 and "No such file" in missing.err
     link = tmp_path / "link.env"
     secrets.chmod(0o600)
-    os.symlink(secrets, link)
-    assert pb("job", "add", "other", "--manual", "--env-file", str(link), "--", "true").code != 0
+    os.symlink(secrets, link)  # a link of our own is followed (another user's is not:
+    # tests/integration/test_security.py)
+    assert pb("job", "add", "other", "--manual", "--env-file", str(link), "--", "true").code == 0
 
 
 def test_secret_values_are_redacted(pb: Pb) -> None:
@@ -82,3 +83,23 @@ def test_secret_values_are_redacted(pb: Pb) -> None:
     assert "hunter2" not in pb("job", "show", "db", "--json").out
     bad = pb("job", "edit", "db", "--secret", "not-a-name")
     assert bad.code != 0 and "is not a variable name" in bad.err
+
+
+def test_a_secret_must_name_a_variable_of_the_job(pb: Pb) -> None:
+    """`--secret a` for `--env A=1` would leave A in clear: refused, nothing added."""
+    for secret, words in (("a", "--secret a names no --env variable of the job (did you mean "
+                                "A? names are case-sensitive)"),
+                          ("B", "--secret B names no --env variable of the job (its --env "
+                                "variables: A)")):
+        refused = pb("job", "add", "s", "--manual", "--env", "A=1", "--secret", secret, "--",
+                     "true")
+        assert refused.code == 2 and refused.err == f"Error: {words}; give --env NAME=VALUE " \
+                                                    "with it\n", refused.all
+    assert pb("job", "show", "s").code != 0  # not added
+    pb("job", "add", "s", "--manual", "--env", "A=1", "--", "true", check=True)
+    # Checked against the job's environment after the edit: stored, or given with it.
+    assert pb("job", "edit", "s", "--secret", "Z").code == 2
+    pb("job", "edit", "s", "--secret", "A", check=True)
+    assert "A=(secret)" in pb("job", "show", "s").out
+    pb("job", "edit", "s", "--env", "Z=2", "--secret", "Z", check=True)
+    assert "Z=(secret)" in pb("job", "show", "s").out

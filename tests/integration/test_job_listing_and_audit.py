@@ -59,6 +59,9 @@ def test_every_change_and_trigger_is_audited(pb: Pb) -> None:
     assert "retries=2" in entries[4]["detail"]
     assert "s3cret" not in json.dumps(entries)  # names of variables, never their values
     assert "TOKEN" in entries[5]["detail"]
+    # The umask as umask(1) writes it; a manual schedule has no expression and no zone.
+    assert entries[5]["detail"].startswith("schedule=manual; ") and "umask=022" in \
+        entries[5]["detail"], entries[5]
     assert "root (0)" in pb("audit", "a").out
 
 

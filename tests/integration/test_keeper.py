@@ -56,7 +56,7 @@ def test_exit_status_and_output(keeper: Session) -> None:
     path = Path(failed.output_path)
     assert path.read_bytes() == b"out\nerr\n" == failed.tail
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert failed.containment == keeper.client.welcome.containment
     assert failed.cpu_seconds is not None and failed.cpu_seconds >= 0
 

@@ -272,7 +272,9 @@ def test_a_home_belonging_to_another_user_is_refused(victim: Pb, other_user: Oth
         result = victim(*args, env=env)
         assert result.code != 0, (args, result.all)
         line = one_line(result.err)
-        assert f"{planted} belongs to {other_user.name}" in line and "chown" in line, line
+        assert f"{planted} belongs to {other_user.name}" in line, line
+        # Not "chown -R": that would adopt the planted pony.db and its job.
+        assert "must not be used as it is" in line and "chown" not in line, line
     status = victim("scheduler", "status", env=env)
     assert status.code == 4 and "belongs to" in status.err
     assert not (planted / "scheduler.pid").exists() and not outside.exists()
@@ -286,6 +288,10 @@ PLANTS = {
     "gateway.token": ("foreign", "belongs to pony-attacker"),
     "config.toml": ("foreign", "belongs to pony-attacker"),
     "scheduler.pid": ("directory", "is a directory, not a file; remove it (rmdir"),
+    # The run keeper's files (files.KNOWN): refused in one line, nothing started.
+    **{name: ("symlink", "is a symbolic link") for name in (
+        "keeper.pid", "keeper.json", "keeper.log", "keeper.sock", "keeper.journal",
+        ".keeper.start.lock")},
 }
 
 

@@ -93,7 +93,9 @@ def test_files_in_the_home(home: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["scheduler.log", "pony.db", "gateway.token", "runs",
-                                  "config.toml", "debug.pid", "gateway.sock"])
+                                  "config.toml", "debug.pid", "gateway.sock", "keeper.pid",
+                                  "keeper.json", "keeper.sock", "keeper.journal",
+                                  "keeper.log", ".keeper.start.lock"])
 def test_links_at_our_names_are_refused(home: Path, tmp_path: Path, name: str) -> None:
     (home / name).symlink_to(tmp_path)
     message = refusal(home)
@@ -124,13 +126,17 @@ def test_owners(home: Path, tmp_path: Path) -> None:
     other.unlink()
     os.chown(home, NOBODY, NOBODY)
     message = refusal(home)
-    assert message.startswith(f"{home} belongs to") and "chown -R root" in message
+    # Not "chown -R": that would adopt what was planted in it.
+    assert message.startswith(f"{home} belongs to nobody, not to root, so it is not ours")
+    assert "chown" not in message and f"mv {home} {home}.untrusted" in message
     os.chown(home, 0, 0)
     # A directory above the home that another user owns could swap the home.
     parent = tmp_path / "theirs"
     parent.mkdir()
     os.chown(parent, NOBODY, NOBODY)
-    with pytest.raises(UnsafePath, match=f"^{parent} belongs to"):
+    with pytest.raises(UnsafePath, match=f"^{parent} belongs to nobody, who could replace "
+                       "what is below it; keep the home .PONYBUNNY_HOME. in a directory "
+                       "owned by root$"):
         check_home(parent / "home")
 
 

@@ -60,8 +60,8 @@ def test_created_at_the_first_byte(home: Path, home_fd: int) -> None:
     path = home / "runs/job/1.log"
     assert path.read_bytes() == b"one\x00two" == out.tail_bytes()
     assert out.stored == out.total == 7
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640 & ~_umask()
-    assert stat.S_IMODE((home / "runs").stat().st_mode) == 0o750 & ~_umask()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # files.SHARED_MODE, exactly
+    assert stat.S_IMODE((home / "runs").stat().st_mode) == 0o700  # files.DIR_MODE, exactly
 
 
 def _umask() -> int:
