@@ -38,6 +38,7 @@ from pony_scheduler.keeper.protocol import (
     Held,
     KeeperStatus,
     Launch,
+    LeaseTerms,
     ProtocolError,
     Welcome,
     signal_number,
@@ -114,12 +115,15 @@ class KeeperClient:
         containment: str | None = None,
         idle_exit_s: float | None = None,
         timeout_s: float = START_TIMEOUT_S,
+        lease: LeaseTerms | None = None,
     ) -> KeeperClient:
         """Connect to the keeper of `home`, starting one if none runs (start=True) and
         saying hello.  role "scheduler": this connection receives the events, and the
         welcome carries the pending outcomes (a previous scheduler connection is
         superseded); "control": ask and command only.  containment / idle_exit_s are used
         only when a keeper is started (default: $PONYBUNNY_CONTAINMENT or auto; 5 s).
+        `lease` (scheduler role): what the keeper needs to renew its runs' leases while
+        no scheduler is connected; welcome.renews says whether it will.
         Raises ProtocolMismatch, KeeperStartError, KeeperError (not running with
         start=False, or no answer within timeout_s)."""
         home = Path(home).absolute()
@@ -128,7 +132,7 @@ class KeeperClient:
         while True:
             try:
                 client = cls(dial(home), home, role)
-                client._hello(scheduler_id, deadline)
+                client._hello(scheduler_id, deadline, lease)
                 return client
             except (FileNotFoundError, ConnectionRefusedError, KeeperGone) as exc:
                 last = str(exc)
@@ -146,15 +150,18 @@ class KeeperClient:
             except StartBusy as exc:
                 raise KeeperError(str(exc)) from None
 
-    def _hello(self, scheduler_id: str, deadline: float) -> None:
+    def _hello(self, scheduler_id: str, deadline: float, lease: LeaseTerms | None) -> None:
+        hello: dict[str, Any] = {
+            "type": "hello",
+            "protocol": PROTOCOL,
+            "role": self.role,
+            "scheduler_id": scheduler_id,
+            "client": f"pony-scheduler {__version__}",
+        }
+        if lease is not None:
+            hello["lease"] = {"db": lease.db, "lease_s": lease.lease_s}
         reply = self._request(
-            {
-                "type": "hello",
-                "protocol": PROTOCOL,
-                "role": self.role,
-                "scheduler_id": scheduler_id,
-                "client": f"pony-scheduler {__version__}",
-            },
+            hello,
             ("welcome", "unsupported"),
             deadline,
         )
@@ -176,6 +183,7 @@ class KeeperClient:
                 outcomes=tuple(
                     outcome_from_json({**o, "type": "outcome"}) for o in reply["outcomes"]
                 ),
+                renews=reply.get("renews") is True,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise KeeperError(f"the keeper's welcome makes no sense: {exc}") from None

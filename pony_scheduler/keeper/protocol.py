@@ -253,6 +253,24 @@ class Superseded:
 
 
 @dataclass(frozen=True)
+class LeaseTerms:
+    """What the keeper needs to keep its runs' leases alive while no scheduler is
+    connected (a scheduler's `hello` carries them): `db`, the database URL (it may hold a
+    password: it travels only over keeper.sock, stays in the keeper's memory and reaches
+    the renewer in its environment), and `lease_s`, the lease in seconds.  Raises
+    ValueError."""
+
+    db: str
+    lease_s: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.db, str) or not self.db or "\0" in self.db:
+            raise ValueError("db must be a database URL")
+        if not _positive(self.lease_s) or self.lease_s > 86400:
+            raise ValueError(f"lease_s must be positive seconds, not {self.lease_s!r}")
+
+
+@dataclass(frozen=True)
 class Welcome:
     protocol: int
     version: str
@@ -261,6 +279,9 @@ class Welcome:
     containment: str
     runs: tuple[Held, ...]
     outcomes: tuple[Outcome, ...]
+    # The keeper renews its runs' leases while no scheduler is connected (it got the
+    # terms in this hello); False from a keeper too old to do so.
+    renews: bool = False
 
 
 @dataclass(frozen=True)
