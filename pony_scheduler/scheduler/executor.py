@@ -49,7 +49,8 @@ class Executor:
         # Given to the keeper, which renews the runs' leases while no scheduler is
         # connected (keeper/renewal.py).  A run claimed ahead that waited a third of the
         # lease for a slot (this process was frozen) is not launched: its lease may
-        # have run out and another host may run it; it goes back (take_back).
+        # have run out and another host may run it; it goes back (take_back).  (The
+        # keeper refuses one that reaches it that late: Launch.start_by.)
         self.lease = lease
         self.stale_after = lease.lease_s / 3 if lease is not None else float("inf")
         self.client: KeeperClient | None = None

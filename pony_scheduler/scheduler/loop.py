@@ -287,7 +287,7 @@ class WorkLoop:
             run.id, argv, str(self.output_dir / run.job / f"{run.id}.log"), environ,
             token=str(item.epoch), cwd=item.cwd, umask=item.umask, timeout_s=item.timeout_s,
             leftovers=item.leftovers, memory_max=item.memory_max, cpu_max=item.cpu_max,
-            tasks_max=item.tasks_max), claimed)
+            tasks_max=item.tasks_max, start_by=claimed + self.lease / 3), claimed)
 
     # -- executor callbacks (on this thread, from executor.poll) -------------------------
     def _started(self, started: Started) -> None:

@@ -161,3 +161,38 @@ def test_status_says_how_far_this_hosts_clock_is_from_the_databases(
             "clockOffsetSeconds"] is None
     finally:
         local.cleanup()
+
+
+def test_the_keeper_refuses_a_launch_that_comes_after_its_start_by(home: Path) -> None:
+    """A launch that reached the keeper too late (the host froze with it in the socket)
+    is refused: its claim's lease may have run out, and another host may run it."""
+    import select
+    import time
+
+    from pony_scheduler.keeper.client import KeeperClient
+    from pony_scheduler.keeper.protocol import Launch, Outcome, Refused
+
+    client = KeeperClient.connect(home, "test", idle_exit_s=1)
+    try:
+        late = Launch(1, ("true",), str(home / "runs" / "j" / "1.log"),
+                      env={"PATH": os.defpath}, token="1", start_by=time.monotonic() - 1)
+        in_time = Launch(2, ("true",), str(home / "runs" / "j" / "2.log"),
+                         env={"PATH": os.defpath}, token="1",
+                         start_by=time.monotonic() + 60)
+        client.launch(late)
+        client.launch(in_time)
+        events: list[object] = []
+
+        def answered() -> bool:
+            select.select([client], [], [], 0.2)
+            events.extend(client.read_events())
+            return any(isinstance(e, Outcome) and e.run_id == 2 for e in events)
+
+        assert wait_for(answered, 60), events
+        refused = [e for e in events if isinstance(e, Refused)]
+        assert [(e.run_id, e.reason) for e in refused] == [
+            (1, "it came too late: its lease may have run out meanwhile (was this host "
+                "frozen?), and another host may run it")]
+    finally:
+        client.release_exit()
+        client.close()

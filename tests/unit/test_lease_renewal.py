@@ -83,3 +83,14 @@ def test_the_first_renewal_comes_a_twelfth_of_the_lease_after_the_scheduler_left
 ])
 def test_status_shows_the_clock_offset(meta: dict[str, Any], shown: str | None) -> None:
     assert clock_line(meta) == shown
+
+
+def test_a_launchs_start_by_travels_and_is_checked() -> None:
+    from pony_scheduler.keeper.protocol import Launch
+    from pony_scheduler.keeper.wire import decode, encode, launch_from_json, launch_to_json
+
+    launch = Launch(5, ("true",), "/h/runs/j/5.log", start_by=1234.5)
+    assert launch_from_json(decode(encode(launch_to_json(launch))[:-1])) == launch
+    assert Launch(5, ("true",), "/h/runs/j/5.log").start_by is None
+    with pytest.raises(ValueError, match="start_by"):
+        Launch(5, ("true",), "/h/runs/j/5.log", start_by=-1.0)
