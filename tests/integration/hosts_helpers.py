@@ -42,6 +42,9 @@ def need_namespaces() -> None:
         why = "simulated hosts need unshare(1) (util-linux)"
     elif not Path("/etc/machine-id").is_file():
         why = "simulated hosts need an /etc/machine-id to mount over"
+    elif subprocess.run(["unshare", "--mount", "--uts", "true"], capture_output=True,
+                        timeout=30).returncode != 0:
+        why = "unshare --mount --uts is not permitted here (no CAP_SYS_ADMIN?)"
     if why:
         if os.environ.get("CI"):
             pytest.fail(why)
