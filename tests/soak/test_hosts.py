@@ -249,6 +249,8 @@ def test_three_hosts_one_killed_one_frozen_one_ahead(
 
         assert overlapping(list(copies.values()), frozen, end_of_test, b.name) == 0
         assert finished_lost <= f_runs, finished_lost - f_runs
+        # B recorded nothing over the rescuer: its runs stay lost.
+        assert all(runs[i]["state"] == "lost" for i in f_runs), f_runs
         assert lost <= f_runs | {i for i in lost if i not in copies}, lost
         assert not [i for i, r in runs.items() if r["state"] == "running"]
         unrecorded = {i for i in copies if runs.get(i, {}).get("state") not in FINAL}
