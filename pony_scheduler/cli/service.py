@@ -288,6 +288,8 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
         "reason": report.reason or None,
         "address": meta.get("address"),
         "metadata": report.meta,
+        **({"clockOffsetSeconds": meta.get("clockOffsetS")}
+           if report.spec.name == "scheduler" else {}),
         **({"keeper": {"pid": keeper["pid"], "containment": keeper.get("containment"),
                        "version": keeper.get("version")} if keeper else None}
            if report.spec.name == "scheduler" else {}),
@@ -307,6 +309,9 @@ def _print_status(report: Status, settings: Settings) -> None:
         for line in _details(spec, meta):
             click.echo(line)
         click.echo(_label("Started") + _when(meta))
+        clock = clock_line(meta)
+        if clock:
+            click.echo(_label("Clock") + clock)
     if spec.name == "scheduler":
         keeper = keeper_facts(settings)
         click.echo(_label("Keeper") + (
@@ -316,6 +321,21 @@ def _print_status(report: Status, settings: Settings) -> None:
         click.echo(_label("Uptime") + (format_duration(int(uptime)) if uptime is not None
                                         else "unknown"))
     click.echo(_label("Log file") + str(spec.log_path(settings.home)))
+
+
+def clock_line(meta: dict[str, Any]) -> str | None:
+    """How far this host's clock is from the database's, as the scheduler last measured
+    it (clockOffsetS in scheduler.json: the database's minus ours); None for SQLite."""
+    from pony_scheduler.scheduler.host import CLOCK_WARN_S
+
+    offset = meta.get("clockOffsetS")
+    if not isinstance(offset, int | float) or isinstance(offset, bool):
+        return None
+    if abs(offset) <= CLOCK_WARN_S:
+        return f"in step with the database's (within {CLOCK_WARN_S:g}s)"
+    side = "ahead of" if offset < 0 else "behind"
+    return (f"{format_duration(round(abs(offset)))} {side} the database's: leases and due "
+            "times follow the database's clock; check this host's time sync")
 
 
 def _logs_command(spec: ServiceSpec) -> click.Command:

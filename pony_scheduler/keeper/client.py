@@ -38,6 +38,7 @@ from pony_scheduler.keeper.protocol import (
     Held,
     KeeperStatus,
     Launch,
+    LeaseTerms,
     ProtocolError,
     Welcome,
     signal_number,
@@ -115,6 +116,7 @@ class KeeperClient:
         idle_exit_s: float | None = None,
         timeout_s: float = START_TIMEOUT_S,
         first_keeper: bool = False,
+        lease: LeaseTerms | None = None,
     ) -> KeeperClient:
         """Connect to the keeper of `home`, starting one if none runs (start=True) and
         saying hello.  role "scheduler": this connection receives the events, and the
@@ -123,6 +125,8 @@ class KeeperClient:
         only when a keeper is started (default: $PONYBUNNY_CONTAINMENT or auto; 5 s).
         first_keeper: this scheduler has handed runs to no other keeper (its first
         connection since it started); the keeper then lists it in welcome.sole_keeper_of.
+        `lease` (scheduler role): what the keeper needs to renew its runs' leases while
+        no scheduler is connected; welcome.renews says whether it will.
         Raises ProtocolMismatch, KeeperStartError, KeeperError (not running with
         start=False, or no answer within timeout_s)."""
         home = Path(home).absolute()
@@ -131,7 +135,7 @@ class KeeperClient:
         while True:
             try:
                 client = cls(dial(home), home, role)
-                client._hello(scheduler_id, deadline, first_keeper)
+                client._hello(scheduler_id, deadline, first_keeper, lease)
                 return client
             except (FileNotFoundError, ConnectionRefusedError, KeeperGone) as exc:
                 last = str(exc)
@@ -149,16 +153,20 @@ class KeeperClient:
             except StartBusy as exc:
                 raise KeeperError(str(exc)) from None
 
-    def _hello(self, scheduler_id: str, deadline: float, first_keeper: bool) -> None:
+    def _hello(self, scheduler_id: str, deadline: float, first_keeper: bool,
+               lease: LeaseTerms | None) -> None:
+        hello: dict[str, Any] = {
+            "type": "hello",
+            "protocol": PROTOCOL,
+            "role": self.role,
+            "scheduler_id": scheduler_id,
+            "first_keeper": first_keeper,
+            "client": f"pony-scheduler {__version__}",
+        }
+        if lease is not None:
+            hello["lease"] = {"db": lease.db, "lease_s": lease.lease_s}
         reply = self._request(
-            {
-                "type": "hello",
-                "protocol": PROTOCOL,
-                "role": self.role,
-                "scheduler_id": scheduler_id,
-                "first_keeper": first_keeper,
-                "client": f"pony-scheduler {__version__}",
-            },
+            hello,
             ("welcome", "unsupported"),
             deadline,
         )
@@ -181,6 +189,7 @@ class KeeperClient:
                     outcome_from_json({**o, "type": "outcome"}) for o in reply["outcomes"]
                 ),
                 sole_keeper_of=tuple(str(s) for s in reply.get("sole_keeper_of", ())),
+                renews=reply.get("renews") is True,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise KeeperError(f"the keeper's welcome makes no sense: {exc}") from None

@@ -22,6 +22,7 @@ from pony_scheduler import __version__
 from pony_scheduler.keeper.protocol import (
     MAX_LINE,
     PROTOCOL,
+    LeaseTerms,
     ProtocolError,
     signal_number,
 )
@@ -197,12 +198,13 @@ def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
         raise ProtocolError("hello needs role 'scheduler' or 'control'")
     conn.role = role
     conn.scheduler_id = str(m.get("scheduler_id") or "")
+    lease = _lease_terms(m.get("lease")) if role == "scheduler" else None
     if role == "scheduler":
         if m.get("first_keeper") is True and conn.scheduler_id:
             keeper.sole_keeper_of[conn.scheduler_id] = None
             while len(keeper.sole_keeper_of) > SOLE_KEEPER_OF_MAX:
                 del keeper.sole_keeper_of[next(iter(keeper.sole_keeper_of))]
-        keeper.take_scheduler(conn)
+        keeper.take_scheduler(conn, lease)
     return {
         "type": "welcome",
         "protocol": PROTOCOL,
@@ -215,7 +217,18 @@ def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
         if role == "scheduler"
         else [],
         "sole_keeper_of": list(keeper.sole_keeper_of) if role == "scheduler" else [],
+        "renews": lease is not None,
     }
+
+
+def _lease_terms(value: Any) -> LeaseTerms | None:
+    """The hello's `lease` {db, lease_s}: what renewing the runs' leases needs."""
+    if value is None:
+        return None
+    try:
+        return LeaseTerms(value["db"], value["lease_s"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad lease terms in hello: {exc}") from None
 
 
 def _kill(keeper: Keeper, m: dict[str, Any]) -> dict[str, Any]:

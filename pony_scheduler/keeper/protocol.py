@@ -89,7 +89,11 @@ class Launch:
     `cpu_max` in CPUs (0.5 = half of one CPU, systemd's CPUQuota=50%; 2 = two CPUs),
     `tasks_max` processes and threads; None = no limit.  A launch asking for a limit the
     keeper cannot enforce here is not started (its outcome says why).  `token` is opaque
-    to the keeper and echoed in every message about the run.  Raises ValueError."""
+    to the keeper and echoed in every message about the run.  `start_by`: the host's
+    time.monotonic() (CLOCK_MONOTONIC, shared by every process of one boot) after which
+    the keeper refuses to start it: its claim's lease may have run out meanwhile (this
+    host was frozen with the launch in the keeper's socket), and another host may run
+    it.  Raises ValueError."""
 
     run_id: int
     argv: tuple[str, ...]
@@ -103,6 +107,7 @@ class Launch:
     memory_max: int | None = None
     cpu_max: float | None = None
     tasks_max: int | None = None
+    start_by: float | None = None
 
     def __post_init__(self) -> None:
         _check_run_id(self.run_id)
@@ -144,6 +149,8 @@ class Launch:
                 not isinstance(value, int) or isinstance(value, bool) or value <= 0
             ):
                 raise ValueError(f"{name} must be a positive whole number or None")
+        if self.start_by is not None and not _positive(self.start_by):
+            raise ValueError(f"start_by must be a monotonic time, not {self.start_by!r}")
         if self.cpu_max is not None and not _positive(self.cpu_max):
             raise ValueError(
                 f"cpu_max must be a positive number of CPUs or None, not {self.cpu_max!r}"
@@ -253,6 +260,24 @@ class Superseded:
 
 
 @dataclass(frozen=True)
+class LeaseTerms:
+    """What the keeper needs to keep its runs' leases alive while no scheduler is
+    connected (a scheduler's `hello` carries them): `db`, the database URL (it may hold a
+    password: it travels only over keeper.sock, stays in the keeper's memory and reaches
+    the renewer in its environment), and `lease_s`, the lease in seconds.  Raises
+    ValueError."""
+
+    db: str
+    lease_s: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.db, str) or not self.db or "\0" in self.db:
+            raise ValueError("db must be a database URL")
+        if not _positive(self.lease_s) or self.lease_s > 86400:
+            raise ValueError(f"lease_s must be positive seconds, not {self.lease_s!r}")
+
+
+@dataclass(frozen=True)
 class Welcome:
     protocol: int
     version: str
@@ -265,6 +290,9 @@ class Welcome:
     # scheduler handed over came here, so a run it claimed that this keeper neither holds
     # nor has an outcome for never started.
     sole_keeper_of: tuple[str, ...] = ()
+    # The keeper renews its runs' leases while no scheduler is connected (it got the
+    # terms in this hello); False from a keeper too old to do so.
+    renews: bool = False
 
 
 @dataclass(frozen=True)

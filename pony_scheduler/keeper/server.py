@@ -35,9 +35,11 @@ from pony_scheduler.keeper.containment import Cgroups
 from pony_scheduler.keeper.procs import Tracker
 from pony_scheduler.keeper.protocol import (
     LOG_FILE,
+    LeaseTerms,
     Outcome,
     iso_utc,
 )
+from pony_scheduler.keeper.renewal import Renewals
 from pony_scheduler.keeper.runbook import RunBook
 from pony_scheduler.keeper.runs import Run
 
@@ -78,6 +80,7 @@ class Keeper(RunBook):
         self.unacked: dict[str, Outcome] = {o.id: o for o in pending}
         self.unacked_runs = {o.run_id for o in pending}
         self.tracker = Tracker(keeper_id)
+        self.renewals = Renewals(self)  # leases, while no scheduler is connected
         self.conns: dict[int, conns.Conn] = {}
         self.scheduler: conns.Conn | None = None
         # Schedulers whose first keeper this is, oldest first (insertion-ordered set).
@@ -141,6 +144,8 @@ class Keeper(RunBook):
                 conns.receive(self, handler)
         elif handler[0] == "pipe":
             handler[1].read_output()
+        elif handler[0] == "renewer":
+            handler[1].readable()
         elif handler[0] == "watch":
             run = handler[1]
             with contextlib.suppress(OSError):
@@ -197,6 +202,8 @@ class Keeper(RunBook):
             run = self.by_pid.pop(pid, None)
             if run is not None:
                 run.main_exited(status, rusage)
+            else:
+                self.renewals.reaped(pid)
 
     def _timers(self, now: float) -> None:
         if self.drain_at is not None and now >= self.drain_at:
@@ -208,13 +215,14 @@ class Keeper(RunBook):
                 run.tick(now)
             except Exception:
                 self.log.exception("Run %d: timer handling failed", run.run_id)
+        self.renewals.tick(now)
         if not self.runs and now >= self.stray_check_at and self.cg.mode == "pgroup":
             self.stray_check_at = now + STRAY_CHECK_S
             self._kill_strays()
 
     def _next_timeout(self) -> float:
         times = [t for run in self.runs.values() if (t := run.next_wake()) is not None]
-        for t in (self.drain_at, self.journal.retry_at):
+        for t in (self.drain_at, self.journal.retry_at, self.renewals.next_wake()):
             if t is not None:
                 times.append(t)
         if self.to_remove:
@@ -253,7 +261,7 @@ class Keeper(RunBook):
         durable = not self.journal.waiting
         if self.exit_requested and not self.runs and durable:
             return True
-        busy = self.runs or not durable or self.conns
+        busy = self.runs or not durable or self.conns or self.renewals.busy()
         if busy:
             self.idle_since = None
             return False
@@ -263,7 +271,7 @@ class Keeper(RunBook):
         return now - self.idle_since >= self.idle_exit
 
     # ------------------------------------------------------------------ requests
-    def take_scheduler(self, conn: conns.Conn) -> None:
+    def take_scheduler(self, conn: conns.Conn, lease: LeaseTerms | None) -> None:
         old = self.scheduler
         if old is not None and old is not conn:
             old.send(
@@ -274,6 +282,7 @@ class Keeper(RunBook):
             )
             old.closing = True
         self.scheduler = conn
+        self.renewals.scheduler_came(lease)
         self.log.info(
             "Scheduler connected (PID %d%s)",
             conn.peer_pid,
@@ -288,6 +297,7 @@ class Keeper(RunBook):
             self.log.info(
                 "Scheduler disconnected (PID %d); %d run(s) go on", conn.peer_pid, len(self.runs)
             )
+            self.renewals.scheduler_left(time.monotonic())
         conns.close_quietly(conn)
 
     def _kill_strays(self) -> None:

@@ -51,6 +51,7 @@ def launch_to_json(launch: Launch) -> dict[str, Any]:
         "memory_max": launch.memory_max,
         "cpu_max": launch.cpu_max,
         "tasks_max": launch.tasks_max,
+        "start_by": launch.start_by,
     }
 
 
@@ -72,6 +73,7 @@ def launch_from_json(m: Mapping[str, Any]) -> Launch:
             memory_max=m.get("memory_max"),
             cpu_max=m.get("cpu_max"),
             tasks_max=m.get("tasks_max"),
+            start_by=m.get("start_by"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad launch: {exc}") from None

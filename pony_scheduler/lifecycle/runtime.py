@@ -140,6 +140,24 @@ class ServiceRuntime:
                       self.pid_path, owner or "nobody")
             self.stop_requests = 1
 
+    def update_metadata(self, **fields: Any) -> None:
+        """Add or change facts in this service's metadata file (scheduler.json beside
+        scheduler.pid), rewritten atomically, so that `pb … status` shows them without
+        asking the daemon or the database.  A file that cannot be written is logged."""
+        if self.pid_path is None:
+            return
+        from pony_scheduler.files import UnsafePath
+        from pony_scheduler.lifecycle import pidfile
+
+        path = self.pid_path.with_suffix(".json")
+        meta = pidfile.read_meta(path)
+        if meta is None or meta.get("pid") != os.getpid():
+            return  # not ours (any more): the pid file check stops us soon
+        try:
+            pidfile.write_meta(path, {**meta, **fields})
+        except (OSError, UnsafePath) as exc:
+            log.warning("Could not update %s: %s", path, exc)
+
     # -- readiness ------------------------------------------------------------------------
     def ready(self) -> None:
         self.is_ready = True

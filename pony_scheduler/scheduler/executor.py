@@ -37,7 +37,8 @@ class Executor:
 
     def __init__(self, home: Path, workers: int, on_started: Callable[[Started], None],
                  on_outcome: Callable[[Outcome], None], on_idle: Callable[[], None],
-                 skew: Callable[[], timedelta], containment: str | None = None) -> None:
+                 skew: Callable[[], timedelta], containment: str | None = None,
+                 lease: kp.LeaseTerms | None = None) -> None:
         self.home = home
         self.workers = workers
         self.on_started = on_started
@@ -45,6 +46,13 @@ class Executor:
         self.on_idle = on_idle
         self.skew = skew  # the database's clock minus ours: outcomes are stamped with it
         self.containment = containment
+        # Given to the keeper, which renews the runs' leases while no scheduler is
+        # connected (keeper/renewal.py).  A run claimed ahead that waited a third of the
+        # lease for a slot (this process was frozen) is not launched: its lease may
+        # have run out and another host may run it; it goes back (take_back).  (The
+        # keeper refuses one that reaches it that late: Launch.start_by.)
+        self.lease = lease
+        self.stale_after = lease.lease_s / 3 if lease is not None else float("inf")
         self.client: KeeperClient | None = None
         self.keepers = 0  # connections made: the first tells the keeper it is our first
         self.in_flight: set[int] = set()
@@ -59,8 +67,13 @@ class Executor:
         KeeperError (ProtocolMismatch: another version's keeper holds runs)."""
         self.client = KeeperClient.connect(self.home, scheduler_id,
                                            containment=self.containment,
-                                           first_keeper=self.keepers == 0)
+                                           first_keeper=self.keepers == 0, lease=self.lease)
         self.keepers += 1
+        if self.lease is not None and not self.client.welcome.renews:
+            log.warning("The run keeper (pony-scheduler %s) does not renew leases while no "
+                        "scheduler runs: if this scheduler dies, other hosts rescue its "
+                        "runs after the lease; a newer keeper starts once this one exits",
+                        self.client.welcome.version)
         self.in_flight = {held.run_id for held in self.client.welcome.runs}
         return self.client.welcome
 
@@ -149,13 +162,17 @@ class Executor:
         """When the run waiting longest for a slot was handed over (monotonic)."""
         return self.pending[0][1] if self.pending else None
 
-    def launch(self, launch: kp.Launch) -> None:
-        """Hand a claimed run over: to the keeper now if a slot is free, else it waits."""
-        self.pending.append((launch, time.monotonic()))
+    def launch(self, launch: kp.Launch, claimed: float | None = None) -> None:
+        """Hand a run over; `claimed` is when it was claimed (time.monotonic(); default
+        now), which says when it is too late to launch it (stale_after)."""
+        self.pending.append((launch, time.monotonic() if claimed is None else claimed))
         self._fill()
 
     def _fill(self) -> None:
+        stale = time.monotonic() - self.stale_after
         while self.pending and len(self.in_flight) < self.workers:
+            if self.pending[0][1] < stale:
+                return  # release_waiting gives it back; never launched this late
             launch, _ = self.pending.popleft()
             self.in_flight.add(launch.run_id)
             self.keeper().launch(launch)

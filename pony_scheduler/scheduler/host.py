@@ -13,6 +13,9 @@ from pathlib import Path
 from pony_scheduler.lifecycle.pidfile import boot_id
 
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+# Seconds this host's clock may be from the database's before the log and `pb scheduler
+# status` say so (leases and due times follow the database's clock either way).
+CLOCK_WARN_S = 2.0
 
 
 @lru_cache(maxsize=1)

@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import PonyError
 from pony_scheduler.keeper.client import KeeperError
+from pony_scheduler.keeper.protocol import LeaseTerms
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler import environment, host, planning, recovery, runs, takeover
@@ -39,8 +40,9 @@ from pony_scheduler.store.transitions import Claimant
 log = logging.getLogger("pony_scheduler.scheduler")
 
 # How far this host's clock may be from the database's before the log says so.
-CLOCK_WARN = timedelta(seconds=2)
+CLOCK_WARN = timedelta(seconds=host.CLOCK_WARN_S)
 CLOCK_WARN_CHANGE = timedelta(seconds=1)
+CLOCK_PUBLISH = 0.5  # seconds the offset must move before scheduler.json is rewritten
 CHANGE_POLL = 1.0  # seconds between looks at the change counter
 # A started run's pid waits this long for the next transaction (a finish, a claim) to
 # carry it, rather than costing a write of its own; a restart needs the pid only to stop
@@ -78,9 +80,11 @@ class WorkLoop:
         # The database's clock minus this host's: leases and due times follow the
         # database's clock, so that hosts whose clocks differ never disagree about them.
         self.offset = timedelta(0)
+        self.published_offset: float | None = None  # in scheduler.json, for `status`
         self.executor = Executor(settings.home, settings.workers, self._started,
                                  self._finished, self._kick, skew=lambda: self.offset,
-                                 containment=settings.containment)
+                                 containment=settings.containment,
+                                 lease=LeaseTerms(settings.db, settings.lease))
         self.scheduler_id = ""
         self.started_at = utcnow()
         self.changes = -1
@@ -158,6 +162,19 @@ class WorkLoop:
                         "follow the database's clock (check the host's time sync)",
                         format_duration(abs(offset.total_seconds())), ahead)
         self.offset = offset
+        self.publish_offset()
+
+    def publish_offset(self) -> None:
+        """Put the offset in scheduler.json, which `pb scheduler status` reads (it must
+        not touch the database); only when it moved, and only for PostgreSQL (SQLite has
+        no clock of its own)."""
+        seconds = round(self.offset.total_seconds(), 1)
+        if self.store.engine.dialect.name != "postgresql" or (
+                self.published_offset is not None
+                and abs(seconds - self.published_offset) < CLOCK_PUBLISH):
+            return
+        self.published_offset = seconds
+        self.runtime.update_metadata(clockOffsetS=seconds)
 
     def iteration(self) -> None:
         self.executor.poll()
@@ -219,7 +236,8 @@ class WorkLoop:
     def dispatch(self, now: datetime) -> datetime | None:
         """Claim and start what is due; return when to look at the queue again."""
         free = self.executor.free_slots()
-        turning_over = time.monotonic() - self.executor.last_finish < AHEAD_WINDOW
+        mono = time.monotonic()  # before the claim: how old its lease is when launched
+        turning_over = mono - self.executor.last_finish < AHEAD_WINDOW
         limit = self.executor.free_slots(AHEAD if self.backlog and turning_over else 0)
         capacity = Capacity(self.started_at, self.executor.workers, saturated=free == 0)
 
@@ -230,7 +248,7 @@ class WorkLoop:
         claimed, waiting = self.record_results(ClaimRequest(now, limit, self.lease, admit))
         self.backlog = waiting and limit > 0
         for item in claimed:
-            self.launch(item, now)
+            self.launch(item, now, mono)
         if claimed and self.pids_due is None:
             self.pids_due = time.monotonic() + PID_RECORD_DELAY
         waiting = waiting or free == 0
@@ -251,7 +269,7 @@ class WorkLoop:
             self.upcoming = self.store.next_run_due(after=now)
         return self.upcoming
 
-    def launch(self, item: Claimed, now: datetime) -> None:
+    def launch(self, item: Claimed, now: datetime, claimed: float) -> None:
         run = item.run
         self.in_flight[run.id] = InFlight(run, item.epoch, now)
         try:
@@ -269,7 +287,7 @@ class WorkLoop:
             run.id, argv, str(self.output_dir / run.job / f"{run.id}.log"), environ,
             token=str(item.epoch), cwd=item.cwd, umask=item.umask, timeout_s=item.timeout_s,
             leftovers=item.leftovers, memory_max=item.memory_max, cpu_max=item.cpu_max,
-            tasks_max=item.tasks_max))
+            tasks_max=item.tasks_max, start_by=claimed + self.lease / 3), claimed)
 
     # -- executor callbacks (on this thread, from executor.poll) -------------------------
     def _started(self, started: Started) -> None:
@@ -386,8 +404,8 @@ class WorkLoop:
                 log.error("Run %d (job %s) is no longer ours (epoch %d): its lease was taken "
                           "over while this scheduler was paused; stopping its processes",
                           run_id, flight.run.job, flight.epoch)
-                self.executor.kill(run_id, "stopped: its lease was taken over by another "
-                                   "scheduler while this one was paused")
+                self.executor.kill(run_id, "the scheduler: its lease was taken over by "
+                                   "another scheduler while this one was paused")
 
     def ping_watchdog(self, mono: float) -> None:
         interval = self.runtime.watchdog_interval()

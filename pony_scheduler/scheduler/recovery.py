@@ -94,8 +94,12 @@ def abandoned(store: Store, me: str, home: str, now: datetime) -> int:
             continue  # ours, and we are alive: the lease was renewed late, not lost
         cause = ("its scheduler died" if lost.claimed_by in dead
                  else "its scheduler stopped renewing the lease")
-        _stop_orphan(lost)
-        if store.settle_lost(lost, runs.lose(lost.run, cause, now, random.random())):
+        settlement = runs.lose(lost.run, cause, now, random.random())
+        # Recorded first: a host that renewed the lease meanwhile keeps the run, and
+        # its processes are left alone.  Its retry is queued in the same transaction but
+        # claimed later, after the orphan is stopped here.
+        if store.settle_lost(lost, settlement, now, holder_dead=lost.claimed_by in dead):
+            _stop_orphan(lost)
             log.warning("Run %d was lost (%s)", lost.run.id, cause)
             handled += 1
     for scheduler_id in dead:

@@ -57,7 +57,7 @@ def take_over(loop: WorkLoop, welcome: kp.Welcome) -> None:
         log.error("Run %d: the keeper still runs it, but the database no longer has it "
                   "running under this epoch (another scheduler declared it lost); stopping "
                   "it", run_id)
-        loop.executor.kill(run_id, "stopped: another scheduler declared it lost")
+        loop.executor.kill(run_id, "the scheduler: another scheduler declared it lost")
     for outcome in welcome.outcomes:
         loop.journal.put(loop.executor.outcome(outcome))
     if welcome.outcomes:

@@ -25,6 +25,11 @@ from pony_scheduler.errors import ConfigError
 log = logging.getLogger("pony_scheduler.store")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# PostgreSQL ends a session left idle inside a transaction this long, releasing its row
+# locks: a host frozen mid-transaction (SIGSTOP, a suspended VM) must not block the
+# others, which would otherwise wait on those rows for as long as it stays frozen.  Our
+# transactions never wait on anything but the database itself.
+PG_IDLE_IN_TRANSACTION_MS = 10_000
 # sqlite3_errcode() primary codes that mean the file is damaged or not a database.
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 
@@ -85,8 +90,22 @@ def make_engine(value: str) -> Engine:
         connect_args: dict[str, Any] = {"connect_timeout": 5}
         engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
                                connect_args=connect_args)
+        event.listen(engine, "connect", _pg_session)
     event.listen(engine, "handle_error", _on_error)
     return engine
+
+
+def _pg_session(dbapi_connection: Any, _record: Any) -> None:
+    """Settings of every PostgreSQL session we open (SET, not a startup `options`
+    parameter, which connection poolers such as PgBouncer refuse)."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET idle_in_transaction_session_timeout = "
+                           f"{PG_IDLE_IN_TRANSACTION_MS}")
+    finally:
+        dbapi_connection.autocommit = autocommit
 
 
 def is_corrupt(exc: BaseException) -> bool:

@@ -45,6 +45,7 @@ from pony_scheduler.store.transitions import (
     Claim,
     Claimant,
     Drop,
+    Lose,
     Release,
     Settle,
     Transitions,
@@ -467,15 +468,21 @@ class RunQueries(ClockQueries):
         return [Abandoned(run_from(row), row["epoch"], row["claimed_by"], row["host"],
                           row["pid"], row["pid_start"]) for row in rows]
 
-    def settle_lost(self, lost: Abandoned, settlement: Settlement) -> bool:
-        """Write a lost run's settlement (guarded by the scheduler that held it) and queue
-        its retry; False if it was no longer running under that scheduler."""
+    def settle_lost(self, lost: Abandoned, settlement: Settlement, now: datetime,
+                    holder_dead: bool = False) -> bool:
+        """Write a lost run's settlement and queue its retry.  Guarded by its epoch and
+        holder and, unless the holder was found dead, by its lease being still expired at
+        `now` (the database's time): False if its host renewed it meanwhile or it no
+        longer runs under that holder (transitions.Lose)."""
+        move = Lose(settlement, lost.epoch, lost.claimed_by or "", now, holder_dead)
         with transaction(self.engine) as connection:
-            item = Finished(lost.run, lost.epoch, settlement, None)
-            written = self._settle(connection, item)
-            if written:
-                self._last_results(connection, [item])
-            return written
+            if not self.hot.transitions.write(connection, move):
+                return False
+            if settlement.next_attempt is not None:
+                self._insert_attempt(connection, lost.run, settlement.next_attempt.due_at,
+                                     settlement.next_attempt.trigger)
+            self._last_results(connection, [Finished(lost.run, lost.epoch, settlement, None)])
+            return True
 
     def predecessors(self, machine: str, home: str, exclude: str) -> list[dict[str, Any]]:
         """Schedulers of `home` on machine `machine` (machine-id(5)) not recorded as

@@ -18,7 +18,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import BigInteger, Engine, Integer, Text, bindparam, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Engine,
+    Integer,
+    Text,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from pony_scheduler.runstate import RunState, check_transition
 from pony_scheduler.scheduler.runs import Outcome, Settlement
@@ -145,7 +156,35 @@ class Adopt:
                 "until": self.lease_until}
 
 
-Move = Claim | Release | Drop | Settle | Adopt
+@dataclass(frozen=True, slots=True)
+class Lose:
+    """running -> lost (runs.lose): its holder stopped renewing the lease, or is a
+    scheduler of this host found dead.  Guarded by the epoch, by the holder, and - unless
+    the holder was found dead - by the lease being still expired when this is written: a
+    renewal that commits first (the holder's scheduler, or its run keeper's renewer while
+    no scheduler runs there) keeps the run alive, and this write is refused."""
+
+    old: ClassVar[RunState] = RunState.RUNNING
+    settlement: Settlement
+    epoch: int
+    holder: str  # schedulers.id that held it when it was found abandoned
+    now: datetime  # the database's time, as the rescuer knows it
+    holder_dead: bool
+
+    @property
+    def new(self) -> RunState:
+        return self.settlement.state
+
+    @property
+    def run_id(self) -> int:
+        return self.settlement.run_id
+
+    def params(self) -> dict[str, Any]:
+        return {**Settle(self.settlement, None, self.epoch).params(), "b_holder": self.holder,
+                "b_now": self.now, "b_dead": self.holder_dead}
+
+
+Move = Claim | Release | Drop | Settle | Adopt | Lose
 
 CLAIM = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED,
                             runs.c.epoch == bindparam("b_epoch"))
@@ -174,6 +213,9 @@ SETTLE = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == R
                                             runs.c.output_path),
                   leftovers=bindparam("b_leftovers"), peak_memory=bindparam("b_peak_memory"),
                   cpu_s=bindparam("b_cpu_s"), containment=bindparam("b_containment")))
+LOSE = SETTLE.where(runs.c.claimed_by == bindparam("b_holder"),
+                   or_(runs.c.lease_until < bindparam("b_now"),
+                       bindparam("b_dead", type_=Boolean)))
 ADOPT = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
                             runs.c.epoch == bindparam("b_epoch"))
          .values(claimed_by=bindparam("me"), hostname=bindparam("b_hostname"),
@@ -190,7 +232,7 @@ class Transitions:
         self.statements: dict[type, Prepared] = {
             Claim: Prepared(CLAIM, dialect), Release: Prepared(RELEASE, dialect),
             Drop: Prepared(DROP, dialect), Settle: Prepared(SETTLE, dialect),
-            Adopt: Prepared(ADOPT, dialect)}
+            Adopt: Prepared(ADOPT, dialect), Lose: Prepared(LOSE, dialect)}
         self.state_of = Prepared(STATE_OF, dialect)
 
     def write(self, connection: Any, move: Move) -> bool:
@@ -209,6 +251,13 @@ class Transitions:
 
     def _refused(self, connection: Any, move: Move) -> None:
         found = self.state_of.mappings(connection, {"run_id": move.run_id})
+        if (isinstance(move, Lose) and found and found[0]["state"] == RUNNING
+                and found[0]["epoch"] == move.epoch):
+            # Not an error: its host renewed the lease just before (the race is decided by
+            # the row lock), or another scheduler adopted it.
+            log.info("Run %d: not declared lost: its lease was renewed meanwhile",
+                     move.run_id)
+            return
         if (isinstance(move, Settle) and found and found[0]["epoch"] == move.epoch
                 and found[0]["state"] == move.new.value):
             # The same outcome again (its acknowledgement was lost in a crash): done.
@@ -218,7 +267,7 @@ class Transitions:
                  + (f" held by {found[0]['claimed_by']}" if found[0]["claimed_by"] else "")
                  if found else "found no such run")
         detail = ""
-        if isinstance(move, Settle):
+        if isinstance(move, Settle | Lose):
             detail = f"; its outcome was {move.new}" + (
                 f" ({move.settlement.reason})" if move.settlement.reason else "")
         mine = f" at epoch {move.epoch}" if hasattr(move, "epoch") else ""

@@ -1,0 +1,198 @@
+"""Leases on PostgreSQL while a home's scheduler is gone but its run keeper lives.
+
+Two homes share one database, as two hosts would (the second one rescues what the first
+stops renewing).  The run keeper of the first home renews its runs' leases while no
+scheduler is connected to it (keeper/renewal.py), so the second never rescues a run that
+is alive; and a keeper frozen past the lease stops its copy of a run the second took
+over, and nothing is recorded over the rescuer.  Every wait is for something a user sees
+(a run's state, a line in a log, a file the job writes); none depends on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Pb, alive, wait_for
+from tests.integration.hosts_helpers import FAKETIME, HostPb, need_namespaces, verified_pid
+
+pytestmark = pytest.mark.postgres
+LEASE = "10"  # seconds, the shortest the setting takes
+
+
+def runs_of(pb: Pb) -> list[dict[str, Any]]:
+    result = pb("runs", "--json", "-n", "100")
+    assert result.code == 0, result.all
+    return sorted(json.loads(result.out), key=lambda r: r["id"])  # type: ignore[no-any-return]
+
+
+def wait_runs(pb: Pb, predicate: Any, timeout: float = 90) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def check() -> bool:
+        nonlocal found
+        found = runs_of(pb)
+        return bool(predicate(found))
+
+    assert wait_for(check, timeout, interval=0.3), found
+    return found
+
+
+def two_homes(pb: Pb, tmp_path: Path, pg_url: str, *, other_host: bool = False) -> Pb:
+    """A second home on the same database: on this host, or on a simulated other one
+    (a host never stops processes of a run it rescues from another host)."""
+    home = tmp_path / "second"
+    home.mkdir(mode=0o700)
+    second = HostPb(home, "second") if other_host else Pb(home)
+    for runner in (pb, second):
+        runner.env.update(PONYBUNNY_DB=pg_url, PONYBUNNY_LEASE=LEASE)
+    return second
+
+
+def text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
+        pb: Pb, tmp_path: Path, pg_url: str) -> None:
+    """kill -9 of the scheduler: its run lives on under the keeper, which renews the
+    lease, so the other home never rescues it; the next scheduler records it once."""
+    second = two_homes(pb, tmp_path, pg_url)
+    marker = tmp_path / "ended"
+    try:
+        pb("scheduler", "start", check=True)
+        # Longer than two leases: without renewals the second home would rescue it.
+        pb("job", "add", "long", "--manual", "--retries", "1", "--retry-delay", "0.1",
+           "--shell", "--", f"sleep 25; echo $PONYBUNNY_RUN_ID >> {marker}", check=True)
+        pb("job", "run", "long", check=True)
+        first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])
+        os.kill(verified_pid(pb.home, "scheduler"), signal.SIGKILL)
+        second("scheduler", "start", check=True)
+        keeper_log = pb.home / "keeper.log"
+        assert wait_for(lambda: "renewing the leases of 1 run(s)" in text(keeper_log), 30)
+        assert wait_for(marker.exists, 90), text(keeper_log)
+        # The job ended long after its lease would have run out; it is still running in
+        # the database (its outcome waits in the keeper), and nobody rescued it.
+        assert [(r["id"], r["state"]) for r in runs_of(pb)] == [(first[0]["id"], "running")]
+        pb("scheduler", "start", check=True)
+        runs = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "succeeded")
+        assert [(r["id"], r["attempt"], r["state"]) for r in runs] == [
+            (first[0]["id"], 1, "succeeded")]
+        assert marker.read_text().split() == [str(first[0]["id"])]
+        assert "was lost" not in text(second.home / "scheduler.log")
+    finally:
+        second.cleanup()
+
+
+def test_a_keeper_frozen_past_the_lease_stops_its_copy_and_records_nothing(
+        pb: Pb, tmp_path: Path, pg_url: str) -> None:
+    """The keeper (no scheduler connected) is frozen past the lease: the other home
+    declares the run lost and retries it; on thaw the keeper's renewal finds the run
+    taken over and kills its copy at once; the next scheduler records nothing over it."""
+    need_namespaces()
+    second = two_homes(pb, tmp_path, pg_url, other_host=True)
+    keeper = None
+    try:
+        pb("scheduler", "start", check=True)
+        pb("job", "add", "once", "--manual", "--retries", "1", "--retry-delay", "0.1",
+           "--shell", "--", 'if [ "$PONYBUNNY_ATTEMPT" = 1 ]; then sleep 300; fi', check=True)
+        pb("job", "run", "once", check=True)
+        first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running"
+                          and rs[0]["pid"])[0]
+        os.kill(verified_pid(pb.home, "scheduler"), signal.SIGKILL)
+        keeper_log = pb.home / "keeper.log"
+        assert wait_for(lambda: "renewing the leases of 1 run(s)" in text(keeper_log), 30)
+        keeper = verified_pid(pb.home, "keeper")
+        os.kill(keeper, signal.SIGSTOP)
+        second("scheduler", "start", check=True)
+        runs = wait_runs(pb, lambda rs: len(rs) == 2 and rs[0]["state"] == "lost"
+                         and rs[1]["state"] == "succeeded")
+        assert runs[0]["reason"] == "lost: its scheduler stopped renewing the lease"
+        assert alive(first["pid"])  # the frozen host's copy: still there
+        os.kill(keeper, signal.SIGCONT)
+        keeper = None
+        assert wait_for(lambda: f"Run {first['id']} is no longer this host's (the database "
+                        "has it lost" in text(keeper_log), 60), text(keeper_log)
+        assert wait_for(lambda: not alive(first["pid"]), 30)
+        pb("scheduler", "start", check=True)
+        log = pb.home / "scheduler.log"
+        assert wait_for(lambda: f"Run {first['id']}: its outcome (killed) came after the run "
+                        "stopped running here" in text(log), 60), text(log)
+        after = runs_of(pb)
+        assert [(r["attempt"], r["state"]) for r in after] == [(1, "lost"), (2, "succeeded")]
+        assert after[0]["reason"] == runs[0]["reason"]  # nothing recorded over the rescuer
+    finally:
+        if keeper is not None:
+            os.kill(keeper, signal.SIGCONT)
+        second.cleanup()
+
+
+def test_status_says_how_far_this_hosts_clock_is_from_the_databases(
+        pb: Pb, pg_url: str) -> None:
+    """The scheduler measures the offset at each heartbeat and keeps it in
+    scheduler.json; `pb scheduler status` shows it without touching the database."""
+    if not FAKETIME.exists():
+        pytest.skip("libfaketime is not installed")
+    pb.env.update(PONYBUNNY_DB=pg_url, LD_PRELOAD=str(FAKETIME), FAKETIME="+30s",
+                  FAKETIME_DONT_FAKE_MONOTONIC="1")
+    pb("scheduler", "start", check=True)
+    shown = pb("scheduler", "status")
+    assert shown.code == 0, shown.all
+    assert "Clock:     30s ahead of the database's: leases and due times follow the " \
+           "database's clock; check this host's time sync" in shown.out, shown.out
+    facts = json.loads(pb("scheduler", "status", "--json").out)
+    assert -32 < facts["clockOffsetSeconds"] < -28
+    assert facts["metadata"]["clockOffsetS"] == facts["clockOffsetSeconds"]
+    # On SQLite there is no database clock to compare with: no such line.
+    local = Pb(pb.home.parent / "local")
+    local.home.mkdir(mode=0o700)
+    try:
+        local("scheduler", "start", check=True)
+        assert "Clock:" not in local("scheduler", "status").out
+        assert json.loads(local("scheduler", "status", "--json").out)[
+            "clockOffsetSeconds"] is None
+    finally:
+        local.cleanup()
+
+
+def test_the_keeper_refuses_a_launch_that_comes_after_its_start_by(home: Path) -> None:
+    """A launch that reached the keeper too late (the host froze with it in the socket)
+    is refused: its claim's lease may have run out, and another host may run it."""
+    import select
+    import time
+
+    from pony_scheduler.keeper.client import KeeperClient
+    from pony_scheduler.keeper.protocol import Launch, Outcome, Refused
+
+    client = KeeperClient.connect(home, "test", idle_exit_s=1)
+    try:
+        late = Launch(1, ("true",), str(home / "runs" / "j" / "1.log"),
+                      env={"PATH": os.defpath}, token="1", start_by=time.monotonic() - 1)
+        in_time = Launch(2, ("true",), str(home / "runs" / "j" / "2.log"),
+                         env={"PATH": os.defpath}, token="1",
+                         start_by=time.monotonic() + 60)
+        client.launch(late)
+        client.launch(in_time)
+        events: list[object] = []
+
+        def answered() -> bool:
+            select.select([client], [], [], 0.2)
+            events.extend(client.read_events())
+            return any(isinstance(e, Outcome) and e.run_id == 2 for e in events)
+
+        assert wait_for(answered, 60), events
+        refused = [e for e in events if isinstance(e, Refused)]
+        assert [(e.run_id, e.reason) for e in refused] == [
+            (1, "it came too late: its lease may have run out meanwhile (was this host "
+                "frozen?), and another host may run it")]
+    finally:
+        client.release_exit()
+        client.close()
