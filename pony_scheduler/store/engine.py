@@ -156,8 +156,9 @@ class FileWatch:
         url = engine.url
         self.path: str | None = None
         self.fd: int | None = None
+        self.shown = _shown(url)  # as the engine's error hook names it
         if url.get_backend_name() == "sqlite" and url.database:
-            self.path = _shown(url).removeprefix("sqlite:///")
+            self.path = self.shown.removeprefix("sqlite:///")
 
     def check(self) -> None:
         """Report (report_corruption) a file whose header is no longer an SQLite
@@ -170,12 +171,12 @@ class FileWatch:
             head = os.pread(self.fd, len(SQLITE_MAGIC), 0)
             replaced = os.stat(self.path).st_ino != os.fstat(self.fd).st_ino
         except OSError as exc:
-            report_corruption(self.path, f"cannot read it: {exc.strerror}")
+            report_corruption(self.shown, f"cannot read it: {exc.strerror}")
             return
         if head and head != SQLITE_MAGIC:
-            report_corruption(self.path, "its header is not an SQLite database's any more")
+            report_corruption(self.shown, "its header is not an SQLite database's any more")
         elif replaced:
-            report_corruption(self.path, "the file was replaced under the running scheduler")
+            report_corruption(self.shown, "the file was replaced under the running scheduler")
 
     def close(self) -> None:
         """After the engine's connections are closed (see the class): never before."""

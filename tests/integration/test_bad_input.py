@@ -246,7 +246,8 @@ def test_a_database_overwritten_under_a_quiet_scheduler_stops_it(pb: Pb, home: P
                 handle.write(os.urandom(65536))
     assert wait_dead(pid, 60)
     log = (home / "scheduler.log").read_text()
-    assert f"CRITICAL pony_scheduler[{pid}]: database {home / 'pony.db'} is corrupt" in log
+    db = home / "pony.db"
+    assert f"CRITICAL pony_scheduler[{pid}]: database sqlite:///{db} is corrupt" in log
     assert "Scheduler stopped (exit status 1)" in log
 
 
