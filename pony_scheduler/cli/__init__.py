@@ -52,13 +52,13 @@ def _job() -> click.Command:
 
 
 def _runs() -> click.Command:
-    from pony_scheduler.cli.jobs import runs_group
+    from pony_scheduler.cli.runs import runs_group
 
     return runs_group
 
 
 def _audit() -> click.Command:
-    from pony_scheduler.cli.jobs import audit_command
+    from pony_scheduler.cli.runs import audit_command
 
     return audit_command
 

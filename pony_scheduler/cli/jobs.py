@@ -1,135 +1,32 @@
-"""`pb job …` and `pb runs …`: define jobs and read their history."""
+"""`pb job …`: define, change, preview and trigger jobs."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from pony_scheduler.cli.options import settings_from
-from pony_scheduler.errors import PonyError
-from pony_scheduler.jobs import CATCH_UP, MAX_QUEUED, OVERLAP, RETRIES, TASKS_MAX, JobOptions
-from pony_scheduler.runstate import RunState
+from pony_scheduler.jobs import JobOptions
 
 if TYPE_CHECKING:
-    from pony_scheduler.store import Store
+    pass
 
-STATES = tuple(state.value for state in RunState)
-
-
-def open_store(ctx: click.Context) -> Store:
-    """The database named by the settings; SQLAlchemy is imported only here."""
-    from pony_scheduler.lifecycle.daemonize import ensure_home
-    from pony_scheduler.store import Store
-
-    settings = settings_from(ctx, db=ctx.meta.get("db"))
-    ensure_home(settings.home)
-    return Store.open(settings.db)
-
-
-def _remember_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    ctx.meta["db"] = value
-
-
-def add_db_option(group: click.Group) -> None:
-    """Every job/runs command can reach a database other than the configured one."""
-    for command in group.commands.values():
-        command.params.append(click.Option(
-            ["--db"], metavar="PATH|URL", expose_value=False, callback=_remember_db,
-            help="Database to use (default: PONYBUNNY_DB, config.toml, or HOME/pony.db)."))
-
-
-def now_utc() -> datetime:
-    from pony_scheduler.store.common import utcnow
-
-    return utcnow()
-
-
-def local(iso: str | None) -> str:
-    if not iso:
-        return "-"
-    moment = datetime.fromisoformat(iso).astimezone()
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _range(bounds: tuple[int, int]) -> str:
-    """A documented range as pb-job(1) writes it: "0 to 10,000"."""
-    return f"{bounds[0]:,} to {bounds[1]:,}"
-
-
-def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options `add` and `edit` share."""
-    decorators = [
-        click.option("--cron", metavar="EXPR", help="Cron expression (5 fields or @daily…)."),
-        click.option("--tz", metavar="ZONE", help="IANA time zone for --cron/--at "
-                     "(default: the machine's)."),
-        click.option("--every", metavar="DURATION", help="Fixed interval, e.g. 90s, 5m, 1h."),
-        click.option("--at", "at", metavar="TIME", help="Once, e.g. '2026-12-01 09:00', "
-                     "09:00 or +10m."),
-        click.option("--manual", is_flag=True, default=None, help="No schedule: runs only "
-                     "with 'pb job run'."),
-        click.option("--timeout", metavar="DURATION", help="Kill the run after this long."),
-        click.option("--retries", type=int, metavar="N", help="Attempts after a failure "
-                     f"({_range(RETRIES)}; default 0)."),
-        click.option("--retry-delay", metavar="DURATION", help="First retry delay "
-                     "(doubles each attempt, with jitter)."),
-        click.option("--overlap", type=click.Choice(OVERLAP), help="When the previous run "
-                     "still runs: skip (default), queue or allow."),
-        click.option("--catch-up", type=click.Choice(CATCH_UP), help="Runs missed while "
-                     "down: skip, once (default) or all."),
-        click.option("--cwd", metavar="DIR", help="Working directory of the command."),
-        click.option("--env", multiple=True, metavar="NAME=VALUE", help="Environment "
-                     "variable for the command (repeatable)."),
-        click.option("--env-file", metavar="PATH", help="NAME=VALUE lines read at each "
-                     "run's start, never stored (systemd's EnvironmentFile= format)."),
-        click.option("--secret", multiple=True, metavar="NAME", help="Show the value of "
-                     "--env NAME as (secret) in show, JSON and the API (repeatable)."),
-        click.option("--leftovers", type=click.Choice(("kill", "keep")), help="Processes "
-                     "a run leaves when its main process exits: kill (default) or keep."),
-        click.option("--memory-max", metavar="SIZE|none", help="Memory limit of a run's "
-                     "processes, e.g. 512M, 2G (where the memory controller exists)."),
-        click.option("--cpu-max", metavar="CPUS|none", help="CPU limit, e.g. 0.5 or 50% "
-                     "(of one CPU), 2 (where the cpu controller exists)."),
-        click.option("--tasks-max", type=int, metavar="N", help="Most processes and threads "
-                     f"a run may have, {_range(TASKS_MAX)} (where the pids controller "
-                     "exists)."),
-        click.option("--jitter", metavar="DURATION|none", help="Move every run of a cron or "
-                     "interval job by a stable offset within this window (spreads herds)."),
-        click.option("--shell", is_flag=True, default=None, help="COMMAND is one shell "
-                     "string, run with /bin/sh -c."),
-        click.option("--umask", metavar="OCTAL", help="File mode mask of the command "
-                     "(default 022, as cron and systemd)."),
-        click.option("--start-deadline", metavar="DURATION|none", help="A run that cannot "
-                     "start this long after its due time expires (default: the schedule's "
-                     "period, at most 1h)."),
-        click.option("--max-queued", type=int, metavar="N", help="With --overlap queue: "
-                     f"runs that may wait behind the running one, {_range(MAX_QUEUED)} "
-                     "(default 10)."),
-        click.argument("command", nargs=-1, type=click.UNPROCESSED),
-    ]
-    for decorator in reversed(decorators):
-        command = decorator(command)
-    return command
-
-
-def _options(kwargs: dict[str, Any]) -> JobOptions:
-    return JobOptions(cron=kwargs["cron"], tz=kwargs["tz"], every=kwargs["every"],
-                      at=kwargs["at"], manual=bool(kwargs["manual"]),
-                      timeout=kwargs["timeout"], retries=kwargs["retries"],
-                      retry_delay=kwargs["retry_delay"], overlap=kwargs["overlap"],
-                      catch_up=kwargs["catch_up"], cwd=kwargs["cwd"], env=list(kwargs["env"]),
-                      shell=kwargs["shell"], command=list(kwargs["command"]),
-                      umask=kwargs["umask"], start_deadline=kwargs["start_deadline"],
-                      max_queued=kwargs["max_queued"], env_file=kwargs["env_file"],
-                      secret=list(kwargs["secret"]), leftovers=kwargs["leftovers"],
-                      memory_max=kwargs["memory_max"], cpu_max=kwargs["cpu_max"],
-                      tasks_max=kwargs["tasks_max"], jitter=kwargs["jitter"])
+from pony_scheduler.cli.common import (
+    RAW,
+    add_db_option,
+    get_run,
+    local,
+    now_utc,
+    open_store,
+    shown,
+    table,
+)
+from pony_scheduler.cli.jobopts import job_options, options_of
+from pony_scheduler.cli.output import output_path_of, print_output
 
 
 @click.group(name="job")
@@ -145,7 +42,7 @@ def job_add(ctx: click.Context, name: str, **kwargs: Any) -> None:
     """Add job NAME running COMMAND (after --) on a schedule."""
     from pony_scheduler.jobs import new_job
 
-    values = new_job(name, _options(kwargs), now_utc(), warn=_warn)
+    values = new_job(name, options_of(kwargs), now_utc(), warn=_warn)
     open_store(ctx).add_job(name, values)
     click.echo(f"✓ Job {name} added; next run: {_next_run(values, enabled=True)}")
 
@@ -159,7 +56,7 @@ def job_edit(ctx: click.Context, name: str, **kwargs: Any) -> None:
     from pony_scheduler.jobs import changed_job, check_changes
     from pony_scheduler.store.jobs import UnknownJob
 
-    options = _options(kwargs)
+    options = options_of(kwargs)
     check_changes(options)  # bad input changes nothing, not even the database file
     store = open_store(ctx)
     row = store.job_row(name)
@@ -228,7 +125,7 @@ def job_list(ctx: click.Context, as_json: bool, limit: int, after: str | None,
         rows = [("NAME", "SCHEDULE", "NEXT RUN", "LAST RESULT", "ENABLED")]
         rows += [(j["name"], j["schedule"], _when(raw), j["last_state"] or "-", _enabled(j))
                  for j, raw in ((_job_json(raw), raw) for raw in page)]
-        _table(rows if shown == 0 else rows[1:])
+        table(rows if shown == 0 else rows[1:])
         shown += len(page)
         last = page[-1]["name"] if page else after
     if shown == 0:
@@ -275,25 +172,6 @@ def _deadline(data: dict[str, Any]) -> str:
     return f"{shown} (default)" if data.get("start_deadline_default") else shown
 
 
-def _table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths,
-                                                                          strict=True)).rstrip())
-
-
-# Job commands and outputs are chosen by whoever defines the job: on a terminal their
-# control characters are shown (textsafe.for_terminal), not obeyed, unless --raw.
-RAW = click.option("--raw", is_flag=True, help="Print control characters as they are "
-                   "(default: made visible, like cat -v).")
-
-
-def _shown(text: str, raw: bool) -> str:
-    from pony_scheduler.textsafe import for_terminal
-
-    return text if raw else for_terminal(text)
-
-
 @job_group.command(name="show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
@@ -327,7 +205,7 @@ def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
                          ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items())
                           or "-"),
                          ("Env file", data.get("env_file") or "-")):
-        click.echo(_shown(f"{label + ':':<15} {value}", raw))
+        click.echo(shown(f"{label + ':':<15} {value}", raw))
 
 
 def _seconds(value: float | None) -> str:
@@ -418,10 +296,10 @@ def job_next(ctx: click.Context, name: str | None, count: int, cron: str | None,
     if schedule.offset:
         click.echo(f"(each run moved by +{format_duration(schedule.offset)}: its share of "
                    "--jitter)")
-    table = [("LOCAL", "UTC", "DAYLIGHT SAVING" if any(row.dst for row in rows) else "")]
-    table += [(text(row.local), text(row.at), f"{row.dst}: {row.note}" if row.dst else "")
-              for row in rows]
-    _table(table)
+    listed = [("LOCAL", "UTC", "DAYLIGHT SAVING" if any(row.dst for row in rows) else "")]
+    listed += [(text(row.local), text(row.at), f"{row.dst}: {row.note}" if row.dst else "")
+               for row in rows]
+    table(listed)
 
 
 @job_group.command(name="remove")
@@ -477,13 +355,13 @@ def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
     gives it (128+N for signal N), or 1 when it has none (skipped, expired, lost)."""
     store = open_store(ctx)
     while True:
-        path = _output_path(ctx, run_id, follow_) if follow_ else None
+        path = output_path_of(ctx, run_id, follow_) if follow_ else None
         if path is not None:
-            _print_output(ctx, run_id, path, True, raw=False)
-        run = _get_run(ctx, run_id)
+            print_output(ctx, run_id, path, True, raw=False)
+        run = get_run(ctx, run_id)
         while run["state"] in ("queued", "running"):
             time.sleep(0.2)
-            run = _get_run(ctx, run_id)
+            run = get_run(ctx, run_id)
         after = store.next_attempt_of(run_id)
         if after is None:
             break
@@ -495,288 +373,4 @@ def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
     return int(run["exit_code"]) if run["exit_code"] is not None else 1
 
 
-class RunsGroup(click.Group):
-    """`pb runs [JOB]` lists; `pb runs show|output ID` are subcommands."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
-            args = ["list", *args]
-        return super().parse_args(ctx, args)
-
-
-@click.group(name="runs", cls=RunsGroup)
-def runs_group() -> None:
-    """Run history: `pb runs [JOB]`, `pb runs show ID`, `pb runs output ID`."""
-
-
-@runs_group.command(name="list")
-@click.argument("job", required=False)
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True,
-              help="How many runs, newest first.")
-@click.option("--state", type=click.Choice(STATES), help="Only runs in this state.")
-@click.option("--missed", is_flag=True, help="The missed occurrences counted beyond those "
-              "listed one by one as skipped runs (one summary per outage).")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-@click.pass_context
-def runs_list(ctx: click.Context, job: str | None, limit: int, state: str | None,
-              missed: bool, as_json: bool) -> None:
-    """Recent runs, of every job or of JOB."""
-    from pony_scheduler.store.jobs import UnknownJob
-
-    store = open_store(ctx)
-    if job is not None and store.job_row(job) is None:
-        raise UnknownJob(job)
-    if missed:
-        _missed(store, job, limit, as_json)
-        return
-    runs = store.list_runs(job, limit, state)
-    if as_json:
-        click.echo(json.dumps(runs, indent=2))
-        return
-    if not runs:
-        click.echo("No runs yet")
-        return
-    rows = [("ID", "JOB", "STATE", "STARTED", "DURATION", "EXIT", "TRIGGER")]
-    rows += [(str(r["id"]), r["job"], r["state"], local(r["started_at"]),
-              f"{r['duration_s']:.2f}s" if r["duration_s"] is not None else "-",
-              _exit(r), r["trigger"]) for r in runs]
-    _table(rows)
-    if state in (None, "skipped"):
-        _missed_footer(store, job)
-
-
-def _missed(store: Store, job: str | None, limit: int, as_json: bool) -> None:
-    gaps = store.missed_summaries(job, limit)
-    if as_json:
-        click.echo(json.dumps(gaps, indent=2))
-        return
-    if not gaps:
-        click.echo("Nothing missed beyond what the skipped runs list")
-        return
-    rows = [("JOB", "COUNT", "FROM", "TO", "REASON")]
-    rows += [(g["job"], f"{g['count']:,}", local(g["first_occurrence"]),
-              local(g["last_occurrence"]), g["reason"]) for g in gaps]
-    _table(rows)
-
-
-def _exit(run: dict[str, Any]) -> str:
-    from pony_scheduler.scheduler.runs import describe_exit
-
-    return describe_exit(run["exit_code"], run.get("signal"))
-
-
-def _missed_footer(store: Store, job: str | None) -> None:
-    """Missed occurrences counted beyond those listed one by one (none vanish)."""
-    for gap in store.missed_summaries(job, limit=5):
-        click.echo(f"Missed, not listed one by one: {gap['count']:,} occurrence(s) of job "
-                   f"{gap['job']} from {local(gap['first_occurrence'])} to "
-                   f"{local(gap['last_occurrence'])} ({gap['reason']})")
-
-
-def _get_run(ctx: click.Context, run_id: int) -> dict[str, Any]:
-    run = open_store(ctx).get_run(run_id)
-    if run is None:
-        raise PonyError(f"no run with id {run_id}; see 'pb runs'")
-    return run
-
-
-@runs_group.command(name="show")
-@click.argument("run_id", type=int)
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
-@RAW
-@click.pass_context
-def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None:
-    """Metadata and output of run RUN_ID."""
-    run = _get_run(ctx, run_id)
-    if as_json:
-        click.echo(json.dumps(run, indent=2))
-        return
-    for key in ("id", "job", "state", "trigger", "attempt", "occurrence", "started_at",
-                "finished_at", "duration_s", "exit_code", "reason", "pid", "hostname",
-                "containment", "peak_memory", "cpu_s", "output_path"):
-        value = run.get(key)
-        if key == "peak_memory" and value is not None:
-            value = f"{value / 1048576:.1f} MiB"
-        if key == "cpu_s" and value is not None:
-            value = f"{value:.3f}s"
-        if key in ("occurrence", "started_at", "finished_at"):
-            value = local(value)
-        if key == "exit_code":
-            value = _exit(run)
-        if key == "output_path" and value and not os.path.exists(value):
-            # Created at the first byte of output (see pb-job(1)).
-            value = f"{value} (removed)" if run.get("output_tail") else "- (no output)"
-        click.echo(_shown(f"{key.replace('_', ' ').capitalize() + ':':<13} "
-                          f"{'-' if value is None else value}", raw))
-    click.echo("Output (end):")
-    click.echo(_shown(run.get("output_tail") or "(none)", raw))
-
-
-@runs_group.command(name="output")
-@click.argument("run_id", type=int)
-@click.option("-f", "--follow", "follow_", is_flag=True,
-              help="Keep printing while the run is running.")
-@RAW
-@click.pass_context
-def runs_output(ctx: click.Context, run_id: int, follow_: bool, raw: bool) -> None:
-    """The whole output of run RUN_ID."""
-    path = _output_path(ctx, run_id, follow_)
-    if path is None:
-        raise PonyError(f"run {run_id} has no output ({_get_run(ctx, run_id)['state']})")
-    _print_output(ctx, run_id, path, follow_, raw)
-
-
-@runs_group.command(name="kill")
-@click.argument("run_id", type=int)
-@click.option("--signal", "signame", default="TERM", show_default=True, metavar="SIG",
-              help="The signal for the run's whole process tree (SIGKILL follows after the "
-                   "kill grace if it is not SIGKILL).")
-@click.pass_context
-def runs_kill(ctx: click.Context, run_id: int, signame: str) -> None:
-    """Stop run RUN_ID's whole process tree; it is recorded as killed, and by whom."""
-    from pony_scheduler.actor import cli_actor
-    from pony_scheduler.keeper.client import KeeperClient, KeeperError
-    from pony_scheduler.keeper.protocol import signal_number
-
-    try:
-        signal_number(signame)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--signal") from None
-    run = _get_run(ctx, run_id)
-    if run["state"] != "running":
-        raise PonyError(f"run {run_id} is not running ({run['state']})")
-    settings = settings_from(ctx, db=ctx.meta.get("db"))
-    actor = cli_actor()
-    try:
-        keeper = KeeperClient.connect(settings.home, role="control", start=False)
-    except KeeperError:
-        keeper = None
-    try:
-        if keeper is None or keeper.is_held(run_id) is None:
-            raise PonyError(f"run {run_id} is not held by the run keeper of {settings.home} "
-                            f"(it runs on {run['hostname'] or 'another host'}); run "
-                            "'pb runs kill' there")
-        keeper.kill(run_id, signame, by=f"pb runs kill by {actor.describe()}")
-    finally:
-        if keeper is not None:
-            keeper.close()
-    open_store(ctx).record_audit(actor, "kill", run["job"], f"run {run_id} {signame.upper()}")
-    click.echo(f"✓ Sent {signame.upper()} to run {run_id} (job {run['job']}) and its whole "
-               "process tree")
-
-
-@click.command(name="audit")
-@click.argument("job", required=False)
-@click.option("-n", "--limit", type=click.IntRange(1, 1_000_000), default=20, show_default=True,
-              help="How many entries, newest first.")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-@click.pass_context
-def audit_command(ctx: click.Context, job: str | None, limit: int, as_json: bool) -> None:
-    """Who changed or triggered jobs (of JOB), when, and how (CLI or API)."""
-    entries = open_store(ctx).audit_entries(job, limit)
-    if as_json:
-        click.echo(json.dumps(entries, indent=2))
-        return
-    if not entries:
-        click.echo("Nothing recorded yet")
-        return
-    rows = [("WHEN", "WHO", "VIA", "ACTION", "JOB", "DETAIL")]
-    rows += [(local(e["at"]), *_audit_who(e), e["action"], e["job"] or "-", e["detail"] or "")
-             for e in entries]
-    _table([[_shown(str(cell), raw=False) for cell in row] for row in rows])
-
-
-# How a dashboard session was opened, from the audit trail's scope ("admin link").
-_OPENED = {"link": "login link", "token": "pasted token", "session": "opened how: unknown"}
-
-
-def _audit_who(entry: dict[str, Any]) -> tuple[str, str]:
-    """WHO and VIA of an audit entry.  A dashboard action is a session's, not its
-    process's user: `dashboard session (admin, login link)`, served as root (0)."""
-    user = f"{entry['user'] or '?'} ({entry['uid']})" if entry["uid"] is not None else "-"
-    if entry["via"] != "dashboard":
-        return user, f"{entry['via']} ({entry['scope']})"
-    scope, _, how = str(entry["scope"] or "").partition(" ")
-    return (f"dashboard session ({scope}, {_OPENED.get(how, how)})",
-            f"dashboard running as {user}")
-
-
-def _output_path(ctx: click.Context, run_id: int, follow_: bool) -> str | None:
-    """Where run `run_id` writes its output; with `follow_`, waits for a queued or running
-    run's path (written within moments of its start).  None if it has none and never will."""
-    run = _get_run(ctx, run_id)
-    while not run.get("output_path") and follow_ and run["state"] in ("queued", "running"):
-        time.sleep(0.2)
-        run = _get_run(ctx, run_id)
-    return run.get("output_path") or None
-
-
-def _print_output(ctx: click.Context, run_id: int, path: str, follow_: bool,
-                  raw: bool) -> None:
-    handle = _open_output(ctx, run_id, path, follow_)
-    if handle is None:
-        return
-    out = OutputWriter(raw or not sys.stdout.isatty())
-    with handle:
-        while True:
-            out.write(handle.read())
-            if not follow_ or _get_run(ctx, run_id)["state"] not in ("queued", "running"):
-                out.write(handle.read(), final=True)
-                return
-            time.sleep(0.2)
-
-
-class OutputWriter:
-    """A run's output on our stdout: the exact bytes when they go to a file or a pipe (or
-    with --raw); on a terminal, text with control characters and escape sequences made
-    visible.  Decoding is incremental, so a character split between two reads while
-    following is never broken in two."""
-
-    def __init__(self, exact: bool) -> None:
-        import codecs
-
-        self.exact = exact
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def write(self, data: bytes, final: bool = False) -> None:
-        if self.exact:
-            sys.stdout.buffer.write(data)
-        else:
-            sys.stdout.write(_shown(self.decoder.decode(data, final=final), raw=False))
-        sys.stdout.flush()
-
-
-def _open_output(ctx: click.Context, run_id: int, path: str,
-                 follow_: bool) -> BinaryIO | None:
-    """The run's output file once it exists; None for a run that printed nothing.
-
-    The file is created at the run's first byte of output: it may not exist yet.  Only a
-    file below HOME/runs is opened, never through a link (files.open_run_output).
-    """
-    from pony_scheduler.files import open_run_output
-
-    home = settings_from(ctx, db=ctx.meta.get("db")).home
-    while True:
-        try:
-            return os.fdopen(open_run_output(home, path), "rb")  # the caller closes it
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise PonyError(f"cannot read output of run {run_id} at {path}: "
-                            f"{exc.strerror}") from None
-        run = _get_run(ctx, run_id)
-        if os.path.exists(path):
-            continue  # it printed since we looked: the state above may already be final
-        if run.get("output_tail"):
-            raise PonyError(f"the output file of run {run_id} was removed ({path}); "
-                            f"`pb runs show {run_id}` has its end")
-        if not follow_ or run["state"] not in ("queued", "running"):
-            return None
-        time.sleep(0.2)
-
-
 add_db_option(job_group)
-add_db_option(runs_group)
-audit_command.params.append(click.Option(
-    ["--db"], metavar="PATH|URL", expose_value=False, callback=_remember_db,
-    help="Database to use (default: PONYBUNNY_DB, config.toml, or HOME/pony.db)."))

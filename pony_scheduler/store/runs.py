@@ -18,13 +18,10 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from pony_scheduler.actor import Actor
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler.runs import (
-    Abandoned,
     Admission,
     Claimed,
-    Holding,
     JobNow,
     Outcome,
     Run,
@@ -34,29 +31,20 @@ from pony_scheduler.scheduler.runs import (
     Verdict,
     policy_from,
 )
-from pony_scheduler.store import audit
 from pony_scheduler.store.clock import ClockQueries
-from pony_scheduler.store.common import bump_changes, insert_ignore, iso, row_dict, utcnow
-from pony_scheduler.store.jobs import UnknownJob
+from pony_scheduler.store.common import insert_ignore, utcnow
 from pony_scheduler.store.prepared import Prepared, transaction
-from pony_scheduler.store.tables import jobs, runs, schedulers
+from pony_scheduler.store.tables import jobs, runs
 from pony_scheduler.store.transitions import (
-    Adopt,
     Claim,
     Claimant,
     Drop,
-    Lose,
-    Release,
     Settle,
     Transitions,
 )
 
 log = logging.getLogger("pony_scheduler.store")
 
-RUN_VIEW = (runs.c.id, jobs.c.name.label("job"), runs.c.occurrence, runs.c.attempt,
-            runs.c.state, runs.c.trigger, runs.c.due_at, runs.c.started_at,
-            runs.c.finished_at, runs.c.exit_code, runs.c.signal, runs.c.reason, runs.c.pid,
-            runs.c.hostname, runs.c.claimed_by)
 
 # What deciding on and starting a claimed run needs, read in the claiming query itself.
 CLAIM_COLUMNS = (runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt, runs.c.trigger,
@@ -120,18 +108,6 @@ class ClaimRequest:
     admit: Callable[[Run, JobNow], Admission]
 
 
-def run_view(row: dict[str, Any]) -> dict[str, Any]:
-    """A run row as JSON-friendly data for `pb runs` and the gateway."""
-    view = dict(row)
-    started, finished = row.get("started_at"), row.get("finished_at")
-    view["duration_s"] = (round((finished - started).total_seconds(), 3)
-                          if started and finished else None)
-    for key in ("occurrence", "due_at", "started_at", "finished_at", "lease_until"):
-        if key in view:
-            view[key] = iso(view[key])
-    if isinstance(view.get("output_tail"), bytes):  # exact bytes live in the output file
-        view["output_tail"] = view["output_tail"].decode(errors="replace")
-    return view
 
 
 def run_from(row: dict[str, Any]) -> Run:
@@ -185,55 +161,6 @@ class RunQueries(ClockQueries):
         return self._hot
 
     # -- what users do ----------------------------------------------------------------------
-    def request_run(self, name: str, actor: Actor | None = None) -> int:
-        """Queue a manual run of job `name` now (the database's now: another host's
-        scheduler judges it by that clock), audited as `actor`'s; returns its id.  Raises
-        UnknownJob."""
-        now = self.db_now()
-        with self.engine.begin() as connection:
-            job_id = connection.execute(select(jobs.c.id).where(
-                jobs.c.name == name, jobs.c.removed_at.is_(None))).scalar()
-            if job_id is None:
-                raise UnknownJob(name)
-            result = connection.execute(runs.insert().values(
-                job_id=job_id, occurrence=now, attempt=1, trigger=Trigger.MANUAL.value,
-                state=QUEUED, due_at=now, created_at=now))
-            run_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            audit.record(connection, actor, "run", name, f"run {run_id}")
-            bump_changes(connection)
-        return run_id
-
-    def list_runs(self, job: str | None = None, limit: int = 50,
-                  state: str | None = None) -> list[dict[str, Any]]:
-        """The latest `limit` runs, newest first, of every job or of `job`."""
-        query = select(*RUN_VIEW).join(jobs, jobs.c.id == runs.c.job_id)
-        if job is not None:
-            query = query.where(jobs.c.name == job)
-        if state is not None:
-            query = query.where(runs.c.state == state)
-        query = query.order_by(runs.c.id.desc()).limit(limit)
-        with self.engine.connect() as connection:
-            return [run_view(row_dict(row)) for row in connection.execute(query)]
-
-    def get_run(self, run_id: int) -> dict[str, Any] | None:
-        """One run with its output path, tail (bytes) and lease; None if there is none."""
-        query = (select(*RUN_VIEW, runs.c.output_path, runs.c.output_tail, runs.c.lease_until,
-                        runs.c.epoch, runs.c.leftovers, runs.c.peak_memory, runs.c.cpu_s,
-                        runs.c.containment)
-                 .join(jobs, jobs.c.id == runs.c.job_id).where(runs.c.id == run_id))
-        with self.engine.connect() as connection:
-            row = connection.execute(query).first()
-        return run_view(row_dict(row)) if row else None
-
-    def next_attempt_of(self, run_id: int) -> int | None:
-        """The id of the attempt after run `run_id` (a retry or a resume), or None."""
-        later = runs.alias("later")
-        query = (select(later.c.id).join(runs, (runs.c.job_id == later.c.job_id)
-                                         & (runs.c.occurrence == later.c.occurrence)
-                                         & (later.c.attempt == runs.c.attempt + 1))
-                 .where(runs.c.id == run_id))
-        with self.engine.connect() as connection:
-            return connection.execute(query).scalar()
 
     # -- what the work loop does ------------------------------------------------------------
     def next_run_due(self, after: datetime | None = None) -> datetime | None:
@@ -396,103 +323,13 @@ class RunQueries(ClockQueries):
             "trigger": trigger.value, "due_at": due_at, "created_at": utcnow(),
             "batch": run.batch})
 
-    def drop_paused(self, name: str, now: datetime) -> int:
-        """Skip the runs of paused job `name` that came due while it was paused (manual
-        runs excepted: someone asked for them); returns how many.  Called before it is
-        resumed, so that none of them starts late."""
-        query = (select(runs.c.id).join(jobs, jobs.c.id == runs.c.job_id)
-                 .where(jobs.c.name == name, jobs.c.enabled.is_(False),
-                        runs.c.state == QUEUED, runs.c.due_at <= now,
-                        runs.c.trigger != Trigger.MANUAL.value))
-        reason = "not run: its job was paused when it was due"
-        with self.engine.connect() as connection:  # paused: nothing claims them meanwhile
-            ids = list(connection.execute(query).scalars())
-        with transaction(self.engine) as connection:
-            return sum(self.hot.transitions.write(connection, Drop(run_id, RunState.SKIPPED,
-                                                                   reason, now))
-                       for run_id in ids)
 
-    def release_runs(self, held: list[tuple[int, int]]) -> int:
-        """Give claimed runs that never started, as (run id, epoch), back to the queue;
-        returns how many."""
-        with transaction(self.engine) as connection:
-            return sum(self.hot.transitions.write(connection, Release(run_id, epoch))
-                       for run_id, epoch in held)
 
-    def adopt(self, me: Claimant, held: list[tuple[int, int]], now: datetime,
-              lease: float) -> list[Holding]:
-        """Take over running runs the run keeper holds, as (run id, epoch): a hand-over
-        from the scheduler that started them.  Returns those adopted; a run the database
-        no longer has running at that epoch (another scheduler declared it lost) is not."""
-        until = now + timedelta(seconds=lease)
-        with transaction(self.engine) as connection:
-            adopted = [run_id for run_id, epoch in held if self.hot.transitions.write(
-                connection, Adopt(run_id, epoch, me, until))]
-        return list(self.holdings(adopted).values())
 
-    def holdings(self, run_ids: list[int]) -> dict[int, Holding]:
-        """Running runs by id, as the database has them (ids not running are left out)."""
-        if not run_ids:
-            return {}
-        query = (select(*CLAIM_COLUMNS, runs.c.started_at).join(jobs, jobs.c.id == runs.c.job_id)
-                 .where(runs.c.id.in_(run_ids), runs.c.state == RunState.RUNNING))
-        with self.engine.connect() as connection:
-            rows = [row_dict(row) for row in connection.execute(query)]
-        return {row["id"]: Holding(run_from(row), row["epoch"], row["started_at"])
-                for row in rows}
 
-    def renew_leases(self, scheduler_id: str, now: datetime, lease: float) -> dict[int, int]:
-        """Extend the lease of every run `scheduler_id` holds to `now` + `lease` seconds;
-        returns them as {run id: epoch} (a run missing there is no longer ours)."""
-        mine = (runs.c.claimed_by == scheduler_id) & (runs.c.state == RunState.RUNNING)
-        with self.engine.begin() as connection:
-            connection.execute(update(runs).where(mine)
-                               .values(lease_until=now + timedelta(seconds=lease)))
-            return {row.id: row.epoch for row in connection.execute(
-                select(runs.c.id, runs.c.epoch).where(mine))}
 
-    def abandoned_runs(self, now: datetime, dead_here: list[str]) -> list[Abandoned]:
-        """Running runs whose scheduler is gone: lease expired, or found dead here."""
-        # The running runs first (the state index), then their jobs: with statistics
-        # (ANALYZE) SQLite otherwise plans a scan of every job for this join.
-        gone = (select(runs.c.id).where(runs.c.state == RunState.RUNNING,
-                                        (runs.c.lease_until < now)
-                                        | runs.c.claimed_by.in_(dead_here))
-                .scalar_subquery())
-        query = (select(*CLAIM_COLUMNS, runs.c.claimed_by, runs.c.host, runs.c.pid,
-                        runs.c.pid_start)
-                 .join(jobs, jobs.c.id == runs.c.job_id)
-                 .where(runs.c.id.in_(gone)))
-        with self.engine.connect() as connection:
-            rows = [row_dict(row) for row in connection.execute(query)]
-        return [Abandoned(run_from(row), row["epoch"], row["claimed_by"], row["host"],
-                          row["pid"], row["pid_start"]) for row in rows]
 
-    def settle_lost(self, lost: Abandoned, settlement: Settlement, now: datetime,
-                    holder_dead: bool = False) -> bool:
-        """Write a lost run's settlement and queue its retry.  Guarded by its epoch and
-        holder and, unless the holder was found dead, by its lease being still expired at
-        `now` (the database's time): False if its host renewed it meanwhile or it no
-        longer runs under that holder (transitions.Lose)."""
-        move = Lose(settlement, lost.epoch, lost.claimed_by or "", now, holder_dead)
-        with transaction(self.engine) as connection:
-            if not self.hot.transitions.write(connection, move):
-                return False
-            if settlement.next_attempt is not None:
-                self._insert_attempt(connection, lost.run, settlement.next_attempt.due_at,
-                                     settlement.next_attempt.trigger)
-            self._last_results(connection, [Finished(lost.run, lost.epoch, settlement, None)])
-            return True
 
-    def predecessors(self, machine: str, home: str, exclude: str) -> list[dict[str, Any]]:
-        """Schedulers of `home` on machine `machine` (machine-id(5)) not recorded as
-        stopped, other than `exclude`."""
-        query = select(schedulers).where(schedulers.c.machine_id == machine,
-                                         schedulers.c.home == home,
-                                         schedulers.c.stopped_at.is_(None),
-                                         schedulers.c.id != exclude)
-        with self.engine.connect() as connection:
-            return [row_dict(row) for row in connection.execute(query)]
 
 
 def _without_tail(item: Finished) -> Finished:

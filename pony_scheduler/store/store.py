@@ -28,14 +28,15 @@ from pony_scheduler.store.engine import (
     safe_url,
     trust_warning,
 )
+from pony_scheduler.store.history import HistoryQueries
 from pony_scheduler.store.jobs import JobQueries
-from pony_scheduler.store.runs import RunQueries
+from pony_scheduler.store.ownership import OwnershipQueries
 from pony_scheduler.store.tables import schedulers
 
 log = logging.getLogger(__name__)
 
 
-class Store(JobQueries, RunQueries, AuditQueries):
+class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.scheduler_id: str | None = None

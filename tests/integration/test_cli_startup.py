@@ -72,7 +72,8 @@ def test_scheduler_status_imports_only_the_lifecycle(tmp_path: Path, floor: set[
     assert not extra & HEAVY, sorted(extra & HEAVY)
     ours = {m for m in extra if m.startswith("pony_scheduler")}
     assert "pony_scheduler.cli.service" in ours  # the command really ran
-    for unneeded in ("pony_scheduler.cli.jobs", "pony_scheduler.cli.config_cmd",
+    for unneeded in ("pony_scheduler.cli.jobs", "pony_scheduler.cli.runs",
+                     "pony_scheduler.cli.output", "pony_scheduler.cli.config_cmd",
                      "pony_scheduler.cli.service_all", "pony_scheduler.store",
                      "pony_scheduler.lifecycle.daemonize", "pony_scheduler.scheduler"):
         assert unneeded not in ours

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pony_scheduler.cli.jobs import OutputWriter
+from pony_scheduler.cli.output import OutputWriter
 
 
 class FakeStdout(io.TextIOWrapper):

@@ -1,0 +1,77 @@
+"""What the job, runs and audit commands share: the store, options, tables, text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from pony_scheduler.cli.options import settings_from
+from pony_scheduler.errors import PonyError
+from pony_scheduler.runstate import RunState
+
+if TYPE_CHECKING:
+    from pony_scheduler.store import Store
+
+
+STATES = tuple(state.value for state in RunState)
+
+def open_store(ctx: click.Context) -> Store:
+    """The database named by the settings; SQLAlchemy is imported only here."""
+    from pony_scheduler.lifecycle.daemonize import ensure_home
+    from pony_scheduler.store import Store
+
+    settings = settings_from(ctx, db=ctx.meta.get("db"))
+    ensure_home(settings.home)
+    return Store.open(settings.db)
+
+
+def remember_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta["db"] = value
+
+
+def add_db_option(group: click.Group) -> None:
+    """Every job/runs command can reach a database other than the configured one."""
+    for command in group.commands.values():
+        command.params.append(click.Option(
+            ["--db"], metavar="PATH|URL", expose_value=False, callback=remember_db,
+            help="Database to use (default: PONYBUNNY_DB, config.toml, or HOME/pony.db)."))
+
+
+def now_utc() -> datetime:
+    from pony_scheduler.store.common import utcnow
+
+    return utcnow()
+
+
+def local(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    moment = datetime.fromisoformat(iso).astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths,
+                                                                          strict=True)).rstrip())
+
+
+RAW = click.option("--raw", is_flag=True, help="Print control characters as they are "
+                   "(default: made visible, like cat -v).")
+
+
+def shown(text: str, raw: bool) -> str:
+    from pony_scheduler.textsafe import for_terminal
+
+    return text if raw else for_terminal(text)
+
+
+def get_run(ctx: click.Context, run_id: int) -> dict[str, Any]:
+    run = open_store(ctx).get_run(run_id)
+    if run is None:
+        raise PonyError(f"no run with id {run_id}; see 'pb runs'")
+    return run

@@ -1,0 +1,92 @@
+"""A run's output on the terminal or a pipe: `pb runs output` and `pb job run --follow`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, BinaryIO
+
+import click
+
+from pony_scheduler.cli.options import settings_from
+from pony_scheduler.errors import PonyError
+
+if TYPE_CHECKING:
+    pass
+
+from pony_scheduler.cli.common import get_run, shown
+
+
+def output_path_of(ctx: click.Context, run_id: int, follow_: bool) -> str | None:
+    """Where run `run_id` writes its output; with `follow_`, waits for a queued or running
+    run's path (written within moments of its start).  None if it has none and never will."""
+    run = get_run(ctx, run_id)
+    while not run.get("output_path") and follow_ and run["state"] in ("queued", "running"):
+        time.sleep(0.2)
+        run = get_run(ctx, run_id)
+    return run.get("output_path") or None
+
+
+def print_output(ctx: click.Context, run_id: int, path: str, follow_: bool,
+                  raw: bool) -> None:
+    handle = open_output(ctx, run_id, path, follow_)
+    if handle is None:
+        return
+    out = OutputWriter(raw or not sys.stdout.isatty())
+    with handle:
+        while True:
+            out.write(handle.read())
+            if not follow_ or get_run(ctx, run_id)["state"] not in ("queued", "running"):
+                out.write(handle.read(), final=True)
+                return
+            time.sleep(0.2)
+
+
+class OutputWriter:
+    """A run's output on our stdout: the exact bytes when they go to a file or a pipe (or
+    with --raw); on a terminal, text with control characters and escape sequences made
+    visible.  Decoding is incremental, so a character split between two reads while
+    following is never broken in two."""
+
+    def __init__(self, exact: bool) -> None:
+        import codecs
+
+        self.exact = exact
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(self, data: bytes, final: bool = False) -> None:
+        if self.exact:
+            sys.stdout.buffer.write(data)
+        else:
+            sys.stdout.write(shown(self.decoder.decode(data, final=final), raw=False))
+        sys.stdout.flush()
+
+
+def open_output(ctx: click.Context, run_id: int, path: str,
+                 follow_: bool) -> BinaryIO | None:
+    """The run's output file once it exists; None for a run that printed nothing.
+
+    The file is created at the run's first byte of output: it may not exist yet.  Only a
+    file below HOME/runs is opened, never through a link (files.open_run_output).
+    """
+    from pony_scheduler.files import open_run_output
+
+    home = settings_from(ctx, db=ctx.meta.get("db")).home
+    while True:
+        try:
+            return os.fdopen(open_run_output(home, path), "rb")  # the caller closes it
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise PonyError(f"cannot read output of run {run_id} at {path}: "
+                            f"{exc.strerror}") from None
+        run = get_run(ctx, run_id)
+        if os.path.exists(path):
+            continue  # it printed since we looked: the state above may already be final
+        if run.get("output_tail"):
+            raise PonyError(f"the output file of run {run_id} was removed ({path}); "
+                            f"`pb runs show {run_id}` has its end")
+        if not follow_ or run["state"] not in ("queued", "running"):
+            return None
+        time.sleep(0.2)
