@@ -127,7 +127,7 @@ def schedule_values(schedule: Schedule, now: datetime) -> dict[str, Any]:
     """Store values for a schedule.  DEFAULT_DEADLINE is applied by the store only to jobs
     whose start deadline was not given (start_deadline_auto)."""
     from pony_scheduler.scheduler import schedule as sched
-    from pony_scheduler.scheduler.runs import default_start_deadline
+    from pony_scheduler.scheduler.occurrences import default_start_deadline
     from pony_scheduler.store.jobs import DEFAULT_DEADLINE
 
     return {"schedule_kind": schedule.kind, "schedule_expr": schedule.expr,

@@ -1,4 +1,4 @@
-"""Turning due jobs into runs (the loop's side of runs.plan), and watching the wall clock.
+"""Turning due jobs into runs (the loop's side of occurrences.plan), and watching the wall clock.
 
 Jobs are read in batches and materialized in one transaction per batch, so that a
 top-of-the-minute herd of thousands of jobs costs a handful of transactions and the loop
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import ConfigError
-from pony_scheduler.scheduler import runs
+from pony_scheduler.scheduler import occurrences, runs
 from pony_scheduler.store import Store
 from pony_scheduler.store.jobs import DueJob, Materialize
 
@@ -42,7 +42,7 @@ class Step:
     at: datetime
 
 
-def _span(plan: runs.Plan) -> tuple[datetime, datetime]:
+def _span(plan: occurrences.Plan) -> tuple[datetime, datetime]:
     """The first and last of a plan's missed occurrences (recorded or only counted)."""
     moments = [*plan.skipped, *plan.catch_up]
     if plan.uncounted is not None:
@@ -76,7 +76,7 @@ def _schedule(kind: str, expr: str, tz: str, anchor: str, offset: float) -> Sche
                       "offset": offset})
 
 
-_plan = lru_cache(maxsize=64)(runs.plan)  # entries of earlier instants are dead weight
+_plan = lru_cache(maxsize=64)(occurrences.plan)  # entries of earlier instants are dead weight
 
 
 class Planner:
@@ -111,7 +111,7 @@ class Planner:
         return any(item.plan.to_run for item in items)
 
     def evaluate(self, job: DueJob, now: datetime) -> Materialize | None:
-        """What runs.plan makes of a due job's occurrences; None, with the job set aside,
+        """What occurrences.plan makes of a due job's occurrences; None, with the job set aside,
         when this daemon cannot evaluate its schedule or policy."""
         from pony_scheduler.scheduler.schedule import jitter_offset
 
@@ -141,7 +141,7 @@ class Planner:
             log.warning("Job %s: %s", job.name, refused)
         return Materialize(job.id, job.next_due_at, plan, missed_reason, refused)
 
-    def missed_reason(self, plan: runs.Plan, now: datetime) -> str:
+    def missed_reason(self, plan: occurrences.Plan, now: datetime) -> str:
         """Why occurrences were missed, as far as this scheduler can tell."""
         moments = list(plan.skipped) + list(plan.catch_up)
         if plan.uncounted is not None:

@@ -18,13 +18,14 @@ from sqlalchemy.exc import IntegrityError
 from pony_scheduler.actor import Actor
 from pony_scheduler.errors import PonyError
 from pony_scheduler.runstate import RunState
-from pony_scheduler.scheduler.runs import Plan, Trigger
+from pony_scheduler.scheduler.occurrences import Plan
+from pony_scheduler.scheduler.runs import Trigger
 from pony_scheduler.store import audit
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, loads, row_dict, utcnow
 from pony_scheduler.store.tables import jobs, missed, runs
 
 REMOVE_BATCH = 2000  # runs deleted per transaction by `pb job remove`
-# In job values: the start deadline the schedule implies (runs.default_start_deadline),
+# In job values: the start deadline the schedule implies (occurrences.default_start_deadline),
 # which applies only to jobs whose deadline was not given (start_deadline_auto).
 DEFAULT_DEADLINE = "default_start_deadline_s"
 

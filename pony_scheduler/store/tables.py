@@ -99,7 +99,7 @@ jobs = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("umask", Integer, nullable=False, default=0o022),
     # Seconds a due run may wait to start before it expires; NULL: never.  `auto`: derived
-    # from the schedule (runs.default_start_deadline), recomputed when it changes.
+    # from the schedule (occurrences.default_start_deadline), recomputed when it changes.
     Column("start_deadline_s", Float),
     Column("start_deadline_auto", Boolean, nullable=False, default=True),
     Column("max_queued", Integer, nullable=False, default=10),
@@ -152,7 +152,7 @@ runs = Table(
     Column("output_tail", LargeBinary),  # the last bytes of output, exactly as written
     Column("created_at", UTCDateTime(), nullable=False),
     Column("signal", Integer),  # the signal that ended it; exit_code is then 128+signal
-    Column("batch", BigInteger),  # runs of one catch-up decision share it (runs.Plan)
+    Column("batch", BigInteger),  # runs of one catch-up decision share it (occurrences.Plan)
     # The fencing token: raised by every claim, hand-over and rescue; a write carrying an
     # older epoch is refused (a scheduler paused past its lease records nothing).
     Column("epoch", Integer, nullable=False, default=0),
@@ -170,7 +170,7 @@ runs = Table(
     sqlite_autoincrement=True,
 )
 
-# Missed occurrences beyond what is recorded one by one (runs.RECORD_CAP): one row per
+# Missed occurrences beyond what is recorded one by one (occurrences.RECORD_CAP): one row per
 # outage and job, so that every missed occurrence is accounted for.
 missed = Table(
     "missed",

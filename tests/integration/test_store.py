@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.errors import PonyError
 from pony_scheduler.runstate import RunState
-from pony_scheduler.scheduler import runs
+from pony_scheduler.scheduler import occurrences, runs
 from pony_scheduler.scheduler.runs import Ending, Outcome, Started
 from pony_scheduler.store import Store, migrate
 from pony_scheduler.store.common import utcnow
@@ -83,7 +83,7 @@ def test_an_occurrence_becomes_one_run_however_many_schedulers(db_url: str) -> N
     store.add_job("j", job_values(-1))
     job = store.due_jobs(utcnow())[0]
     due = job.next_due_at
-    plan = runs.Plan(to_run=(due,), next_due=due + timedelta(hours=1))
+    plan = occurrences.Plan(to_run=(due,), next_due=due + timedelta(hours=1))
     item = Materialize(job.id, due, plan, "missed", "full")
     stores = [Store.open(db_url) for _ in range(4)]
     with ThreadPoolExecutor(4) as pool:

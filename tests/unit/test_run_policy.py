@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pony_scheduler.runstate import ALLOWED, RunState
-from pony_scheduler.scheduler import runs
+from pony_scheduler.scheduler import occurrences, runs
 from pony_scheduler.scheduler.planning import ClockWatch
 from pony_scheduler.scheduler.runs import (
     Admission,
@@ -203,7 +203,7 @@ def every(seconds: float) -> Schedule:
 
 
 def test_on_time_occurrence_runs() -> None:
-    result = runs.plan(HOURLY, Policy(), T0, T0 + s(0.01))
+    result = occurrences.plan(HOURLY, Policy(), T0, T0 + s(0.01))
     assert result.to_run == (T0,) and result.skipped == () and result.catch_up == ()
     assert result.next_due == T0 + timedelta(hours=1)
 
@@ -211,40 +211,40 @@ def test_on_time_occurrence_runs() -> None:
 def test_down_for_three_hours_with_each_policy() -> None:
     now = T0 + timedelta(hours=3, minutes=30)
     missed = tuple(T0 + timedelta(hours=h) for h in range(4))
-    once = runs.plan(HOURLY, Policy(catch_up=CatchUp.ONCE), T0, now)
+    once = occurrences.plan(HOURLY, Policy(catch_up=CatchUp.ONCE), T0, now)
     assert once.to_run == missed[-1:] == once.catch_up and once.skipped == missed[:-1]
-    skip = runs.plan(HOURLY, Policy(catch_up=CatchUp.SKIP), T0, now)
+    skip = occurrences.plan(HOURLY, Policy(catch_up=CatchUp.SKIP), T0, now)
     assert skip.to_run == () and skip.skipped == missed
-    everything = runs.plan(HOURLY, Policy(catch_up=CatchUp.ALL), T0, now)
+    everything = occurrences.plan(HOURLY, Policy(catch_up=CatchUp.ALL), T0, now)
     assert everything.to_run == missed and everything.batch and everything.skipped == ()
     assert everything.next_due == T0 + timedelta(hours=4)
 
 
 def test_back_just_in_time_runs_only_the_one_on_time() -> None:
-    result = runs.plan(HOURLY, Policy(), T0, T0 + timedelta(hours=2, seconds=5))
+    result = occurrences.plan(HOURLY, Policy(), T0, T0 + timedelta(hours=2, seconds=5))
     assert result.to_run == (T0 + timedelta(hours=2),) and result.catch_up == ()
     assert result.skipped == (T0, T0 + timedelta(hours=1))
 
 
 def test_an_interval_job_after_a_freeze_does_not_burst() -> None:
     schedule = every(1)
-    result = runs.plan(schedule, Policy(start_deadline_s=1), T0, T0 + s(5.5))
+    result = occurrences.plan(schedule, Policy(start_deadline_s=1), T0, T0 + s(5.5))
     assert result.to_run == (T0 + s(5),) and len(result.skipped) == 5
 
 
 def test_catch_up_all_after_fifteen_seconds_down_runs_every_occurrence() -> None:
     schedule = every(3)
-    result = runs.plan(schedule, Policy(catch_up=CatchUp.ALL, start_deadline_s=3), T0,
+    result = occurrences.plan(schedule, Policy(catch_up=CatchUp.ALL, start_deadline_s=3), T0,
                        T0 + s(15.5))
     assert len(result.to_run) == 6 and result.batch and result.skipped == ()
 
 
 def test_minutely_job_down_two_days_skip_accounts_for_every_occurrence() -> None:
     now = T0 + timedelta(days=2, seconds=30)
-    result = runs.plan(MINUTELY, Policy(catch_up=CatchUp.SKIP), T0, now)
+    result = occurrences.plan(MINUTELY, Policy(catch_up=CatchUp.SKIP), T0, now)
     assert result.to_run == (T0 + timedelta(days=2),)  # the latest is on time
-    assert len(result.skipped) == runs.RECORD_CAP
-    assert result.uncounted is not None and result.uncounted.count == 2880 - runs.RECORD_CAP
+    assert len(result.skipped) == occurrences.RECORD_CAP
+    assert result.uncounted is not None and result.uncounted.count == 2880 - occurrences.RECORD_CAP
     assert result.uncounted.first == T0
     assert result.uncounted.last < result.skipped[0]
 
@@ -253,25 +253,26 @@ def test_interval_job_down_nineteen_minutes_loses_nothing() -> None:
     """The reported case: 1,001 skipped + 1 run recorded, 149 occurrences vanished."""
     schedule = every(1)
     now = T0 + timedelta(minutes=19, seconds=0.5)
-    result = runs.plan(schedule, Policy(catch_up=CatchUp.ONCE, start_deadline_s=1), T0, now)
+    result = occurrences.plan(schedule, Policy(catch_up=CatchUp.ONCE, start_deadline_s=1), T0, now)
     assert len(result.to_run) + result.missed == 1 + 19 * 60
 
 
 def test_queue_backlog_is_bounded() -> None:
     policy = Policy(overlap=Overlap.QUEUE, max_queued=2)
-    result = runs.plan(HOURLY, policy, T0, T0 + s(1), queued=2)
+    result = occurrences.plan(HOURLY, policy, T0, T0 + s(1), queued=2)
     assert result.to_run == () and result.refused == (T0,)
-    assert runs.plan(HOURLY, policy, T0, T0 + s(1), queued=1).to_run == (T0,)
+    assert occurrences.plan(HOURLY, policy, T0, T0 + s(1), queued=1).to_run == (T0,)
 
 
 def test_one_shot_and_manual() -> None:
     one = at_schedule("2026-12-01T09:00:00+00:00", "UTC", T0)
     moment = datetime(2026, 12, 1, 9, tzinfo=UTC)
-    assert runs.plan(one, Policy(), moment, moment + s(1)).to_run == (moment,)
-    late = runs.plan(one, Policy(catch_up=CatchUp.SKIP, start_deadline_s=60), moment,
+    assert occurrences.plan(one, Policy(), moment, moment + s(1)).to_run == (moment,)
+    late = occurrences.plan(one, Policy(catch_up=CatchUp.SKIP, start_deadline_s=60), moment,
                      moment + timedelta(days=1))
     assert late.to_run == () and late.skipped == (moment,) and late.next_due is None
-    assert runs.default_start_deadline(manual_schedule(), T0) == runs.DEFAULT_DEADLINE_CAP
+    cap = occurrences.DEFAULT_DEADLINE_CAP
+    assert occurrences.default_start_deadline(manual_schedule(), T0) == cap
 
 
 @given(seconds=st.integers(1, 400), outage=st.integers(0, 4000),
@@ -284,20 +285,21 @@ def test_every_due_occurrence_is_accounted_for(seconds: int, outage: int, catch_
     schedule = every(seconds)
     now = T0 + s(outage * seconds / 7 + 0.5)
     policy = Policy(catch_up=catch_up, start_deadline_s=deadline, overlap=overlap)
-    result = runs.plan(schedule, policy, T0, now, queued)
+    result = occurrences.plan(schedule, policy, T0, now, queued)
     total = 1 + count_between(schedule, T0, now)
     assert len(result.to_run) + len(result.refused) + result.missed == total
     listed = result.to_run + result.skipped + result.refused
     assert len(set(listed)) == len(listed)  # nothing twice
-    assert len(result.skipped) <= runs.RECORD_CAP and len(result.to_run) <= runs.RUN_CAP + 1
+    assert len(result.skipped) <= occurrences.RECORD_CAP
+    assert len(result.to_run) <= occurrences.RUN_CAP + 1
     assert result.next_due is not None and result.next_due > now
 
 
 @pytest.mark.parametrize(("schedule", "expected"), [
     (every(90), 90), (MINUTELY, 60), (HOURLY, 3600),
-    (cron_schedule("0 3 * * *", "Europe/Berlin"), runs.DEFAULT_DEADLINE_CAP)])
+    (cron_schedule("0 3 * * *", "Europe/Berlin"), occurrences.DEFAULT_DEADLINE_CAP)])
 def test_default_start_deadline_is_the_period(schedule: Schedule, expected: float) -> None:
-    assert runs.default_start_deadline(schedule, T0) == expected
+    assert occurrences.default_start_deadline(schedule, T0) == expected
 
 
 # ---------------------------------------------------------------- the wall clock
