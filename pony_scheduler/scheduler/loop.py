@@ -22,15 +22,14 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
 
-from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import PonyError
 from pony_scheduler.keeper.client import KeeperError
 from pony_scheduler.keeper.protocol import LeaseTerms
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler import environment, host, planning, recovery, runs, takeover
+from pony_scheduler.scheduler.clock import DatabaseClock
 from pony_scheduler.scheduler.executor import Executor, Launch
-from pony_scheduler.scheduler.planning import CLOCK_STEP
 from pony_scheduler.scheduler.runs import Capacity, Claimed, Ending, Outcome, Run, Started
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line, utcnow
@@ -39,10 +38,6 @@ from pony_scheduler.store.transitions import Claimant
 
 log = logging.getLogger("pony_scheduler.scheduler")
 
-# How far this host's clock may be from the database's before the log says so.
-CLOCK_WARN = timedelta(seconds=host.CLOCK_WARN_S)
-CLOCK_WARN_CHANGE = timedelta(seconds=1)
-CLOCK_PUBLISH = 0.5  # seconds the offset must move before scheduler.json is rewritten
 CHANGE_POLL = 1.0  # seconds between looks at the change counter
 # A started run's pid waits this long for the next transaction (a finish, a claim) to
 # carry it, rather than costing a write of its own; a restart needs the pid only to stop
@@ -77,12 +72,9 @@ class WorkLoop:
         self.me = Claimant("", socket.gethostname(), host.host_id())
         settings = runtime.settings
         self.output_dir = settings.home / "runs"
-        # The database's clock minus this host's: leases and due times follow the
-        # database's clock, so that hosts whose clocks differ never disagree about them.
-        self.offset = timedelta(0)
-        self.published_offset: float | None = None  # in scheduler.json, for `status`
+        self.clock = DatabaseClock(store, runtime)
         self.executor = Executor(settings.home, settings.workers, self._started,
-                                 self._finished, self._kick, skew=lambda: self.offset,
+                                 self._finished, self._kick, skew=lambda: self.clock.offset,
                                  containment=settings.containment,
                                  lease=LeaseTerms(settings.db, settings.lease))
         self.scheduler_id = ""
@@ -115,13 +107,12 @@ class WorkLoop:
         self.pids_due: float | None = None
         self.backlog = False  # the last claim left due runs behind
         self.unreleased: list[int] = []  # taken back from the executor, not yet requeued
-        self.clock = planning.ClockWatch()
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         self.scheduler_id = self.store.register_scheduler(str(self.runtime.settings.home))
         self.me = replace(self.me, scheduler=self.scheduler_id)
-        self.measure_offset()
+        self.clock.measure()
         try:
             takeover.take_over(self, self.executor.connect(self.scheduler_id))
         except KeeperError as exc:
@@ -151,47 +142,16 @@ class WorkLoop:
 
     def now(self) -> datetime:
         """The database's time, as far as this host can tell (UTC)."""
-        return utcnow() + self.offset
-
-    def measure_offset(self) -> None:
-        offset = timedelta(seconds=self.store.clock_offset())
-        if abs(offset - self.offset) > CLOCK_WARN_CHANGE or (
-                self.offset == timedelta(0) and abs(offset) > CLOCK_WARN):
-            ahead = "ahead of" if offset < timedelta(0) else "behind"
-            log.warning("This host's clock is %s %s the database's; leases and due times "
-                        "follow the database's clock (check the host's time sync)",
-                        format_duration(abs(offset.total_seconds())), ahead)
-        self.offset = offset
-        self.publish_offset()
-
-    def publish_offset(self) -> None:
-        """Put the offset in scheduler.json, which `pb scheduler status` reads (it must
-        not touch the database); only when it moved, and only for PostgreSQL (SQLite has
-        no clock of its own)."""
-        seconds = round(self.offset.total_seconds(), 1)
-        if self.store.engine.dialect.name != "postgresql" or (
-                self.published_offset is not None
-                and abs(seconds - self.published_offset) < CLOCK_PUBLISH):
-            return
-        self.published_offset = seconds
-        self.runtime.update_metadata(clockOffsetS=seconds)
+        return self.clock.now()
 
     def iteration(self) -> None:
         self.executor.poll()
         mono, host_now = time.monotonic(), utcnow()
-        step = self.clock.step(mono, host_now)
+        step = self.clock.stepped(mono, host_now)
         if step is not None:
-            before = self.offset
-            self.measure_offset()  # did the database's clock step too, or only ours?
-            moved = step.by + (self.offset - before)
-            if abs(moved.total_seconds()) > CLOCK_STEP:
-                self.planner.clock_stepped(replace(step, by=moved), host_now + self.offset)
-                self.replan = self.kicked = self.upcoming_dirty = True
-            else:
-                log.warning("This host's clock was stepped by %s; the database's clock, "
-                            "which decides, did not move",
-                            format_duration(step.by.total_seconds()))
-        now = host_now + self.offset
+            self.planner.clock_stepped(step, host_now + self.clock.offset)
+            self.replan = self.kicked = self.upcoming_dirty = True
+        now = host_now + self.clock.offset
         if mono >= self.next_heartbeat:
             self.next_heartbeat = mono + self.heartbeat_interval
             self.maintain(now)
@@ -382,9 +342,9 @@ class WorkLoop:
     # -- upkeep -------------------------------------------------------------------------
     def maintain(self, now: datetime) -> None:
         """Heartbeat, lease renewal, rescue of runs whose scheduler died, removals."""
-        self.measure_offset()
+        self.clock.measure()
         self.store.check_file()
-        self.store.heartbeat(self.offset.total_seconds())
+        self.store.heartbeat(self.clock.offset.total_seconds())
         held = self.store.renew_leases(self.scheduler_id, now, self.lease)
         self.fence(held)
         if recovery.abandoned(self.store, self.scheduler_id, str(self.runtime.settings.home),

@@ -1,4 +1,4 @@
-"""Turning due jobs into runs (the loop's side of occurrences.plan), and watching the wall clock.
+"""Turning due jobs into runs (the loop's side of occurrences.plan).
 
 Jobs are read in batches and materialized in one transaction per batch, so that a
 top-of-the-minute herd of thousands of jobs costs a handful of transactions and the loop
@@ -10,7 +10,6 @@ damaged row) is set aside: logged once, shown by `pb job list`, never fatal.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from pony_scheduler.store import Store
 from pony_scheduler.store.jobs import DueJob, Materialize
 
 if TYPE_CHECKING:
+    from pony_scheduler.scheduler.clock import Step
     from pony_scheduler.scheduler.schedule import Schedule
 
 log = logging.getLogger("pony_scheduler.scheduler")
@@ -29,17 +29,8 @@ log = logging.getLogger("pony_scheduler.scheduler")
 # Due jobs materialized per transaction: small enough that the first runs of a herd start
 # within milliseconds (the loop dispatches between batches), large enough to be cheap.
 BATCH = 100
-CLOCK_STEP = 1.0  # seconds the wall clock may move apart from the monotonic clock
 # What evaluating a stored schedule can raise when this daemon cannot read it.
 UNREADABLE = (ConfigError, ValueError, LookupError, TypeError, OverflowError)
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """The wall clock moved by `by` relative to elapsed time, seen at `at` (UTC)."""
-
-    by: timedelta
-    at: datetime
 
 
 def _span(plan: occurrences.Plan) -> tuple[datetime, datetime]:
@@ -48,22 +39,6 @@ def _span(plan: occurrences.Plan) -> tuple[datetime, datetime]:
     if plan.uncounted is not None:
         moments += [plan.uncounted.first, plan.uncounted.last]
     return min(moments), max(moments)
-
-
-class ClockWatch:
-    """Notices steps of the wall clock (settimeofday, a VM resumed with a stale clock) by
-    comparing it with the monotonic clock, which only counts elapsed time."""
-
-    def __init__(self) -> None:
-        self.offset: float | None = None  # wall - monotonic, seconds
-
-    def step(self, mono: float, now: datetime) -> Step | None:
-        """The step since the last call, if the clocks moved apart by over CLOCK_STEP."""
-        offset = now.timestamp() - mono
-        previous, self.offset = self.offset, offset
-        if previous is None or abs(offset - previous) <= CLOCK_STEP:
-            return None
-        return Step(timedelta(seconds=offset - previous), now)
 
 
 # Jobs that share a schedule share its checking and, at one instant, its plan: both are

@@ -2,7 +2,7 @@
 
 A host's clock may be minutes off; the database server's is the one all schedulers share.
 Rather than a query per decision, a scheduler measures the offset between the two at each
-heartbeat and adds it to its own clock (scheduler/loop.py).
+heartbeat and adds it to its own clock (scheduler/clock.py).
 """
 
 from __future__ import annotations

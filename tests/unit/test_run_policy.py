@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pony_scheduler.runstate import ALLOWED, RunState
 from pony_scheduler.scheduler import occurrences, runs
-from pony_scheduler.scheduler.planning import ClockWatch
+from pony_scheduler.scheduler.clock import ClockWatch
 from pony_scheduler.scheduler.runs import (
     Admission,
     Capacity,
