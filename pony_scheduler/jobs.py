@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pony_scheduler.errors import ConfigError
+from pony_scheduler.joblimits import (
+    MAX_QUEUED,
+    RETRIES,
+    TASKS_MAX,
+    in_range,
+    parse_cpus,
+    parse_size,
+    parse_umask,
+)
 
 if TYPE_CHECKING:
     from pony_scheduler.actor import Actor
@@ -24,14 +33,7 @@ if TYPE_CHECKING:
 OVERLAP = ("skip", "queue", "allow")
 CATCH_UP = ("skip", "once", "all")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Ranges of the integer options, the same on SQLite and PostgreSQL (pb-job(1)).
-RETRIES = (0, 10_000)
-MAX_QUEUED = (1, 10_000)
-TASKS_MAX = (1, 4_194_304)  # the kernel's pid_max limit
-MEMORY_MAX = (1 << 20, 1 << 50)  # bytes: 1 MiB to 1 PiB
-CPU_MAX = (0.01, 1024.0)  # CPUs
 LEFTOVERS = ("kill", "keep")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
 UMASK_DEFAULT = 0o022  # what cron and systemd give their jobs
 
 
@@ -169,9 +171,9 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
     if opts.timeout is not None:
         values["timeout_s"] = parse_duration(opts.timeout, "--timeout")
     if opts.retries is not None:
-        values["retries"] = _in_range(opts.retries, RETRIES, "--retries")
+        values["retries"] = in_range(opts.retries, RETRIES, "--retries")
     if opts.max_queued is not None:
-        values["max_queued"] = _in_range(opts.max_queued, MAX_QUEUED, "--max-queued")
+        values["max_queued"] = in_range(opts.max_queued, MAX_QUEUED, "--max-queued")
     if opts.umask is not None:
         values["umask"] = parse_umask(opts.umask)
     if opts.start_deadline is not None:
@@ -204,7 +206,7 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
         values["jitter_s"] = (None if opts.jitter.strip().lower() == "none"
                               else parse_duration(opts.jitter, "--jitter"))
     if opts.tasks_max is not None:
-        values["tasks_max"] = _in_range(opts.tasks_max, TASKS_MAX, "--tasks-max")
+        values["tasks_max"] = in_range(opts.tasks_max, TASKS_MAX, "--tasks-max")
     if opts.secret:
         bad = [name for name in opts.secret if not ENV_NAME.match(name)]
         if bad:
@@ -250,54 +252,6 @@ def check_env_file(path: str) -> str | None:
     except EnvFileError as exc:
         raise ConfigError(str(exc)) from None
     return absolute
-
-
-def _in_range(value: int, bounds: tuple[int, int], flag: str) -> int:
-    low, high = bounds
-    if not low <= value <= high:
-        raise ConfigError(f"{flag} must be from {low} to {high:,}, not {value}")
-    return value
-
-
-def parse_size(text: str, flag: str) -> int | None:
-    """Bytes from 512M, 2G, 1.5G or a plain number (suffixes are powers of 1024, as
-    systemd's MemoryMax=); "none" for no limit.  ConfigError outside 1 MiB to 1 PiB."""
-    if text.strip().lower() == "none":
-        return None
-    match = _SIZE.match(text)
-    if match is None:
-        raise ConfigError(f"{flag} {text!r} is not a size such as 512M or 2G (or none)")
-    number = float(match.group(1)) * 1024 ** "_KMGTP".index(match.group(2).upper() or "_")
-    low, high = MEMORY_MAX
-    if not low <= number <= high:
-        raise ConfigError(f"{flag} {text!r} is out of range: give 1M to 1P")
-    return int(number)
-
-
-def parse_cpus(text: str) -> float | None:
-    """CPUs from 0.5, 2 or 50% (of one CPU, as systemd's CPUQuota=); "none" for no limit."""
-    value = text.strip().lower()
-    if value == "none":
-        return None
-    try:
-        cpus = float(value[:-1]) / 100 if value.endswith("%") else float(value)
-    except ValueError:
-        cpus = float("nan")
-    low, high = CPU_MAX
-    if not low <= cpus <= high:  # also false for NaN
-        raise ConfigError(f"--cpu-max {text!r} is not a number of CPUs from {low:g} to "
-                          f"{high:g} or a percentage of one CPU such as 50% (or none)")
-    return cpus
-
-
-def parse_umask(text: str) -> int:
-    """An octal umask such as 022 or 0027 (umask(2)); ConfigError outside 000-777."""
-    digits = text.strip()
-    if not digits or len(digits) > 4 or any(c not in "01234567" for c in digits) or (
-            len(digits) == 4 and digits[0] != "0"):
-        raise ConfigError(f"--umask {text!r} is not an octal mask from 000 to 777, "
-                          "e.g. 022 or 027")
-    return int(digits, 8)
 
 
 def command_values(opts: JobOptions, required: bool) -> dict[str, Any]:

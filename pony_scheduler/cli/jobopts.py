@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from pony_scheduler.jobs import CATCH_UP, MAX_QUEUED, OVERLAP, RETRIES, TASKS_MAX, JobOptions
+from pony_scheduler.joblimits import MAX_QUEUED, RETRIES, TASKS_MAX
+from pony_scheduler.jobs import CATCH_UP, OVERLAP, JobOptions
 
 
 def _range(bounds: tuple[int, int]) -> str:
