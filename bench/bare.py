@@ -28,8 +28,13 @@ def main(argv: list[str]) -> None:
     def one(_: int) -> None:
         if mode == "stamps":
             stamps.append(time.time())  # list.append is atomic under the GIL
-        subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     began_wall = time.time()
@@ -43,8 +48,12 @@ def main(argv: list[str]) -> None:
     elapsed = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
-    out = {"elapsed_s": elapsed, "rate": count / elapsed, "cpu_ms_per_run": cpu * 1000 / count,
-           "began": began_wall}
+    out = {
+        "elapsed_s": elapsed,
+        "rate": count / elapsed,
+        "cpu_ms_per_run": cpu * 1000 / count,
+        "began": began_wall,
+    }
     if mode == "stamps":
         out["stamps"] = stamps
     print(json.dumps(out))

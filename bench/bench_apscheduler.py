@@ -97,16 +97,37 @@ def aps_env() -> dict[str, str]:
 
 def aps_available(log: list[str]) -> str:
     """'' when APScheduler 3 imports from bench/.deps/aps (installing it there if needed)."""
-    probe = [PY, "-c",
-             "import apscheduler, sys; sys.exit(0 if apscheduler.__version__ < '4' else 1)"]
+    probe = [
+        PY,
+        "-c",
+        "import apscheduler, sys; sys.exit(0 if apscheduler.__version__ < '4' else 1)",
+    ]
     if subprocess.run(probe, env=aps_env(), capture_output=True, check=False).returncode == 0:
         return ""
-    proc = subprocess.run([PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           "--target", str(APS_DIR), "--no-deps", APS_REQUIREMENT, "tzlocal"],
-                          capture_output=True, text=True, check=False, timeout=300)
+    proc = subprocess.run(
+        [
+            PY,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+            str(APS_DIR),
+            "--no-deps",
+            APS_REQUIREMENT,
+            "tzlocal",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     if proc.returncode != 0:
-        return "APScheduler could not be installed: " + (proc.stderr.strip().splitlines()
-                                                         or ["pip failed"])[-1]
+        return (
+            "APScheduler could not be installed: "
+            + (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        )
     if subprocess.run(probe, env=aps_env(), capture_output=True, check=False).returncode != 0:
         return "APScheduler installed but cannot be imported"
     log.append(f"installed {APS_REQUIREMENT} into {APS_DIR}")
@@ -116,9 +137,14 @@ def aps_available(log: list[str]) -> str:
 def aps_rate(count: int, store: str) -> tuple[float, dict[str, Any]]:
     """APScheduler's runs/s; `store` is "memory" or "sqlite"."""
     url = "memory" if store == "memory" else f"sqlite:///{new_home('aps') / 'aps.db'}"
-    proc = subprocess.run([PY, "-c", APS_SCRIPT, str(count), str(WORKERS), url],
-                          env=aps_env(), capture_output=True, text=True, timeout=900,
-                          check=False)
+    proc = subprocess.run(
+        [PY, "-c", APS_SCRIPT, str(count), str(WORKERS), url],
+        env=aps_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"APScheduler run failed: {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -140,7 +166,7 @@ def run(quick: bool) -> BenchResult:
     rates: dict[str, list[float]] = {"pb": [], "sqlite": [], "memory": []}
     for number in range(trials):
         order = ["pb", "sqlite", "memory"]
-        order = order[number % 3:] + order[:number % 3]
+        order = order[number % 3 :] + order[: number % 3]
         for who in order:
             if who == "pb":
                 rate, detail = scheduler_rate(count, WORKERS)
@@ -152,13 +178,24 @@ def run(quick: bool) -> BenchResult:
             result.details.setdefault(who, []).append(detail)
     pb = rates["pb"]
     result.add("pb, 4 workers", pb, "runs/s", note=f"{count} runs of `true` per trial")
-    result.add("pb vs APScheduler 3, SQLite WAL + synchronous=NORMAL", pb, "runs/s",
-               baseline=rates["sqlite"], baseline_name="APScheduler, SQLAlchemyJobStore",
-               goal=f">= {GOAL}x", check=lambda r: r >= GOAL,
-               note="matched durability: the PRAGMAs pb sets (store/engine.py)")
-    result.add("pb vs APScheduler 3, MemoryJobStore", pb, "runs/s",
-               baseline=rates["memory"], baseline_name="APScheduler, MemoryJobStore",
-               note="APScheduler writes nothing at all")
+    result.add(
+        "pb vs APScheduler 3, SQLite WAL + synchronous=NORMAL",
+        pb,
+        "runs/s",
+        baseline=rates["sqlite"],
+        baseline_name="APScheduler, SQLAlchemyJobStore",
+        goal=f">= {GOAL}x",
+        check=lambda r: r >= GOAL,
+        note="matched durability: the PRAGMAs pb sets (store/engine.py)",
+    )
+    result.add(
+        "pb vs APScheduler 3, MemoryJobStore",
+        pb,
+        "runs/s",
+        baseline=rates["memory"],
+        baseline_name="APScheduler, MemoryJobStore",
+        note="APScheduler writes nothing at all",
+    )
     return result
 
 

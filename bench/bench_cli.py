@@ -31,8 +31,9 @@ BARE = "python -c pass"
 GOAL = 1.25  # issue 15: <= 1.25x the `import click` floor
 
 
-def measure(commands: dict[str, list[str]], env: dict[str, str], trials: int,
-            rounds: int) -> dict[str, list[list[tuple[float, float]]]]:
+def measure(
+    commands: dict[str, list[str]], env: dict[str, str], trials: int, rounds: int
+) -> dict[str, list[list[tuple[float, float]]]]:
     """name -> per trial, the (wall ms, cpu ms) of each round."""
     for argv in commands.values():  # warm the page cache
         run_timed(argv, env)
@@ -71,17 +72,28 @@ def run(quick: bool) -> BenchResult:
     bare, floor = per_trial(BARE, 0), per_trial(FLOOR, 0)
     bare_cpu, floor_cpu = per_trial(BARE, 1), per_trial(FLOOR, 1)
     result.add(BARE, bare, "ms", note=f"{trials} trials x {rounds} rounds")
-    result.add(FLOOR, floor, "ms", baseline=bare, baseline_name=BARE,
-               note="the floor of any click program")
+    result.add(
+        FLOOR, floor, "ms", baseline=bare, baseline_name=BARE, note="the floor of any click program"
+    )
     for name in list(commands)[2:]:
         wall, cpu = per_trial(name, 0), per_trial(name, 1)
         vs_bare = [w / b for w, b in zip(wall, bare, strict=True)]
         vs_cpu = [c / f for c, f in zip(cpu, floor_cpu, strict=True)]
-        note = (f"{median(vs_bare):.2f}x {BARE} [{min(vs_bare):.2f}-{max(vs_bare):.2f}]; "
-                f"CPU {median(cpu):.1f} ms = {median(vs_cpu):.2f}x the floor's "
-                f"[{min(vs_cpu):.2f}-{max(vs_cpu):.2f}]")
-        result.add(name, wall, "ms", baseline=floor, baseline_name="import click",
-                   goal=f"<= {GOAL}x import click", check=lambda r: r <= GOAL, note=note)
+        note = (
+            f"{median(vs_bare):.2f}x {BARE} [{min(vs_bare):.2f}-{max(vs_bare):.2f}]; "
+            f"CPU {median(cpu):.1f} ms = {median(vs_cpu):.2f}x the floor's "
+            f"[{min(vs_cpu):.2f}-{max(vs_cpu):.2f}]"
+        )
+        result.add(
+            name,
+            wall,
+            "ms",
+            baseline=floor,
+            baseline_name="import click",
+            goal=f"<= {GOAL}x import click",
+            check=lambda r: r <= GOAL,
+            note=note,
+        )
     result.details["cpu_ms"] = {name: per_trial(name, 1) for name in commands}
     result.details["bare_cpu_ms"] = bare_cpu
     return result

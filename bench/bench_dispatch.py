@@ -46,15 +46,21 @@ def bare_latencies(count: int) -> list[float]:
     out = []
     for _ in range(count):
         before = time.time()
-        proc = subprocess.run(PROBE, capture_output=True, text=True, check=False,
-                              env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+        proc = subprocess.run(
+            PROBE,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
+        )
         out.append((float(proc.stdout.strip()) - before) * 1000)
         time.sleep(0.005)
     return out
 
 
-def scheduler_latencies(jobs: int, seconds: float
-                        ) -> tuple[list[tuple[float, float]], list[float], dict]:
+def scheduler_latencies(
+    jobs: int, seconds: float
+) -> tuple[list[tuple[float, float]], list[float], dict]:
     """(occurrence, latency ms) of every usable run, the claim lags (ms), and details."""
     home = new_home("dispatch")
     daemon = Daemon(home)
@@ -62,9 +68,19 @@ def scheduler_latencies(jobs: int, seconds: float
         store = open_store(sqlite_url(home))
         try:
             base = utcnow() + timedelta(seconds=1)
-            rows = [{"name": f"d{i:03d}", **job_values(
-                        f"d{i:03d}", PROBE, every="1s", env=["LC_ALL=C"],
-                        anchor=base + timedelta(seconds=i / jobs))} for i in range(jobs)]
+            rows = [
+                {
+                    "name": f"d{i:03d}",
+                    **job_values(
+                        f"d{i:03d}",
+                        PROBE,
+                        every="1s",
+                        env=["LC_ALL=C"],
+                        anchor=base + timedelta(seconds=i / jobs),
+                    ),
+                }
+                for i in range(jobs)
+            ]
             bulk_jobs(store, rows)
             # The first occurrences are anchor + 1 s: at least 2 s away, so the daemon has
             # seen the new jobs (it looks once a second) before any is due.
@@ -109,9 +125,14 @@ def run(quick: bool) -> BenchResult:
     # The run in SLICES consecutive parts by due time, for the spread of each percentile.
     size = max(1, len(lat) // SLICES)
     parts = [lat[i : i + size] for i in range(0, size * SLICES, size) if lat[i : i + size]]
-    result.details.update(info, jobs=jobs, seconds=seconds, runs=len(lat),
-                          latencies_ms=[(round(o, 3), round(v, 3)) for o, v in timed],
-                          bare_ms=bare)
+    result.details.update(
+        info,
+        jobs=jobs,
+        seconds=seconds,
+        runs=len(lat),
+        latencies_ms=[(round(o, 3), round(v, 3)) for o, v in timed],
+        bare_ms=bare,
+    )
     if not lat:
         result.add("latency p50", None, "ms", note=f"no usable runs: {info}")
         return result
@@ -119,17 +140,36 @@ def run(quick: bool) -> BenchResult:
     for label, pct in (("p50", 50), ("p99", 99)):
         value, base = percentile(lat, pct), percentile(bare, pct)
         check = (lambda v: v < GOAL_P99) if pct == 99 else None
-        row = result.add(f"due -> process start {label}", value, "ms", baseline=base,
-                         baseline_name=f"bare Popen->start {label}",
-                         goal=f"< {GOAL_P99:g} ms" if check else "", check=check,
-                         on_value=True, note=f"{n}; [min-max] of {len(parts)} parts in time")
-        row.lo, row.hi = (min(percentile(p, pct) for p in parts),
-                          max(percentile(p, pct) for p in parts))
+        row = result.add(
+            f"due -> process start {label}",
+            value,
+            "ms",
+            baseline=base,
+            baseline_name=f"bare Popen->start {label}",
+            goal=f"< {GOAL_P99:g} ms" if check else "",
+            check=check,
+            on_value=True,
+            note=f"{n}; [min-max] of {len(parts)} parts in time",
+        )
+        row.lo, row.hi = (
+            min(percentile(p, pct) for p in parts),
+            max(percentile(p, pct) for p in parts),
+        )
         row.flag = spread_flag(row.lo, row.hi, check)
-    result.add("due -> process start max", max(lat), "ms", baseline=max(bare),
-               baseline_name="bare Popen->start max", note=n)
-    result.add("due -> claim p50 (runs.started_at)", percentile(claims, 50), "ms",
-               note="the scheduler's own stamp, before the fork")
+    result.add(
+        "due -> process start max",
+        max(lat),
+        "ms",
+        baseline=max(bare),
+        baseline_name="bare Popen->start max",
+        note=n,
+    )
+    result.add(
+        "due -> claim p50 (runs.started_at)",
+        percentile(claims, 50),
+        "ms",
+        note="the scheduler's own stamp, before the fork",
+    )
     result.add("due -> claim p99 (runs.started_at)", percentile(claims, 99), "ms")
     expected = jobs * seconds
     if len(lat) < expected * 0.9:

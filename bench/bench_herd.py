@@ -82,16 +82,19 @@ def herd(home: Path, count: int, trial: int) -> dict[str, Any]:
         time.sleep(wait)
         store = open_store(sqlite_url(home))
         try:
-            counts, stalled = wait_finished(store, count * (trial + 1),
-                                            timeout=max(120, count / 10))
+            counts, stalled = wait_finished(
+                store, count * (trial + 1), timeout=max(120, count / 10)
+            )
             from sqlalchemy import select
 
             from pony_scheduler.store.tables import runs
 
             with store.engine.connect() as connection:
                 rows = connection.execute(
-                    select(runs.c.started_at, runs.c.finished_at, runs.c.pid_start)
-                    .where(runs.c.occurrence == minute)).all()
+                    select(runs.c.started_at, runs.c.finished_at, runs.c.pid_start).where(
+                        runs.c.occurrence == minute
+                    )
+                ).all()
         finally:
             store.close()
         daemon.stop()
@@ -101,14 +104,15 @@ def herd(home: Path, count: int, trial: int) -> dict[str, Any]:
     started = sorted((r.started_at - minute).total_seconds() for r in rows if r.started_at)
     finished = [(r.finished_at - minute).total_seconds() for r in rows if r.finished_at]
     if len(started) < count:
-        raise RuntimeError(f"only {len(started)} of {count} runs started at {minute} "
-                           f"(states {counts}, stalled {stalled})")
+        raise RuntimeError(
+            f"only {len(started)} of {count} runs started at {minute} "
+            f"(states {counts}, stalled {stalled})"
+        )
     pools = [before, after]
     # The kernel's own start times of the job processes (10 ms clock ticks), as a check on
     # the scheduler's stamps: boot time on the wall clock is now - /proc/uptime.
     boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
-    spawned = sorted(boot + r.pid_start / CLK_TCK - minute.timestamp() for r in rows
-                     if r.pid_start)
+    spawned = sorted(boot + r.pid_start / CLK_TCK - minute.timestamp() for r in rows if r.pid_start)
     return {
         "process_first_start_s": spawned[0] if spawned else None,
         "process_all_started_s": spawned[-1] if spawned else None,
@@ -131,8 +135,9 @@ def _started(trial: dict[str, Any], which: str) -> float:
 
 
 def _stamps(done: list[dict[str, Any]], which: str, scale: float, unit: str) -> str:
-    return ", ".join(f"{t[f'stamp_{which}_s'] * scale:.{0 if unit == 'ms' else 2}f} {unit}"
-                     for t in done)
+    return ", ".join(
+        f"{t[f'stamp_{which}_s'] * scale:.{0 if unit == 'ms' else 2}f} {unit}" for t in done
+    )
 
 
 def run(quick: bool) -> BenchResult:
@@ -149,23 +154,33 @@ def run(quick: bool) -> BenchResult:
     result.details["trials"] = {str(k): v for k, v in trials.items()}
     for size in SIZES:
         done = trials[size]
-        result.add(f"{size:,} jobs: all started after the minute",
-                   [_started(t, "all_started") for t in done], "s",
-                   baseline=[t["bare_all_started_s"] for t in done],
-                   baseline_name=f"bare pool of {WORKERS} threads, {size:,} spawns",
-                   goal=f"<= {GOAL_ALL}x bare", check=lambda r: r <= GOAL_ALL,
-                   note="the last job process's start - M (kernel, 10 ms ticks) vs the "
-                        "pool's last spawn - first; runs.started_at: "
-                        + _stamps(done, "all_started", 1, "s"))
-        result.add(f"{size:,} jobs: first start after the minute",
-                   [_started(t, "first_start") * 1000 for t in done], "ms",
-                   goal=f"< {GOAL_FIRST_MS:g} ms", check=lambda v: v < GOAL_FIRST_MS,
-                   note="the first job process's start - M (kernel, 10 ms ticks); "
-                        "runs.started_at: " + _stamps(done, "first_start", 1000, "ms"))
-        result.add(f"{size:,} jobs: all finished after the minute",
-                   [t["all_finished_s"] for t in done], "s",
-                   baseline=[t["bare_elapsed_s"] for t in done],
-                   baseline_name="bare pool's elapsed time")
+        result.add(
+            f"{size:,} jobs: all started after the minute",
+            [_started(t, "all_started") for t in done],
+            "s",
+            baseline=[t["bare_all_started_s"] for t in done],
+            baseline_name=f"bare pool of {WORKERS} threads, {size:,} spawns",
+            goal=f"<= {GOAL_ALL}x bare",
+            check=lambda r: r <= GOAL_ALL,
+            note="the last job process's start - M (kernel, 10 ms ticks) vs the "
+            "pool's last spawn - first; runs.started_at: " + _stamps(done, "all_started", 1, "s"),
+        )
+        result.add(
+            f"{size:,} jobs: first start after the minute",
+            [_started(t, "first_start") * 1000 for t in done],
+            "ms",
+            goal=f"< {GOAL_FIRST_MS:g} ms",
+            check=lambda v: v < GOAL_FIRST_MS,
+            note="the first job process's start - M (kernel, 10 ms ticks); "
+            "runs.started_at: " + _stamps(done, "first_start", 1000, "ms"),
+        )
+        result.add(
+            f"{size:,} jobs: all finished after the minute",
+            [t["all_finished_s"] for t in done],
+            "s",
+            baseline=[t["bare_elapsed_s"] for t in done],
+            baseline_name="bare pool's elapsed time",
+        )
     return result
 
 

@@ -41,10 +41,12 @@ def fill(home: Path, count: int) -> float:
     try:
         if count:
             now = utcnow()
-            store.add_job("cron-000000", job_values("cron-000000", ["true"],
-                                                    cron="0 0 1 1 *", anchor=now))
-            store.add_job("every-000000", job_values("every-000000", ["true"], every="30d",
-                                                     anchor=now))
+            store.add_job(
+                "cron-000000", job_values("cron-000000", ["true"], cron="0 0 1 1 *", anchor=now)
+            )
+            store.add_job(
+                "every-000000", job_values("every-000000", ["true"], every="30d", anchor=now)
+            )
     finally:
         store.close()
     if count:
@@ -65,11 +67,13 @@ def run(quick: bool) -> BenchResult:
             daemon = Daemon(home)
             result.details[f"start_{size}_s"] = daemon.start()
             daemons[size] = daemon
-        sleeper = subprocess.Popen([PY, "-c", "import time; time.sleep(86400)"],
-                                   stdin=subprocess.DEVNULL)
+        sleeper = subprocess.Popen(
+            [PY, "-c", "import time; time.sleep(86400)"], stdin=subprocess.DEVNULL
+        )
         time.sleep(SETTLE)
-        pids: dict[int | str, int] = {size: d.pid for size, d in daemons.items()
-                                      if d.pid is not None}
+        pids: dict[int | str, int] = {
+            size: d.pid for size, d in daemons.items() if d.pid is not None
+        }
         pids["baseline"] = sleeper.pid
         before = {k: cpu_seconds(pid) for k, pid in pids.items()}
         switches = {k: context_switches(pid) for k, pid in pids.items()}
@@ -96,18 +100,36 @@ def run(quick: bool) -> BenchResult:
     for size in SIZES:
         pct = used[size] / window * 100
         goal_cpu, met_cpu = ("< 0.5% of a core", pct < 0.5) if size else ("", None)
-        row = result.add(f"CPU, {size:,} jobs ({window:g} s window)", pct, "% core",
-                         baseline=base_cpu, baseline_name="sleeping python",
-                         goal=goal_cpu, met=met_cpu,
-                         note=f"{used[size]:.2f} CPU s; [min-max] over {SLICES} slices")
+        row = result.add(
+            f"CPU, {size:,} jobs ({window:g} s window)",
+            pct,
+            "% core",
+            baseline=base_cpu,
+            baseline_name="sleeping python",
+            goal=goal_cpu,
+            met=met_cpu,
+            note=f"{used[size]:.2f} CPU s; [min-max] over {SLICES} slices",
+        )
         row.lo, row.hi = min(slices[size]), max(slices[size])
     for size in SIZES:
         goal_rss, met_rss = ("< 80 MB", rss[size] < 80) if size == SIZES[-1] else ("", None)
-        result.add(f"RSS, {size:,} jobs", rss[size], "MiB", baseline=rss["baseline"],
-                   baseline_name="sleeping python", goal=goal_rss, met=met_rss)
-    result.add(f"wake-ups, {SIZES[-1]:,} jobs", wakeups[SIZES[-1]], "/s",
-               baseline=wakeups["baseline"], baseline_name="sleeping python",
-               note="context switches of all threads")
+        result.add(
+            f"RSS, {size:,} jobs",
+            rss[size],
+            "MiB",
+            baseline=rss["baseline"],
+            baseline_name="sleeping python",
+            goal=goal_rss,
+            met=met_rss,
+        )
+    result.add(
+        f"wake-ups, {SIZES[-1]:,} jobs",
+        wakeups[SIZES[-1]],
+        "/s",
+        baseline=wakeups["baseline"],
+        baseline_name="sleeping python",
+        note="context switches of all threads",
+    )
     result.details["wakeups_per_s"] = wakeups
     result.details["start_with_100k_s"] = result.details.get(f"start_{SIZES[-1]}_s")
     return result

@@ -28,14 +28,35 @@ def run(quick: bool) -> BenchResult:
     finally:
         daemon.cleanup()
     result.details.update(starts_ms=starts, stops_ms=stops, version_ms=versions)
-    result.add("start, first (creates + migrates the DB)", starts[0], "ms",
-               baseline=versions[0], baseline_name="pb --version")
-    result.add("start-to-ready", starts[1:], "ms", baseline=versions[1:],
-               baseline_name="pb --version", goal="< 600 ms", check=lambda v: v < 600,
-               on_value=True, note=f"{cycles - 1} cycles")
-    result.add("stop", stops, "ms", baseline=versions, baseline_name="pb --version",
-               goal="< 300 ms", check=lambda v: v < 300, on_value=True,
-               note=f"{cycles} cycles")
+    result.add(
+        "start, first (creates + migrates the DB)",
+        starts[0],
+        "ms",
+        baseline=versions[0],
+        baseline_name="pb --version",
+    )
+    result.add(
+        "start-to-ready",
+        starts[1:],
+        "ms",
+        baseline=versions[1:],
+        baseline_name="pb --version",
+        goal="< 600 ms",
+        check=lambda v: v < 600,
+        on_value=True,
+        note=f"{cycles - 1} cycles",
+    )
+    result.add(
+        "stop",
+        stops,
+        "ms",
+        baseline=versions,
+        baseline_name="pb --version",
+        goal="< 300 ms",
+        check=lambda v: v < 300,
+        on_value=True,
+        note=f"{cycles} cycles",
+    )
     return result
 
 

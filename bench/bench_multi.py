@@ -61,19 +61,26 @@ def duplicate_rows(store: Any) -> int:
 
     from pony_scheduler.store.tables import runs
 
-    query = (select(func.count()).select_from(
-        select(runs.c.job_id).group_by(runs.c.job_id, runs.c.occurrence, runs.c.attempt)
-        .having(func.count() > 1).subquery()))
+    query = select(func.count()).select_from(
+        select(runs.c.job_id)
+        .group_by(runs.c.job_id, runs.c.occurrence, runs.c.attempt)
+        .having(func.count() > 1)
+        .subquery()
+    )
     with store.engine.connect() as connection:
         return int(connection.execute(query).scalar() or 0)
 
 
 def cpu_snapshot(daemons: list[Daemon]) -> dict[str, Any]:
     pids = [d.pid for d in daemons if d.pid is not None]
-    return {"jiffies": cpu_jiffies(), "iowait": iowait_jiffies(), "t": time.monotonic(),
-            "schedulers": sum(cpu_seconds(p) for p in pids),
-            "jobs": sum(children_cpu_seconds(p) for p in pids),
-            "postgres": postgres_cpu_seconds()}
+    return {
+        "jiffies": cpu_jiffies(),
+        "iowait": iowait_jiffies(),
+        "t": time.monotonic(),
+        "schedulers": sum(cpu_seconds(p) for p in pids),
+        "jobs": sum(children_cpu_seconds(p) for p in pids),
+        "postgres": postgres_cpu_seconds(),
+    }
 
 
 def cpu_used(daemons: list[Daemon], before: dict[str, Any]) -> dict[str, float]:
@@ -81,12 +88,14 @@ def cpu_used(daemons: list[Daemon], before: dict[str, Any]) -> dict[str, float]:
     the seconds elapsed, and the machine's busy and iowait fractions."""
     after = cpu_snapshot(daemons)
     total = max(1, after["jiffies"][1] - before["jiffies"][1])
-    return {"elapsed": after["t"] - before["t"],
-            "schedulers": after["schedulers"] - before["schedulers"],
-            "jobs": after["jobs"] - before["jobs"],
-            "postgres": after["postgres"] - before["postgres"],
-            "busy": busy_since(before["jiffies"]),
-            "iowait": (after["iowait"] - before["iowait"]) / total}
+    return {
+        "elapsed": after["t"] - before["t"],
+        "schedulers": after["schedulers"] - before["schedulers"],
+        "jobs": after["jobs"] - before["jobs"],
+        "postgres": after["postgres"] - before["postgres"],
+        "busy": busy_since(before["jiffies"]),
+        "iowait": (after["iowait"] - before["iowait"]) / total,
+    }
 
 
 def share(count: int, schedulers: int, sleep: float) -> dict[str, Any]:
@@ -102,8 +111,9 @@ def share(count: int, schedulers: int, sleep: float) -> dict[str, Any]:
             start_all(daemons[1:])
             store = open_store(url)
             try:
-                job_id = store.add_job("m", job_values("m", [command], manual=True,
-                                                       overlap="allow", shell=True))
+                job_id = store.add_job(
+                    "m", job_values("m", [command], manual=True, overlap="allow", shell=True)
+                )
                 due = utcnow() + timedelta(seconds=2.5)
                 queue_runs(store, job_id, count, due)
                 time.sleep(max(0.0, (due - utcnow()).total_seconds()))
@@ -145,14 +155,17 @@ def cpu_note(cpu: dict[str, float], runs: int, slots: int, sleep: float) -> str:
     ceiling = f"CPU ceiling {cores / per_run:,.0f} runs/s" if per_run else "no CPU used"
     if sleep:
         ceiling += f", slot ceiling {slots / sleep:,.0f} runs/s"
-    return (f"CPU per run {per_run * 1000:.2f} ms (schedulers "
-            f"{cpu['schedulers'] * 1000 / runs:.2f}, jobs {cpu['jobs'] * 1000 / runs:.2f}, "
-            f"postgres {cpu['postgres'] * 1000 / runs:.2f}) -> {ceiling}; machine busy "
-            f"{cpu['busy']:.0%}, iowait {cpu['iowait']:.0%}")
+    return (
+        f"CPU per run {per_run * 1000:.2f} ms (schedulers "
+        f"{cpu['schedulers'] * 1000 / runs:.2f}, jobs {cpu['jobs'] * 1000 / runs:.2f}, "
+        f"postgres {cpu['postgres'] * 1000 / runs:.2f}) -> {ceiling}; machine busy "
+        f"{cpu['busy']:.0%}, iowait {cpu['iowait']:.0%}"
+    )
 
 
-def workload(result: BenchResult, label: str, count: int, sleep: float, trials: int,
-             goal: float | None) -> None:
+def workload(
+    result: BenchResult, label: str, count: int, sleep: float, trials: int, goal: float | None
+) -> None:
     markers = new_home("pg-bare") / "markers.txt"
     command = ["sh", "-c", f"echo x >> {markers}" + (f"; sleep {sleep:g}" if sleep else "")]
     infos: dict[int, list[dict[str, Any]]] = {1: [], 2: [], 3: []}
@@ -166,25 +179,44 @@ def workload(result: BenchResult, label: str, count: int, sleep: float, trials: 
     for k in (1, 2, 3):
         name = f"{label}: {k} scheduler{'s' if k > 1 else ''}"
         rates = [i["rate"] for i in infos[k]]
-        note = (f"split {infos[k][-1]['per_scheduler']}; "
-                + cpu_note(infos[k][-1]["cpu"], count, k * WORKERS, sleep))
+        note = f"split {infos[k][-1]['per_scheduler']}; " + cpu_note(
+            infos[k][-1]["cpu"], count, k * WORKERS, sleep
+        )
         if any(i["stalled"] for i in infos[k]):
             note = f"STALLED {[i['states'] for i in infos[k]]}; " + note
         if k == 1:
-            result.add(f"{name}: runs/s", rates, "runs/s", baseline=bares,
-                       baseline_name=f"bare pool of {WORKERS} threads", note=note)
+            result.add(
+                f"{name}: runs/s",
+                rates,
+                "runs/s",
+                baseline=bares,
+                baseline_name=f"bare pool of {WORKERS} threads",
+                note=note,
+            )
         else:
             check = (lambda r: r >= goal) if goal and k == 3 else None
-            result.add(f"{name}: runs/s", rates, "runs/s", baseline=single,
-                       baseline_name="1 scheduler, same trial",
-                       goal=f">= {goal}x one" if check else "", check=check, note=note)
+            result.add(
+                f"{name}: runs/s",
+                rates,
+                "runs/s",
+                baseline=single,
+                baseline_name="1 scheduler, same trial",
+                goal=f">= {goal}x one" if check else "",
+                check=check,
+                note=note,
+            )
         bad = sum(i["dup_rows"] + i["dup_exec"] for i in infos[k])
         lost = sum(i["lost"] for i in infos[k])
-        result.add(f"{name}: duplicates / lost", bad + lost, "runs",
-                   goal="0 duplicates, 0 lost", met=bad == 0 and lost == 0,
-                   note=f"{count:,} runs x {trials}: dup rows "
-                        f"{sum(i['dup_rows'] for i in infos[k])}, executed twice "
-                        f"{sum(i['dup_exec'] for i in infos[k])}, lost {lost}")
+        result.add(
+            f"{name}: duplicates / lost",
+            bad + lost,
+            "runs",
+            goal="0 duplicates, 0 lost",
+            met=bad == 0 and lost == 0,
+            note=f"{count:,} runs x {trials}: dup rows "
+            f"{sum(i['dup_rows'] for i in infos[k])}, executed twice "
+            f"{sum(i['dup_exec'] for i in infos[k])}, lost {lost}",
+        )
 
 
 def run(quick: bool) -> BenchResult:

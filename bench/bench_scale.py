@@ -46,16 +46,22 @@ def fill(home: Path, jobs: int, runs: int) -> float:
     now = utcnow()
     store = open_store(sqlite_url(home))
     try:
-        store.add_job("scale-000000", job_values("scale-000000", ["true"], every="30d",
-                                                 anchor=now))
+        store.add_job("scale-000000", job_values("scale-000000", ["true"], every="30d", anchor=now))
     finally:
         store.close()
     if jobs > 1:
         last = sqlite_time(now - timedelta(minutes=1))
-        first, _ = clone_jobs(home, "scale-000000", jobs - 1, "scale",
-                              last_state="succeeded", last_run_id=runs or None,
-                              last_finished_at=last, last_duration_s=0.01,
-                              last_success_at=last)
+        first, _ = clone_jobs(
+            home,
+            "scale-000000",
+            jobs - 1,
+            "scale",
+            last_state="succeeded",
+            last_run_id=runs or None,
+            last_finished_at=last,
+            last_duration_s=0.01,
+            last_success_at=last,
+        )
         first -= 1  # the template is a job too
     else:
         first = 1
@@ -97,44 +103,76 @@ def run(quick: bool) -> BenchResult:
                 cpu.setdefault((name, home), []).append(timed.cpu * 1000)
                 if name == "job list --json":
                     rss[home].append(timed.maxrss_mb)
-        for home in ((empty, big) if trial % 2 == 0 else (big, empty)):
+        for home in (empty, big) if trial % 2 == 0 else (big, empty):
             daemon = Daemon(home)
             try:
                 starts[home].append(daemon.start() * 1000)
                 stops[home].append(daemon.stop() * 1000)
             finally:
                 daemon.cleanup()
-    result.details.update(trials=trials, wall_ms={f"{n} {h.name}": v for (n, h), v in
-                                                  wall.items()},
-                          rss_mb={h.name: v for h, v in rss.items()},
-                          starts_ms={h.name: v for h, v in starts.items()},
-                          stops_ms={h.name: v for h, v in stops.items()})
+    result.details.update(
+        trials=trials,
+        wall_ms={f"{n} {h.name}": v for (n, h), v in wall.items()},
+        rss_mb={h.name: v for h, v in rss.items()},
+        starts_ms={h.name: v for h, v in starts.items()},
+        stops_ms={h.name: v for h, v in stops.items()},
+    )
     flat = f"<= {FLAT}x (flat)"
 
     def cpu_note(name: str) -> str:
         ratios = [b / s for b, s in zip(cpu[(name, big)], cpu[(name, small)], strict=True)]
-        return (f"CPU {median(cpu[(name, big)]):.0f} ms = {median(ratios):.2f}x "
-                f"[{min(ratios):.2f}-{max(ratios):.2f}]")
+        return (
+            f"CPU {median(cpu[(name, big)]):.0f} ms = {median(ratios):.2f}x "
+            f"[{min(ratios):.2f}-{max(ratios):.2f}]"
+        )
 
-    result.add("pb job list, 100,000 jobs", wall[("job list", big)], "ms",
-               baseline=wall[("job list", small)], baseline_name="100 jobs", goal=flat,
-               check=lambda r: r <= FLAT,
-               note="what `pb job list` prints by default; " + cpu_note("job list"))
-    result.add("pb job list --json, 100,000 jobs", wall[("job list --json", big)], "ms",
-               baseline=wall[("job list --json", small)], baseline_name="100 jobs",
-               note="every job; " + cpu_note("job list --json"))
-    result.add("peak RSS of pb job list --json, 100,000 jobs", rss[big], "MiB",
-               baseline=rss[small], baseline_name="100 jobs", note="wait4 ru_maxrss")
+    result.add(
+        "pb job list, 100,000 jobs",
+        wall[("job list", big)],
+        "ms",
+        baseline=wall[("job list", small)],
+        baseline_name="100 jobs",
+        goal=flat,
+        check=lambda r: r <= FLAT,
+        note="what `pb job list` prints by default; " + cpu_note("job list"),
+    )
+    result.add(
+        "pb job list --json, 100,000 jobs",
+        wall[("job list --json", big)],
+        "ms",
+        baseline=wall[("job list --json", small)],
+        baseline_name="100 jobs",
+        note="every job; " + cpu_note("job list --json"),
+    )
+    result.add(
+        "peak RSS of pb job list --json, 100,000 jobs",
+        rss[big],
+        "MiB",
+        baseline=rss[small],
+        baseline_name="100 jobs",
+        note="wait4 ru_maxrss",
+    )
     name = "runs --state succeeded -n 20"
-    result.add(f"pb {name}, 1,000,000 runs", wall[(name, big)], "ms",
-               baseline=wall[(name, small)], baseline_name="10,000 runs", goal=flat,
-               check=lambda r: r <= FLAT,
-               note="index on runs(state, id); " + cpu_note(name))
-    result.add("start-to-ready, 100,000 jobs + 1,000,000 runs", starts[big], "ms",
-               baseline=starts[empty], baseline_name="empty database",
-               goal=f"<= {FLAT}x empty", check=lambda r: r <= FLAT,
-               note=f"stop: {median(stops[big]):.0f} ms vs {median(stops[empty]):.0f} ms "
-                    "empty")
+    result.add(
+        f"pb {name}, 1,000,000 runs",
+        wall[(name, big)],
+        "ms",
+        baseline=wall[(name, small)],
+        baseline_name="10,000 runs",
+        goal=flat,
+        check=lambda r: r <= FLAT,
+        note="index on runs(state, id); " + cpu_note(name),
+    )
+    result.add(
+        "start-to-ready, 100,000 jobs + 1,000,000 runs",
+        starts[big],
+        "ms",
+        baseline=starts[empty],
+        baseline_name="empty database",
+        goal=f"<= {FLAT}x empty",
+        check=lambda r: r <= FLAT,
+        note=f"stop: {median(stops[big]):.0f} ms vs {median(stops[empty]):.0f} ms empty",
+    )
     return result
 
 

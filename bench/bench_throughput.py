@@ -56,10 +56,15 @@ def scheduler_rate(count: int, workers: int) -> tuple[float, dict[str, Any]]:
     if not finished:
         raise RuntimeError(f"no run finished: {counts}")
     elapsed = (max(finished) - due).total_seconds()
-    detail = {"succeeded": counts.get("succeeded", 0), "finished": len(finished),
-              "queued_left": counts.get("queued", 0), "stalled": stalled,
-              "first_claim_s": (min(started) - due).total_seconds(), "elapsed_s": elapsed,
-              "daemon_cpu_ms_per_run": cpu_used * 1000 / len(finished)}
+    detail = {
+        "succeeded": counts.get("succeeded", 0),
+        "finished": len(finished),
+        "queued_left": counts.get("queued", 0),
+        "stalled": stalled,
+        "first_claim_s": (min(started) - due).total_seconds(),
+        "elapsed_s": elapsed,
+        "daemon_cpu_ms_per_run": cpu_used * 1000 / len(finished),
+    }
     # When it stalled, the rate is that of the runs it did before it stopped taking work.
     return len(finished) / elapsed, detail
 
@@ -71,9 +76,15 @@ def trial(count: int, workers: int) -> dict[str, Any]:
     rate, detail = scheduler_rate(count, workers)
     after = bare("rate", bare_count, workers, ["true"])
     baseline = (before["rate"] + after["rate"]) / 2
-    return {**detail, "rate": rate, "baseline": baseline, "ratio": rate / baseline,
-            "bare_before": before["rate"], "bare_after": after["rate"],
-            "bare_cpu_ms_per_run": (before["cpu_ms_per_run"] + after["cpu_ms_per_run"]) / 2}
+    return {
+        **detail,
+        "rate": rate,
+        "baseline": baseline,
+        "ratio": rate / baseline,
+        "bare_before": before["rate"],
+        "bare_after": after["rate"],
+        "bare_cpu_ms_per_run": (before["cpu_ms_per_run"] + after["cpu_ms_per_run"]) / 2,
+    }
 
 
 def run(quick: bool) -> BenchResult:
@@ -88,20 +99,31 @@ def run(quick: bool) -> BenchResult:
         stalled = [t for t in done if t["stalled"]]
         note = f"{sum(t['succeeded'] for t in done)}/{count * trials} succeeded"
         if stalled:
-            note = (f"STALLED in {len(stalled)} of {trials}: {stalled[0]['finished']}/{count} "
-                    f"finished, {stalled[0]['queued_left']} left queued")
-        result.add(f"runs/s, {workers} worker{'s' if workers > 1 else ''}",
-                   [t["rate"] for t in done], "runs/s",
-                   baseline=[t["baseline"] for t in done], baseline_name=name,
-                   goal=f">= {GOAL}x bare", check=lambda r: r >= GOAL, note=note)
+            note = (
+                f"STALLED in {len(stalled)} of {trials}: {stalled[0]['finished']}/{count} "
+                f"finished, {stalled[0]['queued_left']} left queued"
+            )
+        result.add(
+            f"runs/s, {workers} worker{'s' if workers > 1 else ''}",
+            [t["rate"] for t in done],
+            "runs/s",
+            baseline=[t["baseline"] for t in done],
+            baseline_name=name,
+            goal=f">= {GOAL}x bare",
+            check=lambda r: r >= GOAL,
+            note=note,
+        )
         if stalled:
             result.rows[-1].met = False
         if workers == 4:
-            result.add("scheduler CPU per run, 4 workers",
-                       [t["daemon_cpu_ms_per_run"] for t in done], "ms",
-                       baseline=[t["bare_cpu_ms_per_run"] for t in done],
-                       baseline_name="bare spawner's CPU per run",
-                       note="utime+stime of the daemon / runs")
+            result.add(
+                "scheduler CPU per run, 4 workers",
+                [t["daemon_cpu_ms_per_run"] for t in done],
+                "ms",
+                baseline=[t["bare_cpu_ms_per_run"] for t in done],
+                baseline_name="bare spawner's CPU per run",
+                note="utime+stime of the daemon / runs",
+            )
     result.details["median_rate_4"] = median([t["rate"] for t in done])
     return result
 

@@ -63,8 +63,9 @@ class Row:
         return asdict(self)
 
 
-def spread_flag(lo: float | None, hi: float | None,
-                check: Callable[[float], bool] | None = None) -> str:
+def spread_flag(
+    lo: float | None, hi: float | None, check: Callable[[float], bool] | None = None
+) -> str:
     """WIDE when the trials straddle the goal (some meet it, some do not) or spread by
     more than WIDE times; '' otherwise.  The benchmark refuses nothing: it says so."""
     if lo is None or hi is None:
@@ -86,11 +87,21 @@ class BenchResult:
     busy: float = 0.0  # the machine's CPU busy fraction while it ran (everyone's work)
     details: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, metric: str, values: float | Sequence[float] | None, unit: str, *,
-            baseline: float | Sequence[float] | None = None, baseline_name: str = "",
-            ratios: Sequence[float] | None = None, goal: str = "",
-            check: Callable[[float], bool] | None = None, on_value: bool = False,
-            met: bool | None = None, note: str = "") -> Row:
+    def add(
+        self,
+        metric: str,
+        values: float | Sequence[float] | None,
+        unit: str,
+        *,
+        baseline: float | Sequence[float] | None = None,
+        baseline_name: str = "",
+        ratios: Sequence[float] | None = None,
+        goal: str = "",
+        check: Callable[[float], bool] | None = None,
+        on_value: bool = False,
+        met: bool | None = None,
+        note: str = "",
+    ) -> Row:
         """One row.  `values` (and `baseline`) are one figure or one per trial; the
         ratios are per trial (value_i / baseline_i) unless given.  `check` is the goal as
         a test of the ratio, or of the value when there is no ratio or `on_value`."""
@@ -99,17 +110,31 @@ class BenchResult:
         value = median(vals) if vals else None
         base = median(bases) if bases else None
         if ratios is None and vals and bases:
-            ratios = ([v / b for v, b in zip(vals, bases, strict=True) if b]
-                      if len(vals) == len(bases) else [value / base] if base else [])
+            ratios = (
+                [v / b for v, b in zip(vals, bases, strict=True) if b]
+                if len(vals) == len(bases)
+                else [value / base]
+                if base
+                else []
+            )
         ratio_list = list(ratios or [])
         ratio = median(ratio_list) if ratio_list else None
-        row = Row(self.name, metric, value, unit,
-                  lo=min(vals) if len(vals) > 1 else None,
-                  hi=max(vals) if len(vals) > 1 else None,
-                  baseline=base, baseline_name=baseline_name, ratio=ratio,
-                  ratio_lo=min(ratio_list) if len(ratio_list) > 1 else None,
-                  ratio_hi=max(ratio_list) if len(ratio_list) > 1 else None,
-                  goal=goal, note=note, trials=max(len(vals), len(ratio_list), 1))
+        row = Row(
+            self.name,
+            metric,
+            value,
+            unit,
+            lo=min(vals) if len(vals) > 1 else None,
+            hi=max(vals) if len(vals) > 1 else None,
+            baseline=base,
+            baseline_name=baseline_name,
+            ratio=ratio,
+            ratio_lo=min(ratio_list) if len(ratio_list) > 1 else None,
+            ratio_hi=max(ratio_list) if len(ratio_list) > 1 else None,
+            goal=goal,
+            note=note,
+            trials=max(len(vals), len(ratio_list), 1),
+        )
         by_ratio = ratio is not None and not on_value
         judged = ratio if by_ratio else value
         lo, hi = (row.ratio_lo, row.ratio_hi) if by_ratio else (row.lo, row.hi)
@@ -204,9 +229,12 @@ def clean_env(home: Path | None = None, **extra: str) -> dict[str, str]:
     them), and a sandbox's setting must not make the measured processes differ from a
     user's.
     """
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PONYBUNNY_", "NOTIFY_SOCKET", "WATCHDOG_", "PB_BENCH"))
-           and k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONPATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PONYBUNNY_", "NOTIFY_SOCKET", "WATCHDOG_", "PB_BENCH"))
+        and k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONPATH")
+    }
     env["LC_ALL"] = "C"
     if home is not None:
         env["PONYBUNNY_HOME"] = str(home)
@@ -216,8 +244,9 @@ def clean_env(home: Path | None = None, **extra: str) -> dict[str, str]:
 
 def proc_cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -270,8 +299,9 @@ def run_timed(argv: Sequence[str], env: dict[str, str], timeout: float = 300) ->
     """Wall time, CPU time and peak RSS of one command, output discarded."""
     with open(os.devnull, "wb") as null:
         began = time.perf_counter()
-        proc = subprocess.Popen(list(argv), env=env, stdin=subprocess.DEVNULL, stdout=null,
-                                stderr=null)
+        proc = subprocess.Popen(
+            list(argv), env=env, stdin=subprocess.DEVNULL, stdout=null, stderr=null
+        )
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
@@ -282,16 +312,21 @@ def run_timed(argv: Sequence[str], env: dict[str, str], timeout: float = 300) ->
         proc.returncode = os.waitstatus_to_exitcode(status)
     if wall > timeout:
         raise RuntimeError(f"{' '.join(argv)} took {wall:.0f} s")
-    return Timed(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
-                 proc.returncode)
+    return Timed(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode)
 
 
-def bare(mode: str, count: int, threads: int, command: Sequence[str],
-         timeout: float = 900) -> dict[str, Any]:
+def bare(
+    mode: str, count: int, threads: int, command: Sequence[str], timeout: float = 900
+) -> dict[str, Any]:
     """A bare spawner (bench/bare.py) on this same interpreter, in a fresh process."""
-    proc = subprocess.run([PY, str(HERE / "bare.py"), mode, str(count), str(threads), "--",
-                           *command], capture_output=True, text=True, timeout=timeout,
-                          check=False, env=clean_env())
+    proc = subprocess.run(
+        [PY, str(HERE / "bare.py"), mode, str(count), str(threads), "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=clean_env(),
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"bare.py failed: {proc.stderr[-1000:]}")
     return json.loads(proc.stdout)
@@ -326,8 +361,14 @@ class Daemon:
     """One scheduler in one home, started with `pb scheduler start` and always cleaned up
     by the PID it wrote."""
 
-    def __init__(self, home: Path, *, db: str | None = None, workers: int | None = None,
-                 extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        db: str | None = None,
+        workers: int | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.home = home
         self.db = db
         self.workers = workers
@@ -336,8 +377,15 @@ class Daemon:
         self.pid: int | None = None
 
     def pb(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PB, *args], env=self.env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            [PB, *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def start_argv(self) -> list[str]:
         argv = [PB, "scheduler", "start", "--quiet", "--timeout", "120"]
@@ -351,13 +399,22 @@ class Daemon:
         """Start; return the wall time of `pb scheduler start` (it returns once READY)."""
         _LIVE.add(self)
         began = time.perf_counter()
-        proc = subprocess.run(self.start_argv(), env=self.env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=180, check=False)
+        proc = subprocess.run(
+            self.start_argv(),
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
         elapsed = time.perf_counter() - began
         self.pid = self.read_pid()
         if proc.returncode != 0 or self.pid is None:
-            raise RuntimeError(f"pb scheduler start failed ({proc.returncode}) in {self.home}: "
-                               f"{proc.stdout}{proc.stderr}{self.log_tail()}")
+            raise RuntimeError(
+                f"pb scheduler start failed ({proc.returncode}) in {self.home}: "
+                f"{proc.stdout}{proc.stderr}{self.log_tail()}"
+            )
         return elapsed
 
     def stop(self, timeout: float = 60) -> float:
@@ -437,14 +494,27 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def job_values(name: str, command: list[str], *, every: str | None = None,
-               cron: str | None = None, manual: bool = False, anchor: datetime | None = None,
-               **options: Any) -> dict[str, Any]:
+def job_values(
+    name: str,
+    command: list[str],
+    *,
+    every: str | None = None,
+    cron: str | None = None,
+    manual: bool = False,
+    anchor: datetime | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Store values for one job, built by the same code `pb job add` uses."""
     from pony_scheduler.jobs import JobOptions, new_job
 
-    opts = JobOptions(every=every, cron=cron, tz="UTC" if cron else None, manual=manual,
-                      command=command, **options)
+    opts = JobOptions(
+        every=every,
+        cron=cron,
+        tz="UTC" if cron else None,
+        manual=manual,
+        command=command,
+        **options,
+    )
     return new_job(name, opts, anchor or utcnow())
 
 
@@ -461,9 +531,18 @@ def queue_runs(store: Any, job_id: int, count: int, due: datetime) -> None:
     from pony_scheduler.store.tables import runs
 
     now = utcnow()
-    rows = [dict(job_id=job_id, occurrence=due + timedelta(microseconds=i), attempt=1,
-                 trigger="manual", state="queued", due_at=due, created_at=now)
-            for i in range(count)]
+    rows = [
+        dict(
+            job_id=job_id,
+            occurrence=due + timedelta(microseconds=i),
+            attempt=1,
+            trigger="manual",
+            state="queued",
+            due_at=due,
+            created_at=now,
+        )
+        for i in range(count)
+    ]
     with store.engine.begin() as connection:
         connection.execute(runs.insert(), rows)
         bump_changes(connection)
@@ -492,8 +571,9 @@ def _columns(connection: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
 
 
-def clone_jobs(home: Path, template: str, count: int, prefix: str,
-               **override: Any) -> tuple[int, int]:
+def clone_jobs(
+    home: Path, template: str, count: int, prefix: str, **override: Any
+) -> tuple[int, int]:
     """`count` copies of job `template` (added through the store before), named
     PREFIX-000001…, in one statement; (first id, last id).  Columns given in `override`
     take that value in every copy (those the schema lacks are left out).  Copying whatever
@@ -510,15 +590,17 @@ def clone_jobs(home: Path, template: str, count: int, prefix: str,
             f"WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < :count) "
             f"INSERT INTO jobs (name, {names}) SELECT printf('%s-%06d', :prefix, n), {values} "
             f"FROM s, (SELECT * FROM jobs WHERE name = :template)",
-            {"count": count, "prefix": prefix, "template": template, **override})
+            {"count": count, "prefix": prefix, "template": template, **override},
+        )
         after = connection.execute("SELECT MAX(id) FROM jobs").fetchone()[0]
         connection.execute("UPDATE counters SET value = value + 1 WHERE key = 'job_changes'")
         connection.execute("COMMIT")
     return before + 1, after
 
 
-def clone_runs(home: Path, count: int, first_job: int, jobs: int, newest: datetime,
-               failed_every: int = 10) -> None:
+def clone_runs(
+    home: Path, count: int, first_job: int, jobs: int, newest: datetime, failed_every: int = 10
+) -> None:
     """`count` settled runs spread over jobs first_job … first_job+jobs-1, one a minute
     per job going back from `newest`; every `failed_every`-th failed, the rest succeeded.
     One INSERT … SELECT in one transaction: a million rows take seconds."""
@@ -526,15 +608,23 @@ def clone_runs(home: Path, count: int, first_job: int, jobs: int, newest: dateti
     with raw_sqlite(home) as connection:
         cols = set(_columns(connection, "runs"))
         # n = 0 is the oldest, so that ids grow with time as they do in real life.
-        stamp = ("strftime('%Y-%m-%d %H:%M:%S', :base - ((:count - 1 - n) / :jobs) * 60, "
-                 "'unixepoch') || '.000000'")
+        stamp = (
+            "strftime('%Y-%m-%d %H:%M:%S', :base - ((:count - 1 - n) / :jobs) * 60, "
+            "'unixepoch') || '.000000'"
+        )
         given = {
             "job_id": ":first + n % :jobs",
-            "occurrence": stamp, "attempt": "1", "trigger": "'schedule'",
+            "occurrence": stamp,
+            "attempt": "1",
+            "trigger": "'schedule'",
             "state": "CASE WHEN n % :failed = 0 THEN 'failed' ELSE 'succeeded' END",
-            "due_at": stamp, "started_at": stamp, "finished_at": stamp, "created_at": stamp,
+            "due_at": stamp,
+            "started_at": stamp,
+            "finished_at": stamp,
+            "created_at": stamp,
             "exit_code": "CASE WHEN n % :failed = 0 THEN 1 ELSE 0 END",
-            "hostname": "'bench'", "reason": "NULL",
+            "hostname": "'bench'",
+            "reason": "NULL",
         }
         given = {k: v for k, v in given.items() if k in cols}
         connection.execute("BEGIN")
@@ -542,8 +632,14 @@ def clone_runs(home: Path, count: int, first_job: int, jobs: int, newest: dateti
             f"WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s "
             f"WHERE n + 1 < :count) INSERT INTO runs ({', '.join(given)}) "
             f"SELECT {', '.join(given.values())} FROM s",
-            {"count": count, "first": first_job, "jobs": jobs, "base": base,
-             "failed": failed_every})
+            {
+                "count": count,
+                "first": first_job,
+                "jobs": jobs,
+                "base": base,
+                "failed": failed_every,
+            },
+        )
         connection.execute("COMMIT")
         # No ANALYZE: a database the daemon grew has no sqlite_stat1 either (and with it,
         # SQLite 3.40 plans the recovery query as a scan of every job).
@@ -555,12 +651,14 @@ def run_counts(store: Any) -> dict[str, int]:
     from pony_scheduler.store.tables import runs
 
     with store.engine.connect() as connection:
-        return dict(connection.execute(select(runs.c.state, func.count())
-                                       .group_by(runs.c.state)).all())
+        return dict(
+            connection.execute(select(runs.c.state, func.count()).group_by(runs.c.state)).all()
+        )
 
 
-def wait_finished(store: Any, total: int, timeout: float, poll: float = 0.25,
-                  stall: float = 10.0) -> tuple[dict[str, int], bool]:
+def wait_finished(
+    store: Any, total: int, timeout: float, poll: float = 0.25, stall: float = 10.0
+) -> tuple[dict[str, int], bool]:
     """Poll until `total` runs are in a terminal state; (counts, stalled).
 
     Stalled: no run finished for `stall` seconds while some are still queued (the
@@ -587,10 +685,21 @@ def run_times(store: Any) -> list[dict[str, Any]]:
     from pony_scheduler.store.tables import runs
 
     with store.engine.connect() as connection:
-        rows = connection.execute(select(
-            runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt, runs.c.state,
-            runs.c.trigger, runs.c.due_at, runs.c.started_at, runs.c.finished_at,
-            runs.c.claimed_by, runs.c.output_tail)).all()
+        rows = connection.execute(
+            select(
+                runs.c.id,
+                runs.c.job_id,
+                runs.c.occurrence,
+                runs.c.attempt,
+                runs.c.state,
+                runs.c.trigger,
+                runs.c.due_at,
+                runs.c.started_at,
+                runs.c.finished_at,
+                runs.c.claimed_by,
+                runs.c.output_tail,
+            )
+        ).all()
     return [dict(r._mapping) for r in rows]
 
 

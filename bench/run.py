@@ -50,16 +50,25 @@ BENCHMARKS = {  # name -> module, in the order they run
     "multi_pg": "bench_multi",
     "keeper": "bench_keeper",
 }
-ALIASES = {"multi": "multi_pg", "pg": "multi_pg", "start": "lifecycle", "stop": "lifecycle",
-           "aps": "apscheduler"}
+ALIASES = {
+    "multi": "multi_pg",
+    "pg": "multi_pg",
+    "start": "lifecycle",
+    "stop": "lifecycle",
+    "aps": "apscheduler",
+}
 
 
 # ------------------------------------------------------------------------------ the venv
 def _pip(python: Path, *args: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                           "--disable-pip-version-check", *args], env=env,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         sys.exit(f"bench: pip install {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
 
@@ -67,9 +76,19 @@ def _pip(python: Path, *args: str) -> None:
 def _snapshot() -> Path:
     """A copy of the working tree to build from (the build leaves nothing in the tree)."""
     target = Path(tempfile.mkdtemp(prefix="pb-bench-src-"))
-    ignore = shutil.ignore_patterns(".git", ".deps", "build", "dist", "*.egg-info",
-                                    "__pycache__", ".mypy_cache", ".ruff_cache",
-                                    ".pytest_cache", ".hypothesis", "results*.json")
+    ignore = shutil.ignore_patterns(
+        ".git",
+        ".deps",
+        "build",
+        "dist",
+        "*.egg-info",
+        "__pycache__",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".pytest_cache",
+        ".hypothesis",
+        "results*.json",
+    )
     for item in ROOT.iterdir():
         if item.name in (".git", "build", "dist") or item.name.endswith(".egg-info"):
             continue
@@ -84,8 +103,10 @@ def prepare_venv(base_python: str, reinstall: bool = True) -> Path:
     """bench/.deps/venv with this tree installed as users install it; its python."""
     python = VENV / "bin" / "python"
     if python.exists() and _venv_base() != os.path.realpath(base_python):
-        print(f"bench: {VENV} was made with {_venv_base()}; making it again with "
-              f"{base_python}", file=sys.stderr)
+        print(
+            f"bench: {VENV} was made with {_venv_base()}; making it again with {base_python}",
+            file=sys.stderr,
+        )
         shutil.rmtree(VENV)
     if not python.exists():
         print(f"bench: creating {VENV} with {base_python}", file=sys.stderr)
@@ -96,8 +117,10 @@ def prepare_venv(base_python: str, reinstall: bool = True) -> Path:
         src = _snapshot()
         try:
             if not stamp.exists() or stamp.read_text() != wanted:
-                print("bench: installing pony-scheduler[postgresql] and its dependencies",
-                      file=sys.stderr)
+                print(
+                    "bench: installing pony-scheduler[postgresql] and its dependencies",
+                    file=sys.stderr,
+                )
                 _pip(python, f"{src}[postgresql]")
                 stamp.write_text(wanted)
             print("bench: pip install (not editable) of the working tree", file=sys.stderr)
@@ -147,8 +170,17 @@ def _span(lo: float | None, hi: float | None, unit: str = "", suffix: str = "") 
 
 
 def table(results: list[Any]) -> str:
-    header = ("benchmark", "metric", "value [min-max]", "baseline", "ratio [min-max]", "goal",
-              "met", "flag", "note")
+    header = (
+        "benchmark",
+        "metric",
+        "value [min-max]",
+        "baseline",
+        "ratio [min-max]",
+        "goal",
+        "met",
+        "flag",
+        "note",
+    )
     lines: list[tuple[str, ...]] = [header]
     for res in results:
         if res.skipped:
@@ -156,13 +188,20 @@ def table(results: list[Any]) -> str:
             continue
         for row in res.rows:
             value = fmt(row.value, row.unit) + _span(row.lo, row.hi, row.unit)
-            base = (f"{fmt(row.baseline, row.unit)} ({row.baseline_name})"
-                    if row.baseline is not None else "-")
-            ratio = (f"{row.ratio:.2f}x{_span(row.ratio_lo, row.ratio_hi, suffix='x')}"
-                     if row.ratio is not None else "-")
+            base = (
+                f"{fmt(row.baseline, row.unit)} ({row.baseline_name})"
+                if row.baseline is not None
+                else "-"
+            )
+            ratio = (
+                f"{row.ratio:.2f}x{_span(row.ratio_lo, row.ratio_hi, suffix='x')}"
+                if row.ratio is not None
+                else "-"
+            )
             met = {True: "yes", False: "NO", None: ""}[row.met]
-            lines.append((row.bench, row.metric, value, base, ratio, row.goal, met, row.flag,
-                          row.note[:150]))
+            lines.append(
+                (row.bench, row.metric, value, base, ratio, row.goal, met, row.flag, row.note[:150])
+            )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
     for n, line in enumerate(lines):
@@ -175,21 +214,28 @@ def table(results: list[Any]) -> str:
 def machine(python: str) -> dict[str, Any]:
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
-                                  text=True, check=False).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+            ).stdout.strip()
         except OSError:
             return ""
 
     from importlib.metadata import distributions
 
     packages = {d.metadata["Name"]: d.version for d in distributions()}
-    return {"python": platform.python_version(), "interpreter": python,
-            "base_interpreter": base_interpreter(), "packages": packages,
-            "install": "pip install . (not editable) into bench/.deps/venv",
-            "cpus": os.cpu_count(), "kernel": platform.release(),
-            "loadavg_start": os.getloadavg(), "commit": git("rev-parse", "--short", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--", "pony_scheduler", "setup.cfg")),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return {
+        "python": platform.python_version(),
+        "interpreter": python,
+        "base_interpreter": base_interpreter(),
+        "packages": packages,
+        "install": "pip install . (not editable) into bench/.deps/venv",
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "loadavg_start": os.getloadavg(),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", "pony_scheduler", "setup.cfg")),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 # ------------------------------------------------------------------------------ running
@@ -225,9 +271,12 @@ def run_benchmarks(args: argparse.Namespace, names: list[str]) -> int:
             res.load = (load, os.getloadavg()[0])
             res.busy = common.busy_since(jiffies)
             results.append(res)
-            print(f"   {name}: {res.seconds:.0f} s, load {res.load[0]:.2f} -> "
-                  f"{res.load[1]:.2f}, machine CPU busy {res.busy:.0%}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"   {name}: {res.seconds:.0f} s, load {res.load[0]:.2f} -> "
+                f"{res.load[1]:.2f}, machine CPU busy {res.busy:.0%}",
+                file=sys.stderr,
+                flush=True,
+            )
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr)
         return 130
@@ -238,25 +287,44 @@ def run_benchmarks(args: argparse.Namespace, names: list[str]) -> int:
     info["seconds"] = round(time.perf_counter() - began, 1)
     info["quick"] = args.quick
     print()
-    print(f"pony-scheduler benchmarks ({'quick' if args.quick else 'full'}; "
-          f"{info['cpus']} CPUs, load {info['loadavg_start'][0]:.2f} -> "
-          f"{info['loadavg_end'][0]:.2f}; Python {info['python']} plain install; "
-          f"commit {info['commit']}{'+dirty' if info['dirty'] else ''}; "
-          f"{info['seconds']:.0f} s)")
-    versions = ", ".join(f"{name} {info['packages'].get(name, '?')}"
-                         for name in ("click", "SQLAlchemy", "pony-scheduler"))
-    print(f"pb: {Path(sys.executable).parent / 'pb'} (pip install ., not editable) on "
-          f"{info['base_interpreter']}; {versions}")
+    print(
+        f"pony-scheduler benchmarks ({'quick' if args.quick else 'full'}; "
+        f"{info['cpus']} CPUs, load {info['loadavg_start'][0]:.2f} -> "
+        f"{info['loadavg_end'][0]:.2f}; Python {info['python']} plain install; "
+        f"commit {info['commit']}{'+dirty' if info['dirty'] else ''}; "
+        f"{info['seconds']:.0f} s)"
+    )
+    versions = ", ".join(
+        f"{name} {info['packages'].get(name, '?')}"
+        for name in ("click", "SQLAlchemy", "pony-scheduler")
+    )
+    print(
+        f"pb: {Path(sys.executable).parent / 'pb'} (pip install ., not editable) on "
+        f"{info['base_interpreter']}; {versions}"
+    )
     print(table(results))
-    print("\nload (1-min average at start -> end) and the machine's CPU busy fraction "
-          "(everyone's work) per benchmark:")
-    print("  " + "; ".join(f"{r.name} {r.load[0]:.1f}->{r.load[1]:.1f} {r.busy:.0%}"
-                           for r in results))
-    payload = {"machine": info,
-               "results": [{"name": r.name, "skipped": r.skipped, "seconds": round(r.seconds, 1),
-                            "load": r.load, "busy": r.busy,
-                            "rows": [row.as_dict() for row in r.rows], "details": r.details}
-                           for r in results]}
+    print(
+        "\nload (1-min average at start -> end) and the machine's CPU busy fraction "
+        "(everyone's work) per benchmark:"
+    )
+    print(
+        "  " + "; ".join(f"{r.name} {r.load[0]:.1f}->{r.load[1]:.1f} {r.busy:.0%}" for r in results)
+    )
+    payload = {
+        "machine": info,
+        "results": [
+            {
+                "name": r.name,
+                "skipped": r.skipped,
+                "seconds": round(r.seconds, 1),
+                "load": r.load,
+                "busy": r.busy,
+                "rows": [row.as_dict() for row in r.rows],
+                "details": r.details,
+            }
+            for r in results
+        ],
+    }
     Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"\n(results written to {args.json})", file=sys.stderr)
     return 0
@@ -266,23 +334,34 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer trials (~5 minutes, not ~13)")
-    parser.add_argument("--only", metavar="NAME,...",
-                        help=f"run only these: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--json", metavar="PATH", default=str(HERE / "results.json"),
-                        help="where to write the results (default bench/results.json)")
+    parser.add_argument(
+        "--only", metavar="NAME,...", help=f"run only these: {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        default=str(HERE / "results.json"),
+        help="where to write the results (default bench/results.json)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
-    parser.add_argument("--python", metavar="PATH", default=base_interpreter(),
-                        help="interpreter for the bench venv (default: this one's base)")
-    parser.add_argument("--no-reinstall", action="store_true",
-                        help="reuse the install in bench/.deps/venv as it is")
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        default=base_interpreter(),
+        help="interpreter for the bench venv (default: this one's base)",
+    )
+    parser.add_argument(
+        "--no-reinstall", action="store_true", help="reuse the install in bench/.deps/venv as it is"
+    )
     args = parser.parse_args(argv)
     names = list(BENCHMARKS)
     if args.only:
         wanted = [ALIASES.get(n.strip(), n.strip()) for n in args.only.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in BENCHMARKS]
         if unknown:
-            parser.error(f"unknown benchmark(s) {', '.join(unknown)}; "
-                         f"choose from {', '.join(BENCHMARKS)}")
+            parser.error(
+                f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}"
+            )
         names = [n for n in BENCHMARKS if n in wanted]
     if os.environ.get(INNER) == str(VENV):
         return run_benchmarks(args, names)

@@ -48,11 +48,16 @@ class Actor:
         """One line for logs and the audit trail, e.g. `api (admin token) from
         127.0.0.1` or `dashboard (session, admin) as alice (uid 1000)`.  Contains no
         control characters (addresses and user names come from the system)."""
-        opened = {"link": " from a login link", "token": " from a pasted token",
-                  None: ""}[self.session]
-        how = {"token": f"{self.scope} token", "peer": "Unix socket peer",
-               "session": f"session{opened}, {self.scope}", "anonymous": "anonymous read",
-               "local": "local"}[self.credential]
+        opened = {"link": " from a login link", "token": " from a pasted token", None: ""}[
+            self.session
+        ]
+        how = {
+            "token": f"{self.scope} token",
+            "peer": "Unix socket peer",
+            "session": f"session{opened}, {self.scope}",
+            "anonymous": "anonymous read",
+            "local": "local",
+        }[self.credential]
         text = f"{self.via} ({how})"
         if self.user is not None or self.uid is not None:
             text += f" as {self.user or '?'} (uid {self.uid})"
@@ -76,12 +81,19 @@ def cli_actor() -> Actor:
     return Actor(via="cli", scope="admin", credential="local", uid=uid, user=user_name(uid))
 
 
-def peer_actor(uid: int, via: Via = "api", scope: Scope = "admin",
-               session: SessionOrigin | None = None) -> Actor:
+def peer_actor(
+    uid: int, via: Via = "api", scope: Scope = "admin", session: SessionOrigin | None = None
+) -> Actor:
     """A caller on the gateway's Unix socket, known by its uid (SO_PEERCRED); for the
     dashboard (`via`), the session it acts for: its scope and how it was opened."""
-    return Actor(via=via, scope=scope, credential="peer" if via == "api" else "session",
-                 uid=uid, user=user_name(uid), session=session if via == "dashboard" else None)
+    return Actor(
+        via=via,
+        scope=scope,
+        credential="peer" if via == "api" else "session",
+        uid=uid,
+        user=user_name(uid),
+        session=session if via == "dashboard" else None,
+    )
 
 
 def audit_scope(actor: Actor) -> str:

@@ -32,11 +32,14 @@ def _positive_float(name: str, value: Any) -> float:
         except (TypeError, ValueError):
             number = _duration(value)
     if number is None:
-        raise ConfigError(f"{name} must be a positive number of seconds or a duration such "
-                          f"as 30s or 2m, not {value!r}")
+        raise ConfigError(
+            f"{name} must be a positive number of seconds or a duration such "
+            f"as 30s or 2m, not {value!r}"
+        )
     if not 0 < number <= MAX_SECONDS:
-        raise ConfigError(f"{name} must be more than 0 and at most {MAX_SECONDS:g} seconds "
-                          f"(a day), not {value!r}")
+        raise ConfigError(
+            f"{name} must be more than 0 and at most {MAX_SECONDS:g} seconds (a day), not {value!r}"
+        )
     return number
 
 
@@ -58,8 +61,9 @@ def _whole(name: str, value: Any, low: int, high: int, what: str) -> int:
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         number = int(value.strip())
     else:
-        raise ConfigError(f"{name} must be {what} (a whole number from {low} to {high}), "
-                          f"not {value!r}")
+        raise ConfigError(
+            f"{name} must be {what} (a whole number from {low} to {high}), not {value!r}"
+        )
     if not low <= number <= high:
         raise ConfigError(f"{name} must be {what} from {low} to {high}, not {value!r}")
     return number
@@ -103,8 +107,10 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
-_HOST_NAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-                        r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$")
+_HOST_NAME = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$"
+)
 
 
 def _hosts(name: str, value: Any) -> tuple[str, ...]:
@@ -118,8 +124,10 @@ def _hosts(name: str, value: Any) -> tuple[str, ...]:
     for item in items:
         host = item.strip().lower() if isinstance(item, str) else item
         if not isinstance(host, str) or not _HOST_NAME.match(host):
-            raise ConfigError(f"{name}: {item!r} is not a host name (such as "
-                              "pony.example.com; no port, no wildcard)")
+            raise ConfigError(
+                f"{name}: {item!r} is not a host name (such as "
+                "pony.example.com; no port, no wildcard)"
+            )
         hosts.append(host)
     return tuple(hosts)
 
@@ -212,20 +220,22 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
     except (FileNotFoundError, NotADirectoryError):
         return {}  # a home that is not a directory is reported by the command that needs it
     except IsADirectoryError:
-        raise ConfigError(f"configuration file {path} is a directory; remove it or name a "
-                          "file with --config") from None
+        raise ConfigError(
+            f"configuration file {path} is a directory; remove it or name a file with --config"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
     if len(raw) > MAX_CONFIG:
-        raise ConfigError(f"configuration file {path} is larger than 1 MiB; name the right "
-                          "file")
+        raise ConfigError(f"configuration file {path} is larger than 1 MiB; name the right file")
     import tomllib  # here: most homes have no config file (its import is ~1.5 ms)
 
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
-                          f"{exc.start}); save it as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -236,9 +246,11 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
             known = ", ".join(sorted(FIELDS))
             raise ConfigError(f"{path}:{line}: unknown key {key!r} (known keys: {known})")
         if _quoted_number(key, data[key]):
-            raise ConfigError(f"{path}:{_line_of(text, key)}: {key} = {data[key]!r} is a "
-                              f"string, and {key} is a number; write it without quotes "
-                              f"({key} = {data[key].strip()})")
+            raise ConfigError(
+                f"{path}:{_line_of(text, key)}: {key} = {data[key]!r} is a "
+                f"string, and {key} is a number; write it without quotes "
+                f"({key} = {data[key].strip()})"
+            )
     return data
 
 
@@ -307,8 +319,12 @@ def load_settings(
     values["db"] = db_url(values["db"] or str(home / "pony.db"), bases.get("db", Path.cwd()))
     socket = Path(values["socket"] or home / "gateway.sock").expanduser()
     values["socket"] = socket if socket.is_absolute() else bases.get("socket", Path.cwd()) / socket
-    return Settings(home=home, config_file=config_path if config_path.exists() else None,
-                    sources=sources, **values)
+    return Settings(
+        home=home,
+        config_file=config_path if config_path.exists() else None,
+        sources=sources,
+        **values,
+    )
 
 
 def validate_socket_path(path: Path) -> None:
@@ -317,7 +333,9 @@ def validate_socket_path(path: Path) -> None:
     if size > MAX_SOCKET_PATH:
         raise ConfigError(
             f"socket path is {size} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket "
-            f"allows: {path}; choose a shorter --socket")
+            f"allows: {path}; choose a shorter --socket"
+        )
     if not path.parent.is_dir():
-        raise ConfigError(f"socket directory {path.parent} does not exist; create it or "
-                          "choose another --socket")
+        raise ConfigError(
+            f"socket directory {path.parent} does not exist; create it or choose another --socket"
+        )

@@ -59,11 +59,13 @@ def encode(event: dict[str, Any]) -> bytes:
 def _check_peer(sock: socket.socket, path: Path) -> None:
     """Send events (job names, PIDs) only to a gateway of our own user or root: a
     `--socket` outside the home could have been bound by someone else first."""
-    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                      struct.calcsize("3i")))
+    pid, uid, _ = struct.unpack(
+        "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    )
     if uid not in (os.geteuid(), 0):
-        raise PermissionError(errno.EACCES, f"{path} is served by PID {pid} of uid {uid}, "
-                              "not by our gateway")
+        raise PermissionError(
+            errno.EACCES, f"{path} is served by PID {pid} of uid {uid}, not by our gateway"
+        )
 
 
 class EventClient:
@@ -111,8 +113,9 @@ class EventClient:
                 return
             self._closing = True
             self._deadline = time.monotonic() + max(0.0, timeout)
-            self._buffer.append({"type": "disconnect", "timestamp": timestamp(),
-                                 "data": {"pid": os.getpid()}})
+            self._buffer.append(
+                {"type": "disconnect", "timestamp": timestamp(), "data": {"pid": os.getpid()}}
+            )
         if self._thread is None:
             return
         self._wake()
@@ -170,15 +173,31 @@ class EventClient:
             with self._lock:
                 dropped, self.dropped = self.dropped, 0
             self.connections += 1
-            sock.sendall(encode({"type": "connect", "timestamp": timestamp(), "data": {
-                "pid": os.getpid(), "hostname": socket.gethostname(), "version": __version__,
-                "dropped": dropped, "connection": self.connections}}))
+            sock.sendall(
+                encode(
+                    {
+                        "type": "connect",
+                        "timestamp": timestamp(),
+                        "data": {
+                            "pid": os.getpid(),
+                            "hostname": socket.gethostname(),
+                            "version": __version__,
+                            "dropped": dropped,
+                            "connection": self.connections,
+                        },
+                    }
+                )
+            )
         except OSError as exc:
             sock.close()
             if not self._said_down and not self._closing:
-                log.info("Gateway not reachable at %s (%s); buffering events and retrying "
-                         "(every %g s at most)", self.socket_path, exc.strerror or exc,
-                         BACKOFF_MAX)
+                log.info(
+                    "Gateway not reachable at %s (%s); buffering events and retrying "
+                    "(every %g s at most)",
+                    self.socket_path,
+                    exc.strerror or exc,
+                    BACKOFF_MAX,
+                )
                 self._said_down = True
             return None
         self.connected, self._said_down = True, False

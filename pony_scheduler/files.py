@@ -123,8 +123,9 @@ def check_home(home: str | os.PathLike[str]) -> None:
         return  # a directory above is missing: reported by whoever makes the home
     try:
         try:
-            home_fd = os.open(found.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              dir_fd=found.dir_fd)
+            home_fd = os.open(
+                found.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=found.dir_fd
+            )
         except FileNotFoundError:
             return
     finally:
@@ -133,11 +134,11 @@ def check_home(home: str | os.PathLike[str]) -> None:
         _check_home_itself(home, os.fstat(home_fd))
         info = os.fstat(home_fd)
         try:
-            read_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                              dir_fd=home_fd)
+            read_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=home_fd)
         except PermissionError:
-            raise PonyError(f"cannot read home {home}: permission denied; run this as its "
-                            "owner", 4) from None
+            raise PonyError(
+                f"cannot read home {home}: permission denied; run this as its owner", 4
+            ) from None
     finally:
         os.close(home_fd)
     try:
@@ -154,14 +155,21 @@ def _check_home_itself(home: str | os.PathLike[str], info: os.stat_result) -> No
     if not trusted_owner(info.st_uid):
         # Not "chown -R": that would adopt whatever was planted in it (a pony.db with
         # jobs, a token).
-        raise UnsafePath(home, f"belongs to {user_name(info.st_uid)}, not to "
-                         f"{trusted_owners()}, so it is not ours and must not be used as "
-                         f"it is", f"use a home of your own (PONYBUNNY_HOME), and move this "
-                         f"one aside (mv {home} {home}.untrusted) or check every file in it "
-                         "before taking it over")
+        raise UnsafePath(
+            home,
+            f"belongs to {user_name(info.st_uid)}, not to "
+            f"{trusted_owners()}, so it is not ours and must not be used as "
+            f"it is",
+            f"use a home of your own (PONYBUNNY_HOME), and move this "
+            f"one aside (mv {home} {home}.untrusted) or check every file in it "
+            "before taking it over",
+        )
     if stat.S_IMODE(info.st_mode) & 0o022:
-        raise UnsafePath(home, f"is writable by others (mode "
-                         f"{stat.S_IMODE(info.st_mode):04o})", f"run 'chmod 700 {home}'")
+        raise UnsafePath(
+            home,
+            f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o})",
+            f"run 'chmod 700 {home}'",
+        )
 
 
 def _check_entry(path: Path, entry: os.DirEntry[str], open_home: bool) -> None:
@@ -173,8 +181,11 @@ def _check_entry(path: Path, entry: os.DirEntry[str], open_home: bool) -> None:
     if stat.S_ISLNK(info.st_mode):
         if known is None:
             return  # not ours: never opened by us, so never followed
-        raise UnsafePath(path, "is a symbolic link, and pony-scheduler follows none in its "
-                         "home", f"replace it with the real {known[0]} (rm {path})")
+        raise UnsafePath(
+            path,
+            "is a symbolic link, and pony-scheduler follows none in its home",
+            f"replace it with the real {known[0]} (rm {path})",
+        )
     if known is not None:
         kind, privacy = known
         if not _KIND_OK[kind](info.st_mode):
@@ -187,8 +198,9 @@ def _check_entry(path: Path, entry: os.DirEntry[str], open_home: bool) -> None:
         check_owner_and_mode(path, info, private=False)
 
 
-def check_file(path: str | os.PathLike[str], *, private: bool = False,
-               what: str = "the file") -> None:
+def check_file(
+    path: str | os.PathLike[str], *, private: bool = False, what: str = "the file"
+) -> None:
     """A file named on the command line: it and the path to it follow the home's
     ownership rule (pathtrust).  Raises UnsafePath; FileNotFoundError when it does not
     exist.  To read such a file, use pathtrust.read_checked: it checks what it reads."""
@@ -212,17 +224,19 @@ def check_database_file(path: str | os.PathLike[str], *, create: bool = False) -
         directory = os.path.dirname(found.real) or "/"
         info = os.fstat(found.dir_fd)
         if info.st_mode & 0o022:
-            raise UnsafePath(directory, f"holds the database and is writable by others "
-                             f"(mode {stat.S_IMODE(info.st_mode):04o})", f"run 'chmod go-w "
-                             f"{directory}' or keep the database elsewhere")
+            raise UnsafePath(
+                directory,
+                f"holds the database and is writable by others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o})",
+                f"run 'chmod go-w {directory}' or keep the database elsewhere",
+            )
         if create:
             _create_database(found.dir_fd, found.name)
         exposed = _others_may_enter(info.st_mode)
         for suffix in ("", "-wal", "-shm", "-journal"):
             candidate = os.path.join(directory, found.name + suffix)
             try:
-                entry = os.stat(found.name + suffix, dir_fd=found.dir_fd,
-                                follow_symlinks=False)
+                entry = os.stat(found.name + suffix, dir_fd=found.dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
             if stat.S_ISLNK(entry.st_mode):
@@ -259,11 +273,15 @@ def open_run_output(home: str | os.PathLike[str], path: str | None) -> int:
     if path:
         normal = os.path.normpath(path)
         if normal.startswith(runs + "/"):
-            relative = normal[len(runs) + 1:]
+            relative = normal[len(runs) + 1 :]
     if relative is None:
-        raise UnsafePath(str(path), f"is not a file below {runs}", "pony-scheduler reads "
-                         "run output only there; the database holding this path may have "
-                         "been changed by someone else")
+        raise UnsafePath(
+            str(path),
+            f"is not a file below {runs}",
+            "pony-scheduler reads "
+            "run output only there; the database holding this path may have "
+            "been changed by someone else",
+        )
     fd = open_beneath(home, f"runs/{relative}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     try:
         verify_fd(fd, path or "")
@@ -281,13 +299,23 @@ def verify_fd(fd: int, shown: str | os.PathLike[str], *, private: bool = False) 
         raise UnsafePath(shown, "is not a regular file", f"remove it (rm -r {shown})")
     check_owner_and_mode(shown, info, private=private)
     if info.st_nlink > 1:
-        raise UnsafePath(shown, f"has {info.st_nlink} hard links; another name could "
-                         "change it", f"replace it with a copy (cp {shown} x && mv x {shown})")
+        raise UnsafePath(
+            shown,
+            f"has {info.st_nlink} hard links; another name could change it",
+            f"replace it with a copy (cp {shown} x && mv x {shown})",
+        )
 
 
-def create_file(root: Root, relative: str | os.PathLike[str], mode: int, *,
-                exclusive: bool = True, append: bool = False, make_dirs: bool = False,
-                dir_mode: int = DIR_MODE) -> int:
+def create_file(
+    root: Root,
+    relative: str | os.PathLike[str],
+    mode: int,
+    *,
+    exclusive: bool = True,
+    append: bool = False,
+    make_dirs: bool = False,
+    dir_mode: int = DIR_MODE,
+) -> int:
     """Create the file `root/relative` for writing and return its fd (caller closes).
 
     `mode` is one of PRIVATE_MODE / SHARED_MODE and is what the file gets, whatever the
@@ -321,8 +349,7 @@ def create_file(root: Root, relative: str | os.PathLike[str], mode: int, *,
     return fd
 
 
-def write_atomic(directory: str | os.PathLike[str], name: str, data: bytes,
-                 mode: int) -> None:
+def write_atomic(directory: str | os.PathLike[str], name: str, data: bytes, mode: int) -> None:
     """Replace `directory/name` with a file holding `data` (mode exactly `mode`): written
     to a new temporary file (O_EXCL, no link followed) and renamed over the old one, so a
     reader sees the old file or the new one, never half of one.  A symbolic link at `name`
@@ -345,8 +372,7 @@ def write_atomic(directory: str | os.PathLike[str], name: str, data: bytes,
         os.close(dir_fd)
 
 
-def read_private(directory: str | os.PathLike[str], name: str, *,
-                 limit: int = 4096) -> bytes:
+def read_private(directory: str | os.PathLike[str], name: str, *, limit: int = 4096) -> bytes:
     """The content of a private file (a token) in `directory`, opened without following a
     link and refused (UnsafePath) unless ours and mode 0600 or stricter.
     FileNotFoundError when there is none."""
@@ -368,8 +394,11 @@ def make_home(home: str | os.PathLike[str]) -> bool:
             os.mkdir(found.name, HOME_MODE, dir_fd=found.dir_fd)
         except FileExistsError:
             return False
-        fd = os.open(found.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=found.dir_fd)
+        fd = os.open(
+            found.name,
+            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+            dir_fd=found.dir_fd,
+        )
         try:
             os.fchmod(fd, HOME_MODE)  # exactly, whatever the umask
         finally:

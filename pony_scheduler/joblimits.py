@@ -53,16 +53,21 @@ def parse_cpus(text: str) -> float | None:
         cpus = float("nan")
     low, high = CPU_MAX
     if not low <= cpus <= high:  # also false for NaN
-        raise ConfigError(f"--cpu-max {text!r} is not a number of CPUs from {low:g} to "
-                          f"{high:g} or a percentage of one CPU such as 50% (or none)")
+        raise ConfigError(
+            f"--cpu-max {text!r} is not a number of CPUs from {low:g} to "
+            f"{high:g} or a percentage of one CPU such as 50% (or none)"
+        )
     return cpus
 
 
 def parse_umask(text: str) -> int:
     """An octal umask such as 022 or 0027 (umask(2)); ConfigError outside 000-777."""
     digits = text.strip()
-    if not digits or len(digits) > 4 or any(c not in "01234567" for c in digits) or (
-            len(digits) == 4 and digits[0] != "0"):
-        raise ConfigError(f"--umask {text!r} is not an octal mask from 000 to 777, "
-                          "e.g. 022 or 027")
+    if (
+        not digits
+        or len(digits) > 4
+        or any(c not in "01234567" for c in digits)
+        or (len(digits) == 4 and digits[0] != "0")
+    ):
+        raise ConfigError(f"--umask {text!r} is not an octal mask from 000 to 777, e.g. 022 or 027")
     return int(digits, 8)

@@ -85,8 +85,12 @@ def local_zone(now: datetime, warn: Callable[[str], None] = _ignore) -> str:
     return found.name
 
 
-def build_schedule(opts: JobOptions, now: datetime, current: Schedule | None = None,
-                   warn: Callable[[str], None] = _ignore) -> Schedule | None:
+def build_schedule(
+    opts: JobOptions,
+    now: datetime,
+    current: Schedule | None = None,
+    warn: Callable[[str], None] = _ignore,
+) -> Schedule | None:
     """The schedule the options give, or None if they give none.
 
     `current` is the job's schedule for `pb job edit`, which changes only what is given:
@@ -95,9 +99,16 @@ def build_schedule(opts: JobOptions, now: datetime, current: Schedule | None = N
     """
     from pony_scheduler.scheduler import schedule as sched
 
-    chosen = [name for name, value in (("--cron", opts.cron), ("--every", opts.every),
-                                       ("--at", opts.at), ("--manual", opts.manual or None))
-              if value is not None]
+    chosen = [
+        name
+        for name, value in (
+            ("--cron", opts.cron),
+            ("--every", opts.every),
+            ("--at", opts.at),
+            ("--manual", opts.manual or None),
+        )
+        if value is not None
+    ]
     if len(chosen) > 1:
         raise ConfigError(f"choose one schedule, not {' and '.join(chosen)}")
     if opts.tz is not None:
@@ -106,9 +117,11 @@ def build_schedule(opts: JobOptions, now: datetime, current: Schedule | None = N
         if current is None or opts.every is not None or opts.manual:
             raise ConfigError("--tz applies to --cron and --at only")
         if current.kind not in ("cron", "at"):
-            raise ConfigError(f"--tz applies to cron and --at jobs, and this job's schedule is "
-                              f"'{sched.describe(current)}' (give --cron or --at with --tz to "
-                              "change it)")
+            raise ConfigError(
+                f"--tz applies to cron and --at jobs, and this job's schedule is "
+                f"'{sched.describe(current)}' (give --cron or --at with --tz to "
+                "change it)"
+            )
         return sched.with_zone(current, opts.tz, now)
     if opts.cron is not None or opts.at is not None:
         if opts.tz is not None:
@@ -132,19 +145,29 @@ def schedule_values(schedule: Schedule, now: datetime) -> dict[str, Any]:
     from pony_scheduler.scheduler.occurrences import default_start_deadline
     from pony_scheduler.store.jobs import DEFAULT_DEADLINE
 
-    return {"schedule_kind": schedule.kind, "schedule_expr": schedule.expr,
-            "schedule_tz": schedule.tz, "schedule_anchor": schedule.anchor,
-            "next_due_at": sched.next_after(schedule, now),
-            DEFAULT_DEADLINE: default_start_deadline(schedule, now)}
+    return {
+        "schedule_kind": schedule.kind,
+        "schedule_expr": schedule.expr,
+        "schedule_tz": schedule.tz,
+        "schedule_anchor": schedule.anchor,
+        "next_due_at": sched.next_after(schedule, now),
+        DEFAULT_DEADLINE: default_start_deadline(schedule, now),
+    }
 
 
 def stored_schedule(row: dict[str, Any]) -> Schedule:
     """A job row's schedule, with its --jitter offset; ConfigError if it is damaged."""
     from pony_scheduler.scheduler import schedule as sched
 
-    return sched.from_dict({"kind": row["schedule_kind"], "expr": row["schedule_expr"],
-                            "tz": row["schedule_tz"], "anchor": row["schedule_anchor"],
-                            "offset": sched.jitter_offset(row["name"], row.get("jitter_s"))})
+    return sched.from_dict(
+        {
+            "kind": row["schedule_kind"],
+            "expr": row["schedule_expr"],
+            "tz": row["schedule_tz"],
+            "anchor": row["schedule_anchor"],
+            "offset": sched.jitter_offset(row["name"], row.get("jitter_s")),
+        }
+    )
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -179,8 +202,10 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
     if opts.start_deadline is not None:
         values["start_deadline_auto"] = False
         values["start_deadline_s"] = (
-            None if opts.start_deadline.strip().lower() == "none"
-            else parse_duration(opts.start_deadline, "--start-deadline"))
+            None
+            if opts.start_deadline.strip().lower() == "none"
+            else parse_duration(opts.start_deadline, "--start-deadline")
+        )
     if opts.retry_delay is not None:
         values["retry_delay_s"] = parse_duration(opts.retry_delay, "--retry-delay")
     if _choice(opts.overlap, OVERLAP, "--overlap"):
@@ -203,8 +228,11 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
     if opts.cpu_max is not None:
         values["cpu_max"] = parse_cpus(opts.cpu_max)
     if opts.jitter is not None:
-        values["jitter_s"] = (None if opts.jitter.strip().lower() == "none"
-                              else parse_duration(opts.jitter, "--jitter"))
+        values["jitter_s"] = (
+            None
+            if opts.jitter.strip().lower() == "none"
+            else parse_duration(opts.jitter, "--jitter")
+        )
     if opts.tasks_max is not None:
         values["tasks_max"] = in_range(opts.tasks_max, TASKS_MAX, "--tasks-max")
     if opts.secret:
@@ -223,10 +251,15 @@ def check_secrets(secret: list[str], env: dict[str, str]) -> None:
         if name in env:
             continue
         alike = [key for key in env if key.lower() == name.lower()]
-        hint = (f"did you mean {alike[0]}? names are case-sensitive" if alike
-                else f"its --env variables: {', '.join(sorted(env)) or 'none'}")
-        raise ConfigError(f"--secret {name} names no --env variable of the job ({hint}); "
-                          "give --env NAME=VALUE with it")
+        hint = (
+            f"did you mean {alike[0]}? names are case-sensitive"
+            if alike
+            else f"its --env variables: {', '.join(sorted(env)) or 'none'}"
+        )
+        raise ConfigError(
+            f"--secret {name} names no --env variable of the job ({hint}); "
+            "give --env NAME=VALUE with it"
+        )
 
 
 def _stored_env(row: dict[str, Any] | None) -> dict[str, str]:
@@ -257,32 +290,49 @@ def check_env_file(path: str) -> str | None:
 def command_values(opts: JobOptions, required: bool) -> dict[str, Any]:
     if not opts.command:
         if required:
-            raise ConfigError("missing command: put it after --, e.g. "
-                              "pb job add backup --cron '0 3 * * *' -- /usr/local/bin/backup")
+            raise ConfigError(
+                "missing command: put it after --, e.g. "
+                "pb job add backup --cron '0 3 * * *' -- /usr/local/bin/backup"
+            )
         return {} if opts.shell is None else {"shell": opts.shell}
     shell = bool(opts.shell)
     if shell and len(opts.command) != 1:
-        raise ConfigError("--shell takes the command as one string: "
-                          "pb job add NAME --shell ... -- 'cmd | other'")
+        raise ConfigError(
+            "--shell takes the command as one string: pb job add NAME --shell ... -- 'cmd | other'"
+        )
     return {"command": list(opts.command), "shell": shell}
 
 
-def new_job(name: str, opts: JobOptions, now: datetime,
-            warn: Callable[[str], None] = _ignore) -> dict[str, Any]:
+def new_job(
+    name: str, opts: JobOptions, now: datetime, warn: Callable[[str], None] = _ignore
+) -> dict[str, Any]:
     from pony_scheduler.scheduler import schedule as sched
 
     sched.validate_job_name(name)
     schedule = build_schedule(opts, now, warn=warn)
     if schedule is None:
         raise ConfigError("missing schedule: give --cron, --every, --at or --manual")
-    defaults: dict[str, Any] = {"timeout_s": None, "retries": 0, "retry_delay_s": 10.0,
-                                "overlap": "skip", "catch_up": "once", "cwd": None, "env": {},
-                                "enabled": True, "umask": UMASK_DEFAULT, "max_queued": 10}
+    defaults: dict[str, Any] = {
+        "timeout_s": None,
+        "retries": 0,
+        "retry_delay_s": 10.0,
+        "overlap": "skip",
+        "catch_up": "once",
+        "cwd": None,
+        "env": {},
+        "enabled": True,
+        "umask": UMASK_DEFAULT,
+        "max_queued": 10,
+    }
     options = option_values(opts)
     check_secrets(opts.secret, options.get("env") or {})
     schedule = sched.with_offset(schedule, sched.jitter_offset(name, options.get("jitter_s")))
-    return {**defaults, **options, **command_values(opts, required=True),
-            **schedule_values(schedule, now)}
+    return {
+        **defaults,
+        **options,
+        **command_values(opts, required=True),
+        **schedule_values(schedule, now),
+    }
 
 
 def check_changes(opts: JobOptions) -> None:
@@ -295,8 +345,12 @@ def check_changes(opts: JobOptions) -> None:
         sched.check_zone(opts.tz)
 
 
-def changed_job(opts: JobOptions, now: datetime, row: dict[str, Any] | None = None,
-                warn: Callable[[str], None] = _ignore) -> dict[str, Any]:
+def changed_job(
+    opts: JobOptions,
+    now: datetime,
+    row: dict[str, Any] | None = None,
+    warn: Callable[[str], None] = _ignore,
+) -> dict[str, Any]:
     """Store values for `pb job edit`: only what `opts` give; `row` is the job's row."""
     from pony_scheduler.scheduler import schedule as sched
 
@@ -311,8 +365,10 @@ def changed_job(opts: JobOptions, now: datetime, row: dict[str, Any] | None = No
             if row["schedule_kind"] == "cron":  # e.g. a zone this host's tz database lacks:
                 current = sched.Schedule("cron", row["schedule_expr"], row["schedule_tz"])
             elif opts.tz is not None and opts.cron is None and opts.at is None:
-                raise ConfigError("the job's stored schedule is damaged; give a whole new "
-                                  "one (--cron, --every, --at or --manual)") from None
+                raise ConfigError(
+                    "the job's stored schedule is damaged; give a whole new "
+                    "one (--cron, --every, --at or --manual)"
+                ) from None
     schedule = build_schedule(opts, now, current, warn)
     if schedule is None and ("jitter_s" in values or (row or {}).get("error")):
         # The same schedule, moved by its new jitter offset, or scheduled again: a job the
@@ -324,8 +380,10 @@ def changed_job(opts: JobOptions, now: datetime, row: dict[str, Any] | None = No
         try:
             values.update(schedule_values(sched.with_offset(schedule, offset), now))
         except (ValueError, LookupError, OverflowError) as exc:  # a damaged stored one
-            raise ConfigError(f"job {(row or {}).get('name')} would still be broken: its "
-                              f"schedule cannot be evaluated ({exc}); give a new one") from None
+            raise ConfigError(
+                f"job {(row or {}).get('name')} would still be broken: its "
+                f"schedule cannot be evaluated ({exc}); give a new one"
+            ) from None
     if not values:
         raise ConfigError("nothing to change: give at least one option")
     if row is not None:
@@ -345,15 +403,23 @@ def check_evaluable(row: dict[str, Any]) -> None:
     try:
         if row.get("schedule_kind") is not None and "next_due_at" not in row:
             stored_schedule(row)
-        policy_from(row["retries"], row["retry_delay_s"], row["overlap"], row["catch_up"],
-                    row.get("start_deadline_s"), row["max_queued"])
+        policy_from(
+            row["retries"],
+            row["retry_delay_s"],
+            row["overlap"],
+            row["catch_up"],
+            row.get("start_deadline_s"),
+            row["max_queued"],
+        )
         for key in ("command", "env"):
             value = row.get(key)
             if isinstance(value, str):
                 _json.loads(value)
     except (ConfigError, ValueError, TypeError, LookupError, OverflowError) as exc:
-        raise ConfigError(f"job {name} would still be broken: {exc}; give a new value for "
-                          "what is damaged (see 'pb job show')") from None
+        raise ConfigError(
+            f"job {name} would still be broken: {exc}; give a new value for "
+            "what is damaged (see 'pb job show')"
+        ) from None
 
 
 def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
@@ -365,16 +431,44 @@ def job_json(job: dict[str, Any], *, with_env: bool = True) -> dict[str, Any]:
     from pony_scheduler.scheduler import schedule as sched
 
     try:  # as stored, not checked again: croniter's parse would cost most of a listing
-        schedule = sched.describe(sched.Schedule(
-            str(job.get("schedule_kind")), str(job.get("schedule_expr") or ""),
-            str(job.get("schedule_tz") or "UTC"), str(job.get("schedule_anchor") or "")))
+        schedule = sched.describe(
+            sched.Schedule(
+                str(job.get("schedule_kind")),
+                str(job.get("schedule_expr") or ""),
+                str(job.get("schedule_tz") or "UTC"),
+                str(job.get("schedule_anchor") or ""),
+            )
+        )
     except (ConfigError, ValueError, LookupError, OSError, ArithmeticError):
         schedule = f"{job.get('schedule_kind')} (damaged)"
-    keys = ("name", "command", "shell", "schedule_kind", "schedule_expr", "next_run_at",
-            "enabled", "last_state", "last_run_at", "timeout_s", "retries", "retry_delay_s",
-            "overlap", "catch_up", "cwd", "start_deadline_s", "max_queued", "error",
-            "last_run_id", "last_duration_s", "last_success_at", "leftovers", "memory_max",
-            "cpu_max", "tasks_max", "jitter_s")
+    keys = (
+        "name",
+        "command",
+        "shell",
+        "schedule_kind",
+        "schedule_expr",
+        "next_run_at",
+        "enabled",
+        "last_state",
+        "last_run_at",
+        "timeout_s",
+        "retries",
+        "retry_delay_s",
+        "overlap",
+        "catch_up",
+        "cwd",
+        "start_deadline_s",
+        "max_queued",
+        "error",
+        "last_run_id",
+        "last_duration_s",
+        "last_success_at",
+        "leftovers",
+        "memory_max",
+        "cpu_max",
+        "tasks_max",
+        "jitter_s",
+    )
     view = {key: job.get(key) for key in keys}
     view["schedule"] = schedule
     view["tz"] = job.get("schedule_tz")

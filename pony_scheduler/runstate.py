@@ -29,9 +29,17 @@ ALLOWED = {
     RunState.QUEUED: frozenset({RunState.RUNNING, RunState.SKIPPED, RunState.EXPIRED}),
     # QUEUED again: claimed ahead of a free worker and released before it started.
     # RUNNING again: adopted by another scheduler (a hand-over) while the keeper runs it.
-    RunState.RUNNING: frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT,
-                                 RunState.INTERRUPTED, RunState.LOST, RunState.QUEUED,
-                                 RunState.RUNNING}),
+    RunState.RUNNING: frozenset(
+        {
+            RunState.SUCCEEDED,
+            RunState.FAILED,
+            RunState.TIMED_OUT,
+            RunState.INTERRUPTED,
+            RunState.LOST,
+            RunState.QUEUED,
+            RunState.RUNNING,
+        }
+    ),
 }
 
 

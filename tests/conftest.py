@@ -50,16 +50,29 @@ class Pb:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("PONYBUNNY_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PONYBUNNY_", "NOTIFY_SOCKET", "WATCHDOG_"))
+        }
         self.env["PONYBUNNY_HOME"] = str(home)
         self.pids: set[int] = set()
 
-    def __call__(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
-                 check: bool = False) -> Result:
-        proc = subprocess.run([sys.executable, "-m", "pony_scheduler", *args],
-                              capture_output=True, text=True, timeout=timeout,
-                              env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL)
+    def __call__(
+        self,
+        *args: str,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+        check: bool = False,
+    ) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pony_scheduler", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+        )
         self.remember()
         result = Result(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
@@ -67,11 +80,16 @@ class Pb:
         assert "Traceback" not in result.all, result.all
         return result
 
-    def popen(self, *args: str, env: dict[str, str] | None = None,
-              **kwargs: object) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "pony_scheduler", *args], text=True,
-                                env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL,
-                                **kwargs)  # type: ignore[call-overload]
+    def popen(
+        self, *args: str, env: dict[str, str] | None = None, **kwargs: object
+    ) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pony_scheduler", *args],
+            text=True,
+            env={**self.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            **kwargs,
+        )  # type: ignore[call-overload]
         self.pids.add(proc.pid)
         return proc  # type: ignore[no-any-return]
 
@@ -206,24 +224,40 @@ class OtherUser:
     gid: int
     python: str  # an interpreter this user may run (the standard library is enough)
 
-    def run(self, argv: list[str], *, timeout: float = 60,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(argv, user=self.uid, group=self.gid, extra_groups=[],
-                              env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
-                                   "LANG": "C.UTF-8", **(env or {})},
-                              cwd="/", capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+    def run(
+        self, argv: list[str], *, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv,
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8", **(env or {})},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
-    def python_code(self, code: str, *args: str,
-                    timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def python_code(
+        self, code: str, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return self.run([self.python, "-c", code, *args], timeout=timeout)
 
     def popen(self, code: str, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([self.python, "-u", "-c", code, *args], user=self.uid,
-                                group=self.gid, extra_groups=[], cwd="/",
-                                env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [self.python, "-u", "-c", code, *args],
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
 
 def _usable_python(uid: int, gid: int) -> str | None:
@@ -231,9 +265,15 @@ def _usable_python(uid: int, gid: int) -> str | None:
         if not candidate:
             continue
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            result = subprocess.run([candidate, "-c", "import http.client, socket"],
-                                    user=uid, group=gid, extra_groups=[], cwd="/",
-                                    capture_output=True, timeout=30)
+            result = subprocess.run(
+                [candidate, "-c", "import http.client, socket"],
+                user=uid,
+                group=gid,
+                extra_groups=[],
+                cwd="/",
+                capture_output=True,
+                timeout=30,
+            )
             if result.returncode == 0:
                 return candidate
     return None
@@ -247,9 +287,22 @@ def other_user() -> OtherUser:
     try:
         entry = pwd.getpwnam(OTHER_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
-                        "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-                        OTHER_USER], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                OTHER_USER,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         entry = pwd.getpwnam(OTHER_USER)
     python = _usable_python(entry.pw_uid, entry.pw_gid)
     if python is None:
@@ -283,10 +336,26 @@ def pb_read_only(pb: Pb, *args: str, timeout: float = 60) -> Result:
     """`pb ARGS` with the home mounted read-only (a bind mount in a private mount
     namespace: root ignores file modes, not a read-only mount)."""
     script = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
-    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", str(pb.home),
-                           sys.executable, "-m", "pony_scheduler", *args],
-                          capture_output=True, text=True, timeout=timeout, env=pb.env,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(pb.home),
+            sys.executable,
+            "-m",
+            "pony_scheduler",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=pb.env,
+        stdin=subprocess.DEVNULL,
+    )
     result = Result(proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in result.all, result.all
     return result

@@ -73,16 +73,23 @@ LAZY: dict[str, LazyCommand] = {
     "scheduler": LazyCommand("Control the scheduler daemon.", _service("scheduler")),
     "gateway": LazyCommand("Control the gateway daemon.", _service("gateway")),
     "debug": LazyCommand("Control the debug server daemon.", _service("debug")),
-    "service": LazyCommand("All services at once: gateway, scheduler, debug server "
-                           "(NAME: all by default).", _service_all),
-    "job": LazyCommand("Define, change and trigger jobs (the running scheduler sees changes "
-                       "within a second).", _job),
-    "runs": LazyCommand("Run history: `pb runs [JOB]`, `pb runs show ID`, "
-                        "`pb runs output ID`.", _runs),
-    "config": LazyCommand("Inspect the configuration (defaults < config.toml < environment "
-                          "< flags).", _config),
-    "audit": LazyCommand("Who changed or triggered jobs (of JOB), when, and how (CLI or "
-                         "API).", _audit),
+    "service": LazyCommand(
+        "All services at once: gateway, scheduler, debug server (NAME: all by default).",
+        _service_all,
+    ),
+    "job": LazyCommand(
+        "Define, change and trigger jobs (the running scheduler sees changes within a second).",
+        _job,
+    ),
+    "runs": LazyCommand(
+        "Run history: `pb runs [JOB]`, `pb runs show ID`, `pb runs output ID`.", _runs
+    ),
+    "config": LazyCommand(
+        "Inspect the configuration (defaults < config.toml < environment < flags).", _config
+    ),
+    "audit": LazyCommand(
+        "Who changed or triggered jobs (of JOB), when, and how (CLI or API).", _audit
+    ),
 }
 
 
@@ -113,15 +120,21 @@ class LazyGroup(click.Group):
             return
         limit = formatter.width - 6 - max(len(name) for name, _ in listed)
         with formatter.section("Commands"):
-            formatter.write_dl([(name, command.get_short_help_str(limit))
-                                for name, command in listed])
+            formatter.write_dl(
+                [(name, command.get_short_help_str(limit)) for name, command in listed]
+            )
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", "-V", prog_name="pb",
-                      message="%(prog)s (pony-scheduler) %(version)s")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="Configuration file (default: $PONYBUNNY_HOME/config.toml).")
+@click.version_option(
+    __version__, "--version", "-V", prog_name="pb", message="%(prog)s (pony-scheduler) %(version)s"
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="Configuration file (default: $PONYBUNNY_HOME/config.toml).",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None) -> None:
     """pony-scheduler: run jobs on schedules, as a proper Unix daemon.

@@ -14,12 +14,18 @@ from pony_scheduler.errors import PonyError
 
 
 @click.command(name="token")
-@click.option("--read-only", "read_only", is_flag=True,
-              help="The read-only token (reads only: for monitoring) instead of the admin "
-                   "token.")
-@click.option("--rotate", is_flag=True,
-              help="Replace the token with a new one: the old one is refused at once and "
-                   "every dashboard session ends.")
+@click.option(
+    "--read-only",
+    "read_only",
+    is_flag=True,
+    help="The read-only token (reads only: for monitoring) instead of the admin token.",
+)
+@click.option(
+    "--rotate",
+    is_flag=True,
+    help="Replace the token with a new one: the old one is refused at once and "
+    "every dashboard session ends.",
+)
 @click.pass_context
 def gateway_token(ctx: click.Context, read_only: bool, rotate: bool) -> None:
     """Print the gateway's API token (made on first use), or --rotate it.
@@ -36,8 +42,11 @@ def gateway_token(ctx: click.Context, read_only: bool, rotate: bool) -> None:
     path = token_path(settings.home, kind)
     if rotate:
         token = new_token(settings.home, kind)
-        click.echo(f"✓ New {'read-only' if read_only else 'admin'} token in {path}; the old "
-                   "one is refused from now on and dashboard sessions have ended", err=True)
+        click.echo(
+            f"✓ New {'read-only' if read_only else 'admin'} token in {path}; the old "
+            "one is refused from now on and dashboard sessions have ended",
+            err=True,
+        )
     else:
         token = ensure_tokens(settings.home)[kind]
     click.echo(token)
@@ -54,12 +63,19 @@ def dashboard_address(settings: Settings) -> tuple[str, bool]:
 
     info = pidfile.inspect(DEBUG, settings.home)
     address = (info.meta or {}).get("address")
-    if (info.state is pidfile.PidState.RUNNING and info.meta is not None
-            and info.owner_uid == os.geteuid() and isinstance(address, str)):
+    if (
+        info.state is pidfile.PidState.RUNNING
+        and info.meta is not None
+        and info.owner_uid == os.geteuid()
+        and isinstance(address, str)
+    ):
         return address, True
     host = settings.debug_host
-    return (f"http://[{host}]:{settings.debug_port}" if ":" in host
-            else f"http://{host}:{settings.debug_port}"), False
+    return (
+        f"http://[{host}]:{settings.debug_port}"
+        if ":" in host
+        else f"http://{host}:{settings.debug_port}"
+    ), False
 
 
 def new_login_url(settings: Settings, address: str) -> str:
@@ -68,8 +84,9 @@ def new_login_url(settings: Settings, address: str) -> str:
     try:
         return login_url(address, new_code(settings.home))
     except OSError as exc:
-        raise PonyError(f"cannot make a login link in {settings.home}: "
-                        f"{exc.strerror or exc}") from None
+        raise PonyError(
+            f"cannot make a login link in {settings.home}: {exc.strerror or exc}"
+        ) from None
 
 
 @click.command(name="url")
@@ -84,9 +101,11 @@ def debug_url(ctx: click.Context) -> None:
     if not running:
         # Whoever holds the port meanwhile could read a live code from the page it is
         # opened on, and use it once the real dashboard starts: no code then.
-        raise PonyError("the dashboard is not running, so no login link is made (another "
-                        f"program could be listening on {address}); start it with 'pb debug "
-                        "start', which prints one")
+        raise PonyError(
+            "the dashboard is not running, so no login link is made (another "
+            f"program could be listening on {address}); start it with 'pb debug "
+            "start', which prints one"
+        )
     click.echo(new_login_url(settings, address))
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 STATES = tuple(state.value for state in RunState)
 
+
 def open_store(ctx: click.Context) -> Store:
     """The database named by the settings; SQLAlchemy is imported only here."""
     from pony_scheduler.lifecycle.daemonize import ensure_home
@@ -35,9 +36,15 @@ def remember_db(ctx: click.Context, param: click.Parameter, value: str | None) -
 def add_db_option(group: click.Group) -> None:
     """Every job/runs command can reach a database other than the configured one."""
     for command in group.commands.values():
-        command.params.append(click.Option(
-            ["--db"], metavar="PATH|URL", expose_value=False, callback=remember_db,
-            help="Database to use (default: PONYBUNNY_DB, config.toml, or HOME/pony.db)."))
+        command.params.append(
+            click.Option(
+                ["--db"],
+                metavar="PATH|URL",
+                expose_value=False,
+                callback=remember_db,
+                help="Database to use (default: PONYBUNNY_DB, config.toml, or HOME/pony.db).",
+            )
+        )
 
 
 def now_utc() -> datetime:
@@ -56,12 +63,18 @@ def local(iso: str | None) -> str:
 def table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths,
-                                                                          strict=True)).rstrip())
+        click.echo(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
 
 
-RAW = click.option("--raw", is_flag=True, help="Print control characters as they are "
-                   "(default: made visible, like cat -v).")
+RAW = click.option(
+    "--raw",
+    is_flag=True,
+    help="Print control characters as they are (default: made visible, like cat -v).",
+)
 
 
 def shown(text: str, raw: bool) -> str:

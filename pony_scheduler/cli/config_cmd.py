@@ -35,9 +35,17 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
         rows.append((item.name, str(value), settings.sources.get(item.name, "derived")))
     config_file = str(settings.config_file) if settings.config_file else None
     if as_json:
-        click.echo(json.dumps({"configFile": config_file,
-                               "settings": {name: {"value": value, "source": source}
-                                            for name, value, source in rows}}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "configFile": config_file,
+                    "settings": {
+                        name: {"value": value, "source": source} for name, value, source in rows
+                    },
+                },
+                indent=2,
+            )
+        )
         return
     click.echo(f"Configuration file: {config_file or '(none)'}")
     width = max(len(name) for name, _, _ in rows)

@@ -20,50 +20,113 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options `add` and `edit` share."""
     decorators = [
         click.option("--cron", metavar="EXPR", help="Cron expression (5 fields or @daily…)."),
-        click.option("--tz", metavar="ZONE", help="IANA time zone for --cron/--at "
-                     "(default: the machine's)."),
+        click.option(
+            "--tz", metavar="ZONE", help="IANA time zone for --cron/--at (default: the machine's)."
+        ),
         click.option("--every", metavar="DURATION", help="Fixed interval, e.g. 90s, 5m, 1h."),
-        click.option("--at", "at", metavar="TIME", help="Once, e.g. '2026-12-01 09:00', "
-                     "09:00 or +10m."),
-        click.option("--manual", is_flag=True, default=None, help="No schedule: runs only "
-                     "with 'pb job run'."),
+        click.option(
+            "--at", "at", metavar="TIME", help="Once, e.g. '2026-12-01 09:00', 09:00 or +10m."
+        ),
+        click.option(
+            "--manual", is_flag=True, default=None, help="No schedule: runs only with 'pb job run'."
+        ),
         click.option("--timeout", metavar="DURATION", help="Kill the run after this long."),
-        click.option("--retries", type=int, metavar="N", help="Attempts after a failure "
-                     f"({_range(RETRIES)}; default 0)."),
-        click.option("--retry-delay", metavar="DURATION", help="First retry delay "
-                     "(doubles each attempt, with jitter)."),
-        click.option("--overlap", type=click.Choice(OVERLAP), help="When the previous run "
-                     "still runs: skip (default), queue or allow."),
-        click.option("--catch-up", type=click.Choice(CATCH_UP), help="Runs missed while "
-                     "down: skip, once (default) or all."),
+        click.option(
+            "--retries",
+            type=int,
+            metavar="N",
+            help=f"Attempts after a failure ({_range(RETRIES)}; default 0).",
+        ),
+        click.option(
+            "--retry-delay",
+            metavar="DURATION",
+            help="First retry delay (doubles each attempt, with jitter).",
+        ),
+        click.option(
+            "--overlap",
+            type=click.Choice(OVERLAP),
+            help="When the previous run still runs: skip (default), queue or allow.",
+        ),
+        click.option(
+            "--catch-up",
+            type=click.Choice(CATCH_UP),
+            help="Runs missed while down: skip, once (default) or all.",
+        ),
         click.option("--cwd", metavar="DIR", help="Working directory of the command."),
-        click.option("--env", multiple=True, metavar="NAME=VALUE", help="Environment "
-                     "variable for the command (repeatable)."),
-        click.option("--env-file", metavar="PATH", help="NAME=VALUE lines read at each "
-                     "run's start, never stored (systemd's EnvironmentFile= format)."),
-        click.option("--secret", multiple=True, metavar="NAME", help="Show the value of "
-                     "--env NAME as (secret) in show, JSON and the API (repeatable)."),
-        click.option("--leftovers", type=click.Choice(("kill", "keep")), help="Processes "
-                     "a run leaves when its main process exits: kill (default) or keep."),
-        click.option("--memory-max", metavar="SIZE|none", help="Memory limit of a run's "
-                     "processes, e.g. 512M, 2G (where the memory controller exists)."),
-        click.option("--cpu-max", metavar="CPUS|none", help="CPU limit, e.g. 0.5 or 50% "
-                     "(of one CPU), 2 (where the cpu controller exists)."),
-        click.option("--tasks-max", type=int, metavar="N", help="Most processes and threads "
-                     f"a run may have, {_range(TASKS_MAX)} (where the pids controller "
-                     "exists)."),
-        click.option("--jitter", metavar="DURATION|none", help="Move every run of a cron or "
-                     "interval job by a stable offset within this window (spreads herds)."),
-        click.option("--shell", is_flag=True, default=None, help="COMMAND is one shell "
-                     "string, run with /bin/sh -c."),
-        click.option("--umask", metavar="OCTAL", help="File mode mask of the command "
-                     "(default 022, as cron and systemd)."),
-        click.option("--start-deadline", metavar="DURATION|none", help="A run that cannot "
-                     "start this long after its due time expires (default: the schedule's "
-                     "period, at most 1h)."),
-        click.option("--max-queued", type=int, metavar="N", help="With --overlap queue: "
-                     f"runs that may wait behind the running one, {_range(MAX_QUEUED)} "
-                     "(default 10)."),
+        click.option(
+            "--env",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="Environment variable for the command (repeatable).",
+        ),
+        click.option(
+            "--env-file",
+            metavar="PATH",
+            help="NAME=VALUE lines read at each "
+            "run's start, never stored (systemd's EnvironmentFile= format).",
+        ),
+        click.option(
+            "--secret",
+            multiple=True,
+            metavar="NAME",
+            help="Show the value of --env NAME as (secret) in show, JSON and the API (repeatable).",
+        ),
+        click.option(
+            "--leftovers",
+            type=click.Choice(("kill", "keep")),
+            help="Processes a run leaves when its main process exits: kill (default) or keep.",
+        ),
+        click.option(
+            "--memory-max",
+            metavar="SIZE|none",
+            help="Memory limit of a run's "
+            "processes, e.g. 512M, 2G (where the memory controller exists).",
+        ),
+        click.option(
+            "--cpu-max",
+            metavar="CPUS|none",
+            help="CPU limit, e.g. 0.5 or 50% (of one CPU), 2 (where the cpu controller exists).",
+        ),
+        click.option(
+            "--tasks-max",
+            type=int,
+            metavar="N",
+            help="Most processes and threads "
+            f"a run may have, {_range(TASKS_MAX)} (where the pids controller "
+            "exists).",
+        ),
+        click.option(
+            "--jitter",
+            metavar="DURATION|none",
+            help="Move every run of a cron or "
+            "interval job by a stable offset within this window (spreads herds).",
+        ),
+        click.option(
+            "--shell",
+            is_flag=True,
+            default=None,
+            help="COMMAND is one shell string, run with /bin/sh -c.",
+        ),
+        click.option(
+            "--umask",
+            metavar="OCTAL",
+            help="File mode mask of the command (default 022, as cron and systemd).",
+        ),
+        click.option(
+            "--start-deadline",
+            metavar="DURATION|none",
+            help="A run that cannot "
+            "start this long after its due time expires (default: the schedule's "
+            "period, at most 1h).",
+        ),
+        click.option(
+            "--max-queued",
+            type=int,
+            metavar="N",
+            help="With --overlap queue: "
+            f"runs that may wait behind the running one, {_range(MAX_QUEUED)} "
+            "(default 10).",
+        ),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]
     for decorator in reversed(decorators):
@@ -72,14 +135,29 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def options_of(kwargs: dict[str, Any]) -> JobOptions:
-    return JobOptions(cron=kwargs["cron"], tz=kwargs["tz"], every=kwargs["every"],
-                      at=kwargs["at"], manual=bool(kwargs["manual"]),
-                      timeout=kwargs["timeout"], retries=kwargs["retries"],
-                      retry_delay=kwargs["retry_delay"], overlap=kwargs["overlap"],
-                      catch_up=kwargs["catch_up"], cwd=kwargs["cwd"], env=list(kwargs["env"]),
-                      shell=kwargs["shell"], command=list(kwargs["command"]),
-                      umask=kwargs["umask"], start_deadline=kwargs["start_deadline"],
-                      max_queued=kwargs["max_queued"], env_file=kwargs["env_file"],
-                      secret=list(kwargs["secret"]), leftovers=kwargs["leftovers"],
-                      memory_max=kwargs["memory_max"], cpu_max=kwargs["cpu_max"],
-                      tasks_max=kwargs["tasks_max"], jitter=kwargs["jitter"])
+    return JobOptions(
+        cron=kwargs["cron"],
+        tz=kwargs["tz"],
+        every=kwargs["every"],
+        at=kwargs["at"],
+        manual=bool(kwargs["manual"]),
+        timeout=kwargs["timeout"],
+        retries=kwargs["retries"],
+        retry_delay=kwargs["retry_delay"],
+        overlap=kwargs["overlap"],
+        catch_up=kwargs["catch_up"],
+        cwd=kwargs["cwd"],
+        env=list(kwargs["env"]),
+        shell=kwargs["shell"],
+        command=list(kwargs["command"]),
+        umask=kwargs["umask"],
+        start_deadline=kwargs["start_deadline"],
+        max_queued=kwargs["max_queued"],
+        env_file=kwargs["env_file"],
+        secret=list(kwargs["secret"]),
+        leftovers=kwargs["leftovers"],
+        memory_max=kwargs["memory_max"],
+        cpu_max=kwargs["cpu_max"],
+        tasks_max=kwargs["tasks_max"],
+        jitter=kwargs["jitter"],
+    )

@@ -65,8 +65,10 @@ def job_edit(ctx: click.Context, name: str, **kwargs: Any) -> None:
     values = changed_job(options, now_utc(), row, warn=_warn)
     store.update_job(name, values)
     rescheduled = "next_due_at" in values
-    click.echo(f"✓ Job {name} changed"
-               + (f"; next run: {_next_run(values, row['enabled'])}" if rescheduled else ""))
+    click.echo(
+        f"✓ Job {name} changed"
+        + (f"; next run: {_next_run(values, row['enabled'])}" if rescheduled else "")
+    )
 
 
 def _warn(message: str) -> None:
@@ -77,8 +79,13 @@ def _next_run(values: dict[str, Any], enabled: bool) -> str:
     """The next run of a job just written with `values`, as `pb job list` shows it."""
     if not enabled:
         return "- (paused)"
-    return _when({"next_run_at": _iso(values["next_due_at"]),
-                  "schedule_kind": values["schedule_kind"], "schedule_tz": values["schedule_tz"]})
+    return _when(
+        {
+            "next_run_at": _iso(values["next_due_at"]),
+            "schedule_kind": values["schedule_kind"],
+            "schedule_tz": values["schedule_tz"],
+        }
+    )
 
 
 def _when(job: dict[str, Any]) -> str:
@@ -103,15 +110,22 @@ PAGE = 100  # jobs `pb job list` shows unless told otherwise
 
 @job_group.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-@click.option("-n", "--limit", type=click.IntRange(1, 1_000_000), default=PAGE,
-              show_default=True, help="Jobs per page, by name.")
-@click.option("--after", metavar="NAME", help="The page after the job NAME (the last of "
-              "the page before).")
-@click.option("--all", "everything", is_flag=True, help="Every job, streamed (memory stays "
-              "flat).")
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(1, 1_000_000),
+    default=PAGE,
+    show_default=True,
+    help="Jobs per page, by name.",
+)
+@click.option(
+    "--after", metavar="NAME", help="The page after the job NAME (the last of the page before)."
+)
+@click.option("--all", "everything", is_flag=True, help="Every job, streamed (memory stays flat).")
 @click.pass_context
-def job_list(ctx: click.Context, as_json: bool, limit: int, after: str | None,
-             everything: bool) -> None:
+def job_list(
+    ctx: click.Context, as_json: bool, limit: int, after: str | None, everything: bool
+) -> None:
     """Jobs by name: schedule, next run (in the job's zone), last result, enabled."""
     store = open_store(ctx)
     found = store.iter_jobs(after, None if everything else limit)
@@ -123,19 +137,27 @@ def job_list(ctx: click.Context, as_json: bool, limit: int, after: str | None,
         if shown == 0 and not page:
             break
         rows = [("NAME", "SCHEDULE", "NEXT RUN", "LAST RESULT", "ENABLED")]
-        rows += [(j["name"], j["schedule"], _when(raw), j["last_state"] or "-", _enabled(j))
-                 for j, raw in ((_job_json(raw), raw) for raw in page)]
+        rows += [
+            (j["name"], j["schedule"], _when(raw), j["last_state"] or "-", _enabled(j))
+            for j, raw in ((_job_json(raw), raw) for raw in page)
+        ]
         table(rows if shown == 0 else rows[1:])
         shown += len(page)
         last = page[-1]["name"] if page else after
     if shown == 0:
-        click.echo("No more jobs" if after else
-                   "No jobs yet; add one with 'pb job add NAME --every 1h -- COMMAND'")
+        click.echo(
+            "No more jobs"
+            if after
+            else "No jobs yet; add one with 'pb job add NAME --every 1h -- COMMAND'"
+        )
         return
     if not everything and shown == limit:
         total = store.count_jobs()
-        click.echo(f"Showing {shown:,} of {total:,} jobs; next page: pb job list --after "
-                   f"{last}  (--all for every one)", err=True)
+        click.echo(
+            f"Showing {shown:,} of {total:,} jobs; next page: pb job list --after "
+            f"{last}  (--all for every one)",
+            err=True,
+        )
 
 
 def _pages(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -189,22 +211,30 @@ def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     command = data["command"][0] if data["shell"] else " ".join(data["command"])
-    for label, value in (("Name", name), ("Command", command), ("Schedule", data["schedule"]),
-                         ("Enabled", _enabled(data)),
-                         ("Error", data.get("error") or "-"),
-                         ("Next run", _when(job)),
-                         ("Last result", _last_result(data)),
-                         ("Timeout", _seconds(data["timeout_s"])),
-                         ("Retries", f"{data['retries']} (delay {data['retry_delay_s']:g}s)"),
-                         ("Overlap", f"{data['overlap']} (at most {data['max_queued']} "
-                          "queued)" if data["overlap"] == "queue" else data["overlap"]),
-                         ("Catch-up", data["catch_up"]),
-                         ("Start deadline", _deadline(data)), ("Jitter", _jitter(name, data)),
-                         ("Umask", data["umask"]),
-                         ("Directory", data["cwd"] or "(the scheduler's home)"),
-                         ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items())
-                          or "-"),
-                         ("Env file", data.get("env_file") or "-")):
+    for label, value in (
+        ("Name", name),
+        ("Command", command),
+        ("Schedule", data["schedule"]),
+        ("Enabled", _enabled(data)),
+        ("Error", data.get("error") or "-"),
+        ("Next run", _when(job)),
+        ("Last result", _last_result(data)),
+        ("Timeout", _seconds(data["timeout_s"])),
+        ("Retries", f"{data['retries']} (delay {data['retry_delay_s']:g}s)"),
+        (
+            "Overlap",
+            f"{data['overlap']} (at most {data['max_queued']} queued)"
+            if data["overlap"] == "queue"
+            else data["overlap"],
+        ),
+        ("Catch-up", data["catch_up"]),
+        ("Start deadline", _deadline(data)),
+        ("Jitter", _jitter(name, data)),
+        ("Umask", data["umask"]),
+        ("Directory", data["cwd"] or "(the scheduler's home)"),
+        ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items()) or "-"),
+        ("Env file", data.get("env_file") or "-"),
+    ):
         click.echo(shown(f"{label + ':':<15} {value}", raw))
 
 
@@ -221,8 +251,10 @@ def _jitter(name: str, data: dict[str, Any]) -> str:
     window = data.get("jitter_s")
     if not window:
         return "none"
-    return (f"{format_duration(window)} (this job's runs: "
-            f"+{format_duration(jitter_offset(name, window))})")
+    return (
+        f"{format_duration(window)} (this job's runs: "
+        f"+{format_duration(jitter_offset(name, window))})"
+    )
 
 
 def _last_result(data: dict[str, Any]) -> str:
@@ -248,15 +280,29 @@ def _count(ctx: click.Context, param: click.Parameter, value: str) -> int:
 
 @job_group.command(name="next")
 @click.argument("name", required=False)
-@click.option("-n", "--count", default="5", callback=_count, metavar="N", show_default=True,
-              help="How many runs to show, 1 to 1000.")
-@click.option("--cron", metavar="EXPR", help="Preview this cron expression instead of a "
-              "job's schedule.")
+@click.option(
+    "-n",
+    "--count",
+    default="5",
+    callback=_count,
+    metavar="N",
+    show_default=True,
+    help="How many runs to show, 1 to 1000.",
+)
+@click.option(
+    "--cron", metavar="EXPR", help="Preview this cron expression instead of a job's schedule."
+)
 @click.option("--tz", metavar="ZONE", help="The zone of --cron (default: the machine's).")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @click.pass_context
-def job_next(ctx: click.Context, name: str | None, count: int, cron: str | None,
-             tz: str | None, as_json: bool) -> None:
+def job_next(
+    ctx: click.Context,
+    name: str | None,
+    count: int,
+    cron: str | None,
+    tz: str | None,
+    as_json: bool,
+) -> None:
     """The next runs of job NAME (or of --cron EXPR) in its zone and in UTC."""
     from pony_scheduler.durations import format_duration
     from pony_scheduler.errors import ConfigError
@@ -281,10 +327,20 @@ def job_next(ctx: click.Context, name: str | None, count: int, cron: str | None,
     rows = preview(schedule, now_utc(), count)
     title = f"{name}: {describe(schedule)}" if name else describe(schedule)
     if as_json:
-        click.echo(json.dumps({"job": name, "schedule": describe(schedule),
-                               "kind": schedule.kind, "jitter_offset_s": schedule.offset,
-                               "tz": schedule.tz if schedule.kind in ZONED else None,
-                               "enabled": enabled, "runs": preview_json(rows)}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "job": name,
+                    "schedule": describe(schedule),
+                    "kind": schedule.kind,
+                    "jitter_offset_s": schedule.offset,
+                    "tz": schedule.tz if schedule.kind in ZONED else None,
+                    "enabled": enabled,
+                    "runs": preview_json(rows),
+                },
+                indent=2,
+            )
+        )
         return
     if schedule.kind == "manual":
         click.echo(f"{title}: no schedule; it runs only with 'pb job run {name}'")
@@ -294,11 +350,13 @@ def job_next(ctx: click.Context, name: str | None, count: int, cron: str | None,
         return
     click.echo(title + ("" if enabled else f" (paused: these runs follow 'pb job resume {name}')"))
     if schedule.offset:
-        click.echo(f"(each run moved by +{format_duration(schedule.offset)}: its share of "
-                   "--jitter)")
+        click.echo(
+            f"(each run moved by +{format_duration(schedule.offset)}: its share of --jitter)"
+        )
     listed = [("LOCAL", "UTC", "DAYLIGHT SAVING" if any(row.dst for row in rows) else "")]
-    listed += [(text(row.local), text(row.at), f"{row.dst}: {row.note}" if row.dst else "")
-               for row in rows]
+    listed += [
+        (text(row.local), text(row.at), f"{row.dst}: {row.note}" if row.dst else "") for row in rows
+    ]
     table(listed)
 
 
@@ -333,10 +391,19 @@ def job_resume(ctx: click.Context, name: str) -> None:
 
 @job_group.command(name="run")
 @click.argument("name")
-@click.option("--wait", is_flag=True, help="Wait for the run (and its retries) to end; exit "
-              "with its exit status (128+N for signal N).")
-@click.option("-f", "--follow", "follow_", is_flag=True, help="With --wait: print the run's "
-              "output as it comes.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the run (and its retries) to end; exit "
+    "with its exit status (128+N for signal N).",
+)
+@click.option(
+    "-f",
+    "--follow",
+    "follow_",
+    is_flag=True,
+    help="With --wait: print the run's output as it comes.",
+)
 @click.pass_context
 def job_run(ctx: click.Context, name: str, wait: bool, follow_: bool) -> None:
     """Queue a run of job NAME now."""
@@ -365,11 +432,15 @@ def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
         after = store.next_attempt_of(run_id)
         if after is None:
             break
-        click.echo(f"Run {run_id} {run['state']} ({run['reason']}); attempt "
-                   f"{run['attempt'] + 1} is run {after}", err=True)
+        click.echo(
+            f"Run {run_id} {run['state']} ({run['reason']}); attempt "
+            f"{run['attempt'] + 1} is run {after}",
+            err=True,
+        )
         run_id = after
-    click.echo(f"Run {run_id} {run['state']}" + (f" ({run['reason']})" if run["reason"] else ""),
-               err=True)
+    click.echo(
+        f"Run {run_id} {run['state']}" + (f" ({run['reason']})" if run["reason"] else ""), err=True
+    )
     return int(run["exit_code"]) if run["exit_code"] is not None else 1
 
 

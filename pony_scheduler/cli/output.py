@@ -28,8 +28,7 @@ def output_path_of(ctx: click.Context, run_id: int, follow_: bool) -> str | None
     return run.get("output_path") or None
 
 
-def print_output(ctx: click.Context, run_id: int, path: str, follow_: bool,
-                  raw: bool) -> None:
+def print_output(ctx: click.Context, run_id: int, path: str, follow_: bool, raw: bool) -> None:
     handle = open_output(ctx, run_id, path, follow_)
     if handle is None:
         return
@@ -63,8 +62,7 @@ class OutputWriter:
         sys.stdout.flush()
 
 
-def open_output(ctx: click.Context, run_id: int, path: str,
-                 follow_: bool) -> BinaryIO | None:
+def open_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> BinaryIO | None:
     """The run's output file once it exists; None for a run that printed nothing.
 
     The file is created at the run's first byte of output: it may not exist yet.  Only a
@@ -79,14 +77,17 @@ def open_output(ctx: click.Context, run_id: int, path: str,
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise PonyError(f"cannot read output of run {run_id} at {path}: "
-                            f"{exc.strerror}") from None
+            raise PonyError(
+                f"cannot read output of run {run_id} at {path}: {exc.strerror}"
+            ) from None
         run = get_run(ctx, run_id)
         if os.path.exists(path):
             continue  # it printed since we looked: the state above may already be final
         if run.get("output_tail"):
-            raise PonyError(f"the output file of run {run_id} was removed ({path}); "
-                            f"`pb runs show {run_id}` has its end")
+            raise PonyError(
+                f"the output file of run {run_id} was removed ({path}); "
+                f"`pb runs show {run_id}` has its end"
+            )
         if not follow_ or run["state"] not in ("queued", "running"):
             return None
         time.sleep(0.2)

@@ -44,15 +44,26 @@ def runs_group() -> None:
 
 @runs_group.command(name="list")
 @click.argument("job", required=False)
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True,
-              help="How many runs, newest first.")
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many runs, newest first.",
+)
 @click.option("--state", type=click.Choice(STATES), help="Only runs in this state.")
-@click.option("--missed", is_flag=True, help="The missed occurrences counted beyond those "
-              "listed one by one as skipped runs (one summary per outage).")
+@click.option(
+    "--missed",
+    is_flag=True,
+    help="The missed occurrences counted beyond those "
+    "listed one by one as skipped runs (one summary per outage).",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
-def runs_list(ctx: click.Context, job: str | None, limit: int, state: str | None,
-              missed: bool, as_json: bool) -> None:
+def runs_list(
+    ctx: click.Context, job: str | None, limit: int, state: str | None, missed: bool, as_json: bool
+) -> None:
     """Recent runs, of every job or of JOB."""
     from pony_scheduler.store.jobs import UnknownJob
 
@@ -70,9 +81,18 @@ def runs_list(ctx: click.Context, job: str | None, limit: int, state: str | None
         click.echo("No runs yet")
         return
     rows = [("ID", "JOB", "STATE", "STARTED", "DURATION", "EXIT", "TRIGGER")]
-    rows += [(str(r["id"]), r["job"], r["state"], local(r["started_at"]),
-              f"{r['duration_s']:.2f}s" if r["duration_s"] is not None else "-",
-              _exit(r), r["trigger"]) for r in runs]
+    rows += [
+        (
+            str(r["id"]),
+            r["job"],
+            r["state"],
+            local(r["started_at"]),
+            f"{r['duration_s']:.2f}s" if r["duration_s"] is not None else "-",
+            _exit(r),
+            r["trigger"],
+        )
+        for r in runs
+    ]
     table(rows)
     if state in (None, "skipped"):
         _missed_footer(store, job)
@@ -87,8 +107,16 @@ def _missed(store: Store, job: str | None, limit: int, as_json: bool) -> None:
         click.echo("Nothing missed beyond what the skipped runs list")
         return
     rows = [("JOB", "COUNT", "FROM", "TO", "REASON")]
-    rows += [(g["job"], f"{g['count']:,}", local(g["first_occurrence"]),
-              local(g["last_occurrence"]), g["reason"]) for g in gaps]
+    rows += [
+        (
+            g["job"],
+            f"{g['count']:,}",
+            local(g["first_occurrence"]),
+            local(g["last_occurrence"]),
+            g["reason"],
+        )
+        for g in gaps
+    ]
     table(rows)
 
 
@@ -101,9 +129,11 @@ def _exit(run: dict[str, Any]) -> str:
 def _missed_footer(store: Store, job: str | None) -> None:
     """Missed occurrences counted beyond those listed one by one (none vanish)."""
     for gap in store.missed_summaries(job, limit=5):
-        click.echo(f"Missed, not listed one by one: {gap['count']:,} occurrence(s) of job "
-                   f"{gap['job']} from {local(gap['first_occurrence'])} to "
-                   f"{local(gap['last_occurrence'])} ({gap['reason']})")
+        click.echo(
+            f"Missed, not listed one by one: {gap['count']:,} occurrence(s) of job "
+            f"{gap['job']} from {local(gap['first_occurrence'])} to "
+            f"{local(gap['last_occurrence'])} ({gap['reason']})"
+        )
 
 
 @runs_group.command(name="show")
@@ -117,9 +147,25 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
     if as_json:
         click.echo(json.dumps(run, indent=2))
         return
-    for key in ("id", "job", "state", "trigger", "attempt", "occurrence", "started_at",
-                "finished_at", "duration_s", "exit_code", "reason", "pid", "hostname",
-                "containment", "peak_memory", "cpu_s", "output_path"):
+    for key in (
+        "id",
+        "job",
+        "state",
+        "trigger",
+        "attempt",
+        "occurrence",
+        "started_at",
+        "finished_at",
+        "duration_s",
+        "exit_code",
+        "reason",
+        "pid",
+        "hostname",
+        "containment",
+        "peak_memory",
+        "cpu_s",
+        "output_path",
+    ):
         value = run.get(key)
         if key == "peak_memory" and value is not None:
             value = f"{value / 1048576:.1f} MiB"
@@ -132,16 +178,21 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
         if key == "output_path" and value and not os.path.exists(value):
             # Created at the first byte of output (see pb-job(1)).
             value = f"{value} (removed)" if run.get("output_tail") else "- (no output)"
-        click.echo(shown(f"{key.replace('_', ' ').capitalize() + ':':<13} "
-                          f"{'-' if value is None else value}", raw))
+        click.echo(
+            shown(
+                f"{key.replace('_', ' ').capitalize() + ':':<13} {'-' if value is None else value}",
+                raw,
+            )
+        )
     click.echo("Output (end):")
     click.echo(shown(run.get("output_tail") or "(none)", raw))
 
 
 @runs_group.command(name="output")
 @click.argument("run_id", type=int)
-@click.option("-f", "--follow", "follow_", is_flag=True,
-              help="Keep printing while the run is running.")
+@click.option(
+    "-f", "--follow", "follow_", is_flag=True, help="Keep printing while the run is running."
+)
 @RAW
 @click.pass_context
 def runs_output(ctx: click.Context, run_id: int, follow_: bool, raw: bool) -> None:
@@ -154,9 +205,15 @@ def runs_output(ctx: click.Context, run_id: int, follow_: bool, raw: bool) -> No
 
 @runs_group.command(name="kill")
 @click.argument("run_id", type=int)
-@click.option("--signal", "signame", default="TERM", show_default=True, metavar="SIG",
-              help="The signal for the run's whole process tree (SIGKILL follows after the "
-                   "kill grace if it is not SIGKILL).")
+@click.option(
+    "--signal",
+    "signame",
+    default="TERM",
+    show_default=True,
+    metavar="SIG",
+    help="The signal for the run's whole process tree (SIGKILL follows after the "
+    "kill grace if it is not SIGKILL).",
+)
 @click.pass_context
 def runs_kill(ctx: click.Context, run_id: int, signame: str) -> None:
     """Stop run RUN_ID's whole process tree; it is recorded as killed, and by whom."""
@@ -179,22 +236,31 @@ def runs_kill(ctx: click.Context, run_id: int, signame: str) -> None:
         keeper = None
     try:
         if keeper is None or keeper.is_held(run_id) is None:
-            raise PonyError(f"run {run_id} is not held by the run keeper of {settings.home} "
-                            f"(it runs on {run['hostname'] or 'another host'}); run "
-                            "'pb runs kill' there")
+            raise PonyError(
+                f"run {run_id} is not held by the run keeper of {settings.home} "
+                f"(it runs on {run['hostname'] or 'another host'}); run "
+                "'pb runs kill' there"
+            )
         keeper.kill(run_id, signame, by=f"pb runs kill by {actor.describe()}")
     finally:
         if keeper is not None:
             keeper.close()
     open_store(ctx).record_audit(actor, "kill", run["job"], f"run {run_id} {signame.upper()}")
-    click.echo(f"✓ Sent {signame.upper()} to run {run_id} (job {run['job']}) and its whole "
-               "process tree")
+    click.echo(
+        f"✓ Sent {signame.upper()} to run {run_id} (job {run['job']}) and its whole process tree"
+    )
 
 
 @click.command(name="audit")
 @click.argument("job", required=False)
-@click.option("-n", "--limit", type=click.IntRange(1, 1_000_000), default=20, show_default=True,
-              help="How many entries, newest first.")
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(1, 1_000_000),
+    default=20,
+    show_default=True,
+    help="How many entries, newest first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
 def audit_command(ctx: click.Context, job: str | None, limit: int, as_json: bool) -> None:
@@ -207,8 +273,10 @@ def audit_command(ctx: click.Context, job: str | None, limit: int, as_json: bool
         click.echo("Nothing recorded yet")
         return
     rows = [("WHEN", "WHO", "VIA", "ACTION", "JOB", "DETAIL")]
-    rows += [(local(e["at"]), *_audit_who(e), e["action"], e["job"] or "-", e["detail"] or "")
-             for e in entries]
+    rows += [
+        (local(e["at"]), *_audit_who(e), e["action"], e["job"] or "-", e["detail"] or "")
+        for e in entries
+    ]
     table([[shown(str(cell), raw=False) for cell in row] for row in rows])
 
 
@@ -222,11 +290,16 @@ def _audit_who(entry: dict[str, Any]) -> tuple[str, str]:
     if entry["via"] != "dashboard":
         return user, f"{entry['via']} ({entry['scope']})"
     scope, _, how = str(entry["scope"] or "").partition(" ")
-    return (f"dashboard session ({scope}, {_OPENED.get(how, how)})",
-            f"dashboard running as {user}")
+    return (f"dashboard session ({scope}, {_OPENED.get(how, how)})", f"dashboard running as {user}")
 
 
 add_db_option(runs_group)
-audit_command.params.append(click.Option(
-    ["--db"], metavar="PATH|URL", expose_value=False, callback=remember_db,
-    help="Database to use (default: PONYBUNNY_DB, config.toml, or HOME/pony.db)."))
+audit_command.params.append(
+    click.Option(
+        ["--db"],
+        metavar="PATH|URL",
+        expose_value=False,
+        callback=remember_db,
+        help="Database to use (default: PONYBUNNY_DB, config.toml, or HOME/pony.db).",
+    )
+)

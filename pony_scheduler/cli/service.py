@@ -31,8 +31,7 @@ _PORT = click.IntRange(1, 65535)
 class _Host(click.ParamType):
     name = "HOST"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> str:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         if not str(value).strip():
             self.fail("an address or host name is needed (e.g. 127.0.0.1)", param, ctx)
         return str(value).strip()
@@ -40,29 +39,47 @@ class _Host(click.ParamType):
 
 EXTRA_START_OPTIONS: dict[str, list[Decorator]] = {
     "scheduler": [
-        click.option("--db", metavar="PATH|URL",
-                     help="SQLite path or SQLAlchemy URL (postgresql+psycopg://…)."),
+        click.option(
+            "--db",
+            metavar="PATH|URL",
+            help="SQLite path or SQLAlchemy URL (postgresql+psycopg://…).",
+        ),
         click.option("--socket", metavar="PATH", help="Gateway socket the scheduler reports to."),
-        click.option("--workers", type=click.IntRange(1, MAX_WORKERS), metavar="N",
-                     help=f"Jobs run at the same time at most, 1-{MAX_WORKERS} "
-                          "[default: 4]."),
-        click.option("--shutdown-grace", metavar="DURATION",
-                     help="How long running jobs get to finish on shutdown (30, 30s, 2m) "
-                          "[default: 30s]."),
+        click.option(
+            "--workers",
+            type=click.IntRange(1, MAX_WORKERS),
+            metavar="N",
+            help=f"Jobs run at the same time at most, 1-{MAX_WORKERS} [default: 4].",
+        ),
+        click.option(
+            "--shutdown-grace",
+            metavar="DURATION",
+            help="How long running jobs get to finish on shutdown (30, 30s, 2m) [default: 30s].",
+        ),
     ],
     "gateway": [
-        click.option("--host", "gateway_host", type=_Host(),
-                     help="HTTP address to listen on [default: 127.0.0.1]."),
-        click.option("--port", "gateway_port", type=_PORT, metavar="PORT",
-                     help="HTTP port [default: 18789]."),
+        click.option(
+            "--host",
+            "gateway_host",
+            type=_Host(),
+            help="HTTP address to listen on [default: 127.0.0.1].",
+        ),
+        click.option(
+            "--port", "gateway_port", type=_PORT, metavar="PORT", help="HTTP port [default: 18789]."
+        ),
         click.option("--db", help="The scheduler's database (path or SQLAlchemy URL)."),
         click.option("--socket", help="Unix socket for the scheduler's events."),
     ],
     "debug": [
-        click.option("--host", "debug_host", type=_Host(),
-                     help="HTTP address to listen on [default: 127.0.0.1]."),
-        click.option("--port", "debug_port", type=_PORT, metavar="PORT",
-                     help="HTTP port [default: 18790]."),
+        click.option(
+            "--host",
+            "debug_host",
+            type=_Host(),
+            help="HTTP address to listen on [default: 127.0.0.1].",
+        ),
+        click.option(
+            "--port", "debug_port", type=_PORT, metavar="PORT", help="HTTP port [default: 18790]."
+        ),
     ],
 }
 
@@ -107,17 +124,30 @@ def _start_command(spec: ServiceSpec) -> click.Command:
     @click.option("--foreground", is_flag=True, help="Do not detach; log to stderr.")
     @click.option("--force", is_flag=True, help="Replace a running instance (as restart).")
     @click.option("--debug", is_flag=True, help="Debug-level logging.")
-    @click.option("--timeout", type=POSITIVE_SECONDS, default=30.0, show_default=True,
-                  help="Seconds to wait for readiness (and for --force to stop the old one).")
+    @click.option(
+        "--timeout",
+        type=POSITIVE_SECONDS,
+        default=30.0,
+        show_default=True,
+        help="Seconds to wait for readiness (and for --force to stop the old one).",
+    )
     @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
     @click.pass_context
-    def start(ctx: click.Context, foreground: bool, force: bool, debug: bool, timeout: float,
-              quiet: bool, **extra: Any) -> None:
+    def start(
+        ctx: click.Context,
+        foreground: bool,
+        force: bool,
+        debug: bool,
+        timeout: float,
+        quiet: bool,
+        **extra: Any,
+    ) -> None:
         settings = settings_from(ctx, log_level="DEBUG" if debug else None, **extra)
         say = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
         if foreground:
-            ctx.exit(control.start_foreground(spec, settings, force=force, timeout=timeout,
-                                              say=say))
+            ctx.exit(
+                control.start_foreground(spec, settings, force=force, timeout=timeout, say=say)
+            )
         try:
             result = control.start(spec, settings, timeout=timeout, force=force, say=say)
         except AlreadyRunning as exc:
@@ -135,17 +165,28 @@ def _start_command(spec: ServiceSpec) -> click.Command:
 
 
 def _restart_command(spec: ServiceSpec) -> click.Command:
-    what = ("hands its running runs over to the new one: they keep running"
-            if spec.name == "scheduler" else "stops")
-    @click.command(name="restart", help=f"Replace the {spec.title.lower()} with a new "
-                   f"process (the old one {what}); start it if it is not running.")
+    what = (
+        "hands its running runs over to the new one: they keep running"
+        if spec.name == "scheduler"
+        else "stops"
+    )
+
+    @click.command(
+        name="restart",
+        help=f"Replace the {spec.title.lower()} with a new "
+        f"process (the old one {what}); start it if it is not running.",
+    )
     @click.option("--debug", is_flag=True, help="Debug-level logging.")
-    @click.option("--timeout", type=POSITIVE_SECONDS, default=30.0, show_default=True,
-                  help="Seconds to wait for the old one to go and the new one to be ready.")
+    @click.option(
+        "--timeout",
+        type=POSITIVE_SECONDS,
+        default=30.0,
+        show_default=True,
+        help="Seconds to wait for the old one to go and the new one to be ready.",
+    )
     @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
     @click.pass_context
-    def restart(ctx: click.Context, debug: bool, timeout: float, quiet: bool,
-                **extra: Any) -> None:
+    def restart(ctx: click.Context, debug: bool, timeout: float, quiet: bool, **extra: Any) -> None:
         settings = settings_from(ctx, log_level="DEBUG" if debug else None, **extra)
         say = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
         try:
@@ -192,9 +233,11 @@ def _print_failure(spec: ServiceSpec, settings: Settings, exc: StartFailed) -> N
 def _stop_command(spec: ServiceSpec) -> click.Command:
     @click.command(name="stop", help=f"Stop the {spec.title.lower()}.")
     @click.option("--force", is_flag=True, help="SIGKILL at once and clean up its files.")
-    @click.option("--timeout", type=POSITIVE_SECONDS,
-                  help="Seconds to wait for the process to exit "
-                       "[default: the shutdown grace + 15].")
+    @click.option(
+        "--timeout",
+        type=POSITIVE_SECONDS,
+        help="Seconds to wait for the process to exit [default: the shutdown grace + 15].",
+    )
     @click.pass_context
     def stop(ctx: click.Context, force: bool, timeout: float | None) -> None:
         settings = settings_from(ctx)
@@ -202,8 +245,9 @@ def _stop_command(spec: ServiceSpec) -> click.Command:
             from pony_scheduler.lifecycle.services import stop_timeout
 
             timeout = stop_timeout(spec, settings)
-        result = control.stop(spec, settings, timeout=timeout, force=force,
-                              say=lambda line: click.echo(line))
+        result = control.stop(
+            spec, settings, timeout=timeout, force=force, say=lambda line: click.echo(line)
+        )
         if result.was_running:
             click.echo(f"✓ {spec.title} {'killed' if force else 'stopped'}")
         else:
@@ -263,8 +307,9 @@ def keeper_facts(settings: Settings) -> dict[str, Any] | None:
         return None
     if not isinstance(facts, dict) or not isinstance(facts.get("pid"), int):
         return None
-    alive = (facts.get("bootId") == boot_id()
-             and proc_start_time(facts["pid"]) == facts.get("procStartTime"))
+    alive = facts.get("bootId") == boot_id() and proc_start_time(facts["pid"]) == facts.get(
+        "procStartTime"
+    )
     return facts if alive else None
 
 
@@ -288,11 +333,24 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
         "reason": report.reason or None,
         "address": meta.get("address"),
         "metadata": report.meta,
-        **({"clockOffsetSeconds": meta.get("clockOffsetS")}
-           if report.spec.name == "scheduler" else {}),
-        **({"keeper": {"pid": keeper["pid"], "containment": keeper.get("containment"),
-                       "version": keeper.get("version")} if keeper else None}
-           if report.spec.name == "scheduler" else {}),
+        **(
+            {"clockOffsetSeconds": meta.get("clockOffsetS")}
+            if report.spec.name == "scheduler"
+            else {}
+        ),
+        **(
+            {
+                "keeper": {
+                    "pid": keeper["pid"],
+                    "containment": keeper.get("containment"),
+                    "version": keeper.get("version"),
+                }
+                if keeper
+                else None
+            }
+            if report.spec.name == "scheduler"
+            else {}
+        ),
     }
 
 
@@ -314,12 +372,18 @@ def _print_status(report: Status, settings: Settings) -> None:
             click.echo(_label("Clock") + clock)
     if spec.name == "scheduler":
         keeper = keeper_facts(settings)
-        click.echo(_label("Keeper") + (
-            f"PID {keeper['pid']}, containment {keeper.get('containment')}" if keeper
-            else "not running (the scheduler starts it)"))
+        click.echo(
+            _label("Keeper")
+            + (
+                f"PID {keeper['pid']}, containment {keeper.get('containment')}"
+                if keeper
+                else "not running (the scheduler starts it)"
+            )
+        )
         uptime = report.uptime()
-        click.echo(_label("Uptime") + (format_duration(int(uptime)) if uptime is not None
-                                        else "unknown"))
+        click.echo(
+            _label("Uptime") + (format_duration(int(uptime)) if uptime is not None else "unknown")
+        )
     click.echo(_label("Log file") + str(spec.log_path(settings.home)))
 
 
@@ -334,15 +398,22 @@ def clock_line(meta: dict[str, Any]) -> str | None:
     if abs(offset) <= CLOCK_WARN_S:
         return f"in step with the database's (within {CLOCK_WARN_S:g}s)"
     side = "ahead of" if offset < 0 else "behind"
-    return (f"{format_duration(round(abs(offset)))} {side} the database's: leases and due "
-            "times follow the database's clock; check this host's time sync")
+    return (
+        f"{format_duration(round(abs(offset)))} {side} the database's: leases and due "
+        "times follow the database's clock; check this host's time sync"
+    )
 
 
 def _logs_command(spec: ServiceSpec) -> click.Command:
     @click.command(name="logs", help=f"Show the {spec.title.lower()}'s log.")
     @LINES
-    @click.option("-f", "--follow", "follow_", is_flag=True,
-                  help="Keep printing new lines (across log rotation) until Ctrl-C.")
+    @click.option(
+        "-f",
+        "--follow",
+        "follow_",
+        is_flag=True,
+        help="Keep printing new lines (across log rotation) until Ctrl-C.",
+    )
     @RAW
     @click.pass_context
     def logs(ctx: click.Context, lines: int, follow_: bool, raw: bool) -> None:
@@ -362,14 +433,21 @@ def _logs_command(spec: ServiceSpec) -> click.Command:
 
 
 MAX_LINES = 1_000_000
-LINES = click.option("-n", "--lines", type=click.IntRange(0, MAX_LINES), default=50,
-                     show_default=True,
-                     help=f"How many of the last lines to show (0-{MAX_LINES}).")
+LINES = click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(0, MAX_LINES),
+    default=50,
+    show_default=True,
+    help=f"How many of the last lines to show (0-{MAX_LINES}).",
+)
 # Logs hold what jobs and requests chose (job names, paths): on a terminal their control
 # characters are shown, not obeyed (textsafe.for_terminal), unless --raw.
-RAW = click.option("--raw", is_flag=True,
-                   help="Print control characters as they are (default: made visible, "
-                        "like cat -v).")
+RAW = click.option(
+    "--raw",
+    is_flag=True,
+    help="Print control characters as they are (default: made visible, like cat -v).",
+)
 
 
 def _write_out(text: str) -> None:

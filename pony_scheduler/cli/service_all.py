@@ -17,13 +17,20 @@ from pony_scheduler.lifecycle.spec import SERVICES
 from pony_scheduler.textsafe import for_terminal
 
 _NAME = click.argument("name", type=click.Choice(NAMES), default=ALL, required=False)
-_START_TIMEOUT = click.option("--timeout", type=POSITIVE_SECONDS, default=30.0,
-                              show_default=True, help="Seconds to wait for each service.")
+_START_TIMEOUT = click.option(
+    "--timeout",
+    type=POSITIVE_SECONDS,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for each service.",
+)
 # Without --timeout each service waits as `pb NAME stop` does (the scheduler: its shutdown
 # grace plus 15 s, so that running jobs can finish).
-_STOP_TIMEOUT = click.option("--timeout", type=POSITIVE_SECONDS,
-                             help="Seconds to wait for each service [default: as pb NAME "
-                                  "stop].")
+_STOP_TIMEOUT = click.option(
+    "--timeout",
+    type=POSITIVE_SECONDS,
+    help="Seconds to wait for each service [default: as pb NAME stop].",
+)
 
 
 @click.group(name="service")
@@ -35,8 +42,7 @@ def _printer(home: Path, quiet: bool = False) -> services.Report:
     def report(outcome: Outcome) -> None:
         title, pid = outcome.spec.title, outcome.pid
         address = (outcome.meta or {}).get("address")
-        where = ", ".join(str(part) for part in (f"PID {pid}" if pid else None, address)
-                          if part)
+        where = ", ".join(str(part) for part in (f"PID {pid}" if pid else None, address) if part)
         if outcome.result == "started" and not quiet:
             click.echo(f"✓ {title} started ({where})")
         elif outcome.result == "running" and not quiet:
@@ -70,8 +76,9 @@ def start(ctx: click.Context, name: str, timeout: float, quiet: bool) -> None:
     Each is waited for until ready; one already running counts as started.
     """
     settings = settings_from(ctx)
-    outcomes = services.start(services.select(name), settings, timeout=timeout,
-                              report=_printer(settings.home, quiet))
+    outcomes = services.start(
+        services.select(name), settings, timeout=timeout, report=_printer(settings.home, quiet)
+    )
     ctx.exit(services.exit_code(outcomes))
 
 
@@ -83,8 +90,13 @@ def start(ctx: click.Context, name: str, timeout: float, quiet: bool) -> None:
 def stop(ctx: click.Context, name: str, timeout: float | None, force: bool) -> None:
     """Stop NAME; `all` stops them in reverse order."""
     settings = settings_from(ctx)
-    outcomes = services.stop(services.select(name), settings, timeout=timeout, force=force,
-                             report=_printer(settings.home))
+    outcomes = services.stop(
+        services.select(name),
+        settings,
+        timeout=timeout,
+        force=force,
+        report=_printer(settings.home),
+    )
     ctx.exit(services.exit_code(outcomes))
 
 
@@ -102,8 +114,7 @@ def restart(ctx: click.Context, name: str, timeout: float | None, quiet: bool) -
         if not quiet or not outcome.ok:
             report(outcome)
 
-    outcomes = services.restart(services.select(name), settings, timeout=timeout,
-                                report=quietly)
+    outcomes = services.restart(services.select(name), settings, timeout=timeout, report=quietly)
     ctx.exit(services.exit_code(outcomes))
 
 
@@ -153,8 +164,13 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
 @service_all.command(name="logs")
 @click.argument("name", type=click.Choice(NAMES))
 @LINES
-@click.option("-f", "--follow", "follow_", is_flag=True,
-              help="Keep printing new lines (across log rotation) until Ctrl-C.")
+@click.option(
+    "-f",
+    "--follow",
+    "follow_",
+    is_flag=True,
+    help="Keep printing new lines (across log rotation) until Ctrl-C.",
+)
 @RAW
 @click.pass_context
 def logs(ctx: click.Context, name: str, lines: int, follow_: bool, raw: bool) -> None:

@@ -42,9 +42,11 @@ STATIC = Path(__file__).with_name("static")
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=10, sock_connect=3)
 FLUSH_EVERY = 5.0  # seconds between summaries of rate-limited refusal lines
 PUBLIC = ("/", "/api/login")  # and /static/: what needs no session
-PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
-               "connect-src 'self'; img-src 'self'; frame-ancestors 'none'; "
-               "base-uri 'none'; form-action 'none'")
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 
 @dataclass
@@ -73,8 +75,7 @@ class Dashboard:
             if self.sessions.token_generation is not None:
                 ended = self.sessions.end_all()
                 if ended:
-                    log.warning("A gateway token changed: ended %d dashboard session(s)",
-                                ended)
+                    log.warning("A gateway token changed: ended %d dashboard session(s)", ended)
             self.sessions.token_generation = keeper.generation
 
 
@@ -94,13 +95,21 @@ def _same_origin(request: web.Request) -> bool:
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     dashboard = request.app[DASHBOARD]
     if not host_allowed(request.host or "", dashboard.settings.allowed_hosts):
-        return error(403, "this dashboard answers only to loopback names (localhost, "
-                          f"127.0.0.1, [::1]) and allowed_hosts, not {request.host!r}")
+        return error(
+            403,
+            "this dashboard answers only to loopback names (localhost, "
+            f"127.0.0.1, [::1]) and allowed_hosts, not {request.host!r}",
+        )
     if request.method not in ("GET", "HEAD") and not _same_origin(request):
-        dashboard.refusals.refused(time.monotonic(), request.remote,
-                                   "Refused %s %s from %s: Origin %s is another site",
-                                   request.method, shown_path(request.path), request.remote,
-                                   shown_path(request.headers.get("Origin", "")))
+        dashboard.refusals.refused(
+            time.monotonic(),
+            request.remote,
+            "Refused %s %s from %s: Origin %s is another site",
+            request.method,
+            shown_path(request.path),
+            request.remote,
+            shown_path(request.headers.get("Origin", "")),
+        )
         return error(403, "requests from other sites are refused")
     if request.path in PUBLIC or request.path.startswith("/static/"):
         return await handler(request)
@@ -108,16 +117,21 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     credential = bearer(request.headers.get("Authorization", ""))
     session = dashboard.sessions.get(credential, time.time()) if credential else None
     if session is None:
-        return error(401, "log in first: open the link 'pb debug url' prints, or paste a "
-                          "gateway token", **{"WWW-Authenticate": 'Bearer realm="dashboard"'})
+        return error(
+            401,
+            "log in first: open the link 'pb debug url' prints, or paste a gateway token",
+            **{"WWW-Authenticate": 'Bearer realm="dashboard"'},
+        )
     request[SESSION] = session
     return await handler(request)
 
 
 # -- the page, the login and our own answers --------------------------------------------------
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "index.html", headers={
-        "Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY})
+    return web.FileResponse(
+        STATIC / "index.html",
+        headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY},
+    )
 
 
 async def login(request: web.Request) -> web.Response:
@@ -140,18 +154,27 @@ async def login(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     scope: Scope
     if isinstance(code, str) and await loop.run_in_executor(
-            None, redeem, dashboard.settings.home, code, now):
+        None, redeem, dashboard.settings.home, code, now
+    ):
         scope, how = "admin", "link"
-    elif isinstance(token, str) and (found := dashboard.keeper().current().scope_of(
-            token.strip())) is not None:
+    elif (
+        isinstance(token, str)
+        and (found := dashboard.keeper().current().scope_of(token.strip())) is not None
+    ):
         scope, how = found, "token"
     else:
-        dashboard.refusals.refused(time.monotonic(), request.remote,
-                                   "Refused a dashboard login from %s: unknown, used or "
-                                   "expired link, or wrong token", request.remote)
-        return error(401, "that login link is unknown, used or expired (links work once, "
-                          "for 10 minutes: 'pb debug url' prints a new one), or the token is "
-                          "wrong")
+        dashboard.refusals.refused(
+            time.monotonic(),
+            request.remote,
+            "Refused a dashboard login from %s: unknown, used or expired link, or wrong token",
+            request.remote,
+        )
+        return error(
+            401,
+            "that login link is unknown, used or expired (links work once, "
+            "for 10 minutes: 'pb debug url' prints a new one), or the token is "
+            "wrong",
+        )
     credential = dashboard.sessions.new(scope, how, now)
     log.info("Dashboard login (%s, %s scope) from %s", how, scope, request.remote)
     return web.json_response({"session": credential, "scope": scope})
@@ -175,10 +198,16 @@ async def health(request: web.Request) -> web.Response:
         gateway: str | None = locate(dashboard.settings.home).shown
     except GatewayDown:
         gateway = None
-    return web.json_response({"status": "ok", "service": "debug", "version": __version__,
-                              "pid": os.getpid(),
-                              "uptimeSeconds": round(time.time() - dashboard.started, 3),
-                              "gateway": gateway})
+    return web.json_response(
+        {
+            "status": "ok",
+            "service": "debug",
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptimeSeconds": round(time.time() - dashboard.started, 3),
+            "gateway": gateway,
+        }
+    )
 
 
 async def services(request: web.Request) -> web.Response:
@@ -187,14 +216,12 @@ async def services(request: web.Request) -> web.Response:
 
     settings = request.app[DASHBOARD].settings
     loop = asyncio.get_running_loop()
-    return web.json_response({"services": await loop.run_in_executor(None, summaries,
-                                                                     settings)})
+    return web.json_response({"services": await loop.run_in_executor(None, summaries, settings)})
 
 
 # -- the relay ----------------------------------------------------------------------------------
 def _down(exc: Exception) -> web.Response:
-    return web.json_response({"error": str(exc), "status": 503, "gatewayDown": True},
-                             status=503)
+    return web.json_response({"error": str(exc), "status": 503, "gatewayDown": True}, status=503)
 
 
 async def forward(request: web.Request, path: str) -> web.Response:
@@ -202,20 +229,25 @@ async def forward(request: web.Request, path: str) -> web.Response:
     try:
         endpoint = locate(dashboard.settings.home)
         session = dashboard.clients.session(endpoint)
-        headers = dashboard.clients.headers(endpoint, request[SESSION].scope,
-                                            request[SESSION].how)
-        async with session.request(request.method, endpoint.base + path,
-                                   params=request.query, headers=headers,
-                                   timeout=UPSTREAM_TIMEOUT) as upstream:
+        headers = dashboard.clients.headers(endpoint, request[SESSION].scope, request[SESSION].how)
+        async with session.request(
+            request.method,
+            endpoint.base + path,
+            params=request.query,
+            headers=headers,
+            timeout=UPSTREAM_TIMEOUT,
+        ) as upstream:
             body = await upstream.read()
             kind = upstream.headers.get("Content-Type", "application/json")
-            return web.Response(body=body, status=upstream.status,
-                                headers={"Content-Type": kind})
+            return web.Response(body=body, status=upstream.status, headers={"Content-Type": kind})
     except (GatewayDown, ImpostorError) as exc:
         return _down(exc)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return _down(GatewayDown(f"the gateway is not reachable ({reason_of(exc)}); start it "
-                                 "with 'pb gateway start'"))
+        return _down(
+            GatewayDown(
+                f"the gateway is not reachable ({reason_of(exc)}); start it with 'pb gateway start'"
+            )
+        )
 
 
 def reason_of(exc: BaseException) -> str:
@@ -235,8 +267,11 @@ async def gateway_action(request: web.Request) -> web.Response:
     if action not in ("run", "pause", "resume"):
         raise web.HTTPNotFound(text=f"unknown action {action!r} (run, pause, resume)")
     if request[SESSION].scope != "admin":
-        return error(403, "this session may only read: log in with the admin token or a "
-                          "login link to change jobs")
+        return error(
+            403,
+            "this session may only read: log in with the admin token or a "
+            "login link to change jobs",
+        )
     return await forward(request, f"/api/jobs/{quote(name, safe='')}/{action}")
 
 

@@ -30,10 +30,12 @@ def run(runtime: ServiceRuntime) -> None:
         if not all(is_loopback(sock) for sock in listeners):
             # Its session credential is a bearer token: over plain HTTP on a network it
             # could be read on the way.  Beyond loopback, TLS goes in front (pb-debug(1)).
-            raise PonyError(f"the debug dashboard listens on loopback addresses only "
-                            f"(127.0.0.1, ::1, localhost), not {settings.debug_host!r}; "
-                            "reach it from elsewhere through an SSH tunnel or a TLS "
-                            "reverse proxy (see pb-debug(1), SECURITY)")
+            raise PonyError(
+                f"the debug dashboard listens on loopback addresses only "
+                f"(127.0.0.1, ::1, localhost), not {settings.debug_host!r}; "
+                "reach it from elsewhere through an SSH tunnel or a TLS "
+                "reverse proxy (see pb-debug(1), SECURITY)"
+            )
         _serve(runtime, listeners)
     finally:
         for sock in listeners:
@@ -54,8 +56,10 @@ def _serve(runtime: ServiceRuntime, listeners: list[Any]) -> None:
         await runner.setup()
         for sock in listeners:
             await web.SockSite(runner, sock).start()
-        log.info("Debug dashboard on %s",
-                 ", ".join(http_address(*sock.getsockname()[:2]) for sock in listeners))
+        log.info(
+            "Debug dashboard on %s",
+            ", ".join(http_address(*sock.getsockname()[:2]) for sock in listeners),
+        )
         return runner.cleanup
 
     serve(runtime, setup, name="debug")

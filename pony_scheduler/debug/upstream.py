@@ -57,8 +57,10 @@ def locate(home: Path) -> Endpoint:
     if info.state is not pidfile.PidState.RUNNING or info.pid is None:
         raise GatewayDown("the gateway is not running; start it with 'pb gateway start'")
     if info.owner_uid != os.geteuid():
-        raise GatewayDown(f"the gateway (PID {info.pid}) runs as another user; this "
-                          "dashboard talks only to its own user's gateway")
+        raise GatewayDown(
+            f"the gateway (PID {info.pid}) runs as another user; this "
+            "dashboard talks only to its own user's gateway"
+        )
     meta = info.meta or {}
     unix = meta.get("apiSocket")
     if isinstance(unix, str) and unix:
@@ -92,8 +94,10 @@ class PeerCheckingConnector(aiohttp.UnixConnector):
         if peer is None:
             problem = f"cannot check who answers on {self.path}"
         elif peer[1] != os.geteuid() or peer[0] != self.expected_pid:
-            problem = (f"{self.path} is answered by PID {peer[0]} (uid {peer[1]}), not by the "
-                       f"gateway (PID {self.expected_pid}); stop that process")
+            problem = (
+                f"{self.path} is answered by PID {peer[0]} (uid {peer[1]}), not by the "
+                f"gateway (PID {self.expected_pid}); stop that process"
+            )
         if problem is not None:
             if proto.transport is not None:
                 proto.transport.close()
@@ -111,8 +115,7 @@ class Clients:
         key = endpoint.unix
         session = self._sessions.get(key)
         if session is None or session.closed:
-            connector = (PeerCheckingConnector(key) if key is not None
-                         else aiohttp.TCPConnector())
+            connector = PeerCheckingConnector(key) if key is not None else aiohttp.TCPConnector()
             session = self._sessions[key] = aiohttp.ClientSession(connector=connector)
         if isinstance(session.connector, PeerCheckingConnector):
             session.connector.expected_pid = endpoint.pid  # the gateway verified just now

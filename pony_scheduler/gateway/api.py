@@ -68,8 +68,9 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message, "status": status}, status=status,
-                             headers=headers or None)
+    return web.json_response(
+        {"error": message, "status": status}, status=status, headers=headers or None
+    )
 
 
 @web.middleware
@@ -78,8 +79,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
-        return error(405, f"{request.method} is not allowed on {request.path} (allowed: "
-                          f"{allowed})", Allow=allowed)
+        return error(
+            405,
+            f"{request.method} is not allowed on {request.path} (allowed: {allowed})",
+            Allow=allowed,
+        )
     except web.HTTPNotFound as exc:
         return error(404, str(exc.text) if _custom(exc) else f"no such endpoint: {request.path}")
     except web.HTTPException as exc:
@@ -109,29 +113,46 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     gateway = request.app[GATEWAY]
     settings = gateway.settings
     on_tcp = peer_credentials(request.transport) is None
-    if gateway.check_host and on_tcp and not host_allowed(request.host or "",
-                                                          settings.allowed_hosts):
-        return forbidden("the gateway answers only to loopback names (localhost, "
-                         "127.0.0.1, [::1]) and allowed_hosts, not "
-                         f"{request.host!r}")
+    if (
+        gateway.check_host
+        and on_tcp
+        and not host_allowed(request.host or "", settings.allowed_hosts)
+    ):
+        return forbidden(
+            "the gateway answers only to loopback names (localhost, "
+            "127.0.0.1, [::1]) and allowed_hosts, not "
+            f"{request.host!r}"
+        )
     actor = identify(request, gateway.tokens, settings.anonymous_read)
     if actor is None:
-        gateway.refusals.refused(time.monotonic(), request.remote,
-                                 "Refused %s %s from %s: missing or wrong token",
-                                 request.method, shown_path(request.path),
-                                 request.remote or "the Unix socket")
+        gateway.refusals.refused(
+            time.monotonic(),
+            request.remote,
+            "Refused %s %s from %s: missing or wrong token",
+            request.method,
+            shown_path(request.path),
+            request.remote or "the Unix socket",
+        )
         # Where the token is, and so the home's path, is not for whoever asks.
-        return unauthorized(request, "missing or wrong token: send 'Authorization: Bearer "
-                            "<token>' with the admin or the read-only token (their owner "
-                            "prints them with 'pb gateway token [--read-only]')")
+        return unauthorized(
+            request,
+            "missing or wrong token: send 'Authorization: Bearer "
+            "<token>' with the admin or the read-only token (their owner "
+            "prints them with 'pb gateway token [--read-only]')",
+        )
     if request.method not in SAFE_METHODS and not actor.may_change:
-        gateway.refusals.refused(time.monotonic(), request.remote,
-                                 "Refused %s %s from %s: the read-only token may not change "
-                                 "anything", request.method, shown_path(request.path),
-                                 actor.describe())
-        return forbidden("this token may only read; changes need the admin token",
-                         **{"WWW-Authenticate": 'Bearer realm="pony-scheduler", '
-                                                'error="insufficient_scope"'})
+        gateway.refusals.refused(
+            time.monotonic(),
+            request.remote,
+            "Refused %s %s from %s: the read-only token may not change anything",
+            request.method,
+            shown_path(request.path),
+            actor.describe(),
+        )
+        return forbidden(
+            "this token may only read; changes need the admin token",
+            **{"WWW-Authenticate": 'Bearer realm="pony-scheduler", error="insufficient_scope"'},
+        )
     request[ACTOR] = actor
     return await handler(request)
 
@@ -139,9 +160,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 # -- reading ---------------------------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    return web.json_response({"status": "ok", "service": "gateway", "version": __version__,
-                              "pid": os.getpid(),
-                              "uptimeSeconds": round(time.time() - gateway.started, 3)})
+    return web.json_response(
+        {
+            "status": "ok",
+            "service": "gateway",
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptimeSeconds": round(time.time() - gateway.started, 3),
+        }
+    )
 
 
 async def status(request: web.Request) -> web.Response:
@@ -150,23 +177,30 @@ async def status(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     loop = asyncio.get_running_loop()
     services = await loop.run_in_executor(None, summaries, gateway.settings)
-    return web.json_response({
-        "gateway": {"pid": os.getpid(), "version": __version__,
-                    "addresses": gateway.addresses, "socket": str(gateway.settings.socket),
-                    "uptimeSeconds": round(time.time() - gateway.started, 3),
-                    "apiSocket": gateway.api_socket,
-                    "subscribers": gateway.hub.subscriber_count,
-                    "anonymousRead": gateway.settings.anonymous_read},
-        "scheduler": gateway.hub.scheduler_status(),
-        "services": services,
-    })
+    return web.json_response(
+        {
+            "gateway": {
+                "pid": os.getpid(),
+                "version": __version__,
+                "addresses": gateway.addresses,
+                "socket": str(gateway.settings.socket),
+                "uptimeSeconds": round(time.time() - gateway.started, 3),
+                "apiSocket": gateway.api_socket,
+                "subscribers": gateway.hub.subscriber_count,
+                "anonymousRead": gateway.settings.anonymous_read,
+            },
+            "scheduler": gateway.hub.scheduler_status(),
+            "services": services,
+        }
+    )
 
 
 def _only(request: web.Request, allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(request.query) - set(allowed))
     if unknown:
-        raise web.HTTPBadRequest(text=f"unknown query parameter {unknown[0]!r} (known: "
-                                      f"{', '.join(allowed) or 'none'})")
+        raise web.HTTPBadRequest(
+            text=f"unknown query parameter {unknown[0]!r} (known: {', '.join(allowed) or 'none'})"
+        )
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -182,12 +216,12 @@ async def list_runs(request: web.Request) -> web.Response:
     _only(request, ("job", "limit", "state"))
     raw = request.query.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise web.HTTPBadRequest(text=f"limit must be a whole number from 1 to {MAX_LIMIT}, "
-                                      f"not {raw!r}")
+        raise web.HTTPBadRequest(
+            text=f"limit must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}"
+        )
     state = request.query.get("state") or None
     if state is not None and state not in RUN_STATES:
-        raise web.HTTPBadRequest(text=f"unknown state {state!r} (known: "
-                                      f"{', '.join(RUN_STATES)})")
+        raise web.HTTPBadRequest(text=f"unknown state {state!r} (known: {', '.join(RUN_STATES)})")
     job = request.query.get("job") or None
     runs = await request.app[GATEWAY].data.runs(job, int(raw), state)
     return web.json_response({"runs": runs})
@@ -231,8 +265,7 @@ def _set_enabled(enabled: bool) -> Handler:
         await _no_body(request)
         name, actor = request.match_info["name"], request[ACTOR]
         job = await request.app[GATEWAY].data.set_enabled(name, enabled, actor)
-        log.info("Job %s %s by %s", name, "resumed" if enabled else "paused",
-                 actor.describe())
+        log.info("Job %s %s by %s", name, "resumed" if enabled else "paused", actor.describe())
         return web.json_response(job)
 
     return handler
@@ -259,14 +292,21 @@ async def events(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     actor = request[ACTOR]
     subscriber = gateway.hub.subscribe(request.headers.get("Last-Event-ID"))
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
     try:
         await response.prepare(request)
-        hello = {"type": "gateway.hello", "timestamp": timestamp(), "source": "gateway",
-                 "data": {"instance": gateway.hub.instance,
-                          "scheduler": gateway.hub.scheduler_status()}}
+        hello = {
+            "type": "gateway.hello",
+            "timestamp": timestamp(),
+            "source": "gateway",
+            "data": {"instance": gateway.hub.instance, "scheduler": gateway.hub.scheduler_status()},
+        }
         await response.write(b"retry: 2000\n\n" + sse_frame(hello, with_id=False))
         quiet_since = time.monotonic()
         while True:
@@ -275,8 +315,10 @@ async def events(request: web.Request) -> web.StreamResponse:
             except EOFError:
                 break
             if identify(request, gateway.tokens, gateway.settings.anonymous_read) != actor:
-                log.info("Ended the event stream of %s: its credential is no longer valid",
-                         actor.describe())
+                log.info(
+                    "Ended the event stream of %s: its credential is no longer valid",
+                    actor.describe(),
+                )
                 break
             if event is not None:
                 await response.write(sse_frame(event))

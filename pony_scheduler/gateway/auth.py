@@ -48,8 +48,9 @@ def peer_credentials(transport: object) -> tuple[int, int, int] | None:
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     size = struct.calcsize("3i")
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET,
-                                                        socket.SO_PEERCRED, size))
+    pid, uid, gid = struct.unpack(
+        "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size)
+    )
     return pid, uid, gid
 
 
@@ -102,15 +103,14 @@ def identify(request: web.Request, tokens: TokenKeeper, anonymous_read: bool) ->
 
 def unauthorized(request: web.Request, message: str) -> web.Response:
     offered = bearer(request.headers.get("Authorization", "")) is not None
-    challenge = 'Bearer realm="pony-scheduler"' + (', error="invalid_token"' if offered
-                                                    else "")
-    return web.json_response({"error": message, "status": 401}, status=401,
-                             headers={"WWW-Authenticate": challenge})
+    challenge = 'Bearer realm="pony-scheduler"' + (', error="invalid_token"' if offered else "")
+    return web.json_response(
+        {"error": message, "status": 401}, status=401, headers={"WWW-Authenticate": challenge}
+    )
 
 
 def forbidden(message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message, "status": 403}, status=403,
-                             headers=headers or None)
+    return web.json_response({"error": message, "status": 403}, status=403, headers=headers or None)
 
 
 def security_headers(response: web.StreamResponse) -> None:
@@ -118,9 +118,10 @@ def security_headers(response: web.StreamResponse) -> None:
     (clickjacking), never sniffed, never cached, no Referer to elsewhere."""
     headers = response.headers
     headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Content-Security-Policy",
-                       "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; "
-                       "form-action 'none'")
+    headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    )
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("Cache-Control", "no-store")

@@ -67,9 +67,11 @@ class Data:
         url = parse_url(self.url)
         on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
         if on_disk and not Path(str(url.database)).exists():
-            raise Unavailable(f"the scheduler has not initialised the database yet "
-                              f"({safe_url(url)} does not exist); start it with "
-                              "'pb scheduler start'")
+            raise Unavailable(
+                f"the scheduler has not initialised the database yet "
+                f"({safe_url(url)} does not exist); start it with "
+                "'pb scheduler start'"
+            )
         try:
             store = Store.open(self.url, upgrade=False)
         except PonyError as exc:
@@ -118,8 +120,9 @@ class Data:
         except SQLAlchemyError as exc:
             log.warning("Database error: %s", exc)
             text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise Unavailable(f"database error: {text[0] if text else type(exc).__name__}"
-                              ) from None
+            raise Unavailable(
+                f"database error: {text[0] if text else type(exc).__name__}"
+            ) from None
 
     # -- what the API serves -----------------------------------------------------------------
     async def jobs(self) -> list[dict[str, Any]]:
@@ -138,8 +141,9 @@ class Data:
         run = await self.query("get_run", run_id)
         if run is None:
             raise NotFound(f"no run with id {run_id}")
-        run["output"] = await self._call(_read_output, self.home, run.get("output_path"),
-                                         run.get("output_tail"))
+        run["output"] = await self._call(
+            _read_output, self.home, run.get("output_path"), run.get("output_tail")
+        )
         return dict(run)
 
     # The actor (who asked, pony_scheduler.actor) goes to the audit trail with the change.
@@ -147,8 +151,9 @@ class Data:
         await self.job(name)  # 404 for an unknown job, before anything is written
         return int(await self.query("request_run", name, actor))
 
-    async def set_enabled(self, name: str, enabled: bool,
-                          actor: Actor | None = None) -> dict[str, Any]:
+    async def set_enabled(
+        self, name: str, enabled: bool, actor: Actor | None = None
+    ) -> dict[str, Any]:
         await self.job(name)
         if enabled:
             await self.within(lambda store: _resume(store, name, actor))

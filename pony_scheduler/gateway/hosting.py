@@ -44,8 +44,10 @@ def http_address(host: str, port: int) -> str:
 
 def _why(exc: OSError, port: int) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return (f"address already in use (another program listens on port {port}; "
-                "stop it or choose another --port)")
+        return (
+            f"address already in use (another program listens on port {port}; "
+            "stop it or choose another --port)"
+        )
     if exc.errno == errno.EACCES:
         return "permission denied (ports below 1024 need privileges; choose another --port)"
     if exc.errno == errno.EADDRNOTAVAIL:
@@ -57,11 +59,11 @@ def bind_tcp(host: str, port: int) -> list[socket.socket]:
     """Listening sockets for every address `host` resolves to (localhost: 127.0.0.1, ::1)."""
     address = http_address(host, port)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise PonyError(f"cannot listen on {address}: unknown host {host!r} "
-                        f"({exc.strerror}); check --host") from None
+        raise PonyError(
+            f"cannot listen on {address}: unknown host {host!r} ({exc.strerror}); check --host"
+        ) from None
     sockets: list[socket.socket] = []
     skipped: list[OSError] = []
     seen: set[tuple[int, str]] = set()
@@ -89,8 +91,10 @@ def bind_tcp(host: str, port: int) -> list[socket.socket]:
             raise PonyError(f"cannot listen on {address}: {_why(exc, port)}") from None
         sockets.append(sock)
     if not sockets:
-        raise PonyError(f"cannot listen on {address}: "
-                        f"{_why(skipped[0], port) if skipped else 'no usable address'}")
+        raise PonyError(
+            f"cannot listen on {address}: "
+            f"{_why(skipped[0], port) if skipped else 'no usable address'}"
+        )
     return sockets
 
 
@@ -111,11 +115,14 @@ def bind_unix(path: Path) -> tuple[socket.socket, int]:
         pass
     else:
         if not stat.S_ISSOCK(info.st_mode):
-            raise PonyError(f"{path} exists and is not a socket; remove it or choose another "
-                            "--socket")
+            raise PonyError(
+                f"{path} exists and is not a socket; remove it or choose another --socket"
+            )
         if _answers(path):
-            raise PonyError(f"another process already listens on {path}; is a gateway "
-                            "for another home using it? choose another --socket")
+            raise PonyError(
+                f"another process already listens on {path}; is a gateway "
+                "for another home using it? choose another --socket"
+            )
         path.unlink()  # left behind by a gateway that died: nobody listens on it
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     # No other thread exists yet, so changing the process umask here is safe; it closes
@@ -173,8 +180,7 @@ def serve(runtime: ServiceRuntime, setup: Setup, *, name: str) -> None:
         try:
             await asyncio.wait_for(cleanup(), STOP_GRACE)
         except TimeoutError:
-            log.warning("%s: connections still open after %gs; closing anyway", name,
-                        STOP_GRACE)
+            log.warning("%s: connections still open after %gs; closing anyway", name, STOP_GRACE)
 
     def thread_main() -> None:
         asyncio.set_event_loop(loop)
@@ -218,8 +224,9 @@ def serve(runtime: ServiceRuntime, setup: Setup, *, name: str) -> None:
 
 # Requests that are not HTTP at all: aiohttp does not say from where, so they share one
 # count (gateway/refusals.py); the services flush it with their own refusals.
-PROTOCOL_ERRORS = RefusalLog(logging.getLogger("aiohttp.server"),
-                             what="requests that were not HTTP")
+PROTOCOL_ERRORS = RefusalLog(
+    logging.getLogger("aiohttp.server"), what="requests that were not HTTP"
+)
 
 
 class _OneLine(logging.Filter):
@@ -236,8 +243,10 @@ class _OneLine(logging.Filter):
                 if not PROTOCOL_ERRORS.allow(time.monotonic(), "any address"):
                     return False
                 detail = str(exc.message).strip().splitlines()
-                record.msg = (f"{record.getMessage()}: {type(exc).__name__}: "
-                              f"{shown_path(detail[0]) if detail else ''}")
+                record.msg = (
+                    f"{record.getMessage()}: {type(exc).__name__}: "
+                    f"{shown_path(detail[0]) if detail else ''}"
+                )
                 record.args = None
                 record.exc_info = None
                 record.levelno, record.levelname = logging.WARNING, "WARNING"

@@ -82,9 +82,15 @@ class SchedulerLink:
 
     def describe(self, now: float) -> dict[str, Any]:
         age = None if self.last_heartbeat is None else round(now - self.last_heartbeat, 3)
-        return {"pid": self.pid, "hostname": self.hostname, "version": self.version,
-                "connectedAt": self.connected_at, "lastHeartbeatAt": self.last_heartbeat_at,
-                "lastHeartbeatAgeSeconds": age, "lastEventAt": self.last_event_at}
+        return {
+            "pid": self.pid,
+            "hostname": self.hostname,
+            "version": self.version,
+            "connectedAt": self.connected_at,
+            "lastHeartbeatAt": self.last_heartbeat_at,
+            "lastHeartbeatAgeSeconds": age,
+            "lastEventAt": self.last_event_at,
+        }
 
 
 class EventHub:
@@ -100,17 +106,24 @@ class EventHub:
         self.closing = False
 
     # -- fan-out -------------------------------------------------------------------------
-    def publish(self, type: str, data: dict[str, Any], when: str | None = None,
-                source: str = "scheduler") -> dict[str, Any]:
+    def publish(
+        self, type: str, data: dict[str, Any], when: str | None = None, source: str = "scheduler"
+    ) -> dict[str, Any]:
         self._sequence += 1
-        event = {"id": f"{self.instance}-{self._sequence}", "type": type,
-                 "timestamp": when or timestamp(), "source": source, "data": data}
+        event = {
+            "id": f"{self.instance}-{self._sequence}",
+            "type": type,
+            "timestamp": when or timestamp(),
+            "source": source,
+            "data": data,
+        }
         self._history.append(event)
         for subscriber in list(self._subscribers):
             subscriber.push(event)
             if subscriber.overflowed:
-                log.warning("Dropped an event subscriber that fell %d events behind",
-                            subscriber.limit)
+                log.warning(
+                    "Dropped an event subscriber that fell %d events behind", subscriber.limit
+                )
                 self._subscribers.discard(subscriber)
         return event
 
@@ -145,13 +158,21 @@ class EventHub:
     def scheduler_status(self) -> dict[str, Any]:
         now = time.monotonic()
         links = [link.describe(now) for link in self._links.values()]
-        ages = [link["lastHeartbeatAgeSeconds"] for link in links
-                if link["lastHeartbeatAgeSeconds"] is not None]
-        return {"connected": bool(links), "lastHeartbeatAgeSeconds": min(ages, default=None),
-                "schedulers": links, "lastDisconnect": self.last_disconnect}
+        ages = [
+            link["lastHeartbeatAgeSeconds"]
+            for link in links
+            if link["lastHeartbeatAgeSeconds"] is not None
+        ]
+        return {
+            "connected": bool(links),
+            "lastHeartbeatAgeSeconds": min(ages, default=None),
+            "schedulers": links,
+            "lastDisconnect": self.last_disconnect,
+        }
 
-    async def handle_connection(self, reader: asyncio.StreamReader,
-                                writer: asyncio.StreamWriter) -> None:
+    async def handle_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         """One scheduler connection: newline-delimited JSON until EOF.  Only a process of
         our own user (or root) may send events (the socket is 0600 besides)."""
         from pony_scheduler.gateway.auth import peer_credentials, trusted_uid
@@ -169,8 +190,9 @@ class EventHub:
                 try:
                     line = await reader.readline()
                 except ValueError:  # longer than MAX_LINE (the reader's limit)
-                    log.warning("Event line longer than %d bytes; closing that connection",
-                                MAX_LINE)
+                    log.warning(
+                        "Event line longer than %d bytes; closing that connection", MAX_LINE
+                    )
                     break
                 except ConnectionError:
                     break
@@ -203,16 +225,18 @@ class EventHub:
             return None
         return obj["type"], str(when) if isinstance(when, str | int | float) else None, data
 
-    def _receive(self, link: SchedulerLink, type: str, when: str | None,
-                 data: dict[str, Any]) -> None:
+    def _receive(
+        self, link: SchedulerLink, type: str, when: str | None, data: dict[str, Any]
+    ) -> None:
         link.last_event_at = timestamp()
         if type == "connect":
             link.pid = data.get("pid") if isinstance(data.get("pid"), int) else None
             link.hostname, link.version = data.get("hostname"), data.get("version")
             log.info("Scheduler connected (PID %s)", link.pid)
             if data.get("dropped"):
-                log.warning("Scheduler dropped %s events while the gateway was unreachable",
-                            data["dropped"])
+                log.warning(
+                    "Scheduler dropped %s events while the gateway was unreachable", data["dropped"]
+                )
         elif type == "heartbeat":
             link.last_heartbeat, link.last_heartbeat_at = time.monotonic(), link.last_event_at
         elif type == "disconnect":
@@ -221,13 +245,13 @@ class EventHub:
         self.publish(type, data, when)
 
     def _goodbye(self, link: SchedulerLink) -> None:
-        self.last_disconnect = {"pid": link.pid, "at": timestamp(),
-                                "clean": link.said_goodbye}
+        self.last_disconnect = {"pid": link.pid, "at": timestamp(), "clean": link.said_goodbye}
         if not link.said_goodbye and link.pid is not None and not self.closing:
             # Killed, crashed, or we are shutting down: say so, since it could not.
             log.info("Lost the connection to the scheduler (PID %s)", link.pid)
-            self.publish("disconnect", {"pid": link.pid, "reason": "connection lost"},
-                         source="gateway")
+            self.publish(
+                "disconnect", {"pid": link.pid, "reason": "connection lost"}, source="gateway"
+            )
 
     # -- shutdown --------------------------------------------------------------------------
     def close(self) -> None:

@@ -11,38 +11,66 @@ from typing import Any
 _ERROR = {"$ref": "#/components/responses/Error"}
 
 
-def _get(summary: str, *, params: list[dict[str, Any]] | None = None,
-         extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    responses: dict[str, Any] = {"200": {"description": summary,
-                                         "content": {"application/json": {}}},
-                                 "401": _ERROR, "403": _ERROR, "503": _ERROR}
+def _get(
+    summary: str, *, params: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "200": {"description": summary, "content": {"application/json": {}}},
+        "401": _ERROR,
+        "403": _ERROR,
+        "503": _ERROR,
+    }
     responses.update(extra or {})
-    return {"get": {"summary": summary, "parameters": params or [], "responses": responses,
-                    "security": [{"bearer": []}, {"peer": []}]}}
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": params or [],
+            "responses": responses,
+            "security": [{"bearer": []}, {"peer": []}],
+        }
+    }
 
 
 def _action(summary: str, status: str) -> dict[str, Any]:
-    return {"post": {
-        "summary": summary,
-        "parameters": [_NAME],
-        "requestBody": {"required": False, "content": {"application/json": {
-            "schema": {"type": "object"}}}},
-        "responses": {status: {"description": summary, "content": {"application/json": {}}},
-                      "400": _ERROR, "401": _ERROR, "403": _ERROR, "404": _ERROR,
-                      "413": _ERROR, "503": _ERROR},
-        "security": [{"bearer": ["admin"]}, {"peer": []}]}}
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": [_NAME],
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "responses": {
+                status: {"description": summary, "content": {"application/json": {}}},
+                "400": _ERROR,
+                "401": _ERROR,
+                "403": _ERROR,
+                "404": _ERROR,
+                "413": _ERROR,
+                "503": _ERROR,
+            },
+            "security": [{"bearer": ["admin"]}, {"peer": []}],
+        }
+    }
 
 
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-_ID = {"name": "id", "in": "path", "required": True,
-       "schema": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}}
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999},
+}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "pony-scheduler gateway", "version": "1",
-             "description": "Every request needs the admin or read-only token "
-                            "(Authorization: Bearer) or, on gateway.api.sock, our own uid; "
-                            "changes need the admin scope.  See pb-gateway(1)."},
+    "info": {
+        "title": "pony-scheduler gateway",
+        "version": "1",
+        "description": "Every request needs the admin or read-only token "
+        "(Authorization: Bearer) or, on gateway.api.sock, our own uid; "
+        "changes need the admin scope.  See pb-gateway(1).",
+    },
     "paths": {
         "/api/openapi.json": _get("This description"),
         "/api/health": _get("Liveness: status, service, version, pid, uptime"),
@@ -52,35 +80,85 @@ SPEC: dict[str, Any] = {
         "/api/jobs/{name}/run": _action("Queue a run now", "202"),
         "/api/jobs/{name}/pause": _action("Pause a job", "200"),
         "/api/jobs/{name}/resume": _action("Resume a job", "200"),
-        "/api/runs": _get("Recent runs, newest first", params=[
-            {"name": "job", "in": "query", "schema": {"type": "string"}},
-            {"name": "state", "in": "query", "schema": {"enum": [
-                "queued", "running", "succeeded", "failed", "timed_out", "interrupted",
-                "lost", "skipped"]}},
-            {"name": "limit", "in": "query",
-             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-        ], extra={"400": _ERROR}),
-        "/api/runs/{id}": _get("One run, with the end of its output", params=[_ID],
-                               extra={"400": _ERROR, "404": _ERROR}),
-        "/api/events": {"get": {
-            "summary": "Server-sent events (text/event-stream); Last-Event-ID replays",
-            "parameters": [{"name": "Last-Event-ID", "in": "header",
-                            "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "the stream",
-                                  "content": {"text/event-stream": {}}},
-                          "401": _ERROR, "403": _ERROR},
-            "security": [{"bearer": []}, {"peer": []}]}},
+        "/api/runs": _get(
+            "Recent runs, newest first",
+            params=[
+                {"name": "job", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "state",
+                    "in": "query",
+                    "schema": {
+                        "enum": [
+                            "queued",
+                            "running",
+                            "succeeded",
+                            "failed",
+                            "timed_out",
+                            "interrupted",
+                            "lost",
+                            "skipped",
+                        ]
+                    },
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                },
+            ],
+            extra={"400": _ERROR},
+        ),
+        "/api/runs/{id}": _get(
+            "One run, with the end of its output",
+            params=[_ID],
+            extra={"400": _ERROR, "404": _ERROR},
+        ),
+        "/api/events": {
+            "get": {
+                "summary": "Server-sent events (text/event-stream); Last-Event-ID replays",
+                "parameters": [
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "the stream", "content": {"text/event-stream": {}}},
+                    "401": _ERROR,
+                    "403": _ERROR,
+                },
+                "security": [{"bearer": []}, {"peer": []}],
+            }
+        },
     },
     "components": {
         "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer",
-                       "description": "gateway.token (admin) or gateway.read-token (read)"},
-            "peer": {"type": "apiKey", "in": "header", "name": "X-Unix-Peer",
-                     "description": "Not a header: a process of the gateway's own user on "
-                                    "gateway.api.sock needs no token (SO_PEERCRED)"},
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "gateway.token (admin) or gateway.read-token (read)",
+            },
+            "peer": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-Unix-Peer",
+                "description": "Not a header: a process of the gateway's own user on "
+                "gateway.api.sock needs no token (SO_PEERCRED)",
+            },
         },
-        "responses": {"Error": {"description": "an error", "content": {"application/json": {
-            "schema": {"type": "object", "required": ["error", "status"], "properties": {
-                "error": {"type": "string"}, "status": {"type": "integer"}}}}}}},
+        "responses": {
+            "Error": {
+                "description": "an error",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["error", "status"],
+                            "properties": {
+                                "error": {"type": "string"},
+                                "status": {"type": "integer"},
+                            },
+                        }
+                    }
+                },
+            }
+        },
     },
 }

@@ -55,11 +55,14 @@ def describe(settings: Settings) -> dict[str, Any]:
     from pony_scheduler.store.engine import safe_url
 
     api = api_socket_path(settings)
-    return {"address": http_address(settings.gateway_host, settings.gateway_port),
-            "socketPath": str(settings.socket), "dbPath": safe_url(settings.db),
-            "apiSocket": str(api) if api else None,
-            "tokenPath": str(token_path(settings.home)),
-            "readTokenPath": str(token_path(settings.home, "read"))}
+    return {
+        "address": http_address(settings.gateway_host, settings.gateway_port),
+        "socketPath": str(settings.socket),
+        "dbPath": safe_url(settings.db),
+        "apiSocket": str(api) if api else None,
+        "tokenPath": str(token_path(settings.home)),
+        "readTokenPath": str(token_path(settings.home, "read")),
+    }
 
 
 def run(runtime: ServiceRuntime) -> None:
@@ -73,8 +76,9 @@ def run(runtime: ServiceRuntime) -> None:
         api_path = api_socket_path(settings)
         api_socket = None
         if api_path is None:
-            log.warning("The home's path is too long for %s: the API is reachable over "
-                        "TCP only", API_SOCKET)
+            log.warning(
+                "The home's path is too long for %s: the API is reachable over TCP only", API_SOCKET
+            )
         else:
             api_socket, api_inode = bind_unix(api_path)
             bound.append((api_path, api_inode))
@@ -86,8 +90,7 @@ def run(runtime: ServiceRuntime) -> None:
             sock.close()
 
 
-def _serve(runtime: ServiceRuntime, listeners: list[Any], ipc_socket: Any,
-           api_socket: Any) -> None:
+def _serve(runtime: ServiceRuntime, listeners: list[Any], ipc_socket: Any, api_socket: Any) -> None:
     from aiohttp import web
 
     from pony_scheduler.gateway.api import Gateway, build_app
@@ -99,11 +102,15 @@ def _serve(runtime: ServiceRuntime, listeners: list[Any], ipc_socket: Any,
     addresses = [http_address(*sock.getsockname()[:2]) for sock in listeners]
     loopback_only = all(is_loopback(sock) for sock in listeners)
     if not loopback_only:
-        log.warning("Listening on a non-loopback address: the token travels in clear text "
-                    "unless a TLS proxy is in front (see pb-gateway(1), SECURITY)")
+        log.warning(
+            "Listening on a non-loopback address: the token travels in clear text "
+            "unless a TLS proxy is in front (see pb-gateway(1), SECURITY)"
+        )
     if settings.anonymous_read:
-        log.warning("anonymous_read is on: anyone who can reach the gateway may read jobs, "
-                    "runs and their output without a token")
+        log.warning(
+            "anonymous_read is on: anyone who can reach the gateway may read jobs, "
+            "runs and their output without a token"
+        )
     quiet_protocol_errors()
     hub, data = EventHub(), Data(settings.db, settings.home)
     api_path = api_socket.getsockname() if api_socket is not None else None
@@ -111,19 +118,30 @@ def _serve(runtime: ServiceRuntime, listeners: list[Any], ipc_socket: Any,
     async def setup() -> Any:
         # Before readiness, so that the warning is in the log when `start` returns.
         await asyncio.get_running_loop().run_in_executor(None, data.check_trust)
-        gateway = Gateway(settings=settings, hub=hub, data=data,
-                          tokens=TokenKeeper(settings.home), addresses=addresses,
-                          check_host=loopback_only, api_socket=api_path)
+        gateway = Gateway(
+            settings=settings,
+            hub=hub,
+            data=data,
+            tokens=TokenKeeper(settings.home),
+            addresses=addresses,
+            check_host=loopback_only,
+            api_socket=api_path,
+        )
         # The access log only with --debug: dashboards poll, and the log is for admins.
         options: dict[str, Any] = {} if settings.debug else {"access_log": None}
         runner = web.AppRunner(build_app(gateway), shutdown_timeout=5.0, **options)
         await runner.setup()
         for sock in [*listeners, *([api_socket] if api_socket is not None else [])]:
             await web.SockSite(runner, sock).start()
-        ipc = await asyncio.start_unix_server(hub.handle_connection, sock=ipc_socket,
-                                              limit=MAX_LINE)
-        log.info("Gateway listening on %s%s; scheduler events on %s", ", ".join(addresses),
-                 f" and {api_path}" if api_path else "", settings.socket)
+        ipc = await asyncio.start_unix_server(
+            hub.handle_connection, sock=ipc_socket, limit=MAX_LINE
+        )
+        log.info(
+            "Gateway listening on %s%s; scheduler events on %s",
+            ", ".join(addresses),
+            f" and {api_path}" if api_path else "",
+            settings.socket,
+        )
 
         async def cleanup() -> None:
             ipc.close()

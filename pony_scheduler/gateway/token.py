@@ -51,8 +51,10 @@ def read_token(home: Path, kind: Kind = "admin") -> str | None:
         return None
     text = raw.decode("ascii", errors="replace").strip()
     if not TOKEN_SHAPE.match(text):
-        raise PonyError(f"{path} does not hold a token; remove it (rm {path}) and run 'pb "
-                        "gateway token --rotate' to make a new one")
+        raise PonyError(
+            f"{path} does not hold a token; remove it (rm {path}) and run 'pb "
+            "gateway token --rotate' to make a new one"
+        )
     return text
 
 
@@ -97,8 +99,14 @@ def _identity(path: Path) -> tuple[int, ...] | None:
         info = os.lstat(path)
     except OSError:
         return None
-    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_mode,
-            info.st_uid)
+    return (
+        info.st_ino,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+        info.st_size,
+        info.st_mode,
+        info.st_uid,
+    )
 
 
 @dataclass
@@ -107,7 +115,7 @@ class Tokens:
     read: str | None
 
     def scope_of(self, offered: str) -> Kind | None:
-        """"admin", "read" or None (neither matches).  Both are compared, always."""
+        """ "admin", "read" or None (neither matches).  Both are compared, always."""
         is_admin, is_read = matches(offered, self.admin), matches(offered, self.read)
         return "admin" if is_admin else "read" if is_read else None
 
@@ -130,8 +138,10 @@ class TokenKeeper:
         if seen != self._seen:
             self._seen = seen
             old, new = self._tokens, Tokens(self._load("admin"), self._load("read"))
-            if any(before is not None and before != after
-                   for before, after in ((old.admin, new.admin), (old.read, new.read))):
+            if any(
+                before is not None and before != after
+                for before, after in ((old.admin, new.admin), (old.read, new.read))
+            ):
                 self.generation += 1
             self._tokens = new
         return self._tokens

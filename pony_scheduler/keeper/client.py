@@ -153,8 +153,9 @@ class KeeperClient:
             except StartBusy as exc:
                 raise KeeperError(str(exc)) from None
 
-    def _hello(self, scheduler_id: str, deadline: float, first_keeper: bool,
-               lease: LeaseTerms | None) -> None:
+    def _hello(
+        self, scheduler_id: str, deadline: float, first_keeper: bool, lease: LeaseTerms | None
+    ) -> None:
         hello: dict[str, Any] = {
             "type": "hello",
             "protocol": PROTOCOL,

@@ -74,8 +74,10 @@ class Output:
                 self.note = f"output incomplete: cannot create {self.path}: {exc.strerror}"
                 return
             except UnsafePath:  # a link planted below the home: never followed
-                self.note = (f"output incomplete: cannot create {self.path}: a symbolic "
-                             "link is on the way, and pony-scheduler follows none")
+                self.note = (
+                    f"output incomplete: cannot create {self.path}: a symbolic "
+                    "link is on the way, and pony-scheduler follows none"
+                )
                 return
         chunk = data[:room]
         try:

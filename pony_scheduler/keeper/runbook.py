@@ -73,8 +73,10 @@ class RunBook:
         elif self.draining or self.exit_requested:
             reason = "the keeper is draining its runs and takes no new ones"
         elif launch.start_by is not None and time.monotonic() > launch.start_by:
-            reason = ("it came too late: its lease may have run out meanwhile (was this "
-                      "host frozen?), and another host may run it")
+            reason = (
+                "it came too late: its lease may have run out meanwhile (was this "
+                "host frozen?), and another host may run it"
+            )
         parts = relative_parts(self.home, launch.output_path)
         if not reason and parts is None:
             reason = f"output path {launch.output_path!r} is not a file below {self.home}"

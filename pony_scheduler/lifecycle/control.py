@@ -54,8 +54,9 @@ def _take_start_lock(spec: ServiceSpec, settings: Settings, timeout: float) -> i
     two starts that both find a stale file could each break the other's fresh lock)."""
     from pony_scheduler.files import PRIVATE_MODE, create_file
 
-    fd = create_file(settings.home, spec.start_lock_path(settings.home).name, PRIVATE_MODE,
-                     exclusive=False)
+    fd = create_file(
+        settings.home, spec.start_lock_path(settings.home).name, PRIVATE_MODE, exclusive=False
+    )
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -64,14 +65,18 @@ def _take_start_lock(spec: ServiceSpec, settings: Settings, timeout: float) -> i
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 os.close(fd)
-                raise PonyError(f"another start of the {spec.title.lower()} held "
-                                f"{spec.start_lock_path(settings.home)} for {timeout:g}s; "
-                                "try again", EXIT_START_TIMEOUT) from None
+                raise PonyError(
+                    f"another start of the {spec.title.lower()} held "
+                    f"{spec.start_lock_path(settings.home)} for {timeout:g}s; "
+                    "try again",
+                    EXIT_START_TIMEOUT,
+                ) from None
             time.sleep(0.02)
 
 
-def _clear_the_way(spec: ServiceSpec, settings: Settings, *, force: bool, timeout: float,
-                   say: Say) -> list[str]:
+def _clear_the_way(
+    spec: ServiceSpec, settings: Settings, *, force: bool, timeout: float, say: Say
+) -> list[str]:
     """Under the start lock: refuse if running, stop it with --force, break stale locks."""
     info = pidfile.inspect(spec, settings.home)
     if info.state is PidState.RUNNING:
@@ -82,13 +87,21 @@ def _clear_the_way(spec: ServiceSpec, settings: Settings, *, force: bool, timeou
     if info.state in (PidState.STALE, PidState.STARTING):
         # STARTING cannot be true while we hold the start lock: that empty file is debris.
         pidfile.remove_files(spec, settings.home)
-        return [f"Removed stale pid file {spec.pid_path(settings.home)}: "
-                f"{info.reason or 'the pid file is empty'}"]
+        return [
+            f"Removed stale pid file {spec.pid_path(settings.home)}: "
+            f"{info.reason or 'the pid file is empty'}"
+        ]
     return []
 
 
-def start(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool = False,
-          say: Say = lambda _: None) -> StartResult:
+def start(
+    spec: ServiceSpec,
+    settings: Settings,
+    *,
+    timeout: float,
+    force: bool = False,
+    say: Say = lambda _: None,
+) -> StartResult:
     """Start `spec` in the background and return once it is ready."""
     # Imported here, not at the top: it pulls in logging, which status and stop need not pay.
     from pony_scheduler.lifecycle.daemonize import daemon_child, require_writable_home
@@ -159,8 +172,14 @@ def _reap(child: int) -> None:
         time.sleep(0.01)
 
 
-def _start_outcome(spec: ServiceSpec, settings: Settings, verdict: str, detail: str,
-                   timeout: float, notes: list[str]) -> StartResult:
+def _start_outcome(
+    spec: ServiceSpec,
+    settings: Settings,
+    verdict: str,
+    detail: str,
+    timeout: float,
+    notes: list[str],
+) -> StartResult:
     log_path = spec.log_path(settings.home)
     if verdict == "READY":
         pid = int(detail)
@@ -172,13 +191,16 @@ def _start_outcome(spec: ServiceSpec, settings: Settings, verdict: str, detail: 
         raise StartFailed(
             f"{spec.title} did not become ready within {timeout:g}s; it may still be "
             f"starting: check 'pb {spec.name} status' and 'pb {spec.name} logs'",
-            tail_lines(log_path, 10), EXIT_START_TIMEOUT)
+            tail_lines(log_path, 10),
+            EXIT_START_TIMEOUT,
+        )
     reason = detail or "the daemon exited during start-up"
     raise StartFailed(f"{spec.title} failed to start: {reason}", tail_lines(log_path, 10))
 
 
-def start_foreground(spec: ServiceSpec, settings: Settings, *, force: bool,
-                     timeout: float, say: Say = lambda _: None) -> int:
+def start_foreground(
+    spec: ServiceSpec, settings: Settings, *, force: bool, timeout: float, say: Say = lambda _: None
+) -> int:
     from pony_scheduler.lifecycle.daemonize import require_writable_home, run_foreground
 
     require_writable_home(settings.home)
@@ -202,8 +224,11 @@ def _signal(spec: ServiceSpec, info: PidInfo, signum: int) -> None:
         pass  # it just exited
     except PermissionError:
         owner = _user_name(info.owner_uid)
-        raise PonyError(f"{spec.title} (PID {info.pid}) runs as {owner}; you may not signal "
-                        f"it: run this command as {owner} or root", EXIT_UNKNOWN) from None
+        raise PonyError(
+            f"{spec.title} (PID {info.pid}) runs as {owner}; you may not signal "
+            f"it: run this command as {owner} or root",
+            EXIT_UNKNOWN,
+        ) from None
 
 
 def _user_name(uid: int | None) -> str:
@@ -215,8 +240,9 @@ def _user_name(uid: int | None) -> str:
         return f"uid {uid}"
 
 
-def terminate(spec: ServiceSpec, settings: Settings, info: PidInfo, *, timeout: float,
-              say: Say) -> None:
+def terminate(
+    spec: ServiceSpec, settings: Settings, info: PidInfo, *, timeout: float, say: Say
+) -> None:
     """What `start --force` and `restart` do to a running daemon: SIGUSR2 (hand over: the
     scheduler leaves its running runs to the run keeper and the next scheduler), wait,
     then SIGKILL (the runs survive that too)."""
@@ -227,8 +253,7 @@ def terminate(spec: ServiceSpec, settings: Settings, info: PidInfo, *, timeout: 
     say(f"Replacing {spec.title} (PID {info.pid})...")
     _signal(spec, info, signal.SIGUSR2)
     if not pidfile.wait_gone(info.pid, start_time, timeout):
-        say(f"{spec.title} (PID {info.pid}) did not hand over within {timeout:g}s; "
-            "sending SIGKILL")
+        say(f"{spec.title} (PID {info.pid}) did not hand over within {timeout:g}s; sending SIGKILL")
         _signal(spec, info, signal.SIGKILL)
         pidfile.wait_gone(info.pid, start_time, 10)
     pidfile.remove_files(spec, settings.home)
@@ -241,8 +266,9 @@ class StopResult:
     note: str = ""
 
 
-def stop(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool,
-         say: Say) -> StopResult:
+def stop(
+    spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool, say: Say
+) -> StopResult:
     import signal
 
     info = pidfile.inspect(spec, settings.home)
@@ -264,8 +290,10 @@ def stop(spec: ServiceSpec, settings: Settings, *, timeout: float, force: bool,
     say(f"Stopping {spec.title} (PID {info.pid})...")
     _signal(spec, info, signal.SIGTERM)
     if not pidfile.wait_gone(info.pid, start_time, timeout):
-        raise PonyError(f"{spec.title} (PID {info.pid}) is still running after {timeout:g}s; "
-                        f"wait longer (--timeout) or use 'pb {spec.name} stop --force'")
+        raise PonyError(
+            f"{spec.title} (PID {info.pid}) is still running after {timeout:g}s; "
+            f"wait longer (--timeout) or use 'pb {spec.name} stop --force'"
+        )
     return StopResult(True, info.pid)
 
 

@@ -85,8 +85,14 @@ def serve(
     """Common to both modes, once the pid file is ours: metadata, unlock, run."""
     for note in notes:
         log.warning("%s", note)
-    log.info("Starting %s %s (PID %d, %s, home %s)", spec.title, __version__, os.getpid(),
-             mode, settings.home)
+    log.info(
+        "Starting %s %s (PID %d, %s, home %s)",
+        spec.title,
+        __version__,
+        os.getpid(),
+        mode,
+        settings.home,
+    )
     pidfile.write_meta(spec.meta_path(settings.home), metadata(spec, settings, mode))
     # From here other `pb` commands can recognise us, so concurrent starts may proceed.
     fcntl.flock(lock_fd, fcntl.LOCK_UN)
@@ -99,8 +105,9 @@ def serve(
     spec.run(runtime)
 
 
-def _finish(spec: ServiceSpec, settings: Settings, runtime: ServiceRuntime,
-            exc: BaseException | None) -> int:
+def _finish(
+    spec: ServiceSpec, settings: Settings, runtime: ServiceRuntime, exc: BaseException | None
+) -> int:
     if exc is not None:
         reason = describe_error(exc)
         if not runtime.is_ready:
@@ -116,16 +123,22 @@ def _finish(spec: ServiceSpec, settings: Settings, runtime: ServiceRuntime,
     return status
 
 
-def daemon_child(spec: ServiceSpec, settings: Settings, write_fd: int, lock_fd: int,
-                 notes: list[str]) -> None:
+def daemon_child(
+    spec: ServiceSpec, settings: Settings, write_fd: int, lock_fd: int, notes: list[str]
+) -> None:
     """Runs in the process `pb` forked; never returns."""
     import daemon
     import daemon.pidfile
     from lockfile import AlreadyLocked, LockTimeout
 
     announce = Announcer(write_fd)
-    runtime = ServiceRuntime(settings, title=spec.title, log_path=spec.log_path(settings.home),
-                             announce=announce, pid_path=spec.pid_path(settings.home))
+    runtime = ServiceRuntime(
+        settings,
+        title=spec.title,
+        log_path=spec.log_path(settings.home),
+        announce=announce,
+        pid_path=spec.pid_path(settings.home),
+    )
     status = 1
     try:
         # A plain file, not a logging handler: DaemonContext dup2()s it onto fds 1 and 2.
@@ -161,14 +174,18 @@ def daemon_child(spec: ServiceSpec, settings: Settings, write_fd: int, lock_fd: 
         os._exit(status)
 
 
-def run_foreground(spec: ServiceSpec, settings: Settings, lock_fd: int,
-                   notes: list[str]) -> int:
+def run_foreground(spec: ServiceSpec, settings: Settings, lock_fd: int, notes: list[str]) -> int:
     """`start --foreground`: same pid file, signals and shutdown, no detaching."""
     import daemon.pidfile
     from lockfile import AlreadyLocked
 
-    runtime = ServiceRuntime(settings, title=spec.title, log_path=None,
-                             announce=lambda _: None, pid_path=spec.pid_path(settings.home))
+    runtime = ServiceRuntime(
+        settings,
+        title=spec.title,
+        log_path=None,
+        announce=lambda _: None,
+        pid_path=spec.pid_path(settings.home),
+    )
     lock = daemon.pidfile.TimeoutPIDLockFile(str(spec.pid_path(settings.home)), 0)
     # The same umask as the background daemon, before the pid file is made, so that it
     # gets the same mode (0640).
@@ -208,17 +225,23 @@ def ensure_home(home: Path) -> None:
     try:
         make_home(home)
     except FileNotFoundError:
-        raise PonyError(f"cannot create home {home}: its parent directory does not exist; "
-                        "create it or set PONYBUNNY_HOME") from None
+        raise PonyError(
+            f"cannot create home {home}: its parent directory does not exist; "
+            "create it or set PONYBUNNY_HOME"
+        ) from None
     except NotADirectoryError:
-        raise PonyError(f"cannot create home {home}: a component of its path is not a "
-                        "directory; set PONYBUNNY_HOME to a directory") from None
+        raise PonyError(
+            f"cannot create home {home}: a component of its path is not a "
+            "directory; set PONYBUNNY_HOME to a directory"
+        ) from None
     except OSError as exc:
-        raise PonyError(f"cannot create home {home}: {exc.strerror}; set PONYBUNNY_HOME to "
-                        "a writable directory") from None
+        raise PonyError(
+            f"cannot create home {home}: {exc.strerror}; set PONYBUNNY_HOME to a writable directory"
+        ) from None
     if not home.is_dir():
-        raise PonyError(f"home {home} exists but is not a directory; set PONYBUNNY_HOME "
-                        "to a directory")
+        raise PonyError(
+            f"home {home} exists but is not a directory; set PONYBUNNY_HOME to a directory"
+        )
     check_home(home)
 
 
@@ -226,10 +249,10 @@ def require_writable_home(home: Path) -> None:
     """What starting a daemon needs beyond ensure_home: a home it can write to."""
     ensure_home(home)
     if not os.access(home, os.W_OK):
-        reason = ("read-only file system" if _read_only_fs(home)
-                  else "permission denied")
-        raise PonyError(f"home {home} is not writable: {reason}; fix its permissions or "
-                        "set PONYBUNNY_HOME")
+        reason = "read-only file system" if _read_only_fs(home) else "permission denied"
+        raise PonyError(
+            f"home {home} is not writable: {reason}; fix its permissions or set PONYBUNNY_HOME"
+        )
 
 
 def _read_only_fs(path: Path) -> bool:

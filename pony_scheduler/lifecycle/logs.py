@@ -71,8 +71,9 @@ def _drain(handle: BinaryIO, write: Callable[[str], None]) -> None:
         write(data.decode(errors="replace"))
 
 
-def _check_rotation(path: Path, handle: BinaryIO, inode: int | None,
-                    write: Callable[[str], None]) -> tuple[BinaryIO | None, int | None]:
+def _check_rotation(
+    path: Path, handle: BinaryIO, inode: int | None, write: Callable[[str], None]
+) -> tuple[BinaryIO | None, int | None]:
     try:
         current = os.stat(path)
     except FileNotFoundError:

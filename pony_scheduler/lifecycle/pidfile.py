@@ -80,8 +80,12 @@ def identity(pid: int) -> dict[str, Any]:
     """The facts written to the metadata file that let a later command recognise us."""
     import socket  # here: `pb scheduler status` reads these facts and need not import it
 
-    return {"procStartTime": proc_start_time(pid), "bootId": boot_id(),
-            "hostname": socket.gethostname(), "uid": os.getuid()}
+    return {
+        "procStartTime": proc_start_time(pid),
+        "bootId": boot_id(),
+        "hostname": socket.gethostname(),
+        "uid": os.getuid(),
+    }
 
 
 def read_meta(path: Path) -> dict[str, Any] | None:
@@ -96,16 +100,13 @@ def write_meta(path: Path, data: dict[str, Any]) -> None:
     """Write atomically, so a reader never sees half a file (and never through a link)."""
     from pony_scheduler.files import SHARED_MODE, write_atomic
 
-    write_atomic(path.parent, path.name, (json.dumps(data, indent=2) + "\n").encode(),
-                 SHARED_MODE)
+    write_atomic(path.parent, path.name, (json.dumps(data, indent=2) + "\n").encode(), SHARED_MODE)
 
 
 def _looks_like_pb(pid: int) -> bool:
     """Fallback when no metadata describes `pid`: is its command line one of ours?"""
     argv = proc_cmdline(pid)
-    return any(
-        "pony_scheduler" in part or os.path.basename(part) == "pb" for part in argv[:3]
-    )
+    return any("pony_scheduler" in part or os.path.basename(part) == "pb" for part in argv[:3])
 
 
 def is_ours(pid: int, meta: dict[str, Any] | None) -> bool:
@@ -147,8 +148,9 @@ def inspect(spec: ServiceSpec, home: Path) -> PidInfo:
     except IsADirectoryError:
         from pony_scheduler.files import UnsafePath
 
-        raise UnsafePath(pid_path, "is a directory, not a file",
-                         f"remove it (rmdir {pid_path})") from None
+        raise UnsafePath(
+            pid_path, "is a directory, not a file", f"remove it (rmdir {pid_path})"
+        ) from None
     meta = read_meta(spec.meta_path(home))
     if not text.strip():
         if start_lock_held(spec, home):
@@ -164,10 +166,19 @@ def inspect(spec: ServiceSpec, home: Path) -> PidInfo:
     if proc_start_time(pid) is None:
         return PidInfo(PidState.STALE, pid=pid, meta=meta, reason=f"PID {pid} is not running")
     if not is_ours(pid, meta):
-        return PidInfo(PidState.STALE, pid=pid, meta=meta,
-                       reason=f"PID {pid} belongs to another program (PID reused)")
-    return PidInfo(PidState.RUNNING, pid=pid, meta=meta if meta and meta.get("pid") == pid
-                   else None, owner_uid=proc_uid(pid), start_time=proc_start_time(pid))
+        return PidInfo(
+            PidState.STALE,
+            pid=pid,
+            meta=meta,
+            reason=f"PID {pid} belongs to another program (PID reused)",
+        )
+    return PidInfo(
+        PidState.RUNNING,
+        pid=pid,
+        meta=meta if meta and meta.get("pid") == pid else None,
+        owner_uid=proc_uid(pid),
+        start_time=proc_start_time(pid),
+    )
 
 
 def remove_files(spec: ServiceSpec, home: Path) -> None:

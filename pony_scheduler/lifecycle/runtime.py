@@ -136,8 +136,11 @@ class ServiceRuntime:
         except OSError:
             owner = ""
         if owner != str(os.getpid()) and not self.stop_requests:
-            log.error("Pid file %s was removed or now names %r, not us; shutting down",
-                      self.pid_path, owner or "nobody")
+            log.error(
+                "Pid file %s was removed or now names %r, not us; shutting down",
+                self.pid_path,
+                owner or "nobody",
+            )
             self.stop_requests = 1
 
     def update_metadata(self, **fields: Any) -> None:
@@ -204,8 +207,7 @@ class ServiceRuntime:
         try:
             reopen_log(self.log_path)
         except (OSError, PonyError) as exc:  # e.g. a link planted where the log was
-            log.error("Could not reopen %s (%s); still writing to the old file",
-                      self.log_path, exc)
+            log.error("Could not reopen %s (%s); still writing to the old file", self.log_path, exc)
             return
         log.info("Reopened log file %s (SIGHUP)", self.log_path)
 
@@ -293,4 +295,3 @@ def database_corrupt(message: str) -> None:
         log.critical("Stopping: the scheduler cannot work on a corrupt database")
         CURRENT.failure = message
         CURRENT.request_stop()
-

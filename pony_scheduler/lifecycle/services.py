@@ -49,8 +49,14 @@ def select(name: str) -> list[ServiceSpec]:
     return [SERVICES[name]]
 
 
-def start(specs: list[ServiceSpec], settings: Settings, *, timeout: float,
-          report: Report = lambda _: None, replace: bool = False) -> list[Outcome]:
+def start(
+    specs: list[ServiceSpec],
+    settings: Settings,
+    *,
+    timeout: float,
+    report: Report = lambda _: None,
+    replace: bool = False,
+) -> list[Outcome]:
     """Start each in turn, each waited for until ready; stop at the first failure (the
     later ones depend on the earlier: the scheduler reports to the gateway, the dashboard
     reads from it).  One that already runs counts as started."""
@@ -58,8 +64,12 @@ def start(specs: list[ServiceSpec], settings: Settings, *, timeout: float,
     failed: Outcome | None = None
     for spec in specs:
         if failed is not None:
-            outcome = Outcome(spec, "skipped", failed.exit_code,
-                              message=f"not started because {failed.spec.title} failed")
+            outcome = Outcome(
+                spec,
+                "skipped",
+                failed.exit_code,
+                message=f"not started because {failed.spec.title} failed",
+            )
         else:
             outcome = _start_one(spec, settings, timeout, replace)
             failed = None if outcome.ok else outcome
@@ -68,8 +78,9 @@ def start(specs: list[ServiceSpec], settings: Settings, *, timeout: float,
     return outcomes
 
 
-def _start_one(spec: ServiceSpec, settings: Settings, timeout: float,
-               replace: bool = False) -> Outcome:
+def _start_one(
+    spec: ServiceSpec, settings: Settings, timeout: float, replace: bool = False
+) -> Outcome:
     try:
         result = control.start(spec, settings, timeout=timeout, force=replace)
     except AlreadyRunning as exc:
@@ -77,8 +88,9 @@ def _start_one(spec: ServiceSpec, settings: Settings, timeout: float,
     except StartFailed as exc:
         return Outcome(spec, "failed", exc.exit_code, message=str(exc), log_tail=exc.log_tail)
     except PonyError as exc:
-        return Outcome(spec, "failed", exc.exit_code,
-                       message=f"{spec.title} failed to start: {exc}")
+        return Outcome(
+            spec, "failed", exc.exit_code, message=f"{spec.title} failed to start: {exc}"
+        )
     return Outcome(spec, "started", pid=result.pid, meta=result.meta)
 
 
@@ -97,32 +109,44 @@ def stop_timeout(spec: ServiceSpec, settings: Settings) -> float:
     return STOP_TIMEOUT
 
 
-def stop(specs: list[ServiceSpec], settings: Settings, *, timeout: float | None = None,
-         force: bool = False, report: Report = lambda _: None) -> list[Outcome]:
+def stop(
+    specs: list[ServiceSpec],
+    settings: Settings,
+    *,
+    timeout: float | None = None,
+    force: bool = False,
+    report: Report = lambda _: None,
+) -> list[Outcome]:
     """Stop in reverse start order; go on past a failure, so as much as possible stops.
     Without `timeout`, each service gets its own default (`stop_timeout`)."""
     outcomes: list[Outcome] = []
     for spec in reversed(specs):
         wait = timeout if timeout is not None else stop_timeout(spec, settings)
         try:
-            result = control.stop(spec, settings, timeout=wait, force=force,
-                                  say=lambda _: None)
+            result = control.stop(spec, settings, timeout=wait, force=force, say=lambda _: None)
         except PonyError as exc:
             outcome = Outcome(spec, "failed", exc.exit_code or EXIT_FAILURE, message=str(exc))
         else:
-            outcome = (Outcome(spec, "stopped", pid=result.pid) if result.was_running
-                       else Outcome(spec, "not-running", message=result.note))
+            outcome = (
+                Outcome(spec, "stopped", pid=result.pid)
+                if result.was_running
+                else Outcome(spec, "not-running", message=result.note)
+            )
         outcomes.append(outcome)
         report(outcome)
     return outcomes
 
 
-def restart(specs: list[ServiceSpec], settings: Settings, *, timeout: float | None = None,
-            report: Report = lambda _: None) -> list[Outcome]:
+def restart(
+    specs: list[ServiceSpec],
+    settings: Settings,
+    *,
+    timeout: float | None = None,
+    report: Report = lambda _: None,
+) -> list[Outcome]:
     """Replace each in start order, as `pb NAME restart` does: the old process hands over
     (the scheduler's runs keep running under the run keeper) and a new one starts."""
-    return start(specs, settings, timeout=timeout or START_TIMEOUT, report=report,
-                 replace=True)
+    return start(specs, settings, timeout=timeout or START_TIMEOUT, report=report, replace=True)
 
 
 def exit_code(outcomes: list[Outcome]) -> int:
@@ -142,11 +166,18 @@ def status_exit_code(reports: list[Status]) -> int:
 def summary(report: Status) -> dict[str, Any]:
     meta = report.meta or {}
     uptime = report.uptime()
-    return {"service": report.spec.name, "title": report.spec.title, "state": report.state,
-            "running": report.state == "running", "pid": report.pid,
-            "uptimeSeconds": round(uptime, 3) if uptime is not None else None,
-            "address": meta.get("address"), "startedAt": meta.get("startedAt"),
-            "mode": meta.get("mode"), "reason": report.reason or None}
+    return {
+        "service": report.spec.name,
+        "title": report.spec.title,
+        "state": report.state,
+        "running": report.state == "running",
+        "pid": report.pid,
+        "uptimeSeconds": round(uptime, 3) if uptime is not None else None,
+        "address": meta.get("address"),
+        "startedAt": meta.get("startedAt"),
+        "mode": meta.get("mode"),
+        "reason": report.reason or None,
+    }
 
 
 def summaries(settings: Settings) -> list[dict[str, Any]]:

@@ -69,8 +69,12 @@ GATEWAY = ServiceSpec(
     runner="pony_scheduler.gateway.service:run",
     preflight="pony_scheduler.gateway.service:preflight",
     describe="pony_scheduler.gateway.service:describe",
-    details=(("Address", "address"), ("Socket", "socketPath"), ("Database", "dbPath"),
-             ("Token", "tokenPath")),
+    details=(
+        ("Address", "address"),
+        ("Socket", "socketPath"),
+        ("Database", "dbPath"),
+        ("Token", "tokenPath"),
+    ),
 )
 
 DEBUG = ServiceSpec(

@@ -73,11 +73,15 @@ class DatabaseClock:
         moved.  Raises what the database raises (DBAPIError)."""
         offset = timedelta(seconds=self.store.clock_offset())
         if abs(offset - self.offset) > CLOCK_WARN_CHANGE or (
-                self.offset == timedelta(0) and abs(offset) > CLOCK_WARN):
+            self.offset == timedelta(0) and abs(offset) > CLOCK_WARN
+        ):
             ahead = "ahead of" if offset < timedelta(0) else "behind"
-            log.warning("This host's clock is %s %s the database's; leases and due times "
-                        "follow the database's clock (check the host's time sync)",
-                        format_duration(abs(offset.total_seconds())), ahead)
+            log.warning(
+                "This host's clock is %s %s the database's; leases and due times "
+                "follow the database's clock (check the host's time sync)",
+                format_duration(abs(offset.total_seconds())),
+                ahead,
+            )
         self.offset = offset
         self._publish()
 
@@ -87,7 +91,8 @@ class DatabaseClock:
         no clock of its own)."""
         seconds = round(self.offset.total_seconds(), 1)
         if self.store.engine.dialect.name != "postgresql" or (
-                self.published is not None and abs(seconds - self.published) < CLOCK_PUBLISH):
+            self.published is not None and abs(seconds - self.published) < CLOCK_PUBLISH
+        ):
             return
         self.published = seconds
         self.runtime.update_metadata(clockOffsetS=seconds)
@@ -104,6 +109,9 @@ class DatabaseClock:
         moved = step.by + (self.offset - before)
         if abs(moved.total_seconds()) > CLOCK_STEP:
             return replace(step, by=moved)
-        log.warning("This host's clock was stepped by %s; the database's clock, which "
-                    "decides, did not move", format_duration(step.by.total_seconds()))
+        log.warning(
+            "This host's clock was stepped by %s; the database's clock, which "
+            "decides, did not move",
+            format_duration(step.by.total_seconds()),
+        )
         return None

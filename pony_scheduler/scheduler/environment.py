@@ -38,22 +38,25 @@ def base_environment(daemon_env: Mapping[str, str] | None = None) -> dict[str, s
         name, home = user.pw_name, user.pw_dir
     except KeyError:  # a uid without a passwd entry (containers)
         name, home = str(os.geteuid()), "/"
-    base = {"HOME": home, "LOGNAME": name, "USER": name, "SHELL": "/bin/sh",
-            "PATH": DEFAULT_PATH}
+    base = {"HOME": home, "LOGNAME": name, "USER": name, "SHELL": "/bin/sh", "PATH": DEFAULT_PATH}
     base.update({key: value for key, value in daemon_env.items() if PASSED.match(key)})
     return base
 
 
-def run_variables(job: str, run_id: int, attempt: int, occurrence: datetime,
-                  scheduler_id: str) -> dict[str, str]:
+def run_variables(
+    job: str, run_id: int, attempt: int, occurrence: datetime, scheduler_id: str
+) -> dict[str, str]:
     """What tells a run who it is; PONYBUNNY_OCCURRENCE (the scheduled instant, ISO 8601
     UTC) and PONYBUNNY_ATTEMPT let a job that must not run twice be idempotent."""
     from pony_scheduler.scheduler.recovery import SCHEDULER_VAR
 
-    return {"PONYBUNNY_JOB": job, "PONYBUNNY_RUN_ID": str(run_id),
-            "PONYBUNNY_ATTEMPT": str(attempt),
-            "PONYBUNNY_OCCURRENCE": occurrence.isoformat().replace("+00:00", "Z"),
-            SCHEDULER_VAR: scheduler_id}
+    return {
+        "PONYBUNNY_JOB": job,
+        "PONYBUNNY_RUN_ID": str(run_id),
+        "PONYBUNNY_ATTEMPT": str(attempt),
+        "PONYBUNNY_OCCURRENCE": occurrence.isoformat().replace("+00:00", "Z"),
+        SCHEDULER_VAR: scheduler_id,
+    }
 
 
 def read_env_file(path: str) -> dict[str, str]:
@@ -92,8 +95,9 @@ def parse_env_file(data: bytes, path: str) -> dict[str, str]:
             continue
         match = ENV_LINE.match(line)
         if match is None or "\0" in line:
-            raise EnvFileError(f"--env-file {path} line {number}: not NAME=VALUE "
-                               "(NAME: letters, digits, _)")
+            raise EnvFileError(
+                f"--env-file {path} line {number}: not NAME=VALUE (NAME: letters, digits, _)"
+            )
         name, value = match.groups()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
@@ -101,7 +105,9 @@ def parse_env_file(data: bytes, path: str) -> dict[str, str]:
     return found
 
 
-def redact(env: Mapping[str, str], secret: frozenset[str] | set[str] | list[str],
-           ) -> dict[str, str]:
+def redact(
+    env: Mapping[str, str],
+    secret: frozenset[str] | set[str] | list[str],
+) -> dict[str, str]:
     """`env` with the values of secret names replaced, for show, the API and exports."""
     return {key: "(secret)" if key in secret else value for key, value in env.items()}

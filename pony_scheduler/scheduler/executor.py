@@ -35,10 +35,17 @@ class Executor:
     of a free slot waits in `pending` and goes to the keeper when one frees up (or back to
     the queue: take_back)."""
 
-    def __init__(self, home: Path, workers: int, on_started: Callable[[Started], None],
-                 on_outcome: Callable[[Outcome], None], on_idle: Callable[[], None],
-                 skew: Callable[[], timedelta], containment: str | None = None,
-                 lease: kp.LeaseTerms | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        workers: int,
+        on_started: Callable[[Started], None],
+        on_outcome: Callable[[Outcome], None],
+        on_idle: Callable[[], None],
+        skew: Callable[[], timedelta],
+        containment: str | None = None,
+        lease: kp.LeaseTerms | None = None,
+    ) -> None:
         self.home = home
         self.workers = workers
         self.on_started = on_started
@@ -65,15 +72,21 @@ class Executor:
         """Connect to the home's keeper (starting it if none runs) as this scheduler;
         its welcome lists the runs it holds and the outcomes not recorded yet.  Raises
         KeeperError (ProtocolMismatch: another version's keeper holds runs)."""
-        self.client = KeeperClient.connect(self.home, scheduler_id,
-                                           containment=self.containment,
-                                           first_keeper=self.keepers == 0, lease=self.lease)
+        self.client = KeeperClient.connect(
+            self.home,
+            scheduler_id,
+            containment=self.containment,
+            first_keeper=self.keepers == 0,
+            lease=self.lease,
+        )
         self.keepers += 1
         if self.lease is not None and not self.client.welcome.renews:
-            log.warning("The run keeper (pony-scheduler %s) does not renew leases while no "
-                        "scheduler runs: if this scheduler dies, other hosts rescue its "
-                        "runs after the lease; a newer keeper starts once this one exits",
-                        self.client.welcome.version)
+            log.warning(
+                "The run keeper (pony-scheduler %s) does not renew leases while no "
+                "scheduler runs: if this scheduler dies, other hosts rescue its "
+                "runs after the lease; a newer keeper starts once this one exits",
+                self.client.welcome.version,
+            )
         self.in_flight = {held.run_id for held in self.client.welcome.runs}
         return self.client.welcome
 
@@ -96,8 +109,9 @@ class Executor:
         finished = False
         for event in events:
             if isinstance(event, kp.Started):
-                self.on_started(Started(event.run_id, event.pid, event.pid_start,
-                                        event.output_path))
+                self.on_started(
+                    Started(event.run_id, event.pid, event.pid_start, event.output_path)
+                )
             elif isinstance(event, kp.Outcome):
                 self.in_flight.discard(event.run_id)
                 self.stopped += event.ending == Ending.STOPPED
@@ -106,9 +120,15 @@ class Executor:
             elif isinstance(event, kp.Refused):
                 log.error("Run %d: the keeper refused it: %s", event.run_id, event.reason)
                 self.in_flight.discard(event.run_id)
-                self.on_outcome(Outcome(event.run_id, Ending.NOT_STARTED, self.stamp(None),
-                                        detail=f"the run keeper refused it: {event.reason}",
-                                        token=_epoch(event.token)))
+                self.on_outcome(
+                    Outcome(
+                        event.run_id,
+                        Ending.NOT_STARTED,
+                        self.stamp(None),
+                        detail=f"the run keeper refused it: {event.reason}",
+                        token=_epoch(event.token),
+                    )
+                )
                 finished = True
             else:  # Superseded: another scheduler of this home took the keeper over
                 raise KeeperError(f"the run keeper was taken over: {event.message}")
@@ -124,15 +144,27 @@ class Executor:
         if ending is Ending.KILLED and not event.by:
             ending = Ending.EXITED  # a signal nobody here asked for: a crash, an OOM kill
         return Outcome(
-            event.run_id, ending, self.stamp(event.finished_at), exit_code=event.exit_code,
-            signal=event.signal, detail=detail,
+            event.run_id,
+            ending,
+            self.stamp(event.finished_at),
+            exit_code=event.exit_code,
+            signal=event.signal,
+            detail=detail,
             started_at=self.stamp(event.started_at) if event.started_at else None,
-            pid=event.pid, pid_start=event.pid_start, output_path=event.output_path or None,
-            output_bytes=event.output_bytes, output_note=event.output_note or None,
-            tail=event.tail, leftovers=event.leftovers, leftovers_kept=event.leftovers_kept,
-            peak_memory=event.peak_memory_bytes, cpu_s=event.cpu_seconds,
-            containment=event.containment or None, token=_epoch(event.token),
-            receipt=event.id)
+            pid=event.pid,
+            pid_start=event.pid_start,
+            output_path=event.output_path or None,
+            output_bytes=event.output_bytes,
+            output_note=event.output_note or None,
+            tail=event.tail,
+            leftovers=event.leftovers,
+            leftovers_kept=event.leftovers_kept,
+            peak_memory=event.peak_memory_bytes,
+            cpu_s=event.cpu_seconds,
+            containment=event.containment or None,
+            token=_epoch(event.token),
+            receipt=event.id,
+        )
 
     def stamp(self, text: str | None) -> datetime:
         """A keeper time (this host's clock, ISO 8601 UTC; None: now) on the database's."""
@@ -180,8 +212,7 @@ class Executor:
     def take_back(self, handed_before: float | None = None) -> list[int]:
         """Remove runs not handed to the keeper yet, handed over before `handed_before`
         (all of them when None); returns their ids for the caller to requeue."""
-        back = [item for item in self.pending
-                if handed_before is None or item[1] < handed_before]
+        back = [item for item in self.pending if handed_before is None or item[1] < handed_before]
         for item in back:
             self.pending.remove(item)
         return [launch.run_id for launch, _ in back]
@@ -192,8 +223,7 @@ class Executor:
             self.keeper().kill(run_id, signal, by=why)
 
     # -- the end ---------------------------------------------------------------------------
-    def drain(self, grace: float, stop_now: Callable[[], bool],
-              keep_up: Callable[[], None]) -> int:
+    def drain(self, grace: float, stop_now: Callable[[], bool], keep_up: Callable[[], None]) -> int:
         """`pb scheduler stop`: runs get `grace` seconds, then the keeper stops their
         trees (outcome `stopped`: interrupted); returns how many were still running.
         Outcomes are recorded as they come (keep_up); the keeper then may exit."""

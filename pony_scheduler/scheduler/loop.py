@@ -73,10 +73,16 @@ class WorkLoop:
         settings = runtime.settings
         self.output_dir = settings.home / "runs"
         self.clock = DatabaseClock(store, runtime)
-        self.executor = Executor(settings.home, settings.workers, self._started,
-                                 self._finished, self._kick, skew=lambda: self.clock.offset,
-                                 containment=settings.containment,
-                                 lease=LeaseTerms(settings.db, settings.lease))
+        self.executor = Executor(
+            settings.home,
+            settings.workers,
+            self._started,
+            self._finished,
+            self._kick,
+            skew=lambda: self.clock.offset,
+            containment=settings.containment,
+            lease=LeaseTerms(settings.db, settings.lease),
+        )
         self.scheduler_id = ""
         self.started_at = utcnow()
         self.changes = -1
@@ -131,8 +137,9 @@ class WorkLoop:
                 # Locked, read-only, restarting: running jobs go on (their results are
                 # written once it is back); we try again with a growing pause.
                 backoff = min(max(backoff * 2, 0.5), 30.0)
-                log.warning("Database unavailable (%s); retrying in %.1fs", first_line(exc),
-                            backoff)
+                log.warning(
+                    "Database unavailable (%s); retrying in %.1fs", first_line(exc), backoff
+                )
                 self.kicked, pause = True, backoff
             except KeeperError as exc:
                 takeover.keeper_lost(self, exc)
@@ -233,21 +240,38 @@ class WorkLoop:
         run = item.run
         self.in_flight[run.id] = InFlight(run, item.epoch, now)
         try:
-            from_file = (environment.read_env_file(item.env_file)
-                         if item.env_file else {})
+            from_file = environment.read_env_file(item.env_file) if item.env_file else {}
         except environment.EnvFileError as exc:
             self.journal.put(Outcome(run.id, Ending.NOT_STARTED, self.now(), detail=str(exc)))
             return
         argv = ("/bin/sh", "-c", item.command[0]) if item.shell else item.command
-        environ = {**self.base_env, **item.env, **from_file,
-                   **environment.run_variables(run.job, run.id, run.attempt, run.occurrence,
-                                               self.scheduler_id)}
+        environ = {
+            **self.base_env,
+            **item.env,
+            **from_file,
+            **environment.run_variables(
+                run.job, run.id, run.attempt, run.occurrence, self.scheduler_id
+            ),
+        }
         log.debug("Run %d: starting job %s (attempt %d)", run.id, run.job, run.attempt)
-        self.executor.launch(Launch(
-            run.id, argv, str(self.output_dir / run.job / f"{run.id}.log"), environ,
-            token=str(item.epoch), cwd=item.cwd, umask=item.umask, timeout_s=item.timeout_s,
-            leftovers=item.leftovers, memory_max=item.memory_max, cpu_max=item.cpu_max,
-            tasks_max=item.tasks_max, start_by=claimed + self.lease / 3), claimed)
+        self.executor.launch(
+            Launch(
+                run.id,
+                argv,
+                str(self.output_dir / run.job / f"{run.id}.log"),
+                environ,
+                token=str(item.epoch),
+                cwd=item.cwd,
+                umask=item.umask,
+                timeout_s=item.timeout_s,
+                leftovers=item.leftovers,
+                memory_max=item.memory_max,
+                cpu_max=item.cpu_max,
+                tasks_max=item.tasks_max,
+                start_by=claimed + self.lease / 3,
+            ),
+            claimed,
+        )
 
     # -- executor callbacks (on this thread, from executor.poll) -------------------------
     def _started(self, started: Started) -> None:
@@ -308,17 +332,33 @@ class WorkLoop:
         duration = (outcome.finished_at - flight.claimed_at).total_seconds()
         # Successes at debug level: `pb runs` keeps every run, and a line per success
         # cost a tenth of the daemon's time per run in the throughput benchmark.
-        log.log(logging.DEBUG if settlement.state is RunState.SUCCEEDED else logging.INFO,
-                "Run %d: job %s %s%s", run.id, run.job, settlement.state,
-                f" ({settlement.reason})" if settlement.reason else "")
+        log.log(
+            logging.DEBUG if settlement.state is RunState.SUCCEEDED else logging.INFO,
+            "Run %d: job %s %s%s",
+            run.id,
+            run.job,
+            settlement.state,
+            f" ({settlement.reason})" if settlement.reason else "",
+        )
         if settlement.next_attempt is not None and settlement.state is not RunState.INTERRUPTED:
-            log.info("Run %d: retry %d of %d at %s", run.id, run.attempt, run.policy.retries,
-                     settlement.next_attempt.due_at.isoformat(timespec="seconds"))
+            log.info(
+                "Run %d: retry %d of %d at %s",
+                run.id,
+                run.attempt,
+                run.policy.retries,
+                settlement.next_attempt.due_at.isoformat(timespec="seconds"),
+            )
         kind = "run.finished" if settlement.state is RunState.SUCCEEDED else "run.failed"
-        self.events.emit(kind, {"run_id": run.id, "job": run.job,
-                                "state": str(settlement.state),
-                                "exit_code": settlement.exit_code,
-                                "duration_s": round(duration, 3)})
+        self.events.emit(
+            kind,
+            {
+                "run_id": run.id,
+                "job": run.job,
+                "state": str(settlement.state),
+                "exit_code": settlement.exit_code,
+                "duration_s": round(duration, 3),
+            },
+        )
         return Finished(run, flight.epoch, settlement, outcome, flight.claimed_at)
 
     def record_results(self, claim: ClaimRequest | None = None) -> tuple[list[Claimed], bool]:
@@ -330,8 +370,9 @@ class WorkLoop:
         self.drain_journal()
         if not self.started and not self.finished and claim is None:
             return [], False
-        ours, claimed, waiting = self.store.record_and_claim(self.me, self.started,
-                                                             self.finished, claim)
+        ours, claimed, waiting = self.store.record_and_claim(
+            self.me, self.started, self.finished, claim
+        )
         # Recorded (or refused and logged): the keeper may forget these outcomes.
         self.executor.ack(item.outcome.receipt or "" for item in self.finished if item.outcome)
         self.started, self.finished = [], []
@@ -347,13 +388,18 @@ class WorkLoop:
         self.store.heartbeat(self.clock.offset.total_seconds())
         held = self.store.renew_leases(self.scheduler_id, now, self.lease)
         self.fence(held)
-        if recovery.abandoned(self.store, self.scheduler_id, str(self.runtime.settings.home),
-                              now):
+        if recovery.abandoned(self.store, self.scheduler_id, str(self.runtime.settings.home), now):
             self.upcoming_dirty = self.kicked = True
         if self.store.removals_pending():
             self.store.purge_removed()
-        self.events.emit("heartbeat", {"pid": os.getpid(), "scheduler_id": self.scheduler_id,
-                                       "running": self.executor.busy()})
+        self.events.emit(
+            "heartbeat",
+            {
+                "pid": os.getpid(),
+                "scheduler_id": self.scheduler_id,
+                "running": self.executor.busy(),
+            },
+        )
 
     def fence(self, held: dict[int, int]) -> None:
         """Stop at once the runs this scheduler no longer owns: it was paused past its
@@ -361,11 +407,18 @@ class WorkLoop:
         lost.  Their outcome will be refused and logged; it must not run beside a retry."""
         for run_id, flight in list(self.in_flight.items()):
             if held.get(run_id) != flight.epoch:
-                log.error("Run %d (job %s) is no longer ours (epoch %d): its lease was taken "
-                          "over while this scheduler was paused; stopping its processes",
-                          run_id, flight.run.job, flight.epoch)
-                self.executor.kill(run_id, "the scheduler: its lease was taken over by "
-                                   "another scheduler while this one was paused")
+                log.error(
+                    "Run %d (job %s) is no longer ours (epoch %d): its lease was taken "
+                    "over while this scheduler was paused; stopping its processes",
+                    run_id,
+                    flight.run.job,
+                    flight.epoch,
+                )
+                self.executor.kill(
+                    run_id,
+                    "the scheduler: its lease was taken over by "
+                    "another scheduler while this one was paused",
+                )
 
     def ping_watchdog(self, mono: float) -> None:
         interval = self.runtime.watchdog_interval()
@@ -377,8 +430,9 @@ class WorkLoop:
         """Runs claimed ahead that waited AHEAD_WAIT for a worker go back to the queue."""
         self.unreleased += self.executor.take_back(handed_before=mono - AHEAD_WAIT)
         if self.unreleased:
-            self.store.release_runs([(run_id, self.in_flight[run_id].epoch)
-                                     for run_id in self.unreleased])
+            self.store.release_runs(
+                [(run_id, self.in_flight[run_id].epoch) for run_id in self.unreleased]
+            )
             log.debug("Released runs %s, claimed ahead and not started", self.unreleased)
             for run_id in self.unreleased:
                 self.in_flight.pop(run_id, None)
@@ -394,13 +448,16 @@ class WorkLoop:
             return
         busy = self.executor.busy()
         if busy:
-            log.info("Waiting up to %gs for %d running job(s) (a second signal stops them "
-                     "now)", self.runtime.settings.shutdown_grace, busy)
-        left = self.executor.drain(self.runtime.settings.shutdown_grace,
-                                   lambda: self.runtime.stop_now, self._keep_up)
+            log.info(
+                "Waiting up to %gs for %d running job(s) (a second signal stops them now)",
+                self.runtime.settings.shutdown_grace,
+                busy,
+            )
+        left = self.executor.drain(
+            self.runtime.settings.shutdown_grace, lambda: self.runtime.stop_now, self._keep_up
+        )
         if left:
-            log.warning("Interrupted %d running job(s); they run again after the next start",
-                        left)
+            log.warning("Interrupted %d running job(s); they run again after the next start", left)
         self.close_books()
 
     def close_books(self) -> None:
@@ -411,8 +468,12 @@ class WorkLoop:
             recovery.retrying(self.store.mark_stopped, attempts=3)
         except DBAPIError as exc:
             lost = [item.run.id for item in self.finished] + self.unreleased
-            log.error("Could not record the results of runs %s or the stop: %s; the run "
-                      "keeper keeps their outcomes for the next start", lost, first_line(exc))
+            log.error(
+                "Could not record the results of runs %s or the stop: %s; the run "
+                "keeper keeps their outcomes for the next start",
+                lost,
+                first_line(exc),
+            )
 
     def _keep_up(self) -> None:
         """While draining: record results as they come, keep our leases alive."""

@@ -77,8 +77,9 @@ class Plan:
         return len(self.skipped) + (self.uncounted.count if self.uncounted else 0)
 
 
-def plan(schedule: Schedule, policy: Policy, next_due: datetime, now: datetime,
-         queued: int = 0) -> Plan:
+def plan(
+    schedule: Schedule, policy: Policy, next_due: datetime, now: datetime, queued: int = 0
+) -> Plan:
     """What becomes of a job's occurrences from `next_due` (due, not yet a run) to `now`.
 
     The latest due occurrence is on time if no more than the start deadline has passed
@@ -117,8 +118,14 @@ def plan(schedule: Schedule, policy: Policy, next_due: datetime, now: datetime,
     if len(skipped) > RECORD_CAP:
         extra, skipped = skipped[:-RECORD_CAP], skipped[-RECORD_CAP:]
         uncounted = _merge(uncounted, Missed(len(extra), extra[0], extra[-1]))
-    return Plan(tuple(to_run), tuple(run_late), tuple(skipped), tuple(refused), uncounted,
-                next_after(schedule, max(now, due[-1])))
+    return Plan(
+        tuple(to_run),
+        tuple(run_late),
+        tuple(skipped),
+        tuple(refused),
+        uncounted,
+        next_after(schedule, max(now, due[-1])),
+    )
 
 
 def _before(moment: datetime, schedule: Schedule, floor: datetime) -> datetime:

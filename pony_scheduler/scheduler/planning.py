@@ -47,8 +47,7 @@ def _span(plan: occurrences.Plan) -> tuple[datetime, datetime]:
 def _schedule(kind: str, expr: str, tz: str, anchor: str, offset: float) -> Schedule:
     from pony_scheduler.scheduler.schedule import from_dict
 
-    return from_dict({"kind": kind, "expr": expr, "tz": tz, "anchor": anchor,
-                      "offset": offset})
+    return from_dict({"kind": kind, "expr": expr, "tz": tz, "anchor": anchor, "offset": offset})
 
 
 _plan = lru_cache(maxsize=64)(occurrences.plan)  # entries of earlier instants are dead weight
@@ -67,9 +66,13 @@ class Planner:
         policy), and one stepped back over is not run twice (next_due_at only advances)."""
         direction = "forward" if step.by > timedelta(0) else "back"
         moved = self.store.shift_interval_jobs(step.by)
-        log.warning("The wall clock was stepped %s by %s; %d interval job(s) follow elapsed "
-                    "time, cron and --at jobs follow the clock", direction,
-                    format_duration(abs(step.by.total_seconds())), moved)
+        log.warning(
+            "The wall clock was stepped %s by %s; %d interval job(s) follow elapsed "
+            "time, cron and --at jobs follow the clock",
+            direction,
+            format_duration(abs(step.by.total_seconds())),
+            moved,
+        )
         self.last_step = step
 
     def plan_due_jobs(self, now: datetime) -> bool:
@@ -91,26 +94,41 @@ class Planner:
         from pony_scheduler.scheduler.schedule import jitter_offset
 
         try:
-            schedule = _schedule(job.kind, job.expr, job.tz, job.anchor,
-                                 jitter_offset(job.name, job.jitter_s))
-            policy = runs.policy_from(job.retries, job.retry_delay_s, job.overlap,
-                                      job.catch_up, job.start_deadline_s, job.max_queued)
-            queued = (self.store.queued_count(job.id)
-                      if policy.overlap is runs.Overlap.QUEUE else 0)
+            schedule = _schedule(
+                job.kind, job.expr, job.tz, job.anchor, jitter_offset(job.name, job.jitter_s)
+            )
+            policy = runs.policy_from(
+                job.retries,
+                job.retry_delay_s,
+                job.overlap,
+                job.catch_up,
+                job.start_deadline_s,
+                job.max_queued,
+            )
+            queued = self.store.queued_count(job.id) if policy.overlap is runs.Overlap.QUEUE else 0
             plan = _plan(schedule, policy, job.next_due_at, now, queued)
         except UNREADABLE as exc:
             reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
-            log.error("Job %s set aside: this scheduler cannot evaluate it (%s); other jobs "
-                      "go on, 'pb job edit %s' makes it run again", job.name, reason,
-                      job.name)
+            log.error(
+                "Job %s set aside: this scheduler cannot evaluate it (%s); other jobs "
+                "go on, 'pb job edit %s' makes it run again",
+                job.name,
+                reason,
+                job.name,
+            )
             self.store.set_aside(job.id, reason)
             return None
         missed_reason = self.missed_reason(plan, now)
         if plan.missed:
             first, last = _span(plan)
-            log.warning("Job %s: %d occurrence(s) from %s to %s %s", job.name, plan.missed,
-                        first.isoformat(timespec="seconds"), last.isoformat(timespec="seconds"),
-                        missed_reason)
+            log.warning(
+                "Job %s: %d occurrence(s) from %s to %s %s",
+                job.name,
+                plan.missed,
+                first.isoformat(timespec="seconds"),
+                last.isoformat(timespec="seconds"),
+                missed_reason,
+            )
         refused = f"skipped: {policy.max_queued} runs already queued (--max-queued)"
         if plan.refused:
             log.warning("Job %s: %s", job.name, refused)
@@ -126,8 +144,10 @@ class Planner:
         latest = max(moments)
         step = self.last_step
         if step is not None and step.by > timedelta(0) and step.at - step.by <= latest:
-            return (f"missed: the clock was stepped forward by "
-                    f"{format_duration(step.by.total_seconds())}")
+            return (
+                f"missed: the clock was stepped forward by "
+                f"{format_duration(step.by.total_seconds())}"
+            )
         if latest < self.started_at:
             return "missed: no scheduler was running at its time"
         behind = format_duration((now - min(moments)).total_seconds())

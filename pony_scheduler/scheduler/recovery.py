@@ -63,8 +63,14 @@ def dead_predecessors(store: Store, me: str, home: str) -> list[str]:
     return dead
 
 
-def never_started(store: Store, me: str, home: str, sole_keeper_of: Iterable[str],
-                  accounted: Iterable[int], now: datetime) -> list[int]:
+def never_started(
+    store: Store,
+    me: str,
+    home: str,
+    sole_keeper_of: Iterable[str],
+    accounted: Iterable[int],
+    now: datetime,
+) -> list[int]:
     """Give back to the queue (running -> queued, as at a stop) the runs that a dead
     predecessor of this home claimed and never handed to the run keeper: it was killed
     between its claim and the launch (a run claimed ahead of a free worker waits that
@@ -80,8 +86,11 @@ def never_started(store: Store, me: str, home: str, sole_keeper_of: Iterable[str
     if not candidates:
         return []
     skip = set(accounted)
-    back = [(found.run.id, found.epoch) for found in store.abandoned_runs(now, sorted(candidates))
-            if found.claimed_by in candidates and found.run.id not in skip and found.pid is None]
+    back = [
+        (found.run.id, found.epoch)
+        for found in store.abandoned_runs(now, sorted(candidates))
+        if found.claimed_by in candidates and found.run.id not in skip and found.pid is None
+    ]
     return sorted(run_id for run_id, epoch in back if store.release_runs([(run_id, epoch)]))
 
 
@@ -92,8 +101,11 @@ def abandoned(store: Store, me: str, home: str, now: datetime) -> int:
     for lost in store.abandoned_runs(now, dead):
         if lost.claimed_by == me:
             continue  # ours, and we are alive: the lease was renewed late, not lost
-        cause = ("its scheduler died" if lost.claimed_by in dead
-                 else "its scheduler stopped renewing the lease")
+        cause = (
+            "its scheduler died"
+            if lost.claimed_by in dead
+            else "its scheduler stopped renewing the lease"
+        )
         settlement = runs.lose(lost.run, cause, now, random.random())
         # Recorded first: a host that renewed the lease meanwhile keeps the run, and
         # its processes are left alone.  Its retry is queued in the same transaction but

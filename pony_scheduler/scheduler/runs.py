@@ -216,8 +216,9 @@ def settle(run: Run, outcome: Outcome, now: datetime, rand: float) -> Settlement
         after = NextAttempt(now, Trigger.RESUME)
     elif state in RETRYABLE and outcome.ending is not Ending.KILLED:
         after = _retry(run, now, rand)
-    return Settlement(run.id, state, "; ".join(notes) or None, outcome.finished_at, code, sig,
-                      after)
+    return Settlement(
+        run.id, state, "; ".join(notes) or None, outcome.finished_at, code, sig, after
+    )
 
 
 def _verdict(outcome: Outcome) -> tuple[RunState, str | None]:
@@ -233,7 +234,8 @@ def _verdict(outcome: Outcome) -> tuple[RunState, str | None]:
         # (memory_max)"): an OOM kill inside the job's limit is not a mystery crash.
         why = (outcome.detail or "").partition(": ")[2]
         return RunState.FAILED, f"killed by signal {signal_name(outcome.signal)}" + (
-            f": {why}" if why else "")
+            f": {why}" if why else ""
+        )
     if outcome.exit_code == 0:
         return RunState.SUCCEEDED, None
     return RunState.FAILED, f"exit status {outcome.exit_code}"
@@ -258,8 +260,9 @@ def _retry(run: Run, now: datetime, rand: float) -> NextAttempt | None:
 
 def lose(run: Run, cause: str, now: datetime, rand: float) -> Settlement:
     """A run whose processes and outcome are really gone: `lost`, retried by its policy."""
-    return Settlement(run.id, RunState.LOST, f"lost: {cause}", now,
-                      next_attempt=_retry(run, now, rand))
+    return Settlement(
+        run.id, RunState.LOST, f"lost: {cause}", now, next_attempt=_retry(run, now, rand)
+    )
 
 
 def signal_name(number: int) -> str:
@@ -359,8 +362,15 @@ def _expiry(run: Run, job: JobNow, capacity: Capacity, now: datetime) -> str | N
     return f"not started within its start deadline ({format_duration(deadline)}): {cause}"
 
 
-def policy_from(retries: int, retry_delay_s: float, overlap: str, catch_up: str,
-                start_deadline_s: float | None, max_queued: int) -> Policy:
+def policy_from(
+    retries: int,
+    retry_delay_s: float,
+    overlap: str,
+    catch_up: str,
+    start_deadline_s: float | None,
+    max_queued: int,
+) -> Policy:
     """A Policy from stored values; ValueError names a value this version cannot read."""
-    return Policy(retries, retry_delay_s, Overlap(overlap), CatchUp(catch_up),
-                  start_deadline_s, max_queued)
+    return Policy(
+        retries, retry_delay_s, Overlap(overlap), CatchUp(catch_up), start_deadline_s, max_queued
+    )

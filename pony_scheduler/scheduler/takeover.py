@@ -28,41 +28,61 @@ def take_over(loop: WorkLoop, welcome: kp.Welcome) -> None:
     """Adopt what the keeper holds and queue the outcomes it kept for recording."""
     from pony_scheduler.scheduler.loop import InFlight
 
-    log.info("Run keeper PID %d (version %s); containment: %s", welcome.pid, welcome.version,
-             welcome.containment)
+    log.info(
+        "Run keeper PID %d (version %s); containment: %s",
+        welcome.pid,
+        welcome.version,
+        welcome.containment,
+    )
     now = loop.now()
     held = {h.run_id: epoch for h in welcome.runs if (epoch := _epoch(h.token)) is not None}
     # Runs that finished while no scheduler listened are adopted too: until their outcome
     # is recorded they are running, and ours, not a dead predecessor's lost runs.
-    done = {o.run_id: epoch for o in welcome.outcomes
-            if (epoch := _epoch(o.token)) is not None}
+    done = {o.run_id: epoch for o in welcome.outcomes if (epoch := _epoch(o.token)) is not None}
     adopted = loop.store.adopt(loop.me, list({**done, **held}.items()), now, loop.lease)
     for holding in adopted:
         if holding.run.id in held:
-            loop.in_flight[holding.run.id] = InFlight(holding.run, holding.epoch,
-                                                      holding.claimed_at or now)
+            loop.in_flight[holding.run.id] = InFlight(
+                holding.run, holding.epoch, holding.claimed_at or now
+            )
     running = [h.run.id for h in adopted if h.run.id in held]
     if running:
-        log.info("Adopted %d running run(s) from the previous scheduler: %s", len(running),
-                 ", ".join(map(str, running)))
-    unstarted = recovery.never_started(loop.store, loop.scheduler_id,
-                                       str(loop.runtime.settings.home), welcome.sole_keeper_of,
-                                       set(held) | set(done), now)
+        log.info(
+            "Adopted %d running run(s) from the previous scheduler: %s",
+            len(running),
+            ", ".join(map(str, running)),
+        )
+    unstarted = recovery.never_started(
+        loop.store,
+        loop.scheduler_id,
+        str(loop.runtime.settings.home),
+        welcome.sole_keeper_of,
+        set(held) | set(done),
+        now,
+    )
     if unstarted:
-        log.info("Queued again %d run(s) that the previous scheduler claimed but had not "
-                 "handed to the run keeper when it died (they never started): %s",
-                 len(unstarted), ", ".join(map(str, unstarted)))
+        log.info(
+            "Queued again %d run(s) that the previous scheduler claimed but had not "
+            "handed to the run keeper when it died (they never started): %s",
+            len(unstarted),
+            ", ".join(map(str, unstarted)),
+        )
         loop.upcoming_dirty = loop.kicked = True
     for run_id in sorted(set(held) - {h.run.id for h in adopted}):
-        log.error("Run %d: the keeper still runs it, but the database no longer has it "
-                  "running under this epoch (another scheduler declared it lost); stopping "
-                  "it", run_id)
+        log.error(
+            "Run %d: the keeper still runs it, but the database no longer has it "
+            "running under this epoch (another scheduler declared it lost); stopping "
+            "it",
+            run_id,
+        )
         loop.executor.kill(run_id, "the scheduler: another scheduler declared it lost")
     for outcome in welcome.outcomes:
         loop.journal.put(loop.executor.outcome(outcome))
     if welcome.outcomes:
-        log.info("Recording %d outcome(s) the keeper kept while no scheduler listened",
-                 len(welcome.outcomes))
+        log.info(
+            "Recording %d outcome(s) the keeper kept while no scheduler listened",
+            len(welcome.outcomes),
+        )
 
 
 def flight_of(loop: WorkLoop, outcome: Outcome) -> InFlight | None:
@@ -73,8 +93,12 @@ def flight_of(loop: WorkLoop, outcome: Outcome) -> InFlight | None:
 
     holding = loop.store.holdings([outcome.run_id]).get(outcome.run_id)
     if holding is None:
-        log.info("Run %d: its outcome (%s) came after the run stopped running here; "
-                 "nothing more recorded", outcome.run_id, outcome.ending)
+        log.info(
+            "Run %d: its outcome (%s) came after the run stopped running here; "
+            "nothing more recorded",
+            outcome.run_id,
+            outcome.ending,
+        )
         loop.executor.ack([outcome.receipt or ""])
         return None
     epoch = outcome.token if outcome.token is not None else holding.epoch
@@ -95,8 +119,9 @@ def keeper_lost(loop: WorkLoop, why: Exception) -> None:
         del loop.in_flight[run_id]
         settlement = runs.lose(flight.run, "its run keeper died", now, random.random())
         log.warning("Run %d was lost (its run keeper died)", run_id)
-        loop.finished.append(Finished(flight.run, flight.epoch, settlement, None,
-                                      flight.claimed_at))
+        loop.finished.append(
+            Finished(flight.run, flight.epoch, settlement, None, flight.claimed_at)
+        )
     for outcome in welcome.outcomes:
         loop.journal.put(loop.executor.outcome(outcome))
     loop.kicked = True
@@ -106,8 +131,11 @@ def hand_over(loop: WorkLoop) -> None:
     """Leave the running runs to the keeper and the next scheduler of this home."""
     running = len(loop.executor.in_flight)
     if running:
-        log.info("Handing %d running run(s) over to the next scheduler; they keep running "
-                 "under the run keeper", running)
+        log.info(
+            "Handing %d running run(s) over to the next scheduler; they keep running "
+            "under the run keeper",
+            running,
+        )
     loop.close_books()
     loop.executor.hand_over()
 

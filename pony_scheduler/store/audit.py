@@ -19,15 +19,28 @@ from pony_scheduler.store.tables import audit
 ACTIONS = ("add", "edit", "remove", "run", "pause", "resume", "kill")
 
 
-def record(connection: Connection, actor: Actor | None, action: str, job: str | None,
-           detail: str | None = None) -> None:
+def record(
+    connection: Connection,
+    actor: Actor | None,
+    action: str,
+    job: str | None,
+    detail: str | None = None,
+) -> None:
     """Add one entry inside the caller's transaction; no actor: the local user (the CLI,
     or a program using the store directly)."""
     who = actor or cli_actor()
-    connection.execute(audit.insert().values(
-        at=utcnow(), uid=who.uid, user=who.user, via=who.via,
-        scope=audit_scope(who), action=action, job=job,
-        detail=(detail or "")[:2000] or None))
+    connection.execute(
+        audit.insert().values(
+            at=utcnow(),
+            uid=who.uid,
+            user=who.user,
+            via=who.via,
+            scope=audit_scope(who),
+            action=action,
+            job=job,
+            detail=(detail or "")[:2000] or None,
+        )
+    )
 
 
 class AuditQueries:
@@ -45,8 +58,9 @@ class AuditQueries:
             row["at"] = iso(row["at"])
         return rows
 
-    def record_audit(self, actor: Actor | None, action: str, job: str | None,
-                     detail: str | None = None) -> None:
+    def record_audit(
+        self, actor: Actor | None, action: str, job: str | None, detail: str | None = None
+    ) -> None:
         """An entry for something done outside the database (a kill sent to the keeper)."""
         with self.engine.begin() as connection:
             record(connection, actor, action, job, detail)

@@ -26,7 +26,8 @@ class ClockQueries:
         with self.engine.connect() as connection:
             before = time.time()
             server = connection.execute(
-                text("SELECT extract(epoch FROM clock_timestamp())")).scalar()
+                text("SELECT extract(epoch FROM clock_timestamp())")
+            ).scalar()
             after = time.time()
         return float(server or 0) - (before + after) / 2
 

@@ -36,8 +36,9 @@ def insert_ignore(connection: Connection | Engine, table: Table) -> Insert:
 
 def bump_changes(connection: Connection) -> None:
     """Tell running schedulers that jobs changed (they poll this one row)."""
-    result = connection.execute(update(counters).where(counters.c.key == CHANGES)
-                                .values(value=counters.c.value + 1))
+    result = connection.execute(
+        update(counters).where(counters.c.key == CHANGES).values(value=counters.c.value + 1)
+    )
     if result.rowcount == 0:
         connection.execute(insert_ignore(connection, counters).values(key=CHANGES, value=1))
 

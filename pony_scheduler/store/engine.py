@@ -39,16 +39,22 @@ def parse_url(value: str) -> URL:
     try:
         url = make_url(value)
     except ArgumentError:
-        raise ConfigError(f"--db {value!r} is neither a path nor an SQLAlchemy URL such as "
-                          "postgresql+psycopg://user@host/dbname") from None
+        raise ConfigError(
+            f"--db {value!r} is neither a path nor an SQLAlchemy URL such as "
+            "postgresql+psycopg://user@host/dbname"
+        ) from None
     try:
         url.get_dialect()
     except NoSuchModuleError:
-        raise ConfigError(f"--db {safe_url(url)}: unknown database driver {url.drivername!r}; "
-                          "use sqlite:///PATH or postgresql+psycopg://…") from None
+        raise ConfigError(
+            f"--db {safe_url(url)}: unknown database driver {url.drivername!r}; "
+            "use sqlite:///PATH or postgresql+psycopg://…"
+        ) from None
     except ImportError as exc:
-        raise ConfigError(f"--db {safe_url(url)}: the driver is not installed ({exc.name}); "
-                          "pip install 'pony-scheduler[postgresql]'") from None
+        raise ConfigError(
+            f"--db {safe_url(url)}: the driver is not installed ({exc.name}); "
+            "pip install 'pony-scheduler[postgresql]'"
+        ) from None
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(f"--db {safe_url(url)}: only SQLite and PostgreSQL are supported")
     return url
@@ -66,8 +72,10 @@ def check_database(value: str) -> URL:
         try:
             check_database_file(path)
         except FileNotFoundError:
-            raise ConfigError(f"--db {path}: directory {os.path.dirname(path)} does not "
-                              "exist; create it or choose another path") from None
+            raise ConfigError(
+                f"--db {path}: directory {os.path.dirname(path)} does not "
+                "exist; create it or choose another path"
+            ) from None
     return url
 
 
@@ -88,8 +96,9 @@ def make_engine(value: str) -> Engine:
         engine = _sqlite_engine(url)
     else:
         connect_args: dict[str, Any] = {"connect_timeout": 5}
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                               connect_args=connect_args)
+        engine = create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args
+        )
         event.listen(engine, "connect", _pg_session)
     event.listen(engine, "handle_error", _on_error)
     return engine
@@ -102,8 +111,7 @@ def _pg_session(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.autocommit = True
     try:
         with dbapi_connection.cursor() as cursor:
-            cursor.execute("SET idle_in_transaction_session_timeout = "
-                           f"{PG_IDLE_IN_TRANSACTION_MS}")
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {PG_IDLE_IN_TRANSACTION_MS}")
     finally:
         dbapi_connection.autocommit = autocommit
 
@@ -135,8 +143,10 @@ def report_corruption(where: str, why: str) -> None:
     _reported_corruption = True
     from pony_scheduler.lifecycle import runtime
 
-    runtime.database_corrupt(f"database {where} is corrupt ({why}); restore it from a "
-                             "backup, or move it aside to start afresh")
+    runtime.database_corrupt(
+        f"database {where} is corrupt ({why}); restore it from a "
+        "backup, or move it aside to start afresh"
+    )
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite file
@@ -213,8 +223,9 @@ def _prepare_sqlite_file(path: str) -> tuple[str, bool]:
 
     real = check_database_file(path, create=True)
     directory = os.path.dirname(real)
-    return real, not os.access(directory, os.W_OK) or (os.path.exists(real)
-                                                       and not os.access(real, os.W_OK))
+    return real, not os.access(directory, os.W_OK) or (
+        os.path.exists(real) and not os.access(real, os.W_OK)
+    )
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -230,9 +241,14 @@ def _sqlite_engine(url: URL) -> Engine:
     # Autocommit at the driver level; SQLAlchemy issues BEGIN itself so that we can make
     # it BEGIN IMMEDIATE: writers then queue on the busy timeout instead of failing with
     # "database is locked" when a read transaction tries to upgrade.
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
-                                              "check_same_thread": False,
-                                              "isolation_level": None})
+    engine = create_engine(
+        url,
+        connect_args={
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            "check_same_thread": False,
+            "isolation_level": None,
+        },
+    )
     if read_only:
         _immutable_fallback(engine, url)
 
@@ -284,10 +300,12 @@ def trust_warning(engine: Engine) -> str | None:
     if used:
         return None
     url = engine.url
-    return (f"PostgreSQL at {url.host or 'the local socket'} let role {url.username!r} in "
-            "without a password: whoever can connect as that role can change jobs and run "
-            "commands as this user; require scram-sha-256 for it in pg_hba.conf and give "
-            "it a password (see pb-gateway(1), SECURITY)")
+    return (
+        f"PostgreSQL at {url.host or 'the local socket'} let role {url.username!r} in "
+        "without a password: whoever can connect as that role can change jobs and run "
+        "commands as this user; require scram-sha-256 for it in pg_hba.conf and give "
+        "it a password (see pb-gateway(1), SECURITY)"
+    )
 
 
 def _wal(cursor: Any) -> None:

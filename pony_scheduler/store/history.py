@@ -16,18 +16,32 @@ from pony_scheduler.store.jobs import UnknownJob
 from pony_scheduler.store.tables import jobs, runs
 
 QUEUED = RunState.QUEUED.value
-RUN_VIEW = (runs.c.id, jobs.c.name.label("job"), runs.c.occurrence, runs.c.attempt,
-            runs.c.state, runs.c.trigger, runs.c.due_at, runs.c.started_at,
-            runs.c.finished_at, runs.c.exit_code, runs.c.signal, runs.c.reason, runs.c.pid,
-            runs.c.hostname, runs.c.claimed_by)
+RUN_VIEW = (
+    runs.c.id,
+    jobs.c.name.label("job"),
+    runs.c.occurrence,
+    runs.c.attempt,
+    runs.c.state,
+    runs.c.trigger,
+    runs.c.due_at,
+    runs.c.started_at,
+    runs.c.finished_at,
+    runs.c.exit_code,
+    runs.c.signal,
+    runs.c.reason,
+    runs.c.pid,
+    runs.c.hostname,
+    runs.c.claimed_by,
+)
 
 
 def run_view(row: dict[str, Any]) -> dict[str, Any]:
     """A run row as JSON-friendly data for `pb runs` and the gateway."""
     view = dict(row)
     started, finished = row.get("started_at"), row.get("finished_at")
-    view["duration_s"] = (round((finished - started).total_seconds(), 3)
-                          if started and finished else None)
+    view["duration_s"] = (
+        round((finished - started).total_seconds(), 3) if started and finished else None
+    )
     for key in ("occurrence", "due_at", "started_at", "finished_at", "lease_until"):
         if key in view:
             view[key] = iso(view[key])
@@ -45,20 +59,30 @@ class HistoryQueries(ClockQueries):
         UnknownJob."""
         now = self.db_now()
         with self.engine.begin() as connection:
-            job_id = connection.execute(select(jobs.c.id).where(
-                jobs.c.name == name, jobs.c.removed_at.is_(None))).scalar()
+            job_id = connection.execute(
+                select(jobs.c.id).where(jobs.c.name == name, jobs.c.removed_at.is_(None))
+            ).scalar()
             if job_id is None:
                 raise UnknownJob(name)
-            result = connection.execute(runs.insert().values(
-                job_id=job_id, occurrence=now, attempt=1, trigger=Trigger.MANUAL.value,
-                state=QUEUED, due_at=now, created_at=now))
+            result = connection.execute(
+                runs.insert().values(
+                    job_id=job_id,
+                    occurrence=now,
+                    attempt=1,
+                    trigger=Trigger.MANUAL.value,
+                    state=QUEUED,
+                    due_at=now,
+                    created_at=now,
+                )
+            )
             run_id = int(result.inserted_primary_key[0])  # type: ignore[index]
             audit.record(connection, actor, "run", name, f"run {run_id}")
             bump_changes(connection)
         return run_id
 
-    def list_runs(self, job: str | None = None, limit: int = 50,
-                  state: str | None = None) -> list[dict[str, Any]]:
+    def list_runs(
+        self, job: str | None = None, limit: int = 50, state: str | None = None
+    ) -> list[dict[str, Any]]:
         """The latest `limit` runs, newest first, of every job or of `job`."""
         query = select(*RUN_VIEW).join(jobs, jobs.c.id == runs.c.job_id)
         if job is not None:
@@ -71,10 +95,21 @@ class HistoryQueries(ClockQueries):
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         """One run with its output path, tail (bytes) and lease; None if there is none."""
-        query = (select(*RUN_VIEW, runs.c.output_path, runs.c.output_tail, runs.c.lease_until,
-                        runs.c.epoch, runs.c.leftovers, runs.c.peak_memory, runs.c.cpu_s,
-                        runs.c.containment)
-                 .join(jobs, jobs.c.id == runs.c.job_id).where(runs.c.id == run_id))
+        query = (
+            select(
+                *RUN_VIEW,
+                runs.c.output_path,
+                runs.c.output_tail,
+                runs.c.lease_until,
+                runs.c.epoch,
+                runs.c.leftovers,
+                runs.c.peak_memory,
+                runs.c.cpu_s,
+                runs.c.containment,
+            )
+            .join(jobs, jobs.c.id == runs.c.job_id)
+            .where(runs.c.id == run_id)
+        )
         with self.engine.connect() as connection:
             row = connection.execute(query).first()
         return run_view(row_dict(row)) if row else None
@@ -82,9 +117,15 @@ class HistoryQueries(ClockQueries):
     def next_attempt_of(self, run_id: int) -> int | None:
         """The id of the attempt after run `run_id` (a retry or a resume), or None."""
         later = runs.alias("later")
-        query = (select(later.c.id).join(runs, (runs.c.job_id == later.c.job_id)
-                                         & (runs.c.occurrence == later.c.occurrence)
-                                         & (later.c.attempt == runs.c.attempt + 1))
-                 .where(runs.c.id == run_id))
+        query = (
+            select(later.c.id)
+            .join(
+                runs,
+                (runs.c.job_id == later.c.job_id)
+                & (runs.c.occurrence == later.c.occurrence)
+                & (later.c.attempt == runs.c.attempt + 1),
+            )
+            .where(runs.c.id == run_id)
+        )
         with self.engine.connect() as connection:
             return connection.execute(query).scalar()

@@ -84,13 +84,20 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
     view["command"] = loads(row.get("command"), [])
     view["env"] = loads(row.get("env"), {})
     view["secret_env"] = loads(row.get("secret_env"), [])
-    for key in ("next_due_at", "created_at", "updated_at", "last_finished_at",
-                "last_success_at", "removed_at"):
+    for key in (
+        "next_due_at",
+        "created_at",
+        "updated_at",
+        "last_finished_at",
+        "last_success_at",
+        "removed_at",
+    ):
         if key in view:
             view[key] = iso(view[key])
     view["last_run_at"] = view.get("last_finished_at")
-    view["next_run_at"] = (view.get("next_due_at") if view.get("enabled") and
-                           not view.get("error") else None)
+    view["next_run_at"] = (
+        view.get("next_due_at") if view.get("enabled") and not view.get("error") else None
+    )
     return view
 
 
@@ -107,32 +114,42 @@ class JobQueries:
             values.update(start_deadline_auto=True, start_deadline_s=default)
         try:
             with self.engine.begin() as connection:
-                result = connection.execute(jobs.insert().values(
-                    name=name, created_at=now, updated_at=now, **_encode(values)))
+                result = connection.execute(
+                    jobs.insert().values(
+                        name=name, created_at=now, updated_at=now, **_encode(values)
+                    )
+                )
                 audit.record(connection, actor, "add", name, _summary(values))
                 bump_changes(connection)
         except IntegrityError:
-            raise PonyError(f"a job named {name!r} already exists; choose another name or "
-                            f"use 'pb job edit {name}'") from None
+            raise PonyError(
+                f"a job named {name!r} already exists; choose another name or "
+                f"use 'pb job edit {name}'"
+            ) from None
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
-    def update_job(self, name: str, values: dict[str, Any], actor: Actor | None = None,
-                   action: str = "edit") -> None:
+    def update_job(
+        self, name: str, values: dict[str, Any], actor: Actor | None = None, action: str = "edit"
+    ) -> None:
         """Change the given columns of job `name` and clear a set-aside error (it is
         evaluated again), audited as `actor`'s `action`.  Raises UnknownJob."""
         values = dict(values)
         default = values.pop(DEFAULT_DEADLINE, None)
         if default is not None and "start_deadline_auto" not in values:
-            values["start_deadline_s"] = case((jobs.c.start_deadline_auto.is_(True), default),
-                                              else_=jobs.c.start_deadline_s)
+            values["start_deadline_s"] = case(
+                (jobs.c.start_deadline_auto.is_(True), default), else_=jobs.c.start_deadline_s
+            )
         with self.engine.begin() as connection:
             result = connection.execute(
-                update(jobs).where(jobs.c.name == name, jobs.c.removed_at.is_(None))
-                .values(updated_at=utcnow(), error=None, **_encode(values)))
+                update(jobs)
+                .where(jobs.c.name == name, jobs.c.removed_at.is_(None))
+                .values(updated_at=utcnow(), error=None, **_encode(values))
+            )
             if result.rowcount == 0:
                 raise UnknownJob(name)
-            audit.record(connection, actor, action, name,
-                         _summary(values) if action == "edit" else None)
+            audit.record(
+                connection, actor, action, name, _summary(values) if action == "edit" else None
+            )
             bump_changes(connection)
 
     def remove_job(self, name: str, actor: Actor | None = None) -> int:
@@ -145,13 +162,18 @@ class JobQueries:
         scheduler's upkeep (purge_removed) once they end.
         """
         with self.engine.begin() as connection:
-            job_id = connection.execute(select(jobs.c.id).where(
-                jobs.c.name == name, jobs.c.removed_at.is_(None))).scalar()
+            job_id = connection.execute(
+                select(jobs.c.id).where(jobs.c.name == name, jobs.c.removed_at.is_(None))
+            ).scalar()
             if job_id is None:
                 raise UnknownJob(name)
-            connection.execute(update(jobs).where(jobs.c.id == job_id).values(
-                name=f".removed-{job_id}", removed_at=utcnow(), enabled=False,
-                next_due_at=None))
+            connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    name=f".removed-{job_id}", removed_at=utcnow(), enabled=False, next_due_at=None
+                )
+            )
             audit.record(connection, actor, "remove", name)
             bump_changes(connection)
         return self.purge_removed()
@@ -159,23 +181,34 @@ class JobQueries:
     def purge_removed(self) -> int:
         """Delete the runs, output files and rows of removed jobs; returns runs deleted."""
         with self.engine.connect() as connection:
-            removed = list(connection.execute(
-                select(jobs.c.id).where(jobs.c.removed_at.is_not(None))).scalars())
+            removed = list(
+                connection.execute(
+                    select(jobs.c.id).where(jobs.c.removed_at.is_not(None))
+                ).scalars()
+            )
         total = 0
         for job_id in removed:
             while batch := self._delete_batch(job_id):
                 total += batch
             with self.engine.begin() as connection:  # once its running runs ended
-                if connection.execute(select(runs.c.id).where(runs.c.job_id == job_id)
-                                      .limit(1)).first() is None:
+                if (
+                    connection.execute(
+                        select(runs.c.id).where(runs.c.job_id == job_id).limit(1)
+                    ).first()
+                    is None
+                ):
                     connection.execute(delete(jobs).where(jobs.c.id == job_id))
         return total
 
     def _delete_batch(self, job_id: int) -> int:
         settled = (runs.c.job_id == job_id) & (runs.c.state != RunState.RUNNING)
         with self.engine.begin() as connection:
-            rows = connection.execute(select(runs.c.id, runs.c.output_path).where(settled)
-                                      .order_by(runs.c.id).limit(REMOVE_BATCH)).all()
+            rows = connection.execute(
+                select(runs.c.id, runs.c.output_path)
+                .where(settled)
+                .order_by(runs.c.id)
+                .limit(REMOVE_BATCH)
+            ).all()
             if not rows:
                 return 0
             for _, path in rows:
@@ -187,11 +220,20 @@ class JobQueries:
     def removals_pending(self) -> bool:
         """Whether a removed job still has rows to delete."""
         with self.engine.connect() as connection:
-            return connection.execute(select(jobs.c.id).where(jobs.c.removed_at.is_not(None))
-                                      .limit(1)).first() is not None
+            return (
+                connection.execute(
+                    select(jobs.c.id).where(jobs.c.removed_at.is_not(None)).limit(1)
+                ).first()
+                is not None
+            )
 
-    def set_enabled(self, name: str, enabled: bool, next_due_at: datetime | None = None,
-                    actor: Actor | None = None) -> None:
+    def set_enabled(
+        self,
+        name: str,
+        enabled: bool,
+        next_due_at: datetime | None = None,
+        actor: Actor | None = None,
+    ) -> None:
         """Pause (runs already started go on; queued ones wait) or resume from
         `next_due_at`.  Raises UnknownJob."""
         values: dict[str, Any] = {"enabled": enabled}
@@ -202,8 +244,9 @@ class JobQueries:
     def job_row(self, name: str) -> dict[str, Any] | None:
         """The stored row of job `name` as a dict, or None."""
         with self.engine.connect() as connection:
-            row = connection.execute(select(jobs).where(
-                jobs.c.name == name, jobs.c.removed_at.is_(None))).first()
+            row = connection.execute(
+                select(jobs).where(jobs.c.name == name, jobs.c.removed_at.is_(None))
+            ).first()
         return row_dict(row) if row else None
 
     def get_job(self, name: str) -> dict[str, Any] | None:
@@ -215,8 +258,9 @@ class JobQueries:
         """Every job, by name, with its last result (kept on the job row: no run scan)."""
         return list(self.iter_jobs())
 
-    def iter_jobs(self, after: str | None = None,
-                  limit: int | None = None) -> Iterator[dict[str, Any]]:
+    def iter_jobs(
+        self, after: str | None = None, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Jobs by name (those after `after`, at most `limit`), streamed from the database
         in batches, so that memory stays flat however many jobs there are."""
         query = select(jobs).where(jobs.c.removed_at.is_(None)).order_by(jobs.c.name)
@@ -232,63 +276,94 @@ class JobQueries:
     def count_jobs(self) -> int:
         """How many jobs there are."""
         with self.engine.connect() as connection:
-            return int(connection.execute(select(func.count()).select_from(jobs).where(
-                jobs.c.removed_at.is_(None))).scalar() or 0)
+            return int(
+                connection.execute(
+                    select(func.count()).select_from(jobs).where(jobs.c.removed_at.is_(None))
+                ).scalar()
+                or 0
+            )
 
     # -- for the work loop ------------------------------------------------------------------
     def next_job_due(self) -> datetime | None:
         """The earliest next occurrence of an enabled job, or None."""
         with self.engine.connect() as connection:
             return connection.execute(
-                select(func.min(jobs.c.next_due_at)).where(jobs.c.enabled.is_(True))).scalar()
+                select(func.min(jobs.c.next_due_at)).where(jobs.c.enabled.is_(True))
+            ).scalar()
 
     def due_jobs(self, now: datetime, limit: int = 500) -> list[DueJob]:
         """Up to `limit` enabled jobs whose next occurrence is at or before `now`."""
-        query = (select(jobs.c.id, jobs.c.name, jobs.c.schedule_kind, jobs.c.schedule_expr,
-                        jobs.c.schedule_tz, jobs.c.schedule_anchor, jobs.c.next_due_at,
-                        jobs.c.overlap, jobs.c.catch_up, jobs.c.retries,
-                        jobs.c.retry_delay_s, jobs.c.start_deadline_s, jobs.c.max_queued,
-                        jobs.c.jitter_s)
-                 .where(jobs.c.enabled.is_(True), jobs.c.next_due_at <= now)
-                 .order_by(jobs.c.next_due_at).limit(limit))
+        query = (
+            select(
+                jobs.c.id,
+                jobs.c.name,
+                jobs.c.schedule_kind,
+                jobs.c.schedule_expr,
+                jobs.c.schedule_tz,
+                jobs.c.schedule_anchor,
+                jobs.c.next_due_at,
+                jobs.c.overlap,
+                jobs.c.catch_up,
+                jobs.c.retries,
+                jobs.c.retry_delay_s,
+                jobs.c.start_deadline_s,
+                jobs.c.max_queued,
+                jobs.c.jitter_s,
+            )
+            .where(jobs.c.enabled.is_(True), jobs.c.next_due_at <= now)
+            .order_by(jobs.c.next_due_at)
+            .limit(limit)
+        )
         with self.engine.connect() as connection:
             return [_due_job(row) for row in connection.execute(query)]
 
     def queued_count(self, job_id: int) -> int:
         """How many runs of a job wait in the queue."""
         with self.engine.connect() as connection:
-            return int(connection.execute(select(func.count()).where(
-                runs.c.job_id == job_id, runs.c.state == RunState.QUEUED)).scalar() or 0)
+            return int(
+                connection.execute(
+                    select(func.count()).where(
+                        runs.c.job_id == job_id, runs.c.state == RunState.QUEUED
+                    )
+                ).scalar()
+                or 0
+            )
 
     def set_aside(self, job_id: int, reason: str) -> None:
         """Stop scheduling a job the daemon cannot evaluate; `pb job edit` clears it."""
         with self.engine.begin() as connection:
-            connection.execute(update(jobs).where(jobs.c.id == job_id)
-                               .values(error=reason, next_due_at=None))
+            connection.execute(
+                update(jobs).where(jobs.c.id == job_id).values(error=reason, next_due_at=None)
+            )
 
     def shift_interval_jobs(self, by: timedelta) -> int:
         """Move every interval job's grid by `by` (the wall clock was stepped by `by`):
         they follow elapsed time.  Returns how many moved."""
         with self.engine.begin() as connection:
-            rows = connection.execute(select(jobs.c.id, jobs.c.schedule_anchor,
-                                             jobs.c.next_due_at)
-                                      .where(jobs.c.schedule_kind == "every")).all()
+            rows = connection.execute(
+                select(jobs.c.id, jobs.c.schedule_anchor, jobs.c.next_due_at).where(
+                    jobs.c.schedule_kind == "every"
+                )
+            ).all()
             for job_id, anchor, due in rows:
                 values: dict[str, Any] = {
-                    "schedule_anchor": (datetime.fromisoformat(anchor) + by).isoformat()}
+                    "schedule_anchor": (datetime.fromisoformat(anchor) + by).isoformat()
+                }
                 if due is not None:
                     values["next_due_at"] = due + by
                 connection.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
             # Their queued runs move with them, and so do retries of any job: a retry waits
             # out a delay, not a wall-clock time.
             interval = [job_id for job_id, _, _ in rows]
-            waiting = connection.execute(select(runs.c.id, runs.c.due_at).where(
-                runs.c.state == RunState.QUEUED,
-                runs.c.job_id.in_(interval) | runs.c.trigger.in_(
-                    [Trigger.RETRY.value, Trigger.RESUME.value]))).all()
+            waiting = connection.execute(
+                select(runs.c.id, runs.c.due_at).where(
+                    runs.c.state == RunState.QUEUED,
+                    runs.c.job_id.in_(interval)
+                    | runs.c.trigger.in_([Trigger.RETRY.value, Trigger.RESUME.value]),
+                )
+            ).all()
             for run_id, due in waiting:
-                connection.execute(update(runs).where(runs.c.id == run_id)
-                                   .values(due_at=due + by))
+                connection.execute(update(runs).where(runs.c.id == run_id).values(due_at=due + by))
         return len(rows)
 
     def materialize(self, items: list[Materialize], now: datetime) -> list[int]:
@@ -305,35 +380,57 @@ class JobQueries:
             # Which jobs are still where this plan found them: read under the write lock
             # (SQLite's BEGIN IMMEDIATE; FOR UPDATE on PostgreSQL), so the updates below
             # cannot race another scheduler; a herd of thousands costs a few statements.
-            current = dict(connection.execute(
-                select(jobs.c.id, jobs.c.next_due_at)
-                .where(jobs.c.id.in_([item.job_id for item in items]))
-                .with_for_update()).all())
+            current = dict(
+                connection.execute(
+                    select(jobs.c.id, jobs.c.next_due_at)
+                    .where(jobs.c.id.in_([item.job_id for item in items]))
+                    .with_for_update()
+                ).all()
+            )
             won = [item for item in items if current.get(item.job_id) == item.expected_due]
             if not won:
                 return []
             connection.execute(
-                update(jobs).where(jobs.c.id == bindparam("b_id"))
+                update(jobs)
+                .where(jobs.c.id == bindparam("b_id"))
                 .values(next_due_at=bindparam("b_next")),
-                [{"b_id": item.job_id, "b_next": item.plan.next_due} for item in won])
+                [{"b_id": item.job_id, "b_next": item.plan.next_due} for item in won],
+            )
             rows = [row for item in won for row in _rows(item, now)]
             if rows:
                 connection.execute(insert_ignore(connection, runs), rows)
-            gaps = [{"job_id": item.job_id, "first_occurrence": item.plan.uncounted.first,
-                     "last_occurrence": item.plan.uncounted.last,
-                     "count": item.plan.uncounted.count, "reason": item.missed_reason,
-                     "recorded_at": now} for item in won if item.plan.uncounted is not None]
+            gaps = [
+                {
+                    "job_id": item.job_id,
+                    "first_occurrence": item.plan.uncounted.first,
+                    "last_occurrence": item.plan.uncounted.last,
+                    "count": item.plan.uncounted.count,
+                    "reason": item.missed_reason,
+                    "recorded_at": now,
+                }
+                for item in won
+                if item.plan.uncounted is not None
+            ]
             if gaps:
                 connection.execute(missed.insert(), gaps)
         return [item.job_id for item in won]
 
     def missed_summaries(self, job: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Outages' missed occurrences counted beyond those recorded one by one."""
-        query = (select(missed.c.id, jobs.c.name.label("job"), missed.c.first_occurrence,
-                        missed.c.last_occurrence, missed.c.count, missed.c.reason,
-                        missed.c.recorded_at)
-                 .join(jobs, jobs.c.id == missed.c.job_id).order_by(missed.c.id.desc())
-                 .limit(limit))
+        query = (
+            select(
+                missed.c.id,
+                jobs.c.name.label("job"),
+                missed.c.first_occurrence,
+                missed.c.last_occurrence,
+                missed.c.count,
+                missed.c.reason,
+                missed.c.recorded_at,
+            )
+            .join(jobs, jobs.c.id == missed.c.job_id)
+            .order_by(missed.c.id.desc())
+            .limit(limit)
+        )
         if job is not None:
             query = query.where(jobs.c.name == job)
         with self.engine.connect() as connection:
@@ -363,8 +460,11 @@ def _summary(values: dict[str, Any]) -> str:
     if "schedule_kind" in values:
         kind = values["schedule_kind"]
         # The zone only where it means something (cron, --at); no empty expression.
-        parts = (kind, values.get("schedule_expr"),
-                 values.get("schedule_tz") if kind in ("cron", "at") else None)
+        parts = (
+            kind,
+            values.get("schedule_expr"),
+            values.get("schedule_tz") if kind in ("cron", "at") else None,
+        )
         shown.insert(0, "schedule=" + " ".join(str(part) for part in parts if part))
     return "; ".join(shown)
 
@@ -376,16 +476,35 @@ def _due_job(row: Any) -> DueJob:
 
 def _rows(item: Materialize, now: datetime) -> Iterator[dict[str, Any]]:
     plan = item.plan
-    base = {"job_id": item.job_id, "attempt": 1, "created_at": now, "exit_code": None,
-            "started_at": None}
+    base = {
+        "job_id": item.job_id,
+        "attempt": 1,
+        "created_at": now,
+        "exit_code": None,
+        "started_at": None,
+    }
     for moment in plan.skipped:
-        yield {**base, "occurrence": moment, "state": RunState.SKIPPED.value,
-               "trigger": Trigger.CATCH_UP.value, "due_at": moment, "finished_at": now,
-               "reason": item.missed_reason, "batch": None}
+        yield {
+            **base,
+            "occurrence": moment,
+            "state": RunState.SKIPPED.value,
+            "trigger": Trigger.CATCH_UP.value,
+            "due_at": moment,
+            "finished_at": now,
+            "reason": item.missed_reason,
+            "batch": None,
+        }
     for moment in plan.refused:
-        yield {**base, "occurrence": moment, "state": RunState.SKIPPED.value,
-               "trigger": Trigger.SCHEDULE.value, "due_at": moment, "finished_at": now,
-               "reason": item.refused_reason, "batch": None}
+        yield {
+            **base,
+            "occurrence": moment,
+            "state": RunState.SKIPPED.value,
+            "trigger": Trigger.SCHEDULE.value,
+            "due_at": moment,
+            "finished_at": now,
+            "reason": item.refused_reason,
+            "batch": None,
+        }
     batch = int(plan.to_run[0].timestamp() * 1000) if plan.batch else None
     catch_up = set(plan.catch_up)
     for moment in plan.to_run:
@@ -393,10 +512,16 @@ def _rows(item: Materialize, now: datetime) -> Iterator[dict[str, Any]]:
         # A run the catch-up policy chose is due from the decision on: its start deadline
         # counts from now, not from the occurrence it serves.  A set runs oldest first,
         # in the order of its ids (the queue's order is due time, then id).
-        yield {**base, "occurrence": moment, "state": RunState.QUEUED.value,
-               "trigger": (Trigger.CATCH_UP if late else Trigger.SCHEDULE).value,
-               "due_at": now if late or batch else moment, "finished_at": None,
-               "reason": None, "batch": batch}
+        yield {
+            **base,
+            "occurrence": moment,
+            "state": RunState.QUEUED.value,
+            "trigger": (Trigger.CATCH_UP if late else Trigger.SCHEDULE).value,
+            "due_at": now if late or batch else moment,
+            "finished_at": None,
+            "reason": None,
+            "batch": batch,
+        }
 
 
 def _unlink(path: str) -> None:

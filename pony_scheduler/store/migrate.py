@@ -43,7 +43,8 @@ def check_known(revision: str | None) -> None:
     if revision is not None and revision not in REVISIONS:
         raise PonyError(
             f"the database schema is at revision {revision}, newer than this pony-scheduler "
-            f"understands (up to {HEAD}); upgrade pony-scheduler or use another --db")
+            f"understands (up to {HEAD}); upgrade pony-scheduler or use another --db"
+        )
 
 
 # Any constant will do: it names "pony-scheduler migrates" among advisory locks.
@@ -66,8 +67,9 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     config = _config()
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                               {"key": PG_MIGRATION_LOCK})
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK}
+            )
         before = _revision_in(connection)
         check_known(before)
         if before != HEAD:

@@ -22,76 +22,110 @@ class OwnershipQueries(RunQueries):
         """Skip the runs of paused job `name` that came due while it was paused (manual
         runs excepted: someone asked for them); returns how many.  Called before it is
         resumed, so that none of them starts late."""
-        query = (select(runs.c.id).join(jobs, jobs.c.id == runs.c.job_id)
-                 .where(jobs.c.name == name, jobs.c.enabled.is_(False),
-                        runs.c.state == QUEUED, runs.c.due_at <= now,
-                        runs.c.trigger != Trigger.MANUAL.value))
+        query = (
+            select(runs.c.id)
+            .join(jobs, jobs.c.id == runs.c.job_id)
+            .where(
+                jobs.c.name == name,
+                jobs.c.enabled.is_(False),
+                runs.c.state == QUEUED,
+                runs.c.due_at <= now,
+                runs.c.trigger != Trigger.MANUAL.value,
+            )
+        )
         reason = "not run: its job was paused when it was due"
         with self.engine.connect() as connection:  # paused: nothing claims them meanwhile
             ids = list(connection.execute(query).scalars())
         with transaction(self.engine) as connection:
-            return sum(self.hot.transitions.write(connection, Drop(run_id, RunState.SKIPPED,
-                                                                   reason, now))
-                       for run_id in ids)
+            return sum(
+                self.hot.transitions.write(connection, Drop(run_id, RunState.SKIPPED, reason, now))
+                for run_id in ids
+            )
 
     def release_runs(self, held: list[tuple[int, int]]) -> int:
         """Give claimed runs that never started, as (run id, epoch), back to the queue;
         returns how many."""
         with transaction(self.engine) as connection:
-            return sum(self.hot.transitions.write(connection, Release(run_id, epoch))
-                       for run_id, epoch in held)
+            return sum(
+                self.hot.transitions.write(connection, Release(run_id, epoch))
+                for run_id, epoch in held
+            )
 
-    def adopt(self, me: Claimant, held: list[tuple[int, int]], now: datetime,
-              lease: float) -> list[Holding]:
+    def adopt(
+        self, me: Claimant, held: list[tuple[int, int]], now: datetime, lease: float
+    ) -> list[Holding]:
         """Take over running runs the run keeper holds, as (run id, epoch): a hand-over
         from the scheduler that started them.  Returns those adopted; a run the database
         no longer has running at that epoch (another scheduler declared it lost) is not."""
         until = now + timedelta(seconds=lease)
         with transaction(self.engine) as connection:
-            adopted = [run_id for run_id, epoch in held if self.hot.transitions.write(
-                connection, Adopt(run_id, epoch, me, until))]
+            adopted = [
+                run_id
+                for run_id, epoch in held
+                if self.hot.transitions.write(connection, Adopt(run_id, epoch, me, until))
+            ]
         return list(self.holdings(adopted).values())
 
     def holdings(self, run_ids: list[int]) -> dict[int, Holding]:
         """Running runs by id, as the database has them (ids not running are left out)."""
         if not run_ids:
             return {}
-        query = (select(*CLAIM_COLUMNS, runs.c.started_at).join(jobs, jobs.c.id == runs.c.job_id)
-                 .where(runs.c.id.in_(run_ids), runs.c.state == RunState.RUNNING))
+        query = (
+            select(*CLAIM_COLUMNS, runs.c.started_at)
+            .join(jobs, jobs.c.id == runs.c.job_id)
+            .where(runs.c.id.in_(run_ids), runs.c.state == RunState.RUNNING)
+        )
         with self.engine.connect() as connection:
             rows = [row_dict(row) for row in connection.execute(query)]
-        return {row["id"]: Holding(run_from(row), row["epoch"], row["started_at"])
-                for row in rows}
+        return {row["id"]: Holding(run_from(row), row["epoch"], row["started_at"]) for row in rows}
 
     def renew_leases(self, scheduler_id: str, now: datetime, lease: float) -> dict[int, int]:
         """Extend the lease of every run `scheduler_id` holds to `now` + `lease` seconds;
         returns them as {run id: epoch} (a run missing there is no longer ours)."""
         mine = (runs.c.claimed_by == scheduler_id) & (runs.c.state == RunState.RUNNING)
         with self.engine.begin() as connection:
-            connection.execute(update(runs).where(mine)
-                               .values(lease_until=now + timedelta(seconds=lease)))
-            return {row.id: row.epoch for row in connection.execute(
-                select(runs.c.id, runs.c.epoch).where(mine))}
+            connection.execute(
+                update(runs).where(mine).values(lease_until=now + timedelta(seconds=lease))
+            )
+            return {
+                row.id: row.epoch
+                for row in connection.execute(select(runs.c.id, runs.c.epoch).where(mine))
+            }
 
     def abandoned_runs(self, now: datetime, dead_here: list[str]) -> list[Abandoned]:
         """Running runs whose scheduler is gone: lease expired, or found dead here."""
         # The running runs first (the state index), then their jobs: with statistics
         # (ANALYZE) SQLite otherwise plans a scan of every job for this join.
-        gone = (select(runs.c.id).where(runs.c.state == RunState.RUNNING,
-                                        (runs.c.lease_until < now)
-                                        | runs.c.claimed_by.in_(dead_here))
-                .scalar_subquery())
-        query = (select(*CLAIM_COLUMNS, runs.c.claimed_by, runs.c.host, runs.c.pid,
-                        runs.c.pid_start)
-                 .join(jobs, jobs.c.id == runs.c.job_id)
-                 .where(runs.c.id.in_(gone)))
+        gone = (
+            select(runs.c.id)
+            .where(
+                runs.c.state == RunState.RUNNING,
+                (runs.c.lease_until < now) | runs.c.claimed_by.in_(dead_here),
+            )
+            .scalar_subquery()
+        )
+        query = (
+            select(*CLAIM_COLUMNS, runs.c.claimed_by, runs.c.host, runs.c.pid, runs.c.pid_start)
+            .join(jobs, jobs.c.id == runs.c.job_id)
+            .where(runs.c.id.in_(gone))
+        )
         with self.engine.connect() as connection:
             rows = [row_dict(row) for row in connection.execute(query)]
-        return [Abandoned(run_from(row), row["epoch"], row["claimed_by"], row["host"],
-                          row["pid"], row["pid_start"]) for row in rows]
+        return [
+            Abandoned(
+                run_from(row),
+                row["epoch"],
+                row["claimed_by"],
+                row["host"],
+                row["pid"],
+                row["pid_start"],
+            )
+            for row in rows
+        ]
 
-    def settle_lost(self, lost: Abandoned, settlement: Settlement, now: datetime,
-                    holder_dead: bool = False) -> bool:
+    def settle_lost(
+        self, lost: Abandoned, settlement: Settlement, now: datetime, holder_dead: bool = False
+    ) -> bool:
         """Write a lost run's settlement and queue its retry.  Guarded by its epoch and
         holder and, unless the holder was found dead, by its lease being still expired at
         `now` (the database's time): False if its host renewed it meanwhile or it no
@@ -101,17 +135,23 @@ class OwnershipQueries(RunQueries):
             if not self.hot.transitions.write(connection, move):
                 return False
             if settlement.next_attempt is not None:
-                self._insert_attempt(connection, lost.run, settlement.next_attempt.due_at,
-                                     settlement.next_attempt.trigger)
+                self._insert_attempt(
+                    connection,
+                    lost.run,
+                    settlement.next_attempt.due_at,
+                    settlement.next_attempt.trigger,
+                )
             self._last_results(connection, [Finished(lost.run, lost.epoch, settlement, None)])
             return True
 
     def predecessors(self, machine: str, home: str, exclude: str) -> list[dict[str, Any]]:
         """Schedulers of `home` on machine `machine` (machine-id(5)) not recorded as
         stopped, other than `exclude`."""
-        query = select(schedulers).where(schedulers.c.machine_id == machine,
-                                         schedulers.c.home == home,
-                                         schedulers.c.stopped_at.is_(None),
-                                         schedulers.c.id != exclude)
+        query = select(schedulers).where(
+            schedulers.c.machine_id == machine,
+            schedulers.c.home == home,
+            schedulers.c.stopped_at.is_(None),
+            schedulers.c.id != exclude,
+        )
         with self.engine.connect() as connection:
             return [row_dict(row) for row in connection.execute(query)]

@@ -46,7 +46,8 @@ class Prepared:
         if self.readers is None:
             self.readers = [
                 column.type.dialect_impl(self.dialect).result_processor(self.dialect, info[1])
-                for column, info in zip(self.columns, description, strict=True)]
+                for column, info in zip(self.columns, description, strict=True)
+            ]
         return self.readers
 
     def params(self, values: Mapping[str, Any]) -> Any:
@@ -58,14 +59,14 @@ class Prepared:
 
     def execute(self, connection: Any, values: Mapping[str, Any] | None = None) -> Any:
         """Run once; returns the driver's cursor (rowcount, rows), which the caller closes."""
-        return self._run(connection, lambda cursor: cursor.execute(
-            self.sql, self.params(values or {})), values)
+        return self._run(
+            connection, lambda cursor: cursor.execute(self.sql, self.params(values or {})), values
+        )
 
     def execute_many(self, connection: Any, rows: Iterable[Mapping[str, Any]]) -> None:
         """Run once per row of values, in one driver call."""
         batch = [self.params(values) for values in rows]
-        self._run(connection, lambda cursor: cursor.executemany(self.sql, batch),
-                  None).close()
+        self._run(connection, lambda cursor: cursor.executemany(self.sql, batch), None).close()
 
     def rowcount(self, connection: Any, values: Mapping[str, Any]) -> int:
         """Run once; how many rows it changed."""
@@ -75,8 +76,9 @@ class Prepared:
         finally:
             cursor.close()
 
-    def mappings(self, connection: Any, values: Mapping[str, Any] | None = None,
-                 *, raw: bool = False) -> list[dict[str, Any]]:
+    def mappings(
+        self, connection: Any, values: Mapping[str, Any] | None = None, *, raw: bool = False
+    ) -> list[dict[str, Any]]:
         """Rows as dicts; `raw` leaves values as the driver gave them, for callers that
         look at a few plain columns of many rows and convert() only the rows they keep."""
         cursor = self.execute(connection, values)
@@ -91,15 +93,17 @@ class Prepared:
     def convert(self, row: dict[str, Any]) -> dict[str, Any]:
         """A raw row's values through the columns' result processors."""
         assert self.readers is not None, "convert() before any result"
-        return {key: value if reader is None else reader(value)
-                for (key, value), reader in zip(row.items(), self.readers, strict=True)}
+        return {
+            key: value if reader is None else reader(value)
+            for (key, value), reader in zip(row.items(), self.readers, strict=True)
+        }
 
-    def scalars(self, connection: Any,
-                values: Mapping[str, Any] | None = None) -> list[Any]:
+    def scalars(self, connection: Any, values: Mapping[str, Any] | None = None) -> list[Any]:
         return [next(iter(row.values())) for row in self.mappings(connection, values)]
 
-    def _run(self, connection: Any, call: Callable[[Any], Any],
-             values: Mapping[str, Any] | None) -> Any:
+    def _run(
+        self, connection: Any, call: Callable[[Any], Any], values: Mapping[str, Any] | None
+    ) -> Any:
         cursor = connection.cursor()
         try:
             with translated(self.dialect, self.sql, values):

@@ -47,38 +47,88 @@ log = logging.getLogger("pony_scheduler.store")
 
 
 # What deciding on and starting a claimed run needs, read in the claiming query itself.
-CLAIM_COLUMNS = (runs.c.id, runs.c.job_id, runs.c.occurrence, runs.c.attempt, runs.c.trigger,
-                 runs.c.due_at, runs.c.batch, runs.c.epoch, jobs.c.name, jobs.c.command,
-                 jobs.c.shell, jobs.c.timeout_s, jobs.c.retries, jobs.c.retry_delay_s,
-                 jobs.c.overlap, jobs.c.catch_up, jobs.c.start_deadline_s, jobs.c.max_queued,
-                 jobs.c.cwd, jobs.c.env, jobs.c.umask, jobs.c.env_file, jobs.c.secret_env,
-                 jobs.c.last_finished_at, jobs.c.leftovers, jobs.c.memory_max,
-                 jobs.c.cpu_max, jobs.c.tasks_max)
+CLAIM_COLUMNS = (
+    runs.c.id,
+    runs.c.job_id,
+    runs.c.occurrence,
+    runs.c.attempt,
+    runs.c.trigger,
+    runs.c.due_at,
+    runs.c.batch,
+    runs.c.epoch,
+    jobs.c.name,
+    jobs.c.command,
+    jobs.c.shell,
+    jobs.c.timeout_s,
+    jobs.c.retries,
+    jobs.c.retry_delay_s,
+    jobs.c.overlap,
+    jobs.c.catch_up,
+    jobs.c.start_deadline_s,
+    jobs.c.max_queued,
+    jobs.c.cwd,
+    jobs.c.env,
+    jobs.c.umask,
+    jobs.c.env_file,
+    jobs.c.secret_env,
+    jobs.c.last_finished_at,
+    jobs.c.leftovers,
+    jobs.c.memory_max,
+    jobs.c.cpu_max,
+    jobs.c.tasks_max,
+)
 
 QUEUED = RunState.QUEUED.value
 RUNNING = RunState.RUNNING.value
 BUSY = select(runs.c.job_id, runs.c.batch).where(runs.c.state == RUNNING)
 # A paused job's runs wait (manual ones excepted: someone asked for them); a job being
 # removed starts nothing.
-DUE_RUNS = (select(*CLAIM_COLUMNS).join(jobs, jobs.c.id == runs.c.job_id)
-            .where(runs.c.state == QUEUED, runs.c.due_at <= bindparam("now"),
-                   jobs.c.removed_at.is_(None),
-                   jobs.c.enabled.is_(True) | (runs.c.trigger == Trigger.MANUAL.value))
-            .order_by(runs.c.due_at, runs.c.id).limit(bindparam("limit"))
-            .with_for_update(skip_locked=True, of=runs))
-STARTED = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING)
-           .values(pid=bindparam("b_pid"), pid_start=bindparam("b_pid_start"),
-                   output_path=bindparam("b_output_path")))
+DUE_RUNS = (
+    select(*CLAIM_COLUMNS)
+    .join(jobs, jobs.c.id == runs.c.job_id)
+    .where(
+        runs.c.state == QUEUED,
+        runs.c.due_at <= bindparam("now"),
+        jobs.c.removed_at.is_(None),
+        jobs.c.enabled.is_(True) | (runs.c.trigger == Trigger.MANUAL.value),
+    )
+    .order_by(runs.c.due_at, runs.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True, of=runs)
+)
+STARTED = (
+    update(runs)
+    .where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING)
+    .values(
+        pid=bindparam("b_pid"),
+        pid_start=bindparam("b_pid_start"),
+        output_path=bindparam("b_output_path"),
+    )
+)
 # The job's last result, written with its run's final state (`pb job list` reads it).
-LAST_RESULT = (update(jobs).where(jobs.c.id == bindparam("job_id"),
-                                  func.coalesce(jobs.c.last_run_id, 0) < bindparam("b_run_id"))
-               .values(last_run_id=bindparam("b_run_id"), last_state=bindparam("b_state"),
-                       last_finished_at=bindparam("b_finished_at"),
-                       last_duration_s=bindparam("b_duration")))
-LAST_SUCCESS = (update(jobs).where(jobs.c.id == bindparam("job_id"))
-                .values(last_success_at=bindparam("b_finished_at")))
-SET_ASIDE = (update(jobs).where(jobs.c.id == bindparam("job_id"), jobs.c.error.is_(None))
-             .values(error=bindparam("b_error"), next_due_at=None))
+LAST_RESULT = (
+    update(jobs)
+    .where(
+        jobs.c.id == bindparam("job_id"),
+        func.coalesce(jobs.c.last_run_id, 0) < bindparam("b_run_id"),
+    )
+    .values(
+        last_run_id=bindparam("b_run_id"),
+        last_state=bindparam("b_state"),
+        last_finished_at=bindparam("b_finished_at"),
+        last_duration_s=bindparam("b_duration"),
+    )
+)
+LAST_SUCCESS = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"))
+    .values(last_success_at=bindparam("b_finished_at"))
+)
+SET_ASIDE = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), jobs.c.error.is_(None))
+    .values(error=bindparam("b_error"), next_due_at=None)
+)
 NEXT_QUEUED = select(func.min(runs.c.due_at)).where(runs.c.state == QUEUED)
 NEXT_QUEUED_AFTER = NEXT_QUEUED.where(runs.c.due_at > bindparam("after"))
 EXPIRY_WINDOW = 16  # due runs looked at per claim at least, for expiry
@@ -108,14 +158,27 @@ class ClaimRequest:
     admit: Callable[[Run, JobNow], Admission]
 
 
-
-
 def run_from(row: dict[str, Any]) -> Run:
     """The Run record of a claim row; ValueError/TypeError when a value cannot be read."""
-    policy = policy_from(row["retries"], row["retry_delay_s"], row["overlap"], row["catch_up"],
-                         row["start_deadline_s"], row["max_queued"])
-    return Run(row["id"], row["job_id"], row["name"], row["occurrence"], row["attempt"],
-               Trigger(row["trigger"]), row["due_at"], policy, row["batch"])
+    policy = policy_from(
+        row["retries"],
+        row["retry_delay_s"],
+        row["overlap"],
+        row["catch_up"],
+        row["start_deadline_s"],
+        row["max_queued"],
+    )
+    return Run(
+        row["id"],
+        row["job_id"],
+        row["name"],
+        row["occurrence"],
+        row["attempt"],
+        Trigger(row["trigger"]),
+        row["due_at"],
+        policy,
+        row["batch"],
+    )
 
 
 def claimed_from(run: Run, row: dict[str, Any], epoch: int) -> Claimed:
@@ -125,10 +188,22 @@ def claimed_from(run: Run, row: dict[str, Any], epoch: int) -> Claimed:
     secret = json.loads(row["secret_env"] or "[]")
     if not (isinstance(command, list) and command and isinstance(env, dict)):
         raise ValueError("the stored command or environment is damaged")
-    return Claimed(run, epoch, tuple(str(part) for part in command), bool(row["shell"]),
-                   row["cwd"], {str(k): str(v) for k, v in env.items()}, int(row["umask"]),
-                   row["timeout_s"], row["env_file"], frozenset(secret), row["leftovers"],
-                   row["memory_max"], row["cpu_max"], row["tasks_max"])
+    return Claimed(
+        run,
+        epoch,
+        tuple(str(part) for part in command),
+        bool(row["shell"]),
+        row["cwd"],
+        {str(k): str(v) for k, v in env.items()},
+        int(row["umask"]),
+        row["timeout_s"],
+        row["env_file"],
+        frozenset(secret),
+        row["leftovers"],
+        row["memory_max"],
+        row["cpu_max"],
+        row["tasks_max"],
+    )
 
 
 class HotStatements:
@@ -143,11 +218,20 @@ class HotStatements:
         self.last_result = Prepared(LAST_RESULT, dialect)
         self.last_success = Prepared(LAST_SUCCESS, dialect)
         self.set_aside = Prepared(SET_ASIDE, dialect)
-        self.attempt = Prepared(insert_ignore(engine, runs).values(
-            job_id=bindparam("job_id"), occurrence=bindparam("occurrence"),
-            attempt=bindparam("attempt"), trigger=bindparam("trigger"),
-            state=QUEUED, due_at=bindparam("due_at"), created_at=bindparam("created_at"),
-            batch=bindparam("batch"), epoch=0), dialect)  # prepared: no Core defaults
+        self.attempt = Prepared(
+            insert_ignore(engine, runs).values(
+                job_id=bindparam("job_id"),
+                occurrence=bindparam("occurrence"),
+                attempt=bindparam("attempt"),
+                trigger=bindparam("trigger"),
+                state=QUEUED,
+                due_at=bindparam("due_at"),
+                created_at=bindparam("created_at"),
+                batch=bindparam("batch"),
+                epoch=0,
+            ),
+            dialect,
+        )  # prepared: no Core defaults
 
 
 class RunQueries(ClockQueries):
@@ -170,9 +254,13 @@ class RunQueries(ClockQueries):
                 return connection.execute(NEXT_QUEUED).scalar()
             return connection.execute(NEXT_QUEUED_AFTER, {"after": after}).scalar()
 
-    def record_and_claim(self, me: Claimant, started: list[Started],
-                         finished: list[Finished], claim: ClaimRequest | None,
-                         ) -> tuple[list[Finished], list[Claimed], bool]:
+    def record_and_claim(
+        self,
+        me: Claimant,
+        started: list[Started],
+        finished: list[Finished],
+        claim: ClaimRequest | None,
+    ) -> tuple[list[Finished], list[Claimed], bool]:
         """Write what the executor reported, then claim due runs: one transaction.
 
         Returns the finished runs whose settlement was written (their next attempts are
@@ -184,32 +272,39 @@ class RunQueries(ClockQueries):
         """
         try:
             with transaction(self.engine) as connection:
-                return self._record_then_claim(connection, me, started, finished, claim,
-                                               isolated=False)
+                return self._record_then_claim(
+                    connection, me, started, finished, claim, isolated=False
+                )
         except POISON as exc:
             if isinstance(exc, DBAPIError) and not isinstance(exc, DataError | IntegrityError):
                 raise
             log.warning("A run's result could not be written (%s); writing each apart", exc)
         with transaction(self.engine) as connection:
-            return self._record_then_claim(connection, me, started, finished, claim,
-                                           isolated=True)
+            return self._record_then_claim(connection, me, started, finished, claim, isolated=True)
 
     def claim(self, me: Claimant, request: ClaimRequest) -> tuple[list[Claimed], bool]:
         """Claim due runs with nothing to record; see record_and_claim."""
         _, claimed, waiting = self.record_and_claim(me, [], [], request)
         return claimed, waiting
 
-    def _record_then_claim(self, connection: Any, me: Claimant, started: list[Started],
-                           finished: list[Finished], claim: ClaimRequest | None,
-                           isolated: bool) -> tuple[list[Finished], list[Claimed], bool]:
+    def _record_then_claim(
+        self,
+        connection: Any,
+        me: Claimant,
+        started: list[Started],
+        finished: list[Finished],
+        claim: ClaimRequest | None,
+        isolated: bool,
+    ) -> tuple[list[Finished], list[Claimed], bool]:
         ours = self._record(connection, started, finished, isolated)
         if claim is None:
             return ours, [], False
         claimed, waiting = self._claim(connection, me, claim)
         return ours, claimed, waiting
 
-    def _record(self, connection: Any, started: list[Started], finished: list[Finished],
-                isolated: bool) -> list[Finished]:
+    def _record(
+        self, connection: Any, started: list[Started], finished: list[Finished], isolated: bool
+    ) -> list[Finished]:
         hot = self.hot
         pids = {item.run_id: item for item in started}
         ours = []
@@ -219,19 +314,33 @@ class RunQueries(ClockQueries):
             if write(connection, item):
                 ours.append(item)
         if pids:  # still running: what a restart needs to find them
-            hot.started.execute_many(connection, [
-                {"run_id": s.run_id, "b_pid": s.pid, "b_pid_start": s.pid_start,
-                 "b_output_path": s.output_path} for s in pids.values()])
+            hot.started.execute_many(
+                connection,
+                [
+                    {
+                        "run_id": s.run_id,
+                        "b_pid": s.pid,
+                        "b_pid_start": s.pid_start,
+                        "b_output_path": s.output_path,
+                    }
+                    for s in pids.values()
+                ],
+            )
         self._last_results(connection, ours)
         return ours
 
     def _settle(self, connection: Any, item: Finished) -> bool:
-        if not self.hot.transitions.write(connection, Settle(item.settlement, item.outcome,
-                                                             item.epoch)):
+        if not self.hot.transitions.write(
+            connection, Settle(item.settlement, item.outcome, item.epoch)
+        ):
             return False
         if item.settlement.next_attempt is not None:
-            self._insert_attempt(connection, item.run, item.settlement.next_attempt.due_at,
-                                 item.settlement.next_attempt.trigger)
+            self._insert_attempt(
+                connection,
+                item.run,
+                item.settlement.next_attempt.due_at,
+                item.settlement.next_attempt.trigger,
+            )
         return True
 
     def _write_isolated(self, connection: Any, item: Finished) -> bool:
@@ -242,11 +351,9 @@ class RunQueries(ClockQueries):
                 with savepoint(connection):
                     return self._settle(connection, attempt)
             except POISON as exc:
-                if isinstance(exc, DBAPIError) and not isinstance(exc, DataError
-                                                                  | IntegrityError):
+                if isinstance(exc, DBAPIError) and not isinstance(exc, DataError | IntegrityError):
                     raise
-                log.error("Run %d: its result could not be written as is: %s", item.run.id,
-                          exc)
+                log.error("Run %d: its result could not be written as is: %s", item.run.id, exc)
         return False
 
     def _last_results(self, connection: Any, finished: list[Finished]) -> None:
@@ -256,23 +363,35 @@ class RunQueries(ClockQueries):
                 latest[item.run.job_id] = item
         for job_id, item in latest.items():
             s = item.settlement
-            duration = ((s.finished_at - item.started_at).total_seconds()
-                        if item.started_at else None)
-            self.hot.last_result.rowcount(connection, {
-                "job_id": job_id, "b_run_id": s.run_id, "b_state": s.state.value,
-                "b_finished_at": s.finished_at, "b_duration": duration})
+            duration = (
+                (s.finished_at - item.started_at).total_seconds() if item.started_at else None
+            )
+            self.hot.last_result.rowcount(
+                connection,
+                {
+                    "job_id": job_id,
+                    "b_run_id": s.run_id,
+                    "b_state": s.state.value,
+                    "b_finished_at": s.finished_at,
+                    "b_duration": duration,
+                },
+            )
         for item in finished:
             if item.settlement.state is RunState.SUCCEEDED:
-                self.hot.last_success.rowcount(connection, {
-                    "job_id": item.run.job_id, "b_finished_at": item.settlement.finished_at})
+                self.hot.last_success.rowcount(
+                    connection,
+                    {"job_id": item.run.job_id, "b_finished_at": item.settlement.finished_at},
+                )
 
-    def _claim(self, connection: Any, me: Claimant,
-               request: ClaimRequest) -> tuple[list[Claimed], bool]:
+    def _claim(
+        self, connection: Any, me: Claimant, request: ClaimRequest
+    ) -> tuple[list[Claimed], bool]:
         hot = self.hot
         # Due runs are looked at even with no worker free: those past their start
         # deadline expire now, with the reason, rather than when a worker frees up.
-        rows = hot.due_runs.mappings(connection, {
-            "now": request.now, "limit": max(request.limit * 4, EXPIRY_WINDOW)})
+        rows = hot.due_runs.mappings(
+            connection, {"now": request.now, "limit": max(request.limit * 4, EXPIRY_WINDOW)}
+        )
         busy: dict[int, set[int | None]] = {}
         if any(row["overlap"] != "allow" for row in rows):
             for row in hot.busy.mappings(connection, raw=True):
@@ -289,8 +408,7 @@ class RunQueries(ClockQueries):
                 self._drop(connection, row["id"], RunState.SKIPPED, reason, request.now)
                 # Set aside, as the planner does with a schedule it cannot evaluate: shown
                 # by pb job list/show, not scheduled until 'pb job edit' repairs it.
-                hot.set_aside.rowcount(connection, {"job_id": row["job_id"],
-                                                    "b_error": reason})
+                hot.set_aside.rowcount(connection, {"job_id": row["job_id"], "b_error": reason})
                 log.error("Job %s set aside: %s", row["name"], reason)
                 continue
             job = JobNow(frozenset(busy.get(run.job_id, ())), row["last_finished_at"])
@@ -298,8 +416,9 @@ class RunQueries(ClockQueries):
             if decision.verdict is Verdict.START and len(claimed) >= request.limit:
                 waiting = True
             elif decision.verdict is Verdict.START:
-                if hot.transitions.write(connection, Claim(run.id, row["epoch"], me,
-                                                           request.now, until)):
+                if hot.transitions.write(
+                    connection, Claim(run.id, row["epoch"], me, request.now, until)
+                ):
                     busy.setdefault(run.job_id, set()).add(run.batch)
                     claimed.append(start)
                 else:
@@ -311,25 +430,27 @@ class RunQueries(ClockQueries):
                 self._drop(connection, run.id, new, decision.reason or str(new), request.now)
         return claimed, waiting
 
-    def _drop(self, connection: Any, run_id: int, new: RunState, reason: str,
-              now: datetime) -> None:
+    def _drop(
+        self, connection: Any, run_id: int, new: RunState, reason: str, now: datetime
+    ) -> None:
         if self.hot.transitions.write(connection, Drop(run_id, new, reason, now)):
             log.info("Run %d %s: %s", run_id, new, reason)
 
-    def _insert_attempt(self, connection: Any, run: Run, due_at: datetime,
-                        trigger: Trigger) -> None:
-        self.hot.attempt.rowcount(connection, {
-            "job_id": run.job_id, "occurrence": run.occurrence, "attempt": run.attempt + 1,
-            "trigger": trigger.value, "due_at": due_at, "created_at": utcnow(),
-            "batch": run.batch})
-
-
-
-
-
-
-
-
+    def _insert_attempt(
+        self, connection: Any, run: Run, due_at: datetime, trigger: Trigger
+    ) -> None:
+        self.hot.attempt.rowcount(
+            connection,
+            {
+                "job_id": run.job_id,
+                "occurrence": run.occurrence,
+                "attempt": run.attempt + 1,
+                "trigger": trigger.value,
+                "due_at": due_at,
+                "created_at": utcnow(),
+                "batch": run.batch,
+            },
+        )
 
 
 def _without_tail(item: Finished) -> Finished:

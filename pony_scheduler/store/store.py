@@ -65,11 +65,15 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
         except (OperationalError, DBAPIError) as exc:
             engine.dispose()
             if is_corrupt(exc):
-                raise PonyError(f"database {safe_url(url)} is corrupt ({first_line(exc)}); "
-                                "restore it from a backup, or move it aside to start "
-                                "afresh") from None
-            raise PonyError(f"cannot use database {safe_url(url)}: {first_line(exc)}; check "
-                            "--db and that the database server is running") from None
+                raise PonyError(
+                    f"database {safe_url(url)} is corrupt ({first_line(exc)}); "
+                    "restore it from a backup, or move it aside to start "
+                    "afresh"
+                ) from None
+            raise PonyError(
+                f"cannot use database {safe_url(url)}: {first_line(exc)}; check "
+                "--db and that the database server is running"
+            ) from None
         except BaseException:
             engine.dispose()
             raise
@@ -93,11 +97,20 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
         now = utcnow()
         self.scheduler_id = str(uuid.uuid4())
         with self.engine.begin() as connection:
-            connection.execute(schedulers.insert().values(
-                id=self.scheduler_id, hostname=socket.gethostname(), machine_id=machine_id(),
-                pid=os.getpid(),
-                proc_start=proc_start_time(os.getpid()), boot_id=boot_id(),
-                version=__version__, started_at=now, heartbeat_at=now, home=home))
+            connection.execute(
+                schedulers.insert().values(
+                    id=self.scheduler_id,
+                    hostname=socket.gethostname(),
+                    machine_id=machine_id(),
+                    pid=os.getpid(),
+                    proc_start=proc_start_time(os.getpid()),
+                    boot_id=boot_id(),
+                    version=__version__,
+                    started_at=now,
+                    heartbeat_at=now,
+                    home=home,
+                )
+            )
         return self.scheduler_id
 
     def changes(self) -> int:
@@ -107,31 +120,42 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
     def mark_scheduler_gone(self, scheduler_id: str) -> None:
         """Record another scheduler, verifiably dead, as stopped."""
         with self.engine.begin() as connection:
-            connection.execute(update(schedulers).where(schedulers.c.id == scheduler_id)
-                               .values(stopped_at=utcnow()))
+            connection.execute(
+                update(schedulers)
+                .where(schedulers.c.id == scheduler_id)
+                .values(stopped_at=utcnow())
+            )
 
     def heartbeat(self, clock_offset: float | None = None) -> None:
         """Tell other schedulers and `pb` that this one is alive (and how far this host's
         clock is from the database's, in seconds)."""
         with self.engine.begin() as connection:
-            connection.execute(update(schedulers).where(schedulers.c.id == self.scheduler_id)
-                               .values(heartbeat_at=utcnow(), clock_offset_s=clock_offset))
-
+            connection.execute(
+                update(schedulers)
+                .where(schedulers.c.id == self.scheduler_id)
+                .values(heartbeat_at=utcnow(), clock_offset_s=clock_offset)
+            )
 
     def mark_stopped(self) -> None:
         """Record this scheduler's orderly stop."""
         with self.engine.begin() as connection:
-            connection.execute(update(schedulers).where(schedulers.c.id == self.scheduler_id)
-                               .values(stopped_at=utcnow()))
+            connection.execute(
+                update(schedulers)
+                .where(schedulers.c.id == self.scheduler_id)
+                .values(stopped_at=utcnow())
+            )
 
 
 def _check_current(engine: Engine, url: str) -> None:
     current, head = migrate.current_revision(engine), migrate.HEAD
     migrate.check_known(current)
     if current is None:
-        raise PonyError(f"database {safe_url(url)} has no pony-scheduler schema yet; start "
-                        "the scheduler once ('pb scheduler start') to create it")
+        raise PonyError(
+            f"database {safe_url(url)} has no pony-scheduler schema yet; start "
+            "the scheduler once ('pb scheduler start') to create it"
+        )
     if current != head:
-        raise PonyError(f"database {safe_url(url)} is at schema {current}, this pb expects "
-                        f"{head}; restart the scheduler with this version to migrate it")
-
+        raise PonyError(
+            f"database {safe_url(url)} is at schema {current}, this pb expects "
+            f"{head}; restart the scheduler with this version to migrate it"
+        )

@@ -45,6 +45,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+
 # One row per scheduler process that ever ran against this database: who it is, and the
 # heartbeat that tells other schedulers (and `pb`) it is alive.
 schedulers = Table(

@@ -67,9 +67,16 @@ class Claim:
         return RunState.RUNNING
 
     def params(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "b_epoch": self.epoch, "b_next": self.epoch + 1,
-                "me": self.by.scheduler, "b_hostname": self.by.hostname,
-                "b_host": self.by.host, "now": self.now, "until": self.lease_until}
+        return {
+            "run_id": self.run_id,
+            "b_epoch": self.epoch,
+            "b_next": self.epoch + 1,
+            "me": self.by.scheduler,
+            "b_hostname": self.by.hostname,
+            "b_host": self.by.host,
+            "now": self.now,
+            "until": self.lease_until,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +106,12 @@ class Drop:
     now: datetime
 
     def params(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "b_state": self.new.value, "b_reason": self.reason,
-                "now": self.now}
+        return {
+            "run_id": self.run_id,
+            "b_state": self.new.value,
+            "b_reason": self.reason,
+            "now": self.now,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +134,23 @@ class Settle:
 
     def params(self) -> dict[str, Any]:
         s, o = self.settlement, self.outcome
-        return {"run_id": s.run_id, "b_epoch": self.epoch, "b_state": s.state.value,
-                "b_exit_code": s.exit_code, "b_signal": s.signal, "b_reason": s.reason,
-                "b_finished_at": s.finished_at, "b_tail": o.tail if o else None,
-                "b_pid": o.pid if o else None, "b_pid_start": o.pid_start if o else None,
-                "b_output_path": o.output_path if o else None,
-                "b_leftovers": o.leftovers if o else None,
-                "b_peak_memory": o.peak_memory if o else None,
-                "b_cpu_s": o.cpu_s if o else None,
-                "b_containment": o.containment if o else None}
+        return {
+            "run_id": s.run_id,
+            "b_epoch": self.epoch,
+            "b_state": s.state.value,
+            "b_exit_code": s.exit_code,
+            "b_signal": s.signal,
+            "b_reason": s.reason,
+            "b_finished_at": s.finished_at,
+            "b_tail": o.tail if o else None,
+            "b_pid": o.pid if o else None,
+            "b_pid_start": o.pid_start if o else None,
+            "b_output_path": o.output_path if o else None,
+            "b_leftovers": o.leftovers if o else None,
+            "b_peak_memory": o.peak_memory if o else None,
+            "b_cpu_s": o.cpu_s if o else None,
+            "b_containment": o.containment if o else None,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +170,14 @@ class Adopt:
         return RunState.RUNNING
 
     def params(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "b_epoch": self.epoch, "me": self.by.scheduler,
-                "b_hostname": self.by.hostname, "b_host": self.by.host,
-                "until": self.lease_until}
+        return {
+            "run_id": self.run_id,
+            "b_epoch": self.epoch,
+            "me": self.by.scheduler,
+            "b_hostname": self.by.hostname,
+            "b_host": self.by.host,
+            "until": self.lease_until,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,48 +204,97 @@ class Lose:
         return self.settlement.run_id
 
     def params(self) -> dict[str, Any]:
-        return {**Settle(self.settlement, None, self.epoch).params(), "b_holder": self.holder,
-                "b_now": self.now, "b_dead": self.holder_dead}
+        return {
+            **Settle(self.settlement, None, self.epoch).params(),
+            "b_holder": self.holder,
+            "b_now": self.now,
+            "b_dead": self.holder_dead,
+        }
 
 
 Move = Claim | Release | Drop | Settle | Adopt | Lose
 
-CLAIM = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED,
-                            runs.c.epoch == bindparam("b_epoch"))
-         .values(state=RUNNING, epoch=bindparam("b_next"), claimed_by=bindparam("me"),
-                 hostname=bindparam("b_hostname"), host=bindparam("b_host"),
-                 started_at=bindparam("now"), lease_until=bindparam("until")))
-RELEASE = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
-                              runs.c.epoch == bindparam("b_epoch"), runs.c.pid.is_(None))
-           .values(state=QUEUED, claimed_by=None, hostname=None, host=None, started_at=None,
-                   lease_until=None))
-DROP = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
-        .values(state=bindparam("b_state"), reason=bindparam("b_reason"),
-                finished_at=bindparam("now")))
+CLAIM = (
+    update(runs)
+    .where(
+        runs.c.id == bindparam("run_id"),
+        runs.c.state == QUEUED,
+        runs.c.epoch == bindparam("b_epoch"),
+    )
+    .values(
+        state=RUNNING,
+        epoch=bindparam("b_next"),
+        claimed_by=bindparam("me"),
+        hostname=bindparam("b_hostname"),
+        host=bindparam("b_host"),
+        started_at=bindparam("now"),
+        lease_until=bindparam("until"),
+    )
+)
+RELEASE = (
+    update(runs)
+    .where(
+        runs.c.id == bindparam("run_id"),
+        runs.c.state == RUNNING,
+        runs.c.epoch == bindparam("b_epoch"),
+        runs.c.pid.is_(None),
+    )
+    .values(
+        state=QUEUED, claimed_by=None, hostname=None, host=None, started_at=None, lease_until=None
+    )
+)
+DROP = (
+    update(runs)
+    .where(runs.c.id == bindparam("run_id"), runs.c.state == QUEUED)
+    .values(state=bindparam("b_state"), reason=bindparam("b_reason"), finished_at=bindparam("now"))
+)
 # pid, pid_start and output_path are kept when the outcome does not know them (a run
 # declared lost, or one whose start was recorded earlier).
-SETTLE = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
-                             runs.c.epoch == bindparam("b_epoch"))
-          .values(state=bindparam("b_state"), exit_code=bindparam("b_exit_code"),
-                  signal=bindparam("b_signal"), reason=bindparam("b_reason"),
-                  output_tail=bindparam("b_tail"), finished_at=bindparam("b_finished_at"),
-                  lease_until=None,
-                  pid=func.coalesce(bindparam("b_pid", type_=Integer), runs.c.pid),
-                  pid_start=func.coalesce(bindparam("b_pid_start", type_=BigInteger),
-                                          runs.c.pid_start),
-                  output_path=func.coalesce(bindparam("b_output_path", type_=Text),
-                                            runs.c.output_path),
-                  leftovers=bindparam("b_leftovers"), peak_memory=bindparam("b_peak_memory"),
-                  cpu_s=bindparam("b_cpu_s"), containment=bindparam("b_containment")))
-LOSE = SETTLE.where(runs.c.claimed_by == bindparam("b_holder"),
-                   or_(runs.c.lease_until < bindparam("b_now"),
-                       bindparam("b_dead", type_=Boolean)))
-ADOPT = (update(runs).where(runs.c.id == bindparam("run_id"), runs.c.state == RUNNING,
-                            runs.c.epoch == bindparam("b_epoch"))
-         .values(claimed_by=bindparam("me"), hostname=bindparam("b_hostname"),
-                 host=bindparam("b_host"), lease_until=bindparam("until")))
+SETTLE = (
+    update(runs)
+    .where(
+        runs.c.id == bindparam("run_id"),
+        runs.c.state == RUNNING,
+        runs.c.epoch == bindparam("b_epoch"),
+    )
+    .values(
+        state=bindparam("b_state"),
+        exit_code=bindparam("b_exit_code"),
+        signal=bindparam("b_signal"),
+        reason=bindparam("b_reason"),
+        output_tail=bindparam("b_tail"),
+        finished_at=bindparam("b_finished_at"),
+        lease_until=None,
+        pid=func.coalesce(bindparam("b_pid", type_=Integer), runs.c.pid),
+        pid_start=func.coalesce(bindparam("b_pid_start", type_=BigInteger), runs.c.pid_start),
+        output_path=func.coalesce(bindparam("b_output_path", type_=Text), runs.c.output_path),
+        leftovers=bindparam("b_leftovers"),
+        peak_memory=bindparam("b_peak_memory"),
+        cpu_s=bindparam("b_cpu_s"),
+        containment=bindparam("b_containment"),
+    )
+)
+LOSE = SETTLE.where(
+    runs.c.claimed_by == bindparam("b_holder"),
+    or_(runs.c.lease_until < bindparam("b_now"), bindparam("b_dead", type_=Boolean)),
+)
+ADOPT = (
+    update(runs)
+    .where(
+        runs.c.id == bindparam("run_id"),
+        runs.c.state == RUNNING,
+        runs.c.epoch == bindparam("b_epoch"),
+    )
+    .values(
+        claimed_by=bindparam("me"),
+        hostname=bindparam("b_hostname"),
+        host=bindparam("b_host"),
+        lease_until=bindparam("until"),
+    )
+)
 STATE_OF = select(runs.c.state, runs.c.claimed_by, runs.c.epoch).where(
-    runs.c.id == bindparam("run_id"))
+    runs.c.id == bindparam("run_id")
+)
 
 
 class Transitions:
@@ -230,9 +303,13 @@ class Transitions:
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
         self.statements: dict[type, Prepared] = {
-            Claim: Prepared(CLAIM, dialect), Release: Prepared(RELEASE, dialect),
-            Drop: Prepared(DROP, dialect), Settle: Prepared(SETTLE, dialect),
-            Adopt: Prepared(ADOPT, dialect), Lose: Prepared(LOSE, dialect)}
+            Claim: Prepared(CLAIM, dialect),
+            Release: Prepared(RELEASE, dialect),
+            Drop: Prepared(DROP, dialect),
+            Settle: Prepared(SETTLE, dialect),
+            Adopt: Prepared(ADOPT, dialect),
+            Lose: Prepared(LOSE, dialect),
+        }
         self.state_of = Prepared(STATE_OF, dialect)
 
     def write(self, connection: Any, move: Move) -> bool:
@@ -251,26 +328,37 @@ class Transitions:
 
     def _refused(self, connection: Any, move: Move) -> None:
         found = self.state_of.mappings(connection, {"run_id": move.run_id})
-        if (isinstance(move, Lose) and found and found[0]["state"] == RUNNING
-                and found[0]["epoch"] == move.epoch):
+        if (
+            isinstance(move, Lose)
+            and found
+            and found[0]["state"] == RUNNING
+            and found[0]["epoch"] == move.epoch
+        ):
             # Not an error: its host renewed the lease just before (the race is decided by
             # the row lock), or another scheduler adopted it.
-            log.info("Run %d: not declared lost: its lease was renewed meanwhile",
-                     move.run_id)
+            log.info("Run %d: not declared lost: its lease was renewed meanwhile", move.run_id)
             return
-        if (isinstance(move, Settle) and found and found[0]["epoch"] == move.epoch
-                and found[0]["state"] == move.new.value):
+        if (
+            isinstance(move, Settle)
+            and found
+            and found[0]["epoch"] == move.epoch
+            and found[0]["state"] == move.new.value
+        ):
             # The same outcome again (its acknowledgement was lost in a crash): done.
             log.debug("Run %d: outcome already recorded (%s)", move.run_id, found[0]["state"])
             return
-        where = (f"found {found[0]['state']} at epoch {found[0]['epoch']}"
-                 + (f" held by {found[0]['claimed_by']}" if found[0]["claimed_by"] else "")
-                 if found else "found no such run")
+        where = (
+            f"found {found[0]['state']} at epoch {found[0]['epoch']}"
+            + (f" held by {found[0]['claimed_by']}" if found[0]["claimed_by"] else "")
+            if found
+            else "found no such run"
+        )
         detail = ""
         if isinstance(move, Settle | Lose):
             detail = f"; its outcome was {move.new}" + (
-                f" ({move.settlement.reason})" if move.settlement.reason else "")
+                f" ({move.settlement.reason})" if move.settlement.reason else ""
+            )
         mine = f" at epoch {move.epoch}" if hasattr(move, "epoch") else ""
-        log.error("Run %d: refused %s -> %s%s: %s%s", move.run_id, move.old, move.new, mine,
-                  where, detail)
-
+        log.error(
+            "Run %d: refused %s -> %s%s: %s%s", move.run_id, move.old, move.new, mine, where, detail
+        )

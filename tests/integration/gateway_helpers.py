@@ -37,9 +37,16 @@ def occupied_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-def request(port: int, method: str, path: str, *, token: str | None = None,
-            body: bytes | None = None, headers: dict[str, str] | None = None,
-            host: str = "127.0.0.1") -> tuple[int, Any, dict[str, str]]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+) -> tuple[int, Any, dict[str, str]]:
     """One HTTP request; returns (status, parsed JSON or raw text, headers)."""
     connection = http.client.HTTPConnection(host, port, timeout=10)
     all_headers = dict(headers or {})
@@ -65,9 +72,13 @@ def dashboard_session(pb: Pb, port: int) -> str:
     """Log in to the dashboard as its user would: the one-time link of `pb debug url`."""
     url = pb("debug", "url", check=True).out.strip()
     code = url.split("#login=", 1)[1]
-    status, body, _ = request(port, "POST", "/api/login",
-                              body=json.dumps({"code": code}).encode(),
-                              headers={"Content-Type": "application/json"})
+    status, body, _ = request(
+        port,
+        "POST",
+        "/api/login",
+        body=json.dumps({"code": code}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 200 and body["scope"] == "admin", body
     return str(body["session"])
 
@@ -75,8 +86,14 @@ def dashboard_session(pb: Pb, port: int) -> str:
 class EventStream:
     """A `GET /api/events` reader: parses server-sent events into JSON objects."""
 
-    def __init__(self, port: int, *, token: str | None = None,
-                 last_event_id: str | None = None, path: str = "/api/events") -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        token: str | None = None,
+        last_event_id: str | None = None,
+        path: str = "/api/events",
+    ) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         if token:
@@ -115,10 +132,12 @@ class EventStream:
 
 def run_events(stream: EventStream, run_id: int) -> list[dict[str, Any]]:
     """The run.* events of one run, up to its end."""
-    stream.wait_for(lambda e: e["type"] in ("run.finished", "run.failed")
-                    and e["data"].get("run_id") == run_id)
-    return [e for e in stream.seen
-            if e["type"].startswith("run.") and e["data"].get("run_id") == run_id]
+    stream.wait_for(
+        lambda e: e["type"] in ("run.finished", "run.failed") and e["data"].get("run_id") == run_id
+    )
+    return [
+        e for e in stream.seen if e["type"].startswith("run.") and e["data"].get("run_id") == run_id
+    ]
 
 
 def queued_run_id(output: str) -> int:
@@ -138,5 +157,6 @@ def wait_scheduler_connected(port: int, pid: int, token: str, timeout: float = 4
         status, body, _ = request(port, "GET", "/api/status", token=token)
         return status == 200 and any(s["pid"] == pid for s in body["scheduler"]["schedulers"])
 
-    assert wait_for(connected, timeout, interval=0.2), request(port, "GET", "/api/status",
-                                                               token=token)
+    assert wait_for(connected, timeout, interval=0.2), request(
+        port, "GET", "/api/status", token=token
+    )

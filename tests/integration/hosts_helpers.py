@@ -28,9 +28,11 @@ from tests.conftest import Pb, Result, wait_for
 FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 # $1 machine id file, $2 boot id file, $3 hostname, $4 a cgroup's cgroup.procs to join
 # first (or ""); the rest is the command.
-ENTER = ('m=$1 b=$2 h=$3 g=$4; shift 4; { [ -z "$g" ] || echo $$ > "$g"; } && '
-         'mount --bind "$m" /etc/machine-id && '
-         'mount --bind "$b" /proc/sys/kernel/random/boot_id && hostname "$h" && exec "$@"')
+ENTER = (
+    'm=$1 b=$2 h=$3 g=$4; shift 4; { [ -z "$g" ] || echo $$ > "$g"; } && '
+    'mount --bind "$m" /etc/machine-id && '
+    'mount --bind "$b" /proc/sys/kernel/random/boot_id && hostname "$h" && exec "$@"'
+)
 
 
 def need_namespaces() -> None:
@@ -42,8 +44,12 @@ def need_namespaces() -> None:
         why = "simulated hosts need unshare(1) (util-linux)"
     elif not Path("/etc/machine-id").is_file():
         why = "simulated hosts need an /etc/machine-id to mount over"
-    elif subprocess.run(["unshare", "--mount", "--uts", "true"], capture_output=True,
-                        timeout=30).returncode != 0:
+    elif (
+        subprocess.run(
+            ["unshare", "--mount", "--uts", "true"], capture_output=True, timeout=30
+        ).returncode
+        != 0
+    ):
         why = "unshare --mount --uts is not permitted here (no CAP_SYS_ADMIN?)"
     if why:
         if os.environ.get("CI"):
@@ -55,8 +61,9 @@ class HostPb(Pb):
     """`pb` as run on the simulated host `name` (its own home, machine id and boot id);
     `faketime` (e.g. "+65s") runs it, and what it starts, under libfaketime."""
 
-    def __init__(self, home: Path, name: str, *, faketime: str | None = None,
-                 cgroup: Freezer | None = None) -> None:
+    def __init__(
+        self, home: Path, name: str, *, faketime: str | None = None, cgroup: Freezer | None = None
+    ) -> None:
         super().__init__(home)
         self.name = name
         self.cgroup = cgroup  # every process this host starts lives in it
@@ -72,25 +79,54 @@ class HostPb(Pb):
             if not FAKETIME.exists():
                 pytest.skip("libfaketime is not installed")
             # Only the wall clock: the daemons wait on the monotonic clock.
-            self.env.update(LD_PRELOAD=str(FAKETIME), FAKETIME=faketime,
-                            FAKETIME_DONT_FAKE_MONOTONIC="1", FAKETIME_NO_CACHE="1")
+            self.env.update(
+                LD_PRELOAD=str(FAKETIME),
+                FAKETIME=faketime,
+                FAKETIME_DONT_FAKE_MONOTONIC="1",
+                FAKETIME_NO_CACHE="1",
+            )
 
     def argv(self, *args: str) -> list[str]:
-        return ["unshare", "--mount", "--uts", "--", "sh", "-c", ENTER, "host",
-                str(self.machine_file), str(self.boot_file), self.name,
-                str(self.cgroup.procs) if self.cgroup else "",
-                sys.executable, "-m", "pony_scheduler", *args]
+        return [
+            "unshare",
+            "--mount",
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            ENTER,
+            "host",
+            str(self.machine_file),
+            str(self.boot_file),
+            self.name,
+            str(self.cgroup.procs) if self.cgroup else "",
+            sys.executable,
+            "-m",
+            "pony_scheduler",
+            *args,
+        ]
 
-    def __call__(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
-                 check: bool = False) -> Result:
-        proc = subprocess.run(self.argv(*args), capture_output=True, text=True,
-                              timeout=timeout, env={**self.env, **(env or {})},
-                              stdin=subprocess.DEVNULL)
+    def __call__(
+        self,
+        *args: str,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+        check: bool = False,
+    ) -> Result:
+        proc = subprocess.run(
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+        )
         self.remember()
         result = Result(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
-            raise AssertionError(f"[{self.name}] pb {' '.join(args)} exited "
-                                 f"{proc.returncode}:\n{result.all}")
+            raise AssertionError(
+                f"[{self.name}] pb {' '.join(args)} exited {proc.returncode}:\n{result.all}"
+            )
         assert "Traceback" not in result.all, result.all
         return result
 
@@ -176,5 +212,6 @@ def verified_pid(home: Path, name: str) -> int:
     pid = int((home / f"{name}.pid").read_text().strip())
     meta = json.loads((home / f"{name}.json").read_text())
     assert meta.get("pid") == pid and proc_start_time(pid) == meta.get("procStartTime"), (
-        f"{name} PID {pid} of {home} is not the process its metadata describes")
+        f"{name} PID {pid} of {home} is not the process its metadata describes"
+    )
     return pid

@@ -17,17 +17,20 @@ def one_line_error(result_err: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--timeout", "0"], "not a positive number"),
-    (["--timeout", "-3"], "not a positive number"),
-    (["--timeout", "soon"], "not a positive number"),
-    (["--timeout", "inf"], "not a positive number"),
-    (["--bogus"], "No such option '--bogus'"),
-    (["--db", "bogus://x"], "unknown database driver"),
-    (["--db", "/nonexistent/dir/pony.db"], "does not exist"),
-    (["--socket", "/tmp/" + "s" * 120], "longer than the 107"),
-    (["--socket", "/nonexistent/dir/g.sock"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--timeout", "0"], "not a positive number"),
+        (["--timeout", "-3"], "not a positive number"),
+        (["--timeout", "soon"], "not a positive number"),
+        (["--timeout", "inf"], "not a positive number"),
+        (["--bogus"], "No such option '--bogus'"),
+        (["--db", "bogus://x"], "unknown database driver"),
+        (["--db", "/nonexistent/dir/pony.db"], "does not exist"),
+        (["--socket", "/tmp/" + "s" * 120], "longer than the 107"),
+        (["--socket", "/nonexistent/dir/g.sock"], "does not exist"),
+    ],
+)
 def test_bad_start_flags(pb: Pb, home: Path, args: list[str], expected: str) -> None:
     result = pb("scheduler", "start", *args)
     assert result.code != 0
@@ -43,8 +46,14 @@ def test_unknown_flag_is_one_line(pb: Pb) -> None:
 
 
 def test_unreachable_database(pb: Pb, home: Path) -> None:
-    result = pb("scheduler", "start", "--db",
-                "postgresql+psycopg://postgres@127.0.0.1:1/test", "--timeout", "20")
+    result = pb(
+        "scheduler",
+        "start",
+        "--db",
+        "postgresql+psycopg://postgres@127.0.0.1:1/test",
+        "--timeout",
+        "20",
+    )
     assert result.code == 1
     first = one_line_error(result.err)
     assert first.startswith("✗ Scheduler failed to start: cannot use database")
@@ -77,9 +86,11 @@ def test_unwritable_existing_home(pb: Pb, home: Path) -> None:
     read_only_available()
     result = pb_read_only(pb, "scheduler", "start")
     assert result.code == 1
-    assert one_line_error(result.err) == (f"Error: home {home} is not writable: read-only "
-                                          "file system; fix its permissions or set "
-                                          "PONYBUNNY_HOME")
+    assert one_line_error(result.err) == (
+        f"Error: home {home} is not writable: read-only "
+        "file system; fix its permissions or set "
+        "PONYBUNNY_HOME"
+    )
 
 
 def test_a_read_only_home_still_serves_read_only_commands(pb: Pb, home: Path) -> None:
@@ -93,41 +104,58 @@ def test_a_read_only_home_still_serves_read_only_commands(pb: Pb, home: Path) ->
     for running in (True, False):
         if not running:
             assert pb("scheduler", "stop").code == 0
-        for args, expected in ((("scheduler", "status"), "Running" if running
-                                else "Not running"),
-                               (("job", "list"), "a "), (("job", "show", "a"), "echo out"),
-                               (("runs",), "succeeded"), (("runs", "output", "1"), "out"),
-                               (("config", "show"), "workers"),
-                               (("scheduler", "logs", "-n", "1"), "Scheduler")):
+        for args, expected in (
+            (("scheduler", "status"), "Running" if running else "Not running"),
+            (("job", "list"), "a "),
+            (("job", "show", "a"), "echo out"),
+            (("runs",), "succeeded"),
+            (("runs", "output", "1"), "out"),
+            (("config", "show"), "workers"),
+            (("scheduler", "logs", "-n", "1"), "Scheduler"),
+        ):
             result = pb_read_only(pb, *args)
             assert result.code == (0 if running or args[1:] != ("status",) else 3), (
-                args, result.all)
+                args,
+                result.all,
+            )
             assert expected in result.out, (args, result.all)
-        for args, words in ((("job", "add", "b", "--manual", "--", "true"),
-                             "Error: database error: attempt to write a readonly database"),
-                            (("debug", "url"), "the dashboard is not running"),
-                            (("scheduler", "start"), "read-only file system")):
+        for args, words in (
+            (
+                ("job", "add", "b", "--manual", "--", "true"),
+                "Error: database error: attempt to write a readonly database",
+            ),
+            (("debug", "url"), "the dashboard is not running"),
+            (("scheduler", "start"), "read-only file system"),
+        ):
             result = pb_read_only(pb, *args)
             assert result.code != 0 and words in one_line_error(result.err), (args, result.all)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("workers = 100000000000\n", "workers must be a number of workers from 1 to 1024"),
-    ("workers = true\n", "workers must be a number of workers (a whole number from 1 to "
-                         "1024), not True"),
-    ("workers = 2.5\n", "not 2.5"),
-    ("gateway_port = true\n", "gateway_port must be a TCP port"),
-    ("shutdown_grace = 1e9\n", "at most 86400 seconds"),
-    ("shutdown_grace = false\n", "shutdown_grace must be a positive number"),
-    ('allowed_hosts = ["*"]\n', "'*' is not a host name"),
-    ('anonymous_read = "maybe"\n', "anonymous_read must be true or false"),
-    ('debug_host = "a\\u001bb"\n', "must not contain control characters"),
-    # Numbers are TOML numbers in the file (the environment has only strings).
-    ('workers = "4"\n', "config.toml:1: workers = '4' is a string, and workers is a number; "
-                         "write it without quotes (workers = 4)"),
-    ('gateway_port = "28918"\n', "gateway_port = '28918' is a string"),
-    ('lease = "30"\n', "lease = '30' is a string"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("workers = 100000000000\n", "workers must be a number of workers from 1 to 1024"),
+        (
+            "workers = true\n",
+            "workers must be a number of workers (a whole number from 1 to 1024), not True",
+        ),
+        ("workers = 2.5\n", "not 2.5"),
+        ("gateway_port = true\n", "gateway_port must be a TCP port"),
+        ("shutdown_grace = 1e9\n", "at most 86400 seconds"),
+        ("shutdown_grace = false\n", "shutdown_grace must be a positive number"),
+        ('allowed_hosts = ["*"]\n', "'*' is not a host name"),
+        ('anonymous_read = "maybe"\n', "anonymous_read must be true or false"),
+        ('debug_host = "a\\u001bb"\n', "must not contain control characters"),
+        # Numbers are TOML numbers in the file (the environment has only strings).
+        (
+            'workers = "4"\n',
+            "config.toml:1: workers = '4' is a string, and workers is a number; "
+            "write it without quotes (workers = 4)",
+        ),
+        ('gateway_port = "28918"\n', "gateway_port = '28918' is a string"),
+        ('lease = "30"\n', "lease = '30' is a string"),
+    ],
+)
 def test_settings_out_of_range(pb: Pb, home: Path, text: str, expected: str) -> None:
     (home / "config.toml").write_text(text)
     for args in (("config", "show"), ("scheduler", "start"), ("service", "start")):
@@ -143,15 +171,17 @@ def test_numbers_from_the_environment_are_strings_and_fine(pb: Pb, home: Path) -
     assert shown.code == 0, shown.all
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["scheduler", "start", "--timeout", "1e300"], "more than 86400 seconds"),
-    (["scheduler", "stop", "--timeout", "1e300"], "more than 86400 seconds"),
-    (["scheduler", "start", "--workers", "100000000000"], "1<=x<=1024"),
-    (["scheduler", "logs", "-n", "100000000000000000000"], "0<=x<=1000000"),
-    (["service", "start", "--timeout", "86401"], "more than 86400 seconds"),
-])
-def test_service_numbers_out_of_range(pb: Pb, home: Path, args: list[str],
-                                      expected: str) -> None:
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["scheduler", "start", "--timeout", "1e300"], "more than 86400 seconds"),
+        (["scheduler", "stop", "--timeout", "1e300"], "more than 86400 seconds"),
+        (["scheduler", "start", "--workers", "100000000000"], "1<=x<=1024"),
+        (["scheduler", "logs", "-n", "100000000000000000000"], "0<=x<=1000000"),
+        (["service", "start", "--timeout", "86401"], "more than 86400 seconds"),
+    ],
+)
+def test_service_numbers_out_of_range(pb: Pb, home: Path, args: list[str], expected: str) -> None:
     result = pb(*args)
     assert result.code == 2 and expected in result.err, result.all
     assert result.err.count("\n") == 1
@@ -169,8 +199,9 @@ def test_config_that_is_not_utf8(pb: Pb, home: Path) -> None:
     for args in (("config", "show"), ("scheduler", "start"), ("scheduler", "status")):
         result = pb(*args)
         assert result.code == 2
-        assert one_line_error(result.err) == (f"Error: {config}: not UTF-8 text (byte 0xe9 at "
-                                              "offset 17); save it as UTF-8")
+        assert one_line_error(result.err) == (
+            f"Error: {config}: not UTF-8 text (byte 0xe9 at offset 17); save it as UTF-8"
+        )
 
 
 def test_pid_file_that_is_a_directory(pb: Pb, home: Path) -> None:
@@ -179,7 +210,8 @@ def test_pid_file_that_is_a_directory(pb: Pb, home: Path) -> None:
     assert result.code == 1
     assert one_line_error(result.err) == (
         f"Error: {home}/scheduler.pid is a directory, not a file; remove it (rmdir "
-        f"{home}/scheduler.pid)")
+        f"{home}/scheduler.pid)"
+    )
     status = pb("scheduler", "status")
     assert status.code == 4 and "rmdir" in status.err
     assert pb("scheduler", "stop").code == 1
@@ -195,7 +227,8 @@ def test_a_corrupt_database(pb: Pb, home: Path) -> None:
     assert result.code == 1
     assert one_line_error(result.err).startswith(
         f"✗ Scheduler failed to start: database sqlite:///{db} is corrupt (file is not a "
-        "database); restore it from a backup")
+        "database); restore it from a backup"
+    )
     db.unlink()
     assert pb("scheduler", "start").code == 0
     pid = pb.pid()
@@ -209,20 +242,24 @@ def test_a_corrupt_database(pb: Pb, home: Path) -> None:
     assert "Scheduler stopped (exit status 1)" in log
     result = pb("job", "list")
     assert result.code == 1 and one_line_error(result.err).startswith(
-        f"Error: database sqlite:///{db} is corrupt")
+        f"Error: database sqlite:///{db} is corrupt"
+    )
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--retries", "9223372036854775808"], "--retries must be from 0 to 10,000"),
-    (["--retries", "2147483648"], "--retries must be from 0 to 10,000"),
-    (["--retries", "-1"], "--retries must be from 0 to 10,000"),
-    (["--max-queued", "0"], "--max-queued must be from 1 to 10,000"),
-    (["--umask", "1000"], "not an octal mask from 000 to 777"),
-    (["--umask", "08"], "not an octal mask from 000 to 777"),
-    (["--umask", ""], "not an octal mask from 000 to 777"),
-    (["--start-deadline", "soon"], "invalid --start-deadline 'soon'"),
-    (["--start-deadline", "0"], "--start-deadline must be greater than zero"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--retries", "9223372036854775808"], "--retries must be from 0 to 10,000"),
+        (["--retries", "2147483648"], "--retries must be from 0 to 10,000"),
+        (["--retries", "-1"], "--retries must be from 0 to 10,000"),
+        (["--max-queued", "0"], "--max-queued must be from 1 to 10,000"),
+        (["--umask", "1000"], "not an octal mask from 000 to 777"),
+        (["--umask", "08"], "not an octal mask from 000 to 777"),
+        (["--umask", ""], "not an octal mask from 000 to 777"),
+        (["--start-deadline", "soon"], "invalid --start-deadline 'soon'"),
+        (["--start-deadline", "0"], "--start-deadline must be greater than zero"),
+    ],
+)
 def test_bad_job_numbers_change_nothing(pb: Pb, args: list[str], expected: str) -> None:
     """Every integer option has a range, the same on SQLite and PostgreSQL."""
     result = pb("job", "add", "x", "--every", "1h", *args, "--", "true")
@@ -254,6 +291,9 @@ def test_a_database_overwritten_under_a_quiet_scheduler_stops_it(pb: Pb, home: P
 def test_job_help_shows_the_ranges_of_integer_options(pb: Pb) -> None:
     """The same ranges as pb-job(1) and the checks (pony_scheduler/jobs.py)."""
     shown = " ".join(pb("job", "add", "--help", check=True).out.split())
-    for option, words in (("--retries", "0 to 10,000"), ("--max-queued", "1 to 10,000"),
-                          ("--tasks-max", "1 to 4,194,304")):
+    for option, words in (
+        ("--retries", "0 to 10,000"),
+        ("--max-queued", "1 to 10,000"),
+        ("--tasks-max", "1 to 4,194,304"),
+    ):
         assert words in shown.split(f"{option} N ", 1)[1][:120], (option, shown)

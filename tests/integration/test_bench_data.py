@@ -33,14 +33,21 @@ def test_cloned_jobs_and_runs_read_back(common, pb: Pb) -> None:  # type: ignore
     now = common.utcnow()
     store = common.open_store(common.sqlite_url(home))
     try:
-        store.add_job("scale-000000", common.job_values("scale-000000", ["true"], every="30d",
-                                                        anchor=now))
+        store.add_job(
+            "scale-000000", common.job_values("scale-000000", ["true"], every="30d", anchor=now)
+        )
     finally:
         store.close()
     last = common.sqlite_time(now - timedelta(minutes=1))
-    first, last_id = common.clone_jobs(home, "scale-000000", 49, "scale",
-                                       last_state="succeeded", last_finished_at=last,
-                                       no_such_column=1)
+    first, last_id = common.clone_jobs(
+        home,
+        "scale-000000",
+        49,
+        "scale",
+        last_state="succeeded",
+        last_finished_at=last,
+        no_such_column=1,
+    )
     assert last_id - first == 48
     common.clone_runs(home, 500, 1, 50, now - timedelta(minutes=1))
 

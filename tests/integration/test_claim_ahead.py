@@ -25,14 +25,25 @@ def queue_runs(home: Path, job: str, count: int) -> list[int]:
         store.close()
 
 
-def test_burst_stopped_midway_leaves_nothing_claimed_and_unstarted(pb: Pb, home: Path,
-                                                                   tmp_path: Path) -> None:
+def test_burst_stopped_midway_leaves_nothing_claimed_and_unstarted(
+    pb: Pb, home: Path, tmp_path: Path
+) -> None:
     markers = tmp_path / "executed"
     pb("scheduler", "start", "--workers", "1", check=True)
     # Each run takes a little while, so that the stop below lands midway even when the
     # `pb scheduler stop` process is slow to start on a loaded machine.
-    pb("job", "add", "burst", "--manual", "--overlap", "allow", "--shell", "--",
-       f"echo $PONYBUNNY_RUN_ID >> {markers}; sleep 0.05", check=True)
+    pb(
+        "job",
+        "add",
+        "burst",
+        "--manual",
+        "--overlap",
+        "allow",
+        "--shell",
+        "--",
+        f"echo $PONYBUNNY_RUN_ID >> {markers}; sleep 0.05",
+        check=True,
+    )
     ids = queue_runs(home, "burst", 300)
     assert wait_for(lambda: markers.exists() and len(markers.read_text().split()) >= 30, 30)
     pb("scheduler", "stop", check=True)
@@ -44,8 +55,7 @@ def test_burst_stopped_midway_leaves_nothing_claimed_and_unstarted(pb: Pb, home:
     # ... and those are unclaimed again, not lost, not interrupted
     assert all(r["claimed_by"] is None for r in after_stop if r["state"] == "queued")
     pb("scheduler", "start", "--workers", "1", check=True)
-    assert wait_for(lambda: all(r["state"] not in ("queued", "running")
-                                for r in all_runs(pb)), 60)
+    assert wait_for(lambda: all(r["state"] not in ("queued", "running") for r in all_runs(pb)), 60)
     pb("scheduler", "stop", check=True)
     executed = markers.read_text().split()
     assert len(executed) == len(set(executed)), "a run executed twice"
@@ -54,8 +64,7 @@ def test_burst_stopped_midway_leaves_nothing_claimed_and_unstarted(pb: Pb, home:
     assert len(succeeded) == len(ids) and set(succeeded.values()) == {1}
 
 
-def test_run_claimed_ahead_behind_a_long_run_goes_back_to_the_queue(pb: Pb,
-                                                                    home: Path) -> None:
+def test_run_claimed_ahead_behind_a_long_run_goes_back_to_the_queue(pb: Pb, home: Path) -> None:
     pb("scheduler", "start", "--workers", "1", check=True)
     pb("job", "add", "quick", "--manual", "--overlap", "allow", "--", "true", check=True)
     pb("job", "add", "long", "--manual", "--", "sleep", "8", check=True)

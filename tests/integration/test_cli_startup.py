@@ -37,16 +37,39 @@ finally:
 """
 
 # Heavy modules that must stay off the paths that do not need them.
-HEAVY = {"logging", "tomllib", "socket", "ipaddress", "sqlalchemy", "alembic", "croniter",
-         "daemon", "lockfile", "asyncio", "aiohttp", "psycopg", "zoneinfo", "sqlite3",
-         "uuid", "inspect", "urllib", "urllib.parse"}
+HEAVY = {
+    "logging",
+    "tomllib",
+    "socket",
+    "ipaddress",
+    "sqlalchemy",
+    "alembic",
+    "croniter",
+    "daemon",
+    "lockfile",
+    "asyncio",
+    "aiohttp",
+    "psycopg",
+    "zoneinfo",
+    "sqlite3",
+    "uuid",
+    "inspect",
+    "urllib",
+    "urllib.parse",
+}
 
 
 def imported(home: Path, *args: str) -> set[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
     env["PONYBUNNY_HOME"] = str(home)
-    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
-                          text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     line = proc.stderr.rsplit("MODULES ", 1)[1]
     return set(json.loads(line))
 
@@ -58,8 +81,9 @@ def floor(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["-h"]])
-def test_version_and_help_import_no_command_group(tmp_path: Path, floor: set[str],
-                                                  args: list[str]) -> None:
+def test_version_and_help_import_no_command_group(
+    tmp_path: Path, floor: set[str], args: list[str]
+) -> None:
     extra = imported(tmp_path, *args) - floor
     ours = {m for m in extra if m.startswith("pony_scheduler")}
     assert ours == {"pony_scheduler", "pony_scheduler.cli", "pony_scheduler.errors"}
@@ -72,10 +96,16 @@ def test_scheduler_status_imports_only_the_lifecycle(tmp_path: Path, floor: set[
     assert not extra & HEAVY, sorted(extra & HEAVY)
     ours = {m for m in extra if m.startswith("pony_scheduler")}
     assert "pony_scheduler.cli.service" in ours  # the command really ran
-    for unneeded in ("pony_scheduler.cli.jobs", "pony_scheduler.cli.runs",
-                     "pony_scheduler.cli.output", "pony_scheduler.cli.config_cmd",
-                     "pony_scheduler.cli.service_all", "pony_scheduler.store",
-                     "pony_scheduler.lifecycle.daemonize", "pony_scheduler.scheduler"):
+    for unneeded in (
+        "pony_scheduler.cli.jobs",
+        "pony_scheduler.cli.runs",
+        "pony_scheduler.cli.output",
+        "pony_scheduler.cli.config_cmd",
+        "pony_scheduler.cli.service_all",
+        "pony_scheduler.store",
+        "pony_scheduler.lifecycle.daemonize",
+        "pony_scheduler.scheduler",
+    ):
         assert unneeded not in ours
 
 
@@ -83,9 +113,14 @@ def test_a_config_file_is_still_read(tmp_path: Path, floor: set[str]) -> None:
     """tomllib is imported when there is a file to parse (and then it is parsed)."""
     (tmp_path / "config.toml").write_text("workers = 0\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
-    proc = subprocess.run([sys.executable, "-m", "pony_scheduler", "scheduler", "status"],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-                          env={**env, "PONYBUNNY_HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pony_scheduler", "scheduler", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={**env, "PONYBUNNY_HOME": str(tmp_path)},
+    )
     assert proc.returncode == 2
     assert "workers must be a number of workers from 1 to 1024" in proc.stderr
 
@@ -103,9 +138,13 @@ def test_help_lists_every_group_as_eager_loading_would(tmp_path: Path) -> None:
     runner = CliRunner()
     lazy = runner.invoke(cli, ["--help"], prog_name="pb", env={"PONYBUNNY_HOME": str(tmp_path)})
     ctx = click.Context(cli, info_name="pb")
-    eager = click.Group(name="pb", commands={n: cli.get_command(ctx, n) for n in LAZY},
-                        help=cli.help, params=cli.params,
-                        context_settings=cli.context_settings)
+    eager = click.Group(
+        name="pb",
+        commands={n: cli.get_command(ctx, n) for n in LAZY},
+        help=cli.help,
+        params=cli.params,
+        context_settings=cli.context_settings,
+    )
     loaded = runner.invoke(eager, ["--help"], prog_name="pb")
     assert lazy.exit_code == 0 and loaded.exit_code == 0
     # The command listing (the part the lazy group writes itself) is the same; the option
@@ -117,8 +156,13 @@ def test_help_lists_every_group_as_eager_loading_would(tmp_path: Path) -> None:
 
 def test_an_unknown_command_is_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
-    proc = subprocess.run([sys.executable, "-m", "pony_scheduler", "schedular", "status"],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-                          env={**env, "PONYBUNNY_HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pony_scheduler", "schedular", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={**env, "PONYBUNNY_HOME": str(tmp_path)},
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "No such command 'schedular'" in proc.stderr

@@ -62,10 +62,12 @@ def test_bad_files(pb: Pb, home: Path, tmp_path: Path) -> None:
     config.write_text("workers = 4\n\nbogus_key = 1\n")
     result = pb("scheduler", "status")
     assert result.code == 2
-    assert result.err.strip() == (f"Error: {config}:3: unknown key 'bogus_key' (known keys: "
-                                  "allowed_hosts, anonymous_read, containment, db, debug_host, "
-                                  "debug_port, gateway_host, gateway_port, lease, log_level, "
-                                  "shutdown_grace, socket, workers)")
+    assert result.err.strip() == (
+        f"Error: {config}:3: unknown key 'bogus_key' (known keys: "
+        "allowed_hosts, anonymous_read, containment, db, debug_host, "
+        "debug_port, gateway_host, gateway_port, lease, log_level, "
+        "shutdown_grace, socket, workers)"
+    )
     config.write_text("workers = [\n")
     result = pb("config", "show")
     assert result.code == 2 and str(config) in result.err and "malformed TOML" in result.err

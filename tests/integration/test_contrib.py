@@ -67,16 +67,32 @@ def exec_reload(unit: dict[str, list[str]], main_pid: int) -> None:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The test's environment without anything that would point pb somewhere else."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PONYBUNNY_", "NOTIFY_SOCKET", "WATCHDOG_", "_PB_COMPLETE"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PONYBUNNY_", "NOTIFY_SOCKET", "WATCHDOG_", "_PB_COMPLETE"))
+    }
     env.update(extra)
     return env
 
 
-def run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 60,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, env=env or clean_env(),
-                          timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL, check=False)
+def run(
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=env or clean_env(),
+        timeout=timeout,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def free_port() -> str:
@@ -88,14 +104,22 @@ def free_port() -> str:
 def service_env(home: Path, **extra: str) -> dict[str, str]:
     """Environment for daemons in `home`; the HTTP services get free ports, not the defaults
     (18789, 18790) that a real installation on this machine may be using."""
-    return clean_env(PONYBUNNY_HOME=str(home), PONYBUNNY_GATEWAY_PORT=free_port(),
-                     PONYBUNNY_DEBUG_PORT=free_port(), **extra)
+    return clean_env(
+        PONYBUNNY_HOME=str(home),
+        PONYBUNNY_GATEWAY_PORT=free_port(),
+        PONYBUNNY_DEBUG_PORT=free_port(),
+        **extra,
+    )
 
 
-def run_pb(home: Path, *args: str, env: dict[str, str] | None = None,
-       timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "pony_scheduler", *args],
-               env=env or clean_env(PONYBUNNY_HOME=str(home)), timeout=timeout)
+def run_pb(
+    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        [sys.executable, "-m", "pony_scheduler", *args],
+        env=env or clean_env(PONYBUNNY_HOME=str(home)),
+        timeout=timeout,
+    )
 
 
 def write_pb_wrapper(directory: Path) -> Path:
@@ -225,8 +249,9 @@ def unit_environment(unit: dict[str, list[str]], home: Path) -> dict[str, str]:
     return env
 
 
-def verify_units(paths: list[Path], *, user: bool = False,
-                 runtime_dir: Path | None = None) -> tuple[int, list[str]]:
+def verify_units(
+    paths: list[Path], *, user: bool = False, runtime_dir: Path | None = None
+) -> tuple[int, list[str]]:
     """systemd-analyze verify; returns its exit code and the lines about these units."""
     tool = need("systemd-analyze")
     argv = [tool, *(["--user"] if user else []), "verify", "--man=no"]
@@ -256,9 +281,12 @@ def units_for_verify(directory: Path, pb_exe: Path) -> list[Path]:
 
 
 def test_there_are_the_four_units() -> None:
-    assert [u.name for u in UNITS] == ["pony-debug.service", "pony-gateway.service",
-                                       "pony-scheduler-forking.service",
-                                       "pony-scheduler.service"]
+    assert [u.name for u in UNITS] == [
+        "pony-debug.service",
+        "pony-gateway.service",
+        "pony-scheduler-forking.service",
+        "pony-scheduler.service",
+    ]
 
 
 @pytest.mark.parametrize("unit", [u.name for u in UNITS])
@@ -273,8 +301,11 @@ def test_systemd_analyze_verify_catches_mistakes(tmp_path: Path, pb_exe: Path) -
     """The check above is not vacuous: a typo and a missing program are both reported."""
     copies = units_for_verify(tmp_path / "units", pb_exe)
     unit = next(c for c in copies if c.name == "pony-scheduler.service")
-    unit.write_text(unit.read_text().replace("[Service]\n", "[Service]\nKilMode=mixed\n")
-                    .replace(str(pb_exe), str(tmp_path / "missing" / "pb")))
+    unit.write_text(
+        unit.read_text()
+        .replace("[Service]\n", "[Service]\nKilMode=mixed\n")
+        .replace(str(pb_exe), str(tmp_path / "missing" / "pb"))
+    )
     code, about_unit = verify_units([unit])
     assert code != 0
     assert any("KilMode" in line for line in about_unit), about_unit
@@ -283,8 +314,9 @@ def test_systemd_analyze_verify_catches_mistakes(tmp_path: Path, pb_exe: Path) -
 
 def test_user_unit_in_readme_verifies(tmp_path: Path, pb_exe: Path) -> None:
     readme = (SYSTEMD / "README.md").read_text()
-    match = re.search(r"```ini\n# ~/.config/systemd/user/pony-scheduler.service\n(.*?)```",
-                      readme, re.S)
+    match = re.search(
+        r"```ini\n# ~/.config/systemd/user/pony-scheduler.service\n(.*?)```", readme, re.S
+    )
     assert match, "the user unit example is missing from contrib/systemd/README.md"
     text = match[1]
     assert "Environment=PONYBUNNY_HOME=%h/.ponybunny" in text and "User=" not in text
@@ -357,8 +389,9 @@ NOTIFY_UNITS = [u.name for u in UNITS if parse_unit(u)["Service.Type"] == ["noti
 
 
 @pytest.mark.parametrize("unit_name", NOTIFY_UNITS)
-def test_notify_unit_behaves_as_systemd_expects(unit_name: str, tmp_path: Path, home: Path,
-                                                daemons: list[int]) -> None:
+def test_notify_unit_behaves_as_systemd_expects(
+    unit_name: str, tmp_path: Path, home: Path, daemons: list[int]
+) -> None:
     """Run ExecStart= the way systemd runs a Type=notify service: READY=1 with the main PID
     once serving, WATCHDOG=1 when WatchdogSec= is set, ExecReload= (SIGHUP) is survived,
     SIGTERM stops it with exit status 0 within TimeoutStopSec= and removes the pid file."""
@@ -371,8 +404,11 @@ def test_notify_unit_behaves_as_systemd_expects(unit_name: str, tmp_path: Path, 
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
         notify.settimeout(0.2)
-        env = {**service_env(home), **unit_environment(unit, home),
-               "NOTIFY_SOCKET": str(notify_path)}
+        env = {
+            **service_env(home),
+            **unit_environment(unit, home),
+            "NOTIFY_SOCKET": str(notify_path),
+        }
         if watchdog:  # WatchdogSec=30s means a ping every 15 s; 0.4 s keeps the test short
             env["WATCHDOG_USEC"] = "400000"
         messages: list[str] = []
@@ -382,13 +418,19 @@ def test_notify_unit_behaves_as_systemd_expects(unit_name: str, tmp_path: Path, 
                 with contextlib.suppress(TimeoutError):
                     messages.append(notify.recv(4096).decode())
                 return any(word in m.split("\n") for m in messages)
+
             return check
 
         journal = tmp_path / "journal"
         with journal.open("w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "pony_scheduler", *argv[1:]],
-                                    env=env, cwd=home, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=out)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pony_scheduler", *argv[1:]],
+                env=env,
+                cwd=home,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
         daemons.append(proc.pid)
         try:
             assert wait_for(received("READY=1"), 20), (messages, log_text(journal))
@@ -418,8 +460,11 @@ def test_forking_unit_behaves_as_systemd_expects(home: Path, daemons: list[int])
     unit = parse_unit(SYSTEMD / "pony-scheduler-forking.service")
     argv = shlex.split(one(unit, "Service.ExecStart"))
     pid_file = Path(one(unit, "Service.PIDFile").replace(PACKAGED_HOME, str(home)))
-    result = run([sys.executable, "-m", "pony_scheduler", *argv[1:]],
-                 env=clean_env(**unit_environment(unit, home)), cwd=home)
+    result = run(
+        [sys.executable, "-m", "pony_scheduler", *argv[1:]],
+        env=clean_env(**unit_environment(unit, home)),
+        cwd=home,
+    )
     with contextlib.suppress(OSError, ValueError):
         daemons.append(read_pid(home))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -501,8 +546,11 @@ def postrotate_scripts(text: str) -> list[str]:
 def logrotate_debug(conf: Path, state: Path) -> tuple[int, list[str]]:
     result = run([need("logrotate"), "-d", "-f", "-s", str(state), str(conf)])
     output = (result.stdout + result.stderr).splitlines()
-    problems = [line for line in output
-                if line.startswith(("error", "warning")) and "debug mode" not in line]
+    problems = [
+        line
+        for line in output
+        if line.startswith(("error", "warning")) and "debug mode" not in line
+    ]
     return result.returncode, problems
 
 
@@ -510,8 +558,15 @@ def test_logrotate_config_settings() -> None:
     text = LOGROTATE.read_text()
     config = "\n".join(line.split("#")[0] for line in text.splitlines())
     directives = set(config.split())
-    for needed in ("missingok", "notifempty", "compress", "delaycompress", "sharedscripts",
-                   "postrotate", "endscript"):
+    for needed in (
+        "missingok",
+        "notifempty",
+        "compress",
+        "delaycompress",
+        "sharedscripts",
+        "postrotate",
+        "endscript",
+    ):
         assert needed in directives, needed
     assert "copytruncate" not in config
     assert "create 0640 pony-scheduler pony-scheduler" in config
@@ -542,18 +597,23 @@ def test_logrotate_user_example_debug_run(tmp_path: Path, home: Path) -> None:
 def test_logrotate_debug_run_catches_mistakes(tmp_path: Path, home: Path) -> None:
     (home / "scheduler.log").write_text("line\n")
     conf = tmp_path / "logrotate.conf"
-    conf.write_text(localized_logrotate(LOGROTATE.read_text(), home)
-                    .replace("notifempty", "notifempty\n    copytrunc"))
+    conf.write_text(
+        localized_logrotate(LOGROTATE.read_text(), home).replace(
+            "notifempty", "notifempty\n    copytrunc"
+        )
+    )
     _, problems = logrotate_debug(conf, tmp_path / "state")
     assert any("copytrunc" in line for line in problems), problems
 
 
-READY_LINE = {"gateway": "Gateway ready", "scheduler": "Scheduler ready",
-              "debug": "Debug Server ready"}
+READY_LINE = {
+    "gateway": "Gateway ready",
+    "scheduler": "Scheduler ready",
+    "debug": "Debug Server ready",
+}
 
 
-def test_real_logrotate_run_moves_the_daemons_to_the_new_files(tmp_path: Path,
-                                                               home: Path) -> None:
+def test_real_logrotate_run_moves_the_daemons_to_the_new_files(tmp_path: Path, home: Path) -> None:
     """All three daemons in the background, the shipped configuration, a forced rotation:
     each daemon writes to its new NAME.log afterwards, and the rotated file stays put."""
     logrotate = need("logrotate")
@@ -585,7 +645,9 @@ def test_real_logrotate_run_moves_the_daemons_to_the_new_files(tmp_path: Path,
             assert log[service].stat().st_uid == os.getuid()
             # postrotate's SIGHUP: the daemon reopened NAME.log and logs to the new file.
             assert wait_for(logged(log[service], "Reopened log file")), (
-                service, log_text(log[service]))
+                service,
+                log_text(log[service]),
+            )
             assert "Reopened log file" not in log_text(rotated[service])
 
         # Whatever the scheduler logs now lands in the new file; the rotated one stays put.
@@ -613,8 +675,7 @@ def test_real_logrotate_run_moves_the_daemons_to_the_new_files(tmp_path: Path,
             kill_ours(pid)
 
 
-def test_real_logrotate_run_moves_the_keeper_to_its_new_log(tmp_path: Path,
-                                                            home: Path) -> None:
+def test_real_logrotate_run_moves_the_keeper_to_its_new_log(tmp_path: Path, home: Path) -> None:
     """The run keeper (started by the scheduler in every mode) logs to keeper.log: rotated
     with the others, it reopens its log on the postrotate SIGHUP."""
     from pony_scheduler.keeper.client import ensure_keeper
@@ -667,8 +728,7 @@ def test_logrotate_never_signals_a_foreign_or_dead_pid(tmp_path: Path, home: Pat
 # --------------------------------------------------------------------------- shell scripts
 def shell_scripts(tmp_dir: Path) -> dict[str, Path]:
     """Every shell script in contrib/, the logrotate scripts written out as files."""
-    scripts = {"init.d/pony-scheduler": INIT,
-               "completion/generate.sh": COMPLETION / "generate.sh"}
+    scripts = {"init.d/pony-scheduler": INIT, "completion/generate.sh": COMPLETION / "generate.sh"}
     text = LOGROTATE.read_text()
     bodies = postrotate_scripts(text) + postrotate_scripts(user_example(text, Path("/h")))
     assert len(bodies) == 2
@@ -679,8 +739,12 @@ def shell_scripts(tmp_dir: Path) -> dict[str, Path]:
     return scripts
 
 
-SCRIPT_NAMES = ["init.d/pony-scheduler", "completion/generate.sh", "logrotate postrotate #0",
-                "logrotate postrotate #1"]
+SCRIPT_NAMES = [
+    "init.d/pony-scheduler",
+    "completion/generate.sh",
+    "logrotate postrotate #0",
+    "logrotate postrotate #1",
+]
 
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
@@ -731,8 +795,9 @@ def test_init_script_lsb_header() -> None:
     assert fields["Default-Stop"].split() == ["0", "1", "6"]
 
 
-def init_script(action: str, home: Path, pb_path: Path | str,
-                **extra: str) -> subprocess.CompletedProcess[str]:
+def init_script(
+    action: str, home: Path, pb_path: Path | str, **extra: str
+) -> subprocess.CompletedProcess[str]:
     env = clean_env(PB=str(pb_path), PONYBUNNY_HOME=str(home), PONY_USER="", **extra)
     return run([need("sh"), str(INIT), action], env=env)
 
@@ -838,8 +903,10 @@ def test_init_script_runs_pb_as_the_service_user_and_maps_exit_codes(stub_dir: P
 
     started = init("start", START_OPTS="--db /srv/pony/pony.db")
     assert started.returncode == 0, started.stdout + started.stderr
-    assert (f"stub user={user} home={home} args=scheduler start --quiet --timeout 30 "
-            "--db /srv/pony/pony.db") in started.stdout
+    assert (
+        f"stub user={user} home={home} args=scheduler start --quiet --timeout 30 "
+        "--db /srv/pony/pony.db"
+    ) in started.stdout
     if os.getuid() == 0:  # the init script made the home for the service user
         info = home.stat()
         assert pwd.getpwuid(info.st_uid).pw_name == user
@@ -883,12 +950,12 @@ def test_cron_file_format() -> None:
         assert re.search(rf"^#\s+\S+(\s+\S+){{0,4}}\s+{re.escape(command)}$", text, re.M)
 
 
-def test_cron_commands_work_as_cron_runs_them(home: Path, pb_exe: Path,
-                                              daemons: list[int]) -> None:
+def test_cron_commands_work_as_cron_runs_them(home: Path, pb_exe: Path, daemons: list[int]) -> None:
     """Run each line with sh -c and the file's environment: silent on success (cron mails
     any output), and the nightly one replaces the running daemon."""
-    env_lines = dict(line.split("=", 1) for line in CRON.read_text().splitlines()
-                     if re.match(r"^[A-Z_]+=", line))
+    env_lines = dict(
+        line.split("=", 1) for line in CRON.read_text().splitlines() if re.match(r"^[A-Z_]+=", line)
+    )
     env = clean_env(**env_lines)
     env["PONYBUNNY_HOME"] = env["PONYBUNNY_HOME"].replace(PACKAGED_HOME, str(home))
     env["PATH"] = f"{pb_exe.parent}:{env['PATH']}"
@@ -912,8 +979,9 @@ def test_cron_commands_work_as_cron_runs_them(home: Path, pb_exe: Path,
 
 # --------------------------------------------------------------------------- completion
 def generated(shell: str) -> str:
-    result = run([sys.executable, "-m", "pony_scheduler"],
-                 env=clean_env(_PB_COMPLETE=f"{shell}_source"))
+    result = run(
+        [sys.executable, "-m", "pony_scheduler"], env=clean_env(_PB_COMPLETE=f"{shell}_source")
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -922,8 +990,10 @@ def generated(shell: str) -> str:
 def completion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The scripts as a packager makes them: generate.sh with the installed pb."""
     out = tmp_path_factory.mktemp("completion")
-    result = run([need("sh"), str(COMPLETION / "generate.sh"), str(out)],
-                 env=clean_env(PB=f"{sys.executable} -m pony_scheduler"))
+    result = run(
+        [need("sh"), str(COMPLETION / "generate.sh"), str(out)],
+        env=clean_env(PB=f"{sys.executable} -m pony_scheduler"),
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -939,10 +1009,12 @@ def completion_env(pb_exe: Path) -> dict[str, str]:
 
 def test_bash_completion_completes(pb_exe: Path, completion_dir: Path) -> None:
     bash = need("bash")
-    script = (f"source {shlex.quote(str(completion_dir / 'pb.bash'))}\n"
-              "complete -p pb\n"
-              'COMP_WORDS=(pb scheduler st); COMP_CWORD=2; _pb_completion pb\n'
-              'printf "%s\\n" "${COMPREPLY[@]}"\n')
+    script = (
+        f"source {shlex.quote(str(completion_dir / 'pb.bash'))}\n"
+        "complete -p pb\n"
+        "COMP_WORDS=(pb scheduler st); COMP_CWORD=2; _pb_completion pb\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
     result = run([bash, "--norc", "--noprofile", "-c", script], env=completion_env(pb_exe))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -956,8 +1028,10 @@ def test_zsh_completion_loads(pb_exe: Path, completion_dir: Path) -> None:
     syntax = run([zsh, "-n", str(path)])
     assert syntax.returncode == 0, syntax.stdout + syntax.stderr
     # -D: no ~/.zcompdump; -u: do not question the ownership of fpath directories.
-    script = (f"autoload -Uz compinit && compinit -u -D && "
-              f"source {shlex.quote(str(path))} && print -r -- $_comps[pb]")
+    script = (
+        f"autoload -Uz compinit && compinit -u -D && "
+        f"source {shlex.quote(str(path))} && print -r -- $_comps[pb]"
+    )
     result = run([zsh, "-f", "-c", script], env=completion_env(pb_exe))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "_pb_completion", result.stdout + result.stderr
@@ -970,7 +1044,10 @@ def test_fish_completion_completes(pb_exe: Path, completion_dir: Path) -> None:
     result = run([fish, "--no-config", "-c", script], env=completion_env(pb_exe))
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert sorted(line.split("\t")[0] for line in result.stdout.splitlines()) == [
-        "start", "status", "stop"]
+        "start",
+        "status",
+        "stop",
+    ]
 
 
 # --------------------------------------------------------------------------- README

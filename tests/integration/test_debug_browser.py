@@ -22,9 +22,16 @@ from tests.integration.gateway_helpers import (
 )
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _unavailable(why: str) -> None:
@@ -75,8 +82,9 @@ def test_dashboard_shows_a_run_live_and_its_output(pb: Pb, page: Any) -> None:
     assert "#login" not in page.url
 
     for name in ("gateway", "scheduler", "debug"):
-        expect(page.locator(f"#services tr[data-service={name}] .service-state")) \
-            .to_have_text("running")
+        expect(page.locator(f"#services tr[data-service={name}] .service-state")).to_have_text(
+            "running"
+        )
     job = page.locator("#jobs tr[data-job=hello]")
     expect(job).to_contain_text("every 1h")
     expect(page.locator("#feed-state")).to_have_text("live")
@@ -110,14 +118,14 @@ def test_dashboard_shows_a_run_live_and_its_output(pb: Pb, page: Any) -> None:
     # The live feed survives a gateway restart; while it is down no data is shown.
     assert pb("gateway", "stop").code == 0
     expect(page.locator("#feed-state")).to_contain_text("gateway down", timeout=15_000)
-    expect(page.locator("#services tr[data-service=gateway] .service-state")) \
-        .not_to_have_text("running", timeout=15_000)
+    expect(page.locator("#services tr[data-service=gateway] .service-state")).not_to_have_text(
+        "running", timeout=15_000
+    )
     expect(page.locator("#jobs tbody tr")).to_have_count(0, timeout=15_000)
     expect(page.locator("#message")).to_contain_text("gateway is not running")
     assert pb("gateway", "start").code == 0
     expect(page.locator("#feed-state")).to_have_text("live", timeout=20_000)
-    expect(page.locator("#scheduler-state")).to_contain_text("scheduler: connected",
-                                                             timeout=40_000)
+    expect(page.locator("#scheduler-state")).to_contain_text("scheduler: connected", timeout=40_000)
     job.locator("button[data-action=run]").click()
     expect(finished).to_have_count(2, timeout=20_000)
 
@@ -142,8 +150,7 @@ def test_dashboard_login(pb: Pb, browser: Any) -> None:
         link = login_link(pb)
         page.goto(link)
         expect(page.locator("#scope")).to_have_text("admin")
-        expect(page.locator("#jobs tr[data-job=hello] button[data-action=run]")) \
-            .to_be_visible()
+        expect(page.locator("#jobs tr[data-job=hello] button[data-action=run]")).to_be_visible()
 
         # The same link, in another browser: used up.
         other = second.new_page()
@@ -230,7 +237,8 @@ def test_other_sites_cannot_drive_or_frame_the_dashboard(pb: Pb, page: Any) -> N
         page.wait_for_load_state("load")
         framed = [f for f in page.frames if f != page.main_frame]
         assert framed and all(f.url.startswith("chrome-error://") for f in framed), [
-            f.url for f in framed]
+            f.url for f in framed
+        ]
         # A script of that page: no credential to send, none sent for it.
         answer = page.evaluate(f"""async () => {{
             const r = await fetch("{action}", {{method: "POST", mode: "no-cors",
@@ -272,23 +280,39 @@ def test_dashboard_http_rules(pb: Pb) -> None:
         status, body, _ = request(debug_port, "POST", action, headers=headers)
         assert status == 401 and "log in first" in body["error"]
     # ... answers no name that merely rebinds to 127.0.0.1 (DNS rebinding) ...
-    status, body, _ = request(debug_port, "GET", "/api/jobs", token=session,
-                              headers={"Host": f"evil.example:{debug_port}"})
+    status, body, _ = request(
+        debug_port,
+        "GET",
+        "/api/jobs",
+        token=session,
+        headers={"Host": f"evil.example:{debug_port}"},
+    )
     assert status == 403 and "loopback" in body["error"]
     # ... and refuses a request a page of another site makes.
-    status, body, _ = request(debug_port, "POST", action, token=session,
-                              headers={"Origin": "http://127.0.0.1:1"})
+    status, body, _ = request(
+        debug_port, "POST", action, token=session, headers={"Origin": "http://127.0.0.1:1"}
+    )
     assert status == 403 and "other sites" in body["error"]
-    status, body, _ = request(debug_port, "POST", action, token=session,
-                              headers={"Origin": f"http://127.0.0.1:{debug_port}"})
+    status, body, _ = request(
+        debug_port,
+        "POST",
+        action,
+        token=session,
+        headers={"Origin": f"http://127.0.0.1:{debug_port}"},
+    )
     assert status == 200 and body["enabled"] is False
     status, body, _ = request(debug_port, "POST", "/api/jobs/hello/explode", token=session)
     assert status == 404 and "unknown action" in body["error"]
     status, body, _ = request(debug_port, "GET", "/api/services", token=session)
     assert [s["running"] for s in body["services"]] == [True, True, True]
     # A login is JSON only (a cross-site form cannot send it).
-    status, body, _ = request(debug_port, "POST", "/api/login", body=b"code=x",
-                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, body, _ = request(
+        debug_port,
+        "POST",
+        "/api/login",
+        body=b"code=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert status == 415
     status, body, _ = request(debug_port, "POST", "/api/logout", token=session)
     assert status == 200
@@ -300,6 +324,6 @@ def test_dashboard_refuses_a_network_address(pb: Pb, home: Path) -> None:
     result = pb("debug", "start", "--host", "0.0.0.0", "--timeout", "10")
     assert result.code == 1
     assert result.err.splitlines()[0].startswith(
-        "✗ Debug Server failed to start: the debug dashboard listens on loopback addresses "
-        "only")
+        "✗ Debug Server failed to start: the debug dashboard listens on loopback addresses only"
+    )
     assert not (home / "debug.pid").exists()

@@ -104,8 +104,7 @@ def test_client_sends_connect_then_events_in_order(sock_path: Path) -> None:
         assert wait_for(lambda: "disconnect" in server.types(), 5)
     finally:
         server.stop()
-    assert server.types() == ["connect", "run.started", "run.started", "run.started",
-                              "disconnect"]
+    assert server.types() == ["connect", "run.started", "run.started", "run.started", "disconnect"]
     assert server.lines[0]["data"]["pid"] == os.getpid()
     assert [line["data"]["run_id"] for line in server.lines[1:4]] == [0, 1, 2]
     assert server.lines[1]["data"]["when"] == "2024-01-01 00:00:00"  # not JSON: as text
@@ -178,8 +177,7 @@ def test_an_event_that_is_not_json_is_dropped_and_the_rest_flows(sock_path: Path
         server.stop()
 
 
-def test_close_without_a_gateway_returns_and_emit_after_close_is_ignored(
-        sock_path: Path) -> None:
+def test_close_without_a_gateway_returns_and_emit_after_close_is_ignored(sock_path: Path) -> None:
     client = EventClient(sock_path)
     client.start()
     client.emit("heartbeat", {})
@@ -233,20 +231,25 @@ def test_port_in_use_fails_through_the_readiness_pipe(pb: Pb, home: Path) -> Non
         result = pb("gateway", "start", "--port", str(port), "--timeout", "10")
     assert result.code == 1
     first = result.err.splitlines()[0]
-    assert first == (f"✗ Gateway failed to start: cannot listen on http://127.0.0.1:{port}: "
-                     f"address already in use (another program listens on port {port}; stop "
-                     "it or choose another --port)")
+    assert first == (
+        f"✗ Gateway failed to start: cannot listen on http://127.0.0.1:{port}: "
+        f"address already in use (another program listens on port {port}; stop "
+        "it or choose another --port)"
+    )
     assert not (home / "gateway.pid").exists()
     assert pb("gateway", "status").code == 3
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--port", "70000"], "70000 is not in the range 1<=x<=65535"),
-    (["--port", "http"], "'http' is not a valid integer"),
-    (["--host", "no-such-host.invalid"], "unknown host 'no-such-host.invalid'"),
-    (["--socket", "/nonexistent/dir/g.sock"], "does not exist"),
-    (["--db", "bogus://x"], "unknown database driver"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--port", "70000"], "70000 is not in the range 1<=x<=65535"),
+        (["--port", "http"], "'http' is not a valid integer"),
+        (["--host", "no-such-host.invalid"], "unknown host 'no-such-host.invalid'"),
+        (["--socket", "/nonexistent/dir/g.sock"], "does not exist"),
+        (["--db", "bogus://x"], "unknown database driver"),
+    ],
+)
 def test_bad_gateway_input(pb: Pb, home: Path, args: list[str], expected: str) -> None:
     result = pb("gateway", "start", *args, "--timeout", "10")
     assert result.code in (1, 2), result.all
@@ -262,8 +265,14 @@ def test_token_rules_on_loopback(pb: Pb, home: Path) -> None:
     token, read_only = token_of(home), token_of(home, "read")
 
     # Every request needs a token, reads included.
-    for path in ("/api/jobs", "/api/jobs/nightly", "/api/runs", "/api/status",
-                 "/api/health", "/api/openapi.json"):
+    for path in (
+        "/api/jobs",
+        "/api/jobs/nightly",
+        "/api/runs",
+        "/api/status",
+        "/api/health",
+        "/api/openapi.json",
+    ):
         status, body, headers = request(port, "GET", path)
         assert status == 401 and "missing or wrong token" in body["error"], (path, body)
         assert headers["WWW-Authenticate"] == 'Bearer realm="pony-scheduler"'
@@ -271,11 +280,14 @@ def test_token_rules_on_loopback(pb: Pb, home: Path) -> None:
         assert request(port, "GET", path, token=token)[0] == 200, path
     status, _, headers = request(port, "GET", "/api/jobs", token="wrong")
     assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
-    assert request(port, "GET", "/api/jobs", token=token,
-                   headers={"Host": f"localhost:{port}"})[0] == 200
+    assert (
+        request(port, "GET", "/api/jobs", token=token, headers={"Host": f"localhost:{port}"})[0]
+        == 200
+    )
     # ... from loopback names only: a name that merely resolves here (DNS rebinding).
-    status, body, _ = request(port, "GET", "/api/jobs", token=token,
-                              headers={"Host": "evil.example"})
+    status, body, _ = request(
+        port, "GET", "/api/jobs", token=token, headers={"Host": "evil.example"}
+    )
     assert status == 403 and "loopback names" in body["error"]
     for path in ("/api/jobs/nightly/run", "/api/jobs/nightly/pause"):
         for credentials in (None, "wrong", token + "x"):
@@ -283,8 +295,7 @@ def test_token_rules_on_loopback(pb: Pb, home: Path) -> None:
             assert status == 401, body
             assert "missing or wrong token" in body["error"]
             assert headers["WWW-Authenticate"].startswith("Bearer")
-        status, body, _ = request(port, "POST", path,
-                                  headers={"Authorization": f"Basic {token}"})
+        status, body, _ = request(port, "POST", path, headers={"Authorization": f"Basic {token}"})
         assert status == 401
         # The read-only token reads; it never changes anything.
         status, body, headers = request(port, "POST", path, token=read_only)
@@ -316,8 +327,12 @@ def test_non_loopback_address_needs_the_token_for_every_request(pb: Pb, home: Pa
     status, body, _ = request(port, "GET", "/api/health", token=token_of(home))
     assert status == 200 and body["status"] == "ok"
     # Any Host is answered there (the token protects it, not the name).
-    assert request(port, "GET", "/api/health", token=token_of(home),
-                   headers={"Host": "pony.example"})[0] == 200
+    assert (
+        request(port, "GET", "/api/health", token=token_of(home), headers={"Host": "pony.example"})[
+            0
+        ]
+        == 200
+    )
 
 
 def test_malformed_requests_get_json_errors_and_the_server_lives(pb: Pb, home: Path) -> None:
@@ -350,8 +365,11 @@ def test_malformed_requests_get_json_errors_and_the_server_lives(pb: Pb, home: P
     status, answer, _ = request(port, "GET", "/api/jobs", token=token)
     assert status == 503 and "not initialised the database yet" in answer["error"]
     # Bytes that are not HTTP at all: aiohttp's own 400, the connection closed.
-    for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-                    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"):
+    for garbage in (
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+    ):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
             raw.sendall(garbage)
             assert raw.recv(100).startswith(b"HTTP/1.0 400")
@@ -391,8 +409,9 @@ def test_events_of_one_run_reach_the_event_stream(pb: Pb, home: Path) -> None:
 
     status, run, _ = request(port, "GET", f"/api/runs/{run_id}", token=token)
     assert status == 200 and run["state"] == "succeeded" and run["output"] == "hello\n"
-    status, body, _ = request(port, "GET", "/api/runs?job=hello&state=succeeded&limit=5",
-                              token=token)
+    status, body, _ = request(
+        port, "GET", "/api/runs?job=hello&state=succeeded&limit=5", token=token
+    )
     assert [r["id"] for r in body["runs"]] == [run_id]
     status, body, _ = request(port, "GET", "/api/jobs", token=token)
     assert body["jobs"][0]["name"] == "hello" and body["jobs"][0]["schedule"] == "every 1h"
@@ -426,8 +445,7 @@ def test_scheduler_keeps_working_while_the_gateway_restarts(pb: Pb, home: Path) 
         assert [e["type"] for e in missed] == ["run.started", "run.finished"]
         # And the live flow works again.
         second = queued_run_id(pb("job", "run", "hello").out)
-        assert [e["type"] for e in run_events(stream, second)] == ["run.started",
-                                                                   "run.finished"]
+        assert [e["type"] for e in run_events(stream, second)] == ["run.started", "run.finished"]
     finally:
         stream.close()
     assert "Scheduler connected" in (home / "gateway.log").read_text()
@@ -446,17 +464,29 @@ def test_gateway_on_postgresql(pb: Pb, home: Path, pg_url: str) -> None:
     status, body, _ = request(port, "GET", "/api/jobs", token=read_only)
     assert status == 503 and "no pony-scheduler schema yet" in body["error"]
     assert pb("scheduler", "start", "--db", pg_url).code == 0
-    assert pb("job", "add", "pg", "--every", "1h", "--", "echo", "from pg",
-              env={"PONYBUNNY_DB": pg_url}).code == 0
+    assert (
+        pb(
+            "job",
+            "add",
+            "pg",
+            "--every",
+            "1h",
+            "--",
+            "echo",
+            "from pg",
+            env={"PONYBUNNY_DB": pg_url},
+        ).code
+        == 0
+    )
     status, body, _ = request(port, "POST", "/api/jobs/pg/run", token=token_of(home))
     assert status == 202
     run_id = body["run_id"]
 
     def done() -> bool:
-        return request(port, "GET", f"/api/runs/{run_id}",
-                       token=read_only)[1]["state"] == "succeeded"
+        return (
+            request(port, "GET", f"/api/runs/{run_id}", token=read_only)[1]["state"] == "succeeded"
+        )
 
     assert wait_for(done, 20)
-    assert request(port, "GET", f"/api/runs/{run_id}",
-                   token=read_only)[1]["output"] == "from pg\n"
+    assert request(port, "GET", f"/api/runs/{run_id}", token=read_only)[1]["output"] == "from pg\n"
     assert (home / "gateway.log").read_text().count("without a password") == 1  # once

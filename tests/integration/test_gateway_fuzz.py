@@ -63,43 +63,73 @@ names = st.one_of(st.sampled_from(["zebra", "nope", "", "..", "%2e%2e", "a/b"]),
 @st.composite
 def requests(draw: st.DrawFn, spec: dict[str, Any]) -> dict[str, Any]:
     template = draw(st.sampled_from([*_paths(spec), "/", "/api", "/api/nothing/{name}"]))
-    path = re.sub(r"\{(\w+)\}", lambda m: quote(draw(
-        st.one_of(st.integers(-10, 10**20).map(str), names) if m.group(1) == "id"
-        else names), safe=""), template)
-    query = draw(st.dictionaries(st.sampled_from(["job", "state", "limit", "x", "token",
-                                                  "access_token"]),
-                                 st.one_of(text, st.integers(-5, 5000).map(str)),
-                                 max_size=3))
-    credential = draw(st.sampled_from(["none", "admin", "read", "garbage", "basic",
-                                       "empty", "random"]))
+    path = re.sub(
+        r"\{(\w+)\}",
+        lambda m: quote(
+            draw(
+                st.one_of(st.integers(-10, 10**20).map(str), names) if m.group(1) == "id" else names
+            ),
+            safe="",
+        ),
+        template,
+    )
+    query = draw(
+        st.dictionaries(
+            st.sampled_from(["job", "state", "limit", "x", "token", "access_token"]),
+            st.one_of(text, st.integers(-5, 5000).map(str)),
+            max_size=3,
+        )
+    )
+    credential = draw(
+        st.sampled_from(["none", "admin", "read", "garbage", "basic", "empty", "random"])
+    )
     headers: dict[str, str] = {}
     if draw(st.booleans()):
         headers["Last-Event-ID"] = draw(st.text(alphabet="0123456789abcdef-", max_size=20))
     if draw(st.booleans()):
-        headers["Content-Type"] = draw(st.sampled_from(
-            ["application/json", "text/plain", "application/x-www-form-urlencoded"]))
+        headers["Content-Type"] = draw(
+            st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"])
+        )
     if draw(st.integers(0, 9)) == 0:
-        headers["Host"] = draw(st.sampled_from(["evil.example", "localhost", "[::1]:1",
-                                                "127.0.0.1:80"]))
+        headers["Host"] = draw(
+            st.sampled_from(["evil.example", "localhost", "[::1]:1", "127.0.0.1:80"])
+        )
     for name in ("X-Pony-Via", "X-Pony-Scope"):  # believed only from a Unix socket peer
         if draw(st.integers(0, 4)) == 0:
             headers[name] = draw(st.sampled_from(["dashboard", "admin", "read"]))
-    body = draw(st.one_of(st.none(), st.binary(max_size=200),
-                          st.dictionaries(text, text, max_size=3).map(
-                              lambda d: json.dumps(d).encode())))
-    return {"method": draw(st.sampled_from(METHODS)), "path": path, "query": query,
-            "credential": credential, "headers": headers, "body": body,
-            "random": draw(st.text(alphabet=st.characters(min_codepoint=33,
-                                                          max_codepoint=126),
-                                   min_size=1, max_size=60))}
+    body = draw(
+        st.one_of(
+            st.none(),
+            st.binary(max_size=200),
+            st.dictionaries(text, text, max_size=3).map(lambda d: json.dumps(d).encode()),
+        )
+    )
+    return {
+        "method": draw(st.sampled_from(METHODS)),
+        "path": path,
+        "query": query,
+        "credential": credential,
+        "headers": headers,
+        "body": body,
+        "random": draw(
+            st.text(
+                alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=60
+            )
+        ),
+    }
 
 
 def send(target: Target, case: dict[str, Any]) -> tuple[int, str]:
     headers = dict(case["headers"])
     credential = case["credential"]
-    value = {"admin": f"Bearer {target.admin}", "read": f"Bearer {target.read}",
-             "garbage": f"Bearer {target.admin[:-1]}x", "basic": f"Basic {target.admin}",
-             "empty": "Bearer ", "random": f"Bearer {case['random']}"}.get(credential)
+    value = {
+        "admin": f"Bearer {target.admin}",
+        "read": f"Bearer {target.read}",
+        "garbage": f"Bearer {target.admin[:-1]}x",
+        "basic": f"Basic {target.admin}",
+        "empty": "Bearer ",
+        "random": f"Bearer {case['random']}",
+    }.get(credential)
     if value is not None:
         headers["Authorization"] = value
     url = case["path"] + (("?" + urlencode(case["query"])) if case["query"] else "")
@@ -109,16 +139,19 @@ def send(target: Target, case: dict[str, Any]) -> tuple[int, str]:
         response = connection.getresponse()
         kind = response.getheader("Content-Type", "")
         # An event stream never ends: its status and headers are the answer.
-        body = "" if kind.startswith("text/event-stream") else response.read().decode(
-            errors="replace")
+        body = (
+            "" if kind.startswith("text/event-stream") else response.read().decode(errors="replace")
+        )
         return response.status, body
     finally:
         connection.close()
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.too_slow])
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_no_5xx_and_no_unauthenticated_success(target: Target, data: st.DataObject) -> None:
     case = data.draw(requests(target.spec))

@@ -11,10 +11,34 @@ from tests.conftest import Pb
 
 
 def test_add_list_show_edit_pause_resume_remove(pb: Pb, tmp_path: Path) -> None:
-    add = pb("job", "add", "backup", "--cron", "0 3 * * *", "--tz", "Europe/Berlin",
-             "--timeout", "1h", "--retries", "2", "--retry-delay", "30s", "--overlap", "queue",
-             "--catch-up", "all", "--cwd", str(tmp_path), "--env", "A=1", "--env", "B=x=y",
-             "--", "/usr/bin/env", "-i")
+    add = pb(
+        "job",
+        "add",
+        "backup",
+        "--cron",
+        "0 3 * * *",
+        "--tz",
+        "Europe/Berlin",
+        "--timeout",
+        "1h",
+        "--retries",
+        "2",
+        "--retry-delay",
+        "30s",
+        "--overlap",
+        "queue",
+        "--catch-up",
+        "all",
+        "--cwd",
+        str(tmp_path),
+        "--env",
+        "A=1",
+        "--env",
+        "B=x=y",
+        "--",
+        "/usr/bin/env",
+        "-i",
+    )
     assert add.code == 0, add.all
     assert "✓ Job backup added; next run:" in add.out
     listing = pb("job", "list")
@@ -48,24 +72,27 @@ def test_shell_and_one_shot(pb: Pb) -> None:
     assert job["schedule"].startswith("at ")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["x", "--cron", "61 * * * *", "--", "true"], "minute field"),
-    (["x", "--cron", "* * * *", "--", "true"], "cron"),
-    (["x", "--cron", "0 3 * * *", "--tz", "Mars/Base", "--", "true"], "unknown time zone"),
-    (["x", "--every", "soon", "--", "true"], "interval"),
-    (["x", "--every", "0s", "--", "true"], "interval"),
-    (["x", "--at", "yesterday-ish", "--", "true"], "invalid time"),
-    (["x", "--at", "2001-01-01 00:00", "--", "true"], "past"),
-    (["x", "--every", "1h"], "missing command"),
-    (["x", "--", "true"], "missing schedule"),
-    (["x", "--every", "1h", "--cron", "@daily", "--", "true"], "choose one schedule"),
-    (["bad name!", "--every", "1h", "--", "true"], "job name"),
-    (["x", "--every", "1h", "--cwd", "/no/such/dir", "--", "true"], "no such directory"),
-    (["x", "--every", "1h", "--env", "NOEQUALS", "--", "true"], "NAME=VALUE"),
-    (["x", "--every", "1h", "--timeout", "forever", "--", "true"], "--timeout"),
-    (["x", "--every", "1h", "--overlap", "maybe", "--", "true"], "maybe"),
-    (["x", "--every", "1h", "--retries", "-1", "--", "true"], "--retries"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["x", "--cron", "61 * * * *", "--", "true"], "minute field"),
+        (["x", "--cron", "* * * *", "--", "true"], "cron"),
+        (["x", "--cron", "0 3 * * *", "--tz", "Mars/Base", "--", "true"], "unknown time zone"),
+        (["x", "--every", "soon", "--", "true"], "interval"),
+        (["x", "--every", "0s", "--", "true"], "interval"),
+        (["x", "--at", "yesterday-ish", "--", "true"], "invalid time"),
+        (["x", "--at", "2001-01-01 00:00", "--", "true"], "past"),
+        (["x", "--every", "1h"], "missing command"),
+        (["x", "--", "true"], "missing schedule"),
+        (["x", "--every", "1h", "--cron", "@daily", "--", "true"], "choose one schedule"),
+        (["bad name!", "--every", "1h", "--", "true"], "job name"),
+        (["x", "--every", "1h", "--cwd", "/no/such/dir", "--", "true"], "no such directory"),
+        (["x", "--every", "1h", "--env", "NOEQUALS", "--", "true"], "NAME=VALUE"),
+        (["x", "--every", "1h", "--timeout", "forever", "--", "true"], "--timeout"),
+        (["x", "--every", "1h", "--overlap", "maybe", "--", "true"], "maybe"),
+        (["x", "--every", "1h", "--retries", "-1", "--", "true"], "--retries"),
+    ],
+)
 def test_bad_job_input(pb: Pb, args: list[str], message: str) -> None:
     result = pb("job", "add", *args)
     assert result.code != 0
@@ -78,9 +105,15 @@ def test_duplicates_and_unknowns(pb: Pb) -> None:
     assert pb("job", "add", "one", "--manual", "--", "true").code == 0
     again = pb("job", "add", "one", "--manual", "--", "true")
     assert again.code == 1 and "already exists" in again.err
-    for args in (["job", "show", "nope"], ["job", "remove", "nope"], ["job", "run", "nope"],
-                 ["job", "pause", "nope"], ["job", "resume", "nope"],
-                 ["job", "edit", "nope", "--every", "1h"], ["runs", "nope"]):
+    for args in (
+        ["job", "show", "nope"],
+        ["job", "remove", "nope"],
+        ["job", "run", "nope"],
+        ["job", "pause", "nope"],
+        ["job", "resume", "nope"],
+        ["job", "edit", "nope", "--every", "1h"],
+        ["runs", "nope"],
+    ):
         result = pb(*args)
         assert result.code == 1 and "no job named 'nope'" in result.err, (args, result.all)
     for args in (["runs", "show", "999"], ["runs", "output", "999"]):

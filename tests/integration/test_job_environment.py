@@ -32,8 +32,12 @@ def environ_of(pb: Pb, job: str) -> dict[str, str]:
 
 def test_jobs_never_see_the_daemons_environment(pb: Pb, home: Path) -> None:
     db = f"sqlite:///{home / 'pony.db'}"
-    pb("scheduler", "start", env={"PONYBUNNY_DB": db, "API_SECRET": "hunter2",
-                                  "LANG": "C.UTF-8"}, check=True)
+    pb(
+        "scheduler",
+        "start",
+        env={"PONYBUNNY_DB": db, "API_SECRET": "hunter2", "LANG": "C.UTF-8"},
+        check=True,
+    )
     pb("job", "add", "env", "--manual", "--env", "MINE=1", "--", "env", check=True)
     pb("job", "run", "env", check=True)
     seen = environ_of(pb, "env")
@@ -48,11 +52,22 @@ def test_jobs_never_see_the_daemons_environment(pb: Pb, home: Path) -> None:
 
 def test_env_file_is_read_at_each_run_and_checked(pb: Pb, tmp_path: Path) -> None:
     secrets = tmp_path / "job.env"
-    secrets.write_text("# for the backup\nTOKEN=\"s3 cr3t\"\n\nREGION=eu\n")
+    secrets.write_text('# for the backup\nTOKEN="s3 cr3t"\n\nREGION=eu\n')
     secrets.chmod(0o600)
     pb("scheduler", "start", check=True)
-    pb("job", "add", "withfile", "--manual", "--env", "REGION=us", "--env-file", str(secrets),
-       "--", "env", check=True)
+    pb(
+        "job",
+        "add",
+        "withfile",
+        "--manual",
+        "--env",
+        "REGION=us",
+        "--env-file",
+        str(secrets),
+        "--",
+        "env",
+        check=True,
+    )
     assert "s3 cr3t" not in pb("job", "show", "withfile").out
     pb("job", "run", "withfile", check=True)
     seen = environ_of(pb, "withfile")
@@ -64,8 +79,9 @@ def test_env_file_is_read_at_each_run_and_checked(pb: Pb, tmp_path: Path) -> Non
     refused = pb("job", "add", "other", "--manual", "--env-file", str(secrets), "--", "true")
     assert refused.code != 0 and refused.err.count("\n") == 1
     assert f"chmod go-w {secrets}" in refused.err
-    missing = pb("job", "add", "other", "--manual", "--env-file", str(tmp_path / "nope"),
-                 "--", "true")
+    missing = pb(
+        "job", "add", "other", "--manual", "--env-file", str(tmp_path / "nope"), "--", "true"
+    )
     assert missing.code != 0 and "No such file" in missing.err
     link = tmp_path / "link.env"
     secrets.chmod(0o600)
@@ -75,8 +91,21 @@ def test_env_file_is_read_at_each_run_and_checked(pb: Pb, tmp_path: Path) -> Non
 
 
 def test_secret_values_are_redacted(pb: Pb) -> None:
-    pb("job", "add", "db", "--manual", "--env", "DB_PASSWORD=hunter2", "--env", "USER_=x",
-       "--secret", "DB_PASSWORD", "--", "true", check=True)
+    pb(
+        "job",
+        "add",
+        "db",
+        "--manual",
+        "--env",
+        "DB_PASSWORD=hunter2",
+        "--env",
+        "USER_=x",
+        "--secret",
+        "DB_PASSWORD",
+        "--",
+        "true",
+        check=True,
+    )
     shown = pb("job", "show", "db").out
     assert "DB_PASSWORD=(secret)" in shown and "hunter2" not in shown and "USER_=x" in shown
     assert "hunter2" not in pb("job", "list", "--json").out
@@ -87,14 +116,20 @@ def test_secret_values_are_redacted(pb: Pb) -> None:
 
 def test_a_secret_must_name_a_variable_of_the_job(pb: Pb) -> None:
     """`--secret a` for `--env A=1` would leave A in clear: refused, nothing added."""
-    for secret, words in (("a", "--secret a names no --env variable of the job (did you mean "
-                                "A? names are case-sensitive)"),
-                          ("B", "--secret B names no --env variable of the job (its --env "
-                                "variables: A)")):
-        refused = pb("job", "add", "s", "--manual", "--env", "A=1", "--secret", secret, "--",
-                     "true")
-        assert refused.code == 2 and refused.err == f"Error: {words}; give --env NAME=VALUE " \
-                                                    "with it\n", refused.all
+    for secret, words in (
+        (
+            "a",
+            "--secret a names no --env variable of the job (did you mean "
+            "A? names are case-sensitive)",
+        ),
+        ("B", "--secret B names no --env variable of the job (its --env variables: A)"),
+    ):
+        refused = pb(
+            "job", "add", "s", "--manual", "--env", "A=1", "--secret", secret, "--", "true"
+        )
+        assert (
+            refused.code == 2 and refused.err == f"Error: {words}; give --env NAME=VALUE with it\n"
+        ), refused.all
     assert pb("job", "show", "s").code != 0  # not added
     pb("job", "add", "s", "--manual", "--env", "A=1", "--", "true", check=True)
     # Checked against the job's environment after the edit: stored, or given with it.

@@ -30,16 +30,30 @@ def test_job_list_pages_by_name_and_streams_everything(pb: Pb) -> None:
 
 
 def test_jitter_moves_a_jobs_runs_stably(pb: Pb) -> None:
-    pb("job", "add", "spread", "--cron", "0 * * * *", "--tz", "UTC", "--jitter", "10m", "--",
-       "true", check=True)
+    pb(
+        "job",
+        "add",
+        "spread",
+        "--cron",
+        "0 * * * *",
+        "--tz",
+        "UTC",
+        "--jitter",
+        "10m",
+        "--",
+        "true",
+        check=True,
+    )
     preview = json.loads(pb("job", "next", "spread", "-n", "2", "--json").out)
     offset = preview["jitter_offset_s"]
     assert 0 <= offset < 600
     again = json.loads(pb("job", "next", "spread", "-n", "2", "--json").out)
     assert again == preview  # stable
     minute, second = divmod(int(offset), 60)
-    assert all(run["utc"].endswith(f":{minute:02d}:{second:02d}" + run["utc"][19:])
-               for run in preview["runs"]), preview
+    assert all(
+        run["utc"].endswith(f":{minute:02d}:{second:02d}" + run["utc"][19:])
+        for run in preview["runs"]
+    ), preview
     shown = pb("job", "show", "spread").out
     assert "Jitter:" in shown and "10m (this job's runs: +" in shown
     bad = pb("job", "edit", "spread", "--jitter", "soon")
@@ -60,8 +74,9 @@ def test_every_change_and_trigger_is_audited(pb: Pb) -> None:
     assert "s3cret" not in json.dumps(entries)  # names of variables, never their values
     assert "TOKEN" in entries[5]["detail"]
     # The umask as umask(1) writes it; a manual schedule has no expression and no zone.
-    assert entries[5]["detail"].startswith("schedule=manual; ") and "umask=022" in \
-        entries[5]["detail"], entries[5]
+    assert (
+        entries[5]["detail"].startswith("schedule=manual; ") and "umask=022" in entries[5]["detail"]
+    ), entries[5]
     assert "root (0)" in pb("audit", "a").out
 
 
@@ -71,8 +86,9 @@ def test_api_changes_are_audited_with_the_callers_scope(pb: Pb, home: Path) -> N
     pb("job", "add", "b", "--manual", "--", "true", check=True)
     status, _, _ = request(port, "POST", "/api/jobs/b/run", token=token_of(home))
     assert status == 202
-    assert wait_for(lambda: any(e["action"] == "run" for e in
-                                json.loads(pb("audit", "b", "--json").out)), 30)
+    assert wait_for(
+        lambda: any(e["action"] == "run" for e in json.loads(pb("audit", "b", "--json").out)), 30
+    )
     run = next(e for e in json.loads(pb("audit", "b", "--json").out) if e["action"] == "run")
     assert run["via"] == "api" and run["scope"] == "admin token"
 

@@ -183,8 +183,10 @@ def test_edit_tz_is_refused_where_there_is_no_zone(pb: Pb) -> None:
     for name, shown in (("often", "every 5m"), ("byhand", "manual")):
         refused = pb("job", "edit", name, "--tz", "UTC")
         assert refused.code == 2
-        assert (f"--tz applies to cron and --at jobs, and this job's schedule is '{shown}' "
-                "(give --cron or --at with --tz to change it)") in one_line(refused)
+        assert (
+            f"--tz applies to cron and --at jobs, and this job's schedule is '{shown}' "
+            "(give --cron or --at with --tz to change it)"
+        ) in one_line(refused)
     both = pb("job", "edit", "often", "--every", "1h", "--tz", "UTC")
     assert "--tz applies to --cron and --at only" in one_line(both)
     assert pb("job", "list", "--json").out == before
@@ -206,8 +208,7 @@ def test_list_and_show_give_times_in_the_jobs_zone(pb: Pb) -> None:
     data = job(pb, "berlin")
     local = datetime.fromisoformat(str(data["next_run_local"]))
     assert local == datetime.fromisoformat(str(data["next_run_at"]))  # the same instant
-    assert (local.hour, local.minute) == (3, 0) and str(local.utcoffset()) in ("1:00:00",
-                                                                               "2:00:00")
+    assert (local.hour, local.minute) == (3, 0) and str(local.utcoffset()) in ("1:00:00", "2:00:00")
 
 
 # ---------------------------------------------------------------- pb job next

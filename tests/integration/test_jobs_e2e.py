@@ -37,12 +37,27 @@ def finished(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_job_added_while_running_starts_on_time(pb: Pb, tmp_path: Path) -> None:
     pb("scheduler", "start", check=True)
-    pb("job", "add", "hello", "--every", "1s", "--", "sh", "-c", "echo out-$PONYBUNNY_JOB; "
-       "echo err >&2; exit 0", check=True)
+    pb(
+        "job",
+        "add",
+        "hello",
+        "--every",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        "echo out-$PONYBUNNY_JOB; echo err >&2; exit 0",
+        check=True,
+    )
     pb("job", "add", "fails", "--manual", "--shell", "--", "echo bad; exit 7", check=True)
     pb("job", "run", "fails", check=True)
-    done = wait_runs(pb, lambda rs: len([r for r in finished(rs) if r["job"] == "hello"]) >= 2
-                     and any(r["job"] == "fails" and r["state"] == "failed" for r in rs))
+    done = wait_runs(
+        pb,
+        lambda rs: (
+            len([r for r in finished(rs) if r["job"] == "hello"]) >= 2
+            and any(r["job"] == "fails" and r["state"] == "failed" for r in rs)
+        ),
+    )
     hello = [r for r in finished(done) if r["job"] == "hello"]
     assert all(r["state"] == "succeeded" and r["exit_code"] == 0 for r in hello)
     # On time: each run starts within a fraction of a second of its occurrence.
@@ -62,8 +77,18 @@ def test_job_added_while_running_starts_on_time(pb: Pb, tmp_path: Path) -> None:
 def test_timeout_kills_the_whole_process_group(pb: Pb, tmp_path: Path) -> None:
     marker = tmp_path / "grandchild.pid"
     pb("scheduler", "start", check=True)
-    pb("job", "add", "slow", "--manual", "--timeout", "1s", "--shell", "--",
-       f"sleep 300 & echo $! > {marker}; wait", check=True)
+    pb(
+        "job",
+        "add",
+        "slow",
+        "--manual",
+        "--timeout",
+        "1s",
+        "--shell",
+        "--",
+        f"sleep 300 & echo $! > {marker}; wait",
+        check=True,
+    )
     pb("job", "run", "slow", check=True)
     done = wait_runs(pb, finished)
     assert done[0]["state"] == "timed_out" and "timed out after 1s" in done[0]["reason"]
@@ -73,14 +98,28 @@ def test_timeout_kills_the_whole_process_group(pb: Pb, tmp_path: Path) -> None:
 
 def test_retries_with_backoff(pb: Pb, tmp_path: Path) -> None:
     pb("scheduler", "start", check=True)
-    pb("job", "add", "flaky", "--manual", "--retries", "2", "--retry-delay", "0.2s",
-       "--", "false", check=True)
+    pb(
+        "job",
+        "add",
+        "flaky",
+        "--manual",
+        "--retries",
+        "2",
+        "--retry-delay",
+        "0.2s",
+        "--",
+        "false",
+        check=True,
+    )
     pb("job", "run", "flaky", check=True)
     done = wait_runs(pb, lambda rs: len(finished(rs)) == 3)
     assert sorted(r["attempt"] for r in done) == [1, 2, 3]
     assert {r["state"] for r in done} == {"failed"}
     assert [r["trigger"] for r in sorted(done, key=lambda r: r["attempt"])] == [
-        "manual", "retry", "retry"]
+        "manual",
+        "retry",
+        "retry",
+    ]
     assert len({r["occurrence"] for r in done}) == 1  # attempts of one occurrence
 
 
@@ -110,8 +149,9 @@ def test_clean_stop_interrupts_and_resumes(pb: Pb, home: Path) -> None:
     log = (home / "scheduler.log").read_text()
     assert "Interrupted 1 running job(s)" in log
     pb("scheduler", "start", check=True)
-    resumed = wait_runs(pb, lambda rs: any(r["trigger"] == "resume" and r["state"] == "running"
-                                           for r in rs))
+    resumed = wait_runs(
+        pb, lambda rs: any(r["trigger"] == "resume" and r["state"] == "running" for r in rs)
+    )
     assert len(resumed) == 2
 
 
@@ -143,9 +183,21 @@ def test_kill_9_mid_run_then_start(short_grace: Pb, tmp_path: Path) -> None:
     counter = tmp_path / "count"
     release = tmp_path / "release"
     pb("scheduler", "start", check=True)
-    pb("job", "add", "victim", "--manual", "--retries", "1", "--retry-delay", "0.1s",
-       "--shell", "--", f"echo x >> {counter}; echo $$ > {marker}; "
-       f"while [ ! -e {release} ]; do sleep 0.1; done; echo done", check=True)
+    pb(
+        "job",
+        "add",
+        "victim",
+        "--manual",
+        "--retries",
+        "1",
+        "--retry-delay",
+        "0.1s",
+        "--shell",
+        "--",
+        f"echo x >> {counter}; echo $$ > {marker}; "
+        f"while [ ! -e {release} ]; do sleep 0.1; done; echo done",
+        check=True,
+    )
     pb("job", "run", "victim", check=True)
     wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
     assert wait_for(marker.exists, 10)
@@ -173,14 +225,38 @@ def test_two_daemons_on_one_postgresql(pb: Pb, tmp_path: Path, pg_url: str) -> N
             runner.env["PONYBUNNY_DB"] = pg_url
             runner("scheduler", "start", check=True)
         log = tmp_path / "ran.log"
-        pb("job", "add", "tick", "--every", "1s", "--shell", "--",
-           f"echo $PONYBUNNY_RUN_ID >> {log}", check=True)
-        pb("job", "add", "burst", "--manual", "--overlap", "allow", "--shell", "--",
-           f"echo burst-$PONYBUNNY_RUN_ID >> {log}", check=True)
+        pb(
+            "job",
+            "add",
+            "tick",
+            "--every",
+            "1s",
+            "--shell",
+            "--",
+            f"echo $PONYBUNNY_RUN_ID >> {log}",
+            check=True,
+        )
+        pb(
+            "job",
+            "add",
+            "burst",
+            "--manual",
+            "--overlap",
+            "allow",
+            "--shell",
+            "--",
+            f"echo burst-$PONYBUNNY_RUN_ID >> {log}",
+            check=True,
+        )
         for _ in range(10):
             pb("job", "run", "burst", check=True)
-        done = wait_runs(pb, lambda rs: len([r for r in finished(rs) if r["job"] == "tick"])
-                         >= 6 and len([r for r in finished(rs) if r["job"] == "burst"]) == 10)
+        done = wait_runs(
+            pb,
+            lambda rs: (
+                len([r for r in finished(rs) if r["job"] == "tick"]) >= 6
+                and len([r for r in finished(rs) if r["job"] == "burst"]) == 10
+            ),
+        )
         for runner in (pb, second):
             runner("scheduler", "stop", check=True)
         lines = log.read_text().split()
@@ -229,8 +305,9 @@ def follow(pb: Pb, script: str) -> str:
 
 
 def test_follow_a_running_jobs_output(pb: Pb) -> None:
-    assert follow(pb, "for i in 1 2 3; do echo line $i; sleep 0.5; done") == \
-        "line 1\nline 2\nline 3\n"
+    assert (
+        follow(pb, "for i in 1 2 3; do echo line $i; sleep 0.5; done") == "line 1\nline 2\nline 3\n"
+    )
 
 
 def test_follow_waits_for_the_first_byte(pb: Pb) -> None:

@@ -62,7 +62,8 @@ def text(path: Path) -> str:
 
 
 def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
-        pb: Pb, tmp_path: Path, pg_url: str) -> None:
+    pb: Pb, tmp_path: Path, pg_url: str
+) -> None:
     """kill -9 of the scheduler: its run lives on under the keeper, which renews the
     lease, so the other home never rescues it; the next scheduler records it once."""
     second = two_homes(pb, tmp_path, pg_url)
@@ -70,8 +71,20 @@ def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
     try:
         pb("scheduler", "start", check=True)
         # Longer than two leases: without renewals the second home would rescue it.
-        pb("job", "add", "long", "--manual", "--retries", "1", "--retry-delay", "0.1",
-           "--shell", "--", f"sleep 25; echo $PONYBUNNY_RUN_ID >> {marker}", check=True)
+        pb(
+            "job",
+            "add",
+            "long",
+            "--manual",
+            "--retries",
+            "1",
+            "--retry-delay",
+            "0.1",
+            "--shell",
+            "--",
+            f"sleep 25; echo $PONYBUNNY_RUN_ID >> {marker}",
+            check=True,
+        )
         pb("job", "run", "long", check=True)
         first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])
         os.kill(verified_pid(pb.home, "scheduler"), signal.SIGKILL)
@@ -85,7 +98,8 @@ def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
         pb("scheduler", "start", check=True)
         runs = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "succeeded")
         assert [(r["id"], r["attempt"], r["state"]) for r in runs] == [
-            (first[0]["id"], 1, "succeeded")]
+            (first[0]["id"], 1, "succeeded")
+        ]
         assert marker.read_text().split() == [str(first[0]["id"])]
         assert "was lost" not in text(second.home / "scheduler.log")
     finally:
@@ -93,7 +107,8 @@ def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
 
 
 def test_a_keeper_frozen_past_the_lease_stops_its_copy_and_records_nothing(
-        pb: Pb, tmp_path: Path, pg_url: str) -> None:
+    pb: Pb, tmp_path: Path, pg_url: str
+) -> None:
     """The keeper (no scheduler connected) is frozen past the lease: the other home
     declares the run lost and retries it; on thaw the keeper's renewal finds the run
     taken over and kills its copy at once; the next scheduler records nothing over it."""
@@ -102,30 +117,53 @@ def test_a_keeper_frozen_past_the_lease_stops_its_copy_and_records_nothing(
     keeper = None
     try:
         pb("scheduler", "start", check=True)
-        pb("job", "add", "once", "--manual", "--retries", "1", "--retry-delay", "0.1",
-           "--shell", "--", 'if [ "$PONYBUNNY_ATTEMPT" = 1 ]; then sleep 300; fi', check=True)
+        pb(
+            "job",
+            "add",
+            "once",
+            "--manual",
+            "--retries",
+            "1",
+            "--retry-delay",
+            "0.1",
+            "--shell",
+            "--",
+            'if [ "$PONYBUNNY_ATTEMPT" = 1 ]; then sleep 300; fi',
+            check=True,
+        )
         pb("job", "run", "once", check=True)
-        first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running"
-                          and rs[0]["pid"])[0]
+        first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])[0]
         os.kill(verified_pid(pb.home, "scheduler"), signal.SIGKILL)
         keeper_log = pb.home / "keeper.log"
         assert wait_for(lambda: "renewing the leases of 1 run(s)" in text(keeper_log), 30)
         keeper = verified_pid(pb.home, "keeper")
         os.kill(keeper, signal.SIGSTOP)
         second("scheduler", "start", check=True)
-        runs = wait_runs(pb, lambda rs: len(rs) == 2 and rs[0]["state"] == "lost"
-                         and rs[1]["state"] == "succeeded")
+        runs = wait_runs(
+            pb,
+            lambda rs: len(rs) == 2 and rs[0]["state"] == "lost" and rs[1]["state"] == "succeeded",
+        )
         assert runs[0]["reason"] == "lost: its scheduler stopped renewing the lease"
         assert alive(first["pid"])  # the frozen host's copy: still there
         os.kill(keeper, signal.SIGCONT)
         keeper = None
-        assert wait_for(lambda: f"Run {first['id']} is no longer this host's (the database "
-                        "has it lost" in text(keeper_log), 60), text(keeper_log)
+        assert wait_for(
+            lambda: (
+                f"Run {first['id']} is no longer this host's (the database "
+                "has it lost" in text(keeper_log)
+            ),
+            60,
+        ), text(keeper_log)
         assert wait_for(lambda: not alive(first["pid"]), 30)
         pb("scheduler", "start", check=True)
         log = pb.home / "scheduler.log"
-        assert wait_for(lambda: f"Run {first['id']}: its outcome (killed) came after the run "
-                        "stopped running here" in text(log), 60), text(log)
+        assert wait_for(
+            lambda: (
+                f"Run {first['id']}: its outcome (killed) came after the run "
+                "stopped running here" in text(log)
+            ),
+            60,
+        ), text(log)
         after = runs_of(pb)
         assert [(r["attempt"], r["state"]) for r in after] == [(1, "lost"), (2, "succeeded")]
         assert after[0]["reason"] == runs[0]["reason"]  # nothing recorded over the rescuer
@@ -135,19 +173,24 @@ def test_a_keeper_frozen_past_the_lease_stops_its_copy_and_records_nothing(
         second.cleanup()
 
 
-def test_status_says_how_far_this_hosts_clock_is_from_the_databases(
-        pb: Pb, pg_url: str) -> None:
+def test_status_says_how_far_this_hosts_clock_is_from_the_databases(pb: Pb, pg_url: str) -> None:
     """The scheduler measures the offset at each heartbeat and keeps it in
     scheduler.json; `pb scheduler status` shows it without touching the database."""
     if not FAKETIME.exists():
         pytest.skip("libfaketime is not installed")
-    pb.env.update(PONYBUNNY_DB=pg_url, LD_PRELOAD=str(FAKETIME), FAKETIME="+30s",
-                  FAKETIME_DONT_FAKE_MONOTONIC="1")
+    pb.env.update(
+        PONYBUNNY_DB=pg_url,
+        LD_PRELOAD=str(FAKETIME),
+        FAKETIME="+30s",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+    )
     pb("scheduler", "start", check=True)
     shown = pb("scheduler", "status")
     assert shown.code == 0, shown.all
-    assert "Clock:     30s ahead of the database's: leases and due times follow the " \
-           "database's clock; check this host's time sync" in shown.out, shown.out
+    assert (
+        "Clock:     30s ahead of the database's: leases and due times follow the "
+        "database's clock; check this host's time sync" in shown.out
+    ), shown.out
     facts = json.loads(pb("scheduler", "status", "--json").out)
     assert -32 < facts["clockOffsetSeconds"] < -28
     assert facts["metadata"]["clockOffsetS"] == facts["clockOffsetSeconds"]
@@ -157,8 +200,7 @@ def test_status_says_how_far_this_hosts_clock_is_from_the_databases(
     try:
         local("scheduler", "start", check=True)
         assert "Clock:" not in local("scheduler", "status").out
-        assert json.loads(local("scheduler", "status", "--json").out)[
-            "clockOffsetSeconds"] is None
+        assert json.loads(local("scheduler", "status", "--json").out)["clockOffsetSeconds"] is None
     finally:
         local.cleanup()
 
@@ -174,11 +216,22 @@ def test_the_keeper_refuses_a_launch_that_comes_after_its_start_by(home: Path) -
 
     client = KeeperClient.connect(home, "test", idle_exit_s=1)
     try:
-        late = Launch(1, ("true",), str(home / "runs" / "j" / "1.log"),
-                      env={"PATH": os.defpath}, token="1", start_by=time.monotonic() - 1)
-        in_time = Launch(2, ("true",), str(home / "runs" / "j" / "2.log"),
-                         env={"PATH": os.defpath}, token="1",
-                         start_by=time.monotonic() + 60)
+        late = Launch(
+            1,
+            ("true",),
+            str(home / "runs" / "j" / "1.log"),
+            env={"PATH": os.defpath},
+            token="1",
+            start_by=time.monotonic() - 1,
+        )
+        in_time = Launch(
+            2,
+            ("true",),
+            str(home / "runs" / "j" / "2.log"),
+            env={"PATH": os.defpath},
+            token="1",
+            start_by=time.monotonic() + 60,
+        )
         client.launch(late)
         client.launch(in_time)
         events: list[object] = []
@@ -191,8 +244,12 @@ def test_the_keeper_refuses_a_launch_that_comes_after_its_start_by(home: Path) -
         assert wait_for(answered, 60), events
         refused = [e for e in events if isinstance(e, Refused)]
         assert [(e.run_id, e.reason) for e in refused] == [
-            (1, "it came too late: its lease may have run out meanwhile (was this host "
-                "frozen?), and another host may run it")]
+            (
+                1,
+                "it came too late: its lease may have run out meanwhile (was this host "
+                "frozen?), and another host may run it",
+            )
+        ]
     finally:
         client.release_exit()
         client.close()

@@ -57,8 +57,18 @@ ROOT_PAGE = "pb.1"
 PAGE_FOR = {"job": "pb-job.1", "runs": "pb-job.1", "config": "pony-scheduler.conf.5"}
 OPTION_SECTIONS = {"OPTIONS", "COMMANDS"}
 REQUIRED_SECTIONS = {
-    "1": ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "ENVIRONMENT", "FILES",
-          "SIGNALS", "EXAMPLES", "SEE ALSO"],
+    "1": [
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "OPTIONS",
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "FILES",
+        "SIGNALS",
+        "EXAMPLES",
+        "SEE ALSO",
+    ],
     "5": ["NAME", "SYNOPSIS", "DESCRIPTION", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO"],
 }
 LONG_OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
@@ -131,14 +141,30 @@ def shown(path: Path_) -> str:
 
 
 # --------------------------------------------------------------------------- reading roff
-NAMED_CHARS = {"aq": "'", "dq": '"', "ti": "~", "ha": "^", "em": "\u2014", "en": "\u2013",
-               "bu": "\u2022", "oq": "\u2018", "cq": "\u2019", "+-": "\u00b1", "lq": "\u201c",
-               "rq": "\u201d", "hy": "-", "mi": "-", "ga": "`", "rs": "\\"}
+NAMED_CHARS = {
+    "aq": "'",
+    "dq": '"',
+    "ti": "~",
+    "ha": "^",
+    "em": "\u2014",
+    "en": "\u2013",
+    "bu": "\u2022",
+    "oq": "\u2018",
+    "cq": "\u2019",
+    "+-": "\u00b1",
+    "lq": "\u201c",
+    "rq": "\u201d",
+    "hy": "-",
+    "mi": "-",
+    "ga": "`",
+    "rs": "\\",
+}
 ESCAPE = re.compile(r"\\(?:f(?:\[[^]]*\]|\(..|.)|\((..)|\[([^]]*)\]|(.))")
 
 
 def unescape(text: str) -> str:
     """Roff text as a reader sees it: fonts dropped, escapes turned into characters."""
+
     def one(match: re.Match[str]) -> str:
         two, bracket, single = match.groups()
         if two is not None:
@@ -149,8 +175,18 @@ def unescape(text: str) -> str:
             return NAMED_CHARS.get(bracket, "?")
         if single is None:
             return ""  # a font change
-        return {"-": "-", "e": "\\", " ": " ", "~": " ", "&": "", "|": "", "^": "", "c": "",
-                '"': ""}.get(single, single)
+        return {
+            "-": "-",
+            "e": "\\",
+            " ": " ",
+            "~": " ",
+            "&": "",
+            "|": "",
+            "^": "",
+            "c": "",
+            '"': "",
+        }.get(single, single)
+
     return ESCAPE.sub(one, text.split('\\"', 1)[0])
 
 
@@ -161,8 +197,10 @@ ROFF_ARG = re.compile(r'"((?:[^"]|"")*)"?|((?:\\.|[^\s\\])+)')
 
 def roff_args(args: str) -> list[str]:
     """A macro's arguments as roff splits them: by spaces, "double quotes" group."""
-    return [m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2)
-            for m in ROFF_ARG.finditer(args.split('\\"', 1)[0])]
+    return [
+        m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2)
+        for m in ROFF_ARG.finditer(args.split('\\"', 1)[0])
+    ]
 
 
 def macro_text(name: str, args: str) -> str:
@@ -265,7 +303,7 @@ def named_commands(heading: str) -> tuple[list[Path_], list[str]]:
         if token != "pb":
             continue
         path: Path_ = ()
-        for word in tokens[i + 1:]:
+        for word in tokens[i + 1 :]:
             if (*path, word) in tree:
                 path = (*path, word)
                 continue
@@ -280,10 +318,12 @@ def named_commands(heading: str) -> tuple[list[Path_], list[str]]:
 @pytest.mark.parametrize("path", PAGES, ids=[p.name for p in PAGES])
 def test_mandoc_lint_has_no_warning(path: Path) -> None:
     mandoc = need("mandoc")
-    result = subprocess.run([mandoc, "-Tlint", "-W", "warning", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [mandoc, "-Tlint", "-W", "warning", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
-        f"mandoc -Tlint -W warning {path.name}:\n{result.stdout}{result.stderr}")
+        f"mandoc -Tlint -W warning {path.name}:\n{result.stdout}{result.stderr}"
+    )
 
 
 @pytest.mark.parametrize("path", PAGES, ids=[p.name for p in PAGES])
@@ -291,10 +331,15 @@ def test_groff_renders_without_warning(path: Path) -> None:
     groff = need("groff")
     # -Tutf8: the pages print the ✓/✗/⚠ that pb prints, which the default PostScript
     # device has no glyph for.
-    result = subprocess.run([groff, "-man", "-Tutf8", "-ww", "-z", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [groff, "-man", "-Tutf8", "-ww", "-z", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and not result.stderr.strip(), (
-        f"groff -man -Tutf8 -ww -z {path.name}:\n{result.stderr}")
+        f"groff -man -Tutf8 -ww -z {path.name}:\n{result.stderr}"
+    )
 
 
 # --------------------------------------------------------------------------- page structure
@@ -311,7 +356,8 @@ def test_page_documents_an_existing_command(path: Path) -> None:
     assert path.name in documented, (
         f"man/{path.name} is not the page of any pb command (commands: "
         f"{sorted(' '.join(p) for p in commands() if len(p) == 1)}); remove it or map it "
-        "in PAGE_FOR")
+        "in PAGE_FOR"
+    )
 
 
 @pytest.mark.parametrize("path", PAGES, ids=[p.name for p in PAGES])
@@ -324,7 +370,8 @@ def test_header_and_sections(path: Path) -> None:
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", doc.th[2]), f"{path.name}: .TH date {doc.th[2]!r}"
     assert doc.th[3] == f"pony-scheduler {__version__}", (
         f"{path.name}: .TH source {doc.th[3]!r}; the package is at {__version__}: update the "
-        "page (and its date) for this release")
+        "page (and its date) for this release"
+    )
     name_line = doc.text_of("NAME").strip()
     assert name_line.startswith(f"{stem} - "), f"{path.name}: NAME reads {name_line!r}"
     missing = [s for s in REQUIRED_SECTIONS.get(section, []) if s not in doc.sections()]
@@ -373,8 +420,10 @@ def test_every_command_and_option_is_on_its_page() -> None:
                 tagged.update(o for tag in block.tags for o in LONG_OPTION.findall(tag))
         leaf = not isinstance(command, click.Group)
         if leaf and not headed:
-            problems.append(f"{shown(path)}: no subsection names it in {doc.name} "
-                            f"(.SS \"{shown(path)}\" under OPTIONS or COMMANDS)")
+            problems.append(
+                f"{shown(path)}: no subsection names it in {doc.name} "
+                f'(.SS "{shown(path)}" under OPTIONS or COMMANDS)'
+            )
         if not leaf and shown(path) not in doc.all_text():
             problems.append(f"{shown(path)}: not mentioned in {doc.name}")
         for option in sorted(long_options(command) - tagged):
@@ -388,15 +437,17 @@ def test_pages_document_no_option_or_command_that_does_not_exist() -> None:
     everywhere = all_long_options()
     for doc in map(parse, PAGES):
         for scope, unknown, block in documented(doc):
-            problems += [f"{doc.name}: {block.heading!r} names {u!r}, which does not exist"
-                         for u in unknown]
+            problems += [
+                f"{doc.name}: {block.heading!r} names {u!r}, which does not exist" for u in unknown
+            ]
             real = set().union(*(long_options(tree[p], with_help=True) for p in scope))
             for tag in block.tags:
                 for option in LONG_OPTION.findall(tag):
                     if option not in real:
                         where = ", ".join(shown(p) for p in scope)
-                        problems.append(f"{doc.name}: documents {option} for {where}, "
-                                        "which has no such option")
+                        problems.append(
+                            f"{doc.name}: documents {option} for {where}, which has no such option"
+                        )
         # Prose anywhere (examples aside, which are parsed below) may only mention options
         # that pb has.
         for option in sorted(set(LONG_OPTION.findall(doc.all_text())) - everywhere):
@@ -426,7 +477,7 @@ def example_calls(doc: Page) -> Iterator[str]:
         for line in joined:
             code = line.split(" #", 1)[0]
             for match in PB_CALL.finditer(code):
-                yield code[match.end():]
+                yield code[match.end() :]
 
 
 def pb_arguments(text: str) -> list[str]:
@@ -482,11 +533,12 @@ def test_examples_use_real_commands_and_options() -> None:
 def test_configuration_page_documents_exactly_the_keys() -> None:
     doc = page("pony-scheduler.conf.5")
     keys = {tag.split()[0] for b in doc.blocks if b.section == "KEYS" for tag in b.tags}
-    assert keys == set(FIELDS), (f"undocumented keys: {sorted(set(FIELDS) - keys)}; "
-                                 f"documented keys that do not exist: {sorted(keys - set(FIELDS))}")
+    assert keys == set(FIELDS), (
+        f"undocumented keys: {sorted(set(FIELDS) - keys)}; "
+        f"documented keys that do not exist: {sorted(keys - set(FIELDS))}"
+    )
     text = doc.all_text()
-    env = {variable for variable, _, _ in FIELDS.values()} | {"PONYBUNNY_HOME",
-                                                              "PONYBUNNY_CONFIG"}
+    env = {variable for variable, _, _ in FIELDS.values()} | {"PONYBUNNY_HOME", "PONYBUNNY_CONFIG"}
     missing = sorted(v for v in env if v not in text)
     assert not missing, f"pony-scheduler.conf.5 does not name {missing}"
     missing = sorted(v for v in env if v not in page(ROOT_PAGE).text_of("ENVIRONMENT"))

@@ -41,8 +41,18 @@ DIST_NAME = "pony_scheduler"
 SDIST_DIRS = ("man", "contrib", "tests", "bench", "docs")
 SDIST_FILES = ("README.md", "setup.cfg", "pyproject.toml", "MANIFEST.in")
 JUNK = re.compile(r"(^|/)(__pycache__|\.[^/]*)(/|$)|(\.py[cod]|~|\.tmp|\.swp|\.orig|\.rej)$")
-COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info",
-                                     "__pycache__", ".*_cache", ".hypothesis", ".benchmarks")
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    ".hypothesis",
+    ".benchmarks",
+)
 
 
 def in_ci() -> bool:
@@ -76,12 +86,15 @@ def files_under(root: Path, *dirs: str) -> list[str]:
 
 def data_files(root: Path = ROOT) -> dict[str, list[str]]:
     """[options.data_files] of setup.cfg: target directory -> source files."""
-    parser = configparser.ConfigParser(interpolation=None, comment_prefixes=("#", ";"),
-                                       inline_comment_prefixes=None)
+    parser = configparser.ConfigParser(
+        interpolation=None, comment_prefixes=("#", ";"), inline_comment_prefixes=None
+    )
     parser.read(root / "setup.cfg", encoding="utf-8")
     assert parser.has_section("options.data_files"), "setup.cfg has no [options.data_files]"
-    return {target: [f for f in re.split(r"[,\s]+", value) if f]
-            for target, value in parser.items("options.data_files")}
+    return {
+        target: [f for f in re.split(r"[,\s]+", value) if f]
+        for target, value in parser.items("options.data_files")
+    }
 
 
 def expected_target(source: str) -> str:
@@ -97,17 +110,21 @@ def test_every_man_page_and_contrib_file_is_installed() -> None:
     problems = []
     for source in files_under(ROOT, "man", "contrib"):
         if source not in listed:
-            problems.append(f"{source} is not in [options.data_files] of setup.cfg "
-                            f"(add it under {expected_target(source)} =)")
+            problems.append(
+                f"{source} is not in [options.data_files] of setup.cfg "
+                f"(add it under {expected_target(source)} =)"
+            )
         elif listed[source] != expected_target(source):
-            problems.append(f"{source} is installed to {listed[source]}, not "
-                            f"{expected_target(source)}")
+            problems.append(
+                f"{source} is installed to {listed[source]}, not {expected_target(source)}"
+            )
     for source in listed:
         if not (ROOT / source).is_file():
             problems.append(f"setup.cfg [options.data_files] lists {source}, which does not exist")
         if not source.startswith(("man/", "contrib/")):
-            problems.append(f"setup.cfg [options.data_files] lists {source}, outside man/ and "
-                            "contrib/")
+            problems.append(
+                f"setup.cfg [options.data_files] lists {source}, outside man/ and contrib/"
+            )
     assert not problems, "\n".join(problems)
     assert any(t == "share/man/man1" for t in data_files()), "no man pages in share/man/man1"
 
@@ -128,14 +145,20 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     out = work / "dist"
     # An isolated build, as pip and distributions do it: setuptools and wheel are fetched
     # into a fresh build environment (from the index pip is configured with).
-    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(source)],
-                            capture_output=True, text=True, timeout=600, cwd=work,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, f"python -m build failed:\n{result.stdout}\n{result.stderr}"
     sdists = list(out.glob(f"{DIST_NAME}-{__version__}.tar.gz"))
     wheels = list(out.glob(f"{DIST_NAME}-{__version__}-py3-none-any.whl"))
     assert len(sdists) == 1 and len(wheels) == 1, (
-        f"unexpected build output: {sorted(out.iterdir())}")
+        f"unexpected build output: {sorted(out.iterdir())}"
+    )
     return Built(source=source, sdist=sdists[0], wheel=wheels[0])
 
 
@@ -148,8 +171,7 @@ def test_sdist_carries_pages_contrib_tests_and_docs(built: Built) -> None:
     expected = [*SDIST_FILES, *files_under(built.source, *SDIST_DIRS)]
     missing = [name for name in expected if name not in names]
     assert not missing, f"the sdist lacks (see MANIFEST.in): {missing}"
-    assert any(n.startswith("man/") for n in names) and any(n.startswith("contrib/")
-                                                           for n in names)
+    assert any(n.startswith("man/") for n in names) and any(n.startswith("contrib/") for n in names)
 
 
 @pytest.mark.slow
@@ -159,9 +181,12 @@ def test_wheel_carries_pages_and_contrib_as_data(built: Built) -> None:
     with zipfile.ZipFile(built.wheel) as archive:
         names = set(archive.namelist())
         entry_points = archive.read(f"{DIST_NAME}-{__version__}.dist-info/entry_points.txt")
-    missing = [f"{data}{target}/{Path(source).name}"
-               for target, sources in data_files(built.source).items() for source in sources
-               if f"{data}{target}/{Path(source).name}" not in names]
+    missing = [
+        f"{data}{target}/{Path(source).name}"
+        for target, sources in data_files(built.source).items()
+        for source in sources
+        if f"{data}{target}/{Path(source).name}" not in names
+    ]
     assert not missing, f"the wheel lacks: {missing}"
     assert re.search(rb"^pb\s*=\s*pony_scheduler\.cli:main", entry_points, re.M), entry_points
 
@@ -173,24 +198,54 @@ class Venv:
     env: dict[str, str]
 
     def run(self, *args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(a) for a in args], capture_output=True, text=True,
-                              timeout=120, env={**self.env, **env}, cwd=self.root,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [str(a) for a in args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**self.env, **env},
+            cwd=self.root,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 @pytest.fixture(scope="module")
 def venv(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
     root = tmp_path_factory.mktemp("venv")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PONYBUNNY_", "PYTHON", "VIRTUAL_ENV", "MAN"))}
-    env.update(PONYBUNNY_HOME=str(root / "home"), VIRTUAL_ENV=str(root),
-               PATH=f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}")
-    made = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root)],
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PONYBUNNY_", "PYTHON", "VIRTUAL_ENV", "MAN"))
+    }
+    env.update(
+        PONYBUNNY_HOME=str(root / "home"),
+        VIRTUAL_ENV=str(root),
+        PATH=f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+    )
+    made = subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert made.returncode == 0, made.stderr
-    pip = subprocess.run([str(root / "bin" / "python"), "-m", "pip", "install", "--no-index",
-                          "--no-deps", "--ignore-installed", str(built.wheel)],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    pip = subprocess.run(
+        [
+            str(root / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--ignore-installed",
+            str(built.wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=root,
+    )
     assert pip.returncode == 0, f"pip install of the wheel failed:\n{pip.stdout}\n{pip.stderr}"
     yield Venv(root=root, env=env)
 
@@ -198,11 +253,13 @@ def venv(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ven
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_wheel_installs_and_pb_runs_from_the_venv(venv: Venv) -> None:
-    where = venv.run(venv.root / "bin" / "python", "-c",
-                     "import pony_scheduler; print(pony_scheduler.__file__)")
+    where = venv.run(
+        venv.root / "bin" / "python", "-c", "import pony_scheduler; print(pony_scheduler.__file__)"
+    )
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(venv.root), (
-        f"pony_scheduler was imported from {where.stdout.strip()}, not from the venv")
+        f"pony_scheduler was imported from {where.stdout.strip()}, not from the venv"
+    )
     version = venv.run(venv.root / "bin" / "pb", "--version")
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"pb (pony-scheduler) {__version__}"

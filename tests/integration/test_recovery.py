@@ -23,10 +23,23 @@ from tests.integration.test_store import request
 
 
 def job_values(retries: int = 1) -> dict[str, Any]:
-    return {"command": ["true"], "shell": False, "schedule_kind": "manual",
-            "schedule_expr": "", "schedule_tz": "UTC", "schedule_anchor": "",
-            "timeout_s": None, "retries": retries, "retry_delay_s": 1.0, "overlap": "skip",
-            "catch_up": "once", "cwd": None, "env": {}, "enabled": True, "next_due_at": None}
+    return {
+        "command": ["true"],
+        "shell": False,
+        "schedule_kind": "manual",
+        "schedule_expr": "",
+        "schedule_tz": "UTC",
+        "schedule_anchor": "",
+        "timeout_s": None,
+        "retries": retries,
+        "retry_delay_s": 1.0,
+        "overlap": "skip",
+        "catch_up": "once",
+        "cwd": None,
+        "env": {},
+        "enabled": True,
+        "next_due_at": None,
+    }
 
 
 def test_expired_lease_is_lost_and_retried(tmp_path: Path) -> None:
@@ -61,10 +74,14 @@ def test_orphan_without_a_recorded_pid_is_found_by_its_environment(tmp_path: Pat
     with store.engine.begin() as connection:
         connection.execute(update(runs).values(lease_until=utcnow() - timedelta(seconds=1)))
     env = {**os.environ, "PONYBUNNY_RUN_ID": str(run_id)}
-    orphan = subprocess.Popen(["sh", "-c", "sleep 60 & exec sleep 60"], start_new_session=True,
-                              env={**env, recovery.SCHEDULER_VAR: dead})
-    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True,
-                                env={**env, recovery.SCHEDULER_VAR: "someone-else"})
+    orphan = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & exec sleep 60"],
+        start_new_session=True,
+        env={**env, recovery.SCHEDULER_VAR: dead},
+    )
+    stranger = subprocess.Popen(
+        ["sleep", "60"], start_new_session=True, env={**env, recovery.SCHEDULER_VAR: "someone-else"}
+    )
     try:
         assert wait_for(lambda: len(recovery.run_processes(run_id, dead)) == 2, 5)
         me = store.register_scheduler()
@@ -91,10 +108,20 @@ def dead_scheduler(store: Store, scheduler_id: str, home: str) -> None:
     gone.wait()
     now = utcnow()
     with store.engine.begin() as connection:
-        connection.execute(schedulers.insert().values(
-            id=scheduler_id, hostname=socket.gethostname(), machine_id=machine_id(),
-            pid=gone.pid, proc_start=1, boot_id=boot_id(), version="0", started_at=now,
-            heartbeat_at=now, home=home))
+        connection.execute(
+            schedulers.insert().values(
+                id=scheduler_id,
+                hostname=socket.gethostname(),
+                machine_id=machine_id(),
+                pid=gone.pid,
+                proc_start=1,
+                boot_id=boot_id(),
+                version="0",
+                started_at=now,
+                heartbeat_at=now,
+                home=home,
+            )
+        )
 
 
 def test_a_run_claimed_and_never_handed_to_the_keeper_is_queued_again(tmp_path: Path) -> None:
@@ -114,8 +141,10 @@ def test_a_run_claimed_and_never_handed_to_the_keeper_is_queued_again(tmp_path: 
     assert back == [ids["unsent"]]
     states = {name: store.get_run(run_id)["state"] for name, run_id in ids.items()}  # type: ignore[index]
     assert states == {"unsent": "queued", "held": "running", "elsewhere": "running"}
-    assert recovery.never_started(store, me, "/another/home", ["dead-elsewhere"], set(),
-                                  utcnow()) == []  # another home's keeper may hold it
+    assert (
+        recovery.never_started(store, me, "/another/home", ["dead-elsewhere"], set(), utcnow())
+        == []
+    )  # another home's keeper may hold it
     assert recovery.abandoned(store, me, home, utcnow()) == 2  # the others: really lost
     assert store.get_run(ids["elsewhere"])["reason"] == "lost: its scheduler died"  # type: ignore[index]
     store.close()

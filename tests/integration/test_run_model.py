@@ -49,8 +49,7 @@ def sql(home: Path, statement: str, *args: object) -> list[tuple[Any, ...]]:
 
 def test_catch_up_all_runs_every_missed_occurrence_one_after_another(pb: Pb) -> None:
     pb("scheduler", "start", check=True)
-    pb("job", "add", "tick", "--every", "2s", "--catch-up", "all", "--", "sleep", "0.3",
-       check=True)
+    pb("job", "add", "tick", "--every", "2s", "--catch-up", "all", "--", "sleep", "0.3", check=True)
     wait_runs(pb, lambda rs: any(r["state"] == "succeeded" for r in rs))
     pb("scheduler", "stop", check=True)
     stopped = datetime.now(UTC)
@@ -66,8 +65,10 @@ def test_catch_up_all_runs_every_missed_occurrence_one_after_another(pb: Pb) -> 
 
     runs = wait_runs(pb, caught_up, 90)
     new = [r for r in runs if r["id"] not in before]
-    late = sorted((r for r in new if datetime.fromisoformat(r["occurrence"]) < restarted),
-                  key=lambda r: r["occurrence"])
+    late = sorted(
+        (r for r in new if datetime.fromisoformat(r["occurrence"]) < restarted),
+        key=lambda r: r["occurrence"],
+    )
     # None of the missed ones is skipped as "previous run still running" (occurrences due
     # after the restart, while the catch-up runs still run, do overlap them).
     assert all(r["state"] == "succeeded" for r in late), late
@@ -82,14 +83,32 @@ def test_runs_that_cannot_start_in_time_expire_and_the_queue_is_bounded(pb: Pb) 
     pb("job", "run", "hog", check=True)
     wait_runs(pb, lambda rs: any(r["job"] == "hog" and r["state"] == "running" for r in rs))
     pb("job", "add", "tick", "--every", "1s", "--overlap", "allow", "--", "true", check=True)
-    pb("job", "add", "backlog", "--every", "1s", "--overlap", "queue", "--max-queued", "2",
-       "--", "sleep", "3", check=True)
-    runs = wait_runs(pb, lambda rs: any(r["job"] == "tick" and r["state"] == "expired"
-                                        for r in rs)
-                     and any("runs already queued" in (r["reason"] or "") for r in rs))
+    pb(
+        "job",
+        "add",
+        "backlog",
+        "--every",
+        "1s",
+        "--overlap",
+        "queue",
+        "--max-queued",
+        "2",
+        "--",
+        "sleep",
+        "3",
+        check=True,
+    )
+    runs = wait_runs(
+        pb,
+        lambda rs: (
+            any(r["job"] == "tick" and r["state"] == "expired" for r in rs)
+            and any("runs already queued" in (r["reason"] or "") for r in rs)
+        ),
+    )
     expired = next(r for r in runs if r["job"] == "tick" and r["state"] == "expired")
-    assert expired["reason"] == ("not started within its start deadline (1s): "
-                                 "all 1 workers were busy"), expired
+    assert expired["reason"] == (
+        "not started within its start deadline (1s): all 1 workers were busy"
+    ), expired
     assert expired["started_at"] is None
     assert Counter(r["state"] for r in of("backlog", runs))["queued"] <= 2
     job = json.loads(pb("job", "show", "tick", "--json").out)
@@ -98,16 +117,30 @@ def test_runs_that_cannot_start_in_time_expire_and_the_queue_is_bounded(pb: Pb) 
 
 def test_a_paused_jobs_queued_runs_do_not_start(pb: Pb) -> None:
     pb("scheduler", "start", check=True)
-    pb("job", "add", "slow", "--every", "1s", "--overlap", "queue", "--start-deadline",
-       "none", "--", "sleep", "2", check=True)
+    pb(
+        "job",
+        "add",
+        "slow",
+        "--every",
+        "1s",
+        "--overlap",
+        "queue",
+        "--start-deadline",
+        "none",
+        "--",
+        "sleep",
+        "2",
+        check=True,
+    )
     pb("job", "add", "beat", "--every", "1s", "--", "true", check=True)
     wait_runs(pb, lambda rs: any(r["job"] == "slow" and r["state"] == "queued" for r in rs))
     pb("job", "pause", "slow", check=True)
     paused = {r["id"] for r in of("slow", all_runs(pb)) if r["state"] == "queued"}
     beats = len(of("beat", all_runs(pb)))
     # Five more runs of another job: the scheduler claimed several times meanwhile.
-    runs = wait_runs(pb, lambda rs: len([r for r in of("beat", rs)
-                                         if r["state"] == "succeeded"]) >= beats + 5)
+    runs = wait_runs(
+        pb, lambda rs: len([r for r in of("beat", rs) if r["state"] == "succeeded"]) >= beats + 5
+    )
     still = {r["id"]: r["state"] for r in of("slow", runs) if r["id"] in paused}
     assert set(still.values()) == {"queued"}, still
     pb("job", "resume", "slow", check=True)
@@ -119,8 +152,11 @@ def test_a_job_the_daemon_cannot_evaluate_is_set_aside(pb: Pb, home: Path) -> No
     pb("job", "add", "broken", "--every", "1s", "--", "true", check=True)
     pb("job", "add", "fine", "--every", "1s", "--", "true", check=True)
     # A zone added by a newer tz database, and a policy value a newer version wrote.
-    sql(home, "UPDATE jobs SET schedule_tz = 'Mars/Olympus_Mons', "
-              "next_due_at = '2020-01-01 00:00:00.000000' WHERE name = 'mars'")
+    sql(
+        home,
+        "UPDATE jobs SET schedule_tz = 'Mars/Olympus_Mons', "
+        "next_due_at = '2020-01-01 00:00:00.000000' WHERE name = 'mars'",
+    )
     sql(home, "UPDATE jobs SET overlap = 'sometimes' WHERE name = 'broken'")
     pb("scheduler", "start", check=True)
     wait_runs(pb, lambda rs: len([r for r in of("fine", rs) if r["state"] == "succeeded"]) >= 3)
@@ -141,8 +177,19 @@ def test_a_job_the_daemon_cannot_evaluate_is_set_aside(pb: Pb, home: Path) -> No
 def test_jobs_get_umask_022_by_default_and_their_own_on_request(pb: Pb, tmp_path: Path) -> None:
     pb("scheduler", "start", check=True)
     for name, extra in (("plain", ()), ("private", ("--umask", "077"))):
-        pb("job", "add", name, "--manual", *extra, "--cwd", str(tmp_path), "--shell", "--",
-           f"touch {name}.out && stat -c %a {name}.out", check=True)
+        pb(
+            "job",
+            "add",
+            name,
+            "--manual",
+            *extra,
+            "--cwd",
+            str(tmp_path),
+            "--shell",
+            "--",
+            f"touch {name}.out && stat -c %a {name}.out",
+            check=True,
+        )
         pb("job", "run", name, check=True)
     runs = wait_runs(pb, lambda rs: len([r for r in rs if r["state"] == "succeeded"]) == 2)
     modes = {r["job"]: pb("runs", "output", str(r["id"])).out.strip() for r in runs}
@@ -155,8 +202,7 @@ def test_a_run_killed_by_a_signal_shows_the_signal(pb: Pb) -> None:
     pb("job", "add", "term", "--manual", "--shell", "--", "kill -TERM $$", check=True)
     pb("job", "run", "term", check=True)
     run = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "failed")[0]
-    assert (run["exit_code"], run["signal"], run["reason"]) == (143, 15,
-                                                                "killed by signal SIGTERM")
+    assert (run["exit_code"], run["signal"], run["reason"]) == (143, 15, "killed by signal SIGTERM")
     assert "143 (SIGTERM)" in pb("runs").out
     assert "143 (SIGTERM)" in pb("runs", "show", str(run["id"])).out
 
@@ -165,14 +211,19 @@ def test_nothing_missed_is_dropped_after_a_long_outage(pb: Pb, home: Path) -> No
     pb("job", "add", "often", "--every", "1s", "--", "true", check=True)
     outage = datetime.now(UTC) - timedelta(seconds=3000)
     # The job was last scheduled 3,000 s ago: as if the scheduler had been down since.
-    sql(home, "UPDATE jobs SET next_due_at = ?, schedule_anchor = ?",
-        outage.strftime("%Y-%m-%d %H:%M:%S.%f"), (outage - timedelta(seconds=1)).isoformat())
+    sql(
+        home,
+        "UPDATE jobs SET next_due_at = ?, schedule_anchor = ?",
+        outage.strftime("%Y-%m-%d %H:%M:%S.%f"),
+        (outage - timedelta(seconds=1)).isoformat(),
+    )
     pb("scheduler", "start", check=True)
     runs = wait_runs(pb, lambda rs: any(r["state"] == "succeeded" for r in rs))
     pb("scheduler", "stop", check=True)
     runs = all_runs(pb)
-    first_start = min(datetime.fromisoformat(r["occurrence"]) for r in runs
-                      if r["state"] == "succeeded")
+    first_start = min(
+        datetime.fromisoformat(r["occurrence"]) for r in runs if r["state"] == "succeeded"
+    )
     # Every occurrence from the outage's start to the first run is accounted for: recorded
     # as a run (skipped as missed; on a loaded machine the one on time may also expire
     # before a worker takes it) or counted in the summary.
@@ -182,13 +233,16 @@ def test_nothing_missed_is_dropped_after_a_long_outage(pb: Pb, home: Path) -> No
     assert len(summary) == 1 and summary[0][1] == "missed: no scheduler was running at its time"
     accounted = len(before) + summary[0][0] + 1
     assert accounted == round((first_start - outage).total_seconds()) + 1
-    assert skipped and all(r["state"] == "skipped" and r["reason"] == summary[0][1]
-                           for r in skipped)
+    assert skipped and all(
+        r["state"] == "skipped" and r["reason"] == summary[0][1] for r in skipped
+    )
     footer = pb("runs", "often").out
     assert f"Missed, not listed one by one: {summary[0][0]:,} occurrence(s)" in footer
-    assert re.search(rf"Job often: {summary[0][0] + len(skipped)} occurrence\(s\) from "
-                     r"\S+ to \S+ missed: no scheduler was running",
-                     (home / "scheduler.log").read_text())
+    assert re.search(
+        rf"Job often: {summary[0][0] + len(skipped)} occurrence\(s\) from "
+        r"\S+ to \S+ missed: no scheduler was running",
+        (home / "scheduler.log").read_text(),
+    )
     missed = json.loads(pb("runs", "often", "--missed", "--json").out)
     assert [m["count"] for m in missed] == [summary[0][0]]
 
@@ -215,8 +269,7 @@ def test_run_ids_and_output_of_a_removed_job_are_never_shown_again(pb: Pb, home:
 def test_output_with_nul_bytes_is_recorded_on_postgresql(pb: Pb, pg_url: str) -> None:
     env = {"PONYBUNNY_DB": pg_url}
     pb("scheduler", "start", env=env, check=True)
-    pb("job", "add", "nul", "--manual", "--shell", "--", r"printf 'a\000b\n'", env=env,
-       check=True)
+    pb("job", "add", "nul", "--manual", "--shell", "--", r"printf 'a\000b\n'", env=env, check=True)
     pb("job", "add", "ok", "--manual", "--", "true", env=env, check=True)
     pb("job", "run", "nul", env=env, check=True)
     pb("job", "run", "ok", env=env, check=True)
@@ -228,8 +281,10 @@ def test_output_with_nul_bytes_is_recorded_on_postgresql(pb: Pb, pg_url: str) ->
     assert wait_for(done, 60)
     runs = json.loads(pb("runs", "--json", env=env).out)
     nul = next(r for r in runs if r["job"] == "nul")
-    assert json.loads(pb("runs", "show", str(nul["id"]), "--json", env=env).out)[
-        "output_tail"] == "a\0b\n"
+    assert (
+        json.loads(pb("runs", "show", str(nul["id"]), "--json", env=env).out)["output_tail"]
+        == "a\0b\n"
+    )
     assert "Database unavailable" not in (pb.home / "scheduler.log").read_text()
 
 
@@ -246,21 +301,40 @@ def step_clock(offset_file: Path, offset: str) -> None:
 
 def faketime_env(offset_file: Path) -> dict[str, str]:
     step_clock(offset_file, "+0")
-    return {"LD_PRELOAD": str(FAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset_file),
-            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    return {
+        "LD_PRELOAD": str(FAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
 
 
-needs_faketime = pytest.mark.skipif(not FAKETIME.exists() and not __import__("os").environ.get(
-    "CI"), reason="libfaketime (Debian package faketime) is not installed")
+needs_faketime = pytest.mark.skipif(
+    not FAKETIME.exists() and not __import__("os").environ.get("CI"),
+    reason="libfaketime (Debian package faketime) is not installed",
+)
 
 
 @needs_faketime
-def test_interval_jobs_keep_their_pace_across_clock_steps(pb: Pb, tmp_path: Path,
-                                                          home: Path) -> None:
+def test_interval_jobs_keep_their_pace_across_clock_steps(
+    pb: Pb, tmp_path: Path, home: Path
+) -> None:
     offset = tmp_path / "offset"
     pb("scheduler", "start", env=faketime_env(offset), check=True)
-    pb("job", "add", "beat", "--every", "2s", "--catch-up", "all", "--overlap", "allow", "--",
-       "true", check=True)
+    pb(
+        "job",
+        "add",
+        "beat",
+        "--every",
+        "2s",
+        "--catch-up",
+        "all",
+        "--overlap",
+        "allow",
+        "--",
+        "true",
+        check=True,
+    )
     wait_runs(pb, lambda rs: len(rs) >= 2)
     step_clock(offset, "-600")  # the clock is stepped back ten minutes
     count = len(all_runs(pb))
@@ -269,8 +343,11 @@ def test_interval_jobs_keep_their_pace_across_clock_steps(pb: Pb, tmp_path: Path
     count = len(all_runs(pb))
     runs = wait_runs(pb, lambda rs: len(rs) >= count + 3)
     # A loaded machine may start a run late (expired), but nothing was missed or caught up.
-    odd = [(r["state"], r["trigger"], r["reason"]) for r in runs
-           if r["trigger"] != "schedule" or (r["reason"] or "").startswith("missed")]
+    odd = [
+        (r["state"], r["trigger"], r["reason"])
+        for r in runs
+        if r["trigger"] != "schedule" or (r["reason"] or "").startswith("missed")
+    ]
     assert not odd, odd
     log = (home / "scheduler.log").read_text()
     assert "stepped back by 10m" in log and "stepped forward by 20m" in log
@@ -280,8 +357,20 @@ def test_interval_jobs_keep_their_pace_across_clock_steps(pb: Pb, tmp_path: Path
 def test_cron_jobs_follow_the_wall_clock_across_steps(pb: Pb, tmp_path: Path) -> None:
     offset = tmp_path / "offset"
     pb("scheduler", "start", env=faketime_env(offset), check=True)
-    pb("job", "add", "minutely", "--cron", "* * * * *", "--tz", "UTC", "--catch-up", "skip",
-       "--", "true", check=True)
+    pb(
+        "job",
+        "add",
+        "minutely",
+        "--cron",
+        "* * * * *",
+        "--tz",
+        "UTC",
+        "--catch-up",
+        "skip",
+        "--",
+        "true",
+        check=True,
+    )
     step_clock(offset, "+300")  # five minutes stepped over: those occurrences are missed
     runs = wait_runs(pb, lambda rs: len([r for r in rs if r["state"] == "skipped"]) >= 4)
     skipped = [r for r in runs if r["state"] == "skipped"]
@@ -299,8 +388,20 @@ def test_job_run_wait_exits_with_the_runs_status_and_follows_its_output(pb: Pb) 
     pb("job", "add", "ok", "--manual", "--shell", "--", "echo one; echo two", check=True)
     pb("job", "add", "three", "--manual", "--shell", "--", "echo bye; exit 3", check=True)
     pb("job", "add", "term", "--manual", "--shell", "--", "kill -TERM $$", check=True)
-    pb("job", "add", "flaky", "--manual", "--retries", "1", "--retry-delay", "0.1",
-       "--shell", "--", "exit 4", check=True)
+    pb(
+        "job",
+        "add",
+        "flaky",
+        "--manual",
+        "--retries",
+        "1",
+        "--retry-delay",
+        "0.1",
+        "--shell",
+        "--",
+        "exit 4",
+        check=True,
+    )
     followed = pb("job", "run", "ok", "--wait", "--follow")
     assert (followed.code, followed.out) == (0, "one\ntwo\n")
     assert pb("job", "run", "three", "--wait").code == 3
@@ -313,7 +414,8 @@ def test_job_run_wait_exits_with_the_runs_status_and_follows_its_output(pb: Pb) 
 
 @pytest.mark.postgres
 def test_a_scheduler_paused_past_its_lease_records_nothing_over_the_rescuer(
-        pb: Pb, tmp_path: Path, pg_url: str) -> None:
+    pb: Pb, tmp_path: Path, pg_url: str
+) -> None:
     """Fencing: the lease epoch a run was claimed under guards every later write."""
     import os
     import signal
@@ -324,24 +426,40 @@ def test_a_scheduler_paused_past_its_lease_records_nothing_over_the_rescuer(
         for runner in (pb, second):
             runner.env.update(PONYBUNNY_DB=pg_url, PONYBUNNY_LEASE="10")
         pb("scheduler", "start", check=True)
-        pb("job", "add", "long", "--manual", "--retries", "1", "--retry-delay", "0.1",
-           "--", "sleep", "12", check=True)
+        pb(
+            "job",
+            "add",
+            "long",
+            "--manual",
+            "--retries",
+            "1",
+            "--retry-delay",
+            "0.1",
+            "--",
+            "sleep",
+            "12",
+            check=True,
+        )
         pb("job", "run", "long", check=True)
-        first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running"
-                          and rs[0]["pid"])[0]
+        first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])[0]
         frozen = pb.pid()
         os.kill(frozen, signal.SIGSTOP)
         try:
             second("scheduler", "start", check=True)
-            wait_runs(pb, lambda rs: any(r["id"] == first["id"] and r["state"] == "lost"
-                                         for r in rs)
-                      and any(r["attempt"] == 2 and r["state"] == "running" for r in rs))
+            wait_runs(
+                pb,
+                lambda rs: (
+                    any(r["id"] == first["id"] and r["state"] == "lost" for r in rs)
+                    and any(r["attempt"] == 2 and r["state"] == "running" for r in rs)
+                ),
+            )
         finally:
             os.kill(frozen, signal.SIGCONT)
         log = pb.home / "scheduler.log"
         assert wait_for(lambda: f"Run {first['id']}: refused running" in log.read_text(), 60)
-        runs = wait_runs(pb, lambda rs: any(r["attempt"] == 2 and r["state"] == "succeeded"
-                                            for r in rs), 90)
+        runs = wait_runs(
+            pb, lambda rs: any(r["attempt"] == 2 and r["state"] == "succeeded" for r in rs), 90
+        )
         lost = next(r for r in runs if r["id"] == first["id"])
         assert lost["state"] == "lost"  # the paused scheduler wrote nothing over it
         assert lost["reason"] == "lost: its scheduler stopped renewing the lease"
@@ -352,11 +470,33 @@ def test_a_scheduler_paused_past_its_lease_records_nothing_over_the_rescuer(
 def test_cron_under_a_leap_second_zone_and_unreadable_tz_files(pb: Pb) -> None:
     """TZ=right/... makes gmtime() count leap seconds: cron must not spin for ever; a TZ
     naming a device is one line, not a read of endless bytes."""
-    right = pb("job", "next", "--cron", "0 9 * * *", "--tz", "UTC", "-n", "2",
-               env={"TZ": "right/UTC"}, timeout=30)
+    right = pb(
+        "job",
+        "next",
+        "--cron",
+        "0 9 * * *",
+        "--tz",
+        "UTC",
+        "-n",
+        "2",
+        env={"TZ": "right/UTC"},
+        timeout=30,
+    )
     assert right.code == 0 and right.out.count("09:00 UTC") == 4, right.all
-    pb("job", "add", "leap", "--cron", "0 9 * * *", "--tz", "UTC", "--", "true",
-       env={"TZ": "right/Europe/Berlin"}, timeout=30, check=True)
+    pb(
+        "job",
+        "add",
+        "leap",
+        "--cron",
+        "0 9 * * *",
+        "--tz",
+        "UTC",
+        "--",
+        "true",
+        env={"TZ": "right/Europe/Berlin"},
+        timeout=30,
+        check=True,
+    )
     device = pb("job", "next", "--cron", "0 9 * * *", env={"TZ": "/dev/zero"}, timeout=30)
     assert device.code == 2 and device.err.count("\n") == 1
     assert "not a regular file" in device.err
@@ -366,8 +506,11 @@ def test_a_set_aside_job_comes_back_only_when_repaired(pb: Pb, home: Path) -> No
     pb("job", "add", "bad", "--cron", "* * * * *", "--tz", "UTC", "--", "true", check=True)
     pb("job", "add", "cmd", "--every", "1s", "--", "true", check=True)
     pb("job", "add", "inf", "--every", "1h", "--", "true", check=True)
-    sql(home, "UPDATE jobs SET overlap = 'bogus', next_due_at = '2020-01-01 00:00:00.000000' "
-              "WHERE name = 'bad'")
+    sql(
+        home,
+        "UPDATE jobs SET overlap = 'bogus', next_due_at = '2020-01-01 00:00:00.000000' "
+        "WHERE name = 'bad'",
+    )
     sql(home, "UPDATE jobs SET command = 'not json' WHERE name = 'cmd'")
     sql(home, "UPDATE jobs SET schedule_expr = 'inf' WHERE name = 'inf'")
     listing = pb("job", "list")  # a damaged row never breaks the listing
@@ -387,19 +530,32 @@ def test_a_set_aside_job_comes_back_only_when_repaired(pb: Pb, home: Path) -> No
     job = json.loads(pb("job", "show", "bad", "--json").out)
     assert job["error"] is None and job["next_run_at"] is not None
     pb("job", "edit", "cmd", "--", "true", check=True)
-    assert wait_for(lambda: any(r["job"] == "cmd" and r["state"] == "succeeded"
-                                for r in all_runs(pb)), 60)
+    assert wait_for(
+        lambda: any(r["job"] == "cmd" and r["state"] == "succeeded" for r in all_runs(pb)), 60
+    )
 
 
 def test_resuming_a_job_does_not_start_what_came_due_while_it_was_paused(pb: Pb) -> None:
     pb("scheduler", "start", check=True)
-    pb("job", "add", "q", "--every", "1s", "--overlap", "queue", "--start-deadline", "none",
-       "--", "sleep", "3", check=True)
+    pb(
+        "job",
+        "add",
+        "q",
+        "--every",
+        "1s",
+        "--overlap",
+        "queue",
+        "--start-deadline",
+        "none",
+        "--",
+        "sleep",
+        "3",
+        check=True,
+    )
     wait_runs(pb, lambda rs: any(r["job"] == "q" and r["state"] == "queued" for r in rs))
     pb("job", "pause", "q", check=True)
     waiting = {r["id"] for r in of("q", all_runs(pb)) if r["state"] == "queued"}
     pb("job", "resume", "q", check=True)
     after = {r["id"]: r for r in of("q", all_runs(pb))}
     assert waiting and all(after[i]["state"] == "skipped" for i in waiting), after
-    assert all(after[i]["reason"] == "not run: its job was paused when it was due"
-               for i in waiting)
+    assert all(after[i]["reason"] == "not run: its job was paused when it was due" for i in waiting)

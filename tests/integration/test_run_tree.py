@@ -67,9 +67,14 @@ def start(pb: Pb, containment: str, wrap: list[str] | None = None, setup: str = 
         pb.env["PONYBUNNY_CONTAINMENT"] = containment
     if wrap:
         command = f'{setup} exec "$0" -m pony_scheduler scheduler start'
-        proc = subprocess.run([*wrap, "sh", "-c", command, sys.executable], env=pb.env,
-                              capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [*wrap, "sh", "-c", command, sys.executable],
+            env=pb.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         pb.remember()
         assert proc.returncode == 0, proc.stdout + proc.stderr
     else:
@@ -125,8 +130,14 @@ def test_a_background_child_does_not_keep_the_run(daemon: Daemon, tmp_path: Path
 
 
 def test_a_setsid_double_fork_under_a_timeout_leaves_nothing(daemon: Daemon) -> None:
-    daemon.add("escape", "--timeout", "2s", "--shell", "--",
-               "setsid sh -c 'sleep 300 & echo $!'; sleep 300")
+    daemon.add(
+        "escape",
+        "--timeout",
+        "2s",
+        "--shell",
+        "--",
+        "setsid sh -c 'sleep 300 & echo $!'; sleep 300",
+    )
     result, run = daemon.run("escape")
     assert run["state"] == "timed_out" and run["reason"] == "timed out after 2s", run
     escapee = int(run["output_tail"].split()[0])
@@ -137,8 +148,12 @@ def test_a_setsid_double_fork_under_a_timeout_leaves_nothing(daemon: Daemon) -> 
 
 @pytest.mark.timeout(600)
 def test_a_thousand_children_left_behind_are_killed(daemon: Daemon) -> None:
-    daemon.add("herd", "--shell", "--",
-               "i=0; while [ $i -lt 1000 ]; do sleep 300 & i=$((i+1)); done; echo forked")
+    daemon.add(
+        "herd",
+        "--shell",
+        "--",
+        "i=0; while [ $i -lt 1000 ]; do sleep 300 & i=$((i+1)); done; echo forked",
+    )
     result, run = daemon.run("herd", timeout=540)
     assert (result.code, run["state"]) == (0, "succeeded"), run
     assert run["reason"] == "left 1000 processes behind, killed"
@@ -146,8 +161,9 @@ def test_a_thousand_children_left_behind_are_killed(daemon: Daemon) -> None:
 
 
 def test_leftovers_keep_lets_them_live_and_says_so(daemon: Daemon) -> None:
-    daemon.add("daemonize", "--leftovers", "keep", "--shell", "--",
-               "sleep 300 >/dev/null 2>&1 & echo $!")
+    daemon.add(
+        "daemonize", "--leftovers", "keep", "--shell", "--", "sleep 300 >/dev/null 2>&1 & echo $!"
+    )
     result, run = daemon.run("daemonize")
     kept = int(run["output_tail"].split()[0])
     try:
@@ -188,8 +204,13 @@ def test_runs_kill_stops_the_whole_tree_and_records_who(daemon: Daemon) -> None:
 
 def test_resource_use_and_a_memory_limit(daemon: Daemon) -> None:
     python = sys.executable
-    daemon.add("busy", "--", python, "-c",
-               "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass")
+    daemon.add(
+        "busy",
+        "--",
+        python,
+        "-c",
+        "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass",
+    )
     _, busy = daemon.run("busy")
     assert (busy["state"], busy["containment"]) == ("succeeded", daemon.containment), busy
     assert busy["cpu_s"] is not None and busy["cpu_s"] >= 0.2, busy
@@ -200,8 +221,9 @@ def test_resource_use_and_a_memory_limit(daemon: Daemon) -> None:
     if daemon.containment == "pgroup":
         for run in (alloc, hog):
             assert run["state"] == "failed" and run["peak_memory"] is None, run
-            assert run["reason"].startswith("cannot start: memory_max needs the memory "
-                                            "controller"), run
+            assert run["reason"].startswith(
+                "cannot start: memory_max needs the memory controller"
+            ), run
             assert "pgroup containment" in run["reason"]
         return
     assert alloc["state"] == "succeeded", alloc
@@ -223,12 +245,18 @@ def test_a_full_disk_for_the_output(pb: Pb, home: Path) -> None:
         setup = f"mount -t tmpfs -o size=64k,mode=0750 tmpfs {home}/runs &&"
         daemon = start(pb, containment, wrap=wrap, setup=setup)
         try:
-            daemon.add(f"fill-{containment}", "--shell", "--",
-                       "sleep 300 & head -c 1000000 /dev/zero | tr '\\0' x; echo; exit 3")
+            daemon.add(
+                f"fill-{containment}",
+                "--shell",
+                "--",
+                "sleep 300 & head -c 1000000 /dev/zero | tr '\\0' x; echo; exit 3",
+            )
             result, run = daemon.run(f"fill-{containment}")
             assert (result.code, run["state"], run["exit_code"]) == (3, "failed", 3), run
-            assert run["reason"] == ("exit status 3; left 1 process behind, killed; output "
-                                     "incomplete: No space left on device"), run
+            assert run["reason"] == (
+                "exit status 3; left 1 process behind, killed; output "
+                "incomplete: No space left on device"
+            ), run
             assert daemon.left(run["id"]) == []
         finally:
             kill_marked(daemon.keeper_id)
@@ -237,8 +265,9 @@ def test_a_full_disk_for_the_output(pb: Pb, home: Path) -> None:
         pb.env.pop("PONYBUNNY_CONTAINMENT", None)
 
 
-def test_an_escapee_that_clears_its_environment_beside_another_run(daemon: Daemon,
-                                                                   tmp_path: Path) -> None:
+def test_an_escapee_that_clears_its_environment_beside_another_run(
+    daemon: Daemon, tmp_path: Path
+) -> None:
     """The fallback's gap inside the keeper's subtree (README, "How a job runs"): a
     process that leaves its run's session and clears its environment, and whose parent
     has exited, cannot be told apart while another run is held.  Its run is recorded
@@ -246,10 +275,14 @@ def test_an_escapee_that_clears_its_environment_beside_another_run(daemon: Daemo
     keeper (or killed as a stray once no run is held).  A cgroup keeps it in its run."""
     pid_file, release = tmp_path / "escapee", tmp_path / "release"
     daemon.add("hold", "--shell", "--", f"until [ -e {release} ]; do sleep 0.1; done")
-    daemon.add("escape", "--shell", "--",
-               f"(setsid env -i sleep 300 & echo $! > {pid_file}); p=$(cat {pid_file}); "
-               # wait until it runs `sleep` with the empty environment `env -i` gave it
-               'until [ "$(cat /proc/$p/comm 2>/dev/null)" = sleep ]; do sleep 0.05; done')
+    daemon.add(
+        "escape",
+        "--shell",
+        "--",
+        f"(setsid env -i sleep 300 & echo $! > {pid_file}); p=$(cat {pid_file}); "
+        # wait until it runs `sleep` with the empty environment `env -i` gave it
+        'until [ "$(cat /proc/$p/comm 2>/dev/null)" = sleep ]; do sleep 0.05; done',
+    )
     hold = daemon.queue("hold")
     assert wait_for(lambda: daemon.left(hold), 60)
     _, run = daemon.run("escape")

@@ -40,8 +40,16 @@ def test_round_trip(pb: Pb, home: Path) -> None:
 
     status = pb("scheduler", "status")
     assert status.code == 0
-    for label in ("Status:    ✓ Running", f"PID:       {pid}", "Mode:      background",
-                  "Database:", "Socket:", "Started:", "Uptime:", "Log file:"):
+    for label in (
+        "Status:    ✓ Running",
+        f"PID:       {pid}",
+        "Mode:      background",
+        "Database:",
+        "Socket:",
+        "Started:",
+        "Uptime:",
+        "Log file:",
+    ):
         assert label in status.out
     as_json = json.loads(pb("scheduler", "status", "--json").out)
     assert as_json["status"] == "running" and as_json["pid"] == pid
@@ -55,8 +63,12 @@ def test_round_trip(pb: Pb, home: Path) -> None:
     assert pb("scheduler", "stop").out.strip() == "Scheduler is not running"
 
     log = (home / "scheduler.log").read_text()
-    for step in ("Scheduler ready", "Shutdown requested", "Closing database connections",
-                 "Scheduler stopped (exit status 0)"):
+    for step in (
+        "Scheduler ready",
+        "Shutdown requested",
+        "Closing database connections",
+        "Scheduler stopped (exit status 0)",
+    ):
         assert step in log
 
 
@@ -130,8 +142,9 @@ def bystander() -> object:
     proc.wait()
 
 
-def test_pid_file_of_unrelated_live_process(pb: Pb, home: Path,
-                                            bystander: subprocess.Popen) -> None:
+def test_pid_file_of_unrelated_live_process(
+    pb: Pb, home: Path, bystander: subprocess.Popen
+) -> None:
     (home / "scheduler.pid").write_text(f"{bystander.pid}\n")
     status = pb("scheduler", "status")
     assert status.code == 1 and "stale" in status.out and "another program" in status.out
@@ -246,8 +259,9 @@ def test_foreground_with_systemd_notify(pb: Pb, home: Path, tmp_path: Path) -> N
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(address)
     listener.settimeout(15)
-    proc = pb.popen("scheduler", "start", "--foreground", env={"NOTIFY_SOCKET": address},
-                    stderr=subprocess.PIPE)
+    proc = pb.popen(
+        "scheduler", "start", "--foreground", env={"NOTIFY_SOCKET": address}, stderr=subprocess.PIPE
+    )
     try:
         assert b"READY=1" in listener.recv(4096)
         assert pb.pid() == proc.pid
@@ -281,5 +295,6 @@ def test_round_trip_on_postgresql(pb: Pb, home: Path, pg_url: str) -> None:
     assert row == (pb.pid(),)
     pb("scheduler", "stop", check=True)
     with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
-        assert conn.execute("SELECT count(*) FROM schedulers WHERE stopped_at IS NULL"
-                            ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM schedulers WHERE stopped_at IS NULL"
+        ).fetchone() == (0,)

@@ -72,10 +72,22 @@ while True:
 """
 
 
-def attack(user: OtherUser, port: int, method: str, path: str,
-           headers: dict[str, str] | None = None, body: str | None = None) -> dict[str, Any]:
-    result = user.python_code(REQUEST, str(port), method, path, json.dumps(headers or {}),
-                              *([body] if body is not None else []))
+def attack(
+    user: OtherUser,
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: str | None = None,
+) -> dict[str, Any]:
+    result = user.python_code(
+        REQUEST,
+        str(port),
+        method,
+        path,
+        json.dumps(headers or {}),
+        *([body] if body is not None else []),
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
@@ -102,8 +114,9 @@ def no_runs(pb: Pb) -> bool:
 
 
 # -- 1. the dashboard lends nothing; 4. reads need a token ----------------------------------------
-def test_another_user_can_neither_read_nor_run_anything(victim: Pb, other_user: OtherUser,
-                                                        shared_dir: Path) -> None:
+def test_another_user_can_neither_read_nor_run_anything(
+    victim: Pb, other_user: OtherUser, shared_dir: Path
+) -> None:
     gateway_port, debug_port = use_free_ports(victim)
     assert victim("service", "start", "all").code == 0
     outside = shared_dir / "ran"
@@ -129,8 +142,14 @@ def test_another_user_can_neither_read_nor_run_anything(victim: Pb, other_user: 
         assert answer["status"] == 401, (port, method, path, answer)
         assert "marker" not in answer["body"] and "touch" not in answer["body"]
     # A made-up login code or token opens nothing either.
-    answer = attack(other_user, debug_port, "POST", "/api/login",
-                    {"Content-Type": "application/json"}, json.dumps({"code": "x" * 43}))
+    answer = attack(
+        other_user,
+        debug_port,
+        "POST",
+        "/api/login",
+        {"Content-Type": "application/json"},
+        json.dumps({"code": "x" * 43}),
+    )
     assert answer["status"] == 401
     # The Unix sockets are the owner's alone (0600 in a 0700 home).
     for name in ("gateway.sock", "gateway.api.sock"):
@@ -143,8 +162,9 @@ def test_another_user_can_neither_read_nor_run_anything(victim: Pb, other_user: 
     assert wait_for(outside.exists, 30)
 
 
-def test_anonymous_read_is_an_opt_in_for_reads_only(victim: Pb, other_user: OtherUser,
-                                                     shared_dir: Path) -> None:
+def test_anonymous_read_is_an_opt_in_for_reads_only(
+    victim: Pb, other_user: OtherUser, shared_dir: Path
+) -> None:
     gateway_port, _ = use_free_ports(victim)
     (victim.home / "config.toml").write_text("anonymous_read = true\n")
     assert victim("gateway", "start").code == 0
@@ -216,8 +236,9 @@ def test_rotation_refuses_the_old_token_at_once(victim: Pb) -> None:
     # The read-only token rotates on its own.
     assert victim("gateway", "token", "--read-only", "--rotate").code == 0
     assert request(gateway_port, "GET", "/api/health", token=read_only)[0] == 401
-    assert request(gateway_port, "GET", "/api/health",
-                   token=token_of(victim.home, "read"))[0] == 200
+    assert (
+        request(gateway_port, "GET", "/api/health", token=token_of(victim.home, "read"))[0] == 200
+    )
 
 
 def test_a_same_uid_peer_needs_no_token_and_may_lower_its_scope(victim: Pb) -> None:
@@ -229,9 +250,11 @@ def test_a_same_uid_peer_needs_no_token_and_may_lower_its_scope(victim: Pb) -> N
     def unix(method: str, path: str, headers: dict[str, str]) -> int:
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(str(victim.home / "gateway.api.sock"))
-        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n"
-                     f"{''.join(f'{k}: {v}' + chr(13) + chr(10) for k, v in headers.items())}"
-                     "Connection: close\r\n\r\n".encode())
+        sock.sendall(
+            f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n"
+            f"{''.join(f'{k}: {v}' + chr(13) + chr(10) for k, v in headers.items())}"
+            "Connection: close\r\n\r\n".encode()
+        )
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
@@ -252,23 +275,29 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
-def test_a_home_belonging_to_another_user_is_refused(victim: Pb, other_user: OtherUser,
-                                                     shared_dir: Path) -> None:
+def test_a_home_belonging_to_another_user_is_refused(
+    victim: Pb, other_user: OtherUser, shared_dir: Path
+) -> None:
     # The other user prepares a home, with a database holding a job, where root will look.
     planted = shared_dir / "planted"
     outside = shared_dir / "ran"
     maker = Pb(planted)
     try:
-        assert maker("job", "add", "planted", "--every", "1s", "--", "touch",
-                     str(outside)).code == 0
+        assert (
+            maker("job", "add", "planted", "--every", "1s", "--", "touch", str(outside)).code == 0
+        )
         assert maker("job", "run", "planted").code == 0
     finally:
         maker.cleanup()
-    subprocess.run(["chown", "-R", f"{other_user.uid}:{other_user.gid}", str(planted)],
-                   check=True)
+    subprocess.run(["chown", "-R", f"{other_user.uid}:{other_user.gid}", str(planted)], check=True)
     env = {"PONYBUNNY_HOME": str(planted)}
-    for args in (("scheduler", "start"), ("service", "start", "all"), ("job", "list"),
-                 ("gateway", "start"), ("config", "show")):
+    for args in (
+        ("scheduler", "start"),
+        ("service", "start", "all"),
+        ("job", "list"),
+        ("gateway", "start"),
+        ("config", "show"),
+    ):
         result = victim(*args, env=env)
         assert result.code != 0, (args, result.all)
         line = one_line(result.err)
@@ -289,15 +318,24 @@ PLANTS = {
     "config.toml": ("foreign", "belongs to pony-attacker"),
     "scheduler.pid": ("directory", "is a directory, not a file; remove it (rmdir"),
     # The run keeper's files (files.KNOWN): refused in one line, nothing started.
-    **{name: ("symlink", "is a symbolic link") for name in (
-        "keeper.pid", "keeper.json", "keeper.log", "keeper.sock", "keeper.journal",
-        ".keeper.start.lock")},
+    **{
+        name: ("symlink", "is a symbolic link")
+        for name in (
+            "keeper.pid",
+            "keeper.json",
+            "keeper.log",
+            "keeper.sock",
+            "keeper.journal",
+            ".keeper.start.lock",
+        )
+    },
 }
 
 
 @pytest.mark.parametrize("name", sorted(PLANTS))
-def test_files_planted_in_the_home_are_refused(victim: Pb, other_user: OtherUser,
-                                               shared_dir: Path, name: str) -> None:
+def test_files_planted_in_the_home_are_refused(
+    victim: Pb, other_user: OtherUser, shared_dir: Path, name: str
+) -> None:
     """What another user left in the home while it was open to them (it was 0777; the
     owner has since closed it): a link, a file of theirs, a directory."""
     how, words = PLANTS[name]
@@ -327,21 +365,27 @@ def test_files_planted_in_the_home_are_refused(victim: Pb, other_user: OtherUser
     assert sorted(p.name for p in victim.home.iterdir()) == before
 
 
-@pytest.mark.parametrize("mode, words, fix", [
-    (0o777, "is writable by others (mode 0777)", "chmod 700"),
-    (0o775, "is writable by others (mode 0775)", "chmod 700"),
-])
-def test_a_home_writable_by_others_is_refused(victim: Pb, other_user: OtherUser,
-                                              shared_dir: Path, mode: int, words: str,
-                                              fix: str) -> None:
+@pytest.mark.parametrize(
+    "mode, words, fix",
+    [
+        (0o777, "is writable by others (mode 0777)", "chmod 700"),
+        (0o775, "is writable by others (mode 0775)", "chmod 700"),
+    ],
+)
+def test_a_home_writable_by_others_is_refused(
+    victim: Pb, other_user: OtherUser, shared_dir: Path, mode: int, words: str, fix: str
+) -> None:
     victim.home.chmod(mode)
     if mode == 0o775:  # writable by a group the other user is in
         os.chown(victim.home, 0, other_user.gid)
     target = shared_dir / "precious"
     target.write_text("precious\n")
     # What the other user does in such a home: a link where the log will be written.
-    planted = other_user.python_code("import os, sys; os.symlink(sys.argv[1], sys.argv[2])",
-                                     str(target), str(victim.home / "scheduler.log"))
+    planted = other_user.python_code(
+        "import os, sys; os.symlink(sys.argv[1], sys.argv[2])",
+        str(target),
+        str(victim.home / "scheduler.log"),
+    )
     assert planted.returncode == 0, planted.stderr
     result = victim("scheduler", "start")
     assert result.code == 1
@@ -355,21 +399,29 @@ def test_private_files_and_modes(victim: Pb, other_user: OtherUser, shared_dir: 
     """pony.db made by the CLI is 0600 even in a 0755 home; every file has its mode."""
     victim.home.chmod(0o755)
     use_free_ports(victim)
-    assert victim("job", "add", "db", "--manual", "--env", "DB_PASSWORD=s3cret", "--",
-                  "true").code == 0
-    readable = other_user.python_code("import sys; open(sys.argv[1], 'rb').read(); "
-                                      "print('read')", str(victim.home / "pony.db"))
+    assert (
+        victim("job", "add", "db", "--manual", "--env", "DB_PASSWORD=s3cret", "--", "true").code
+        == 0
+    )
+    readable = other_user.python_code(
+        "import sys; open(sys.argv[1], 'rb').read(); print('read')", str(victim.home / "pony.db")
+    )
     assert "PermissionError" in readable.stderr and "read" not in readable.stdout
     assert victim("service", "start", "all").code == 0
     assert victim("job", "run", "db").code == 0
     assert victim("debug", "url").code == 0
     modes = {path.name: stat.S_IMODE(path.lstat().st_mode) for path in victim.home.iterdir()}
-    expected = {"pony.db": 0o600, "gateway.token": 0o600, "gateway.read-token": 0o600,
-                "gateway.sock": 0o600, "gateway.api.sock": 0o600,
-                ".scheduler.start.lock": 0o600, "debug.logins": 0o700}
+    expected = {
+        "pony.db": 0o600,
+        "gateway.token": 0o600,
+        "gateway.read-token": 0o600,
+        "gateway.sock": 0o600,
+        "gateway.api.sock": 0o600,
+        ".scheduler.start.lock": 0o600,
+        "debug.logins": 0o700,
+    }
     for service in ("scheduler", "gateway", "debug"):
-        expected |= {f"{service}.log": 0o640, f"{service}.pid": 0o640,
-                     f"{service}.json": 0o640}
+        expected |= {f"{service}.log": 0o640, f"{service}.pid": 0o640, f"{service}.json": 0o640}
     for name, mode in expected.items():
         assert modes.get(name) == mode, (name, oct(modes.get(name) or 0))
     fresh = shared_dir / "fresh"
@@ -402,27 +454,41 @@ def test_job_output_reaches_the_terminal_visible_not_obeyed(victim: Pb) -> None:
     use_free_ports(victim)
     assert victim("scheduler", "start").code == 0
     evil = "\x1b]0;pwned\x07\x1b[2Jhello\r\n\u202eevil"
-    assert victim("job", "add", "loud", "--manual", "--", "printf", evil.replace("%", "%%"),
-                  ).code == 0
+    assert (
+        victim(
+            "job",
+            "add",
+            "loud",
+            "--manual",
+            "--",
+            "printf",
+            evil.replace("%", "%%"),
+        ).code
+        == 0
+    )
     run_id = queued_run_id(victim("job", "run", "loud").out)
 
     def done() -> bool:
-        return json.loads(victim("runs", "show", str(run_id), "--json").out)["state"] \
-            == "succeeded"
+        return json.loads(victim("runs", "show", str(run_id), "--json").out)["state"] == "succeeded"
 
     assert wait_for(done, 30)
+
     def output(*extra: str) -> bytes:
-        return subprocess.run([*victim_cmd(), "runs", "output", str(run_id), *extra],
-                              capture_output=True, env=victim.env, timeout=60,
-                              check=True).stdout
+        return subprocess.run(
+            [*victim_cmd(), "runs", "output", str(run_id), *extra],
+            capture_output=True,
+            env=victim.env,
+            timeout=60,
+            check=True,
+        ).stdout
 
     # On a terminal: visible, not obeyed (--raw for the bytes); to a pipe: the exact bytes.
     assert on_a_terminal(victim, "runs", "output", str(run_id)) == (
-        b"^[]0;pwned^G^[[2Jhello\r\n<U+202E>evil")
+        b"^[]0;pwned^G^[[2Jhello\r\n<U+202E>evil"
+    )
     assert on_a_terminal(victim, "runs", "output", str(run_id), "--raw") == evil.encode()
     assert output() == evil.encode()
-    for args in (("runs", "show", str(run_id)), ("job", "show", "loud"),
-                 ("runs", "loud")):
+    for args in (("runs", "show", str(run_id)), ("job", "show", "loud"), ("runs", "loud")):
         out = victim(*args).out
         assert ESC not in out and "\x07" not in out and "\u202e" not in out, (args, out)
     assert "^[]0;pwned^G" in victim("job", "show", "loud").out
@@ -438,8 +504,13 @@ def on_a_terminal(runner: Pb, *args: str) -> bytes:
     master, slave = pty.openpty()
     tty.setraw(slave)
     try:
-        proc = subprocess.Popen([*victim_cmd(), *args], stdout=slave, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL, env=runner.env)
+        proc = subprocess.Popen(
+            [*victim_cmd(), *args],
+            stdout=slave,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env=runner.env,
+        )
         os.close(slave)
         chunks = []
         while True:

@@ -37,34 +37,47 @@ def test_start_all_status_stop_all(pb: Pb, home: Path) -> None:
         f"✓ Scheduler started (PID {running['scheduler']})",
         f"✓ Debug Server started (PID {running['debug']}, http://127.0.0.1:{debug_port})",
     ]
-    assert request(gateway_port, "GET", "/api/health",
-                   token=token_of(home, "read"))[1]["service"] == "gateway"
-    assert request(debug_port, "GET", "/api/health",
-                   token=dashboard_session(pb, debug_port))[1]["service"] == "debug"
+    assert (
+        request(gateway_port, "GET", "/api/health", token=token_of(home, "read"))[1]["service"]
+        == "gateway"
+    )
+    assert (
+        request(debug_port, "GET", "/api/health", token=dashboard_session(pb, debug_port))[1][
+            "service"
+        ]
+        == "debug"
+    )
 
     status = pb("service", "status")
     assert status.code == 0
     for line, (name, title) in zip(status.out.splitlines(), TITLES.items(), strict=True):
-        assert re.fullmatch(rf"✓ {title}: Running \(PID {running[name]}, uptime \d+s"
-                            r"(, http://127\.0\.0\.1:\d+)?\)", line), line
+        assert re.fullmatch(
+            rf"✓ {title}: Running \(PID {running[name]}, uptime \d+s"
+            r"(, http://127\.0\.0\.1:\d+)?\)",
+            line,
+        ), line
     assert f"http://127.0.0.1:{debug_port})" in status.out
     as_json = json.loads(pb("service", "status", "--json").out)
     assert as_json["allRunning"] is True
     assert [(s["service"], s["status"], s["pid"]) for s in as_json["services"]] == [
-        (name, "running", running[name]) for name in TITLES]
+        (name, "running", running[name]) for name in TITLES
+    ]
     assert as_json["services"][0]["address"] == f"http://127.0.0.1:{gateway_port}"
     # One shape for a service's status, whichever command prints it.
     for entry in as_json["services"]:
         own = json.loads(pb(entry["service"], "status", "--json").out)
         assert set(own) == set(entry)
         assert {k: own[k] for k in ("service", "title", "status", "pid", "address")} == {
-            k: entry[k] for k in ("service", "title", "status", "pid", "address")}
+            k: entry[k] for k in ("service", "title", "status", "pid", "address")
+        }
 
     again = pb("service", "start")  # `all` is the default; running counts as success
     assert again.code == 0
     assert [line.split(" (")[0] for line in again.out.splitlines()] == [
-        "✓ Gateway already running", "✓ Scheduler already running",
-        "✓ Debug Server already running"]
+        "✓ Gateway already running",
+        "✓ Scheduler already running",
+        "✓ Debug Server already running",
+    ]
     assert pids(pb) == running
 
     stop = pb("service", "stop", "all")
@@ -77,8 +90,11 @@ def test_start_all_status_stop_all(pb: Pb, home: Path) -> None:
     assert not any(alive(pid) for pid in running.values())
     stopped = pb("service", "status")
     assert stopped.code == 3
-    assert stopped.out.splitlines() == ["✗ Gateway: Not running", "✗ Scheduler: Not running",
-                                        "✗ Debug Server: Not running"]
+    assert stopped.out.splitlines() == [
+        "✗ Gateway: Not running",
+        "✗ Scheduler: Not running",
+        "✗ Debug Server: Not running",
+    ]
     assert json.loads(pb("service", "status", "--json").out)["allRunning"] is False
     assert "is not running" in pb("service", "stop").out
 
@@ -105,8 +121,10 @@ def test_status_of_some_services(pb: Pb) -> None:
     partial = pb("service", "status")
     assert partial.code == 3
     assert partial.out.splitlines()[0].startswith("✓ Gateway: Running")
-    assert partial.out.splitlines()[1:] == ["✗ Scheduler: Not running",
-                                            "✗ Debug Server: Not running"]
+    assert partial.out.splitlines()[1:] == [
+        "✗ Scheduler: Not running",
+        "✗ Debug Server: Not running",
+    ]
     assert pb("service", "status", "debug").code == 3
 
 
@@ -117,9 +135,11 @@ def test_a_failed_start_names_the_service_and_stops_there(pb: Pb, home: Path) ->
         result = pb("service", "start", "all", "--timeout", "10")
     assert result.code == 1
     err = result.err.splitlines()
-    assert err[0] == (f"✗ Gateway failed to start: cannot listen on http://127.0.0.1:{port}: "
-                      f"address already in use (another program listens on port {port}; "
-                      "stop it or choose another --port)")
+    assert err[0] == (
+        f"✗ Gateway failed to start: cannot listen on http://127.0.0.1:{port}: "
+        f"address already in use (another program listens on port {port}; "
+        "stop it or choose another --port)"
+    )
     assert "- Scheduler not started because Gateway failed" in err
     assert "- Debug Server not started because Gateway failed" in err
     assert result.out == ""
@@ -134,8 +154,10 @@ def test_a_failing_last_service_leaves_the_others_running(pb: Pb, home: Path) ->
     assert result.code == 1
     assert result.out.splitlines()[0].startswith("✓ Gateway started")
     assert result.out.splitlines()[1].startswith("✓ Scheduler started")
-    assert result.err.startswith(f"✗ Debug Server failed to start: cannot listen on "
-                                 f"http://127.0.0.1:{port}: address already in use")
+    assert result.err.startswith(
+        f"✗ Debug Server failed to start: cannot listen on "
+        f"http://127.0.0.1:{port}: address already in use"
+    )
     assert "Last lines of" in result.err
     assert pb("service", "status").code == 3
 
@@ -156,7 +178,10 @@ def test_restart_one_and_all(pb: Pb) -> None:
     everything = pb("service", "restart", "all")
     assert everything.code == 0, everything.all
     assert [line.split(" (")[0] for line in everything.out.splitlines()] == [
-        "✓ Gateway started", "✓ Scheduler started", "✓ Debug Server started"]
+        "✓ Gateway started",
+        "✓ Scheduler started",
+        "✓ Debug Server started",
+    ]
     after = pids(pb)
     assert all(after[name] != middle[name] for name in TITLES)
     assert not any(alive(pid) for pid in middle.values())
@@ -181,16 +206,28 @@ def test_logs(pb: Pb, home: Path) -> None:
     assert unknown.code == 2 and "'web' is not one of" in unknown.err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["service", "status"], ["gateway", "status"],
-                                  ["scheduler", "status"], ["scheduler", "status", "--json"],
-                                  ["debug", "status"], ["service", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["service", "status"],
+        ["gateway", "status"],
+        ["scheduler", "status"],
+        ["scheduler", "status", "--json"],
+        ["debug", "status"],
+        ["service", "--help"],
+    ],
+)
 def test_cli_does_not_import_sqlalchemy_or_aiohttp(pb: Pb, argv: list[str]) -> None:
-    code = ("import sys, runpy; sys.argv = ['pb', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('pony_scheduler', run_name='__main__')\n"
-            "except SystemExit:\n    pass\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('sqlalchemy', 'aiohttp', 'alembic', 'croniter', 'zoneinfo', 'tzlocal'))\n"
-            "print('HEAVY', heavy)\n")
-    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
-                            text=True, env=pb.env, timeout=30)
+    code = (
+        "import sys, runpy; sys.argv = ['pb', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('pony_scheduler', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sqlalchemy', 'aiohttp', 'alembic', 'croniter', 'zoneinfo', 'tzlocal'))\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=pb.env, timeout=30
+    )
     assert "HEAVY []" in result.stdout, result.stdout + result.stderr

@@ -45,11 +45,23 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def job_values(now_offset: float = 0) -> dict[str, object]:
-    return {"command": ["true"], "shell": False, "schedule_kind": "manual",
-            "schedule_expr": "", "schedule_tz": "UTC", "schedule_anchor": "",
-            "timeout_s": None, "retries": 0, "retry_delay_s": 1.0, "overlap": "allow",
-            "catch_up": "once", "cwd": None, "env": {}, "enabled": True,
-            "next_due_at": utcnow() + timedelta(seconds=now_offset)}
+    return {
+        "command": ["true"],
+        "shell": False,
+        "schedule_kind": "manual",
+        "schedule_expr": "",
+        "schedule_tz": "UTC",
+        "schedule_anchor": "",
+        "timeout_s": None,
+        "retries": 0,
+        "retry_delay_s": 1.0,
+        "overlap": "allow",
+        "catch_up": "once",
+        "cwd": None,
+        "env": {},
+        "enabled": True,
+        "next_due_at": utcnow() + timedelta(seconds=now_offset),
+    }
 
 
 def test_each_queued_run_is_claimed_exactly_once(db_url: str) -> None:
@@ -157,21 +169,33 @@ def test_prepared_statements_store_what_core_reads(db_url: str) -> None:
     assert store.get_run(run_id)["pid"] == 4242  # type: ignore[index]
     finished_at = now + timedelta(seconds=1.5)
     outcome = Outcome(run_id, Ending.EXITED, finished_at, exit_code=3, tail=b"bye\0\xff")
-    settlement = runs.Settlement(run_id, RunState.FAILED, "exit status 3", finished_at, 3,
-                                 next_attempt=runs.NextAttempt(
-                                     finished_at + timedelta(seconds=5), runs.Trigger.RETRY))
+    settlement = runs.Settlement(
+        run_id,
+        RunState.FAILED,
+        "exit status 3",
+        finished_at,
+        3,
+        next_attempt=runs.NextAttempt(finished_at + timedelta(seconds=5), runs.Trigger.RETRY),
+    )
     stale = Finished(claimed[0].run, claimed[0].epoch - 1, settlement, outcome, now)
     ours, _, _ = store.record_and_claim(me(store.scheduler_id), [], [stale], None)
     assert ours == []  # an older epoch's write is refused (fencing)
     assert store.get_run(run_id)["state"] == "running"  # type: ignore[index]
     ours, _, _ = store.record_and_claim(
-        me(store.scheduler_id), [],
-        [Finished(claimed[0].run, claimed[0].epoch, settlement, outcome, now)], None)
+        me(store.scheduler_id),
+        [],
+        [Finished(claimed[0].run, claimed[0].epoch, settlement, outcome, now)],
+        None,
+    )
     assert len(ours) == 1
     run = store.get_run(run_id)
     assert run is not None
     assert (run["state"], run["exit_code"], run["pid"], run["output_path"]) == (
-        "failed", 3, 4242, "/o.log")
+        "failed",
+        3,
+        4242,
+        "/o.log",
+    )
     job = store.get_job("j")
     assert job is not None and (job["last_state"], job["last_run_id"]) == ("failed", run_id)
     assert run["started_at"] == now.isoformat()
@@ -191,8 +215,12 @@ def test_prepared_statement_errors_are_sqlalchemy_errors(tmp_path: Path) -> None
     store.request_run("j")
     engine = create_engine(url)
     with engine.begin() as connection:
-        connection.execute(text("CREATE TRIGGER no_claims BEFORE UPDATE OF claimed_by ON runs "
-                                "BEGIN SELECT RAISE(ABORT, 'claims refused'); END"))
+        connection.execute(
+            text(
+                "CREATE TRIGGER no_claims BEFORE UPDATE OF claimed_by ON runs "
+                "BEGIN SELECT RAISE(ABORT, 'claims refused'); END"
+            )
+        )
     with pytest.raises(DBAPIError, match="claims refused"):
         store.claim(me(store.scheduler_id), request(1))
     assert [r["state"] for r in store.list_runs()] == ["queued"]

@@ -58,10 +58,12 @@ FINAL = {"succeeded", "failed", "timed_out", "interrupted", "lost", "skipped", "
 # Each execution: "RUN_ID JOB OCCURRENCE start|end EPOCH_SECONDS HOSTNAME", 1-5 s apart
 # (run id % 5 + 1), in steps of 0.1 s: like real work, a frozen copy has its rest to do
 # after a thaw, rather than one sleep whose end has long passed.
-COMMAND = ('line() { echo "$PONYBUNNY_RUN_ID $PONYBUNNY_JOB $PONYBUNNY_OCCURRENCE $1 '
-           '$(date +%s.%N) $(uname -n)" >> LEDGER; }; '
-           'line start; i=0; n=$(( (PONYBUNNY_RUN_ID % 5 + 1) * 10 )); '
-           'while [ $i -lt $n ]; do sleep 0.1; i=$((i + 1)); done; line end')
+COMMAND = (
+    'line() { echo "$PONYBUNNY_RUN_ID $PONYBUNNY_JOB $PONYBUNNY_OCCURRENCE $1 '
+    '$(date +%s.%N) $(uname -n)" >> LEDGER; }; '
+    "line start; i=0; n=$(( (PONYBUNNY_RUN_ID % 5 + 1) * 10 )); "
+    "while [ $i -lt $n ]; do sleep 0.1; i=$((i + 1)); done; line end"
+)
 
 
 @dataclass
@@ -89,8 +91,10 @@ def long_copy(ledger: Path, host: str) -> bool:
     """Whether a copy on `host` is executing with at least 2 s of its sleep to go (each
     run sleeps run id % 5 + 1 seconds): the fault that follows finds it in flight."""
     now = time.time()
-    return any(c.end is None and c.host == host and c.start + c.run_id % 5 + 1 - now >= 2
-               for c in read_ledger(ledger).values())
+    return any(
+        c.end is None and c.host == host and c.start + c.run_id % 5 + 1 - now >= 2
+        for c in read_ledger(ledger).values()
+    )
 
 
 def runs_of(pb: Pb) -> list[dict[str, Any]]:
@@ -107,8 +111,9 @@ def after(iso: str | None, moment: float) -> bool:
     return iso is not None and datetime.fromisoformat(iso).timestamp() >= moment
 
 
-def executing(copy: Copy, frozen: tuple[float, float], end_of_test: float,
-              frozen_host: str) -> list[tuple[float, float]]:
+def executing(
+    copy: Copy, frozen: tuple[float, float], end_of_test: float, frozen_host: str
+) -> list[tuple[float, float]]:
     """When a copy executed: start..end, or start..end of the test without an end line;
     minus the freeze for the frozen host's copies."""
     span = (copy.start, copy.end if copy.end is not None else end_of_test)
@@ -118,8 +123,9 @@ def executing(copy: Copy, frozen: tuple[float, float], end_of_test: float,
     return [(a, b) for a, b in parts if b > a]
 
 
-def overlapping(copies: list[Copy], frozen: tuple[float, float], end_of_test: float,
-                frozen_host: str) -> int:
+def overlapping(
+    copies: list[Copy], frozen: tuple[float, float], end_of_test: float, frozen_host: str
+) -> int:
     """Occurrences two copies of which executed at the same time."""
     by_occurrence: dict[tuple[str, str], list[Copy]] = defaultdict(list)
     for copy in copies:
@@ -127,15 +133,18 @@ def overlapping(copies: list[Copy], frozen: tuple[float, float], end_of_test: fl
     doubled = 0
     for group in by_occurrence.values():
         spans = [executing(c, frozen, end_of_test, frozen_host) for c in group]
-        if any(a < d and c < b
-               for i, one in enumerate(spans) for other in spans[i + 1:]
-               for a, b in one for c, d in other):
+        if any(
+            a < d and c < b
+            for i, one in enumerate(spans)
+            for other in spans[i + 1 :]
+            for a, b in one
+            for c, d in other
+        ):
             doubled += 1
     return doubled
 
 
-def test_three_hosts_one_killed_one_frozen_one_ahead(
-        pb: Pb, tmp_path: Path, pg_url: str) -> None:
+def test_three_hosts_one_killed_one_frozen_one_ahead(pb: Pb, tmp_path: Path, pg_url: str) -> None:
     need_namespaces()
     began = time.monotonic()
     ledger = tmp_path / "ledger"
@@ -149,20 +158,36 @@ def test_three_hosts_one_killed_one_frozen_one_ahead(
     c = HostPb(homes["C"], "host-c", faketime="+65s")
     hosts = (a, b, c)
     for runner in (pb, *hosts):
-        runner.env.update(PONYBUNNY_DB=pg_url, PONYBUNNY_LEASE=str(LEASE),
-                          PONYBUNNY_WORKERS="4")
+        runner.env.update(PONYBUNNY_DB=pg_url, PONYBUNNY_LEASE=str(LEASE), PONYBUNNY_WORKERS="4")
     frozen = (0.0, 0.0)
     try:
         for host in hosts:  # one after the other: the first creates the schema
             host("scheduler", "start", check=True)
         for n in range(JOBS):
-            pb("job", "add", f"work{n}", "--every", "5s", "--retries", "3",
-               "--retry-delay", "1s", "--shell", "--", COMMAND.replace("LEDGER", str(ledger)),
-               check=True)
+            pb(
+                "job",
+                "add",
+                f"work{n}",
+                "--every",
+                "5s",
+                "--retries",
+                "3",
+                "--retry-delay",
+                "1s",
+                "--shell",
+                "--",
+                COMMAND.replace("LEDGER", str(ledger)),
+                check=True,
+            )
         # Every host takes part before anything goes wrong.
-        assert wait_for(lambda: {r["hostname"] for r in runs_of(pb)
-                                 if r["state"] == "succeeded"} >= {h.name for h in hosts},
-                        120, interval=0.5)
+        assert wait_for(
+            lambda: (
+                {r["hostname"] for r in runs_of(pb) if r["state"] == "succeeded"}
+                >= {h.name for h in hosts}
+            ),
+            120,
+            interval=0.5,
+        )
 
         # Host A: its scheduler killed with runs in flight; its keeper lives on.
         assert wait_for(lambda: long_copy(ledger, a.name), 120, interval=0.1)
@@ -195,8 +220,9 @@ def test_three_hosts_one_killed_one_frozen_one_ahead(
             runs = runs_of(pb)
             lost = {r["id"] for r in runs if r["state"] == "lost"}
             of_f = {(r["job"], r["occurrence"]) for r in runs if r["id"] in f_runs}
-            busy = [r for r in runs if (r["job"], r["occurrence"]) in of_f
-                    and r["state"] not in FINAL]
+            busy = [
+                r for r in runs if (r["job"], r["occurrence"]) in of_f and r["state"] not in FINAL
+            ]
             return f_runs <= lost and not busy
 
         assert wait_for(rescued, FREEZE + 120, interval=0.5)
@@ -207,18 +233,27 @@ def test_three_hosts_one_killed_one_frozen_one_ahead(
 
         # On thaw B stops its copies (fencing) and its late outcomes are refused.
         b_log = b.home / "scheduler.log"
-        assert wait_for(lambda: all(f"Run {i}: refused running" in b_log.read_text()
-                                    for i in f_runs), 60), b_log.read_text()[-3000:]
+        assert wait_for(
+            lambda: all(f"Run {i}: refused running" in b_log.read_text() for i in f_runs), 60
+        ), b_log.read_text()[-3000:]
         # B works again: it records new runs.
-        assert wait_for(lambda: any(r["hostname"] == b.name and r["state"] == "succeeded"
-                                    and after(r["started_at"], thawed_at)
-                                    for r in runs_of(pb)), 120, interval=0.5)
+        assert wait_for(
+            lambda: any(
+                r["hostname"] == b.name
+                and r["state"] == "succeeded"
+                and after(r["started_at"], thawed_at)
+                for r in runs_of(pb)
+            ),
+            120,
+            interval=0.5,
+        )
 
         # The end: no new runs, everything in flight finishes, every host stops.
         for n in range(JOBS):
             pb("job", "pause", f"work{n}", check=True)
-        assert wait_for(lambda: not [r for r in runs_of(pb) if r["state"] == "running"],
-                        120, interval=0.5)
+        assert wait_for(
+            lambda: not [r for r in runs_of(pb) if r["state"] == "running"], 120, interval=0.5
+        )
         status = c("scheduler", "status", "--json")
         for host in hosts:
             # `pb scheduler stop` waits with time.sleep(), which libfaketime breaks (EINVAL):
@@ -233,17 +268,19 @@ def test_three_hosts_one_killed_one_frozen_one_ahead(
         f_copies = [copies[i] for i in f_runs if i in copies]
         report = {
             "seconds": round(time.monotonic() - began),
-            "runs": len(runs), "executions": len(copies),
-            "by host": {h.name: sum(r["hostname"] == h.name for r in runs.values())
-                        for h in hosts},
-            "A in flight at kill": len(executed_a), "B in flight at freeze": len(f_runs),
+            "runs": len(runs),
+            "executions": len(copies),
+            "by host": {h.name: sum(r["hostname"] == h.name for r in runs.values()) for h in hosts},
+            "A in flight at kill": len(executed_a),
+            "B in flight at freeze": len(f_runs),
             "lost": len(lost),
-            "B copies: ended before the freeze, unrecorded":
-                sum(c.end is not None and c.end < frozen_at for c in f_copies),
-            "B copies: ended after the thaw, before the fence":
-                sum(c.end is not None and c.end >= thawed_at for c in f_copies),
-            "B copies: stopped by the fence (no end line)":
-                sum(c.end is None for c in f_copies),
+            "B copies: ended before the freeze, unrecorded": sum(
+                c.end is not None and c.end < frozen_at for c in f_copies
+            ),
+            "B copies: ended after the thaw, before the fence": sum(
+                c.end is not None and c.end >= thawed_at for c in f_copies
+            ),
+            "B copies: stopped by the fence (no end line)": sum(c.end is None for c in f_copies),
         }
         print("\nthree hosts:", report)
 

@@ -57,15 +57,19 @@ def account(pb: Pb, markers: Path, interval: float | None) -> dict[str, int]:
         expected = round((grid[-1] - grid[0]).total_seconds() / interval) + 1
         vanished = expected - len(grid)
         assert vanished == 0, "an occurrence vanished"
-    return {"runs": len(items), "occurrences": len(by_occurrence), "duplicates": duplicates,
-            "vanished": vanished, "lost": sum(r["state"] == "lost" for r in items)}
+    return {
+        "runs": len(items),
+        "occurrences": len(by_occurrence),
+        "duplicates": duplicates,
+        "vanished": vanished,
+        "lost": sum(r["state"] == "lost" for r in items),
+    }
 
 
 def ledger(path: Path) -> Counter[int]:
     """How many times each run id was executed: every job of these tests appends its
     $PONYBUNNY_RUN_ID to one file as its first action."""
-    return Counter(int(word) for word in path.read_text().split()) if path.exists() \
-        else Counter()
+    return Counter(int(word) for word in path.read_text().split()) if path.exists() else Counter()
 
 
 def marked(home: Path) -> tuple[str, str]:
@@ -120,8 +124,9 @@ def check_once(items: list[dict[str, Any]], executed: Counter[int]) -> None:
     never = ran - set(executed)
     assert not never, f"runs recorded as finished that never ran: {never}"
     for state in ("running", "lost", "interrupted"):
-        wrong = [(r["id"], r["job"], r["attempt"], r["reason"]) for r in items
-                 if r["state"] == state]
+        wrong = [
+            (r["id"], r["job"], r["attempt"], r["reason"]) for r in items if r["state"] == state
+        ]
         assert not wrong, f"runs recorded {state}: {wrong}"
 
 
@@ -135,20 +140,65 @@ def test_fifty_kill_9_cycles(pb: Pb, home: Path, tmp_path: Path) -> None:
     pb.env["PONYBUNNY_SHUTDOWN_GRACE"] = "2"
     pb("scheduler", "start", check=True)
     retry = ("--retries", "1", "--retry-delay", "0.2s", *marked(home))
-    pb("job", "add", "tick", "--every", "1s", *retry, "--shell", "--", f"{log}; sleep 0.3",
-       check=True)
+    pb(
+        "job",
+        "add",
+        "tick",
+        "--every",
+        "1s",
+        *retry,
+        "--shell",
+        "--",
+        f"{log}; sleep 0.3",
+        check=True,
+    )
     # 1-4 s runs every second, overlapping: most of the workers are busy all the time.
-    pb("job", "add", "slow", "--every", "1s", "--overlap", "allow", *retry, "--shell", "--",
-       f"{log}; sleep $((PONYBUNNY_RUN_ID % 4 + 1))", check=True)
-    pb("job", "add", "fails", "--every", "2s", *retry, "--shell", "--", f"{log}; exit 3",
-       check=True)
-    pb("job", "add", "burst", "--manual", "--overlap", "allow", *retry, "--shell", "--",
-       f"{log}; sleep 0.5", check=True)
+    pb(
+        "job",
+        "add",
+        "slow",
+        "--every",
+        "1s",
+        "--overlap",
+        "allow",
+        *retry,
+        "--shell",
+        "--",
+        f"{log}; sleep $((PONYBUNNY_RUN_ID % 4 + 1))",
+        check=True,
+    )
+    pb(
+        "job",
+        "add",
+        "fails",
+        "--every",
+        "2s",
+        *retry,
+        "--shell",
+        "--",
+        f"{log}; exit 3",
+        check=True,
+    )
+    pb(
+        "job",
+        "add",
+        "burst",
+        "--manual",
+        "--overlap",
+        "allow",
+        *retry,
+        "--shell",
+        "--",
+        f"{log}; sleep 0.5",
+        check=True,
+    )
     rng = random.Random(7)
     triggers = []
     for _ in range(50):
-        triggers += [pb.popen("job", "run", "burst", stdout=subprocess.DEVNULL)
-                     for _ in range(rng.randint(0, 2))]
+        triggers += [
+            pb.popen("job", "run", "burst", stdout=subprocess.DEVNULL)
+            for _ in range(rng.randint(0, 2))
+        ]
         time.sleep(rng.uniform(0.2, 1.5))
         pid = pb.pid()
         os.kill(pid, signal.SIGKILL)
@@ -164,15 +214,19 @@ def test_fifty_kill_9_cycles(pb: Pb, home: Path, tmp_path: Path) -> None:
         if run["job"] != "fails":
             assert run["attempt"] == 1, run  # nothing of theirs was ever retried
         elif run["attempt"] == 2:
-            first = next(r for r in items if r["job"] == "fails" and r["attempt"] == 1
-                         and r["occurrence"] == run["occurrence"])
+            first = next(
+                r
+                for r in items
+                if r["job"] == "fails"
+                and r["attempt"] == 1
+                and r["occurrence"] == run["occurrence"]
+            )
             assert (first["state"], first["exit_code"]) == ("failed", 3), first
     assert wait_for(lambda: not run_processes(home), 30), "processes of runs remain"
     counts = account(pb, book, interval=None)
     states = Counter(r["state"] for r in items)
     assert states["succeeded"] >= 50 and len(executed) >= 100, states  # it was under load
-    print(f"\nSOAK kill-9 under load: cycles=50 executed={len(executed)} {dict(states)} "
-          f"{counts}")
+    print(f"\nSOAK kill-9 under load: cycles=50 executed={len(executed)} {dict(states)} {counts}")
 
 
 def expected_lines(run_id: int) -> str:
@@ -190,13 +244,33 @@ def test_twenty_restarts_under_load(pb: Pb, home: Path, tmp_path: Path) -> None:
     pb("scheduler", "start", check=True)
     # 5-50 lines, a tenth of a second apart: 0.5-5 s.
     allow = ("--overlap", "allow", *marked(home))
-    pb("job", "add", "count", "--every", "1s", *allow, "--shell", "--",
-       f'{log}; n=$((5 + PONYBUNNY_RUN_ID % 46)); i=1; while [ $i -le $n ]; do '
-       f'echo "$PONYBUNNY_RUN_ID $i"; i=$((i + 1)); sleep 0.1; done', check=True)
+    pb(
+        "job",
+        "add",
+        "count",
+        "--every",
+        "1s",
+        *allow,
+        "--shell",
+        "--",
+        f"{log}; n=$((5 + PONYBUNNY_RUN_ID % 46)); i=1; while [ $i -le $n ]; do "
+        f'echo "$PONYBUNNY_RUN_ID $i"; i=$((i + 1)); sleep 0.1; done',
+        check=True,
+    )
     # Much output in bursts: 2000 lines over about a second.
-    pb("job", "add", "chatty", "--every", "2s", *allow, "--shell", "--",
-       f'{log}; i=0; while [ $i -lt 2000 ]; do echo "$PONYBUNNY_RUN_ID line $i"; '
-       f'i=$((i + 1)); [ $((i % 200)) -eq 0 ] && sleep 0.1; done; true', check=True)
+    pb(
+        "job",
+        "add",
+        "chatty",
+        "--every",
+        "2s",
+        *allow,
+        "--shell",
+        "--",
+        f'{log}; i=0; while [ $i -lt 2000 ]; do echo "$PONYBUNNY_RUN_ID line $i"; '
+        f"i=$((i + 1)); [ $((i % 200)) -eq 0 ] && sleep 0.1; done; true",
+        check=True,
+    )
     rng = random.Random(12)
     assert wait_for(lambda: len(ledger(book)) >= 3, 30)
     adopted = 0
@@ -223,20 +297,37 @@ def test_twenty_restarts_under_load(pb: Pb, home: Path, tmp_path: Path) -> None:
             assert output == "".join(f"{run['id']} line {i}\n" for i in range(2000)), run["id"]
     assert adopted >= 10, "few restarts found runs in flight: the test proves little"
     assert wait_for(lambda: not run_processes(home), 30), "processes of runs remain"
-    print(f"\nSOAK restarts under load: restarts=20 adopted-at={adopted} "
-          f"executed={len(executed)} {dict(Counter(r['state'] for r in items))}")
+    print(
+        f"\nSOAK restarts under load: restarts=20 adopted-at={adopted} "
+        f"executed={len(executed)} {dict(Counter(r['state'] for r in items))}"
+    )
 
 
 def test_thirty_concurrent_force_starts(pb: Pb, home: Path, tmp_path: Path) -> None:
     markers = tmp_path / "executed"
     pb.env["PONYBUNNY_SHUTDOWN_GRACE"] = "1"
     pb("scheduler", "start", check=True)
-    pb("job", "add", "work", "--every", "1s", "--overlap", "allow", *marked(home), "--shell", "--",
-       f"echo $PONYBUNNY_RUN_ID >> {markers}; sleep 2", check=True)
+    pb(
+        "job",
+        "add",
+        "work",
+        "--every",
+        "1s",
+        "--overlap",
+        "allow",
+        *marked(home),
+        "--shell",
+        "--",
+        f"echo $PONYBUNNY_RUN_ID >> {markers}; sleep 2",
+        check=True,
+    )
     assert wait_for(lambda: markers.exists(), 10)
     with ThreadPoolExecutor(30) as pool:
-        results = list(pool.map(lambda _: pb("scheduler", "start", "--force", "--quiet",
-                                             timeout=120), range(30)))
+        results = list(
+            pool.map(
+                lambda _: pb("scheduler", "start", "--force", "--quiet", timeout=120), range(30)
+            )
+        )
     for result in results:
         assert result.code in (0, 1), result.all
         assert result.code == 0 or "already running" in result.err, result.all
@@ -253,8 +344,17 @@ def test_thirty_concurrent_force_starts(pb: Pb, home: Path, tmp_path: Path) -> N
 def test_database_locked_longer_than_the_busy_timeout(pb: Pb, home: Path, tmp_path: Path) -> None:
     markers = tmp_path / "executed"
     pb("scheduler", "start", check=True)
-    pb("job", "add", "tick", "--every", "1s", "--shell", "--",
-       f"echo $PONYBUNNY_RUN_ID >> {markers}", check=True)
+    pb(
+        "job",
+        "add",
+        "tick",
+        "--every",
+        "1s",
+        "--shell",
+        "--",
+        f"echo $PONYBUNNY_RUN_ID >> {markers}",
+        check=True,
+    )
     assert wait_for(lambda: markers.exists(), 10)
     holder = sqlite3.connect(home / "pony.db", isolation_level=None, timeout=30)
     holder.execute("BEGIN EXCLUSIVE")
@@ -266,8 +366,9 @@ def test_database_locked_longer_than_the_busy_timeout(pb: Pb, home: Path, tmp_pa
     assert pb("scheduler", "status").code == 0
     pb("scheduler", "stop", check=True)
     log = (home / "scheduler.log").read_text()
-    assert "database is locked" in log and ("Database unavailable" in log
-                                            or "Database write failed" in log)
+    assert "database is locked" in log and (
+        "Database unavailable" in log or "Database write failed" in log
+    )
     counts = account(pb, markers, interval=1.0)
     print(f"\nSOAK db-locked: {counts}")
 
@@ -283,8 +384,7 @@ def test_home_removed_under_the_daemon(pb: Pb, tmp_path: Path, pg_url: str) -> N
     assert wait_dead(pid, 30)
     pb.home.mkdir()
     result = pb("runs", "--json")
-    assert result.code == 0 and not [r for r in json.loads(result.out)
-                                     if r["state"] == "running"]
+    assert result.code == 0 and not [r for r in json.loads(result.out) if r["state"] == "running"]
     import psycopg
 
     with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
@@ -304,13 +404,23 @@ def test_database_read_only_for_ten_seconds(pb: Pb, tmp_path: Path, pg_url: str)
             setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
             conn.execute(f'ALTER DATABASE "{name}" {setting}')
             # sessions keep the setting they started with: make them reconnect
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s", (name,))
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
 
     pb.env["PONYBUNNY_DB"] = pg_url
     pb("scheduler", "start", check=True)
-    pb("job", "add", "tick", "--every", "1s", "--shell", "--",
-       f"echo $PONYBUNNY_RUN_ID >> {markers}", check=True)
+    pb(
+        "job",
+        "add",
+        "tick",
+        "--every",
+        "1s",
+        "--shell",
+        "--",
+        f"echo $PONYBUNNY_RUN_ID >> {markers}",
+        check=True,
+    )
     assert wait_for(lambda: markers.exists(), 10)
     read_only(True)
     time.sleep(10)

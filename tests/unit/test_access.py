@@ -55,8 +55,9 @@ def test_for_terminal_leaves_nothing_a_terminal_obeys(text: str) -> None:
 
 def test_every_log_record_is_one_line() -> None:
     formatter = EscapingFormatter("%(levelname)s %(message)s")
-    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "Refused %s %s", (
-        "GET", "/a\nINFO forged\x1b[2J"), None)
+    record = logging.LogRecord(
+        "x", logging.WARNING, __file__, 1, "Refused %s %s", ("GET", "/a\nINFO forged\x1b[2J"), None
+    )
     assert formatter.format(record) == "WARNING Refused GET /a\\nINFO forged\\x1b[2J"
     assert record.msg == "Refused %s %s"  # the record itself is left as it was
 

@@ -64,8 +64,7 @@ def test_a_fresh_or_missing_home_passes(home: Path, tmp_path: Path) -> None:
 
 def test_modes_of_the_home(home: Path) -> None:
     home.chmod(0o777)
-    assert refusal(home) == (f"{home} is writable by others (mode 0777); run 'chmod 700 "
-                             f"{home}'")
+    assert refusal(home) == (f"{home} is writable by others (mode 0777); run 'chmod 700 {home}'")
     home.chmod(0o720)
     assert "writable by others (mode 0720)" in refusal(home)
     home.chmod(0o755)  # readable by others is the owner's choice
@@ -76,14 +75,14 @@ def test_files_in_the_home(home: Path) -> None:
     log = home / "gateway.log"
     log.write_text("")
     log.chmod(0o666)
-    assert refusal(home) == (f"{log} is writable by others (mode 0666); run 'chmod go-w "
-                             f"{log}'")
+    assert refusal(home) == (f"{log} is writable by others (mode 0666); run 'chmod go-w {log}'")
     log.chmod(0o640)
     token = home / "gateway.token"
     token.write_text("x")
     token.chmod(0o640)
-    assert refusal(home) == (f"{token} is accessible to others (mode 0640); run 'chmod 600 "
-                             f"{token}'")
+    assert refusal(home) == (
+        f"{token} is accessible to others (mode 0640); run 'chmod 600 {token}'"
+    )
     token.chmod(0o600)
     (home / "pony.db").write_text("")
     (home / "pony.db").chmod(0o644)  # as older versions made it: unreadable in a 0700 home
@@ -92,10 +91,24 @@ def test_files_in_the_home(home: Path) -> None:
     assert "pony.db is accessible to others (mode 0644); run 'chmod 600" in refusal(home)
 
 
-@pytest.mark.parametrize("name", ["scheduler.log", "pony.db", "gateway.token", "runs",
-                                  "config.toml", "debug.pid", "gateway.sock", "keeper.pid",
-                                  "keeper.json", "keeper.sock", "keeper.journal",
-                                  "keeper.log", ".keeper.start.lock"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "scheduler.log",
+        "pony.db",
+        "gateway.token",
+        "runs",
+        "config.toml",
+        "debug.pid",
+        "gateway.sock",
+        "keeper.pid",
+        "keeper.json",
+        "keeper.sock",
+        "keeper.journal",
+        "keeper.log",
+        ".keeper.start.lock",
+    ],
+)
 def test_links_at_our_names_are_refused(home: Path, tmp_path: Path, name: str) -> None:
     (home / name).symlink_to(tmp_path)
     message = refusal(home)
@@ -110,8 +123,9 @@ def test_links_elsewhere_in_the_home_are_left_alone(home: Path, tmp_path: Path) 
 
 def test_wrong_kinds(home: Path) -> None:
     (home / "scheduler.pid").mkdir()
-    assert refusal(home) == (f"{home}/scheduler.pid is a directory, not a file; remove it "
-                             f"(rmdir {home}/scheduler.pid)")
+    assert refusal(home) == (
+        f"{home}/scheduler.pid is a directory, not a file; remove it (rmdir {home}/scheduler.pid)"
+    )
     (home / "scheduler.pid").rmdir()
     (home / "runs").write_text("")
     assert refusal(home) == f"{home}/runs is not a dir, not a dir; remove it (rm {home}/runs)"
@@ -134,9 +148,12 @@ def test_owners(home: Path, tmp_path: Path) -> None:
     parent = tmp_path / "theirs"
     parent.mkdir()
     os.chown(parent, NOBODY, NOBODY)
-    with pytest.raises(UnsafePath, match=f"^{parent} belongs to nobody, who could replace "
-                       "what is below it; keep the home .PONYBUNNY_HOME. in a directory "
-                       "owned by root$"):
+    with pytest.raises(
+        UnsafePath,
+        match=f"^{parent} belongs to nobody, who could replace "
+        "what is below it; keep the home .PONYBUNNY_HOME. in a directory "
+        "owned by root$",
+    ):
         check_home(parent / "home")
 
 
@@ -182,8 +199,7 @@ def test_create_file_is_exclusive(home: Path) -> None:
 
 
 @pytest.mark.parametrize("relative", ["runs/job/1.log", "runs/job/2.log", "runs/x/1.log"])
-def test_no_link_is_followed_in_any_component(home: Path, tmp_path: Path,
-                                              relative: str) -> None:
+def test_no_link_is_followed_in_any_component(home: Path, tmp_path: Path, relative: str) -> None:
     """A planted link as the file, as the job's directory, or as runs/ itself: refused,
     and the file it points to is left as it was."""
     outside = tmp_path / "outside"
@@ -233,8 +249,9 @@ def test_paths_must_stay_below(home: Path) -> None:
 
 
 @pytest.mark.usefixtures("umask")
-def test_write_atomic_replaces_a_link_and_never_writes_through_it(home: Path,
-                                                                   tmp_path: Path) -> None:
+def test_write_atomic_replaces_a_link_and_never_writes_through_it(
+    home: Path, tmp_path: Path
+) -> None:
     victim = tmp_path / "precious"
     victim.write_text("precious\n")
     (home / "scheduler.json").symlink_to(victim)

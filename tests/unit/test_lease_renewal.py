@@ -21,19 +21,35 @@ def test_the_renewer_reads_the_lease_and_run_epoch_pairs() -> None:
     assert parse_request(b'{"lease_s": 20.5, "runs": []}') == (20.5, [])
 
 
-@pytest.mark.parametrize("raw", [
-    b"[]", b"not json", b'{"runs": []}', b'{"lease_s": true, "runs": []}',
-    b'{"lease_s": -1, "runs": []}', b'{"lease_s": 60, "runs": {}}',
-    b'{"lease_s": 60, "runs": [[1]]}', b'{"lease_s": 60, "runs": [[1, "2"]]}',
-    b'{"lease_s": 60, "runs": [[1, false]]}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[]",
+        b"not json",
+        b'{"runs": []}',
+        b'{"lease_s": true, "runs": []}',
+        b'{"lease_s": -1, "runs": []}',
+        b'{"lease_s": 60, "runs": {}}',
+        b'{"lease_s": 60, "runs": [[1]]}',
+        b'{"lease_s": 60, "runs": [[1, "2"]]}',
+        b'{"lease_s": 60, "runs": [[1, false]]}',
+    ],
+)
 def test_the_renewer_refuses_a_request_it_cannot_read(raw: bytes) -> None:
     with pytest.raises(ValueError):
         parse_request(raw)
 
 
-@pytest.mark.parametrize("db, lease", [("", 60), ("sqlite:///x", 0), ("sqlite:///x", -5),
-                                       ("sqlite:///x", float("inf")), ("a\0b", 60)])
+@pytest.mark.parametrize(
+    "db, lease",
+    [
+        ("", 60),
+        ("sqlite:///x", 0),
+        ("sqlite:///x", -5),
+        ("sqlite:///x", float("inf")),
+        ("a\0b", 60),
+    ],
+)
 def test_lease_terms_are_checked(db: str, lease: float) -> None:
     with pytest.raises(ValueError):
         LeaseTerms(db, lease)
@@ -41,10 +57,17 @@ def test_lease_terms_are_checked(db: str, lease: float) -> None:
 
 def keeper(scheduler: object = None, **changes: Any) -> Any:
     runs = {7: SimpleNamespace(run_id=7, launch=SimpleNamespace(token="3"))}
-    unacked = {"k-1": SimpleNamespace(run_id=5, token="2"),
-               "k-2": SimpleNamespace(run_id=6, token="not-an-epoch")}
-    fields: dict[str, Any] = dict(scheduler=scheduler, exit_requested=False, runs=runs,
-                                  unacked=unacked, log=logging.getLogger("test"))
+    unacked = {
+        "k-1": SimpleNamespace(run_id=5, token="2"),
+        "k-2": SimpleNamespace(run_id=6, token="not-an-epoch"),
+    }
+    fields: dict[str, Any] = dict(
+        scheduler=scheduler,
+        exit_requested=False,
+        runs=runs,
+        unacked=unacked,
+        log=logging.getLogger("test"),
+    )
     return SimpleNamespace(**{**fields, **changes})
 
 
@@ -71,16 +94,25 @@ def test_the_first_renewal_comes_a_twelfth_of_the_lease_after_the_scheduler_left
     assert renewals.busy()
 
 
-@pytest.mark.parametrize("meta, shown", [
-    ({}, None),
-    ({"clockOffsetS": None}, None),
-    ({"clockOffsetS": 0.3}, "in step with the database's (within 2s)"),
-    ({"clockOffsetS": -2.0}, "in step with the database's (within 2s)"),
-    ({"clockOffsetS": -65.2}, "1m 5s ahead of the database's: leases and due times follow "
-                              "the database's clock; check this host's time sync"),
-    ({"clockOffsetS": 3600.0}, "1h behind the database's: leases and due times follow "
-                               "the database's clock; check this host's time sync"),
-])
+@pytest.mark.parametrize(
+    "meta, shown",
+    [
+        ({}, None),
+        ({"clockOffsetS": None}, None),
+        ({"clockOffsetS": 0.3}, "in step with the database's (within 2s)"),
+        ({"clockOffsetS": -2.0}, "in step with the database's (within 2s)"),
+        (
+            {"clockOffsetS": -65.2},
+            "1m 5s ahead of the database's: leases and due times follow "
+            "the database's clock; check this host's time sync",
+        ),
+        (
+            {"clockOffsetS": 3600.0},
+            "1h behind the database's: leases and due times follow "
+            "the database's clock; check this host's time sync",
+        ),
+    ],
+)
 def test_status_shows_the_clock_offset(meta: dict[str, Any], shown: str | None) -> None:
     assert clock_line(meta) == shown
 

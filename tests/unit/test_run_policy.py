@@ -59,7 +59,11 @@ def outcome(ending: Ending = Ending.EXITED, **fields: object) -> Outcome:
 def test_exit_zero_succeeds_with_nothing_after() -> None:
     done = runs.settle(a_run(), outcome(exit_code=0), T0 + s(5), 0.5)
     assert (done.state, done.reason, done.exit_code, done.next_attempt) == (
-        RunState.SUCCEEDED, None, 0, None)
+        RunState.SUCCEEDED,
+        None,
+        0,
+        None,
+    )
 
 
 def test_failure_is_retried_after_backoff_while_attempts_remain() -> None:
@@ -84,18 +88,25 @@ def test_a_signal_is_shown_as_a_shell_shows_it() -> None:
 
 def test_the_executors_cause_of_a_signal_is_kept() -> None:
     """An OOM kill inside the job's memory limit says so (the keeper's detail)."""
-    oom = runs.settle(a_run(), outcome(signal=9, detail="killed by signal 9 (SIGKILL): out of "
-                                                       "memory (memory_max)"), T0, 0.5)
+    oom = runs.settle(
+        a_run(),
+        outcome(signal=9, detail="killed by signal 9 (SIGKILL): out of memory (memory_max)"),
+        T0,
+        0.5,
+    )
     assert oom.reason == "killed by signal SIGKILL: out of memory (memory_max)"
     plain = runs.settle(a_run(), outcome(signal=9, detail="killed by signal 9 (SIGKILL)"), T0, 0.5)
     assert plain.reason == "killed by signal SIGKILL"
 
 
-@pytest.mark.parametrize(("ending", "state", "retried"), [
-    (Ending.TIMED_OUT, RunState.TIMED_OUT, True),
-    (Ending.NOT_STARTED, RunState.FAILED, True),
-    (Ending.KILLED, RunState.FAILED, False),  # someone wanted it stopped
-])
+@pytest.mark.parametrize(
+    ("ending", "state", "retried"),
+    [
+        (Ending.TIMED_OUT, RunState.TIMED_OUT, True),
+        (Ending.NOT_STARTED, RunState.FAILED, True),
+        (Ending.KILLED, RunState.FAILED, False),  # someone wanted it stopped
+    ],
+)
 def test_endings(ending: Ending, state: RunState, retried: bool) -> None:
     done = runs.settle(a_run(), outcome(ending, detail="why"), T0, 0.5)
     assert done.state is state and done.reason == "why"
@@ -109,8 +120,12 @@ def test_a_drained_run_is_interrupted_and_resumes_at_once_without_using_a_retry(
 
 
 def test_leftovers_and_output_notes_are_in_the_reason() -> None:
-    done = runs.settle(a_run(), outcome(exit_code=0, leftovers=2,
-                                        output_note="output incomplete: disk full"), T0, 0.5)
+    done = runs.settle(
+        a_run(),
+        outcome(exit_code=0, leftovers=2, output_note="output incomplete: disk full"),
+        T0,
+        0.5,
+    )
     assert done.state is RunState.SUCCEEDED
     assert done.reason == "left 2 processes behind, killed; output incomplete: disk full"
 
@@ -123,8 +138,13 @@ def test_lost_runs_are_retried_by_policy() -> None:
 
 
 def test_every_settled_state_is_reachable_from_running() -> None:
-    for state in (RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT,
-                  RunState.INTERRUPTED, RunState.LOST):
+    for state in (
+        RunState.SUCCEEDED,
+        RunState.FAILED,
+        RunState.TIMED_OUT,
+        RunState.INTERRUPTED,
+        RunState.LOST,
+    ):
         assert state in ALLOWED[RunState.RUNNING]
     assert RunState.EXPIRED in ALLOWED[RunState.QUEUED]
 
@@ -136,8 +156,9 @@ IDLE = JobNow()
 SOON = T0 + timedelta(seconds=1)
 
 
-def admit(run: Run, job: JobNow = IDLE, now: datetime = SOON,
-          capacity: Capacity = CAPACITY) -> Admission:
+def admit(
+    run: Run, job: JobNow = IDLE, now: datetime = SOON, capacity: Capacity = CAPACITY
+) -> Admission:
     return runs.admit(run, job, capacity, now)
 
 
@@ -145,8 +166,10 @@ def test_a_due_run_of_an_idle_job_starts() -> None:
     assert admit(a_run()).verdict is Verdict.START
 
 
-@pytest.mark.parametrize(("overlap", "verdict"), [
-    (Overlap.SKIP, Verdict.SKIP), (Overlap.QUEUE, Verdict.WAIT), (Overlap.ALLOW, Verdict.START)])
+@pytest.mark.parametrize(
+    ("overlap", "verdict"),
+    [(Overlap.SKIP, Verdict.SKIP), (Overlap.QUEUE, Verdict.WAIT), (Overlap.ALLOW, Verdict.START)],
+)
 def test_overlap_applies_against_runs_in_progress(overlap: Overlap, verdict: Verdict) -> None:
     run = a_run(policy=Policy(overlap=overlap))
     decided = admit(run, JobNow(frozenset({None})))
@@ -168,8 +191,7 @@ def test_start_deadline_expires_late_runs_with_what_happened() -> None:
     busy = replace(CAPACITY, saturated=True)
     late = admit(run, now=T0 + s(61), capacity=busy)
     assert late.verdict is Verdict.EXPIRE
-    assert late.reason == ("not started within its start deadline (1m): "
-                           "all 4 workers were busy")
+    assert late.reason == ("not started within its start deadline (1m): all 4 workers were busy")
     behind = admit(run, now=T0 + s(75))
     assert behind.reason is not None and behind.reason.endswith("the scheduler was 1m 15s behind")
     fresh = Capacity(started_at=T0 + s(300), workers=4)
@@ -191,8 +213,10 @@ def test_deadline_counts_from_the_end_of_the_run_it_waited_behind() -> None:
 def test_a_resumed_run_counts_from_the_schedulers_start() -> None:
     run = a_run(trigger=Trigger.RESUME, policy=Policy(start_deadline_s=60))
     started = Capacity(started_at=T0 + timedelta(hours=2), workers=4)
-    assert admit(run, now=T0 + timedelta(hours=2, seconds=5),
-                 capacity=started).verdict is Verdict.START
+    assert (
+        admit(run, now=T0 + timedelta(hours=2, seconds=5), capacity=started).verdict
+        is Verdict.START
+    )
 
 
 # ---------------------------------------------------------------- plan
@@ -234,8 +258,9 @@ def test_an_interval_job_after_a_freeze_does_not_burst() -> None:
 
 def test_catch_up_all_after_fifteen_seconds_down_runs_every_occurrence() -> None:
     schedule = every(3)
-    result = occurrences.plan(schedule, Policy(catch_up=CatchUp.ALL, start_deadline_s=3), T0,
-                       T0 + s(15.5))
+    result = occurrences.plan(
+        schedule, Policy(catch_up=CatchUp.ALL, start_deadline_s=3), T0, T0 + s(15.5)
+    )
     assert len(result.to_run) == 6 and result.batch and result.skipped == ()
 
 
@@ -268,20 +293,31 @@ def test_one_shot_and_manual() -> None:
     one = at_schedule("2026-12-01T09:00:00+00:00", "UTC", T0)
     moment = datetime(2026, 12, 1, 9, tzinfo=UTC)
     assert occurrences.plan(one, Policy(), moment, moment + s(1)).to_run == (moment,)
-    late = occurrences.plan(one, Policy(catch_up=CatchUp.SKIP, start_deadline_s=60), moment,
-                     moment + timedelta(days=1))
+    late = occurrences.plan(
+        one, Policy(catch_up=CatchUp.SKIP, start_deadline_s=60), moment, moment + timedelta(days=1)
+    )
     assert late.to_run == () and late.skipped == (moment,) and late.next_due is None
     cap = occurrences.DEFAULT_DEADLINE_CAP
     assert occurrences.default_start_deadline(manual_schedule(), T0) == cap
 
 
-@given(seconds=st.integers(1, 400), outage=st.integers(0, 4000),
-       catch_up=st.sampled_from(list(CatchUp)), deadline=st.sampled_from([None, 1.0, 30.0]),
-       overlap=st.sampled_from(list(Overlap)), queued=st.integers(0, 12))
+@given(
+    seconds=st.integers(1, 400),
+    outage=st.integers(0, 4000),
+    catch_up=st.sampled_from(list(CatchUp)),
+    deadline=st.sampled_from([None, 1.0, 30.0]),
+    overlap=st.sampled_from(list(Overlap)),
+    queued=st.integers(0, 12),
+)
 @settings(max_examples=150, deadline=None)
-def test_every_due_occurrence_is_accounted_for(seconds: int, outage: int, catch_up: CatchUp,
-                                               deadline: float | None, overlap: Overlap,
-                                               queued: int) -> None:
+def test_every_due_occurrence_is_accounted_for(
+    seconds: int,
+    outage: int,
+    catch_up: CatchUp,
+    deadline: float | None,
+    overlap: Overlap,
+    queued: int,
+) -> None:
     schedule = every(seconds)
     now = T0 + s(outage * seconds / 7 + 0.5)
     policy = Policy(catch_up=catch_up, start_deadline_s=deadline, overlap=overlap)
@@ -295,9 +331,15 @@ def test_every_due_occurrence_is_accounted_for(seconds: int, outage: int, catch_
     assert result.next_due is not None and result.next_due > now
 
 
-@pytest.mark.parametrize(("schedule", "expected"), [
-    (every(90), 90), (MINUTELY, 60), (HOURLY, 3600),
-    (cron_schedule("0 3 * * *", "Europe/Berlin"), occurrences.DEFAULT_DEADLINE_CAP)])
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        (every(90), 90),
+        (MINUTELY, 60),
+        (HOURLY, 3600),
+        (cron_schedule("0 3 * * *", "Europe/Berlin"), occurrences.DEFAULT_DEADLINE_CAP),
+    ],
+)
 def test_default_start_deadline_is_the_period(schedule: Schedule, expected: float) -> None:
     assert occurrences.default_start_deadline(schedule, T0) == expected
 
@@ -338,7 +380,10 @@ def test_jitter_moves_every_occurrence_by_a_stable_offset_within_the_window() ->
     assert next_after(moved, T0) == T0 + shift  # 12:00 + the job's share
     assert next_after(moved, T0 + shift) == T0 + hour + shift
     assert due_between(moved, T0, T0 + 2 * hour + shift) == [
-        T0 + shift, T0 + hour + shift, T0 + 2 * hour + shift]
+        T0 + shift,
+        T0 + hour + shift,
+        T0 + 2 * hour + shift,
+    ]
     assert [o.at for o in upcoming(moved, T0, 2)] == [T0 + shift, T0 + hour + shift]
     assert count_between(moved, T0, T0 + 2 * hour) == 2
     one = at_schedule("2026-12-01T09:00:00+00:00", "UTC", T0)

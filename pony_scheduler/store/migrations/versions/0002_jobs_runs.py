@@ -47,8 +47,9 @@ def upgrade() -> None:
     op.create_table(
         "runs",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "job_id", sa.Integer, sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("occurrence", TZ, nullable=False),
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("trigger", sa.String(16), nullable=False),
@@ -66,8 +67,9 @@ def upgrade() -> None:
         sa.Column("output_path", sa.Text),
         sa.Column("output_tail", sa.Text),
         sa.Column("created_at", TZ, nullable=False),
-        sa.UniqueConstraint("job_id", "occurrence", "attempt",
-                            name="uq_runs_job_occurrence_attempt"),
+        sa.UniqueConstraint(
+            "job_id", "occurrence", "attempt", name="uq_runs_job_occurrence_attempt"
+        ),
     )
     op.create_index("ix_runs_state_due", "runs", ["state", "due_at"])
     op.create_index("ix_runs_job_created", "runs", ["job_id", "id"])

@@ -20,10 +20,10 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("umask", sa.Integer, nullable=False, server_default="18"))
         batch.add_column(sa.Column("start_deadline_s", sa.Float))
-        batch.add_column(sa.Column("start_deadline_auto", sa.Boolean, nullable=False,
-                                   server_default=sa.true()))
-        batch.add_column(sa.Column("max_queued", sa.Integer, nullable=False,
-                                   server_default="10"))
+        batch.add_column(
+            sa.Column("start_deadline_auto", sa.Boolean, nullable=False, server_default=sa.true())
+        )
+        batch.add_column(sa.Column("max_queued", sa.Integer, nullable=False, server_default="10"))
         batch.add_column(sa.Column("jitter_s", sa.Float))
         batch.add_column(sa.Column("env_file", sa.Text))
         batch.add_column(sa.Column("secret_env", sa.Text, nullable=False, server_default="[]"))
@@ -40,14 +40,20 @@ def upgrade() -> None:
 
     sqlite = op.get_bind().dialect.name == "sqlite"
     if sqlite:
-        op.execute("UPDATE runs SET output_tail = CAST(output_tail AS BLOB) "
-                   "WHERE typeof(output_tail) = 'text'")
+        op.execute(
+            "UPDATE runs SET output_tail = CAST(output_tail AS BLOB) "
+            "WHERE typeof(output_tail) = 'text'"
+        )
     # SQLite: rebuilt with AUTOINCREMENT, so that ids are never reused.
-    with op.batch_alter_table("runs", recreate="always" if sqlite else "auto",
-                              table_kwargs={"sqlite_autoincrement": True}) as batch:
+    with op.batch_alter_table(
+        "runs", recreate="always" if sqlite else "auto", table_kwargs={"sqlite_autoincrement": True}
+    ) as batch:
         if not sqlite:
-            batch.alter_column("output_tail", type_=sa.LargeBinary,
-                               postgresql_using="convert_to(output_tail, 'UTF8')")
+            batch.alter_column(
+                "output_tail",
+                type_=sa.LargeBinary,
+                postgresql_using="convert_to(output_tail, 'UTF8')",
+            )
         else:
             batch.alter_column("output_tail", type_=sa.LargeBinary)
         batch.add_column(sa.Column("signal", sa.Integer))
@@ -71,8 +77,9 @@ def upgrade() -> None:
     op.create_table(
         "missed",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "job_id", sa.Integer, sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("first_occurrence", TZ, nullable=False),
         sa.Column("last_occurrence", TZ, nullable=False),
         sa.Column("count", sa.BigInteger, nullable=False),
@@ -103,8 +110,20 @@ def downgrade() -> None:
         batch.drop_column("batch")
         batch.drop_column("signal")
     with op.batch_alter_table("jobs") as batch:
-        for name in ("removed_at", "last_success_at", "last_duration_s", "last_finished_at",
-                     "last_state", "last_run_id", "error", "secret_env", "env_file",
-                     "jitter_s", "max_queued", "start_deadline_auto", "start_deadline_s",
-                     "umask"):
+        for name in (
+            "removed_at",
+            "last_success_at",
+            "last_duration_s",
+            "last_finished_at",
+            "last_state",
+            "last_run_id",
+            "error",
+            "secret_env",
+            "env_file",
+            "jitter_s",
+            "max_queued",
+            "start_deadline_auto",
+            "start_deadline_s",
+            "umask",
+        ):
             batch.drop_column(name)

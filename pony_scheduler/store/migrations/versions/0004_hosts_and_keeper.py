@@ -23,8 +23,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("cpu_s", sa.Float))
         batch.add_column(sa.Column("containment", sa.String(16)))
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("leftovers", sa.String(8), nullable=False,
-                                   server_default="kill"))
+        batch.add_column(
+            sa.Column("leftovers", sa.String(8), nullable=False, server_default="kill")
+        )
         batch.add_column(sa.Column("memory_max", sa.BigInteger))
         batch.add_column(sa.Column("cpu_max", sa.Float))
         batch.add_column(sa.Column("tasks_max", sa.Integer))
