@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pony_scheduler.keeper import cgroups
 from pony_scheduler.keeper.cgroups import Hierarchy, read_text, write_text
 from pony_scheduler.keeper.protocol import Launch
+from pony_scheduler.scheduler.host import host_id
 
 LIMIT_CONTROLLER = {"memory_max": "memory", "tasks_max": "pids", "cpu_max": "cpu"}
 KEPT_GROUP = "kept"  # where leftovers of runs with leftovers "keep" go on living
@@ -40,7 +41,12 @@ class V1Group:
 
 
 def home_group_name(home: str) -> str:
-    return "pony-" + hashlib.sha256(os.path.realpath(home).encode()).hexdigest()[:12]
+    """The cgroup of a home's runs, `pony-<hash>`: named by the home's real path and the
+    host (machine id, boot, pid namespace: scheduler/host.py), so that a clone or a
+    container with the same home path on a shared cgroup tree never takes another's
+    runs for those of a keeper of its own that died.  A cgroup does not outlive a boot."""
+    key = f"{host_id()}:{os.path.realpath(home)}"
+    return "pony-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _probe(parent: str) -> str:

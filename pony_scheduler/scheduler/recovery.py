@@ -54,13 +54,45 @@ def dead_predecessors(store: Store, me: str, home: str) -> list[str]:
     """Earlier schedulers of this home on this host whose process is gone.  Their runs
     that this scheduler did not adopt from the home's run keeper (held, or finished with
     an outcome) are really gone.  Another home's runs are never judged here: its keeper
-    may hold them, and their leases say whether they live."""
-    dead = []
-    for row in store.predecessors(host.machine_id(), home, exclude=me):
-        alive = row["boot_id"] == boot_id() and proc_start_time(row["pid"]) == row["proc_start"]
-        if not alive:
-            dead.append(row["id"])
-    return dead
+    may hold them, and their leases say whether they live.
+
+    Only a scheduler whose process this one can see is judged by the process table
+    (host.sees_processes_of: the same machine id, boot and pid namespace).  One recorded
+    under our machine id from another boot or pid namespace is an earlier boot, a cloned
+    VM or a container beside us; we cannot tell which, so its runs are judged by their
+    leases, like another host's, and never declared dead at sight."""
+    return [
+        row["id"]
+        for row in store.predecessors(host.machine_id(), home, exclude=me)
+        if host.sees_processes_of(row) and proc_start_time(row["pid"]) != row["proc_start"]
+    ]
+
+
+def identity_warnings(store: Store, me: str, since: datetime) -> list[str]:
+    """What is wrong with this host's identity, one line each: no machine id, or another
+    live scheduler (a heartbeat after `since`, database time) under our machine id from
+    another boot, which is a cloned VM that kept its machine-id(5)."""
+    machine = host.machine_id()
+    if not machine:
+        return [
+            "This host has no machine id (/etc/machine-id): hosts sharing a database "
+            "are told apart by boot id and pid namespace alone; create one with "
+            "'systemd-machine-id-setup' (a container: give it its own /etc/machine-id)"
+        ]
+    twins = sorted(
+        {
+            f"{row['hostname']} (pid {row['pid']})"
+            for row in store.live_schedulers(machine, since)
+            if row["id"] != me and row["boot_id"] != boot_id()
+        }
+    )
+    if not twins:
+        return []
+    return [
+        f"Scheduler on {', '.join(twins)} shares this host's machine id {machine} from "
+        "another boot: a cloned VM? Give each its own (rm /etc/machine-id; "
+        "systemd-machine-id-setup); meanwhile their runs are judged by lease only"
+    ]
 
 
 def never_started(
@@ -88,17 +120,20 @@ def never_started(
     skip = set(accounted)
     back = [
         (found.run.id, found.epoch)
-        for found in store.abandoned_runs(now, sorted(candidates))
+        for found in store.abandoned_runs(now, sorted(candidates), expired=False)
         if found.claimed_by in candidates and found.run.id not in skip and found.pid is None
     ]
     return sorted(run_id for run_id, epoch in back if store.release_runs([(run_id, epoch)]))
 
 
-def abandoned(store: Store, me: str, home: str, now: datetime) -> int:
-    """Settle abandoned runs as lost (runs.lose decides what follows); returns how many."""
+def abandoned(store: Store, me: str, home: str, now: datetime, judge_leases: bool = True) -> int:
+    """Settle abandoned runs as lost (runs.lose decides what follows); returns how many.
+    Runs of predecessors found dead here always; runs whose lease expired only when
+    `judge_leases` (the loop says so once every host has had a lease to renew since the
+    database was last out of reach: see Loop.may_judge_leases)."""
     dead = dead_predecessors(store, me, home)
     handled = 0
-    for lost in store.abandoned_runs(now, dead):
+    for lost in store.abandoned_runs(now, dead, expired=judge_leases):
         if lost.claimed_by == me:
             continue  # ours, and we are alive: the lease was renewed late, not lost
         cause = (

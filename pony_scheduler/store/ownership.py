@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler.runs import Abandoned, Holding, Settlement, Trigger
@@ -92,17 +92,20 @@ class OwnershipQueries(RunQueries):
                 for row in connection.execute(select(runs.c.id, runs.c.epoch).where(mine))
             }
 
-    def abandoned_runs(self, now: datetime, dead_here: list[str]) -> list[Abandoned]:
-        """Running runs whose scheduler is gone: lease expired, or found dead here."""
+    def abandoned_runs(
+        self, now: datetime, dead_here: list[str], expired: bool = True
+    ) -> list[Abandoned]:
+        """Running runs whose scheduler is gone: found dead here (`dead_here`, scheduler
+        ids) or, when `expired`, with a lease that ended before `now` (database time)."""
+        if not dead_here and not expired:
+            return []
+        gone_when: ColumnElement[bool] = runs.c.claimed_by.in_(dead_here)
+        if expired:
+            gone_when = gone_when | (runs.c.lease_until < now)
         # The running runs first (the state index), then their jobs: with statistics
         # (ANALYZE) SQLite otherwise plans a scan of every job for this join.
         gone = (
-            select(runs.c.id)
-            .where(
-                runs.c.state == RunState.RUNNING,
-                (runs.c.lease_until < now) | runs.c.claimed_by.in_(dead_here),
-            )
-            .scalar_subquery()
+            select(runs.c.id).where(runs.c.state == RunState.RUNNING, gone_when).scalar_subquery()
         )
         query = (
             select(*CLAIM_COLUMNS, runs.c.claimed_by, runs.c.host, runs.c.pid, runs.c.pid_start)
@@ -152,6 +155,17 @@ class OwnershipQueries(RunQueries):
             schedulers.c.home == home,
             schedulers.c.stopped_at.is_(None),
             schedulers.c.id != exclude,
+        )
+        with self.engine.connect() as connection:
+            return [row_dict(row) for row in connection.execute(query)]
+
+    def live_schedulers(self, machine: str, since: datetime) -> list[dict[str, Any]]:
+        """Schedulers recorded on machine id `machine` that have not stopped and sent a
+        heartbeat after `since` (database time): this host's, and any clone's."""
+        query = select(schedulers).where(
+            schedulers.c.machine_id == machine,
+            schedulers.c.stopped_at.is_(None),
+            schedulers.c.heartbeat_at > since,
         )
         with self.engine.connect() as connection:
             return [row_dict(row) for row in connection.execute(query)]

@@ -133,7 +133,10 @@ def translated(dialect: Dialect, sql: str, values: Any) -> Iterator[None]:
 def transaction(engine: Engine) -> Iterator[Any]:
     """One write transaction on a pooled driver connection: committed, or rolled back on
     any error, and the connection returned to the pool either way."""
-    connection = engine.raw_connection()
+    # raw_connection() raises the driver's own error when the database refuses a new
+    # connection (restarting, unreachable): translated, as the loop expects.
+    with translated(engine.dialect, "connect", None):
+        connection = engine.raw_connection()
     try:
         begin = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else None
         if begin is not None:  # as the engine's own transactions begin (engine.py)

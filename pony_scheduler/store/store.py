@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import uuid
+from datetime import timedelta
 
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -17,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from pony_scheduler import __version__
 from pony_scheduler.errors import PonyError
 from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
-from pony_scheduler.scheduler.host import machine_id
+from pony_scheduler.scheduler.host import machine_id, pid_namespace
 from pony_scheduler.store import migrate
 from pony_scheduler.store.audit import AuditQueries
 from pony_scheduler.store.common import first_line, read_changes, utcnow
@@ -93,8 +94,9 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
 
     # -- scheduler processes -------------------------------------------------------------
     def register_scheduler(self, home: str | None = None) -> str:
-        """Record this process as a running scheduler of `home`; returns its new id."""
-        now = utcnow()
+        """Record this process as a running scheduler of `home`; returns its new id.
+        Its times are the database's (store/clock.py), as every host judges them."""
+        now = self.db_now()
         self.scheduler_id = str(uuid.uuid4())
         with self.engine.begin() as connection:
             connection.execute(
@@ -105,6 +107,7 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
                     pid=os.getpid(),
                     proc_start=proc_start_time(os.getpid()),
                     boot_id=boot_id(),
+                    pid_ns=pid_namespace(),
                     version=__version__,
                     started_at=now,
                     heartbeat_at=now,
@@ -133,7 +136,10 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
             connection.execute(
                 update(schedulers)
                 .where(schedulers.c.id == self.scheduler_id)
-                .values(heartbeat_at=utcnow(), clock_offset_s=clock_offset)
+                .values(
+                    heartbeat_at=utcnow() + timedelta(seconds=clock_offset or 0.0),
+                    clock_offset_s=clock_offset,
+                )
             )
 
     def mark_stopped(self) -> None:

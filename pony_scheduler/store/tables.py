@@ -65,6 +65,7 @@ schedulers = Table(
     # Its home: the schedulers of one home follow each other, and its run keeper holds
     # their runs, so only they may say that a predecessor's runs are gone.
     Column("home", Text),
+    Column("pid_ns", String(32)),  # with machine_id and boot_id: can we see its pid?
 )
 
 # A counter bumped by every change to jobs, so that a running scheduler notices `pb job …`
@@ -157,7 +158,7 @@ runs = Table(
     # The fencing token: raised by every claim, hand-over and rescue; a write carrying an
     # older epoch is refused (a scheduler paused past its lease records nothing).
     Column("epoch", Integer, nullable=False, default=0),
-    Column("host", String(80)),  # machine id:boot id of the host it runs on
+    Column("host", String(128)),  # machine id:boot id:pid namespace where it runs
     Column("leftovers", Integer),  # processes left behind when its main process exited
     Column("peak_memory", BigInteger),  # bytes
     Column("cpu_s", Float),

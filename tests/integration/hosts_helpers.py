@@ -19,6 +19,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,11 +28,13 @@ from tests.conftest import Pb, Result, wait_for
 
 FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 # $1 machine id file, $2 boot id file, $3 hostname, $4 a cgroup's cgroup.procs to join
-# first (or ""); the rest is the command.
+# first (or ""), $5 and $6 a directory of its own to mount over a path every host names
+# alike (or ""); the rest is the command.
 ENTER = (
-    'm=$1 b=$2 h=$3 g=$4; shift 4; { [ -z "$g" ] || echo $$ > "$g"; } && '
+    'm=$1 b=$2 h=$3 g=$4 d=$5 s=$6; shift 6; { [ -z "$g" ] || echo $$ > "$g"; } && '
     'mount --bind "$m" /etc/machine-id && '
-    'mount --bind "$b" /proc/sys/kernel/random/boot_id && hostname "$h" && exec "$@"'
+    'mount --bind "$b" /proc/sys/kernel/random/boot_id && '
+    '{ [ -z "$d" ] || mount --bind "$d" "$s"; } && hostname "$h" && exec "$@"'
 )
 
 
@@ -59,17 +62,29 @@ def need_namespaces() -> None:
 
 class HostPb(Pb):
     """`pb` as run on the simulated host `name` (its own home, machine id and boot id);
-    `faketime` (e.g. "+65s") runs it, and what it starts, under libfaketime."""
+    `faketime` (e.g. "+65s") runs it, and what it starts, under libfaketime.  A clone
+    (a VM cloned with its disk) gets `machine_id` and `home_at`: the path its home is
+    mounted at, the same on every clone (the test reads it at `home`)."""
 
     def __init__(
-        self, home: Path, name: str, *, faketime: str | None = None, cgroup: Freezer | None = None
+        self,
+        home: Path,
+        name: str,
+        *,
+        faketime: str | None = None,
+        cgroup: Freezer | None = None,
+        machine_id: str | None = None,
+        home_at: Path | None = None,
     ) -> None:
         super().__init__(home)
         self.name = name
         self.cgroup = cgroup  # every process this host starts lives in it
+        self.home_at = home_at
+        if home_at is not None:
+            self.env["PONYBUNNY_HOME"] = str(home_at)
         ids = home.parent / f".{name}-ids"
         ids.mkdir(mode=0o700, exist_ok=True)
-        self.machine_id = uuid.uuid4().hex
+        self.machine_id = machine_id or uuid.uuid4().hex
         self.boot_id = str(uuid.uuid4())
         self.machine_file = ids / "machine-id"
         self.boot_file = ids / "boot_id"
@@ -100,6 +115,8 @@ class HostPb(Pb):
             str(self.boot_file),
             self.name,
             str(self.cgroup.procs) if self.cgroup else "",
+            str(self.home) if self.home_at else "",
+            str(self.home_at or ""),
             sys.executable,
             "-m",
             "pony_scheduler",
@@ -215,3 +232,41 @@ def verified_pid(home: Path, name: str) -> int:
         f"{name} PID {pid} of {home} is not the process its metadata describes"
     )
     return pid
+
+
+def runs_of(pb: Pb) -> list[dict[str, Any]]:
+    result = pb("runs", "--json", "-n", "100")
+    assert result.code == 0, result.all
+    return sorted(json.loads(result.out), key=lambda r: r["id"])
+
+
+def wait_runs(pb: Pb, predicate: Any, timeout: float = 90) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def check() -> bool:
+        nonlocal found
+        found = runs_of(pb)
+        return bool(predicate(found))
+
+    assert wait_for(check, timeout, interval=0.3), found
+    return found
+
+
+def two_homes(
+    pb: Pb, tmp_path: Path, pg_url: str, *, other_host: bool = False, lease: str = "10"
+) -> Pb:
+    """A second home on the same database: on this host, or on a simulated other one
+    (a host never stops processes of a run it rescues from another host)."""
+    home = tmp_path / "second"
+    home.mkdir(mode=0o700)
+    second = HostPb(home, "second") if other_host else Pb(home)
+    for runner in (pb, second):
+        runner.env.update(PONYBUNNY_DB=pg_url, PONYBUNNY_LEASE=lease)
+    return second
+
+
+def text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""

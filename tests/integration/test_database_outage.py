@@ -1,0 +1,98 @@
+"""A whole-database outage longer than the lease loses no live run.
+
+Every lease expires while nobody can reach the database to renew it.  When it is back,
+the first scheduler to reconnect must not declare the runs of the others lost: it judges
+leases only after a whole lease of reaching the database (Loop.may_judge_leases), time
+in which their holders renew them.  The outage is real: the test's database refuses
+connections (ALLOW_CONNECTIONS false) and its sessions are ended, until its clock shows
+that the run's lease ran out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import PG_ADMIN_URL, Pb, wait_for
+from tests.integration.hosts_helpers import (
+    need_namespaces,
+    text,
+    two_homes,
+    wait_runs,
+)
+
+pytestmark = pytest.mark.postgres
+
+
+def lease_until(pg_url: str, run_id: int) -> datetime:
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
+        row = conn.execute("SELECT lease_until FROM runs WHERE id = %s", (run_id,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+@contextmanager
+def outage(database: str) -> Iterator[psycopg.Connection]:
+    """The database refuses every connection and its sessions end, until the block
+    ends; yields an administrator's connection to another database."""
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (database,),
+            )
+            yield admin
+        finally:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
+def test_an_outage_longer_than_the_lease_loses_no_live_run(
+    pb: Pb, tmp_path: Path, pg_url: str
+) -> None:
+    need_namespaces()
+    second = two_homes(pb, tmp_path, pg_url, other_host=True)
+    release = tmp_path / "release"
+    try:
+        pb("scheduler", "start", check=True)
+        second("scheduler", "start", check=True)
+        pb(
+            "job",
+            "add",
+            "long",
+            "--manual",
+            "--retries",
+            "2",
+            "--shell",
+            "--",
+            f"while [ ! -e {release} ]; do sleep 0.2; done",
+            check=True,
+        )
+        pb("job", "run", "long", check=True)
+        run = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])[0]
+        database = pg_url.rsplit("/", 1)[1]
+        expires = lease_until(pg_url, run["id"])
+        with outage(database) as admin:
+            # Until the database's own clock is past the lease (a renewal between the
+            # read and the outage moves it by a twelfth of the lease at most).
+            def lease_ran_out() -> bool:
+                row = admin.execute("SELECT now() > %s + interval '5 s'", (expires,))
+                return bool(row.fetchone()[0])  # type: ignore[index]
+
+            assert wait_for(lease_ran_out, 120, interval=0.5)
+            logs = (pb.home / "scheduler.log", second.home / "scheduler.log")
+            assert wait_for(lambda: all("Database unavailable" in text(p) for p in logs), 60)
+        assert wait_for(lambda: all("Database available again" in text(p) for p in logs), 120)
+        release.touch()
+        runs = wait_runs(pb, lambda rs: rs and rs[0]["state"] != "running", timeout=120)
+        assert [(r["id"], r["state"]) for r in runs] == [(run["id"], "succeeded")], runs
+        for path in logs:
+            assert "was lost" not in text(path)
+            assert text(path).count("Database unavailable") == 1, text(path)
+    finally:
+        second.cleanup()
