@@ -42,8 +42,12 @@ def job_add(ctx: click.Context, name: str, **kwargs: Any) -> None:
     """Add job NAME running COMMAND (after --) on a schedule."""
     from pony_scheduler.jobs import new_job
 
-    values = new_job(name, options_of(kwargs), now_utc(), warn=_warn)
-    open_store(ctx).add_job(name, values)
+    options = options_of(kwargs)
+    values = new_job(name, options, now_utc(), warn=_warn)  # bad input changes nothing
+    store = open_store(ctx)
+    if store.has_clock:  # due times by the database's clock, as the schedulers judge
+        values = new_job(name, options, store.db_now(), warn=_silent)
+    store.add_job(name, values)
     click.echo(f"✓ Job {name} added; next run: {_next_run(values, enabled=True)}")
 
 
@@ -62,7 +66,7 @@ def job_edit(ctx: click.Context, name: str, **kwargs: Any) -> None:
     row = store.job_row(name)
     if row is None:
         raise UnknownJob(name)
-    values = changed_job(options, now_utc(), row, warn=_warn)
+    values = changed_job(options, store.db_now(), row, warn=_warn)
     store.update_job(name, values)
     rescheduled = "next_due_at" in values
     click.echo(
@@ -73,6 +77,10 @@ def job_edit(ctx: click.Context, name: str, **kwargs: Any) -> None:
 
 def _warn(message: str) -> None:
     click.echo(f"⚠ {message}", err=True)
+
+
+def _silent(message: str) -> None:
+    """The warnings of a second pass over options already checked (and warned about)."""
 
 
 def _next_run(values: dict[str, Any], enabled: bool) -> str:
@@ -315,16 +323,17 @@ def job_next(
         raise ConfigError("give a job NAME, or --cron EXPR to try an expression (not both)")
     if tz is not None and cron is None:
         raise ConfigError("--tz goes with --cron; a job's runs are shown in its own zone")
-    enabled = True
+    enabled, now = True, now_utc()  # an expression alone: by this host's clock
     if cron is not None:
-        schedule = build_schedule(JobOptions(cron=cron, tz=tz), now_utc(), warn=_warn)
+        schedule = build_schedule(JobOptions(cron=cron, tz=tz), now, warn=_warn)
     else:
-        row = open_store(ctx).job_row(str(name))
+        store = open_store(ctx)
+        row = store.job_row(str(name))
         if row is None:
             raise UnknownJob(str(name))
-        schedule, enabled = stored_schedule(row), bool(row["enabled"])
+        schedule, enabled, now = stored_schedule(row), bool(row["enabled"]), store.db_now()
     assert schedule is not None
-    rows = preview(schedule, now_utc(), count)
+    rows = preview(schedule, now, count)
     title = f"{name}: {describe(schedule)}" if name else describe(schedule)
     if as_json:
         click.echo(
@@ -385,7 +394,8 @@ def job_resume(ctx: click.Context, name: str) -> None:
     """Schedule job NAME again, from now on (occurrences while paused are not run)."""
     from pony_scheduler.jobs import resume_job
 
-    resume_job(open_store(ctx), name, now_utc())
+    store = open_store(ctx)
+    resume_job(store, name, store.db_now())
     click.echo(f"✓ Job {name} resumed")
 
 

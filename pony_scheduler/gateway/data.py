@@ -195,10 +195,9 @@ def _read_output(home: Path, path: str | None, tail: str | None) -> str:
 
 def _resume(store: Any, name: str, actor: Actor | None) -> None:
     from pony_scheduler.jobs import resume_job
-    from pony_scheduler.store.common import utcnow
     from pony_scheduler.store.jobs import UnknownJob
 
     try:
-        resume_job(store, name, utcnow(), actor)
+        resume_job(store, name, store.db_now(), actor)  # the clock the schedulers judge by
     except UnknownJob:
         raise NotFound(f"no job named {name!r}") from None

@@ -18,10 +18,16 @@ from pony_scheduler.store.common import utcnow
 class ClockQueries:
     engine: Engine
 
+    @property
+    def has_clock(self) -> bool:
+        """Whether the database has a clock of its own (PostgreSQL), which due times and
+        leases follow; SQLite's is this host's."""
+        return self.engine.dialect.name == "postgresql"
+
     def clock_offset(self) -> float:
         """The database's clock minus this host's, in seconds, measured now (to within
         half a round trip).  Zero for SQLite, which has no clock of its own."""
-        if self.engine.dialect.name != "postgresql":
+        if not self.has_clock:
             return 0.0
         with self.engine.connect() as connection:
             before = time.time()
@@ -32,5 +38,8 @@ class ClockQueries:
         return float(server or 0) - (before + after) / 2
 
     def db_now(self) -> datetime:
-        """The database's time now (this host's for SQLite), aware UTC."""
+        """The database's time now (this host's for SQLite), aware UTC; one query on
+        PostgreSQL."""
+        if not self.has_clock:
+            return utcnow()
         return utcnow() + timedelta(seconds=self.clock_offset())
