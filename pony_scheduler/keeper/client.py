@@ -191,6 +191,7 @@ class KeeperClient:
                 ),
                 sole_keeper_of=tuple(str(s) for s in reply.get("sole_keeper_of", ())),
                 renews=reply.get("renews") is True,
+                stands_in=reply.get("stands_in") is True,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise KeeperError(f"the keeper's welcome makes no sense: {exc}") from None
@@ -198,6 +199,14 @@ class KeeperClient:
     # ---------------------------------------------------------------- commands
     def fileno(self) -> int:
         return self._sock.fileno()
+
+    def renewed(self) -> None:
+        """Tell the keeper this scheduler has just renewed its runs' leases: a keeper
+        that has not heard so for a third of the lease renews them itself (the scheduler
+        is stopped or hung; keeper/renewal.py).  No answer; nothing is sent to a keeper
+        too old to take it (welcome.stands_in)."""
+        if self.welcome.stands_in:
+            self._send(self._take_acks() + encode({"type": "renewed"}))
 
     def launch(self, launch: Launch) -> None:
         """Ask for a run; the answer comes as events: Started (once it has run

@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
 from pony_scheduler import __version__
@@ -156,6 +157,10 @@ def handle(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> None:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ProtocolError("ack needs ids: a list of outcome ids")
         keeper.ack(ids)
+    elif kind == "renewed":
+        if conn.role != "scheduler":
+            raise ProtocolError("only the scheduler connection renews leases")
+        keeper.renewals.scheduler_renewed(time.monotonic())
     elif kind == "kill":
         reply = _kill(keeper, m)
     elif kind == "held":
@@ -218,6 +223,7 @@ def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
         else [],
         "sole_keeper_of": list(keeper.sole_keeper_of) if role == "scheduler" else [],
         "renews": lease is not None,
+        "stands_in": lease is not None,
     }
 
 

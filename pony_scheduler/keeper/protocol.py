@@ -250,6 +250,9 @@ class Refused:
     run_id: int
     token: str
     reason: str
+    # The scheduler may give it back to the queue (it came too late, the keeper is
+    # draining): nothing about the run itself is wrong, so no attempt is spent on it.
+    requeue: bool = False
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,9 @@ class Welcome:
     # The keeper renews its runs' leases while no scheduler is connected (it got the
     # terms in this hello); False from a keeper too old to do so.
     renews: bool = False
+    # It takes `renewed` and renews for a connected scheduler that falls silent; a
+    # keeper too old to (False) would close the connection on that message.
+    stands_in: bool = False
 
 
 @dataclass(frozen=True)

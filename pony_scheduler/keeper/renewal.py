@@ -1,4 +1,4 @@
-"""Keeping the runs' leases alive while no scheduler is connected to the keeper.
+"""Keeping the runs' leases alive while no scheduler renews them.
 
 A run's lease tells other hosts that it is alive (README, "Never lost, never doubled").
 Its scheduler renews it at each heartbeat; when that scheduler dies, hangs up or is being
@@ -10,6 +10,13 @@ running: the host's next scheduler records them), it renews their leases: every 
 it starts one short-lived renewer process (pony_scheduler.scheduler.renew; the keeper
 stays free of database code and threads) that renews them all in one transaction by
 (run id, epoch) on the database's clock, answers on a pipe, and exits.
+
+The same holds while a scheduler is connected but silent: it says "renewed" after each
+renewal of its leases (every lease/12), and a keeper that has not heard that for lease/3
+(the scheduler was stopped with SIGSTOP, or hangs) renews the leases of the runs it
+holds until it hears it again.  Otherwise a scheduler stopped while its keeper runs on
+would have those runs rescued by another host and run twice.  A scheduler that never
+says it (none yet connected, or one from before this) is not stood in for.
 
 What the scheduler gave in its hello (LeaseTerms: the database URL, which may hold a
 password, and the lease) stays in memory; the URL reaches the renewer in its environment
@@ -72,16 +79,31 @@ class Renewals:
         self.renewed_at: float | None = None  # monotonic: the last successful renewal
         self.failures = 0
         self.overdue_logged = False
+        # monotonic: when the connected scheduler last said it renewed; None: not yet
+        self.heard: float | None = None
+        self.standing_in = False  # renewing for a connected scheduler that is silent
 
     # ---------------------------------------------------------------- the scheduler
     def scheduler_came(self, terms: LeaseTerms | None) -> None:
         """A scheduler said hello: it renews now (with these terms for when it leaves;
         None from a scheduler too old to give any: nothing is renewed then)."""
         self.terms = terms
-        self.due = None
+        self.due, self.heard, self.standing_in = None, None, False
         self.gone &= {outcome.run_id for outcome in self.keeper.unacked.values()}
 
+    def scheduler_renewed(self, now: float) -> None:
+        """The connected scheduler renewed its leases: it stays in charge of them; if it
+        falls silent for a third of the lease, this keeper steps in."""
+        if self.terms is None:
+            return
+        if self.standing_in:
+            self.keeper.log.info("The scheduler renews its leases again")
+        self.heard, self.standing_in = now, False
+        if self.child is None:
+            self.due = now + self.terms.lease_s / 3
+
     def scheduler_left(self, now: float) -> None:
+        self.heard, self.standing_in = None, False
         if self.terms is None:
             return
         self.renewed_at = now - self.terms.lease_s / 12  # the scheduler's, at the latest
@@ -96,9 +118,23 @@ class Renewals:
 
     # ---------------------------------------------------------------- the loop
     def wanted(self) -> list[tuple[int, int]]:
-        """(run id, epoch) of the runs whose leases this keeper must renew now."""
+        """(run id, epoch) of the runs whose leases this keeper must renew now: with no
+        scheduler connected, or with one silent for lease/3."""
+        if self.keeper.scheduler is not None and not self._silent(time.monotonic()):
+            return []
+        return self.held()
+
+    def _silent(self, now: float) -> bool:
+        return (
+            self.terms is not None
+            and self.heard is not None
+            and now - self.heard >= self.terms.lease_s / 3
+        )
+
+    def held(self) -> list[tuple[int, int]]:
+        """(run id, epoch) of the runs held here and of those whose outcome waits."""
         keeper = self.keeper
-        if self.terms is None or keeper.scheduler is not None or keeper.exit_requested:
+        if self.terms is None or keeper.exit_requested:
             return []
         pairs = {run.run_id: run.launch.token for run in keeper.runs.values()}
         for outcome in keeper.unacked.values():
@@ -113,7 +149,7 @@ class Renewals:
     def next_wake(self) -> float | None:
         if self.child is not None:
             return self.child.kill_at
-        return self.due if self.due is not None and self.wanted() else None
+        return self.due if self.due is not None and self.held() else None
 
     def tick(self, now: float) -> None:
         child = self.child
@@ -125,9 +161,29 @@ class Renewals:
         if self.child is None and self.due is not None and now >= self.due:
             pairs = self.wanted()
             if pairs and self.terms is not None:
+                self._stand_in(now, len(pairs))
                 self._start(self.terms, pairs, now)
             else:
-                self.due = None
+                self.due = self._recheck_at()
+
+    def _recheck_at(self) -> float | None:
+        """When a connected scheduler that has said it renews would be silent too long."""
+        if self.keeper.scheduler is not None and self.heard is not None and self.terms:
+            return self.heard + self.terms.lease_s / 3
+        return None
+
+    def _stand_in(self, now: float, count: int) -> None:
+        scheduler = self.keeper.scheduler
+        if scheduler is None or self.standing_in or self.heard is None:
+            return
+        self.standing_in = True
+        self.keeper.log.warning(
+            "The scheduler (PID %d) has not renewed its leases for %ds (stopped, or "
+            "hung?): renewing the leases of %d run(s) until it does",
+            scheduler.peer_pid,
+            int(now - self.heard),
+            count,
+        )
 
     def _start(self, terms: LeaseTerms, pairs: list[tuple[int, int]], now: float) -> None:
         request = json.dumps({"lease_s": terms.lease_s, "runs": pairs}).encode()

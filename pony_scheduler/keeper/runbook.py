@@ -65,14 +65,15 @@ class RunBook:
         return [run for run in self.runs.values() if not run.done]
 
     def launch(self, launch: Launch, conn: Conn) -> None:
-        reason = ""
+        reason, requeue = "", False
         if launch.run_id in self.runs:
             reason = f"run {launch.run_id} is already held by this keeper"
         elif launch.run_id in self.unacked_runs:
             reason = f"run {launch.run_id} has an outcome not yet acknowledged"
         elif self.draining or self.exit_requested:
-            reason = "the keeper is draining its runs and takes no new ones"
+            reason, requeue = "the keeper is draining its runs and takes no new ones", True
         elif launch.start_by is not None and time.monotonic() > launch.start_by:
+            requeue = True
             reason = (
                 "it came too late: its lease may have run out meanwhile (was this "
                 "host frozen?), and another host may run it"
@@ -87,6 +88,7 @@ class RunBook:
                     "run_id": launch.run_id,
                     "token": launch.token,
                     "reason": reason,
+                    "requeue": requeue,
                 }
             )
             return

@@ -206,7 +206,12 @@ def event_from_json(m: Mapping[str, Any]) -> Event | None:
         return outcome_from_json(m)
     if kind == "refused":
         try:
-            return Refused(_int(m["run_id"]), _str(m.get("token", "")), _str(m["reason"]))
+            return Refused(
+                _int(m["run_id"]),
+                _str(m.get("token", "")),
+                _str(m["reason"]),
+                m.get("requeue") is True,
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad refused: {exc}") from None
     if kind == "superseded":

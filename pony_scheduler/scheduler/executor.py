@@ -64,6 +64,7 @@ class Executor:
         self.keepers = 0  # connections made: the first tells the keeper it is our first
         self.in_flight: set[int] = set()
         self.pending: collections.deque[tuple[kp.Launch, float]] = collections.deque()
+        self.refused: list[int] = []  # refused by the keeper, to go back to the queue
         self.last_finish = 0.0  # time.monotonic() of the latest finished run
         self.stopped = 0  # runs a drain stopped
 
@@ -116,6 +117,15 @@ class Executor:
                 self.in_flight.discard(event.run_id)
                 self.stopped += event.ending == Ending.STOPPED
                 self.on_outcome(self.outcome(event))
+                finished = True
+            elif isinstance(event, kp.Refused) and event.requeue:
+                log.warning(
+                    "Run %d: the keeper refused it (%s); it goes back to the queue",
+                    event.run_id,
+                    event.reason,
+                )
+                self.in_flight.discard(event.run_id)
+                self.refused.append(event.run_id)
                 finished = True
             elif isinstance(event, kp.Refused):
                 log.error("Run %d: the keeper refused it: %s", event.run_id, event.reason)
@@ -171,6 +181,11 @@ class Executor:
         moment = datetime.fromisoformat(text) if text else utcnow()
         return moment + self.skew()
 
+    def renewed(self) -> None:
+        """Our leases were just renewed: the keeper need not renew them itself."""
+        if self.client is not None:
+            self.client.renewed()
+
     def ack(self, receipts: Iterable[str]) -> None:
         """The outcomes with these ids are recorded: the keeper may forget them."""
         ids = [receipt for receipt in receipts if receipt]
@@ -211,11 +226,13 @@ class Executor:
 
     def take_back(self, handed_before: float | None = None) -> list[int]:
         """Remove runs not handed to the keeper yet, handed over before `handed_before`
-        (all of them when None); returns their ids for the caller to requeue."""
+        (all of them when None); returns their ids, and those of runs the keeper refused
+        with `requeue` (never started), for the caller to requeue."""
         back = [item for item in self.pending if handed_before is None or item[1] < handed_before]
         for item in back:
             self.pending.remove(item)
-        return [launch.run_id for launch, _ in back]
+        refused, self.refused = self.refused, []
+        return refused + [launch.run_id for launch, _ in back]
 
     def kill(self, run_id: int, why: str, signal: str = "KILL") -> None:
         """Stop run `run_id`'s whole process tree now; its outcome is `killed`, `why`."""

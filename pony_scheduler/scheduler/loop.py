@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
 
+from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import PonyError
 from pony_scheduler.keeper.client import KeeperError
 from pony_scheduler.keeper.protocol import LeaseTerms
@@ -113,12 +114,21 @@ class WorkLoop:
         self.pids_due: float | None = None
         self.backlog = False  # the last claim left due runs behind
         self.unreleased: list[int] = []  # taken back from the executor, not yet requeued
+        # Since when (monotonic) the database answers; the current outage (monotonic
+        # start, reason) or None.
+        self.connected_since = time.monotonic()
+        self.outage: tuple[float, str] | None = None
+        self.fenced: set[int] = set()  # runs found no longer ours, already being stopped
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         self.scheduler_id = self.store.register_scheduler(str(self.runtime.settings.home))
         self.me = replace(self.me, scheduler=self.scheduler_id)
         self.clock.measure()
+        for warning in recovery.identity_warnings(
+            self.store, self.scheduler_id, self.now() - timedelta(seconds=self.lease)
+        ):
+            log.warning("%s", warning)
         try:
             takeover.take_over(self, self.executor.connect(self.scheduler_id))
         except KeeperError as exc:
@@ -129,23 +139,48 @@ class WorkLoop:
         while not self.runtime.stopping:
             try:
                 self.iteration()
-                if backoff:
-                    log.info("Database available again")
+                if self.outage is not None:
+                    self.database_back()
                 backoff = 0.0
                 pause = self.seconds_to_sleep()
             except DBAPIError as exc:
                 # Locked, read-only, restarting: running jobs go on (their results are
-                # written once it is back); we try again with a growing pause.
-                backoff = min(max(backoff * 2, 0.5), 30.0)
-                log.warning(
-                    "Database unavailable (%s); retrying in %.1fs", first_line(exc), backoff
-                )
+                # written once it is back); we try again with a growing pause, at most
+                # a quarter lease: others wait a lease for us to renew once it is back.
+                backoff = min(max(backoff * 2, 0.5), 30.0, self.lease / 4)
+                self.database_out(first_line(exc))
                 self.kicked, pause = True, backoff
             except KeeperError as exc:
                 takeover.keeper_lost(self, exc)
                 pause = 0.0
             self.runtime.sleep(pause, self.executor.fileno())
         self.shutdown()
+
+    def database_out(self, reason: str) -> None:
+        """One warning per fault (a new reason is a new fault), not one per retry."""
+        if self.outage is None:
+            self.outage = (time.monotonic(), reason)
+            log.warning("Database unavailable (%s); running jobs go on, retrying", reason)
+        elif self.outage[1] != reason:
+            self.outage = (self.outage[0], reason)
+            log.warning("Database still unavailable (%s); retrying", reason)
+
+    def database_back(self) -> None:
+        assert self.outage is not None
+        log.info(
+            "Database available again after %s",
+            format_duration(time.monotonic() - self.outage[0]),
+        )
+        self.outage, self.connected_since = None, time.monotonic()
+
+    def may_judge_leases(self, mono: float) -> bool:
+        """Whether expired leases may be declared lost yet: only after a whole lease of
+        reaching the database (since this scheduler started, or since the database came
+        back).  Every lease expires during an outage longer than a lease, and the
+        schedulers and keepers that hold them need that long to renew them; without
+        this, the first host back would declare the others' live runs lost.  A run whose
+        scheduler is found dead here is settled at once all the same."""
+        return self.outage is None and mono - self.connected_since >= self.lease
 
     def now(self) -> datetime:
         """The database's time, as far as this host can tell (UTC)."""
@@ -387,8 +422,10 @@ class WorkLoop:
         self.store.check_file()
         self.store.heartbeat(self.clock.offset.total_seconds())
         held = self.store.renew_leases(self.scheduler_id, now, self.lease)
+        self.executor.renewed()
         self.fence(held)
-        if recovery.abandoned(self.store, self.scheduler_id, str(self.runtime.settings.home), now):
+        home, judge = str(self.runtime.settings.home), self.may_judge_leases(time.monotonic())
+        if recovery.abandoned(self.store, self.scheduler_id, home, now, judge):
             self.upcoming_dirty = self.kicked = True
         if self.store.removals_pending():
             self.store.purge_removed()
@@ -405,8 +442,10 @@ class WorkLoop:
         """Stop at once the runs this scheduler no longer owns: it was paused past its
         lease (SIGSTOP, a frozen VM) and another scheduler took them over or declared them
         lost.  Their outcome will be refused and logged; it must not run beside a retry."""
+        self.fenced &= self.in_flight.keys()
         for run_id, flight in list(self.in_flight.items()):
-            if held.get(run_id) != flight.epoch:
+            if held.get(run_id) != flight.epoch and run_id not in self.fenced:
+                self.fenced.add(run_id)  # stopped once, logged once; its outcome follows
                 log.error(
                     "Run %d (job %s) is no longer ours (epoch %d): its lease was taken "
                     "over while this scheduler was paused; stopping its processes",

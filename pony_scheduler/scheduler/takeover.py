@@ -93,11 +93,21 @@ def flight_of(loop: WorkLoop, outcome: Outcome) -> InFlight | None:
 
     holding = loop.store.holdings([outcome.run_id]).get(outcome.run_id)
     if holding is None:
-        log.info(
-            "Run %d: its outcome (%s) came after the run stopped running here; "
-            "nothing more recorded",
+        # Both outcomes, so that neither is silently dropped (issue: a run that exited 0
+        # during a pause was recorded lost with no line saying so).
+        found = loop.store.get_run(outcome.run_id)
+        recorded = (
+            f"recorded {found['state']}" + (f" ({found['reason']})" if found["reason"] else "")
+            if found
+            else "no longer in the database"
+        )
+        log.warning(
+            "Run %d: its outcome here (%s, %s) came after the run stopped running here; "
+            "it is %s, and that stays",
             outcome.run_id,
             outcome.ending,
+            _status(outcome),
+            recorded,
         )
         loop.executor.ack([outcome.receipt or ""])
         return None
@@ -138,6 +148,14 @@ def hand_over(loop: WorkLoop) -> None:
         )
     loop.close_books()
     loop.executor.hand_over()
+
+
+def _status(outcome: Outcome) -> str:
+    if outcome.exit_code is not None:
+        return f"exit status {runs.describe_exit(outcome.exit_code, outcome.signal)}"
+    if outcome.signal is not None:
+        return f"killed by {runs.signal_name(outcome.signal)}"
+    return "no exit status"
 
 
 def _epoch(token: str) -> int | None:
