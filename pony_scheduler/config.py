@@ -23,6 +23,23 @@ MAX_SECONDS = 86400.0  # shutdown grace and --timeout: at most a day
 def _positive_float(name: str, value: Any) -> float:
     """Seconds: a number, or a duration such as 30s, 2m, 1h30m; more than 0, at most a
     day (MAX_SECONDS)."""
+    number = _seconds(name, value)
+    if not 0 < number <= MAX_SECONDS:
+        raise ConfigError(
+            f"{name} must be more than 0 and at most {MAX_SECONDS:g} seconds (a day), "
+            f"not {_shown(value)}"
+        )
+    return number
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: TOML's true, not Python's True."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _seconds(name: str, value: Any) -> float:
+    """A number of seconds or a duration (30s, 2m, 1h30m), unchecked for range (NaN and
+    infinities included: the callers' ranges refuse them)."""
     number: float | None
     if isinstance(value, bool):
         number = None
@@ -34,11 +51,7 @@ def _positive_float(name: str, value: Any) -> float:
     if number is None:
         raise ConfigError(
             f"{name} must be a positive number of seconds or a duration such "
-            f"as 30s or 2m, not {value!r}"
-        )
-    if not 0 < number <= MAX_SECONDS:
-        raise ConfigError(
-            f"{name} must be more than 0 and at most {MAX_SECONDS:g} seconds (a day), not {value!r}"
+            f"as 30s or 2m, not {_shown(value)}"
         )
     return number
 
@@ -62,25 +75,27 @@ def _whole(name: str, value: Any, low: int, high: int, what: str) -> int:
         number = int(value.strip())
     else:
         raise ConfigError(
-            f"{name} must be {what} (a whole number from {low} to {high}), not {value!r}"
+            f"{name} must be {what} (a whole number from {low} to {high}), not {_shown(value)}"
         )
     if not low <= number <= high:
-        raise ConfigError(f"{name} must be {what} from {low} to {high}, not {value!r}")
+        raise ConfigError(f"{name} must be {what} from {low} to {high}, not {_shown(value)}")
     return number
 
 
 def _containment(name: str, value: Any) -> str:
     """How the run keeper contains a run's processes (docs/KEEPER.md)."""
     if value not in ("auto", "cgroup2", "cgroup1", "pgroup"):
-        raise ConfigError(f"{name} must be one of auto, cgroup2, cgroup1, pgroup; not {value!r}")
+        raise ConfigError(
+            f"{name} must be one of auto, cgroup2, cgroup1, pgroup; not {_shown(value)}"
+        )
     return str(value)
 
 
 def _lease(name: str, value: Any) -> float:
     """Seconds a claimed run stays a scheduler's without renewal (10 s to 1 h)."""
-    seconds = _positive_float(name, value)
-    if not 10 <= seconds <= 3600:
-        raise ConfigError(f"{name} must be from 10 seconds to 1 hour, not {value!r}")
+    seconds = _seconds(name, value)
+    if not 10 <= seconds <= 3600:  # NaN fails this too
+        raise ConfigError(f"{name} must be from 10 seconds to 1 hour, not {_shown(value)}")
     return seconds
 
 
@@ -95,13 +110,13 @@ def _port(name: str, value: Any) -> int:
 def _log_level(name: str, value: Any) -> str:
     level = str(value).upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ConfigError(f"{name} must be one of debug, info, warning, error; not {value!r}")
+        raise ConfigError(f"{name} must be one of debug, info, warning, error; not {_shown(value)}")
     return level
 
 
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
+        raise ConfigError(f"{name} must be a non-empty string, not {_shown(value)}")
     if not value.isprintable():
         raise ConfigError(f"{name} must not contain control characters, not {value!r}")
     return value
@@ -119,7 +134,7 @@ def _hosts(name: str, value: Any) -> tuple[str, ...]:
     forwards (`pony.example.com`).  Names only, no ports, no wildcards."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
-        raise ConfigError(f"{name} must be a list of host names, not {value!r}")
+        raise ConfigError(f"{name} must be a list of host names, not {_shown(value)}")
     hosts = []
     for item in items:
         host = item.strip().lower() if isinstance(item, str) else item

@@ -238,16 +238,18 @@ def _stop_command(spec: ServiceSpec) -> click.Command:
         type=POSITIVE_SECONDS,
         help="Seconds to wait for the process to exit [default: the shutdown grace + 15].",
     )
+    @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
     @click.pass_context
-    def stop(ctx: click.Context, force: bool, timeout: float | None) -> None:
+    def stop(ctx: click.Context, force: bool, timeout: float | None, quiet: bool) -> None:
         settings = settings_from(ctx)
         if timeout is None:
             from pony_scheduler.lifecycle.services import stop_timeout
 
             timeout = stop_timeout(spec, settings)
-        result = control.stop(
-            spec, settings, timeout=timeout, force=force, say=lambda line: click.echo(line)
-        )
+        say = (lambda _: None) if quiet else (lambda line: click.echo(line))
+        result = control.stop(spec, settings, timeout=timeout, force=force, say=say)
+        if quiet:
+            return
         if result.was_running:
             click.echo(f"✓ {spec.title} {'killed' if force else 'stopped'}")
         else:

@@ -349,7 +349,13 @@ class Transitions:
             return
         where = (
             f"found {found[0]['state']} at epoch {found[0]['epoch']}"
-            + (f" held by {found[0]['claimed_by']}" if found[0]["claimed_by"] else "")
+            + (
+                # A finished run keeps the id of its last holder: "last held by" it.
+                f" {'held' if found[0]['state'] == 'running' else 'last held'} by "
+                f"{found[0]['claimed_by']}"
+                if found[0]["claimed_by"]
+                else ""
+            )
             if found
             else "found no such run"
         )

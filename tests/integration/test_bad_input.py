@@ -137,7 +137,7 @@ def test_a_read_only_home_still_serves_read_only_commands(pb: Pb, home: Path) ->
         ("workers = 100000000000\n", "workers must be a number of workers from 1 to 1024"),
         (
             "workers = true\n",
-            "workers must be a number of workers (a whole number from 1 to 1024), not True",
+            "workers must be a number of workers (a whole number from 1 to 1024), not true",
         ),
         ("workers = 2.5\n", "not 2.5"),
         ("gateway_port = true\n", "gateway_port must be a TCP port"),

@@ -13,52 +13,24 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import Pb, alive, wait_for
-from tests.integration.hosts_helpers import FAKETIME, HostPb, need_namespaces, verified_pid
+from tests.integration.hosts_helpers import (
+    FAKETIME,
+    need_namespaces,
+    runs_of,
+    text,
+    two_homes,
+    verified_pid,
+    wait_runs,
+)
 
 pytestmark = pytest.mark.postgres
-LEASE = "10"  # seconds, the shortest the setting takes
-
-
-def runs_of(pb: Pb) -> list[dict[str, Any]]:
-    result = pb("runs", "--json", "-n", "100")
-    assert result.code == 0, result.all
-    return sorted(json.loads(result.out), key=lambda r: r["id"])  # type: ignore[no-any-return]
-
-
-def wait_runs(pb: Pb, predicate: Any, timeout: float = 90) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-
-    def check() -> bool:
-        nonlocal found
-        found = runs_of(pb)
-        return bool(predicate(found))
-
-    assert wait_for(check, timeout, interval=0.3), found
-    return found
-
-
-def two_homes(pb: Pb, tmp_path: Path, pg_url: str, *, other_host: bool = False) -> Pb:
-    """A second home on the same database: on this host, or on a simulated other one
-    (a host never stops processes of a run it rescues from another host)."""
-    home = tmp_path / "second"
-    home.mkdir(mode=0o700)
-    second = HostPb(home, "second") if other_host else Pb(home)
-    for runner in (pb, second):
-        runner.env.update(PONYBUNNY_DB=pg_url, PONYBUNNY_LEASE=LEASE)
-    return second
-
-
-def text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
 
 
 def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
@@ -103,6 +75,59 @@ def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
         assert marker.read_text().split() == [str(first[0]["id"])]
         assert "was lost" not in text(second.home / "scheduler.log")
     finally:
+        second.cleanup()
+
+
+def test_the_keeper_of_a_stopped_scheduler_keeps_its_runs_leases(
+    pb: Pb, tmp_path: Path, pg_url: str
+) -> None:
+    """SIGSTOP to the scheduler (not its keeper): it renews nothing, but it is still
+    connected.  The keeper, no longer told "renewed", renews the leases itself, so the
+    other home never rescues the run; on SIGCONT the scheduler records it once."""
+    second = two_homes(pb, tmp_path, pg_url)
+    marker = tmp_path / "ended"
+    scheduler = None
+    try:
+        pb("scheduler", "start", check=True)
+        second("scheduler", "start", check=True)
+        pb(
+            "job",
+            "add",
+            "long",
+            "--manual",
+            "--retries",
+            "1",
+            "--retry-delay",
+            "0.1",
+            "--shell",
+            "--",
+            f"sleep 25; echo $PONYBUNNY_RUN_ID >> {marker}",
+            check=True,
+        )
+        pb("job", "run", "long", check=True)
+        first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])
+        scheduler = verified_pid(pb.home, "scheduler")
+        os.kill(scheduler, signal.SIGSTOP)
+        keeper_log = pb.home / "keeper.log"
+        assert wait_for(lambda: "has not renewed its leases for" in text(keeper_log), 60), text(
+            keeper_log
+        )
+        assert wait_for(marker.exists, 90), text(keeper_log)
+        # Ended long after its lease would have run out: still running in the database
+        # (its outcome waits for the stopped scheduler), and nobody rescued it.
+        assert [(r["id"], r["state"]) for r in runs_of(pb)] == [(first[0]["id"], "running")]
+        os.kill(scheduler, signal.SIGCONT)
+        scheduler = None
+        runs = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "succeeded")
+        assert [(r["id"], r["attempt"], r["state"]) for r in runs] == [
+            (first[0]["id"], 1, "succeeded")
+        ]
+        assert marker.read_text().split() == [str(first[0]["id"])]
+        assert "was lost" not in text(second.home / "scheduler.log")
+        assert wait_for(lambda: "renews its leases again" in text(keeper_log), 60)
+    finally:
+        if scheduler is not None:
+            os.kill(scheduler, signal.SIGCONT)
         second.cleanup()
 
 
@@ -159,8 +184,10 @@ def test_a_keeper_frozen_past_the_lease_stops_its_copy_and_records_nothing(
         log = pb.home / "scheduler.log"
         assert wait_for(
             lambda: (
-                f"Run {first['id']}: its outcome (killed) came after the run "
-                "stopped running here" in text(log)
+                f"Run {first['id']}: its outcome here (killed, " in text(log)
+                and "came after the run stopped running here; it is recorded lost "
+                "(lost: its scheduler stopped renewing the lease), and that stays"
+                in text(log)
             ),
             60,
         ), text(log)
@@ -243,13 +270,66 @@ def test_the_keeper_refuses_a_launch_that_comes_after_its_start_by(home: Path) -
 
         assert wait_for(answered, 60), events
         refused = [e for e in events if isinstance(e, Refused)]
-        assert [(e.run_id, e.reason) for e in refused] == [
+        assert [(e.run_id, e.reason, e.requeue) for e in refused] == [
             (
                 1,
                 "it came too late: its lease may have run out meanwhile (was this host "
                 "frozen?), and another host may run it",
+                True,
             )
         ]
     finally:
         client.release_exit()
         client.close()
+
+
+def test_a_launch_refused_as_late_goes_back_to_the_queue_without_spending_an_attempt(
+    pb: Pb, tmp_path: Path
+) -> None:
+    """The keeper is frozen while a launch waits in its socket, past a third of the
+    lease: it refuses the launch on thaw.  The scheduler still holds the run's lease, so
+    the run goes back to the queue and runs, attempt 1, once: not `failed`, no retry."""
+    pb.env.update(PONYBUNNY_LEASE="10")
+    marker = tmp_path / "ran"
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "once", "--manual", "--shell", "--", f"echo x >> {marker}", check=True)
+    keeper = verified_pid(pb.home, "keeper")
+    os.kill(keeper, signal.SIGSTOP)
+    try:
+        pb("job", "run", "once", check=True)
+        wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
+        time.sleep(10)  # a lower bound, not a race: the launch must be older than 10/3 s
+    finally:
+        os.kill(keeper, signal.SIGCONT)
+    runs = wait_runs(pb, lambda rs: rs and rs[0]["state"] not in ("queued", "running"))
+    assert [(r["attempt"], r["state"]) for r in runs] == [(1, "succeeded")], runs
+    assert marker.read_text() == "x\n"
+    log = text(pb.home / "scheduler.log")
+    assert f"Run {runs[0]['id']}: the keeper refused it (it came too late" in log, log
+    assert "goes back to the queue" in log
+
+
+def test_due_times_from_pb_follow_the_databases_clock(pb: Pb, pg_url: str) -> None:
+    """`pb job add --at +10m` on a host whose clock is an hour ahead: the run is due ten
+    minutes from now by the database's clock (the one every scheduler judges by), not an
+    hour and ten minutes; `pb job next` and `pb job resume` count from it too."""
+    if not FAKETIME.exists():
+        pytest.skip("libfaketime is not installed")
+    pb.env.update(PONYBUNNY_DB=pg_url)
+    pb("scheduler", "start", check=True)  # creates the schema, with the host's own clock
+    ahead = dict(LD_PRELOAD=str(FAKETIME), FAKETIME="+3600s", FAKETIME_DONT_FAKE_MONOTONIC="1")
+    before = datetime.now(UTC)
+    pb("job", "add", "once", "--at", "+10m", "--", "true", env=ahead, check=True)
+    pb("job", "add", "hourly", "--every", "1h", "--", "true", check=True)
+    pb("job", "pause", "hourly", check=True)
+    pb("job", "resume", "hourly", env=ahead, check=True)
+    after = datetime.now(UTC)
+    due = {
+        job["name"]: datetime.fromisoformat(job["next_run_at"])
+        for job in json.loads(pb("job", "list", "--json").out)
+    }
+    assert before + timedelta(minutes=9) < due["once"] < after + timedelta(minutes=11), due
+    assert before + timedelta(minutes=59) < due["hourly"] < after + timedelta(minutes=61), due
+    shown = json.loads(pb("job", "next", "hourly", "-n", "1", "--json", env=ahead).out)
+    first = datetime.fromisoformat(shown["runs"][0]["utc"])
+    assert first < after + timedelta(minutes=61), shown
