@@ -82,6 +82,7 @@ KNOWN: dict[str, tuple[str, str]] = {
     # and environments' secrets may reach its log; the socket is its own uid's only.
     **{f"keeper.{ext}": ("file", "shared") for ext in ("pid", "json", "log")},
     "keeper.journal": ("file", "private"),
+    "keeper.kept": ("file", "private"),  # which leftovers a later keeper must spare
     "keeper.sock": ("socket", "private"),
 }
 

@@ -20,13 +20,20 @@ STATES = tuple(state.value for state in RunState)
 
 
 def open_store(ctx: click.Context) -> Store:
-    """The database named by the settings; SQLAlchemy is imported only here."""
+    """The database named by the settings, opened once per command (`--wait` asks it
+    every 0.2 s); SQLAlchemy is imported only here."""
     from pony_scheduler.lifecycle.daemonize import ensure_home
     from pony_scheduler.store import Store
 
+    cached = ctx.meta.get("pony_scheduler.store")  # ctx.meta is shared by the whole tree
+    if cached is not None:
+        return cached
     settings = settings_from(ctx, db=ctx.meta.get("db"))
     ensure_home(settings.home)
-    return Store.open(settings.db)
+    store = Store.open(settings.db)
+    ctx.meta["pony_scheduler.store"] = store
+    ctx.call_on_close(store.close)
+    return store
 
 
 def remember_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -419,7 +419,15 @@ def job_run(ctx: click.Context, name: str, wait: bool, follow_: bool) -> None:
     """Queue a run of job NAME now."""
     if follow_ and not wait:
         raise click.UsageError("--follow needs --wait")
-    run_id = open_store(ctx).request_run(name)
+    store = open_store(ctx)
+    run_id = store.request_run(name)
+    # A scheduler sends a heartbeat every twelfth of its lease (at most an hour): five
+    # minutes of silence from every scheduler of this database means none runs.
+    if not store.any_scheduler_since(store.db_now() - timedelta(minutes=5)):
+        _warn(
+            "no scheduler of this database has sent a heartbeat in the last 5 minutes: "
+            "the run waits until one runs ('pb scheduler start')"
+        )
     if not wait:
         click.echo(f"✓ Run {run_id} of job {name} queued")
         return

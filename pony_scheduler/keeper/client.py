@@ -173,10 +173,16 @@ class KeeperClient:
         )
         if reply["type"] == "unsupported":
             self.close()
+            then = (
+                f"it exits once its {reply.get('runs')} run(s) have ended (it has been "
+                "told), leaving their outcomes to the next keeper: start again then"
+                if reply.get("retiring") is True
+                else "let its runs end (or stop them) and it exits"
+            )
             raise ProtocolMismatch(
                 f"{reply.get('message', 'the keeper speaks another protocol')}; this "
-                f"pony-scheduler {__version__} speaks protocol {PROTOCOL}: let its runs end "
-                f"(or stop them) and it exits, or run the matching version"
+                f"pony-scheduler {__version__} speaks protocol {PROTOCOL}: {then}, or run "
+                "the matching version"
             )
         try:
             self.welcome = Welcome(

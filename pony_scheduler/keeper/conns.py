@@ -188,19 +188,43 @@ def handle(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> None:
         conn.send(reply)
 
 
+def _retire(keeper: Keeper, m: dict[str, Any]) -> None:
+    """A scheduler of a newer version, speaking a newer protocol, wants this home (an
+    upgrade): this keeper exits as soon as its runs have ended and their outcomes are in
+    the journal, which the newer scheduler's keeper then reads (the journal's format is
+    versioned apart from the protocol).  Until then its runs go on, their leases renewed."""
+    if not keeper.retiring:
+        keeper.retiring = True
+        keeper.log.info(
+            "A scheduler of a newer version (%s) wants this home: this keeper exits once "
+            "its %d run(s) have ended, leaving their outcomes in keeper.journal for the "
+            "next keeper",
+            str(m.get("client") or "protocol " + str(m.get("protocol")))[:80],
+            len(keeper.runs),
+        )
+
+
 def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
     if m.get("protocol") != PROTOCOL:
         conn.closing = True
+        wanted = m.get("protocol")
+        if m.get("role") == "scheduler" and isinstance(wanted, int) and wanted > PROTOCOL:
+            _retire(keeper, m)
         return {
             "type": "unsupported",
             "protocol": PROTOCOL,
             "version": __version__,
+            "runs": len(keeper.runs),
+            "retiring": keeper.retiring,
             "message": f"this keeper (pony-scheduler {__version__}, PID {os.getpid()}) "
-            f"speaks protocol {PROTOCOL}, not {m.get('protocol')!r}",
+            f"speaks protocol {PROTOCOL}, not {wanted!r}",
         }
     role = m.get("role")
     if role not in ("scheduler", "control"):
         raise ProtocolError("hello needs role 'scheduler' or 'control'")
+    if role == "scheduler" and keeper.retiring:
+        keeper.retiring = False  # a scheduler of ours after all (a downgrade): stay
+        keeper.log.info("A scheduler of this keeper's protocol connected: not retiring")
     conn.role = role
     conn.scheduler_id = str(m.get("scheduler_id") or "")
     lease = _lease_terms(m.get("lease")) if role == "scheduler" else None

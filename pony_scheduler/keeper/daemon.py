@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from pony_scheduler import __version__
-from pony_scheduler.keeper import cgroups, procs
+from pony_scheduler.keeper import cgroups, keptfile, procs
 from pony_scheduler.keeper.commit import Journal, SyncHelper
-from pony_scheduler.keeper.containment import Cgroups, ContainmentError
+from pony_scheduler.keeper.containment import KEPT_GROUP, Cgroups, ContainmentError, home_group_name
 from pony_scheduler.keeper.journal import JournalFile, lock_pid_file
 from pony_scheduler.keeper.protocol import META_FILE, PID_FILE, PROTOCOL, SOCKET_FILE
 from pony_scheduler.keeper.server import Keeper, open_log
@@ -87,9 +87,12 @@ def _subreaper() -> None:
         )
 
 
-def _cleanup_stale(home: Path, cg: Cgroups, old_meta: dict[str, object] | None) -> None:
+def _cleanup_stale(
+    home: Path, home_fd: int, cg: Cgroups, old_meta: dict[str, object] | None
+) -> None:
     """Kill what the runs of a keeper that died left: their outcomes are lost anyway, and
-    a run the scheduler repeats must not run beside its former self."""
+    a run the scheduler repeats must not run beside its former self.  Leftovers kept by
+    policy (`--leftovers keep`, keptfile.py) are spared."""
     for path in cg.stale_groups():
         count = cg.kill_stale(path)
         deadline = time.monotonic() + 5
@@ -101,6 +104,17 @@ def _cleanup_stale(home: Path, cg: Cgroups, old_meta: dict[str, object] | None) 
     old_id = (old_meta or {}).get("keeperId")
     if isinstance(old_id, str) and old_id:
         found = procs.scan_marked(old_id, os.getuid())
+        kept = keptfile.load(home_fd, {p.sid for p in found})
+        group = f"/{home_group_name(str(home))}/{KEPT_GROUP}"
+        spared = [p for p in found if p.sid in kept or _in_group(p.pid, group)]
+        found = [p for p in found if p not in spared]
+        if spared:
+            log.info(
+                "Left running %d kept leftover process(es) of runs of keeper %s: %s",
+                len(spared),
+                old_id,
+                ", ".join(str(p.pid) for p in spared),
+            )
         if found:
             log.warning(
                 "Killing %d process(es) of runs of keeper %s, which died: %s",
@@ -109,6 +123,16 @@ def _cleanup_stale(home: Path, cg: Cgroups, old_meta: dict[str, object] | None) 
                 ", ".join(str(p.pid) for p in found),
             )
             procs.signal_procs(found, signal.SIGKILL)
+
+
+def _in_group(pid: int, suffix: str) -> bool:
+    """Whether process `pid` is in a cgroup whose path ends with `suffix` (any hierarchy,
+    /proc/PID/cgroup)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as handle:
+            return any(line.rstrip("\n").endswith(suffix) for line in handle)
+    except OSError:
+        return False
 
 
 def _listen(home_fd: int) -> socket.socket:
@@ -177,7 +201,7 @@ def serve(
         },
     )
     _subreaper()
-    _cleanup_stale(home, cg, old_meta)
+    _cleanup_stale(home, home_fd, cg, old_meta)
     journal_file = JournalFile(home_fd)
     found = journal_file.recover()
     if found.torn or found.bad_lines:

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pony_scheduler import __version__
+from pony_scheduler.keeper import keptfile
 from pony_scheduler.keeper.containment import Cgroups
 from pony_scheduler.keeper.execpath import NotStarted
 from pony_scheduler.keeper.output import Output, relative_parts
@@ -164,6 +165,8 @@ class RunBook:
     def run_finished(self, run: Run, outcome: Outcome) -> None:
         self.runs.pop(run.run_id, None)
         self.tracker.sessions.pop(run.pid, None)
+        if run.kept:
+            self._record_kept(run)
         if run.kept and isinstance(run.box, PgroupBox):
             self.tracker.kept.add(run.pid)
         if not isinstance(run.box, PgroupBox):
@@ -171,6 +174,18 @@ class RunBook:
                 run.box.release()
             self.to_remove.append(run.box)
         self.emit(outcome)
+
+    def _record_kept(self, run: Run) -> None:
+        """So that a keeper after us, should we die, spares them (keptfile.py)."""
+        try:
+            keptfile.add(self.home_fd, run.pid)  # the run's session: its main process
+        except OSError as exc:
+            self.log.warning(
+                "Run %d: cannot record its kept leftovers in keeper.kept (%s): a keeper "
+                "started after this one dies would stop them",
+                run.run_id,
+                exc.strerror,
+            )
 
     def emit(self, outcome: Outcome) -> None:
         """Pending until acknowledged; queued for the journal; sent now."""

@@ -90,6 +90,8 @@ class Keeper(RunBook):
         self.drain_at: float | None = None
         self.drain_by = ""
         self.exit_requested = False
+        # A newer scheduler wants the home: exit once no run is held (conns._retire).
+        self.retiring = False
         self.stop_now = False
         self.idle_since: float | None = None
         self.stray_check_at = 0.0
@@ -259,7 +261,7 @@ class Keeper(RunBook):
 
     def _should_exit(self) -> bool:
         durable = not self.journal.waiting
-        if self.exit_requested and not self.runs and durable:
+        if (self.exit_requested or self.retiring) and not self.runs and durable:
             return True
         busy = self.runs or not durable or self.conns or self.renewals.busy()
         if busy:

@@ -26,6 +26,7 @@ from pony_scheduler.store.common import utcnow
 from pony_scheduler.waiting import pause
 
 log = logging.getLogger("pony_scheduler.executor")
+REFUSED_PAUSE_S = 1.0  # seconds without launches after the keeper refused one
 
 Launch = kp.Launch  # what starting one run needs: the command resolved, its environment
 
@@ -65,6 +66,7 @@ class Executor:
         self.in_flight: set[int] = set()
         self.pending: collections.deque[tuple[kp.Launch, float]] = collections.deque()
         self.refused: list[int] = []  # refused by the keeper, to go back to the queue
+        self.launch_after = 0.0  # monotonic: no launches before (after a refusal)
         self.last_finish = 0.0  # time.monotonic() of the latest finished run
         self.stopped = 0  # runs a drain stopped
 
@@ -126,6 +128,9 @@ class Executor:
                 )
                 self.in_flight.discard(event.run_id)
                 self.refused.append(event.run_id)
+                # A draining keeper refuses every launch until it exits (then a new one
+                # is started): no claim-refuse-requeue loop meanwhile.
+                self.launch_after = time.monotonic() + REFUSED_PAUSE_S
                 finished = True
             elif isinstance(event, kp.Refused):
                 log.error("Run %d: the keeper refused it: %s", event.run_id, event.reason)
@@ -194,7 +199,10 @@ class Executor:
 
     # -- slots -----------------------------------------------------------------------------
     def free_slots(self, ahead: int = 0) -> int:
-        """How many more runs to hand over: one per free slot, plus `ahead` waiting."""
+        """How many more runs to hand over: one per free slot, plus `ahead` waiting;
+        none for a moment after the keeper refused a launch (REFUSED_PAUSE_S)."""
+        if time.monotonic() < self.launch_after:
+            return 0
         return max(0, self.workers + ahead - self.busy())
 
     def busy(self) -> int:

@@ -38,9 +38,19 @@ def record(
             scope=audit_scope(who),
             action=action,
             job=job,
-            detail=(detail or "")[:2000] or None,
+            detail=_text(detail or "")[:2000] or None,
         )
     )
+
+
+def _text(detail: str) -> str:
+    """Text the database can store: a command's bytes that are not UTF-8 (carried as
+    surrogates by os.fsdecode) written as \\xNN escapes, as `pb job show` shows them."""
+    try:
+        raw = detail.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte stands for
+        return detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 class AuditQueries:

@@ -159,6 +159,17 @@ class OwnershipQueries(RunQueries):
         with self.engine.connect() as connection:
             return [row_dict(row) for row in connection.execute(query)]
 
+    def any_scheduler_since(self, since: datetime) -> bool:
+        """Whether any scheduler not recorded as stopped sent a heartbeat after `since`
+        (database time)."""
+        query = (
+            select(schedulers.c.id)
+            .where(schedulers.c.stopped_at.is_(None), schedulers.c.heartbeat_at > since)
+            .limit(1)
+        )
+        with self.engine.connect() as connection:
+            return connection.execute(query).first() is not None
+
     def live_schedulers(self, machine: str, since: datetime) -> list[dict[str, Any]]:
         """Schedulers recorded on machine id `machine` that have not stopped and sent a
         heartbeat after `since` (database time): this host's, and any clone's."""

@@ -80,6 +80,14 @@ def test_every_change_and_trigger_is_audited(pb: Pb) -> None:
     assert "root (0)" in pb("audit", "a").out
 
 
+def test_a_command_that_is_not_utf8_is_stored_and_audited_escaped(pb: Pb) -> None:
+    """A file name in Latin-1 is a valid argument: the job is added (no traceback) and
+    the audit shows the byte as \\xff."""
+    pb("job", "add", "latin", "--manual", "--", "/bin/echo", "caf\udce9", check=True)
+    entries = json.loads(pb("audit", "--json").out)
+    assert "caf\\xe9" in entries[0]["detail"], entries[0]
+
+
 def test_api_changes_are_audited_with_the_callers_scope(pb: Pb, home: Path) -> None:
     port, _ = use_free_ports(pb)
     start_gateway(pb, port)

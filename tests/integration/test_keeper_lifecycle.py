@@ -222,6 +222,34 @@ def test_protocol_mismatch_is_refused_clearly(
         KeeperClient.connect(home, "newer")
 
 
+def test_a_newer_scheduler_makes_the_keeper_retire_once_its_runs_end(
+    home: Path, tmp_path: Path, sessions: list[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade to a scheduler that speaks a newer protocol: it is refused clearly,
+    and the old keeper, told so, exits once its run has ended, although it would
+    otherwise wait an hour; the next keeper has the run's outcome from the journal."""
+    release = tmp_path / "release"
+    old = Session(home, idle_exit_s=3600)
+    sessions.append(old)
+    run_id = old.launch("sh", "-c", f"while [ ! -e {release} ]; do sleep 0.1; done")
+    assert wait_for(lambda: (old.pump(0.1), old.client.held())[1], 30)
+    keeper = int((home / "keeper.pid").read_text())
+    old.client.close()  # the old scheduler handed over and left
+    monkeypatch.setattr(client_module, "PROTOCOL", 99)
+    with pytest.raises(ProtocolMismatch, match=r"it exits once its 1 run\(s\) have ended"):
+        KeeperClient.connect(home, "newer")
+    monkeypatch.undo()
+    assert (
+        "wants this home: this keeper exits once its 1 run(s) have ended"
+        in (home / "keeper.log").read_text()
+    )
+    release.touch()
+    assert wait_for(lambda: proc_start_time(keeper) is None, 60)
+    again = Session(home)
+    sessions.append(again)
+    assert [o.run_id for o in again.client.welcome.outcomes] == [run_id]
+
+
 def test_only_the_keepers_uid_may_talk(sessions: list[Session]) -> None:
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to connect as another user")

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Pb, Result, wait_for
+from pony_scheduler.lifecycle.pidfile import proc_start_time
+from tests.conftest import Pb, Result, alive, wait_for
 from tests.integration.keeper_helpers import kill_marked, marked
 
 CONTAINMENTS = ("auto", "pgroup")
@@ -171,6 +172,17 @@ def test_leftovers_keep_lets_them_live_and_says_so(daemon: Daemon) -> None:
         assert run["reason"] == "left 1 process behind, left running (--leftovers keep)"
         # (the kept sleep may still be in its exec, when its environ reads empty)
         assert wait_for(lambda: daemon.left(run["id"]) == [kept], 30)
+        # The keeper dies: the next one kills what its runs left, but not what was kept.
+        keeper = json.loads((daemon.pb.home / "keeper.json").read_text())
+        assert alive(keeper["pid"]) and proc_start_time(keeper["pid"]) == keeper["procStartTime"]
+        os.kill(keeper["pid"], signal.SIGKILL)
+        daemon.add("after", "--", "true")
+        assert daemon.run("after")[1]["state"] == "succeeded"
+        log = (daemon.pb.home / "keeper.log").read_text()
+        assert (
+            f"Left running 1 kept leftover process(es) of runs of keeper {daemon.keeper_id}" in log
+        )
+        assert alive(kept)
     finally:
         if kept in daemon.left(run["id"]):  # verified ours: the run's marks
             os.kill(kept, signal.SIGKILL)

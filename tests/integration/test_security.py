@@ -326,6 +326,7 @@ PLANTS = {
             "keeper.log",
             "keeper.sock",
             "keeper.journal",
+            "keeper.kept",
             ".keeper.start.lock",
         )
     },
