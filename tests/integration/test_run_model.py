@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Pb, wait_for
+from tests.integration.hosts_helpers import verified_pid
 
 FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
@@ -416,7 +417,9 @@ def test_job_run_wait_exits_with_the_runs_status_and_follows_its_output(pb: Pb) 
 def test_a_scheduler_paused_past_its_lease_records_nothing_over_the_rescuer(
     pb: Pb, tmp_path: Path, pg_url: str
 ) -> None:
-    """Fencing: the lease epoch a run was claimed under guards every later write."""
+    """Fencing: the lease epoch a run was claimed under guards every later write.  The
+    whole host is paused, scheduler and run keeper (a keeper that lives renews the
+    leases of a stopped scheduler's runs itself: tests/integration/test_leases.py)."""
     import os
     import signal
 
@@ -442,8 +445,9 @@ def test_a_scheduler_paused_past_its_lease_records_nothing_over_the_rescuer(
         )
         pb("job", "run", "long", check=True)
         first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])[0]
-        frozen = pb.pid()
-        os.kill(frozen, signal.SIGSTOP)
+        frozen = [verified_pid(pb.home, "keeper"), verified_pid(pb.home, "scheduler")]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
         try:
             second("scheduler", "start", check=True)
             wait_runs(
@@ -454,7 +458,8 @@ def test_a_scheduler_paused_past_its_lease_records_nothing_over_the_rescuer(
                 ),
             )
         finally:
-            os.kill(frozen, signal.SIGCONT)
+            for pid in frozen:  # the keeper first: the scheduler's first request is to it
+                os.kill(pid, signal.SIGCONT)
         log = pb.home / "scheduler.log"
         assert wait_for(lambda: f"Run {first['id']}: refused running" in log.read_text(), 60)
         runs = wait_runs(
