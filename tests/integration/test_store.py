@@ -131,6 +131,25 @@ def test_old_schema_is_upgraded_and_newer_refused(db_url: str) -> None:
     engine.dispose()
 
 
+def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
+    """Every table declared with sqlite_autoincrement keeps AUTOINCREMENT through the
+    whole migration chain (a batch ALTER rebuilds the table and may drop it): ids of
+    removed runs must never be given to new ones."""
+    from pony_scheduler.store.tables import metadata
+
+    url = f"sqlite:///{tmp_path / 'pony.db'}"
+    Store.open(url).close()
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        for table in metadata.sorted_tables:
+            if table.dialect_options["sqlite"]["autoincrement"]:
+                sql = connection.execute(
+                    text("SELECT sql FROM sqlite_master WHERE name = :n"), {"n": table.name}
+                ).scalar()
+                assert "AUTOINCREMENT" in str(sql), (table.name, sql)
+    engine.dispose()
+
+
 def test_daemon_refuses_a_newer_database(pb: Pb, home: Path) -> None:
     db = home / "new.db"
     engine = create_engine(f"sqlite:///{db}")

@@ -18,12 +18,15 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("schedulers") as batch:
         batch.add_column(sa.Column("pid_ns", sa.String(32)))
-    with op.batch_alter_table("runs") as batch:
-        batch.alter_column("host", type_=sa.String(128), existing_type=sa.String(80))
+    # SQLite does not enforce a VARCHAR's length, and changing a type there rebuilds the
+    # table (batch mode), which would lose the runs table's AUTOINCREMENT (0003): ids
+    # must never be reused.  Only PostgreSQL needs the wider column.
+    if op.get_bind().dialect.name == "postgresql":
+        op.alter_column("runs", "host", type_=sa.String(128), existing_type=sa.String(80))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.alter_column("host", type_=sa.String(80), existing_type=sa.String(128))
+    if op.get_bind().dialect.name == "postgresql":
+        op.alter_column("runs", "host", type_=sa.String(80), existing_type=sa.String(128))
     with op.batch_alter_table("schedulers") as batch:
         batch.drop_column("pid_ns")
