@@ -41,8 +41,8 @@ def _seconds(name: str, value: Any) -> float:
     """A number of seconds or a duration (30s, 2m, 1h30m), unchecked for range (NaN and
     infinities included: the callers' ranges refuse them)."""
     number: float | None
-    if isinstance(value, bool):
-        number = None
+    if isinstance(value, bool) or (isinstance(value, str) and not value.isascii()):
+        number = None  # float() reads other scripts' digits ("٦٠"): not a setting's
     else:
         try:
             number = float(value)
@@ -277,7 +277,7 @@ _NUMBERS = ("workers", "gateway_port", "debug_port", "lease", "shutdown_grace")
 
 def _quoted_number(key: str, value: Any) -> bool:
     """A number written as a TOML string (`workers = "4"`, `lease = "30"`)."""
-    if not isinstance(value, str) or key not in _NUMBERS:
+    if not isinstance(value, str) or key not in _NUMBERS or not value.isascii():
         return False
     try:
         float(value)

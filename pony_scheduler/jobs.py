@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 OVERLAP = ("skip", "queue", "allow")
 CATCH_UP = ("skip", "once", "all")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV = "PONYBUNNY_"  # each run's own variables (scheduler/environment.py)
 LEFTOVERS = ("kill", "keep")
 UMASK_DEFAULT = 0o022  # what cron and systemd give their jobs
 
@@ -176,6 +177,13 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
         name, sep, value = pair.partition("=")
         if not sep or not ENV_NAME.match(name):
             raise ConfigError(f"--env {pair!r} is not NAME=VALUE (NAME: letters, digits, _)")
+        if name.startswith(RESERVED_ENV):
+            # The scheduler sets these for each run (environment.run_identity), over
+            # anything given: say so now rather than drop the value silently.
+            raise ConfigError(
+                f"--env {name}: {RESERVED_ENV}* variables are set by the scheduler for "
+                "each run; choose another name"
+            )
         env[name] = value
     return env
 

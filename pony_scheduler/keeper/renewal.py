@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
@@ -79,6 +80,7 @@ class Renewals:
         self.renewed_at: float | None = None  # monotonic: the last successful renewal
         self.failures = 0
         self.overdue_logged = False
+        self.last_error = ""  # the last renewal failure's reason, logged once
         # monotonic: when the connected scheduler last said it renewed; None: not yet
         self.heard: float | None = None
         self.standing_in = False  # renewing for a connected scheduler that is silent
@@ -98,7 +100,7 @@ class Renewals:
             return
         if self.standing_in:
             self.keeper.log.info("The scheduler renews its leases again")
-        self.heard, self.standing_in = now, False
+        self.heard, self.standing_in, self.renewed_at = now, False, now
         if self.child is None:
             self.due = now + self.terms.lease_s / 3
 
@@ -178,8 +180,9 @@ class Renewals:
             return
         self.standing_in = True
         self.keeper.log.warning(
-            "The scheduler (PID %d) has not renewed its leases for %ds (stopped, or "
-            "hung?): renewing the leases of %d run(s) until it does",
+            "The scheduler (PID %d) has not renewed its leases for %ds (stopped, hung, "
+            "or cut off from the database?): renewing the leases of %d run(s) until it "
+            "does",
             scheduler.peer_pid,
             int(now - self.heard),
             count,
@@ -253,22 +256,30 @@ class Renewals:
         except ValueError:
             answer = {"error": "the renewer exited without an answer (see above)"}
         if "error" in answer:
-            self.keeper.log.warning(
-                "Cannot renew the leases of %d run(s): %s",
+            reason = str(answer["error"])[:500]
+            # One line per fault, not one per retry (a new reason is a new fault).
+            level = logging.DEBUG if reason == self.last_error else logging.WARNING
+            self.keeper.log.log(
+                level,
+                "Cannot renew the leases of %d run(s): %s; retrying every %gs",
                 len(child.asked),
-                str(answer["error"])[:500],
+                reason,
+                round(self.terms.lease_s / 6, 1) if self.terms else 0,
             )
+            self.last_error = reason
             self._failed(now)
             return
         renewed = answer.get("renewed") or []
         gone = answer.get("gone") or {}
         if self.failures or self.overdue_logged:
-            self.keeper.log.info("Leases renewed again (%d run(s))", len(renewed))
+            self.keeper.log.info(
+                "The database is reachable again: leases renewed (%d run(s))", len(renewed)
+            )
         else:
             self.keeper.log.debug(
                 "Leases of %d run(s) renewed until %s", len(renewed), answer.get("until")
             )
-        self.failures, self.overdue_logged = 0, False
+        self.failures, self.overdue_logged, self.last_error = 0, False, ""
         self.renewed_at = now
         self.due = now + self.terms.lease_s / 3 if self.terms is not None else None
         for key, found in gone.items():
@@ -286,7 +297,11 @@ class Renewals:
             )
             run.stop("killed", f"killed by {LEASE_LOST_BY}", signal.SIGKILL, LEASE_LOST_BY)
         elif run_id not in self.gone:
-            self.keeper.log.info(
+            # With a scheduler connected this is routine (it recorded the run and its
+            # acknowledgement is on the way); alone, it is worth a line.
+            level = logging.DEBUG if self.keeper.scheduler is not None else logging.INFO
+            self.keeper.log.log(
+                level,
                 "Run %d: its outcome waits for the next scheduler, but the "
                 "database has it %s; no more renewals for it",
                 run_id,

@@ -114,7 +114,9 @@ class Keeper(RunBook):
             try:
                 events = self.epoll.poll(timeout)
             except InterruptedError:
-                events = []
+                # SIGSTOP then SIGCONT ends epoll_wait with EINTR (signal(7)): read what
+                # came meanwhile before the timers judge anyone silent.
+                events = self.epoll.poll(0)
             self.tracker.invalidate()
             for fd, mask in events:
                 try:

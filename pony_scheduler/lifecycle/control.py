@@ -25,6 +25,7 @@ from pony_scheduler.lifecycle import pidfile
 from pony_scheduler.lifecycle.logs import tail_lines
 from pony_scheduler.lifecycle.pidfile import PidInfo, PidState
 from pony_scheduler.lifecycle.spec import ServiceSpec
+from pony_scheduler.waiting import pause
 
 Say = Callable[[str], None]
 
@@ -71,7 +72,7 @@ def _take_start_lock(spec: ServiceSpec, settings: Settings, timeout: float) -> i
                     "try again",
                     EXIT_START_TIMEOUT,
                 ) from None
-            time.sleep(0.02)
+            pause(0.02)
 
 
 def _clear_the_way(
@@ -169,7 +170,7 @@ def _reap(child: int) -> None:
             return
         if pid:
             return
-        time.sleep(0.01)
+        pause(0.01)
 
 
 def _start_outcome(
@@ -301,7 +302,7 @@ def _wait_started(spec: ServiceSpec, settings: Settings, timeout: float) -> PidI
     deadline = time.monotonic() + timeout
     info = pidfile.inspect(spec, settings.home)
     while info.state is PidState.STARTING and time.monotonic() < deadline:
-        time.sleep(0.05)
+        pause(0.05)
         info = pidfile.inspect(spec, settings.home)
     return info
 

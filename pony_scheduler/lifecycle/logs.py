@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from pony_scheduler.waiting import pause
 
 
 def tail_lines(path: Path, count: int) -> list[str]:
@@ -49,7 +50,7 @@ def follow(
             if handle is not None:
                 _drain(handle, write)
                 handle, inode = _check_rotation(path, handle, inode, write)
-            time.sleep(interval)
+            pause(interval)
     finally:
         if handle is not None:
             handle.close()

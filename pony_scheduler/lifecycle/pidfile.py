@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pony_scheduler.lifecycle.spec import ServiceSpec
+from pony_scheduler.waiting import pause
 
 
 class PidState(Enum):
@@ -198,5 +199,5 @@ def wait_gone(pid: int, start_time: int | None, timeout: float) -> bool:
     while still_ours(pid, start_time):
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.02)
+        pause(0.02)
     return True

@@ -72,9 +72,10 @@ class DatabaseClock:
         """Measure the offset again (a query on PostgreSQL); warn when it is large or
         moved.  Raises what the database raises (DBAPIError)."""
         offset = timedelta(seconds=self.store.clock_offset())
-        if abs(offset - self.offset) > CLOCK_WARN_CHANGE or (
-            self.offset == timedelta(0) and abs(offset) > CLOCK_WARN
-        ):
+        moved = abs(offset - self.offset) > CLOCK_WARN_CHANGE
+        if moved and abs(offset) <= CLOCK_WARN:
+            log.info("This host's clock agrees with the database's again")
+        elif moved or (self.offset == timedelta(0) and abs(offset) > CLOCK_WARN):
             ahead = "ahead of" if offset < timedelta(0) else "behind"
             log.warning(
                 "This host's clock is %s %s the database's; leases and due times "

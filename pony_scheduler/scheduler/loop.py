@@ -448,15 +448,16 @@ class WorkLoop:
                 self.fenced.add(run_id)  # stopped once, logged once; its outcome follows
                 log.error(
                     "Run %d (job %s) is no longer ours (epoch %d): its lease was taken "
-                    "over while this scheduler was paused; stopping its processes",
+                    "over while this scheduler was paused or cut off from the database; "
+                    "stopping its processes",
                     run_id,
                     flight.run.job,
                     flight.epoch,
                 )
                 self.executor.kill(
                     run_id,
-                    "the scheduler: its lease was taken over by "
-                    "another scheduler while this one was paused",
+                    "the scheduler: its lease was taken over by another scheduler "
+                    "while this one was paused or cut off from the database",
                 )
 
     def ping_watchdog(self, mono: float) -> None:

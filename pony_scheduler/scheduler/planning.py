@@ -151,4 +151,7 @@ class Planner:
         if latest < self.started_at:
             return "missed: no scheduler was running at its time"
         behind = format_duration((now - min(moments)).total_seconds())
-        return f"missed: the scheduler was up to {behind} behind (busy, paused or frozen)"
+        return (
+            f"missed: the scheduler was up to {behind} behind "
+            "(busy, paused, frozen or without its database)"
+        )

@@ -207,6 +207,10 @@ def _shown(url: URL) -> str:
 
 
 def _sqlite_file(url: URL) -> str | None:
+    """The file of an SQLite URL; None for another database (a PostgreSQL database's
+    name is not a path) or one that is not a plain file."""
+    if url.get_backend_name() != "sqlite":
+        return None
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None

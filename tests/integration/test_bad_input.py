@@ -154,6 +154,10 @@ def test_a_read_only_home_still_serves_read_only_commands(pb: Pb, home: Path) ->
         ),
         ('gateway_port = "28918"\n', "gateway_port = '28918' is a string"),
         ('lease = "30"\n', "lease = '30' is a string"),
+        ("lease = 0\n", "lease must be from 10 seconds to 1 hour, not 0"),
+        ("lease = nan\n", "lease must be from 10 seconds to 1 hour, not nan"),
+        ("lease = true\n", "lease must be a positive number of seconds or a duration"),
+        ('lease = "\u0666\u0660"\n', "lease must be a positive number of seconds"),
     ],
 )
 def test_settings_out_of_range(pb: Pb, home: Path, text: str, expected: str) -> None:
@@ -258,6 +262,10 @@ def test_a_corrupt_database(pb: Pb, home: Path) -> None:
         (["--umask", ""], "not an octal mask from 000 to 777"),
         (["--start-deadline", "soon"], "invalid --start-deadline 'soon'"),
         (["--start-deadline", "0"], "--start-deadline must be greater than zero"),
+        (
+            ["--env", "PONYBUNNY_OCCURRENCE=fake"],
+            "--env PONYBUNNY_OCCURRENCE: PONYBUNNY_* variables are set by the scheduler",
+        ),
     ],
 )
 def test_bad_job_numbers_change_nothing(pb: Pb, args: list[str], expected: str) -> None:

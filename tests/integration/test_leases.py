@@ -89,7 +89,6 @@ def test_the_keeper_of_a_stopped_scheduler_keeps_its_runs_leases(
     scheduler = None
     try:
         pb("scheduler", "start", check=True)
-        second("scheduler", "start", check=True)
         pb(
             "job",
             "add",
@@ -108,6 +107,8 @@ def test_the_keeper_of_a_stopped_scheduler_keeps_its_runs_leases(
         first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])
         scheduler = verified_pid(pb.home, "scheduler")
         os.kill(scheduler, signal.SIGSTOP)
+        # Only now the other home: the run is surely the first home's.
+        second("scheduler", "start", check=True)
         keeper_log = pb.home / "keeper.log"
         assert wait_for(lambda: "has not renewed its leases for" in text(keeper_log), 60), text(
             keeper_log

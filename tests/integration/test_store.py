@@ -150,6 +150,25 @@ def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
     engine.dispose()
 
 
+@pytest.mark.postgres
+def test_a_postgresql_database_is_not_taken_for_a_file_in_the_cwd(pb: Pb, pg_url: str) -> None:
+    """Its name is not a path: started from a world-writable directory (/tmp), the
+    scheduler must not check "/tmp/<database name>" as an SQLite file would be."""
+    import subprocess
+    import sys
+
+    started = subprocess.run(
+        [sys.executable, "-m", "pony_scheduler", "scheduler", "start"],
+        cwd="/tmp",
+        env={**pb.env, "PONYBUNNY_DB": pg_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pb.remember()
+    assert started.returncode == 0, started.stderr
+
+
 def test_daemon_refuses_a_newer_database(pb: Pb, home: Path) -> None:
     db = home / "new.db"
     engine = create_engine(f"sqlite:///{db}")
