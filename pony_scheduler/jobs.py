@@ -133,7 +133,13 @@ def build_schedule(
             tz = local_zone(now, warn)
         if opts.cron is not None:
             return sched.cron_schedule(opts.cron, tz)
-        return sched.at_schedule(str(opts.at), tz, now)
+        from pony_scheduler.scheduler.timeparse import at_note
+
+        at = sched.at_schedule(str(opts.at), tz, now)
+        note = at_note(str(opts.at), tz, datetime.fromisoformat(at.expr))
+        if note:
+            warn(note)
+        return at
     if opts.every is not None:
         return sched.every_schedule(opts.every, now)
     return sched.manual_schedule() if opts.manual else None

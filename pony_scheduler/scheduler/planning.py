@@ -34,8 +34,10 @@ UNREADABLE = (ConfigError, ValueError, LookupError, TypeError, OverflowError)
 
 
 def _span(plan: occurrences.Plan) -> tuple[datetime, datetime]:
-    """The first and last of a plan's missed occurrences (recorded or only counted)."""
-    moments = [*plan.skipped, *plan.catch_up]
+    """The first and last of a plan's missed occurrences that are not run (recorded as
+    skipped or only counted): the ones `plan.missed` counts.  Raises ValueError when
+    there are none."""
+    moments = list(plan.skipped)
     if plan.uncounted is not None:
         moments += [plan.uncounted.first, plan.uncounted.last]
     return min(moments), max(moments)
@@ -128,6 +130,14 @@ class Planner:
                 first.isoformat(timespec="seconds"),
                 last.isoformat(timespec="seconds"),
                 missed_reason,
+            )
+        if plan.catch_up:
+            log.info(
+                "Job %s: %d missed occurrence(s) from %s to %s run now (catch-up)",
+                job.name,
+                len(plan.catch_up),
+                min(plan.catch_up).isoformat(timespec="seconds"),
+                max(plan.catch_up).isoformat(timespec="seconds"),
             )
         refused = f"skipped: {policy.max_queued} runs already queued (--max-queued)"
         if plan.refused:

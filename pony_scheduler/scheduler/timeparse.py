@@ -162,6 +162,39 @@ def parse_at(when: str, tz: str, now: datetime) -> datetime:
     return moment
 
 
+def at_note(when: str, tz: str, moment: datetime) -> str | None:
+    """What daylight saving time did to a local `--at WHEN` (its instant: `moment`, from
+    parse_at): a wall time the clocks skipped (moved to the end of the gap) or one they
+    repeat (the first is meant); None for an exact time, "+10m" or a time with an offset."""
+    text = when.strip()
+    if text.startswith("+"):
+        return None
+    local = zone(tz)
+    if match := _TIME_OF_DAY.fullmatch(text):
+        hour, minute, second = (int(g or 0) for g in match.groups())
+        shown = moment.astimezone(local).replace(tzinfo=None)
+        wall = shown.replace(hour=hour, minute=minute, second=second)
+    else:
+        try:
+            wall = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if wall.tzinfo is not None:
+            return None
+    wall = wall.replace(microsecond=0)
+    if moment.astimezone(local).replace(tzinfo=None) != wall:
+        return (
+            f"{wall:%Y-%m-%d %H:%M:%S} does not exist in {tz} (the clocks skip it for "
+            f"daylight saving time): the run is at {local_text(moment, local)}"
+        )
+    if len(wall_to_instants(wall, local, both_folds=True)) == 2:
+        return (
+            f"{wall:%Y-%m-%d %H:%M:%S} happens twice in {tz} (the clocks go back): the "
+            f"run is at the first, {local_text(moment, local)}"
+        )
+    return None
+
+
 def _next_time_of_day(match: re.Match[str], local: ZoneInfo, now: datetime, when: str) -> datetime:
     hour, minute, second = (int(g or 0) for g in match.groups())
     if hour > 23 or minute > 59 or second > 59:

@@ -181,3 +181,24 @@ def test_next_run_local_uses_the_jobs_zone() -> None:
     assert shown == datetime(2026, 12, 1, 2, tzinfo=UTC).astimezone()
     assert shown_zone("cron", "Mars/Base") is None  # damaged: the machine's zone
     assert shown_zone("at", "Asia/Tokyo") == ZoneInfo("Asia/Tokyo")
+
+
+@pytest.mark.parametrize(
+    "when, said",
+    [
+        ("2027-03-28 02:30", "2027-03-28 02:30:00 does not exist in Europe/Berlin"),
+        ("2027-10-31 02:30", "2027-10-31 02:30:00 happens twice in Europe/Berlin"),
+        ("2027-06-01 09:00", None),
+        ("2027-03-28T02:30:00+01:00", None),  # an offset says which instant
+        ("+10m", None),
+    ],
+)
+def test_an_at_time_daylight_saving_moved_or_doubled_is_named(when: str, said: str | None) -> None:
+    from pony_scheduler.scheduler.timeparse import at_note, parse_at
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    note = at_note(when, "Europe/Berlin", parse_at(when, "Europe/Berlin", now))
+    if said is None:
+        assert note is None
+    else:
+        assert note is not None and said in note

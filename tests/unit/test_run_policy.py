@@ -388,3 +388,19 @@ def test_jitter_moves_every_occurrence_by_a_stable_offset_within_the_window() ->
     assert count_between(moved, T0, T0 + 2 * hour) == 2
     one = at_schedule("2026-12-01T09:00:00+00:00", "UTC", T0)
     assert with_offset(one, 60).offset == 0.0  # one-shot times are not moved
+
+
+def test_the_logged_span_of_missed_occurrences_is_those_not_run() -> None:
+    """catch-up all past RUN_CAP: the latest RUN_CAP run, the older ones are skipped, and
+    the log's "N occurrence(s) from A to B missed" spans those N, not the runs."""
+    from pony_scheduler.scheduler.planning import _span
+
+    schedule = every(1)
+    down = occurrences.RUN_CAP + 50
+    result = occurrences.plan(
+        schedule, Policy(catch_up=CatchUp.ALL, start_deadline_s=1), T0, T0 + s(down + 0.5)
+    )
+    assert len(result.catch_up) == occurrences.RUN_CAP and result.missed == 50
+    first, last = _span(result)
+    assert (first, last) == (T0, T0 + s(49))
+    assert last < min(result.catch_up)
