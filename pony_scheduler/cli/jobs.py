@@ -140,7 +140,7 @@ def job_list(
     if as_json:
         _stream_json(_job_json(job) for job in found)
         return
-    shown = 0
+    shown, set_aside = 0, []
     for page in _pages(found, PAGE):
         if shown == 0 and not page:
             break
@@ -150,8 +150,11 @@ def job_list(
             for j, raw in ((_job_json(raw), raw) for raw in page)
         ]
         table(rows if shown == 0 else rows[1:])
+        set_aside += [(raw["name"], raw["error"]) for raw in page if raw.get("error")]
         shown += len(page)
         last = page[-1]["name"] if page else after
+    for name, why in set_aside[:SET_ASIDE_SHOWN]:  # why, under the table (the table is narrow)
+        click.echo(f"⚠ {name} is set aside: {why}; 'pb job edit {name}' brings it back", err=True)
     if shown == 0:
         click.echo(
             "No more jobs"
@@ -166,6 +169,9 @@ def job_list(
             f"{last}  (--all for every one)",
             err=True,
         )
+
+
+SET_ASIDE_SHOWN = 20  # reasons listed under a page; `pb job show NAME` has each
 
 
 def _pages(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

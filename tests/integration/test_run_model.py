@@ -527,6 +527,10 @@ def test_a_set_aside_job_comes_back_only_when_repaired(pb: Pb, home: Path) -> No
 
     assert wait_for(lambda: errors()["bad"] and errors()["cmd"], 60), errors()
     assert "cannot be read" in (errors()["cmd"] or "")
+    listed = pb("job", "list")  # the reason under the table, not only in show and --json
+    assert f"⚠ cmd is set aside: {errors()['cmd']}; 'pb job edit cmd' brings it back" in (
+        listed.err
+    ), listed.all
     still = pb("job", "edit", "bad", "--retries", "1")  # does not repair it
     assert still.code != 0 and "would still be broken" in still.err
     assert errors()["bad"]  # nothing changed
