@@ -12,19 +12,26 @@ show their answers as real data.  So, every time:
    and we check its own (SO_PEERCRED) on connecting, before a byte is sent: same uid,
    same PID as the pid file.
 3. Only when it has no Unix socket (a home path too long for one) does the request go
-   over TCP, to the address `gateway.json` names, with the admin token.
+   over TCP, to the address `gateway.json` names, with the admin token, and only once
+   /proc shows that the verified gateway PID itself holds a listening socket on that
+   address and port (debug/listeners.py): `gateway.json` is written before the gateway
+   listens and read after it may have stopped, and in between the port is anyone's.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from pony_scheduler.debug.listeners import owner_listens
 from pony_scheduler.gateway.auth import peer_credentials
+from pony_scheduler.gateway.hosting import http_address
 from pony_scheduler.gateway.token import read_token
 from pony_scheduler.lifecycle import pidfile
 from pony_scheduler.lifecycle.spec import GATEWAY
@@ -68,11 +75,35 @@ def locate(home: Path) -> Endpoint:
     address = meta.get("address")
     if not isinstance(address, str) or not address.startswith("http://"):
         raise GatewayDown("the gateway's metadata names no address yet; try again")
+    base = verified_base(info.pid, address)
     try:
         token = read_token(home)
     except Exception as exc:  # UnsafePath, PonyError: never send a token we doubt
         raise GatewayDown(f"the token file is not usable: {exc}") from None
-    return Endpoint(pid=info.pid, base=address, unix=None, token=token)
+    return Endpoint(pid=info.pid, base=base, unix=None, token=token)
+
+
+def verified_base(pid: int, address: str) -> str:
+    """`address` as an IP literal on which the gateway `pid` itself listens right now;
+    GatewayDown when it listens on none of the addresses the name resolves to."""
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+        if not host or port is None:
+            raise ValueError("no host or port")
+        # One short lookup (usually "localhost", from /etc/hosts): the IP literal found is
+        # what gets connected to, so the socket checked is the socket used.
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (ValueError, OSError) as exc:
+        raise GatewayDown(f"the gateway's address {address!r} is not usable ({exc})") from None
+    for _, _, _, _, sockaddr in infos:
+        ip = str(sockaddr[0])
+        if owner_listens(pid, ip, port):
+            return http_address(ip, port)
+    raise GatewayDown(
+        f"the gateway (PID {pid}) does not listen on {address}, which another program may "
+        "hold; the token is not sent there. Restart it: 'pb gateway restart'"
+    )
 
 
 class ImpostorError(aiohttp.ClientConnectionError):

@@ -55,8 +55,10 @@ def describe(settings: Settings) -> dict[str, Any]:
     from pony_scheduler.store.engine import safe_url
 
     api = api_socket_path(settings)
+    # No "address" yet: it is published once the TCP listener is bound (publish_address).
+    # Until then another user could bind the port, and the dashboard, which trusts
+    # gateway.json, would send it the token.
     return {
-        "address": http_address(settings.gateway_host, settings.gateway_port),
         "socketPath": str(settings.socket),
         "dbPath": safe_url(settings.db),
         "apiSocket": str(api) if api else None,
@@ -84,10 +86,23 @@ def run(runtime: ServiceRuntime) -> None:
             bound.append((api_path, api_inode))
         _serve(runtime, listeners, ipc_socket, api_socket)
     finally:
+        withdraw_address(runtime)  # before the port is free for anyone to bind
         for path, inode in bound:
             remove_unix(path, inode)
         for sock in listeners:
             sock.close()
+
+
+def publish_address(runtime: ServiceRuntime) -> None:
+    """Name the TCP address in gateway.json: only now that we listen on it."""
+    settings = runtime.settings
+    runtime.update_metadata(address=http_address(settings.gateway_host, settings.gateway_port))
+
+
+def withdraw_address(runtime: ServiceRuntime) -> None:
+    """Stop naming the TCP address, before the listener closes: a port nobody holds may
+    be bound by anyone, and must not be where the dashboard sends the token."""
+    runtime.update_metadata(address=None)
 
 
 def _serve(runtime: ServiceRuntime, listeners: list[Any], ipc_socket: Any, api_socket: Any) -> None:
@@ -142,8 +157,10 @@ def _serve(runtime: ServiceRuntime, listeners: list[Any], ipc_socket: Any, api_s
             f" and {api_path}" if api_path else "",
             settings.socket,
         )
+        publish_address(runtime)
 
         async def cleanup() -> None:
+            withdraw_address(runtime)  # runner.cleanup() closes the listeners
             ipc.close()
             hub.close()
             await runner.cleanup()

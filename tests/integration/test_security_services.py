@@ -6,6 +6,7 @@ trail tells apart (README, SECURITY)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.conftest import OtherUser, Pb, wait_for
 from tests.integration.gateway_helpers import (
     EventStream,
     dashboard_session,
+    free_port,
     request,
     token_of,
     use_free_ports,
@@ -210,3 +212,45 @@ def test_unix_socket_refusals_name_the_socket(victim: Pb) -> None:
     assert answer.startswith(b"HTTP/1.1 403")
     assert no_runs(victim)
     assert "Refused POST /api/jobs/marker/run from" in (victim.home / "gateway.log").read_text()
+
+
+# -- 2. over TCP, the token goes only to a port the gateway itself holds ---------------------------
+def _point_gateway_json_at(home: Path, port: int) -> None:
+    """What the dashboard sees when the home's path is too long for gateway.api.sock:
+    no Unix socket, only an address (here, one the gateway may not hold)."""
+    from pony_scheduler.lifecycle import pidfile
+
+    path = home / "gateway.json"
+    meta = json.loads(path.read_text())
+    pidfile.write_meta(path, {**meta, "apiSocket": None, "address": f"http://127.0.0.1:{port}"})
+
+
+def test_no_token_to_a_port_the_gateway_does_not_hold(victim: Pb, other_user: OtherUser) -> None:
+    gateway_port, debug_port = use_free_ports(victim)
+    assert victim("service", "start", "all").code == 0
+    session = dashboard_session(victim, debug_port)
+    port = free_port()
+    impostor = other_user.popen(LISTEN, str(port))
+    try:
+        assert impostor.stdout is not None
+        assert impostor.stdout.readline().strip() == "listening"
+        # gateway.json names the impostor's port while the gateway (a live, verified PID
+        # of ours) listens elsewhere, as in the moments before it binds or after it closed.
+        _point_gateway_json_at(victim.home, port)
+        status, body, _ = request(debug_port, "GET", "/api/jobs", token=session)
+        assert status == 503 and "does not listen on" in body["error"], body
+        assert one_line(body["error"])
+        stream = EventStream(debug_port, token=session)
+        try:
+            event = stream.wait_for(lambda e: e["type"] == "gateway.unreachable")
+            assert "does not listen on" in event["data"]["error"]
+        finally:
+            stream.close()
+        # Its own port, over TCP with the token: the check passes and the data is real.
+        _point_gateway_json_at(victim.home, gateway_port)
+        status, body, _ = request(debug_port, "GET", "/api/jobs", token=session)
+        assert status == 200 and body == {"jobs": []}, body
+    finally:
+        os.kill(impostor.pid, signal.SIGTERM)  # our child, by its PID
+        out, _ = impostor.communicate(timeout=10)
+    assert "GOT" not in out, out  # not a byte, let alone the token
