@@ -88,7 +88,11 @@ def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc.lower() == (request.host or "").lower()
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[": not a site we are served from, nor a crash
+        return False
+    return netloc.lower() == (request.host or "").lower()
 
 
 @web.middleware

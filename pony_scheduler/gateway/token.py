@@ -82,8 +82,12 @@ def ensure_tokens(home: Path) -> dict[Kind, str]:
 
 
 def matches(offered: str, token: str | None) -> bool:
-    """Constant-time comparison (hmac.compare_digest), False when there is no token."""
-    return token is not None and hmac.compare_digest(offered.encode(), token.encode())
+    """Constant-time comparison (hmac.compare_digest), False when there is no token.
+    Tokens are ASCII: anything else offered (raw header bytes, a lone surrogate in JSON)
+    is simply wrong, not an encoding error."""
+    if token is None or not offered.isascii():
+        return False
+    return hmac.compare_digest(offered.encode("ascii"), token.encode("ascii"))
 
 
 def bearer(header: str) -> str | None:

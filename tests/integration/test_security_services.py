@@ -254,3 +254,47 @@ def test_no_token_to_a_port_the_gateway_does_not_hold(victim: Pb, other_user: Ot
         os.kill(impostor.pid, signal.SIGTERM)  # our child, by its PID
         out, _ = impostor.communicate(timeout=10)
     assert "GOT" not in out, out  # not a byte, let alone the token
+
+
+# -- 4. unauthenticated garbage gets a 4xx, never a 500 or a traceback ----------------------------
+def _raw_status(port: int, head: bytes, body: bytes = b"") -> int:
+    """Send one request exactly as given (headers no client library would send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            head
+            + b"Host: 127.0.0.1:%d\r\nContent-Length: %d\r\n" % (port, len(body))
+            + b"Connection: close\r\n\r\n"
+            + body
+        )
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_malformed_credentials_are_refused_not_crashed_on(victim: Pb) -> None:
+    gateway_port, debug_port = use_free_ports(victim)
+    assert victim("service", "start", "all").code == 0
+    login = b"POST /api/login HTTP/1.1\r\nContent-Type: application/json\r\n"
+    # An Origin urlsplit cannot parse is not our origin.
+    assert _raw_status(debug_port, login + b"Origin: http://[\r\n", b'{"token": "x"}') == 403
+    # A token that is not ASCII (raw header bytes, a lone surrogate in JSON) is just wrong.
+    assert (
+        _raw_status(gateway_port, b"GET /api/jobs HTTP/1.1\r\nAuthorization: Bearer \xff\xfe\r\n")
+        == 401
+    )
+    assert (
+        _raw_status(debug_port, b"GET /api/jobs HTTP/1.1\r\nAuthorization: Bearer \xff\xfe\r\n")
+        == 401
+    )
+    assert _raw_status(debug_port, login, b'{"token": "\\ud800"}') in (400, 401)
+    assert _raw_status(debug_port, login, b'{"code": "\\ud800"}') in (400, 401)
+    # Both services still answer, and logged refusals, not tracebacks.
+    assert request(gateway_port, "GET", "/api/jobs", token=token_of(victim.home))[0] == 200
+    assert request(debug_port, "GET", "/api/health")[0] == 401
+    for name in ("gateway.log", "debug.log"):
+        text = (victim.home / name).read_text()
+        assert "Traceback" not in text and "Error handling" not in text, text
