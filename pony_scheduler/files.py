@@ -9,8 +9,9 @@ or overwrite files, as its user, often root.  So, as OpenSSH's StrictModes does 
   directory on the way is root's or the user's and not writable by others unless
   sticky (a home under /tmp works), every symbolic link on the way is root's or the
   user's, and each check is made on the descriptor then used (pony_scheduler/pathtrust.py);
-* `check_home(home)`: the home and every file we use in it belong to the invoking user
-  (or root) and are not group- or world-writable; private files (tokens, sockets, the
+* `check_home(home)`: the home, every file we use in it and each job's directory in
+  runs/ belong to the invoking user (or root) and are not group- or world-writable (a
+  symbolic link of another user's at any name is refused too); private files (tokens, sockets, the
   keeper's journal) are not accessible to others at all, nor is the database when others
   may enter the home; none of our files is a symbolic link.  A few stat calls: cheap
   enough for every command.
@@ -93,6 +94,21 @@ def _others_may_enter(mode: int) -> bool:
 
 
 _KIND_OK = {"file": stat.S_ISREG, "socket": stat.S_ISSOCK, "dir": stat.S_ISDIR}
+_KIND_NAMES = {"file": "a file", "socket": "a socket", "dir": "a directory"}
+
+
+def _kind_of(mode: int) -> str:
+    """What a file of this mode is, for messages ("a FIFO (named pipe)")."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISREG, "a file"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return name
+    return "a device"
 
 
 # -- checks --------------------------------------------------------------------------------
@@ -146,8 +162,39 @@ def check_home(home: str | os.PathLike[str]) -> None:
         open_home = _others_may_enter(info.st_mode)
         for entry in list(os.scandir(read_fd)):
             _check_entry(Path(home) / entry.name, entry, open_home)
+        _check_runs(Path(home) / "runs", read_fd)
     finally:
         os.close(read_fd)
+
+
+def _check_runs(runs: Path, home_fd: int) -> None:
+    """Each entry directly below runs/ (one directory per job) is a real directory of
+    ours, not writable by others: one planted while the home was open would otherwise
+    receive, or redirect, the outputs written into it.  Not the output files themselves
+    (there may be 100,000): those are opened without following links and checked on use
+    (open_run_output, create_file)."""
+    try:
+        fd = os.open(
+            "runs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=home_fd
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return  # none yet (a link or a file there was refused above)
+    try:
+        for entry in os.scandir(fd):
+            path = runs / entry.name
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                why = "is a symbolic link, and pony-scheduler follows none in its home"
+                raise UnsafePath(path, why, f"remove it (rm {path})")
+            if not stat.S_ISDIR(info.st_mode):
+                why = f"is {_kind_of(info.st_mode)}, not a job's output directory"
+                raise UnsafePath(path, why, f"remove it (rm {path})")
+            check_owner_and_mode(path, info, private=False)
+    finally:
+        os.close(fd)
 
 
 def _check_home_itself(home: str | os.PathLike[str], info: os.stat_result) -> None:
@@ -181,7 +228,10 @@ def _check_entry(path: Path, entry: os.DirEntry[str], open_home: bool) -> None:
         return  # removed meanwhile (a temporary file)
     if stat.S_ISLNK(info.st_mode):
         if known is None:
-            return  # not ours: never opened by us, so never followed
+            # Not a name we use, so never followed; but one another user planted is
+            # refused as a file of theirs would be: the home was open to them.
+            _check_link_owner(path, info)
+            return
         raise UnsafePath(
             path,
             "is a symbolic link, and pony-scheduler follows none in its home",
@@ -190,13 +240,26 @@ def _check_entry(path: Path, entry: os.DirEntry[str], open_home: bool) -> None:
     if known is not None:
         kind, privacy = known
         if not _KIND_OK[kind](info.st_mode):
-            what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a " + kind
             remove = "rmdir" if stat.S_ISDIR(info.st_mode) else "rm"
-            raise UnsafePath(path, f"is {what}, not a {kind}", f"remove it ({remove} {path})")
+            raise UnsafePath(
+                path,
+                f"is {_kind_of(info.st_mode)}, not {_KIND_NAMES[kind]}",
+                f"remove it ({remove} {path})",
+            )
         private = privacy == "private" or (privacy == "data" and open_home)
         check_owner_and_mode(path, info, private=private)
     else:
         check_owner_and_mode(path, info, private=False)
+
+
+def _check_link_owner(path: Path, info: os.stat_result) -> None:
+    if not trusted_owner(info.st_uid):
+        raise UnsafePath(
+            path,
+            f"is a symbolic link that belongs to {user_name(info.st_uid)}, not to "
+            f"{trusted_owners()}",
+            f"remove it (rm {path})",
+        )
 
 
 def check_file(

@@ -317,6 +317,12 @@ PLANTS = {
     "gateway.token": ("foreign", "belongs to pony-attacker"),
     "config.toml": ("foreign", "belongs to pony-attacker"),
     "scheduler.pid": ("directory", "is a directory, not a file; remove it (rmdir"),
+    "gateway.log": ("fifo", "is a FIFO (named pipe), not a file; remove it (rm"),
+    # A name we do not use: never followed, but theirs, as a file of theirs would be.
+    "other-link": ("symlink", "is a symbolic link that belongs to pony-attacker"),
+    # A job's output directory, theirs and open to all: outputs would be written there.
+    "runs/planted": ("open-directory", "belongs to pony-attacker"),
+    "runs/linked": ("symlink-dir", "is a symbolic link"),
     # The run keeper's files (files.KNOWN): refused in one line, nothing started.
     **{
         name: ("symlink", "is a symbolic link")
@@ -345,12 +351,18 @@ def test_files_planted_in_the_home_are_refused(
     target_dir = shared_dir / "elsewhere"
     target_dir.mkdir()
     path = victim.home / name
+    path.parent.mkdir(mode=0o700, exist_ok=True)  # runs/ for the runs/JOB plants
     if how == "symlink":
         path.symlink_to(target)
     elif how == "symlink-dir":
         path.symlink_to(target_dir, target_is_directory=True)
     elif how == "directory":
         path.mkdir()
+    elif how == "open-directory":
+        path.mkdir()
+        path.chmod(0o777)
+    elif how == "fifo":
+        os.mkfifo(path)
     else:
         path.write_text("x = 1\n" if name.endswith(".toml") else "A" * 43 + "\n")
         os.chown(path, other_user.uid, other_user.gid)
@@ -364,6 +376,8 @@ def test_files_planted_in_the_home_are_refused(
         assert str(path) in line and words in line, line
     assert target.read_text() == "precious\n" and list(target_dir.iterdir()) == []
     assert sorted(p.name for p in victim.home.iterdir()) == before
+    if how == "open-directory":
+        assert list(path.iterdir()) == []  # nothing written into theirs
 
 
 @pytest.mark.parametrize(

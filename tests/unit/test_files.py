@@ -128,7 +128,46 @@ def test_wrong_kinds(home: Path) -> None:
     )
     (home / "scheduler.pid").rmdir()
     (home / "runs").write_text("")
-    assert refusal(home) == f"{home}/runs is not a dir, not a dir; remove it (rm {home}/runs)"
+    assert refusal(home) == f"{home}/runs is a file, not a directory; remove it (rm {home}/runs)"
+    (home / "runs").unlink()
+    os.mkfifo(home / "gateway.log")
+    assert refusal(home) == (
+        f"{home}/gateway.log is a FIFO (named pipe), not a file; remove it (rm {home}/gateway.log)"
+    )
+
+
+def test_each_job_directory_in_runs_is_checked(home: Path, tmp_path: Path) -> None:
+    runs = home / "runs"
+    runs.mkdir(mode=0o700)
+    job = runs / "job"
+    job.mkdir(mode=0o700)
+    (job / "1.log").write_text("")  # output files are checked when opened, not here
+    (job / "1.log").chmod(0o666)
+    check_home(home)
+    job.chmod(0o777)  # chmod: the umask would hide it
+    assert refusal(home) == f"{job} is writable by others (mode 0777); run 'chmod go-w {job}'"
+    job.chmod(0o700)
+    (runs / "linked").symlink_to(tmp_path, target_is_directory=True)
+    assert refusal(home).startswith(f"{runs}/linked is a symbolic link")
+    (runs / "linked").unlink()
+    (runs / "stray").write_text("")
+    assert refusal(home) == (
+        f"{runs}/stray is a file, not a job's output directory; remove it (rm {runs}/stray)"
+    )
+    (runs / "stray").unlink()
+    if os.geteuid() == 0:
+        os.chown(job, NOBODY, NOBODY)
+        assert refusal(home).startswith(f"{job} belongs to nobody, not to root")
+
+
+def test_a_link_of_another_user_at_any_name_is_refused(home: Path, tmp_path: Path) -> None:
+    need_root()
+    (home / "notes").symlink_to(tmp_path)
+    os.lchown(home / "notes", NOBODY, NOBODY)
+    assert refusal(home) == (
+        f"{home}/notes is a symbolic link that belongs to nobody, not to root; "
+        f"remove it (rm {home}/notes)"
+    )
 
 
 def test_owners(home: Path, tmp_path: Path) -> None:
