@@ -55,7 +55,9 @@ def gateway_token(ctx: click.Context, read_only: bool, rotate: bool) -> None:
 def dashboard_address(settings: Settings) -> tuple[str, bool]:
     """Where the dashboard listens (its metadata when it runs) and whether it runs and is
     verified as ours: its pid file names a live process that its metadata describes
-    (pidfile.inspect: /proc start time, boot id) and that runs as our user."""
+    (pidfile.inspect: /proc start time, boot id), that runs as our user and that holds
+    the listening socket of that address (debug/listeners.py: before it binds or after
+    it closes, another user may hold the port, and would read the login code)."""
     import os
 
     from pony_scheduler.lifecycle import pidfile
@@ -68,6 +70,8 @@ def dashboard_address(settings: Settings) -> tuple[str, bool]:
         and info.meta is not None
         and info.owner_uid == os.geteuid()
         and isinstance(address, str)
+        and info.pid is not None
+        and _listens(info.pid, address)
     ):
         return address, True
     host = settings.debug_host
@@ -76,6 +80,22 @@ def dashboard_address(settings: Settings) -> tuple[str, bool]:
         if ":" in host
         else f"http://{host}:{settings.debug_port}"
     ), False
+
+
+def _listens(pid: int, address: str) -> bool:
+    """Does process `pid` hold a listening socket on the host and port of URL `address`?"""
+    import socket
+    from urllib.parse import urlsplit
+
+    from pony_scheduler.debug.listeners import owner_listens
+
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname or "", parts.port
+        ips = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except (ValueError, OSError):
+        return False
+    return port is not None and any(owner_listens(pid, str(ip), port) for ip in ips)
 
 
 def new_login_url(settings: Settings, address: str) -> str:
@@ -102,9 +122,9 @@ def debug_url(ctx: click.Context) -> None:
         # Whoever holds the port meanwhile could read a live code from the page it is
         # opened on, and use it once the real dashboard starts: no code then.
         raise PonyError(
-            "the dashboard is not running, so no login link is made (another "
-            f"program could be listening on {address}); start it with 'pb debug "
-            "start', which prints one"
+            "the dashboard is not running (or does not hold its port), so no login "
+            f"link is made (another program could be listening on {address}); start "
+            "it with 'pb debug start', which prints one"
         )
     click.echo(new_login_url(settings, address))
 

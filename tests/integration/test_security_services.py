@@ -163,7 +163,9 @@ def test_no_login_link_while_the_dashboard_is_down(victim: Pb, other_user: Other
         assert impostor.stdout.readline().strip() == "listening"
         result = victim("debug", "url")
         assert result.code == 1 and result.out == ""
-        assert "the dashboard is not running, so no login link is made" in one_line(result.err)
+        assert "the dashboard is not running (or does not hold its port), so no login link" in (
+            one_line(result.err)
+        )
         assert not list((victim.home / "debug.logins").glob("*"))
     finally:
         impostor.send_signal(signal.SIGTERM)  # our child, by its PID
@@ -254,6 +256,33 @@ def test_no_token_to_a_port_the_gateway_does_not_hold(victim: Pb, other_user: Ot
         os.kill(impostor.pid, signal.SIGTERM)  # our child, by its PID
         out, _ = impostor.communicate(timeout=10)
     assert "GOT" not in out, out  # not a byte, let alone the token
+
+
+def test_no_login_link_for_a_port_the_dashboard_does_not_hold(
+    victim: Pb, other_user: OtherUser
+) -> None:
+    """`pb debug url` makes a one-time code only for an address whose listening socket
+    the verified dashboard process holds: whoever holds the port could read the code."""
+    from pony_scheduler.lifecycle import pidfile
+
+    use_free_ports(victim)
+    assert victim("debug", "start").code == 0
+    port = free_port()
+    impostor = other_user.popen(LISTEN, str(port))
+    try:
+        assert impostor.stdout is not None
+        assert impostor.stdout.readline().strip() == "listening"
+        path = victim.home / "debug.json"
+        meta = json.loads(path.read_text())
+        pidfile.write_meta(path, {**meta, "address": f"http://127.0.0.1:{port}"})
+        refused = victim("debug", "url")
+        assert refused.code != 0 and "does not hold its port" in refused.err, refused.all
+        assert "#login=" not in refused.all
+        pidfile.write_meta(path, meta)
+        assert "#login=" in victim("debug", "url", check=True).out
+    finally:
+        os.kill(impostor.pid, signal.SIGTERM)  # our child, by its PID
+        impostor.communicate(timeout=10)
 
 
 # -- 4. unauthenticated garbage gets a 4xx, never a 500 or a traceback ----------------------------
