@@ -282,10 +282,17 @@ def test_missed_while_down_are_recorded_as_skipped(pb: Pb) -> None:
 
     time.sleep(3.5)  # at least three occurrences pass with no scheduler
     pb("scheduler", "start", check=True)
-    after = wait_runs(pb, lambda rs: any(r["state"] == "skipped" for r in rs))
-    skipped = [r for r in after if r["state"] == "skipped"]
-    assert len(skipped) >= 2
-    assert all(r["reason"].startswith("missed") and r["trigger"] == "catch_up" for r in skipped)
+
+    def missed(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rs if r["state"] == "skipped" and r["reason"].startswith("missed")]
+
+    after = wait_runs(pb, lambda rs: len(missed(rs)) >= 2)
+    assert all(r["trigger"] == "catch_up" for r in missed(after)), after
+    # Any other skip is the overlap policy's: a run due while another still ran (the one
+    # the stop interrupted runs again at the start, or an outcome not yet recorded on a
+    # busy machine), never an unexplained one.
+    others = [r for r in after if r["state"] == "skipped" and r not in missed(after)]
+    assert all("still running" in r["reason"] for r in others), others
     occurrences = [r["occurrence"] for r in after]
     assert len(occurrences) == len(set(occurrences)) and len(after) > count_before
 
