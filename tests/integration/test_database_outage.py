@@ -52,6 +52,7 @@ def outage(database: str) -> Iterator[psycopg.Connection]:
             admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
 
 
+@pytest.mark.soak  # waits out leases: a long fault run (README, Soak tests)
 def test_an_outage_longer_than_the_lease_loses_no_live_run(
     pb: Pb, tmp_path: Path, pg_url: str
 ) -> None:

@@ -33,6 +33,7 @@ from tests.integration.hosts_helpers import (
 pytestmark = pytest.mark.postgres
 
 
+@pytest.mark.soak  # waits out leases: a long fault run (README, Soak tests)
 def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
     pb: Pb, tmp_path: Path, pg_url: str
 ) -> None:
@@ -78,6 +79,7 @@ def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
         second.cleanup()
 
 
+@pytest.mark.soak  # waits out leases: a long fault run (README, Soak tests)
 def test_the_keeper_of_a_stopped_scheduler_keeps_its_runs_leases(
     pb: Pb, tmp_path: Path, pg_url: str
 ) -> None:
@@ -132,6 +134,7 @@ def test_the_keeper_of_a_stopped_scheduler_keeps_its_runs_leases(
         second.cleanup()
 
 
+@pytest.mark.soak  # waits out leases: a long fault run (README, Soak tests)
 def test_a_keeper_frozen_past_the_lease_stops_its_copy_and_records_nothing(
     pb: Pb, tmp_path: Path, pg_url: str
 ) -> None:
@@ -284,6 +287,7 @@ def test_the_keeper_refuses_a_launch_that_comes_after_its_start_by(home: Path) -
         client.close()
 
 
+@pytest.mark.soak  # waits out leases: a long fault run (README, Soak tests)
 def test_a_launch_refused_as_late_goes_back_to_the_queue_without_spending_an_attempt(
     pb: Pb, tmp_path: Path
 ) -> None:

@@ -414,6 +414,7 @@ def test_job_run_wait_exits_with_the_runs_status_and_follows_its_output(pb: Pb) 
 
 
 @pytest.mark.postgres
+@pytest.mark.soak  # waits out leases: a long fault run (README, Soak tests)
 def test_a_scheduler_paused_past_its_lease_records_nothing_over_the_rescuer(
     pb: Pb, tmp_path: Path, pg_url: str
 ) -> None:
