@@ -84,18 +84,12 @@ def dashboard_address(settings: Settings) -> tuple[str, bool]:
 
 def _listens(pid: int, address: str) -> bool:
     """Does process `pid` hold a listening socket on the host and port of URL `address`?"""
-    import socket
-    from urllib.parse import urlsplit
-
-    from pony_scheduler.debug.listeners import owner_listens
+    from pony_scheduler.debug.listeners import held_address
 
     try:
-        parts = urlsplit(address)
-        host, port = parts.hostname or "", parts.port
-        ips = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        return held_address(pid, address) is not None
     except (ValueError, OSError):
         return False
-    return port is not None and any(owner_listens(pid, str(ip), port) for ip in ips)
 
 
 def new_login_url(settings: Settings, address: str) -> str:

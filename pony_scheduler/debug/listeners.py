@@ -66,3 +66,22 @@ def holds(pid: int, inodes: set[int]) -> bool:
 def owner_listens(pid: int, host: str, port: int) -> bool:
     """Does `pid` hold a listening socket on the IP address `host` and `port`?"""
     return holds(pid, listening_inodes(ipaddress.ip_address(host), port))
+
+
+def held_address(pid: int, url: str) -> tuple[str, int] | None:
+    """(IP literal, port) of URL `url`'s host on which process `pid` itself listens right
+    now, or None when it listens on none of the addresses the name resolves to.  Connect to
+    that IP: the socket checked is then the socket used.  Raises ValueError (no host or
+    port) and OSError (the name does not resolve)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port
+    if not host or port is None:
+        raise ValueError("no host or port")
+    # One short lookup (usually "localhost", from /etc/hosts).
+    for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        if owner_listens(pid, str(sockaddr[0]), port):
+            return str(sockaddr[0]), port
+    return None

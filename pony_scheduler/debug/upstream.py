@@ -21,15 +21,13 @@ show their answers as real data.  So, every time:
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
-from pony_scheduler.debug.listeners import owner_listens
+from pony_scheduler.debug.listeners import held_address
 from pony_scheduler.gateway.auth import peer_credentials
 from pony_scheduler.gateway.hosting import http_address
 from pony_scheduler.gateway.token import read_token
@@ -87,19 +85,11 @@ def verified_base(pid: int, address: str) -> str:
     """`address` as an IP literal on which the gateway `pid` itself listens right now;
     GatewayDown when it listens on none of the addresses the name resolves to."""
     try:
-        parts = urlsplit(address)
-        host, port = parts.hostname, parts.port
-        if not host or port is None:
-            raise ValueError("no host or port")
-        # One short lookup (usually "localhost", from /etc/hosts): the IP literal found is
-        # what gets connected to, so the socket checked is the socket used.
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        held = held_address(pid, address)
     except (ValueError, OSError) as exc:
         raise GatewayDown(f"the gateway's address {address!r} is not usable ({exc})") from None
-    for _, _, _, _, sockaddr in infos:
-        ip = str(sockaddr[0])
-        if owner_listens(pid, ip, port):
-            return http_address(ip, port)
+    if held is not None:
+        return http_address(*held)
     raise GatewayDown(
         f"the gateway (PID {pid}) does not listen on {address}, which another program may "
         "hold; the token is not sent there. Restart it: 'pb gateway restart'"

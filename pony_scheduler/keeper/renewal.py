@@ -127,11 +127,9 @@ class Renewals:
         return self.held()
 
     def _silent(self, now: float) -> bool:
-        return (
-            self.terms is not None
-            and self.heard is not None
-            and now - self.heard >= self.terms.lease_s / 3
-        )
+        """Whether the connected scheduler has not said "renewed" for lease/3."""
+        silent_at = self._recheck_at()
+        return silent_at is not None and now >= silent_at
 
     def held(self) -> list[tuple[int, int]]:
         """(run id, epoch) of the runs held here and of those whose outcome waits."""

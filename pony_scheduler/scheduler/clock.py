@@ -91,7 +91,7 @@ class DatabaseClock:
         not touch the database); only when it moved, and only for PostgreSQL (SQLite has
         no clock of its own)."""
         seconds = round(self.offset.total_seconds(), 1)
-        if self.store.engine.dialect.name != "postgresql" or (
+        if not self.store.has_clock or (
             self.published is not None and abs(seconds - self.published) < CLOCK_PUBLISH
         ):
             return

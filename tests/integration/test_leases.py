@@ -16,6 +16,7 @@ import signal
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,29 @@ from tests.integration.hosts_helpers import (
 pytestmark = pytest.mark.postgres
 
 
+def start_a_long_run(pb: Pb, marker: Path) -> list[dict[str, Any]]:
+    """Start `pb`'s scheduler and a run of 25 s, longer than two leases (without renewals
+    another home would rescue it), that appends its run id to `marker` at its end; the
+    runs once it is running with a pid."""
+    pb("scheduler", "start", check=True)
+    pb(
+        "job",
+        "add",
+        "long",
+        "--manual",
+        "--retries",
+        "1",
+        "--retry-delay",
+        "0.1",
+        "--shell",
+        "--",
+        f"sleep 25; echo $PONYBUNNY_RUN_ID >> {marker}",
+        check=True,
+    )
+    pb("job", "run", "long", check=True)
+    return wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])
+
+
 @pytest.mark.soak  # waits out leases: a long fault run (README, Soak tests)
 def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
     pb: Pb, tmp_path: Path, pg_url: str
@@ -42,24 +66,7 @@ def test_a_live_keeper_renews_the_leases_of_a_dead_schedulers_runs(
     second = two_homes(pb, tmp_path, pg_url)
     marker = tmp_path / "ended"
     try:
-        pb("scheduler", "start", check=True)
-        # Longer than two leases: without renewals the second home would rescue it.
-        pb(
-            "job",
-            "add",
-            "long",
-            "--manual",
-            "--retries",
-            "1",
-            "--retry-delay",
-            "0.1",
-            "--shell",
-            "--",
-            f"sleep 25; echo $PONYBUNNY_RUN_ID >> {marker}",
-            check=True,
-        )
-        pb("job", "run", "long", check=True)
-        first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])
+        first = start_a_long_run(pb, marker)
         os.kill(verified_pid(pb.home, "scheduler"), signal.SIGKILL)
         second("scheduler", "start", check=True)
         keeper_log = pb.home / "keeper.log"
@@ -90,23 +97,7 @@ def test_the_keeper_of_a_stopped_scheduler_keeps_its_runs_leases(
     marker = tmp_path / "ended"
     scheduler = None
     try:
-        pb("scheduler", "start", check=True)
-        pb(
-            "job",
-            "add",
-            "long",
-            "--manual",
-            "--retries",
-            "1",
-            "--retry-delay",
-            "0.1",
-            "--shell",
-            "--",
-            f"sleep 25; echo $PONYBUNNY_RUN_ID >> {marker}",
-            check=True,
-        )
-        pb("job", "run", "long", check=True)
-        first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])
+        first = start_a_long_run(pb, marker)
         scheduler = verified_pid(pb.home, "scheduler")
         os.kill(scheduler, signal.SIGSTOP)
         # Only now the other home: the run is surely the first home's.
