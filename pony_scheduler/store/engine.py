@@ -101,6 +101,8 @@ def make_engine(value: str) -> Engine:
         )
         event.listen(engine, "connect", _pg_session)
     event.listen(engine, "handle_error", _on_error)
+    global _named
+    _named = _shown(url)  # a daemon has one database: name it where no engine is at hand
     return engine
 
 
@@ -124,23 +126,26 @@ def is_corrupt(exc: BaseException) -> bool:
 
 
 _reported_corruption = False
+_named = "the database"
 
 
 def _on_error(context: Any) -> None:
     """SQLAlchemy's error hook: see report_corruption."""
     if is_corrupt(context.original_exception):
-        where = _shown(context.engine.url) if context.engine is not None else "the database"
+        where = _shown(context.engine.url) if context.engine is not None else None
         report_corruption(where, str(context.original_exception))
 
 
-def report_corruption(where: str, why: str) -> None:
+def report_corruption(where: str | None, why: str) -> None:
     """A corrupt database is logged loudly, once, and a daemon that cannot work without
     it (the scheduler) is asked to stop in order (lifecycle.runtime.database_corrupt);
-    the CLI shows the error itself."""
+    the CLI shows the error itself.  `where` None: the database of the last engine made
+    (driver-level paths such as store.prepared hold no engine)."""
     global _reported_corruption
     if _reported_corruption:
         return
     _reported_corruption = True
+    where = _named if where is None else where
     from pony_scheduler.lifecycle import runtime
 
     runtime.database_corrupt(

@@ -125,7 +125,7 @@ def translated(dialect: Dialect, sql: str, values: Any) -> Iterator[None]:
         from pony_scheduler.store.engine import is_corrupt, report_corruption
 
         if is_corrupt(exc):  # the engine's error hook does not see this path
-            report_corruption("the database", str(exc))
+            report_corruption(None, str(exc))
         raise DBAPIError.instance(sql, values, exc, error, dialect=dialect) from exc
 
 
