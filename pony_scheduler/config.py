@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from pony_scheduler.errors import ConfigError
 
@@ -122,7 +123,8 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
-_HOST_NAME = re.compile(
+# A pattern, not a compiled one: re compiles (and caches) it only where hosts are given.
+_HOST_NAME = (
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$"
 )
@@ -138,7 +140,7 @@ def _hosts(name: str, value: Any) -> tuple[str, ...]:
     hosts = []
     for item in items:
         host = item.strip().lower() if isinstance(item, str) else item
-        if not isinstance(host, str) or not _HOST_NAME.match(host):
+        if not isinstance(host, str) or not re.match(_HOST_NAME, host):
             raise ConfigError(
                 f"{name}: {item!r} is not a host name (such as "
                 "pony.example.com; no port, no wildcard)"
@@ -177,8 +179,12 @@ FIELDS: dict[str, tuple[str, Any, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
+    """Every setting, resolved (load_settings).  A NamedTuple rather than a frozen
+    dataclass: every `pb` command builds this class at import, and a dataclass of this
+    size costs about 1 ms to create (`pb scheduler status` is measured against
+    `import click`, docs/BENCHMARKS.md)."""
+
     home: Path
     db: str  # an SQLAlchemy URL; plain paths are turned into sqlite:/// URLs
     socket: Path
@@ -196,7 +202,8 @@ class Settings:
     # The documented opt-in: the gateway answers reads without a token (trusted hosts).
     anonymous_read: bool = False
     config_file: Path | None = None
-    sources: dict[str, str] = field(default_factory=dict, compare=False)
+    # Where each value came from (`pb config show`); never changed once built.
+    sources: Mapping[str, str] = MappingProxyType({})
 
     @property
     def debug(self) -> bool:

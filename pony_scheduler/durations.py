@@ -1,11 +1,13 @@
 """Durations as users write and read them: "90s", "1h30m", "500ms".
 
-Deliberately light (it imports only `re`): `pb scheduler status` formats its uptime with
-format_duration, and that command must not pay for zoneinfo or croniter.
+Deliberately light (it imports only `re`, and compiles nothing at import): `pb scheduler
+status` formats its uptime with format_duration, and that command must not pay for
+zoneinfo or croniter.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 from pony_scheduler.errors import ConfigError
@@ -14,8 +16,16 @@ MAX_DURATION = 100 * 366 * 86400.0  # far beyond any sane interval; keeps timede
 DURATION_FORMS = "a number of seconds or forms like 90s, 5m, 1h30m, 2d, 1.5h, 500ms"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_DURATION_PART = re.compile(rf"\s*({_NUMBER})\s*(ms|s|m|h|d|w)", re.ASCII | re.IGNORECASE)
-_BARE_NUMBER = re.compile(rf"\s*{_NUMBER}\s*", re.ASCII)
+
+
+@functools.cache
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(a bare number, one number-and-unit part); compiled on first use, not at import
+    (`pb scheduler status` only formats)."""
+    return (
+        re.compile(rf"\s*{_NUMBER}\s*", re.ASCII),
+        re.compile(rf"\s*({_NUMBER})\s*(ms|s|m|h|d|w)", re.ASCII | re.IGNORECASE),
+    )
 
 
 def quote(text: str, limit: int = 80) -> str:
@@ -43,10 +53,11 @@ def parse_duration(text: str, what: str = "duration") -> float:
 
 
 def _duration_seconds(text: str) -> float | None:
-    if _BARE_NUMBER.fullmatch(text):
+    bare, part = _patterns()
+    if bare.fullmatch(text):
         return float(text)
     total, pos = 0.0, 0
-    for match in _DURATION_PART.finditer(text):
+    for match in part.finditer(text):
         if match.start() != pos:
             return None
         total += float(match.group(1)) * _UNITS[match.group(2).lower()]

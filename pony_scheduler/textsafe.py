@@ -19,16 +19,25 @@ Both are pure, cheap (one precompiled regular expression) and never raise.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # C0 and C1 controls, DEL, and the Unicode format characters that reorder or hide text
 # (bidi embeddings/overrides/isolates, zero-width characters, line/paragraph separators,
 # the byte-order mark): the "Trojan Source" set of CVE-2021-42574 plus line breakers.
 _FORMAT = "\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
-_LOG_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{_FORMAT}]")
+_LOG_UNSAFE = f"[\x00-\x1f\x7f-\x9f{_FORMAT}]"
 # On a terminal: the same, except newline and tab, and a carriage return before a newline
 # (CRLF output is common and harmless; a lone CR can overwrite what was printed).
-_TERMINAL_UNSAFE = re.compile(f"\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_FORMAT}]")
+_TERMINAL_UNSAFE = f"\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_FORMAT}]"
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    # On first use, not at import: `pb scheduler status` imports this module and may
+    # never need either pattern (compiling the two costs about 1 ms).
+    return re.compile(pattern)
+
 
 _LOG_NAMES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -53,15 +62,15 @@ def _caret(match: re.Match[str]) -> str:
 def for_log(text: object) -> str:
     """`text` (anything; str() of it) as part of one log line: no control character,
     no line break, no bidi override survives raw.  Backslashes are left as they are."""
-    return _LOG_UNSAFE.sub(_log_escape, str(text))
+    return _compiled(_LOG_UNSAFE).sub(_log_escape, str(text))
 
 
 def for_terminal(text: str) -> str:
     """`text` with every control character a terminal would act on made visible
     (caret notation, `<U+XXXX>`), newlines, tabs and CRLF line ends kept."""
-    return _TERMINAL_UNSAFE.sub(_caret, text)
+    return _compiled(_TERMINAL_UNSAFE).sub(_caret, text)
 
 
 def has_unsafe(text: str) -> bool:
     """Would `for_terminal` change `text`?"""
-    return _TERMINAL_UNSAFE.search(text) is not None
+    return _compiled(_TERMINAL_UNSAFE).search(text) is not None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 
 import click
 
@@ -22,17 +21,17 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
     """Print every effective setting and its source."""
     settings = settings_from(ctx)
     rows = []
-    for item in fields(settings):
-        if item.name in ("sources", "config_file"):
+    for name in type(settings)._fields:
+        if name in ("sources", "config_file"):
             continue
-        value = getattr(settings, item.name)
-        if item.name == "db":  # never print a password
+        value = getattr(settings, name)
+        if name == "db":  # never print a password
             from pony_scheduler.store.engine import safe_url
 
             value = safe_url(value)
         if isinstance(value, tuple):  # allowed_hosts
             value = ", ".join(value) or "-"
-        rows.append((item.name, str(value), settings.sources.get(item.name, "derived")))
+        rows.append((name, str(value), settings.sources.get(name, "derived")))
     config_file = str(settings.config_file) if settings.config_file else None
     if as_json:
         click.echo(

@@ -9,8 +9,7 @@ import os
 import pwd
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pony_scheduler.config import Settings
 from pony_scheduler.errors import (
@@ -42,11 +41,10 @@ class StartFailed(PonyError):
         super().__init__(message, exit_code)
 
 
-@dataclass
-class StartResult:
+class StartResult(NamedTuple):  # not a dataclass: see lifecycle/spec.py
     pid: int
     meta: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
 
 
 # ---------------------------------------------------------------------------- start
@@ -260,8 +258,7 @@ def terminate(
     pidfile.remove_files(spec, settings.home)
 
 
-@dataclass
-class StopResult:
+class StopResult(NamedTuple):
     was_running: bool
     pid: int | None = None
     note: str = ""
@@ -316,8 +313,7 @@ def _clean_stale(spec: ServiceSpec, settings: Settings, info: PidInfo) -> str:
 
 
 # ---------------------------------------------------------------------------- status
-@dataclass
-class Status:
+class Status(NamedTuple):
     spec: ServiceSpec
     state: str  # running | starting | stale | stopped | unknown
     exit_code: int

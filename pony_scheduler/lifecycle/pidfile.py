@@ -12,10 +12,9 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pony_scheduler.lifecycle.spec import ServiceSpec
 from pony_scheduler.waiting import pause
@@ -28,8 +27,7 @@ class PidState(Enum):
     STALE = "stale"  # pid file left behind: dead, foreign, garbage
 
 
-@dataclass(frozen=True)
-class PidInfo:
+class PidInfo(NamedTuple):  # not a dataclass: see lifecycle/spec.py
     state: PidState
     pid: int | None = None
     meta: dict[str, Any] | None = None

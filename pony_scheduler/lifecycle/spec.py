@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from pony_scheduler.config import Settings
     from pony_scheduler.lifecycle.runtime import ServiceRuntime
 
 
-@dataclass(frozen=True)
-class ServiceSpec:
+# The records of this package are NamedTuples, not dataclasses: `pb scheduler status`
+# imports them, and building a dataclass costs ~0.3-1 ms at import (docs/BENCHMARKS.md).
+class ServiceSpec(NamedTuple):
     name: str  # file stem: scheduler.pid, scheduler.json, scheduler.log
     title: str  # what users read: "Scheduler", "Debug Server"
     # "module:function" strings so that heavy modules are imported only inside the daemon.
