@@ -142,8 +142,6 @@ def job_list(
         return
     shown, set_aside = 0, []
     for page in _pages(found, PAGE):
-        if shown == 0 and not page:
-            break
         rows = [("NAME", "SCHEDULE", "NEXT RUN", "LAST RESULT", "ENABLED")]
         rows += [
             (j["name"], j["schedule"], _when(raw), j["last_state"] or "-", _enabled(j))
@@ -152,7 +150,7 @@ def job_list(
         table(rows if shown == 0 else rows[1:])
         set_aside += [(raw["name"], raw["error"]) for raw in page if raw.get("error")]
         shown += len(page)
-        last = page[-1]["name"] if page else after
+        last = page[-1]["name"]
     for name, why in set_aside[:SET_ASIDE_SHOWN]:  # why, under the table (the table is narrow)
         click.echo(f"⚠ {name} is set aside: {why}; 'pb job edit {name}' brings it back", err=True)
     if shown == 0:
@@ -175,13 +173,16 @@ SET_ASIDE_SHOWN = 20  # reasons listed under a page; `pb job show NAME` has each
 
 
 def _pages(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """`items` in lists of `size`, the last one shorter; never an empty list (a count of
+    jobs that is a multiple of `size` ends with a full page)."""
     page: list[dict[str, Any]] = []
     for item in items:
         page.append(item)
         if len(page) == size:
             yield page
             page = []
-    yield page
+    if page:
+        yield page
 
 
 def _stream_json(items: Iterator[dict[str, Any]]) -> None:

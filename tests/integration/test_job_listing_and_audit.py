@@ -108,3 +108,29 @@ def test_status_names_the_keeper_and_its_containment(pb: Pb) -> None:
     data = json.loads(pb("scheduler", "status", "--json").out)
     assert data["keeper"]["containment"] in ("cgroup2", "cgroup1", "pgroup")
     assert data["keeper"]["pid"] == int((pb.home / "keeper.pid").read_text())
+
+
+def test_job_list_with_a_multiple_of_its_print_chunk(pb: Pb) -> None:
+    """100 and 200 jobs: the table is printed in chunks of cli.jobs.PAGE (100) rows, and a
+    count that fills the last chunk exactly once ended in a traceback."""
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        import common  # bench/common.py: clone_jobs writes rows as `pb job add` would
+    finally:
+        sys.path.remove(str(bench))
+    pb("job", "add", "j000", "--every", "1h", "--", "true", check=True)
+    common.clone_jobs(pb.home, "j000", 199, "j")  # j-000001 … j-000199, then j000
+    first = pb("job", "list")
+    assert first.code == 0, first.err
+    names = [line.split()[0] for line in first.out.splitlines()[1:]]
+    assert names == [f"j-{n:06d}" for n in range(1, 101)]
+    assert f"Showing 100 of 200 jobs; next page: pb job list --after {names[-1]}" in first.err
+    rest = pb("job", "list", "--after", names[-1])
+    assert rest.code == 0, rest.err
+    assert len(rest.out.splitlines()) == 101 and rest.out.splitlines()[0].startswith("NAME")
+    everything = pb("job", "list", "--all")
+    assert everything.code == 0 and everything.err == "", everything.err
+    assert len(everything.out.splitlines()) == 201  # one header
