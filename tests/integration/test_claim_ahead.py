@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pony_scheduler.store import Store
 from tests.conftest import Pb, wait_for
 
@@ -25,6 +27,7 @@ def queue_runs(home: Path, job: str, count: int) -> list[int]:
         store.close()
 
 
+@pytest.mark.soak  # long (15-25 s): in the soak target, to keep the default suite short
 def test_burst_stopped_midway_leaves_nothing_claimed_and_unstarted(
     pb: Pb, home: Path, tmp_path: Path
 ) -> None:

@@ -215,6 +215,7 @@ def test_kill_9_mid_run_then_start(short_grace: Pb, tmp_path: Path) -> None:
     assert counter.read_text().count("x") == 1  # never doubled
 
 
+@pytest.mark.soak  # long (15-25 s): in the soak target, to keep the default suite short
 @pytest.mark.postgres
 def test_two_daemons_on_one_postgresql(pb: Pb, tmp_path: Path, pg_url: str) -> None:
     second_home = tmp_path / "second"

@@ -48,6 +48,7 @@ def sql(home: Path, statement: str, *args: object) -> list[tuple[Any, ...]]:
         return connection.execute(statement, args).fetchall()
 
 
+@pytest.mark.soak  # long (15-25 s): in the soak target, to keep the default suite short
 def test_catch_up_all_runs_every_missed_occurrence_one_after_another(pb: Pb) -> None:
     pb("scheduler", "start", check=True)
     pb("job", "add", "tick", "--every", "2s", "--catch-up", "all", "--", "sleep", "0.3", check=True)
@@ -78,6 +79,7 @@ def test_catch_up_all_runs_every_missed_occurrence_one_after_another(pb: Pb) -> 
         assert later["started_at"] >= earlier["finished_at"], json.dumps(late, indent=1)
 
 
+@pytest.mark.soak  # long (15-25 s): in the soak target, to keep the default suite short
 def test_runs_that_cannot_start_in_time_expire_and_the_queue_is_bounded(pb: Pb) -> None:
     pb("scheduler", "start", "--workers", "1", check=True)
     pb("job", "add", "hog", "--manual", "--", "sleep", "6", check=True)
@@ -316,6 +318,7 @@ needs_faketime = pytest.mark.skipif(
 )
 
 
+@pytest.mark.soak  # long (15-25 s): in the soak target, to keep the default suite short
 @needs_faketime
 def test_interval_jobs_keep_their_pace_across_clock_steps(
     pb: Pb, tmp_path: Path, home: Path
@@ -508,6 +511,7 @@ def test_cron_under_a_leap_second_zone_and_unreadable_tz_files(pb: Pb) -> None:
     assert "not a regular file" in device.err
 
 
+@pytest.mark.soak  # long (15-25 s): in the soak target, to keep the default suite short
 def test_a_set_aside_job_comes_back_only_when_repaired(pb: Pb, home: Path) -> None:
     pb("job", "add", "bad", "--cron", "* * * * *", "--tz", "UTC", "--", "true", check=True)
     pb("job", "add", "cmd", "--every", "1s", "--", "true", check=True)
