@@ -5,9 +5,11 @@ page cache; durability comes from fdatasync(2), which takes milliseconds on a bu
 longer than starting `true` - so the loop never makes that call itself.  A helper process
 forked at start (SyncHelper: no thread, no GIL, a few lines of code) does it on request
 and answers with the offset it made durable.  At most one sync is in flight; what the
-loop writes meanwhile is covered by the next one, so under load there are far fewer
-syncs than runs (one per batch, never one per run), and when the runs are slow there is
-one per outcome, promptly.
+loop writes meanwhile is covered by the next one, and a sync is asked at most once per
+SYNC_WINDOW_S (PostgreSQL's commit_delay, on the keeper's side): under load one sync
+covers many outcomes (never one per run); when the runs are slow there is one per
+outcome, within SYNC_WINDOW_S.  Each sync costs the disk and a core more than a trivial
+run does, so the window is what keeps `true` in a loop from being paced by fdatasync.
 
 An outcome goes to the scheduler at once and counts as durable when a sync covers its
 line; the keeper does not exit while any is not.  Acks are not synced for their own
@@ -39,6 +41,7 @@ from pony_scheduler.keeper.journal import JournalFile, ack_line, outcome_line
 from pony_scheduler.keeper.protocol import JOURNAL_FILE, Outcome
 
 JOURNAL_RETRY_S = 1.0
+SYNC_WINDOW_S = 0.02  # at most one sync asked per window: outcomes durable within ~20 ms
 TRUNCATE_BYTES = 256 * 1024
 COMPACT_BYTES = 4 * 1024 * 1024
 _RECORD = struct.Struct("=qq")  # (generation, offset) asked; (generation, offset or -errno)
@@ -131,8 +134,13 @@ def _helper(home_fd: int, req: int, rep: int) -> None:  # pragma: no cover (chil
 class Journal:
     """The loop's side of the journal (single-threaded)."""
 
-    def __init__(self, file: JournalFile, helper: SyncHelper | None) -> None:
+    def __init__(
+        self, file: JournalFile, helper: SyncHelper | None, window_s: float = SYNC_WINDOW_S
+    ) -> None:
         self.file = file
+        self.window_s = window_s
+        self.last_ask = float("-inf")  # monotonic time of the last sync asked
+        self.sync_at: float | None = None  # a sync waits for its window: ask then
         self.helper = helper
         self.queue: list[tuple[str | None, bytes]] = []  # not written yet
         self.written: list[tuple[str | None, bytes, int]] = []  # written, not synced: end
@@ -194,8 +202,20 @@ class Journal:
                 end += len(line)
                 self.written.append((outcome_id, line, end))
             self.queue.clear()
-        if self.written and not self.in_flight:
-            self._ask_sync()
+        self._sync_when_due(now)
+
+    def _sync_when_due(self, now: float) -> None:
+        """Ask for a sync if one is needed and none is in flight, at once or - within
+        SYNC_WINDOW_S of the last one - when the window ends (sync_at: the loop's timer)."""
+        self.sync_at = None
+        if self.in_flight or self.retry_at is not None or not self._needs_sync():
+            return
+        due = self.last_ask + self.window_s
+        if now < due:
+            self.sync_at = due
+            return
+        self.last_ask = now
+        self._ask_sync()
 
     def _ask_sync(self) -> None:
         if self.helper is not None:
@@ -212,15 +232,15 @@ class Journal:
             return
         self._synced(self.file.size)
 
-    def answers(self) -> None:
-        """The helper answered (its pipe is readable)."""
+    def answers(self, now: float | None = None) -> None:
+        """The helper answered (its pipe is readable); `now`: time.monotonic()."""
         if self.helper is None:
             return
+        now = time.monotonic() if now is None else now
         replies = self.helper.replies()
         if replies is None:
             self._lose_helper()
-            if self.written:
-                self._ask_sync()
+            self._sync_when_due(now)
             return
         for generation, offset in replies:
             if generation != self.generation:
@@ -230,8 +250,13 @@ class Journal:
                 self._sync_failed(os.strerror(-offset))
             else:
                 self._synced(offset)
-        if self.written and not self.in_flight and self.retry_at is None:
-            self._ask_sync()
+        self._sync_when_due(now)
+
+    def _needs_sync(self) -> bool:
+        """An outcome written but not durable: ack lines alone wait for the next outcome's
+        sync (an ack lost in a crash only replays what the scheduler has recorded), so a
+        run costs one fdatasync at most, not two."""
+        return any(i is not None and i in self.waiting for i, _, _ in self.written)
 
     def _synced(self, offset: int) -> None:
         self.synced = max(self.synced, offset)
@@ -260,12 +285,15 @@ class Journal:
             self.in_flight = False
 
     def compact(self, pending: list[Outcome]) -> None:
-        """Rewrite a big journal with only `pending` (between syncs; blocking, rare)."""
-        if self.file.size <= COMPACT_BYTES or self.queue or self.written or self.in_flight:
+        """Rewrite a big journal with only `pending` (between syncs; blocking, rare).  Ack
+        lines not yet synced are moot then: the new file holds only what is pending."""
+        busy = self.queue or self.in_flight or self._needs_sync()
+        if self.file.size <= COMPACT_BYTES or busy:
             return
         with contextlib.suppress(OSError):
             self.file.rewrite(pending)
             self.synced = self.file.size
+            self.written.clear()
             self.generation += 1
 
     def close(self, all_acked: bool) -> None:

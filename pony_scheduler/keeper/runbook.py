@@ -53,6 +53,9 @@ class RunBook:
     exit_requested: bool
     to_remove: list[Any]
 
+    def reap(self) -> None:  # Keeper's (server.py): wait4 every exited child
+        raise NotImplementedError
+
     def watch_fd(self, fd: int, run: Run) -> None:
         self.epoll.register(fd, select.EPOLLPRI)
         self.handlers[fd] = ("watch", run)

@@ -194,6 +194,11 @@ class Run:
                 self.keeper.forget_fd(self.pipe)
                 os.close(self.pipe)
                 self.pipe = -1
+                if self.status is None:
+                    # The usual end: the main exited, which closed the pipe a moment
+                    # before it became a zombie.  Reaping now, not in the pass its
+                    # SIGCHLD wakes, sends the outcome one pass sooner.
+                    self.keeper.reap()
                 return
             self.out.write(data)
 

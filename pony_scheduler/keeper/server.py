@@ -168,7 +168,7 @@ class Keeper(RunBook):
             self.log.info("Signal received: stopping every run and exiting")
             self.exit_requested = True
             self.drain(0.0, "a signal to the keeper")
-        self._reap()
+        self.reap()
 
     def _journal_news(self) -> None:
         """After a flush or the sync helper's answer: log what changed."""
@@ -191,7 +191,7 @@ class Keeper(RunBook):
             self.log.info("keeper.journal written again; no outcome was lost")
         self.journal_error = error
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
         """Reap every exited child: main processes end their run's first phase, the rest
         are orphans of runs that the subreaper inherited."""
         while True:
@@ -226,7 +226,8 @@ class Keeper(RunBook):
 
     def _next_timeout(self) -> float:
         times = [t for run in self.runs.values() if (t := run.next_wake()) is not None]
-        for t in (self.drain_at, self.journal.retry_at, self.renewals.next_wake()):
+        journal = self.journal
+        for t in (self.drain_at, journal.retry_at, journal.sync_at, self.renewals.next_wake()):
             if t is not None:
                 times.append(t)
         if self.to_remove:

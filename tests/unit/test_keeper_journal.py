@@ -245,3 +245,35 @@ def test_a_dead_helper_leaves_the_syncing_to_the_loop(tmp_path: Path, home_fd: i
     assert journal.helper is None and journal.helper_lost
     assert not journal.waiting and read_journal(tmp_path) == [outcome(1)]
     journal.close(all_acked=False)
+
+
+def test_syncs_come_at_most_once_per_window(tmp_path: Path, home_fd: int) -> None:
+    helper = CountingHelper()
+    journal = Journal(JournalFile(home_fd), helper, window_s=0.02)  # type: ignore[arg-type]
+    journal.add(outcome(1))
+    journal.flush(10.0)
+    assert len(helper.requests) == 1  # the first at once
+    journal.helper.replies = lambda: [(0, helper.requests[-1][1])]  # type: ignore[union-attr]
+    journal.answers(10.005)
+    journal.add(outcome(2))
+    journal.flush(10.01)
+    assert len(helper.requests) == 1 and journal.sync_at == pytest.approx(10.02)
+    journal.flush(10.02)  # the loop's timer: the window is over
+    assert len(helper.requests) == 2 and journal.sync_at is None
+
+
+def test_acknowledgements_alone_ask_for_no_sync(tmp_path: Path, home_fd: int) -> None:
+    helper = CountingHelper()
+    journal = Journal(JournalFile(home_fd), helper, window_s=0.0)  # type: ignore[arg-type]
+    journal.add(outcome(1))
+    journal.flush(0.0)
+    journal.helper.replies = lambda: [(0, helper.requests[-1][1])]  # type: ignore[union-attr]
+    journal.answers(0.0)
+    assert not journal.waiting and len(helper.requests) == 1
+    journal.ack(["k-1"], pending_left=0)
+    journal.flush(1.0)
+    assert journal_bytes(tmp_path).endswith(ack_line(["k-1"]))  # written...
+    assert len(helper.requests) == 1 and journal.sync_at is None  # ...not synced for itself
+    journal.add(outcome(2))
+    journal.flush(2.0)  # the next outcome's sync covers the ack line too
+    assert helper.requests[-1] == (0, journal.size)
