@@ -206,6 +206,23 @@ def test_limits_where_controllers_exist(keeper: Session) -> None:
     assert done.exit_code == 0 and done.cpu_seconds is not None and done.cpu_seconds > 0.1
 
 
+def test_cpu_time_is_each_runs_own(keeper: Session) -> None:
+    """A busy run, then many quiet ones one after another: each quiet run is charged its
+    own CPU time, not what earlier runs used (the keeper reuses empty cgroups)."""
+    busy = keeper.outcome(
+        keeper.launch(
+            "python3",
+            "-c",
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass",
+        )
+    )
+    assert busy.cpu_seconds is not None and busy.cpu_seconds > 0.25
+    for _ in range(5):
+        quiet = keeper.outcome(keeper.launch("true"))
+        assert quiet.exit_code == 0 and quiet.cpu_seconds is not None
+        assert quiet.cpu_seconds < 0.2, quiet
+
+
 def test_memory_limit_kills_with_a_reason(keeper: Session) -> None:
     if not any(c.startswith("memory") for c in keeper.client.status().controllers):
         pytest.skip(f"no memory controller for runs ({keeper.client.welcome.containment})")
