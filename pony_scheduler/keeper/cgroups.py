@@ -9,9 +9,10 @@ through the mount (its path lies under the mount's root).
 Layout: runs live under a per-home parent `pony-<hash of the home>` made inside the
 keeper's own group of each hierarchy (on this machine: /sys/fs/cgroup/unified/pony-…,
 /sys/fs/cgroup/memory/<our group>/pony-…), one leaf `run-<id>` per run, removed after its
-outcome, or an empty `run-pool-N` reused (containment.py: Cgroups.poolable).  In cgroup v2 the parent holds no process, so controllers can be enabled in its
-cgroup.subtree_control (the no-internal-processes rule, cgroup-v2.rst §2-4-3); the
-keeper never writes the subtree_control of a group it did not make.
+outcome, or an empty `run-pool-N` reused (containment.py: Cgroups.poolable).  In cgroup
+v2 the parent holds no process, so controllers can be enabled in its subtree_control
+(the no-internal-processes rule, cgroup-v2.rst §2-4-3); the keeper never writes the
+subtree_control of a group it did not make.
 
 Placement is race-free without a helper process: the single-threaded keeper writes
 itself into the run's groups (cgroup.procs), spawns the job with posix_spawn (which

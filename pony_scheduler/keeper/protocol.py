@@ -43,9 +43,19 @@ RUN_ID_VAR = "PONYBUNNY_RUN_ID"  # in every run's environment: which run it belo
 KEEPER_ID_VAR = "PONYBUNNY_KEEPER_ID"  # ... and which keeper started it (unique per keeper)
 
 
+_second: list[tuple[int, str]] = [(-1, "")]  # the last second formatted, and its text
+
+
 def iso_utc(t: float) -> str:
-    """UTC ISO 8601 with milliseconds, as every time in the protocol: 2024-05-01T12:00:00.123Z."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+    """UTC ISO 8601 with milliseconds, as every time in the protocol: 2024-05-01T12:00:00.123Z.
+    The keeper stamps two times per run, most within the same second as the last one:
+    that second's text is kept (strftime and gmtime cost more than the rest of this)."""
+    whole = int(t // 1)
+    last, text = _second[0]
+    if whole != last:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = (whole, text)
+    return f"{text}.{int(t * 1000) % 1000:03d}Z"
 
 
 class ProtocolError(ValueError):

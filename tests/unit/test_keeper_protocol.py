@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import UTC
 
 import pytest
 from hypothesis import given
@@ -148,3 +149,15 @@ def test_limits_listed() -> None:
         "memory_max": 5,
         "cpu_max": 1.5,
     }
+
+
+def test_iso_utc_across_seconds() -> None:
+    """Times in the protocol: the same text as a fresh formatting, whichever second the
+    previous call formatted (the keeper keeps the last one's text)."""
+    from datetime import datetime
+
+    from pony_scheduler.keeper.protocol import iso_utc
+
+    for t in (1714564800.123, 1714564800.999, 1714564801.0, 1714564800.5, -0.5, 0.0, 59.0015):
+        expected = datetime.fromtimestamp(t // 1, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert iso_utc(t) == f"{expected}.{int(t * 1000) % 1000:03d}Z"
