@@ -11,8 +11,9 @@ memory group (what a run asking for memory_max costs on a hybrid machine).  The 
 >= 0.75x the bare loop (issues 11 and 12).
 
 Containment cost: in this process, per run, the steps the keeper adds for a cgroup
-(mkdir, moving in and out around posix_spawn, reading cgroup.procs and cpu.stat, rmdir)
-against posix_spawn(true) + waitpid alone.
+(moving in and out around posix_spawn, reading cgroup.procs and cpu.stat, and either
+reusing an empty group from the pool or mkdir + rmdir of a fresh one) against
+posix_spawn(true) + waitpid alone.
 
     python bench/bench_keeper.py [--quick]        (or: python bench/run.py --only keeper)
 """
@@ -176,7 +177,7 @@ def containment_cost(res: BenchResult, count: int) -> None:
     launch = Launch(1, ("true",), f"{home}/x", env=ENV)
     assert cg.v2_parent is not None
 
-    def contained(i: int) -> None:
+    def contained(i: int, reuse: bool = True) -> None:
         box = cg.box(i + 1, launch)
         box.create()
         box.enter()
@@ -187,6 +188,7 @@ def containment_cost(res: BenchResult, count: int) -> None:
         os.waitpid(pid, 0)
         box.count()
         box.stats()
+        box.poolable = box.poolable and reuse
         box.remove()
 
     steps = {
@@ -196,14 +198,23 @@ def containment_cost(res: BenchResult, count: int) -> None:
         )
     }
     whole = per_run(contained)
+    fresh = per_run(lambda i: contained(i, reuse=False))
     res.add("posix_spawn(true) + wait", bare, "us", note="the bare spawn, in this process")
     res.add(
-        "cgroup2 run: spawn + create/place/stats/remove",
+        "cgroup2 run, reused group: spawn + place/stats/recycle",
         whole,
         "us",
         baseline=bare,
         baseline_name="bare spawn",
-        note=f"containment adds {whole - bare:.0f} us per run",
+        note=f"containment adds {whole - bare:.0f} us per run (a run without limits)",
+    )
+    res.add(
+        "cgroup2 run, fresh group: spawn + create/place/stats/remove",
+        fresh,
+        "us",
+        baseline=bare,
+        baseline_name="bare spawn",
+        note=f"containment adds {fresh - bare:.0f} us per run (a run with limits)",
     )
     for name, step in steps.items():
         res.add(f"cgroup2 {name}", per_run(step), "us")
