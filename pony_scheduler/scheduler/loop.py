@@ -50,6 +50,9 @@ PID_RECORD_DELAY = 0.05
 # ahead that no worker took within AHEAD_WAIT (the runs before it turned out long) goes
 # back to the queue, as does any at shutdown: it shows as running only while about to run.
 AHEAD = 1
+# A claim judges every due run of its window (expiry, skip) at least this often; between
+# such scans it stops once it has claimed its limit (store/runs.py: ClaimRequest.scan).
+EXPIRY_SCAN_S = CHANGE_POLL
 AHEAD_WINDOW = 0.1
 AHEAD_WAIT = 0.5
 
@@ -113,6 +116,7 @@ class WorkLoop:
         # When the pids of launched runs must be written by; None: none expected.
         self.pids_due: float | None = None
         self.backlog = False  # the last claim left due runs behind
+        self.next_scan = 0.0  # monotonic: when a claim next judges its whole window
         self.unreleased: list[int] = []  # taken back from the executor, not yet requeued
         # Since when (monotonic) the database answers; the current outage (monotonic
         # start, reason) or None.
@@ -246,8 +250,14 @@ class WorkLoop:
         def admit(run: Run, job: runs.JobNow) -> runs.Admission:
             return runs.admit(run, job, capacity, now)
 
-        # Even with no worker free: due runs past their start deadline expire now.
-        claimed, waiting = self.record_results(ClaimRequest(now, limit, self.lease, admit))
+        # Even with no worker free, due runs past their start deadline expire, at the
+        # latest by the next scan.
+        scan = mono >= self.next_scan
+        if scan:
+            self.next_scan = mono + EXPIRY_SCAN_S
+        claimed, waiting = self.record_results(
+            ClaimRequest(now, limit, self.lease, admit, scan=scan)
+        )
         self.backlog = waiting and limit > 0
         for item in claimed:
             self.launch(item, now, mono)

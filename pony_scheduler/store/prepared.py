@@ -13,7 +13,7 @@ connection and transaction bookkeeping: on SQLite that was as costly as the stat
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Dialect, Engine, Executable
@@ -90,12 +90,25 @@ class Prepared:
         found = [dict(zip(self.keys, row, strict=True)) for row in rows]
         return found if raw else [self.convert(row) for row in found]
 
-    def convert(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A raw row's values through the columns' result processors."""
+    def tuples(self, connection: Any, values: Mapping[str, Any] | None = None) -> list[Any]:
+        """Rows as the driver gave them (no dict, no conversion), for a caller that looks
+        at a plain column of every row and convert()s only the rows it keeps."""
+        cursor = self.execute(connection, values)
+        try:
+            rows = cursor.fetchall()
+            self._readers(cursor.description)
+        finally:
+            cursor.close()
+        return list(rows)
+
+    def convert(self, row: dict[str, Any] | Sequence[Any]) -> dict[str, Any]:
+        """A raw row's values (a mapping() dict or a tuples() row) through the columns'
+        result processors."""
         assert self.readers is not None, "convert() before any result"
+        values = row.values() if isinstance(row, dict) else row
         return {
             key: value if reader is None else reader(value)
-            for (key, value), reader in zip(row.items(), self.readers, strict=True)
+            for key, value, reader in zip(self.keys, values, self.readers, strict=True)
         }
 
     def scalars(self, connection: Any, values: Mapping[str, Any] | None = None) -> list[Any]:

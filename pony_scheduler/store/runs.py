@@ -150,12 +150,15 @@ class Finished:
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
     """Claim up to `limit` due runs at `now` with a lease of `lease_s` seconds; `admit`
-    is runs.admit() with this scheduler's capacity bound in."""
+    is runs.admit() with this scheduler's capacity bound in.  `scan`: judge every due run
+    of the window (expire, skip) even once `limit` are claimed; without it the claim stops
+    there, and the loop asks for a scan at least once per EXPIRY_SCAN_S."""
 
     now: datetime
     limit: int
     lease_s: float
     admit: Callable[[Run, JobNow], Admission]
+    scan: bool = True
 
 
 def run_from(row: dict[str, Any]) -> Run:
@@ -389,33 +392,43 @@ class RunQueries(ClockQueries):
         hot = self.hot
         # Due runs are looked at even with no worker free: those past their start
         # deadline expire now, with the reason, rather than when a worker frees up.
-        rows = hot.due_runs.mappings(
+        if request.limit == 0 and not request.scan:
+            return [], True  # no worker free: due runs (if any) wait for one
+        # Raw rows: each is converted only when it is looked at, and without a scan the
+        # look stops at the limit - with one worker free, converting the whole window
+        # for every run was a quarter of the daemon's CPU per run.
+        due = hot.due_runs
+        rows = due.tuples(
             connection, {"now": request.now, "limit": max(request.limit * 4, EXPIRY_WINDOW)}
         )
         busy: dict[int, set[int | None]] = {}
-        if any(row["overlap"] != "allow" for row in rows):
+        overlap = due.keys.index("overlap")
+        if any(row[overlap] != "allow" for row in rows):
             for row in hot.busy.mappings(connection, raw=True):
                 busy.setdefault(row["job_id"], set()).add(row["batch"])
         until = request.now + timedelta(seconds=request.lease_s)
         claimed: list[Claimed] = []
         waiting = False
-        for row in rows:
+        for raw in rows:
+            if len(claimed) >= request.limit and not request.scan:
+                waiting = True  # the rest are judged by the next claim or scan
+                break
             try:
+                row = due.convert(raw)
                 run = run_from(row)
-                start = claimed_from(run, row, row["epoch"] + 1)
             except (ValueError, TypeError, LookupError) as exc:
-                reason = f"job definition cannot be read: {exc}"
-                self._drop(connection, row["id"], RunState.SKIPPED, reason, request.now)
-                # Set aside, as the planner does with a schedule it cannot evaluate: shown
-                # by pb job list/show, not scheduled until 'pb job edit' repairs it.
-                hot.set_aside.rowcount(connection, {"job_id": row["job_id"], "b_error": reason})
-                log.error("Job %s set aside: %s", row["name"], reason)
+                self._set_aside(connection, dict(zip(due.keys, raw, strict=True)), exc, request.now)
                 continue
             job = JobNow(frozenset(busy.get(run.job_id, ())), row["last_finished_at"])
             decision = request.admit(run, job)
             if decision.verdict is Verdict.START and len(claimed) >= request.limit:
                 waiting = True
             elif decision.verdict is Verdict.START:
+                try:
+                    start = claimed_from(run, row, row["epoch"] + 1)
+                except (ValueError, TypeError, LookupError) as exc:
+                    self._set_aside(connection, row, exc, request.now)
+                    continue
                 if hot.transitions.write(
                     connection, Claim(run.id, row["epoch"], me, request.now, until)
                 ):
@@ -429,6 +442,17 @@ class RunQueries(ClockQueries):
                 new = RunState.SKIPPED if decision.verdict is Verdict.SKIP else RunState.EXPIRED
                 self._drop(connection, run.id, new, decision.reason or str(new), request.now)
         return claimed, waiting
+
+    def _set_aside(
+        self, connection: Any, row: dict[str, Any], exc: Exception, now: datetime
+    ) -> None:
+        """A due run whose job definition cannot be read: skipped, and its job set aside,
+        as the planner does with a schedule it cannot evaluate (shown by pb job list and
+        show, not scheduled until 'pb job edit' repairs it).  `row`: its raw claim row."""
+        reason = f"job definition cannot be read: {exc}"
+        self._drop(connection, row["id"], RunState.SKIPPED, reason, now)
+        self.hot.set_aside.rowcount(connection, {"job_id": row["job_id"], "b_error": reason})
+        log.error("Job %s set aside: %s", row["name"], reason)
 
     def _drop(
         self, connection: Any, run_id: int, new: RunState, reason: str, now: datetime

@@ -268,3 +268,20 @@ def test_prepared_statement_errors_are_sqlalchemy_errors(tmp_path: Path) -> None
     assert len(claimed) == 1  # the connection went back to the pool usable
     engine.dispose()
     store.close()
+
+
+def test_a_claim_without_a_scan_stops_at_its_limit(db_url: str) -> None:
+    """Between scans a claim looks no further than what it claims; a scan (the loop asks
+    for one every second) still judges the whole window: a run past its start deadline
+    behind the claimed one expires then."""
+    store = Store.open(db_url)
+    store.add_job("a", job_values())
+    store.add_job("b", {**job_values(), "start_deadline_s": 1.0, "start_deadline_auto": False})
+    first, late = store.request_run("a"), store.request_run("b")
+    later = utcnow() + timedelta(minutes=5)
+    quick = request(1, later)
+    claimed, waiting = store.claim(me("s"), ClaimRequest(quick.now, 1, 60, quick.admit, False))
+    assert [c.run.id for c in claimed] == [first] and waiting
+    assert store.get_run(late)["state"] == "queued"  # type: ignore[index]
+    claimed, _ = store.claim(me("s"), request(1, later))  # scan=True: the default
+    assert claimed == [] and store.get_run(late)["state"] == "expired"  # type: ignore[index]
