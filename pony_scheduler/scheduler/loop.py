@@ -75,7 +75,7 @@ class WorkLoop:
         self.events = events
         self.me = Claimant("", socket.gethostname(), host.host_id())
         settings = runtime.settings
-        self.output_dir = settings.home / "runs"
+        self.output_dir = str(settings.home / "runs")  # a str: joined once per run
         self.clock = DatabaseClock(store, runtime)
         self.executor = Executor(
             settings.home,
@@ -303,7 +303,7 @@ class WorkLoop:
             Launch(
                 run.id,
                 argv,
-                str(self.output_dir / run.job / f"{run.id}.log"),
+                f"{self.output_dir}/{run.job}/{run.id}.log",
                 environ,
                 token=str(item.epoch),
                 cwd=item.cwd,
