@@ -50,11 +50,11 @@ PID_RECORD_DELAY = 0.05
 # ahead that no worker took within AHEAD_WAIT (the runs before it turned out long) goes
 # back to the queue, as does any at shutdown: it shows as running only while about to run.
 AHEAD = 1
+AHEAD_WINDOW = 0.1
+AHEAD_WAIT = 0.5
 # A claim judges every due run of its window (expiry, skip) at least this often; between
 # such scans it stops once it has claimed its limit (store/runs.py: ClaimRequest.scan).
 EXPIRY_SCAN_S = CHANGE_POLL
-AHEAD_WINDOW = 0.1
-AHEAD_WAIT = 0.5
 
 
 class Events(Protocol):
