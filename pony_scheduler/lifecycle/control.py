@@ -3,6 +3,7 @@ and reports progress through a `say` callback."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import os
@@ -124,6 +125,10 @@ def start(
             daemon_child(spec, settings, write_fd, lock_fd, notes)
         os.close(write_fd)
         try:
+            # The spec's work beside the daemon's start-up (the scheduler's: starting its
+            # run keeper, on the other core); what fails here the daemon meets and says.
+            with contextlib.suppress(Exception):
+                spec.run_beside(settings)
             verdict, detail = _await_ready(read_fd, child, timeout)
         finally:
             os.close(read_fd)

@@ -25,6 +25,9 @@ class ServiceSpec(NamedTuple):
     details: tuple[tuple[str, str], ...] = ()
     # A corrupt database stops it in order (it can do nothing useful without one).
     stops_on_corrupt_database: bool = False
+    # beside(settings) -> None: what `start` does in its own process while the daemon it
+    # forked starts up (best effort: errors are the daemon's to report).
+    beside: str | None = None
 
     def pid_path(self, home: Path) -> Path:
         return home / f"{self.name}.pid"
@@ -46,6 +49,10 @@ class ServiceSpec(NamedTuple):
         if self.preflight:
             self.load(self.preflight)(settings)
 
+    def run_beside(self, settings: Settings) -> None:
+        if self.beside:
+            self.load(self.beside)(settings)
+
     def extra_metadata(self, settings: Settings) -> dict[str, Any]:
         return self.load(self.describe)(settings) if self.describe else {}
 
@@ -61,6 +68,7 @@ SCHEDULER = ServiceSpec(
     describe="pony_scheduler.scheduler.service:describe",
     details=(("Database", "dbPath"), ("Socket", "socketPath")),
     stops_on_corrupt_database=True,
+    beside="pony_scheduler.scheduler.service:start_keeper",
 )
 
 GATEWAY = ServiceSpec(

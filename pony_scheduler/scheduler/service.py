@@ -19,6 +19,24 @@ def preflight(settings: Settings) -> None:
     validate_socket_path(settings.socket)
 
 
+def start_keeper(settings: Settings) -> None:
+    """Start the home's run keeper unless one runs, from `pb scheduler start`'s own
+    process while the daemon it forked starts up: the keeper's ~100 ms interpreter start
+    overlaps the daemon's instead of following it.  The daemon, reaching the keeper,
+    waits for this start (the start lock) and finds it ready; a keeper that cannot
+    start fails the daemon's own attempt, which says why.  Raises what starting does."""
+    import os
+    import time
+
+    from pony_scheduler.keeper.starting import start_keeper as start
+
+    old = os.umask(0o027)  # the daemon's (lifecycle/daemonize.py), which the keeper inherits
+    try:
+        start(settings.home.absolute(), settings.containment, None, time.monotonic() + 10)
+    finally:
+        os.umask(old)
+
+
 def describe(settings: Settings) -> dict[str, Any]:
     from pony_scheduler.store.engine import safe_url
 
