@@ -11,9 +11,8 @@ memory group (what a run asking for memory_max costs on a hybrid machine).  The 
 >= 0.75x the bare loop (issues 11 and 12).
 
 Containment cost: in this process, per run, the steps the keeper adds for a cgroup
-(moving in and out around posix_spawn, reading cgroup.procs and cpu.stat, and either
-reusing an empty group from the pool or mkdir + rmdir of a fresh one) against
-posix_spawn(true) + waitpid alone.
+(mkdir, moving in and out around posix_spawn, reading cgroup.procs and cpu.stat, rmdir)
+against posix_spawn(true) + waitpid alone.
 
     python bench/bench_keeper.py [--quick]        (or: python bench/run.py --only keeper)
 """
@@ -177,7 +176,7 @@ def containment_cost(res: BenchResult, count: int) -> None:
     launch = Launch(1, ("true",), f"{home}/x", env=ENV)
     assert cg.v2_parent is not None
 
-    def contained(i: int, reuse: bool = True) -> None:
+    def contained(i: int) -> None:
         box = cg.box(i + 1, launch)
         box.create()
         box.enter()
@@ -188,7 +187,6 @@ def containment_cost(res: BenchResult, count: int) -> None:
         os.waitpid(pid, 0)
         box.count()
         box.stats()
-        box.poolable = box.poolable and reuse
         box.remove()
 
     steps = {
@@ -198,23 +196,14 @@ def containment_cost(res: BenchResult, count: int) -> None:
         )
     }
     whole = per_run(contained)
-    fresh = per_run(lambda i: contained(i, reuse=False))
     res.add("posix_spawn(true) + wait", bare, "us", note="the bare spawn, in this process")
     res.add(
-        "cgroup2 run, reused group: spawn + place/stats/recycle",
+        "cgroup2 run: spawn + create/place/stats/remove",
         whole,
         "us",
         baseline=bare,
         baseline_name="bare spawn",
-        note=f"containment adds {whole - bare:.0f} us per run (a run without limits)",
-    )
-    res.add(
-        "cgroup2 run, fresh group: spawn + create/place/stats/remove",
-        fresh,
-        "us",
-        baseline=bare,
-        baseline_name="bare spawn",
-        note=f"containment adds {fresh - bare:.0f} us per run (a run with limits)",
+        note=f"containment adds {whole - bare:.0f} us per run",
     )
     for name, step in steps.items():
         res.add(f"cgroup2 {name}", per_run(step), "us")

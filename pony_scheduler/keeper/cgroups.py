@@ -9,10 +9,10 @@ through the mount (its path lies under the mount's root).
 Layout: runs live under a per-home parent `pony-<hash of the home>` made inside the
 keeper's own group of each hierarchy (on this machine: /sys/fs/cgroup/unified/pony-…,
 /sys/fs/cgroup/memory/<our group>/pony-…), one leaf `run-<id>` per run, removed after its
-outcome, or an empty `run-pool-N` reused (containment.py: Cgroups.poolable).  In cgroup
-v2 the parent holds no process, so controllers can be enabled in its subtree_control
-(the no-internal-processes rule, cgroup-v2.rst §2-4-3); the keeper never writes the
-subtree_control of a group it did not make.
+outcome: never reused, since a job may change its own group (cgroup.freeze, sub-groups).
+In cgroup v2 the parent holds no process, so controllers can be enabled in its
+subtree_control (the no-internal-processes rule, cgroup-v2.rst §2-4-3); the keeper never
+writes the subtree_control of a group it did not make.
 
 Placement is race-free without a helper process: the single-threaded keeper writes
 itself into the run's groups (cgroup.procs), spawns the job with posix_spawn (which
@@ -176,17 +176,39 @@ def read_pids(group: str) -> list[int]:
     return [int(p) for p in text.split()] if text else []
 
 
+def tree_pids(group: str) -> list[int]:
+    """The processes of `group` and of every group below it: a job owns its group's
+    files, so it may make sub-groups and move processes into them (cgroups(7)); they
+    are still the run's."""
+    pids = read_pids(group)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(group):
+            if entry.is_dir(follow_symlinks=False):
+                pids += tree_pids(entry.path)
+    return pids
+
+
+def populated(group: str) -> bool | None:
+    """cgroup v2's cgroup.events `populated` (this group or any below it has a process);
+    None where there is no such file (v1)."""
+    text = read_text(os.path.join(group, "cgroup.events"))
+    if text is None:
+        return None
+    return "populated 0" not in text
+
+
 def kill_listed(group: str, signum: int) -> int:
-    """Send `signum` to every process in `group`, each through a pidfd taken while it was
+    """Send `signum` to every process in `group` and the groups below it, each through a
+    pidfd taken while it was
     listed there: a PID that ended and was reused between the listing and the signal is
     never hit (the second listing proves the pidfd is the process we saw in the group).
     Returns how many were signalled."""
     fds = {}
-    for pid in read_pids(group):
+    for pid in tree_pids(group):
         with contextlib.suppress(OSError):
             fds[pid] = os.pidfd_open(pid)
     try:
-        members = set(read_pids(group))
+        members = set(tree_pids(group))
         sent = 0
         for pid, fd in fds.items():
             if pid in members:

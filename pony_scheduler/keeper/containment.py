@@ -27,10 +27,6 @@ from pony_scheduler.scheduler.host import host_id
 
 LIMIT_CONTROLLER = {"memory_max": "memory", "tasks_max": "pids", "cpu_max": "cpu"}
 KEPT_GROUP = "kept"  # where leftovers of runs with leftovers "keep" go on living
-# Empty run groups kept for reuse (cgroup2 runs without limits): a fresh group costs its
-# first process about 150 us more to place and start than a reused one (measured here),
-# which is more than `true` needs to run.  Enough for the workers a host runs at once.
-POOL_MAX = 32
 
 
 class ContainmentError(Exception):
@@ -84,8 +80,6 @@ class Cgroups:
         self.v2_controllers: set[str] = set()
         self.v1: dict[str, V1Group] = {}  # controller -> its hierarchy's group
         self.tracker: V1Group | None = None
-        self.pool: list[tuple[str, int]] = []  # (empty reusable group, its cpu usage_usec)
-        self.pooled = 0  # pool groups ever made: their names, run-pool-N
         if want == "pgroup":
             self.notes.append("pgroup asked for")
             return
@@ -171,38 +165,7 @@ class Cgroups:
                 groups[controller] = self.v1[controller]
         if self.mode == "cgroup1" and self.tracker is not None:
             groups.setdefault(self.tracker.hierarchy.controllers[0], self.tracker)
-        if self.poolable(launch) and not groups:
-            return self._pooled_box(launch)
         return CgroupBox(self, f"run-{run_id}", launch, groups)
-
-    def poolable(self, launch: Launch) -> bool:
-        """A run whose group may be reused: cgroup2, no limits (a reused group would carry
-        them), no memory controller (memory.peak and the OOM count cannot be reset for a
-        new run), so that only the CPU time needs a baseline."""
-        return (
-            self.mode == "cgroup2"
-            and not launch.limits
-            and "memory" not in self.v2_controllers
-            and self.v2_parent is not None
-        )
-
-    def _pooled_box(self, launch: Launch) -> CgroupBox:
-        if self.pool:
-            path, cpu_base = self.pool.pop()
-            box = CgroupBox(self, os.path.basename(path), launch, {})
-            box.reused, box.cpu_base = True, cpu_base
-        else:
-            self.pooled += 1
-            box = CgroupBox(self, f"run-pool-{self.pooled}", launch, {})
-        box.poolable = True
-        return box
-
-    def recycle(self, path: str, cpu_usec: int) -> bool:
-        """Keep an empty run group for the next run; False when the pool is full."""
-        if len(self.pool) >= POOL_MAX:
-            return False
-        self.pool.append((path, cpu_usec))
-        return True
 
     def stale_groups(self) -> list[str]:
         """Run groups an earlier keeper of this home left (it died with runs held)."""
@@ -220,7 +183,7 @@ class Cgroups:
 
     def kill_stale(self, path: str) -> int:
         """SIGKILL what lives in a stale group; returns how many processes were there."""
-        count = len(cgroups.read_pids(path))
+        count = len(cgroups.tree_pids(path))
         if os.path.exists(os.path.join(path, "cgroup.kill")):
             with contextlib.suppress(OSError):
                 write_text(os.path.join(path, "cgroup.kill"), "1")
@@ -246,18 +209,12 @@ class CgroupBox:
         tracker = cg.tracker if cg.mode == "cgroup1" else None
         self.track = self.v2 or (os.path.join(tracker.parent, name) if tracker else "")
         self.entered: list[int] = []  # own-procs fds to write ourselves back to
-        self.poolable = False  # may go back to the pool once empty (Cgroups.poolable)
-        self.reused = False  # taken from the pool: it exists already
-        self.cpu_base = 0  # the group's usage_usec when this run got it
-        self.cpu_end: int | None = None  # ... when it ended (stats)
 
     def paths(self) -> list[str]:
         return ([self.v2] if self.v2 else []) + [path for _, path in self.v1.values()]
 
     def create(self) -> None:
         """mkdir the groups (a stale one of the same name is emptied first); OSError."""
-        if self.reused:
-            return
         for path in self.paths():
             try:
                 os.mkdir(path, 0o755)
@@ -307,7 +264,13 @@ class CgroupBox:
         raise OSError(2, f"no v1 {controller} group", controller)
 
     def count(self) -> int:
-        return len(cgroups.read_pids(self.track)) if self.track else 0
+        """Processes of the run, in its group and any sub-group it made.  In cgroup v2
+        one read of cgroup.events answers the usual case (nothing left)."""
+        if not self.track:
+            return 0
+        if self.v2 and cgroups.populated(self.v2) is False:
+            return 0
+        return len(cgroups.tree_pids(self.track))
 
     def watch_path(self) -> str | None:
         """cgroup.events, pollable for 'populated 0' (EPOLLPRI), in cgroup2 mode."""
@@ -333,8 +296,7 @@ class CgroupBox:
         if self.v2:
             for line in (read_text(f"{self.v2}/cpu.stat") or "").splitlines():
                 if line.startswith("usage_usec "):
-                    self.cpu_end = int(line.split()[1])
-                    cpu = (self.cpu_end - self.cpu_base) / 1e6
+                    cpu = int(line.split()[1]) / 1e6
             if "memory" in self.cg.v2_controllers:
                 text = read_text(f"{self.v2}/memory.peak")
                 peak = int(text) if text and text.strip().isdigit() else None
@@ -351,17 +313,6 @@ class CgroupBox:
         return peak, cpu, oom
 
     def remove(self) -> bool:
-        """rmdir the groups, or give a poolable, empty one back to the pool; False while
-        something still lives in them (tried again later)."""
-        v2, cpu_end = self.v2, self.cpu_end
-        if (
-            self.poolable
-            and v2 is not None
-            and cpu_end is not None
-            and not self.count()
-            and self.cg.recycle(v2, cpu_end)
-        ):
-            return True
         done = True
         for path in self.paths():
             done = cgroups.remove_group(path) and done
@@ -369,15 +320,13 @@ class CgroupBox:
 
     def release(self) -> None:
         """Leftovers kept (policy keep): move them to pony-<home>/kept in each hierarchy,
-        which the keeper never kills or limits, so that the run's groups can go.  Such a
-        group is not reused: it ran beyond the stats taken at the run's end."""
-        self.poolable = False
+        which the keeper never kills or limits, so that the run's groups can go."""
         for path in self.paths():
             kept = os.path.join(os.path.dirname(path), KEPT_GROUP)
             with contextlib.suppress(FileExistsError, OSError):
                 os.mkdir(kept, 0o755)
             for _ in range(10):  # a process forking meanwhile leaves a child behind
-                pids = cgroups.read_pids(path)
+                pids = cgroups.tree_pids(path)
                 if not pids:
                     break
                 for pid in pids:

@@ -137,6 +137,28 @@ def test_background_child_does_not_keep_the_run_open(keeper: Session) -> None:
     assert marked(keeper.keeper_id, run) == []
 
 
+SUB_GROUP_ESCAPE = """
+G=$(awk -F: '$1=="0"{print $3}' /proc/self/cgroup)
+mkdir "$CG$G/sub" || exit 9
+sh -c 'echo $$ > "$1/cgroup.procs"; exec sleep 300' sh "$CG$G/sub" </dev/null >/dev/null 2>&1 &
+while [ -z "$(cat "$CG$G/sub/cgroup.procs")" ]; do sleep 0.01; done
+echo moved
+"""
+
+
+def test_a_sub_group_of_its_own_does_not_hide_a_leftover(keeper: Session) -> None:
+    """A job may make sub-groups of its cgroup (it owns the files) and move a process
+    there: still the run's, counted as left behind and killed with it."""
+    if keeper.client.welcome.containment != "cgroup2":
+        pytest.skip("cgroup2 containment only")
+    unified = next(h.mount_point for h in cgroups.discover() if h.version == 2)
+    run = keeper.launch("sh", "-c", SUB_GROUP_ESCAPE, env={"CG": unified})
+    done = keeper.outcome(run)
+    assert (done.ending, done.exit_code, done.tail) == ("exited", 0, b"moved\n"), done.detail
+    assert done.leftovers == 1 and not done.leftovers_kept
+    assert marked(keeper.keeper_id, run) == []
+
+
 def test_leftovers_kept_live_on(keeper: Session) -> None:
     run = keeper.launch("sh", "-c", "sleep 300 & echo $!", leftovers="keep")
     done = keeper.outcome(run)
@@ -207,8 +229,8 @@ def test_limits_where_controllers_exist(keeper: Session) -> None:
 
 
 def test_cpu_time_is_each_runs_own(keeper: Session) -> None:
-    """A busy run, then many quiet ones one after another: each quiet run is charged its
-    own CPU time, not what earlier runs used (the keeper reuses empty cgroups)."""
+    """A busy run, then quiet ones one after another: each quiet run is charged its own
+    CPU time, not what earlier runs used."""
     busy = keeper.outcome(
         keeper.launch(
             "python3",
