@@ -187,28 +187,32 @@ class Journal:
         self.in_flight = False
 
     def flush(self, now: float) -> None:
-        """End of a loop pass: write what is queued (one write) and ask for a sync."""
-        if self.retry_at is not None and now < self.retry_at:
-            return
-        self.retry_at = None
-        if self.queue:
-            try:
-                self.file.append(b"".join(line for _, line in self.queue))
-            except OSError as exc:
-                self._failed(exc.strerror or str(exc), now)
-                return
-            end = self.file.size - sum(len(line) for _, line in self.queue)
-            for outcome_id, line in self.queue:
-                end += len(line)
-                self.written.append((outcome_id, line, end))
-            self.queue.clear()
+        """End of a loop pass: write what is queued (one write) unless a failed write
+        waits for its retry, and ask for a sync of what is written but not durable (also
+        while a write waits: lines written before it still need their sync)."""
+        if self.retry_at is None or now >= self.retry_at:
+            self.retry_at = None
+            if self.queue:
+                self._write_queue(now)
         self._sync_when_due(now)
+
+    def _write_queue(self, now: float) -> None:
+        try:
+            self.file.append(b"".join(line for _, line in self.queue))
+        except OSError as exc:
+            self._failed(exc.strerror or str(exc), now)
+            return
+        end = self.file.size - sum(len(line) for _, line in self.queue)
+        for outcome_id, line in self.queue:
+            end += len(line)
+            self.written.append((outcome_id, line, end))
+        self.queue.clear()
 
     def _sync_when_due(self, now: float) -> None:
         """Ask for a sync if one is needed and none is in flight, at once or - within
         SYNC_WINDOW_S of the last one - when the window ends (sync_at: the loop's timer)."""
         self.sync_at = None
-        if self.in_flight or self.retry_at is not None or not self._needs_sync():
+        if self.in_flight or not self._needs_sync():
             return
         due = self.last_ask + self.window_s
         if now < due:

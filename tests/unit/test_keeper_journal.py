@@ -277,3 +277,33 @@ def test_acknowledgements_alone_ask_for_no_sync(tmp_path: Path, home_fd: int) ->
     journal.add(outcome(2))
     journal.flush(2.0)  # the next outcome's sync covers the ack line too
     assert helper.requests[-1] == (0, journal.size)
+
+
+def test_a_failing_write_neither_spins_nor_holds_back_an_earlier_sync(
+    tmp_path: Path, home_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outcome written inside the sync window, then the disk is full: the written
+    line still gets its sync when the window ends, and no timer is left in the past
+    (the loop would poll without waiting)."""
+    helper = CountingHelper()
+    journal = Journal(JournalFile(home_fd), helper, window_s=0.02)  # type: ignore[arg-type]
+    journal.add(outcome(1))
+    journal.flush(10.0)
+    journal.helper.replies = lambda: [(0, helper.requests[-1][1])]  # type: ignore[union-attr]
+    journal.answers(10.001)
+    journal.add(outcome(2))
+    journal.flush(10.01)  # written; its sync waits for the window
+    assert journal.sync_at == pytest.approx(10.02) and len(helper.requests) == 1
+
+    def full(data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(journal.file, "append", full)
+    journal.add(outcome(3))
+    journal.flush(10.015)
+    assert journal.error == "No space left on device"
+    for now in (10.03, 10.5, 10.9):
+        journal.flush(now)
+        assert journal.sync_at is None or journal.sync_at > now
+    assert helper.requests[-1] == (0, len(outcome_line(outcome(1))) + len(outcome_line(outcome(2))))
+    assert journal.waiting == {"k-2", "k-3"}  # k-2 durable once the helper answers
