@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from common import BenchResult  # noqa: E402
 
-from pony_scheduler.keeper import cgroups  # noqa: E402
+from pony_scheduler.keeper import cgroups, spawner  # noqa: E402
 from pony_scheduler.keeper.client import KeeperClient  # noqa: E402
 from pony_scheduler.keeper.containment import Cgroups  # noqa: E402
 from pony_scheduler.keeper.protocol import Launch, Outcome  # noqa: E402
@@ -196,14 +196,39 @@ def containment_cost(res: BenchResult, count: int) -> None:
         )
     }
     whole = per_run(contained)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+    def cloned(i: int) -> None:  # what the keeper does where the C part is built
+        box = cg.box(i + 1, launch)
+        box.create()
+        pid = spawner.start("/usr/bin/true", ("true",), ENV, devnull, devnull, box)
+        os.waitpid(pid, 0)
+        box.count()
+        box.stats()
+        box.remove()
+
+    into = per_run(cloned) if spawner.placement() == "clone3" else None
+    os.close(devnull)
     res.add("posix_spawn(true) + wait", bare, "us", note="the bare spawn, in this process")
     res.add(
-        "cgroup2 run: spawn + create/place/stats/remove",
+        "cgroup2 run, clone3 into the group: create/spawn/stats/remove",
+        into,
+        "us",
+        baseline=bare,
+        baseline_name="bare spawn",
+        note=(
+            f"containment adds {into - bare:.0f} us per run (what the keeper does)"
+            if into is not None
+            else "the C part is not built here"
+        ),
+    )
+    res.add(
+        "cgroup2 run, moving the spawner: create/enter/spawn/leave/stats/remove",
         whole,
         "us",
         baseline=bare,
         baseline_name="bare spawn",
-        note=f"containment adds {whole - bare:.0f} us per run",
+        note=f"containment adds {whole - bare:.0f} us per run (the fallback)",
     )
     for name, step in steps.items():
         res.add(f"cgroup2 {name}", per_run(step), "us")

@@ -14,11 +14,13 @@ In cgroup v2 the parent holds no process, so controllers can be enabled in its
 subtree_control (the no-internal-processes rule, cgroup-v2.rst §2-4-3); the keeper never
 writes the subtree_control of a group it did not make.
 
-Placement is race-free without a helper process: the single-threaded keeper writes
-itself into the run's groups (cgroup.procs), spawns the job with posix_spawn (which
-inherits them), and writes itself back; the job's first instruction already runs inside
-its groups.  Limits are written right after the spawn, once the keeper is out again (a
-memory.max or pids.max written before would apply to the keeper itself while inside).
+Placement is race-free (spawner.py): the job's process is created in its cgroup2 group
+by clone3(CLONE_INTO_CGROUP) where the C part is built, else the single-threaded keeper
+writes itself into the run's groups (cgroup.procs), spawns the job with posix_spawn
+(which inherits them), and writes itself back; either way the job's first instruction
+already runs inside its groups.  Limits are written right after the spawn, once the
+keeper is out again (a memory.max or pids.max written before would apply to the keeper
+itself while inside).
 """
 
 from __future__ import annotations

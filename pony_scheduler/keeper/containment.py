@@ -223,9 +223,10 @@ class CgroupBox:
                 cgroups.remove_group(path)
                 os.mkdir(path, 0o755)
 
-    def enter(self) -> None:
-        """Move the keeper into the run's groups (the spawn inherits them)."""
-        if self.v2:
+    def enter(self, v2: bool = True) -> None:
+        """Move the keeper into the run's groups (the spawn inherits them); v2=False:
+        only its v1 groups (the v2 one is entered by clone3: spawner.py)."""
+        if self.v2 and v2:
             write_text(os.path.join(self.v2, "cgroup.procs"), "0")
             self.entered.append(self.cg.v2_own_fd)
         for group, path in self.v1.values():

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from pony_scheduler import __version__
-from pony_scheduler.keeper import cgroups, keptfile, procs
+from pony_scheduler.keeper import cgroups, keptfile, procs, spawner
 from pony_scheduler.keeper.commit import Journal, SyncHelper
 from pony_scheduler.keeper.containment import KEPT_GROUP, Cgroups, ContainmentError, home_group_name
 from pony_scheduler.keeper.journal import JournalFile, lock_pid_file
@@ -233,13 +233,14 @@ def serve(
     if helper is not None:
         keeper.tracker.exclude.add(helper.pid)
     log.info(
-        "Keeper %s ready (pony-scheduler %s, protocol %d): containment %s%s%s, "
+        "Keeper %s ready (pony-scheduler %s, protocol %d): containment %s%s%s%s, "
         "%d outcome(s) pending from the journal",
         keeper_id,
         __version__,
         PROTOCOL,
         cg.mode,
         f" ({'; '.join(cg.notes)})" if cg.notes and cg.mode == "pgroup" else "",
+        f", placement {spawner.placement()}" if cg.mode == "cgroup2" else "",
         f", controllers {' '.join(cg.controllers())}" if cg.controllers() else "",
         len(found.outcomes),
     )

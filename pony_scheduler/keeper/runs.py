@@ -8,10 +8,10 @@ alone (their stdout/stderr pipe is closed with the run: a job that means to leav
 daemon behind should redirect its output).  A timeout, a kill request or a drain stops
 the whole tree the same way, at once.
 
-Spawning: posix_spawn(3) (vfork+exec in glibc, no Python in the child) into a new
-session, stdin /dev/null, stdout and stderr one pipe, the signals the keeper ignores
-reset to their defaults; the job's umask and working directory are set around the call
-(the keeper is single-threaded, so this is safe), and so is its cgroup (containment.py).
+Spawning (spawner.py: clone3 into the run's cgroup, or posix_spawn(3); no Python in the
+child either way): a new session, stdin /dev/null, stdout and stderr one pipe, the
+signals the keeper ignores reset to their defaults; the job's umask and working
+directory are set around the call (the keeper is single-threaded, so this is safe).
 The program is looked up in the job's PATH, not the keeper's, as execvp(3) would.
 """
 
@@ -23,6 +23,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
+from pony_scheduler.keeper import spawner
 from pony_scheduler.keeper.containment import CgroupBox
 from pony_scheduler.keeper.execpath import NotStarted, resolve, shown
 from pony_scheduler.keeper.output import Output
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 FINAL_WAIT_S = 10.0  # after SIGKILL: how long to wait for the tree to vanish before giving up
 POLL_FIRST_S = 0.01  # polling for an empty run where no cgroup.events can tell (pgroup, v1)
 POLL_MAX_S = 0.25
-_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
 
 class Run:
@@ -100,35 +100,16 @@ class Run:
                     raise NotStarted(
                         f"cannot start: working directory {shown(launch.cwd)}: {exc.strerror}"
                     ) from None
-            if isinstance(self.box, CgroupBox):
-                try:
-                    self.box.enter()
-                except OSError as exc:
-                    raise NotStarted(
-                        f"cannot start: cannot enter its cgroup: {exc.strerror}"
-                    ) from None
             try:
-                self.pid = os.posix_spawn(
-                    program,
-                    launch.argv,
-                    env,
-                    setsid=True,
-                    setsigdef=_IGNORED,
-                    setsigmask=(),
-                    file_actions=[
-                        (os.POSIX_SPAWN_DUP2, devnull, 0),
-                        (os.POSIX_SPAWN_DUP2, write_end, 1),
-                        (os.POSIX_SPAWN_DUP2, write_end, 2),
-                    ],
-                )
+                self.pid = spawner.start(program, launch.argv, env, devnull, write_end, self.box)
+            except spawner.PlacementError as exc:
+                raise NotStarted(f"cannot start: cannot enter its cgroup: {exc}") from None
             except OSError as exc:
                 raise NotStarted(f"cannot start {shown(launch.argv[0])}: {exc.strerror}") from None
         except NotStarted:
             os.close(read_end)
             raise
         finally:
-            if isinstance(self.box, CgroupBox):
-                self.box.leave()
             os.umask(old_umask)
             if launch.cwd:
                 os.fchdir(home_fd)

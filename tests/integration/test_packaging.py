@@ -39,10 +39,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DIST_NAME = "pony_scheduler"
 # What MANIFEST.in grafts into the sdist, beside the package.
 SDIST_DIRS = ("man", "contrib", "tests", "bench", "docs")
-SDIST_FILES = ("README.md", "setup.cfg", "pyproject.toml", "MANIFEST.in")
+SDIST_FILES = (
+    "README.md",
+    "setup.cfg",
+    "setup.py",
+    "pyproject.toml",
+    "MANIFEST.in",
+    "pony_scheduler/keeper/_spawn.c",
+)
 JUNK = re.compile(r"(^|/)(__pycache__|\.[^/]*)(/|$)|(\.py[cod]|~|\.tmp|\.swp|\.orig|\.rej)$")
 COPY_IGNORE = shutil.ignore_patterns(
     ".git",
+    "*.so",
     ".venv",
     "venv",
     "build",
@@ -155,7 +163,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     )
     assert result.returncode == 0, f"python -m build failed:\n{result.stdout}\n{result.stderr}"
     sdists = list(out.glob(f"{DIST_NAME}-{__version__}.tar.gz"))
-    wheels = list(out.glob(f"{DIST_NAME}-{__version__}-py3-none-any.whl"))
+    # A platform wheel where the optional C part (keeper/_spawn.c) was built.
+    wheels = list(out.glob(f"{DIST_NAME}-{__version__}-*.whl"))
     assert len(sdists) == 1 and len(wheels) == 1, (
         f"unexpected build output: {sorted(out.iterdir())}"
     )

@@ -1,0 +1,139 @@
+"""Starting a run's main process, inside its cgroup from its first instruction.
+
+Where the C part is built and the kernel has clone3 with CLONE_INTO_CGROUP (Linux 5.7),
+a cgroup2 run's process is created directly in its group (_spawn.c): nothing moves
+between groups.  Otherwise the keeper writes itself into the run's groups, calls
+posix_spawn(3) (vfork+exec in glibc: no Python in the child), and writes itself back -
+race-free too, since the keeper is single-threaded, but each move waits for an RCU
+grace period (about 7 ms on an idle host; cgroup-v2.rst, "favordynmods").  cgroup v1
+groups (a run's v1 memory group on a hybrid machine) are always entered that way.
+
+Either way the child starts in a new session, with stdin from /dev/null, stdout and
+stderr on the run's pipe, an empty signal mask, and the signals the keeper ignores or
+catches at their defaults; its umask and working directory are the caller's.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import logging
+import os
+import signal
+from types import ModuleType
+
+from pony_scheduler.keeper.containment import CgroupBox
+from pony_scheduler.keeper.procs import PgroupBox
+
+IGNORED = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+# clone3's answers that mean "not on this kernel": fall back for good.
+_UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.E2BIG)
+
+
+def _load() -> ModuleType | None:
+    try:
+        return importlib.import_module("pony_scheduler.keeper._spawn")
+    except ImportError:  # not built (no compiler, not Linux): posix_spawn and moves
+        return None
+
+
+_native = _load()
+
+
+class PlacementError(Exception):
+    """The run's process cannot be put in its cgroup; str(): the reason (strerror)."""
+
+
+def placement() -> str:
+    """How cgroup2 runs are placed: "clone3" or "move" (for status and the log)."""
+    return "clone3" if _native is not None else "move"
+
+
+def start(
+    program: str,
+    argv: tuple[str, ...],
+    env: dict[str, str],
+    stdin: int,
+    out: int,
+    box: CgroupBox | PgroupBox,
+) -> int:
+    """Start `program` for a run held in `box`; returns its pid.  Raises PlacementError,
+    or OSError when the program cannot be executed (ENOENT, EACCES, ENOEXEC, ...)."""
+    if isinstance(box, CgroupBox) and box.v2 and _native is not None:
+        pid = _into_group(program, argv, env, stdin, out, box, box.v2)
+        if pid is not None:
+            return pid
+    if not isinstance(box, CgroupBox):
+        return _posix_spawn(program, argv, env, stdin, out)
+    try:
+        box.enter()
+    except OSError as exc:
+        raise PlacementError(exc.strerror or str(exc)) from None
+    try:
+        return _posix_spawn(program, argv, env, stdin, out)
+    finally:
+        box.leave()
+
+
+def _posix_spawn(program: str, argv: tuple[str, ...], env: dict[str, str], i: int, o: int) -> int:
+    return os.posix_spawn(
+        program,
+        argv,
+        env,
+        setsid=True,
+        setsigdef=IGNORED,
+        setsigmask=(),
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, i, 0),
+            (os.POSIX_SPAWN_DUP2, o, 1),
+            (os.POSIX_SPAWN_DUP2, o, 2),
+        ],
+    )
+
+
+def _into_group(
+    program: str,
+    argv: tuple[str, ...],
+    env: dict[str, str],
+    stdin: int,
+    out: int,
+    box: CgroupBox,
+    group: str,
+) -> int | None:
+    """clone3 into `group` (v1 groups entered around it); None when this kernel cannot,
+    after which every run is placed by moving."""
+    global _native
+    assert _native is not None
+    try:
+        box.enter(v2=False)
+        fd = os.open(group, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        box.leave()
+        raise PlacementError(exc.strerror or str(exc)) from None
+    try:
+        return int(
+            _native.spawn(
+                os.fsencode(program),
+                [os.fsencode(arg) for arg in argv],
+                [os.fsencode(f"{key}={value}") for key, value in env.items()],
+                fd,
+                stdin,
+                out,
+                tuple(int(s) for s in IGNORED),
+            )
+        )
+    except OSError as exc:
+        if exc.filename is not None:
+            raise  # the exec failed: the program's problem, not the placement's
+        if exc.errno in _UNSUPPORTED:
+            _native = None
+            logging.getLogger("pony_scheduler.keeper").warning(
+                "clone3 into a cgroup is not possible here (%s): runs are placed by "
+                "moving the keeper into their group from now on",
+                exc.strerror,
+            )
+            return None
+        raise PlacementError(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+        box.leave()
