@@ -22,6 +22,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -73,6 +74,16 @@ __asm__(
 #endif
 
 #ifdef HAVE_CLONE3
+/* dup2, or - when fd is target already - clearing its close-on-exec flag, which dup2
+ * would leave set (as glibc's posix_spawn file actions do). */
+static int onto(int fd, int target)
+{
+    if (fd != target)
+        return dup2(fd, target);
+    int flags = fcntl(fd, F_GETFD);
+    return flags < 0 ? -1 : fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+}
+
 static int child_main(void *arg)
 {
     struct child *c = arg;
@@ -89,8 +100,8 @@ static int child_main(void *arg)
             continue;
         sigaction(sig, &dfl, NULL);
     }
-    if (setsid() < 0 || dup2(c->stdin_fd, 0) < 0 || dup2(c->out_fd, 1) < 0 ||
-        dup2(c->out_fd, 2) < 0)
+    if (setsid() < 0 || onto(c->stdin_fd, 0) < 0 || onto(c->out_fd, 1) < 0 ||
+        onto(c->out_fd, 2) < 0)
         goto fail;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -127,6 +138,11 @@ static char **make_list(PyObject *seq)
             return NULL;
         }
         list[i] = PyBytes_AS_STRING(item);
+        if (strlen(list[i]) != (size_t)PyBytes_GET_SIZE(item)) {
+            PyErr_SetString(PyExc_ValueError, "embedded null byte");
+            free_list(list);
+            return NULL;
+        }
     }
     return list;
 }
@@ -138,9 +154,11 @@ PyDoc_STRVAR(spawn_doc,
 "stdin from `stdin_fd` and stdout and stderr on `out_fd`, an empty signal mask, and the\n"
 "signals the caller catches, plus those in `sigdef` (a tuple of numbers), at their\n"
 "defaults.  The child's cwd and umask are the caller's.  Returns the pid once the\n"
-"child has exec'd.  Raises OSError: the exec's own errno (the failed child is reaped),\n"
-"or clone3's (ENOSYS/EINVAL: no clone3 or CLONE_INTO_CGROUP here; EBUSY/EOPNOTSUPP:\n"
-"the group cannot take processes).");
+"child has exec'd.  Raises ValueError for a NUL byte in path, argv or env; OSError:\n"
+"the exec's own errno with the path as filename (the failed child is reaped), or\n"
+"clone3's, without a filename (ENOSYS/EINVAL/EPERM...: no clone3 or CLONE_INTO_CGROUP\n"
+"here, or a seccomp filter; EBUSY/EOPNOTSUPP/EACCES/ENOENT: the group cannot take\n"
+"this process; EAGAIN/ENOMEM: no process can be made now).");
 
 static PyObject *spawn(PyObject *self, PyObject *args)
 {
@@ -157,6 +175,10 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     struct child c;
     memset(&c, 0, sizeof c);
     c.path = PyBytes_AS_STRING(path_obj);
+    if (strlen(c.path) != (size_t)PyBytes_GET_SIZE(path_obj)) {
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+        return NULL;
+    }
     c.stdin_fd = stdin_fd;
     c.out_fd = out_fd;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(sigdef_obj); i++) {

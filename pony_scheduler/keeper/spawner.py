@@ -26,8 +26,12 @@ from pony_scheduler.keeper.containment import CgroupBox
 from pony_scheduler.keeper.procs import PgroupBox
 
 IGNORED = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
-# clone3's answers that mean "not on this kernel": fall back for good.
-_UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.E2BIG)
+# clone3's answers about the run's group (the old path would meet them too) and about
+# making any process now; any other (ENOSYS, EINVAL, E2BIG, or EPERM from a seccomp
+# filter that predates clone3, as older container runtimes install) means clone3 cannot
+# be used here: fall back to moving, for good.
+_GROUP = (errno.EBUSY, errno.EOPNOTSUPP, errno.EACCES, errno.ENOENT, errno.ENODEV)
+_RESOURCES = (errno.EAGAIN, errno.ENOMEM)
 
 
 def _load() -> ModuleType | None:
@@ -123,17 +127,17 @@ def _into_group(
             )
         )
     except OSError as exc:
-        if exc.filename is not None:
-            raise  # the exec failed: the program's problem, not the placement's
-        if exc.errno in _UNSUPPORTED:
-            _native = None
-            logging.getLogger("pony_scheduler.keeper").warning(
-                "clone3 into a cgroup is not possible here (%s): runs are placed by "
-                "moving the keeper into their group from now on",
-                exc.strerror,
-            )
-            return None
-        raise PlacementError(exc.strerror or str(exc)) from None
+        if exc.filename is not None or exc.errno in _RESOURCES:
+            raise  # the exec failed, or no process can be made: not the placement's fault
+        if exc.errno in _GROUP:
+            raise PlacementError(exc.strerror or str(exc)) from None
+        _native = None  # clone3 itself is refused here
+        logging.getLogger("pony_scheduler.keeper").warning(
+            "clone3 into a cgroup is not possible here (%s): runs are placed by moving "
+            "the keeper into their group from now on",
+            exc.strerror,
+        )
+        return None
     finally:
         os.close(fd)
         box.leave()

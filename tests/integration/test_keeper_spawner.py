@@ -4,6 +4,7 @@ the job in its group from its first instruction, in a new session, with its pipe
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections.abc import Iterator
@@ -82,3 +83,42 @@ def test_an_exec_failure_is_the_programs(groups: Cgroups) -> None:
         assert failed.value.errno == 2 and not isinstance(failed.value, spawner.PlacementError)
     finally:
         box.remove()
+
+
+class Refusing:
+    """A C part whose clone3 is refused with `errno` (a seccomp filter, an old kernel)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def spawn(self, *args: object) -> int:
+        raise OSError(self.code, os.strerror(self.code))
+
+
+def test_a_refused_clone3_falls_back_to_moving_for_good(
+    groups: Cgroups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spawner, "_native", Refusing(errno.EPERM))
+    box = groups.box(9, Launch(9, ("sh",), "/x", env={}))
+    box.create()
+    try:
+        assert f"0::/{groups.name}/run-9" in run_in(box).splitlines()
+    finally:
+        box.remove()
+    assert spawner.placement() == "move"
+
+
+def test_no_process_now_is_not_blamed_on_the_group(
+    groups: Cgroups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spawner, "_native", Refusing(errno.EAGAIN))
+    box = groups.box(10, Launch(10, ("sh",), "/x", env={}))
+    box.create()
+    try:
+        with pytest.raises(OSError) as failed:
+            run_in(box)
+        assert failed.value.errno == errno.EAGAIN
+        assert not isinstance(failed.value, spawner.PlacementError)
+    finally:
+        box.remove()
+    assert spawner.placement() == "clone3"
