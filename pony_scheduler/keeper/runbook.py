@@ -9,6 +9,7 @@ import logging
 import os
 import select
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pony_scheduler import __version__
@@ -52,9 +53,7 @@ class RunBook:
     drain_by: str
     exit_requested: bool
     to_remove: list[Any]
-
-    def reap(self) -> None:  # Keeper's (server.py): wait4 every exited child
-        raise NotImplementedError
+    reap: Callable[[], None]  # Keeper.reap (server.py): wait4 every exited child
 
     def watch_fd(self, fd: int, run: Run) -> None:
         self.epoll.register(fd, select.EPOLLPRI)

@@ -81,13 +81,7 @@ class Prepared:
     ) -> list[dict[str, Any]]:
         """Rows as dicts; `raw` leaves values as the driver gave them, for callers that
         look at a few plain columns of many rows and convert() only the rows they keep."""
-        cursor = self.execute(connection, values)
-        try:
-            rows = cursor.fetchall()
-            self._readers(cursor.description)
-        finally:
-            cursor.close()
-        found = [dict(zip(self.keys, row, strict=True)) for row in rows]
+        found = [dict(zip(self.keys, row, strict=True)) for row in self.tuples(connection, values)]
         return found if raw else [self.convert(row) for row in found]
 
     def tuples(self, connection: Any, values: Mapping[str, Any] | None = None) -> list[Any]:
