@@ -201,10 +201,9 @@ def populated(group: str) -> bool | None:
 
 def kill_listed(group: str, signum: int) -> int:
     """Send `signum` to every process in `group` and the groups below it, each through a
-    pidfd taken while it was
-    listed there: a PID that ended and was reused between the listing and the signal is
-    never hit (the second listing proves the pidfd is the process we saw in the group).
-    Returns how many were signalled."""
+    pidfd taken while it was listed there: a PID that ended and was reused between the
+    listing and the signal is never hit (the second listing proves the pidfd is the
+    process we saw in the group).  Returns how many were signalled."""
     fds = {}
     for pid in tree_pids(group):
         with contextlib.suppress(OSError):

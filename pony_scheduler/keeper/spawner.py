@@ -26,6 +26,7 @@ from pony_scheduler.keeper.containment import CgroupBox
 from pony_scheduler.keeper.procs import PgroupBox
 
 IGNORED = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+_IGNORED_NUMBERS = tuple(int(sig) for sig in IGNORED)  # as the C part takes them
 # clone3's answers about the run's group (the old path would meet them too) and about
 # making any process now; any other (ENOSYS, EINVAL, E2BIG, or EPERM from a seccomp
 # filter that predates clone3, as older container runtimes install) means clone3 cannot
@@ -123,7 +124,7 @@ def _into_group(
                 fd,
                 stdin,
                 out,
-                tuple(int(s) for s in IGNORED),
+                _IGNORED_NUMBERS,
             )
         )
     except OSError as exc:

@@ -448,7 +448,8 @@ class RunQueries(ClockQueries):
     ) -> None:
         """A due run whose job definition cannot be read: skipped, and its job set aside,
         as the planner does with a schedule it cannot evaluate (shown by pb job list and
-        show, not scheduled until 'pb job edit' repairs it).  `row`: its raw claim row."""
+        show, not scheduled until 'pb job edit' repairs it).  `row`: its claim row, raw or
+        converted (only its plain id, job_id and name are read)."""
         reason = f"job definition cannot be read: {exc}"
         self._drop(connection, row["id"], RunState.SKIPPED, reason, now)
         self.hot.set_aside.rowcount(connection, {"job_id": row["job_id"], "b_error": reason})
