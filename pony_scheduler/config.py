@@ -3,8 +3,6 @@
 Every value remembers where it came from so that `pb config show` can say so.
 """
 
-from __future__ import annotations
-
 import os
 import re
 from collections.abc import Mapping

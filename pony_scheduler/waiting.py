@@ -9,12 +9,13 @@ just as well, so the daemons' polling loops use it.
 from __future__ import annotations
 
 import os
-import select
 import time
 
 
 def pause(seconds: float) -> None:
     """Wait `seconds` (at least 0)."""
+    import select  # here: `pb scheduler status` imports this module but never waits
+
     select.select([], [], [], max(0.0, seconds))
 
 

@@ -7,11 +7,10 @@ in LAZY with their one-line help and imported on first use.  `pb --help` and
 standard library.
 """
 
-from __future__ import annotations
-
+import os
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
@@ -20,6 +19,71 @@ from pony_scheduler.errors import EXIT_USAGE, PonyError
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+
+# click writes the text of its --help and --version options (and click.Path's metavar)
+# through gettext, whose first call imports `locale` (about 2 ms, a tenth of what `pb
+# scheduler status` may add to `import click`) although pb is not translated.  Every pb
+# command and group is one of these two classes, whose help option has its text as is.
+HELP_HELP = "Show this message and exit."
+
+
+def _show_help(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(ctx.get_help(), color=ctx.color)
+        ctx.exit()
+
+
+class _PlainHelp:
+    _plain_help: click.Option | None = None
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        """As click.Command.get_help_option (built once, eager, not exposed), without
+        gettext."""
+        assert isinstance(self, click.Command)
+        names = self.get_help_option_names(ctx)
+        if not names or not self.add_help_option:
+            return None
+        if self._plain_help is None:
+            self._plain_help = click.Option(
+                names,
+                is_flag=True,
+                expose_value=False,
+                is_eager=True,
+                help=HELP_HELP,
+                callback=_show_help,
+            )
+        return self._plain_help
+
+
+class Command(_PlainHelp, click.Command):
+    """A pb command (see _PlainHelp)."""
+
+
+class Group(_PlainHelp, click.Group):
+    """A pb group: its subcommands are Commands, its subgroups Groups.  `builders` (name
+    -> function returning the command) are built when resolved, so that running one
+    command does not build its siblings' options."""
+
+    command_class = Command
+    group_class = type  # click: "the same class as this group"
+
+    def __init__(
+        self,
+        *args: Any,
+        builders: Mapping[str, Callable[[], click.Command]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.builders = dict(builders or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.builders})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.builders:
+            self.add_command(self.builders[cmd_name](), cmd_name)
+        return self.commands.get(cmd_name)
 
 
 class LazyCommand(NamedTuple):  # not a dataclass: `pb --version` need not import dataclasses
@@ -93,7 +157,7 @@ LAZY: dict[str, LazyCommand] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(Group):
     """A click.Group whose LAZY commands are imported when they are resolved.
 
     Everything that walks the tree (completion, the man page tests) goes through
@@ -101,13 +165,8 @@ class LazyGroup(click.Group):
     `pb --help` is written from the table, so that help imports nothing.
     """
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*self.commands, *LAZY})
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands and cmd_name in LAZY:
-            self.add_command(LAZY[cmd_name].load(), cmd_name)
-        return self.commands.get(cmd_name)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, builders={n: c.load for n, c in LAZY.items()}, **kwargs)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # As click.Group.format_commands, with stand-ins for the commands not imported yet.
@@ -125,14 +184,39 @@ class LazyGroup(click.Group):
             )
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    # click.version_option without gettext (see _PlainHelp) and without importlib.metadata.
+    if value and not ctx.resilient_parsing:
+        click.echo(f"pb (pony-scheduler) {__version__}", color=ctx.color)
+        ctx.exit()
+
+
+class ConfigFile(click.ParamType):
+    """click.Path(dir_okay=False) without gettext: a path that is not a directory (whether
+    it exists and is safe to read is load_settings' to say)."""
+
+    name = "file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if os.path.isdir(value):
+            self.fail(f"File {str(value)!r} is a directory.", param, ctx)
+        return str(value)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(
-    __version__, "--version", "-V", prog_name="pb", message="%(prog)s (pony-scheduler) %(version)s"
+@click.option(
+    "--version",
+    "-V",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
 )
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(dir_okay=False),
+    type=ConfigFile(),
     help="Configuration file (default: $PONYBUNNY_HOME/config.toml).",
 )
 @click.pass_context
@@ -145,7 +229,7 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
     ctx.obj["config_file"] = _path(config_file)
 
 
-def _path(value: str | None) -> Path | None:
+def _path(value: str | None) -> "Path | None":
     # pathlib (with urllib.parse and fnmatch) only when a command runs, not for --version.
     from pathlib import Path
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import click
 
+from pony_scheduler.cli import Command
 from pony_scheduler.cli.options import settings_from
 from pony_scheduler.config import Settings
 from pony_scheduler.errors import PonyError
 
 
-@click.command(name="token")
+@click.command(cls=Command, name="token")
 @click.option(
     "--read-only",
     "read_only",
@@ -103,7 +104,7 @@ def new_login_url(settings: Settings, address: str) -> str:
         ) from None
 
 
-@click.command(name="url")
+@click.command(cls=Command, name="url")
 @click.pass_context
 def debug_url(ctx: click.Context) -> None:
     """Print a one-time login link for the dashboard (it works once, for 10 minutes)."""
@@ -123,7 +124,5 @@ def debug_url(ctx: click.Context) -> None:
     click.echo(new_login_url(settings, address))
 
 
-EXTRA_COMMANDS: dict[str, list[click.Command]] = {
-    "gateway": [gateway_token],
-    "debug": [debug_url],
-}
+# By name: cli/service.py's EXTRA_COMMANDS says which service has which.
+EXTRA_BUILT: dict[str, click.Command] = {"token": gateway_token, "url": debug_url}

@@ -6,10 +6,11 @@ import json
 
 import click
 
+from pony_scheduler.cli import Group
 from pony_scheduler.cli.options import settings_from
 
 
-@click.group(name="config")
+@click.group(cls=Group, name="config")
 def config_group() -> None:
     """Inspect the configuration (defaults < config.toml < environment < flags)."""
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pony_scheduler.cli import Group
 from pony_scheduler.jobs import JobOptions
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ from pony_scheduler.cli.jobopts import job_options, options_of
 from pony_scheduler.cli.output import output_path_of, print_output
 
 
-@click.group(name="job")
+@click.group(cls=Group, name="job")
 def job_group() -> None:
     """Define, change and trigger jobs (the running scheduler sees changes within a second)."""
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pony_scheduler.cli import Command, Group
 from pony_scheduler.cli.common import (
     RAW,
     STATES,
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from pony_scheduler.store import Store
 
 
-class RunsGroup(click.Group):
+class RunsGroup(Group):
     """`pb runs [JOB]` lists; `pb runs show|output ID` are subcommands."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -251,7 +252,7 @@ def runs_kill(ctx: click.Context, run_id: int, signame: str) -> None:
     )
 
 
-@click.command(name="audit")
+@click.command(cls=Command, name="audit")
 @click.argument("job", required=False)
 @click.option(
     "-n",

@@ -7,20 +7,19 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import click
 
-from pony_scheduler.cli.access import EXTRA_COMMANDS, dashboard_address, new_login_url
+from pony_scheduler.cli import Command, Group
 from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
 from pony_scheduler.config import MAX_WORKERS, Settings
 from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import EXIT_OK, EXIT_UNKNOWN
 from pony_scheduler.lifecycle import control
 from pony_scheduler.lifecycle.control import AlreadyRunning, StartFailed, Status
-from pony_scheduler.lifecycle.logs import follow, tail_lines
 from pony_scheduler.lifecycle.spec import ServiceSpec
-from pony_scheduler.textsafe import for_terminal
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -105,22 +104,35 @@ def _details(spec: ServiceSpec, meta: dict[str, Any] | None) -> list[str]:
 
 
 def service_group(spec: ServiceSpec) -> click.Group:
-    @click.group(name=spec.name, help=f"Control the {spec.title.lower()} daemon.")
-    def group() -> None:
-        pass
+    """`pb NAME`: start, restart, stop, status, logs and the service's extras, each built
+    when it is resolved (`pb scheduler status` builds none of the others' options)."""
+    builders: dict[str, Callable[[], click.Command]] = {
+        "start": lambda: _start_command(spec),
+        "restart": lambda: _restart_command(spec),
+        "stop": lambda: _stop_command(spec),
+        "status": lambda: _status_command(spec),
+        "logs": lambda: _logs_command(spec),
+        **{name: partial(_extra_command, name) for name in EXTRA_COMMANDS.get(spec.name, ())},
+    }
+    return Group(
+        name=spec.name, help=f"Control the {spec.title.lower()} daemon.", builders=builders
+    )
 
-    group.add_command(_start_command(spec))
-    group.add_command(_restart_command(spec))
-    group.add_command(_stop_command(spec))
-    group.add_command(_status_command(spec))
-    group.add_command(_logs_command(spec))
-    for command in EXTRA_COMMANDS.get(spec.name, []):
-        group.add_command(command)
-    return group
+
+# The commands that only some services have (cli/access.py builds them).
+EXTRA_COMMANDS = {"gateway": ("token",), "debug": ("url",)}
+
+
+def _extra_command(name: str) -> click.Command:
+    from pony_scheduler.cli.access import EXTRA_BUILT
+
+    return EXTRA_BUILT[name]
 
 
 def _start_command(spec: ServiceSpec) -> click.Command:
-    @click.command(name="start", help=f"Start the {spec.title.lower()} (in the background).")
+    @click.command(
+        cls=Command, name="start", help=f"Start the {spec.title.lower()} (in the background)."
+    )
     @click.option("--foreground", is_flag=True, help="Do not detach; log to stderr.")
     @click.option("--force", is_flag=True, help="Replace a running instance (as restart).")
     @click.option("--debug", is_flag=True, help="Debug-level logging.")
@@ -172,6 +184,7 @@ def _restart_command(spec: ServiceSpec) -> click.Command:
     )
 
     @click.command(
+        cls=Command,
         name="restart",
         help=f"Replace the {spec.title.lower()} with a new "
         f"process (the old one {what}); start it if it is not running.",
@@ -211,6 +224,8 @@ def _print_started(spec: ServiceSpec, settings: Settings, result: control.StartR
         click.echo(line)
     click.echo(_label("Log file") + str(spec.log_path(settings.home)))
     if spec.name == "debug":  # the dashboard's own login: a one-time link (pb-debug(1))
+        from pony_scheduler.cli.access import dashboard_address, new_login_url
+
         address = (result.meta or {}).get("address") or dashboard_address(settings)[0]
         click.echo(_label("Login") + new_login_url(settings, str(address)))
         click.echo("  (the link works once, for 10 minutes; 'pb debug url' prints another)")
@@ -231,7 +246,7 @@ def _print_failure(spec: ServiceSpec, settings: Settings, exc: StartFailed) -> N
 
 
 def _stop_command(spec: ServiceSpec) -> click.Command:
-    @click.command(name="stop", help=f"Stop the {spec.title.lower()}.")
+    @click.command(cls=Command, name="stop", help=f"Stop the {spec.title.lower()}.")
     @click.option("--force", is_flag=True, help="SIGKILL at once and clean up its files.")
     @click.option(
         "--timeout",
@@ -260,7 +275,9 @@ def _stop_command(spec: ServiceSpec) -> click.Command:
 
 
 def _status_command(spec: ServiceSpec) -> click.Command:
-    @click.command(name="status", help=f"Is the {spec.title.lower()} running? (LSB exit codes)")
+    @click.command(
+        cls=Command, name="status", help=f"Is the {spec.title.lower()} running? (LSB exit codes)"
+    )
     @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
     @click.pass_context
     def status(ctx: click.Context, as_json: bool) -> None:
@@ -357,24 +374,28 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
 
 
 def _print_status(report: Status, settings: Settings) -> None:
+    # One write: click.echo flushes each line, and status is run in loops and monitors.
+    click.echo("\n".join(status_lines(report, settings)))
+
+
+def status_lines(report: Status, settings: Settings) -> list[str]:
+    """The text of `pb NAME status`, line by line."""
     spec = report.spec
-    click.echo(f"{spec.title} Status")
-    click.echo(_label("Status") + STATE_WORDS[report.state])
+    lines = [f"{spec.title} Status", _label("Status") + STATE_WORDS[report.state]]
     if report.reason:
-        click.echo(_label("Reason") + report.reason)
+        lines.append(_label("Reason") + report.reason)
     if report.state == "running":
         meta = report.meta or {}
-        click.echo(_label("PID") + str(report.pid))
-        click.echo(_label("Mode") + str(meta.get("mode", "unknown")))
-        for line in _details(spec, meta):
-            click.echo(line)
-        click.echo(_label("Started") + _when(meta))
+        lines.append(_label("PID") + str(report.pid))
+        lines.append(_label("Mode") + str(meta.get("mode", "unknown")))
+        lines.extend(_details(spec, meta))
+        lines.append(_label("Started") + _when(meta))
         clock = clock_line(meta)
         if clock:
-            click.echo(_label("Clock") + clock)
+            lines.append(_label("Clock") + clock)
     if spec.name == "scheduler":
         keeper = keeper_facts(settings)
-        click.echo(
+        lines.append(
             _label("Keeper")
             + (
                 f"PID {keeper['pid']}, containment {keeper.get('containment')}"
@@ -383,20 +404,22 @@ def _print_status(report: Status, settings: Settings) -> None:
             )
         )
         uptime = report.uptime()
-        click.echo(
+        lines.append(
             _label("Uptime") + (format_duration(int(uptime)) if uptime is not None else "unknown")
         )
-    click.echo(_label("Log file") + str(spec.log_path(settings.home)))
+    lines.append(_label("Log file") + str(spec.log_path(settings.home)))
+    return lines
 
 
 def clock_line(meta: dict[str, Any]) -> str | None:
     """How far this host's clock is from the database's, as the scheduler last measured
     it (clockOffsetS in scheduler.json: the database's minus ours); None for SQLite."""
-    from pony_scheduler.scheduler.host import CLOCK_WARN_S
-
     offset = meta.get("clockOffsetS")
     if not isinstance(offset, int | float) or isinstance(offset, bool):
         return None
+    # Imported only here: SQLite homes have no offset, and status need not load host.py.
+    from pony_scheduler.scheduler.host import CLOCK_WARN_S
+
     if abs(offset) <= CLOCK_WARN_S:
         return f"in step with the database's (within {CLOCK_WARN_S:g}s)"
     side = "ahead of" if offset < 0 else "behind"
@@ -407,7 +430,7 @@ def clock_line(meta: dict[str, Any]) -> str | None:
 
 
 def _logs_command(spec: ServiceSpec) -> click.Command:
-    @click.command(name="logs", help=f"Show the {spec.title.lower()}'s log.")
+    @click.command(cls=Command, name="logs", help=f"Show the {spec.title.lower()}'s log.")
     @LINES
     @click.option(
         "-f",
@@ -424,6 +447,9 @@ def _logs_command(spec: ServiceSpec) -> click.Command:
             click.echo(f"No {spec.title.lower()} log yet ({path} does not exist)", err=True)
             if not follow_:
                 ctx.exit(EXIT_OK)
+        from pony_scheduler.lifecycle.logs import follow, tail_lines
+        from pony_scheduler.textsafe import for_terminal
+
         shown = (lambda text: text) if raw else for_terminal
         for line in tail_lines(path, lines):
             click.echo(shown(line))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pony_scheduler.cli import Group
 from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
 from pony_scheduler.cli.service import LINES, RAW, service_group, status_json, status_settings
 from pony_scheduler.durations import format_duration
@@ -33,7 +34,7 @@ _STOP_TIMEOUT = click.option(
 )
 
 
-@click.group(name="service")
+@click.group(cls=Group, name="service")
 def service_all() -> None:
     """All services at once: gateway, scheduler, debug server (NAME: all by default)."""
 
@@ -177,7 +178,8 @@ def logs(ctx: click.Context, name: str, lines: int, follow_: bool, raw: bool) ->
     """Show NAME's log, as `pb NAME logs` does; `all` shows each one's last lines."""
     if name != ALL:
         # The very command `pb NAME logs` runs, so both always behave the same.
-        command = service_group(SERVICES[name]).commands["logs"]
+        command = service_group(SERVICES[name]).get_command(ctx, "logs")
+        assert command is not None
         ctx.invoke(command, lines=lines, follow_=follow_, raw=raw)
         return
     if follow_:

@@ -1,13 +1,9 @@
 """start / stop / status for any service.  Knows nothing about click: it returns results
 and reports progress through a `say` callback."""
 
-from __future__ import annotations
-
 import contextlib
 import fcntl
-import gc
 import os
-import pwd
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -22,7 +18,6 @@ from pony_scheduler.errors import (
     PonyError,
 )
 from pony_scheduler.lifecycle import pidfile
-from pony_scheduler.lifecycle.logs import tail_lines
 from pony_scheduler.lifecycle.pidfile import PidInfo, PidState
 from pony_scheduler.lifecycle.spec import ServiceSpec
 from pony_scheduler.waiting import pause
@@ -118,6 +113,8 @@ def start(
         read_fd, write_fd = os.pipe()
         # Objects shared with the daemon after fork stay out of the collector's way, so
         # that `pb` exiting does not copy every shared page (as the gc docs advise).
+        import gc  # here, as select and signal: `status` needs none of them
+
         gc.freeze()
         child = os.fork()
         if child == 0:
@@ -184,6 +181,8 @@ def _start_outcome(
     timeout: float,
     notes: list[str],
 ) -> StartResult:
+    from pony_scheduler.lifecycle.logs import tail_lines  # only here: status needs none
+
     log_path = spec.log_path(settings.home)
     if verdict == "READY":
         pid = int(detail)
@@ -238,6 +237,8 @@ def _signal(spec: ServiceSpec, info: PidInfo, signum: int) -> None:
 def _user_name(uid: int | None) -> str:
     if uid is None:
         return "another user"
+    import pwd
+
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:

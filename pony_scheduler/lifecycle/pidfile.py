@@ -6,8 +6,6 @@ lives beside it in NAME.json: the kernel's start time of the process and the boo
 together survive PID reuse after a crash or a reboot.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os

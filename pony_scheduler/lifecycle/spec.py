@@ -1,7 +1,5 @@
 """What the lifecycle needs to know about one service."""
 
-from __future__ import annotations
-
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -45,18 +43,18 @@ class ServiceSpec(NamedTuple):
         module, _, function = attribute.partition(":")
         return getattr(importlib.import_module(module), function)
 
-    def run_preflight(self, settings: Settings) -> None:
+    def run_preflight(self, settings: "Settings") -> None:
         if self.preflight:
             self.load(self.preflight)(settings)
 
-    def run_beside(self, settings: Settings) -> None:
+    def run_beside(self, settings: "Settings") -> None:
         if self.beside:
             self.load(self.beside)(settings)
 
-    def extra_metadata(self, settings: Settings) -> dict[str, Any]:
+    def extra_metadata(self, settings: "Settings") -> dict[str, Any]:
         return self.load(self.describe)(settings) if self.describe else {}
 
-    def run(self, runtime: ServiceRuntime) -> None:
+    def run(self, runtime: "ServiceRuntime") -> None:
         self.load(self.runner)(runtime)
 
 

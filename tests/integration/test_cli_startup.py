@@ -18,7 +18,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pony_scheduler.cli import LAZY, LazyGroup, cli
+from pony_scheduler.cli import LAZY, Command, Group, LazyGroup, cli
 
 # Run a command as `pb` does and print the modules it imported, whatever its exit code.
 PROBE = """
@@ -74,6 +74,19 @@ def imported(home: Path, *args: str) -> set[str]:
     return set(json.loads(line))
 
 
+def run_pb(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m pony_scheduler ARGS` in `home`, with no other PONYBUNNY_ setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pony_scheduler", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={**env, "PONYBUNNY_HOME": str(home)},
+    )
+
+
 @pytest.fixture(scope="module")
 def floor(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """What `import click` (and the interpreter's own start-up) imports."""
@@ -89,6 +102,10 @@ def test_version_and_help_import_no_command_group(
     assert ours == {"pony_scheduler", "pony_scheduler.cli", "pony_scheduler.errors"}
     assert not extra & HEAVY, sorted(extra & HEAVY)
     assert "pathlib" not in extra and "dataclasses" not in extra
+    if args == ["--version"]:
+        # gettext's first call imports locale; pb's own --version and --help options do
+        # not call it (help's headings do)
+        assert "locale" not in extra
 
 
 def test_scheduler_status_imports_only_the_lifecycle(tmp_path: Path, floor: set[str]) -> None:
@@ -96,6 +113,7 @@ def test_scheduler_status_imports_only_the_lifecycle(tmp_path: Path, floor: set[
     assert not extra & HEAVY, sorted(extra & HEAVY)
     ours = {m for m in extra if m.startswith("pony_scheduler")}
     assert "pony_scheduler.cli.service" in ours  # the command really ran
+    assert "locale" not in extra  # no gettext (cli/__init__.py, _PlainHelp)
     # Its records are NamedTuples: building dataclasses costs ~0.3-1 ms each at import.
     assert "dataclasses" not in extra
     for unneeded in (
@@ -107,6 +125,10 @@ def test_scheduler_status_imports_only_the_lifecycle(tmp_path: Path, floor: set[
         "pony_scheduler.store",
         "pony_scheduler.lifecycle.daemonize",
         "pony_scheduler.scheduler",
+        # the other commands of the group are built only when they run
+        "pony_scheduler.cli.access",
+        "pony_scheduler.lifecycle.logs",
+        "pony_scheduler.textsafe",
     ):
         assert unneeded not in ours
 
@@ -114,15 +136,7 @@ def test_scheduler_status_imports_only_the_lifecycle(tmp_path: Path, floor: set[
 def test_a_config_file_is_still_read(tmp_path: Path, floor: set[str]) -> None:
     """tomllib is imported when there is a file to parse (and then it is parsed)."""
     (tmp_path / "config.toml").write_text("workers = 0\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pony_scheduler", "scheduler", "status"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env={**env, "PONYBUNNY_HOME": str(tmp_path)},
-    )
+    proc = run_pb(tmp_path, "scheduler", "status")
     assert proc.returncode == 2
     assert "workers must be a number of workers from 1 to 1024" in proc.stderr
 
@@ -157,14 +171,31 @@ def test_help_lists_every_group_as_eager_loading_would(tmp_path: Path) -> None:
 
 
 def test_an_unknown_command_is_one_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pony_scheduler", "schedular", "status"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env={**env, "PONYBUNNY_HOME": str(tmp_path)},
-    )
+    proc = run_pb(tmp_path, "schedular", "status")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "No such command 'schedular'" in proc.stderr
+
+
+def test_every_command_has_the_plain_help_option(tmp_path: Path) -> None:
+    """Every command and group in the tree is pb's Command or Group, whose --help needs no
+    gettext (cli/__init__.py), and every group lists what it resolves."""
+    ctx = click.Context(cli, info_name="pb")
+
+    def walk(command: click.Command, path: str) -> int:
+        assert isinstance(command, Command | Group), path
+        option = command.get_help_option(ctx)
+        assert option is not None and option.help == "Show this message and exit.", path
+        if not isinstance(command, click.Group):
+            return 1
+        names = command.list_commands(ctx)
+        assert names, path
+        return 1 + sum(walk(command.get_command(ctx, n), f"{path} {n}") for n in names)
+
+    assert walk(cli, "pb") > 40
+
+
+def test_a_directory_as_config_file_is_one_line(tmp_path: Path) -> None:
+    proc = run_pb(tmp_path, "--config", str(tmp_path), "scheduler", "status")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert f"Invalid value for '--config': File '{tmp_path}' is a directory" in proc.stderr
