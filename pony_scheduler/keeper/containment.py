@@ -295,9 +295,7 @@ class CgroupBox:
         peak = cpu = None
         oom = False
         if self.v2:
-            for line in (read_text(f"{self.v2}/cpu.stat") or "").splitlines():
-                if line.startswith("usage_usec "):
-                    cpu = int(line.split()[1]) / 1e6
+            cpu = cgroups.usage_seconds(cgroups.read_small(f"{self.v2}/cpu.stat") or b"")
             if "memory" in self.cg.v2_controllers:
                 text = read_text(f"{self.v2}/memory.peak")
                 peak = int(text) if text and text.strip().isdigit() else None

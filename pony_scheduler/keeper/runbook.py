@@ -38,6 +38,7 @@ class RunBook:
     log: logging.Logger
     started_at: str
     devnull: int
+    umask: int  # the keeper's own, restored after a job's spawn
     epoll: select.epoll
     handlers: dict[int, Any]
     runs: dict[int, Run]

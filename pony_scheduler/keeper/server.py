@@ -73,6 +73,8 @@ class Keeper(RunBook):
         self.log_to_file = log_to_file
         self.started_at = iso_utc(time.time())
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.umask = os.umask(0o027)
+        os.umask(self.umask)
         self.epoll = select.epoll()
         self.handlers: dict[int, Any] = {}
         self.runs: dict[int, Run] = {}
