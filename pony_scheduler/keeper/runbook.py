@@ -54,7 +54,8 @@ class RunBook:
     drain_by: str
     exit_requested: bool
     to_remove: list[Any]
-    reap: Callable[[], None]  # Keeper.reap (server.py): wait4 every exited child
+    # Keeper.reap_at_eof (server.py): wait4 every exited child, and take their SIGCHLD
+    reap_at_eof: Callable[[], None]
 
     def watch_fd(self, fd: int, run: Run) -> None:
         self.epoll.register(fd, select.EPOLLPRI)

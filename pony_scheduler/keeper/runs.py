@@ -184,7 +184,7 @@ class Run:
                     # The usual end: the main exited, which closed the pipe a moment
                     # before it became a zombie.  Reaping now, not in the pass its
                     # SIGCHLD wakes, sends the outcome one pass sooner.
-                    self.keeper.reap()
+                    self.keeper.reap_at_eof()
                 return
             self.out.write(data)
 
