@@ -176,7 +176,8 @@ class RunBook:
         if not isinstance(run.box, PgroupBox):
             if run.kept:
                 run.box.release()
-            self.to_remove.append(run.box)
+            if run.box.final is None:  # not removed already when found empty
+                self.to_remove.append(run.box)
         self.emit(outcome)
 
     def _record_kept(self, run: Run) -> None:
