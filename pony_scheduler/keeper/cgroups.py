@@ -164,6 +164,31 @@ def read_text(path: str) -> str | None:
     return b"".join(chunks).decode(errors="replace")
 
 
+def read_small(path: str) -> bytes | None:
+    """A cgroup file far shorter than a page (cgroup.events, cpu.stat), in one read(2):
+    read_text's second read, only to see the end, was a syscall per file per run.
+    None when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def usage_seconds(cpu_stat: bytes) -> float | None:
+    """CPU seconds from a v2 cpu.stat's `usage_usec` line (its first), or None."""
+    for line in cpu_stat.split(b"\n"):
+        if line.startswith(b"usage_usec "):
+            value = line[11:].strip()
+            return int(value) / 1e6 if value.isdigit() else None
+    return None
+
+
 def write_text(path: str, text: str) -> None:
     """Write a cgroup file in one write(2); raises OSError."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -193,10 +218,10 @@ def tree_pids(group: str) -> list[int]:
 def populated(group: str) -> bool | None:
     """cgroup v2's cgroup.events `populated` (this group or any below it has a process);
     None where there is no such file (v1)."""
-    text = read_text(os.path.join(group, "cgroup.events"))
-    if text is None:
+    data = read_small(group + "/cgroup.events")
+    if data is None:
         return None
-    return "populated 0" not in text
+    return b"populated 0" not in data
 
 
 def kill_listed(group: str, signum: int) -> int:

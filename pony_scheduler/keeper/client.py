@@ -65,6 +65,7 @@ __all__ = [
     "read_journal",
 ]
 
+RECV_BYTES = 256 * 1024  # per read; a big welcome takes several
 REPLY_TIMEOUT_S = 30.0  # a keeper that answers nothing for this long is hung
 START_TIMEOUT_S = 30.0
 
@@ -96,6 +97,9 @@ class KeeperClient:
         self.role = role
         self._sock = sock
         self._rbuf = bytearray()
+        # recv_into this (allocated once): recv(1 MiB) allocated a fresh megabyte (an
+        # mmap, mremap and munmap) per read.
+        self._recv = memoryview(bytearray(RECV_BYTES))
         self._events: list[Event] = []
         self._replies: list[dict[str, Any]] = []
         self._acks: list[str] = []
@@ -340,19 +344,19 @@ class KeeperClient:
         """Read what is there (non-blocking) and decode complete lines."""
         while True:
             try:
-                data = self._sock.recv(1 << 20)
+                got = self._sock.recv_into(self._recv)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                data = b""
-            if not data:
+                got = 0
+            if not got:
                 self._eof = True
                 break
-            self._rbuf += data
-            if len(data) < (1 << 20):
+            self._rbuf += self._recv[:got]
+            if got < RECV_BYTES:
                 break
         while (end := self._rbuf.find(b"\n")) >= 0:
-            line = bytes(self._rbuf[:end])
+            line = self._rbuf[:end]
             del self._rbuf[: end + 1]
             try:
                 self._take(decode(line))

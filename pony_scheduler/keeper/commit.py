@@ -260,6 +260,8 @@ class Journal:
         """An outcome written but not durable: ack lines alone wait for the next outcome's
         sync (an ack lost in a crash only replays what the scheduler has recorded), so a
         run costs one fdatasync at most, not two."""
+        if not self.queue:  # then every waiting outcome is written (the usual case)
+            return bool(self.waiting)
         return any(i is not None and i in self.waiting for i, _, _ in self.written)
 
     def _synced(self, offset: int) -> None:

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from pony_scheduler.keeper.server import Keeper
 
 MAX_BUFFER = 256 * 1024 * 1024
+RECV_BYTES = 1 << 20
+# Every connection reads into this one buffer (the keeper has one thread): recv(1 MiB)
+# allocated a fresh megabyte each time, an mmap, mremap and munmap per request.
+_recv_view = memoryview(bytearray(RECV_BYTES))
 # Schedulers remembered as having used no other keeper (the latest ones): a successor
 # asks about its predecessors, the last few at most.
 SOLE_KEEPER_OF_MAX = 64
@@ -109,22 +113,22 @@ def accept(keeper: Keeper, listener: socket.socket) -> Conn | None:
 def receive(keeper: Keeper, conn: Conn) -> None:
     """Read what is there and act on each complete line."""
     try:
-        data = conn.sock.recv(1 << 20)
+        got = conn.sock.recv_into(_recv_view)
     except (BlockingIOError, InterruptedError):
         return
     except OSError:
-        data = b""
-    if not data:
+        got = 0
+    if not got:
         keeper.close_conn(conn)
         return
-    conn.rbuf += data
+    conn.rbuf += _recv_view[:got]
     while not conn.closing:
         end = conn.rbuf.find(b"\n")
         if end < 0:
             if len(conn.rbuf) > MAX_LINE:
                 _fail(conn, f"message longer than {MAX_LINE} bytes")
             return
-        line = bytes(conn.rbuf[:end])
+        line = conn.rbuf[:end]
         del conn.rbuf[: end + 1]
         try:
             handle(keeper, conn, decode(line))

@@ -209,6 +209,9 @@ class CgroupBox:
         tracker = cg.tracker if cg.mode == "cgroup1" else None
         self.track = self.v2 or (os.path.join(tracker.parent, name) if tracker else "")
         self.entered: list[int] = []  # own-procs fds to write ourselves back to
+        # Set when count() found the run's one group empty by removing it: its stats,
+        # read just before (the files go with the group).
+        self.final: tuple[int | None, float | None, bool] | None = None
 
     def paths(self) -> list[str]:
         return ([self.v2] if self.v2 else []) + [path for _, path in self.v1.values()]
@@ -265,13 +268,32 @@ class CgroupBox:
         raise OSError(2, f"no v1 {controller} group", controller)
 
     def count(self) -> int:
-        """Processes of the run, in its group and any sub-group it made.  In cgroup v2
-        one read of cgroup.events answers the usual case (nothing left)."""
+        """Processes of the run, in its group and any sub-group it made.  A run with a
+        v2 group alone is asked by removing it (_remove_if_empty); otherwise, in cgroup
+        v2, one read of cgroup.events answers the usual case (nothing left)."""
         if not self.track:
             return 0
-        if self.v2 and cgroups.populated(self.v2) is False:
+        if self.v2 and not self.v1:
+            if self.final is not None or self._remove_if_empty():
+                return 0
+        elif self.v2 and cgroups.populated(self.v2) is False:
             return 0
         return len(cgroups.tree_pids(self.track))
+
+    def _remove_if_empty(self) -> bool:
+        """rmdir(2) refuses (EBUSY) a group that holds a process or a sub-group, so one
+        call both asks whether the run has ended and removes its group - rather than
+        opening, reading and closing cgroup.events, then removing it after the outcome
+        (that open was the costlier half of the two).  Its stats are read first."""
+        stats = self._read_stats()
+        try:
+            os.rmdir(self.v2 or "")
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        self.final = stats
+        return True
 
     def watch_path(self) -> str | None:
         """cgroup.events, pollable for 'populated 0' (EPOLLPRI), in cgroup2 mode."""
@@ -292,12 +314,13 @@ class CgroupBox:
 
     def stats(self) -> tuple[int | None, float | None, bool]:
         """(peak memory bytes, CPU seconds, OOM-killed) as the groups know them."""
+        return self.final if self.final is not None else self._read_stats()
+
+    def _read_stats(self) -> tuple[int | None, float | None, bool]:
         peak = cpu = None
         oom = False
         if self.v2:
-            for line in (read_text(f"{self.v2}/cpu.stat") or "").splitlines():
-                if line.startswith("usage_usec "):
-                    cpu = int(line.split()[1]) / 1e6
+            cpu = cgroups.usage_seconds(cgroups.read_small(f"{self.v2}/cpu.stat") or b"")
             if "memory" in self.cg.v2_controllers:
                 text = read_text(f"{self.v2}/memory.peak")
                 peak = int(text) if text and text.strip().isdigit() else None
@@ -314,6 +337,9 @@ class CgroupBox:
         return peak, cpu, oom
 
     def remove(self) -> bool:
+        """Remove the run's groups; False when something still lives in one."""
+        if self.final is not None:
+            return True  # count() removed its one group
         done = True
         for path in self.paths():
             done = cgroups.remove_group(path) and done

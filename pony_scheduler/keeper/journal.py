@@ -63,7 +63,7 @@ def ack_line(ids: Iterable[str]) -> bytes:
 
 
 def _line(record: dict[str, object]) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    return encode(record)
 
 
 def parse(data: bytes) -> Recovered:

@@ -169,6 +169,8 @@ class Launch:
     @property
     def limits(self) -> dict[str, int | float]:
         """The limits asked for, by name (empty when none)."""
+        if self.memory_max is None and self.cpu_max is None and self.tasks_max is None:
+            return {}  # most runs: asked three times a run
         asked = {
             "memory_max": self.memory_max,
             "cpu_max": self.cpu_max,

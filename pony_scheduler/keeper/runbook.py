@@ -38,6 +38,7 @@ class RunBook:
     log: logging.Logger
     started_at: str
     devnull: int
+    umask: int  # the keeper's own, restored after a job's spawn
     epoll: select.epoll
     handlers: dict[int, Any]
     runs: dict[int, Run]
@@ -53,7 +54,8 @@ class RunBook:
     drain_by: str
     exit_requested: bool
     to_remove: list[Any]
-    reap: Callable[[], None]  # Keeper.reap (server.py): wait4 every exited child
+    # Keeper.reap_at_eof (server.py): wait4 every exited child, and take their SIGCHLD
+    reap_at_eof: Callable[[], None]
 
     def watch_fd(self, fd: int, run: Run) -> None:
         self.epoll.register(fd, select.EPOLLPRI)
@@ -174,7 +176,8 @@ class RunBook:
         if not isinstance(run.box, PgroupBox):
             if run.kept:
                 run.box.release()
-            self.to_remove.append(run.box)
+            if run.box.final is None:  # not removed already when found empty
+                self.to_remove.append(run.box)
         self.emit(outcome)
 
     def _record_kept(self, run: Run) -> None:

@@ -91,7 +91,11 @@ class Run:
         program = resolve(launch.argv[0], env.get("PATH"))
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(read_end, False)
-        old_umask = os.umask(launch.umask)
+        # The keeper's own umask stays put; two umask(2) calls a run only for a job
+        # that wants another (most share the keeper's 027).
+        own_umask = self.keeper.umask
+        if launch.umask != own_umask:
+            os.umask(launch.umask)
         try:
             if launch.cwd:
                 try:
@@ -110,7 +114,8 @@ class Run:
             os.close(read_end)
             raise
         finally:
-            os.umask(old_umask)
+            if launch.umask != own_umask:
+                os.umask(own_umask)
             if launch.cwd:
                 os.fchdir(home_fd)
             os.close(write_end)
@@ -179,7 +184,7 @@ class Run:
                     # The usual end: the main exited, which closed the pipe a moment
                     # before it became a zombie.  Reaping now, not in the pass its
                     # SIGCHLD wakes, sends the outcome one pass sooner.
-                    self.keeper.reap()
+                    self.keeper.reap_at_eof()
                 return
             self.out.write(data)
 

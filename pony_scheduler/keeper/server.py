@@ -73,6 +73,8 @@ class Keeper(RunBook):
         self.log_to_file = log_to_file
         self.started_at = iso_utc(time.time())
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.umask = os.umask(0o027)
+        os.umask(self.umask)
         self.epoll = select.epoll()
         self.handlers: dict[int, Any] = {}
         self.runs: dict[int, Run] = {}
@@ -157,10 +159,11 @@ class Keeper(RunBook):
             run.check_empty()
 
     def _signals(self) -> None:
+        """Signals that came (their numbers, in the wake-up pipe); nothing when none did."""
         try:
             data = os.read(self.wakeup, 4096)
         except BlockingIOError:
-            data = b""
+            return
         signums = set(data)
         if signal.SIGHUP in signums and self.log_to_file:
             reopen_log(self.home_fd, self.log)
@@ -190,6 +193,15 @@ class Keeper(RunBook):
         elif self.journal_error and not error:
             self.log.info("keeper.journal written again; no outcome was lost")
         self.journal_error = error
+
+    def reap_at_eof(self) -> None:
+        """A run's pipe reached EOF: its main has exited (or is about to).  Reap now, then
+        take what reaping it brought into the wake-up pipe: the SIGCHLD is delivered when
+        the wait4 that finds the zombie returns, and left there it cost a loop pass of
+        its own (an epoll_wait, a read, a wait4 and the pass's bookkeeping) for most
+        runs.  Any other signal in the pipe is handled as in that pass."""
+        self.reap()
+        self._signals()
 
     def reap(self) -> None:
         """Reap every exited child: main processes end their run's first phase, the rest

@@ -14,6 +14,7 @@ import pytest
 
 from pony_scheduler.keeper import cgroups
 from pony_scheduler.keeper.client import KeeperClient, KeeperGone
+from pony_scheduler.keeper.containment import home_group_name
 from pony_scheduler.keeper.protocol import Launch, Outcome, Refused, Superseded, signal_number
 from tests.conftest import wait_for
 from tests.integration.keeper_helpers import (
@@ -333,3 +334,25 @@ def test_the_welcome_names_the_schedulers_it_is_the_only_keeper_of(
     successor = Session(home, scheduler_id="successor")
     sessions.append(successor)
     assert successor.client.welcome.sole_keeper_of == ("first",)
+
+
+def test_a_run_group_is_gone_when_its_outcome_comes(keeper: Session) -> None:
+    """cgroup2: the run's group is found empty by removing it, before the outcome is
+    sent; a run that leaves a sub-group of its own is removed the longer way."""
+    if keeper.client.welcome.containment != "cgroup2":
+        pytest.skip("cgroup2 containment only")
+    unified = next(h for h in cgroups.discover() if h.version == 2)
+    parent = os.path.join(unified.own, home_group_name(str(keeper.home)))
+    run = keeper.launch("true")
+    done = keeper.outcome(run)
+    assert (done.ending, done.exit_code) == ("exited", 0) and done.cpu_seconds is not None
+    assert not os.path.exists(os.path.join(parent, f"run-{run}"))
+    nested = keeper.launch(
+        "sh",
+        "-c",
+        'G=$(awk -F: \'$1=="0"{print $3}\' /proc/self/cgroup); mkdir "$CG$G/sub"',
+        env={"CG": unified.mount_point},
+    )
+    done = keeper.outcome(nested)
+    assert (done.ending, done.exit_code, done.leftovers) == ("exited", 0, 0), done.detail
+    assert wait_for(lambda: not os.path.exists(os.path.join(parent, f"run-{nested}")), 10)

@@ -1,7 +1,10 @@
 """Finding cgroup hierarchies from /proc/self/mountinfo and /proc/self/cgroup texts:
-v2 only, hybrid (like the CI machine), v1 only, none, and inside a container."""
+v2 only, hybrid (like the CI machine), v1 only, none, and inside a container; reading a
+run's small cgroup files."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pony_scheduler.keeper.cgroups import (
     Hierarchy,
@@ -9,6 +12,9 @@ from pony_scheduler.keeper.cgroups import (
     parse_cpu_max,
     parse_mountinfo,
     parse_proc_cgroup,
+    populated,
+    read_small,
+    usage_seconds,
 )
 
 V2_ONLY = """\
@@ -138,3 +144,23 @@ def test_cpu_max_in_cpus() -> None:
     assert parse_cpu_max(0.5) == (50_000, 100_000)  # systemd CPUQuota=50%
     assert parse_cpu_max(2) == (200_000, 100_000)
     assert parse_cpu_max(0.001) == (1000, 100_000)  # the kernel's minimum quota
+
+
+def test_cpu_usage_from_cpu_stat() -> None:
+    text = b"usage_usec 1577\nuser_usec 1000\nsystem_usec 577\nnr_periods 0\n"
+    assert usage_seconds(text) == 0.001577
+    assert usage_seconds(b"nr_periods 0\nusage_usec 2000000\n") == 2.0
+    assert usage_seconds(b"user_usec 5\n") is None
+    assert usage_seconds(b"usage_usec x\n") is None
+    assert usage_seconds(b"") is None
+
+
+def test_small_cgroup_files_in_one_read(tmp_path: Path) -> None:
+    """cgroup.events as the kernel shows it: populated or not; None where it is not."""
+    (tmp_path / "cgroup.events").write_bytes(b"populated 0\nfrozen 0\n")
+    assert read_small(str(tmp_path / "cgroup.events")) == b"populated 0\nfrozen 0\n"
+    assert populated(str(tmp_path)) is False
+    (tmp_path / "cgroup.events").write_bytes(b"populated 1\nfrozen 0\n")
+    assert populated(str(tmp_path)) is True
+    assert populated(str(tmp_path / "missing")) is None
+    assert read_small(str(tmp_path / "missing")) is None
