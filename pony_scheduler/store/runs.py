@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine, Integer, bindparam, case, func, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from pony_scheduler.runstate import RunState
@@ -105,24 +105,29 @@ STARTED = (
         output_path=bindparam("b_output_path"),
     )
 )
-# The job's last result, written with its run's final state (`pb job list` reads it).
+# The job's last result, written with its run's final state (`pb job list` reads it):
+# one UPDATE per job and transaction.  The latest run recorded so far wins (an older run
+# that ends later does not hide a newer one's result); the last success is written
+# whatever its run's age.  Every SET reads the row as it was, so one guard serves all four.
+_NEWER = func.coalesce(jobs.c.last_run_id, 0) < bindparam("b_run_id", type_=Integer)
+
+
+def _if_newer(column: Any, name: str) -> Any:
+    return case((_NEWER, bindparam(name, type_=column.type)), else_=column)
+
+
 LAST_RESULT = (
     update(jobs)
-    .where(
-        jobs.c.id == bindparam("job_id"),
-        func.coalesce(jobs.c.last_run_id, 0) < bindparam("b_run_id"),
-    )
-    .values(
-        last_run_id=bindparam("b_run_id"),
-        last_state=bindparam("b_state"),
-        last_finished_at=bindparam("b_finished_at"),
-        last_duration_s=bindparam("b_duration"),
-    )
-)
-LAST_SUCCESS = (
-    update(jobs)
     .where(jobs.c.id == bindparam("job_id"))
-    .values(last_success_at=bindparam("b_finished_at"))
+    .values(
+        last_run_id=_if_newer(jobs.c.last_run_id, "b_run_id"),
+        last_state=_if_newer(jobs.c.last_state, "b_state"),
+        last_finished_at=_if_newer(jobs.c.last_finished_at, "b_finished_at"),
+        last_duration_s=_if_newer(jobs.c.last_duration_s, "b_duration"),
+        last_success_at=func.coalesce(
+            bindparam("b_success_at", type_=jobs.c.last_success_at.type), jobs.c.last_success_at
+        ),
+    )
 )
 SET_ASIDE = (
     update(jobs)
@@ -219,7 +224,6 @@ class HotStatements:
         self.due_runs = Prepared(DUE_RUNS, dialect)
         self.started = Prepared(STARTED, dialect)
         self.last_result = Prepared(LAST_RESULT, dialect)
-        self.last_success = Prepared(LAST_SUCCESS, dialect)
         self.set_aside = Prepared(SET_ASIDE, dialect)
         self.attempt = Prepared(
             insert_ignore(engine, runs).values(
@@ -360,10 +364,16 @@ class RunQueries(ClockQueries):
         return False
 
     def _last_results(self, connection: Any, finished: list[Finished]) -> None:
+        """Each job's last result and last success from the runs just settled: one
+        UPDATE per job, however many of its runs ended."""
         latest: dict[int, Finished] = {}
+        success: dict[int, datetime] = {}
         for item in finished:
-            if item.run.job_id not in latest or item.run.id > latest[item.run.job_id].run.id:
-                latest[item.run.job_id] = item
+            job_id = item.run.job_id
+            if job_id not in latest or item.run.id > latest[job_id].run.id:
+                latest[job_id] = item
+            if item.settlement.state is RunState.SUCCEEDED:
+                success[job_id] = item.settlement.finished_at  # the last one written wins
         for job_id, item in latest.items():
             s = item.settlement
             duration = (
@@ -377,14 +387,9 @@ class RunQueries(ClockQueries):
                     "b_state": s.state.value,
                     "b_finished_at": s.finished_at,
                     "b_duration": duration,
+                    "b_success_at": success.get(job_id),
                 },
             )
-        for item in finished:
-            if item.settlement.state is RunState.SUCCEEDED:
-                self.hot.last_success.rowcount(
-                    connection,
-                    {"job_id": item.run.job_id, "b_finished_at": item.settlement.finished_at},
-                )
 
     def _claim(
         self, connection: Any, me: Claimant, request: ClaimRequest

@@ -285,3 +285,38 @@ def test_a_claim_without_a_scan_stops_at_its_limit(db_url: str) -> None:
     assert store.get_run(late)["state"] == "queued"  # type: ignore[index]
     claimed, _ = store.claim(me("s"), request(1, later))  # scan=True: the default
     assert claimed == [] and store.get_run(late)["state"] == "expired"  # type: ignore[index]
+
+
+def test_a_jobs_last_result_is_its_newest_run_and_its_last_success_any(db_url: str) -> None:
+    """One UPDATE per job and transaction writes the job's last result: the newest run
+    recorded so far wins, however the outcomes arrive; the last success is written even
+    when an older run brings it."""
+    store = Store.open(db_url)
+    store.scheduler_id = store.register_scheduler()
+    store.add_job("j", job_values())
+    first, second, third = (store.request_run("j") for _ in range(3))
+    now = utcnow()
+    claimed = {c.run.id: c for c in store.claim(me(store.scheduler_id), request(3, now))[0]}
+    assert sorted(claimed) == [first, second, third]
+
+    def finished(run_id: int, state: RunState, after: float) -> Finished:
+        at = now + timedelta(seconds=after)
+        code = 0 if state is RunState.SUCCEEDED else 1
+        outcome = Outcome(run_id, Ending.EXITED, at, exit_code=code)
+        settlement = runs.Settlement(run_id, state, None, at, code)
+        return Finished(claimed[run_id].run, claimed[run_id].epoch, settlement, outcome, now)
+
+    batch = [finished(second, RunState.SUCCEEDED, 2), finished(third, RunState.FAILED, 3)]
+    ours, _, _ = store.record_and_claim(me(store.scheduler_id), [], batch, None)
+    assert len(ours) == 2
+    job = store.get_job("j")
+    assert job is not None
+    assert (job["last_run_id"], job["last_state"], job["last_duration_s"]) == (third, "failed", 3)
+    assert job["last_success_at"] == (now + timedelta(seconds=2)).isoformat()
+    late = [finished(first, RunState.SUCCEEDED, 4)]  # older than the recorded third
+    store.record_and_claim(me(store.scheduler_id), [], late, None)
+    job = store.get_job("j")
+    assert job is not None
+    assert (job["last_run_id"], job["last_state"], job["last_duration_s"]) == (third, "failed", 3)
+    assert job["last_success_at"] == (now + timedelta(seconds=4)).isoformat()
+    store.close()
