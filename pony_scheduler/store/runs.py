@@ -166,6 +166,21 @@ class ClaimRequest:
     scan: bool = True
 
 
+class _Judged:
+    """What one claim has found so far, across its reads of the due runs."""
+
+    __slots__ = ("busy", "busy_read", "claimed", "me", "request", "seen", "waiting")
+
+    def __init__(self, request: ClaimRequest, me: Claimant) -> None:
+        self.request = request
+        self.me = me
+        self.claimed: list[Claimed] = []
+        self.waiting = False  # due runs were left: for a worker, their job or a scan
+        self.busy: dict[int, set[int | None]] = {}  # job id: batches of its running runs
+        self.busy_read = False
+        self.seen: set[int] = set()  # ids judged (or set aside) already
+
+
 def run_from(row: dict[str, Any]) -> Run:
     """The Run record of a claim row; ValueError/TypeError when a value cannot be read."""
     policy = policy_from(
@@ -394,40 +409,59 @@ class RunQueries(ClockQueries):
     def _claim(
         self, connection: Any, me: Claimant, request: ClaimRequest
     ) -> tuple[list[Claimed], bool]:
-        hot = self.hot
         # Due runs are looked at even with no worker free: those past their start
         # deadline expire now, with the reason, rather than when a worker frees up.
         if request.limit == 0 and not request.scan:
             return [], True  # no worker free: due runs (if any) wait for one
-        # Raw rows: each is converted only when it is looked at, and without a scan the
-        # look stops at the limit - with one worker free, converting the whole window
-        # for every run was a quarter of the daemon's CPU per run.
-        due = hot.due_runs
-        rows = due.tuples(
-            connection, {"now": request.now, "limit": max(request.limit * 4, EXPIRY_WINDOW)}
-        )
-        busy: dict[int, set[int | None]] = {}
+        window = max(request.limit * 4, EXPIRY_WINDOW)
+        # Between scans a claim stops at its limit, which the first due runs nearly
+        # always reach: it reads twice the limit, and the rest of the window only when
+        # those were not enough (runs held back by their job's previous run).  Reading
+        # the whole window every time was a tenth of the store's CPU per run with one
+        # worker.
+        first = window if request.scan else min(window, 2 * request.limit)
+        judged = _Judged(request, me)
+        rows = self._due_rows(connection, request.now, first)
+        self._judge(connection, judged, rows)
+        if len(rows) == first < window:
+            if len(judged.claimed) < request.limit:
+                seen, key = judged.seen, self.hot.due_runs.keys.index("id")
+                rest = self._due_rows(connection, request.now, window)
+                self._judge(connection, judged, [row for row in rest if row[key] not in seen])
+            else:
+                judged.waiting = True  # the rest are judged by the next claim or scan
+        return judged.claimed, judged.waiting
+
+    def _due_rows(self, connection: Any, now: datetime, limit: int) -> list[Any]:
+        """Up to `limit` due runs, in claim order, as the driver's raw tuples: each is
+        converted only when it is looked at."""
+        return self.hot.due_runs.tuples(connection, {"now": now, "limit": limit})
+
+    def _judge(self, connection: Any, judged: _Judged, rows: list[Any]) -> None:
+        """Admit the due runs of `rows` in order: claim, leave waiting, skip or expire
+        each, until the claim's limit (without a scan)."""
+        hot, due, request = self.hot, self.hot.due_runs, judged.request
         overlap = due.keys.index("overlap")
-        if any(row[overlap] != "allow" for row in rows):
+        if not judged.busy_read and any(row[overlap] != "allow" for row in rows):
+            judged.busy_read = True
             for row in hot.busy.mappings(connection, raw=True):
-                busy.setdefault(row["job_id"], set()).add(row["batch"])
+                judged.busy.setdefault(row["job_id"], set()).add(row["batch"])
         until = request.now + timedelta(seconds=request.lease_s)
-        claimed: list[Claimed] = []
-        waiting = False
         for raw in rows:
-            if len(claimed) >= request.limit and not request.scan:
-                waiting = True  # the rest are judged by the next claim or scan
-                break
+            if len(judged.claimed) >= request.limit and not request.scan:
+                judged.waiting = True  # the rest are judged by the next claim or scan
+                return
             try:
                 row = due.convert(raw)
+                judged.seen.add(row["id"])
                 run = run_from(row)
             except (ValueError, TypeError, LookupError) as exc:
                 self._set_aside(connection, dict(zip(due.keys, raw, strict=True)), exc, request.now)
                 continue
-            job = JobNow(frozenset(busy.get(run.job_id, ())), row["last_finished_at"])
+            job = JobNow(frozenset(judged.busy.get(run.job_id, ())), row["last_finished_at"])
             decision = request.admit(run, job)
-            if decision.verdict is Verdict.START and len(claimed) >= request.limit:
-                waiting = True
+            if decision.verdict is Verdict.START and len(judged.claimed) >= request.limit:
+                judged.waiting = True
             elif decision.verdict is Verdict.START:
                 try:
                     start = claimed_from(run, row, row["epoch"] + 1)
@@ -435,18 +469,17 @@ class RunQueries(ClockQueries):
                     self._set_aside(connection, row, exc, request.now)
                     continue
                 if hot.transitions.write(
-                    connection, Claim(run.id, row["epoch"], me, request.now, until)
+                    connection, Claim(run.id, row["epoch"], judged.me, request.now, until)
                 ):
-                    busy.setdefault(run.job_id, set()).add(run.batch)
-                    claimed.append(start)
+                    judged.busy.setdefault(run.job_id, set()).add(run.batch)
+                    judged.claimed.append(start)
                 else:
-                    waiting = True
+                    judged.waiting = True
             elif decision.verdict is Verdict.WAIT:
-                waiting = True
+                judged.waiting = True
             else:
                 new = RunState.SKIPPED if decision.verdict is Verdict.SKIP else RunState.EXPIRED
                 self._drop(connection, run.id, new, decision.reason or str(new), request.now)
-        return claimed, waiting
 
     def _set_aside(
         self, connection: Any, row: dict[str, Any], exc: Exception, now: datetime

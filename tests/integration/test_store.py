@@ -375,3 +375,22 @@ def test_jobs_with_alike_plans_get_exactly_the_runs_row_by_row_gave(db_url: str)
     with store.engine.connect() as connection:
         assert len(connection.execute(select(runs.c.id)).all()) == len(stored)
     store.close()
+
+
+def test_a_claim_without_a_scan_looks_past_runs_held_back(db_url: str) -> None:
+    """Between scans a claim first reads only twice its limit of due runs; when those
+    are held back (their job's previous run still runs, overlap queue) it reads on, and
+    still claims the startable run behind them."""
+    store = Store.open(db_url)
+    store.add_job("q", {**job_values(), "overlap": "queue"})
+    store.add_job("a", job_values())
+    held = [store.request_run("q") for _ in range(6)]
+    later = utcnow() + timedelta(minutes=5)
+    claimed, _ = store.claim(me("s"), request(1, later))
+    assert [c.run.id for c in claimed] == [held[0]]
+    startable = store.request_run("a")
+    quick = request(1, later)
+    claimed, waiting = store.claim(me("s"), ClaimRequest(quick.now, 1, 60, quick.admit, False))
+    assert [c.run.id for c in claimed] == [startable] and waiting
+    assert [store.get_run(run_id)["state"] for run_id in held[1:]] == ["queued"] * 5  # type: ignore[index]
+    store.close()
