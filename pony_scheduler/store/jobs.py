@@ -7,12 +7,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, case, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    case,
+    delete,
+    func,
+    literal,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from pony_scheduler.actor import Actor
@@ -390,15 +402,8 @@ class JobQueries:
             won = [item for item in items if current.get(item.job_id) == item.expected_due]
             if not won:
                 return []
-            connection.execute(
-                update(jobs)
-                .where(jobs.c.id == bindparam("b_id"))
-                .values(next_due_at=bindparam("b_next")),
-                [{"b_id": item.job_id, "b_next": item.plan.next_due} for item in won],
-            )
-            rows = [row for item in won for row in _rows(item, now)]
-            if rows:
-                connection.execute(insert_ignore(connection, runs), rows)
+            _advance(connection, won)
+            _queue(connection, won, now)
             gaps = [
                 {
                     "job_id": item.job_id,
@@ -522,6 +527,50 @@ def _rows(item: Materialize, now: datetime) -> Iterator[dict[str, Any]]:
             "reason": None,
             "batch": batch,
         }
+
+
+def _advance(connection: Connection, won: list[Materialize]) -> None:
+    """Each job's next due time: one UPDATE per distinct value (a herd shares one)."""
+    by_next: dict[datetime | None, list[int]] = defaultdict(list)
+    for item in won:
+        by_next[item.plan.next_due].append(item.job_id)
+    for next_due, ids in by_next.items():
+        connection.execute(update(jobs).where(jobs.c.id.in_(ids)).values(next_due_at=next_due))
+
+
+def _queue(connection: Connection, won: list[Materialize], now: datetime) -> None:
+    """Insert the runs of the won plans.  Jobs whose plans are alike (a top-of-the-minute
+    herd: same occurrences, same reasons) get each of their runs from one INSERT ...
+    SELECT over their ids, rather than a row of parameters per job; a job alone with its
+    plan gets its rows as before.  A job's own runs are inserted in _rows' order, so its
+    ids keep that order (a catch-up set runs oldest first, by id), and jobs alike are
+    taken by id, the order they were due in."""
+    alike: dict[tuple[Plan, str, str], list[Materialize]] = defaultdict(list)
+    for item in won:
+        alike[(item.plan, item.missed_reason, item.refused_reason)].append(item)
+    single: list[dict[str, Any]] = []
+    for group in alike.values():
+        if len(group) == 1:
+            single += _rows(group[0], now)
+            continue
+        ids = sorted(item.job_id for item in group)
+        for row in _rows(group[0], now):
+            connection.execute(_insert_for_jobs(connection, row, ids))
+    if single:
+        connection.execute(insert_ignore(connection, runs), single)
+
+
+def _insert_for_jobs(connection: Connection, row: dict[str, Any], ids: list[int]) -> Insert:
+    """INSERT ... SELECT: `row` (job_id aside) once for each job of `ids`, ignoring a run
+    that exists already (the unique key decides, as for single rows)."""
+    values = [
+        literal(value, runs.c[key].type) if value is not None else null()
+        for key, value in row.items()
+        if key != "job_id"
+    ]
+    source = select(jobs.c.id, *values).where(jobs.c.id.in_(ids)).order_by(jobs.c.id)
+    names = ["job_id", *(key for key in row if key != "job_id")]
+    return insert_ignore(connection, runs).from_select(names, source)
 
 
 def _unlink(path: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine, Integer, bindparam, case, func, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from pony_scheduler.runstate import RunState
@@ -105,24 +105,29 @@ STARTED = (
         output_path=bindparam("b_output_path"),
     )
 )
-# The job's last result, written with its run's final state (`pb job list` reads it).
+# The job's last result, written with its run's final state (`pb job list` reads it):
+# one UPDATE per job and transaction.  The latest run recorded so far wins (an older run
+# that ends later does not hide a newer one's result); the last success is written
+# whatever its run's age.  Every SET reads the row as it was, so one guard serves all four.
+_NEWER = func.coalesce(jobs.c.last_run_id, 0) < bindparam("b_run_id", type_=Integer)
+
+
+def _if_newer(column: Any, name: str) -> Any:
+    return case((_NEWER, bindparam(name, type_=column.type)), else_=column)
+
+
 LAST_RESULT = (
     update(jobs)
-    .where(
-        jobs.c.id == bindparam("job_id"),
-        func.coalesce(jobs.c.last_run_id, 0) < bindparam("b_run_id"),
-    )
-    .values(
-        last_run_id=bindparam("b_run_id"),
-        last_state=bindparam("b_state"),
-        last_finished_at=bindparam("b_finished_at"),
-        last_duration_s=bindparam("b_duration"),
-    )
-)
-LAST_SUCCESS = (
-    update(jobs)
     .where(jobs.c.id == bindparam("job_id"))
-    .values(last_success_at=bindparam("b_finished_at"))
+    .values(
+        last_run_id=_if_newer(jobs.c.last_run_id, "b_run_id"),
+        last_state=_if_newer(jobs.c.last_state, "b_state"),
+        last_finished_at=_if_newer(jobs.c.last_finished_at, "b_finished_at"),
+        last_duration_s=_if_newer(jobs.c.last_duration_s, "b_duration"),
+        last_success_at=func.coalesce(
+            bindparam("b_success_at", type_=jobs.c.last_success_at.type), jobs.c.last_success_at
+        ),
+    )
 )
 SET_ASIDE = (
     update(jobs)
@@ -159,6 +164,21 @@ class ClaimRequest:
     lease_s: float
     admit: Callable[[Run, JobNow], Admission]
     scan: bool = True
+
+
+class _Judged:
+    """What one claim has found so far, across its reads of the due runs."""
+
+    __slots__ = ("busy", "busy_read", "claimed", "me", "request", "seen", "waiting")
+
+    def __init__(self, request: ClaimRequest, me: Claimant) -> None:
+        self.request = request
+        self.me = me
+        self.claimed: list[Claimed] = []
+        self.waiting = False  # due runs were left: for a worker, their job or a scan
+        self.busy: dict[int, set[int | None]] = {}  # job id: batches of its running runs
+        self.busy_read = False
+        self.seen: set[int] = set()  # ids judged (or set aside) already
 
 
 def run_from(row: dict[str, Any]) -> Run:
@@ -219,7 +239,6 @@ class HotStatements:
         self.due_runs = Prepared(DUE_RUNS, dialect)
         self.started = Prepared(STARTED, dialect)
         self.last_result = Prepared(LAST_RESULT, dialect)
-        self.last_success = Prepared(LAST_SUCCESS, dialect)
         self.set_aside = Prepared(SET_ASIDE, dialect)
         self.attempt = Prepared(
             insert_ignore(engine, runs).values(
@@ -360,10 +379,16 @@ class RunQueries(ClockQueries):
         return False
 
     def _last_results(self, connection: Any, finished: list[Finished]) -> None:
+        """Each job's last result and last success from the runs just settled: one
+        UPDATE per job, however many of its runs ended."""
         latest: dict[int, Finished] = {}
+        success: dict[int, datetime] = {}
         for item in finished:
-            if item.run.job_id not in latest or item.run.id > latest[item.run.job_id].run.id:
-                latest[item.run.job_id] = item
+            job_id = item.run.job_id
+            if job_id not in latest or item.run.id > latest[job_id].run.id:
+                latest[job_id] = item
+            if item.settlement.state is RunState.SUCCEEDED:
+                success[job_id] = item.settlement.finished_at  # the last one written wins
         for job_id, item in latest.items():
             s = item.settlement
             duration = (
@@ -377,52 +402,66 @@ class RunQueries(ClockQueries):
                     "b_state": s.state.value,
                     "b_finished_at": s.finished_at,
                     "b_duration": duration,
+                    "b_success_at": success.get(job_id),
                 },
             )
-        for item in finished:
-            if item.settlement.state is RunState.SUCCEEDED:
-                self.hot.last_success.rowcount(
-                    connection,
-                    {"job_id": item.run.job_id, "b_finished_at": item.settlement.finished_at},
-                )
 
     def _claim(
         self, connection: Any, me: Claimant, request: ClaimRequest
     ) -> tuple[list[Claimed], bool]:
-        hot = self.hot
         # Due runs are looked at even with no worker free: those past their start
         # deadline expire now, with the reason, rather than when a worker frees up.
         if request.limit == 0 and not request.scan:
             return [], True  # no worker free: due runs (if any) wait for one
-        # Raw rows: each is converted only when it is looked at, and without a scan the
-        # look stops at the limit - with one worker free, converting the whole window
-        # for every run was a quarter of the daemon's CPU per run.
-        due = hot.due_runs
-        rows = due.tuples(
-            connection, {"now": request.now, "limit": max(request.limit * 4, EXPIRY_WINDOW)}
-        )
-        busy: dict[int, set[int | None]] = {}
+        window = max(request.limit * 4, EXPIRY_WINDOW)
+        # Between scans a claim stops at its limit, which the first due runs nearly
+        # always reach: it reads twice the limit, and the rest of the window only when
+        # those were not enough (runs held back by their job's previous run).  Reading
+        # the whole window every time was a tenth of the store's CPU per run with one
+        # worker.
+        first = window if request.scan else min(window, 2 * request.limit)
+        judged = _Judged(request, me)
+        rows = self._due_rows(connection, request.now, first)
+        self._judge(connection, judged, rows)
+        if len(rows) == first < window:
+            if len(judged.claimed) < request.limit:
+                seen, key = judged.seen, self.hot.due_runs.keys.index("id")
+                rest = self._due_rows(connection, request.now, window)
+                self._judge(connection, judged, [row for row in rest if row[key] not in seen])
+            else:
+                judged.waiting = True  # the rest are judged by the next claim or scan
+        return judged.claimed, judged.waiting
+
+    def _due_rows(self, connection: Any, now: datetime, limit: int) -> list[Any]:
+        """Up to `limit` due runs, in claim order, as the driver's raw tuples: each is
+        converted only when it is looked at."""
+        return self.hot.due_runs.tuples(connection, {"now": now, "limit": limit})
+
+    def _judge(self, connection: Any, judged: _Judged, rows: list[Any]) -> None:
+        """Admit the due runs of `rows` in order: claim, leave waiting, skip or expire
+        each, until the claim's limit (without a scan)."""
+        hot, due, request = self.hot, self.hot.due_runs, judged.request
         overlap = due.keys.index("overlap")
-        if any(row[overlap] != "allow" for row in rows):
+        if not judged.busy_read and any(row[overlap] != "allow" for row in rows):
+            judged.busy_read = True
             for row in hot.busy.mappings(connection, raw=True):
-                busy.setdefault(row["job_id"], set()).add(row["batch"])
+                judged.busy.setdefault(row["job_id"], set()).add(row["batch"])
         until = request.now + timedelta(seconds=request.lease_s)
-        claimed: list[Claimed] = []
-        waiting = False
         for raw in rows:
-            if len(claimed) >= request.limit and not request.scan:
-                waiting = True  # the rest are judged by the next claim or scan
-                break
+            if len(judged.claimed) >= request.limit and not request.scan:
+                judged.waiting = True  # the rest are judged by the next claim or scan
+                return
             try:
                 row = due.convert(raw)
+                judged.seen.add(row["id"])
                 run = run_from(row)
             except (ValueError, TypeError, LookupError) as exc:
                 self._set_aside(connection, dict(zip(due.keys, raw, strict=True)), exc, request.now)
                 continue
-            job = JobNow(frozenset(busy.get(run.job_id, ())), row["last_finished_at"])
+            job = JobNow(frozenset(judged.busy.get(run.job_id, ())), row["last_finished_at"])
             decision = request.admit(run, job)
-            if decision.verdict is Verdict.START and len(claimed) >= request.limit:
-                waiting = True
+            if decision.verdict is Verdict.START and len(judged.claimed) >= request.limit:
+                judged.waiting = True
             elif decision.verdict is Verdict.START:
                 try:
                     start = claimed_from(run, row, row["epoch"] + 1)
@@ -430,18 +469,17 @@ class RunQueries(ClockQueries):
                     self._set_aside(connection, row, exc, request.now)
                     continue
                 if hot.transitions.write(
-                    connection, Claim(run.id, row["epoch"], me, request.now, until)
+                    connection, Claim(run.id, row["epoch"], judged.me, request.now, until)
                 ):
-                    busy.setdefault(run.job_id, set()).add(run.batch)
-                    claimed.append(start)
+                    judged.busy.setdefault(run.job_id, set()).add(run.batch)
+                    judged.claimed.append(start)
                 else:
-                    waiting = True
+                    judged.waiting = True
             elif decision.verdict is Verdict.WAIT:
-                waiting = True
+                judged.waiting = True
             else:
                 new = RunState.SKIPPED if decision.verdict is Verdict.SKIP else RunState.EXPIRED
                 self._drop(connection, run.id, new, decision.reason or str(new), request.now)
-        return claimed, waiting
 
     def _set_aside(
         self, connection: Any, row: dict[str, Any], exc: Exception, now: datetime

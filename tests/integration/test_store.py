@@ -285,3 +285,112 @@ def test_a_claim_without_a_scan_stops_at_its_limit(db_url: str) -> None:
     assert store.get_run(late)["state"] == "queued"  # type: ignore[index]
     claimed, _ = store.claim(me("s"), request(1, later))  # scan=True: the default
     assert claimed == [] and store.get_run(late)["state"] == "expired"  # type: ignore[index]
+
+
+def test_a_jobs_last_result_is_its_newest_run_and_its_last_success_any(db_url: str) -> None:
+    """One UPDATE per job and transaction writes the job's last result: the newest run
+    recorded so far wins, however the outcomes arrive; the last success is written even
+    when an older run brings it."""
+    store = Store.open(db_url)
+    store.scheduler_id = store.register_scheduler()
+    store.add_job("j", job_values())
+    first, second, third = (store.request_run("j") for _ in range(3))
+    now = utcnow()
+    claimed = {c.run.id: c for c in store.claim(me(store.scheduler_id), request(3, now))[0]}
+    assert sorted(claimed) == [first, second, third]
+
+    def finished(run_id: int, state: RunState, after: float) -> Finished:
+        at = now + timedelta(seconds=after)
+        code = 0 if state is RunState.SUCCEEDED else 1
+        outcome = Outcome(run_id, Ending.EXITED, at, exit_code=code)
+        settlement = runs.Settlement(run_id, state, None, at, code)
+        return Finished(claimed[run_id].run, claimed[run_id].epoch, settlement, outcome, now)
+
+    batch = [finished(second, RunState.SUCCEEDED, 2), finished(third, RunState.FAILED, 3)]
+    ours, _, _ = store.record_and_claim(me(store.scheduler_id), [], batch, None)
+    assert len(ours) == 2
+    job = store.get_job("j")
+    assert job is not None
+    assert (job["last_run_id"], job["last_state"], job["last_duration_s"]) == (third, "failed", 3)
+    assert job["last_success_at"] == (now + timedelta(seconds=2)).isoformat()
+    late = [finished(first, RunState.SUCCEEDED, 4)]  # older than the recorded third
+    store.record_and_claim(me(store.scheduler_id), [], late, None)
+    job = store.get_job("j")
+    assert job is not None
+    assert (job["last_run_id"], job["last_state"], job["last_duration_s"]) == (third, "failed", 3)
+    assert job["last_success_at"] == (now + timedelta(seconds=4)).isoformat()
+    store.close()
+
+
+def test_jobs_with_alike_plans_get_exactly_the_runs_row_by_row_gave(db_url: str) -> None:
+    """Materializing inserts the runs of jobs with alike plans (a herd) with one INSERT ...
+    SELECT per run over their ids: the rows must be exactly those the plans' rows
+    (store.jobs._rows, what was inserted one by one before) give, each job's in order."""
+    from sqlalchemy import select
+
+    from pony_scheduler.store.jobs import _rows
+    from pony_scheduler.store.tables import jobs, runs
+
+    store = Store.open(db_url)
+    due = utcnow().replace(microsecond=0) - timedelta(minutes=3)
+    minute = timedelta(minutes=1)
+    herd = occurrences.Plan(to_run=(due + 3 * minute,), next_due=due + 4 * minute)
+    catch_up = occurrences.Plan(
+        to_run=(due + minute, due + 2 * minute),
+        catch_up=(due + minute, due + 2 * minute),
+        skipped=(due,),
+        uncounted=occurrences.Missed(7, due - 9 * minute, due - 2 * minute),
+        next_due=due + 4 * minute,
+    )
+    full = occurrences.Plan(refused=(due + 3 * minute,), next_due=due + 5 * minute)
+    plans = [herd, herd, herd, catch_up, catch_up, full, full, herd]
+    for index in range(len(plans)):
+        store.add_job(f"j{index}", {**job_values(), "next_due_at": due})
+    ids = [job.id for job in sorted(store.due_jobs(utcnow()), key=lambda job: job.id)]
+    reason = "missed: the scheduler was up to 3m behind"
+    items = [
+        Materialize(job_id, due, plan, reason if plan is not full else "other", "backlog full")
+        for job_id, plan in zip(ids, plans, strict=True)
+    ]
+    items[-1] = Materialize(ids[-1], due, herd, "a reason of its own", "backlog full")
+    now = utcnow()
+    assert sorted(store.materialize(items, now)) == ids
+    columns = [c for c in runs.c if c.name not in ("id", "job_id")]
+    with store.engine.connect() as connection:
+        stored = connection.execute(select(runs.c.job_id, *columns).order_by(runs.c.id)).all()
+        next_due = dict(connection.execute(select(jobs.c.id, jobs.c.next_due_at)).all())
+    for item in items:
+        expected = [
+            tuple(row.get(c.name, 0 if c.name == "epoch" else None) for c in columns)
+            for row in _rows(item, now)
+        ]
+        assert [tuple(row[1:]) for row in stored if row[0] == item.job_id] == expected
+        assert next_due[item.job_id] == item.plan.next_due
+    assert len(stored) == sum(len(list(_rows(item, now))) for item in items)
+    assert store.missed_summaries(limit=10)[0]["count"] == 7
+    # A repeat that got past the due-time check inserts nothing twice.
+    with store.engine.begin() as connection:
+        connection.execute(jobs.update().values(next_due_at=due))
+    store.materialize(items, now)
+    with store.engine.connect() as connection:
+        assert len(connection.execute(select(runs.c.id)).all()) == len(stored)
+    store.close()
+
+
+def test_a_claim_without_a_scan_looks_past_runs_held_back(db_url: str) -> None:
+    """Between scans a claim first reads only twice its limit of due runs; when those
+    are held back (their job's previous run still runs, overlap queue) it reads on, and
+    still claims the startable run behind them."""
+    store = Store.open(db_url)
+    store.add_job("q", {**job_values(), "overlap": "queue"})
+    store.add_job("a", job_values())
+    held = [store.request_run("q") for _ in range(6)]
+    later = utcnow() + timedelta(minutes=5)
+    claimed, _ = store.claim(me("s"), request(1, later))
+    assert [c.run.id for c in claimed] == [held[0]]
+    startable = store.request_run("a")
+    quick = request(1, later)
+    claimed, waiting = store.claim(me("s"), ClaimRequest(quick.now, 1, 60, quick.admit, False))
+    assert [c.run.id for c in claimed] == [startable] and waiting
+    assert [store.get_run(run_id)["state"] for run_id in held[1:]] == ["queued"] * 5  # type: ignore[index]
+    store.close()
