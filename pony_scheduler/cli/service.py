@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,8 +17,11 @@ from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
 from pony_scheduler.config import MAX_WORKERS, Settings
 from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import EXIT_OK, EXIT_UNKNOWN
-from pony_scheduler.lifecycle import control
-from pony_scheduler.lifecycle.control import AlreadyRunning, StartFailed, Status
+from pony_scheduler.lifecycle import status as service_status
+from pony_scheduler.lifecycle.status import Status
+
+if TYPE_CHECKING:  # start and stop import control.py when they run; status never does
+    from pony_scheduler.lifecycle.control import AlreadyRunning, StartFailed, StartResult
 from pony_scheduler.lifecycle.spec import ServiceSpec
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -154,6 +157,9 @@ def _start_command(spec: ServiceSpec) -> click.Command:
         quiet: bool,
         **extra: Any,
     ) -> None:
+        from pony_scheduler.lifecycle import control
+        from pony_scheduler.lifecycle.control import AlreadyRunning, StartFailed
+
         settings = settings_from(ctx, log_level="DEBUG" if debug else None, **extra)
         say = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
         if foreground:
@@ -200,6 +206,9 @@ def _restart_command(spec: ServiceSpec) -> click.Command:
     @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
     @click.pass_context
     def restart(ctx: click.Context, debug: bool, timeout: float, quiet: bool, **extra: Any) -> None:
+        from pony_scheduler.lifecycle import control
+        from pony_scheduler.lifecycle.control import StartFailed
+
         settings = settings_from(ctx, log_level="DEBUG" if debug else None, **extra)
         say = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
         try:
@@ -215,7 +224,7 @@ def _restart_command(spec: ServiceSpec) -> click.Command:
     return restart
 
 
-def _print_started(spec: ServiceSpec, settings: Settings, result: control.StartResult) -> None:
+def _print_started(spec: ServiceSpec, settings: Settings, result: StartResult) -> None:
     for note in result.notes:
         click.echo(f"⚠ {note}", err=True)
     click.echo(f"✓ {spec.title} started")
@@ -256,6 +265,8 @@ def _stop_command(spec: ServiceSpec) -> click.Command:
     @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
     @click.pass_context
     def stop(ctx: click.Context, force: bool, timeout: float | None, quiet: bool) -> None:
+        from pony_scheduler.lifecycle import control
+
         settings = settings_from(ctx)
         if timeout is None:
             from pony_scheduler.lifecycle.services import stop_timeout
@@ -282,7 +293,7 @@ def _status_command(spec: ServiceSpec) -> click.Command:
     @click.pass_context
     def status(ctx: click.Context, as_json: bool) -> None:
         settings = status_settings(ctx)
-        report = control.status(spec, settings)
+        report = service_status.status(spec, settings)
         if as_json:
             click.echo(json.dumps(status_json(report, settings), indent=2))
         else:

@@ -12,9 +12,9 @@ from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
 from pony_scheduler.cli.service import LINES, RAW, service_group, status_json, status_settings
 from pony_scheduler.durations import format_duration
 from pony_scheduler.lifecycle import services
-from pony_scheduler.lifecycle.control import Status
 from pony_scheduler.lifecycle.services import ALL, NAMES, Outcome
 from pony_scheduler.lifecycle.spec import SERVICES
+from pony_scheduler.lifecycle.status import Status
 from pony_scheduler.textsafe import for_terminal
 
 _NAME = click.argument("name", type=click.Choice(NAMES), default=ALL, required=False)

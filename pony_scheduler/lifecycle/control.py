@@ -1,5 +1,5 @@
-"""start / stop / status for any service.  Knows nothing about click: it returns results
-and reports progress through a `say` callback."""
+"""start / stop for any service (status is lifecycle/status.py).  Knows nothing about
+click: it returns results and reports progress through a `say` callback."""
 
 import contextlib
 import fcntl
@@ -11,8 +11,6 @@ from typing import Any, NamedTuple
 from pony_scheduler.config import Settings
 from pony_scheduler.errors import (
     EXIT_FAILURE,
-    EXIT_NOT_RUNNING,
-    EXIT_OK,
     EXIT_START_TIMEOUT,
     EXIT_UNKNOWN,
     PonyError,
@@ -20,6 +18,7 @@ from pony_scheduler.errors import (
 from pony_scheduler.lifecycle import pidfile
 from pony_scheduler.lifecycle.pidfile import PidInfo, PidState
 from pony_scheduler.lifecycle.spec import ServiceSpec
+from pony_scheduler.lifecycle.status import user_name
 from pony_scheduler.waiting import pause
 
 Say = Callable[[str], None]
@@ -226,23 +225,12 @@ def _signal(spec: ServiceSpec, info: PidInfo, signum: int) -> None:
     except ProcessLookupError:
         pass  # it just exited
     except PermissionError:
-        owner = _user_name(info.owner_uid)
+        owner = user_name(info.owner_uid)
         raise PonyError(
             f"{spec.title} (PID {info.pid}) runs as {owner}; you may not signal "
             f"it: run this command as {owner} or root",
             EXIT_UNKNOWN,
         ) from None
-
-
-def _user_name(uid: int | None) -> str:
-    if uid is None:
-        return "another user"
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 def terminate(
@@ -316,35 +304,3 @@ def _clean_stale(spec: ServiceSpec, settings: Settings, info: PidInfo) -> str:
         return ""
     pidfile.remove_files(spec, settings.home)
     return f"removed stale pid file ({info.reason})"
-
-
-# ---------------------------------------------------------------------------- status
-class Status(NamedTuple):
-    spec: ServiceSpec
-    state: str  # running | starting | stale | stopped | unknown
-    exit_code: int
-    pid: int | None = None
-    meta: dict[str, Any] | None = None
-    reason: str = ""
-
-    def uptime(self, now: float | None = None) -> float | None:
-        if not self.meta or not isinstance(self.meta.get("startedAt"), int | float):
-            return None
-        return max(0.0, (now or time.time()) - self.meta["startedAt"] / 1000)
-
-
-def status(spec: ServiceSpec, settings: Settings) -> Status:
-    try:
-        info = pidfile.inspect(spec, settings.home)
-    except PermissionError as exc:
-        return Status(spec, "unknown", EXIT_UNKNOWN, reason=str(exc))
-    if info.state is PidState.RUNNING:
-        if info.owner_uid not in (None, os.getuid()) and os.getuid() != 0:
-            reason = f"runs as {_user_name(info.owner_uid)}"
-            return Status(spec, "running", EXIT_OK, info.pid, info.meta, reason)
-        return Status(spec, "running", EXIT_OK, info.pid, info.meta)
-    if info.state is PidState.STARTING:
-        return Status(spec, "starting", EXIT_NOT_RUNNING)
-    if info.state is PidState.STALE:
-        return Status(spec, "stale", EXIT_FAILURE, info.pid, None, info.reason)
-    return Status(spec, "stopped", EXIT_NOT_RUNNING)

@@ -14,8 +14,9 @@ from typing import Any
 from pony_scheduler.config import Settings
 from pony_scheduler.errors import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, PonyError
 from pony_scheduler.lifecycle import control
-from pony_scheduler.lifecycle.control import AlreadyRunning, StartFailed, Status
+from pony_scheduler.lifecycle.control import AlreadyRunning, StartFailed
 from pony_scheduler.lifecycle.spec import SERVICES, ServiceSpec
+from pony_scheduler.lifecycle.status import Status, status
 
 ALL = "all"
 NAMES = (ALL, *SERVICES)
@@ -155,7 +156,7 @@ def exit_code(outcomes: list[Outcome]) -> int:
 
 # -- status ------------------------------------------------------------------------------
 def statuses(specs: list[ServiceSpec], settings: Settings) -> list[Status]:
-    return [control.status(spec, settings) for spec in specs]
+    return [status(spec, settings) for spec in specs]
 
 
 def status_exit_code(reports: list[Status]) -> int:

@@ -129,6 +129,7 @@ def test_scheduler_status_imports_only_the_lifecycle(tmp_path: Path, floor: set[
         "pony_scheduler.cli.access",
         "pony_scheduler.lifecycle.logs",
         "pony_scheduler.textsafe",
+        "pony_scheduler.lifecycle.control",  # start and stop's
     ):
         assert unneeded not in ours
 
