@@ -20,6 +20,8 @@ from pony_scheduler.errors import EXIT_USAGE, PonyError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from click.shell_completion import CompletionItem
+
 
 # click writes the text of its --help and --version options (and click.Path's metavar)
 # through gettext, whose first call imports `locale` (about 2 ms, a tenth of what `pb
@@ -84,6 +86,17 @@ class Group(_PlainHelp, click.Group):
         if cmd_name not in self.commands and cmd_name in self.builders:
             self.add_command(self.builders[cmd_name](), cmd_name)
         return self.commands.get(cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:
+            # click suggests from the commands built so far; suggest from every name.
+            raise click.exceptions.NoSuchCommand(
+                exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
 
 
 class LazyCommand(NamedTuple):  # not a dataclass: `pb --version` need not import dataclasses
@@ -201,6 +214,14 @@ class ConfigFile(click.ParamType):
         if os.path.isdir(value):
             self.fail(f"File {str(value)!r} is a directory.", param, ctx)
         return str(value)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list["CompletionItem"]:
+        # As click.Path: the shell completes file names.
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type="file")]
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -91,8 +91,8 @@ class Run:
         program = resolve(launch.argv[0], env.get("PATH"))
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(read_end, False)
-        # The keeper's own umask stays put; two umask(2) calls a run only for a job
-        # that wants another (most share the keeper's 027).
+        # The keeper's own umask (027) stays put; a job that wants another (the default
+        # is 022) costs two umask(2) calls around its spawn.
         own_umask = self.keeper.umask
         if launch.umask != own_umask:
             os.umask(launch.umask)

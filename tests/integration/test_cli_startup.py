@@ -200,3 +200,31 @@ def test_a_directory_as_config_file_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert f"Invalid value for '--config': File '{tmp_path}' is a directory" in proc.stderr
+
+
+def test_a_typo_in_a_lazy_group_gets_suggestions(tmp_path: Path) -> None:
+    """Commands built on demand are still offered for a mistyped name."""
+    proc = run_pb(tmp_path, "scheduler", "stauts")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "No such command 'stauts'" in proc.stderr and "'status'" in proc.stderr
+    proc = run_pb(tmp_path, "gateway", "tokn")
+    assert proc.returncode == 2 and "Did you mean 'token'?" in proc.stderr
+
+
+def test_the_config_option_completes_file_names(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pony_scheduler"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={
+            **env,
+            "PONYBUNNY_HOME": str(tmp_path),
+            "_PB_COMPLETE": "bash_complete",
+            "COMP_WORDS": "pb --config /tmp/x",
+            "COMP_CWORD": "2",
+        },
+    )
+    assert proc.stdout.strip() == "file,/tmp/x"
