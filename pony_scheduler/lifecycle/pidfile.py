@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pony_scheduler.lifecycle.spec import ServiceSpec
-from pony_scheduler.waiting import pause
 
 
 class PidState(Enum):
@@ -191,6 +190,9 @@ def still_ours(pid: int, start_time: int | None) -> bool:
 
 
 def wait_gone(pid: int, start_time: int | None, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for the process to be gone; False if it is not."""
+    from pony_scheduler.waiting import pause  # here: `status` never waits
+
     deadline = time.monotonic() + timeout
     while still_ours(pid, start_time):
         if time.monotonic() >= deadline:
