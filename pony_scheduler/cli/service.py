@@ -18,11 +18,11 @@ from pony_scheduler.config import MAX_WORKERS, Settings
 from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import EXIT_OK, EXIT_UNKNOWN
 from pony_scheduler.lifecycle import status as service_status
+from pony_scheduler.lifecycle.spec import ServiceSpec
 from pony_scheduler.lifecycle.status import Status
 
 if TYPE_CHECKING:  # start and stop import control.py when they run; status never does
     from pony_scheduler.lifecycle.control import AlreadyRunning, StartFailed, StartResult
-from pony_scheduler.lifecycle.spec import ServiceSpec
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
