@@ -165,6 +165,15 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10) -> bool:
     return bool(predicate())
 
 
+def pending_hup(pid: int) -> bool:
+    """Whether SIGHUP is pending for `pid` (ShdPnd / SigPnd in /proc/PID/status, proc(5))."""
+    fields = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    bit = 1 << (signal.SIGHUP - 1)
+    return any(int(fields[name], 16) & bit for name in ("ShdPnd", "SigPnd"))
+
+
 def read_pid(home: Path, service: str = "scheduler") -> int:
     return int((home / f"{service}.pid").read_text().strip())
 
@@ -704,11 +713,16 @@ def test_logrotate_never_signals_a_foreign_or_dead_pid(tmp_path: Path, home: Pat
     logrotate = need("logrotate")
     for service in SERVICES:
         (home / f"{service}.log").write_text(f"{service} line\n")
-    bystander = subprocess.Popen(["sleep", "60"])
+    # The bystander blocks SIGHUP (the mask survives exec), so a SIGHUP sent to it stays
+    # pending, visible in /proc at once: no sleep, and no race with its death.
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    bystander_pid = os.posix_spawn(
+        sleep, ["sleep", "60"], dict(os.environ), setsigmask={signal.SIGHUP}
+    )
     try:
         finished = subprocess.Popen(["true"])
         finished.wait()
-        (home / "scheduler.pid").write_text(f"{bystander.pid}\n")  # PID reused by another program
+        (home / "scheduler.pid").write_text(f"{bystander_pid}\n")  # PID reused by another program
         (home / "gateway.pid").write_text(f"{finished.pid}\n")  # dead
         (home / "debug.pid").write_text("garbage\n")
         conf = tmp_path / "logrotate.conf"
@@ -716,13 +730,12 @@ def test_logrotate_never_signals_a_foreign_or_dead_pid(tmp_path: Path, home: Pat
         result = run([logrotate, "-f", "-s", str(tmp_path / "state"), str(conf)])
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stderr == ""
-        time.sleep(0.2)
-        assert bystander.poll() is None, "the bystander got SIGHUP"
+        assert not pending_hup(bystander_pid), "the bystander got SIGHUP"
         for service in SERVICES:
             assert (home / f"{service}.log.1").exists()
     finally:
-        bystander.kill()
-        bystander.wait()
+        os.kill(bystander_pid, signal.SIGKILL)
+        os.waitpid(bystander_pid, 0)
 
 
 # --------------------------------------------------------------------------- shell scripts
