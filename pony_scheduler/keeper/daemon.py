@@ -103,11 +103,11 @@ def _cleanup_stale(
         )
     old_id = (old_meta or {}).get("keeperId")
     if isinstance(old_id, str) and old_id:
-        found = procs.scan_marked(old_id, os.getuid())
-        kept = keptfile.load(home_fd, {p.sid for p in found})
+        marked = procs.scan_marked(old_id, os.getuid())
+        sids, runs = keptfile.load(home_fd, {p.sid for p, _ in marked}, {r for _, r in marked if r})
         group = f"/{home_group_name(str(home))}/{KEPT_GROUP}"
-        spared = [p for p in found if p.sid in kept or _in_group(p.pid, group)]
-        found = [p for p in found if p not in spared]
+        spared = [p for p, r in marked if p.sid in sids or r in runs or _in_group(p.pid, group)]
+        found = [p for p, _ in marked if p not in spared]
         if spared:
             log.info(
                 "Left running %d kept leftover process(es) of runs of keeper %s: %s",

@@ -3,45 +3,51 @@
 A keeper that starts after one that died kills what the dead one's runs left behind
 (keeper/daemon.py), found by the keeper id in their environment.  Leftovers a run was
 told to keep carry that id too, and must live on (docs/KEEPER.md): their run's session
-id is written here, one decimal per line, when they are kept, and the next keeper
-spares every process of those sessions (and, with cgroups, every process in the home's
-`kept` group, where a leftover that made a session of its own still is).  Lines for
-sessions with no process left are dropped when a keeper starts.
+id is written here, one decimal per line, and the run's id as `r<ID>` (the
+PONYBUNNY_RUN_ID in their environment, which finds a leftover that made a session of
+its own, even one made after the run ended), when they are kept.  The next keeper
+spares every process of those sessions and runs (and, with cgroups, every process in
+the home's `kept` group).  Lines with no process left are dropped when a keeper
+starts.  (Keepers before the `r<ID>` lines skip them: they read only decimals.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 
 KEPT_FILE = "keeper.kept"
 FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def add(home_fd: int, sid: int) -> None:
-    """Record session `sid` as kept (0600, never through a symbolic link).  OSError
-    (a full disk) is the caller's to log: the leftovers then die with a dead keeper."""
+def add(home_fd: int, sids: Iterable[int], run_ids: Iterable[int] = ()) -> None:
+    """Record sessions `sids` and runs `run_ids` as kept (0600, never through a
+    symbolic link).  OSError (a full disk) is the caller's to log: the leftovers then
+    die with a dead keeper."""
+    lines = [f"{sid}\n" for sid in sorted(sids)] + [f"r{run}\n" for run in sorted(run_ids)]
     fd = os.open(KEPT_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | FLAGS, 0o600, dir_fd=home_fd)
     try:
-        os.write(fd, f"{sid}\n".encode())
+        os.write(fd, "".join(lines).encode())
     finally:
         os.close(fd)
 
 
-def load(home_fd: int, live_sids: set[int]) -> set[int]:
-    """The kept sessions that still have a process (`live_sids`); rewrites the file
-    with only those (removes it when none are left)."""
+def load(home_fd: int, live_sids: set[int], live_runs: set[int]) -> tuple[set[int], set[int]]:
+    """(sessions, run ids) kept that still have a process (`live_sids`, `live_runs`);
+    rewrites the file with only those (removes it when none are left)."""
     try:
         fd = os.open(KEPT_FILE, os.O_RDONLY | FLAGS, dir_fd=home_fd)
     except FileNotFoundError:
-        return set()
+        return set(), set()
     try:
-        text = os.read(fd, 1 << 20).decode("ascii", "replace")
+        words = os.read(fd, 1 << 20).decode("ascii", "replace").split()
     finally:
         os.close(fd)
-    kept = {int(word) for word in text.split() if word.isdigit()} & live_sids
+    sids = {int(word) for word in words if word.isdigit()} & live_sids
+    runs = {int(w[1:]) for w in words if w[:1] == "r" and w[1:].isdigit()} & live_runs
     with contextlib.suppress(FileNotFoundError):
         os.unlink(KEPT_FILE, dir_fd=home_fd)
-    for sid in sorted(kept):
-        add(home_fd, sid)
-    return kept
+    if sids or runs:
+        add(home_fd, sids, runs)
+    return sids, runs

@@ -125,8 +125,7 @@ def owner(proc: Proc, sessions: dict[int, int], keeper_id: str, uid: int) -> int
         return run
     marks = environ_marks(proc.pid, uid)
     if marks.get(b"PONYBUNNY_KEEPER_ID") == keeper_id.encode():
-        with contextlib.suppress(ValueError):
-            return int(marks.get(b"PONYBUNNY_RUN_ID", b""))
+        return _run_mark(marks)
     return None
 
 
@@ -151,19 +150,26 @@ def signal_procs(procs: list[Proc], signum: int) -> int:
     return sent
 
 
-def scan_marked(keeper_id: str, uid: int) -> list[Proc]:
+def scan_marked(keeper_id: str, uid: int) -> list[tuple[Proc, int | None]]:
     """Processes of `uid` anywhere whose environment carries PONYBUNNY_KEEPER_ID =
-    keeper_id: what a dead keeper's runs left behind.  Reads all of /proc: use once."""
+    keeper_id, each with its PONYBUNNY_RUN_ID (None if unreadable): what a dead keeper's
+    runs left behind.  Reads all of /proc: use once."""
     marker = keeper_id.encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
-        if environ_marks(int(entry), uid).get(b"PONYBUNNY_KEEPER_ID") == marker:
+        marks = environ_marks(int(entry), uid)
+        if marks.get(b"PONYBUNNY_KEEPER_ID") == marker:
             proc = read_stat(int(entry))
             if proc is not None and not proc.zombie:
-                found.append(proc)
+                found.append((proc, _run_mark(marks)))
     return found
+
+
+def _run_mark(marks: dict[bytes, bytes]) -> int | None:
+    value = marks.get(b"PONYBUNNY_RUN_ID", b"")
+    return int(value) if value.isdigit() else None
 
 
 class PgroupBox:
@@ -203,6 +209,7 @@ class Tracker:
         self.sessions: dict[int, int] = {}  # session id of each held run -> run id
         self.exclude: set[int] = set()  # the keeper's own helpers
         self.kept: set[int] = set()  # sessions of runs whose leftovers were kept
+        self.kept_runs: set[int] = set()  # and those runs, by their environment marker
         self._cache: dict[int, list[Proc]] = {}
 
     def invalidate(self) -> None:
@@ -239,12 +246,16 @@ class Tracker:
             if pid in self.exclude or pid in self.mains:
                 continue
             proc = read_stat(pid)
-            if (
-                proc is not None
-                and not proc.zombie
-                and proc.sid not in self.kept
-                and proc.pgid not in self.kept
-            ):
+            if proc is not None and not proc.zombie and not self._is_kept(proc):
                 found.append(proc)
                 found += descendants(pid)
         return found
+
+    def _is_kept(self, proc: Proc) -> bool:
+        """A leftover a run was told to keep: by its session or group, or - when it made
+        a session of its own, perhaps after its run ended - by its run's marker."""
+        if proc.sid in self.kept or proc.pgid in self.kept:
+            return True
+        if not self.kept_runs:
+            return False
+        return owner(proc, {}, self.keeper_id, self.uid) in self.kept_runs

@@ -167,12 +167,14 @@ class RunBook:
         return f"{self.keeper_id}-{self.seq}"
 
     def run_finished(self, run: Run, outcome: Outcome) -> None:
+        kept = self._kept_sessions(run) if run.kept else set()
         self.runs.pop(run.run_id, None)
         self.tracker.sessions.pop(run.pid, None)
         if run.kept:
-            self._record_kept(run)
+            self._record_kept(run, kept)
         if run.kept and isinstance(run.box, PgroupBox):
-            self.tracker.kept.add(run.pid)
+            self.tracker.kept |= kept
+            self.tracker.kept_runs.add(run.run_id)
         if not isinstance(run.box, PgroupBox):
             if run.kept:
                 run.box.release()
@@ -180,10 +182,21 @@ class RunBook:
                 self.to_remove.append(run.box)
         self.emit(outcome)
 
-    def _record_kept(self, run: Run) -> None:
+    @staticmethod
+    def _kept_sessions(run: Run) -> set[int]:
+        """The sessions of a run's kept leftovers: its own (its main's PID) and, without
+        cgroups, each one a leftover made with setsid(2) by then, found while the run is
+        still held (with cgroups they all sit in the home's `kept` group instead; one
+        that calls setsid(2) later is found by its run's marker, Tracker._is_kept)."""
+        sessions = {run.pid}
+        if isinstance(run.box, PgroupBox):
+            sessions.update(proc.sid for proc in run.box.members())
+        return sessions
+
+    def _record_kept(self, run: Run, sessions: set[int]) -> None:
         """So that a keeper after us, should we die, spares them (keptfile.py)."""
         try:
-            keptfile.add(self.home_fd, run.pid)  # the run's session: its main process
+            keptfile.add(self.home_fd, sessions, [run.run_id])
         except OSError as exc:
             self.log.warning(
                 "Run %d: cannot record its kept leftovers in keeper.kept (%s): a keeper "
