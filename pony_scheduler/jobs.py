@@ -340,6 +340,7 @@ def new_job(
     }
     options = option_values(opts)
     check_secrets(opts.secret, options.get("env") or {})
+    sched.check_jitter(schedule, options.get("jitter_s"), now)
     schedule = sched.with_offset(schedule, sched.jitter_offset(name, options.get("jitter_s")))
     return {
         **defaults,
@@ -398,6 +399,7 @@ def changed_job(
                 f"job {(row or {}).get('name')} would still be broken: its "
                 f"schedule cannot be evaluated ({exc}); give a new one"
             ) from None
+        sched.check_jitter(schedule, jitter, now)
     if not values:
         raise ConfigError("nothing to change: give at least one option")
     if row is not None:

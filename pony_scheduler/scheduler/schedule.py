@@ -33,7 +33,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from itertools import islice, takewhile
+from itertools import islice, pairwise, takewhile
 from typing import Any
 
 from pony_scheduler.durations import format_duration, parse_duration, quote
@@ -55,6 +55,7 @@ __all__ = [
     "Schedule",
     "at_schedule",
     "backoff_delay",
+    "check_jitter",
     "check_zone",
     "count_between",
     "cron_schedule",
@@ -152,6 +153,39 @@ def jitter_offset(name: str, jitter_s: float | None) -> float:
 
     digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
     return digest % max(1, int(jitter_s * 1000)) / 1000
+
+
+JITTER_SAMPLE = 64  # cron occurrences after now whose shortest gap bounds --jitter
+
+
+def check_jitter(schedule: Schedule, jitter_s: float | None, now: datetime) -> None:
+    """ConfigError unless a --jitter window of `jitter_s` seconds (None or 0: none) suits
+    `schedule`.  Only cron and interval schedules move, and by at most their period (an
+    interval's length; for cron, the shortest gap among its next JITTER_SAMPLE
+    occurrences after `now`): an offset beyond one period spreads runs no further and
+    only delays the first one.  Jenkins' H keeps its hash inside its field's range for
+    the same reason."""
+    if not jitter_s:
+        return
+    if schedule.kind not in ("cron", "every"):
+        raise ConfigError(
+            f"--jitter moves only --cron and --every schedules, not {describe(schedule)}; "
+            "give --jitter none with it"
+        )
+    if schedule.kind == "every":
+        period = _grid(schedule)[1].total_seconds()
+    else:
+        times = [o.at for o in upcoming(with_offset(schedule, 0.0), now, JITTER_SAMPLE + 1)]
+        gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
+        if not gaps:
+            return  # fewer than two occurrences ahead: nothing to spread
+        period = min(gaps)
+    if jitter_s > period:
+        raise ConfigError(
+            f"--jitter {format_duration(jitter_s)} is longer than the job's period "
+            f"({format_duration(period)}): a wider window spreads its runs no further and "
+            f"only delays them; use at most {format_duration(period)}"
+        )
 
 
 def with_offset(schedule: Schedule, offset: float) -> Schedule:
