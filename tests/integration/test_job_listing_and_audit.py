@@ -58,6 +58,20 @@ def test_jitter_moves_a_jobs_runs_stably(pb: Pb) -> None:
     assert "Jitter:" in shown and "10m (this job's runs: +" in shown
     bad = pb("job", "edit", "spread", "--jitter", "soon")
     assert bad.code != 0 and bad.err.count("\n") == 1
+    # A window wider than the period, or on a schedule that does not repeat: refused,
+    # one line, nothing changed.
+    for args in (
+        ("edit", "spread", "--jitter", "2h"),
+        ("edit", "spread", "--at", "+1h"),
+        ("add", "once", "--at", "+1h", "--jitter", "1m", "--", "true"),
+        ("add", "byhand", "--manual", "--jitter", "1m", "--", "true"),
+        ("add", "often", "--every", "1m", "--jitter", "2h", "--", "true"),
+    ):
+        refused = pb("job", *args)
+        assert refused.code == 2 and refused.err.count("\n") == 1, refused.all
+        assert "--jitter" in refused.err and "Traceback" not in refused.all
+    assert json.loads(pb("job", "next", "spread", "-n", "2", "--json").out) == preview
+    assert [job["name"] for job in json.loads(pb("job", "list", "--json").out)] == ["spread"]
 
 
 def test_every_change_and_trigger_is_audited(pb: Pb) -> None:

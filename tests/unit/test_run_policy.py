@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pony_scheduler.errors import ConfigError
 from pony_scheduler.runstate import ALLOWED, RunState
 from pony_scheduler.scheduler import occurrences, runs
 from pony_scheduler.scheduler.clock import ClockWatch
@@ -388,6 +389,33 @@ def test_jitter_moves_every_occurrence_by_a_stable_offset_within_the_window() ->
     assert count_between(moved, T0, T0 + 2 * hour) == 2
     one = at_schedule("2026-12-01T09:00:00+00:00", "UTC", T0)
     assert with_offset(one, 60).offset == 0.0  # one-shot times are not moved
+
+
+def test_a_jitter_window_is_at_most_the_schedules_period() -> None:
+    """Only cron and interval schedules move, and by at most their period (for cron, the
+    shortest gap between its occurrences): a wider window only delays the first run."""
+    from pony_scheduler.scheduler.schedule import (
+        check_jitter,
+        cron_schedule,
+        every_schedule,
+        manual_schedule,
+    )
+
+    minutely = every_schedule("1m", T0)
+    check_jitter(minutely, 60, T0)  # the whole period: every offset spreads
+    check_jitter(minutely, None, T0)
+    with pytest.raises(ConfigError, match=r"--jitter 2h is longer than the job's period \(1m\)"):
+        check_jitter(minutely, 7200, T0)
+    weekdays = cron_schedule("0 9 * * 1-5", "Europe/Berlin")  # gaps of 1 and 3 days
+    check_jitter(weekdays, 86400, T0)
+    with pytest.raises(ConfigError, match=r"use at most 1d$"):
+        check_jitter(weekdays, 2 * 86400, T0)
+    with pytest.raises(ConfigError, match=r"use at most 5m$"):
+        check_jitter(cron_schedule("*/5 * * * *", "UTC"), 360, T0)
+    for once in (at_schedule("2026-12-01T09:00:00+00:00", "UTC", T0), manual_schedule()):
+        with pytest.raises(ConfigError, match="--jitter moves only --cron and --every"):
+            check_jitter(once, 60, T0)
+        check_jitter(once, None, T0)
 
 
 def test_the_logged_span_of_missed_occurrences_is_those_not_run() -> None:
