@@ -38,6 +38,11 @@ class RunsGroup(Group):
         return super().parse_args(ctx, args)
 
 
+# Run ids are 64-bit integers in both databases: a larger one names no run, and would
+# overflow the driver's parameter rather than find nothing.
+RUN_ID = click.IntRange(1, 2**63 - 1)
+
+
 @click.group(name="runs", cls=RunsGroup)
 def runs_group() -> None:
     """Run history: `pb runs [JOB]`, `pb runs show ID`, `pb runs output ID`."""
@@ -48,7 +53,7 @@ def runs_group() -> None:
 @click.option(
     "-n",
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_000_000),
     default=20,
     show_default=True,
     help="How many runs, newest first.",
@@ -79,7 +84,7 @@ def runs_list(
         click.echo(json.dumps(runs, indent=2))
         return
     if not runs:
-        click.echo("No runs yet")
+        click.echo(f"No {state} runs" if state else "No runs yet")
         return
     rows = [("ID", "JOB", "STATE", "STARTED", "DURATION", "EXIT", "TRIGGER")]
     rows += [
@@ -138,7 +143,7 @@ def _missed_footer(store: Store, job: str | None) -> None:
 
 
 @runs_group.command(name="show")
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=RUN_ID)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @RAW
 @click.pass_context
@@ -190,7 +195,7 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
 
 
 @runs_group.command(name="output")
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=RUN_ID)
 @click.option(
     "-f", "--follow", "follow_", is_flag=True, help="Keep printing while the run is running."
 )
@@ -205,7 +210,7 @@ def runs_output(ctx: click.Context, run_id: int, follow_: bool, raw: bool) -> No
 
 
 @runs_group.command(name="kill")
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=RUN_ID)
 @click.option(
     "--signal",
     "signame",

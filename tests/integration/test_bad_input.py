@@ -305,3 +305,21 @@ def test_job_help_shows_the_ranges_of_integer_options(pb: Pb) -> None:
         ("--tasks-max", "1 to 4,194,304"),
     ):
         assert words in shown.split(f"{option} N ", 1)[1][:120], (option, shown)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("runs", "kill", "99999999999999999999999"),
+        ("runs", "show", "9223372036854775808"),
+        ("runs", "output", "0"),
+        ("runs", "-n", "99999999999999999999"),
+    ],
+)
+def test_numbers_beyond_any_run_are_refused_not_overflowed(pb: Pb, args: tuple[str, ...]) -> None:
+    """A run id or count past 64 bits is refused by the parser, not by the driver's
+    OverflowError (review finding: a traceback)."""
+    pb("job", "add", "a", "--manual", "--", "true", check=True)
+    result = pb(*args)
+    assert result.code == 2 and result.err.count("\n") == 1, result.all
+    assert "is not in the range" in result.err and "Traceback" not in result.all
