@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -137,12 +137,16 @@ def job_list(
 ) -> None:
     """Jobs by name: schedule, next run (in the job's zone), last result, enabled."""
     store = open_store(ctx)
-    found = store.iter_jobs(after, None if everything else limit)
+    # One job more than the page is read: it says whether a next page exists, so a
+    # count of jobs that fills the page exactly does not point to an empty one.
+    page_size = None if everything else limit
+    found = _Page(store.iter_jobs(after, None if page_size is None else page_size + 1), page_size)
     if as_json:
         _stream_json(_job_json(job) for job in found)
+        _next_page_hint(store, found)
         return
     shown, set_aside = 0, []
-    for page in _pages(found, PAGE):
+    for page in _pages(iter(found), PAGE):
         rows = [("NAME", "SCHEDULE", "NEXT RUN", "LAST RESULT", "ENABLED")]
         rows += [
             (j["name"], j["schedule"], _when(raw), j["last_state"] or "-", _enabled(j))
@@ -151,7 +155,6 @@ def job_list(
         table(rows if shown == 0 else rows[1:])
         set_aside += [(raw["name"], raw["error"]) for raw in page if raw.get("error")]
         shown += len(page)
-        last = page[-1]["name"]
     for name, why in set_aside[:SET_ASIDE_SHOWN]:  # why, under the table (the table is narrow)
         click.echo(f"⚠ {name} is set aside: {why}; 'pb job edit {name}' brings it back", err=True)
     if shown == 0:
@@ -161,11 +164,35 @@ def job_list(
             else "No jobs yet; add one with 'pb job add NAME --every 1h -- COMMAND'"
         )
         return
-    if not everything and shown == limit:
-        total = store.count_jobs()
+    _next_page_hint(store, found)
+
+
+class _Page:
+    """The first `limit` of `items` (None: all), once; afterwards `more` says whether
+    another followed and `last` names the last one given."""
+
+    def __init__(self, items: Generator[dict[str, Any], None, None], limit: int | None) -> None:
+        self.items = items
+        self.limit = limit
+        self.more = False
+        self.last = ""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for count, item in enumerate(self.items):
+            if count == self.limit:
+                self.more = True
+                self.items.close()  # ends its read, before the count reads again
+                return
+            self.last = item["name"]
+            yield item
+
+
+def _next_page_hint(store: Any, page: _Page) -> None:
+    """On stderr, so that the table or the JSON on stdout stays whole."""
+    if page.more:
         click.echo(
-            f"Showing {shown:,} of {total:,} jobs; next page: pb job list --after "
-            f"{last}  (--all for every one)",
+            f"Showing {page.limit or 0:,} of {store.count_jobs():,} jobs; next page: pb job list "
+            f"--after {page.last}  (--all for every one)",
             err=True,
         )
 

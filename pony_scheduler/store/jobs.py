@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -272,7 +272,7 @@ class JobQueries:
 
     def iter_jobs(
         self, after: str | None = None, limit: int | None = None
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """Jobs by name (those after `after`, at most `limit`), streamed from the database
         in batches, so that memory stays flat however many jobs there are."""
         query = select(jobs).where(jobs.c.removed_at.is_(None)).order_by(jobs.c.name)

@@ -24,9 +24,15 @@ def test_job_list_pages_by_name_and_streams_everything(pb: Pb) -> None:
     assert pb("job", "list", "--after", "j6").out.strip() == "No more jobs"
     everything = json.loads(pb("job", "list", "--all", "--json").out)
     assert [job["name"] for job in everything] == [f"j{i}" for i in range(7)]
-    page = json.loads(pb("job", "list", "--json", "-n", "2").out)
-    assert page == everything[:2]  # the streamed JSON is the same JSON
+    paged = pb("job", "list", "--json", "-n", "2")
+    assert json.loads(paged.out) == everything[:2]  # the streamed JSON is the same JSON
+    # JSON pages say so too, on stderr: a script reading stdout sees whole JSON
+    assert "Showing 2 of 7 jobs; next page: pb job list --after j1" in paged.err
     assert json.loads(pb("job", "list", "--json", "--after", "zzz").out) == []
+    # A page that holds exactly the jobs left points to no empty next page.
+    for args in (("-n", "7"), ("-n", "4", "--after", "j2"), ("--json", "-n", "7")):
+        exact = pb("job", "list", *args)
+        assert exact.code == 0 and exact.err == "", (args, exact.all)
 
 
 def test_jitter_moves_a_jobs_runs_stably(pb: Pb) -> None:
