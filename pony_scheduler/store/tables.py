@@ -128,7 +128,7 @@ jobs = Table(
     Column("cpu_max", Float),  # CPUs, e.g. 0.5
     Column("tasks_max", Integer),
     Index("ix_jobs_due", "enabled", "next_due_at"),
-    Index("ix_jobs_removed", "removed_at"),
+    Index("ix_jobs_removed_name", "removed_at", "name"),  # pages by name; removed jobs
 )
 
 runs = Table(

@@ -131,6 +131,48 @@ def test_old_schema_is_upgraded_and_newer_refused(db_url: str) -> None:
     engine.dispose()
 
 
+def test_0006_pages_from_an_index_and_counts_only_started_runs(db_url: str) -> None:
+    """A database at 0005 - its job's last result filled by 0003 from a skipped run, and
+    without ix_jobs_removed (0004 gained it late) - upgraded: the last result is the
+    latest run that started, and a page of jobs is read in name order from the index."""
+    from alembic import command
+    from sqlalchemy import insert, update
+
+    from pony_scheduler.store.tables import jobs, runs
+
+    store = Store.open(db_url)
+    job_id = store.add_job("j", job_values())
+    store.close()
+    now = utcnow()
+    engine = create_engine(db_url)
+    config = migrate._config()
+    with engine.begin() as connection:
+        base = {"job_id": job_id, "attempt": 1, "trigger": "manual", "due_at": now}
+        base |= {"created_at": now, "finished_at": now}
+        ran = {**base, "occurrence": now - timedelta(minutes=2), "state": "succeeded"}
+        connection.execute(insert(runs).values(ran))
+        skip = {**base, "occurrence": now - timedelta(minutes=1), "state": "skipped"}
+        skipped = connection.execute(insert(runs).values(skip)).inserted_primary_key[0]
+        filled = {"last_run_id": skipped, "last_state": "skipped", "last_finished_at": now}
+        connection.execute(update(jobs).where(jobs.c.id == job_id).values(filled))
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0005")
+        connection.execute(text("DROP INDEX IF EXISTS ix_jobs_removed"))
+    store = Store.open(db_url)
+    assert migrate.current_revision(store.engine) == migrate.HEAD
+    (job,) = list(store.iter_jobs())
+    assert (job["last_state"], job["last_run_id"]) == ("succeeded", skipped - 1)
+    if db_url.startswith("sqlite"):
+        page = "SELECT name FROM jobs WHERE removed_at IS NULL AND name > 'a' ORDER BY name"
+        with store.engine.connect() as connection:
+            plan = " ".join(
+                str(r[-1]) for r in connection.execute(text(f"EXPLAIN QUERY PLAN {page}"))
+            )
+        assert "ix_jobs_removed_name" in plan and "TEMP B-TREE" not in plan, plan
+    store.close()
+    engine.dispose()
+
+
 def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
     """Every table declared with sqlite_autoincrement keeps AUTOINCREMENT through the
     whole migration chain (a batch ALTER rebuilds the table and may drop it): ids of
