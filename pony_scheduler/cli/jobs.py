@@ -409,8 +409,14 @@ def job_next(
 @click.pass_context
 def job_remove(ctx: click.Context, name: str) -> None:
     """Remove job NAME and its history."""
-    open_store(ctx).remove_job(name)
+    running = open_store(ctx).remove_job(name)
     click.echo(f"✓ Job {name} removed")
+    for run_id in running:
+        click.echo(
+            f"⚠ Run {run_id} of {name} is still running: it goes on to its end, then its "
+            f"record and output are deleted with the job's; 'pb runs kill {run_id}' stops it",
+            err=True,
+        )
 
 
 @job_group.command(name="pause")

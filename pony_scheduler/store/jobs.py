@@ -164,8 +164,10 @@ class JobQueries:
             )
             bump_changes(connection)
 
-    def remove_job(self, name: str, actor: Actor | None = None) -> int:
-        """Remove job `name`, its runs and their output files; returns the runs removed.
+    def remove_job(self, name: str, actor: Actor | None = None) -> tuple[int, ...]:
+        """Remove job `name`, its runs and their output files; returns the ids of its runs
+        still running, which go on to their end (as cron's do when their line is deleted)
+        and are deleted then.  Raises UnknownJob.
 
         The job is renamed and unscheduled first (its name is free at once, its queued
         runs never start), then its runs go in batches of REMOVE_BATCH, each its own
@@ -188,7 +190,15 @@ class JobQueries:
             )
             audit.record(connection, actor, "remove", name)
             bump_changes(connection)
-        return self.purge_removed()
+        self.purge_removed()
+        with self.engine.connect() as connection:
+            return tuple(
+                connection.execute(
+                    select(runs.c.id)
+                    .where(runs.c.job_id == job_id, runs.c.state == RunState.RUNNING)
+                    .order_by(runs.c.id)
+                ).scalars()
+            )
 
     def purge_removed(self) -> int:
         """Delete the runs, output files and rows of removed jobs; returns runs deleted."""

@@ -268,6 +268,26 @@ def test_run_ids_and_output_of_a_removed_job_are_never_shown_again(pb: Pb, home:
     assert pb("runs", "output", str(new["id"])).out == "new-output\n"
 
 
+def test_removing_a_job_says_its_running_run_goes_on_to_its_end(
+    pb: Pb, home: Path, tmp_path: Path
+) -> None:
+    """Not stopped, not silently dropped: named on stderr, run to its end, then deleted."""
+    started, go, ledger = tmp_path / "started", tmp_path / "go", tmp_path / "ledger"
+    pb("scheduler", "start", check=True)
+    script = f"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done; echo done > {ledger}"
+    pb("job", "add", "q", "--manual", "--shell", "--", script, check=True)
+    pb("job", "run", "q", check=True)
+    assert wait_for(started.exists, 60)
+    run_id = json.loads(pb("runs", "--json").out)[0]["id"]
+    removed = pb("job", "remove", "q")
+    assert removed.code == 0 and removed.out == "✓ Job q removed\n", removed.all
+    assert removed.err.startswith(f"⚠ Run {run_id} of q is still running: it goes on")
+    assert f"'pb runs kill {run_id}' stops it" in removed.err
+    go.touch()
+    assert wait_for(lambda: ledger.exists() and ledger.read_text() == "done\n", 60)
+    assert wait_for(lambda: "no run with id" in pb("runs", "show", str(run_id)).err, 120)
+
+
 @pytest.mark.postgres
 def test_output_with_nul_bytes_is_recorded_on_postgresql(pb: Pb, pg_url: str) -> None:
     env = {"PONYBUNNY_DB": pg_url}
