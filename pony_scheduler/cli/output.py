@@ -17,6 +17,16 @@ if TYPE_CHECKING:
 
 from pony_scheduler.cli.common import get_run, shown
 
+# The start of the note a run gets when the keeper could not create its output file
+# (keeper/output.py): its file is then missing because it never existed.
+NEVER_CREATED = "output incomplete: cannot create "
+
+
+def missing_file(run: dict[str, object]) -> str:
+    """Why the output file of `run` (a runs row as get_run gives it), which printed
+    something, is not there: "never created" or "removed"."""
+    return "never created" if NEVER_CREATED in str(run.get("reason") or "") else "removed"
+
 
 def output_path_of(ctx: click.Context, run_id: int, follow_: bool) -> str | None:
     """Where run `run_id` writes its output; with `follow_`, waits for a queued or running
@@ -85,7 +95,7 @@ def open_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> Bi
             continue  # it printed since we looked: the state above may already be final
         if run.get("output_tail"):
             raise PonyError(
-                f"the output file of run {run_id} was removed ({path}); "
+                f"the output file of run {run_id} was {missing_file(run)} ({path}); "
                 f"`pb runs show {run_id}` has its end"
             )
         if not follow_ or run["state"] not in ("queued", "running"):

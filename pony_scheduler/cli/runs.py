@@ -22,7 +22,7 @@ from pony_scheduler.cli.common import (
     table,
 )
 from pony_scheduler.cli.options import settings_from
-from pony_scheduler.cli.output import output_path_of, print_output
+from pony_scheduler.cli.output import missing_file, output_path_of, print_output
 from pony_scheduler.errors import PonyError
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
             value = _exit(run)
         if key == "output_path" and value and not os.path.exists(value):
             # Created at the first byte of output (see pb-job(1)).
-            value = f"{value} (removed)" if run.get("output_tail") else "- (no output)"
+            value = f"{value} ({missing_file(run)})" if run.get("output_tail") else "- (no output)"
         click.echo(
             shown(
                 f"{key.replace('_', ' ').capitalize() + ':':<13} {'-' if value is None else value}",

@@ -125,3 +125,18 @@ def test_tail_is_the_last_4_kib(home: Path, home_fd: int) -> None:
         out.write(data[i : i + 1000])
     out.close()
     assert out.tail_bytes() == data[-4096:]
+
+
+def test_the_cli_tells_a_file_never_created_from_one_removed(home: Path, home_fd: int) -> None:
+    """`pb runs show` / `pb runs output` read the keeper's note from the run's reason:
+    a file the keeper could not create was never there, not removed (review finding)."""
+    from pony_scheduler.cli.output import missing_file
+
+    (home / "runs").mkdir()
+    (home / "runs/job").symlink_to(home)
+    out = make(home, home_fd)
+    out.write(b"printed")
+    note = out.close()
+    assert missing_file({"reason": f"exit status 5; {note}"}) == "never created"
+    assert missing_file({"reason": "exit status 5"}) == "removed"
+    assert missing_file({"reason": None}) == "removed"
