@@ -11,6 +11,25 @@ from pony_scheduler.joblimits import MAX_QUEUED, RETRIES, TASKS_MAX
 from pony_scheduler.jobs import CATCH_UP, OVERLAP, JobOptions
 
 
+class WholeNumber(click.ParamType):
+    """A whole number written in ASCII digits, optionally signed: not "1_0", " 5" or
+    other digits, which int() would accept (the range is checked by joblimits)."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value)
+        digits = text[1:] if text[:1] in "+-" else text
+        if not digits or not digits.isascii() or not digits.isdigit():
+            self.fail(f"{text!r} is not a whole number", param, ctx)
+        return int(text)
+
+
+WHOLE = WholeNumber()
+
+
 def _range(bounds: tuple[int, int]) -> str:
     """A documented range as pb-job(1) writes it: "0 to 10,000"."""
     return f"{bounds[0]:,} to {bounds[1]:,}"
@@ -33,7 +52,7 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--timeout", metavar="DURATION", help="Kill the run after this long."),
         click.option(
             "--retries",
-            type=int,
+            type=WHOLE,
             metavar="N",
             help=f"Attempts after a failure ({_range(RETRIES)}; default 0).",
         ),
@@ -89,7 +108,7 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--tasks-max",
-            type=int,
+            type=WHOLE,
             metavar="N",
             help="Most processes and threads "
             f"a run may have, {_range(TASKS_MAX)} (where the pids controller "
@@ -121,7 +140,7 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--max-queued",
-            type=int,
+            type=WHOLE,
             metavar="N",
             help="With --overlap queue: "
             f"runs that may wait behind the running one, {_range(MAX_QUEUED)} "

@@ -273,6 +273,8 @@ def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
         ("Catch-up", data["catch_up"]),
         ("Start deadline", _deadline(data)),
         ("Jitter", _jitter(name, data)),
+        ("Leftovers", data["leftovers"]),
+        ("Limits", _limits(data)),
         ("Umask", data["umask"]),
         ("Directory", data["cwd"] or "(the scheduler's home)"),
         ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items()) or "-"),
@@ -285,6 +287,17 @@ def _seconds(value: float | None) -> str:
     from pony_scheduler.durations import format_duration
 
     return format_duration(value) if value else "none"
+
+
+def _limits(data: dict[str, Any]) -> str:
+    """--memory-max, --cpu-max and --tasks-max as given back: "memory 512 MiB, CPUs 0.5"."""
+    memory, cpus, tasks = data.get("memory_max"), data.get("cpu_max"), data.get("tasks_max")
+    parts = [
+        f"memory {memory / 1048576:g} MiB" if memory else "",
+        f"CPUs {cpus:g}" if cpus else "",
+        f"tasks {tasks}" if tasks else "",
+    ]
+    return ", ".join(part for part in parts if part) or "none"
 
 
 def _jitter(name: str, data: dict[str, Any]) -> str:

@@ -257,6 +257,9 @@ def test_a_corrupt_database(pb: Pb, home: Path) -> None:
         (["--retries", "2147483648"], "--retries must be from 0 to 10,000"),
         (["--retries", "-1"], "--retries must be from 0 to 10,000"),
         (["--max-queued", "0"], "--max-queued must be from 1 to 10,000"),
+        (["--tasks-max", "1_0"], "'1_0' is not a whole number"),  # int() would take them
+        (["--retries", " 5"], "' 5' is not a whole number"),
+        (["--max-queued", "\u0663"], "is not a whole number"),
         (["--umask", "1000"], "not an octal mask from 000 to 777"),
         (["--umask", "08"], "not an octal mask from 000 to 777"),
         (["--umask", ""], "not an octal mask from 000 to 777"),

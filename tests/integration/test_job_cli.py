@@ -129,3 +129,15 @@ def test_db_option_reaches_another_database(pb: Pb, tmp_path: Path) -> None:
     assert "elsewhere" in pb("job", "list", "--db", str(other)).out
     assert "elsewhere" not in pb("job", "list").out
     assert pb("runs", "--db", str(other)).out.strip() == "No runs yet"
+
+
+def test_show_gives_the_limits_and_leftovers_policy(pb: Pb) -> None:
+    """What --leftovers and the limits were set to, without --json (review finding)."""
+    pb("job", "add", "plain", "--manual", "--", "true", check=True)
+    limits = ("--memory-max", "50M", "--cpu-max", "50%", "--tasks-max", "10")
+    pb("job", "add", "held", "--manual", "--leftovers", "keep", *limits, "--", "true", check=True)
+    plain = pb("job", "show", "plain", check=True).out
+    assert "Leftovers:      kill\n" in plain and "Limits:         none\n" in plain
+    held = pb("job", "show", "held", check=True).out
+    assert "Leftovers:      keep\n" in held
+    assert "Limits:         memory 50 MiB, CPUs 0.5, tasks 10\n" in held
