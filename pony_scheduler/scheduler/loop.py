@@ -534,3 +534,6 @@ class WorkLoop:
             self.next_heartbeat = mono + self.heartbeat_interval
             with contextlib.suppress(DBAPIError):
                 self.store.renew_leases(self.scheduler_id, self.now(), self.lease)
+                # told, as in maintain(): else the keeper takes a draining scheduler for a
+                # hung one after a third of a lease, and says so in its log
+                self.executor.renewed()

@@ -329,3 +329,24 @@ def test_due_times_from_pb_follow_the_databases_clock(pb: Pb, pg_url: str) -> No
     shown = json.loads(pb("job", "next", "hourly", "-n", "1", "--json", env=ahead).out)
     first = datetime.fromisoformat(shown["runs"][0]["utc"])
     assert first < after + timedelta(minutes=61), shown
+
+
+def test_a_draining_scheduler_is_not_taken_for_a_hung_one(pb: Pb, tmp_path: Path) -> None:
+    """`pb scheduler stop` waits for a run longer than a third of the lease (when the
+    keeper starts renewing for a silent scheduler): the draining scheduler still renews
+    and tells its keeper so, which logs no "has not renewed" warning (review finding)."""
+    go = tmp_path / "go"
+    home = pb.home
+    (home / "config.toml").write_text("lease = 30\nshutdown_grace = 300\n")
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "slow", "--manual", "--shell", "--", f"until [ -e {go} ]; do sleep 0.1; done")
+    pb("job", "run", "slow", check=True)
+    wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])
+    stopping = pb.popen("scheduler", "stop")
+    log = home / "scheduler.log"
+    assert wait_for(lambda: "Waiting up to 300s for 1 running job(s)" in text(log), 60)
+    time.sleep(15)  # the drain lasts 1.5x the 10 s after which the keeper would step in
+    go.touch()
+    assert stopping.wait(120) == 0
+    assert "has not renewed its leases" not in text(home / "keeper.log")
+    assert json.loads(pb("runs", "--json").out)[0]["state"] == "succeeded"
