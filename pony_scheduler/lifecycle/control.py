@@ -76,6 +76,7 @@ def _clear_the_way(
     if info.state is PidState.RUNNING:
         if not force:
             raise AlreadyRunning(spec, info)
+        spec.check_handover(settings)  # refused now, while the old one still runs
         terminate(spec, settings, info, timeout=timeout, say=say)
         info = pidfile.inspect(spec, settings.home)
     if info.state in (PidState.STALE, PidState.STARTING):

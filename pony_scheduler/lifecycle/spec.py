@@ -26,6 +26,9 @@ class ServiceSpec(NamedTuple):
     # beside(settings) -> None: what `start` does in its own process while the daemon it
     # forked starts up (best effort: errors are the daemon's to report).
     beside: str | None = None
+    # check(settings) -> None: before a running instance is replaced (restart, start
+    # --force), whether the new one can take over from it; raises PonyError if not.
+    handover_check: str | None = None
 
     def pid_path(self, home: Path) -> Path:
         return home / f"{self.name}.pid"
@@ -47,6 +50,10 @@ class ServiceSpec(NamedTuple):
         if self.preflight:
             self.load(self.preflight)(settings)
 
+    def check_handover(self, settings: "Settings") -> None:
+        if self.handover_check:
+            self.load(self.handover_check)(settings)
+
     def run_beside(self, settings: "Settings") -> None:
         if self.beside:
             self.load(self.beside)(settings)
@@ -67,6 +74,7 @@ SCHEDULER = ServiceSpec(
     details=(("Database", "dbPath"), ("Socket", "socketPath")),
     stops_on_corrupt_database=True,
     beside="pony_scheduler.scheduler.service:start_keeper",
+    handover_check="pony_scheduler.scheduler.service:check_handover",
 )
 
 GATEWAY = ServiceSpec(

@@ -19,6 +19,35 @@ def preflight(settings: Settings) -> None:
     validate_socket_path(settings.socket)
 
 
+def check_handover(settings: Settings) -> None:
+    """Before a running scheduler is replaced (restart, start --force): it hands its runs
+    to the home's run keeper, and this scheduler can adopt them only if it speaks that
+    keeper's protocol (keeper/protocol.py).  When it does not (an upgrade across
+    protocols), refuse now, while the running scheduler still schedules, rather than
+    stop it and then fail to start.  Raises PonyError; a keeper not running is fine."""
+    from pony_scheduler import __version__
+    from pony_scheduler.errors import PonyError
+    from pony_scheduler.keeper.protocol import META_FILE, PROTOCOL
+    from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time, read_meta
+
+    facts = read_meta(settings.home / META_FILE) or {}
+    pid = facts.get("pid")
+    alive = (
+        isinstance(pid, int)
+        and facts.get("bootId") == boot_id()
+        and proc_start_time(pid) == facts.get("procStartTime")
+    )
+    if not alive or facts.get("protocol") == PROTOCOL:
+        return
+    raise PonyError(
+        f"the run keeper (PID {pid}) holding the scheduler's runs is pony-scheduler "
+        f"{facts.get('version')}, protocol {facts.get('protocol')}; this pony-scheduler "
+        f"{__version__} speaks protocol {PROTOCOL} and could not adopt them, so the running "
+        "scheduler was left alone: 'pb scheduler stop' (it drains its runs), then "
+        "'pb scheduler start'"
+    )
+
+
 def start_keeper(settings: Settings) -> None:
     """Start the home's run keeper unless one runs, from `pb scheduler start`'s own
     process while the daemon it forked starts up: the keeper's ~100 ms interpreter start

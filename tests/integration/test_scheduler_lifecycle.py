@@ -298,3 +298,30 @@ def test_round_trip_on_postgresql(pb: Pb, home: Path, pg_url: str) -> None:
         assert conn.execute(
             "SELECT count(*) FROM schedulers WHERE stopped_at IS NULL"
         ).fetchone() == (0,)
+
+
+def test_a_restart_that_could_not_adopt_the_runs_leaves_the_scheduler_running(
+    pb: Pb, home: Path
+) -> None:
+    """An upgrade across keeper protocols: restart and start --force refuse before they
+    stop anything (review finding: the old scheduler was stopped first, and the home then
+    had none until the keeper's runs ended).  keeper.json says what an older keeper
+    would: its protocol."""
+    pb("scheduler", "start", check=True)
+    pid = pb.pid()
+    meta_path = home / "keeper.json"
+    assert wait_for(meta_path.exists, 30)
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "protocol": 0, "version": "0.0.1"}))
+    try:
+        for args in (("restart",), ("start", "--force")):
+            refused = pb("scheduler", *args)
+            assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
+            assert "pony-scheduler 0.0.1, protocol 0" in refused.err
+            assert "the running scheduler was left alone" in refused.err
+            assert pb.pid() == pid and alive(pid)
+    finally:
+        meta_path.write_text(json.dumps(meta))
+    restarted = pb("scheduler", "restart")
+    assert restarted.code == 0, restarted.all
+    assert pb.pid() != pid
