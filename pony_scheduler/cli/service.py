@@ -328,19 +328,9 @@ STATE_WORDS = {
 def keeper_facts(settings: Settings) -> dict[str, Any] | None:
     """The run keeper of the home, from its keeper.json, if its process is alive and the
     one the file describes (the same checks as for a pid file): pid, containment, ..."""
-    from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time
+    from pony_scheduler.lifecycle.pidfile import live_meta
 
-    try:
-        with open(settings.home / "keeper.json", "rb") as handle:
-            facts = json.loads(handle.read(65536))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(facts, dict) or not isinstance(facts.get("pid"), int):
-        return None
-    alive = facts.get("bootId") == boot_id() and proc_start_time(facts["pid"]) == facts.get(
-        "procStartTime"
-    )
-    return facts if alive else None
+    return live_meta(settings.home / "keeper.json")
 
 
 def status_json(report: Status, settings: Settings) -> dict[str, Any]:

@@ -92,6 +92,18 @@ def read_meta(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def live_meta(path: Path) -> dict[str, Any] | None:
+    """The metadata file `path` (NAME.json, keeper.json) if the process it describes
+    lives: its "pid" on this boot ("bootId") with the same /proc start time
+    ("procStartTime"), the checks a pid file gets; None otherwise."""
+    meta = read_meta(path)
+    if meta is None or not isinstance(meta.get("pid"), int):
+        return None
+    pid = meta["pid"]
+    same = meta.get("bootId") == boot_id() and proc_start_time(pid) == meta.get("procStartTime")
+    return meta if same else None
+
+
 def write_meta(path: Path, data: dict[str, Any]) -> None:
     """Write atomically, so a reader never sees half a file (and never through a link)."""
     from pony_scheduler.files import SHARED_MODE, write_atomic

@@ -28,19 +28,13 @@ def check_handover(settings: Settings) -> None:
     from pony_scheduler import __version__
     from pony_scheduler.errors import PonyError
     from pony_scheduler.keeper.protocol import META_FILE, PROTOCOL
-    from pony_scheduler.lifecycle.pidfile import boot_id, proc_start_time, read_meta
+    from pony_scheduler.lifecycle.pidfile import live_meta
 
-    facts = read_meta(settings.home / META_FILE) or {}
-    pid = facts.get("pid")
-    alive = (
-        isinstance(pid, int)
-        and facts.get("bootId") == boot_id()
-        and proc_start_time(pid) == facts.get("procStartTime")
-    )
-    if not alive or facts.get("protocol") == PROTOCOL:
+    facts = live_meta(settings.home / META_FILE)
+    if facts is None or facts.get("protocol") == PROTOCOL:
         return
     raise PonyError(
-        f"the run keeper (PID {pid}) holding the scheduler's runs is pony-scheduler "
+        f"the run keeper (PID {facts['pid']}) holding the scheduler's runs is pony-scheduler "
         f"{facts.get('version')}, protocol {facts.get('protocol')}; this pony-scheduler "
         f"{__version__} speaks protocol {PROTOCOL} and could not adopt them, so the running "
         "scheduler was left alone: 'pb scheduler stop' (it drains its runs), then "
