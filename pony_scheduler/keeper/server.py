@@ -95,7 +95,9 @@ class Keeper(RunBook):
         # A newer scheduler wants the home: exit once no run is held (conns._retire).
         self.retiring = False
         self.stop_now = False
-        self.idle_since: float | None = None
+        # Idle from the start: a keeper no scheduler ever reaches (the start that made it
+        # failed) must time out too, and epoll_wait needs that deadline from its first call.
+        self.idle_since: float | None = time.monotonic()
         self.stray_check_at = 0.0
         self.to_remove: list[Any] = []  # boxes of ended runs: removed after the pass's sends
         self.epoll.register(listener.fileno(), select.EPOLLIN)
