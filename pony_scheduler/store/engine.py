@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import time
 from typing import Any
@@ -38,13 +39,15 @@ def parse_url(value: str) -> URL:
     """Validate a `--db` URL without connecting (safe before forking)."""
     try:
         url = make_url(value)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number, "[::1"
         raise ConfigError(
-            f"--db {value!r} is neither a path nor an SQLAlchemy URL such as "
-            "postgresql+psycopg://user@host/dbname"
+            f"--db {safe_url(value)!r} is neither a path nor an SQLAlchemy URL such as "
+            "postgresql+psycopg://user@host:5432/dbname"
         ) from None
     try:
-        url.get_dialect()
+        dialect = url.get_dialect()
+        if url.get_backend_name() != "sqlite":  # sqlite3 is Python's own
+            dialect.import_dbapi()  # the driver, imported by create_engine otherwise
     except NoSuchModuleError:
         raise ConfigError(
             f"--db {safe_url(url)}: unknown database driver {url.drivername!r}; "
@@ -52,8 +55,8 @@ def parse_url(value: str) -> URL:
         ) from None
     except ImportError as exc:
         raise ConfigError(
-            f"--db {safe_url(url)}: the driver is not installed ({exc.name}); "
-            "pip install 'pony-scheduler[postgresql]'"
+            f"--db {safe_url(url)}: its driver {exc.name} is not installed; use "
+            "postgresql+psycopg://… (pip install 'pony-scheduler[postgresql]' installs psycopg)"
         ) from None
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(f"--db {safe_url(url)}: only SQLite and PostgreSQL are supported")
@@ -83,9 +86,12 @@ def safe_url(url: URL | str) -> str:
     """The URL as users may see it in logs and status: without the password."""
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
-        return str(url)
+    except (ArgumentError, ValueError):  # unparsable: mask what looks like user:password@
+        return _USER_PASSWORD.sub(r"\1***@", str(url))
     return parsed.render_as_string(hide_password=True)
+
+
+_USER_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
 def make_engine(value: str) -> Engine:

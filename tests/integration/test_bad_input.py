@@ -26,6 +26,10 @@ def one_line_error(result_err: str) -> str:
         (["--timeout", "inf"], "not a positive number"),
         (["--bogus"], "No such option '--bogus'"),
         (["--db", "bogus://x"], "unknown database driver"),
+        # make_url's ValueError (a port that is no number), the password masked
+        (["--db", "postgresql+psycopg://u:s3cret@[::1"], "'postgresql+psycopg://u:***@[::1' is"),
+        (["--db", "postgresql+psycopg://u@127.0.0.1:abc/x"], "is neither a path nor an SQLAlchemy"),
+        (["--db", "postgresql+pg8000://u@127.0.0.1/x"], "its driver pg8000 is not installed"),
         (["--db", "/nonexistent/dir/pony.db"], "does not exist"),
         (["--socket", "/tmp/" + "s" * 120], "longer than the 107"),
         (["--socket", "/nonexistent/dir/g.sock"], "does not exist"),
