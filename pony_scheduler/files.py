@@ -324,6 +324,14 @@ def _create_database(dir_fd: int, name: str) -> None:
 
 
 # -- opening and creating ------------------------------------------------------------------
+def below_runs(home: str | os.PathLike[str], path: str | None) -> str | None:
+    """`path` relative to HOME/runs if it lies below it (by its text, normalized: no
+    file is looked at), else None: an output path of another home, or a forged one."""
+    runs = os.path.join(home, "runs")
+    normal = os.path.normpath(path) if path else ""
+    return normal[len(runs) + 1 :] if normal.startswith(runs + "/") else None
+
+
 def open_run_output(home: str | os.PathLike[str], path: str | None) -> int:
     """A run's output file, opened for reading: only a file below HOME/runs (the path
     comes from the database, which must not become a way to read /etc/shadow), reached
@@ -332,19 +340,14 @@ def open_run_output(home: str | os.PathLike[str], path: str | None) -> int:
 
     Raises UnsafePath (elsewhere, a link, not ours), FileNotFoundError (none yet: the file
     is made at the run's first byte of output), OSError."""
-    runs = os.path.join(home, "runs")
-    relative = None
-    if path:
-        normal = os.path.normpath(path)
-        if normal.startswith(runs + "/"):
-            relative = normal[len(runs) + 1 :]
+    relative = below_runs(home, path)
     if relative is None:
         raise UnsafePath(
             str(path),
-            f"is not a file below {runs}",
-            "pony-scheduler reads "
-            "run output only there; the database holding this path may have "
-            "been changed by someone else",
+            f"is not a file below {os.path.join(home, 'runs')}",
+            "pony-scheduler reads run output only there: a run of another home (another "
+            "host sharing the database) is read there, and 'pb runs show' has its last "
+            "4 KiB; else the database holding this path was changed by someone else",
         )
     fd = open_beneath(home, f"runs/{relative}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     try:

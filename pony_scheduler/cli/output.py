@@ -39,6 +39,9 @@ def output_path_of(ctx: click.Context, run_id: int, follow_: bool) -> str | None
 
 
 def print_output(ctx: click.Context, run_id: int, path: str, follow_: bool, raw: bool) -> None:
+    if follow_ and not _ours(ctx, path):
+        _follow_elsewhere(ctx, run_id, path, raw)
+        return
     handle = open_output(ctx, run_id, path, follow_)
     if handle is None:
         return
@@ -50,6 +53,30 @@ def print_output(ctx: click.Context, run_id: int, path: str, follow_: bool, raw:
                 out.write(handle.read(), final=True)
                 return
             time.sleep(0.2)
+
+
+def _ours(ctx: click.Context, path: str) -> bool:
+    from pony_scheduler.files import below_runs
+
+    return below_runs(settings_from(ctx, db=ctx.meta.get("db")).home, path) is not None
+
+
+def _follow_elsewhere(ctx: click.Context, run_id: int, path: str, raw: bool) -> None:
+    """Following a run whose file is in another home (a host sharing the database): its
+    state is followed here, and its last 4 KiB (from the database) printed at its end."""
+    click.echo(
+        f"Run {run_id} writes its output in another home ({path}); it is read there: "
+        "here, its last 4 KiB once it ends",
+        err=True,
+    )
+    run = get_run(ctx, run_id)
+    while run["state"] in ("queued", "running"):
+        time.sleep(0.2)
+        run = get_run(ctx, run_id)
+    tail = run.get("output_tail") or b""
+    OutputWriter(raw or not sys.stdout.isatty()).write(
+        tail if isinstance(tail, bytes) else str(tail).encode(), final=True
+    )
 
 
 class OutputWriter:

@@ -593,3 +593,27 @@ def test_resuming_a_job_does_not_start_what_came_due_while_it_was_paused(pb: Pb)
     after = {r["id"]: r for r in of("q", all_runs(pb))}
     assert waiting and all(after[i]["state"] == "skipped" for i in waiting), after
     assert all(after[i]["reason"] == "not run: its job was paused when it was due" for i in waiting)
+
+
+def test_following_a_run_of_another_home_waits_and_prints_its_tail(
+    pb: Pb, home: Path, tmp_path: Path
+) -> None:
+    """Two homes sharing a database (two hosts, in effect): `pb job run --wait --follow`
+    from the home that does not run the job cannot read the file, which is in the other
+    home; it says so on one line, follows the state, prints the stored tail and exits
+    with the run's status (review finding: it failed, blaming a changed database)."""
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    pb("scheduler", "start", env={"PONYBUNNY_DB": db}, check=True)
+    script = "echo first; echo second; exit 5"
+    pb("job", "add", "o", "--manual", "--shell", "--", script, env={"PONYBUNNY_DB": db}, check=True)
+    elsewhere = {"PONYBUNNY_DB": db, "PONYBUNNY_HOME": str(other)}
+    followed = pb("job", "run", "o", "--wait", "--follow", env=elsewhere, timeout=120)
+    assert followed.code == 5, followed.all
+    assert followed.out == "first\nsecond\n"
+    assert f"writes its output in another home ({home}/runs/o/" in followed.err
+    run_id = json.loads(pb("runs", "--json", env=elsewhere).out)[0]["id"]
+    refused = pb("runs", "output", str(run_id), env=elsewhere)
+    assert refused.code != 0 and "a run of another home" in refused.err, refused.all
+    assert pb("runs", "output", str(run_id), env={"PONYBUNNY_DB": db}).out == "first\nsecond\n"
