@@ -27,6 +27,11 @@ from pony_scheduler.waiting import pause
 
 log = logging.getLogger("pony_scheduler.executor")
 REFUSED_PAUSE_S = 1.0  # seconds without launches after the keeper refused one
+# A launch the keeper has not answered this long (it answers within STARTED_DELAY_S with
+# `started`, an outcome or a refusal): the keeper is frozen or hung, and no more runs are
+# claimed until it answers, so that queued ones stay free for other hosts' schedulers
+# rather than wait here for it and expire.
+UNANSWERED_S = 5.0
 
 Launch = kp.Launch  # what starting one run needs: the command resolved, its environment
 
@@ -64,6 +69,8 @@ class Executor:
         self.client: KeeperClient | None = None
         self.keepers = 0  # connections made: the first tells the keeper it is our first
         self.in_flight: set[int] = set()
+        self.unanswered: dict[int, float] = {}  # launched run -> when (monotonic)
+        self.stalled = False  # the keeper has not answered a launch for UNANSWERED_S
         self.pending: collections.deque[tuple[kp.Launch, float]] = collections.deque()
         self.refused: list[int] = []  # refused by the keeper, to go back to the queue
         self.launch_after = 0.0  # monotonic: no launches before (after a refusal)
@@ -91,6 +98,8 @@ class Executor:
                 self.client.welcome.version,
             )
         self.in_flight = {held.run_id for held in self.client.welcome.runs}
+        self.unanswered = {}
+        self.stalled = False
         return self.client.welcome
 
     def fileno(self) -> int | None:
@@ -111,6 +120,8 @@ class Executor:
             raise KeeperError(f"the run keeper went away: {exc}") from None
         finished = False
         for event in events:
+            if not isinstance(event, kp.Superseded):
+                self.unanswered.pop(event.run_id, None)
             if isinstance(event, kp.Started):
                 self.on_started(
                     Started(event.run_id, event.pid, event.pid_start, event.output_path)
@@ -147,6 +158,9 @@ class Executor:
                 finished = True
             else:  # Superseded: another scheduler of this home took the keeper over
                 raise KeeperError(f"the run keeper was taken over: {event.message}")
+        if self.stalled and events and not self._stalled(time.monotonic()):
+            log.warning("The run keeper answers again: runs are claimed again")
+            finished = True  # free slots again: the loop claims
         if finished:
             self.last_finish = time.monotonic()
             self._fill()
@@ -201,9 +215,22 @@ class Executor:
     def free_slots(self, ahead: int = 0) -> int:
         """How many more runs to hand over: one per free slot, plus `ahead` waiting;
         none for a moment after the keeper refused a launch (REFUSED_PAUSE_S)."""
-        if time.monotonic() < self.launch_after:
+        now = time.monotonic()
+        if now < self.launch_after or self._stalled(now):
             return 0
         return max(0, self.workers + ahead - self.busy())
+
+    def _stalled(self, now: float) -> bool:
+        """Whether a launch has waited UNANSWERED_S for the keeper (logged once)."""
+        late = bool(self.unanswered) and min(self.unanswered.values()) < now - UNANSWERED_S
+        if late and not self.stalled:
+            log.warning(
+                "The run keeper has not answered a launch for %gs (frozen or hung?): no "
+                "more runs are claimed until it does",
+                UNANSWERED_S,
+            )
+        self.stalled = late
+        return late
 
     def busy(self) -> int:
         """Runs in flight at the keeper plus those claimed ahead and waiting for a slot."""
@@ -230,6 +257,7 @@ class Executor:
                 return  # release_waiting gives it back; never launched this late
             launch, _ = self.pending.popleft()
             self.in_flight.add(launch.run_id)
+            self.unanswered[launch.run_id] = time.monotonic()
             self.keeper().launch(launch)
 
     def take_back(self, handed_before: float | None = None) -> list[int]:

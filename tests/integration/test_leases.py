@@ -305,6 +305,37 @@ def test_a_launch_refused_as_late_goes_back_to_the_queue_without_spending_an_att
     assert "goes back to the queue" in log
 
 
+def test_a_frozen_keeper_gets_no_more_launches_until_it_answers(pb: Pb, tmp_path: Path) -> None:
+    """A keeper that does not answer a launch for 5 s (frozen): the scheduler claims
+    nothing more, so that due runs stay queued for other hosts instead of waiting here
+    and expiring (review finding), and says so; once the keeper answers, every run runs
+    once."""
+    pb.env.update(PONYBUNNY_LEASE="10")
+    marker = tmp_path / "ran"
+    pb("scheduler", "start", check=True)
+    script = f"echo $PONYBUNNY_RUN_ID >> {marker}"
+    pb("job", "add", "j", "--manual", "--overlap", "allow", "--shell", "--", script, check=True)
+    keeper = verified_pid(pb.home, "keeper")
+    log = pb.home / "scheduler.log"
+    os.kill(keeper, signal.SIGSTOP)
+    try:
+        pb("job", "run", "j", check=True)
+        wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
+        time.sleep(6)  # a lower bound, not a race: the launch must be older than 5 s
+        pb("job", "run", "j", check=True)  # wakes the loop, which finds it unanswered
+        assert wait_for(lambda: "has not answered a launch for 5s" in text(log), 60), text(log)
+        states = [r["state"] for r in json.loads(pb("runs", "--json").out)]
+        assert states == ["queued", "running"], states
+    finally:
+        os.kill(keeper, signal.SIGCONT)
+    runs = wait_runs(
+        pb, lambda rs: len(rs) == 2 and all(r["state"] not in ("queued", "running") for r in rs)
+    )
+    assert [(r["attempt"], r["state"]) for r in runs] == [(1, "succeeded")] * 2, runs
+    assert sorted(marker.read_text().split()) == sorted(str(r["id"]) for r in runs)
+    assert "The run keeper answers again" in text(log)
+
+
 def test_due_times_from_pb_follow_the_databases_clock(pb: Pb, pg_url: str) -> None:
     """`pb job add --at +10m` on a host whose clock is an hour ahead: the run is due ten
     minutes from now by the database's clock (the one every scheduler judges by), not an
