@@ -33,6 +33,7 @@ from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler.occurrences import Plan
 from pony_scheduler.scheduler.runs import Trigger
 from pony_scheduler.store import audit
+from pony_scheduler.store.clock import ClockQueries
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, loads, row_dict, utcnow
 from pony_scheduler.store.tables import jobs, missed, runs
 
@@ -113,7 +114,7 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-class JobQueries:
+class JobQueries(ClockQueries):
     engine: Engine
 
     def add_job(self, name: str, values: dict[str, Any], actor: Actor | None = None) -> int:
@@ -257,10 +258,15 @@ class JobQueries:
         actor: Actor | None = None,
     ) -> None:
         """Pause (runs already started go on; queued ones wait) or resume from
-        `next_due_at`.  Raises UnknownJob."""
+        `next_due_at`.  A pause notes when it began (the database's time; a second
+        pause keeps the first's), which drop_paused reads.  Raises UnknownJob."""
         values: dict[str, Any] = {"enabled": enabled}
         if enabled:
             values["next_due_at"] = next_due_at
+            values["paused_at"] = None
+        else:
+            since = case((jobs.c.enabled.is_(True), self.db_now()), else_=jobs.c.paused_at)
+            values["paused_at"] = since
         self.update_job(name, values, actor, "resume" if enabled else "pause")
 
     def job_row(self, name: str) -> dict[str, Any] | None:

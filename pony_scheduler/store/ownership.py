@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler.runs import Abandoned, Holding, Settlement, Trigger
@@ -19,9 +19,11 @@ from pony_scheduler.store.transitions import Adopt, Claimant, Drop, Lose, Releas
 
 class OwnershipQueries(RunQueries):
     def drop_paused(self, name: str, now: datetime) -> int:
-        """Skip the runs of paused job `name` that came due while it was paused (manual
-        runs excepted: someone asked for them); returns how many.  Called before it is
-        resumed, so that none of them starts late."""
+        """Skip the queued occurrences of paused job `name` that came due while it was
+        paused (since jobs.paused_at); returns how many.  Called before it is resumed, so
+        that none of them starts late.  Runs queued before the pause wait and run after
+        it (README); so do manual runs (someone asked for them), retries and resumes of
+        runs that started before it: they are no new occurrences."""
         query = (
             select(runs.c.id)
             .join(jobs, jobs.c.id == runs.c.job_id)
@@ -30,7 +32,9 @@ class OwnershipQueries(RunQueries):
                 jobs.c.enabled.is_(False),
                 runs.c.state == QUEUED,
                 runs.c.due_at <= now,
-                runs.c.trigger != Trigger.MANUAL.value,
+                # due while paused: not one that was due, and waiting, before the pause
+                or_(jobs.c.paused_at.is_(None), runs.c.due_at >= jobs.c.paused_at),
+                runs.c.trigger.in_([Trigger.SCHEDULE.value, Trigger.CATCH_UP.value]),
             )
         )
         reason = "not run: its job was paused when it was due"

@@ -96,6 +96,7 @@ jobs = Table(
     Column("cwd", Text),
     Column("env", Text, nullable=False, default="{}"),  # JSON object
     Column("enabled", Boolean, nullable=False, default=True),
+    Column("paused_at", UTCDateTime()),  # while paused: since when (pb job resume)
     Column("next_due_at", UTCDateTime()),  # next occurrence not yet turned into a run
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
