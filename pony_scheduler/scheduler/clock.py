@@ -39,6 +39,19 @@ class Step:
     at: datetime
 
 
+def step_while_stopped(last_heartbeat: datetime | None, now: datetime) -> Step | None:
+    """A step back of the clock that no scheduler saw (it came while none ran): the
+    latest heartbeat an earlier scheduler wrote (`last_heartbeat`, database time) lies
+    more than CLOCK_STEP ahead of `now`.  The Step is by `now - last_heartbeat`, the
+    downtime counted as none (it cannot be told); interval jobs then move back as for a
+    step seen live, instead of waiting out the difference (README, "Clock steps").  A
+    step forward meanwhile looks like downtime: its occurrences are missed (catch-up).
+    None when there is nothing to correct."""
+    if last_heartbeat is None or (last_heartbeat - now).total_seconds() <= CLOCK_STEP:
+        return None
+    return Step(now - last_heartbeat, now)
+
+
 class ClockWatch:
     """Notices steps of the wall clock by comparing it with the monotonic clock."""
 

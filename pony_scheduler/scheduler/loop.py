@@ -29,7 +29,7 @@ from pony_scheduler.keeper.protocol import LeaseTerms
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler import environment, host, planning, recovery, runs, takeover
-from pony_scheduler.scheduler.clock import DatabaseClock
+from pony_scheduler.scheduler.clock import DatabaseClock, step_while_stopped
 from pony_scheduler.scheduler.executor import Executor, Launch
 from pony_scheduler.scheduler.runs import Capacity, Claimed, Ending, Outcome, Run, Started
 from pony_scheduler.store import Store
@@ -129,6 +129,12 @@ class WorkLoop:
         self.scheduler_id = self.store.register_scheduler(str(self.runtime.settings.home))
         self.me = replace(self.me, scheduler=self.scheduler_id)
         self.clock.measure()
+        # A live scheduler shifts interval jobs itself when the clock steps (iteration);
+        # one that steps back while none runs is found here.  (Another scheduler that
+        # steps in the few seconds before its next heartbeat could be counted twice.)
+        step = step_while_stopped(self.store.latest_heartbeat(self.scheduler_id), self.now())
+        if step is not None:
+            self.planner.clock_stepped(step, self.now())
         for warning in recovery.identity_warnings(
             self.store, self.scheduler_id, self.now() - timedelta(seconds=self.lease)
         ):

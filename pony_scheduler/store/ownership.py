@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler.runs import Abandoned, Holding, Settlement, Trigger
@@ -162,6 +162,16 @@ class OwnershipQueries(RunQueries):
         )
         with self.engine.connect() as connection:
             return [row_dict(row) for row in connection.execute(query)]
+
+    def latest_heartbeat(self, exclude: str) -> datetime | None:
+        """The latest time any scheduler but `exclude` wrote, as a heartbeat or as its
+        stop (database time); None if there was none."""
+        query = select(
+            func.max(schedulers.c.heartbeat_at), func.max(schedulers.c.stopped_at)
+        ).where(schedulers.c.id != exclude)
+        with self.engine.connect() as connection:
+            times = connection.execute(query).one()
+        return max((t for t in times if t is not None), default=None)
 
     def any_scheduler_since(self, since: datetime) -> bool:
         """Whether any scheduler not recorded as stopped sent a heartbeat after `since`
