@@ -116,6 +116,7 @@ class WorkLoop:
         # When the pids of launched runs must be written by; None: none expected.
         self.pids_due: float | None = None
         self.backlog = False  # the last claim left due runs behind
+        self.filled_at: datetime | None = None  # a claim last filled every free worker
         self.next_scan = 0.0  # monotonic: when a claim next judges its whole window
         self.unreleased: list[int] = []  # taken back from the executor, not yet requeued
         # Since when (monotonic) the database answers; the current outage (monotonic
@@ -251,7 +252,9 @@ class WorkLoop:
         mono = time.monotonic()  # before the claim: how old its lease is when launched
         turning_over = mono - self.executor.last_finish < AHEAD_WINDOW
         limit = self.executor.free_slots(AHEAD if self.backlog and turning_over else 0)
-        capacity = Capacity(self.started_at, self.executor.workers, saturated=free == 0)
+        capacity = Capacity(
+            self.started_at, self.executor.workers, saturated=free == 0, filled_at=self.filled_at
+        )
 
         def admit(run: Run, job: runs.JobNow) -> runs.Admission:
             return runs.admit(run, job, capacity, now)
@@ -265,6 +268,8 @@ class WorkLoop:
             ClaimRequest(now, limit, self.lease, admit, scan=scan)
         )
         self.backlog = waiting and limit > 0
+        if waiting and free > 0 and len(claimed) >= free:
+            self.filled_at = now  # every free worker got a run, and more were due
         for item in claimed:
             self.launch(item, now, mono)
         if claimed and self.pids_due is None:

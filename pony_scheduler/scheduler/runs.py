@@ -315,6 +315,9 @@ class Capacity:
     started_at: datetime  # when this scheduler started (UTC)
     workers: int
     saturated: bool = False  # every worker was busy at the last claim
+    # When a claim last filled every free worker and left due runs waiting: the workers
+    # were what held them back then (a herd), not the scheduler (None: never).
+    filled_at: datetime | None = None
 
 
 START = Admission(Verdict.START)
@@ -355,7 +358,7 @@ def _expiry(run: Run, job: JobNow, capacity: Capacity, now: datetime) -> str | N
         return None
     if since + timedelta(seconds=deadline) < capacity.started_at:
         cause = "no scheduler was running"
-    elif capacity.saturated:
+    elif capacity.saturated or (capacity.filled_at is not None and capacity.filled_at >= since):
         cause = f"all {capacity.workers} workers were busy"
     else:
         cause = f"the scheduler was {format_duration(late)} behind"

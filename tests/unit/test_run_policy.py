@@ -195,6 +195,12 @@ def test_start_deadline_expires_late_runs_with_what_happened() -> None:
     assert late.reason == ("not started within its start deadline (1m): all 4 workers were busy")
     behind = admit(run, now=T0 + s(75))
     assert behind.reason is not None and behind.reason.endswith("the scheduler was 1m 15s behind")
+    # A worker free at this claim, but claims filled every worker while it waited (a
+    # herd): the workers held it back, not the scheduler (review finding).
+    herd = replace(CAPACITY, filled_at=T0 + s(30))
+    assert admit(run, now=T0 + s(75), capacity=herd).reason == late.reason
+    before = replace(CAPACITY, filled_at=T0 - s(1))  # full only before it came due
+    assert (admit(run, now=T0 + s(75), capacity=before).reason or "").endswith("behind")
     fresh = Capacity(started_at=T0 + s(300), workers=4)
     down = admit(run, now=T0 + s(301), capacity=fresh)
     assert down.reason is not None and down.reason.endswith("no scheduler was running")
