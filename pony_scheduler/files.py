@@ -52,6 +52,7 @@ from pony_scheduler.pathtrust import (
     trusted_owner,
     trusted_owners,
     user_name,
+    writable_fix,
 )
 
 # Defined in pathtrust (walking paths, opening below a directory); imported from here.
@@ -216,7 +217,7 @@ def _check_home_itself(home: str | os.PathLike[str], info: os.stat_result) -> No
         raise UnsafePath(
             home,
             f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o})",
-            f"run 'chmod 700 {home}'",
+            writable_fix(home, info.st_mode, f"run 'chmod 700 {home}'"),
         )
 
 
@@ -292,7 +293,11 @@ def check_database_file(path: str | os.PathLike[str], *, create: bool = False) -
                 directory,
                 f"holds the database and is writable by others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o})",
-                f"run 'chmod go-w {directory}' or keep the database elsewhere",
+                writable_fix(
+                    directory,
+                    info.st_mode,
+                    f"run 'chmod go-w {directory}' or keep the database elsewhere",
+                ),
             )
         if create:
             _create_database(found.dir_fd, found.name)

@@ -69,6 +69,17 @@ def trusted_owner(uid: int) -> bool:
     return uid in (os.geteuid(), 0)
 
 
+def writable_fix(path: str | os.PathLike[str], mode: int, fix: str) -> str:
+    """What to do about `path` being writable by others: `fix` (a chmod), unless it is a
+    shared sticky directory such as /tmp, which must stay as it is for everyone else."""
+    if stat.S_ISDIR(mode) and mode & stat.S_ISVTX:
+        return (
+            "it is a shared directory (sticky, as /tmp is) and must stay so: use one of "
+            f"your own in it instead (mkdir -m 700 {os.path.join(path, 'pony')})"
+        )
+    return fix
+
+
 def check_owner_and_mode(
     path: str | os.PathLike[str], info: os.stat_result, *, private: bool
 ) -> None:
@@ -89,7 +100,9 @@ def check_owner_and_mode(
         )
     if mode & 0o022:
         raise UnsafePath(
-            path, f"is writable by others (mode {mode:04o})", f"run 'chmod go-w {path}'"
+            path,
+            f"is writable by others (mode {mode:04o})",
+            writable_fix(path, info.st_mode, f"run 'chmod go-w {path}'"),
         )
 
 

@@ -67,6 +67,14 @@ def test_modes_of_the_home(home: Path) -> None:
     assert refusal(home) == (f"{home} is writable by others (mode 0777); run 'chmod 700 {home}'")
     home.chmod(0o720)
     assert "writable by others (mode 0720)" in refusal(home)
+    # A shared sticky directory (/tmp itself as the home) is never to be chmod'ed: the fix
+    # is a directory of one's own in it (review finding: "run 'chmod 700 /tmp'").
+    home.chmod(0o1777)
+    assert refusal(home) == (
+        f"{home} is writable by others (mode 1777); it is a shared directory (sticky, as "
+        f"/tmp is) and must stay so: use one of your own in it instead (mkdir -m 700 "
+        f"{home}/pony)"
+    )
     home.chmod(0o755)  # readable by others is the owner's choice
     check_home(home)
 
