@@ -194,6 +194,23 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def _is_none(text: str) -> bool:
+    return text.strip().lower() == "none"
+
+
+def _cwd(text: str) -> str | None:
+    """--cwd: an existing directory, made absolute; "none" for the default (the
+    scheduler's home).  ConfigError for an empty or missing one."""
+    if _is_none(text):
+        return None
+    if not text.strip():
+        raise ConfigError("--cwd '' names no directory; give one, or none for the scheduler's home")
+    cwd = Path(text).expanduser().absolute()
+    if not cwd.is_dir():
+        raise ConfigError(f"--cwd {text}: no such directory")
+    return str(cwd)
+
+
 def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | None:
     if value is not None and value not in allowed:
         raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
@@ -206,7 +223,9 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
 
     values: dict[str, Any] = {}
     if opts.timeout is not None:
-        values["timeout_s"] = parse_duration(opts.timeout, "--timeout")
+        values["timeout_s"] = (
+            None if _is_none(opts.timeout) else parse_duration(opts.timeout, "--timeout")
+        )
     if opts.retries is not None:
         values["retries"] = in_range(opts.retries, RETRIES, "--retries")
     if opts.max_queued is not None:
@@ -227,12 +246,11 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
     if _choice(opts.catch_up, CATCH_UP, "--catch-up"):
         values["catch_up"] = opts.catch_up
     if opts.cwd is not None:
-        cwd = Path(opts.cwd).expanduser().absolute()
-        if not cwd.is_dir():
-            raise ConfigError(f"--cwd {opts.cwd}: no such directory")
-        values["cwd"] = str(cwd)
+        values["cwd"] = _cwd(opts.cwd)
     if opts.env:
-        values["env"] = parse_env(opts.env)
+        # An empty --env '' stands for no variables (as systemd's empty assignment
+        # resets a list): `pb job edit NAME --env ''` clears them.
+        values["env"] = parse_env([pair for pair in opts.env if pair != ""])
     if opts.env_file is not None:
         values["env_file"] = check_env_file(opts.env_file)
     if _choice(opts.leftovers, LEFTOVERS, "--leftovers"):
@@ -243,9 +261,7 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
         values["cpu_max"] = parse_cpus(opts.cpu_max)
     if opts.jitter is not None:
         values["jitter_s"] = (
-            None
-            if opts.jitter.strip().lower() == "none"
-            else parse_duration(opts.jitter, "--jitter")
+            None if _is_none(opts.jitter) else parse_duration(opts.jitter, "--jitter")
         )
     if opts.tasks_max is not None:
         values["tasks_max"] = in_range(opts.tasks_max, TASKS_MAX, "--tasks-max")

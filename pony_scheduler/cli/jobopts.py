@@ -49,7 +49,7 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--manual", is_flag=True, default=None, help="No schedule: runs only with 'pb job run'."
         ),
-        click.option("--timeout", metavar="DURATION", help="Kill the run after this long."),
+        click.option("--timeout", metavar="DURATION|none", help="Kill the run after this long."),
         click.option(
             "--retries",
             type=WHOLE,
@@ -71,12 +71,14 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Choice(CATCH_UP),
             help="Runs missed while down: skip, once (default) or all.",
         ),
-        click.option("--cwd", metavar="DIR", help="Working directory of the command."),
+        click.option(
+            "--cwd", metavar="DIR|none", help="Working directory of the command (none: the home)."
+        ),
         click.option(
             "--env",
             multiple=True,
             metavar="NAME=VALUE",
-            help="Environment variable for the command (repeatable).",
+            help="Environment variable for the command (repeatable; '' for none).",
         ),
         click.option(
             "--env-file",

@@ -141,3 +141,18 @@ def test_show_gives_the_limits_and_leftovers_policy(pb: Pb) -> None:
     held = pb("job", "show", "held", check=True).out
     assert "Leftovers:      keep\n" in held
     assert "Limits:         memory 50 MiB, CPUs 0.5, tasks 10\n" in held
+
+
+def test_edit_can_take_back_a_timeout_the_environment_and_the_directory(
+    pb: Pb, tmp_path: Path
+) -> None:
+    """Every option set once can be set back to its default (review finding: a timeout,
+    --env and --cwd could not, and --cwd '' stored the shell's current directory)."""
+    options = ("--manual", "--timeout", "2s", "--env", "A=1", "--cwd", str(tmp_path))
+    pb("job", "add", "to", *options, "--", "true", check=True)
+    pb("job", "edit", "to", "--timeout", "none", "--env", "", "--cwd", "none", check=True)
+    shown = json.loads(pb("job", "show", "to", "--json").out)
+    assert (shown["timeout_s"], shown["env"], shown["cwd"]) == (None, {}, None), shown
+    for args in (("job", "edit", "to", "--cwd", ""), ("job", "add", "c", "--cwd", "", "--manual")):
+        refused = pb(*args, "--", "true") if args[1] == "add" else pb(*args)
+        assert refused.code == 2 and "--cwd '' names no directory" in refused.err, refused.all
