@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from pony_scheduler.cli import Command
 from pony_scheduler.joblimits import MAX_QUEUED, RETRIES, TASKS_MAX
 from pony_scheduler.jobs import CATCH_UP, OVERLAP, JobOptions
 
@@ -28,6 +29,44 @@ class WholeNumber(click.ParamType):
 
 
 WHOLE = WholeNumber()
+
+
+def _usage(ctx: click.Context) -> str:
+    return f"{ctx.command_path} NAME [options] -- COMMAND [ARG ...]"
+
+
+class CommandAfterDashes(Command):
+    """`pb job add` and `edit`: COMMAND is what follows `--`, and only that.  click
+    would take any word that is no option as part of it and drop a later `--`
+    (`pb job add x --every 5m echo hi -- foo` stored `echo hi foo`), and would say
+    only "No such option '-n'" for `... /bin/echo -n hi`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["after_dashes"] = args[args.index("--") + 1 :] if "--" in args else None
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            if "--" in args:
+                raise
+            raise click.NoSuchOption(
+                exc.option_name,
+                f"No such option {exc.option_name!r}; if it is the command's own, put the "
+                f"command after --: {_usage(ctx)}",
+                ctx=ctx,
+            ) from None
+
+
+def check_command_after_dashes(ctx: click.Context, command: tuple[str, ...]) -> None:
+    """UsageError unless `command` (as parsed) is exactly what followed `--`."""
+    after = ctx.meta.get("after_dashes")
+    if command and after is None:
+        raise click.UsageError(f"put the command after --: {_usage(ctx)}")
+    if command and tuple(after or ()) != command:
+        stray = command[: len(command) - len(after or ())]
+        raise click.UsageError(
+            f"{' '.join(stray)!r} comes before -- and is no option: everything after -- is "
+            f"the command, options go before it ({_usage(ctx)})"
+        )
 
 
 def _range(bounds: tuple[int, int]) -> str:

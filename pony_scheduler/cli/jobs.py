@@ -26,7 +26,12 @@ from pony_scheduler.cli.common import (
     shown,
     table,
 )
-from pony_scheduler.cli.jobopts import job_options, options_of
+from pony_scheduler.cli.jobopts import (
+    CommandAfterDashes,
+    check_command_after_dashes,
+    job_options,
+    options_of,
+)
 from pony_scheduler.cli.output import output_path_of, print_output
 
 
@@ -35,7 +40,7 @@ def job_group() -> None:
     """Define, change and trigger jobs (the running scheduler sees changes within a second)."""
 
 
-@job_group.command(name="add")
+@job_group.command(name="add", cls=CommandAfterDashes)
 @click.argument("name")
 @job_options
 @click.pass_context
@@ -43,6 +48,7 @@ def job_add(ctx: click.Context, name: str, **kwargs: Any) -> None:
     """Add job NAME running COMMAND (after --) on a schedule."""
     from pony_scheduler.jobs import new_job
 
+    check_command_after_dashes(ctx, kwargs["command"])
     options = options_of(kwargs)
     values = new_job(name, options, now_utc(), warn=_warn)  # bad input changes nothing
     store = open_store(ctx)
@@ -52,7 +58,7 @@ def job_add(ctx: click.Context, name: str, **kwargs: Any) -> None:
     click.echo(f"✓ Job {name} added; next run: {_next_run(values, enabled=True)}")
 
 
-@job_group.command(name="edit")
+@job_group.command(name="edit", cls=CommandAfterDashes)
 @click.argument("name")
 @job_options
 @click.pass_context
@@ -61,6 +67,7 @@ def job_edit(ctx: click.Context, name: str, **kwargs: Any) -> None:
     from pony_scheduler.jobs import changed_job, check_changes
     from pony_scheduler.store.jobs import UnknownJob
 
+    check_command_after_dashes(ctx, kwargs["command"])
     options = options_of(kwargs)
     check_changes(options)  # bad input changes nothing, not even the database file
     store = open_store(ctx)

@@ -156,3 +156,22 @@ def test_edit_can_take_back_a_timeout_the_environment_and_the_directory(
     for args in (("job", "edit", "to", "--cwd", ""), ("job", "add", "c", "--cwd", "", "--manual")):
         refused = pb(*args, "--", "true") if args[1] == "add" else pb(*args)
         assert refused.code == 2 and "--cwd '' names no directory" in refused.err, refused.all
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("add", "y1", "--every", "5m", "/bin/true"), "put the command after --"),
+        (("add", "y3", "--every", "5m", "echo", "hi", "--", "foo"), "'echo hi' comes before --"),
+        (("add", "y2", "--every", "5m", "/bin/echo", "-n", "hi"), "if it is the command's own"),
+        (("edit", "ok", "echo"), "put the command after --: pb job edit NAME"),
+    ],
+)
+def test_the_command_is_what_follows_the_dashes(pb: Pb, args: tuple[str, ...], words: str) -> None:
+    """click took words before -- into the command and dropped a later -- (review
+    finding: `echo hi -- foo` was stored as `echo hi foo`)."""
+    pb("job", "add", "ok", "--every", "5m", "--", "echo", "a", "--", "b", check=True)
+    result = pb("job", *args)
+    assert result.code == 2 and result.err.count("\n") == 1 and words in result.err, result.all
+    assert [job["name"] for job in json.loads(pb("job", "list", "--json").out)] == ["ok"]
+    assert json.loads(pb("job", "show", "ok", "--json").out)["command"] == ["echo", "a", "--", "b"]
