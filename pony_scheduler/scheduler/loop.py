@@ -136,6 +136,7 @@ class WorkLoop:
         step = step_while_stopped(self.store.latest_heartbeat(self.scheduler_id), self.now())
         if step is not None:
             self.planner.clock_stepped(step, self.now())
+            self.store.forget_future_times(self.scheduler_id, self.now())
         for warning in recovery.identity_warnings(
             self.store, self.scheduler_id, self.now() - timedelta(seconds=self.lease)
         ):

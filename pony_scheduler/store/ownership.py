@@ -41,10 +41,24 @@ class OwnershipQueries(RunQueries):
         with self.engine.connect() as connection:  # paused: nothing claims them meanwhile
             ids = list(connection.execute(query).scalars())
         with transaction(self.engine) as connection:
-            return sum(
+            dropped = sum(
                 self.hot.transitions.write(connection, Drop(run_id, RunState.SKIPPED, reason, now))
                 for run_id in ids
             )
+        with self.engine.begin() as connection:
+            # Those that waited through the pause are due from now: their start deadline
+            # counts from the resume, not from a time the pause kept them from starting.
+            connection.execute(
+                update(runs)
+                .where(
+                    runs.c.job_id == select(jobs.c.id).where(jobs.c.name == name).scalar_subquery(),
+                    runs.c.state == QUEUED,
+                    runs.c.due_at < now,
+                    runs.c.trigger != Trigger.MANUAL.value,
+                )
+                .values(due_at=now)
+            )
+        return dropped
 
     def release_runs(self, held: list[tuple[int, int]]) -> int:
         """Give claimed runs that never started, as (run id, epoch), back to the queue;
@@ -162,6 +176,18 @@ class OwnershipQueries(RunQueries):
         )
         with self.engine.connect() as connection:
             return [row_dict(row) for row in connection.execute(query)]
+
+    def forget_future_times(self, exclude: str, now: datetime) -> None:
+        """Bring the heartbeats and stops other schedulers wrote ahead of `now` (a clock
+        stepped back since) back to `now`, so that the step is handled once, not at
+        every start until the clock catches up (latest_heartbeat)."""
+        with self.engine.begin() as connection:
+            for column in (schedulers.c.heartbeat_at, schedulers.c.stopped_at):
+                connection.execute(
+                    update(schedulers)
+                    .where(schedulers.c.id != exclude, column > now)
+                    .values({column.name: now})
+                )
 
     def latest_heartbeat(self, exclude: str) -> datetime | None:
         """The latest time any scheduler but `exclude` wrote, as a heartbeat or as its
