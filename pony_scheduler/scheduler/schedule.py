@@ -164,7 +164,8 @@ def check_jitter(schedule: Schedule, jitter_s: float | None, now: datetime) -> N
     interval's length; for cron, the shortest gap among its next JITTER_SAMPLE
     occurrences after `now`): an offset beyond one period spreads runs no further and
     only delays the first one.  Jenkins' H keeps its hash inside its field's range for
-    the same reason."""
+    the same reason.  Cron gaps are taken in UTC: the period its fields give, the same
+    whatever the date, not a day daylight saving made shorter."""
     if not jitter_s:
         return
     if schedule.kind not in ("cron", "every"):
@@ -175,7 +176,8 @@ def check_jitter(schedule: Schedule, jitter_s: float | None, now: datetime) -> N
     if schedule.kind == "every":
         period = _grid(schedule)[1].total_seconds()
     else:
-        times = [o.at for o in upcoming(with_offset(schedule, 0.0), now, JITTER_SAMPLE + 1)]
+        fields = Schedule("cron", schedule.expr, "UTC")
+        times = [o.at for o in upcoming(fields, now, JITTER_SAMPLE + 1)]
         gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
         if not gaps:
             return  # fewer than two occurrences ahead: nothing to spread

@@ -416,6 +416,10 @@ def test_a_jitter_window_is_at_most_the_schedules_period() -> None:
     check_jitter(weekdays, 86400, T0)
     with pytest.raises(ConfigError, match=r"use at most 1d$"):
         check_jitter(weekdays, 2 * 86400, T0)
+    # Daylight saving's short day does not count: the same answer on any date.
+    night = cron_schedule("30 2 * * *", "Europe/Berlin")
+    for day in (T0, datetime(2027, 3, 20, 12, tzinfo=UTC), datetime(2027, 10, 25, tzinfo=UTC)):
+        check_jitter(night, 86400, day)
     with pytest.raises(ConfigError, match=r"use at most 5m$"):
         check_jitter(cron_schedule("*/5 * * * *", "UTC"), 360, T0)
     for once in (at_schedule("2026-12-01T09:00:00+00:00", "UTC", T0), manual_schedule()):
