@@ -60,6 +60,11 @@ def parse_url(value: str) -> URL:
         ) from None
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(f"--db {safe_url(url)}: only SQLite and PostgreSQL are supported")
+    if url.get_backend_name() == "sqlite" and (url.database or ":memory:") == ":memory:":
+        raise ConfigError(
+            "--db names an in-memory SQLite database, which keeps nothing once the command "
+            "ends; give a file: a path, or sqlite:////PATH/pony.db"
+        )
     return url
 
 
@@ -75,11 +80,15 @@ def check_database(value: str) -> URL:
         try:
             check_database_file(path)
         except FileNotFoundError:
-            raise ConfigError(
-                f"--db {path}: directory {os.path.dirname(path)} does not "
-                "exist; create it or choose another path"
-            ) from None
+            raise ConfigError(_no_directory(path)) from None
     return url
+
+
+def _no_directory(path: str) -> str:
+    return (
+        f"--db {path}: directory {os.path.dirname(path)} does not exist; create it or "
+        "choose another path"
+    )
 
 
 def safe_url(url: URL | str) -> str:
@@ -91,7 +100,8 @@ def safe_url(url: URL | str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-_USER_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+# Up to the last @ before the host: a password may hold an unescaped @ itself.
+_USER_PASSWORD = re.compile(r"(://[^:/@]*:)[^/?#]*@")
 
 
 def make_engine(value: str) -> Engine:
@@ -236,7 +246,10 @@ def _prepare_sqlite_file(path: str) -> tuple[str, bool]:
     commands still work)."""
     from pony_scheduler.files import check_database_file
 
-    real = check_database_file(path, create=True)
+    try:
+        real = check_database_file(path, create=True)
+    except FileNotFoundError:
+        raise ConfigError(_no_directory(path)) from None
     directory = os.path.dirname(real)
     return real, not os.access(directory, os.W_OK) or (
         os.path.exists(real) and not os.access(real, os.W_OK)

@@ -30,6 +30,9 @@ def one_line_error(result_err: str) -> str:
         (["--db", "postgresql+psycopg://u:s3cret@[::1"], "'postgresql+psycopg://u:***@[::1' is"),
         (["--db", "postgresql+psycopg://u@127.0.0.1:abc/x"], "is neither a path nor an SQLAlchemy"),
         (["--db", "postgresql+pg8000://u@127.0.0.1/x"], "its driver pg8000 is not installed"),
+        (["--db", "postgresql://u:p@ss@h:x/db"], "'postgresql://u:***@h:x/db' is neither"),
+        (["--db", "sqlite://"], "--db names an in-memory SQLite database"),
+        (["--db", "sqlite:///:memory:"], "--db names an in-memory SQLite database"),
         (["--db", "/nonexistent/dir/pony.db"], "does not exist"),
         (["--socket", "/tmp/" + "s" * 120], "longer than the 107"),
         (["--socket", "/nonexistent/dir/g.sock"], "does not exist"),
@@ -41,6 +44,15 @@ def test_bad_start_flags(pb: Pb, home: Path, args: list[str], expected: str) -> 
     assert expected in result.err
     assert result.out == ""
     assert not (home / "scheduler.pid").exists()
+
+
+@pytest.mark.parametrize("db", ["sqlite:///no/such/dir/x.db", "/no/such/dir/x.db"])
+def test_a_database_in_a_missing_directory_is_one_line(pb: Pb, db: str) -> None:
+    """For every command, not only a daemon's start (review finding: a traceback)."""
+    for args in (("job", "list"), ("job", "add", "m", "--manual", "--", "true"), ("runs",)):
+        result = pb(*args, "--db", db) if args[0] != "job" else pb(*args[:2], "--db", db, *args[2:])
+        assert result.code == 2 and result.err.count("\n") == 1, result.all
+        assert "does not exist; create it or choose another path" in result.err
 
 
 def test_unknown_flag_is_one_line(pb: Pb) -> None:
