@@ -30,12 +30,13 @@ def check_handover(settings: Settings) -> None:
     from pony_scheduler.keeper.protocol import META_FILE, PROTOCOL
     from pony_scheduler.lifecycle.pidfile import live_meta
 
-    facts = live_meta(settings.home / META_FILE)
-    if facts is None or facts.get("protocol") == PROTOCOL:
-        return
+    facts = live_meta(settings.home / META_FILE) or {}
+    theirs = facts.get("protocol")
+    if type(theirs) is not int or theirs == PROTOCOL:
+        return  # none, or no number we can judge by: the keeper's own answer decides
     raise PonyError(
-        f"the run keeper (PID {facts['pid']}) holding the scheduler's runs is pony-scheduler "
-        f"{facts.get('version')}, protocol {facts.get('protocol')}; this pony-scheduler "
+        f"the run keeper (PID {facts.get('pid')}) holding the scheduler's runs is "
+        f"pony-scheduler {facts.get('version')}, protocol {theirs}; this pony-scheduler "
         f"{__version__} speaks protocol {PROTOCOL} and could not adopt them, so the running "
         "scheduler was left alone: 'pb scheduler stop' (it drains its runs), then "
         "'pb scheduler start'"
