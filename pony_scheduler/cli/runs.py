@@ -38,6 +38,8 @@ class RunsGroup(Group):
         return super().parse_args(ctx, args)
 
 
+# `pb runs show` labels that are not the key capitalized (units go with the values).
+LABELS = {"duration_s": "Duration", "cpu_s": "CPU time"}
 # Run ids are 64-bit integers in both databases: a larger one names no run, and would
 # overflow the driver's parameter rather than find nothing.
 RUN_ID = click.IntRange(1, 2**63 - 1)
@@ -149,6 +151,8 @@ def _missed_footer(store: Store, job: str | None) -> None:
 @click.pass_context
 def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None:
     """Metadata and output of run RUN_ID."""
+    from pony_scheduler.durations import format_duration
+
     run = get_run(ctx, run_id)
     if as_json:
         click.echo(json.dumps(run, indent=2))
@@ -175,8 +179,8 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
         value = run.get(key)
         if key == "peak_memory" and value is not None:
             value = f"{value / 1048576:.1f} MiB"
-        if key == "cpu_s" and value is not None:
-            value = f"{value:.3f}s"
+        if key in ("cpu_s", "duration_s") and value is not None:
+            value = format_duration(value)
         if key in ("occurrence", "started_at", "finished_at"):
             value = local(value)
         if key == "exit_code":
@@ -186,7 +190,8 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
             value = f"{value} ({missing_file(run)})" if run.get("output_tail") else "- (no output)"
         click.echo(
             shown(
-                f"{key.replace('_', ' ').capitalize() + ':':<13} {'-' if value is None else value}",
+                f"{LABELS.get(key, key.replace('_', ' ').capitalize()) + ':':<13} "
+                f"{'-' if value is None else value}",
                 raw,
             )
         )
