@@ -49,6 +49,8 @@ KEEPALIVE = 15.0  # seconds between SSE comments, so dead connections are notice
 RECHECK = 1.0  # seconds between checks that an event stream's credential is still valid
 FLUSH_EVERY = 5.0  # seconds between summaries of rate-limited refusal lines
 MAX_LIMIT = 1000
+MAX_JOBS = 1_000_000  # a page of jobs, as `pb job list -n`
+MAX_RUN_ID = 2**63 - 1  # run ids are 64-bit in both databases, as `pb runs show`
 
 
 @dataclass
@@ -159,6 +161,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 
 # -- reading ---------------------------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
+    _only(request, ())
     gateway = request.app[GATEWAY]
     return web.json_response(
         {
@@ -203,53 +206,78 @@ def _only(request: web.Request, allowed: tuple[str, ...]) -> None:
         )
 
 
+def _whole(raw: str, what: str, low: int, high: int) -> int:
+    """`raw` as a whole number from `low` to `high`, written in ASCII digits (int() would
+    take '²' or '٣' too, or fail on them); HTTPBadRequest otherwise."""
+    if not (raw.isascii() and raw.isdigit() and low <= int(raw) <= high):
+        raise web.HTTPBadRequest(
+            text=f"{what} must be a whole number from {low} to {high}, not {raw!r}"
+        )
+    return int(raw)
+
+
 async def list_jobs(request: web.Request) -> web.Response:
-    _only(request, ())
-    return web.json_response({"jobs": await request.app[GATEWAY].data.jobs()})
+    """Jobs by name; with `limit`, a page of them and `next_after` (the `after` of the
+    next page, null on the last), as `pb job list` pages."""
+    _only(request, ("limit", "after"))
+    raw = request.query.get("limit")
+    limit = None if raw is None else _whole(raw, "limit", 1, MAX_JOBS)
+    after = request.query.get("after")
+    jobs = await request.app[GATEWAY].data.jobs(after, None if limit is None else limit + 1)
+    if limit is None:
+        return web.json_response({"jobs": jobs})
+    more = len(jobs) > limit
+    page = jobs[:limit]
+    return web.json_response(
+        {"jobs": page, "next_after": page[-1]["name"] if more and page else None}
+    )
 
 
 async def show_job(request: web.Request) -> web.Response:
+    _only(request, ())
     return web.json_response(await request.app[GATEWAY].data.job(request.match_info["name"]))
 
 
 async def list_runs(request: web.Request) -> web.Response:
     _only(request, ("job", "limit", "state"))
-    raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise web.HTTPBadRequest(
-            text=f"limit must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}"
-        )
+    limit = _whole(request.query.get("limit", "50"), "limit", 1, MAX_LIMIT)
     state = request.query.get("state") or None
     if state is not None and state not in RUN_STATES:
         raise web.HTTPBadRequest(text=f"unknown state {state!r} (known: {', '.join(RUN_STATES)})")
     job = request.query.get("job") or None
-    runs = await request.app[GATEWAY].data.runs(job, int(raw), state)
-    return web.json_response({"runs": runs})
+    data = request.app[GATEWAY].data
+    if job is not None:
+        await data.job(job)  # 404 for a job that does not exist, as `pb runs JOB` says
+    return web.json_response({"runs": await data.runs(job, limit, state)})
 
 
 def _run_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
-        raise web.HTTPBadRequest(text=f"a run id is a positive whole number, not {raw!r}")
-    return int(raw)
+    return _whole(request.match_info["id"], "a run id", 1, MAX_RUN_ID)
 
 
 async def show_run(request: web.Request) -> web.Response:
+    _only(request, ())
     return web.json_response(await request.app[GATEWAY].data.run(_run_id(request)))
 
 
 # -- changing --------------------------------------------------------------------------------
 async def _no_body(request: web.Request) -> None:
-    """These actions take no parameters: accept an empty body or a JSON object."""
+    """These actions take no parameters: no query, and an empty body or an empty JSON
+    object; anything else is refused, so that nobody believes a parameter did something."""
+    _only(request, ())
     body = await request.read()
     if not body.strip():
         return
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json parses
         raise web.HTTPBadRequest(text="the request body is not valid JSON") from None
     if not isinstance(parsed, dict):
         raise web.HTTPBadRequest(text="the request body must be a JSON object")
+    if parsed:
+        raise web.HTTPBadRequest(
+            text=f"unknown field {sorted(parsed)[0]!r}: this action takes no parameters"
+        )
 
 
 async def run_job(request: web.Request) -> web.Response:

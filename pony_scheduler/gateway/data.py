@@ -125,8 +125,12 @@ class Data:
             ) from None
 
     # -- what the API serves -----------------------------------------------------------------
-    async def jobs(self) -> list[dict[str, Any]]:
-        return [job_json(job) for job in await self.query("list_jobs")]
+    async def jobs(
+        self, after: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs by name, those after `after`, at most `limit` (None: all)."""
+        found = await self.within(lambda store: list(store.iter_jobs(after, limit)))
+        return [job_json(job) for job in found]
 
     async def job(self, name: str) -> dict[str, Any]:
         job = await self.query("get_job", name)

@@ -59,7 +59,7 @@ _ID = {
     "name": "id",
     "in": "path",
     "required": True,
-    "schema": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999},
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
 }
 
 SPEC: dict[str, Any] = {
@@ -75,7 +75,18 @@ SPEC: dict[str, Any] = {
         "/api/openapi.json": _get("This description"),
         "/api/health": _get("Liveness: status, service, version, pid, uptime"),
         "/api/status": _get("The gateway, the scheduler connection and the services"),
-        "/api/jobs": _get("All jobs"),
+        "/api/jobs": _get(
+            "Jobs by name: all, or a page of `limit` after `after`, with `next_after`",
+            params=[
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                },
+                {"name": "after", "in": "query", "schema": {"type": "string"}},
+            ],
+            extra={"400": _ERROR},
+        ),
         "/api/jobs/{name}": _get("One job", params=[_NAME], extra={"404": _ERROR}),
         "/api/jobs/{name}/run": _action("Queue a run now", "202"),
         "/api/jobs/{name}/pause": _action("Pause a job", "200"),
@@ -97,6 +108,7 @@ SPEC: dict[str, Any] = {
                             "interrupted",
                             "lost",
                             "skipped",
+                            "expired",
                         ]
                     },
                 },

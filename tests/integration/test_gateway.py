@@ -340,11 +340,22 @@ def test_malformed_requests_get_json_errors_and_the_server_lives(pb: Pb, home: P
     start_gateway(pb, port)
     token = token_of(home)
     cases: list[tuple[str, str, bytes | None, int, str]] = [
-        ("GET", "/api/runs/abc", None, 400, "positive whole number"),
-        ("GET", "/api/runs/-1", None, 400, "positive whole number"),
-        ("GET", "/api/runs/99999999999999999999999", None, 400, "positive whole number"),
+        ("GET", "/api/runs/abc", None, 400, "a run id must be a whole number from 1"),
+        ("GET", "/api/runs/-1", None, 400, "a run id must be a whole number"),
+        ("GET", "/api/runs/0", None, 400, "a run id must be a whole number"),
+        ("GET", "/api/runs/9223372036854775808", None, 400, "a run id must be a whole number"),
+        # Digits int() takes (or fails on) but that are no ASCII number (review finding: 500)
+        ("GET", "/api/runs/%C2%B2", None, 400, "a run id must be a whole number"),
+        ("GET", "/api/runs/%D9%A3", None, 400, "a run id must be a whole number"),
+        ("GET", "/api/runs?limit=%EF%BC%95", None, 400, "limit must be"),
         ("GET", "/api/runs?limit=0", None, 400, "limit must be"),
         ("GET", "/api/runs?limit=ten", None, 400, "limit must be"),
+        ("GET", "/api/jobs?limit=0", None, 400, "limit must be"),
+        ("GET", "/api/jobs/x?fields=name", None, 400, "unknown query parameter 'fields'"),
+        ("GET", "/api/health?x=1", None, 400, "unknown query parameter 'x'"),
+        ("POST", "/api/jobs/x/run?wait=1", None, 400, "unknown query parameter 'wait'"),
+        ("POST", "/api/jobs/x/pause", b'{"a": 1}', 400, "unknown field 'a'"),
+        ("POST", "/api/jobs/x/pause", b"[" * 30000 + b"]" * 30000, 400, "not valid JSON"),
         ("GET", "/api/runs?state=exploded", None, 400, "unknown state"),
         ("GET", "/api/runs?colour=red", None, 400, "unknown query parameter 'colour'"),
         ("GET", "/api/nothing", None, 404, "no such endpoint"),
@@ -415,6 +426,16 @@ def test_events_of_one_run_reach_the_event_stream(pb: Pb, home: Path) -> None:
     assert [r["id"] for r in body["runs"]] == [run_id]
     status, body, _ = request(port, "GET", "/api/jobs", token=token)
     assert body["jobs"][0]["name"] == "hello" and body["jobs"][0]["schedule"] == "every 1h"
+    # A job unknown to `pb runs` is unknown here too (review finding: 200 and []).
+    status, body, _ = request(port, "GET", "/api/runs?job=nope", token=token)
+    assert status == 404 and "no job named 'nope'" in body["error"]
+    # Pages of jobs, as `pb job list` pages (review finding: all jobs in one answer only).
+    for name in ("a", "b"):
+        pb("job", "add", name, "--manual", "--", "true", check=True)
+    pages = [request(port, "GET", "/api/jobs?limit=2", token=token)[1]]
+    pages.append(request(port, "GET", "/api/jobs?limit=2&after=b", token=token)[1])
+    assert [[j["name"] for j in p["jobs"]] for p in pages] == [["a", "b"], ["hello"]]
+    assert [p["next_after"] for p in pages] == ["b", None]
     status, body, _ = request(port, "GET", "/api/status", token=token)
     assert body["scheduler"]["connected"] is True
     assert body["scheduler"]["lastHeartbeatAgeSeconds"] is not None
