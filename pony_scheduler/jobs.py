@@ -417,7 +417,7 @@ def changed_job(
             ) from None
         sched.check_jitter(schedule, jitter, now)
     if not values:
-        raise ConfigError("nothing to change: give at least one option")
+        raise ConfigError("nothing to change: give at least one option, or a command after --")
     if row is not None:
         check_evaluable({**row, **values})
     return values

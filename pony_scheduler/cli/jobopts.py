@@ -79,7 +79,9 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("--cron", metavar="EXPR", help="Cron expression (5 fields or @daily…)."),
         click.option(
-            "--tz", metavar="ZONE", help="IANA time zone for --cron/--at (default: the machine's)."
+            "--tz",
+            metavar="ZONE",
+            help="IANA time zone for --cron/--at (default: add, the machine's; edit, the job's).",
         ),
         click.option("--every", metavar="DURATION", help="Fixed interval, e.g. 90s, 5m, 1h."),
         click.option(
