@@ -19,6 +19,12 @@ CPU_MAX = (0.01, 1024.0)  # CPUs
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
 
 
+def ascii_whole(text: str) -> int | None:
+    """`text` as a whole number if it is written in ASCII digits alone, else None: int()
+    would also take "1_0", " 5", "²" or "٣" (or raise on some of them)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def in_range(value: int, bounds: tuple[int, int], flag: str) -> int:
     """`value` if within `bounds` (inclusive); ConfigError naming `flag` if not."""
     low, high = bounds

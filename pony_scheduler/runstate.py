@@ -22,6 +22,10 @@ class RunState(StrEnum):
     EXPIRED = "expired"  # never run: could not start within the job's start deadline
 
 
+# Run ids are 64-bit integers in both databases: a larger one names no run, and would
+# overflow the driver's parameter rather than find nothing (the CLI and the API refuse it).
+RUN_ID_MAX = 2**63 - 1
+
 # Settled: the run is over and no write may change its state again.
 FINAL = frozenset(set(RunState) - {RunState.QUEUED, RunState.RUNNING})
 

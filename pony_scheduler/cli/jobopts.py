@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from pony_scheduler.cli import Command
-from pony_scheduler.joblimits import MAX_QUEUED, RETRIES, TASKS_MAX
+from pony_scheduler.joblimits import MAX_QUEUED, RETRIES, TASKS_MAX, ascii_whole
 from pony_scheduler.jobs import CATCH_UP, OVERLAP, JobOptions
 
 
@@ -22,10 +22,10 @@ class WholeNumber(click.ParamType):
         if isinstance(value, int):
             return value
         text = str(value)
-        digits = text[1:] if text[:1] in "+-" else text
-        if not digits or not digits.isascii() or not digits.isdigit():
+        number = ascii_whole(text[1:] if text[:1] in "+-" else text)
+        if number is None:
             self.fail(f"{text!r} is not a whole number", param, ctx)
-        return int(text)
+        return -number if text[:1] == "-" else number
 
 
 WHOLE = WholeNumber()

@@ -24,6 +24,7 @@ from pony_scheduler.cli.common import (
 from pony_scheduler.cli.options import settings_from
 from pony_scheduler.cli.output import missing_file, output_path_of, print_output
 from pony_scheduler.errors import PonyError
+from pony_scheduler.runstate import RUN_ID_MAX
 
 if TYPE_CHECKING:
     from pony_scheduler.store import Store
@@ -40,9 +41,7 @@ class RunsGroup(Group):
 
 # `pb runs show` labels that are not the key capitalized (units go with the values).
 LABELS = {"duration_s": "Duration", "cpu_s": "CPU time"}
-# Run ids are 64-bit integers in both databases: a larger one names no run, and would
-# overflow the driver's parameter rather than find nothing.
-RUN_ID = click.IntRange(1, 2**63 - 1)
+RUN_ID = click.IntRange(1, RUN_ID_MAX)
 
 
 @click.group(name="runs", cls=RunsGroup)

@@ -42,6 +42,8 @@ from pony_scheduler.gateway.data import RUN_STATES, Data, NotFound, Unavailable
 from pony_scheduler.gateway.hub import EventHub
 from pony_scheduler.gateway.refusals import RefusalLog, shown_path
 from pony_scheduler.gateway.token import TokenKeeper
+from pony_scheduler.joblimits import ascii_whole
+from pony_scheduler.runstate import RUN_ID_MAX
 
 log = logging.getLogger("pony_scheduler.gateway")
 
@@ -50,7 +52,6 @@ RECHECK = 1.0  # seconds between checks that an event stream's credential is sti
 FLUSH_EVERY = 5.0  # seconds between summaries of rate-limited refusal lines
 MAX_LIMIT = 1000
 MAX_JOBS = 1_000_000  # a page of jobs, as `pb job list -n`
-MAX_RUN_ID = 2**63 - 1  # run ids are 64-bit in both databases, as `pb runs show`
 
 
 @dataclass
@@ -207,13 +208,14 @@ def _only(request: web.Request, allowed: tuple[str, ...]) -> None:
 
 
 def _whole(raw: str, what: str, low: int, high: int) -> int:
-    """`raw` as a whole number from `low` to `high`, written in ASCII digits (int() would
-    take '²' or '٣' too, or fail on them); HTTPBadRequest otherwise."""
-    if not (raw.isascii() and raw.isdigit() and low <= int(raw) <= high):
+    """`raw` as a whole number from `low` to `high` (joblimits.ascii_whole: ASCII digits
+    only); HTTPBadRequest otherwise."""
+    number = ascii_whole(raw)
+    if number is None or not low <= number <= high:
         raise web.HTTPBadRequest(
             text=f"{what} must be a whole number from {low} to {high}, not {raw!r}"
         )
-    return int(raw)
+    return number
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -252,7 +254,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
 
 def _run_id(request: web.Request) -> int:
-    return _whole(request.match_info["id"], "a run id", 1, MAX_RUN_ID)
+    return _whole(request.match_info["id"], "a run id", 1, RUN_ID_MAX)
 
 
 async def show_run(request: web.Request) -> web.Response:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pony_scheduler.runstate import RUN_ID_MAX
+
 _ERROR = {"$ref": "#/components/responses/Error"}
 
 
@@ -59,7 +61,7 @@ _ID = {
     "name": "id",
     "in": "path",
     "required": True,
-    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    "schema": {"type": "integer", "minimum": 1, "maximum": RUN_ID_MAX},
 }
 
 SPEC: dict[str, Any] = {
