@@ -65,17 +65,33 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     from alembic import command
 
     config = _config()
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK}
-            )
-        before = _revision_in(connection)
-        check_known(before)
-        if before != HEAD:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+    with engine.connect() as connection:
+        # SQLite: a batch ALTER rebuilds a table (copy, DROP, rename); with foreign keys
+        # on, dropping `jobs` would delete every run (ON DELETE CASCADE).  The pragma is
+        # a no-op inside a transaction, so it is set on the driver's connection before
+        # the migrating one begins, and set back on after it for the pool.
+        raw = connection.connection.driver_connection if _sqlite(connection) else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK}
+                    )
+                before = _revision_in(connection)
+                check_known(before)
+                if before != HEAD:
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, "head")
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=ON")
     return before, HEAD
+
+
+def _sqlite(connection: Connection) -> bool:
+    return connection.dialect.name == "sqlite"
 
 
 def _revision_in(connection: Connection) -> str | None:

@@ -131,6 +131,43 @@ def test_old_schema_is_upgraded_and_newer_refused(db_url: str) -> None:
     engine.dispose()
 
 
+def test_upgrading_from_the_first_schemas_keeps_every_run(tmp_path: Path) -> None:
+    """An SQLite database at 0002 (the first with jobs and runs) upgraded to head by
+    Store.open keeps its runs: a batch ALTER rebuilds `jobs`, and with foreign keys on
+    its DROP deleted every run (ON DELETE CASCADE) - a review found the whole history
+    gone after an upgrade from a pre-keeper release.  (PostgreSQL alters in place.)"""
+    db_url = f"sqlite:///{tmp_path / 'old.db'}"
+    from alembic import command
+    from sqlalchemy import insert
+
+    from pony_scheduler.store.tables import runs
+
+    store = Store.open(db_url)
+    job_id = store.add_job("kept", job_values())
+    store.close()
+    now = utcnow()
+    engine = create_engine(db_url)
+    config = migrate._config()
+    with engine.begin() as connection:
+        for minutes in (3, 2, 1):
+            row = {"job_id": job_id, "attempt": 1, "trigger": "manual", "due_at": now}
+            row |= {"created_at": now, "finished_at": now, "state": "succeeded"}
+            connection.execute(
+                insert(runs).values(occurrence=now - timedelta(minutes=minutes), **row)
+            )
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    engine.dispose()
+    store = Store.open(db_url)
+    try:
+        assert migrate.current_revision(store.engine) == migrate.HEAD
+        assert len(store.list_runs()) == 3
+        with store.engine.connect() as connection:  # and foreign keys are on again
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        store.close()
+
+
 def test_0006_pages_from_an_index_and_counts_only_started_runs(db_url: str) -> None:
     """A database at 0005 - its job's last result filled by 0003 from a skipped run, and
     without ix_jobs_removed (0004 gained it late) - upgraded: the last result is the
