@@ -48,6 +48,18 @@ def parse_size(text: str, flag: str) -> int | None:
     return int(number)
 
 
+def parse_tasks(text: str) -> int | None:
+    """Most processes and threads of a run (the pids controller's pids.max); "none" for
+    no limit.  ConfigError unless ASCII digits within TASKS_MAX."""
+    value = text.strip()
+    if value.lower() == "none":
+        return None
+    number = ascii_whole(value)
+    if number is None:
+        raise ConfigError(f"--tasks-max {text!r} is not a whole number (or none)")
+    return in_range(number, TASKS_MAX, "--tasks-max")
+
+
 def parse_cpus(text: str) -> float | None:
     """CPUs from 0.5, 2 or 50% (of one CPU, as systemd's CPUQuota=); "none" for no limit."""
     value = text.strip().lower()

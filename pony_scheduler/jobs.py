@@ -18,10 +18,10 @@ from pony_scheduler.errors import ConfigError
 from pony_scheduler.joblimits import (
     MAX_QUEUED,
     RETRIES,
-    TASKS_MAX,
     in_range,
     parse_cpus,
     parse_size,
+    parse_tasks,
     parse_umask,
 )
 
@@ -64,7 +64,7 @@ class JobOptions:
     leftovers: str | None = None
     memory_max: str | None = None
     cpu_max: str | None = None
-    tasks_max: int | None = None
+    tasks_max: str | None = None
     jitter: str | None = None
 
 
@@ -190,6 +190,8 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
                 f"--env {name}: {RESERVED_ENV}* variables are set by the scheduler for "
                 "each run; choose another name"
             )
+        if "\0" in value:
+            raise ConfigError(f"--env {name}: the value holds a NUL byte, which no environment can")
         env[name] = value
     return env
 
@@ -264,7 +266,7 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
             None if _is_none(opts.jitter) else parse_duration(opts.jitter, "--jitter")
         )
     if opts.tasks_max is not None:
-        values["tasks_max"] = in_range(opts.tasks_max, TASKS_MAX, "--tasks-max")
+        values["tasks_max"] = parse_tasks(opts.tasks_max)
     if opts.secret:
         bad = [name for name in opts.secret if not ENV_NAME.match(name)]
         if bad:
@@ -329,6 +331,12 @@ def command_values(opts: JobOptions, required: bool) -> dict[str, Any]:
     if shell and len(opts.command) != 1:
         raise ConfigError(
             "--shell takes the command as one string: pb job add NAME --shell ... -- 'cmd | other'"
+        )
+    if any("\0" in arg for arg in opts.command):
+        raise ConfigError("the command holds a NUL byte, which no program can be given")
+    if not shell and not opts.command[0].strip():
+        raise ConfigError(
+            "the command's program is empty: put a program after --, e.g. -- /usr/bin/true"
         )
     return {"command": list(opts.command), "shell": shell}
 

@@ -151,8 +151,7 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--tasks-max",
-            type=WHOLE,
-            metavar="N",
+            metavar="N|none",
             help="Most processes and threads "
             f"a run may have, {_range(TASKS_MAX)} (where the pids controller "
             "exists).",

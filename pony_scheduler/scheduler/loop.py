@@ -311,8 +311,8 @@ class WorkLoop:
             ),
         }
         log.debug("Run %d: starting job %s (attempt %d)", run.id, run.job, run.attempt)
-        self.executor.launch(
-            Launch(
+        try:
+            launch = Launch(
                 run.id,
                 argv,
                 f"{self.output_dir}/{run.job}/{run.id}.log",
@@ -326,9 +326,13 @@ class WorkLoop:
                 cpu_max=item.cpu_max,
                 tasks_max=item.tasks_max,
                 start_by=claimed + self.lease / 3,
-            ),
-            claimed,
-        )
+            )
+        except ValueError as exc:  # a stored job no run can start from (an older pb took
+            # an empty program): that run fails with the reason; the scheduler goes on.
+            detail = f"cannot be started: {exc}; fix it with pb job edit {run.job}"
+            self.journal.put(Outcome(run.id, Ending.NOT_STARTED, self.now(), detail=detail))
+            return
+        self.executor.launch(launch, claimed)
 
     # -- executor callbacks (on this thread, from executor.poll) -------------------------
     def _started(self, started: Started) -> None:

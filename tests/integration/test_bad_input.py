@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -326,7 +327,7 @@ def test_job_help_shows_the_ranges_of_integer_options(pb: Pb) -> None:
         ("--max-queued", "1 to 10,000"),
         ("--tasks-max", "1 to 4,194,304"),
     ):
-        assert words in shown.split(f"{option} N ", 1)[1][:120], (option, shown)
+        assert words in shown.split(f"{option} N", 1)[1][:120], (option, shown)
 
 
 @pytest.mark.parametrize(
@@ -345,3 +346,38 @@ def test_numbers_beyond_any_run_are_refused_not_overflowed(pb: Pb, args: tuple[s
     result = pb(*args)
     assert result.code == 2 and result.err.count("\n") == 1, result.all
     assert "is not in the range" in result.err and "Traceback" not in result.all
+
+
+@pytest.mark.parametrize("command", [[""], ["  "]])
+def test_an_empty_program_is_refused(pb: Pb, command: list[str]) -> None:
+    """`-- ''` was stored, and its first run stopped the scheduler at every start
+    (review finding): add and edit refuse it with one line and change nothing."""
+    added = pb("job", "add", "e", "--manual", "--", *command)
+    assert added.code == 2 and added.err.count("\n") == 1, added.all
+    assert "the command's program is empty" in added.err
+    pb("job", "add", "ok", "--manual", "--", "true", check=True)
+    edited = pb("job", "edit", "ok", "--", *command)
+    assert edited.code == 2 and "the command's program is empty" in edited.err, edited.all
+    assert json.loads(pb("job", "show", "ok", "--json").out)["command"] == ["true"]
+
+
+def test_a_stored_job_no_run_can_start_from_fails_its_run_not_the_scheduler(
+    pb: Pb, home: Path
+) -> None:
+    """A job an older pb stored with an empty program: its run fails with the reason,
+    and the scheduler goes on running other jobs."""
+    from sqlalchemy import text
+
+    from pony_scheduler.store import Store
+
+    pb("job", "add", "bad", "--manual", "--", "true", check=True)
+    pb("job", "add", "good", "--manual", "--", "true", check=True)
+    store = Store.open(f"sqlite:///{home / 'pony.db'}", upgrade=False)
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE jobs SET command = '[\"\"]' WHERE name = 'bad'"))
+    store.close()
+    pb("scheduler", "start", check=True)
+    failed = pb("job", "run", "bad", "--wait", timeout=120)
+    assert failed.code != 0 and "cannot be started" in failed.all, failed.all
+    assert pb("job", "run", "good", "--wait", timeout=120).code == 0
+    assert pb("scheduler", "status").code == 0

@@ -175,3 +175,15 @@ def test_the_command_is_what_follows_the_dashes(pb: Pb, args: tuple[str, ...], w
     assert result.code == 2 and result.err.count("\n") == 1 and words in result.err, result.all
     assert [job["name"] for job in json.loads(pb("job", "list", "--json").out)] == ["ok"]
     assert json.loads(pb("job", "show", "ok", "--json").out)["command"] == ["echo", "a", "--", "b"]
+
+
+def test_edit_can_take_back_every_limit(pb: Pb) -> None:
+    """--tasks-max none, as --memory-max none and --cpu-max none (review finding: a tasks
+    limit could only go with the job)."""
+    limits = ("--memory-max", "50M", "--cpu-max", "50%", "--tasks-max", "10")
+    pb("job", "add", "lim", "--manual", *limits, "--", "true", check=True)
+    none = ("--memory-max", "none", "--cpu-max", "none", "--tasks-max", "none")
+    pb("job", "edit", "lim", *none, check=True)
+    assert "Limits:         none\n" in pb("job", "show", "lim", check=True).out
+    refused = pb("job", "edit", "lim", "--tasks-max", "0")
+    assert refused.code == 2 and "--tasks-max must be from 1 to 4,194,304" in refused.err
