@@ -106,5 +106,17 @@ class Output:
             return f"output truncated: {self.total} bytes written, the first {self.stored} kept"
         return self.note
 
+    def late_sink(self) -> int:
+        """The file's fd for output written after the run's end (leftovers kept), or -1
+        when nothing more is stored (the file failed, is full, or cannot be made)."""
+        if self.note or self.capped or self.stored >= OUTPUT_CAP:
+            return -1
+        if self.fd < 0:
+            try:
+                self.fd = open_below(self.home_fd, self.parts)
+            except (OSError, UnsafePath):
+                return -1
+        return self.fd
+
     def tail_bytes(self) -> bytes:
         return bytes(self.tail[-TAIL_BYTES:])

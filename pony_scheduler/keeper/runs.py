@@ -4,9 +4,9 @@ A run ends when its main process exits.  What it left behind is then counted and
 leftovers "kill" (systemd's KillMode=control-group), sent SIGTERM and, after
 KILL_GRACE_S, SIGKILL; the outcome is emitted only once nothing of the run is left, so no
 process of a run outlives its outcome.  With "keep" the leftovers are counted and left
-alone (their stdout/stderr pipe is closed with the run: a job that means to leave a
-daemon behind should redirect its output).  A timeout, a kill request or a drain stops
-the whole tree the same way, at once.
+alone; their stdout/stderr pipe, which they may still write, goes to a drain process
+(LATE_DRAIN) rather than being closed, so that a later write never kills them (SIGPIPE).
+A timeout, a kill request or a drain stops the whole tree the same way, at once.
 
 Spawning (spawner.py: clone3 into the run's cgroup, or posix_spawn(3); no Python in the
 child either way): a new session, stdin /dev/null, stdout and stderr one pipe, the
@@ -30,6 +30,7 @@ from pony_scheduler.keeper.output import Output
 from pony_scheduler.keeper.procs import PgroupBox, read_stat
 from pony_scheduler.keeper.protocol import (
     KILL_GRACE_S,
+    OUTPUT_CAP,
     STARTED_DELAY_S,
     Held,
     Launch,
@@ -47,6 +48,13 @@ if TYPE_CHECKING:
 FINAL_WAIT_S = 10.0  # after SIGKILL: how long to wait for the tree to vanish before giving up
 POLL_FIRST_S = 0.01  # polling for an empty run where no cgroup.events can tell (pgroup, v1)
 POLL_MAX_S = 0.25
+
+
+# Output of kept leftovers after their run's end, from the pipe (stdin) into the file
+# (stdout) while it is below $1 blocks of 512 bytes (OUTPUT_CAP: RLIMIT_FSIZE, with
+# SIGXFSZ ignored, makes the write past it fail), then discarded; it ends when the last
+# writer closes the pipe.  cat, not head -c: head's stdio would hold lines back.
+LATE_DRAIN = 'ulimit -f "$1"; cat; exec cat >/dev/null'
 
 
 class Run:
@@ -189,10 +197,16 @@ class Run:
             self.out.write(data)
 
     def drain_output(self) -> None:
-        """At the end: what is still in the pipe, then close it whoever still holds it."""
+        """At the end: what is still in the pipe, then close it whoever still holds it -
+        or, while kept leftovers may still write to it, hand it to a drain process."""
         while self.pipe >= 0:
             try:
                 data = os.read(self.pipe, 65536)
+            except BlockingIOError:
+                if self.kept:
+                    self._hand_over_output()
+                    return
+                data = b""
             except OSError:
                 data = b""
             if not data:
@@ -201,6 +215,42 @@ class Run:
                 self.pipe = -1
             else:
                 self.out.write(data)
+
+    def _hand_over_output(self) -> None:
+        """Kept leftovers hold the pipe: `sh -c LATE_DRAIN` (no Python) takes it and appends
+        what they write to the output file up to OUTPUT_CAP, discarding the rest, until
+        the last of them closes it; it outlives the keeper if need be.  Not a stray: it
+        is excluded from the fallback's sweep until reaped."""
+        pipe, self.pipe = self.pipe, -1
+        self.keeper.forget_fd(pipe)
+        fd = self.out.late_sink()
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.set_blocking(pipe, True)  # the drain reads it as a plain pipe
+            pid = os.posix_spawn(
+                "/bin/sh",
+                ["sh", "-c", LATE_DRAIN, "sh", str(OUTPUT_CAP // 512)],
+                {"PATH": os.defpath, "LC_ALL": "C"},
+                setsid=True,
+                setsigdef=[sig for sig in spawner.IGNORED if sig != signal.SIGXFSZ],
+                setsigmask=(),
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, pipe, 0),
+                    (os.POSIX_SPAWN_DUP2, fd if fd >= 0 else null, 1),
+                    (os.POSIX_SPAWN_DUP2, null, 2),
+                ],
+            )
+            self.keeper.tracker.exclude.add(pid)
+        except OSError as exc:
+            self.keeper.log.warning(
+                "Run %d: cannot keep draining the output of its kept leftovers (%s); "
+                "their next write to it fails",
+                self.run_id,
+                exc.strerror,
+            )
+        finally:
+            os.close(null)
+            os.close(pipe)
 
     # ------------------------------------------------------------------ stopping
     def stop(self, ending: str, detail: str, signum: int = signal.SIGTERM, by: str = "") -> None:

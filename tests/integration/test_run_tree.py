@@ -194,6 +194,34 @@ def test_leftovers_keep_lets_them_live_and_says_so(daemon: Daemon) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def test_kept_leftovers_go_on_writing_after_their_run(daemon: Daemon, tmp_path: Path) -> None:
+    """A kept leftover that writes once its run is recorded is not killed by SIGPIPE (the
+    keeper used to close the pipe with the run): what it writes goes on into the run's
+    output file (review finding)."""
+    go, wrote = tmp_path / "go", tmp_path / "wrote"
+    daemon.add(
+        "late",
+        "--leftovers",
+        "keep",
+        "--shell",
+        "--",
+        f"(while [ ! -e {go} ]; do sleep 0.1; done; echo late; echo still > {wrote}; "
+        "sleep 300) & echo started",
+    )
+    result, run = daemon.run("late")
+    try:
+        assert (result.code, run["state"]) == (0, "succeeded"), run
+        assert run["reason"].endswith("behind, left running (--leftovers keep)"), run
+        go.touch()
+        assert wait_for(lambda: wrote.exists() and wrote.read_text() == "still\n", 30)
+        assert daemon.left(run["id"]), "the kept leftover died when it wrote"
+        output = lambda: daemon.pb("runs", "output", str(run["id"])).out  # noqa: E731
+        assert wait_for(lambda: output() == "started\nlate\n", 30), output()
+    finally:
+        for pid in daemon.left(run["id"]):  # verified ours: the run's marks
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_runs_kill_stops_the_whole_tree_and_records_who(daemon: Daemon) -> None:
     pb = daemon.pb
     daemon.add("victim", "--shell", "--", "sleep 300 & echo up; wait")
