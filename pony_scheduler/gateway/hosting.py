@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from pony_scheduler.config import validate_socket_path
 from pony_scheduler.errors import PonyError
@@ -64,6 +65,11 @@ def bind_tcp(host: str, port: int) -> list[socket.socket]:
         raise PonyError(
             f"cannot listen on {address}: unknown host {host!r} ({exc.strerror}); check --host"
         ) from None
+    if _is_localhost(host):
+        # Browsers take localhost for both loopbacks whatever /etc/hosts says (RFC 6761
+        # 6.3; Chromium tries ::1 first): a port left free on the other one would let
+        # another local user's listener receive our login links and tokens there.
+        infos = _both_loopbacks(port) + infos
     sockets: list[socket.socket] = []
     skipped: list[OSError] = []
     seen: set[tuple[int, str]] = set()
@@ -96,6 +102,18 @@ def bind_tcp(host: str, port: int) -> list[socket.socket]:
             f"{_why(skipped[0], port) if skipped else 'no usable address'}"
         )
     return sockets
+
+
+def _is_localhost(host: str) -> bool:
+    name = host.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
+def _both_loopbacks(port: int) -> list[Any]:
+    return [
+        (socket.AF_INET, socket.SOCK_STREAM, 0, "", ("127.0.0.1", port)),
+        (socket.AF_INET6, socket.SOCK_STREAM, 0, "", ("::1", port, 0, 0)),
+    ]
 
 
 def is_loopback(sock: socket.socket) -> bool:

@@ -327,3 +327,46 @@ def test_malformed_credentials_are_refused_not_crashed_on(victim: Pb) -> None:
     for name in ("gateway.log", "debug.log"):
         text = (victim.home / name).read_text()
         assert "Traceback" not in text and "Error handling" not in text, text
+
+
+LISTEN_V6 = r"""
+import socket, sys
+srv = socket.socket(socket.AF_INET6)
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+srv.bind(("::1", int(sys.argv[1]))); srv.listen(16)
+print("listening", flush=True)
+conn, _ = srv.accept()
+print("GOT", repr(conn.recv(65536)), flush=True)
+"""
+
+
+@pytest.mark.parametrize("service", ["debug", "gateway"])
+def test_localhost_is_both_loopbacks_or_nothing(
+    victim: Pb, other_user: OtherUser, service: str
+) -> None:
+    """/etc/hosts here maps localhost to 127.0.0.1 only, but browsers take it for ::1
+    too (RFC 6761): another user holding [::1]:PORT received the login link (review
+    finding).  `--host localhost` holds both loopbacks, or refuses to start."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    use_free_ports(victim)
+    port = free_port()
+    impostor = other_user.popen(LISTEN_V6, str(port))
+    try:
+        assert impostor.stdout is not None
+        if impostor.stdout.readline().strip() != "listening":
+            pytest.skip("::1 cannot be bound here")
+        refused = victim(service, "start", "--host", "localhost", "--port", str(port))
+        assert refused.code != 0, refused.all  # the first line says why (then the log's)
+        assert "cannot listen on" in refused.err.splitlines()[0], refused.all
+        assert "#login=" not in refused.all
+    finally:
+        os.kill(impostor.pid, signal.SIGTERM)  # our child, by its PID
+        out, _ = impostor.communicate(timeout=10)
+    assert "GOT" not in out, out
+    free = free_port()
+    victim(service, "start", "--host", "localhost", "--port", str(free), check=True)
+    for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as probe:  # ours on both: a connection is accepted
+            probe.connect((address, free))
+    victim(service, "stop", check=True)
