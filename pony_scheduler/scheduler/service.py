@@ -24,13 +24,22 @@ def check_handover(settings: Settings) -> None:
     to the home's run keeper, and this scheduler can adopt them only if it speaks that
     keeper's protocol (keeper/protocol.py).  When it does not (an upgrade across
     protocols), refuse now, while the running scheduler still schedules, rather than
-    stop it and then fail to start.  Raises PonyError; a keeper not running is fine."""
+    stop it and then fail to start.  A running scheduler with no live keeper holds its
+    runs itself (a release from before the keeper) or has just lost its keeper: nothing
+    can be handed over, so that is refused too.  Raises PonyError."""
     from pony_scheduler import __version__
     from pony_scheduler.errors import PonyError
     from pony_scheduler.keeper.protocol import META_FILE, PROTOCOL
     from pony_scheduler.lifecycle.pidfile import live_meta
 
-    facts = live_meta(settings.home / META_FILE) or {}
+    facts = live_meta(settings.home / META_FILE)
+    if facts is None:
+        raise PonyError(
+            "the running scheduler has no run keeper (it predates the keeper, or its "
+            "keeper has just died), so its runs could not be handed over and it was left "
+            "alone: 'pb scheduler stop' (it drains its runs), then 'pb scheduler start'; "
+            "or try again in a few seconds"
+        )
     theirs = facts.get("protocol")
     if type(theirs) is not int or theirs == PROTOCOL:
         return  # none, or no number we can judge by: the keeper's own answer decides

@@ -35,6 +35,7 @@ from pony_scheduler.scheduler.runs import Trigger
 from pony_scheduler.store import audit
 from pony_scheduler.store.clock import ClockQueries
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, loads, row_dict, utcnow
+from pony_scheduler.store.engine import READER
 from pony_scheduler.store.tables import jobs, missed, runs
 
 REMOVE_BATCH = 2000  # runs deleted per transaction by `pb job remove`
@@ -296,7 +297,9 @@ class JobQueries(ClockQueries):
             query = query.where(jobs.c.name > after)
         if limit is not None:
             query = query.limit(limit)
-        with self.engine.connect() as connection:
+        # A reader's transaction: the rows may be taken slowly (`pb job list --all | less`),
+        # and BEGIN IMMEDIATE would hold SQLite's write lock, and the scheduler, meanwhile.
+        with self.engine.connect().execution_options(**{READER: True}) as connection:
             result = connection.execution_options(yield_per=500).execute(query)
             for row in result:
                 yield job_view(row_dict(row))

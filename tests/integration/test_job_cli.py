@@ -187,3 +187,35 @@ def test_edit_can_take_back_every_limit(pb: Pb) -> None:
     assert "Limits:         none\n" in pb("job", "show", "lim", check=True).out
     refused = pb("job", "edit", "lim", "--tasks-max", "0")
     assert refused.code == 2 and "--tasks-max must be from 1 to 4,194,304" in refused.err
+
+
+def test_a_slow_reader_of_the_whole_list_does_not_lock_the_database(pb: Pb, home: Path) -> None:
+    """`pb job list --all | less`: the listing streams from one transaction, which was a
+    BEGIN IMMEDIATE holding SQLite's write lock (and the scheduler) for as long as its
+    reader took (review finding).  While it is blocked on a full pipe, jobs can be
+    added."""
+    import select
+    import subprocess
+    import sys
+
+    from pony_scheduler.store import Store
+    from tests.integration.test_store import job_values
+
+    store = Store.open(f"sqlite:///{home / 'pony.db'}")
+    for i in range(3000):  # far more than a pipe holds
+        store.add_job(f"listed-{i:05d}", job_values())
+    store.close()
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "pony_scheduler", "job", "list", "--all"],
+        env=pb.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert reader.stdout is not None
+        assert select.select([reader.stdout], [], [], 120)[0]  # its transaction is open
+        added = pb("job", "add", "meanwhile", "--manual", "--", "true")
+        assert added.code == 0, added.all
+    finally:
+        out, _ = reader.communicate(timeout=120)
+    assert reader.returncode == 0 and out.count(b"listed-") == 3000

@@ -325,3 +325,26 @@ def test_a_restart_that_could_not_adopt_the_runs_leaves_the_scheduler_running(
     restarted = pb("scheduler", "restart")
     assert restarted.code == 0, restarted.all
     assert pb.pid() != pid
+
+
+def test_a_scheduler_without_a_keeper_is_not_replaced(pb: Pb, home: Path) -> None:
+    """A running scheduler whose home has no live keeper holds its runs itself (a release
+    from before the keeper: review finding, its running run was killed by the restart and
+    never recorded): restart and start --force refuse and leave it running.  No
+    keeper.json stands for that release here."""
+    pb("scheduler", "start", check=True)
+    pid = pb.pid()
+    meta_path = home / "keeper.json"
+    assert wait_for(meta_path.exists, 30)
+    saved = meta_path.read_bytes()
+    meta_path.unlink()
+    try:
+        for args in (("restart",), ("start", "--force")):
+            refused = pb("scheduler", *args)
+            assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
+            assert "the running scheduler has no run keeper" in refused.err
+            assert pb.pid() == pid and alive(pid)
+    finally:
+        meta_path.write_bytes(saved)
+    assert pb("scheduler", "restart").code == 0
+    assert pb.pid() != pid
