@@ -80,7 +80,8 @@ def table(rows: Sequence[Sequence[str]]) -> None:
 RAW = click.option(
     "--raw",
     is_flag=True,
-    help="Print control characters as they are (default: made visible, like cat -v).",
+    help="Print control characters as they are (default on a terminal: made visible, "
+    "like cat -v; to a pipe or file the bytes are always exact).",
 )
 
 

@@ -150,7 +150,7 @@ def job_list(
     found = _Page(store.iter_jobs(after, None if page_size is None else page_size + 1), page_size)
     if as_json:
         _stream_json(_job_json(job) for job in found)
-        _next_page_hint(store, found)
+        _next_page_hint(store, found, as_json)
         return
     shown, set_aside = 0, []
     for page in _pages(iter(found), PAGE):
@@ -171,7 +171,7 @@ def job_list(
             else "No jobs yet; add one with 'pb job add NAME --every 1h -- COMMAND'"
         )
         return
-    _next_page_hint(store, found)
+    _next_page_hint(store, found, as_json)
 
 
 class _Page:
@@ -194,12 +194,14 @@ class _Page:
             yield item
 
 
-def _next_page_hint(store: Any, page: _Page) -> None:
-    """On stderr, so that the table or the JSON on stdout stays whole."""
+def _next_page_hint(store: Any, page: _Page, as_json: bool) -> None:
+    """On stderr, so that the table or the JSON on stdout stays whole; the command given
+    keeps the page size and --json asked for."""
     if page.more:
+        size = "" if page.limit == PAGE else f" -n {page.limit}"
         click.echo(
-            f"Showing {page.limit or 0:,} of {store.count_jobs():,} jobs; next page: pb job list "
-            f"--after {page.last}  (--all for every one)",
+            f"Showing {page.limit or 0:,} of {store.count_jobs():,} jobs; next page: pb job list"
+            f"{size}{' --json' if as_json else ''} --after {page.last}  (--all for every one)",
             err=True,
         )
 

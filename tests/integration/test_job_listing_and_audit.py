@@ -15,7 +15,8 @@ def test_job_list_pages_by_name_and_streams_everything(pb: Pb) -> None:
         pb("job", "add", f"j{index}", "--every", "1h", "--", "true", check=True)
     first = pb("job", "list", "-n", "3")
     assert [line.split()[0] for line in first.out.splitlines()[1:]] == ["j0", "j1", "j2"]
-    assert "Showing 3 of 7 jobs; next page: pb job list --after j2" in first.err
+    # the command it gives keeps the page size (and --json, below): review finding
+    assert "Showing 3 of 7 jobs; next page: pb job list -n 3 --after j2" in first.err
     second = pb("job", "list", "-n", "3", "--after", "j2")
     assert [line.split()[0] for line in second.out.splitlines()[1:]] == ["j3", "j4", "j5"]
     last = pb("job", "list", "-n", "3", "--after", "j5")
@@ -27,7 +28,7 @@ def test_job_list_pages_by_name_and_streams_everything(pb: Pb) -> None:
     paged = pb("job", "list", "--json", "-n", "2")
     assert json.loads(paged.out) == everything[:2]  # the streamed JSON is the same JSON
     # JSON pages say so too, on stderr: a script reading stdout sees whole JSON
-    assert "Showing 2 of 7 jobs; next page: pb job list --after j1" in paged.err
+    assert "Showing 2 of 7 jobs; next page: pb job list -n 2 --json --after j1" in paged.err
     assert json.loads(pb("job", "list", "--json", "--after", "zzz").out) == []
     # A page that holds exactly the jobs left points to no empty next page.
     for args in (("-n", "7"), ("-n", "4", "--after", "j2"), ("--json", "-n", "7")):
