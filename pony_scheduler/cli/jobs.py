@@ -33,6 +33,7 @@ from pony_scheduler.cli.jobopts import (
     options_of,
 )
 from pony_scheduler.cli.output import output_path_of, print_output
+from pony_scheduler.errors import PonyError
 
 
 @click.group(cls=Group, name="job")
@@ -505,7 +506,12 @@ def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
     while True:
         path = output_path_of(ctx, run_id, follow_) if follow_ else None
         if path is not None:
-            print_output(ctx, run_id, path, True, raw=False)
+            try:
+                print_output(ctx, run_id, path, True, raw=False)
+            except PonyError as exc:  # its output cannot be shown: still wait for its end
+                from pony_scheduler.textsafe import for_log
+
+                click.echo(f"⚠ {for_log(str(exc))}; waiting for the run's end", err=True)
         run = get_run(ctx, run_id)
         while run["state"] in ("queued", "running"):
             time.sleep(0.2)

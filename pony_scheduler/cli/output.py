@@ -49,10 +49,23 @@ def print_output(ctx: click.Context, run_id: int, path: str, follow_: bool, raw:
     with handle:
         while True:
             out.write(handle.read())
-            if not follow_ or get_run(ctx, run_id)["state"] not in ("queued", "running"):
+            run = get_run(ctx, run_id)
+            if not follow_ or run["state"] not in ("queued", "running"):
                 out.write(handle.read(), final=True)
+                _say_if_incomplete(run)
                 return
             time.sleep(0.2)
+
+
+def _say_if_incomplete(run: dict[str, object]) -> None:
+    """On stderr, after the bytes: the file holds less than the run wrote (a full disk,
+    the 10 MiB cap), so that it is not taken for all of it (review finding)."""
+    reason = str(run.get("reason") or "")
+    for marker in ("output incomplete", "output truncated"):
+        if marker in reason:
+            note = reason[reason.index(marker) :]
+            click.echo(f"⚠ Run {run['id']}: {shown(note, raw=False)}", err=True)
+            return
 
 
 def _ours(ctx: click.Context, path: str) -> bool:

@@ -346,3 +346,26 @@ def test_quiet_run_leaves_no_output_file(pb: Pb, home: Path) -> None:
     assert gone.code != 0 and "removed" in gone.err and "pb runs show" in gone.err
     shown = pb("runs", "show", loud_id).out
     assert "hello" in shown and f"{loud_id}.log (removed)" in shown
+
+
+def test_wait_follow_waits_for_the_end_when_the_output_cannot_be_read(pb: Pb, home: Path) -> None:
+    """A directory planted where the run's output file goes: --follow says it cannot show
+    the output, and --wait still waits and exits with the run's status (review finding:
+    exit 1 at once while the run went on)."""
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "blocked", "--manual", "--shell", "--", "echo x; sleep 1; exit 2", check=True)
+    (home / "runs" / "blocked").mkdir(mode=0o700, parents=True, exist_ok=True)
+    (home / "runs" / "blocked" / "1.log").mkdir(mode=0o700)  # the first run's file
+    waited = pb("job", "run", "blocked", "--wait", "--follow", timeout=120)
+    assert waited.code == 2, waited.all
+    assert "waiting for the run's end" in waited.err and "Run 1 failed" in waited.err
+
+
+def test_runs_output_says_when_the_file_holds_less_than_the_run_wrote(pb: Pb) -> None:
+    """Past the 10 MiB cap (as after a full disk) the file is short: the bytes go to
+    stdout as they are, and a line on stderr says so (review finding: nothing said)."""
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "big", "--manual", "--", "head", "-c", "11000000", "/dev/zero", check=True)
+    assert pb("job", "run", "big", "--wait", timeout=120).code == 0
+    shown = pb("runs", "output", "1")
+    assert shown.code == 0 and "⚠ Run 1: output truncated: 11000000 bytes written" in shown.err
