@@ -316,7 +316,11 @@ def load_settings(
         config_file = Path(os.environ["PONYBUNNY_CONFIG"])
     explicit_config = config_file is not None
     config_path = (config_file or home / "config.toml").expanduser().absolute()
-    if explicit_config and not config_path.exists():
+    try:
+        missing = explicit_config and not config_path.exists()
+    except PermissionError:  # a directory on the way we may not enter: read says why
+        missing = False
+    if missing:
         raise ConfigError(f"configuration file {config_path} does not exist")
     from_file = _read_config_file(config_path, explicit_config)
 

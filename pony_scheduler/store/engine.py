@@ -252,6 +252,11 @@ def _prepare_sqlite_file(path: str) -> tuple[str, bool]:
         real = check_database_file(path, create=True)
     except FileNotFoundError:
         raise ConfigError(_no_directory(path)) from None
+    except PermissionError as exc:  # a directory on the way we may not enter or read
+        raise ConfigError(
+            f"cannot use database {path}: {exc.strerror} ({exc.filename}); "
+            "check its directory's permissions or keep the database elsewhere"
+        ) from None
     directory = os.path.dirname(real)
     return real, not os.access(directory, os.W_OK) or (
         os.path.exists(real) and not os.access(real, os.W_OK)
