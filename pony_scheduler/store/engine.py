@@ -31,8 +31,6 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # others, which would otherwise wait on those rows for as long as it stays frozen.  Our
 # transactions never wait on anything but the database itself.
 PG_IDLE_IN_TRANSACTION_MS = 10_000
-# The execution option that marks a connection as a long reader (SQLite: plain BEGIN).
-READER = "pony_reader"
 # sqlite3_errcode() primary codes that mean the file is damaged or not a database.
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 
@@ -299,10 +297,7 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        # READER (a long streamed read): a deferred BEGIN takes no lock, and in WAL mode
-        # a reader never blocks writers, however slowly its rows are taken.
-        reader = read_only or connection.get_execution_options().get(READER, False)
-        connection.exec_driver_sql("BEGIN" if reader else "BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -35,10 +35,10 @@ from pony_scheduler.scheduler.runs import Trigger
 from pony_scheduler.store import audit
 from pony_scheduler.store.clock import ClockQueries
 from pony_scheduler.store.common import bump_changes, insert_ignore, iso, loads, row_dict, utcnow
-from pony_scheduler.store.engine import READER
 from pony_scheduler.store.tables import jobs, missed, runs
 
 REMOVE_BATCH = 2000  # runs deleted per transaction by `pb job remove`
+JOB_PAGE = 500  # jobs read per transaction by iter_jobs (pb job list, the API)
 # In job values: the start deadline the schedule implies (occurrences.default_start_deadline),
 # which applies only to jobs whose deadline was not given (start_deadline_auto).
 DEFAULT_DEADLINE = "default_start_deadline_s"
@@ -290,19 +290,26 @@ class JobQueries(ClockQueries):
     def iter_jobs(
         self, after: str | None = None, limit: int | None = None
     ) -> Generator[dict[str, Any], None, None]:
-        """Jobs by name (those after `after`, at most `limit`), streamed from the database
-        in batches, so that memory stays flat however many jobs there are."""
-        query = select(jobs).where(jobs.c.removed_at.is_(None)).order_by(jobs.c.name)
-        if after is not None:
-            query = query.where(jobs.c.name > after)
-        if limit is not None:
-            query = query.limit(limit)
-        # A reader's transaction: the rows may be taken slowly (`pb job list --all | less`),
-        # and BEGIN IMMEDIATE would hold SQLite's write lock, and the scheduler, meanwhile.
-        with self.engine.connect().execution_options(**{READER: True}) as connection:
-            result = connection.execution_options(yield_per=500).execute(query)
-            for row in result:
-                yield job_view(row_dict(row))
+        """Jobs by name (those after `after`, at most `limit`), read JOB_PAGE at a time,
+        each page by name from the index in a transaction of its own: memory stays flat
+        however many jobs there are, and a slow reader (`pb job list --all | less`) holds
+        no transaction meanwhile (one held SQLite's write lock, and so the scheduler; on
+        PostgreSQL the idle-in-transaction limit would end it).  Not a snapshot: a job
+        added or removed while the pages are read may or may not be in them."""
+        remaining = limit
+        while remaining is None or remaining > 0:
+            size = JOB_PAGE if remaining is None else min(JOB_PAGE, remaining)
+            query = select(jobs).where(jobs.c.removed_at.is_(None)).order_by(jobs.c.name)
+            if after is not None:
+                query = query.where(jobs.c.name > after)
+            with self.engine.connect() as connection:
+                page = [job_view(row_dict(row)) for row in connection.execute(query.limit(size))]
+            yield from page
+            if len(page) < size:
+                return
+            after = page[-1]["name"]
+            if remaining is not None:
+                remaining -= len(page)
 
     def count_jobs(self) -> int:
         """How many jobs there are."""

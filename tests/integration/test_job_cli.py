@@ -190,10 +190,10 @@ def test_edit_can_take_back_every_limit(pb: Pb) -> None:
 
 
 def test_a_slow_reader_of_the_whole_list_does_not_lock_the_database(pb: Pb, home: Path) -> None:
-    """`pb job list --all | less`: the listing streams from one transaction, which was a
-    BEGIN IMMEDIATE holding SQLite's write lock (and the scheduler) for as long as its
-    reader took (review finding).  While it is blocked on a full pipe, jobs can be
-    added."""
+    """`pb job list --all | less`: the listing streamed from one transaction, a BEGIN
+    IMMEDIATE holding SQLite's write lock (and the scheduler) for as long as its reader
+    took (review finding); now each page of jobs is its own short read.  While it is
+    blocked on a full pipe, jobs can be added, and no page loses or repeats a job."""
     import select
     import subprocess
     import sys
