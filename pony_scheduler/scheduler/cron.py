@@ -55,11 +55,13 @@ class Occurrence:
     run; MOVED (its wall time did not exist, it runs at the end of the gap); MERGED
     (several wall times run once: times in a gap, or a repeated time run at its first
     pass only); REPEATED (an hourly job's run in one of the two passes of a repeated hour).
+    jitter_s: the job's stable offset (--jitter) `at` includes, seconds; 0 for none.
     """
 
     at: datetime
     walls: tuple[datetime, ...] = ()
     dst: str = ""
+    jitter_s: float = 0.0
 
 
 def parse(text: str) -> str:
@@ -279,16 +281,24 @@ def dst_note(occurrence: Occurrence, tz_name: str) -> str:
     if not occurrence.dst:
         return ""
     tz = zone(tz_name)
-    local = _local(occurrence.at, tz)
+    # Daylight saving moved the schedule's own time; a --jitter offset comes after it.
+    local = _local(occurrence.at - timedelta(seconds=occurrence.jitter_s), tz)
     gap = [wall for wall in occurrence.walls if wall != local]
     if gap:
         at = f"{local:%H:%M}"
+        moved = (
+            f"; its jitter moves the run to {_local(occurrence.at, tz):%H:%M}"
+            if occurrence.jitter_s
+            else ""
+        )
         together = len(occurrence.walls) > len(gap)  # with the time the gap ends at
         if len(gap) == 1:
             runs = f"runs once with {at}" if together else f"runs at {at}, the end of the gap"
-            return f"{_times(gap)} does not exist that day (clocks go forward); {runs}"
+            return f"{_times(gap)} does not exist that day (clocks go forward); {runs}{moved}"
         runs = f"with {at}" if together else f"at {at}, the end of the gap"
-        return f"{_times(gap)} do not exist that day (clocks go forward); they run once {runs}"
+        return (
+            f"{_times(gap)} do not exist that day (clocks go forward); they run once {runs}{moved}"
+        )
     times = _times(occurrence.walls[:1])
     if occurrence.dst == REPEATED:
         return f"{times} happens twice that day (clocks go back); an hourly job runs in both"

@@ -230,7 +230,7 @@ def upcoming(schedule: Schedule, after: datetime, count: int) -> list[Occurrence
     if schedule.offset:
         shift = _shift(schedule)
         base = upcoming(with_offset(schedule, 0.0), after - shift, count)
-        return [replace(o, at=o.at + shift) for o in base]
+        return [replace(o, at=o.at + shift, jitter_s=shift.total_seconds()) for o in base]
     if schedule.kind == "cron":
         return list(islice(cron.ascending(schedule.expr, schedule.tz, after), max(0, count)))
     first = next_after(schedule, after)

@@ -50,6 +50,19 @@ def test_a_time_in_the_gap_is_moved() -> None:
     ]  # fmt: skip
 
 
+def test_a_jittered_time_in_the_gap_says_both_moves() -> None:
+    """The gap moves the schedule's own time (to 03:00); the jitter comes after it (review
+    finding: the note called the jittered time "the end of the gap")."""
+    from pony_scheduler.scheduler.schedule import with_offset
+
+    schedule = with_offset(cron_schedule("30 2 * * *", "Europe/Berlin"), 3 * 3600 + 120)
+    (first, _) = upcoming(schedule, BERLIN_SPRING, 2)
+    assert dst_note(first, "Europe/Berlin") == (
+        "02:30 does not exist that day (clocks go forward); runs at 03:00, the end of the "
+        "gap; its jitter moves the run to 06:02"
+    )
+
+
 def test_times_in_the_gap_are_merged() -> None:
     assert marked("*/30 2 * * *", "Europe/Berlin", BERLIN_SPRING, 1) == [
         ("03:00 CEST", "merged",
