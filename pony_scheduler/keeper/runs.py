@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from pony_scheduler.keeper import spawner
 from pony_scheduler.keeper.containment import CgroupBox
 from pony_scheduler.keeper.execpath import NotStarted, resolve, shown
-from pony_scheduler.keeper.output import Output
+from pony_scheduler.keeper.output import TRUNCATED, Output
 from pony_scheduler.keeper.procs import PgroupBox, read_stat
 from pony_scheduler.keeper.protocol import (
     KILL_GRACE_S,
@@ -51,10 +51,13 @@ POLL_MAX_S = 0.25
 
 
 # Output of kept leftovers after their run's end, from the pipe (stdin) into the file
-# (stdout) while it is below $1 blocks of 512 bytes (OUTPUT_CAP: RLIMIT_FSIZE, with
-# SIGXFSZ ignored, makes the write past it fail), then discarded; it ends when the last
-# writer closes the pipe.  cat, not head -c: head's stdio would hold lines back.
-LATE_DRAIN = 'ulimit -f "$1"; cat; exec cat >/dev/null'
+# (stdout) while it is below $1 blocks of 512 bytes (OUTPUT_CAP: a soft RLIMIT_FSIZE, with
+# SIGXFSZ ignored, makes the write past it fail), then the truncation line ($2) and the
+# rest discarded; it ends when the last writer closes the pipe.  cat, not head -c: head's
+# stdio would hold lines back.
+LATE_DRAIN = (
+    'ulimit -S -f "$1"; cat || { ulimit -S -f unlimited; printf %s "$2"; }; exec cat >/dev/null'
+)
 
 
 class Run:
@@ -229,7 +232,7 @@ class Run:
             os.set_blocking(pipe, True)  # the drain reads it as a plain pipe
             pid = os.posix_spawn(
                 "/bin/sh",
-                ["sh", "-c", LATE_DRAIN, "sh", str(OUTPUT_CAP // 512)],
+                ["sh", "-c", LATE_DRAIN, "sh", str(OUTPUT_CAP // 512), TRUNCATED.decode()],
                 {"PATH": os.defpath, "LC_ALL": "C"},
                 setsid=True,
                 setsigdef=[sig for sig in spawner.IGNORED if sig != signal.SIGXFSZ],

@@ -37,8 +37,9 @@ def check_handover(settings: Settings) -> None:
         raise PonyError(
             "the running scheduler has no run keeper (it predates the keeper, or its "
             "keeper has just died), so its runs could not be handed over and it was left "
-            "alone: 'pb scheduler stop' (it drains its runs), then 'pb scheduler start'; "
-            "or try again in a few seconds"
+            "alone: let its runs end ('pb runs'), then 'pb scheduler stop' and "
+            "'pb scheduler start' (a stop interrupts runs still running after the "
+            "shutdown grace); or try again in a few seconds"
         )
     theirs = facts.get("protocol")
     if type(theirs) is not int or theirs == PROTOCOL:

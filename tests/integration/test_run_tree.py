@@ -222,6 +222,31 @@ def test_kept_leftovers_go_on_writing_after_their_run(daemon: Daemon, tmp_path: 
             os.kill(pid, signal.SIGKILL)
 
 
+def test_kept_leftovers_output_is_capped_and_says_so(daemon: Daemon, tmp_path: Path) -> None:
+    """What kept leftovers write after their run stops at the output file's 10 MiB cap
+    with the truncation line, as a run's own output does (review finding: cut silently),
+    and they still live on."""
+    wrote = tmp_path / "wrote"
+    daemon.add(
+        "flood",
+        "--leftovers",
+        "keep",
+        "--shell",
+        "--",
+        f"(sleep 1; head -c 11000000 /dev/zero; echo done > {wrote}; sleep 300) & exit 0",
+    )
+    _, run = daemon.run("flood")
+    try:
+        assert wait_for(wrote.exists, 60), "the kept leftover died when it wrote"
+        path = daemon.pb.home / "runs" / "flood" / f"{run['id']}.log"
+        marker = b"\n[output truncated: more than 10 MiB]\n"
+        assert wait_for(lambda: path.read_bytes().endswith(marker), 30)
+        assert path.stat().st_size == 10 * 2**20 + len(marker)
+    finally:
+        for pid in daemon.left(run["id"]):  # verified ours: the run's marks
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_runs_kill_stops_the_whole_tree_and_records_who(daemon: Daemon) -> None:
     pb = daemon.pb
     daemon.add("victim", "--shell", "--", "sleep 300 & echo up; wait")
