@@ -244,20 +244,17 @@ async def _every_job(request: web.Request, after: str | None) -> web.StreamRespo
     684 MiB).  The first page is read before the status line, so that a database that
     does not answer is still a 503; a later failure ends the body short (invalid JSON)."""
     data = request.app[GATEWAY].data
-    page = await data.jobs(after, STREAM_PAGE + 1)
+    page = await data.jobs(after, STREAM_PAGE)
     response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
     await response.prepare(request)
     await response.write(b'{"jobs": [')
     separator = b""
-    while True:
-        more = len(page) > STREAM_PAGE
-        page = page[:STREAM_PAGE]
-        if page:
-            await response.write(separator + ", ".join(json.dumps(j) for j in page).encode())
-            separator = b", "
-        if not more:
+    while page:
+        await response.write(separator + ", ".join(json.dumps(j) for j in page).encode())
+        separator = b", "
+        if len(page) < STREAM_PAGE:
             break
-        page = await data.jobs(page[-1]["name"], STREAM_PAGE + 1)
+        page = await data.jobs(page[-1]["name"], STREAM_PAGE)
     await response.write(b"]}")
     await response.write_eof()
     return response

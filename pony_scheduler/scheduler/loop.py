@@ -299,7 +299,7 @@ class WorkLoop:
         try:
             from_file = environment.read_env_file(item.env_file) if item.env_file else {}
         except environment.EnvFileError as exc:
-            self.journal.put(Outcome(run.id, Ending.NOT_STARTED, self.now(), detail=str(exc)))
+            self._not_started(run.id, str(exc))
             return
         argv = ("/bin/sh", "-c", item.command[0]) if item.shell else item.command
         environ = {
@@ -329,10 +329,15 @@ class WorkLoop:
             )
         except ValueError as exc:  # a stored job no run can start from (an older pb took
             # an empty program): that run fails with the reason; the scheduler goes on.
-            detail = f"cannot be started: {exc}; fix it with pb job edit {run.job}"
-            self.journal.put(Outcome(run.id, Ending.NOT_STARTED, self.now(), detail=detail))
+            self._not_started(
+                run.id, f"cannot be started: {exc}; fix it with pb job edit {run.job}"
+            )
             return
         self.executor.launch(launch, claimed)
+
+    def _not_started(self, run_id: int, detail: str) -> None:
+        """The claimed run `run_id` fails before any process: recorded with `detail`."""
+        self.journal.put(Outcome(run_id, Ending.NOT_STARTED, self.now(), detail=detail))
 
     # -- executor callbacks (on this thread, from executor.poll) -------------------------
     def _started(self, started: Started) -> None:

@@ -70,7 +70,8 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         # on, dropping `jobs` would delete every run (ON DELETE CASCADE).  The pragma is
         # a no-op inside a transaction, so it is set on the driver's connection before
         # the migrating one begins, and set back on after it for the pool.
-        raw = connection.connection.driver_connection if _sqlite(connection) else None
+        sqlite = connection.dialect.name == "sqlite"
+        raw = connection.connection.driver_connection if sqlite else None
         if raw is not None:
             raw.execute("PRAGMA foreign_keys=OFF")
         try:
@@ -88,10 +89,6 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
             if raw is not None:
                 raw.execute("PRAGMA foreign_keys=ON")
     return before, HEAD
-
-
-def _sqlite(connection: Connection) -> bool:
-    return connection.dialect.name == "sqlite"
 
 
 def _revision_in(connection: Connection) -> str | None:

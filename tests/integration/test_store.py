@@ -131,6 +131,21 @@ def test_old_schema_is_upgraded_and_newer_refused(db_url: str) -> None:
     engine.dispose()
 
 
+def settled_run(job_id: int, now: datetime, minutes: int, state: str) -> dict[str, object]:
+    """A manual run of `job_id` settled in `state`, its occurrence `minutes` before `now`
+    (a row written straight into an older schema, for the migration tests)."""
+    return {
+        "job_id": job_id,
+        "attempt": 1,
+        "trigger": "manual",
+        "due_at": now,
+        "created_at": now,
+        "finished_at": now,
+        "occurrence": now - timedelta(minutes=minutes),
+        "state": state,
+    }
+
+
 def test_upgrading_from_the_first_schemas_keeps_every_run(tmp_path: Path) -> None:
     """An SQLite database at 0002 (the first with jobs and runs) upgraded to head by
     Store.open keeps its runs: a batch ALTER rebuilds `jobs`, and with foreign keys on
@@ -150,11 +165,7 @@ def test_upgrading_from_the_first_schemas_keeps_every_run(tmp_path: Path) -> Non
     config = migrate._config()
     with engine.begin() as connection:
         for minutes in (3, 2, 1):
-            row = {"job_id": job_id, "attempt": 1, "trigger": "manual", "due_at": now}
-            row |= {"created_at": now, "finished_at": now, "state": "succeeded"}
-            connection.execute(
-                insert(runs).values(occurrence=now - timedelta(minutes=minutes), **row)
-            )
+            connection.execute(insert(runs).values(settled_run(job_id, now, minutes, "succeeded")))
         config.attributes["connection"] = connection
         command.downgrade(config, "0002")
     engine.dispose()
@@ -184,11 +195,8 @@ def test_0006_pages_from_an_index_and_counts_only_started_runs(db_url: str) -> N
     engine = create_engine(db_url)
     config = migrate._config()
     with engine.begin() as connection:
-        base = {"job_id": job_id, "attempt": 1, "trigger": "manual", "due_at": now}
-        base |= {"created_at": now, "finished_at": now}
-        ran = {**base, "occurrence": now - timedelta(minutes=2), "state": "succeeded"}
-        connection.execute(insert(runs).values(ran))
-        skip = {**base, "occurrence": now - timedelta(minutes=1), "state": "skipped"}
+        connection.execute(insert(runs).values(settled_run(job_id, now, 2, "succeeded")))
+        skip = settled_run(job_id, now, 1, "skipped")
         skipped = connection.execute(insert(runs).values(skip)).inserted_primary_key[0]
         filled = {"last_run_id": skipped, "last_state": "skipped", "last_finished_at": now}
         connection.execute(update(jobs).where(jobs.c.id == job_id).values(filled))
