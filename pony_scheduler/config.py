@@ -271,6 +271,13 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
                 f"string, and {key} is a number; write it without quotes "
                 f"({key} = {data[key].strip()})"
             )
+        if key in _BOOLEANS and not isinstance(data[key], bool):
+            # The environment's 1/yes/on are for the environment, which has only
+            # strings; in the file a switch that opens the gateway is a TOML boolean.
+            raise ConfigError(
+                f"{path}:{_line_of(text, key)}: {key} must be true or false (a TOML "
+                f"boolean, without quotes), not {data[key]!r}"
+            )
     return data
 
 
@@ -278,6 +285,7 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
 # never strings, which only the environment gives (it has nothing else).  Other strings
 # are left to the converters, which say what the value must be ("30s" is a duration).
 _NUMBERS = ("workers", "gateway_port", "debug_port", "lease", "shutdown_grace")
+_BOOLEANS = ("anonymous_read",)
 
 
 def _quoted_number(key: str, value: Any) -> bool:

@@ -334,9 +334,11 @@ def command_values(opts: JobOptions, required: bool) -> dict[str, Any]:
         )
     if any("\0" in arg for arg in opts.command):
         raise ConfigError("the command holds a NUL byte, which no program can be given")
-    if not shell and not opts.command[0].strip():
+    if not opts.command[0].strip():
         raise ConfigError(
-            "the command's program is empty: put a program after --, e.g. -- /usr/bin/true"
+            "the shell command is empty: put the command after --, e.g. --shell -- 'cmd | other'"
+            if shell
+            else "the command's program is empty: put a program after --, e.g. -- /usr/bin/true"
         )
     return {"command": list(opts.command), "shell": shell}
 

@@ -40,6 +40,8 @@ from pony_scheduler.store.transitions import Claimant
 log = logging.getLogger("pony_scheduler.scheduler")
 
 CHANGE_POLL = 1.0  # seconds between looks at the change counter
+# Upkeep's slice of an unfinished `pb job remove` (seconds, then the batch in hand ends).
+PURGE_BUDGET_S = 0.2
 # A started run's pid waits this long for the next transaction (a finish, a claim) to
 # carry it, rather than costing a write of its own; a restart needs the pid only to stop
 # an orphan, so a short delay trades a small window for half the writes per run.
@@ -459,7 +461,7 @@ class WorkLoop:
         if recovery.abandoned(self.store, self.scheduler_id, home, now, judge):
             self.upcoming_dirty = self.kicked = True
         if self.store.removals_pending():
-            self.store.purge_removed()
+            self.store.purge_removed(budget_s=PURGE_BUDGET_S)
         self.events.emit(
             "heartbeat",
             {

@@ -361,6 +361,19 @@ def test_an_empty_program_is_refused(pb: Pb, command: list[str]) -> None:
     assert json.loads(pb("job", "show", "ok", "--json").out)["command"] == ["true"]
 
 
+@pytest.mark.parametrize("command", ["", " \t "])
+def test_an_empty_shell_command_is_refused(pb: Pb, command: str) -> None:
+    """`--shell -- ''` was stored (review finding), though a missing command is exit 2."""
+    added = pb("job", "add", "e", "--manual", "--shell", "--", command)
+    assert added.code == 2 and added.err.count("\n") == 1, added.all
+    assert "the shell command is empty" in added.err
+    assert pb("job", "show", "e").code != 0
+    pb("job", "add", "ok", "--manual", "--shell", "--", "true", check=True)
+    edited = pb("job", "edit", "ok", "--shell", "--", command)
+    assert edited.code == 2 and "the shell command is empty" in edited.err, edited.all
+    assert json.loads(pb("job", "show", "ok", "--json").out)["command"] == ["true"]
+
+
 def test_a_stored_job_no_run_can_start_from_fails_its_run_not_the_scheduler(
     pb: Pb, home: Path
 ) -> None:

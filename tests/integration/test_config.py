@@ -79,3 +79,21 @@ def test_bad_files(pb: Pb, home: Path, tmp_path: Path) -> None:
     assert missing.code == 2 and "does not exist" in missing.err
     bad_env = pb("config", "show", env={"PONYBUNNY_WORKERS": "0"})
     assert bad_env.code == 2 and "PONYBUNNY_WORKERS" in bad_env.err
+
+
+def test_switches_in_the_file_are_booleans(pb: Pb, home: Path) -> None:
+    """anonymous_read opens the gateway to reads: in the file only a TOML boolean turns it
+    on or off (review: "yes", "on" and 1 turned it on, "no" and 0 off); the environment,
+    which has only strings, keeps 1/0."""
+    config = home / "config.toml"
+    for value in ('"yes"', '"on"', "1", '"0"', "0", '"true"'):
+        config.write_text(f"workers = 2\nanonymous_read = {value}\n")
+        result = pb("config", "show")
+        assert result.code == 2, value
+        assert result.err.strip().startswith(f"Error: {config}:2: anonymous_read must be true")
+        assert result.err.count("\n") == 1
+    config.write_text("anonymous_read = true\n")
+    assert "True" in pb("config", "show", check=True).out
+    config.unlink()
+    shown = pb("config", "show", env={"PONYBUNNY_ANONYMOUS_READ": "1"}, check=True).out
+    assert any("anonymous_read" in line and "True" in line for line in shown.splitlines())

@@ -481,3 +481,35 @@ def test_a_claim_without_a_scan_looks_past_runs_held_back(db_url: str) -> None:
     assert [c.run.id for c in claimed] == [startable] and waiting
     assert [store.get_run(run_id)["state"] for run_id in held[1:]] == ["queued"] * 5  # type: ignore[index]
     store.close()
+
+
+def test_upkeep_finishes_an_unfinished_removal_a_slice_at_a_time(db_url: str) -> None:
+    """The scheduler's upkeep deleted every batch of a removed job back to back, holding
+    its work loop for the whole job (review: 300,000 runs, 20 s behind); with a budget it
+    does at most the batch that crosses it per pass, and finishing takes more passes."""
+    from sqlalchemy import insert, update
+
+    from pony_scheduler.store.jobs import REMOVE_BATCH
+    from pony_scheduler.store.tables import jobs, runs
+
+    store = Store.open(db_url)
+    store.add_job("big", job_values())
+    store.add_job("kept", job_values())
+    now = utcnow()
+    count = 2 * REMOVE_BATCH + 7
+    with store.engine.begin() as connection:
+        job_id = connection.execute(text("SELECT id FROM jobs WHERE name = 'big'")).scalar()
+        assert isinstance(job_id, int)
+        connection.execute(
+            insert(runs), [settled_run(job_id, now, m, "succeeded") for m in range(count)]
+        )
+        # what `pb job remove` leaves when it is interrupted after marking the job removed
+        connection.execute(
+            update(jobs).where(jobs.c.id == job_id).values(name=".removed-1", removed_at=now)
+        )
+    passes = []
+    while store.removals_pending():
+        passes.append(store.purge_removed(budget_s=0))
+    assert passes == [REMOVE_BATCH, REMOVE_BATCH, 7, 0]
+    assert [job["name"] for job in store.iter_jobs()] == ["kept"]
+    store.close()
