@@ -42,15 +42,56 @@ def check_handover(settings: Settings) -> None:
             "shutdown grace); or try again in a few seconds"
         )
     theirs = facts.get("protocol")
-    if type(theirs) is not int or theirs == PROTOCOL:
-        return  # none, or no number we can judge by: the keeper's own answer decides
-    raise PonyError(
-        f"the run keeper (PID {facts.get('pid')}) holding the scheduler's runs is "
-        f"pony-scheduler {facts.get('version')}, protocol {theirs}; this pony-scheduler "
-        f"{__version__} speaks protocol {PROTOCOL} and could not adopt them, so the running "
-        "scheduler was left alone: 'pb scheduler stop' (it drains its runs), then "
-        "'pb scheduler start'"
-    )
+    if type(theirs) is int and theirs != PROTOCOL:
+        raise PonyError(
+            f"the run keeper (PID {facts.get('pid')}) holding the scheduler's runs is "
+            f"pony-scheduler {facts.get('version')}, protocol {theirs}; this pony-scheduler "
+            f"{__version__} speaks protocol {PROTOCOL} and could not adopt them, so the "
+            "running scheduler was left alone: 'pb scheduler stop' (it drains its runs), "
+            "then 'pb scheduler start'"
+        )
+    # (No protocol number, or none we can judge by: the keeper's own answer decides.)
+    # A replacement opens the database before it is ready; the running scheduler rides
+    # out an outage (runs go on, recorded when it is back), a replacement cannot start
+    # in one (review: a restart in an outage left no scheduler at all).
+    why = _database_refusal(settings.db)
+    if why:
+        raise PonyError(
+            f"{why}; the running scheduler was left alone (it goes on and records its "
+            "runs when the database is back): restart it then"
+        )
+
+
+def _database_refusal(url: str) -> str:
+    """'' when the database at `url` answers a connection, else the line why not.  Asked
+    from a forked child that exits at once: no engine is ever made in the process that
+    forks the daemon (DESIGN.md, process model).  At most PostgreSQL's connect timeout
+    (store/engine.py: 5 s)."""
+    import os
+
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:
+        why = "the database could not be checked"
+        try:
+            os.close(read_fd)
+            from pony_scheduler.errors import PonyError
+            from pony_scheduler.store.store import Store
+
+            Store.probe(url)
+            why = ""
+        except PonyError as exc:
+            why = str(exc)
+        except BaseException as exc:  # the child must exit here, whatever happened
+            why = f"the database could not be checked ({type(exc).__name__}: {exc})"
+        finally:
+            os.write(write_fd, why.encode("utf-8", "replace")[:4000])
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as answer:
+        why = answer.read().decode("utf-8", "replace")
+    os.waitpid(child, 0)
+    return why
 
 
 def start_keeper(settings: Settings) -> None:

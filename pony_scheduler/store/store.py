@@ -37,6 +37,19 @@ from pony_scheduler.store.tables import schedulers
 log = logging.getLogger(__name__)
 
 
+def _unusable(url: str, exc: Exception) -> PonyError:
+    """The one line for a database that cannot be used (corrupt, or not answering)."""
+    if is_corrupt(exc):
+        return PonyError(
+            f"database {safe_url(url)} is corrupt ({first_line(exc)}); "
+            "restore it from a backup, or move it aside to start afresh"
+        )
+    return PonyError(
+        f"cannot use database {safe_url(url)}: {first_line(exc)}; check "
+        "--db and that the database server is running"
+    )
+
+
 class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -65,20 +78,25 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
                     log.warning("%s", warning)
         except (OperationalError, DBAPIError) as exc:
             engine.dispose()
-            if is_corrupt(exc):
-                raise PonyError(
-                    f"database {safe_url(url)} is corrupt ({first_line(exc)}); "
-                    "restore it from a backup, or move it aside to start "
-                    "afresh"
-                ) from None
-            raise PonyError(
-                f"cannot use database {safe_url(url)}: {first_line(exc)}; check "
-                "--db and that the database server is running"
-            ) from None
+            raise _unusable(url, exc) from None
         except BaseException:
             engine.dispose()
             raise
         return cls(engine)
+
+    @staticmethod
+    def probe(url: str) -> None:
+        """Connect once and let go, nothing read or written: raises PonyError (the line
+        open() would give) when the database does not answer.  Asked before a running
+        scheduler is replaced (scheduler/service.check_handover)."""
+        engine = make_engine(url)
+        try:
+            with engine.connect():
+                pass
+        except (OperationalError, DBAPIError) as exc:
+            raise _unusable(url, exc) from None
+        finally:
+            engine.dispose()
 
     def check_file(self) -> None:
         """SQLite: report a file damaged or replaced under us (engine.FileWatch)."""

@@ -97,3 +97,32 @@ def test_an_outage_longer_than_the_lease_loses_no_live_run(
             assert text(path).count("Database unavailable") == 1, text(path)
     finally:
         second.cleanup()
+
+
+def test_a_restart_during_an_outage_leaves_the_running_scheduler_alone(
+    pb: Pb, pg_url: str, tmp_path: Path
+) -> None:
+    """restart and start --force stopped the running scheduler, then the replacement could
+    not open the database and the home had no scheduler at all (review finding).  They now
+    ask the database first and, when it does not answer, refuse with one line and leave
+    the running one, which rides out the outage and records its run once."""
+    pb.env["PONYBUNNY_DB"] = pg_url
+    go = tmp_path / "go"
+    pb("scheduler", "start", check=True)
+    pid = pb.pid()
+    script = f"while [ ! -e {go} ]; do sleep 0.05; done; echo end"
+    pb("job", "add", "w", "--manual", "--shell", "--", script, check=True)
+    pb("job", "run", "w", check=True)
+    wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
+    with outage(pg_url.rsplit("/", 1)[1]):
+        for args in (("restart",), ("start", "--force")):
+            refused = pb("scheduler", *args)
+            assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
+            assert "cannot use database" in refused.err
+            assert "the running scheduler was left alone" in refused.err
+            assert pb.pid() == pid
+        go.touch()
+    done = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "succeeded")
+    assert [run["state"] for run in done] == ["succeeded"]
+    assert pb("scheduler", "restart").code == 0
+    assert pb.pid() != pid
