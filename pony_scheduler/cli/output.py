@@ -112,6 +112,16 @@ class OutputWriter:
         sys.stdout.flush()
 
 
+def _not_its_file(run: dict[str, object]) -> bool:
+    """A file at the run's path that cannot be the run's: the run has not started, or
+    ended having printed nothing (its keeper makes the file at the first byte only).
+    Another database used in the same home left it (review finding: a new run showed
+    it as its own); a run that prints moves such a file aside (keeper/output.py)."""
+    return run["state"] == "queued" or (
+        run["state"] not in ("queued", "running") and not run.get("output_tail")
+    )
+
+
 def open_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> BinaryIO | None:
     """The run's output file once it exists; None for a run that printed nothing.
 
@@ -123,13 +133,19 @@ def open_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> Bi
     home = settings_from(ctx, db=ctx.meta.get("db")).home
     while True:
         try:
-            return os.fdopen(open_run_output(home, path), "rb")  # the caller closes it
+            handle = os.fdopen(open_run_output(home, path), "rb")  # the caller closes it
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise PonyError(
                 f"cannot read output of run {run_id} at {path}: {exc.strerror}"
             ) from None
+        else:
+            if not _not_its_file(get_run(ctx, run_id)):
+                return handle
+            handle.close()
+            click.echo(f"⚠ {shown(path, raw=False)} is not run {run_id}'s output", err=True)
+            return None
         run = get_run(ctx, run_id)
         if os.path.exists(path):
             continue  # it printed since we looked: the state above may already be final

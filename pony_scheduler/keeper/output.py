@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from pony_scheduler.files import SHARED_MODE, UnsafePath, create_file
+from pony_scheduler.files import SHARED_MODE, UnsafePath, create_file, open_beneath
 from pony_scheduler.keeper.protocol import OUTPUT_CAP, TAIL_BYTES
 
 TRUNCATED = b"\n[output truncated: more than 10 MiB]\n"
@@ -69,7 +69,7 @@ class Output:
             return
         if self.fd < 0:
             try:
-                self.fd = open_below(self.home_fd, self.parts)
+                self.fd = self._create()
             except OSError as exc:
                 self.note = f"output incomplete: cannot create {self.path}: {exc.strerror}"
                 return
@@ -90,6 +90,24 @@ class Output:
             return
         if len(data) > room:
             self._truncated()
+
+    def _create(self) -> int:
+        """The run's file, made at its first byte.  One already there is not this run's -
+        run ids are never reused within a database, and a run's file is made once - but
+        one left by another database in the same home (recreated, or switched with
+        --db): it is renamed to NAME.stale, never written through or shown as this run's
+        (review finding), and the file made afresh."""
+        try:
+            return open_below(self.home_fd, self.parts)
+        except FileExistsError:
+            directory = "/".join(self.parts[:-1])
+            dir_fd = open_beneath(self.home_fd, directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                name = self.parts[-1]
+                os.rename(name, f"{name}.stale", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+            return open_below(self.home_fd, self.parts)
 
     def _truncated(self) -> None:
         if not self.capped:
@@ -113,7 +131,7 @@ class Output:
             return -1
         if self.fd < 0:
             try:
-                self.fd = open_below(self.home_fd, self.parts)
+                self.fd = self._create()
             except (OSError, UnsafePath):
                 return -1
         return self.fd

@@ -672,3 +672,27 @@ def test_following_a_run_of_another_home_waits_and_prints_its_tail(
     refused = pb("runs", "output", str(run_id), env=elsewhere)
     assert refused.code != 0 and "a run of another home" in refused.err, refused.all
     assert pb("runs", "output", str(run_id), env={"PONYBUNNY_DB": db}).out == "first\nsecond\n"
+
+
+def test_files_another_database_left_in_the_home_are_never_a_new_runs_output(
+    pb: Pb, home: Path
+) -> None:
+    """pony.db recreated (or --db switched) with runs/ kept: run 1 of the new database
+    could not make runs/p/1.log ("File exists") and showed the old run 1's bytes as its
+    own (review finding).  A run that prints moves the old file aside (1.log.stale); one
+    that printed nothing does not show it."""
+    for job in ("p", "quiet"):
+        (home / "runs" / job).mkdir(parents=True, mode=0o700)
+        for run_id in (1, 2):
+            (home / "runs" / job / f"{run_id}.log").write_text("OLD-OUTPUT\n")
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "p", "--manual", "--", "echo", "NEW-OUTPUT", check=True)
+    pb("job", "add", "quiet", "--manual", "--", "true", check=True)
+    followed = pb("job", "run", "p", "--wait", "--follow", timeout=120)
+    assert followed.code == 0 and followed.out == "NEW-OUTPUT\n", followed.all
+    assert pb("runs", "output", "1").out == "NEW-OUTPUT\n"
+    assert (home / "runs/p/1.log.stale").read_text() == "OLD-OUTPUT\n"
+    assert pb("job", "run", "quiet", "--wait", timeout=120).code == 0
+    shown = pb("runs", "output", "2")
+    assert shown.code == 0 and shown.out == "", shown.all
+    assert "is not run 2's output" in shown.err

@@ -87,15 +87,6 @@ def test_never_through_a_symlink(home: Path, home_fd: int, tmp_path: Path) -> No
     assert out.tail_bytes() == b"secret"  # the tail is kept all the same
 
 
-def test_an_existing_file_is_not_overwritten(home: Path, home_fd: int) -> None:
-    (home / "runs/job").mkdir(parents=True)
-    (home / "runs/job/1.log").write_bytes(b"earlier")
-    out = make(home, home_fd)
-    out.write(b"later")
-    assert out.close() == f"output incomplete: cannot create {home}/runs/job/1.log: File exists"
-    assert (home / "runs/job/1.log").read_bytes() == b"earlier"
-
-
 def test_output_is_capped(home: Path, home_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(output, "OUTPUT_CAP", 10)
     out = make(home, home_fd)
@@ -140,3 +131,17 @@ def test_the_cli_tells_a_file_never_created_from_one_removed(home: Path, home_fd
     assert missing_file({"reason": f"exit status 5; {note}"}) == "never created"
     assert missing_file({"reason": "exit status 5"}) == "removed"
     assert missing_file({"reason": None}) == "removed"
+
+
+def test_a_file_left_at_the_runs_path_is_moved_aside_not_written_through(
+    home: Path, home_fd: int
+) -> None:
+    """Another database used in the same home left runs/job/1.log (review finding: the
+    new run 1 could not make its file, and its output showed the old one's bytes)."""
+    (home / "runs/job").mkdir(parents=True)
+    (home / "runs/job/1.log").write_bytes(b"OLD\n")
+    out = make(home, home_fd)
+    out.write(b"NEW\n")
+    assert out.close() == ""
+    assert (home / "runs/job/1.log").read_bytes() == b"NEW\n"
+    assert (home / "runs/job/1.log.stale").read_bytes() == b"OLD\n"
