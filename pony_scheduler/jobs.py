@@ -209,8 +209,26 @@ def _cwd(text: str) -> str | None:
         raise ConfigError("--cwd '' names no directory; give one, or none for the scheduler's home")
     cwd = Path(text).expanduser().absolute()
     if not cwd.is_dir():
-        raise ConfigError(f"--cwd {text}: no such directory")
-    return str(cwd)
+        raise ConfigError(f"--cwd {_path_shown(text)}: no such directory")
+    return _utf8_path("--cwd", str(cwd))
+
+
+def _path_shown(path: str) -> str:
+    """A path for a message: bytes that are not UTF-8 as \\xNN, never a surrogate."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8_path(option: str, path: str) -> str:
+    """`path` when it is UTF-8 (the database stores text); else ConfigError.  Such a path
+    is refused rather than stored some other way (review finding: a traceback)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"{option} {_path_shown(path)}: the path is not UTF-8, which the database "
+            "stores; rename it, or give a link to it whose path is"
+        ) from None
+    return path
 
 
 def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | None:
@@ -311,7 +329,7 @@ def check_env_file(path: str) -> str | None:
 
     if path == "":
         return None
-    absolute = str(Path(path).expanduser().absolute())
+    absolute = _utf8_path("--env-file", str(Path(path).expanduser().absolute()))
     try:
         read_env_file(absolute)
     except EnvFileError as exc:

@@ -394,3 +394,23 @@ def test_a_stored_job_no_run_can_start_from_fails_its_run_not_the_scheduler(
     assert failed.code != 0 and "cannot be started" in failed.all, failed.all
     assert pb("job", "run", "good", "--wait", timeout=120).code == 0
     assert pb("scheduler", "status").code == 0
+
+
+def test_paths_that_are_not_utf8_are_refused_in_one_line(pb: Pb, tmp_path: Path) -> None:
+    """--cwd / --env-file naming a directory whose name is not UTF-8 ended in a traceback
+    from the database driver (review finding); argv and --env values keep such bytes."""
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/d\xff"))
+    odd.mkdir()
+    (odd / "e.env").write_text("A=1\n")
+    (odd / "e.env").chmod(0o600)
+    pb("job", "add", "ok", "--manual", "--", "true", check=True)
+    for args in (
+        ("job", "add", "c", "--manual", "--cwd", str(odd), "--", "true"),
+        ("job", "add", "e", "--manual", "--env-file", str(odd / "e.env"), "--", "true"),
+        ("job", "edit", "ok", "--cwd", str(odd)),
+    ):
+        result = pb(*args)
+        assert result.code == 2 and result.err.count("\n") == 1, result.all
+        assert "the path is not UTF-8" in result.err and "\\xff" in result.err
+    assert json.loads(pb("job", "show", "ok", "--json").out)["cwd"] is None
+    assert pb("job", "show", "c").code != 0
