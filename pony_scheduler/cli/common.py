@@ -91,8 +91,9 @@ def shown(text: str, raw: bool) -> str:
     return text if raw else for_terminal(text)
 
 
-def get_run(ctx: click.Context, run_id: int) -> dict[str, Any]:
-    run = open_store(ctx).get_run(run_id)
+def get_run(ctx: click.Context, run_id: int, exact_tail: bool = False) -> dict[str, Any]:
+    """Run `run_id` as the store's get_run gives it; PonyError when there is none."""
+    run = open_store(ctx).get_run(run_id, exact_tail)
     if run is None:
         raise PonyError(f"no run with id {run_id}; see 'pb runs'")
     return run

@@ -82,10 +82,10 @@ def _follow_elsewhere(ctx: click.Context, run_id: int, path: str, raw: bool) -> 
         "here, its last 4 KiB once it ends",
         err=True,
     )
-    run = get_run(ctx, run_id)
+    run = get_run(ctx, run_id, exact_tail=True)
     while run["state"] in ("queued", "running"):
         time.sleep(0.2)
-        run = get_run(ctx, run_id)
+        run = get_run(ctx, run_id, exact_tail=True)
     tail = run.get("output_tail") or b""
     OutputWriter(raw or not sys.stdout.isatty()).write(
         tail if isinstance(tail, bytes) else str(tail).encode(), final=True

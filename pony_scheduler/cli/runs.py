@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -152,7 +153,7 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
     """Metadata and output of run RUN_ID."""
     from pony_scheduler.durations import format_duration
 
-    run = get_run(ctx, run_id)
+    run = get_run(ctx, run_id, exact_tail=raw and not as_json)
     if as_json:
         click.echo(json.dumps(run, indent=2))
         return
@@ -195,7 +196,12 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
             )
         )
     click.echo("Output (end):")
-    click.echo(shown(run.get("output_tail") or "(none)", raw))
+    tail = run.get("output_tail")
+    if isinstance(tail, bytes) and tail:  # --raw: the bytes as the job wrote them
+        sys.stdout.buffer.write(tail if tail.endswith(b"\n") else tail + b"\n")
+        sys.stdout.flush()
+    else:
+        click.echo(shown(tail or "(none)", raw))
 
 
 @runs_group.command(name="output")

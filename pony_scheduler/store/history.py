@@ -35,8 +35,9 @@ RUN_VIEW = (
 )
 
 
-def run_view(row: dict[str, Any]) -> dict[str, Any]:
-    """A run row as JSON-friendly data for `pb runs` and the gateway."""
+def run_view(row: dict[str, Any], exact_tail: bool = False) -> dict[str, Any]:
+    """A run row as JSON-friendly data for `pb runs` and the gateway; with `exact_tail`
+    its output_tail stays the stored bytes (`pb runs show --raw`), not JSON-friendly."""
     view = dict(row)
     started, finished = row.get("started_at"), row.get("finished_at")
     view["duration_s"] = (
@@ -45,7 +46,7 @@ def run_view(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("occurrence", "due_at", "started_at", "finished_at", "lease_until"):
         if key in view:
             view[key] = iso(view[key])
-    if isinstance(view.get("output_tail"), bytes):  # exact bytes live in the output file
+    if isinstance(view.get("output_tail"), bytes) and not exact_tail:
         view["output_tail"] = view["output_tail"].decode(errors="replace")
     return view
 
@@ -93,8 +94,10 @@ class HistoryQueries(ClockQueries):
         with self.engine.connect() as connection:
             return [run_view(row_dict(row)) for row in connection.execute(query)]
 
-    def get_run(self, run_id: int) -> dict[str, Any] | None:
-        """One run with its output path, tail (bytes) and lease; None if there is none."""
+    def get_run(self, run_id: int, exact_tail: bool = False) -> dict[str, Any] | None:
+        """One run with its output path, tail and lease (run_view); None if there is
+        none.  The tail is text (bytes that are not UTF-8 as U+FFFD), or with
+        `exact_tail` the bytes stored."""
         query = (
             select(
                 *RUN_VIEW,
@@ -112,7 +115,7 @@ class HistoryQueries(ClockQueries):
         )
         with self.engine.connect() as connection:
             row = connection.execute(query).first()
-        return run_view(row_dict(row)) if row else None
+        return run_view(row_dict(row), exact_tail) if row else None
 
     def next_attempt_of(self, run_id: int) -> int | None:
         """The id of the attempt after run `run_id` (a retry or a resume), or None."""

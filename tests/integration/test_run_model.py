@@ -696,3 +696,24 @@ def test_files_another_database_left_in_the_home_are_never_a_new_runs_output(
     shown = pb("runs", "output", "2")
     assert shown.code == 0 and shown.out == "", shown.all
     assert "is not run 2's output" in shown.err
+
+
+def test_runs_show_raw_prints_the_tails_exact_bytes(pb: Pb) -> None:
+    """`--raw` printed bytes that are not UTF-8 as U+FFFD, though the database holds the
+    exact bytes (review finding); without it they stay made visible."""
+    import subprocess
+    import sys
+
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "bin", "--manual", "--shell", "--", r"printf 'a\000b\377\376\n'", check=True)
+    assert pb("job", "run", "bin", "--wait", timeout=120).code == 0
+    raw = subprocess.run(
+        [sys.executable, "-m", "pony_scheduler", "runs", "show", "1", "--raw"],
+        capture_output=True,
+        env=pb.env,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert raw.endswith(b"Output (end):\na\x00b\xff\xfe\n"), raw
+    shown = pb("runs", "show", "1").out
+    assert "Output (end):\na^@b\ufffd\ufffd\n" in shown, shown
