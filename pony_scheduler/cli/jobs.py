@@ -290,6 +290,9 @@ def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
         ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items()) or "-"),
         ("Env file", data.get("env_file") or "-"),
     ):
+        if not raw:  # a multi-line value's next lines are indented (as RFC 5322 folds a
+            # header), so that a command or an --env value cannot forge a field's line
+            value = str(value).replace("\n", "\n" + " " * 16)
         click.echo(shown(f"{label + ':':<15} {value}", raw))
 
 

@@ -219,3 +219,27 @@ def test_a_slow_reader_of_the_whole_list_does_not_lock_the_database(pb: Pb, home
     finally:
         out, _ = reader.communicate(timeout=120)
     assert reader.returncode == 0 and out.count(b"listed-") == 3000
+
+
+def test_job_show_cannot_be_forged_by_a_multi_line_command_or_value(pb: Pb) -> None:
+    """A newline in a command or an --env value printed a line of its own, which could pass
+    for a field (review: `Enabled: no` above the real `Enabled: yes`).  Next lines of a
+    value are indented under it; --raw prints them as they are."""
+    forged = "true\nEnabled:        no"
+    pb(
+        "job",
+        "add",
+        "x",
+        "--manual",
+        "--shell",
+        "--env",
+        f"A=a\n{'Error:':<15} x",
+        "--",
+        forged,
+        check=True,
+    )
+    lines = pb("job", "show", "x", check=True).out.splitlines()
+    labels = [line.split(":")[0] for line in lines if line and not line.startswith(" ")]
+    assert labels.count("Enabled") == 1 and labels.count("Error") == 1, lines
+    assert "Command:        true" in lines and " " * 16 + "Enabled:        no" in lines
+    assert "Enabled:        no" in pb("job", "show", "x", "--raw", check=True).out.splitlines()
