@@ -75,6 +75,8 @@ def dashboard_address(settings: Settings) -> tuple[str, bool]:
         and _listens(info.pid, address)
     ):
         return address, True
+    if info.state is pidfile.PidState.RUNNING and isinstance(address, str):
+        return address, False  # a live dashboard claims it, but does not hold it
     host = settings.debug_host
     return (
         f"http://[{host}]:{settings.debug_port}"
@@ -115,11 +117,21 @@ def debug_url(ctx: click.Context) -> None:
     address, running = dashboard_address(settings)
     if not running:
         # Whoever holds the port meanwhile could read a live code from the page it is
-        # opened on, and use it once the real dashboard starts: no code then.
+        # opened on, and use it once the real dashboard starts: no code then.  Only the
+        # address a live dashboard claims is named (review: a stopped one's default
+        # port was named, not the one it had run on).
+        from pony_scheduler.lifecycle import pidfile
+        from pony_scheduler.lifecycle.spec import DEBUG
+
+        if pidfile.inspect(DEBUG, settings.home).state is pidfile.PidState.RUNNING:
+            raise PonyError(
+                f"the dashboard does not hold its port ({address}), so no login link "
+                "is made (another program could be listening there); 'pb debug "
+                "restart' prints one"
+            )
         raise PonyError(
-            "the dashboard is not running (or does not hold its port), so no login "
-            f"link is made (another program could be listening on {address}); start "
-            "it with 'pb debug start', which prints one"
+            "the dashboard is not running, so no login link is made; start it with "
+            "'pb debug start', which prints one"
         )
     click.echo(new_login_url(settings, address))
 
