@@ -359,6 +359,29 @@ def load_settings(
     )
 
 
+def check_listen_host(settings: Settings, key: str) -> None:
+    """The host setting `key` (gateway_host, debug_host) must resolve here
+    (getaddrinfo(3), passive): else ConfigError naming where it was set, one line before
+    a service forks rather than a failed start with its log's tail (review finding).  A
+    name may wait on the resolver (resolv.conf's timeout)."""
+    import socket  # here: status and most commands never resolve anything
+
+    host = getattr(settings, key)
+    source = settings.sources.get(key, "")
+    option = (
+        "--host" if source == "flag" else FIELDS[key][0] if source == "env" else f"{key} ({source})"
+    )
+
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise ConfigError(
+            f"{option} {host!r}: not an address or a name this host resolves ({why}); "
+            "give an IP address (127.0.0.1, ::1) or a resolvable name"
+        ) from None
+
+
 def validate_socket_path(path: Path) -> None:
     """The gateway socket must fit in sun_path and live in an existing directory."""
     size = len(os.fsencode(path))

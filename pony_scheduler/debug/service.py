@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pony_scheduler.config import Settings
+from pony_scheduler.config import Settings, check_listen_host
 from pony_scheduler.errors import PonyError
 from pony_scheduler.gateway.hosting import (
     bind_tcp,
@@ -17,6 +17,11 @@ from pony_scheduler.gateway.hosting import (
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 
 log = logging.getLogger("pony_scheduler.debug")
+
+
+def preflight(settings: Settings) -> None:
+    """Before forking: the host to listen on resolves (one line, not a failed start)."""
+    check_listen_host(settings, "debug_host")
 
 
 def describe(settings: Settings) -> dict[str, Any]:

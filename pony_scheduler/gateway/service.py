@@ -13,7 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pony_scheduler.config import MAX_SOCKET_PATH, Settings, validate_socket_path
+from pony_scheduler.config import (
+    MAX_SOCKET_PATH,
+    Settings,
+    check_listen_host,
+    validate_socket_path,
+)
 from pony_scheduler.gateway.hosting import (
     bind_tcp,
     bind_unix,
@@ -44,6 +49,7 @@ def preflight(settings: Settings) -> None:
     from pony_scheduler.store.engine import check_database
 
     check_database(settings.db)  # a malformed or unsafe --db: one line now, not a 503 later
+    check_listen_host(settings, "gateway_host")
     validate_socket_path(settings.socket)
     # A socket elsewhere than the home (--socket): nobody else may replace it.
     check_directory_chain(settings.socket.parent, "the socket (--socket)")

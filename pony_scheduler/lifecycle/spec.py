@@ -95,6 +95,7 @@ DEBUG = ServiceSpec(
     name="debug",
     title="Debug Server",
     runner="pony_scheduler.debug.service:run",
+    preflight="pony_scheduler.debug.service:preflight",
     describe="pony_scheduler.debug.service:describe",
     details=(("Address", "address"),),
 )

@@ -414,3 +414,18 @@ def test_paths_that_are_not_utf8_are_refused_in_one_line(pb: Pb, tmp_path: Path)
         assert "the path is not UTF-8" in result.err and "\\xff" in result.err
     assert json.loads(pb("job", "show", "ok", "--json").out)["cwd"] is None
     assert pb("job", "show", "c").code != 0
+
+
+@pytest.mark.parametrize("service", ["gateway", "debug"])
+@pytest.mark.parametrize("host", ["256.1.1.1", "not a host", "bad.invalid"])
+def test_a_host_that_does_not_resolve_is_refused_before_anything_starts(
+    pb: Pb, home: Path, service: str, host: str
+) -> None:
+    """It failed in the daemon (exit 1, a dozen lines with the log's tail) after the
+    gateway had made its token files (review finding)."""
+    before = sorted(p.name for p in home.iterdir()) if home.exists() else []
+    result = pb(service, "start", "--host", host)
+    assert result.code == 2 and result.err.count("\n") == 1, result.all
+    assert f"--host {host!r}: not an address or a name this host resolves" in result.err
+    assert (sorted(p.name for p in home.iterdir()) if home.exists() else []) == before
+    assert pb(service, "status").code == 3
