@@ -363,6 +363,7 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
                 "keeper": {
                     "pid": keeper["pid"],
                     "containment": keeper.get("containment"),
+                    "containmentWhy": keeper.get("containmentWhy") or None,
                     "version": keeper.get("version"),
                 }
                 if keeper
@@ -400,6 +401,7 @@ def status_lines(report: Status, settings: Settings) -> list[str]:
             _label("Keeper")
             + (
                 f"PID {keeper['pid']}, containment {keeper.get('containment')}"
+                + (f" ({keeper['containmentWhy']})" if keeper.get("containmentWhy") else "")
                 if keeper
                 else "not running (the scheduler starts it)"
             )

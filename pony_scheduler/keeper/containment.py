@@ -92,9 +92,10 @@ class Cgroups:
         elif want in ("auto", "cgroup1") and self.tracker is not None:
             self.mode = "cgroup1"
         if want in ("cgroup2", "cgroup1") and self.mode != want:
+            relevant = [note for note in self.notes if _about(note) == want]
             raise ContainmentError(
                 f"containment {want} is not possible here: "
-                + ("; ".join(self.notes) or f"no {want} hierarchy")
+                + ("; ".join(relevant) or f"no {want} hierarchy")
             )
 
     def _setup_v2(self, found: list[Hierarchy]) -> None:
@@ -133,6 +134,19 @@ class Cgroups:
             if name in self.v1:
                 self.tracker = self.v1[name]
                 break
+
+    def why(self) -> str:
+        """Why the containment in force is not cgroup2, for status and the log ('' in
+        cgroup2): the cgroup2 note, then for pgroup the first v1 one and how many more
+        (the keeper's log has each)."""
+        if self.mode == "cgroup2":
+            return ""
+        v2 = [note for note in self.notes if _about(note) != "cgroup1"]
+        v1 = [note for note in self.notes if _about(note) == "cgroup1"]
+        shown = v2 + (v1[:1] if self.mode == "pgroup" else [])
+        more = len(v1) - 1 if self.mode == "pgroup" and len(v1) > 1 else 0
+        rest = f" (and {more} more v1 hierarchies: see keeper.log)" if more else ""
+        return "; ".join(shown) + rest
 
     def controllers(self) -> tuple[str, ...]:
         """Per-run controllers in force, e.g. ("memory:v1", "pids:v1", "cpu:v1")."""
@@ -359,6 +373,13 @@ class CgroupBox:
                 for pid in pids:
                     with contextlib.suppress(OSError):
                         write_text(os.path.join(kept, "cgroup.procs"), str(pid))
+
+
+def _about(note: str) -> str:
+    """Which containment a note of Cgroups.notes is about: cgroup2, cgroup1 or ''."""
+    if note.startswith(("cgroup2", "no cgroup2")):
+        return "cgroup2"
+    return "cgroup1" if note.startswith("cgroup v1") else ""
 
 
 def _counter(text: str | None, key: str) -> int:

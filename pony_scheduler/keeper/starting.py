@@ -102,7 +102,14 @@ def start_keeper(
             return  # someone else started it while we waited for the lock
         answer = spawn(home, containment, idle_exit_s, deadline)
         if answer.startswith("FAILED"):
-            raise StartFailed(f"the keeper failed to start: {answer[7:]}" + log_tail(home))
+            # Its own reason says it all; its log's lines repeat it (review: the reason
+            # four times over, in one line with the log's newlines escaped).
+            why = answer[7:].strip()
+            raise StartFailed(
+                f"the keeper failed to start: {why}"
+                if why
+                else "the keeper failed to start" + log_tail(home)
+            )
         if answer.startswith("RUNNING"):
             pause(0.02)  # a keeper that is exiting still holds the lock: try again
         elif not answer.startswith("READY"):

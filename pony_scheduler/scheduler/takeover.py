@@ -17,6 +17,7 @@ from pony_scheduler.keeper import protocol as kp
 from pony_scheduler.scheduler import recovery, runs
 from pony_scheduler.scheduler.runs import Outcome
 from pony_scheduler.store.runs import Finished
+from pony_scheduler.textsafe import for_log
 
 if TYPE_CHECKING:
     from pony_scheduler.scheduler.loop import InFlight, WorkLoop
@@ -24,15 +25,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("pony_scheduler.scheduler")
 
 
+def _why_not_cgroup2(loop: WorkLoop, containment: str) -> str:
+    """ " (why)" from keeper.json when the keeper contains by less than cgroup2 (the
+    reason is not in the protocol's welcome: a newer scheduler adopts older keepers)."""
+    from pony_scheduler.keeper.protocol import META_FILE
+    from pony_scheduler.lifecycle.pidfile import read_meta
+
+    if containment == "cgroup2":
+        return ""
+    why = (read_meta(loop.runtime.settings.home / META_FILE) or {}).get("containmentWhy")
+    return f" ({for_log(why)})" if isinstance(why, str) and why else ""
+
+
 def take_over(loop: WorkLoop, welcome: kp.Welcome) -> None:
     """Adopt what the keeper holds and queue the outcomes it kept for recording."""
     from pony_scheduler.scheduler.loop import InFlight
 
     log.info(
-        "Run keeper PID %d (version %s); containment: %s",
+        "Run keeper PID %d (version %s); containment: %s%s",
         welcome.pid,
         welcome.version,
         welcome.containment,
+        _why_not_cgroup2(loop, welcome.containment),
     )
     now = loop.now()
     held = {h.run_id: epoch for h in welcome.runs if (epoch := _epoch(h.token)) is not None}

@@ -102,6 +102,14 @@ def test_status_shows_the_keeper_and_its_containment(daemon: Daemon) -> None:
     assert f"PID {keeper_pid}, containment {daemon.containment}" in status.out
     facts = json.loads(daemon.pb("scheduler", "status", "--json").out)["keeper"]
     assert facts["pid"] == keeper_pid and facts["containment"] == daemon.containment
+    # and why, when it is less than cgroup2 (review: only the keeper's own log said)
+    why = {"cgroup2": None, "pgroup": "pgroup asked for"}.get(daemon.containment)
+    if daemon.containment in ("cgroup2", "pgroup"):
+        assert facts["containmentWhy"] == why
+    if why:
+        assert f"containment {daemon.containment} ({why})" in status.out
+        log = (daemon.pb.home / "scheduler.log").read_text()
+        assert f"containment: {daemon.containment} ({why})" in log
 
 
 def test_a_background_child_does_not_keep_the_run(daemon: Daemon, tmp_path: Path) -> None:

@@ -5,6 +5,9 @@ run's small cgroup files."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pony_scheduler.keeper.cgroups import (
     Hierarchy,
@@ -16,6 +19,7 @@ from pony_scheduler.keeper.cgroups import (
     read_small,
     usage_seconds,
 )
+from pony_scheduler.keeper.containment import Cgroups, ContainmentError
 
 V2_ONLY = """\
 22 28 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
@@ -164,3 +168,49 @@ def test_small_cgroup_files_in_one_read(tmp_path: Path) -> None:
     assert populated(str(tmp_path)) is True
     assert populated(str(tmp_path / "missing")) is None
     assert read_small(str(tmp_path / "missing")) is None
+
+
+def _cgroups(mode: str, notes: list[str]) -> Cgroups:
+    """A Cgroups as discovery would leave it (without touching the machine's)."""
+    cg = Cgroups.__new__(Cgroups)
+    cg.mode, cg.notes = mode, notes
+    return cg
+
+
+UNPRIVILEGED = [
+    "cgroup2: /sys/fs/cgroup/unified/pony-x: Permission denied",
+    "cgroup v1 cpu: /sys/fs/cgroup/cpu/pony-x: Permission denied",
+    "cgroup v1 pids: /sys/fs/cgroup/pids/pony-x: Permission denied",
+    "cgroup v1 memory: /sys/fs/cgroup/memory/pony-x: Permission denied",
+]
+
+
+def test_why_a_containment_is_less_than_cgroup2_is_short() -> None:
+    """For status and the log (review: status never said why; the refusal listed every
+    v1 hierarchy, though cgroup2 was asked for)."""
+    assert _cgroups("cgroup2", []).why() == ""
+    assert _cgroups("pgroup", UNPRIVILEGED).why() == (
+        f"{UNPRIVILEGED[0]}; {UNPRIVILEGED[1]} (and 2 more v1 hierarchies: see keeper.log)"
+    )
+    assert _cgroups("cgroup1", UNPRIVILEGED[:1]).why() == UNPRIVILEGED[0]
+    assert _cgroups("pgroup", ["pgroup asked for"]).why() == "pgroup asked for"
+
+
+def test_a_refused_containment_names_only_its_own_reasons(monkeypatch: Any) -> None:
+    from pony_scheduler.keeper import containment
+
+    monkeypatch.setattr(containment.cgroups, "discover", lambda: [])
+    monkeypatch.setattr(
+        Cgroups, "_setup_v2", lambda self, found: self.notes.append(UNPRIVILEGED[0])
+    )
+    monkeypatch.setattr(
+        Cgroups, "_setup_v1", lambda self, found: self.notes.extend(UNPRIVILEGED[1:])
+    )
+    with pytest.raises(ContainmentError) as refused:
+        Cgroups("/nonexistent-home", "cgroup2")
+    assert str(refused.value) == f"containment cgroup2 is not possible here: {UNPRIVILEGED[0]}"
+    with pytest.raises(ContainmentError) as refused:
+        Cgroups("/nonexistent-home", "cgroup1")
+    assert str(refused.value) == "containment cgroup1 is not possible here: " + "; ".join(
+        UNPRIVILEGED[1:]
+    )
