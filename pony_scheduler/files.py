@@ -337,6 +337,17 @@ def below_runs(home: str | os.PathLike[str], path: str | None) -> str | None:
     return normal[len(runs) + 1 :] if normal.startswith(runs + "/") else None
 
 
+def output_file_may_be_the_runs(state: str, tail: object) -> bool:
+    """Whether a file at a run's output path can be that run's (its state, its tail as
+    recorded): not before the run starts - its keeper renames a file another database
+    left there to NAME.stale at the launch (keeper/output.py) - and not once it has
+    ended having printed nothing (its keeper makes the file at the first byte only).
+    `pb runs output` and the API show no other (review: a new run showed the old file)."""
+    if state == "queued":
+        return False
+    return state == "running" or bool(tail)
+
+
 def open_run_output(home: str | os.PathLike[str], path: str | None) -> int:
     """A run's output file, opened for reading: only a file below HOME/runs (the path
     comes from the database, which must not become a way to read /etc/shadow), reached

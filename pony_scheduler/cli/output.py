@@ -46,15 +46,31 @@ def print_output(ctx: click.Context, run_id: int, path: str, follow_: bool, raw:
     if handle is None:
         return
     out = OutputWriter(raw or not sys.stdout.isatty())
-    with handle:
-        while True:
-            out.write(handle.read())
-            run = get_run(ctx, run_id)
-            if not follow_ or run["state"] not in ("queued", "running"):
-                out.write(handle.read(), final=True)
-                _say_if_incomplete(run)
-                return
-            time.sleep(0.2)
+    while True:
+        with handle:
+            while True:
+                out.write(handle.read())
+                run = get_run(ctx, run_id)
+                if not follow_ or run["state"] not in ("queued", "running"):
+                    out.write(handle.read(), final=True)
+                    _say_if_incomplete(run)
+                    return
+                if _replaced(handle, path):
+                    break  # the keeper set aside a file that was not the run's
+                time.sleep(0.2)
+        reopened = open_output(ctx, run_id, path, follow_)
+        if reopened is None:
+            return
+        handle = reopened
+
+
+def _replaced(handle: BinaryIO, path: str) -> bool:
+    """Does `path` now name another file than the one `handle` reads?"""
+    try:
+        now, held = os.stat(path, follow_symlinks=False), os.fstat(handle.fileno())
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
 
 
 def _say_if_incomplete(run: dict[str, object]) -> None:
@@ -112,23 +128,13 @@ class OutputWriter:
         sys.stdout.flush()
 
 
-def _not_its_file(run: dict[str, object]) -> bool:
-    """A file at the run's path that cannot be the run's: the run has not started, or
-    ended having printed nothing (its keeper makes the file at the first byte only).
-    Another database used in the same home left it (review finding: a new run showed
-    it as its own); a run that prints moves such a file aside (keeper/output.py)."""
-    return run["state"] == "queued" or (
-        run["state"] not in ("queued", "running") and not run.get("output_tail")
-    )
-
-
 def open_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> BinaryIO | None:
     """The run's output file once it exists; None for a run that printed nothing.
 
     The file is created at the run's first byte of output: it may not exist yet.  Only a
     file below HOME/runs is opened, never through a link (files.open_run_output).
     """
-    from pony_scheduler.files import open_run_output
+    from pony_scheduler.files import open_run_output, output_file_may_be_the_runs
 
     home = settings_from(ctx, db=ctx.meta.get("db")).home
     while True:
@@ -141,11 +147,15 @@ def open_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> Bi
                 f"cannot read output of run {run_id} at {path}: {exc.strerror}"
             ) from None
         else:
-            if not _not_its_file(get_run(ctx, run_id)):
+            run = get_run(ctx, run_id)
+            if output_file_may_be_the_runs(str(run["state"]), run.get("output_tail")):
                 return handle
-            handle.close()
-            click.echo(f"⚠ {shown(path, raw=False)} is not run {run_id}'s output", err=True)
-            return None
+            handle.close()  # another database's: set aside once the run starts
+            if not follow_ or run["state"] not in ("queued", "running"):
+                click.echo(f"⚠ {shown(path, raw=False)} is not run {run_id}'s output", err=True)
+                return None
+            time.sleep(0.2)
+            continue
         run = get_run(ctx, run_id)
         if os.path.exists(path):
             continue  # it printed since we looked: the state above may already be final

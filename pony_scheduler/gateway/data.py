@@ -145,9 +145,11 @@ class Data:
         run = await self.query("get_run", run_id)
         if run is None:
             raise NotFound(f"no run with id {run_id}")
-        run["output"] = await self._call(
-            _read_output, self.home, run.get("output_path"), run.get("output_tail")
-        )
+        from pony_scheduler.files import output_file_may_be_the_runs
+
+        tail = run.get("output_tail")
+        path = run.get("output_path") if output_file_may_be_the_runs(run["state"], tail) else None
+        run["output"] = await self._call(_read_output, self.home, path, tail)
         return dict(run)
 
     # The actor (who asked, pony_scheduler.actor) goes to the audit trail with the change.

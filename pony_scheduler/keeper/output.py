@@ -91,15 +91,18 @@ class Output:
         if len(data) > room:
             self._truncated()
 
-    def _create(self) -> int:
-        """The run's file, made at its first byte.  One already there is not this run's -
-        run ids are never reused within a database, and a run's file is made once - but
-        one left by another database in the same home (recreated, or switched with
-        --db): it is renamed to NAME.stale, never written through or shown as this run's
-        (review finding), and the file made afresh."""
-        try:
-            return open_below(self.home_fd, self.parts)
-        except FileExistsError:
+    def set_aside_stale(self) -> None:
+        """At launch, before the run's process exists: a file already at the run's path
+        is not this run's - run ids are never reused within a database, and a run's file
+        is made once, by its keeper - but one left by another database used in the same
+        home (recreated, or switched with --db).  It is renamed NAME.stale, so that from
+        the run's start on, whatever is at its path is its own (review: a running or
+        quiet run showed the old file as its output).  Costs one lstat when there is
+        none (the usual case); the rename goes through no symbolic link.  OSError and
+        UnsafePath are left to the first byte's create, which then notes them."""
+        if not os.path.lexists(self.path):
+            return
+        with contextlib.suppress(OSError, UnsafePath):
             directory = "/".join(self.parts[:-1])
             dir_fd = open_beneath(self.home_fd, directory, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -107,6 +110,13 @@ class Output:
                 os.rename(name, f"{name}.stale", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             finally:
                 os.close(dir_fd)
+
+    def _create(self) -> int:
+        """The run's file, made at its first byte (set_aside_stale cleared the way)."""
+        try:
+            return open_below(self.home_fd, self.parts)
+        except FileExistsError:  # made between the launch and the first byte: not ours
+            self.set_aside_stale()
             return open_below(self.home_fd, self.parts)
 
     def _truncated(self) -> None:

@@ -118,7 +118,9 @@ class RunBook:
                 raise NotStarted(
                     f"cannot start: cannot create its cgroup {exc.filename}: {exc.strerror}"
                 ) from None
-        run = Run(self, launch, box, Output(self.home_fd, launch.output_path, parts))
+        output = Output(self.home_fd, launch.output_path, parts)
+        output.set_aside_stale()
+        run = Run(self, launch, box, output)
         try:
             run.spawn(self.home_fd, self.devnull)
         except NotStarted:

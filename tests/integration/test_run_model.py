@@ -8,6 +8,7 @@ import itertools
 import json
 import re
 import sqlite3
+import subprocess
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -679,8 +680,8 @@ def test_files_another_database_left_in_the_home_are_never_a_new_runs_output(
 ) -> None:
     """pony.db recreated (or --db switched) with runs/ kept: run 1 of the new database
     could not make runs/p/1.log ("File exists") and showed the old run 1's bytes as its
-    own (review finding).  A run that prints moves the old file aside (1.log.stale); one
-    that printed nothing does not show it."""
+    own, and so did a running or quiet run, --follow and the API (review findings).  The
+    old file goes aside (1.log.stale) at each run's launch, before its process exists."""
     for job in ("p", "quiet"):
         (home / "runs" / job).mkdir(parents=True, mode=0o700)
         for run_id in (1, 2):
@@ -695,7 +696,21 @@ def test_files_another_database_left_in_the_home_are_never_a_new_runs_output(
     assert pb("job", "run", "quiet", "--wait", timeout=120).code == 0
     shown = pb("runs", "output", "2")
     assert shown.code == 0 and shown.out == "", shown.all
-    assert "is not run 2's output" in shown.err
+    assert (home / "runs/quiet/2.log.stale").read_text() == "OLD-OUTPUT\n"
+    # A running run that has printed nothing yet: the old file went aside at its launch
+    # (review: `pb runs output` and --follow showed it, and the API too).
+    go = home / "go"
+    (home / "runs" / "slow").mkdir(mode=0o700)
+    (home / "runs/slow/3.log").write_text("OLD-OUTPUT\n")
+    script = f"while [ ! -e {go} ]; do sleep 0.05; done; echo NEW-OUTPUT"
+    pb("job", "add", "slow", "--manual", "--shell", "--", script, check=True)
+    pb("job", "run", "slow", check=True)
+    assert wait_for(lambda: (home / "runs/slow/3.log.stale").exists(), 60)
+    assert "OLD" not in pb("runs", "output", "3").out
+    follower = pb.popen("runs", "output", "3", "--follow", stdout=subprocess.PIPE)
+    go.touch()
+    out, _ = follower.communicate(timeout=120)
+    assert follower.returncode == 0 and out == "NEW-OUTPUT\n", out
 
 
 def test_runs_show_raw_prints_the_tails_exact_bytes(pb: Pb) -> None:

@@ -145,3 +145,13 @@ def test_a_file_left_at_the_runs_path_is_moved_aside_not_written_through(
     assert out.close() == ""
     assert (home / "runs/job/1.log").read_bytes() == b"NEW\n"
     assert (home / "runs/job/1.log.stale").read_bytes() == b"OLD\n"
+
+
+def test_a_file_at_the_runs_path_is_its_own_only_once_it_started_and_if_it_printed() -> None:
+    """The rule `pb runs output` and the API share (files.output_file_may_be_the_runs)."""
+    from pony_scheduler.files import output_file_may_be_the_runs as may_be
+
+    assert not may_be("queued", None)
+    assert may_be("running", None) and may_be("running", "")
+    assert may_be("succeeded", "x") and may_be("failed", b"x")
+    assert not may_be("succeeded", "") and not may_be("skipped", None)
