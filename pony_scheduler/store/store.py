@@ -12,7 +12,7 @@ import socket
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pony_scheduler import __version__
@@ -35,6 +35,19 @@ from pony_scheduler.store.ownership import OwnershipQueries
 from pony_scheduler.store.tables import schedulers
 
 log = logging.getLogger(__name__)
+
+
+def _refuse_read_only(connection: Connection, url: str) -> None:
+    """PostgreSQL that takes connections but no writes (a hot standby, or
+    default_transaction_read_only): a scheduler cannot run on it - its first write
+    failed with the driver's traceback (review finding).  Raises PonyError."""
+    if connection.dialect.name != "postgresql":
+        return  # an SQLite file we may not write is refused by check_database
+    if connection.exec_driver_sql("SHOW transaction_read_only").scalar() == "on":
+        raise PonyError(
+            f"database {safe_url(url)} is read-only (transaction_read_only is on: a hot "
+            "standby, or default_transaction_read_only); point --db at the primary"
+        )
 
 
 def _unusable(url: str, exc: Exception) -> PonyError:
@@ -65,8 +78,9 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
         """
         engine = make_engine(url)
         try:
-            with engine.connect():
-                pass
+            with engine.connect() as connection:
+                if upgrade:  # the scheduler writes at once (register_scheduler)
+                    _refuse_read_only(connection, url)
             if not upgrade:
                 _check_current(engine, url)
             else:
@@ -91,8 +105,8 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
         scheduler is replaced (scheduler/service.check_handover)."""
         engine = make_engine(url)
         try:
-            with engine.connect():
-                pass
+            with engine.connect() as connection:
+                _refuse_read_only(connection, url)
         except (OperationalError, DBAPIError) as exc:
             raise _unusable(url, exc) from None
         finally:

@@ -126,3 +126,30 @@ def test_a_restart_during_an_outage_leaves_the_running_scheduler_alone(
     assert [run["state"] for run in done] == ["succeeded"]
     assert pb("scheduler", "restart").code == 0
     assert pb.pid() != pid
+
+
+def test_a_restart_on_a_read_only_database_leaves_the_running_scheduler_alone(
+    pb: Pb, pg_url: str
+) -> None:
+    """A database that takes connections but no writes (a hot standby after a failover):
+    the replacement failed at its first write with the driver's traceback and the home
+    had no scheduler (review finding); restart now refuses, and a start says why."""
+    database = pg_url.rsplit("/", 1)[1]
+    pb.env["PONYBUNNY_DB"] = pg_url
+    pb("scheduler", "start", check=True)
+    pid = pb.pid()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (database,),
+            )
+            refused = pb("scheduler", "restart")
+            assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
+            assert "is read-only" in refused.err and "left alone" in refused.err
+            assert pb.pid() == pid
+        finally:
+            admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+    assert pb("scheduler", "restart").code == 0
+    assert pb.pid() != pid
