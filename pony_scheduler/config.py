@@ -113,9 +113,21 @@ def _log_level(name: str, value: Any) -> str:
     return level
 
 
+def _utf8(name: str, value: str) -> None:
+    """ConfigError when `value` holds bytes that are not UTF-8 (surrogates, as Python
+    decodes such arguments and environment values): the settings are stored and shown
+    as text (review: "must not contain control characters" was said of them)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(f"{name} '{shown}' is not UTF-8; use a path or value that is") from None
+
+
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty string, not {_shown(value)}")
+    _utf8(name, value)
     if not value.isprintable():
         raise ConfigError(f"{name} must not contain control characters, not {value!r}")
     return value
@@ -316,6 +328,7 @@ def load_settings(
     """Resolve every setting; `overrides` holds command-line flags (None = not given)."""
     home_source = "flag" if home else ("env" if os.environ.get("PONYBUNNY_HOME") else "default")
     home = (home or default_home()).expanduser().absolute()
+    _utf8("the home (PONYBUNNY_HOME or --home)", str(home))
     from pony_scheduler.files import check_home
 
     # StrictModes: before anything in the home (its config.toml first) is read.

@@ -279,6 +279,21 @@ def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
         code = exc.exit_code
     except BrokenPipeError:
         code = 141
+    except UnicodeEncodeError as exc:
+        # Bytes that are not UTF-8 in an argument (Python holds them as surrogates):
+        # names and paths are stored and shown as text.  Each input that can be
+        # checked early is; this is the one line for any other (review finding).
+        if exc.reason != "surrogates not allowed" or not isinstance(exc.object, str):
+            raise
+        from pony_scheduler.textsafe import for_log
+
+        text = exc.object.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        click.echo(
+            f"Error: '{for_log(text)}' is not UTF-8, and pony-scheduler keeps names and "
+            "paths as UTF-8 text: use a name or path that is",
+            err=True,
+        )
+        code = EXIT_USAGE
     except Exception as exc:
         # A database that refuses (read-only, locked, gone) is one line too, never a
         # traceback; anything else is a bug and shows as one.

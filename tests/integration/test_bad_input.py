@@ -429,3 +429,21 @@ def test_a_host_that_does_not_resolve_is_refused_before_anything_starts(
     assert f"--host {host!r}: not an address or a name this host resolves" in result.err
     assert (sorted(p.name for p in home.iterdir()) if home.exists() else []) == before
     assert pb(service, "status").code == 3
+
+
+def test_names_and_settings_that_are_not_utf8_are_one_line(pb: Pb, tmp_path: Path) -> None:
+    """A job name argument, the home or --db with bytes that are not UTF-8 ended in the
+    driver's traceback, or in a message about control characters (review findings)."""
+    name = os.fsdecode(b"n\xff")
+    for args in (("runs", name), ("job", "show", name), ("job", "remove", name), ("audit", name)):
+        result = pb(*args)
+        assert result.code == 2 and result.err.count("\n") == 1, result.all
+        assert "'n\\xff' is not UTF-8" in result.err, result.all
+    odd = os.fsdecode(bytes(tmp_path) + b"/x\xff")
+    result = pb("runs", "--db", f"{odd}.db")
+    assert result.code == 2 and "--db '" in result.err and "\\xff.db' is not UTF-8" in result.err
+    for args in (("runs",), ("scheduler", "start")):
+        result = pb(*args, env={"PONYBUNNY_HOME": odd})
+        assert result.code == 2 and result.err.count("\n") == 1, result.all
+        assert "the home (PONYBUNNY_HOME or --home)" in result.err
+    assert [p.name for p in tmp_path.iterdir()] == ["home"]  # no odd home was made
