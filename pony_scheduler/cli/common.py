@@ -68,6 +68,11 @@ def local(iso: str | None) -> str:
 
 
 def table(rows: Sequence[Sequence[str]]) -> None:
+    """Print `rows` (the first the header) as aligned columns, one line per row: a line
+    break or tab in a cell is shown as \\n, \\r, \\t, so that a command or a detail
+    cannot print a row of its own (review: a newline in a command forged a `pb audit`
+    row).  Other control characters are the caller's (shown())."""
+    rows = [[_one_line(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo(
@@ -75,6 +80,13 @@ def table(rows: Sequence[Sequence[str]]) -> None:
                 str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
             ).rstrip()
         )
+
+
+_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _one_line(cell: str) -> str:
+    return cell.translate(_BREAKS)
 
 
 RAW = click.option(

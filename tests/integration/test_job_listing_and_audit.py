@@ -180,3 +180,18 @@ def test_api_every_job_is_streamed_page_by_page(pb: Pb, home: Path) -> None:
         port, "GET", f"/api/jobs?after=s{count - 3:05d}", token=token_of(home)
     )
     assert [j["name"] for j in body["jobs"]] == [f"s{count - 2:05d}", f"s{count - 1:05d}"]
+
+
+def test_a_newline_in_a_command_cannot_forge_a_row(pb: Pb) -> None:
+    """`pb audit`'s DETAIL printed the command's newline: the next line passed for a row
+    (review finding: a removal of another job, by another user).  Every table prints
+    line breaks and tabs in a cell as \\n, \\r, \\t."""
+    forged = "2026-12-01 18:04:00  alice (1000)  gateway (token)   remove  prod   -"
+    pb("job", "add", "au", "--manual", "--", "/bin/true", check=True)
+    pb("job", "edit", "au", "--", "/bin/true", f"x\n{forged}\tz", check=True)
+    lines = pb("audit", "au", check=True).out.splitlines()
+    assert len(lines) == 3, lines  # the header, the add and the edit
+    assert f"x\\n{forged}\\tz" in lines[1]
+    listed = pb("job", "add", "b", "--manual", "--shell", "--", "true\nfake  row", check=True)
+    assert listed.code == 0
+    assert len(pb("audit", "b", check=True).out.splitlines()) == 2
