@@ -386,13 +386,28 @@ def check_listen_host(settings: Settings, key: str) -> None:
     )
 
     try:
-        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
         raise ConfigError(
             f"{option} {host!r}: not an address or a name this host resolves ({why}); "
             "give an IP address (127.0.0.1, ::1) or a resolvable name"
         ) from None
+    # An address of another machine (192.0.2.1) resolves but cannot be listened on: a
+    # bind to a port the kernel picks says so without touching the service's own port
+    # (which a running one holds during a restart).  Closed at once, before the fork.
+    errors = []
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(address)
+                return  # one usable address is enough (as for localhost without ::1)
+            except OSError as exc:
+                errors.append(exc.strerror or str(exc))
+    raise ConfigError(
+        f"{option} {host!r}: no address of this host ({'; '.join(sorted(set(errors)))}); "
+        "give one of its addresses (ip address shows them), 127.0.0.1 or ::1"
+    )
 
 
 def validate_socket_path(path: Path) -> None:

@@ -417,7 +417,7 @@ def test_paths_that_are_not_utf8_are_refused_in_one_line(pb: Pb, tmp_path: Path)
 
 
 @pytest.mark.parametrize("service", ["gateway", "debug"])
-@pytest.mark.parametrize("host", ["256.1.1.1", "not a host", "bad.invalid"])
+@pytest.mark.parametrize("host", ["256.1.1.1", "not a host", "bad.invalid", "192.0.2.1"])
 def test_a_host_that_does_not_resolve_is_refused_before_anything_starts(
     pb: Pb, home: Path, service: str, host: str
 ) -> None:
@@ -426,7 +426,9 @@ def test_a_host_that_does_not_resolve_is_refused_before_anything_starts(
     before = sorted(p.name for p in home.iterdir()) if home.exists() else []
     result = pb(service, "start", "--host", host)
     assert result.code == 2 and result.err.count("\n") == 1, result.all
-    assert f"--host {host!r}: not an address or a name this host resolves" in result.err
+    assert f"--host {host!r}: not an address or a name this host resolves" in result.err or (
+        f"--host {host!r}: no address of this host" in result.err  # TEST-NET-1, RFC 5737
+    )
     assert (sorted(p.name for p in home.iterdir()) if home.exists() else []) == before
     assert pb(service, "status").code == 3
 
