@@ -198,7 +198,7 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
     click.echo("Output (end):")
     tail = run.get("output_tail")
     if isinstance(tail, bytes) and tail:  # --raw: the bytes as the job wrote them
-        sys.stdout.buffer.write(tail if tail.endswith(b"\n") else tail + b"\n")
+        sys.stdout.buffer.write(tail)  # exactly: no newline added
         sys.stdout.flush()
     else:
         click.echo(shown(tail or "(none)", raw))

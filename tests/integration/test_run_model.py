@@ -720,7 +720,7 @@ def test_runs_show_raw_prints_the_tails_exact_bytes(pb: Pb) -> None:
     import sys
 
     pb("scheduler", "start", check=True)
-    pb("job", "add", "bin", "--manual", "--shell", "--", r"printf 'a\000b\377\376\n'", check=True)
+    pb("job", "add", "bin", "--manual", "--shell", "--", r"printf 'a\000b\377\376'", check=True)
     assert pb("job", "run", "bin", "--wait", timeout=120).code == 0
     raw = subprocess.run(
         [sys.executable, "-m", "pony_scheduler", "runs", "show", "1", "--raw"],
@@ -729,6 +729,6 @@ def test_runs_show_raw_prints_the_tails_exact_bytes(pb: Pb) -> None:
         timeout=60,
         check=True,
     ).stdout
-    assert raw.endswith(b"Output (end):\na\x00b\xff\xfe\n"), raw
+    assert raw.endswith(b"Output (end):\na\x00b\xff\xfe"), raw  # no newline added
     shown = pb("runs", "show", "1").out
-    assert "Output (end):\na^@b\ufffd\ufffd\n" in shown, shown
+    assert "Output (end):\na^@b\ufffd\ufffd" in shown, shown
