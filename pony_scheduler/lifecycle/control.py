@@ -198,7 +198,10 @@ def _start_outcome(
             EXIT_START_TIMEOUT,
         )
     reason = detail or "the daemon exited during start-up"
-    raise StartFailed(f"{spec.title} failed to start: {reason}", tail_lines(log_path, 10))
+    # The log's lines for context, less those that repeat the reason said above (review:
+    # the reason twice, the keeper's four times).
+    context = [line for line in tail_lines(log_path, 10) if not detail or detail not in line]
+    raise StartFailed(f"{spec.title} failed to start: {reason}", context)
 
 
 def start_foreground(

@@ -76,6 +76,7 @@ def test_unreachable_database(pb: Pb, home: Path) -> None:
     assert first.startswith("✗ Scheduler failed to start: cannot use database")
     assert "127.0.0.1:1" in first and "check --db" in first
     assert "Last lines of" in result.err
+    assert result.err.count("cannot use database") == 1, result.err  # not again in the tail
     assert not (home / "scheduler.pid").exists()
     assert pb("scheduler", "status").code == 3
     # The run keeper that start began beside the daemon is reached by no scheduler: it
