@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 
 from pony_scheduler.files import SHARED_MODE, UnsafePath, create_file, open_beneath
 from pony_scheduler.keeper.protocol import OUTPUT_CAP, TAIL_BYTES
@@ -97,11 +98,15 @@ class Output:
         is made once, by its keeper - but one left by another database used in the same
         home (recreated, or switched with --db).  It is renamed NAME.stale, so that from
         the run's start on, whatever is at its path is its own (review: a running or
-        quiet run showed the old file as its output).  Costs one lstat when there is
-        none (the usual case); the rename goes through no symbolic link.  OSError and
-        UnsafePath are left to the first byte's create, which then notes them."""
-        if not os.path.lexists(self.path):
-            return
+        quiet run showed the old file as its output).  Only a regular file: anything else
+        there was planted, and the first byte's create refuses it with a note.  Costs one
+        lstat when there is none (the usual case); the rename goes through no symbolic
+        link."""
+        try:
+            if not stat.S_ISREG(os.lstat(self.path).st_mode):
+                return  # not an old run's file but something planted: the create says
+        except OSError:
+            return  # none (the usual case), or unreachable: the first byte's create says
         with contextlib.suppress(OSError, UnsafePath):
             directory = "/".join(self.parts[:-1])
             dir_fd = open_beneath(self.home_fd, directory, os.O_RDONLY | os.O_DIRECTORY)

@@ -245,7 +245,7 @@ def test_port_in_use_fails_through_the_readiness_pipe(pb: Pb, home: Path) -> Non
     [
         (["--port", "70000"], "70000 is not in the range 1<=x<=65535"),
         (["--port", "http"], "'http' is not a valid integer"),
-        (["--host", "no-such-host.invalid"], "unknown host 'no-such-host.invalid'"),
+        (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid': not an address"),
         (["--socket", "/nonexistent/dir/g.sock"], "does not exist"),
         (["--db", "bogus://x"], "unknown database driver"),
     ],
