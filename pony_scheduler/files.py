@@ -337,13 +337,19 @@ def below_runs(home: str | os.PathLike[str], path: str | None) -> str | None:
     return normal[len(runs) + 1 :] if normal.startswith(runs + "/") else None
 
 
-def output_file_may_be_the_runs(state: str, tail: object) -> bool:
-    """Whether a file at a run's output path can be that run's (its state, its tail as
-    recorded): not before the run starts - its keeper renames a file another database
-    left there to NAME.stale at the launch (keeper/output.py) - and not once it has
-    ended having printed nothing (its keeper makes the file at the first byte only).
-    `pb runs output` and the API show no other (review: a new run showed the old file)."""
-    if state == "queued":
+# The start of the note a run gets when its keeper could not create its output file
+# (keeper/output.py): whatever is at its path then is not its own.
+NEVER_CREATED = "output incomplete: cannot create "
+
+
+def output_file_may_be_the_runs(state: str, tail: object, reason: object = None) -> bool:
+    """Whether a file at a run's output path can be that run's (its state, its tail and
+    reason as recorded): not before the run starts - its keeper renames a file another
+    database left there to NAME.stale at the launch (keeper/output.py) - not once it has
+    ended having printed nothing (its keeper makes the file at the first byte only), and
+    not when its keeper could not create it (the old file could not be moved).  `pb runs
+    output` and the API show no other (review: a new run showed the old file)."""
+    if state == "queued" or NEVER_CREATED in str(reason or ""):
         return False
     return state == "running" or bool(tail)
 

@@ -11,15 +11,12 @@ import click
 
 from pony_scheduler.cli.options import settings_from
 from pony_scheduler.errors import PonyError
+from pony_scheduler.files import NEVER_CREATED
 
 if TYPE_CHECKING:
     pass
 
 from pony_scheduler.cli.common import get_run, shown
-
-# The start of the note a run gets when the keeper could not create its output file
-# (keeper/output.py): its file is then missing because it never existed.
-NEVER_CREATED = "output incomplete: cannot create "
 
 
 def missing_file(run: dict[str, object]) -> str:
@@ -148,7 +145,9 @@ def open_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> Bi
             ) from None
         else:
             run = get_run(ctx, run_id)
-            if output_file_may_be_the_runs(str(run["state"]), run.get("output_tail")):
+            if output_file_may_be_the_runs(
+                str(run["state"]), run.get("output_tail"), run.get("reason")
+            ):
                 return handle
             handle.close()  # another database's: set aside once the run starts
             if not follow_ or run["state"] not in ("queued", "running"):

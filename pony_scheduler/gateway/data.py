@@ -148,7 +148,8 @@ class Data:
         from pony_scheduler.files import output_file_may_be_the_runs
 
         tail = run.get("output_tail")
-        path = run.get("output_path") if output_file_may_be_the_runs(run["state"], tail) else None
+        its = output_file_may_be_the_runs(run["state"], tail, run.get("reason"))
+        path = run.get("output_path") if its else None
         run["output"] = await self._call(_read_output, self.home, path, tail)
         return dict(run)
 

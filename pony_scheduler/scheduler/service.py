@@ -51,6 +51,7 @@ def check_handover(settings: Settings) -> None:
             "then 'pb scheduler start'"
         )
     # (No protocol number, or none we can judge by: the keeper's own answer decides.)
+    _refuse_another_database(settings)
     # A replacement opens the database before it is ready; the running scheduler rides
     # out an outage (runs go on, recorded when it is back), a replacement cannot start
     # in one (review: a restart in an outage left no scheduler at all).
@@ -59,6 +60,27 @@ def check_handover(settings: Settings) -> None:
         raise PonyError(
             f"{why}; the running scheduler was left alone (it goes on and records its "
             "runs when the database is back): restart it then"
+        )
+
+
+def _refuse_another_database(settings: Settings) -> None:
+    """The runs handed over belong to the running scheduler's database: a replacement on
+    another one finds none of them running there and stops them as fenced (review: a
+    restart with another --db, or without the --db the running one was given, killed
+    them, and they stayed `running` in their own database).  Raises PonyError."""
+    from pony_scheduler.errors import PonyError
+    from pony_scheduler.lifecycle.pidfile import live_meta
+    from pony_scheduler.lifecycle.spec import SCHEDULER
+    from pony_scheduler.store.engine import safe_url
+
+    running = (live_meta(SCHEDULER.meta_path(settings.home)) or {}).get("dbPath")
+    ours = safe_url(settings.db)
+    if isinstance(running, str) and running != ours:
+        raise PonyError(
+            f"the running scheduler uses database {running}, this one would use {ours}, "
+            "and the runs it hands over belong to the first, so it was left alone: "
+            "restart with that --db, or 'pb scheduler stop' (it drains its runs), then "
+            "start on the other"
         )
 
 

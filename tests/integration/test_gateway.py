@@ -453,7 +453,7 @@ def test_scheduler_keeps_working_while_the_gateway_restarts(pb: Pb, home: Path) 
         runs = json.loads(pb("runs", "--json").out)
         return any(r["id"] == run_id and r["state"] == "succeeded" for r in runs)
 
-    assert wait_for(finished, 20), pb("runs", "--json").out  # no gateway needed for work
+    assert wait_for(finished, 90), pb("runs", "--json").out  # no gateway needed for work
     start_gateway(pb, port)
     wait_scheduler_connected(port, scheduler, token_of(home))
     assert alive(scheduler)
@@ -508,6 +508,6 @@ def test_gateway_on_postgresql(pb: Pb, home: Path, pg_url: str) -> None:
             request(port, "GET", f"/api/runs/{run_id}", token=read_only)[1]["state"] == "succeeded"
         )
 
-    assert wait_for(done, 20)
+    assert wait_for(done, 90)
     assert request(port, "GET", f"/api/runs/{run_id}", token=read_only)[1]["output"] == "from pg\n"
     assert (home / "gateway.log").read_text().count("without a password") == 1  # once

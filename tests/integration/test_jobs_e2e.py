@@ -19,7 +19,7 @@ def runs(pb: Pb, *args: str) -> list[dict[str, Any]]:
     return json.loads(result.out)  # type: ignore[no-any-return]
 
 
-def wait_runs(pb: Pb, predicate: Any, timeout: float = 20, *args: str) -> list[dict[str, Any]]:
+def wait_runs(pb: Pb, predicate: Any, timeout: float = 90, *args: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
 
     def check() -> bool:
@@ -200,7 +200,7 @@ def test_kill_9_mid_run_then_start(short_grace: Pb, tmp_path: Path) -> None:
     )
     pb("job", "run", "victim", check=True)
     wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
-    assert wait_for(marker.exists, 10)
+    assert wait_for(marker.exists, 60)
     job_pid = int(marker.read_text())
     os.kill(pb.pid(), signal.SIGKILL)
     assert alive(job_pid)  # the job process survives its scheduler

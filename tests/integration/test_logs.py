@@ -44,17 +44,17 @@ def test_follow_across_rotation_and_truncation(pb: Pb, home: Path) -> None:
     follower = pb.popen("scheduler", "logs", "-f", "-n", "5", stdout=subprocess.PIPE)
     seen = Collector(follower)
     try:
-        assert wait_for(lambda: "Scheduler ready" in seen.text, 10)
+        assert wait_for(lambda: "Scheduler ready" in seen.text, 60)
         # logrotate's create + postrotate: rename, the daemon reopens on SIGHUP
         log.rename(home / "scheduler.log.1")
         os.kill(pid, signal.SIGHUP)
-        assert wait_for(lambda: "Reopened log file" in seen.text, 10), seen.text
+        assert wait_for(lambda: "Reopened log file" in seen.text, 60), seen.text
         # copytruncate-style truncation: following starts again at the top
         with open(log, "r+") as handle:
             handle.truncate(0)
         with open(log, "a") as handle:
             handle.write("after truncation\n")
-        assert wait_for(lambda: "after truncation" in seen.text, 10), seen.text
+        assert wait_for(lambda: "after truncation" in seen.text, 60), seen.text
         follower.send_signal(signal.SIGINT)  # Ctrl-C
         assert follower.wait(10) == 0
     finally:

@@ -711,6 +711,13 @@ def test_files_another_database_left_in_the_home_are_never_a_new_runs_output(
     go.touch()
     out, _ = follower.communicate(timeout=120)
     assert follower.returncode == 0 and out == "NEW-OUTPUT\n", out
+    # An old file that cannot be moved (NAME.stale is a directory with something in it):
+    # the run notes that it could not make its file, and the old one is never shown.
+    (home / "runs" / "p" / "4.log").write_text("OLD-OUTPUT\n")
+    (home / "runs" / "p" / "4.log.stale" / "x").mkdir(parents=True, mode=0o700)
+    pb("job", "run", "p", "--wait", timeout=120)
+    shown = pb("runs", "output", "4")
+    assert "OLD" not in shown.out and "is not run 4's output" in shown.err, shown.all
 
 
 def test_runs_show_raw_prints_the_tails_exact_bytes(pb: Pb) -> None:

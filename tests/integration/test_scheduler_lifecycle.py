@@ -348,3 +348,20 @@ def test_a_scheduler_without_a_keeper_is_not_replaced(pb: Pb, home: Path) -> Non
         meta_path.write_bytes(saved)
     assert pb("scheduler", "restart").code == 0
     assert pb.pid() != pid
+
+
+def test_a_restart_onto_another_database_is_refused(pb: Pb, home: Path) -> None:
+    """The replacement would find none of the handed-over runs running in its database and
+    stop them as fenced (review: they were killed and stayed `running` in their own)."""
+    pb("scheduler", "start", check=True)
+    pid = pb.pid()
+    for args in (
+        ("restart", "--db", str(home / "other.db")),
+        ("start", "--force", "--db", str(home / "other.db")),
+    ):
+        refused = pb("scheduler", *args)
+        assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
+        assert f"the running scheduler uses database sqlite:///{home}/pony.db" in refused.err
+        assert pb.pid() == pid and alive(pid)
+    assert not (home / "other.db").exists()
+    assert pb("scheduler", "restart").code == 0 and pb.pid() != pid
