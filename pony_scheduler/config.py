@@ -3,6 +3,7 @@
 Every value remembers where it came from so that `pb config show` can say so.
 """
 
+import errno
 import os
 import re
 from collections.abc import Mapping
@@ -10,7 +11,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from pony_scheduler.errors import ConfigError
+from pony_scheduler.errors import ConfigError, PonyError
 
 # Unix socket paths live in a 108-byte sun_path including the trailing NUL.
 MAX_SOCKET_PATH = 107
@@ -408,6 +409,36 @@ def check_listen_host(settings: Settings, key: str) -> None:
         f"{option} {host!r}: no address of this host ({'; '.join(sorted(set(errors)))}); "
         "give one of its addresses (ip address shows them), 127.0.0.1 or ::1"
     )
+
+
+def check_port_for_replacement(
+    settings: Settings, host_key: str, port_key: str, held: object
+) -> None:
+    """restart / start --force of the gateway or the dashboard, before the running one is
+    stopped: a port other than the one it holds (`held`, its published address) must be
+    free now, or the replacement fails after the running one is gone (review finding).
+    Its own port is left to the hand-over.  Raises PonyError (exit 1: left alone)."""
+    import socket
+
+    host, port = getattr(settings, host_key), getattr(settings, port_key)
+    if isinstance(held, str) and held.rsplit(":", 1)[-1] == str(port):
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        return  # said by check_listen_host
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PonyError(
+                        f"port {port} on {host} is in use by another program, so the "
+                        "running one was left alone: stop that program or choose another "
+                        "--port"
+                    ) from None
 
 
 def validate_socket_path(path: Path) -> None:

@@ -24,6 +24,17 @@ def preflight(settings: Settings) -> None:
     check_listen_host(settings, "debug_host")
 
 
+def check_handover(settings: Settings) -> None:
+    """restart / start --force: refused while the running one still serves when the
+    replacement could not listen (config.check_port_for_replacement)."""
+    from pony_scheduler.config import check_port_for_replacement
+    from pony_scheduler.lifecycle.pidfile import live_meta
+    from pony_scheduler.lifecycle.spec import DEBUG
+
+    held = (live_meta(DEBUG.meta_path(settings.home)) or {}).get("address")
+    check_port_for_replacement(settings, "debug_host", "debug_port", held)
+
+
 def describe(settings: Settings) -> dict[str, Any]:
     return {"address": http_address(settings.debug_host, settings.debug_port)}
 

@@ -57,6 +57,17 @@ def preflight(settings: Settings) -> None:
         read_token(settings.home, kind)
 
 
+def check_handover(settings: Settings) -> None:
+    """restart / start --force: refused while the running one still serves when the
+    replacement could not listen (config.check_port_for_replacement)."""
+    from pony_scheduler.config import check_port_for_replacement
+    from pony_scheduler.lifecycle.pidfile import live_meta
+    from pony_scheduler.lifecycle.spec import GATEWAY
+
+    held = (live_meta(GATEWAY.meta_path(settings.home)) or {}).get("address")
+    check_port_for_replacement(settings, "gateway_host", "gateway_port", held)
+
+
 def describe(settings: Settings) -> dict[str, Any]:
     from pony_scheduler.store.engine import safe_url
 

@@ -82,6 +82,7 @@ GATEWAY = ServiceSpec(
     title="Gateway",
     runner="pony_scheduler.gateway.service:run",
     preflight="pony_scheduler.gateway.service:preflight",
+    handover_check="pony_scheduler.gateway.service:check_handover",
     describe="pony_scheduler.gateway.service:describe",
     details=(
         ("Address", "address"),
@@ -96,6 +97,7 @@ DEBUG = ServiceSpec(
     title="Debug Server",
     runner="pony_scheduler.debug.service:run",
     preflight="pony_scheduler.debug.service:preflight",
+    handover_check="pony_scheduler.debug.service:check_handover",
     describe="pony_scheduler.debug.service:describe",
     details=(("Address", "address"),),
 )

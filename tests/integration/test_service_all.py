@@ -231,3 +231,21 @@ def test_cli_does_not_import_sqlalchemy_or_aiohttp(pb: Pb, argv: list[str]) -> N
         [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=pb.env, timeout=30
     )
     assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("service", ["gateway", "debug"])
+def test_a_restart_onto_a_taken_port_leaves_the_running_one(pb: Pb, service: str) -> None:
+    """restart / start --force stopped the working server, then its replacement could not
+    listen and nothing served (review finding): refused first, while it still serves."""
+    use_free_ports(pb)
+    if service == "debug":
+        assert pb("gateway", "start").code == 0
+    assert pb(service, "start").code == 0
+    pid = pb.pid(service)
+    with occupied_port() as port:
+        for args in (("restart",), ("start", "--force")):
+            refused = pb(service, *args, "--port", str(port))
+            assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
+            assert f"port {port} on 127.0.0.1 is in use by another program" in refused.err
+            assert pb.pid(service) == pid and alive(pid)
+    assert pb(service, "restart").code == 0 and pb.pid(service) != pid
