@@ -72,7 +72,7 @@ def table(rows: Sequence[Sequence[str]]) -> None:
     break or tab in a cell is shown as \\n, \\r, \\t, so that a command or a detail
     cannot print a row of its own (review: a newline in a command forged a `pb audit`
     row).  Other control characters are the caller's (shown())."""
-    rows = [[_one_line(str(cell)) for cell in row] for row in rows]
+    rows = [[one_line(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo(
@@ -85,7 +85,9 @@ def table(rows: Sequence[Sequence[str]]) -> None:
 _BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
-def _one_line(cell: str) -> str:
+def one_line(cell: str) -> str:
+    """`cell` with its line breaks and tabs as \\n, \\r, \\t (a value that must not
+    make a line of its own: a table cell, an environment value in `pb job show`)."""
     return cell.translate(_BREAKS)
 
 

@@ -22,6 +22,7 @@ from pony_scheduler.cli.common import (
     get_run,
     local,
     now_utc,
+    one_line,
     open_store,
     shown,
     table,
@@ -287,7 +288,7 @@ def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
         ("Limits", _limits(data)),
         ("Umask", data["umask"]),
         ("Directory", data["cwd"] or "(the scheduler's home)"),
-        ("Environment", " ".join(f"{k}={v}" for k, v in data["env"].items()) or "-"),
+        ("Environment", " ".join(f"{k}={one_line(str(v))}" for k, v in data["env"].items()) or "-"),
         ("Env file", data.get("env_file") or "-"),
     ):
         if not raw:  # a multi-line value's next lines are indented (as RFC 5322 folds a

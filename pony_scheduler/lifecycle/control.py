@@ -110,6 +110,9 @@ def start(
     lock_fd = _take_start_lock(spec, settings, timeout)
     try:
         notes = _clear_the_way(spec, settings, force=force, timeout=timeout, say=say)
+        from pony_scheduler.lifecycle.logs import log_size
+
+        log_start = log_size(spec.log_path(settings.home))  # this start's lines follow
         read_fd, write_fd = os.pipe()
         # Objects shared with the daemon after fork stay out of the collector's way, so
         # that `pb` exiting does not copy every shared page (as the gc docs advise).
@@ -131,7 +134,7 @@ def start(
             os.close(read_fd)
     finally:
         os.close(lock_fd)
-    return _start_outcome(spec, settings, verdict, detail, timeout, notes)
+    return _start_outcome(spec, settings, verdict, detail, timeout, notes, log_start)
 
 
 def _await_ready(read_fd: int, child: int, timeout: float) -> tuple[str, str]:
@@ -180,8 +183,12 @@ def _start_outcome(
     detail: str,
     timeout: float,
     notes: list[str],
+    log_start: int = 0,
 ) -> StartResult:
+    """What a start came to; raises StartFailed with the log's lines of this start
+    (from byte `log_start`) for context, AlreadyRunning."""
     from pony_scheduler.lifecycle.logs import tail_lines  # only here: status needs none
+    from pony_scheduler.textsafe import for_log
 
     log_path = spec.log_path(settings.home)
     if verdict == "READY":
@@ -194,13 +201,18 @@ def _start_outcome(
         raise StartFailed(
             f"{spec.title} did not become ready within {timeout:g}s; it may still be "
             f"starting: check 'pb {spec.name} status' and 'pb {spec.name} logs'",
-            tail_lines(log_path, 10),
+            tail_lines(log_path, 10, log_start),
             EXIT_START_TIMEOUT,
         )
     reason = detail or "the daemon exited during start-up"
     # The log's lines for context, less those that repeat the reason said above (review:
     # the reason twice, the keeper's four times).
-    context = [line for line in tail_lines(log_path, 10) if not detail or detail not in line]
+    said = (detail, for_log(detail)) if detail else ()  # the log escapes what it writes
+    context = [
+        line
+        for line in tail_lines(log_path, 10, log_start)
+        if not any(text in line for text in said)
+    ]
     raise StartFailed(f"{spec.title} failed to start: {reason}", context)
 
 

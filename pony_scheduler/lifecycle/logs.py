@@ -11,17 +11,20 @@ from typing import BinaryIO
 from pony_scheduler.waiting import pause
 
 
-def tail_lines(path: Path, count: int) -> list[str]:
-    """The last `count` lines of `path` (reads backwards; logs can be large)."""
+def tail_lines(path: Path, count: int, since: int = 0) -> list[str]:
+    """The last `count` lines of `path` (reads backwards; logs can be large), of those
+    written past byte offset `since` (a start's own lines: log_size() before it)."""
     if count <= 0:
         return []
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
             position = handle.tell()
+            if position < since:
+                since = 0  # truncated or rotated meanwhile: all of it is new
             data = b""
-            while position > 0 and data.count(b"\n") <= count:
-                step = min(65536, position)
+            while position > since and data.count(b"\n") <= count:
+                step = min(65536, position - since)
                 position -= step
                 handle.seek(position)
                 data = handle.read(step) + data
@@ -29,6 +32,14 @@ def tail_lines(path: Path, count: int) -> list[str]:
         return []
     lines = data.decode(errors="replace").splitlines()
     return lines[-count:]
+
+
+def log_size(path: Path) -> int:
+    """Bytes in the log `path` now (0 when there is none): where a start's lines begin."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def follow(

@@ -77,6 +77,10 @@ def test_unreachable_database(pb: Pb, home: Path) -> None:
     assert "127.0.0.1:1" in first and "check --db" in first
     assert "Last lines of" in result.err
     assert result.err.count("cannot use database") == 1, result.err  # not again in the tail
+    again = pb("scheduler", "start", "--db", "postgresql+psycopg://postgres@127.0.0.1:2/t%09x")
+    assert again.code == 1 and "127.0.0.1:2/" in again.err
+    assert "127.0.0.1:1/" not in again.err, again.err  # this start's lines only
+    assert again.err.count("cannot use database") == 1, again.err  # \t escaped in the log
     assert not (home / "scheduler.pid").exists()
     assert pb("scheduler", "status").code == 3
     # The run keeper that start began beside the daemon is reached by no scheduler: it

@@ -243,3 +243,19 @@ def test_job_show_cannot_be_forged_by_a_multi_line_command_or_value(pb: Pb) -> N
     assert labels.count("Enabled") == 1 and labels.count("Error") == 1, lines
     assert "Command:        true" in lines and " " * 16 + "Enabled:        no" in lines
     assert "Enabled:        no" in pb("job", "show", "x", "--raw", check=True).out.splitlines()
+    # an --env value's newline is shown as \n: folded, it looked like another variable
+    pb(
+        "job",
+        "add",
+        "y",
+        "--manual",
+        "--env",
+        "A=1",
+        "--env",
+        "B=2\nLD_PRELOAD=/x",
+        "--",
+        "true",
+        check=True,
+    )
+    shown = pb("job", "show", "y", check=True).out
+    assert "Environment:    A=1 B=2\\nLD_PRELOAD=/x\n" in shown, shown
