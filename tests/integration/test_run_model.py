@@ -115,8 +115,12 @@ def test_runs_that_cannot_start_in_time_expire_and_the_queue_is_bounded(pb: Pb) 
         ),
     )
     expired = next(r for r in runs if r["job"] == "tick" and r["state"] == "expired")
+    # Why, as it was: the one worker busy, or, on a machine loaded enough that the
+    # scheduler itself fell behind by more than the deadline, that (seen in CI).
     assert expired["reason"] == (
         "not started within its start deadline (1s): all 1 workers were busy"
+    ) or expired["reason"].startswith(
+        "not started within its start deadline (1s): the scheduler was "
     ), expired
     assert expired["started_at"] is None
     assert Counter(r["state"] for r in of("backlog", runs))["queued"] <= 2
