@@ -121,7 +121,9 @@ def _utf8(name: str, value: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        from pony_scheduler.textsafe import undecodable_shown
+
+        shown = undecodable_shown(value)
         raise ConfigError(f"{name} '{shown}' is not UTF-8; use a path or value that is") from None
 
 

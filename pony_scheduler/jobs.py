@@ -24,6 +24,7 @@ from pony_scheduler.joblimits import (
     parse_tasks,
     parse_umask,
 )
+from pony_scheduler.textsafe import undecodable_shown
 
 if TYPE_CHECKING:
     from pony_scheduler.actor import Actor
@@ -209,13 +210,8 @@ def _cwd(text: str) -> str | None:
         raise ConfigError("--cwd '' names no directory; give one, or none for the scheduler's home")
     cwd = Path(text).expanduser().absolute()
     if not cwd.is_dir():
-        raise ConfigError(f"--cwd {_path_shown(text)}: no such directory")
+        raise ConfigError(f"--cwd {undecodable_shown(text)}: no such directory")
     return _utf8_path("--cwd", str(cwd))
-
-
-def _path_shown(path: str) -> str:
-    """A path for a message: bytes that are not UTF-8 as \\xNN, never a surrogate."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _utf8_path(option: str, path: str) -> str:
@@ -225,7 +221,7 @@ def _utf8_path(option: str, path: str) -> str:
         path.encode("utf-8")
     except UnicodeEncodeError:
         raise ConfigError(
-            f"{option} {_path_shown(path)}: the path is not UTF-8, which the database "
+            f"{option} {undecodable_shown(path)}: the path is not UTF-8, which the database "
             "stores; rename it, or give a link to it whose path is"
         ) from None
     return path

@@ -71,6 +71,12 @@ def for_terminal(text: str) -> str:
     return _compiled(_TERMINAL_UNSAFE).sub(_caret, text)
 
 
+def undecodable_shown(text: str) -> str:
+    """`text` with the bytes that were not UTF-8 where it came from (argv, environment,
+    file names: surrogates, as Python decodes them) written as `\\xNN`."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def has_unsafe(text: str) -> bool:
     """Would `for_terminal` change `text`?"""
     return _compiled(_TERMINAL_UNSAFE).search(text) is not None

@@ -285,9 +285,9 @@ def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
         # checked early is; this is the one line for any other (review finding).
         if exc.reason != "surrogates not allowed" or not isinstance(exc.object, str):
             raise
-        from pony_scheduler.textsafe import for_log
+        from pony_scheduler.textsafe import for_log, undecodable_shown
 
-        text = exc.object.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        text = undecodable_shown(exc.object)
         click.echo(
             f"Error: '{for_log(text)}' is not UTF-8, and pony-scheduler keeps names and "
             "paths as UTF-8 text: use a name or path that is",

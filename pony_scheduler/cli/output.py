@@ -5,18 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import click
 
+from pony_scheduler.cli.common import get_run, shown
 from pony_scheduler.cli.options import settings_from
 from pony_scheduler.errors import PonyError
 from pony_scheduler.files import NEVER_CREATED
-
-if TYPE_CHECKING:
-    pass
-
-from pony_scheduler.cli.common import get_run, shown
 
 
 def missing_file(run: dict[str, object]) -> str:

@@ -11,7 +11,7 @@ that the run's lease ran out.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -37,11 +37,12 @@ def lease_until(pg_url: str, run_id: int) -> datetime:
 
 
 @contextmanager
-def outage(database: str) -> Iterator[psycopg.Connection]:
-    """The database refuses every connection and its sessions end, until the block
-    ends; yields an administrator's connection to another database."""
+def altered(database: str, change: str, undo: str) -> Iterator[psycopg.Connection]:
+    """`ALTER DATABASE database change`, its sessions ended so that new ones meet it,
+    until the block ends (then `undo`); yields an administrator's connection to another
+    database."""
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        admin.execute(f'ALTER DATABASE "{database}" {change}')
         try:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
@@ -49,7 +50,12 @@ def outage(database: str) -> Iterator[psycopg.Connection]:
             )
             yield admin
         finally:
-            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            admin.execute(f'ALTER DATABASE "{database}" {undo}')
+
+
+def outage(database: str) -> AbstractContextManager[psycopg.Connection]:
+    """The database refuses every connection and its sessions end, until the block ends."""
+    return altered(database, "ALLOW_CONNECTIONS false", "ALLOW_CONNECTIONS true")
 
 
 @pytest.mark.soak  # waits out leases: a long fault run (README, Soak tests)
@@ -138,18 +144,11 @@ def test_a_restart_on_a_read_only_database_leaves_the_running_scheduler_alone(
     pb.env["PONYBUNNY_DB"] = pg_url
     pb("scheduler", "start", check=True)
     pid = pb.pid()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
-        try:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (database,),
-            )
-            refused = pb("scheduler", "restart")
-            assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
-            assert "is read-only" in refused.err and "left alone" in refused.err
-            assert pb.pid() == pid
-        finally:
-            admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+    read_only = ("SET default_transaction_read_only = on", "RESET default_transaction_read_only")
+    with altered(database, *read_only):
+        refused = pb("scheduler", "restart")
+        assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
+        assert "is read-only" in refused.err and "left alone" in refused.err
+        assert pb.pid() == pid
     assert pb("scheduler", "restart").code == 0
     assert pb.pid() != pid
