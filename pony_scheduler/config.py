@@ -375,11 +375,12 @@ def load_settings(
     )
 
 
-def check_listen_host(settings: Settings, key: str) -> None:
+def check_listen_host(settings: Settings, key: str) -> list[str]:
     """The host setting `key` (gateway_host, debug_host) must resolve here
     (getaddrinfo(3), passive): else ConfigError naming where it was set, one line before
     a service forks rather than a failed start with its log's tail (review finding).  A
-    name may wait on the resolver (resolv.conf's timeout)."""
+    name may wait on the resolver (resolv.conf's timeout).  Returns every address it
+    resolves to (as strings: '127.0.0.1', '::1', '0.0.0.0')."""
     import socket  # here: status and most commands never resolve anything
 
     host = getattr(settings, key)
@@ -404,7 +405,8 @@ def check_listen_host(settings: Settings, key: str) -> None:
         with socket.socket(family, kind, proto) as probe:
             try:
                 probe.bind(address)
-                return  # one usable address is enough (as for localhost without ::1)
+                # One usable address is enough (as for localhost without ::1).
+                return [str(info[4][0]) for info in infos]
             except OSError as exc:
                 errors.append(exc.strerror or str(exc))
     raise ConfigError(

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from pony_scheduler.config import Settings, check_listen_host
-from pony_scheduler.errors import PonyError
+from pony_scheduler.errors import ConfigError, PonyError
 from pony_scheduler.gateway.hosting import (
     bind_tcp,
     http_address,
@@ -18,10 +18,25 @@ from pony_scheduler.lifecycle.runtime import ServiceRuntime
 
 log = logging.getLogger("pony_scheduler.debug")
 
+# Its session credential is a bearer token: over plain HTTP on a network it could be
+# read on the way.  Beyond loopback, TLS goes in front (pb-debug(1)).
+_NOT_LOOPBACK = (
+    "the debug dashboard listens on loopback addresses only (127.0.0.1, ::1, "
+    "localhost), not {host!r}; reach it from elsewhere through an SSH tunnel or a TLS "
+    "reverse proxy (see pb-debug(1), SECURITY)"
+)
+
 
 def preflight(settings: Settings) -> None:
-    """Before forking: the host to listen on resolves (one line, not a failed start)."""
-    check_listen_host(settings, "debug_host")
+    """Before forking: the host to listen on resolves, to loopback addresses only (one
+    line, exit 2, not a failed start with its log's tail: review finding).  Raises
+    ConfigError."""
+    import ipaddress
+
+    addresses = check_listen_host(settings, "debug_host")
+    # A scoped IPv6 address ('fe80::1%eth0') is not loopback: ::1 has no scope.
+    if not all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses):
+        raise ConfigError(_NOT_LOOPBACK.format(host=settings.debug_host))
 
 
 def check_handover(settings: Settings) -> None:
@@ -46,12 +61,9 @@ def run(runtime: ServiceRuntime) -> None:
         if not all(is_loopback(sock) for sock in listeners):
             # Its session credential is a bearer token: over plain HTTP on a network it
             # could be read on the way.  Beyond loopback, TLS goes in front (pb-debug(1)).
-            raise PonyError(
-                f"the debug dashboard listens on loopback addresses only "
-                f"(127.0.0.1, ::1, localhost), not {settings.debug_host!r}; "
-                "reach it from elsewhere through an SSH tunnel or a TLS "
-                "reverse proxy (see pb-debug(1), SECURITY)"
-            )
+            # preflight said so before the fork; this is for a name that resolved to
+            # loopback then and to something else now.
+            raise PonyError(_NOT_LOOPBACK.format(host=settings.debug_host))
         _serve(runtime, listeners)
     finally:
         for sock in listeners:

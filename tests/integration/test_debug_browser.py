@@ -319,11 +319,14 @@ def test_dashboard_http_rules(pb: Pb) -> None:
     assert request(debug_port, "GET", "/api/jobs", token=session)[0] == 401
 
 
-def test_dashboard_refuses_a_network_address(pb: Pb, home: Path) -> None:
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_dashboard_refuses_a_network_address(pb: Pb, home: Path, host: str) -> None:
     use_free_ports(pb)
-    result = pb("debug", "start", "--host", "0.0.0.0", "--timeout", "10")
-    assert result.code == 1
-    assert result.err.splitlines()[0].startswith(
-        "✗ Debug Server failed to start: the debug dashboard listens on loopback addresses only"
-    )
+    for command in ("start", "restart"):
+        result = pb("debug", command, "--host", host, "--timeout", "10")
+        # Before the fork: one line, exit 2 (it was a failed start with the log's tail).
+        assert result.code == 2 and result.err.count("\n") == 1, result.all
+        assert result.err.startswith(
+            "Error: the debug dashboard listens on loopback addresses only"
+        )
     assert not (home / "debug.pid").exists()
