@@ -200,11 +200,17 @@ async def status(request: web.Request) -> web.Response:
 
 
 def _only(request: web.Request, allowed: tuple[str, ...]) -> None:
+    """HTTPBadRequest for a query parameter not in `allowed`, or one given twice: which of
+    `?state=failed&state=succeeded` counts is a guess that a proxy or a filter in front
+    may make differently (HTTP parameter pollution), so neither is taken."""
     unknown = sorted(set(request.query) - set(allowed))
     if unknown:
         raise web.HTTPBadRequest(
             text=f"unknown query parameter {unknown[0]!r} (known: {', '.join(allowed) or 'none'})"
         )
+    if len(request.query) != len(set(request.query)):
+        twice = sorted(k for k in set(request.query) if len(request.query.getall(k)) > 1)
+        raise web.HTTPBadRequest(text=f"query parameter {twice[0]!r} given more than once")
 
 
 def _whole(raw: str, what: str, low: int, high: int) -> int:
