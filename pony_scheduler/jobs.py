@@ -24,6 +24,7 @@ from pony_scheduler.joblimits import (
     parse_tasks,
     parse_umask,
 )
+from pony_scheduler.scheduler.environment import RESERVED_ENV
 from pony_scheduler.textsafe import undecodable_shown
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 OVERLAP = ("skip", "queue", "allow")
 CATCH_UP = ("skip", "once", "all")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RESERVED_ENV = "PONYBUNNY_"  # each run's own variables (scheduler/environment.py)
 LEFTOVERS = ("kill", "keep")
 UMASK_DEFAULT = 0o022  # what cron and systemd give their jobs
 

@@ -17,6 +17,8 @@ from datetime import datetime
 
 from pony_scheduler.errors import PonyError
 
+RESERVED_ENV = "PONYBUNNY_"  # each run's own variables (run_variables)
+
 # systemd's default PATH for services (systemd.exec(5)).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Passed through from the daemon when set: how to print and which zone, never secrets.
@@ -99,6 +101,13 @@ def parse_env_file(data: bytes, path: str) -> dict[str, str]:
                 f"--env-file {path} line {number}: not NAME=VALUE (NAME: letters, digits, _)"
             )
         name, value = match.groups()
+        if name.startswith(RESERVED_ENV):
+            # As for --env (jobs.parse_env): run_variables would override it silently, and
+            # a job reading PONYBUNNY_RUN_ID must be able to trust it.
+            raise EnvFileError(
+                f"--env-file {path} line {number}: {RESERVED_ENV}* variables are set by the "
+                f"scheduler for each run ({name}); choose another name"
+            )
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         found[name] = value

@@ -138,3 +138,23 @@ def test_a_secret_must_name_a_variable_of_the_job(pb: Pb) -> None:
     assert "A=(secret)" in pb("job", "show", "s").out
     pb("job", "edit", "s", "--env", "Z=2", "--secret", "Z", check=True)
     assert "Z=(secret)" in pb("job", "show", "s").out
+
+
+def test_env_file_cannot_set_the_runs_own_variables(pb: Pb, tmp_path: Path) -> None:
+    """A PONYBUNNY_* line in an --env-file was dropped silently (the run's own values
+    win): it is refused as --env refuses it, when the job is added and at a run's start
+    if the file gains one later."""
+    env_file = tmp_path / "job.env"
+    env_file.write_text("A=1\nPONYBUNNY_RUN_ID=7\n")
+    env_file.chmod(0o600)
+    refused = pb("job", "add", "j", "--manual", "--env-file", str(env_file), "--", "env")
+    assert refused.code == 2 and refused.err.count("\n") == 1, refused.all
+    assert f"--env-file {env_file} line 2: PONYBUNNY_* variables" in refused.err
+    assert pb("job", "show", "j").code != 0
+    env_file.write_text("A=1\n")
+    pb("job", "add", "j", "--manual", "--env-file", str(env_file), "--", "env", check=True)
+    pb("scheduler", "start", check=True)
+    env_file.write_text("A=1\nPONYBUNNY_JOB=other\n")
+    pb("job", "run", "j", check=True)
+    run = finished_run(pb, "j")
+    assert run["state"] == "failed" and "line 2: PONYBUNNY_* variables" in run["reason"], run
