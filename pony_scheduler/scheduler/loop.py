@@ -149,6 +149,7 @@ class WorkLoop:
             raise PonyError(f"cannot use the run keeper: {exc}") from None
         self.maintain(self.now())
         self.runtime.ready()
+        self.planner.warm_up(self.now())
         backoff = 0.0
         while not self.runtime.stopping:
             try:
