@@ -11,7 +11,10 @@
  * its own, since the child must not touch the keeper's stack.  The child only makes
  * async-signal-safe calls: signal dispositions back to their defaults (those the keeper
  * catches, and the ones named), a new session, stdin/stdout/stderr, an empty signal
- * mask, execve.  An exec failure's errno comes back through the shared memory.
+ * mask, a write of "0" to the cgroup.procs of each cgroup v1 group it must join (so that
+ * its limits, written before the spawn, hold from its first instruction: a pids.max
+ * written after it let a job that forks at once run 50 processes under --tasks-max 5),
+ * execve.  An exec failure's errno comes back through the shared memory.
  * Sources: clone(2) (clone3, CLONE_INTO_CGROUP since Linux 5.7), vfork(2),
  * signal-safety(7), glibc's sysdeps/unix/sysv/linux/spawni.c (the same pattern).
  *
@@ -33,6 +36,7 @@
 #include <linux/sched.h>
 
 #define CHILD_STACK (64 * 1024)
+#define MAX_JOINS 8 /* cgroup v1 hierarchies a run's process joins: one per controller */
 
 struct child {
     const char *path;
@@ -41,7 +45,10 @@ struct child {
     int stdin_fd;
     int out_fd;
     uint64_t sigdef; /* bit (sig - 1): reset to SIG_DFL even when ignored */
+    int joins[MAX_JOINS]; /* cgroup.procs of v1 groups, open for writing */
+    int njoins;
     volatile int err;
+    volatile int joining; /* err is a join's, not the exec's */
 };
 
 #if defined(__x86_64__)
@@ -103,6 +110,12 @@ static int child_main(void *arg)
     if (setsid() < 0 || onto(c->stdin_fd, 0) < 0 || onto(c->out_fd, 1) < 0 ||
         onto(c->out_fd, 2) < 0)
         goto fail;
+    for (int i = 0; i < c->njoins; i++) {
+        if (write(c->joins[i], "0", 1) != 1) {
+            c->joining = 1;
+            goto fail;
+        }
+    }
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     execve(c->path, c->argv, c->envp);
@@ -148,9 +161,11 @@ static char **make_list(PyObject *seq)
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(path, argv, env, cgroup_fd, stdin_fd, out_fd, sigdef) -> pid\n\n"
+"spawn(path, argv, env, cgroup_fd, stdin_fd, out_fd, sigdef, joins) -> pid\n\n"
 "Start `path` (bytes) with `argv` and `env` (lists of bytes, env items b'K=V') in a new\n"
-"session, inside the cgroup v2 directory open as `cgroup_fd` (O_PATH is enough), with\n"
+"session, inside the cgroup v2 directory open as `cgroup_fd` (O_PATH is enough; -1: the\n"
+"caller's), in the cgroup v1 groups whose cgroup.procs files are open for writing as\n"
+"`joins` (a tuple of at most 8 fds; the child writes itself in before the exec), with\n"
 "stdin from `stdin_fd` and stdout and stderr on `out_fd`, an empty signal mask, and the\n"
 "signals the caller catches, plus those in `sigdef` (a tuple of numbers), at their\n"
 "defaults.  The child's cwd and umask are the caller's.  Returns the pid once the\n"
@@ -158,15 +173,16 @@ PyDoc_STRVAR(spawn_doc,
 "the exec's own errno with the path as filename (the failed child is reaped), or\n"
 "clone3's, without a filename (ENOSYS/EINVAL/EPERM...: no clone3 or CLONE_INTO_CGROUP\n"
 "here, or a seccomp filter; EBUSY/EOPNOTSUPP/EACCES/ENOENT: the group cannot take\n"
-"this process; EAGAIN/ENOMEM: no process can be made now).");
+"this process; EAGAIN/ENOMEM: no process can be made now); a join's errno with the\n"
+"filename 'cgroup.procs' (the failed child is reaped).");
 
 static PyObject *spawn(PyObject *self, PyObject *args)
 {
-    PyObject *path_obj, *argv_obj, *env_obj, *sigdef_obj;
+    PyObject *path_obj, *argv_obj, *env_obj, *sigdef_obj, *joins_obj;
     int cgroup_fd, stdin_fd, out_fd;
-    if (!PyArg_ParseTuple(args, "SO!O!iiiO!", &path_obj, &PyList_Type, &argv_obj,
+    if (!PyArg_ParseTuple(args, "SO!O!iiiO!O!", &path_obj, &PyList_Type, &argv_obj,
                           &PyList_Type, &env_obj, &cgroup_fd, &stdin_fd, &out_fd,
-                          &PyTuple_Type, &sigdef_obj))
+                          &PyTuple_Type, &sigdef_obj, &PyTuple_Type, &joins_obj))
         return NULL;
 #ifndef HAVE_CLONE3
     errno = ENOSYS;
@@ -188,6 +204,16 @@ static PyObject *spawn(PyObject *self, PyObject *args)
         if (sig >= 1 && sig <= 64)
             c.sigdef |= (uint64_t)1 << (sig - 1);
     }
+    if (PyTuple_GET_SIZE(joins_obj) > MAX_JOINS) {
+        PyErr_SetString(PyExc_ValueError, "at most 8 groups to join");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(joins_obj); i++) {
+        int fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(joins_obj, i));
+        if (fd == -1 && PyErr_Occurred())
+            return NULL;
+        c.joins[c.njoins++] = fd;
+    }
     c.argv = make_list(argv_obj);
     if (c.argv == NULL)
         return NULL;
@@ -208,11 +234,11 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     }
     struct clone_args ca;
     memset(&ca, 0, sizeof ca);
-    ca.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP;
+    ca.flags = CLONE_VM | CLONE_VFORK | (cgroup_fd >= 0 ? CLONE_INTO_CGROUP : 0);
     ca.exit_signal = SIGCHLD;
     ca.stack = (uint64_t)(uintptr_t)child_stack;
     ca.stack_size = CHILD_STACK;
-    ca.cgroup = (uint64_t)cgroup_fd;
+    ca.cgroup = cgroup_fd >= 0 ? (uint64_t)cgroup_fd : 0;
     /* No handler of ours may run in the child (it shares our memory) before it has
      * put them back to their defaults: everything blocked across the clone. */
     sigset_t all, old;
@@ -231,6 +257,8 @@ static PyObject *spawn(PyObject *self, PyObject *args)
         while (waitpid((pid_t)pid, &status, 0) < 0 && errno == EINTR)
             ;
         errno = c.err;
+        if (c.joining)
+            return PyErr_SetFromErrnoWithFilename(PyExc_OSError, "cgroup.procs");
         return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
     }
     return PyLong_FromLong(pid);

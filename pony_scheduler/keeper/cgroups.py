@@ -18,9 +18,10 @@ Placement is race-free (spawner.py): the job's process is created in its cgroup2
 by clone3(CLONE_INTO_CGROUP) where the C part is built, else the single-threaded keeper
 writes itself into the run's groups (cgroup.procs), spawns the job with posix_spawn
 (which inherits them), and writes itself back; either way the job's first instruction
-already runs inside its groups.  Limits are written right after the spawn, once the
-keeper is out again (a memory.max or pids.max written before would apply to the keeper
-itself while inside).
+already runs inside its groups.  Where the keeper does not enter them (clone3), the
+limits are written before the spawn; where it does, right after it, once the keeper is
+out again (a memory.max or pids.max written before would apply to the keeper itself
+while inside).
 """
 
 from __future__ import annotations

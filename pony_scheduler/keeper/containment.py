@@ -179,6 +179,10 @@ class Cgroups:
                 groups[controller] = self.v1[controller]
         if self.mode == "cgroup1" and self.tracker is not None:
             groups.setdefault(self.tracker.hierarchy.controllers[0], self.tracker)
+            # CPU time of every process of the run, not only the main's and the children
+            # it waited for (rusage): an orphan's is in cpuacct.usage (review finding).
+            if "cpuacct" in self.v1:
+                groups.setdefault("cpuacct", self.v1["cpuacct"])
         return CgroupBox(self, f"run-{run_id}", launch, groups)
 
     def stale_groups(self) -> list[str]:
@@ -255,7 +259,8 @@ class CgroupBox:
             os.write(self.entered.pop(), b"0")
 
     def apply_limits(self) -> None:
-        """Write the launch's limits (after the spawn: see cgroups.py); OSError."""
+        """Write the launch's limits: before the spawn where the keeper does not enter
+        the run's groups, after it where it does (spawner.limits_first); OSError."""
         launch = self.launch
         v2 = self.cg.v2_controllers if self.v2 else set()
         if launch.memory_max is not None:

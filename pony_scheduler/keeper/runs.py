@@ -115,6 +115,15 @@ class Run:
                     raise NotStarted(
                         f"cannot start: working directory {shown(launch.cwd)}: {exc.strerror}"
                     ) from None
+            limits_first = bool(launch.limits) and spawner.limits_first(self.box)
+            if limits_first:
+                assert isinstance(self.box, CgroupBox)
+                try:
+                    self.box.apply_limits()
+                except OSError as exc:
+                    raise NotStarted(
+                        f"cannot start: cannot apply its limits: {exc.strerror}"
+                    ) from None
             try:
                 self.pid = spawner.start(program, launch.argv, env, devnull, write_end, self.box)
             except spawner.PlacementError as exc:
@@ -137,7 +146,8 @@ class Run:
         self.announce_at = mono + STARTED_DELAY_S
         if launch.timeout_s is not None:
             self.deadline = mono + launch.timeout_s
-        if isinstance(self.box, CgroupBox) and launch.limits:
+        if isinstance(self.box, CgroupBox) and launch.limits and not limits_first:
+            # Moved into its groups by the keeper: written now that the keeper is out.
             try:
                 self.box.apply_limits()
             except OSError as exc:

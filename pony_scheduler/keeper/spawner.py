@@ -1,12 +1,16 @@
 """Starting a run's main process, inside its cgroup from its first instruction.
 
 Where the C part is built and the kernel has clone3 with CLONE_INTO_CGROUP (Linux 5.7),
-a cgroup2 run's process is created directly in its group (_spawn.c): nothing moves
-between groups.  Otherwise the keeper writes itself into the run's groups, calls
-posix_spawn(3) (vfork+exec in glibc: no Python in the child), and writes itself back -
-race-free too, since the keeper is single-threaded, but each move waits for an RCU
-grace period (about 7 ms on an idle host; cgroup-v2.rst, "favordynmods").  cgroup v1
-groups (a run's v1 memory group on a hybrid machine) are always entered that way.
+a cgroup2 run's process is created directly in its group (_spawn.c), and writes itself
+into its cgroup v1 groups (a v1 memory or pids group on a hybrid machine, every group in
+cgroup1 mode) before its exec: the keeper never moves, so the run's limits are written
+before the spawn and hold from the job's first instruction (limits_first).  Otherwise
+the keeper writes itself into the run's groups, calls posix_spawn(3) (vfork+exec in
+glibc: no Python in the child), and writes itself back - race-free too, since the keeper
+is single-threaded, but each move waits for an RCU grace period (about 7 ms on an idle
+host; cgroup-v2.rst, "favordynmods"), and the limits can only be written after the spawn
+(before, they would hold the keeper itself while inside): a job that forks in its first
+microseconds can exceed --tasks-max there (README, "How a job runs").
 
 Either way the child starts in a new session, with stdin from /dev/null, stdout and
 stderr on the run's pipe, an empty signal mask, and the signals the keeper ignores or
@@ -58,6 +62,12 @@ def placement() -> str:
     return "clone3" if _native is not None else "move"
 
 
+def limits_first(box: CgroupBox | PgroupBox) -> bool:
+    """Whether a run in `box` is spawned without the keeper entering its groups, so that
+    its limits can be written before the spawn (CgroupBox.apply_limits)."""
+    return isinstance(box, CgroupBox) and _native is not None
+
+
 def start(
     program: str,
     argv: tuple[str, ...],
@@ -68,8 +78,8 @@ def start(
 ) -> int:
     """Start `program` for a run held in `box`; returns its pid.  Raises PlacementError,
     or OSError when the program cannot be executed (ENOENT, EACCES, ENOEXEC, ...)."""
-    if isinstance(box, CgroupBox) and box.v2 and _native is not None:
-        pid = _into_group(program, argv, env, stdin, out, box, box.v2)
+    if isinstance(box, CgroupBox) and _native is not None:
+        pid = _into_group(program, argv, env, stdin, out, box)
         if pid is not None:
             return pid
     if not isinstance(box, CgroupBox):
@@ -107,18 +117,22 @@ def _into_group(
     stdin: int,
     out: int,
     box: CgroupBox,
-    group: str,
 ) -> int | None:
-    """clone3 into `group` (v1 groups entered around it); None when this kernel cannot,
-    after which every run is placed by moving."""
+    """clone3 into the box's v2 group, the child joining its v1 groups itself; None when
+    this kernel cannot, after which every run is placed by moving."""
     global _native
     assert _native is not None
+    fds: list[int] = []
     try:
-        box.enter(v2=False)
-        fd = os.open(group, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(box.v2, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if box.v2 else -1
+        fds += [fd] if fd >= 0 else []
+        for _, path in box.v1.values():
+            fds.append(os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
     except OSError as exc:
-        box.leave()
+        for opened in fds:
+            os.close(opened)
         raise PlacementError(exc.strerror or str(exc)) from None
+    joins = tuple(fds[1:] if fd >= 0 else fds)
     try:
         return int(
             _native.spawn(
@@ -129,9 +143,12 @@ def _into_group(
                 stdin,
                 out,
                 _IGNORED_NUMBERS,
+                joins,
             )
         )
     except OSError as exc:
+        if exc.filename == "cgroup.procs":  # a v1 group refused the child
+            raise PlacementError(exc.strerror or str(exc)) from None
         if exc.filename is not None or exc.errno in _RESOURCES:
             raise  # the exec failed, or no process can be made: not the placement's fault
         if exc.errno in _GROUP:
@@ -144,5 +161,5 @@ def _into_group(
         )
         return None
     finally:
-        os.close(fd)
-        box.leave()
+        for opened in fds:
+            os.close(opened)

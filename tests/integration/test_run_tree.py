@@ -312,6 +312,66 @@ def test_resource_use_and_a_memory_limit(daemon: Daemon) -> None:
     assert daemon.left(hog["id"]) == []
 
 
+FORKER = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    int made = 0;
+    for (int i = 0; i < 50; i++) {
+        pid_t pid = fork();
+        if (pid == 0) { sleep(20); _exit(0); }
+        if (pid > 0) made++;
+    }
+    printf("forked %d\n", made);
+    return 0;
+}
+"""
+
+
+def test_tasks_max_holds_from_the_first_instruction(daemon: Daemon, tmp_path: Path) -> None:
+    """A job that forks at once under --tasks-max 5 forked 27 or 50 children in 2 of 5
+    runs: pids.max was written after the spawn (review finding).  It is written before,
+    and the process joins its v1 groups itself before its exec."""
+    if daemon.containment == "pgroup":
+        pytest.skip("limits need cgroups (the pgroup case is test_resource_use_...)")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler: the race needs a program that forks in microseconds")
+    source = tmp_path / "forker.c"
+    source.write_text(FORKER)
+    program = tmp_path / "forker"
+    # Static: no dynamic loading between the exec and the first fork (as in the finding).
+    built = subprocess.run([compiler, "-O2", "-static", "-o", str(program), str(source)])
+    if built.returncode != 0:
+        subprocess.run([compiler, "-O2", "-o", str(program), str(source)], check=True)
+    daemon.add("forker", "--tasks-max", "5", "--", str(program))
+    for _ in range(5):
+        _, run = daemon.run("forker")
+        assert run["state"] == "succeeded", run
+        output = daemon.pb("runs", "output", str(run["id"])).out
+        made = int(re.search(r"forked (\d+)", output).group(1))  # type: ignore[union-attr]
+        assert 0 < made <= 4, (made, run)  # the main process and at most 4 children
+        assert f"left {made} process" in run["reason"], run
+        assert daemon.left(run["id"]) == []
+
+
+def test_cgroup1_cpu_time_counts_a_double_forked_process(pb: Pb) -> None:
+    """cgroup1 containment recorded 4 ms for a run whose orphaned grandchild spun for
+    0.3 s (rusage counts only what the main waited for), though cpuacct was mounted
+    (review finding)."""
+    if os.geteuid() != 0:
+        pytest.skip("cgroup1 containment needs root here")
+    daemon = start(pb, "cgroup1")
+    try:
+        spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+        daemon.add("df", "--shell", "--", f"sh -c '({sys.executable} -c \"{spin}\") &'; sleep 3")
+        _, run = daemon.run("df")
+        assert (run["state"], run["containment"]) == ("succeeded", "cgroup1"), run
+        assert run["cpu_s"] is not None and run["cpu_s"] >= 0.2, run
+    finally:
+        kill_marked(daemon.keeper_id)
+
+
 def test_a_full_disk_for_the_output(pb: Pb, home: Path) -> None:
     """HOME/runs is a 64 KiB tmpfs, in a mount namespace of the scheduler's own (so the
     keeper it starts writes there): the job's real result is recorded, with the reason its
