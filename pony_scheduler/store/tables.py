@@ -168,6 +168,7 @@ runs = Table(
     Index("ix_runs_state_due", "state", "due_at"),
     Index("ix_runs_job_created", "job_id", "id"),
     Index("ix_runs_state_id", "state", "id"),
+    Index("ix_runs_job_state_id", "job_id", "state", "id"),  # pb runs JOB --state S
     # Ids are never reused (SQLite would reuse the highest after a delete): a removed
     # job's run ids and output files are never shown for a new job.
     sqlite_autoincrement=True,

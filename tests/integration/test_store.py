@@ -218,6 +218,32 @@ def test_0006_pages_from_an_index_and_counts_only_started_runs(db_url: str) -> N
     engine.dispose()
 
 
+def test_runs_of_a_job_in_a_state_are_read_from_an_index(tmp_path: Path) -> None:
+    """`pb runs JOB --state S -n N` walked every run of the job (1,000,000 runs: 0.5 s)
+    without ix_runs_job_state_id (0008; review finding): the statement the store runs
+    is read from it, with no sort."""
+    from sqlalchemy import event
+
+    store = Store.open(f"sqlite:///{tmp_path / 'pony.db'}")
+    store.add_job("j", job_values())
+    issued: list[tuple[str, object]] = []
+
+    def keep(conn: object, cursor: object, sql: str, params: object, *_: object) -> None:
+        if "FROM runs" in sql:
+            issued.append((sql, params))
+
+    event.listen(store.engine, "before_cursor_execute", keep)
+    store.list_runs("j", 20, "failed")
+    event.remove(store.engine, "before_cursor_execute", keep)
+    assert issued
+    sql, params = issued[0]
+    with store.engine.connect() as connection:
+        found = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)  # type: ignore[arg-type]
+        plan = " ".join(str(r[-1]) for r in found)
+    assert "ix_runs_job_state_id (job_id=? AND state=?)" in plan and "TEMP B-TREE" not in plan
+    store.close()
+
+
 def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
     """Every table declared with sqlite_autoincrement keeps AUTOINCREMENT through the
     whole migration chain (a batch ALTER rebuilds the table and may drop it): ids of
