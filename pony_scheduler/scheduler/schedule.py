@@ -29,8 +29,9 @@ does that, and also holds the crontab(5) rule for the two day fields.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from itertools import islice, pairwise, takewhile
@@ -225,21 +226,42 @@ def upcoming(schedule: Schedule, after: datetime, count: int) -> list[Occurrence
 
     The same iteration next_after uses, so a preview cannot disagree with the daemon;
     cron occurrences say how daylight saving moved or merged them (cron.Occurrence).
+    Occurrences after the last instant a datetime holds (9999-12-31) are left out: the
+    list is then shorter than `count` (`--every 36500d`, `pb job next -n 100`).
     """
-    after = as_utc(after)
+    return list(islice(_representable(_upcoming(schedule, as_utc(after))), max(0, count)))
+
+
+def _representable(found: Iterator[Occurrence]) -> Iterator[Occurrence]:
+    """`found` up to the first occurrence past year 9999, where datetime raises
+    OverflowError ("date value out of range") or ValueError ("year 10000 is out of
+    range"); any other error goes on."""
+    try:
+        yield from found
+    except OverflowError:
+        return
+    except ValueError as exc:
+        if "out of range" not in str(exc):
+            raise
+
+
+def _upcoming(schedule: Schedule, after: datetime) -> Iterator[Occurrence]:
     if schedule.offset:
         shift = _shift(schedule)
-        base = upcoming(with_offset(schedule, 0.0), after - shift, count)
-        return [replace(o, at=o.at + shift, jitter_s=shift.total_seconds()) for o in base]
+        for o in _upcoming(with_offset(schedule, 0.0), after - shift):
+            yield replace(o, at=o.at + shift, jitter_s=shift.total_seconds())
+        return
     if schedule.kind == "cron":
-        return list(islice(cron.ascending(schedule.expr, schedule.tz, after), max(0, count)))
+        yield from cron.ascending(schedule.expr, schedule.tz, after)
+        return
     first = next_after(schedule, after)
-    if first is None or count <= 0:
-        return []
+    if first is None:
+        return
+    yield Occurrence(first)
     if schedule.kind == "every":
         step = _grid(schedule)[1]
-        return [Occurrence(first + k * step) for k in range(count)]
-    return [Occurrence(first)]
+        for k in itertools.count(1):
+            yield Occurrence(first + k * step)
 
 
 def due_between(

@@ -215,3 +215,23 @@ def test_an_at_time_daylight_saving_moved_or_doubled_is_named(when: str, said: s
         assert note is None
     else:
         assert note is not None and said in note
+
+
+def test_a_preview_stops_at_the_last_year_a_date_can_hold() -> None:
+    """`pb job next -n 100` of `--every 36500d` ended in OverflowError's traceback (review
+    finding): the list stops before year 10000, shorter than asked."""
+    from pony_scheduler.scheduler import schedule
+
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    century = schedule.every_schedule("36500d", start)
+    found = schedule.upcoming(century, start, 100)
+    assert len(found) == 79 and found[-1].at.year == 9921
+    jittered = schedule.with_offset(schedule.every_schedule("5200w", start), 5000 * 7 * 86400.0)
+    assert 0 < len(schedule.upcoming(jittered, start, 1000)) < 1000
+    yearly = schedule.cron_schedule("0 0 1 1 *", "UTC")
+    assert [o.at.year for o in schedule.upcoming(yearly, datetime(9995, 6, 1, tzinfo=UTC), 9)] == [
+        9996,
+        9997,
+        9998,
+        9999,
+    ]
