@@ -16,7 +16,9 @@ MAX_QUEUED = (1, 10_000)
 TASKS_MAX = (1, 4_194_304)  # the kernel's pid_max limit
 MEMORY_MAX = (1 << 20, 1 << 50)  # bytes: 1 MiB to 1 PiB
 CPU_MAX = (0.01, 1024.0)  # CPUs
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE | re.ASCII)
+# float() would also take "1_000", "1e3", "inf" or other scripts' digits (review finding).
+_CPUS = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)(%?)$", re.ASCII)
 
 
 def ascii_whole(text: str) -> int | None:
@@ -65,10 +67,8 @@ def parse_cpus(text: str) -> float | None:
     value = text.strip().lower()
     if value == "none":
         return None
-    try:
-        cpus = float(value[:-1]) / 100 if value.endswith("%") else float(value)
-    except ValueError:
-        cpus = float("nan")
+    match = _CPUS.match(value)
+    cpus = float("nan") if match is None else float(match[1]) / (100 if match[2] else 1)
     low, high = CPU_MAX
     if not low <= cpus <= high:  # also false for NaN
         raise ConfigError(
@@ -76,6 +76,17 @@ def parse_cpus(text: str) -> float | None:
             f"{high:g} or a percentage of one CPU such as 50% (or none)"
         )
     return cpus
+
+
+def format_size(size: int) -> str:
+    """Bytes in the largest binary unit that keeps a whole part: "512 MiB", "1.5 GiB",
+    "1 PiB" (as parse_size reads them back)."""
+    value, unit = float(size), "bytes"
+    for name in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, name
+    return f"{value:.6g} {unit}"
 
 
 def parse_umask(text: str) -> int:

@@ -305,9 +305,11 @@ def _seconds(value: float | None) -> str:
 
 def _limits(data: dict[str, Any]) -> str:
     """--memory-max, --cpu-max and --tasks-max as given back: "memory 512 MiB, CPUs 0.5"."""
+    from pony_scheduler.joblimits import format_size
+
     memory, cpus, tasks = data.get("memory_max"), data.get("cpu_max"), data.get("tasks_max")
     parts = [
-        f"memory {memory / 1048576:g} MiB" if memory else "",
+        f"memory {format_size(memory)}" if memory else "",
         f"CPUs {cpus:g}" if cpus else "",
         f"tasks {tasks}" if tasks else "",
     ]

@@ -283,6 +283,9 @@ def test_a_corrupt_database(pb: Pb, home: Path) -> None:
         (["--retries", "-1"], "--retries must be from 0 to 10,000"),
         (["--max-queued", "0"], "--max-queued must be from 1 to 10,000"),
         (["--tasks-max", "1_0"], "'1_0' is not a whole number"),  # int() would take them
+        (["--cpu-max", "1_000"], "'1_000' is not a number of CPUs"),  # float() would too
+        (["--cpu-max", "1e2"], "'1e2' is not a number of CPUs"),
+        (["--memory-max", "\u0663G"], "is not a size such as 512M"),
         (["--retries", " 5"], "' 5' is not a whole number"),
         (["--max-queued", "\u0663"], "is not a whole number"),
         (["--umask", "1000"], "not an octal mask from 000 to 777"),

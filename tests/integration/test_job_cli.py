@@ -141,6 +141,9 @@ def test_show_gives_the_limits_and_leftovers_policy(pb: Pb) -> None:
     held = pb("job", "show", "held", check=True).out
     assert "Leftovers:      keep\n" in held
     assert "Limits:         memory 50 MiB, CPUs 0.5, tasks 10\n" in held
+    # The largest was "memory 1.07374e+09 MiB" (review finding).
+    pb("job", "edit", "held", "--memory-max", "1P", check=True)
+    assert "Limits:         memory 1 PiB, CPUs 0.5" in pb("job", "show", "held").out
 
 
 def test_edit_can_take_back_a_timeout_the_environment_and_the_directory(
