@@ -52,6 +52,15 @@ def parse_duration(text: str, what: str = "duration") -> float:
     return seconds
 
 
+def parse_window(text: str, what: str) -> float | None:
+    """A window such as --jitter: parse_duration's seconds, or None for "none" or a zero
+    duration ("0", "0s": off, as systemd's RandomizedOffsetSec=0).  Raises ConfigError as
+    parse_duration does for anything else."""
+    if text.strip().lower() == "none" or _duration_seconds(text) == 0:
+        return None
+    return parse_duration(text, what)
+
+
 def _duration_seconds(text: str) -> float | None:
     bare, part = _patterns()
     if bare.fullmatch(text):

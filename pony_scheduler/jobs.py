@@ -235,7 +235,7 @@ def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> str | Non
 
 def option_values(opts: JobOptions) -> dict[str, Any]:
     """Store values for every option given (besides the schedule and the command)."""
-    from pony_scheduler.durations import parse_duration
+    from pony_scheduler.durations import parse_duration, parse_window
 
     values: dict[str, Any] = {}
     if opts.timeout is not None:
@@ -276,9 +276,7 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
     if opts.cpu_max is not None:
         values["cpu_max"] = parse_cpus(opts.cpu_max)
     if opts.jitter is not None:
-        values["jitter_s"] = (
-            None if _is_none(opts.jitter) else parse_duration(opts.jitter, "--jitter")
-        )
+        values["jitter_s"] = parse_window(opts.jitter, "--jitter")
     if opts.tasks_max is not None:
         values["tasks_max"] = parse_tasks(opts.tasks_max)
     if opts.secret:

@@ -145,6 +145,13 @@ def job_list(
     ctx: click.Context, as_json: bool, limit: int, after: str | None, everything: bool
 ) -> None:
     """Jobs by name: schedule, next run (in the job's zone), last result, enabled."""
+    from click.core import ParameterSource
+
+    from pony_scheduler.errors import ConfigError
+
+    if everything and ctx.get_parameter_source("limit") is ParameterSource.COMMANDLINE:
+        # -n was ignored without a word (review finding)
+        raise ConfigError("--all prints every job and -n a page of them: give one or the other")
     store = open_store(ctx)
     # One job more than the page is read: it says whether a next page exists, so a
     # count of jobs that fills the page exactly does not point to an empty one.

@@ -78,6 +78,10 @@ def test_jitter_moves_a_jobs_runs_stably(pb: Pb) -> None:
         assert refused.code == 2 and refused.err.count("\n") == 1, refused.all
         assert "--jitter" in refused.err and "Traceback" not in refused.all
     assert json.loads(pb("job", "next", "spread", "-n", "2", "--json").out) == preview
+    # A zero window is no jitter, as systemd's RandomizedOffsetSec=0 (it was refused).
+    for zero in ("0", "0s"):
+        pb("job", "edit", "spread", "--jitter", zero, check=True)
+        assert json.loads(pb("job", "show", "spread", "--json").out)["jitter_s"] is None
     assert [job["name"] for job in json.loads(pb("job", "list", "--json").out)] == ["spread"]
 
 
@@ -195,3 +199,13 @@ def test_a_newline_in_a_command_cannot_forge_a_row(pb: Pb) -> None:
     listed = pb("job", "add", "b", "--manual", "--shell", "--", "true\nfake  row", check=True)
     assert listed.code == 0
     assert len(pb("audit", "b", check=True).out.splitlines()) == 2
+
+
+def test_job_list_all_with_a_page_size_is_refused(pb: Pb) -> None:
+    """--all with -n printed every job, -n ignored without a word (review finding)."""
+    pb("job", "add", "a", "--manual", "--", "true", check=True)
+    for args in (("--all", "-n", "2"), ("--limit", "2", "--all", "--json")):
+        refused = pb("job", "list", *args)
+        assert refused.code == 2 and refused.err.count("\n") == 1, refused.all
+        assert "--all prints every job and -n a page" in refused.err
+    assert "a" in pb("job", "list", "--all", check=True).out
