@@ -100,9 +100,12 @@ RAW = click.option(
 
 
 def shown(text: str, raw: bool) -> str:
-    from pony_scheduler.textsafe import for_terminal
+    """`text` as given (`raw`), or with control characters made visible and the bytes
+    that were not UTF-8 (a command's argument, say) as \\xNN: written back as bytes,
+    a lone 0x9b is CSI to a terminal in 8-bit mode (review finding)."""
+    from pony_scheduler.textsafe import for_terminal, undecodable_shown
 
-    return text if raw else for_terminal(text)
+    return text if raw else for_terminal(undecodable_shown(text))
 
 
 def get_run(ctx: click.Context, run_id: int, exact_tail: bool = False) -> dict[str, Any]:

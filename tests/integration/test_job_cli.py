@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,14 @@ def test_job_show_cannot_be_forged_by_a_multi_line_command_or_value(pb: Pb) -> N
     )
     shown = pb("job", "show", "y", check=True).out
     assert "Environment:    A=1 B=2\\nLD_PRELOAD=/x\n" in shown, shown
+
+
+def test_show_writes_no_undecodable_byte_of_a_command(pb: Pb) -> None:
+    """An argument with a byte that is not UTF-8 was written back as that byte by `pb job
+    show`: 0x9b is CSI to a terminal in 8-bit mode, so `\\x9b2J` cleared the screen
+    (review finding).  It is shown as \\x9b (--raw writes the byte)."""
+    argument = os.fsdecode(b"A\x9b2JB")
+    pb("job", "add", "c", "--manual", "--", "/bin/echo", argument, check=True)
+    shown = pb("job", "show", "c", check=True)
+    assert "Command:        /bin/echo A\\x9b2JB\n" in shown.out, shown.all
+    assert "\udc9b" not in shown.out
