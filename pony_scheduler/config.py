@@ -91,6 +91,19 @@ def _containment(name: str, value: Any) -> str:
     return str(value)
 
 
+def containment_kept(asked: object, in_force: object) -> str:
+    """Why the keeper's containment is not the one the scheduler asks for, or '': a
+    keeper that holds runs outlives a restart (live hand-over) and keeps the containment
+    it started with, so a changed setting waits for the next keeper (issue 12: status
+    and the log say which containment is in force)."""
+    if asked in (None, "auto", in_force):
+        return ""
+    return (
+        f"{asked} asked for; the running keeper keeps {in_force} until it exits "
+        "(pb scheduler stop, then start)"
+    )
+
+
 def _lease(name: str, value: Any) -> float:
     """Seconds a claimed run stays a scheduler's without renewal (10 s to 1 h)."""
     seconds = _seconds(name, value)

@@ -14,7 +14,7 @@ import click
 
 from pony_scheduler.cli import Command, Group
 from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
-from pony_scheduler.config import MAX_WORKERS, Settings
+from pony_scheduler.config import MAX_WORKERS, Settings, containment_kept
 from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import EXIT_OK, EXIT_UNKNOWN
 from pony_scheduler.lifecycle import status as service_status
@@ -364,6 +364,7 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
                     "pid": keeper["pid"],
                     "containment": keeper.get("containment"),
                     "containmentWhy": keeper.get("containmentWhy") or None,
+                    "containmentKept": _kept(report, keeper) or None,
                     "version": keeper.get("version"),
                 }
                 if keeper
@@ -373,6 +374,11 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
             else {}
         ),
     }
+
+
+def _kept(report: Status, keeper: dict[str, Any]) -> str:
+    """Why the keeper's containment is not the one the running scheduler asked for."""
+    return containment_kept((report.meta or {}).get("containmentAsked"), keeper.get("containment"))
 
 
 def _print_status(report: Status, settings: Settings) -> None:
@@ -402,6 +408,7 @@ def status_lines(report: Status, settings: Settings) -> list[str]:
             + (
                 f"PID {keeper['pid']}, containment {keeper.get('containment')}"
                 + (f" ({keeper['containmentWhy']})" if keeper.get("containmentWhy") else "")
+                + (f" ({kept})" if (kept := _kept(report, keeper)) else "")
                 if keeper
                 else "not running (the scheduler starts it)"
             )

@@ -137,7 +137,11 @@ def start_keeper(settings: Settings) -> None:
 def describe(settings: Settings) -> dict[str, Any]:
     from pony_scheduler.store.engine import safe_url
 
-    return {"dbPath": safe_url(settings.db), "socketPath": str(settings.socket)}
+    return {
+        "dbPath": safe_url(settings.db),
+        "socketPath": str(settings.socket),
+        "containmentAsked": settings.containment,  # for status: config.containment_kept
+    }
 
 
 def run(runtime: ServiceRuntime) -> None:

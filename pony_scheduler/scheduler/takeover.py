@@ -13,6 +13,7 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
+from pony_scheduler.config import containment_kept
 from pony_scheduler.keeper import protocol as kp
 from pony_scheduler.scheduler import recovery, runs
 from pony_scheduler.scheduler.runs import Outcome
@@ -48,6 +49,9 @@ def take_over(loop: WorkLoop, welcome: kp.Welcome) -> None:
         welcome.containment,
         _why_not_cgroup2(loop, welcome.containment),
     )
+    kept = containment_kept(loop.runtime.settings.containment, welcome.containment)
+    if kept:
+        log.warning("Containment: %s", kept)
     now = loop.now()
     held = {h.run_id: epoch for h in welcome.runs if (epoch := _epoch(h.token)) is not None}
     # Runs that finished while no scheduler listened are adopted too: until their outcome

@@ -372,6 +372,31 @@ def test_cgroup1_cpu_time_counts_a_double_forked_process(pb: Pb) -> None:
         kill_marked(daemon.keeper_id)
 
 
+def test_a_changed_containment_waits_for_the_next_keeper_and_says_so(pb: Pb) -> None:
+    """A restart with another containment setting hands the runs to the keeper that
+    holds them, which keeps its own: status showed it without a word on the setting
+    (review finding)."""
+    if os.geteuid() != 0:
+        pytest.skip("cgroup1 containment needs root here")
+    daemon = start(pb, "cgroup1")
+    try:
+        daemon.add("long", "--", "sleep", "120")
+        run_id = daemon.queue("long")
+        assert wait_for(lambda: daemon.show(run_id)["state"] == "running", 60)
+        pb.env["PONYBUNNY_CONTAINMENT"] = "pgroup"
+        pb("scheduler", "restart", check=True)
+        kept = "pgroup asked for; the running keeper keeps cgroup1 until it exits"
+        status = pb("scheduler", "status").out
+        assert f"containment cgroup1 ({kept}" in status, status
+        keeper = json.loads(pb("scheduler", "status", "--json").out)["keeper"]
+        assert keeper["containmentKept"].startswith(kept), keeper
+        assert kept in (pb.home / "scheduler.log").read_text()
+        assert daemon.show(run_id)["state"] == "running"
+        pb("runs", "kill", str(run_id), check=True)
+    finally:
+        kill_marked(daemon.keeper_id)
+
+
 def test_a_full_disk_for_the_output(pb: Pb, home: Path) -> None:
     """HOME/runs is a 64 KiB tmpfs, in a mount namespace of the scheduler's own (so the
     keeper it starts writes there): the job's real result is recorded, with the reason its
