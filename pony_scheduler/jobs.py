@@ -287,6 +287,13 @@ def option_values(opts: JobOptions) -> dict[str, Any]:
     return values
 
 
+LIMIT_FLAGS = (
+    ("memory_max", "--memory-max"),
+    ("cpu_max", "--cpu-max"),
+    ("tasks_max", "--tasks-max"),
+)
+
+
 def check_secrets(secret: list[str], env: dict[str, str]) -> None:
     """Every --secret names a variable of the job's --env, as the job has it after the add
     or edit (names are case-sensitive, as in the environment): a name that matches none
@@ -379,6 +386,7 @@ def new_job(
     options = option_values(opts)
     check_secrets(opts.secret, options.get("env") or {})
     sched.check_jitter(schedule, options.get("jitter_s"), now)
+    check_kept_limits(options)
     schedule = sched.with_offset(schedule, sched.jitter_offset(name, options.get("jitter_s")))
     return {
         **defaults,
@@ -386,6 +394,18 @@ def new_job(
         **command_values(opts, required=True),
         **schedule_values(schedule, now),
     }
+
+
+def check_kept_limits(job: dict[str, Any]) -> None:
+    """ConfigError for `--leftovers keep` with a limit: the processes kept outlive their
+    run in the home's `kept` group, beyond the run's limits (a fork bomb kept would be
+    unlimited: review finding), so the pair would promise what cannot hold."""
+    limited = [flag for key, flag in LIMIT_FLAGS if job.get(key) is not None]
+    if job.get("leftovers") == "keep" and limited:
+        raise ConfigError(
+            f"--leftovers keep cannot go with {' and '.join(limited)}: kept processes "
+            "outlive their run and its limits; drop one or the other"
+        )
 
 
 def check_changes(opts: JobOptions) -> None:
@@ -442,6 +462,7 @@ def changed_job(
         raise ConfigError("nothing to change: give at least one option, or a command after --")
     if row is not None:
         check_evaluable({**row, **values})
+        check_kept_limits({**row, **values})
     return values
 
 

@@ -134,17 +134,43 @@ def test_db_option_reaches_another_database(pb: Pb, tmp_path: Path) -> None:
 
 def test_show_gives_the_limits_and_leftovers_policy(pb: Pb) -> None:
     """What --leftovers and the limits were set to, without --json (review finding)."""
-    pb("job", "add", "plain", "--manual", "--", "true", check=True)
+    pb("job", "add", "plain", "--manual", "--leftovers", "keep", "--", "true", check=True)
     limits = ("--memory-max", "50M", "--cpu-max", "50%", "--tasks-max", "10")
-    pb("job", "add", "held", "--manual", "--leftovers", "keep", *limits, "--", "true", check=True)
+    pb("job", "add", "held", "--manual", *limits, "--", "true", check=True)
     plain = pb("job", "show", "plain", check=True).out
-    assert "Leftovers:      kill\n" in plain and "Limits:         none\n" in plain
+    assert "Leftovers:      keep\n" in plain and "Limits:         none\n" in plain
     held = pb("job", "show", "held", check=True).out
-    assert "Leftovers:      keep\n" in held
+    assert "Leftovers:      kill\n" in held
     assert "Limits:         memory 50 MiB, CPUs 0.5, tasks 10\n" in held
+    # Kept processes leave the run's groups and its limits (review finding): the pair is
+    # refused, whichever way it would come about.
+    for args in (
+        ("add", "both", "--manual", "--leftovers", "keep", "--tasks-max", "5", "--", "true"),
+        ("edit", "held", "--leftovers", "keep"),
+        ("edit", "plain", "--memory-max", "1G"),
+    ):
+        refused = pb("job", *args)
+        assert refused.code == 2 and refused.err.count("\n") == 1, refused.all
+        assert "--leftovers keep cannot go with --" in refused.err, refused.all
+    assert "Leftovers:      kill\n" in pb("job", "show", "held").out
+    assert "Limits:         none\n" in pb("job", "show", "plain").out
+    pb(
+        "job",
+        "edit",
+        "held",
+        "--leftovers",
+        "keep",
+        "--memory-max",
+        "none",
+        "--cpu-max",
+        "none",
+        "--tasks-max",
+        "none",
+        check=True,
+    )
     # The largest was "memory 1.07374e+09 MiB" (review finding).
-    pb("job", "edit", "held", "--memory-max", "1P", check=True)
-    assert "Limits:         memory 1 PiB, CPUs 0.5" in pb("job", "show", "held").out
+    pb("job", "add", "big", "--manual", "--memory-max", "1P", "--", "true", check=True)
+    assert "Limits:         memory 1 PiB\n" in pb("job", "show", "big").out
 
 
 def test_edit_can_take_back_a_timeout_the_environment_and_the_directory(
