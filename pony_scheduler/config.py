@@ -91,13 +91,19 @@ def _containment(name: str, value: Any) -> str:
     return str(value)
 
 
-def containment_kept(asked: object, in_force: object) -> str:
-    """Why the keeper's containment is not the one the scheduler asks for, or '': a
-    keeper that holds runs outlives a restart (live hand-over) and keeps the containment
-    it started with, so a changed setting waits for the next keeper (issue 12: status
-    and the log say which containment is in force)."""
-    if asked in (None, "auto", in_force):
-        return ""
+def containment_kept(asked: object, keeper: Mapping[str, Any]) -> str:
+    """Why the keeper's containment is not the one the scheduler asks for (`asked`, the
+    containment setting), or '': a keeper that holds runs outlives a restart (live
+    hand-over) and keeps the containment it started with (`keeper`: its keeper.json,
+    containmentAsked and containment), so a changed setting waits for the next keeper
+    (issue 12: status and the log say which containment is in force)."""
+    in_force, started_with = keeper.get("containment"), keeper.get("containmentAsked")
+    if asked in (None, in_force) or (asked == "auto" and in_force == "cgroup2"):
+        return ""  # what it asks for is in force, or the best that auto would find
+    if started_with is None and asked == "auto":
+        return ""  # an older keeper that did not record its setting: cannot tell
+    if asked == started_with:
+        return ""  # the same setting: in_force is what this host allows
     return (
         f"{asked} asked for; the running keeper keeps {in_force} until it exits "
         "(pb scheduler stop, then start)"

@@ -378,7 +378,7 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
 
 def _kept(report: Status, keeper: dict[str, Any]) -> str:
     """Why the keeper's containment is not the one the running scheduler asked for."""
-    return containment_kept((report.meta or {}).get("containmentAsked"), keeper.get("containment"))
+    return containment_kept((report.meta or {}).get("containmentAsked"), keeper)
 
 
 def _print_status(report: Status, settings: Settings) -> None:

@@ -185,6 +185,7 @@ def serve(
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
     keeper_id = os.urandom(8).hex()  # in every run's environment: whose run it is
     cg = Cgroups(str(home), containment)
+    spawner.probe(cg)
     write_meta(
         home / META_FILE,
         {
@@ -196,6 +197,7 @@ def serve(
             "version": __version__,
             "protocol": PROTOCOL,
             "containment": cg.mode,
+            "containmentAsked": containment,  # the setting it started with (status)
             "containmentWhy": cg.why(),
             "startedAt": int(time.time() * 1000),
             "home": str(home),
@@ -240,7 +242,8 @@ def serve(
         __version__,
         PROTOCOL,
         cg.mode,
-        f" ({'; '.join(cg.notes)})" if cg.notes and cg.mode != "cgroup2" else "",
+        # In cgroup2 too: a v1 hierarchy it could not use is a controller runs lack.
+        f" ({'; '.join(cg.notes)})" if cg.notes else "",
         f", placement {spawner.placement()}" if cg.mode == "cgroup2" else "",
         f", controllers {' '.join(cg.controllers())}" if cg.controllers() else "",
         len(found.outcomes),

@@ -18,6 +18,7 @@ The program is looked up in the job's PATH, not the keeper's, as execvp(3) would
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -129,7 +130,16 @@ class Run:
             except spawner.PlacementError as exc:
                 raise NotStarted(f"cannot start: cannot enter its cgroup: {exc}") from None
             except OSError as exc:
-                raise NotStarted(f"cannot start {shown(launch.argv[0])}: {exc.strerror}") from None
+                # An exec that runs out of its memory_max fails with E2BIG (copying its
+                # arguments) or ENOMEM, which alone point away from the limit.
+                hint = (
+                    " (its memory_max may be too small to start it)"
+                    if launch.memory_max is not None and exc.errno in (errno.E2BIG, errno.ENOMEM)
+                    else ""
+                )
+                raise NotStarted(
+                    f"cannot start {shown(launch.argv[0])}: {exc.strerror}{hint}"
+                ) from None
         except NotStarted:
             os.close(read_end)
             raise

@@ -19,6 +19,7 @@ catches at their defaults; its umask and working directory are the caller's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import logging
@@ -27,7 +28,7 @@ import signal
 import sys
 from types import ModuleType
 
-from pony_scheduler.keeper.containment import CgroupBox
+from pony_scheduler.keeper.containment import CgroupBox, Cgroups
 from pony_scheduler.keeper.procs import PgroupBox
 
 IGNORED = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
@@ -62,6 +63,52 @@ def placement() -> str:
     return "clone3" if _native is not None else "move"
 
 
+def probe(cg: Cgroups) -> None:
+    """At the keeper's start: whether clone3 (into a cgroup2 group, in cgroup2 mode)
+    starts a process here, by starting `true` once in a group of its own; if it cannot
+    (a seccomp filter, as container runtimes and systemd's RestrictNamespaces= install,
+    or a kernel before 5.7), runs are placed by moving from the first one on, and their
+    limits follow the spawn (limits_first): found at a run's start, after its limits
+    were written, the keeper would have entered groups already limited."""
+    global _native
+    program = next((p for p in ("/bin/true", "/usr/bin/true") if os.path.exists(p)), None)
+    if _native is None or cg.mode == "pgroup" or program is None:
+        return
+    group = os.path.join(cg.v2_parent, "probe") if cg.v2_parent else None
+    fds: list[int] = []
+    try:
+        if group is not None:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(group, 0o755)
+            fds.append(os.open(group, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        fds.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+        pid = _native.spawn(
+            program.encode(),
+            [b"true"],
+            [],
+            fds[0] if group else -1,
+            fds[-1],
+            fds[-1],
+            _IGNORED_NUMBERS,
+            (),
+        )
+        os.waitpid(pid, 0)
+    except OSError as exc:
+        if exc.filename is None and exc.errno not in _RESOURCES + _GROUP:
+            _native = None
+            logging.getLogger("pony_scheduler.keeper").warning(
+                "clone3 into a cgroup is not possible here (%s): runs are placed by moving "
+                "the keeper into their group, and their limits written after the spawn",
+                exc.strerror,
+            )
+    finally:
+        for fd in fds:
+            os.close(fd)
+        if group is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(group)
+
+
 def limits_first(box: CgroupBox | PgroupBox) -> bool:
     """Whether a run in `box` is spawned without the keeper entering its groups, so that
     its limits can be written before the spawn (CgroupBox.apply_limits)."""
@@ -82,6 +129,11 @@ def start(
         pid = _into_group(program, argv, env, stdin, out, box)
         if pid is not None:
             return pid
+        if box.launch.limits:
+            # Its limits are in force already (limits_first): entering its groups now would
+            # put the keeper under them (review finding: OOM-killed).  probe() at start
+            # makes this all but impossible; the next run is placed by moving.
+            raise PlacementError("clone3 was refused at this run's start; start it again")
     if not isinstance(box, CgroupBox):
         return _posix_spawn(program, argv, env, stdin, out)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pony_scheduler.config import containment_kept
 from pony_scheduler.keeper import protocol as kp
@@ -26,15 +26,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("pony_scheduler.scheduler")
 
 
-def _why_not_cgroup2(loop: WorkLoop, containment: str) -> str:
-    """ " (why)" from keeper.json when the keeper contains by less than cgroup2 (the
-    reason is not in the protocol's welcome: a newer scheduler adopts older keepers)."""
+def _keeper_meta(loop: WorkLoop) -> dict[str, Any]:
+    """keeper.json: what the protocol's welcome does not carry (a newer scheduler adopts
+    older keepers), such as why its containment is what it is."""
     from pony_scheduler.keeper.protocol import META_FILE
     from pony_scheduler.lifecycle.pidfile import read_meta
 
+    return read_meta(loop.runtime.settings.home / META_FILE) or {}
+
+
+def _why_not_cgroup2(loop: WorkLoop, containment: str) -> str:
+    """ " (why)" from keeper.json when the keeper contains by less than cgroup2."""
     if containment == "cgroup2":
         return ""
-    why = (read_meta(loop.runtime.settings.home / META_FILE) or {}).get("containmentWhy")
+    why = _keeper_meta(loop).get("containmentWhy")
     return f" ({for_log(why)})" if isinstance(why, str) and why else ""
 
 
@@ -49,7 +54,7 @@ def take_over(loop: WorkLoop, welcome: kp.Welcome) -> None:
         welcome.containment,
         _why_not_cgroup2(loop, welcome.containment),
     )
-    kept = containment_kept(loop.runtime.settings.containment, welcome.containment)
+    kept = containment_kept(loop.runtime.settings.containment, _keeper_meta(loop))
     if kept:
         log.warning("Containment: %s", kept)
     now = loop.now()

@@ -122,3 +122,35 @@ def test_no_process_now_is_not_blamed_on_the_group(
     finally:
         box.remove()
     assert spawner.placement() == "clone3"
+
+
+def test_a_refused_clone3_is_found_at_the_keepers_start(
+    groups: Cgroups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found at a run's start, after its limits were written (limits_first), the fallback
+    moved the keeper into groups already limited: a --memory-max 1M run OOM-killed the
+    keeper (review finding).  probe() finds it before any run; a run that meets it anyway
+    is not started."""
+    monkeypatch.setattr(spawner, "_native", Refusing(errno.ENOSYS))
+    limited = Launch(11, ("sh",), "/x", env={}, tasks_max=5)
+    box = groups.box(11, limited)
+    box.create()
+    try:
+        assert spawner.limits_first(box)
+        with pytest.raises(spawner.PlacementError, match="clone3 was refused"):
+            run_in(box)
+    finally:
+        box.remove()
+    assert spawner.placement() == "move" and not spawner.limits_first(box)
+    monkeypatch.setattr(spawner, "_native", Refusing(errno.ENOSYS))
+    spawner.probe(groups)
+    assert spawner.placement() == "move"
+    assert not os.path.exists(os.path.join(groups.v2_parent or "", "probe"))
+
+
+def test_the_probe_keeps_a_working_clone3(groups: Cgroups) -> None:
+    if spawner.placement() != "clone3":
+        pytest.skip("the C part is not built here")
+    spawner.probe(groups)
+    assert spawner.placement() == "clone3"
+    assert not os.path.exists(os.path.join(groups.v2_parent or "", "probe"))

@@ -355,6 +355,20 @@ def test_tasks_max_holds_from_the_first_instruction(daemon: Daemon, tmp_path: Pa
         assert daemon.left(run["id"]) == []
 
 
+def test_an_exec_beyond_its_memory_limit_says_so(daemon: Daemon) -> None:
+    """1.5 MB of arguments under --memory-max 1M: the exec fails in the run's group with
+    E2BIG, reported as "Argument list too long" alone (review finding)."""
+    if daemon.containment == "pgroup":
+        pytest.skip("limits need cgroups")
+    daemon.add("bigarg", "--memory-max", "1M", "--", "/bin/echo", *["x" * 100_000] * 15)
+    _, run = daemon.run("bigarg")
+    assert run["state"] == "failed", run
+    assert (
+        "memory_max may be too small to start it" in run["reason"]
+        or "out of memory (memory_max)" in run["reason"]
+    ), run
+
+
 def _need_cgroup1() -> None:
     from pony_scheduler.keeper import cgroups
 
@@ -397,6 +411,11 @@ def test_a_changed_containment_waits_for_the_next_keeper_and_says_so(pb: Pb) -> 
         assert keeper["containmentKept"].startswith(kept), keeper
         assert kept in (pb.home / "scheduler.log").read_text()
         assert daemon.show(run_id)["state"] == "running"
+        # Back to auto, which here would be cgroup2: still not what is in force.
+        del pb.env["PONYBUNNY_CONTAINMENT"]
+        pb("scheduler", "restart", check=True)
+        status = pb("scheduler", "status").out
+        assert "containment cgroup1 (auto asked for; the running keeper keeps cgroup1" in status
         pb("runs", "kill", str(run_id), check=True)
     finally:
         kill_marked(daemon.keeper_id)
