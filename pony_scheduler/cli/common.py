@@ -30,7 +30,7 @@ def open_store(ctx: click.Context) -> Store:
         return cached
     settings = settings_from(ctx, db=ctx.meta.get("db"))
     ensure_home(settings.home)
-    store = Store.open(settings.db)
+    store = Store.open(settings.db, upgrade=False, create=True)  # the scheduler migrates
     ctx.meta["pony_scheduler.store"] = store
     ctx.call_on_close(store.close)
     return store

@@ -70,11 +70,14 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
         self._watch: FileWatch | None = None
 
     @classmethod
-    def open(cls, url: str, *, upgrade: bool = True) -> Store:
+    def open(cls, url: str, *, upgrade: bool = True, create: bool = False) -> Store:
         """Create the engine, check the connection and bring the schema up to date.
 
         Without `upgrade` (the CLI, the gateway) a schema that is not current is an error:
-        only the scheduler migrates, so that two versions never fight over it.
+        only the scheduler migrates, at its start, so that two versions never fight over
+        it (a newer `pb` ran the migration under an older running scheduler, which then
+        waited on its lock and missed runs: review finding).  With `create` (the CLI) a
+        database without the schema gets it: `pb job add` before the first start.
         """
         engine = make_engine(url)
         try:
@@ -82,6 +85,8 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
                 if upgrade:  # the scheduler writes at once (register_scheduler)
                     _refuse_read_only(connection, url)
             if not upgrade:
+                if create and migrate.current_revision(engine) is None:
+                    migrate.upgrade(engine)  # a new database: nothing to migrate
                 _check_current(engine, url)
             else:
                 before, after = migrate.upgrade(engine)
@@ -100,13 +105,16 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
 
     @staticmethod
     def probe(url: str) -> None:
-        """Connect once and let go, nothing read or written: raises PonyError (the line
-        open() would give) when the database does not answer.  Asked before a running
+        """Connect once and let go, nothing written: raises PonyError (the line open()
+        would give) when the database does not answer, takes no writes, or holds a schema
+        newer than this code (a newer package migrated it: review finding, the restart
+        stopped the running scheduler and then failed on it).  Asked before a running
         scheduler is replaced (scheduler/service.check_handover)."""
         engine = make_engine(url)
         try:
             with engine.connect() as connection:
                 _refuse_read_only(connection, url)
+            migrate.check_known(migrate.current_revision(engine))
         except (OperationalError, DBAPIError) as exc:
             raise _unusable(url, exc) from None
         finally:

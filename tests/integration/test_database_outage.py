@@ -152,3 +152,24 @@ def test_a_restart_on_a_read_only_database_leaves_the_running_scheduler_alone(
         assert pb.pid() == pid
     assert pb("scheduler", "restart").code == 0
     assert pb.pid() != pid
+
+
+def test_a_restart_onto_a_newer_schema_leaves_the_running_scheduler_alone(
+    pb: Pb, home: Path
+) -> None:
+    """A newer package migrated the database: restart stopped the running scheduler,
+    then its replacement refused the schema, and nothing ran (review finding)."""
+    import sqlite3
+
+    pb("scheduler", "start", check=True)
+    pid = pb.pid()
+    with sqlite3.connect(home / "pony.db") as connection:
+        (head,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+        connection.execute("UPDATE alembic_version SET version_num = '9999'")
+    for args in (("restart",), ("start", "--force")):
+        refused = pb("scheduler", *args)
+        assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
+        assert "revision 9999, newer than this pony-scheduler" in refused.err, refused.all
+        assert "left alone" in refused.err and pb.pid() == pid
+    with sqlite3.connect(home / "pony.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = ?", (head,))

@@ -244,6 +244,31 @@ def test_runs_of_a_job_in_a_state_are_read_from_an_index(tmp_path: Path) -> None
     store.close()
 
 
+def test_only_the_scheduler_migrates_an_older_schema(pb: Pb, home: Path) -> None:
+    """Any `pb` command of a newer package upgraded the schema under an older running
+    scheduler (on PostgreSQL its CREATE INDEX held the scheduler's writes: runs missed),
+    which the older `pb` then refused (review finding).  The CLI creates a new
+    database's schema and refuses an older one; the scheduler migrates at its start."""
+    from alembic import command
+
+    url = f"sqlite:///{home / 'pony.db'}"
+    assert pb("job", "add", "a", "--manual", "--", "true").code == 0  # a new database
+    engine = create_engine(url)
+    config = migrate._config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0007")
+    refused = pb("job", "list")
+    assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
+    assert "is at schema 0007, this pb expects" in refused.err
+    assert "restart the scheduler with this version" in refused.err
+    assert migrate.current_revision(engine) == "0007"
+    pb("scheduler", "start", check=True)
+    assert migrate.current_revision(engine) == migrate.HEAD
+    assert "a" in pb("job", "list", check=True).out
+    engine.dispose()
+
+
 def test_migrated_sqlite_tables_keep_autoincrement(tmp_path: Path) -> None:
     """Every table declared with sqlite_autoincrement keeps AUTOINCREMENT through the
     whole migration chain (a batch ALTER rebuilds the table and may drop it): ids of
