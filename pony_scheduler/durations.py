@@ -58,7 +58,10 @@ def parse_window(text: str, what: str) -> float | None:
     parse_duration does for anything else."""
     if text.strip().lower() == "none" or _duration_seconds(text) == 0:
         return None
-    return parse_duration(text, what)
+    seconds = parse_duration(text, what)
+    if seconds < 0.001:  # shown in milliseconds: 0.4ms would read "0s" (review finding)
+        raise ConfigError(f"{what} {quote(text)} is under 1ms; give 1ms or more, or 0 for none")
+    return seconds
 
 
 def _duration_seconds(text: str) -> float | None:

@@ -79,14 +79,13 @@ def parse_cpus(text: str) -> float | None:
 
 
 def format_size(size: int) -> str:
-    """Bytes in the largest binary unit that keeps a whole part: "512 MiB", "1.5 GiB",
-    "1 PiB" (as parse_size reads them back)."""
-    value, unit = float(size), "bytes"
-    for name in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, name
-    return f"{value:.6g} {unit}"
+    """Bytes exactly, in the largest binary unit that divides them: "512 MiB", "1536 MiB",
+    "1 PiB", "123456789 bytes" (parse_size reads each back to the same number; a rounded
+    "1.5 GiB" would not be the limit in force: review finding)."""
+    for power, name in ((5, "PiB"), (4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if size % 1024**power == 0:
+            return f"{size // 1024**power} {name}"
+    return f"{size} bytes"
 
 
 def parse_umask(text: str) -> int:

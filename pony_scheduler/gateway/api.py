@@ -178,6 +178,7 @@ async def health(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     from pony_scheduler.lifecycle.services import summaries
 
+    _only(request, ())
     gateway = request.app[GATEWAY]
     loop = asyncio.get_running_loop()
     services = await loop.run_in_executor(None, summaries, gateway.settings)
@@ -335,6 +336,7 @@ def _set_enabled(enabled: bool) -> Handler:
 async def openapi(request: web.Request) -> web.Response:
     from pony_scheduler.gateway.openapi import SPEC
 
+    _only(request, ())
     return web.json_response(SPEC)
 
 
@@ -350,6 +352,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     `Last-Event-ID` (sent by EventSource on reconnection) replays what was missed.  The
     stream ends once the caller's credential is no longer valid (a rotated token), checked
     with each event and every RECHECK seconds."""
+    _only(request, ())  # where to resume is the Last-Event-ID header
     gateway = request.app[GATEWAY]
     actor = request[ACTOR]
     subscriber = gateway.hub.subscribe(request.headers.get("Last-Event-ID"))

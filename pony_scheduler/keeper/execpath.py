@@ -4,6 +4,7 @@ keeper's (posix_spawnp(3) would search the keeper's)."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 
@@ -12,8 +13,14 @@ class NotStarted(Exception):
 
 
 def shown(text: str) -> str:
-    """Job-controlled text for logs and details: quoted, control characters escaped."""
-    return repr(text)
+    """Job-controlled text for logs and details: quoted, control characters escaped, a
+    byte that is not UTF-8 as \\xNN (repr alone wrote \\udcNN: review finding)."""
+    quoted = repr(text)
+    return _SURROGATE.sub(r"\\x\1", quoted) if "\\udc" in quoted else quoted
+
+
+# repr's escape of a byte that was not UTF-8 (surrogateescape), not after a backslash
+_SURROGATE = re.compile(r"(?<!\\)\\udc([89a-f][0-9a-f])")
 
 
 _path_cache: dict[tuple[str, str], str] = {}

@@ -361,6 +361,9 @@ def test_malformed_requests_get_json_errors_and_the_server_lives(pb: Pb, home: P
         # Which one counts is a guess a proxy in front may make otherwise (review note)
         ("GET", "/api/runs?state=failed&state=succeeded", None, 400, "'state' given more"),
         ("GET", "/api/jobs?limit=1&limit=2", None, 400, "'limit' given more than once"),
+        ("GET", "/api/status?x=1", None, 400, "unknown query parameter 'x'"),
+        ("GET", "/api/openapi.json?x=1&x=2", None, 400, "unknown query parameter 'x'"),
+        ("GET", "/api/events?since=1", None, 400, "unknown query parameter 'since'"),
         ("GET", "/api/nothing", None, 404, "no such endpoint"),
         ("GET", "/", None, 404, "no such endpoint"),
         ("PUT", "/api/jobs", None, 405, "PUT is not allowed"),

@@ -82,6 +82,8 @@ def test_jitter_moves_a_jobs_runs_stably(pb: Pb) -> None:
     for zero in ("0", "0s"):
         pb("job", "edit", "spread", "--jitter", zero, check=True)
         assert json.loads(pb("job", "show", "spread", "--json").out)["jitter_s"] is None
+    tiny = pb("job", "edit", "spread", "--jitter", "0.4ms")  # it was shown as 0s
+    assert tiny.code == 2 and "is under 1ms" in tiny.err, tiny.all
     assert [job["name"] for job in json.loads(pb("job", "list", "--json").out)] == ["spread"]
 
 

@@ -161,3 +161,13 @@ def test_iso_utc_across_seconds() -> None:
     for t in (1714564800.123, 1714564800.999, 1714564801.0, 1714564800.5, -0.5, 0.0, 59.0015):
         expected = datetime.fromtimestamp(t // 1, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         assert iso_utc(t) == f"{expected}.{int(t * 1000) % 1000:03d}Z"
+
+
+def test_a_reason_shows_a_byte_that_is_not_utf8_as_x() -> None:
+    """`cannot start 'printf\\udc9b31m'` in a run's reason (review finding)."""
+    import os
+
+    from pony_scheduler.keeper.execpath import shown
+
+    assert shown(os.fsdecode(b"printf\x9b31m")) == "'printf\\x9b31m'"
+    assert shown("a\x1bb") == "'a\\x1bb'" and shown("x\\udc9b") == "'x\\\\udc9b'"
