@@ -462,7 +462,10 @@ def changed_job(
         raise ConfigError("nothing to change: give at least one option, or a command after --")
     if row is not None:
         check_evaluable({**row, **values})
-        check_kept_limits({**row, **values})
+        if {"leftovers", *(key for key, _ in LIMIT_FLAGS)} & values.keys():
+            # Only an edit that makes the pair: a job stored with it before it was
+            # refused can still be edited otherwise (pb job show warns of it).
+            check_kept_limits({**row, **values})
     return values
 
 

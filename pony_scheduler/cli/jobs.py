@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pony_scheduler.cli import Group
-from pony_scheduler.jobs import JobOptions
+from pony_scheduler.jobs import JobOptions, check_kept_limits
 
 if TYPE_CHECKING:
     pass
@@ -302,6 +302,14 @@ def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
             # header), so that a command or an --env value cannot forge a field's line
             value = str(value).replace("\n", "\n" + " " * 16)
         click.echo(shown(f"{label + ':':<15} {value}", raw))
+    try:
+        check_kept_limits(data)
+    except PonyError as exc:  # stored before the pair was refused (review finding)
+        click.echo(
+            f"⚠ {exc}: its kept processes run unlimited; 'pb job edit {name} "
+            "--leftovers kill' keeps the limits",
+            err=True,
+        )
 
 
 def _seconds(value: float | None) -> str:

@@ -56,6 +56,8 @@ def check_handover(settings: Settings) -> None:
     # out an outage (runs go on, recorded when it is back), a replacement cannot start
     # in one (review: a restart in an outage left no scheduler at all).
     why = _database_refusal(settings.db)
+    if why and "newer than this pony-scheduler" in why:  # no outage: nothing comes back
+        raise PonyError(f"{why}; the running scheduler was left alone")
     if why:
         raise PonyError(
             f"{why}; the running scheduler was left alone (it goes on and records its "

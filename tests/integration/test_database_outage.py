@@ -171,5 +171,6 @@ def test_a_restart_onto_a_newer_schema_leaves_the_running_scheduler_alone(
         assert refused.code == 1 and refused.err.count("\n") == 1, refused.all
         assert "revision 9999, newer than this pony-scheduler" in refused.err, refused.all
         assert "left alone" in refused.err and pb.pid() == pid
+        assert "when the database is back" not in refused.err  # not an outage
     with sqlite3.connect(home / "pony.db") as connection:
         connection.execute("UPDATE alembic_version SET version_num = ?", (head,))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,13 @@ def test_show_gives_the_limits_and_leftovers_policy(pb: Pb) -> None:
         assert "--leftovers keep cannot go with --" in refused.err, refused.all
     assert "Leftovers:      kill\n" in pb("job", "show", "held").out
     assert "Limits:         none\n" in pb("job", "show", "plain").out
+    # A job stored with the pair before it was refused: warned of, and still editable.
+    with sqlite3.connect(pb.home / "pony.db") as connection:
+        connection.execute("UPDATE jobs SET leftovers = 'keep' WHERE name = 'held'")
+    legacy = pb("job", "show", "held", check=True)
+    assert "⚠ --leftovers keep cannot go with --memory-max" in legacy.err, legacy.all
+    assert "run unlimited; 'pb job edit held --leftovers kill'" in legacy.err
+    pb("job", "edit", "held", "--timeout", "1m", check=True)
     pb(
         "job",
         "edit",
