@@ -171,7 +171,8 @@ class Cgroups:
                 )
         return ""
 
-    def box(self, run_id: int, launch: Launch) -> CgroupBox:
+    def box(self, run_id: int, launch: Launch, name: str = "") -> CgroupBox:
+        """The groups of run `run_id` (named run-ID, or `name`: spawner.probe's)."""
         groups: dict[str, V1Group] = {}
         for limit in launch.limits:
             controller = LIMIT_CONTROLLER[limit]
@@ -183,7 +184,7 @@ class Cgroups:
             # it waited for (rusage): an orphan's is in cpuacct.usage (review finding).
             if "cpuacct" in self.v1:
                 groups.setdefault("cpuacct", self.v1["cpuacct"])
-        return CgroupBox(self, f"run-{run_id}", launch, groups)
+        return CgroupBox(self, name or f"run-{run_id}", launch, groups)
 
     def stale_groups(self) -> list[str]:
         """Run groups an earlier keeper of this home left (it died with runs held)."""

@@ -19,7 +19,6 @@ catches at their defaults; its umask and working directory are the caller's.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib
 import logging
@@ -30,6 +29,7 @@ from types import ModuleType
 
 from pony_scheduler.keeper.containment import CgroupBox, Cgroups
 from pony_scheduler.keeper.procs import PgroupBox
+from pony_scheduler.keeper.protocol import Launch
 
 IGNORED = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 _IGNORED_NUMBERS = tuple(int(sig) for sig in IGNORED)  # as the C part takes them
@@ -64,49 +64,28 @@ def placement() -> str:
 
 
 def probe(cg: Cgroups) -> None:
-    """At the keeper's start: whether clone3 (into a cgroup2 group, in cgroup2 mode)
-    starts a process here, by starting `true` once in a group of its own; if it cannot
-    (a seccomp filter, as container runtimes and systemd's RestrictNamespaces= install,
-    or a kernel before 5.7), runs are placed by moving from the first one on, and their
+    """At the keeper's start: whether clone3 starts a process here, by starting `true`
+    once as a run is started (_into_group), in a group of its own; if it cannot (a
+    seccomp filter, as container runtimes and systemd's RestrictNamespaces= install, or
+    a kernel before 5.7), runs are placed by moving from the first one on, and their
     limits follow the spawn (limits_first): found at a run's start, after its limits
     were written, the keeper would have entered groups already limited."""
-    global _native
     program = next((p for p in ("/bin/true", "/usr/bin/true") if os.path.exists(p)), None)
     if _native is None or cg.mode == "pgroup" or program is None:
         return
-    group = os.path.join(cg.v2_parent, "probe") if cg.v2_parent else None
-    fds: list[int] = []
+    # Not run-N: a dead keeper's run groups are judged after this (daemon._cleanup_stale).
+    box = cg.box(1, Launch(1, ("true",), os.devnull, env={}), name="probe")
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
-        if group is not None:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(group, 0o755)
-            fds.append(os.open(group, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-        fds.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
-        pid = _native.spawn(
-            program.encode(),
-            [b"true"],
-            [],
-            fds[0] if group else -1,
-            fds[-1],
-            fds[-1],
-            _IGNORED_NUMBERS,
-            (),
-        )
-        os.waitpid(pid, 0)
-    except OSError as exc:
-        if exc.filename is None and exc.errno not in _RESOURCES + _GROUP:
-            _native = None
-            logging.getLogger("pony_scheduler.keeper").warning(
-                "clone3 into a cgroup is not possible here (%s): runs are placed by moving "
-                "the keeper into their group, and their limits written after the spawn",
-                exc.strerror,
-            )
+        box.create()
+        pid = _into_group(program, ("true",), {}, devnull, devnull, box)
+        if pid is not None:
+            os.waitpid(pid, 0)
+    except (OSError, PlacementError):
+        pass  # the group's or the machine's answer, not clone3's: it stays in use
     finally:
-        for fd in fds:
-            os.close(fd)
-        if group is not None:
-            with contextlib.suppress(OSError):
-                os.rmdir(group)
+        os.close(devnull)
+        box.remove()
 
 
 def limits_first(box: CgroupBox | PgroupBox) -> bool:
@@ -174,28 +153,26 @@ def _into_group(
     this kernel cannot, after which every run is placed by moving."""
     global _native
     assert _native is not None
-    fds: list[int] = []
+    group, joins = -1, []  # the v2 group (O_PATH), the v1 groups' cgroup.procs
     try:
-        fd = os.open(box.v2, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if box.v2 else -1
-        fds += [fd] if fd >= 0 else []
+        if box.v2:
+            group = os.open(box.v2, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         for _, path in box.v1.values():
-            fds.append(os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+            joins.append(os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
     except OSError as exc:
-        for opened in fds:
-            os.close(opened)
+        _close(group, *joins)
         raise PlacementError(exc.strerror or str(exc)) from None
-    joins = tuple(fds[1:] if fd >= 0 else fds)
     try:
         return int(
             _native.spawn(
                 program.encode(_FS, _FS_ERRORS),  # as os.fsencode, without 8 calls a run
                 [arg.encode(_FS, _FS_ERRORS) for arg in argv],
                 [f"{key}={value}".encode(_FS, _FS_ERRORS) for key, value in env.items()],
-                fd,
+                group,
                 stdin,
                 out,
                 _IGNORED_NUMBERS,
-                joins,
+                tuple(joins),
             )
         )
     except OSError as exc:
@@ -213,5 +190,10 @@ def _into_group(
         )
         return None
     finally:
-        for opened in fds:
-            os.close(opened)
+        _close(group, *joins)
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
