@@ -373,7 +373,7 @@ def load_settings(
     for key, (env_name, convert, default) in FIELDS.items():
         flag = (overrides or {}).get(key)
         if flag is not None:
-            values[key], sources[key] = convert(f"--{key.replace('_', '-')}", flag), "flag"
+            values[key], sources[key] = convert(flag_name(key), flag), "flag"
         elif os.environ.get(env_name):
             values[key], sources[key] = convert(env_name, os.environ[env_name]), "env"
         elif key in from_file:
@@ -394,6 +394,32 @@ def load_settings(
     )
 
 
+# The services' flags that are not named after their setting (--host, not --debug-host).
+_FLAGS = {
+    "gateway_host": "--host",
+    "gateway_port": "--port",
+    "debug_host": "--host",
+    "debug_port": "--port",
+}
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag that sets setting `key` ('--host' for debug_host)."""
+    return _FLAGS.get(key, f"--{key.replace('_', '-')}")
+
+
+def where_set(settings: Settings, key: str) -> str:
+    """Where setting `key` came from, as an error message names it: its flag
+    ('--host'), its variable ('PONYBUNNY_DEBUG_HOST'), 'debug_host (file PATH)', or
+    'debug_host (the default)'."""
+    source = settings.sources.get(key, "default")
+    if source == "flag":
+        return flag_name(key)
+    if source == "env":
+        return FIELDS[key][0]
+    return f"{key} ({'the default' if source == 'default' else source})"
+
+
 def check_listen_host(settings: Settings, key: str) -> list[str]:
     """The host setting `key` (gateway_host, debug_host) must resolve here
     (getaddrinfo(3), passive): else ConfigError naming where it was set, one line before
@@ -403,10 +429,7 @@ def check_listen_host(settings: Settings, key: str) -> list[str]:
     import socket  # here: status and most commands never resolve anything
 
     host = getattr(settings, key)
-    source = settings.sources.get(key, "")
-    option = (
-        "--host" if source == "flag" else FIELDS[key][0] if source == "env" else f"{key} ({source})"
-    )
+    option = where_set(settings, key)
 
     try:
         infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pony_scheduler.config import Settings, check_listen_host
+from pony_scheduler.config import Settings, check_listen_host, where_set
 from pony_scheduler.errors import ConfigError, PonyError
 from pony_scheduler.gateway.hosting import (
     bind_tcp,
@@ -21,7 +21,7 @@ log = logging.getLogger("pony_scheduler.debug")
 # Its session credential is a bearer token: over plain HTTP on a network it could be
 # read on the way.  Beyond loopback, TLS goes in front (pb-debug(1)).
 _NOT_LOOPBACK = (
-    "the debug dashboard listens on loopback addresses only (127.0.0.1, ::1, "
+    "{option}: the debug dashboard listens on loopback addresses only (127.0.0.1, ::1, "
     "localhost), not {host!r}; reach it from elsewhere through an SSH tunnel or a TLS "
     "reverse proxy (see pb-debug(1), SECURITY)"
 )
@@ -36,7 +36,8 @@ def preflight(settings: Settings) -> None:
     addresses = check_listen_host(settings, "debug_host")
     # A scoped IPv6 address ('fe80::1%eth0') is not loopback: ::1 has no scope.
     if not all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses):
-        raise ConfigError(_NOT_LOOPBACK.format(host=settings.debug_host))
+        option = where_set(settings, "debug_host")
+        raise ConfigError(_NOT_LOOPBACK.format(option=option, host=settings.debug_host))
 
 
 def check_handover(settings: Settings) -> None:
@@ -63,7 +64,8 @@ def run(runtime: ServiceRuntime) -> None:
             # could be read on the way.  Beyond loopback, TLS goes in front (pb-debug(1)).
             # preflight said so before the fork; this is for a name that resolved to
             # loopback then and to something else now.
-            raise PonyError(_NOT_LOOPBACK.format(host=settings.debug_host))
+            option = where_set(settings, "debug_host")
+            raise PonyError(_NOT_LOOPBACK.format(option=option, host=settings.debug_host))
         _serve(runtime, listeners)
     finally:
         for sock in listeners:

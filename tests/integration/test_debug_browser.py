@@ -327,6 +327,19 @@ def test_dashboard_refuses_a_network_address(pb: Pb, home: Path, host: str) -> N
         # Before the fork: one line, exit 2 (it was a failed start with the log's tail).
         assert result.code == 2 and result.err.count("\n") == 1, result.all
         assert result.err.startswith(
-            "Error: the debug dashboard listens on loopback addresses only"
+            "Error: --host: the debug dashboard listens on loopback addresses only"
         )
+    # Set in the environment, the message names the variable, not a flag.
+    result = pb("debug", "start", "--timeout", "10", env={"PONYBUNNY_DEBUG_HOST": host})
+    assert result.code == 2 and result.err.startswith(
+        "Error: PONYBUNNY_DEBUG_HOST: the debug dashboard listens on loopback"
+    ), result.all
     assert not (home / "debug.pid").exists()
+
+
+def test_a_host_flag_is_named_as_given(pb: Pb) -> None:
+    """`pb debug start --host` is named --host in its error, not --debug-host (review)."""
+    for group in ("debug", "gateway"):
+        result = pb(group, "start", "--host", "a\x01b")
+        assert result.code == 2, result.all
+        assert result.err == "Error: --host must not contain control characters, not 'a\\x01b'\n"
