@@ -55,12 +55,19 @@ def parse_duration(text: str, what: str = "duration") -> float:
 def parse_window(text: str, what: str) -> float | None:
     """A window such as --jitter: parse_duration's seconds, or None for "none" or a zero
     duration ("0", "0s": off, as systemd's RandomizedOffsetSec=0).  Raises ConfigError as
-    parse_duration does for anything else."""
+    parse_duration does for anything else, and for a window under 1 ms or with a fraction
+    of a millisecond (it is shown, and a job's offset in it drawn, in whole ms)."""
     if text.strip().lower() == "none" or _duration_seconds(text) == 0:
         return None
     seconds = parse_duration(text, what)
     if seconds < 0.001:  # shown in milliseconds: 0.4ms would read "0s" (review finding)
         raise ConfigError(f"{what} {quote(text)} is under 1ms; give 1ms or more, or 0 for none")
+    millis = seconds * 1000
+    if abs(millis - round(millis)) > 1e-6:  # shown, and offsets drawn, in whole ms
+        raise ConfigError(
+            f"{what} {quote(text)} has a fraction of a millisecond; give whole milliseconds "
+            f"(such as {max(1, round(millis))}ms)"
+        )
     return seconds
 
 

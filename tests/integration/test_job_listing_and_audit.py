@@ -84,6 +84,11 @@ def test_jitter_moves_a_jobs_runs_stably(pb: Pb) -> None:
         assert json.loads(pb("job", "show", "spread", "--json").out)["jitter_s"] is None
     tiny = pb("job", "edit", "spread", "--jitter", "0.4ms")  # it was shown as 0s
     assert tiny.code == 2 and "is under 1ms" in tiny.err, tiny.all
+    odd = pb("job", "edit", "spread", "--jitter", "1.5ms")  # it was shown as 2ms
+    assert odd.code == 2 and odd.err.count("\n") == 1, odd.all
+    assert "fraction of a millisecond" in odd.err and "(such as 2ms)" in odd.err, odd.all
+    pb("job", "edit", "spread", "--jitter", "90.5s", check=True)  # whole milliseconds
+    assert json.loads(pb("job", "show", "spread", "--json").out)["jitter_s"] == 90.5
     assert [job["name"] for job in json.loads(pb("job", "list", "--json").out)] == ["spread"]
 
 
