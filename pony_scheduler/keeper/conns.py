@@ -176,7 +176,7 @@ def handle(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> None:
         grace = m.get("grace_s", 0)
         if not isinstance(grace, int | float) or isinstance(grace, bool) or grace < 0:
             raise ProtocolError("drain needs grace_s: seconds, 0 or more")
-        keeper.drain(float(grace), str(m.get("by") or "the scheduler's drain"))
+        keeper.drain(float(grace), str(m.get("by") or "the scheduler's drain"), conn)
         reply = {"type": "draining", "runs": len(keeper.runs)}
     elif kind == "exit":
         keeper.exit_requested = True

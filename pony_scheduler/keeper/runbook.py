@@ -52,6 +52,7 @@ class RunBook:
     draining: bool
     drain_at: float | None
     drain_by: str
+    drain_conn: Conn | None
     exit_requested: bool
     to_remove: list[Any]
     # Keeper.reap_at_eof (server.py): wait4 every exited child, and take their SIGCHLD
@@ -71,6 +72,8 @@ class RunBook:
 
     def launch(self, launch: Launch, conn: Conn) -> None:
         reason, requeue = "", False
+        if self.draining and not self.exit_requested and conn is not self.drain_conn:
+            self._drain_over()
         if launch.run_id in self.runs:
             reason = f"run {launch.run_id} is already held by this keeper"
         elif launch.run_id in self.unacked_runs:
@@ -223,13 +226,26 @@ class RunBook:
         if known:
             self.journal.ack(known, len(self.unacked))
 
-    def drain(self, grace: float, by: str) -> None:
+    def drain(self, grace: float, by: str, conn: Conn | None = None) -> None:
+        """Stop every run after `grace` seconds and take no new one (`pb scheduler stop`;
+        `conn`: the scheduler that asked, None for a signal to the keeper)."""
         self.draining = True
         self.drain_by = by
+        self.drain_conn = conn
         at = time.monotonic() + grace
         if self.drain_at is None or at < self.drain_at:
             self.drain_at = at
         self.log.info("Draining %d run(s): %gs grace, then they are stopped", len(self.runs), grace)
+
+    def _drain_over(self) -> None:
+        """Another scheduler launches after a drain that did not end in the keeper's exit
+        (the draining scheduler could not record every outcome, so the keeper stayed to
+        keep them): once the drained runs are gone, the drain is over and runs are taken
+        again (review finding: the next scheduler's every launch was refused)."""
+        if self.runs:
+            return  # still stopping what the drain holds: refused until they are gone
+        self.draining, self.drain_at, self.drain_conn = False, None, None
+        self.log.info("The drain is over: a new scheduler launches runs again")
 
     def status_json(self) -> dict[str, Any]:
         return {

@@ -91,6 +91,7 @@ class Keeper(RunBook):
         self.draining = False
         self.drain_at: float | None = None
         self.drain_by = ""
+        self.drain_conn: conns.Conn | None = None  # the scheduler that asked for the drain
         self.exit_requested = False
         # A newer scheduler wants the home: exit once no run is held (conns._retire).
         self.retiring = False

@@ -279,7 +279,8 @@ class Executor:
     def drain(self, grace: float, stop_now: Callable[[], bool], keep_up: Callable[[], None]) -> int:
         """`pb scheduler stop`: runs get `grace` seconds, then the keeper stops their
         trees (outcome `stopped`: interrupted); returns how many were still running.
-        Outcomes are recorded as they come (keep_up); the keeper then may exit."""
+        Outcomes are recorded as they come (keep_up); release_keeper() lets the keeper
+        exit once the last of them is recorded."""
         keeper = self.keeper()
         if self.in_flight:
             keeper.drain(grace, by="the scheduler's shutdown")
@@ -293,8 +294,15 @@ class Executor:
             keep_up()
             pause(0.05)
         keep_up()
-        keeper.release_exit()
         return self.stopped
+
+    def release_keeper(self) -> None:
+        """After a drain whose outcomes are all recorded: the keeper may exit.  Not
+        called when some could not be (the database is unavailable): the keeper then
+        keeps them, renews their runs' leases so that no other host declares those runs
+        lost, and the next start records them (review finding: they were recorded lost,
+        and not run again, when the keeper exited with them)."""
+        self.keeper().release_exit()
 
     def hand_over(self) -> None:
         """Leave the runs to the keeper and whichever scheduler connects next."""

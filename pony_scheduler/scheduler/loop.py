@@ -532,22 +532,29 @@ class WorkLoop:
         )
         if left:
             log.warning("Interrupted %d running job(s); they run again after the next start", left)
-        self.close_books()
+        if self.close_books():
+            self.executor.release_keeper()
+        else:
+            self.executor.hand_over()
 
-    def close_books(self) -> None:
-        """Record what is left, requeue runs claimed and not started, record the stop."""
+    def close_books(self) -> bool:
+        """Record what is left, requeue runs claimed and not started, record the stop.
+        Returns whether every outcome was recorded."""
         try:
             recovery.retrying(self.record_results)
             recovery.retrying(lambda: self.release_waiting(time.monotonic()))
             recovery.retrying(self.store.mark_stopped, attempts=3)
         except DBAPIError as exc:
-            lost = [item.run.id for item in self.finished] + self.unreleased
+            unrecorded = [item.run.id for item in self.finished]
             log.error(
                 "Could not record the results of runs %s or the stop: %s; the run "
-                "keeper keeps their outcomes for the next start",
-                lost,
+                "keeper keeps their outcomes, and renews their leases, until the next "
+                "start records them",
+                unrecorded + self.unreleased,
                 first_line(exc),
             )
+            return not unrecorded and self.journal.empty()
+        return True
 
     def _keep_up(self) -> None:
         """While draining: record results as they come, keep our leases alive."""

@@ -174,3 +174,34 @@ def test_a_restart_onto_a_newer_schema_leaves_the_running_scheduler_alone(
         assert "when the database is back" not in refused.err  # not an outage
     with sqlite3.connect(home / "pony.db") as connection:
         connection.execute("UPDATE alembic_version SET version_num = ?", (head,))
+
+
+def test_a_stop_during_an_outage_leaves_the_outcomes_to_the_keeper(
+    pb: Pb, pg_url: str, tmp_path: Path
+) -> None:
+    """`pb scheduler stop` while the database is down drained the runs, could not record
+    them, and then let the keeper exit with their outcomes: nobody renewed their leases,
+    other hosts declared them lost and they never ran again (review finding).  The keeper
+    now stays while it holds outcomes not recorded, renews their runs' leases once the
+    database is back, and the next start records the drained run as interrupted and
+    runs it again."""
+    pb.env.update(PONYBUNNY_DB=pg_url, PONYBUNNY_LEASE="10", PONYBUNNY_SHUTDOWN_GRACE="1")
+    ledger = tmp_path / "ledger"
+    pb("scheduler", "start", check=True)
+    script = f'echo "$PONYBUNNY_RUN_ID" >> {ledger}; sleep 300'
+    pb("job", "add", "long", "--manual", "--shell", "--", script, check=True)
+    pb("job", "run", "long", check=True)
+    run = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running" and rs[0]["pid"])[0]
+    with outage(pg_url.rsplit("/", 1)[1]) as admin:
+        stopped = pb("scheduler", "stop", "--timeout", "120")
+        assert stopped.code == 0, stopped.all
+        log = text(pb.home / "scheduler.log")
+        assert "keeps their outcomes, and renews their leases" in log, log
+        back = admin.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    # Back: the keeper, with no scheduler, renews the drained run's lease.
+    assert wait_for(lambda: lease_until(pg_url, run["id"]) > back, 60, interval=0.5)
+    pb("scheduler", "start", check=True)
+    runs = wait_runs(pb, lambda rs: len(rs) == 2 and rs[1]["state"] == "running")
+    assert (runs[0]["id"], runs[0]["state"]) == (run["id"], "interrupted"), runs
+    assert wait_for(lambda: ledger.read_text().split() == [str(r["id"]) for r in runs], 30)
+    pb("scheduler", "stop", check=True)
