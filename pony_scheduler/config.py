@@ -346,15 +346,18 @@ def load_settings(
     *,
     home: Path | None = None,
     config_file: Path | None = None,
+    outputs: bool = True,
 ) -> Settings:
-    """Resolve every setting; `overrides` holds command-line flags (None = not given)."""
+    """Resolve every setting; `overrides` holds command-line flags (None = not given).
+    `outputs`: whether the home's check covers the jobs' output directories
+    (files.check_home).  Raises ConfigError, UnsafePath."""
     home_source = "flag" if home else ("env" if os.environ.get("PONYBUNNY_HOME") else "default")
     home = (home or default_home()).expanduser().absolute()
     _utf8("the home (PONYBUNNY_HOME or --home)", str(home))
     from pony_scheduler.files import check_home
 
     # StrictModes: before anything in the home (its config.toml first) is read.
-    check_home(home)
+    check_home(home, outputs=outputs)
     if config_file is None and os.environ.get("PONYBUNNY_CONFIG"):
         config_file = Path(os.environ["PONYBUNNY_CONFIG"])
     explicit_config = config_file is not None

@@ -33,7 +33,9 @@ class PositiveFloat(click.ParamType):
 POSITIVE_SECONDS = PositiveFloat()
 
 
-def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
+def settings_from(ctx: click.Context, *, outputs: bool = True, **overrides: Any) -> Settings:
+    """The settings for a command; `outputs` False for commands that use no job output
+    (config.load_settings)."""
     root = ctx.find_root()
     config_file: Path | None = (root.obj or {}).get("config_file")
-    return load_settings(overrides, config_file=config_file)
+    return load_settings(overrides, config_file=config_file, outputs=outputs)

@@ -267,7 +267,7 @@ def _stop_command(spec: ServiceSpec) -> click.Command:
     def stop(ctx: click.Context, force: bool, timeout: float | None, quiet: bool) -> None:
         from pony_scheduler.lifecycle import control
 
-        settings = settings_from(ctx)
+        settings = settings_from(ctx, outputs=False)
         if timeout is None:
             from pony_scheduler.lifecycle.services import stop_timeout
 
@@ -309,7 +309,7 @@ def status_settings(ctx: click.Context) -> Settings:
     from pony_scheduler.files import UnsafePath
 
     try:
-        return settings_from(ctx)
+        return settings_from(ctx, outputs=False)
     except UnsafePath as exc:
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(EXIT_UNKNOWN)
@@ -452,7 +452,7 @@ def _logs_command(spec: ServiceSpec) -> click.Command:
     @RAW
     @click.pass_context
     def logs(ctx: click.Context, lines: int, follow_: bool, raw: bool) -> None:
-        path = spec.log_path(settings_from(ctx).home)
+        path = spec.log_path(settings_from(ctx, outputs=False).home)
         if not path.exists():
             click.echo(f"No {spec.title.lower()} log yet ({path} does not exist)", err=True)
             if not follow_:

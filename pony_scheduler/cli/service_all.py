@@ -90,7 +90,7 @@ def start(ctx: click.Context, name: str, timeout: float, quiet: bool) -> None:
 @click.pass_context
 def stop(ctx: click.Context, name: str, timeout: float | None, force: bool) -> None:
     """Stop NAME; `all` stops them in reverse order."""
-    settings = settings_from(ctx)
+    settings = settings_from(ctx, outputs=False)
     outcomes = services.stop(
         services.select(name),
         settings,
@@ -186,7 +186,7 @@ def logs(ctx: click.Context, name: str, lines: int, follow_: bool, raw: bool) ->
         raise click.UsageError("follow one service at a time: pb service logs NAME -f")
     from pony_scheduler.lifecycle.logs import tail_lines
 
-    home = settings_from(ctx).home
+    home = settings_from(ctx, outputs=False).home
     for index, spec in enumerate(SERVICES.values()):
         path = spec.log_path(home)
         click.echo(("\n" if index else "") + f"==> {path} <==")

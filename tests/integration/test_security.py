@@ -374,6 +374,11 @@ def test_files_planted_in_the_home_are_refused(
         assert result.code != 0, (args, result.all)
         line = one_line(result.err)
         assert str(path) in line and words in line, line
+    if name.startswith("runs/"):
+        # A job's directory concerns only what uses outputs: the admin can still see and
+        # stop the scheduler (review finding: status and stop refused too).
+        assert victim("scheduler", "status").code == 3
+        assert victim("scheduler", "stop").code == 0
     assert target.read_text() == "precious\n" and list(target_dir.iterdir()) == []
     assert sorted(p.name for p in victim.home.iterdir()) == before
     if how == "open-directory":
