@@ -299,15 +299,20 @@ def test_missed_while_down_are_recorded_as_skipped(pb: Pb) -> None:
 
 
 def follow(pb: Pb, script: str) -> str:
-    """What `pb runs output -f` prints for a run of `script` followed from its start."""
+    """What `pb runs output -f` prints for a run of `script` followed from its start: the
+    run waits for a gate, opened once the follower runs, so that it is seen running
+    however slow the machine (a short run could end unseen under load)."""
     import subprocess
 
+    gate = pb.home / "gate"
     pb("scheduler", "start", check=True)
-    pb("job", "add", "talk", "--manual", "--shell", "--", script, check=True)
+    waiting = f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+    pb("job", "add", "talk", "--manual", "--shell", "--", waiting + script, check=True)
     pb("job", "run", "talk", check=True)
     run_id = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")[0]["id"]
     follower = pb.popen("runs", "output", str(run_id), "-f", stdout=subprocess.PIPE)
-    out, _ = follower.communicate(timeout=30)
+    gate.touch()
+    out, _ = follower.communicate(timeout=120)
     assert follower.returncode == 0
     return out  # type: ignore[no-any-return]
 
