@@ -9,7 +9,21 @@ import stat
 
 
 class NotStarted(Exception):
-    """The run could not be started; str() is the outcome's detail."""
+    """The run could not be started; str() is the outcome's detail, and `exit_code` the
+    status a shell gives for a command it cannot execute (bash(1), EXIT STATUS: 127 not
+    found, 126 found but not executable), None when the reason is not the program's."""
+
+    def __init__(self, detail: str, exit_code: int | None = None) -> None:
+        super().__init__(detail)
+        self.exit_code = exit_code
+
+
+def exec_status(errno_: int | None) -> int:
+    """A shell's exit status for an exec that failed with `errno_` (bash(1)): 127 for a
+    program that is not there (ENOENT), 126 for any other failure to execute it."""
+    import errno
+
+    return 127 if errno_ == errno.ENOENT else 126
 
 
 def shown(text: str) -> str:
@@ -50,4 +64,4 @@ def resolve(argv0: str, env_path: str | None) -> str:
             return candidate
         denied = True
     reason = "Permission denied" if denied else "No such file or directory"
-    raise NotStarted(f"cannot start {shown(argv0)}: {reason}")
+    raise NotStarted(f"cannot start {shown(argv0)}: {reason}", 126 if denied else 127)

@@ -104,7 +104,7 @@ class RunBook:
         try:
             self._start(launch, parts)
         except NotStarted as exc:
-            self._not_started(launch, str(exc))
+            self._not_started(launch, str(exc), exc.exit_code)
 
     def _start(self, launch: Launch, parts: list[str]) -> None:
         why = self.cg.unenforceable(launch)
@@ -142,7 +142,7 @@ class RunBook:
         if self.scheduler is not None:
             self.scheduler.send(started_to_json(started))
 
-    def _not_started(self, launch: Launch, detail: str) -> None:
+    def _not_started(self, launch: Launch, detail: str, exit_code: int | None) -> None:
         now = iso_utc(time.time())
         self.emit(
             Outcome(
@@ -150,7 +150,7 @@ class RunBook:
                 run_id=launch.run_id,
                 token=launch.token,
                 ending="not_started",
-                exit_code=None,
+                exit_code=exit_code,  # a shell's 127 / 126 for an exec that failed
                 signal=None,
                 started_at=None,
                 finished_at=now,

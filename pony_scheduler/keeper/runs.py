@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from pony_scheduler.keeper import spawner
 from pony_scheduler.keeper.containment import CgroupBox
-from pony_scheduler.keeper.execpath import NotStarted, resolve, shown
+from pony_scheduler.keeper.execpath import NotStarted, exec_status, resolve, shown
 from pony_scheduler.keeper.output import TRUNCATED, Output
 from pony_scheduler.keeper.procs import PgroupBox, read_stat
 from pony_scheduler.keeper.protocol import (
@@ -138,7 +138,8 @@ class Run:
                     else ""
                 )
                 raise NotStarted(
-                    f"cannot start {shown(launch.argv[0])}: {exc.strerror}{hint}"
+                    f"cannot start {shown(launch.argv[0])}: {exc.strerror}{hint}",
+                    exec_status(exc.errno),
                 ) from None
         except NotStarted:
             os.close(read_end)

@@ -474,6 +474,16 @@ def test_job_run_wait_exits_with_the_runs_status_and_follows_its_output(pb: Pb) 
     assert retried.code == 4 and "attempt 2 is run" in retried.err
     usage = pb("job", "run", "ok", "--follow")
     assert usage.code == 2 and "--follow needs --wait" in usage.err
+    # A program that cannot be executed: what a shell gives, 127 not found, 126 not
+    # executable (bash(1)); it was 1 (review finding).
+    plain = pb.home.parent / "plain-file"
+    plain.write_text("not a program\n")
+    plain.chmod(0o644)
+    cases = (("/nonexistent/prog", 127), ("no-such-program-x", 127), (plain, 126))
+    for number, (program, code) in enumerate(cases):
+        pb("job", "add", f"x{number}", "--manual", "--", str(program), check=True)
+        waited = pb("job", "run", f"x{number}", "--wait")
+        assert waited.code == code and "cannot start" in waited.err, waited.all
 
 
 @pytest.mark.postgres
