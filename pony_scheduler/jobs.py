@@ -210,7 +210,8 @@ def _cwd(text: str) -> str | None:
         raise ConfigError("--cwd '' names no directory; give one, or none for the scheduler's home")
     cwd = Path(text).expanduser().absolute()
     if not cwd.is_dir():
-        raise ConfigError(f"--cwd {undecodable_shown(text)}: no such directory")
+        why = "is not a directory" if cwd.exists() else "no such directory"
+        raise ConfigError(f"--cwd {undecodable_shown(text)}: {why}; give a directory")
     return _utf8_path("--cwd", str(cwd))
 
 

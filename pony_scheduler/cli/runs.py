@@ -75,6 +75,9 @@ def runs_list(
     """Recent runs, of every job or of JOB."""
     from pony_scheduler.store.jobs import UnknownJob
 
+    if missed and state is not None:  # it was ignored (review finding)
+        raise click.UsageError("--missed lists occurrences, which have no state: drop --state")
+
     store = open_store(ctx)
     if job is not None and store.job_row(job) is None:
         raise UnknownJob(job)

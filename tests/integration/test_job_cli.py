@@ -89,6 +89,7 @@ def test_shell_and_one_shot(pb: Pb) -> None:
         (["x", "--every", "1h", "--cron", "@daily", "--", "true"], "choose one schedule"),
         (["bad name!", "--every", "1h", "--", "true"], "job name"),
         (["x", "--every", "1h", "--cwd", "/no/such/dir", "--", "true"], "no such directory"),
+        (["x", "--every", "1h", "--cwd", "/etc/passwd", "--", "true"], "is not a directory"),
         (["x", "--every", "1h", "--env", "NOEQUALS", "--", "true"], "NAME=VALUE"),
         (["x", "--every", "1h", "--timeout", "forever", "--", "true"], "--timeout"),
         (["x", "--every", "1h", "--overlap", "maybe", "--", "true"], "maybe"),

@@ -258,6 +258,8 @@ def test_nothing_missed_is_dropped_after_a_long_outage(pb: Pb, home: Path) -> No
     )
     missed = json.loads(pb("runs", "often", "--missed", "--json").out)
     assert [m["count"] for m in missed] == [summary[0][0]]
+    with_state = pb("runs", "often", "--missed", "--state", "failed")  # it was ignored
+    assert with_state.code == 2 and "drop --state" in with_state.err, with_state.all
 
 
 def test_run_ids_and_output_of_a_removed_job_are_never_shown_again(pb: Pb, home: Path) -> None:
