@@ -9,19 +9,24 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pony_scheduler.cli.options import settings_from
-from pony_scheduler.errors import PonyError
+from pony_scheduler.errors import ConfigError, PonyError
 from pony_scheduler.runstate import RunState
 
 if TYPE_CHECKING:
+    from pony_scheduler.config import Settings
     from pony_scheduler.store import Store
 
 
 STATES = tuple(state.value for state in RunState)
 
 
-def open_store(ctx: click.Context) -> Store:
+def open_store(ctx: click.Context, *, create: bool = False) -> Store:
     """The database named by the settings, opened once per command (`--wait` asks it
-    every 0.2 s); SQLAlchemy is imported only here."""
+    every 0.2 s); SQLAlchemy is imported only here.  An SQLite file named by --db,
+    PONYBUNNY_DB or config.toml that does not exist is created only when `create` (pb
+    job add): for any other command it is a typo, refused (ConfigError) rather than
+    answered from a new empty database (review finding).  The home's own default
+    database is created by any command, as a fresh home has none yet."""
     from pony_scheduler.lifecycle.daemonize import ensure_home
     from pony_scheduler.store import Store
 
@@ -29,11 +34,34 @@ def open_store(ctx: click.Context) -> Store:
     if cached is not None:
         return cached
     settings = settings_from(ctx, db=ctx.meta.get("db"))
+    if not create and settings.sources.get("db", "default") != "default":
+        _refuse_a_missing_database(settings)
     ensure_home(settings.home)
     store = Store.open(settings.db, upgrade=False, create=True)  # the scheduler migrates
     ctx.meta["pony_scheduler.store"] = store
     ctx.call_on_close(store.close)
     return store
+
+
+def _refuse_a_missing_database(settings: Settings) -> None:
+    import os
+
+    from pony_scheduler.config import where_set
+    from pony_scheduler.files import check_database_file
+    from pony_scheduler.store.engine import sqlite_file
+
+    path = sqlite_file(settings.db)
+    if path is None:
+        return
+    try:
+        real = check_database_file(path)  # its path's own checks first (links, modes)
+    except FileNotFoundError:
+        return  # its directory is missing: Store.open says so
+    if not os.path.lexists(real):
+        raise ConfigError(
+            f"no database at {path} (set by {where_set(settings, 'db')}); check the "
+            "name, or create it with pb job add"
+        )
 
 
 def remember_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

@@ -53,7 +53,7 @@ def job_add(ctx: click.Context, name: str, **kwargs: Any) -> None:
     check_command_after_dashes(ctx, kwargs["command"])
     options = options_of(kwargs)
     values = new_job(name, options, now_utc(), warn=_warn)  # bad input changes nothing
-    store = open_store(ctx)
+    store = open_store(ctx, create=True)
     if store.has_clock:  # due times by the database's clock, as the schedulers judge
         values = new_job(name, options, store.db_now(), warn=_silent)
     store.add_job(name, values)

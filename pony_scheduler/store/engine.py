@@ -227,6 +227,12 @@ def _shown(url: URL) -> str:
     return safe_url(url)
 
 
+def sqlite_file(value: str) -> str | None:
+    """The absolute path of the file an SQLite database setting names (a path or an
+    sqlite:/// URL); None for another database.  Raises ConfigError as parse_url does."""
+    return _sqlite_file(parse_url(value))
+
+
 def _sqlite_file(url: URL) -> str | None:
     """The file of an SQLite URL; None for another database (a PostgreSQL database's
     name is not a path) or one that is not a plain file."""

@@ -128,6 +128,15 @@ def test_duplicates_and_unknowns(pb: Pb) -> None:
 
 def test_db_option_reaches_another_database(pb: Pb, tmp_path: Path) -> None:
     other = tmp_path / "other.db"
+    # A named database that does not exist is a typo for any command but add (review
+    # finding: `pb job list --db typo.db` made an empty database and said "No jobs yet").
+    for args in (("job", "list"), ("runs",), ("job", "show", "x"), ("audit",)):
+        typo = pb(*args, "--db", str(other))
+        assert typo.code == 2 and typo.err.count("\n") == 1, typo.all
+        assert f"no database at {other} (set by --db)" in typo.err, typo.all
+        assert not other.exists()
+    elsewhere = pb("job", "list", env={"PONYBUNNY_DB": str(other)})
+    assert "(set by PONYBUNNY_DB)" in elsewhere.err and not other.exists()
     assert pb("job", "add", "elsewhere", "--manual", "--db", str(other), "--", "true").code == 0
     assert "elsewhere" in pb("job", "list", "--db", str(other)).out
     assert "elsewhere" not in pb("job", "list").out
