@@ -176,6 +176,7 @@ def test_a_restart_onto_a_newer_schema_leaves_the_running_scheduler_alone(
         connection.execute("UPDATE alembic_version SET version_num = ?", (head,))
 
 
+@pytest.mark.soak  # a stop that waits out the database: a fault run (README, Soak tests)
 def test_a_stop_during_an_outage_leaves_the_outcomes_to_the_keeper(
     pb: Pb, pg_url: str, tmp_path: Path
 ) -> None:
