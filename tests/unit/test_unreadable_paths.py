@@ -35,7 +35,7 @@ def test_a_config_file_behind_a_closed_directory(
         asked.append(path)
         raise ConfigError("/root cannot be searched (Permission denied)")
 
-    monkeypatch.setattr(files, "check_home", lambda home: None)
+    monkeypatch.setattr(files, "check_home", lambda home, outputs=True: None)
     monkeypatch.setattr(config, "_read_config_file", read)
     monkeypatch.setattr(Path, "exists", refuse)
     with pytest.raises(ConfigError, match="cannot be searched"):
