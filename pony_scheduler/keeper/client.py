@@ -278,6 +278,7 @@ class KeeperClient:
                 journal_error=str(r.get("journal_error", "")),
                 draining=bool(r["draining"]),
                 exiting=bool(r["exiting"]),
+                drain_ends=bool(r.get("drain_ends", False)),
                 clients=int(r["clients"]),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -335,6 +335,7 @@ class KeeperStatus:
     journal_error: str
     draining: bool
     exiting: bool
+    drain_ends: bool  # whether a new scheduler's launch ends a drain (False: older keeper)
     clients: int
 
 

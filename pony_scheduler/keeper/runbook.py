@@ -265,6 +265,9 @@ class RunBook:
             "journal_bytes": self.journal.size,
             "journal_error": self.journal.error,
             "draining": self.draining,
+            # A launch from a new scheduler ends a drain that no exit followed (_drain_over);
+            # a keeper without this field cannot, and is asked to exit instead (executor).
+            "drain_ends": True,
             "exiting": self.exit_requested,
             "clients": len(self.conns),
         }

@@ -71,6 +71,7 @@ class Executor:
         self.in_flight: set[int] = set()
         self.unanswered: dict[int, float] = {}  # launched run -> when (monotonic)
         self.stalled = False  # the keeper has not answered a launch for UNANSWERED_S
+        self.keeper_retiring = False  # asked to exit at connect (a drain it could not end)
         self.pending: collections.deque[tuple[kp.Launch, float]] = collections.deque()
         self.refused: list[int] = []  # refused by the keeper, to go back to the queue
         self.launch_after = 0.0  # monotonic: no launches before (after a refusal)
@@ -100,7 +101,28 @@ class Executor:
         self.in_flight = {held.run_id for held in self.client.welcome.runs}
         self.unanswered = {}
         self.stalled = False
+        self.keeper_retiring = False
+        self._retire_a_stuck_drain(self.client)
         return self.client.welcome
+
+    def _retire_a_stuck_drain(self, client: KeeperClient) -> None:
+        """A keeper left draining by a stop that could not record every outcome refuses
+        every launch until a new scheduler's launch ends its drain; one from before that
+        (an upgrade: no drain_ends in its status) never would, so it is asked to exit once
+        its drained runs are gone, and the next keeper takes its journal (review finding:
+        every launch was refused, for good)."""
+        status = client.status()
+        if status.draining and not status.drain_ends and not status.exiting:
+            log.warning(
+                "The run keeper (PID %d, pony-scheduler %s) was left draining by a stop "
+                "and cannot take runs again: it is asked to exit once its %d run(s) have "
+                "ended, and a new keeper is started then",
+                status.pid,
+                status.version,
+                status.runs,
+            )
+            client.release_exit(0)
+            self.keeper_retiring = True
 
     def fileno(self) -> int | None:
         """The keeper connection's descriptor for the loop's select(); None before connect."""

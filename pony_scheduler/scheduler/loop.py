@@ -549,7 +549,8 @@ class WorkLoop:
             log.error(
                 "Could not record the results of runs %s or the stop: %s; the run "
                 "keeper keeps their outcomes, and renews their leases, until the next "
-                "start records them",
+                "start records them: start this scheduler again once the database is "
+                "back (until then those runs show running and hold their jobs)",
                 unrecorded + self.unreleased,
                 first_line(exc),
             )

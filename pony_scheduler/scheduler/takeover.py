@@ -141,7 +141,10 @@ def flight_of(loop: WorkLoop, outcome: Outcome) -> InFlight | None:
 def keeper_lost(loop: WorkLoop, why: Exception) -> None:
     """The keeper died (killed, crashed): its runs' processes and outcomes are gone, so
     they are lost; a new keeper is started (it finds what the old one journaled)."""
-    log.error("The run keeper is gone (%s); starting a new one", why)
+    if loop.executor.keeper_retiring:  # asked to exit (a drain it could not end)
+        log.info("The run keeper that was left draining has exited; starting a new one")
+    else:
+        log.error("The run keeper is gone (%s); starting a new one", why)
     welcome = loop.executor.connect(loop.scheduler_id)
     alive = {h.run_id for h in welcome.runs} | {o.run_id for o in welcome.outcomes}
     waiting = set(loop.executor.pending_ids())

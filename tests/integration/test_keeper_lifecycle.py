@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -475,3 +476,52 @@ def test_outcome_fields_survive_the_journal(home: Path) -> None:
     finally:
         kill_keeper(home)
         remove_home_groups(home)
+
+
+def test_a_keeper_left_draining_takes_runs_again_or_retires(
+    home: Path, sessions: list[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that could not record its outcomes leaves the keeper draining (it keeps
+    them).  The next scheduler's launch ends the drain; a keeper from before that (whose
+    status has no drain_ends) would refuse every launch for good, so the scheduler asks
+    it to exit, and the next keeper has its outcome (review finding: an upgrade's)."""
+    from dataclasses import replace
+
+    from pony_scheduler.scheduler.executor import Executor
+
+    old = Session(home, idle_exit_s=3600)
+    sessions.append(old)
+    run_id = old.launch("sleep", "300")
+    old.started(run_id)
+    old.client.drain(0, by="test")
+    assert old.outcome(run_id).ending == "stopped"
+    old.client.close()  # no exit: its outcome could not be recorded
+    keeper = int((home / "keeper.pid").read_text())
+
+    def executor() -> Executor:
+        noop = lambda *_: None  # noqa: E731
+        return Executor(home, 1, noop, noop, noop, lambda: timedelta(0))
+
+    # This version's keeper: the launch is taken, the drain is over.
+    now = executor()
+    now.connect("next")
+    assert not now.keeper_retiring
+    new = Session.__new__(Session)
+    new.home, new.client, new.events, new.next_id = home, now.keeper(), [], 100
+    assert new.outcome(new.launch("true")).ending == "exited"
+    assert "The drain is over" in (home / "keeper.log").read_text()
+    # Left draining again, and seen as a keeper from before drain_ends: asked to exit.
+    now.keeper().drain(0, by="test")
+    now.keeper().close()
+    real_status = KeeperClient.status
+    monkeypatch.setattr(
+        KeeperClient, "status", lambda self: replace(real_status(self), drain_ends=False)
+    )
+    later = executor()
+    later.connect("later")
+    assert later.keeper_retiring
+    assert wait_for(lambda: proc_start_time(keeper) is None, 60)
+    monkeypatch.undo()
+    again = Session(home)
+    sessions.append(again)
+    assert run_id in {o.run_id for o in again.client.welcome.outcomes}
