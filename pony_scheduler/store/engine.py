@@ -86,7 +86,7 @@ def check_database(value: str) -> URL:
 
 def _no_directory(path: str) -> str:
     return (
-        f"--db {path}: directory {os.path.dirname(path)} does not exist; create it or "
+        f"database {path}: directory {os.path.dirname(path)} does not exist; create it or "
         "choose another path"
     )
 

@@ -26,6 +26,7 @@ from pony_scheduler.store.engine import (
     FileWatch,
     is_corrupt,
     make_engine,
+    parse_url,
     safe_url,
     trust_warning,
 )
@@ -56,6 +57,13 @@ def _unusable(url: str, exc: Exception) -> PonyError:
         return PonyError(
             f"database {safe_url(url)} is corrupt ({first_line(exc)}); "
             "restore it from a backup, or move it aside to start afresh"
+        )
+    if parse_url(url).get_backend_name() == "sqlite":
+        # No server to blame: a full filesystem is the common cause of "disk I/O error"
+        # (SQLite cannot grow its -shm file, even to read; review finding).
+        return PonyError(
+            f"cannot use database {safe_url(url)}: {first_line(exc)}; check that its "
+            "filesystem has free space (df) and that its files are yours and writable"
         )
     return PonyError(
         f"cannot use database {safe_url(url)}: {first_line(exc)}; check "

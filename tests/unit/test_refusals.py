@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,17 @@ def test_addresses_beyond_the_limit_share_one_count(caplog: pytest.LogCaptureFix
     assert (
         messages(caplog)[-1] == "995 more refused requests from other addresses in the last minute"
     )
+
+
+def test_an_unusable_sqlite_database_points_at_the_disk_not_a_server(tmp_path: Path) -> None:
+    """On a full filesystem SQLite says "disk I/O error" (it cannot grow its -shm file,
+    even to read); the advice was to check "that the database server is running"."""
+    from sqlite3 import OperationalError
+
+    from pony_scheduler.store.store import _unusable
+
+    sqlite = str(_unusable(str(tmp_path / "pony.db"), OperationalError("disk I/O error")))
+    assert "disk I/O error; check that its filesystem has free space (df)" in sqlite
+    assert "server" not in sqlite
+    server = str(_unusable("postgresql+psycopg://u@h/db", OperationalError("refused")))
+    assert "that the database server is running" in server
