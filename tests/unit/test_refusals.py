@@ -57,7 +57,7 @@ def test_an_unusable_sqlite_database_points_at_the_disk_not_a_server(tmp_path: P
 
     from pony_scheduler.store.store import _unusable
 
-    sqlite = str(_unusable(str(tmp_path / "pony.db"), OperationalError("disk I/O error")))
+    sqlite = str(_unusable(f"sqlite:///{tmp_path}/pony.db", OperationalError("disk I/O error")))
     assert "disk I/O error; check that its filesystem has free space (df)" in sqlite
     assert "server" not in sqlite
     server = str(_unusable("postgresql+psycopg://u@h/db", OperationalError("refused")))
