@@ -123,13 +123,26 @@ def _finish(
     return status
 
 
+def _pid_file_failed(path: Path, error: Exception) -> PonyError:
+    """lockfile's LockFailed ("failed to create PATH") drops why (its OSError is the
+    context: ENOSPC on a full disk, EROFS, EACCES) and leaves the file it created empty
+    when the write failed (review finding: status then said "stale pid file").  Under
+    the start lock an empty pid file is this start's own: removed."""
+    why = error.__context__
+    reason = why.strerror if isinstance(why, OSError) and why.strerror else str(error)
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            path.unlink()
+    return PonyError(f"cannot write the pid file {path}: {reason}")
+
+
 def daemon_child(
     spec: ServiceSpec, settings: Settings, write_fd: int, lock_fd: int, notes: list[str]
 ) -> None:
     """Runs in the process `pb` forked; never returns."""
     import daemon
     import daemon.pidfile
-    from lockfile import AlreadyLocked, LockTimeout
+    from lockfile import AlreadyLocked, LockFailed, LockTimeout
 
     announce = Announcer(write_fd)
     runtime = ServiceRuntime(
@@ -159,6 +172,8 @@ def daemon_child(
             info = pidfile.inspect(spec, settings.home)
             announce(f"RUNNING {info.pid or ''}")
             os._exit(1)
+        except LockFailed as error:
+            raise _pid_file_failed(spec.pid_path(settings.home), error) from None
         setup_logging(settings.log_level)
         exc: BaseException | None = None
         try:

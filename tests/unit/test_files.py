@@ -330,3 +330,31 @@ def test_make_home(tmp_path: Path) -> None:
     assert make_home(home) is True
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert make_home(home) is False
+
+
+def test_a_pid_file_that_cannot_be_written_says_why_and_is_not_left_empty(
+    tmp_path: Path,
+) -> None:
+    """lockfile raises LockFailed("failed to create PATH") from the OSError of its write
+    (a full disk) and leaves the file empty; the start said only "LockFailed" and status
+    then reported a stale pid file (review finding)."""
+    import errno
+
+    from lockfile import LockFailed
+
+    from pony_scheduler.lifecycle.daemonize import _pid_file_failed
+
+    path = tmp_path / "scheduler.pid"
+    path.touch()
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise LockFailed(f"failed to create {path}")  # noqa: B904 (as lockfile does)
+    except LockFailed as error:
+        failed = _pid_file_failed(path, error)
+    assert str(failed) == f"cannot write the pid file {path}: No space left on device"
+    assert not path.exists()
+    path.write_text("123\n")  # not empty: another's, left alone
+    assert "failed to create" in str(_pid_file_failed(path, LockFailed("failed to create x")))
+    assert path.read_text() == "123\n"
