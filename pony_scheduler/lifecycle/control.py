@@ -106,7 +106,8 @@ def start(
         info = pidfile.inspect(spec, settings.home)
         if info.state is PidState.RUNNING:
             raise AlreadyRunning(spec, info)
-    spec.run_preflight(settings)
+    spec.run_preflight(settings)  # bad input refused before the home is touched
+    # From here a stop sees a start in progress and waits for it (_wait_for_a_start).
     lock_fd = _take_start_lock(spec, settings, timeout)
     try:
         notes = _clear_the_way(spec, settings, force=force, timeout=timeout, say=say)
@@ -222,7 +223,8 @@ def start_foreground(
     from pony_scheduler.lifecycle.daemonize import require_writable_home, run_foreground
 
     require_writable_home(settings.home)
-    spec.run_preflight(settings)
+    spec.run_preflight(settings)  # bad input refused before the home is touched
+    # From here a stop sees a start in progress and waits for it (_wait_for_a_start).
     lock_fd = _take_start_lock(spec, settings, timeout)
     try:
         notes = _clear_the_way(spec, settings, force=force, timeout=timeout, say=say)
@@ -280,6 +282,8 @@ def stop(
     import signal
 
     info = pidfile.inspect(spec, settings.home)
+    if info.state is PidState.ABSENT and _wait_for_a_start(spec, settings, timeout):
+        info = pidfile.inspect(spec, settings.home)  # what that start left
     if info.state is PidState.STARTING:
         info = _wait_started(spec, settings, timeout)
     if info.state is PidState.ABSENT:
@@ -303,6 +307,37 @@ def stop(
             f"wait longer (--timeout) or use 'pb {spec.name} stop --force'"
         )
     return StopResult(True, info.pid)
+
+
+def _wait_for_a_start(spec: ServiceSpec, settings: Settings, timeout: float) -> bool:
+    """A stop that finds no pid file while a start holds the start lock (it has not taken
+    the pid file yet): wait up to `timeout` for that start to take it or fail, as
+    pg_ctl's stop finds a starting server (review finding: the stop said "not running"
+    and the daemon came up after it).  Returns whether a start was in progress; raises
+    PonyError when it still is at the deadline."""
+    try:
+        fd = os.open(
+            spec.start_lock_path(settings.home), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        )
+    except OSError:
+        return False  # no start ever ran here, or not ours to read: nothing to wait for
+    try:
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at close
+                return waited
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise PonyError(
+                        f"a start of the {spec.title.lower()} is still in progress after "
+                        f"{timeout:g}s; wait longer (--timeout) or stop it once it has started"
+                    ) from None
+                waited = True
+                pause(0.02)
+    finally:
+        os.close(fd)
 
 
 def _wait_started(spec: ServiceSpec, settings: Settings, timeout: float) -> PidInfo:

@@ -99,6 +99,28 @@ def test_twenty_concurrent_starts_leave_one_daemon(pb: Pb, home: Path) -> None:
     assert daemons == [pid]
 
 
+def test_a_stop_during_a_start_waits_for_it(pb: Pb, home: Path) -> None:
+    """A stop while a start is under way (it holds the start lock, no pid file yet) said
+    "not running", and the daemon came up after it (review finding).  It now waits for
+    the start (and then stops what it brought up), and says so if it outlasts
+    --timeout."""
+    import fcntl
+
+    home.mkdir(mode=0o700, exist_ok=True)
+    lock = home / ".scheduler.start.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a start in progress, as long as the test likes
+        held = pb("scheduler", "stop", "--timeout", "1")
+        assert held.code == 1 and held.err.count("\n") == 1, held.all
+        assert "a start of the scheduler is still in progress after 1s" in held.err
+    finally:
+        os.close(fd)
+    assert not (home / "scheduler.pid").exists()
+    free = pb("scheduler", "stop")  # no start under way: not running, as before
+    assert free.code == 0 and "not running" in free.out + free.err, free.all
+
+
 def _pony_processes() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
