@@ -274,6 +274,8 @@ def _stop_command(spec: ServiceSpec) -> click.Command:
             timeout = stop_timeout(spec, settings)
         say = (lambda _: None) if quiet else (lambda line: click.echo(line))
         result = control.stop(spec, settings, timeout=timeout, force=force, say=say)
+        if spec.name == "scheduler" and result.was_running and not force:
+            _warn_of_a_lingering_keeper(spec, settings)
         if quiet:
             return
         if result.was_running:
@@ -323,6 +325,24 @@ STATE_WORDS = {
     "stopped": "✗ Not running",
     "unknown": "? Unknown",
 }
+
+
+def _warn_of_a_lingering_keeper(spec: ServiceSpec, settings: Settings) -> None:
+    """After a stop (a drain), the keeper leaves with the scheduler unless the scheduler
+    could not record every outcome (the database was down): then it stays to keep them
+    and renew their runs' leases, and the admin is told so here, not only in the log
+    (review finding: "✓ Scheduler stopped" alone).  On stderr, even with --quiet."""
+    from pony_scheduler.lifecycle.pidfile import wait_gone
+
+    keeper = keeper_facts(settings)
+    if keeper is None or wait_gone(keeper["pid"], keeper.get("procStartTime"), 3.0):
+        return
+    click.echo(
+        f"⚠ The run keeper (PID {keeper['pid']}) stays: the scheduler could not record "
+        f"every outcome (see {spec.log_path(settings.home)}); it keeps them and their runs "
+        "show running until 'pb scheduler start' records them",
+        err=True,
+    )
 
 
 def keeper_facts(settings: Settings) -> dict[str, Any] | None:

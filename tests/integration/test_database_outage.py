@@ -196,6 +196,7 @@ def test_a_stop_during_an_outage_leaves_the_outcomes_to_the_keeper(
     with outage(pg_url.rsplit("/", 1)[1]) as admin:
         stopped = pb("scheduler", "stop", "--timeout", "120")
         assert stopped.code == 0, stopped.all
+        assert "⚠ The run keeper (PID" in stopped.err and "stays" in stopped.err, stopped.all
         log = text(pb.home / "scheduler.log")
         assert "keeps their outcomes, and renews their leases" in log, log
         back = admin.execute("SELECT now()").fetchone()[0]  # type: ignore[index]

@@ -57,6 +57,7 @@ def test_round_trip(pb: Pb, home: Path) -> None:
     stop = pb("scheduler", "stop")
     assert stop.code == 0
     assert f"Stopping Scheduler (PID {pid})..." in stop.out and "✓ Scheduler stopped" in stop.out
+    assert stop.err == ""  # its keeper left with it: no warning of one that stays
     assert not alive(pid)
     assert not (home / "scheduler.pid").exists() and not (home / "scheduler.json").exists()
     assert pb("scheduler", "status").code == 3
