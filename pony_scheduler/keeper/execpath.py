@@ -3,6 +3,7 @@ keeper's (posix_spawnp(3) would search the keeper's)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -21,8 +22,6 @@ class NotStarted(Exception):
 def exec_status(errno_: int | None) -> int:
     """A shell's exit status for an exec that failed with `errno_` (bash(1)): 127 for a
     program that is not there (ENOENT), 126 for any other failure to execute it."""
-    import errno
-
     return 127 if errno_ == errno.ENOENT else 126
 
 

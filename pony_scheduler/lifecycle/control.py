@@ -51,20 +51,30 @@ def _take_start_lock(spec: ServiceSpec, settings: Settings, timeout: float) -> i
     fd = create_file(
         settings.home, spec.start_lock_path(settings.home).name, PRIVATE_MODE, exclusive=False
     )
+    if _flock_within(fd, fcntl.LOCK_EX, timeout) is None:
+        os.close(fd)
+        raise PonyError(
+            f"another start of the {spec.title.lower()} held "
+            f"{spec.start_lock_path(settings.home)} for {timeout:g}s; try again",
+            EXIT_START_TIMEOUT,
+        )
+    return fd
+
+
+def _flock_within(fd: int, operation: int, timeout: float) -> bool | None:
+    """flock(2) `operation` (LOCK_EX, LOCK_SH) on `fd`, tried until `timeout` seconds
+    have passed: True when taken after waiting for another holder, False when taken at
+    once, None when another still held it at the end."""
     deadline = time.monotonic() + timeout
+    waited = False
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return waited
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                os.close(fd)
-                raise PonyError(
-                    f"another start of the {spec.title.lower()} held "
-                    f"{spec.start_lock_path(settings.home)} for {timeout:g}s; "
-                    "try again",
-                    EXIT_START_TIMEOUT,
-                ) from None
+                return None
+            waited = True
             pause(0.02)
 
 
@@ -322,22 +332,15 @@ def _wait_for_a_start(spec: ServiceSpec, settings: Settings, timeout: float) -> 
     except OSError:
         return False  # no start ever ran here, or not ours to read: nothing to wait for
     try:
-        deadline = time.monotonic() + timeout
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at close
-                return waited
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise PonyError(
-                        f"a start of the {spec.title.lower()} is still in progress after "
-                        f"{timeout:g}s; wait longer (--timeout) or stop it once it has started"
-                    ) from None
-                waited = True
-                pause(0.02)
+        waited = _flock_within(fd, fcntl.LOCK_SH, timeout)  # released at close
     finally:
         os.close(fd)
+    if waited is None:
+        raise PonyError(
+            f"a start of the {spec.title.lower()} is still in progress after {timeout:g}s; "
+            "wait longer (--timeout) or stop it once it has started"
+        )
+    return waited
 
 
 def _wait_started(spec: ServiceSpec, settings: Settings, timeout: float) -> PidInfo:
