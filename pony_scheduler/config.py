@@ -7,11 +7,13 @@ import errno
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pony_scheduler.errors import ConfigError, PonyError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # Unix socket paths live in a 108-byte sun_path including the trailing NUL.
 MAX_SOCKET_PATH = 107
@@ -215,11 +217,16 @@ class Settings(NamedTuple):
     """Every setting, resolved (load_settings).  A NamedTuple rather than a frozen
     dataclass: every `pb` command builds this class at import, and a dataclass of this
     size costs about 1 ms to create (`pb scheduler status` is measured against
-    `import click`, docs/BENCHMARKS.md)."""
+    `import click`, docs/BENCHMARKS.md).
 
-    home: Path
+    The paths are held as str (home_dir, socket_path, config_path) and given as Path by
+    the properties home, socket and config_file, which import pathlib when first used:
+    pathlib imports urllib.parse and ipaddress, about 16 million instructions (a tenth of
+    `import click`) on every `pb scheduler status`, which needs only os.path."""
+
+    home_dir: str  # absolute
     db: str  # an SQLAlchemy URL; plain paths are turned into sqlite:/// URLs
-    socket: Path
+    socket_path: str  # absolute
     workers: int
     shutdown_grace: float
     lease: float
@@ -233,7 +240,7 @@ class Settings(NamedTuple):
     allowed_hosts: tuple[str, ...] = ()
     # The documented opt-in: the gateway answers reads without a token (trusted hosts).
     anonymous_read: bool = False
-    config_file: Path | None = None
+    config_path: str | None = None  # absolute; None when no configuration file was read
     # Where each value came from (`pb config show`); never changed once built.
     sources: Mapping[str, str] = MappingProxyType({})
 
@@ -241,25 +248,69 @@ class Settings(NamedTuple):
     def debug(self) -> bool:
         return self.log_level == "DEBUG"
 
+    @property
+    def home(self) -> "Path":
+        from pathlib import Path
 
-def default_home() -> Path:
-    return Path(os.environ.get("PONYBUNNY_HOME") or Path.home() / ".ponybunny").expanduser()
+        return Path(self.home_dir)
+
+    @property
+    def socket(self) -> "Path":
+        from pathlib import Path
+
+        return Path(self.socket_path)
+
+    @property
+    def config_file(self) -> "Path | None":
+        from pathlib import Path
+
+        return Path(self.config_path) if self.config_path is not None else None
 
 
-def db_url(value: str, base: Path) -> str:
+def default_home() -> str:
+    return os.path.expanduser(os.environ.get("PONYBUNNY_HOME") or "~/.ponybunny")
+
+
+def _clean_path(path: str) -> str:
+    """`path` as str(pathlib.Path(path)) writes it, without importing pathlib: no empty
+    or '.' component, no trailing slash; '..' is kept (a symbolic link may be before it)."""
+    root = "//" if path[:2] == "//" and path[:3] != "///" else "/" if path[:1] == "/" else ""
+    return root + "/".join(part for part in path.split("/") if part not in ("", ".")) or "."
+
+
+def _absolute_path(path: str | os.PathLike[str], base: str | None = None) -> str:
+    """As Path(path).expanduser().absolute(), relative to `base` (default: the working
+    directory), as str."""
+    text = os.path.expanduser(_clean_path(os.fspath(path)))  # as pathlib: ./~ is ~ too
+    if not os.path.isabs(text):
+        text = os.path.join(base or os.getcwd(), text)
+    return _clean_path(text)
+
+
+def db_url(value: str, base: str | None = None) -> str:
     """A `--db` value as an SQLAlchemy URL: URLs pass through, paths become sqlite:///."""
     if "://" in value:
         return value
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    return f"sqlite:///{path}"
+    return f"sqlite:///{_absolute_path(value, base)}"
+
+
+def _exists(path: str) -> bool:
+    """As Path.exists: False when missing, PermissionError (and other errors) raised."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
+    except ValueError:  # an embedded NUL
+        return False
+    return True
 
 
 MAX_CONFIG = 1 << 20  # bytes: a configuration file is small
 
 
-def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
+def _read_config_file(path: str, explicit: bool) -> dict[str, Any]:
     from pony_scheduler.files import open_beneath, verify_fd
     from pony_scheduler.pathtrust import read_checked
 
@@ -267,7 +318,8 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
         if explicit:  # checked on the descriptor it is read from (pathtrust)
             raw = read_checked(path, "the configuration file", limit=MAX_CONFIG)
         else:  # HOME/config.toml: check_home vetted the home; never follow a link to it
-            fd = open_beneath(path.parent, path.name, os.O_RDONLY | os.O_NONBLOCK)
+            directory, name = os.path.split(path)
+            fd = open_beneath(directory, name, os.O_RDONLY | os.O_NONBLOCK)
             with os.fdopen(fd, "rb") as handle:
                 verify_fd(handle.fileno(), path)
                 raw = handle.read(MAX_CONFIG + 1)
@@ -344,26 +396,28 @@ def _line_of(text: str, key: str) -> int:
 def load_settings(
     overrides: dict[str, Any] | None = None,
     *,
-    home: Path | None = None,
-    config_file: Path | None = None,
+    home: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
     outputs: bool = True,
 ) -> Settings:
     """Resolve every setting; `overrides` holds command-line flags (None = not given).
     `outputs`: whether the home's check covers the jobs' output directories
     (files.check_home).  Raises ConfigError, UnsafePath."""
     home_source = "flag" if home else ("env" if os.environ.get("PONYBUNNY_HOME") else "default")
-    home = (home or default_home()).expanduser().absolute()
-    _utf8("the home (PONYBUNNY_HOME or --home)", str(home))
+    home_dir = _absolute_path(home or default_home())
+    _utf8("the home (PONYBUNNY_HOME or --home)", home_dir)
     from pony_scheduler.files import check_home
 
     # StrictModes: before anything in the home (its config.toml first) is read.
-    check_home(home, outputs=outputs)
+    check_home(home_dir, outputs=outputs)
     if config_file is None and os.environ.get("PONYBUNNY_CONFIG"):
-        config_file = Path(os.environ["PONYBUNNY_CONFIG"])
+        config_file = os.environ["PONYBUNNY_CONFIG"]
     explicit_config = config_file is not None
-    config_path = (config_file or home / "config.toml").expanduser().absolute()
+    config_path = _absolute_path(
+        config_file if config_file is not None else os.path.join(home_dir, "config.toml")
+    )
     try:
-        missing = explicit_config and not config_path.exists()
+        missing = explicit_config and not _exists(config_path)
     except PermissionError:  # a directory on the way we may not enter: read says why
         missing = False
     if missing:
@@ -372,7 +426,7 @@ def load_settings(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {"home": home_source}
-    bases: dict[str, Path] = {}  # relative paths are relative to where they were written
+    bases: dict[str, str] = {}  # relative paths are relative to where they were written
     for key, (env_name, convert, default) in FIELDS.items():
         flag = (overrides or {}).get(key)
         if flag is not None:
@@ -382,16 +436,16 @@ def load_settings(
         elif key in from_file:
             values[key] = convert(f"{config_path}: {key}", from_file[key])
             sources[key] = f"file {config_path}"
-            bases[key] = config_path.parent
+            bases[key] = os.path.dirname(config_path)
         else:
             values[key], sources[key] = default, "default"
 
-    values["db"] = db_url(values["db"] or str(home / "pony.db"), bases.get("db", Path.cwd()))
-    socket = Path(values["socket"] or home / "gateway.sock").expanduser()
-    values["socket"] = socket if socket.is_absolute() else bases.get("socket", Path.cwd()) / socket
+    values["db"] = db_url(values["db"] or os.path.join(home_dir, "pony.db"), bases.get("db"))
+    socket = values.pop("socket") or os.path.join(home_dir, "gateway.sock")
     return Settings(
-        home=home,
-        config_file=config_path if config_path.exists() else None,
+        home_dir=home_dir,
+        socket_path=_absolute_path(socket, bases.get("socket")),
+        config_path=config_path if _exists(config_path) else None,
         sources=sources,
         **values,
     )
@@ -490,7 +544,7 @@ def check_port_for_replacement(
                     ) from None
 
 
-def validate_socket_path(path: Path) -> None:
+def validate_socket_path(path: "Path") -> None:
     """The gateway socket must fit in sun_path and live in an existing directory."""
     size = len(os.fsencode(path))
     if size > MAX_SOCKET_PATH:

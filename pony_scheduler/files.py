@@ -39,7 +39,6 @@ import contextlib
 import errno
 import os
 import stat
-from pathlib import Path
 
 from pony_scheduler.errors import PonyError
 from pony_scheduler.pathtrust import (
@@ -165,14 +164,14 @@ def check_home(home: str | os.PathLike[str], *, outputs: bool = True) -> None:
     try:
         open_home = _others_may_enter(info.st_mode)
         for entry in list(os.scandir(read_fd)):
-            _check_entry(Path(home) / entry.name, entry, open_home)
+            _check_entry(os.path.join(home, entry.name), entry, open_home)
         if outputs:
-            _check_runs(Path(home) / "runs", read_fd)
+            _check_runs(os.path.join(home, "runs"), read_fd)
     finally:
         os.close(read_fd)
 
 
-def _check_runs(runs: Path, home_fd: int) -> None:
+def _check_runs(runs: str, home_fd: int) -> None:
     """Each entry directly below runs/ (one directory per job) is a real directory of
     ours, not writable by others: one planted while the home was open would otherwise
     receive, or redirect, the outputs written into it.  Not the output files themselves
@@ -186,7 +185,7 @@ def _check_runs(runs: Path, home_fd: int) -> None:
         return  # none yet (a link or a file there was refused above)
     try:
         for entry in os.scandir(fd):
-            path = runs / entry.name
+            path = os.path.join(runs, entry.name)
             try:
                 info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -225,7 +224,7 @@ def _check_home_itself(home: str | os.PathLike[str], info: os.stat_result) -> No
         )
 
 
-def _check_entry(path: Path, entry: os.DirEntry[str], open_home: bool) -> None:
+def _check_entry(path: str, entry: os.DirEntry[str], open_home: bool) -> None:
     known = KNOWN.get(entry.name)
     try:
         info = entry.stat(follow_symlinks=False)
@@ -257,7 +256,7 @@ def _check_entry(path: Path, entry: os.DirEntry[str], open_home: bool) -> None:
         check_owner_and_mode(path, info, private=False)
 
 
-def _check_link_owner(path: Path, info: os.stat_result) -> None:
+def _check_link_owner(path: str, info: os.stat_result) -> None:
     if not trusted_owner(info.st_uid):
         raise UnsafePath(
             path,

@@ -31,7 +31,6 @@ import errno
 import os
 import stat
 from collections import deque
-from pathlib import PurePosixPath
 
 from pony_scheduler.errors import EXIT_FAILURE, PonyError
 
@@ -298,10 +297,13 @@ Root = str | os.PathLike[str] | int
 
 
 def _parts(relative: str | os.PathLike[str]) -> tuple[str, ...]:
-    pure = PurePosixPath(relative)
-    if pure.is_absolute() or not pure.parts or ".." in pure.parts:
+    # The components as PurePosixPath(relative).parts, without pathlib (config.Settings
+    # says why): `pb scheduler status` opens HOME/config.toml through here.
+    text = os.fspath(relative)
+    parts = tuple(part for part in text.split("/") if part not in ("", "."))
+    if text.startswith("/") or not parts or ".." in parts:
         raise ValueError(f"not a relative path below a directory: {relative!s}")
-    return pure.parts
+    return parts
 
 
 def _refuse_link(root: Root, relative: str | os.PathLike[str], exc: OSError) -> UnsafePath:

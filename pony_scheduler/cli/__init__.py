@@ -18,8 +18,6 @@ from pony_scheduler import __version__
 from pony_scheduler.errors import EXIT_USAGE, PonyError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from click.shell_completion import CompletionItem
 
 
@@ -247,14 +245,7 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
     The home directory is $PONYBUNNY_HOME (default ~/.ponybunny).
     """
     ctx.ensure_object(dict)
-    ctx.obj["config_file"] = _path(config_file)
-
-
-def _path(value: str | None) -> "Path | None":
-    # pathlib (with urllib.parse and fnmatch) only when a command runs, not for --version.
-    from pathlib import Path
-
-    return Path(value) if value is not None else None
+    ctx.obj["config_file"] = config_file  # str: load_settings needs no pathlib (config.py)
 
 
 def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:

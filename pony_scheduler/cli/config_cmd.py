@@ -9,6 +9,10 @@ import click
 from pony_scheduler.cli import Group
 from pony_scheduler.cli.options import settings_from
 
+# Settings holds these paths as str under names of their own (config.Settings says why);
+# they are the settings home and socket.
+_SETTING_OF = {"home_dir": "home", "socket_path": "socket"}
+
 
 @click.group(cls=Group, name="config")
 def config_group() -> None:
@@ -22,10 +26,11 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
     """Print every effective setting and its source."""
     settings = settings_from(ctx)
     rows = []
-    for name in type(settings)._fields:
-        if name in ("sources", "config_file"):
+    for field in type(settings)._fields:
+        if field in ("sources", "config_path"):
             continue
-        value = getattr(settings, name)
+        value = getattr(settings, field)
+        name = _SETTING_OF.get(field, field)
         if name == "db":  # never print a password
             from pony_scheduler.store.engine import safe_url
 

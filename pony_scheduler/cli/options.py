@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import click
@@ -37,5 +36,5 @@ def settings_from(ctx: click.Context, *, outputs: bool = True, **overrides: Any)
     """The settings for a command; `outputs` False for commands that use no job output
     (config.load_settings)."""
     root = ctx.find_root()
-    config_file: Path | None = (root.obj or {}).get("config_file")
+    config_file: str | None = (root.obj or {}).get("config_file")
     return load_settings(overrides, config_file=config_file, outputs=outputs)

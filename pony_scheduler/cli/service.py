@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -350,7 +351,7 @@ def keeper_facts(settings: Settings) -> dict[str, Any] | None:
     one the file describes (the same checks as for a pid file): pid, containment, ..."""
     from pony_scheduler.lifecycle.pidfile import live_meta
 
-    return live_meta(settings.home / "keeper.json")
+    return live_meta(os.path.join(settings.home_dir, "keeper.json"))
 
 
 def status_json(report: Status, settings: Settings) -> dict[str, Any]:
@@ -368,8 +369,8 @@ def status_json(report: Status, settings: Settings) -> dict[str, Any]:
         "mode": meta.get("mode"),
         "startedAt": meta.get("startedAt"),
         "uptimeSeconds": round(uptime, 3) if uptime is not None else None,
-        "logFile": str(report.spec.log_path(settings.home)),
-        "pidFile": str(report.spec.pid_path(settings.home)),
+        "logFile": report.spec.log_path(settings.home_dir),
+        "pidFile": report.spec.pid_path(settings.home_dir),
         "reason": report.reason or None,
         "address": meta.get("address"),
         "metadata": report.meta,
@@ -437,7 +438,7 @@ def status_lines(report: Status, settings: Settings) -> list[str]:
         lines.append(
             _label("Uptime") + (format_duration(int(uptime)) if uptime is not None else "unknown")
         )
-    lines.append(_label("Log file") + str(spec.log_path(settings.home)))
+    lines.append(_label("Log file") + spec.log_path(settings.home_dir))
     return lines
 
 

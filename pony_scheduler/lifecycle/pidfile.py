@@ -11,7 +11,6 @@ import json
 import os
 import time
 from enum import Enum
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from pony_scheduler.lifecycle.spec import ServiceSpec
@@ -35,7 +34,8 @@ class PidInfo(NamedTuple):  # not a dataclass: see lifecycle/spec.py
 
 def boot_id() -> str:
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
     except OSError:
         return ""
 
@@ -66,7 +66,8 @@ def proc_uid(pid: int) -> int | None:
 
 def proc_cmdline(pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read()
     except OSError:
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
@@ -84,15 +85,18 @@ def identity(pid: int) -> dict[str, Any]:
     }
 
 
-def read_meta(path: Path) -> dict[str, Any] | None:
+# Paths are str or Path: `pb NAME status` passes str, as it does without pathlib
+# (config.Settings says why); files are read with open(), which takes either.
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
+        with open(path) as handle:
+            data = json.loads(handle.read())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def live_meta(path: Path) -> dict[str, Any] | None:
+def live_meta(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The metadata file `path` (NAME.json, keeper.json) if the process it describes
     lives: its "pid" on this boot ("bootId") with the same /proc start time
     ("procStartTime"), the checks a pid file gets; None otherwise."""
@@ -104,11 +108,12 @@ def live_meta(path: Path) -> dict[str, Any] | None:
     return meta if same else None
 
 
-def write_meta(path: Path, data: dict[str, Any]) -> None:
+def write_meta(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write atomically, so a reader never sees half a file (and never through a link)."""
     from pony_scheduler.files import SHARED_MODE, write_atomic
 
-    write_atomic(path.parent, path.name, (json.dumps(data, indent=2) + "\n").encode(), SHARED_MODE)
+    directory, name = os.path.split(os.fspath(path))
+    write_atomic(directory or ".", name, (json.dumps(data, indent=2) + "\n").encode(), SHARED_MODE)
 
 
 def _looks_like_pb(pid: int) -> bool:
@@ -128,11 +133,11 @@ def is_ours(pid: int, meta: dict[str, Any] | None) -> bool:
     return _looks_like_pb(pid)
 
 
-def start_lock_held(spec: ServiceSpec, home: Path) -> bool:
+def start_lock_held(spec: ServiceSpec, home: str | os.PathLike[str]) -> bool:
     import fcntl
 
     try:
-        fd = os.open(spec.start_lock_path(home), os.O_RDONLY)
+        fd = os.open(spec.start_lock_path(os.fspath(home)), os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -144,11 +149,13 @@ def start_lock_held(spec: ServiceSpec, home: Path) -> bool:
     return False
 
 
-def inspect(spec: ServiceSpec, home: Path) -> PidInfo:
+def inspect(spec: ServiceSpec, home: str | os.PathLike[str]) -> PidInfo:
     """Classify the pid file of `spec`; never signals anything."""
+    home = os.fspath(home)
     pid_path = spec.pid_path(home)
     try:
-        text = pid_path.read_text(errors="replace")
+        with open(pid_path, errors="replace") as handle:
+            text = handle.read()
     except FileNotFoundError:
         return PidInfo(PidState.ABSENT)
     except PermissionError as exc:
@@ -189,11 +196,12 @@ def inspect(spec: ServiceSpec, home: Path) -> PidInfo:
     )
 
 
-def remove_files(spec: ServiceSpec, home: Path) -> None:
+def remove_files(spec: ServiceSpec, home: str | os.PathLike[str]) -> None:
     """Remove the pid file and metadata of a daemon that is gone."""
+    home = os.fspath(home)
     for path in (spec.meta_path(home), spec.pid_path(home)):
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            os.unlink(path)
 
 
 def still_ours(pid: int, start_time: int | None) -> bool:

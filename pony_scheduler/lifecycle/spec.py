@@ -1,13 +1,23 @@
 """What the lifecycle needs to know about one service."""
 
 import importlib
+import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pony_scheduler.config import Settings
     from pony_scheduler.lifecycle.runtime import ServiceRuntime
+
+# The files of a home as the home is given: str for `pb NAME status`, which does without
+# pathlib (config.Settings says why), Path for everyone else.
+Home = TypeVar("Home", str, "Path")
+
+
+def in_home(home: Home, name: str) -> Home:
+    return os.path.join(home, name) if isinstance(home, str) else home / name
 
 
 # The records of this package are NamedTuples, not dataclasses: `pb scheduler status`
@@ -30,17 +40,17 @@ class ServiceSpec(NamedTuple):
     # --force), whether the new one can take over from it; raises PonyError if not.
     handover_check: str | None = None
 
-    def pid_path(self, home: Path) -> Path:
-        return home / f"{self.name}.pid"
+    def pid_path(self, home: Home) -> Home:
+        return in_home(home, f"{self.name}.pid")
 
-    def meta_path(self, home: Path) -> Path:
-        return home / f"{self.name}.json"
+    def meta_path(self, home: Home) -> Home:
+        return in_home(home, f"{self.name}.json")
 
-    def log_path(self, home: Path) -> Path:
-        return home / f"{self.name}.log"
+    def log_path(self, home: Home) -> Home:
+        return in_home(home, f"{self.name}.log")
 
-    def start_lock_path(self, home: Path) -> Path:
-        return home / f".{self.name}.start.lock"
+    def start_lock_path(self, home: Home) -> Home:
+        return in_home(home, f".{self.name}.start.lock")
 
     def load(self, attribute: str) -> Callable[..., Any]:
         module, _, function = attribute.partition(":")

@@ -31,7 +31,7 @@ def status(spec: ServiceSpec, settings: Settings) -> Status:
     names, with the LSB init-script status code (0 running, 1 dead with a pid file,
     3 not running, 4 unknown).  Raises nothing for an unreadable pid file: unknown."""
     try:
-        info = pidfile.inspect(spec, settings.home)
+        info = pidfile.inspect(spec, settings.home_dir)
     except PermissionError as exc:
         return Status(spec, "unknown", EXIT_UNKNOWN, reason=str(exc))
     if info.state is PidState.RUNNING:

@@ -3,6 +3,7 @@ traceback (review finding, as a second user: PermissionError from os.stat)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -24,20 +25,23 @@ def test_a_database_behind_a_closed_directory(monkeypatch: pytest.MonkeyPatch) -
 def test_a_config_file_behind_a_closed_directory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Path.exists raised PermissionError before the reading, which says why in one line
-    (pathtrust: "... cannot be searched"), was reached."""
-    asked: list[Path] = []
+    """The existence check (os.stat) raised PermissionError before the reading, which
+    says why in one line (pathtrust: "... cannot be searched"), was reached."""
+    asked: list[str] = []
+    real_stat = os.stat
 
-    def refuse(self: Path, **_: object) -> bool:
-        raise PermissionError(13, "Permission denied", str(self))
+    def refuse(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        if path == "/root/x.toml":
+            raise PermissionError(13, "Permission denied", path)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    def read(path: Path, explicit: bool) -> dict[str, object]:
+    def read(path: str, explicit: bool) -> dict[str, object]:
         asked.append(path)
         raise ConfigError("/root cannot be searched (Permission denied)")
 
     monkeypatch.setattr(files, "check_home", lambda home, outputs=True: None)
     monkeypatch.setattr(config, "_read_config_file", read)
-    monkeypatch.setattr(Path, "exists", refuse)
+    monkeypatch.setattr(os, "stat", refuse)
     with pytest.raises(ConfigError, match="cannot be searched"):
         config.load_settings(home=tmp_path, config_file=Path("/root/x.toml"))
-    assert asked == [Path("/root/x.toml")]
+    assert asked == ["/root/x.toml"]
