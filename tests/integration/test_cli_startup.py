@@ -1,9 +1,11 @@
 """`pb` imports only what the command that runs needs (issue 15: start-up stays light).
 
 No timing here (bench/bench_cli.py measures it): these tests look at which modules a real
-`pb` process imported, compared with `python -c 'import click'` in the same interpreter,
-so that whatever the environment imports anyway (an editable install's finder, say) does
-not count.  They also check that the lazy top-level groups look exactly like eager ones.
+`pb` process imported, compared with `python -c 'import click'` in the same interpreter.
+Both run without site (`python -S`, pony_scheduler and click found through PYTHONPATH):
+an editable install's finder, which site runs at start-up, imports pathlib (and with it
+urllib.parse and ipaddress), which would hide those imports of pb's.  They also check
+that the lazy top-level groups look exactly like eager ones.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import click
 import pytest
 from click.testing import CliRunner
 
+import pony_scheduler
 from pony_scheduler.cli import LAZY, Command, Group, LazyGroup, cli
+from tests.conftest import Pb
 
-# Run a command as `pb` does and print the modules it imported, whatever its exit code.
+# Run a command as `pb` does and print the modules it imported, whatever its exit code
+# (json is imported after they are listed: --version and --help must not need it).
 PROBE = """
-import json, sys
+import sys
 try:
     if sys.argv[1:] != ["--click-only"]:
         from pony_scheduler.cli import main
@@ -33,8 +38,14 @@ except SystemExit:
     pass
 finally:
     sys.stdout.flush()
-    sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules)) + "\\n")
+    modules = sorted(sys.modules)
+    import json
+    sys.stderr.write("\\nMODULES " + json.dumps(modules) + "\\n")
 """
+# Where `python -S` finds pony_scheduler and click (site would have added them).
+PYTHONPATH = os.pathsep.join(
+    str(Path(module.__path__[0]).parent) for module in (pony_scheduler, click)
+)
 
 # Heavy modules that must stay off the paths that do not need them.
 HEAVY = {
@@ -56,14 +67,18 @@ HEAVY = {
     "inspect",
     "urllib",
     "urllib.parse",
+    # ~16M instructions with urllib.parse and ipaddress, a tenth of `import click`: the
+    # paths these commands use are str (config.Settings).
+    "pathlib",
 }
 
 
 def imported(home: Path, *args: str) -> set[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PONYBUNNY_")}
     env["PONYBUNNY_HOME"] = str(home)
+    env["PYTHONPATH"] = PYTHONPATH
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, *args],
+        [sys.executable, "-S", "-c", PROBE, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -101,15 +116,23 @@ def test_version_and_help_import_no_command_group(
     ours = {m for m in extra if m.startswith("pony_scheduler")}
     assert ours == {"pony_scheduler", "pony_scheduler.cli", "pony_scheduler.errors"}
     assert not extra & HEAVY, sorted(extra & HEAVY)
-    assert "pathlib" not in extra and "dataclasses" not in extra
+    assert "dataclasses" not in extra and "json" not in extra
     if args == ["--version"]:
         # gettext's first call imports locale; pb's own --version and --help options do
         # not call it (help's headings do)
         assert "locale" not in extra
 
 
-def test_scheduler_status_imports_only_the_lifecycle(tmp_path: Path, floor: set[str]) -> None:
-    extra = imported(tmp_path, "scheduler", "status") - floor
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+def test_scheduler_status_imports_only_the_lifecycle(
+    pb: Pb, home: Path, floor: set[str], running: bool
+) -> None:
+    if running:  # what monitors ask: the running daemon's metadata and keeper are read
+        pb("scheduler", "start", check=True)
+    extra = imported(home, "scheduler", "status") - floor
+    if running:
+        assert pb("scheduler", "status").code == 0
+        pb("scheduler", "stop", check=True)
     assert not extra & HEAVY, sorted(extra & HEAVY)
     ours = {m for m in extra if m.startswith("pony_scheduler")}
     assert "pony_scheduler.cli.service" in ours  # the command really ran
