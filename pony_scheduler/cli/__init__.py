@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 # click writes the text of its --help and --version options (and click.Path's metavar)
 # through gettext, whose first call imports `locale` (about 2 ms, a tenth of what `pb
 # scheduler status` may add to `import click`) although pb is not translated.  Every pb
-# command and group is one of these two classes, whose help option has its text as is.
+# command and group is one of these two classes, whose help option has its text as is
+# (and whose help is as wide as the terminal without shutil, _Context).
 HELP_HELP = "Show this message and exit."
 
 
@@ -34,8 +35,34 @@ def _show_help(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         ctx.exit()
 
 
+def _columns() -> int:
+    """shutil.get_terminal_size().columns without shutil, which click's HelpFormatter
+    imports for it (with zlib, bz2 and lzma: about 7 million instructions, 4% of `import
+    click`, on `pb --help` and on every usage error)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0 and sys.__stdout__ is not None:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Context(click.Context):
+    def make_formatter(self) -> click.HelpFormatter:
+        width = self.terminal_width
+        if width is None and click.formatting.FORCED_WIDTH is None:
+            # What HelpFormatter makes of shutil's answer.
+            width = max(min(_columns(), self.max_content_width or 80) - 2, 50)
+        return self.formatter_class(width=width, max_width=self.max_content_width)
+
+
 class _PlainHelp:
     _plain_help: click.Option | None = None
+    context_class: type[click.Context] = _Context  # help's width without shutil
 
     def get_help_option(self, ctx: click.Context) -> click.Option | None:
         """As click.Command.get_help_option (built once, eager, not exposed), without

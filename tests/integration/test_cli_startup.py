@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 import pony_scheduler
-from pony_scheduler.cli import LAZY, Command, Group, LazyGroup, cli
+from pony_scheduler.cli import LAZY, Command, Group, LazyGroup, _columns, cli
 from tests.conftest import Pb
 
 # Run a command as `pb` does and print the modules it imported, whatever its exit code
@@ -121,6 +122,20 @@ def test_version_and_help_import_no_command_group(
         # gettext's first call imports locale; pb's own --version and --help options do
         # not call it (help's headings do)
         assert "locale" not in extra
+    # click's HelpFormatter imports shutil (with zlib, bz2, lzma) for the terminal's
+    # width; pb's context asks os (cli/__init__.py, _Context)
+    assert "shutil" not in extra
+
+
+@pytest.mark.parametrize("columns", [None, "0", "30", "120", "wide"])
+def test_help_is_as_wide_as_shutil_says(
+    monkeypatch: pytest.MonkeyPatch, columns: str | None
+) -> None:
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _columns() == shutil.get_terminal_size().columns
 
 
 @pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
