@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import PonyError
 from pony_scheduler.keeper.client import KeeperError
-from pony_scheduler.keeper.protocol import LeaseTerms
+from pony_scheduler.keeper.protocol import KILL_GRACE_S, LeaseTerms
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
 from pony_scheduler.runstate import RunState
 from pony_scheduler.scheduler import environment, host, planning, recovery, runs, takeover
@@ -34,6 +34,7 @@ from pony_scheduler.scheduler.executor import Executor, Launch
 from pony_scheduler.scheduler.runs import Capacity, Claimed, Ending, Outcome, Run, Started
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line, utcnow
+from pony_scheduler.store.engine import SQLITE_BUSY_TIMEOUT_MS
 from pony_scheduler.store.runs import ClaimRequest, Finished
 from pony_scheduler.store.transitions import Claimant
 
@@ -42,6 +43,8 @@ log = logging.getLogger("pony_scheduler.scheduler")
 CHANGE_POLL = 1.0  # seconds between looks at the change counter
 # Upkeep's slice of an unfinished `pb job remove` (seconds, then the batch in hand ends).
 PURGE_BUDGET_S = 0.2
+# A stop tries this long to record what is left before leaving it to the run keeper.
+BOOKS_BUDGET_S = 10.0
 # A started run's pid waits this long for the next transaction (a finish, a claim) to
 # carry it, rather than costing a write of its own; a restart needs the pid only to stop
 # an orphan, so a short delay trades a small window for half the writes per run.
@@ -514,6 +517,7 @@ class WorkLoop:
             self.kicked = self.upcoming_dirty = True
 
     def shutdown(self) -> None:
+        noticed = time.monotonic()
         log.info("Shutdown requested: no new work will be started")
         self.runtime.stopping_notice()
         self.unreleased += self.executor.take_back()
@@ -532,18 +536,31 @@ class WorkLoop:
         )
         if left:
             log.warning("Interrupted %d running job(s); they run again after the next start", left)
-        if self.close_books():
+        if self.close_books(self.books_deadline(noticed)):
             self.executor.release_keeper()
         else:
             self.executor.hand_over()
 
-    def close_books(self) -> bool:
-        """Record what is left, requeue runs claimed and not started, record the stop.
-        Returns whether every outcome was recorded."""
+    def books_deadline(self, noticed: float) -> float:
+        """When a stop gives up recording (time.monotonic() seconds): BOOKS_BUDGET_S after
+        the drain, and early enough that the stop ends within what `pb scheduler stop`
+        and the systemd unit wait (the grace plus three kill graces from the signal,
+        lifecycle/services.stop_timeout) even if one more attempt waits the whole SQLite
+        busy timeout.  What is not recorded by then stays with the run keeper, durable,
+        until the next start records it: a database locked or down makes the stop give
+        up, not overrun (it waited ~3 minutes on a locked SQLite file)."""
+        now = time.monotonic()
+        stop_by = noticed + self.runtime.settings.shutdown_grace + 3 * KILL_GRACE_S
+        return min(now + BOOKS_BUDGET_S, stop_by - SQLITE_BUSY_TIMEOUT_MS / 1000 - 2)
+
+    def close_books(self, deadline: float | None = None) -> bool:
+        """Record what is left, requeue runs claimed and not started, record the stop;
+        no new attempt after `deadline` (time.monotonic() seconds).  Returns whether every
+        outcome was recorded."""
         try:
-            recovery.retrying(self.record_results)
-            recovery.retrying(lambda: self.release_waiting(time.monotonic()))
-            recovery.retrying(self.store.mark_stopped, attempts=3)
+            recovery.retrying(self.record_results, deadline=deadline)
+            recovery.retrying(lambda: self.release_waiting(time.monotonic()), deadline=deadline)
+            recovery.retrying(self.store.mark_stopped, attempts=3, deadline=deadline)
         except DBAPIError as exc:
             unrecorded = [item.run.id for item in self.finished]
             log.error(

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import signal
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TypeVar
@@ -34,15 +35,18 @@ SCHEDULER_VAR = "PONYBUNNY_SCHEDULER_ID"  # in each run's environment: who start
 T = TypeVar("T")
 
 
-def retrying(action: Callable[[], T], attempts: int = 6) -> T:
+def retrying(action: Callable[[], T], attempts: int = 6, deadline: float | None = None) -> T:
     """Run a short database write again when the database is briefly unavailable
-    (locked, restarting); results must not be dropped because of a hiccup."""
+    (locked, restarting); results must not be dropped because of a hiccup.  No attempt
+    starts after `deadline` (time.monotonic() seconds), though one under way is not cut
+    short (it can wait the SQLite busy timeout).  Raises the last DBAPIError."""
     delay = 0.5
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except DBAPIError as exc:
-            if attempt == attempts:
+            late = deadline is not None and time.monotonic() + delay > deadline
+            if attempt == attempts or late:
                 raise
             log.warning("Database write failed (%s); retrying in %.1fs", first_line(exc), delay)
             pause(delay)

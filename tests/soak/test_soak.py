@@ -373,6 +373,39 @@ def test_database_locked_longer_than_the_busy_timeout(pb: Pb, home: Path, tmp_pa
     print(f"\nSOAK db-locked: {counts}")
 
 
+def test_a_stop_on_a_locked_database_leaves_the_outcomes_to_the_keeper(
+    pb: Pb, home: Path, tmp_path: Path
+) -> None:
+    """`pb scheduler stop` while another process holds SQLite's write lock (an admin's
+    sqlite3 shell in a transaction, a backup tool) kept retrying its last writes for ~3
+    minutes and the stop gave up after its default wait, the scheduler still running
+    (review finding).  It now tries for a bounded time, leaves what it could not record
+    to the run keeper and stops within that wait; the next start records the run that
+    ended meanwhile with its real result, once."""
+    ledger = tmp_path / "ledger"
+    gate = tmp_path / "gate"
+    pb.env["PONYBUNNY_SHUTDOWN_GRACE"] = "60"  # the stop waits 75 s: the old code took ~3 min
+    pb("scheduler", "start", check=True)
+    script = f'echo "$PONYBUNNY_RUN_ID" >> {ledger}; while [ ! -e {gate} ]; do sleep 0.1; done'
+    pb("job", "add", "gated", "--manual", "--shell", "--", script, check=True)
+    pb("job", "run", "gated", check=True)
+    assert wait_for(lambda: ledger.exists() and ledger.read_text().strip() == "1", 60)
+    holder = sqlite3.connect(home / "pony.db", isolation_level=None, timeout=30)
+    holder.execute("BEGIN IMMEDIATE")  # writers wait: the daemon cannot record
+    try:
+        gate.touch()  # the run ends while nothing can be written
+        stopped = pb("scheduler", "stop", timeout=120)
+        assert stopped.code == 0, stopped.all
+        assert "⚠ The run keeper (PID" in stopped.err and "stays" in stopped.err, stopped.all
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    pb("scheduler", "start", check=True)
+    assert wait_for(lambda: [r["state"] for r in all_runs(pb)] == ["succeeded"], 60), all_runs(pb)
+    assert ledger.read_text().split() == ["1"]  # not run again
+    pb("scheduler", "stop", check=True)
+
+
 def test_home_removed_under_the_daemon(pb: Pb, tmp_path: Path, pg_url: str) -> None:
     import shutil
 
