@@ -280,8 +280,16 @@ def _clean_path(path: str) -> str:
 
 def _absolute_path(path: str | os.PathLike[str], base: str | None = None) -> str:
     """As Path(path).expanduser().absolute(), relative to `base` (default: the working
-    directory), as str."""
+    directory), as str.  Raises ConfigError for '~user' of a user that does not exist
+    (pathlib raises RuntimeError; os.path would leave a relative '~user' under the
+    working directory, a home nobody meant)."""
     text = os.path.expanduser(_clean_path(os.fspath(path)))  # as pathlib: ./~ is ~ too
+    if text.startswith("~"):
+        user = text[1:].split("/", 1)[0]
+        raise ConfigError(
+            f"cannot expand '{os.fspath(path)}': no user named '{user}' on this host; "
+            "give the path in full"
+        )
     if not os.path.isabs(text):
         text = os.path.join(base or os.getcwd(), text)
     return _clean_path(text)

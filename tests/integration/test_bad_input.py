@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,30 @@ def test_missing_parent_home(pb: Pb, tmp_path: Path) -> None:
     result = pb("scheduler", "start", env={"PONYBUNNY_HOME": str(tmp_path / "no" / "home")})
     assert result.code == 1
     assert "parent directory does not exist" in one_line_error(result.err)
+
+
+@pytest.mark.parametrize(
+    ("var", "command"),
+    [("PONYBUNNY_HOME", ("scheduler", "status")), ("PONYBUNNY_DB", ("job", "list"))],
+)
+def test_a_tilde_of_no_user_is_one_line(
+    pb: Pb, tmp_path: Path, var: str, command: tuple[str, ...]
+) -> None:
+    """'~nosuchuser/x' was a traceback (pathlib's RuntimeError), then briefly a directory
+    named '~nosuchuser' under the working directory: refused, nothing made."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "pony_scheduler", *command],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**pb.env, var: "~pony-no-such-user/x"},
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "no user named 'pony-no-such-user'" in one_line_error(result.stderr)
+    assert list(cwd.iterdir()) == []
 
 
 def test_home_is_a_file(pb: Pb, tmp_path: Path) -> None:
