@@ -195,6 +195,11 @@ LAZY: dict[str, LazyCommand] = {
 }
 
 
+class _StdoutClosed(Exception):
+    """A BrokenPipeError on its way to main(): click turns one into exit status 1, and pb
+    documents 141 (pb(1), EXIT STATUS), what a shell gives a command killed by SIGPIPE."""
+
+
 class LazyGroup(Group):
     """A click.Group whose LAZY commands are imported when they are resolved.
 
@@ -205,6 +210,18 @@ class LazyGroup(Group):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, builders={n: c.load for n, c in LAZY.items()}, **kwargs)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:  # --version and --help write while the arguments are parsed
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError as exc:
+            raise _StdoutClosed from exc
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise _StdoutClosed from exc
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # As click.Group.format_commands, with stand-ins for the commands not imported yet.
@@ -295,7 +312,11 @@ def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
         # control character reaches the terminal.
         click.echo(f"Error: {for_log(str(exc))}", err=True)
         code = exc.exit_code
-    except BrokenPipeError:
+    except (_StdoutClosed, BrokenPipeError):
+        # What is still buffered must not fail again at exit ("Exception ignored").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         code = 141
     except UnicodeEncodeError as exc:
         # Bytes that are not UTF-8 in an argument (Python holds them as surrogates):

@@ -266,3 +266,25 @@ def test_the_config_option_completes_file_names(tmp_path: Path) -> None:
         },
     )
     assert proc.stdout.strip() == "file,/tmp/x"
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["job", "list", "--json"]])
+def test_stdout_closed_early_exits_141_quietly(argv: list[str], pb: Pb) -> None:
+    """`pb ... | head -1`: click exits 1 on EPIPE; pb(1) documents 141 (what a shell
+    gives a command killed by SIGPIPE), with nothing on stderr (review finding).  The
+    pipe's reading end is closed before pb starts, so the first write fails."""
+    pb("job", "add", "one", "--every", "1h", "--", "true", check=True)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pony_scheduler", *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=pb.env,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
