@@ -76,6 +76,7 @@ class Cgroups:
         self.mode = "pgroup"
         self.notes: list[str] = []
         self.v2_parent: str | None = None
+        self.v2_mount: str | None = None
         self.v2_own_fd = -1
         self.v2_controllers: set[str] = set()
         self.v1: dict[str, V1Group] = {}  # controller -> its hierarchy's group
@@ -109,6 +110,7 @@ class Cgroups:
             self.notes.append(f"cgroup2: {why}")
             return
         self.v2_parent = parent
+        self.v2_mount = found[0].mount_point
         self.v2_own_fd = os.open(os.path.join(own, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
         available = (read_text(os.path.join(parent, "cgroup.controllers")) or "").split()
         for name in cgroups.V2_WANTED:
@@ -186,10 +188,12 @@ class Cgroups:
                 groups.setdefault("cpuacct", self.v1["cpuacct"])
         return CgroupBox(self, name or f"run-{run_id}", launch, groups)
 
-    def stale_groups(self) -> list[str]:
-        """Run groups an earlier keeper of this home left (it died with runs held)."""
+    def stale_groups(self, elsewhere: list[str]) -> list[str]:
+        """Run groups an earlier keeper of this home left (it died with runs held), under
+        this keeper's parents and under `elsewhere` (other_parents)."""
         parents = [self.v2_parent] if self.v2_parent else []
         parents += sorted({g.parent for g in self.v1.values()})
+        parents += elsewhere
         found = []
         for parent in parents:
             with contextlib.suppress(OSError):
@@ -198,6 +202,24 @@ class Cgroups:
                     for e in os.scandir(parent)
                     if e.is_dir(follow_symlinks=False) and e.name.startswith("run-")
                 ]
+        return found
+
+    def other_parents(self) -> list[str]:
+        """Groups named for this home (home_group_name) elsewhere in the hierarchies this
+        keeper uses: where an earlier keeper made its runs' groups when it was started from
+        another cgroup (a login session, then the systemd unit: review finding, a run's
+        process that had cleared its environment outlived its `lost` record there).  Only
+        groups this user made count (the owner of a cgroup directory is its creator; an
+        unprivileged user can put only their own processes in a group anyway).  Walked
+        once at start: a few hundred directories on a systemd host."""
+        ours = {g.parent for g in self.v1.values()}
+        roots = {g.hierarchy.mount_point for g in self.v1.values()}
+        if self.v2_parent is not None and self.v2_mount is not None:
+            ours.add(self.v2_parent)
+            roots.add(self.v2_mount)
+        found: list[str] = []
+        for root in sorted(roots):
+            found += _named_groups(root, self.name, ours)
         return found
 
     def kill_stale(self, path: str) -> int:
@@ -379,6 +401,22 @@ class CgroupBox:
                 for pid in pids:
                     with contextlib.suppress(OSError):
                         write_text(os.path.join(kept, "cgroup.procs"), str(pid))
+
+
+def _named_groups(root: str, name: str, skip: set[str]) -> list[str]:
+    """Directories called `name` below `root`, owned by this user, not in `skip`; their
+    subtrees are not searched (a home's groups hold only its runs)."""
+    found, pending, uid = [], [root], os.geteuid()
+    while pending:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False) or entry.path in skip:
+                    continue
+                if entry.name != name:
+                    pending.append(entry.path)
+                elif entry.stat(follow_symlinks=False).st_uid == uid:
+                    found.append(entry.path)
+    return sorted(found)
 
 
 def _about(note: str) -> str:

@@ -93,7 +93,8 @@ def _cleanup_stale(
     """Kill what the runs of a keeper that died left: their outcomes are lost anyway, and
     a run the scheduler repeats must not run beside its former self.  Leftovers kept by
     policy (`--leftovers keep`, keptfile.py) are spared."""
-    for path in cg.stale_groups():
+    elsewhere = cg.other_parents()
+    for path in cg.stale_groups(elsewhere):
         count = cg.kill_stale(path)
         deadline = time.monotonic() + 5
         while not cgroups.remove_group(path) and time.monotonic() < deadline:
@@ -101,6 +102,9 @@ def _cleanup_stale(
         log.warning(
             "Killed %d process(es) of %s, left by a keeper that died", count, os.path.basename(path)
         )
+    for parent in elsewhere:  # kept leftovers (`--leftovers keep`) keep theirs alive
+        if cgroups.remove_group(parent):
+            log.info("Removed %s, where an earlier keeper of this home put its runs", parent)
     old_id = (old_meta or {}).get("keeperId")
     if isinstance(old_id, str) and old_id:
         marked = procs.scan_marked(old_id, os.getuid())

@@ -499,3 +499,57 @@ def test_an_escapee_that_clears_its_environment_beside_another_run(
     else:
         assert held["reason"] is None, held
     assert not escapee_alive()
+
+
+def test_a_keeper_started_from_another_cgroup_kills_what_a_dead_one_left(
+    pb: Pb, tmp_path: Path
+) -> None:
+    """A keeper makes its runs' groups below its own cgroup.  Started from a login
+    session's group and, after a crash, from the systemd unit's, the new keeper looked
+    only below its own: a run's process that had cleared its environment outlived the
+    run's `lost` record, and the dead keeper's groups stayed (review finding).  It now
+    finds the home's groups wherever an earlier keeper made them."""
+    from pony_scheduler.keeper import cgroups
+
+    unified = [h for h in cgroups.discover() if h.version == 2]
+    if os.geteuid() != 0 or not unified:
+        pytest.skip("needs cgroup2 containment (root here)")
+    session = Path(unified[0].own) / f"pony-test-session-{os.getpid()}"
+    session.mkdir()
+    pid_file = tmp_path / "escapee"
+    escapee = 0
+
+    def escapee_alive() -> bool:
+        try:
+            cmdline = Path(f"/proc/{escapee}/cmdline").read_bytes()
+            return cmdline == b"sleep\x00300\x00" and os.getsid(escapee) == escapee
+        except OSError:
+            return False
+
+    try:
+        daemon = start(pb, "auto", wrap=["env"], setup=f"echo $$ > {session}/cgroup.procs;")
+        assert daemon.containment == "cgroup2"
+        daemon.add(
+            "escape",
+            "--shell",
+            "--",
+            f"(setsid env -i sleep 300 & echo $! > {pid_file}); sleep 301",
+        )
+        run_id = daemon.queue("escape")
+        assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 60)
+        escapee = int(pid_file.read_text())
+        assert wait_for(escapee_alive, 30)  # running `sleep` with the empty environment
+        keeper = json.loads((pb.home / "keeper.json").read_text())
+        scheduler = pb.pid()
+        assert proc_start_time(keeper["pid"]) == keeper["procStartTime"]
+        for pid in (scheduler, keeper["pid"]):  # verified ours: pid file, keeper.json
+            os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not alive(scheduler) and not alive(keeper["pid"]), 30)
+        pb("scheduler", "start", check=True)  # from this test's own cgroup
+        assert wait_for(lambda: not escapee_alive(), 60)
+        assert wait_for(lambda: daemon.show(run_id)["state"] == "lost", 60)
+        assert [p.name for p in session.iterdir() if p.is_dir()] == []  # its groups removed
+    finally:
+        if escapee_alive():
+            os.kill(escapee, signal.SIGKILL)
+        cgroups.remove_group(str(session))
