@@ -453,9 +453,14 @@ def job_next(
 @click.pass_context
 def job_remove(ctx: click.Context, name: str) -> None:
     """Remove job NAME and its history."""
-    running = open_store(ctx).remove_job(name)
+    removal = open_store(ctx).remove_job(name)
     click.echo(f"✓ Job {name} removed")
-    for run_id in running:
+    if removal.left:
+        from pony_scheduler.textsafe import for_log  # paths: no control character shown
+
+        for left in removal.left:
+            click.echo(f"⚠ Output file left on disk, remove it by hand: {for_log(left)}", err=True)
+    for run_id in removal.running:
         click.echo(
             f"⚠ Run {run_id} of {name} is still running: it goes on to its end, then its "
             f"record and output are deleted with the job's; 'pb runs kill {run_id}' stops it",

@@ -465,7 +465,10 @@ class WorkLoop:
         if recovery.abandoned(self.store, self.scheduler_id, home, now, judge):
             self.upcoming_dirty = self.kicked = True
         if self.store.removals_pending():
-            self.store.purge_removed(budget_s=PURGE_BUDGET_S)
+            for left in self.store.purge_removed(budget_s=PURGE_BUDGET_S).left:
+                log.warning(
+                    "Output file of a removed job left on disk, remove it by hand: %s", left
+                )
         self.events.emit(
             "heartbeat",
             {

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -48,6 +48,22 @@ DEFAULT_DEADLINE = "default_start_deadline_s"
 class UnknownJob(PonyError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no job named {name!r}; see 'pb job list'")
+
+
+class Purged(NamedTuple):
+    """What purge_removed did: runs deleted, and "PATH: reason" of each output file it
+    had to leave on disk."""
+
+    deleted: int
+    left: tuple[str, ...]
+
+
+class Removal(NamedTuple):
+    """What remove_job did: its runs still running (deleted at their end) and "PATH:
+    reason" of each output file left on disk."""
+
+    running: tuple[int, ...]
+    left: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +183,11 @@ class JobQueries(ClockQueries):
             )
             bump_changes(connection)
 
-    def remove_job(self, name: str, actor: Actor | None = None) -> tuple[int, ...]:
+    def remove_job(self, name: str, actor: Actor | None = None) -> Removal:
         """Remove job `name`, its runs and their output files; returns the ids of its runs
         still running, which go on to their end (as cron's do when their line is deleted)
-        and are deleted then.  Raises UnknownJob.
+        and are deleted then, and the output files it had to leave (purge_removed).
+        Raises UnknownJob.
 
         The job is renamed and unscheduled first (its name is free at once, its queued
         runs never start), then its runs go in batches of REMOVE_BATCH, each its own
@@ -193,25 +210,32 @@ class JobQueries(ClockQueries):
             )
             audit.record(connection, actor, "remove", name)
             bump_changes(connection)
-        self.purge_removed()
+        purged = self.purge_removed()
         with self.engine.connect() as connection:
-            return tuple(
+            running = tuple(
                 connection.execute(
                     select(runs.c.id)
                     .where(runs.c.job_id == job_id, runs.c.state == RunState.RUNNING)
                     .order_by(runs.c.id)
                 ).scalars()
             )
+        return Removal(running, purged.left)
 
-    def purge_removed(self, budget_s: float | None = None) -> int:
-        """Delete the runs, output files and rows of removed jobs; returns runs deleted.
+    def purge_removed(self, budget_s: float | None = None) -> Purged:
+        """Delete the runs, output files and rows of removed jobs.
 
         `budget_s` (seconds, monotonic): stop after the batch that ends past it, at least
         one batch done - the scheduler's upkeep passes one so that a removal `pb job
         remove` left unfinished (interrupted, or runs still running then) is finished a
         slice at a time between iterations, never stalling the work loop for the whole
-        job (review: 300,000 runs held it 20 s).  None: until nothing is left."""
+        job (review: 300,000 runs held it 20 s).  None: until nothing is left.
+
+        An output file that cannot be removed (something else now at its path, a
+        read-only or immutable file) is left where it is and named in the result; its run
+        is deleted all the same.  It used to raise, which in the scheduler's upkeep
+        stopped the scheduler, and every start after it (review finding: a poison pill)."""
         deadline = None if budget_s is None else time.monotonic() + budget_s
+        left: list[str] = []
         with self.engine.connect() as connection:
             removed = list(
                 connection.execute(
@@ -220,10 +244,10 @@ class JobQueries(ClockQueries):
             )
         total = 0
         for job_id in removed:
-            while batch := self._delete_batch(job_id):
+            while batch := self._delete_batch(job_id, left):
                 total += batch
                 if deadline is not None and time.monotonic() >= deadline:
-                    return total
+                    return Purged(total, tuple(left))
             with self.engine.begin() as connection:  # once its running runs ended
                 if (
                     connection.execute(
@@ -232,9 +256,9 @@ class JobQueries(ClockQueries):
                     is None
                 ):
                     connection.execute(delete(jobs).where(jobs.c.id == job_id))
-        return total
+        return Purged(total, tuple(left))
 
-    def _delete_batch(self, job_id: int) -> int:
+    def _delete_batch(self, job_id: int, left: list[str]) -> int:
         settled = (runs.c.job_id == job_id) & (runs.c.state != RunState.RUNNING)
         with self.engine.begin() as connection:
             rows = connection.execute(
@@ -246,8 +270,8 @@ class JobQueries(ClockQueries):
             if not rows:
                 return 0
             for _, path in rows:
-                if path:
-                    _unlink(path)
+                if path and (why := _unlink(path)):
+                    left.append(f"{path}: {why}")
             connection.execute(delete(runs).where(settled, runs.c.id <= rows[-1][0]))
         return len(rows)
 
@@ -609,10 +633,12 @@ def _insert_for_jobs(connection: Connection, row: dict[str, Any], ids: list[int]
     return insert_ignore(connection, runs).from_select(names, source)
 
 
-def _unlink(path: str) -> None:
+def _unlink(path: str) -> str:
+    """Remove an output file: '' when it is gone, else why not (the strerror)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    except OSError as exc:  # a read-only home: stop here; `pb job remove` again resumes
-        raise PonyError(f"cannot remove output file {path}: {exc.strerror}") from None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""

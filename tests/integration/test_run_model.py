@@ -300,6 +300,41 @@ def test_removing_a_job_says_its_running_run_goes_on_to_its_end(
     assert wait_for(lambda: "no run with id" in pb("runs", "show", str(run_id)).err, 120)
 
 
+def test_an_output_path_that_cannot_be_removed_is_no_poison_pill(
+    pb: Pb, home: Path, tmp_path: Path
+) -> None:
+    """Something else at a removed job's output path (here a directory with a file in
+    it) made `pb job remove` fail half done and the scheduler's upkeep, which finishes
+    removals, stop the scheduler - and every start after it (review finding).  The path
+    is now left alone and named, on stderr or in the log; the rest goes on."""
+    started, go = tmp_path / "started", tmp_path / "go"
+    pb("scheduler", "start", check=True)
+    script = f"echo out; touch {started}; while [ ! -e {go} ]; do sleep 0.05; done"
+    pb("job", "add", "j", "--manual", "--shell", "--", "echo j", check=True)
+    pb("job", "run", "j", check=True)
+    first = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "succeeded")[0]
+    pb("job", "edit", "j", "--shell", "--", script, check=True)
+    pb("job", "run", "j", check=True)
+    assert wait_for(started.exists, 60)
+    held = json.loads(pb("runs", "--json").out)[0]
+    paths = [home / "runs" / "j" / f"{run['id']}.log" for run in (first, held)]
+    for path in paths:  # the file goes; a directory takes its place
+        path.rename(path.with_suffix(".moved"))
+        (path / "sub").mkdir(parents=True)
+        (path / "sub" / "f").touch()
+    removed = pb("job", "remove", "j")
+    assert removed.code == 0 and removed.out == "✓ Job j removed\n", removed.all
+    assert f"⚠ Output file left on disk, remove it by hand: {paths[0]}: " in removed.err
+    go.touch()  # the held run ends: the scheduler's upkeep deletes it and meets its path
+    assert wait_for(lambda: "no run with id" in pb("runs", "show", str(held["id"])).err, 120)
+    log = (home / "scheduler.log").read_text()
+    assert f"left on disk, remove it by hand: {paths[1]}: Is a directory" in log, log
+    assert pb("scheduler", "status").code == 0
+    pb("job", "add", "j", "--manual", "--", "true", check=True)
+    result = pb("job", "run", "j", "--wait", timeout=120)
+    assert result.code == 0, result.all
+
+
 @pytest.mark.postgres
 def test_output_with_nul_bytes_is_recorded_on_postgresql(pb: Pb, pg_url: str) -> None:
     env = {"PONYBUNNY_DB": pg_url}

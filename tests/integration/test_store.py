@@ -560,7 +560,7 @@ def test_upkeep_finishes_an_unfinished_removal_a_slice_at_a_time(db_url: str) ->
         )
     passes = []
     while store.removals_pending():
-        passes.append(store.purge_removed(budget_s=0))
+        passes.append(store.purge_removed(budget_s=0).deleted)
     assert passes == [REMOVE_BATCH, REMOVE_BATCH, 7, 0]
     assert [job["name"] for job in store.iter_jobs()] == ["kept"]
     store.close()
