@@ -82,6 +82,16 @@ class KeeperStartError(KeeperError):
     """A keeper was started and reported failure; the message has its reason."""
 
 
+class OtherDatabase(KeeperError):
+    """The keeper holds runs or outcomes of another database than this scheduler's (`db`,
+    the URL its scheduler gave, which may hold a password: show it through safe_url):
+    they are recorded only by a scheduler of that database."""
+
+    def __init__(self, db: str, runs: int, outcomes: int, pid: int) -> None:
+        super().__init__(f"the run keeper (PID {pid}) holds runs of another database")
+        self.db, self.runs, self.outcomes, self.pid = db, runs, outcomes, pid
+
+
 class ProtocolMismatch(KeeperError):
     """The keeper speaks another protocol version (an older or newer pony-scheduler):
     this scheduler cannot adopt its runs.  Stop them (or let them finish and the keeper
@@ -172,9 +182,14 @@ class KeeperClient:
             hello["lease"] = {"db": lease.db, "lease_s": lease.lease_s}
         reply = self._request(
             hello,
-            ("welcome", "unsupported"),
+            ("welcome", "unsupported", "other_database"),
             deadline,
         )
+        if reply["type"] == "other_database":
+            self.close()
+            raise OtherDatabase(
+                str(reply.get("db")), int(reply["runs"]), int(reply["outcomes"]), int(reply["pid"])
+            )
         if reply["type"] == "unsupported":
             self.close()
             then = (

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from pony_scheduler.keeper import protocol as kp
-from pony_scheduler.keeper.client import KeeperClient, KeeperError, KeeperGone
+from pony_scheduler.keeper.client import KeeperClient, KeeperError, KeeperGone, OtherDatabase
 from pony_scheduler.scheduler.runs import Ending, Outcome, Started
 from pony_scheduler.store.common import utcnow
 from pony_scheduler.waiting import pause
@@ -82,14 +82,18 @@ class Executor:
     def connect(self, scheduler_id: str) -> kp.Welcome:
         """Connect to the home's keeper (starting it if none runs) as this scheduler;
         its welcome lists the runs it holds and the outcomes not recorded yet.  Raises
-        KeeperError (ProtocolMismatch: another version's keeper holds runs)."""
-        self.client = KeeperClient.connect(
-            self.home,
-            scheduler_id,
-            containment=self.containment,
-            first_keeper=self.keepers == 0,
-            lease=self.lease,
-        )
+        KeeperError (ProtocolMismatch: another version's keeper holds runs; a refusal of
+        a keeper holding another database's runs, saying which)."""
+        try:
+            self.client = KeeperClient.connect(
+                self.home,
+                scheduler_id,
+                containment=self.containment,
+                first_keeper=self.keepers == 0,
+                lease=self.lease,
+            )
+        except OtherDatabase as exc:
+            raise KeeperError(_other_database(exc, self.lease)) from None
         self.keepers += 1
         if self.lease is not None and not self.client.welcome.renews:
             log.warning(
@@ -331,6 +335,19 @@ class Executor:
         if self.client is not None:
             self.client.close()
             self.client = None
+
+
+def _other_database(exc: OtherDatabase, lease: kp.LeaseTerms | None) -> str:
+    """The line a start on another database than the keeper's runs fails with."""
+    from pony_scheduler.store.engine import safe_url
+
+    ours = safe_url(lease.db) if lease is not None else "this scheduler's"
+    return (
+        f"the run keeper (PID {exc.pid}) holds {exc.runs} run(s) and {exc.outcomes} outcome(s) "
+        f"not yet recorded of database {safe_url(exc.db)}, not {ours}: they can be recorded "
+        "only there, so start the scheduler on that database (--db, PONYBUNNY_DB or "
+        "config.toml) and switch once 'pb runs' there shows none running"
+    )
 
 
 def _epoch(token: str) -> int | None:

@@ -300,6 +300,39 @@ def test_removing_a_job_says_its_running_run_goes_on_to_its_end(
     assert wait_for(lambda: "no run with id" in pb("runs", "show", str(run_id)).err, 120)
 
 
+def test_a_start_on_another_database_leaves_the_keepers_runs_alone(
+    pb: Pb, home: Path, tmp_path: Path
+) -> None:
+    """After a crash, a start on another database (--db) adopted nothing there: it
+    stopped the keeper's run as fenced, took a finished run's outcome as recorded, and
+    the first database then recorded them `lost` (review finding).  The keeper now
+    refuses a scheduler of another database while it holds runs or outcomes, and the
+    start says which database they belong to; that one then records the real result."""
+    import os
+    import signal
+
+    gate, ledger = tmp_path / "gate", tmp_path / "ledger"
+    pb("scheduler", "start", check=True)
+    script = f'echo "$PONYBUNNY_RUN_ID" >> {ledger}; until [ -e {gate} ]; do sleep 1; done; exit 5'
+    pb("job", "add", "gated", "--manual", "--shell", "--", script, check=True)
+    pb("job", "run", "gated", check=True)
+    assert wait_for(lambda: ledger.exists() and ledger.read_text() == "1\n", 60)
+    scheduler = verified_pid(home, "scheduler")
+    os.kill(scheduler, signal.SIGKILL)
+    assert wait_for(lambda: not Path(f"/proc/{scheduler}").exists(), 30)
+    other = tmp_path / "other.db"
+    refused = pb("scheduler", "start", "--db", str(other))
+    assert refused.code == 1, refused.all
+    assert "holds 1 run(s) and 0 outcome(s) not yet recorded of database sqlite:///" in refused.err
+    assert f"not sqlite:///{other}: they can be recorded only there" in refused.err, refused.err
+    gate.touch()  # it ends while no scheduler of its database runs
+    pb("scheduler", "start", check=True)
+    runs = wait_runs(pb, lambda rs: rs and rs[0]["state"] == "failed")
+    assert [(r["id"], r["exit_code"]) for r in runs] == [(1, 5)], runs
+    assert ledger.read_text() == "1\n"
+    pb("scheduler", "stop", check=True)
+
+
 def test_an_output_path_that_cannot_be_removed_is_no_poison_pill(
     pb: Pb, home: Path, tmp_path: Path
 ) -> None:
