@@ -14,7 +14,7 @@ from pony_scheduler.cli import Group
 from pony_scheduler.jobs import JobOptions, check_kept_limits
 
 if TYPE_CHECKING:
-    pass
+    from pony_scheduler.store import Store
 
 from pony_scheduler.cli.common import (
     RAW,
@@ -528,7 +528,10 @@ def job_run(ctx: click.Context, name: str, wait: bool, follow_: bool) -> None:
 def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
     """Wait until run `run_id`, and any retry of it, is over; its exit status as a shell
     gives it (128+N for signal N), or 1 when it has none (skipped, expired, lost)."""
+    from pony_scheduler.cli.options import settings_from
+
     store = open_store(ctx)
+    watch = _SchedulerWatch(store, settings_from(ctx, db=ctx.meta.get("db")).lease / 2)
     while True:
         path = output_path_of(ctx, run_id, follow_) if follow_ else None
         if path is not None:
@@ -542,6 +545,7 @@ def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
         while run["state"] in ("queued", "running"):
             time.sleep(0.2)
             run = get_run(ctx, run_id)
+            watch.look()
         after = store.next_attempt_of(run_id)
         if after is None:
             break
@@ -555,6 +559,37 @@ def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
         f"Run {run_id} {run['state']}" + (f" ({run['reason']})" if run["reason"] else ""), err=True
     )
     return int(run["exit_code"]) if run["exit_code"] is not None else 1
+
+
+class _SchedulerWatch:
+    """While `--wait` waits: says once on stderr when no scheduler of the database is
+    alive, and again when one is back.  Alive: a heartbeat within `quiet_s` seconds
+    (half a lease: a scheduler sends one every twelfth).  A scheduler that stopped, or
+    that cannot write to the database (a full disk), sends none, and the wait used to
+    say nothing for as long as that lasted (review finding)."""
+
+    LOOK_EVERY_S = 5.0
+
+    def __init__(self, store: Store, quiet_s: float) -> None:
+        self.store, self.quiet_s = store, quiet_s
+        self.next_look = time.monotonic() + self.LOOK_EVERY_S
+        self.silent = False
+
+    def look(self) -> None:
+        if time.monotonic() < self.next_look:
+            return
+        self.next_look = time.monotonic() + self.LOOK_EVERY_S
+        since = self.store.db_now() - timedelta(seconds=self.quiet_s)
+        alive = self.store.any_scheduler_since(since)
+        if not alive and not self.silent:
+            _warn(
+                f"no scheduler of this database has sent a heartbeat in the last "
+                f"{self.quiet_s:g}s: it is stopped, or cannot write to the database ('pb "
+                "scheduler status' and its log say which); still waiting"
+            )
+        elif alive and self.silent:
+            click.echo("A scheduler is running again; still waiting", err=True)
+        self.silent = not alive
 
 
 add_db_option(job_group)

@@ -9,6 +9,7 @@ import json
 import re
 import sqlite3
 import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -515,6 +516,40 @@ def test_cron_jobs_follow_the_wall_clock_across_steps(pb: Pb, tmp_path: Path) ->
     assert wait_for(lambda: "stepped back by 5m" in log.read_text(), 60)
     again = [r["occurrence"] for r in all_runs(pb)]
     assert len(again) == len(set(again)) and ran <= set(again)
+
+
+def test_job_run_wait_says_when_no_scheduler_is_alive(pb: Pb) -> None:
+    """`--wait` with the scheduler stopped (or unable to write: a full disk) waited
+    without a word for as long as that lasted (review finding).  It says so once, goes on
+    waiting, and ends with the run.  (That it says when a scheduler is back is not
+    asserted: the run may end before its next look.)"""
+    import threading
+
+    pb.env["PONYBUNNY_LEASE"] = "10"  # silence is half a lease: 5 s
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "ok", "--manual", "--", "true", check=True)
+    pb("scheduler", "stop", check=True)
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "pony_scheduler", "job", "run", "ok", "--wait"],
+        env=pb.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said: list[str] = []
+    assert waiter.stderr is not None
+    reader = threading.Thread(target=lambda: said.extend(waiter.stderr), daemon=True)
+    reader.start()
+    try:
+        assert wait_for(lambda: any("still waiting" in line for line in said), 60), said
+        assert any("no scheduler of this database has sent a heartbeat" in s for s in said)
+        pb("scheduler", "start", check=True)
+        assert waiter.wait(timeout=120) == 0
+        reader.join(10)
+        assert said[-1] == "Run 1 succeeded\n", said
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+        pb("scheduler", "stop")
 
 
 def test_job_run_wait_exits_with_the_runs_status_and_follows_its_output(pb: Pb) -> None:
