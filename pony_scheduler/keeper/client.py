@@ -83,13 +83,13 @@ class KeeperStartError(KeeperError):
 
 
 class OtherDatabase(KeeperError):
-    """The keeper holds runs or outcomes of another database than this scheduler's (`db`,
-    the URL its scheduler gave, which may hold a password: show it through safe_url):
-    they are recorded only by a scheduler of that database."""
+    """The keeper holds runs or outcomes of another database than this scheduler's
+    (`db_shown`: its URL without a password, as its scheduler showed it): they are
+    recorded only by a scheduler of that database (keeper/dbtag.py)."""
 
-    def __init__(self, db: str, runs: int, outcomes: int, pid: int) -> None:
+    def __init__(self, db_shown: str, runs: int, outcomes: int, pid: int) -> None:
         super().__init__(f"the run keeper (PID {pid}) holds runs of another database")
-        self.db, self.runs, self.outcomes, self.pid = db, runs, outcomes, pid
+        self.db_shown, self.runs, self.outcomes, self.pid = db_shown, runs, outcomes, pid
 
 
 class ProtocolMismatch(KeeperError):
@@ -179,7 +179,10 @@ class KeeperClient:
             "client": f"pony-scheduler {__version__}",
         }
         if lease is not None:
+            from pony_scheduler.store.engine import safe_url  # a scheduler: SQLAlchemy is in
+
             hello["lease"] = {"db": lease.db, "lease_s": lease.lease_s}
+            hello["db_shown"] = safe_url(lease.db)  # for a refusal's message (dbtag.py)
         reply = self._request(
             hello,
             ("welcome", "unsupported", "other_database"),
@@ -188,7 +191,10 @@ class KeeperClient:
         if reply["type"] == "other_database":
             self.close()
             raise OtherDatabase(
-                str(reply.get("db")), int(reply["runs"]), int(reply["outcomes"]), int(reply["pid"])
+                str(reply.get("db_shown") or "?"),
+                int(reply["runs"]),
+                int(reply["outcomes"]),
+                int(reply["pid"]),
             )
         if reply["type"] == "unsupported":
             self.close()

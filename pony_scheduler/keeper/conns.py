@@ -232,21 +232,17 @@ def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
     conn.role = role
     conn.scheduler_id = str(m.get("scheduler_id") or "")
     lease = _lease_terms(m.get("lease")) if role == "scheduler" else None
-    held = keeper.renewals.terms
-    if lease and held and lease.db != held.db and (keeper.runs or keeper.unacked):
-        # Its runs and outcomes belong to the database of the scheduler that launched
-        # them: one on another database finds none of them there, would stop the runs
-        # as fenced and take the outcomes as recorded (acknowledged), and the first
-        # database would then record them `lost` (review finding: a start with another
-        # --db after a crash).  Refused; the scheduler's start says which database.
-        conn.closing = True
+    if lease is not None and (keeper.runs or keeper.unacked) and keeper.dbtag.conflicts(lease.db):
+        conn.closing = True  # runs and outcomes of another database (dbtag.py)
         return {
             "type": "other_database",
-            "db": held.db,  # may hold a password: this socket is 0600, the same user's
+            "db_shown": keeper.dbtag.shown,  # without its password
             "runs": len(keeper.runs),
             "outcomes": len(keeper.unacked),
             "pid": os.getpid(),
         }
+    if lease is not None:
+        keeper.dbtag.adopt(lease.db, str(m.get("db_shown") or ""))
     if role == "scheduler":
         if m.get("first_keeper") is True and conn.scheduler_id:
             keeper.sole_keeper_of[conn.scheduler_id] = None

@@ -29,6 +29,7 @@ from pony_scheduler import __version__
 from pony_scheduler.keeper import cgroups, keptfile, procs, spawner
 from pony_scheduler.keeper.commit import Journal, SyncHelper
 from pony_scheduler.keeper.containment import KEPT_GROUP, Cgroups, ContainmentError, home_group_name
+from pony_scheduler.keeper.dbtag import DatabaseTag
 from pony_scheduler.keeper.journal import JournalFile, lock_pid_file
 from pony_scheduler.keeper.protocol import META_FILE, PID_FILE, PROTOCOL, SOCKET_FILE
 from pony_scheduler.keeper.server import Keeper, open_log
@@ -190,23 +191,21 @@ def serve(
     keeper_id = os.urandom(8).hex()  # in every run's environment: whose run it is
     cg = Cgroups(str(home), containment)
     spawner.probe(cg)
-    write_meta(
-        home / META_FILE,
-        {
-            "pid": os.getpid(),
-            "procStartTime": proc_start_time(os.getpid()),
-            "bootId": boot_id(),
-            "uid": os.getuid(),
-            "keeperId": keeper_id,
-            "version": __version__,
-            "protocol": PROTOCOL,
-            "containment": cg.mode,
-            "containmentAsked": containment,  # the setting it started with (status)
-            "containmentWhy": cg.why(),
-            "startedAt": int(time.time() * 1000),
-            "home": str(home),
-        },
-    )
+    meta: dict[str, object] = {
+        "pid": os.getpid(),
+        "procStartTime": proc_start_time(os.getpid()),
+        "bootId": boot_id(),
+        "uid": os.getuid(),
+        "keeperId": keeper_id,
+        "version": __version__,
+        "protocol": PROTOCOL,
+        "containment": cg.mode,
+        "containmentAsked": containment,  # the setting it started with (status)
+        "containmentWhy": cg.why(),
+        "startedAt": int(time.time() * 1000),
+        "home": str(home),
+    }
+    write_meta(home / META_FILE, meta)
     _subreaper()
     _cleanup_stale(home, home_fd, cg, old_meta)
     journal_file = JournalFile(home_fd)
@@ -223,6 +222,8 @@ def serve(
         log.warning("No journal sync helper (%s): the loop syncs by itself", exc.strerror)
         helper = None
     journal = Journal(journal_file, helper)
+    # The outcomes a dead keeper left belong to its scheduler's database (dbtag.py).
+    tag = DatabaseTag(home / META_FILE, meta, old_meta if found.outcomes else None)
     listener = _listen(home_fd)
     keeper = Keeper(
         str(home),
@@ -236,6 +237,7 @@ def serve(
         found.outcomes,
         log,
         not foreground,
+        tag,
     )
     if helper is not None:
         keeper.tracker.exclude.add(helper.pid)

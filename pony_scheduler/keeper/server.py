@@ -32,6 +32,7 @@ from typing import Any
 from pony_scheduler.keeper import conns
 from pony_scheduler.keeper.commit import COMPACT_BYTES, JOURNAL_RETRY_S, Journal
 from pony_scheduler.keeper.containment import Cgroups
+from pony_scheduler.keeper.dbtag import DatabaseTag
 from pony_scheduler.keeper.procs import Tracker
 from pony_scheduler.keeper.protocol import (
     LOG_FILE,
@@ -60,8 +61,10 @@ class Keeper(RunBook):
         pending: list[Outcome],
         log: logging.Logger,
         log_to_file: bool,
+        dbtag: DatabaseTag,
     ) -> None:
         self.home = home
+        self.dbtag = dbtag  # which database its runs and outcomes belong to (dbtag.py)
         self.home_fd = home_fd
         self.keeper_id = keeper_id
         self.cg = cg

@@ -344,7 +344,7 @@ def _other_database(exc: OtherDatabase, lease: kp.LeaseTerms | None) -> str:
     ours = safe_url(lease.db) if lease is not None else "this scheduler's"
     return (
         f"the run keeper (PID {exc.pid}) holds {exc.runs} run(s) and {exc.outcomes} outcome(s) "
-        f"not yet recorded of database {safe_url(exc.db)}, not {ours}: they can be recorded "
+        f"not yet recorded of database {exc.db_shown}, not {ours}: they can be recorded "
         "only there, so start the scheduler on that database (--db, PONYBUNNY_DB or "
         "config.toml) and switch once 'pb runs' there shows none running"
     )

@@ -301,16 +301,20 @@ def test_removing_a_job_says_its_running_run_goes_on_to_its_end(
     assert wait_for(lambda: "no run with id" in pb("runs", "show", str(run_id)).err, 120)
 
 
+@pytest.mark.parametrize("keeper_dies", [False, True], ids=["run held", "outcome journaled"])
 def test_a_start_on_another_database_leaves_the_keepers_runs_alone(
-    pb: Pb, home: Path, tmp_path: Path
+    pb: Pb, home: Path, tmp_path: Path, keeper_dies: bool
 ) -> None:
     """After a crash, a start on another database (--db) adopted nothing there: it
     stopped the keeper's run as fenced, took a finished run's outcome as recorded, and
     the first database then recorded them `lost` (review finding).  The keeper now
-    refuses a scheduler of another database while it holds runs or outcomes, and the
-    start says which database they belong to; that one then records the real result."""
+    refuses a scheduler of another database while it holds runs or outcomes - also the
+    outcomes a keeper that died left in its journal - and the start says which database
+    they belong to; that one then records the real result."""
     import os
     import signal
+
+    from pony_scheduler.keeper.client import ensure_keeper
 
     gate, ledger = tmp_path / "gate", tmp_path / "ledger"
     pb("scheduler", "start", check=True)
@@ -321,10 +325,20 @@ def test_a_start_on_another_database_leaves_the_keepers_runs_alone(
     scheduler = verified_pid(home, "scheduler")
     os.kill(scheduler, signal.SIGKILL)
     assert wait_for(lambda: not Path(f"/proc/{scheduler}").exists(), 30)
+    held = "1 run(s) and 0 outcome(s)"
+    if keeper_dies:  # the run ends, its outcome reaches the journal, the keeper dies
+        gate.touch()
+        control = ensure_keeper(home)
+        assert wait_for(lambda: (s := control.status()).unacked == 1 and not s.unjournaled, 60)
+        control.close()
+        keeper = verified_pid(home, "keeper")
+        os.kill(keeper, signal.SIGKILL)
+        assert wait_for(lambda: not Path(f"/proc/{keeper}").exists(), 30)
+        held = "0 run(s) and 1 outcome(s)"
     other = tmp_path / "other.db"
     refused = pb("scheduler", "start", "--db", str(other))
     assert refused.code == 1, refused.all
-    assert "holds 1 run(s) and 0 outcome(s) not yet recorded of database sqlite:///" in refused.err
+    assert f"holds {held} not yet recorded of database sqlite:///" in refused.err, refused.err
     assert f"not sqlite:///{other}: they can be recorded only there" in refused.err, refused.err
     gate.touch()  # it ends while no scheduler of its database runs
     pb("scheduler", "start", check=True)
