@@ -221,7 +221,10 @@ class Outcome:
     exit_code 0-255 when the main process exited, else None; signal: the number that
     killed it, else None.  The first cause decides: a run being stopped for its timeout
     stays timed_out whatever its main process then does.  Times are UTC ISO 8601
-    (started_at None when not started; finished_at: when the main process exited).
+    (started_at None when not started; finished_at: when the main process exited), read
+    from the wall clock, which a step may move between the two; duration_s: seconds from
+    the spawn to the reaping of the main process on the monotonic clock, which no step
+    moves (None when not started, and from a keeper or journal line older than the field).
     output_bytes: bytes stored in the file (at most OUTPUT_CAP; 0 and no note: the run
     printed nothing and has no file); output_note: why the file is incomplete, else "".
     tail: the last TAIL_BYTES the job wrote.  leftovers: processes still there when the
@@ -252,6 +255,7 @@ class Outcome:
     pid: int | None = None  # the main process (None when not started)
     pid_start: int | None = None  # its /proc start time, if read while it ran
     by: str = ""  # who asked, when a kill request or a drain ended the run
+    duration_s: float | None = None  # monotonic, spawn to reap (added within PROTOCOL 1)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ class Run:
         self.pid = 0
         self.pid_start: int | None = None
         self.started_at = ""
+        self.started_mono = 0.0  # time.monotonic() at the spawn: the duration's start
         self.pipe = -1
         self.watch = -1  # cgroup.events, while waiting for the run's group to empty
         self.deadline: float | None = None  # the timeout
@@ -88,6 +89,7 @@ class Run:
         self.status: int | None = None  # wait status of the main process, once reaped
         self.rusage: struct_rusage | None = None
         self.finished_at = ""
+        self.duration_s: float | None = None  # spawn to reap, on the monotonic clock
         self.leftovers = 0
         self.kept = False
         self.done = False
@@ -154,6 +156,7 @@ class Run:
         self.pipe = read_end
         self.started_at = iso_utc(now)
         mono = time.monotonic()
+        self.started_mono = mono
         self.announce_at = mono + STARTED_DELAY_S
         if launch.timeout_s is not None:
             self.deadline = mono + launch.timeout_s
@@ -298,6 +301,9 @@ class Run:
         self.status = status
         self.rusage = rusage
         self.finished_at = iso_utc(time.time())
+        # Both ends seen here, on a clock no step moves: the wall-clock stamps above may
+        # be hours apart from the truth after a step (the scheduler checks them by it).
+        self.duration_s = round(time.monotonic() - self.started_mono, 3)
         self.deadline = None
         self.keeper.tracker.mains.pop(self.pid, None)
         self.keeper.tracker.invalidate()
@@ -431,6 +437,7 @@ class Run:
             signal=signum,
             started_at=self.started_at,
             finished_at=self.finished_at or iso_utc(time.time()),
+            duration_s=self.duration_s,
             detail=detail,
             output_path=launch.output_path,
             output_bytes=self.out.stored,

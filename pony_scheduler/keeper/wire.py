@@ -134,6 +134,7 @@ def outcome_to_json(o: Outcome) -> dict[str, Any]:
         "pid": o.pid,
         "pid_start": o.pid_start,
         "by": o.by,
+        "duration_s": o.duration_s,
     }
 
 
@@ -175,6 +176,9 @@ def outcome_from_json(m: Mapping[str, Any]) -> Outcome:
         if ending not in ENDINGS:
             raise ValueError(f"unknown ending {ending!r}")
         cpu = m.get("cpu_seconds")
+        # Absent from an older keeper's message or journal line: None, and the scheduler
+        # then goes by the wall-clock times alone.
+        duration = m.get("duration_s")
         return Outcome(
             id=_str(m["id"]),
             run_id=_int(m["run_id"]),
@@ -197,6 +201,7 @@ def outcome_from_json(m: Mapping[str, Any]) -> Outcome:
             pid=_opt_int(m.get("pid")),
             pid_start=_opt_int(m.get("pid_start")),
             by=_str(m.get("by", "")),
+            duration_s=None if duration is None else _seconds(duration),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad outcome: {exc}") from None
@@ -232,6 +237,17 @@ def _int(value: object) -> int:
 
 def _opt_int(value: object) -> int | None:
     return None if value is None else _int(value)
+
+
+def _seconds(value: object) -> float:
+    """A duration: a finite number of seconds, not negative."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 <= value < float("inf")
+    ):
+        raise ValueError(f"expected seconds, got {value!r}")
+    return float(value)
 
 
 def _str(value: object) -> str:

@@ -60,6 +60,8 @@ def test_exit_status_and_output(keeper: Session) -> None:
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert failed.containment == keeper.client.welcome.containment
     assert failed.cpu_seconds is not None and failed.cpu_seconds >= 0
+    # Measured on the monotonic clock from the spawn to the reaping: never negative.
+    assert failed.duration_s is not None and 0 <= failed.duration_s < 60
 
 
 def test_killed_by_a_signal(keeper: Session) -> None:

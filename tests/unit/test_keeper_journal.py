@@ -8,6 +8,7 @@ import os
 import select
 import signal
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,17 @@ def test_parse_pending_outcomes() -> None:
     assert [o.id for o in found.outcomes] == ["k-2", "k-3"]  # k-2 written twice: once
     assert (found.acked, found.bad_lines, found.torn) == (1, 1, False)
     assert found.outcomes[0] == outcome(2)
+
+
+def test_a_line_from_before_the_duration_field_is_read() -> None:
+    """A journal written by an older keeper (no duration_s) is still read after an
+    upgrade: its outcomes are recorded, not dropped as bad lines."""
+    line = outcome_line(outcome(1))
+    assert b'"duration_s":null' in line
+    found = parse(line.replace(b',"duration_s":null', b""))
+    assert (found.outcomes, found.bad_lines) == ([outcome(1)], 0)
+    timed = replace(outcome(2), duration_s=0.25)
+    assert parse(outcome_line(timed)).outcomes == [timed]
 
 
 def test_a_torn_last_line_is_ignored_then_cut(tmp_path: Path, home_fd: int) -> None:

@@ -53,6 +53,7 @@ def outcome(**changes: object) -> Outcome:
         containment="cgroup2",
         pid=42,
         pid_start=123,
+        duration_s=1.5,
     )
     fields.update(changes)
     return Outcome(**fields)  # type: ignore[arg-type]
@@ -129,9 +130,25 @@ def test_bad_launches_are_refused(message: dict[str, object]) -> None:
 
 def test_bad_outcomes_are_refused() -> None:
     good = outcome_to_json(outcome())
-    for key, value in [("ending", "vanished"), ("run_id", "7"), ("tail", "!!!")]:
+    for key, value in [
+        ("ending", "vanished"),
+        ("run_id", "7"),
+        ("tail", "!!!"),
+        ("duration_s", -1.0),
+        ("duration_s", "1.5"),
+        ("duration_s", True),
+    ]:
         with pytest.raises(ProtocolError, match="bad outcome"):
             outcome_from_json({**good, key: value})
+
+
+def test_an_outcome_without_a_duration_is_an_older_keepers() -> None:
+    """The monotonic duration came within PROTOCOL 1: an older keeper's outcome has none,
+    and reads as None (the scheduler then goes by the wall-clock times)."""
+    older = outcome_to_json(outcome())
+    del older["duration_s"]
+    assert outcome_from_json(older) == outcome(duration_s=None)
+    assert outcome_from_json({**older, "duration_s": 3}).duration_s == 3.0
 
 
 def test_signals_by_name_or_number() -> None:
