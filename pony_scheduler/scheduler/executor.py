@@ -219,6 +219,7 @@ class Executor:
             containment=event.containment or None,
             token=_epoch(event.token),
             receipt=event.id,
+            duration_s=event.duration_s,
         )
 
     def stamp(self, text: str | None) -> datetime:

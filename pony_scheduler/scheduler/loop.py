@@ -400,8 +400,8 @@ class WorkLoop:
         if outcome.ending is not Ending.NOT_STARTED:
             self.announce(run.id, run.job, outcome.pid)
         self.announced.discard(run.id)
-        settlement = runs.settle(run, outcome, now, random.random())
-        duration = (outcome.finished_at - flight.claimed_at).total_seconds()
+        settlement = runs.settle(run, outcome, now, random.random(), flight.claimed_at)
+        duration = settlement.duration_s(flight.claimed_at) or 0.0
         # Successes at debug level: `pb runs` keeps every run, and a line per success
         # cost a tenth of the daemon's time per run in the throughput benchmark.
         log.log(

@@ -8,6 +8,7 @@ a database or a process (`now` and the random draw for jitter are passed in):
             expires (start deadline; Kubernetes' startingDeadlineSeconds)
   settle()  what a finished run's outcome makes of it, and what follows (retry, resume)
   lose()    what a run whose processes and outcome are gone becomes
+  run_times()  when a finished run started and ended, made consistent with its duration
 
 The store builds the records from rows and writes the decisions through its one guarded
 transition function; the executor only reports outcomes.  The run state machine these
@@ -171,6 +172,9 @@ class Outcome:
     containment: str | None = None  # cgroup2, cgroup1, pgroup
     token: int | None = None  # the lease epoch the run was launched under
     receipt: str | None = None  # the keeper's id for it, acknowledged once recorded
+    # Seconds from the spawn to the reaping of its main process, on the monotonic clock
+    # (None when it did not start, or from a keeper older than the field).
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +194,14 @@ class Settlement:
     exit_code: int | None = None  # as a shell shows it: 128+N for signal N
     signal: int | None = None
     next_attempt: NextAttempt | None = None
+    # When its process started (run_times), which replaces the claim's time in the
+    # run's row; None keeps the claim's (a run that did not start, or was lost).
+    started_at: datetime | None = None
+
+    def duration_s(self, claimed_at: datetime | None) -> float | None:
+        """Seconds from its start (its process's, else the claim's) to its end."""
+        start = self.started_at or claimed_at
+        return None if start is None else (self.finished_at - start).total_seconds()
 
 
 # ---------------------------------------------------------------- what follows a run
@@ -197,8 +209,15 @@ class Settlement:
 RETRYABLE = frozenset({RunState.FAILED, RunState.TIMED_OUT, RunState.LOST})
 
 
-def settle(run: Run, outcome: Outcome, now: datetime, rand: float) -> Settlement:
-    """The final state of `run` from its outcome, and its next attempt if any.
+def settle(
+    run: Run,
+    outcome: Outcome,
+    now: datetime,
+    rand: float,
+    claimed_at: datetime | None = None,
+) -> Settlement:
+    """The final state of `run` (claimed at `claimed_at`) from its outcome, and its next
+    attempt if any; its start and end are run_times().
 
     Exit 0 succeeds; another status, a signal or a command that cannot start fails; a
     timeout is `timed_out`; a drain is `interrupted` and resumes at once; a run killed
@@ -216,9 +235,42 @@ def settle(run: Run, outcome: Outcome, now: datetime, rand: float) -> Settlement
         after = NextAttempt(now, Trigger.RESUME)
     elif state in RETRYABLE and outcome.ending is not Ending.KILLED:
         after = _retry(run, now, rand)
-    return Settlement(
-        run.id, state, "; ".join(notes) or None, outcome.finished_at, code, sig, after
-    )
+    started, finished = run_times(outcome, claimed_at)
+    return Settlement(run.id, state, "; ".join(notes) or None, finished, code, sig, after, started)
+
+
+# How far the wall-clock length of a run may stray from its monotonic duration before the
+# wall clock is taken to have been stepped: more than the stamps' rounding (ms) and the
+# hop from the keeper's clock to the database's, far less than any real step.
+STEP_TOLERANCE_S = 1.0
+
+
+def run_times(outcome: Outcome, claimed_at: datetime | None) -> tuple[datetime | None, datetime]:
+    """When a run's process started and when it ended, as recorded (database clock).
+
+    The duration users mean is the process's: from the keeper's spawn, not from the
+    claim a moment before (README "Clock steps").  Its start is the keeper's stamp, but
+    never before the claim: a clock stepped back between the two would put it there.
+    Its end is the keeper's stamp unless the wall clock was stepped while it ran - the
+    end lies before the start, or the two are further apart than the monotonic duration
+    by more than STEP_TOLERANCE_S - and then it is the start plus that duration, so a
+    step neither makes a duration negative nor inflates it by the step (systemd keeps
+    both clocks' stamps for the same reason).  Without a duration (a run that did not
+    start, an older keeper) the end is only kept from lying before the start or claim.
+    """
+    start = outcome.started_at
+    if start is not None and claimed_at is not None:
+        start = max(start, claimed_at)
+    finished = outcome.finished_at
+    duration = outcome.duration_s
+    if start is not None and duration is not None:
+        wall = (finished - start).total_seconds()
+        if wall < 0 or abs(wall - duration) > STEP_TOLERANCE_S:
+            finished = start + timedelta(seconds=duration)
+    floor = start or claimed_at
+    if floor is not None and finished < floor:
+        finished = floor
+    return start, finished
 
 
 def _verdict(outcome: Outcome) -> tuple[RunState, str | None]:

@@ -149,7 +149,7 @@ class Finished:
     epoch: int  # the fencing token it ran under
     settlement: Settlement
     outcome: Outcome | None
-    started_at: datetime | None = None  # when it was claimed, for the job's last duration
+    started_at: datetime | None = None  # when it was claimed (the settlement may know better)
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,9 +391,7 @@ class RunQueries(ClockQueries):
                 success[job_id] = item.settlement.finished_at  # the last one written wins
         for job_id, item in latest.items():
             s = item.settlement
-            duration = (
-                (s.finished_at - item.started_at).total_seconds() if item.started_at else None
-            )
+            duration = s.duration_s(item.started_at)  # as `pb runs` shows it
             self.hot.last_result.rowcount(
                 connection,
                 {

@@ -141,6 +141,7 @@ class Settle:
             "b_exit_code": s.exit_code,
             "b_signal": s.signal,
             "b_reason": s.reason,
+            "b_started_at": s.started_at,
             "b_finished_at": s.finished_at,
             "b_tail": o.tail if o else None,
             "b_pid": o.pid if o else None,
@@ -249,7 +250,9 @@ DROP = (
     .values(state=bindparam("b_state"), reason=bindparam("b_reason"), finished_at=bindparam("now"))
 )
 # pid, pid_start and output_path are kept when the outcome does not know them (a run
-# declared lost, or one whose start was recorded earlier).
+# declared lost, or one whose start was recorded earlier); so is started_at, the claim's
+# time, which the process's own start replaces when there was one (runs.run_times): the
+# duration `pb runs` shows, finished_at - started_at, is then the process's.
 SETTLE = (
     update(runs)
     .where(
@@ -263,6 +266,9 @@ SETTLE = (
         signal=bindparam("b_signal"),
         reason=bindparam("b_reason"),
         output_tail=bindparam("b_tail"),
+        started_at=func.coalesce(
+            bindparam("b_started_at", type_=runs.c.started_at.type), runs.c.started_at
+        ),
         finished_at=bindparam("b_finished_at"),
         lease_until=None,
         pid=func.coalesce(bindparam("b_pid", type_=Integer), runs.c.pid),

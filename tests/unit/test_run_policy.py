@@ -138,6 +138,64 @@ def test_lost_runs_are_retried_by_policy() -> None:
     assert runs.lose(a_run(attempt=3), "x", T0, 0.5).next_attempt is None
 
 
+# ---------------------------------------------------------------- start and end times
+CLAIMED = T0 - s(0.02)  # the claim, a moment before the keeper's spawn at T0
+
+
+@pytest.mark.parametrize(
+    "wall_end, duration, recorded_end",
+    [
+        (T0 + s(5), 5.01, T0 + s(5)),  # no step: the keeper's end as it came
+        (T0 + s(5.8), 5.0, T0 + s(5.8)),  # within the tolerance (rounding, skew)
+        (T0 - s(7200) + s(20), 20.0, T0 + s(20)),  # stepped back 2 h: never negative
+        (T0 + s(7200) + s(45), 45.0, T0 + s(45)),  # stepped forward 2 h: not inflated
+        (T0 + s(3), 0.0, T0),  # a run that ended at once, then a step forward
+    ],
+)
+def test_the_recorded_end_follows_the_monotonic_duration_across_clock_steps(
+    wall_end: datetime, duration: float, recorded_end: datetime
+) -> None:
+    done = runs.settle(
+        a_run(),
+        Outcome(7, Ending.EXITED, wall_end, 0, started_at=T0, duration_s=duration),
+        wall_end,
+        0.5,
+        CLAIMED,
+    )
+    assert (done.started_at, done.finished_at) == (T0, recorded_end)
+    assert done.duration_s(CLAIMED) == (recorded_end - T0).total_seconds() >= 0
+
+
+def test_times_without_a_duration_or_a_start_never_run_backwards() -> None:
+    """An older keeper's outcome (no duration) and a run that never started (no start):
+    the wall clock is all there is, kept from ending before the run began."""
+    stepped = Outcome(7, Ending.EXITED, T0 - s(7000), 0, started_at=T0)
+    assert runs.run_times(stepped, CLAIMED) == (T0, T0)
+    refused = Outcome(7, Ending.NOT_STARTED, CLAIMED - s(60))
+    assert runs.run_times(refused, CLAIMED) == (None, CLAIMED)
+    assert runs.settle(a_run(), refused, T0, 0.5, CLAIMED).duration_s(CLAIMED) == 0.0
+    # Stepped back between the claim and the spawn: the start is not before the claim.
+    early = Outcome(7, Ending.EXITED, T0 - s(3590), 0, started_at=T0 - s(3600), duration_s=10)
+    assert runs.run_times(early, CLAIMED) == (CLAIMED, CLAIMED + s(10))
+
+
+@given(
+    st.floats(-10000, 10000),
+    st.floats(0, 10000),
+    st.one_of(st.none(), st.floats(-10000, 10000)),
+)
+def test_a_recorded_duration_is_never_negative(
+    end: float, duration: float, claim: float | None
+) -> None:
+    start, finished = runs.run_times(
+        Outcome(7, Ending.EXITED, T0 + s(end), 0, started_at=T0, duration_s=duration),
+        None if claim is None else T0 + s(claim),
+    )
+    assert start is not None and finished >= start
+    wall = (finished - start).total_seconds()
+    assert abs(wall - duration) <= runs.STEP_TOLERANCE_S + 1e-3
+
+
 def test_every_settled_state_is_reachable_from_running() -> None:
     for state in (
         RunState.SUCCEEDED,
