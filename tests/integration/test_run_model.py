@@ -4,6 +4,7 @@ Each test waits for what a user would see; none depends on timing."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -500,6 +502,67 @@ def test_a_step_back_while_no_scheduler_ran_does_not_stall_interval_jobs(
     log = (home / "scheduler.log").read_text()
     assert log.count("The wall clock was stepped back") == 1, log
     assert [r for r in all_runs(pb) if r["state"] == "skipped"] == []
+
+
+@needs_faketime
+def test_run_durations_follow_the_monotonic_clock_across_steps(
+    pb: Pb, tmp_path: Path, home: Path
+) -> None:
+    """A step of the wall clock while a run runs makes its recorded duration neither
+    negative nor inflated, in `pb runs`, `pb runs show`, --json and the job's last
+    duration (review finding: -7184.99s after a step back of 2 h; 7245 s for a
+    `sleep 45` after a step forward of 2 h).  The keeper measures it on the monotonic
+    clock, which faketime leaves alone here, as a real step does."""
+    offset = tmp_path / "offset"
+    faked = faketime_env(offset)
+    pb("scheduler", "start", env=faked, check=True)
+    gate = tmp_path / "gate"
+    wait = 'until [ -e "$1" ]; do sleep 0.05; done'
+    pb("job", "add", "gated", "--manual", "--", "sh", "-c", wait, "sh", str(gate), check=True)
+    for step in ("-7200", "+3600"):  # back 2 h, then forward 3 h
+        step_it = functools.partial(step_clock, offset, step)
+        gated_run_across_a_step(pb, home, gate, faked, step_it)
+
+
+def gated_run_across_a_step(
+    pb: Pb, home: Path, gate: Path, faked: dict[str, str], step: Callable[[], None]
+) -> None:
+    """Run `gated`, call `step` while it runs, let it end once the scheduler has seen the
+    step, and check what is recorded against the elapsed time this test saw.  `faked`:
+    the scheduler's clock, which queues the manual run (due at the CLI's now)."""
+    log = home / "scheduler.log"
+    steps = log.read_text().count("The wall clock was stepped")
+    gate.unlink(missing_ok=True)
+    known = {r["id"] for r in all_runs(pb)}
+    before = time.monotonic()
+    pb("job", "run", "gated", env=faked, check=True)
+    found = wait_runs(pb, lambda rs: [r for r in rs if r["id"] not in known and r["pid"]])
+    run_id = next(r["id"] for r in found if r["id"] not in known)
+    alive = time.monotonic()  # its process runs (its pid is recorded) and waits
+    step()
+    seen = wait_for(lambda: log.read_text().count("The wall clock was stepped") > steps, 60)
+    assert seen, log.read_text()[-2000:]
+    gate.touch()
+    gated = time.monotonic()
+    wait_runs(pb, lambda rs: any(r["id"] == run_id and r["state"] != "running" for r in rs))
+    after = time.monotonic()
+
+    shown = json.loads(pb("runs", "show", str(run_id), "--json", check=True).out)
+    assert shown["state"] == "succeeded", shown
+    started, finished = (datetime.fromisoformat(shown[k]) for k in ("started_at", "finished_at"))
+    assert finished >= started, shown
+    duration = shown["duration_s"]
+    assert duration == round((finished - started).total_seconds(), 3)
+    # Between what it surely ran and what it could have run, give or take the tolerance
+    # within which the keeper's wall-clock end is kept (runs.STEP_TOLERANCE_S).
+    assert (gated - alive) - 1.1 <= duration <= (after - before) + 1.1, shown
+    listed = next(r for r in all_runs(pb) if r["id"] == run_id)
+    assert listed["duration_s"] == duration
+    job = json.loads(pb("job", "show", "gated", "--json", check=True).out)
+    assert job["last_duration_s"] == pytest.approx(duration, abs=0.002), job
+    assert f" {duration:.2f}s " in pb("runs", "gated", check=True).out
+    text = pb("runs", "show", str(run_id), check=True).out
+    assert not re.search(r"Duration:?\s*-", text), text
 
 
 @needs_faketime
