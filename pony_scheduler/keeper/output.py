@@ -9,6 +9,10 @@ mode 0640 (files.SHARED_MODE); missing directories are made the same way, exactl
 file.  When the file cannot be made or written (a full disk, a read-only file system, a
 directory we may not write), the job goes on: its pipe keeps being drained, its tail
 kept, and the reason becomes the outcome's output_note ("output incomplete: …").
+
+A file also stops growing before its filesystem is full (keep_free): the database
+(HOME/pony.db by default) and the keeper's journal share that filesystem, and a job that
+took its last bytes stopped all scheduling until someone freed space (review finding).
 """
 
 from __future__ import annotations
@@ -21,6 +25,40 @@ from pony_scheduler.files import SHARED_MODE, UnsafePath, create_file, open_bene
 from pony_scheduler.keeper.protocol import OUTPUT_CAP, TAIL_BYTES
 
 TRUNCATED = b"\n[output truncated: more than 10 MiB]\n"
+STOPPED = b"\n[output stopped: its filesystem is close to the space kept free]\n"
+
+# The free space an output file leaves on its filesystem: journald's SystemKeepFree= is
+# the model (15% of the size, capped at 4 GiB).  Ours is for the database and the keeper's
+# journal, not for other logs, so 5% and at most 1 GiB (a 100 GB disk keeps 1 GiB, which
+# no database of runs fills within days) - but at least 8 MiB: SQLite's WAL grows by every
+# page a transaction writes until its automatic checkpoint at 1000 pages (about 4 MiB; a
+# recorded run added some 75 KiB to a young WAL here), and the database file then takes
+# those pages, so 5% of a small filesystem is not enough (a 3 MiB home with 5% kept
+# recorded two more runs, then "database or disk is full" again).  Never more than half
+# the filesystem, so that a tiny one still stores some output (there the database fills
+# it anyway, output or not).
+KEEP_FREE_SHARE = 0.05  # of the filesystem's size (statvfs f_blocks * f_frsize)
+KEEP_FREE_MIN = 8 << 20  # bytes
+KEEP_FREE_MAX = 1 << 30  # bytes
+# statvfs(2) is read at the file's creation and then after every CHECK_EVERY bytes; near
+# the reserve sooner (Output._measure), so that a few runs writing at once cannot go far
+# past it between two readings.
+CHECK_EVERY = 1 << 20  # bytes
+MIN_STEP = 4096  # bytes: less room than this (one page) counts as none
+
+
+def keep_free(size: int) -> int:
+    """Bytes to leave free on a filesystem of `size` bytes: KEEP_FREE_SHARE of it, at
+    least KEEP_FREE_MIN and at most KEEP_FREE_MAX, never more than half of it."""
+    return min(max(int(size * KEEP_FREE_SHARE), KEEP_FREE_MIN), KEEP_FREE_MAX, size // 2)
+
+
+def shown_size(size: int) -> str:
+    """Bytes as a person reads them: '150 KiB', '1 GiB', '800 bytes' (rounded down)."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
 
 
 def relative_parts(home: str, path: str) -> list[str] | None:
@@ -44,7 +82,18 @@ def open_below(home_fd: int, parts: list[str]) -> int:
 class Output:
     """Where one run's bytes go: the file (at the first byte), the tail, the counts."""
 
-    __slots__ = ("capped", "fd", "home_fd", "note", "parts", "path", "stored", "tail", "total")
+    __slots__ = (
+        "budget",
+        "capped",
+        "fd",
+        "home_fd",
+        "note",
+        "parts",
+        "path",
+        "stored",
+        "tail",
+        "total",
+    )
 
     def __init__(self, home_fd: int, path: str, parts: list[str]) -> None:
         self.home_fd = home_fd
@@ -55,6 +104,7 @@ class Output:
         self.total = 0  # bytes the job wrote
         self.note = ""  # why the file is incomplete
         self.capped = False  # the truncation line is written
+        self.budget = 0  # bytes the file may hold before statvfs is read again
         self.tail = bytearray()
 
     def write(self, data: bytes) -> None:
@@ -83,7 +133,9 @@ class Output:
         chunk = data[:room]
         try:
             while chunk:
-                n = os.write(self.fd, chunk)
+                if self.stored >= self.budget and not self._measure():
+                    return
+                n = os.write(self.fd, chunk[: self.budget - self.stored])
                 self.stored += n
                 chunk = chunk[n:]
         except OSError as exc:
@@ -124,6 +176,31 @@ class Output:
             self.set_aside_stale()
             return open_below(self.home_fd, self.parts)
 
+    def _measure(self, step: int = CHECK_EVERY) -> bool:
+        """Read the free space of the file's filesystem (fstatvfs(2), f_bavail: what this
+        user may use) and set the budget: the next reading after `step` bytes, or
+        after half the room left above the reserve (keep_free) when that is less, so
+        that readings come closer together near it.  With less room than MIN_STEP the
+        file is closed as incomplete and False returned."""
+        try:
+            st = os.fstatvfs(self.fd)
+        except OSError:
+            st = None  # cannot tell: a write error, if any, will say why
+        if st is None or st.f_blocks == 0:  # f_blocks 0: a filesystem that gives no sizes
+            self.budget = OUTPUT_CAP
+            return True
+        keep = keep_free(st.f_blocks * st.f_frsize)
+        room = st.f_bavail * st.f_frsize - keep
+        if room < MIN_STEP:
+            self.note = (
+                f"output incomplete: the filesystem is nearly full (kept {shown_size(keep)} free)"
+            )
+            os.close(self.fd)  # nothing more goes into it, leftovers' output included
+            self.fd = -1
+            return False
+        self.budget = self.stored + min(step, room // 2)
+        return True
+
     def _truncated(self) -> None:
         if not self.capped:
             self.capped = True
@@ -139,17 +216,24 @@ class Output:
             return f"output truncated: {self.total} bytes written, the first {self.stored} kept"
         return self.note
 
-    def late_sink(self) -> int:
-        """The file's fd for output written after the run's end (leftovers kept), or -1
-        when nothing more is stored (the file failed, is full, or cannot be made)."""
+    def late_sink(self) -> tuple[int, int, bytes]:
+        """For output written after the run's end (leftovers kept): the file's fd, the
+        size it may grow to (bytes) and the line that ends it there - OUTPUT_CAP and
+        TRUNCATED, or less and STOPPED when half the room above the reserve (keep_free,
+        read now) is less, as no later reading is made.  The fd is -1 when nothing more
+        is stored (the file failed, is full, or cannot be made)."""
         if self.note or self.capped or self.stored >= OUTPUT_CAP:
-            return -1
+            return -1, 0, b""
         if self.fd < 0:
             try:
                 self.fd = self._create()
             except (OSError, UnsafePath):
-                return -1
-        return self.fd
+                return -1, 0, b""
+        if not self._measure(OUTPUT_CAP):
+            return -1, 0, b""
+        if self.budget >= OUTPUT_CAP:
+            return self.fd, OUTPUT_CAP, TRUNCATED
+        return self.fd, self.budget, STOPPED
 
     def tail_bytes(self) -> bytes:
         return bytes(self.tail[-TAIL_BYTES:])

@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING
 from pony_scheduler.keeper import spawner
 from pony_scheduler.keeper.containment import CgroupBox
 from pony_scheduler.keeper.execpath import NotStarted, exec_status, resolve, shown
-from pony_scheduler.keeper.output import TRUNCATED, Output
+from pony_scheduler.keeper.output import Output
 from pony_scheduler.keeper.procs import PgroupBox, read_stat
 from pony_scheduler.keeper.protocol import (
     KILL_GRACE_S,
-    OUTPUT_CAP,
     STARTED_DELAY_S,
     Held,
     Launch,
@@ -52,8 +51,9 @@ POLL_MAX_S = 0.25
 
 
 # Output of kept leftovers after their run's end, from the pipe (stdin) into the file
-# (stdout) while it is below $1 blocks of 512 bytes (OUTPUT_CAP: a soft RLIMIT_FSIZE, with
-# SIGXFSZ ignored, makes the write past it fail), then the truncation line ($2) and the
+# (stdout) while it is below $1 blocks of 512 bytes (OUTPUT_CAP, or less near the space kept
+# free: Output.late_sink; a soft RLIMIT_FSIZE, with SIGXFSZ ignored, makes the write past
+# it fail), then the truncation line ($2) and the
 # rest discarded; it ends when the last writer closes the pipe.  cat, not head -c: head's
 # stdio would hold lines back.
 LATE_DRAIN = (
@@ -250,13 +250,13 @@ class Run:
         is excluded from the fallback's sweep until reaped."""
         pipe, self.pipe = self.pipe, -1
         self.keeper.forget_fd(pipe)
-        fd = self.out.late_sink()
+        fd, limit, line = self.out.late_sink()
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.set_blocking(pipe, True)  # the drain reads it as a plain pipe
             pid = os.posix_spawn(
                 "/bin/sh",
-                ["sh", "-c", LATE_DRAIN, "sh", str(OUTPUT_CAP // 512), TRUNCATED.decode()],
+                ["sh", "-c", LATE_DRAIN, "sh", str(limit // 512), line.decode()],
                 {"PATH": os.defpath, "LC_ALL": "C"},
                 setsid=True,
                 setsigdef=[sig for sig in spawner.IGNORED if sig != signal.SIGXFSZ],

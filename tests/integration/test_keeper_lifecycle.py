@@ -356,7 +356,7 @@ def need_unshare() -> list[str]:
 
 
 def test_full_disk_and_read_only_output(home: Path) -> None:
-    """A 64 KiB file system for the output: the job goes on, its real exit status is
+    """A 64 KiB file system for the output, nearly filled: the job goes on, its real exit status is
     recorded, the note says why the file is short; a read-only directory likewise."""
     (home / "runs").mkdir()
     (home / "ro").mkdir()
@@ -372,8 +372,9 @@ def test_full_disk_and_read_only_output(home: Path) -> None:
     full, ro = seen["full"], seen["ro"]
     assert isinstance(full, dict) and isinstance(ro, dict)
     assert (full["ending"], full["exit_code"]) == ("exited", 7)
-    assert full["note"] == "output incomplete: No space left on device"
-    assert full["output_bytes"] == seen["stored"] and 0 < full["output_bytes"] <= 65536
+    # It stops short of the space kept free (half of so small a filesystem: keep_free).
+    assert full["note"] == "output incomplete: the filesystem is nearly full (kept 32 KiB free)"
+    assert full["output_bytes"] == seen["stored"] and 0 < full["output_bytes"] <= 32768
     assert full["tail_bytes"] == 4096
     assert (ro["ending"], ro["exit_code"]) == ("exited", 0)
     assert (

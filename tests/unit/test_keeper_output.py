@@ -155,3 +155,112 @@ def test_a_file_at_the_runs_path_is_its_own_only_once_it_started_and_if_it_print
     assert may_be("running", None) and may_be("running", "")
     assert may_be("succeeded", "x") and may_be("failed", b"x")
     assert not may_be("succeeded", "") and not may_be("skipped", None)
+
+
+def test_the_space_kept_free() -> None:
+    """5% of the filesystem, at least 8 MiB (the database's WAL up to its checkpoint), at
+    most 1 GiB, never more than half the filesystem."""
+    assert output.keep_free(3_000_000) == 1_500_000  # the reviewer's 3 MB tmpfs: half
+    assert output.keep_free(64 << 20) == 8 << 20
+    assert output.keep_free(10 * 10**9) == 500_000_000
+    assert output.keep_free(100 * 10**9) == 1 << 30
+    assert output.shown_size(1 << 30) == "1 GiB"
+    assert output.shown_size(800) == "800 bytes"
+
+
+class FakeDisk:
+    """fstatvfs(2) of a filesystem of `size` bytes in 4 KiB blocks, of which the run's
+    file (the Output's `stored`) and `other` bytes are used."""
+
+    def __init__(self, size: int, other: int) -> None:
+        self.size, self.other, self.out, self.calls = size, other, None, 0
+
+    def __call__(self, fd: int) -> os.statvfs_result:
+        self.calls += 1
+        assert self.out is not None
+        free = (self.size - self.other - self.out.stored) // 4096
+        blocks = self.size // 4096
+        return os.statvfs_result((4096, 4096, blocks, free, free, 0, 0, 0, 0, 255))
+
+
+def fake_disk(monkeypatch: pytest.MonkeyPatch, out: Output, size: int, other: int = 0) -> FakeDisk:
+    disk = FakeDisk(size, other)
+    disk.out = out  # type: ignore[assignment]
+    monkeypatch.setattr(output.os, "fstatvfs", disk)
+    return disk
+
+
+def test_output_stops_short_of_the_space_kept_free(
+    home: Path, home_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 40 MB filesystem, 25 MB used by others: the file stops at most a page above the
+    reserve, never in it, however the job writes; the job's bytes are still counted and
+    its tail kept; statvfs is read a few times, not once per write."""
+    out = make(home, home_fd)
+    disk = fake_disk(monkeypatch, out, 40_000_000, other=25_000_000)
+    for _ in range(600):
+        out.write(b"x" * 65536)
+    out.write(b"the end\n")
+    keep = output.keep_free(disk.size // 4096 * 4096)
+    left = disk.size - disk.other - out.stored
+    assert keep <= left < keep + 2 * output.MIN_STEP
+    assert out.close() == "output incomplete: the filesystem is nearly full (kept 8 MiB free)"
+    assert (home / "runs/job/1.log").stat().st_size == out.stored
+    assert out.total == 600 * 65536 + 8 and out.tail_bytes().endswith(b"the end\n")
+    assert disk.calls < 40, disk.calls
+
+
+def test_room_is_read_once_per_mib_on_a_roomy_disk(
+    home: Path, home_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = make(home, home_fd)
+    disk = fake_disk(monkeypatch, out, 100 * 10**9)
+    for _ in range(64):
+        out.write(b"y" * 65536)  # 4 MiB
+    assert out.close() == ""
+    assert out.stored == 4 << 20
+    assert disk.calls == 4  # at the creation, then after each of the first 3 MiB
+
+
+def test_a_filesystem_already_past_the_reserve(
+    home: Path, home_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is made (empty) and closed at once; the job's output is still counted
+    and its tail kept; nothing is left for output written after the run's end."""
+    out = make(home, home_fd)
+    fake_disk(monkeypatch, out, 40_000_000, other=32_000_000)
+    out.write(b"hello\n")
+    assert (out.stored, out.total, out.tail_bytes()) == (0, 6, b"hello\n")
+    assert out.late_sink() == (-1, 0, b"")
+    assert out.close().startswith("output incomplete: the filesystem is nearly full")
+
+
+def test_late_output_is_limited_near_the_reserve(
+    home: Path, home_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept leftovers' output goes on in a drain process that reads no statvfs: it may
+    take half the room above the reserve, and its last line says why it stopped."""
+    out = make(home, home_fd)
+    disk = fake_disk(monkeypatch, out, 40_000_000, other=20_000_000)
+    out.write(b"z" * 1000)
+    fd, limit, line = out.late_sink()
+    assert fd >= 0 and line == output.STOPPED
+    free = (disk.size - disk.other - out.stored) // 4096 * 4096
+    room = free - output.keep_free(disk.size // 4096 * 4096)
+    assert limit == out.stored + room // 2
+    roomy = make(home, home_fd, "runs/job/2.log")
+    fake_disk(monkeypatch, roomy, 100 * 10**9)
+    roomy.write(b"z")
+    assert roomy.late_sink()[1:] == (output.OUTPUT_CAP, TRUNCATED)
+    assert out.close() == roomy.close() == ""
+
+
+def test_a_filesystem_without_sizes_is_not_limited(
+    home: Path, home_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """f_blocks 0 (some FUSE and network filesystems say nothing): write as before."""
+    out = make(home, home_fd)
+    zero = os.statvfs_result((4096, 4096, 0, 0, 0, 0, 0, 0, 0, 255))
+    monkeypatch.setattr(output.os, "fstatvfs", lambda fd: zero)
+    out.write(b"q" * (3 << 20))
+    assert out.close() == "" and out.stored == 3 << 20
