@@ -68,6 +68,30 @@ def remember_db(ctx: click.Context, param: click.Parameter, value: str | None) -
     ctx.meta["db"] = value
 
 
+def pb_again(ctx: click.Context, command: str) -> str:
+    """`command` (a `pb ...` line this command suggests next) with the --db it was given,
+    so that the line, run as printed, reads the same database: without it, a next page
+    of another database's jobs said "No more jobs" (review finding).  A URL holding a
+    password is not printed (terminals, logs and screenshots keep it): the line says
+    to add the same --db instead.  PONYBUNNY_DB and config.toml need nothing: the
+    suggested command inherits them."""
+    import shlex
+    from urllib.parse import parse_qs, urlsplit
+
+    db = ctx.meta.get("db")
+    if db is None:
+        return command
+    try:  # user:password@, or ?password= (libpq takes it there too)
+        parts = urlsplit(db)
+        secret = "://" in db and (parts.password is not None or "password" in parse_qs(parts.query))
+    except ValueError:  # a port that is not a number: not a URL to print either
+        secret = True
+    if secret:
+        return f"{command} (with the same --db)"
+    options, dashes, job_command = command.partition(" -- ")  # --db goes before a `--`
+    return f"{options} --db {shlex.quote(db)}{dashes}{job_command}"
+
+
 def add_db_option(group: click.Group) -> None:
     """Every job/runs command can reach a database other than the configured one."""
     for command in group.commands.values():
@@ -140,5 +164,5 @@ def get_run(ctx: click.Context, run_id: int, exact_tail: bool = False) -> dict[s
     """Run `run_id` as the store's get_run gives it; PonyError when there is none."""
     run = open_store(ctx).get_run(run_id, exact_tail)
     if run is None:
-        raise PonyError(f"no run with id {run_id}; see 'pb runs'")
+        raise PonyError(f"no run with id {run_id}; see '{pb_again(ctx, 'pb runs')}'")
     return run

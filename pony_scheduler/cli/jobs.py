@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Generator, Iterator
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from pony_scheduler.cli.common import (
     now_utc,
     one_line,
     open_store,
+    pb_again,
     shown,
     table,
 )
@@ -159,7 +161,7 @@ def job_list(
     found = _Page(store.iter_jobs(after, None if page_size is None else page_size + 1), page_size)
     if as_json:
         _stream_json(_job_json(job) for job in found)
-        _next_page_hint(store, found, as_json)
+        _next_page_hint(ctx, store, found, as_json)
         return
     shown, set_aside = 0, []
     for page in _pages(iter(found), PAGE):
@@ -172,15 +174,17 @@ def job_list(
         set_aside += [(raw["name"], raw["error"]) for raw in page if raw.get("error")]
         shown += len(page)
     for name, why in set_aside[:SET_ASIDE_SHOWN]:  # why, under the table (the table is narrow)
-        click.echo(f"⚠ {name} is set aside: {why}; 'pb job edit {name}' brings it back", err=True)
+        edit = pb_again(ctx, f"pb job edit {name}")
+        click.echo(f"⚠ {name} is set aside: {why}; '{edit}' brings it back", err=True)
     if shown == 0:
         click.echo(
             "No more jobs"
             if after
-            else "No jobs yet; add one with 'pb job add NAME --every 1h -- COMMAND'"
+            else "No jobs yet; add one with "
+            f"'{pb_again(ctx, 'pb job add NAME --every 1h -- COMMAND')}'"
         )
         return
-    _next_page_hint(store, found, as_json)
+    _next_page_hint(ctx, store, found, as_json)
 
 
 class _Page:
@@ -203,14 +207,17 @@ class _Page:
             yield item
 
 
-def _next_page_hint(store: Any, page: _Page, as_json: bool) -> None:
+def _next_page_hint(ctx: click.Context, store: Any, page: _Page, as_json: bool) -> None:
     """On stderr, so that the table or the JSON on stdout stays whole; the command given
-    keeps the page size and --json asked for."""
+    keeps the page size, --json and --db asked for."""
     if page.more:
         size = "" if page.limit == PAGE else f" -n {page.limit}"
+        command = pb_again(
+            ctx, f"pb job list{size}{' --json' if as_json else ''} --after {shlex.quote(page.last)}"
+        )
         click.echo(
-            f"Showing {page.limit or 0:,} of {store.count_jobs():,} jobs; next page: pb job list"
-            f"{size}{' --json' if as_json else ''} --after {page.last}  (--all for every one)",
+            f"Showing {page.limit or 0:,} of {store.count_jobs():,} jobs; next page: {command}"
+            "  (--all for every one)",
             err=True,
         )
 
@@ -306,8 +313,8 @@ def job_show(ctx: click.Context, name: str, as_json: bool, raw: bool) -> None:
         check_kept_limits(data)
     except PonyError as exc:  # stored before the pair was refused (review finding)
         click.echo(
-            f"⚠ {exc}: its kept processes run unlimited; 'pb job edit {name} "
-            "--leftovers kill' keeps the limits",
+            f"⚠ {exc}: its kept processes run unlimited; "
+            f"'{pb_again(ctx, f'pb job edit {name} --leftovers kill')}' keeps the limits",
             err=True,
         )
 
@@ -431,12 +438,15 @@ def job_next(
         )
         return
     if schedule.kind == "manual":
-        click.echo(f"{title}: no schedule; it runs only with 'pb job run {name}'")
+        click.echo(
+            f"{title}: no schedule; it runs only with '{pb_again(ctx, f'pb job run {name}')}'"
+        )
         return
     if not rows:
         click.echo(f"{title}: no further runs (that time has passed)")
         return
-    click.echo(title + ("" if enabled else f" (paused: these runs follow 'pb job resume {name}')"))
+    resume = pb_again(ctx, f"pb job resume {name}")
+    click.echo(title + ("" if enabled else f" (paused: these runs follow '{resume}')"))
     if schedule.offset:
         click.echo(
             f"(each run moved by +{format_duration(schedule.offset)}: its share of --jitter)"
@@ -463,7 +473,8 @@ def job_remove(ctx: click.Context, name: str) -> None:
     for run_id in removal.running:
         click.echo(
             f"⚠ Run {run_id} of {name} is still running: it goes on to its end, then its "
-            f"record and output are deleted with the job's; 'pb runs kill {run_id}' stops it",
+            f"record and output are deleted with the job's; "
+            f"'{pb_again(ctx, f'pb runs kill {run_id}')}' stops it",
             err=True,
         )
 

@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import click
 
-from pony_scheduler.cli.common import get_run, shown
+from pony_scheduler.cli.common import get_run, pb_again, shown
 from pony_scheduler.cli.options import settings_from
 from pony_scheduler.errors import PonyError
 from pony_scheduler.files import NEVER_CREATED
@@ -157,7 +157,7 @@ def open_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> Bi
         if run.get("output_tail"):
             raise PonyError(
                 f"the output file of run {run_id} was {missing_file(run)} ({path}); "
-                f"`pb runs show {run_id}` has its end"
+                f"`{pb_again(ctx, f'pb runs show {run_id}')}` has its end"
             )
         if not follow_ or run["state"] not in ("queued", "running"):
             return None

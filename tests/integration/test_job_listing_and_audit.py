@@ -216,3 +216,33 @@ def test_job_list_all_with_a_page_size_is_refused(pb: Pb) -> None:
         assert refused.code == 2 and refused.err.count("\n") == 1, refused.all
         assert "--all prints every job and -n a page" in refused.err
     assert "a" in pb("job", "list", "--all", check=True).out
+
+
+def test_the_next_page_hint_keeps_the_db_flag(pb: Pb, tmp_path: Path) -> None:
+    """Run as printed, the hint reads the same database: without --db it read the home's
+    and said "No more jobs" (review finding)."""
+    other = tmp_path / "other.db"
+    for index in range(5):
+        pb("job", "add", f"j{index}", "--db", str(other), "--every", "1h", "--", "true", check=True)
+    first = pb("job", "list", "--db", str(other), "-n", "2")
+    hint = f"next page: pb job list -n 2 --after j1 --db {other}  (--all for every one)"
+    assert hint in first.err, first.err
+    printed = first.err.split("next page: pb ")[1].split("  (")[0].split()
+    second = pb(*printed)
+    assert [line.split()[0] for line in second.out.splitlines()[1:]] == ["j2", "j3"]
+    assert f"pb job list -n 2 --json --after j1 --db {other}" in (
+        pb("job", "list", "--db", str(other), "-n", "2", "--json").err
+    )
+    # Its other follow-up commands name the database too.
+    pb("job", "add", "m", "--db", str(other), "--manual", "--", "true", check=True)
+    assert f"'pb job run m --db {other}'" in pb("job", "next", "m", "--db", str(other)).out
+    assert f"see 'pb runs --db {other}'" in pb("runs", "show", "99", "--db", str(other)).err
+
+
+def test_the_next_page_hint_keeps_no_password(pb: Pb, pg_url: str) -> None:
+    url = pg_url.replace("postgres@", "postgres:hunter2@")  # trust auth: any password
+    for index in range(3):
+        pb("job", "add", f"j{index}", "--db", url, "--every", "1h", "--", "true", check=True)
+    first = pb("job", "list", "--db", url, "-n", "2")
+    assert "next page: pb job list -n 2 --after j1 (with the same --db)" in first.err
+    assert "hunter2" not in first.all

@@ -1,0 +1,37 @@
+"""The `pb ...` lines a command suggests name the database it was given (--db)."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from pony_scheduler.cli.common import pb_again
+
+
+def _with_db(db: str | None) -> click.Context:
+    ctx = click.Context(click.Command("list"))
+    ctx.meta["db"] = db
+    return ctx
+
+
+@pytest.mark.parametrize(
+    ("db", "wanted"),
+    [
+        (None, "pb job list --after a"),
+        ("/srv/p.db", "pb job list --after a --db /srv/p.db"),
+        ("/srv/my jobs.db", "pb job list --after a --db '/srv/my jobs.db'"),
+        (
+            "postgresql+psycopg://pony@db/p",
+            "pb job list --after a --db postgresql+psycopg://pony@db/p",
+        ),
+        ("postgresql://pony:s3cret@db/p", "pb job list --after a (with the same --db)"),
+        ("postgresql://pony:s3cret@db:x/p", "pb job list --after a (with the same --db)"),
+        ("postgresql://pony@db/p?password=s3cret", "pb job list --after a (with the same --db)"),
+    ],
+)
+def test_the_db_flag_is_repeated_unless_it_holds_a_password(db: str | None, wanted: str) -> None:
+    assert pb_again(_with_db(db), "pb job list --after a") == wanted
+
+
+def test_the_db_flag_goes_before_a_command() -> None:
+    assert pb_again(_with_db("/p.db"), "pb job add N -- CMD") == "pb job add N --db /p.db -- CMD"
