@@ -53,14 +53,20 @@ def _refuse_a_missing_database(settings: Settings) -> None:
     path = sqlite_file(settings.db)
     if path is None:
         return
+    where = where_set(settings, "db")
     try:
         real = check_database_file(path)  # its path's own checks first (links, modes)
     except FileNotFoundError:
-        return  # its directory is missing: Store.open says so
+        # Its directory is missing, so the file is too: refused here, before open_store
+        # makes the home.  Left to Store.open, a mistyped --db in a home not made yet
+        # was created with the home and answered "No jobs yet" (review finding).
+        raise ConfigError(
+            f"no database at {path} (set by {where}): directory {os.path.dirname(path)} "
+            "does not exist; create it or choose another path"
+        ) from None
     if not os.path.lexists(real):
         raise ConfigError(
-            f"no database at {path} (set by {where_set(settings, 'db')}); check the "
-            "name, or create it with pb job add"
+            f"no database at {path} (set by {where}); check the name, or create it with pb job add"
         )
 
 

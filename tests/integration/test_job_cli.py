@@ -143,6 +143,36 @@ def test_db_option_reaches_another_database(pb: Pb, tmp_path: Path) -> None:
     assert pb("runs", "--db", str(other)).out.strip() == "No runs yet"
 
 
+def test_a_missing_database_is_refused_before_the_home_exists(pb: Pb, tmp_path: Path) -> None:
+    """The home not made yet was a way round the refusal above: the home was made, then
+    the mistyped file in it (review finding)."""
+    fresh = tmp_path / "fresh"
+    typo, elsewhere = fresh / "typo.db", tmp_path / "gone" / "typo.db"
+    for db in (typo, elsewhere):
+        for args, env in (
+            (("job", "list", "--db", str(db)), {}),
+            (("job", "show", "nosuch", "--db", str(db)), {}),
+            (("runs",), {"PONYBUNNY_DB": str(db)}),
+        ):
+            result = pb(*args, env={"PONYBUNNY_HOME": str(fresh), **env})
+            assert result.code == 2 and result.err.count("\n") == 1, (args, result.all)
+            assert f"no database at {db} (set by " in result.err, (args, result.all)
+            assert not db.exists() and not fresh.exists(), (args, result.all)
+    # pb job add still makes it, and the home with it.
+    made = pb(
+        "job",
+        "add",
+        "j",
+        "--manual",
+        "--db",
+        str(typo),
+        "--",
+        "true",
+        env={"PONYBUNNY_HOME": str(fresh)},
+    )
+    assert made.code == 0 and typo.exists(), made.all
+
+
 def test_show_gives_the_limits_and_leftovers_policy(pb: Pb) -> None:
     """What --leftovers and the limits were set to, without --json (review finding)."""
     pb("job", "add", "plain", "--manual", "--leftovers", "keep", "--", "true", check=True)
