@@ -7,6 +7,7 @@ in LAZY with their one-line help and imported on first use.  `pb --help` and
 standard library.
 """
 
+import io
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -200,6 +201,61 @@ class _StdoutClosed(Exception):
     documents 141 (pb(1), EXIT STATUS), what a shell gives a command killed by SIGPIPE."""
 
 
+class _StdoutFailed(Exception):
+    """Another error writing the standard output (a full disk, a quota, a file size
+    limit, an I/O error) on its way to main(): click re-raises it, which was a traceback;
+    it is one line on stderr, exit 1."""
+
+
+# What a write to a file, a device or a disk answers when the output cannot be written
+# (EPIPE, a reader gone, is _StdoutClosed).
+_OUTPUT_ERRNOS = frozenset(("ENOSPC", "EDQUOT", "EFBIG", "EIO"))
+
+
+def _stdout_failed(exc: OSError) -> bool:
+    """Whether `exc` is a write to the standard output that failed, not a full disk or an
+    I/O error met elsewhere (a file in the home, say), which stays the bug it is.  The
+    frame it was raised in tells: a write fails in C, so the innermost Python frame is
+    the one that called it - click.echo or write_stdout, with the stream as a local."""
+    import errno
+
+    if errno.errorcode.get(exc.errno or 0) not in _OUTPUT_ERRNOS or exc.filename is not None:
+        return False
+    trace = exc.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    try:
+        stdout = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a file (click's CliRunner)
+        return False
+    for value in trace.tb_frame.f_locals.values() if trace is not None else ():
+        if isinstance(value, io.IOBase):
+            try:
+                if value.fileno() == stdout:
+                    return True
+            except (ValueError, OSError):  # closed, or not a file
+                continue
+    return False
+
+
+def write_stdout(data: str | bytes) -> None:
+    """`data` on the standard output now, bytes as they are (what click.echo is for text
+    lines): a failure is told apart by the stream in this frame (_stdout_failed)."""
+    stream = sys.stdout if isinstance(data, str) else sys.stdout.buffer
+    stream.write(data)  # type: ignore[arg-type]
+    stream.flush()
+    sys.stdout.flush()
+
+
+def _output_error(exc: OSError) -> Exception | None:
+    """What an OSError from running a command becomes on its way to main(); None: itself."""
+    if isinstance(exc, BrokenPipeError):
+        return _StdoutClosed()
+    if _stdout_failed(exc):
+        return _StdoutFailed(exc.strerror or str(exc))
+    return None
+
+
 class LazyGroup(Group):
     """A click.Group whose LAZY commands are imported when they are resolved.
 
@@ -214,14 +270,18 @@ class LazyGroup(Group):
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:  # --version and --help write while the arguments are parsed
             return super().make_context(*args, **kwargs)
-        except BrokenPipeError as exc:
-            raise _StdoutClosed from exc
+        except OSError as exc:
+            if (failure := _output_error(exc)) is None:
+                raise
+            raise failure from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except BrokenPipeError as exc:
-            raise _StdoutClosed from exc
+        except OSError as exc:
+            if (failure := _output_error(exc)) is None:
+                raise
+            raise failure from exc
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # As click.Group.format_commands, with stand-ins for the commands not imported yet.
@@ -292,6 +352,14 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
     ctx.obj["config_file"] = config_file  # str: load_settings needs no pathlib (config.py)
 
 
+def _quiet_stdout() -> None:
+    """What is still buffered for the standard output must not fail again at exit
+    ("Exception ignored"): it goes to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
     """Run `pb`; every failure is one line on stderr and an exit code, no traceback."""
     try:
@@ -313,11 +381,12 @@ def main(argv: list[str] | None = None, prog_name: str = "pb") -> None:
         click.echo(f"Error: {for_log(str(exc))}", err=True)
         code = exc.exit_code
     except (_StdoutClosed, BrokenPipeError):
-        # What is still buffered must not fail again at exit ("Exception ignored").
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _quiet_stdout()
         code = 141
+    except _StdoutFailed as exc:
+        _quiet_stdout()
+        click.echo(f"Error: cannot write the output: {exc}", err=True)
+        code = 1
     except UnicodeEncodeError as exc:
         # Bytes that are not UTF-8 in an argument (Python holds them as surrogates):
         # names and paths are stored and shown as text.  Each input that can be

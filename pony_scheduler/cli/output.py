@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 import click
 
+from pony_scheduler.cli import write_stdout
 from pony_scheduler.cli.common import get_run, pb_again, shown
 from pony_scheduler.cli.options import settings_from
 from pony_scheduler.errors import PonyError
@@ -115,10 +116,9 @@ class OutputWriter:
 
     def write(self, data: bytes, final: bool = False) -> None:
         if self.exact:
-            sys.stdout.buffer.write(data)
+            write_stdout(data)
         else:
-            sys.stdout.write(shown(self.decoder.decode(data, final=final), raw=False))
-        sys.stdout.flush()
+            write_stdout(shown(self.decoder.decode(data, final=final), raw=False))
 
 
 def open_output(ctx: click.Context, run_id: int, path: str, follow_: bool) -> BinaryIO | None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from pony_scheduler.cli import Command, Group
+from pony_scheduler.cli import Command, Group, write_stdout
 from pony_scheduler.cli.common import (
     RAW,
     STATES,
@@ -201,8 +200,7 @@ def runs_show(ctx: click.Context, run_id: int, as_json: bool, raw: bool) -> None
     click.echo("Output (end):")
     tail = run.get("output_tail")
     if isinstance(tail, bytes) and tail:  # --raw: the bytes as the job wrote them
-        sys.stdout.buffer.write(tail)  # exactly: no newline added
-        sys.stdout.flush()
+        write_stdout(tail)  # exactly: no newline added
     else:
         click.echo(shown(tail or "(none)", raw))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pony_scheduler.cli import Command, Group
+from pony_scheduler.cli import Command, Group, write_stdout
 from pony_scheduler.cli.options import POSITIVE_SECONDS, settings_from
 from pony_scheduler.config import MAX_WORKERS, Settings, containment_kept
 from pony_scheduler.durations import format_duration
@@ -510,5 +509,4 @@ RAW = click.option(
 
 
 def _write_out(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    write_stdout(text)

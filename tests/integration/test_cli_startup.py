@@ -288,3 +288,37 @@ def test_stdout_closed_early_exits_141_quietly(argv: list[str], pb: Pb) -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version"],
+        ["--help"],
+        ["job", "list", "--all", "--json"],
+        ["job", "show", "one"],
+        ["runs"],
+        ["runs", "show", "1"],
+        ["scheduler", "status"],
+        ["config", "show"],
+    ],
+)
+def test_stdout_that_cannot_be_written_is_one_line(argv: list[str], pb: Pb) -> None:
+    """`pb ... > /dev/full` (a full disk): the write error was a traceback of 33 lines
+    (click re-raises an OSError other than EPIPE); now one line, exit 1, and no second
+    error when the interpreter flushes at exit (review finding)."""
+    pb("job", "add", "one", "--manual", "--", "printf", "some output", check=True)
+    pb("job", "run", "one", check=True)  # queued: `pb runs show 1` has a run to show
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "pony_scheduler", *argv],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=pb.env,
+            timeout=60,
+        )
+    assert (done.returncode, done.stderr) == (
+        1,
+        "Error: cannot write the output: No space left on device\n",
+    ), done.stderr
