@@ -35,6 +35,34 @@ PG_IDLE_IN_TRANSACTION_MS = 10_000
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 
 
+PG_EXTRA = "pip install 'pony-scheduler[postgresql]'"  # installs psycopg (setup.cfg)
+
+
+def missing_driver(url: URL, driver: str, psycopg_installed: bool) -> str:
+    """Why `url` cannot be used when its driver module `driver` cannot be imported, and
+    what helps: the postgresql+psycopg:// URL only when psycopg is there to serve it (it
+    was suggested to users who lacked psycopg too, and needed the same install), else
+    the extra that installs it (review finding)."""
+    where = f"--db {safe_url(url)}: its driver {driver} is not installed"
+    if url.get_backend_name() != "postgresql":
+        return f"{where}, and only SQLite and PostgreSQL are supported"
+    if url.get_driver_name() == "psycopg":
+        return f"{where}; {PG_EXTRA} installs it"
+    if psycopg_installed:
+        return f"{where}; use postgresql+psycopg://… (psycopg is installed), or install {driver}"
+    return f"{where}; {PG_EXTRA} installs psycopg, then use postgresql+psycopg://…"
+
+
+def _psycopg_works() -> bool:
+    """Whether psycopg imports (installed, and its libpq found): only then does a
+    postgresql+psycopg:// URL help."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def parse_url(value: str) -> URL:
     """Validate a `--db` URL without connecting (safe before forking)."""
     try:
@@ -54,10 +82,8 @@ def parse_url(value: str) -> URL:
             "use sqlite:///PATH or postgresql+psycopg://…"
         ) from None
     except ImportError as exc:
-        raise ConfigError(
-            f"--db {safe_url(url)}: its driver {exc.name} is not installed; use "
-            "postgresql+psycopg://… (pip install 'pony-scheduler[postgresql]' installs psycopg)"
-        ) from None
+        driver = exc.name or url.get_driver_name()
+        raise ConfigError(missing_driver(url, driver, _psycopg_works())) from None
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(f"--db {safe_url(url)}: only SQLite and PostgreSQL are supported")
     if url.get_backend_name() == "sqlite" and (url.database or ":memory:") == ":memory:":
