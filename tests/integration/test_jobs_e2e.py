@@ -123,13 +123,20 @@ def test_retries_with_backoff(pb: Pb, tmp_path: Path) -> None:
     assert len({r["occurrence"] for r in done}) == 1  # attempts of one occurrence
 
 
-def test_overlap_skip_is_recorded(pb: Pb) -> None:
+def test_overlap_skip_is_recorded(pb: Pb, tmp_path: Path) -> None:
+    # The first run holds until the second is judged: a `sleep 3` could end first under
+    # load (failed once at load 6.5), and then nothing overlapped.
+    gate = tmp_path / "gate"
     pb("scheduler", "start", check=True)
-    pb("job", "add", "long", "--manual", "--", "sleep", "3", check=True)
+    script = f"until [ -e {gate} ]; do sleep 0.1; done"
+    pb("job", "add", "long", "--manual", "--shell", "--", script, check=True)
     pb("job", "run", "long", check=True)
     wait_runs(pb, lambda rs: rs and rs[0]["state"] == "running")
     pb("job", "run", "long", check=True)
-    done = wait_runs(pb, lambda rs: any(r["state"] == "skipped" for r in rs))
+    try:
+        done = wait_runs(pb, lambda rs: any(r["state"] == "skipped" for r in rs))
+    finally:
+        gate.touch()
     skipped = next(r for r in done if r["state"] == "skipped")
     assert skipped["reason"] == "previous run still running"
 
