@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -277,17 +278,22 @@ def test_stdout_closed_early_exits_141_quietly(argv: list[str], pb: Pb) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "pony_scheduler", *argv],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=pb.env,
-            timeout=60,
-        )
+        done = _pb_writing_to(write_end, argv, pb)
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def _pb_writing_to(stdout: Any, argv: list[str], pb: Pb) -> subprocess.CompletedProcess[str]:
+    """`pb ARGV` with its standard output on `stdout` (a file or descriptor)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pony_scheduler", *argv],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=pb.env,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize(
@@ -310,14 +316,7 @@ def test_stdout_that_cannot_be_written_is_one_line(argv: list[str], pb: Pb) -> N
     pb("job", "add", "one", "--manual", "--", "printf", "some output", check=True)
     pb("job", "run", "one", check=True)  # queued: `pb runs show 1` has a run to show
     with open("/dev/full", "w") as full:
-        done = subprocess.run(
-            [sys.executable, "-m", "pony_scheduler", *argv],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=pb.env,
-            timeout=60,
-        )
+        done = _pb_writing_to(full, argv, pb)
     assert (done.returncode, done.stderr) == (
         1,
         "Error: cannot write the output: No space left on device\n",
