@@ -286,10 +286,13 @@ def _absolute_path(path: str | os.PathLike[str], base: str | None = None) -> str
     text = os.path.expanduser(_clean_path(os.fspath(path)))  # as pathlib: ./~ is ~ too
     if text.startswith("~"):
         user = text[1:].split("/", 1)[0]
-        raise ConfigError(
-            f"cannot expand '{os.fspath(path)}': no user named '{user}' on this host; "
-            "give the path in full"
+        why = (
+            f"no user named '{user}' on this host"
+            if user
+            else "this user's home directory is unknown (HOME is not set, and the "
+            "password database has no entry for this uid)"
         )
+        raise ConfigError(f"cannot expand '{os.fspath(path)}': {why}; give the path in full")
     if not os.path.isabs(text):
         text = os.path.join(base or os.getcwd(), text)
     return _clean_path(text)

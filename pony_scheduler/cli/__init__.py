@@ -240,11 +240,24 @@ def _stdout_failed(exc: OSError) -> bool:
 
 def write_stdout(data: str | bytes) -> None:
     """`data` on the standard output now, bytes as they are (what click.echo is for text
-    lines): a failure is told apart by the stream in this frame (_stdout_failed)."""
-    stream = sys.stdout if isinstance(data, str) else sys.stdout.buffer
-    stream.write(data)  # type: ignore[arg-type]
-    stream.flush()
-    sys.stdout.flush()
+    lines): a failure is told apart by the stream in this frame (_stdout_failed).
+    Written with os.write until all of it is out: a buffered write that the file system
+    cut short (a full disk, RLIMIT_FSIZE) returned the short count and dropped the rest
+    without an error, so `pb runs output > file` ended 0 with a truncated file (review
+    finding); the next os.write raises ENOSPC / EFBIG instead."""
+    stream = sys.stdout.buffer  # the stream _stdout_failed finds in this frame
+    sys.stdout.flush()  # what click.echo left buffered goes first
+    if isinstance(data, str):
+        data = data.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):  # not a file (a test's capture)
+        stream.write(data)
+        stream.flush()
+        return
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _output_error(exc: OSError) -> Exception | None:

@@ -87,9 +87,10 @@ def pb_again(ctx: click.Context, command: str) -> str:
     db = ctx.meta.get("db")
     if db is None:
         return command
-    try:  # user:password@, or ?password= (libpq takes it there too)
+    try:  # user:password@, or ?password= / ?sslpassword= (libpq takes them there too)
         parts = urlsplit(db)
-        secret = "://" in db and (parts.password is not None or "password" in parse_qs(parts.query))
+        in_query = any("pass" in key.lower() for key in parse_qs(parts.query))
+        secret = "://" in db and (parts.password is not None or in_query)
     except ValueError:  # a port that is not a number: not a URL to print either
         secret = True
     if secret:

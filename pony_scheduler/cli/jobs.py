@@ -522,27 +522,24 @@ def job_run(ctx: click.Context, name: str, wait: bool, follow_: bool) -> None:
         raise click.UsageError("--follow needs --wait")
     store = open_store(ctx)
     run_id = store.request_run(name)
-    # A scheduler sends a heartbeat every twelfth of its lease (at most an hour): five
-    # minutes of silence from every scheduler of this database means none runs.
-    if not store.any_scheduler_since(store.db_now() - timedelta(minutes=5)):
+    alive = store.any_scheduler_since(store.db_now() - QUIET)
+    if not alive:
         _warn(
             "no scheduler of this database has sent a heartbeat in the last 5 minutes: "
-            "the run waits until one runs ('pb scheduler start')"
+            f"the run waits until one runs ('{pb_again(ctx, 'pb scheduler start')}')"
         )
     if not wait:
         click.echo(f"✓ Run {run_id} of job {name} queued")
         return
     click.echo(f"Run {run_id} of job {name} queued; waiting for it to end", err=True)
-    ctx.exit(_wait_for(ctx, run_id, follow_))
+    ctx.exit(_wait_for(ctx, run_id, follow_, warned=not alive))
 
 
-def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
+def _wait_for(ctx: click.Context, run_id: int, follow_: bool, warned: bool = False) -> int:
     """Wait until run `run_id`, and any retry of it, is over; its exit status as a shell
     gives it (128+N for signal N), or 1 when it has none (skipped, expired, lost)."""
-    from pony_scheduler.cli.options import settings_from
-
     store = open_store(ctx)
-    watch = _SchedulerWatch(store, settings_from(ctx, db=ctx.meta.get("db")).lease / 2)
+    watch = _SchedulerWatch(store, silent=warned)
     while True:
         path = output_path_of(ctx, run_id, follow_) if follow_ else None
         if path is not None:
@@ -572,30 +569,35 @@ def _wait_for(ctx: click.Context, run_id: int, follow_: bool) -> int:
     return int(run["exit_code"]) if run["exit_code"] is not None else 1
 
 
+# A scheduler sends a heartbeat every twelfth of its lease (at most an hour), and records
+# its stop: five minutes of silence from every scheduler not stopped means none runs.  Its
+# lease is not in the database, so the longest lease sets the window: half of this
+# command's own lease warned of a live scheduler whose lease was longer (review finding).
+QUIET = timedelta(minutes=5)
+
+
 class _SchedulerWatch:
     """While `--wait` waits: says once on stderr when no scheduler of the database is
-    alive, and again when one is back.  Alive: a heartbeat within `quiet_s` seconds
-    (half a lease: a scheduler sends one every twelfth).  A scheduler that stopped, or
-    that cannot write to the database (a full disk), sends none, and the wait used to
-    say nothing for as long as that lasted (review finding)."""
+    alive (stopped, or silent for QUIET: hung, or unable to write to the database), and
+    again when one is back; `silent`: it was said already.  The wait used to say nothing
+    for as long as that lasted (review finding)."""
 
     LOOK_EVERY_S = 5.0
 
-    def __init__(self, store: Store, quiet_s: float) -> None:
-        self.store, self.quiet_s = store, quiet_s
+    def __init__(self, store: Store, silent: bool = False) -> None:
+        self.store = store
         self.next_look = time.monotonic() + self.LOOK_EVERY_S
-        self.silent = False
+        self.silent = silent
 
     def look(self) -> None:
         if time.monotonic() < self.next_look:
             return
         self.next_look = time.monotonic() + self.LOOK_EVERY_S
-        since = self.store.db_now() - timedelta(seconds=self.quiet_s)
-        alive = self.store.any_scheduler_since(since)
+        alive = self.store.any_scheduler_since(self.store.db_now() - QUIET)
         if not alive and not self.silent:
             _warn(
-                f"no scheduler of this database has sent a heartbeat in the last "
-                f"{self.quiet_s:g}s: it is stopped, or cannot write to the database ('pb "
+                "no scheduler of this database is running (stopped, or no heartbeat in "
+                "the last 5 minutes: hung, or unable to write to the database; 'pb "
                 "scheduler status' and its log say which); still waiting"
             )
         elif alive and self.silent:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -321,3 +322,38 @@ def test_stdout_that_cannot_be_written_is_one_line(argv: list[str], pb: Pb) -> N
         1,
         "Error: cannot write the output: No space left on device\n",
     ), done.stderr
+
+
+def test_output_cut_short_by_the_file_system_is_an_error(pb: Pb, tmp_path: Path) -> None:
+    """`pb runs output 1 > file` on a file system with room for part of it ended 0 with a
+    truncated file: a buffered write cut short returned the short count and dropped the
+    rest (review finding).  Now the rest's write fails: one line, exit 1.  The file
+    size limit (RLIMIT_FSIZE) stands in for a nearly full disk: it cuts a write the same
+    way (EFBIG, SIGXFSZ ignored)."""
+    import resource
+
+    pb("scheduler", "start", check=True)
+    try:
+        pb("job", "add", "big", "--manual", "--", "head", "-c", "20000", "/dev/zero", check=True)
+        assert pb("job", "run", "big", "--wait").code == 0
+
+        def limit() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+        with open(tmp_path / "out", "wb") as out:
+            done = subprocess.run(
+                [sys.executable, "-m", "pony_scheduler", "runs", "output", "1", "--raw"],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=pb.env,
+                timeout=60,
+                preexec_fn=limit,
+            )
+        assert (done.returncode, done.stderr) == (
+            1,
+            "Error: cannot write the output: File too large\n",
+        ), done.stderr
+    finally:
+        pb("scheduler", "stop")

@@ -27,6 +27,7 @@ def _with_db(db: str | None) -> click.Context:
         ("postgresql://pony:s3cret@db/p", "pb job list --after a (with the same --db)"),
         ("postgresql://pony:s3cret@db:x/p", "pb job list --after a (with the same --db)"),
         ("postgresql://pony@db/p?password=s3cret", "pb job list --after a (with the same --db)"),
+        ("postgresql://pony@db/p?sslpassword=s3", "pb job list --after a (with the same --db)"),
     ],
 )
 def test_the_db_flag_is_repeated_unless_it_holds_a_password(db: str | None, wanted: str) -> None:
@@ -35,3 +36,16 @@ def test_the_db_flag_is_repeated_unless_it_holds_a_password(db: str | None, want
 
 def test_the_db_flag_goes_before_a_command() -> None:
     assert pb_again(_with_db("/p.db"), "pb job add N -- CMD") == "pb job add N --db /p.db -- CMD"
+
+
+def test_a_home_of_no_known_directory_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOME unset and no password entry: '~' cannot be expanded, and the message said
+    there was no user named '' (review finding)."""
+    from pony_scheduler import config
+    from pony_scheduler.errors import ConfigError
+
+    monkeypatch.setattr(config.os.path, "expanduser", lambda path: path)
+    with pytest.raises(ConfigError, match="this user's home directory is unknown"):
+        config._absolute_path("~/.ponybunny")
+    with pytest.raises(ConfigError, match="no user named 'nosuch' on this host"):
+        config._absolute_path("~nosuch/x")
