@@ -25,6 +25,7 @@ from sqlalchemy import (
     Integer,
     Text,
     bindparam,
+    case,
     func,
     or_,
     select,
@@ -253,6 +254,7 @@ DROP = (
 # declared lost, or one whose start was recorded earlier); so is started_at, the claim's
 # time, which the process's own start replaces when there was one (runs.run_times): the
 # duration `pb runs` shows, finished_at - started_at, is then the process's.
+_FINISHED = bindparam("b_finished_at", type_=runs.c.finished_at.type)
 SETTLE = (
     update(runs)
     .where(
@@ -269,7 +271,9 @@ SETTLE = (
         started_at=func.coalesce(
             bindparam("b_started_at", type_=runs.c.started_at.type), runs.c.started_at
         ),
-        finished_at=bindparam("b_finished_at"),
+        # Never before its start: a run declared lost after the clock stepped back had a
+        # negative duration (review finding; run_times keeps outcomes so already).
+        finished_at=case((runs.c.started_at > _FINISHED, runs.c.started_at), else_=_FINISHED),
         lease_until=None,
         pid=func.coalesce(bindparam("b_pid", type_=Integer), runs.c.pid),
         pid_start=func.coalesce(bindparam("b_pid_start", type_=BigInteger), runs.c.pid_start),

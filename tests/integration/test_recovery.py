@@ -62,6 +62,27 @@ def test_expired_lease_is_lost_and_retried(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_run_lost_after_the_clock_stepped_back_ends_no_earlier_than_it_started(
+    tmp_path: Path,
+) -> None:
+    """Declared lost with `now` two hours before its claim (the clock stepped back): it
+    was recorded with a negative duration (review finding).  Its end is its start."""
+    store = Store.open(f"sqlite:///{tmp_path / 'pony.db'}")
+    store.add_job("j", job_values())
+    run_id = store.request_run("j")
+    store.claim(Claimant("other-host-scheduler", "elsewhere", "other:boot"), request(1))
+    started = store.get_run(run_id)["started_at"]  # type: ignore[index]
+    with store.engine.begin() as connection:
+        connection.execute(update(runs).values(lease_until=utcnow() - timedelta(hours=3)))
+    me = store.register_scheduler()
+    assert recovery.abandoned(store, me, "/home", utcnow() - timedelta(hours=2)) == 1
+    lost = store.get_run(run_id)
+    assert lost is not None and lost["state"] == "lost"
+    assert (lost["started_at"], lost["finished_at"]) == (started, started)
+    assert lost["duration_s"] == 0
+    store.close()
+
+
 def test_orphan_without_a_recorded_pid_is_found_by_its_environment(tmp_path: Path) -> None:
     """A scheduler killed between a job's start and the write of its pid: the restarted
     scheduler finds the job's processes by PONYBUNNY_RUN_ID and PONYBUNNY_SCHEDULER_ID and
