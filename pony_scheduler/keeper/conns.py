@@ -232,7 +232,10 @@ def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
     conn.role = role
     conn.scheduler_id = str(m.get("scheduler_id") or "")
     lease = _lease_terms(m.get("lease")) if role == "scheduler" else None
-    if lease is not None and (keeper.runs or keeper.unacked) and keeper.dbtag.conflicts(lease.db):
+    # The database without its password, from this version's schedulers (an older one
+    # sends none: not checked, as before; its URL may hold a password for keeper.json).
+    shown = str(m.get("db_shown") or "") if lease is not None else ""
+    if shown and (keeper.runs or keeper.unacked) and keeper.dbtag.conflicts(shown):
         conn.closing = True  # runs and outcomes of another database (dbtag.py)
         return {
             "type": "other_database",
@@ -241,8 +244,8 @@ def _hello(keeper: Keeper, conn: Conn, m: dict[str, Any]) -> dict[str, Any]:
             "outcomes": len(keeper.unacked),
             "pid": os.getpid(),
         }
-    if lease is not None:
-        keeper.dbtag.adopt(lease.db, str(m.get("db_shown") or ""))
+    if shown:
+        keeper.dbtag.adopt(shown)
     if role == "scheduler":
         if m.get("first_keeper") is True and conn.scheduler_id:
             keeper.sole_keeper_of[conn.scheduler_id] = None

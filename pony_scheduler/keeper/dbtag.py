@@ -7,10 +7,12 @@ outcomes of another database (conns._hello).
 
 The tag outlives the keeper in keeper.json (`dbKey`, `dbShown`), for the outcomes a
 keeper that died leaves in its journal: the next keeper inherits the tag with them.
-`dbKey` is a hash of the URL as the scheduler gave it (it may hold a password, which
-never reaches a file); `dbShown` is the URL without its password, as the scheduler shows
-it, for the refusal's message.  The same database spelled two ways (postgresql:// and
-postgresql+psycopg://) counts as two: the refusal says to start on the one it names.
+`dbShown` is the URL without its password, as the scheduler shows it (for the refusal's
+message); `dbKey` is a hash of that: a password rotated between a crash and the next
+start is the same database (review finding: the whole URL was hashed, and the refusal
+named the same database twice).  The same database spelled two ways (postgresql:// and
+postgresql+psycopg://, localhost and 127.0.0.1) counts as two: the refusal says to
+start on the one it names.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from typing import Any
 from pony_scheduler.lifecycle.pidfile import write_meta
 
 
-def key_of(db: str) -> str:
-    """A database URL's tag: 16 hex digits of its SHA-256."""
-    return hashlib.sha256(db.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+def key_of(shown: str) -> str:
+    """A database's tag: 16 hex digits of the SHA-256 of its URL without its password."""
+    return hashlib.sha256(shown.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 class DatabaseTag:
@@ -41,14 +43,15 @@ class DatabaseTag:
             self.key, self.shown = old["dbKey"], str(old.get("dbShown") or "")
             self._save()
 
-    def conflicts(self, db: str) -> bool:
-        """Whether `db` (a scheduler's URL) is not the database of this tag."""
-        return self.key is not None and key_of(db) != self.key
+    def conflicts(self, shown: str) -> bool:
+        """Whether `shown` (a scheduler's database URL without its password) is not the
+        database of this tag."""
+        return self.key is not None and key_of(shown) != self.key
 
-    def adopt(self, db: str, shown: str) -> None:
-        """A scheduler of `db` (shown as `shown`) is this keeper's now."""
-        if key_of(db) != self.key or shown != self.shown:
-            self.key, self.shown = key_of(db), shown
+    def adopt(self, shown: str) -> None:
+        """A scheduler of database `shown` is this keeper's now."""
+        if key_of(shown) != self.key:
+            self.key, self.shown = key_of(shown), shown
             self._save()
 
     def _save(self) -> None:
