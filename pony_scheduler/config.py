@@ -416,7 +416,7 @@ def load_settings(
     (files.check_home).  Raises ConfigError, UnsafePath."""
     home_source = "flag" if home else ("env" if os.environ.get("PONYBUNNY_HOME") else "default")
     home_dir = _absolute_path(home or default_home())
-    _utf8("the home (PONYBUNNY_HOME or --home)", home_dir)
+    _utf8("the home (PONYBUNNY_HOME)", home_dir)
     from pony_scheduler.files import check_home
 
     # StrictModes: before anything in the home (its config.toml first) is read.

@@ -102,11 +102,19 @@ STOP_TIMEOUT = 30.0
 def stop_timeout(spec: ServiceSpec, settings: Settings) -> float:
     """What `pb NAME stop` waits by default: the scheduler lets running jobs finish first.
     After the shutdown grace, jobs get SIGTERM and, the keeper's one kill grace later,
-    SIGKILL; then their outcomes are recorded and it exits: three kill graces cover it."""
+    SIGKILL; then their outcomes are recorded and it exits: three kill graces cover it.
+    The grace is the running scheduler's (its NAME.json), which may differ from this
+    command's settings (`start --shutdown-grace 70`: a stop gave up after 45 s while it
+    drained; review finding)."""
     if spec.name == "scheduler":
         from pony_scheduler.keeper.protocol import KILL_GRACE_S
+        from pony_scheduler.lifecycle.pidfile import live_meta
 
-        return settings.shutdown_grace + 3 * KILL_GRACE_S
+        running = (live_meta(spec.meta_path(settings.home_dir)) or {}).get("shutdownGrace")
+        grace = settings.shutdown_grace
+        if isinstance(running, (int, float)) and not isinstance(running, bool):
+            grace = max(grace, float(running))
+        return grace + 3 * KILL_GRACE_S
     return STOP_TIMEOUT
 
 

@@ -143,6 +143,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "dbPath": safe_url(settings.db),
         "socketPath": str(settings.socket),
         "containmentAsked": settings.containment,  # for status: config.containment_kept
+        "shutdownGrace": settings.shutdown_grace,  # what a stop waits: services.stop_timeout
     }
 
 

@@ -481,5 +481,5 @@ def test_names_and_settings_that_are_not_utf8_are_one_line(pb: Pb, tmp_path: Pat
     for args in (("runs",), ("scheduler", "start")):
         result = pb(*args, env={"PONYBUNNY_HOME": odd})
         assert result.code == 2 and result.err.count("\n") == 1, result.all
-        assert "the home (PONYBUNNY_HOME or --home)" in result.err
+        assert "the home (PONYBUNNY_HOME)" in result.err
     assert [p.name for p in tmp_path.iterdir()] == ["home"]  # no odd home was made

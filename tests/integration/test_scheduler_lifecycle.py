@@ -244,6 +244,28 @@ def test_sighup_reopens_log(pb: Pb, home: Path) -> None:
     assert pb("scheduler", "status").code == 3
 
 
+def test_a_stop_waits_for_the_running_schedulers_grace(pb: Pb, home: Path) -> None:
+    """`start --shutdown-grace 70` then `stop`: the stop's default wait came from its own
+    settings (grace 30 + 15 s) and gave up while the scheduler drained (review
+    finding).  The running scheduler's grace is in scheduler.json, and the wait follows
+    it (the drain itself is not waited for here: the wait is read off the metadata)."""
+    from pony_scheduler.config import load_settings
+    from pony_scheduler.keeper.protocol import KILL_GRACE_S
+    from pony_scheduler.lifecycle.services import stop_timeout
+    from pony_scheduler.lifecycle.spec import SCHEDULER
+
+    pb("scheduler", "start", "--shutdown-grace", "70", check=True)
+    try:
+        meta = json.loads((home / "scheduler.json").read_text())
+        assert meta["shutdownGrace"] == 70
+        settings = load_settings(home=home)  # this command's own: the default grace, 30
+        assert settings.shutdown_grace == 30
+        assert stop_timeout(SCHEDULER, settings) == 70 + 3 * KILL_GRACE_S
+    finally:
+        pb("scheduler", "stop", check=True)
+    assert stop_timeout(SCHEDULER, settings) == 30 + 3 * KILL_GRACE_S  # none runs
+
+
 def test_stop_timeout_then_force(pb: Pb, home: Path) -> None:
     pid = started(pb)
     os.kill(pid, signal.SIGSTOP)  # a daemon that does not react to SIGTERM
