@@ -9,7 +9,6 @@ store.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -45,6 +44,7 @@ CHANGE_POLL = 1.0  # seconds between looks at the change counter
 PURGE_BUDGET_S = 0.2
 # A stop tries this long to record what is left before leaving it to the run keeper.
 BOOKS_BUDGET_S = 10.0
+KEEP_UP_PAUSE_S = 30.0  # a drain's pause after a failed write (WorkLoop._keep_up)
 # A started run's pid waits this long for the next transaction (a finish, a claim) to
 # carry it, rather than costing a write of its own; a restart needs the pid only to stop
 # an orphan, so a short delay trades a small window for half the writes per run.
@@ -108,6 +108,7 @@ class WorkLoop:
         self.upcoming_dirty = True
         self.upcoming: datetime | None = None
         self.next_heartbeat = self.next_poll = self.next_watchdog = 0.0
+        self.keep_up_after = 0.0  # monotonic: a drain's next write after a failed one
         self.lease = settings.lease  # seconds a claimed run stays ours without renewal
         # Renewed twelve times per lease (every 5 s for the default minute).
         self.heartbeat_interval = self.lease / 12
@@ -578,14 +579,20 @@ class WorkLoop:
         return True
 
     def _keep_up(self) -> None:
-        """While draining: record results as they come, keep our leases alive."""
-        with contextlib.suppress(DBAPIError):  # the next call tries again
-            self.record_results()
+        """While draining: record results as they come, keep our leases alive.  After a
+        failed write, none for KEEP_UP_PAUSE_S: on a locked SQLite file each waits out the
+        busy timeout, and one per pass held a stop past its wait (review finding); the
+        keeper renews the leases of a silent scheduler, and close_books tries again."""
         mono = time.monotonic()
-        if mono >= self.next_heartbeat:
-            self.next_heartbeat = mono + self.heartbeat_interval
-            with contextlib.suppress(DBAPIError):
+        if mono < self.keep_up_after:
+            return
+        try:
+            self.record_results()
+            if mono >= self.next_heartbeat:
+                self.next_heartbeat = mono + self.heartbeat_interval
                 self.store.renew_leases(self.scheduler_id, self.now(), self.lease)
                 # told, as in maintain(): else the keeper takes a draining scheduler for a
                 # hung one after a third of a lease, and says so in its log
                 self.executor.renewed()
+        except DBAPIError:
+            self.keep_up_after = time.monotonic() + KEEP_UP_PAUSE_S
