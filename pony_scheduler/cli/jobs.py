@@ -522,10 +522,10 @@ def job_run(ctx: click.Context, name: str, wait: bool, follow_: bool) -> None:
         raise click.UsageError("--follow needs --wait")
     store = open_store(ctx)
     run_id = store.request_run(name)
-    alive = store.any_scheduler_since(store.db_now() - QUIET)
+    alive = _scheduler_alive(store)
     if not alive:
         _warn(
-            "no scheduler of this database has sent a heartbeat in the last 5 minutes: "
+            f"no scheduler of this database has sent a heartbeat in the last {QUIET_TEXT}: "
             f"the run waits until one runs ('{pb_again(ctx, 'pb scheduler start')}')"
         )
     if not wait:
@@ -574,6 +574,13 @@ def _wait_for(ctx: click.Context, run_id: int, follow_: bool, warned: bool = Fal
 # lease is not in the database, so the longest lease sets the window: half of this
 # command's own lease warned of a live scheduler whose lease was longer (review finding).
 QUIET = timedelta(minutes=5)
+QUIET_TEXT = f"{QUIET.seconds // 60} minutes"  # as the warnings say it
+
+
+def _scheduler_alive(store: Store) -> bool:
+    """Whether a scheduler of the database runs: not recorded as stopped, and a heartbeat
+    within QUIET (database time)."""
+    return store.any_scheduler_since(store.db_now() - QUIET)
 
 
 class _SchedulerWatch:
@@ -593,11 +600,11 @@ class _SchedulerWatch:
         if time.monotonic() < self.next_look:
             return
         self.next_look = time.monotonic() + self.LOOK_EVERY_S
-        alive = self.store.any_scheduler_since(self.store.db_now() - QUIET)
+        alive = _scheduler_alive(self.store)
         if not alive and not self.silent:
             _warn(
                 "no scheduler of this database is running (stopped, or no heartbeat in "
-                "the last 5 minutes: hung, or unable to write to the database; 'pb "
+                f"the last {QUIET_TEXT}: hung, or unable to write to the database; 'pb "
                 "scheduler status' and its log say which); still waiting"
             )
         elif alive and self.silent:
