@@ -111,7 +111,13 @@ def _cleanup_stale(
         marked = procs.scan_marked(old_id, os.getuid())
         sids, runs = keptfile.load(home_fd, {p.sid for p, _ in marked}, {r for _, r in marked if r})
         group = f"/{home_group_name(str(home))}/{KEPT_GROUP}"
-        spared = [p for p, r in marked if p.sid in sids or r in runs or _in_group(p.pid, group)]
+        # A process marked with a run that was not kept is not spared for its session
+        # id alone: that number may be a kept session's, reused (review finding).
+        spared = [
+            p
+            for p, r in marked
+            if r in runs or (r is None and p.sid in sids) or _in_group(p.pid, group)
+        ]
         found = [p for p, _ in marked if p not in spared]
         if spared:
             log.info(

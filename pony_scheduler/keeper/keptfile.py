@@ -33,6 +33,25 @@ def add(home_fd: int, sids: Iterable[int], run_ids: Iterable[int] = ()) -> None:
         os.close(fd)
 
 
+def forget(home_fd: int, sid: int) -> None:
+    """Drop session `sid` (its PID was handed out again, so none of its processes is
+    left), keeping the other lines; OSError."""
+    try:
+        fd = os.open(KEPT_FILE, os.O_RDONLY | FLAGS, dir_fd=home_fd)
+    except FileNotFoundError:
+        return
+    try:
+        words = os.read(fd, 1 << 20).decode("ascii", "replace").split()
+    finally:
+        os.close(fd)
+    sids = {int(word) for word in words if word.isdigit()} - {sid}
+    runs = {int(w[1:]) for w in words if w[:1] == "r" and w[1:].isdigit()}
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(KEPT_FILE, dir_fd=home_fd)
+    if sids or runs:
+        add(home_fd, sids, runs)
+
+
 def load(home_fd: int, live_sids: set[int], live_runs: set[int]) -> tuple[set[int], set[int]]:
     """(sessions, run ids) kept that still have a process (`live_sids`, `live_runs`);
     rewrites the file with only those (removes it when none are left)."""

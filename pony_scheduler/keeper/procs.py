@@ -229,7 +229,7 @@ class Tracker:
                     found += descendants(pid)
                 continue
             proc = read_stat(pid)
-            if proc is None or proc.zombie or proc.sid in self.kept:
+            if proc is None or proc.zombie or self._in_kept_session(proc):
                 continue
             found_run = owner(proc, self.sessions, self.keeper_id, self.uid)
             if (found_run if found_run is not None else sole) == run_id:
@@ -251,10 +251,19 @@ class Tracker:
                 found += descendants(pid)
         return found
 
+    def _in_kept_session(self, proc: Proc) -> bool:
+        """In a kept run's session or group, and not marked as another run's: a session
+        id comes back once its PID is reused (review finding: a later run's leftovers
+        in a session numbered as a kept one's were spared)."""
+        if proc.sid not in self.kept and proc.pgid not in self.kept:
+            return False
+        run = _run_mark(environ_marks(proc.pid, self.uid))
+        return run is None or run in self.kept_runs
+
     def _is_kept(self, proc: Proc) -> bool:
         """A leftover a run was told to keep: by its session or group, or - when it made
         a session of its own, perhaps after its run ended - by its run's marker."""
-        if proc.sid in self.kept or proc.pgid in self.kept:
+        if self._in_kept_session(proc):
             return True
         if not self.kept_runs:
             return False

@@ -135,6 +135,8 @@ class RunBook:
         if isinstance(box, PgroupBox):
             self.tracker.mains[run.pid] = run.run_id
             self.tracker.sessions[run.pid] = run.run_id
+            if run.pid in self.tracker.kept:
+                self._session_reused(run.pid)
         self.epoll.register(run.pipe, select.EPOLLIN)
         self.handlers[run.pipe] = ("pipe", run)
 
@@ -197,6 +199,17 @@ class RunBook:
         if isinstance(run.box, PgroupBox):
             sessions.update(proc.sid for proc in run.box.members())
         return sessions
+
+    def _session_reused(self, sid: int) -> None:
+        """A new run's main got the PID of a kept session: Linux hands out no PID still
+        in use as a session or group id (credentials(7)), so that session has no process
+        left; forgetting it keeps the new run's leftovers from passing for kept ones
+        (review finding: they outlived their run's record and a stop)."""
+        self.tracker.kept.discard(sid)
+        try:
+            keptfile.forget(self.home_fd, sid)
+        except OSError as exc:
+            self.log.warning("Cannot rewrite keeper.kept (%s)", exc.strerror)
 
     def _record_kept(self, run: Run, sessions: set[int]) -> None:
         """So that a keeper after us, should we die, spares them (keptfile.py)."""

@@ -145,7 +145,107 @@ def unprivileged(home: Path) -> dict[str, Any]:
     }
 
 
-SCENARIOS = {"full_runs": full_runs, "full_journal": full_journal, "unprivileged": unprivileged}
+def _session_alive(sid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    fields = handle.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
+                return True
+    return False
+
+
+def reused_kept_session(home: Path) -> dict[str, Any]:
+    """In a PID namespace of its own (ns_last_pid steers the next PID), pgroup
+    containment: a run's leftovers are kept; once they are gone, a later run's main gets
+    the same PID, so its session has the kept one's number.  Its leftovers must be
+    killed as any run's; then, the same again with a keeper killed while the later run
+    runs: the next keeper must kill that run's processes, not spare them as kept."""
+    play = Player(home)
+    tries = _reuse_a_kept_session(play, "sleep 300 & echo later", 0)
+    left = marked(play.client.welcome.keeper_id)
+    crash = _reuse_a_kept_session(play, "sleep 300 & exec sleep 301", 100)
+    old_keeper = play.client.welcome.keeper_id
+    with open(home / "keeper.pid") as handle:
+        os.kill(int(handle.read().split()[0]), 9)
+    after = Player(home)  # a new keeper: it cleans up what the dead one left
+    deadline = time.monotonic() + 30
+    while marked(old_keeper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left_after_crash = marked(old_keeper)
+    after.client.release_exit(10)
+    return {
+        "containment": play.client.welcome.containment,
+        "tries": tries,
+        "left": left,
+        "crash_tries": crash,
+        "left_after_crash": left_after_crash,
+    }
+
+
+def _reuse_a_kept_session(play: Player, later_command: str, base: int) -> list[list[Any]]:
+    """Keep a run's leftover until it ends, then start `later_command` as the next PID,
+    the kept session's; up to 5 tries.  Waits for the later run's outcome unless it
+    lives on (it `exec`s a long sleep), then only until the keeper has spawned it."""
+    tries: list[list[Any]] = []
+    lives_on = "exec sleep" in later_command
+    for attempt in range(5):
+        kept_id, later_id = base + 10 * attempt + 1, base + 10 * attempt + 2
+        play.launch(kept_id, "sh", "-c", "sleep 0.5 & echo kept", leftovers="keep")
+        play.wait(kept_id)
+        first = play.outcomes[kept_id]
+        deadline = time.monotonic() + 30
+        while _session_alive(first.pid or 0) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the kept sleep ends; its session with it
+        with open("/proc/sys/kernel/ns_last_pid", "w") as handle:
+            handle.write(str((first.pid or 1) - 1))
+        play.launch(later_id, "sh", "-c", later_command)
+        if lives_on:
+            while not _session_alive(first.pid or 0) and time.monotonic() < deadline:
+                time.sleep(0.05)  # spawned (with whatever PID it got)
+            tries.append([first.pid, _pid_of_run(later_id), first.leftovers, None])
+            if tries[-1][1] == first.pid:
+                break
+            continue
+        play.wait(later_id)
+        later = play.outcomes[later_id]
+        tries.append([first.pid, later.pid, first.leftovers, later.leftovers])
+        if later.pid == first.pid:
+            break
+    play.client.ack(o.id for o in play.outcomes.values())
+    return tries
+
+
+def _pid_of_run(run_id: int) -> int | None:
+    """The main process of run `run_id` (its session leader, marked with its id)."""
+    want = f"PONYBUNNY_RUN_ID={run_id}".encode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as handle:
+                    marks = handle.read().split(b"\0")
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    sid = int(handle.read().rsplit(b")", 1)[1].split()[3])
+            except OSError:
+                continue
+            if want in marks and sid == int(entry):
+                return sid
+        time.sleep(0.05)
+    return None
+
+
+SCENARIOS = {
+    "full_runs": full_runs,
+    "full_journal": full_journal,
+    "unprivileged": unprivileged,
+    "reused_kept_session": reused_kept_session,
+}
 
 if __name__ == "__main__":
     result = SCENARIOS[sys.argv[1]](Path(sys.argv[2]))

@@ -529,3 +529,22 @@ def test_a_keeper_left_draining_takes_runs_again_or_retires(
     again = Session(home)
     sessions.append(again)
     assert run_id in {o.run_id for o in again.client.welcome.outcomes}
+
+
+def test_a_kept_session_number_reused_by_a_later_run_is_not_kept(home: Path) -> None:
+    """pgroup containment: a session kept with `--leftovers keep` ends; a later run's
+    main gets the same PID (steered in a PID namespace with ns_last_pid).  Its leftovers
+    are counted and killed as any run's, and after a keeper crash the next keeper kills
+    that run's processes (review finding: both times they were spared as kept)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a PID namespace")
+    wrap = ["unshare", "--pid", "--fork", "--mount-proc"]
+    seen = scenario("reused_kept_session", home, wrap=wrap, env={"PONYBUNNY_CONTAINMENT": "pgroup"})
+    assert seen["containment"] == "pgroup", seen
+    first, later, kept_left, later_left = seen["tries"][-1]  # type: ignore[index]
+    assert first == later, seen  # the PID came back: the case under test
+    assert (kept_left, later_left) == (1, 1), seen
+    assert seen["left"] == [], seen
+    first, later, _, _ = seen["crash_tries"][-1]  # type: ignore[index]
+    assert first == later, seen
+    assert seen["left_after_crash"] == [], seen  # the keeper after a crash killed them
