@@ -172,9 +172,10 @@ def check_home(home: str | os.PathLike[str], *, outputs: bool = True) -> None:
 
 
 def _check_runs(runs: str, home_fd: int) -> None:
-    """Each entry directly below runs/ (one directory per job) is a real directory of
-    ours, not writable by others: one planted while the home was open would otherwise
-    receive, or redirect, the outputs written into it.  Not the output files themselves
+    """Each directory directly below runs/ (one per job) is ours, not writable by others,
+    and no entry there is a symbolic link: one planted while the home was open would
+    otherwise receive, or redirect, the outputs written into it (or have `pb job remove`
+    delete files where it points).  Other files are left alone.  Not the output files themselves
     (there may be 100,000): those are opened without following links and checked on use
     (open_run_output, create_file)."""
     try:
@@ -194,8 +195,10 @@ def _check_runs(runs: str, home_fd: int) -> None:
                 why = "is a symbolic link, and pony-scheduler follows none in its home"
                 raise UnsafePath(path, why, f"remove it (rm {path})")
             if not stat.S_ISDIR(info.st_mode):
-                why = f"is {_kind_of(info.st_mode)}, not a job's output directory"
-                raise UnsafePath(path, why, f"remove it (rm {path})")
+                # A file a job wrote here (review finding: `echo data > runs/results.csv`
+                # stopped every command and any start): no output goes through it, a
+                # run of a job of that name gets "not a directory" on its own output.
+                continue
             check_owner_and_mode(path, info, private=False)
     finally:
         os.close(fd)

@@ -393,8 +393,14 @@ def _open_dir(
                 os.mkdir(part, dir_mode, dir_fd=dir_fd)
                 created = True
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            # O_DIRECTORY | O_NOFOLLOW says ENOTDIR for a link and a file alike: which
+            # one decides the reason (review finding: a file was called a link).
+            if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and _is_link(part, dir_fd)):
                 raise _refuse_link(root, relative, exc) from None
+            if exc.errno == errno.ENOTDIR:
+                raise NotADirectoryError(
+                    errno.ENOTDIR, f"{part} is not a directory", str(relative)
+                ) from None
             raise
     if created:
         os.fchmod(fd, dir_mode)  # exactly, whatever the umask

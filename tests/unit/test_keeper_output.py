@@ -82,9 +82,23 @@ def test_never_through_a_symlink(home: Path, home_fd: int, tmp_path: Path) -> No
     (home / "runs").symlink_to(elsewhere)
     out = make(home, home_fd)
     out.write(b"secret")
-    assert out.close().startswith(f"output incomplete: cannot create {home}/runs/job/1.log: ")
+    assert out.close() == (
+        f"output incomplete: cannot create {home}/runs/job/1.log: a symbolic link is on "
+        "the way, and pony-scheduler follows none"
+    )
     assert list(elsewhere.iterdir()) == []
     assert out.tail_bytes() == b"secret"  # the tail is kept all the same
+
+
+def test_a_file_where_the_job_directory_goes_is_named_as_such(home: Path, home_fd: int) -> None:
+    """Not called a symbolic link (review finding): the reason says what is there."""
+    (home / "runs").mkdir()
+    (home / "runs" / "job").write_text("a job wrote this")
+    out = make(home, home_fd)
+    out.write(b"data")
+    assert out.close() == (
+        f"output incomplete: cannot create {home}/runs/job/1.log: job is not a directory"
+    )
 
 
 def test_output_is_capped(home: Path, home_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
