@@ -460,6 +460,46 @@ def test_a_jobs_last_result_is_its_newest_run_and_its_last_success_any(db_url: s
     store.close()
 
 
+def test_a_retry_that_ends_last_is_the_last_result_whatever_its_id(db_url: str) -> None:
+    """The run claimed last is the job's last result: a retry, whose row was made when
+    the attempt before failed (so with a lower id than a run queued during its delay),
+    comes due and runs after that run, and its failure is the job's last result (review
+    finding: the newer run's success hid it)."""
+    from sqlalchemy import update
+
+    from pony_scheduler.store.tables import runs as runs_table
+
+    store = Store.open(db_url)
+    store.scheduler_id = store.register_scheduler()
+    store.add_job("r", job_values())
+    retry, manual = store.request_run("r"), store.request_run("r")
+    now = utcnow()
+    with store.engine.begin() as connection:  # the retry comes due after the manual run
+        for run_id, back in ((retry, 1), (manual, 10)):
+            connection.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id)
+                .values(due_at=now - timedelta(seconds=back))
+            )
+    claimed = {c.run.id: c for c in store.claim(me(store.scheduler_id), request(2, now))[0]}
+    assert sorted(claimed) == [retry, manual]
+
+    def finished(run_id: int, state: RunState, after: float) -> Finished:
+        at = now + timedelta(seconds=after)
+        code = 0 if state is RunState.SUCCEEDED else 7
+        outcome = Outcome(run_id, Ending.EXITED, at, exit_code=code)
+        settlement = runs.Settlement(run_id, state, None, at, code)
+        return Finished(claimed[run_id].run, claimed[run_id].epoch, settlement, outcome, now)
+
+    store.record_and_claim(
+        me(store.scheduler_id), [], [finished(manual, RunState.SUCCEEDED, 1)], None
+    )
+    store.record_and_claim(me(store.scheduler_id), [], [finished(retry, RunState.FAILED, 2)], None)
+    job = store.get_job("r")
+    assert job is not None and (job["last_run_id"], job["last_state"]) == (retry, "failed"), job
+    store.close()
+
+
 def test_jobs_with_alike_plans_get_exactly_the_runs_row_by_row_gave(db_url: str) -> None:
     """Materializing inserts the runs of jobs with alike plans (a herd) with one INSERT ...
     SELECT per run over their ids: the rows must be exactly those the plans' rows
