@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -459,6 +459,10 @@ def changed_job(
                 f"schedule cannot be evaluated ({exc}); give a new one"
             ) from None
         sched.check_jitter(schedule, jitter, now)
+        if schedule is current and row is not None and not row.get("error"):
+            slot = _next_slot(row, current)
+            if slot is not None:
+                values["next_due_at"] = slot + timedelta(seconds=offset)
     if not values:
         raise ConfigError("nothing to change: give at least one option, or a command after --")
     if row is not None:
@@ -468,6 +472,19 @@ def changed_job(
             # refused can still be edited otherwise (pb job show warns of it).
             check_kept_limits({**row, **values})
     return values
+
+
+def _next_slot(row: dict[str, Any], current: Schedule) -> datetime | None:
+    """The slot of a job's next run, without its jitter offset: a new --jitter moves that
+    run within its own slot, so that no slot runs twice or not at all (review finding:
+    `--jitter 59s` given at 06:26:03, after the 06:26 run, ran 06:26 again at 06:26:46;
+    removing a jitter before its shifted time skipped the slot).  None without one."""
+    from pony_scheduler.scheduler.schedule import as_utc
+
+    due = row.get("next_due_at")
+    if not isinstance(due, datetime) or current.kind not in ("cron", "every"):
+        return None
+    return as_utc(due) - timedelta(seconds=current.offset)
 
 
 def check_evaluable(row: dict[str, Any]) -> None:

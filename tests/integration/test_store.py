@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -603,4 +603,31 @@ def test_upkeep_finishes_an_unfinished_removal_a_slice_at_a_time(db_url: str) ->
         passes.append(store.purge_removed(budget_s=0).deleted)
     assert passes == [REMOVE_BATCH, REMOVE_BATCH, 7, 0]
     assert [job["name"] for job in store.iter_jobs()] == ["kept"]
+    store.close()
+
+
+def test_a_new_jitter_moves_the_next_run_within_its_own_slot(db_url: str) -> None:
+    """`pb job edit --jitter` moves the next run inside the slot it was in: given after
+    a slot ran, that slot does not run again; removed before a jittered run's time, its
+    slot is not skipped (review finding: both happened, as the next run was taken from
+    the edit's time)."""
+    from pony_scheduler.jobs import JobOptions, changed_job, new_job
+    from pony_scheduler.scheduler.schedule import jitter_offset
+
+    store = Store.open(db_url)
+    minute = datetime(2026, 12, 2, 6, 26, tzinfo=UTC)
+    cron = JobOptions(cron="* * * * *", tz="UTC", command=["true"])
+    store.add_job("d2", new_job("d2", cron, minute + timedelta(seconds=0.5)))  # 06:26 ran
+    offset = jitter_offset("d2", 59.0)
+    assert offset > 3  # the case: an offset past the edit's time in the slot that ran
+    row = store.job_row("d2")
+    assert row is not None
+    edited = changed_job(JobOptions(jitter="59s"), minute + timedelta(seconds=3), row)
+    assert edited["next_due_at"] == minute + timedelta(minutes=1, seconds=offset)
+    store.update_job("d2", edited)
+    row = store.job_row("d2")
+    assert row is not None
+    later = minute + timedelta(minutes=1, seconds=offset / 2)  # before its jittered time
+    edited = changed_job(JobOptions(jitter="0"), later, row)
+    assert edited["next_due_at"] == minute + timedelta(minutes=1)  # due now: not skipped
     store.close()
