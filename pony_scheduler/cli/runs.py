@@ -236,10 +236,12 @@ def runs_kill(ctx: click.Context, run_id: int, signame: str) -> None:
     """Stop run RUN_ID's whole process tree; it is recorded as killed, and by whom."""
     from pony_scheduler.actor import cli_actor
     from pony_scheduler.keeper.client import KeeperClient, KeeperError
-    from pony_scheduler.keeper.protocol import signal_number
+    from pony_scheduler.keeper.protocol import signal_name, signal_number
 
     try:
-        signal_number(signame)
+        # One spelling in the message and the audit, whichever was given (review
+        # finding: "STOP" was echoed as STOP, "SIGHUP" as SIGHUP).
+        shown = signal_name(signal_number(signame)).removeprefix("SIG")
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--signal") from None
     run = get_run(ctx, run_id)
@@ -262,10 +264,8 @@ def runs_kill(ctx: click.Context, run_id: int, signame: str) -> None:
     finally:
         if keeper is not None:
             keeper.close()
-    open_store(ctx).record_audit(actor, "kill", run["job"], f"run {run_id} {signame.upper()}")
-    click.echo(
-        f"✓ Sent {signame.upper()} to run {run_id} (job {run['job']}) and its whole process tree"
-    )
+    open_store(ctx).record_audit(actor, "kill", run["job"], f"run {run_id} {shown}")
+    click.echo(f"✓ Sent {shown} to run {run_id} (job {run['job']}) and its whole process tree")
 
 
 @click.command(cls=Command, name="audit")

@@ -261,9 +261,10 @@ def test_runs_kill_stops_the_whole_tree_and_records_who(daemon: Daemon) -> None:
     for signame, number in (("TERM", 15), ("KILL", 9)):
         run_id = daemon.queue("victim")
         assert wait_for(lambda rid=run_id: len(daemon.left(rid)) >= 2, 60)  # sh and sleep
-        args = ("--signal", signame) if signame != "TERM" else ()
+        args = ("--signal", f"sig{signame.lower()}") if signame != "TERM" else ()
         killed = pb("runs", "kill", str(run_id), *args)
         assert killed.code == 0, killed.all
+        assert killed.out.startswith(f"✓ Sent {signame} to run {run_id} "), killed.all
         assert wait_for(lambda rid=run_id: daemon.show(rid)["state"] != "running", 60)
         run = daemon.show(run_id)
         assert run["state"] == "failed", run
