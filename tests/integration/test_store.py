@@ -631,3 +631,38 @@ def test_a_new_jitter_moves_the_next_run_within_its_own_slot(db_url: str) -> Non
     edited = changed_job(JobOptions(jitter="0"), later, row)
     assert edited["next_due_at"] == minute + timedelta(minutes=1)  # due now: not skipped
     store.close()
+
+
+def test_0009_gives_a_last_result_its_duration(db_url: str) -> None:
+    """A database at 0008 whose job's last result has no duration (0003 filled it
+    without one, 0006 cleared it; review finding) upgraded: the duration of that run,
+    from its start to its end, as `pb runs` shows it."""
+    from alembic import command
+    from sqlalchemy import insert, update
+
+    from pony_scheduler.store.tables import jobs, runs
+
+    store = Store.open(db_url)
+    job_id = store.add_job("j", job_values())
+    store.close()
+    now = utcnow()
+    engine = create_engine(db_url)
+    config = migrate._config()
+    with engine.begin() as connection:
+        row = {
+            **settled_run(job_id, now, 1, "succeeded"),
+            "started_at": now - timedelta(seconds=1.5),
+        }
+        run_id = connection.execute(insert(runs).values(row)).inserted_primary_key[0]
+        last = {"last_run_id": run_id, "last_state": "succeeded", "last_finished_at": now}
+        connection.execute(
+            update(jobs).where(jobs.c.id == job_id).values({**last, "last_duration_s": None})
+        )
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0008")
+    store = Store.open(db_url)
+    assert migrate.current_revision(store.engine) == migrate.HEAD
+    job = store.get_job("j")
+    assert job is not None and job["last_duration_s"] == 1.5, job
+    store.close()
+    engine.dispose()
