@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Integer, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import Engine, Integer, bindparam, func, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from pony_scheduler.runstate import RunState
@@ -106,36 +106,19 @@ STARTED = (
     )
 )
 # The job's last result, written with its run's final state (`pb job list` reads it):
-# one UPDATE per job and transaction.  The run claimed last wins - the queue's order,
-# (due_at, id), as CLAIM_DUE takes runs - so an older run that ends later does not hide
-# a newer one's result, and a retry (its row made when the attempt before failed, so
-# with a lower id than a run queued during its delay, review finding) counts as the
-# later run it is.  A last run whose row is gone (retention) is older than any.  The
-# last success is written whatever its run's age.  Every SET reads the row as it was,
-# so one guard serves all four.
-_LAST_DUE = select(runs.c.due_at).where(runs.c.id == jobs.c.last_run_id).scalar_subquery()
-_B_DUE = bindparam("b_due_at", type_=runs.c.due_at.type)
-_B_RUN = bindparam("b_run_id", type_=Integer)
-_NEWER = or_(
-    jobs.c.last_run_id.is_(None),
-    _LAST_DUE.is_(None),
-    _LAST_DUE < _B_DUE,
-    and_(_LAST_DUE == _B_DUE, jobs.c.last_run_id < _B_RUN),
-)
-
-
-def _if_newer(column: Any, name: str) -> Any:
-    return case((_NEWER, bindparam(name, type_=column.type)), else_=column)
-
-
+# one UPDATE per job and transaction.  The run that ended last wins, in the order the
+# final writes are made: no clock decides (ids do not: a retry, made when the attempt
+# before failed, has a lower id than a run queued during its delay and runs after it,
+# review finding; due times do not: a step of the wall clock reorders them).  The last
+# success is the last one written likewise.
 LAST_RESULT = (
     update(jobs)
     .where(jobs.c.id == bindparam("job_id"))
     .values(
-        last_run_id=_if_newer(jobs.c.last_run_id, "b_run_id"),
-        last_state=_if_newer(jobs.c.last_state, "b_state"),
-        last_finished_at=_if_newer(jobs.c.last_finished_at, "b_finished_at"),
-        last_duration_s=_if_newer(jobs.c.last_duration_s, "b_duration"),
+        last_run_id=bindparam("b_run_id", type_=Integer),
+        last_state=bindparam("b_state", type_=jobs.c.last_state.type),
+        last_finished_at=bindparam("b_finished_at", type_=jobs.c.last_finished_at.type),
+        last_duration_s=bindparam("b_duration", type_=jobs.c.last_duration_s.type),
         last_success_at=func.coalesce(
             bindparam("b_success_at", type_=jobs.c.last_success_at.type), jobs.c.last_success_at
         ),
@@ -397,8 +380,7 @@ class RunQueries(ClockQueries):
         success: dict[int, datetime] = {}
         for item in finished:
             job_id = item.run.job_id
-            if job_id not in latest or _claim_order(item) > _claim_order(latest[job_id]):
-                latest[job_id] = item
+            latest[job_id] = item  # in the order they ended: the last one wins
             if item.settlement.state is RunState.SUCCEEDED:
                 success[job_id] = item.settlement.finished_at  # the last one written wins
         for job_id, item in latest.items():
@@ -409,7 +391,6 @@ class RunQueries(ClockQueries):
                 {
                     "job_id": job_id,
                     "b_run_id": s.run_id,
-                    "b_due_at": item.run.due_at,
                     "b_state": s.state.value,
                     "b_finished_at": s.finished_at,
                     "b_duration": duration,
@@ -551,8 +532,3 @@ def savepoint(connection: Any) -> Iterator[None]:
         cursor.execute("RELEASE SAVEPOINT run_write")
     finally:
         cursor.close()
-
-
-def _claim_order(item: Finished) -> tuple[datetime, int]:
-    """Where a run stands in the queue's order (LAST_RESULT's guard)."""
-    return item.run.due_at, item.run.id

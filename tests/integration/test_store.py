@@ -425,10 +425,10 @@ def test_a_claim_without_a_scan_stops_at_its_limit(db_url: str) -> None:
     assert claimed == [] and store.get_run(late)["state"] == "expired"  # type: ignore[index]
 
 
-def test_a_jobs_last_result_is_its_newest_run_and_its_last_success_any(db_url: str) -> None:
-    """One UPDATE per job and transaction writes the job's last result: the newest run
-    recorded so far wins, however the outcomes arrive; the last success is written even
-    when an older run brings it."""
+def test_a_jobs_last_result_is_the_run_that_ended_last(db_url: str) -> None:
+    """One UPDATE per job and transaction writes the job's last result: the run whose
+    final write came last, whatever its id (an older run that ends later is the job's
+    latest news); the last success likewise."""
     store = Store.open(db_url)
     store.scheduler_id = store.register_scheduler()
     store.add_job("j", job_values())
@@ -455,16 +455,19 @@ def test_a_jobs_last_result_is_its_newest_run_and_its_last_success_any(db_url: s
     store.record_and_claim(me(store.scheduler_id), [], late, None)
     job = store.get_job("j")
     assert job is not None
-    assert (job["last_run_id"], job["last_state"], job["last_duration_s"]) == (third, "failed", 3)
+    assert (job["last_run_id"], job["last_state"], job["last_duration_s"]) == (
+        first,
+        "succeeded",
+        4,
+    )
     assert job["last_success_at"] == (now + timedelta(seconds=4)).isoformat()
     store.close()
 
 
 def test_a_retry_that_ends_last_is_the_last_result_whatever_its_id(db_url: str) -> None:
-    """The run claimed last is the job's last result: a retry, whose row was made when
-    the attempt before failed (so with a lower id than a run queued during its delay),
-    comes due and runs after that run, and its failure is the job's last result (review
-    finding: the newer run's success hid it)."""
+    """A retry, whose row was made when the attempt before failed (so with a lower id
+    than a run queued during its delay), comes due and ends after that run: its failure
+    is the job's last result (review finding: the newer run's success hid it)."""
     from sqlalchemy import update
 
     from pony_scheduler.store.tables import runs as runs_table
