@@ -73,6 +73,24 @@ class InFlight:
     claimed_at: datetime
 
 
+def output_dir(home: str, db: str) -> str:
+    """Where runs' output files go: HOME/runs for the home's own database (HOME/pony.db),
+    HOME/runs/.db-KEY for any other, KEY a hash of its URL without the password
+    (keeper/dbtag.py).  Run ids are a database's own: two databases used in one home (a
+    move to PostgreSQL, a second SQLite file) wrote their run 1's output to one file, and
+    one showed, and removing a job in one deleted, the other's (review finding).  No job
+    is named .db-* (a name starts with a letter or a digit).  Readers take each run's
+    path from its row, so runs written before keep theirs."""
+    from pony_scheduler.config import db_url
+    from pony_scheduler.keeper.dbtag import key_of
+    from pony_scheduler.store.engine import safe_url
+
+    runs_dir = os.path.join(home, "runs")
+    if db == db_url(os.path.join(home, "pony.db")):
+        return runs_dir
+    return os.path.join(runs_dir, f".db-{key_of(safe_url(db))}")
+
+
 class WorkLoop:
     def __init__(self, store: Store, runtime: ServiceRuntime, events: Events) -> None:
         self.store = store
@@ -80,7 +98,7 @@ class WorkLoop:
         self.events = events
         self.me = Claimant("", socket.gethostname(), host.host_id())
         settings = runtime.settings
-        self.output_dir = str(settings.home / "runs")  # a str: joined once per run
+        self.output_dir = output_dir(str(settings.home), settings.db)  # joined once per run
         self.clock = DatabaseClock(store, runtime)
         self.executor = Executor(
             settings.home,

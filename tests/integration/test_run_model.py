@@ -902,7 +902,8 @@ def test_following_a_run_of_another_home_waits_and_prints_its_tail(
     followed = pb("job", "run", "o", "--wait", "--follow", env=elsewhere, timeout=120)
     assert followed.code == 5, followed.all
     assert followed.out == "first\nsecond\n"
-    assert f"writes its output in another home ({home}/runs/o/" in followed.err
+    assert f"writes its output in another home ({home}/runs/.db-" in followed.err
+    assert "/o/1.log)" in followed.err  # not the home's own pony.db: runs/.db-KEY/
     run_id = json.loads(pb("runs", "--json", env=elsewhere).out)[0]["id"]
     refused = pb("runs", "output", str(run_id), env=elsewhere)
     assert refused.code != 0 and "a run of another home" in refused.err, refused.all
@@ -952,6 +953,28 @@ def test_files_another_database_left_in_the_home_are_never_a_new_runs_output(
     pb("job", "run", "p", "--wait", timeout=120)
     shown = pb("runs", "output", "4")
     assert "OLD" not in shown.out and "is not run 4's output" in shown.err, shown.all
+
+
+def test_two_databases_in_one_home_never_share_an_output_file(pb: Pb, home: Path) -> None:
+    """Run ids are a database's own: run 1 of a second database used in the same home
+    writes below runs/.db-KEY/, so each database shows its own run 1's output, and
+    removing a job in one leaves the other's files (review finding: one showed, and
+    removing its job deleted, the other's)."""
+    other = str(home / "b.db")
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "j", "--manual", "--", "echo", "FROM-DB-A", check=True)
+    assert pb("job", "run", "j", "--wait", timeout=120).code == 0
+    pb("scheduler", "stop", check=True)
+    pb("scheduler", "start", "--db", other, check=True)
+    pb("job", "add", "--db", other, "j", "--manual", "--", "echo", "FROM-DB-B", check=True)
+    assert pb("job", "run", "--db", other, "j", "--wait", timeout=120).code == 0
+    assert pb("runs", "output", "1").out == "FROM-DB-A\n"
+    assert pb("runs", "output", "--db", other, "1").out == "FROM-DB-B\n"
+    shown = json.loads(pb("runs", "show", "--db", other, "1", "--json").out)
+    assert "/runs/.db-" in shown["output_path"], shown
+    pb("job", "remove", "j", check=True)
+    assert pb("runs", "output", "--db", other, "1").out == "FROM-DB-B\n"
+    assert not list((home / "runs").rglob("*.stale"))
 
 
 def test_runs_show_raw_prints_the_tails_exact_bytes(pb: Pb) -> None:
