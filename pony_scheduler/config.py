@@ -3,10 +3,11 @@
 Every value remembers where it came from so that `pb config show` can say so.
 """
 
+import contextlib
 import errno
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -451,15 +452,32 @@ def load_settings(
         else:
             values[key], sources[key] = default, "default"
 
-    values["db"] = db_url(values["db"] or os.path.join(home_dir, "pony.db"), bases.get("db"))
+    with _naming("db", sources, config_path):
+        values["db"] = db_url(values["db"] or os.path.join(home_dir, "pony.db"), bases.get("db"))
     socket = values.pop("socket") or os.path.join(home_dir, "gateway.sock")
+    with _naming("socket", sources, config_path):
+        socket_path = _absolute_path(socket, bases.get("socket"))
     return Settings(
         home_dir=home_dir,
-        socket_path=_absolute_path(socket, bases.get("socket")),
+        socket_path=socket_path,
         config_path=config_path if _exists(config_path) else None,
         sources=sources,
         **values,
     )
+
+
+@contextlib.contextmanager
+def _naming(key: str, sources: dict[str, str], config_path: str) -> Iterator[None]:
+    """A ConfigError about setting `key`'s value says where it was set: the flag, the
+    variable or config.toml (a '~nosuch/x.db' there named no setting)."""
+    try:
+        yield
+    except ConfigError as exc:
+        source = sources.get(key, "default")
+        if source == "default":
+            raise
+        where = {"flag": flag_name(key), "env": FIELDS[key][0]}.get(source, f"{config_path}: {key}")
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 # The services' flags that are not named after their setting (--host, not --debug-host).

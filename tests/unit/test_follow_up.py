@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import click
 import pytest
 
@@ -49,3 +52,26 @@ def test_a_home_of_no_known_directory_is_one_line(monkeypatch: pytest.MonkeyPatc
         config._absolute_path("~/.ponybunny")
     with pytest.raises(ConfigError, match="no user named 'nosuch' on this host"):
         config._absolute_path("~nosuch/x")
+
+
+def test_a_path_setting_that_cannot_be_expanded_names_where_it_was_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'~nosuch/x.db' in config.toml, PONYBUNNY_DB or --db: the one line says which
+    (it named no setting, and config.toml was the last place one would look)."""
+    from pony_scheduler import config
+    from pony_scheduler.errors import ConfigError
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "config.toml").write_text('db = "~pony-no-such-user/x.db"\n')
+    monkeypatch.delenv("PONYBUNNY_DB", raising=False)
+    with pytest.raises(
+        ConfigError, match=f"^{re.escape(str(home))}/config.toml: db: cannot expand "
+    ):
+        config.load_settings(home=home, outputs=False)
+    monkeypatch.setenv("PONYBUNNY_DB", "~pony-no-such-user/y.db")
+    with pytest.raises(ConfigError, match=r"^PONYBUNNY_DB: cannot expand '~pony-no-such-user"):
+        config.load_settings(home=home, outputs=False)
+    with pytest.raises(ConfigError, match=r"^--db: cannot expand '~pony-no-such-user/z"):
+        config.load_settings({"db": "~pony-no-such-user/z.db"}, home=home, outputs=False)
