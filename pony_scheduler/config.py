@@ -94,6 +94,13 @@ def _containment(name: str, value: Any) -> str:
     return str(value)
 
 
+def _memory_accounting(name: str, value: Any) -> str:
+    """Which runs get a memory group for their peak memory (docs/KEEPER.md)."""
+    if value not in ("auto", "always"):
+        raise ConfigError(f"{name} must be auto or always; not {_shown(value)}")
+    return str(value)
+
+
 def containment_kept(asked: object, keeper: Mapping[str, Any]) -> str:
     """Why the keeper's containment is not the one the scheduler asks for (`asked`, the
     containment setting), or '': a keeper that holds runs outlives a restart (live
@@ -204,6 +211,7 @@ FIELDS: dict[str, tuple[str, Any, Any]] = {
     "shutdown_grace": ("PONYBUNNY_SHUTDOWN_GRACE", _positive_float, 30.0),
     "lease": ("PONYBUNNY_LEASE", _lease, 60.0),
     "containment": ("PONYBUNNY_CONTAINMENT", _containment, "auto"),
+    "memory_accounting": ("PONYBUNNY_MEMORY_ACCOUNTING", _memory_accounting, "auto"),
     "log_level": ("PONYBUNNY_LOG_LEVEL", _log_level, "INFO"),
     "gateway_host": ("PONYBUNNY_GATEWAY_HOST", _text, "127.0.0.1"),
     "gateway_port": ("PONYBUNNY_GATEWAY_PORT", _port, 18789),
@@ -241,6 +249,10 @@ class Settings(NamedTuple):
     allowed_hosts: tuple[str, ...] = ()
     # The documented opt-in: the gateway answers reads without a token (trusted hosts).
     anonymous_read: bool = False
+    # "always": every run gets a memory group for its peak memory, a v1 one included
+    # (a hybrid host: about 0.5 ms more per run); "auto": where it costs nothing more
+    # (the v2 memory controller), else only runs with --memory-max.
+    memory_accounting: str = "auto"
     config_path: str | None = None  # absolute; None when no configuration file was read
     # Where each value came from (`pb config show`); never changed once built.
     sources: Mapping[str, str] = MappingProxyType({})

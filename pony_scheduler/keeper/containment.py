@@ -180,6 +180,8 @@ class Cgroups:
             controller = LIMIT_CONTROLLER[limit]
             if controller not in self.v2_controllers:
                 groups[controller] = self.v1[controller]
+        if launch.account_memory and "memory" not in self.v2_controllers and "memory" in self.v1:
+            groups.setdefault("memory", self.v1["memory"])  # its peak, without a limit
         if self.mode == "cgroup1" and self.tracker is not None:
             groups.setdefault(self.tracker.hierarchy.controllers[0], self.tracker)
             # CPU time of every process of the run, not only the main's and the children

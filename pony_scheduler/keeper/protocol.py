@@ -97,7 +97,9 @@ class Launch:
     main process leaves behind when it exits ("kill": SIGTERM, then SIGKILL after
     KILL_GRACE_S; "keep": they live on, counted).  Limits: `memory_max` bytes,
     `cpu_max` in CPUs (0.5 = half of one CPU, systemd's CPUQuota=50%; 2 = two CPUs),
-    `tasks_max` processes and threads; None = no limit.  A launch asking for a limit the
+    `tasks_max` processes and threads; None = no limit.  `account_memory`: a memory
+    group for its peak memory even where that is a v1 group of its own (the setting
+    memory_accounting = always).  A launch asking for a limit the
     keeper cannot enforce here is not started (its outcome says why).  `token` is opaque
     to the keeper and echoed in every message about the run.  `start_by`: the host's
     time.monotonic() (CLOCK_MONOTONIC, shared by every process of one boot) after which
@@ -118,6 +120,7 @@ class Launch:
     cpu_max: float | None = None
     tasks_max: int | None = None
     start_by: float | None = None
+    account_memory: bool = False  # a memory group even where it costs one more (v1)
 
     def __post_init__(self) -> None:
         _check_run_id(self.run_id)
@@ -159,6 +162,8 @@ class Launch:
                 not isinstance(value, int) or isinstance(value, bool) or value <= 0
             ):
                 raise ValueError(f"{name} must be a positive whole number or None")
+        if not isinstance(self.account_memory, bool):
+            raise ValueError(f"account_memory must be true or false, not {self.account_memory!r}")
         if self.start_by is not None and not _positive(self.start_by):
             raise ValueError(f"start_by must be a monotonic time, not {self.start_by!r}")
         if self.cpu_max is not None and not _positive(self.cpu_max):

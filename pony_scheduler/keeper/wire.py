@@ -57,6 +57,7 @@ def launch_to_json(launch: Launch) -> dict[str, Any]:
         "cpu_max": launch.cpu_max,
         "tasks_max": launch.tasks_max,
         "start_by": launch.start_by,
+        **({"account_memory": True} if launch.account_memory else {}),  # older keepers: no key
     }
 
 
@@ -79,6 +80,7 @@ def launch_from_json(m: Mapping[str, Any]) -> Launch:
             cpu_max=m.get("cpu_max"),
             tasks_max=m.get("tasks_max"),
             start_by=m.get("start_by"),
+            account_memory=m.get("account_memory", False),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"bad launch: {exc}") from None

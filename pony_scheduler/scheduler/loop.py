@@ -99,6 +99,7 @@ class WorkLoop:
         self.me = Claimant("", socket.gethostname(), host.host_id())
         settings = runtime.settings
         self.output_dir = output_dir(str(settings.home), settings.db)  # joined once per run
+        self.account_memory = settings.memory_accounting == "always"
         self.clock = DatabaseClock(store, runtime)
         self.executor = Executor(
             settings.home,
@@ -351,6 +352,7 @@ class WorkLoop:
                 cpu_max=item.cpu_max,
                 tasks_max=item.tasks_max,
                 start_by=claimed + self.lease / 3,
+                account_memory=self.account_memory,
             )
         except ValueError as exc:  # a stored job no run can start from (an older pb took
             # an empty program): that run fails with the reason; the scheduler goes on.
