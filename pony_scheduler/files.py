@@ -185,23 +185,43 @@ def _check_runs(runs: str, home_fd: int) -> None:
     except (FileNotFoundError, NotADirectoryError):
         return  # none yet (a link or a file there was refused above)
     try:
-        for entry in os.scandir(fd):
-            path = os.path.join(runs, entry.name)
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISLNK(info.st_mode):
-                why = "is a symbolic link, and pony-scheduler follows none in its home"
-                raise UnsafePath(path, why, f"remove it (rm {path})")
-            if not stat.S_ISDIR(info.st_mode):
-                # A file a job wrote here (review finding: `echo data > runs/results.csv`
-                # stopped every command and any start): no output goes through it, a
-                # run of a job of that name gets "not a directory" on its own output.
-                continue
-            check_owner_and_mode(path, info, private=False)
+        _check_job_dirs(runs, fd)
     finally:
         os.close(fd)
+
+
+def _check_job_dirs(directory: str, fd: int) -> None:
+    """The entries of runs/ (or of runs/.db-KEY/, the job directories of a database other
+    than the home's pony.db: review finding, a link there was followed by `pb job
+    remove`): no symbolic link, every directory ours and not writable by others."""
+    for entry in os.scandir(fd):
+        path = os.path.join(directory, entry.name)
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            why = "is a symbolic link, and pony-scheduler follows none in its home"
+            raise UnsafePath(path, why, f"remove it (rm {path})")
+        if not stat.S_ISDIR(info.st_mode):
+            # A file a job wrote here (review finding: `echo data > runs/results.csv`
+            # stopped every command and any start): no output goes through it, a run
+            # of a job of that name gets "not a directory" on its own output.
+            continue
+        check_owner_and_mode(path, info, private=False)
+        if entry.name.startswith(".db-") and directory.endswith("/runs"):
+            try:
+                inner = os.open(
+                    entry.name,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=fd,
+                )
+            except FileNotFoundError:
+                continue
+            try:
+                _check_job_dirs(path, inner)
+            finally:
+                os.close(inner)
 
 
 def _check_home_itself(home: str | os.PathLike[str], info: os.stat_result) -> None:
@@ -384,6 +404,44 @@ def open_run_output(home: str | os.PathLike[str], path: str | None) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def unlink_output(path: str) -> None:
+    """Remove a run's output file (HOME/runs/JOB/N.log or HOME/runs/.db-KEY/JOB/N.log),
+    never through a symbolic link below HOME/runs: each directory below it is opened
+    with O_NOFOLLOW and the file unlinked relative to the last (review finding: a link
+    planted at runs/.db-KEY/JOB made `pb job remove` delete the files it pointed to).
+    Nothing to do when the file, or a directory on its way, is not there (or is a file:
+    its output was never created).  Raises UnsafePath for a link on the way or a path
+    that is not a run's output, OSError otherwise."""
+    parts = path.split("/")
+    if len(parts) > 3 and parts[-3] == "runs":
+        below = 2
+    elif len(parts) > 4 and parts[-3].startswith(".db-") and parts[-4] == "runs":
+        below = 3
+    else:
+        raise UnsafePath(path, "is not a run's output file below a home's runs/", "leave it")
+    dir_fd = os.open("/".join(parts[:-below]) or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[-below:-1]:
+            try:
+                next_fd = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                )
+            except FileNotFoundError:
+                return
+            except NotADirectoryError:
+                if stat.S_ISLNK(os.lstat(part, dir_fd=dir_fd).st_mode):
+                    raise UnsafePath(
+                        path, "is reached through a symbolic link", "remove the link"
+                    ) from None
+                return  # a file where the job's directory would be: no output was made
+            os.close(dir_fd)
+            dir_fd = next_fd
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(parts[-1], dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def verify_fd(fd: int, shown: str | os.PathLike[str], *, private: bool = False) -> None:

@@ -36,37 +36,57 @@ def add(home_fd: int, sids: Iterable[int], run_ids: Iterable[int] = ()) -> None:
 def forget(home_fd: int, sid: int) -> None:
     """Drop session `sid` (its PID was handed out again, so none of its processes is
     left), keeping the other lines; OSError."""
-    try:
-        fd = os.open(KEPT_FILE, os.O_RDONLY | FLAGS, dir_fd=home_fd)
-    except FileNotFoundError:
+    words = _words(home_fd)
+    if words is None:
         return
-    try:
-        words = os.read(fd, 1 << 20).decode("ascii", "replace").split()
-    finally:
-        os.close(fd)
     sids = {int(word) for word in words if word.isdigit()} - {sid}
     runs = {int(w[1:]) for w in words if w[:1] == "r" and w[1:].isdigit()}
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(KEPT_FILE, dir_fd=home_fd)
-    if sids or runs:
-        add(home_fd, sids, runs)
+    _rewrite(home_fd, sids, runs)
 
 
 def load(home_fd: int, live_sids: set[int], live_runs: set[int]) -> tuple[set[int], set[int]]:
     """(sessions, run ids) kept that still have a process (`live_sids`, `live_runs`);
     rewrites the file with only those (removes it when none are left)."""
+    words = _words(home_fd)
+    if words is None:
+        return set(), set()
+    sids = {int(word) for word in words if word.isdigit()} & live_sids
+    runs = {int(w[1:]) for w in words if w[:1] == "r" and w[1:].isdigit()} & live_runs
+    _rewrite(home_fd, sids, runs)
+    return sids, runs
+
+
+def _words(home_fd: int) -> list[str] | None:
+    """Every word of the file, however long it grew (review finding: reading only its
+    first MiB, a rewrite dropped the entries after it), or None when there is none."""
     try:
         fd = os.open(KEPT_FILE, os.O_RDONLY | FLAGS, dir_fd=home_fd)
     except FileNotFoundError:
-        return set(), set()
+        return None
+    chunks = []
     try:
-        words = os.read(fd, 1 << 20).decode("ascii", "replace").split()
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
     finally:
         os.close(fd)
-    sids = {int(word) for word in words if word.isdigit()} & live_sids
-    runs = {int(w[1:]) for w in words if w[:1] == "r" and w[1:].isdigit()} & live_runs
+    return b"".join(chunks).decode("ascii", "replace").split()
+
+
+def _rewrite(home_fd: int, sids: set[int], runs: set[int]) -> None:
+    """Replace the file with these entries at once (a temporary file renamed over it: a
+    keeper killed meanwhile leaves the old list or the new, never none, review
+    finding), or remove it when there are none."""
+    if not sids and not runs:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(KEPT_FILE, dir_fd=home_fd)
+        return
+    lines = [f"{sid}\n" for sid in sorted(sids)] + [f"r{run}\n" for run in sorted(runs)]
+    tmp = f".{KEPT_FILE}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(KEPT_FILE, dir_fd=home_fd)
-    if sids or runs:
-        add(home_fd, sids, runs)
-    return sids, runs
+        os.unlink(tmp, dir_fd=home_fd)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | FLAGS, 0o600, dir_fd=home_fd)
+    try:
+        os.write(fd, "".join(lines).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, KEPT_FILE, src_dir_fd=home_fd, dst_dir_fd=home_fd)

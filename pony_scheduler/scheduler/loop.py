@@ -86,7 +86,15 @@ def output_dir(home: str, db: str) -> str:
     from pony_scheduler.store.engine import safe_url
 
     runs_dir = os.path.join(home, "runs")
-    if db == db_url(os.path.join(home, "pony.db")):
+    own = db_url(os.path.join(home, "pony.db"))
+    if (
+        db == own
+        or (  # the same file spelled another way (`..`, a link): the same
+            db.startswith("sqlite:///")
+            and os.path.realpath(db[len("sqlite:///") :])
+            == os.path.realpath(own[len("sqlite:///") :])
+        )
+    ):
         return runs_dir
     return os.path.join(runs_dir, f".db-{key_of(safe_url(db))}")
 

@@ -6,7 +6,6 @@ Times are aware UTC datetimes; durations are seconds.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import defaultdict
 from collections.abc import Generator, Iterator
@@ -634,11 +633,15 @@ def _insert_for_jobs(connection: Connection, row: dict[str, Any], ids: list[int]
 
 
 def _unlink(path: str) -> str:
-    """Remove an output file: '' when it is gone, else why not (the strerror)."""
+    """Remove an output file, never through a link (files.unlink_output): '' when it is
+    gone (or never was), else why not."""
+    from pony_scheduler.files import unlink_output
+    from pony_scheduler.pathtrust import UnsafePath
+
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        unlink_output(path)
+    except UnsafePath as exc:
+        return str(exc).removeprefix(f"{path} ")
     except OSError as exc:
         return exc.strerror or str(exc)
     return ""

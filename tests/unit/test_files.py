@@ -355,3 +355,45 @@ def test_a_pid_file_that_cannot_be_written_says_why_and_is_not_left_empty(
     path.write_text("123\n")  # not empty: another's, left alone
     assert "failed to create" in str(_pid_file_failed(path, LockFailed("failed to create x")))
     assert path.read_text() == "123\n"
+
+
+def test_job_directories_of_another_database_are_checked_too(home: Path, tmp_path: Path) -> None:
+    """runs/.db-KEY/ holds the job directories of a database other than pony.db: a link
+    or an unsafe directory there is refused as it is one level up (review finding: `pb
+    job remove` deleted files through a link planted there)."""
+    other = home / "runs" / ".db-0123456789abcdef"
+    other.mkdir(parents=True, mode=0o700)
+    (home / "runs").chmod(0o700)
+    (other / "job").mkdir(mode=0o700)
+    (other / "notes.txt").write_text("")  # a file a job wrote: left alone
+    check_home(home)
+    (other / "linked").symlink_to(tmp_path, target_is_directory=True)
+    assert refusal(home).startswith(f"{other}/linked is a symbolic link")
+    (other / "linked").unlink()
+    (other / "job").chmod(0o777)
+    assert refusal(home) == (
+        f"{other}/job is writable by others (mode 0777); run 'chmod go-w {other}/job'"
+    )
+
+
+def test_an_output_file_is_removed_never_through_a_link(home: Path, tmp_path: Path) -> None:
+    from pony_scheduler.files import unlink_output
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "1.log").write_text("precious")
+    other = home / "runs" / ".db-0123456789abcdef"
+    other.mkdir(parents=True)
+    (other / "a").symlink_to(victim, target_is_directory=True)
+    with pytest.raises(UnsafePath, match="is reached through a symbolic link"):
+        unlink_output(f"{other}/a/1.log")
+    assert (victim / "1.log").read_text() == "precious"
+    (home / "runs" / "b").mkdir()
+    (home / "runs" / "b" / "2.log").write_text("")
+    unlink_output(f"{home}/runs/b/2.log")
+    assert not (home / "runs" / "b" / "2.log").exists()
+    unlink_output(f"{home}/runs/b/2.log")  # gone already: nothing to do
+    (home / "runs" / "c").write_text("a job wrote this")  # the run's file was never made
+    unlink_output(f"{home}/runs/c/3.log")
+    with pytest.raises(UnsafePath, match="is not a run's output file"):
+        unlink_output(f"{home}/elsewhere/4.log")
