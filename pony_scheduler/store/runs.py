@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Integer, bindparam, func, select, update
+from sqlalchemy import Boolean, Engine, Integer, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from pony_scheduler.runstate import RunState
@@ -106,19 +106,32 @@ STARTED = (
     )
 )
 # The job's last result, written with its run's final state (`pb job list` reads it):
-# one UPDATE per job and transaction.  The run that ended last wins, in the order the
-# final writes are made: no clock decides (ids do not: a retry, made when the attempt
-# before failed, has a lower id than a run queued during its delay and runs after it,
-# review finding; due times do not: a step of the wall clock reorders them).  The last
-# success is the last one written likewise.
+# one UPDATE per job and transaction.  The newest run wins - by id, the order runs are
+# made in, which no clock step reorders - so a result written late (an outcome collected
+# after a hand-over, a run found lost when its lease ran out) does not hide a newer
+# run's (review finding).  A retry (or a resume) wins whatever its id: it is made when
+# the attempt before fails, so runs queued during its delay have higher ids, yet it runs
+# after them (review finding: a failed retry hid behind a newer success).  The last success is
+# written whatever its run's age.  Every SET reads the row as it was, so one guard
+# serves all four.
+_NEWER = or_(
+    bindparam("b_retry", type_=Boolean),
+    func.coalesce(jobs.c.last_run_id, 0) < bindparam("b_run_id", type_=Integer),
+)
+
+
+def _if_newer(column: Any, name: str) -> Any:
+    return case((_NEWER, bindparam(name, type_=column.type)), else_=column)
+
+
 LAST_RESULT = (
     update(jobs)
     .where(jobs.c.id == bindparam("job_id"))
     .values(
-        last_run_id=bindparam("b_run_id", type_=Integer),
-        last_state=bindparam("b_state", type_=jobs.c.last_state.type),
-        last_finished_at=bindparam("b_finished_at", type_=jobs.c.last_finished_at.type),
-        last_duration_s=bindparam("b_duration", type_=jobs.c.last_duration_s.type),
+        last_run_id=_if_newer(jobs.c.last_run_id, "b_run_id"),
+        last_state=_if_newer(jobs.c.last_state, "b_state"),
+        last_finished_at=_if_newer(jobs.c.last_finished_at, "b_finished_at"),
+        last_duration_s=_if_newer(jobs.c.last_duration_s, "b_duration"),
         last_success_at=func.coalesce(
             bindparam("b_success_at", type_=jobs.c.last_success_at.type), jobs.c.last_success_at
         ),
@@ -380,7 +393,8 @@ class RunQueries(ClockQueries):
         success: dict[int, datetime] = {}
         for item in finished:
             job_id = item.run.job_id
-            latest[job_id] = item  # in the order they ended: the last one wins
+            if job_id not in latest or _newer(item, latest[job_id]):
+                latest[job_id] = item
             if item.settlement.state is RunState.SUCCEEDED:
                 success[job_id] = item.settlement.finished_at  # the last one written wins
         for job_id, item in latest.items():
@@ -391,6 +405,7 @@ class RunQueries(ClockQueries):
                 {
                     "job_id": job_id,
                     "b_run_id": s.run_id,
+                    "b_retry": item.run.trigger in _AGAIN,
                     "b_state": s.state.value,
                     "b_finished_at": s.finished_at,
                     "b_duration": duration,
@@ -532,3 +547,13 @@ def savepoint(connection: Any) -> Iterator[None]:
         cursor.execute("RELEASE SAVEPOINT run_write")
     finally:
         cursor.close()
+
+
+# Runs made before they can start, to repeat an attempt: a retry (made when the attempt
+# failed, due after its delay) and a resume (made at a stop, due at the next start).
+_AGAIN = frozenset({Trigger.RETRY, Trigger.RESUME})
+
+
+def _newer(item: Finished, than: Finished) -> bool:
+    """LAST_RESULT's guard within one batch: a retry or resume, or a newer run."""
+    return item.run.trigger in _AGAIN or item.run.id > than.run.id

@@ -455,11 +455,7 @@ def test_a_jobs_last_result_is_the_run_that_ended_last(db_url: str) -> None:
     store.record_and_claim(me(store.scheduler_id), [], late, None)
     job = store.get_job("j")
     assert job is not None
-    assert (job["last_run_id"], job["last_state"], job["last_duration_s"]) == (
-        first,
-        "succeeded",
-        4,
-    )
+    assert (job["last_run_id"], job["last_state"], job["last_duration_s"]) == (third, "failed", 3)
     assert job["last_success_at"] == (now + timedelta(seconds=4)).isoformat()
     store.close()
 
@@ -484,6 +480,8 @@ def test_a_retry_that_ends_last_is_the_last_result_whatever_its_id(db_url: str) 
                 .where(runs_table.c.id == run_id)
                 .values(due_at=now - timedelta(seconds=back))
             )
+        retried = {"trigger": "retry", "attempt": 2}
+        connection.execute(update(runs_table).where(runs_table.c.id == retry).values(retried))
     claimed = {c.run.id: c for c in store.claim(me(store.scheduler_id), request(2, now))[0]}
     assert sorted(claimed) == [retry, manual]
 
@@ -633,6 +631,14 @@ def test_a_new_jitter_moves_the_next_run_within_its_own_slot(db_url: str) -> Non
     later = minute + timedelta(minutes=1, seconds=offset / 2)  # before its jittered time
     edited = changed_job(JobOptions(jitter="0"), later, row)
     assert edited["next_due_at"] == minute + timedelta(minutes=1)  # due now: not skipped
+    # The same schedule restated with the jitter: the same (review finding: it re-ran).
+    again = JobOptions(cron="* * * * *", tz="UTC", jitter="59s")
+    store.add_job("d3", new_job("d2", cron, minute + timedelta(seconds=0.5)))
+    row = store.job_row("d3")
+    assert row is not None
+    row = {**row, "name": "d2"}  # d2's offset, which is past the edit's time
+    edited = changed_job(again, minute + timedelta(seconds=3), row)
+    assert edited["next_due_at"] == minute + timedelta(minutes=1, seconds=offset)
     store.close()
 
 
