@@ -131,6 +131,7 @@ class Abandoned:
     host: str | None  # machine id:boot id it ran on
     pid: int | None
     pid_start: int | None
+    started_at: datetime | None = None  # its claim's stamp: a lost run's duration runs from it
 
 
 class Ending(StrEnum):

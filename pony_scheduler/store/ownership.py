@@ -126,7 +126,14 @@ class OwnershipQueries(RunQueries):
             select(runs.c.id).where(runs.c.state == RunState.RUNNING, gone_when).scalar_subquery()
         )
         query = (
-            select(*CLAIM_COLUMNS, runs.c.claimed_by, runs.c.host, runs.c.pid, runs.c.pid_start)
+            select(
+                *CLAIM_COLUMNS,
+                runs.c.claimed_by,
+                runs.c.host,
+                runs.c.pid,
+                runs.c.pid_start,
+                runs.c.started_at,
+            )
             .join(jobs, jobs.c.id == runs.c.job_id)
             .where(runs.c.id.in_(gone))
         )
@@ -140,6 +147,7 @@ class OwnershipQueries(RunQueries):
                 row["host"],
                 row["pid"],
                 row["pid_start"],
+                row["started_at"],
             )
             for row in rows
         ]
@@ -162,7 +170,10 @@ class OwnershipQueries(RunQueries):
                     settlement.next_attempt.due_at,
                     settlement.next_attempt.trigger,
                 )
-            self._last_results(connection, [Finished(lost.run, lost.epoch, settlement, None)])
+            # With its start, so that its last duration is the one `pb runs` shows
+            # (review finding: none).
+            found = Finished(lost.run, lost.epoch, settlement, None, lost.started_at)
+            self._last_results(connection, [found])
             return True
 
     def predecessors(self, machine: str, home: str, exclude: str) -> list[dict[str, Any]]:

@@ -59,6 +59,12 @@ def test_expired_lease_is_lost_and_retried(tmp_path: Path) -> None:
     assert lost["reason"] == "lost: its scheduler stopped renewing the lease"
     retry = [r for r in store.list_runs() if r["attempt"] == 2]
     assert len(retry) == 1 and retry[0]["trigger"] == "retry"
+    # The job's last result carries the duration `pb runs` shows (review finding: none).
+    shown = next(r for r in store.list_runs() if r["id"] == run_id)
+    job = store.get_job("j")
+    assert job is not None and job["last_state"] == "lost", job
+    assert shown["duration_s"] is not None and job["last_duration_s"] is not None, job
+    assert abs(job["last_duration_s"] - shown["duration_s"]) < 0.002, (job, shown)
     store.close()
 
 
