@@ -459,7 +459,12 @@ def changed_job(
                 f"schedule cannot be evaluated ({exc}); give a new one"
             ) from None
         sched.check_jitter(schedule, jitter, now)
-        if schedule is current and row is not None and not row.get("error"):
+        if (
+            current is not None
+            and row is not None
+            and not row.get("error")
+            and (schedule is current or _same_slots(schedule, current))
+        ):
             slot = _next_slot(row, current)
             if slot is not None:
                 values["next_due_at"] = slot + timedelta(seconds=offset)
@@ -472,6 +477,18 @@ def changed_job(
             # refused can still be edited otherwise (pb job show warns of it).
             check_kept_limits({**row, **values})
     return values
+
+
+def _same_slots(new: Schedule, current: Schedule) -> bool:
+    """Whether an edit's schedule is the stored one restated (its offset aside): the next
+    run then stays in its slot as for --jitter alone (review finding: `--cron '* * * * *'
+    --jitter 59s` re-ran the slot that had just run)."""
+    return (new.kind, new.expr, new.tz, new.anchor) == (
+        current.kind,
+        current.expr,
+        current.tz,
+        current.anchor,
+    )
 
 
 def _next_slot(row: dict[str, Any], current: Schedule) -> datetime | None:
