@@ -164,6 +164,9 @@ class JobQueries(ClockQueries):
         """Change the given columns of job `name` and clear a set-aside error (it is
         evaluated again), audited as `actor`'s `action`.  Raises UnknownJob."""
         values = dict(values)
+        # Before the default deadline becomes a CASE (review finding: the audit showed
+        # "start_deadline_s=CASE WHEN (jobs.start_deadline_auto IS true) ...").
+        summary = _summary(values) if action == "edit" else None
         default = values.pop(DEFAULT_DEADLINE, None)
         if default is not None and "start_deadline_auto" not in values:
             values["start_deadline_s"] = case(
@@ -177,9 +180,7 @@ class JobQueries(ClockQueries):
             )
             if result.rowcount == 0:
                 raise UnknownJob(name)
-            audit.record(
-                connection, actor, action, name, _summary(values) if action == "edit" else None
-            )
+            audit.record(connection, actor, action, name, summary)
             bump_changes(connection)
 
     def remove_job(self, name: str, actor: Actor | None = None) -> Removal:

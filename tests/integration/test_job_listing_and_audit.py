@@ -110,6 +110,12 @@ def test_every_change_and_trigger_is_audited(pb: Pb) -> None:
         entries[5]["detail"].startswith("schedule=manual; ") and "umask=022" in entries[5]["detail"]
     ), entries[5]
     assert "root (0)" in pb("audit", "a").out
+    # An edit of the schedule: what it set, never the SQL that sets a default deadline
+    # (review finding: "start_deadline_s=CASE WHEN ...").
+    pb("job", "add", "b", "--every", "1h", "--", "true", check=True)
+    pb("job", "edit", "b", "--every", "2h", check=True)
+    detail = json.loads(pb("audit", "b", "--json").out)[0]["detail"]
+    assert detail.startswith("schedule=every ") and "CASE" not in detail, detail
 
 
 def test_a_command_that_is_not_utf8_is_stored_and_audited_escaped(pb: Pb) -> None:
