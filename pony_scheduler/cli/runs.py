@@ -260,7 +260,10 @@ def runs_kill(ctx: click.Context, run_id: int, signame: str) -> None:
                 f"(it runs on {run['hostname'] or 'another host'}); run "
                 "'pb runs kill' there"
             )
-        keeper.kill(run_id, signame, by=f"pb runs kill by {actor.describe()}")
+        if not keeper.kill(run_id, signame, by=f"pb runs kill by {actor.describe()}"):
+            # It ended between the question and the kill (review finding: "✓ Sent"
+            # was printed and audited all the same).
+            raise PonyError(f"run {run_id} is not running (it has just ended)")
     finally:
         if keeper is not None:
             keeper.close()
