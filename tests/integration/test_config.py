@@ -65,7 +65,7 @@ def test_bad_files(pb: Pb, home: Path, tmp_path: Path) -> None:
     assert result.err.strip() == (
         f"Error: {config}:3: unknown key 'bogus_key' (known keys: "
         "allowed_hosts, anonymous_read, containment, db, debug_host, "
-        "debug_port, gateway_host, gateway_port, lease, log_level, "
+        "debug_port, gateway_host, gateway_port, lease, log_level, memory_accounting, "
         "shutdown_grace, socket, workers)"
     )
     config.write_text("workers = [\n")
