@@ -406,28 +406,26 @@ def open_run_output(home: str | os.PathLike[str], path: str | None) -> int:
     return fd
 
 
-def unlink_output(path: str) -> None:
-    """Remove a run's output file (HOME/runs/JOB/N.log or HOME/runs/.db-KEY/JOB/N.log),
-    never through a symbolic link below HOME/runs: each directory below it is opened
-    with O_NOFOLLOW and the file unlinked relative to the last (review finding: a link
-    planted at runs/.db-KEY/JOB made `pb job remove` delete the files it pointed to).
-    Nothing to do when the file, or a directory on its way, is not there (or is a file:
-    its output was never created).  Raises UnsafePath for a link on the way or a path
-    that is not a run's output, OSError otherwise."""
-    parts = path.split("/")
-    if len(parts) > 3 and parts[-3] == "runs":
-        below = 2
-    elif len(parts) > 4 and parts[-3].startswith(".db-") and parts[-4] == "runs":
-        below = 3
-    else:
-        raise UnsafePath(path, "is not a run's output file below a home's runs/", "leave it")
-    dir_fd = os.open("/".join(parts[:-below]) or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def unlink_output(path: str, home: str) -> None:
+    """Remove a run's output file, HOME/runs/JOB/N.log or HOME/runs/.db-KEY/JOB/N.log of
+    this `home` only (by its text, as open_run_output reads: the path comes from the
+    database, which must not become a way to delete a file elsewhere, review finding),
+    never through a symbolic link: runs/ and each directory below it are opened with
+    O_NOFOLLOW and the file unlinked relative to the last (review finding: a link at
+    runs/.db-KEY/JOB made `pb job remove` delete the files it pointed to).  Nothing to
+    do when the file, or a directory on its way, is not there (or is a file: its output
+    was never created).  Raises UnsafePath for a link on the way or a path that is not
+    one of this home's run outputs, OSError otherwise."""
+    relative = below_runs(home, path)
+    parts = relative.split("/") if relative else []
+    if not (len(parts) == 2 or (len(parts) == 3 and parts[0].startswith(".db-"))):
+        raise UnsafePath(path, f"is not a run's output file below {home}/runs", "leave it")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dir_fd = os.open(os.path.join(home, "runs"), flags)
     try:
-        for part in parts[-below:-1]:
+        for part in parts[:-1]:
             try:
-                next_fd = os.open(
-                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
-                )
+                next_fd = os.open(part, flags, dir_fd=dir_fd)
             except FileNotFoundError:
                 return
             except NotADirectoryError:

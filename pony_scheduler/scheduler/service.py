@@ -154,6 +154,7 @@ def run(runtime: ServiceRuntime) -> None:
 
     log.info("Opening database %s", describe(runtime.settings)["dbPath"])
     store = Store.open(runtime.settings.db)
+    store.home = runtime.settings.home_dir  # a removed job's output files: only this home's
     events = EventClient(runtime.settings.socket)
     try:
         events.start()

@@ -133,6 +133,7 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
 
 class JobQueries(ClockQueries):
     engine: Engine
+    home: str | None  # Store: whose runs/ a removal may delete output files in
 
     def add_job(self, name: str, values: dict[str, Any], actor: Actor | None = None) -> int:
         """Insert job `name`, audited as `actor`'s; returns its id.  Raises PonyError if
@@ -270,7 +271,7 @@ class JobQueries(ClockQueries):
             if not rows:
                 return 0
             for _, path in rows:
-                if path and (why := _unlink(path)):
+                if path and (why := _unlink(path, self.home)):
                     left.append(f"{path}: {why}")
             connection.execute(delete(runs).where(settled, runs.c.id <= rows[-1][0]))
         return len(rows)
@@ -633,14 +634,16 @@ def _insert_for_jobs(connection: Connection, row: dict[str, Any], ids: list[int]
     return insert_ignore(connection, runs).from_select(names, source)
 
 
-def _unlink(path: str) -> str:
-    """Remove an output file, never through a link (files.unlink_output): '' when it is
-    gone (or never was), else why not."""
+def _unlink(path: str, home: str | None) -> str:
+    """Remove an output file of `home`, never through a link (files.unlink_output): ''
+    when it is gone (or never was), else why not."""
     from pony_scheduler.files import unlink_output
     from pony_scheduler.pathtrust import UnsafePath
 
+    if home is None:
+        return "no home given to remove it from"
     try:
-        unlink_output(path)
+        unlink_output(path, home)
     except UnsafePath as exc:
         return str(exc).removeprefix(f"{path} ")
     except OSError as exc:

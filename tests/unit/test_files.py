@@ -377,23 +377,39 @@ def test_job_directories_of_another_database_are_checked_too(home: Path, tmp_pat
 
 
 def test_an_output_file_is_removed_never_through_a_link(home: Path, tmp_path: Path) -> None:
+    """Only this home's run outputs, never through a link (review findings: a link at
+    runs/.db-KEY/JOB, and a path forged in the database, made pb job remove delete files
+    outside the home)."""
     from pony_scheduler.files import unlink_output
 
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "1.log").write_text("precious")
+    (victim / "secret").write_text("precious")
     other = home / "runs" / ".db-0123456789abcdef"
     other.mkdir(parents=True)
     (other / "a").symlink_to(victim, target_is_directory=True)
     with pytest.raises(UnsafePath, match="is reached through a symbolic link"):
-        unlink_output(f"{other}/a/1.log")
+        unlink_output(f"{other}/a/1.log", str(home))
+    (tmp_path / "elsewhere" / "runs").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "runs" / "victim").symlink_to(victim)
+    (home / "pony.db").write_text("the database")
+    for forged in (
+        f"{tmp_path}/elsewhere/runs/victim/secret",  # another home's runs/, by text
+        f"{home}/runs/../pony.db",
+        f"{home}/runs/job/../../pony.db",
+        f"{home}/runs/a/b/c/1.log",
+        f"{home}/runs/1.log",
+    ):
+        with pytest.raises(UnsafePath, match="is not a run's output file below"):
+            unlink_output(forged, str(home))
     assert (victim / "1.log").read_text() == "precious"
+    assert (victim / "secret").read_text() == "precious"
+    assert (home / "pony.db").read_text() == "the database"
     (home / "runs" / "b").mkdir()
     (home / "runs" / "b" / "2.log").write_text("")
-    unlink_output(f"{home}/runs/b/2.log")
+    unlink_output(f"{home}/runs/b/2.log", str(home))
     assert not (home / "runs" / "b" / "2.log").exists()
-    unlink_output(f"{home}/runs/b/2.log")  # gone already: nothing to do
+    unlink_output(f"{home}/runs/b/2.log", str(home))  # gone already: nothing to do
     (home / "runs" / "c").write_text("a job wrote this")  # the run's file was never made
-    unlink_output(f"{home}/runs/c/3.log")
-    with pytest.raises(UnsafePath, match="is not a run's output file"):
-        unlink_output(f"{home}/elsewhere/4.log")
+    unlink_output(f"{home}/runs/c/3.log", str(home))
