@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Engine, Integer, bindparam, case, func, or_, select, update
+from sqlalchemy import Boolean, Engine, Integer, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from pony_scheduler.runstate import RunState
@@ -109,14 +109,23 @@ STARTED = (
 # one UPDATE per job and transaction.  The newest run wins - by id, the order runs are
 # made in, which no clock step reorders - so a result written late (an outcome collected
 # after a hand-over, a run found lost when its lease ran out) does not hide a newer
-# run's (review finding).  A retry (or a resume) wins whatever its id: it is made when
-# the attempt before fails, so runs queued during its delay have higher ids, yet it runs
-# after them (review finding: a failed retry hid behind a newer success).  The last success is
-# written whatever its run's age.  Every SET reads the row as it was, so one guard
-# serves all four.
+# run's (review finding).  A retry (or a resume) is made when the attempt before fails,
+# so runs queued during its delay have higher ids, yet it starts after them: it wins
+# when it started after the recorded run (review finding: a failed retry hid behind a
+# newer success) - by their start stamps, the one clock comparison here, made only for
+# these runs (a retry collected late must not hide a run that started after it, review
+# finding).  The last success is written whatever its run's age.  Every SET reads the
+# row as it was, so one guard serves all four.
+_LAST_START = select(runs.c.started_at).where(runs.c.id == jobs.c.last_run_id).scalar_subquery()
 _NEWER = or_(
-    bindparam("b_retry", type_=Boolean),
     func.coalesce(jobs.c.last_run_id, 0) < bindparam("b_run_id", type_=Integer),
+    and_(
+        bindparam("b_again", type_=Boolean),
+        or_(
+            _LAST_START.is_(None),
+            bindparam("b_started", type_=runs.c.started_at.type) > _LAST_START,
+        ),
+    ),
 )
 
 
@@ -405,7 +414,8 @@ class RunQueries(ClockQueries):
                 {
                     "job_id": job_id,
                     "b_run_id": s.run_id,
-                    "b_retry": item.run.trigger in _AGAIN,
+                    "b_again": item.run.trigger in _AGAIN,
+                    "b_started": _started(item),
                     "b_state": s.state.value,
                     "b_finished_at": s.finished_at,
                     "b_duration": duration,
@@ -554,6 +564,15 @@ def savepoint(connection: Any) -> Iterator[None]:
 _AGAIN = frozenset({Trigger.RETRY, Trigger.RESUME})
 
 
+def _started(item: Finished) -> datetime | None:
+    """When a settled run started: its process, else its claim."""
+    return item.settlement.started_at or item.started_at
+
+
 def _newer(item: Finished, than: Finished) -> bool:
-    """LAST_RESULT's guard within one batch: a retry or resume, or a newer run."""
-    return item.run.trigger in _AGAIN or item.run.id > than.run.id
+    """LAST_RESULT's guard within one batch: a newer run, or a retry or resume that
+    started after `than`."""
+    if item.run.id > than.run.id:
+        return True
+    mine, theirs = _started(item), _started(than)
+    return item.run.trigger in _AGAIN and (theirs is None or (mine is not None and theirs < mine))

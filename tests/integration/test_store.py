@@ -460,10 +460,12 @@ def test_a_jobs_last_result_is_the_run_that_ended_last(db_url: str) -> None:
     store.close()
 
 
-def test_a_retry_that_ends_last_is_the_last_result_whatever_its_id(db_url: str) -> None:
+def test_a_retry_that_starts_last_is_the_last_result_whatever_its_id(db_url: str) -> None:
     """A retry, whose row was made when the attempt before failed (so with a lower id
-    than a run queued during its delay), comes due and ends after that run: its failure
-    is the job's last result (review finding: the newer run's success hid it)."""
+    than a run queued during its delay), starts and ends after that run: its failure is
+    the job's last result (review finding: the newer run's success hid it).  A retry
+    that started before the recorded run, its outcome collected late (a hand-over), does
+    not hide that run's (review finding)."""
     from sqlalchemy import update
 
     from pony_scheduler.store.tables import runs as runs_table
@@ -471,33 +473,32 @@ def test_a_retry_that_ends_last_is_the_last_result_whatever_its_id(db_url: str) 
     store = Store.open(db_url)
     store.scheduler_id = store.register_scheduler()
     store.add_job("r", job_values())
-    retry, manual = store.request_run("r"), store.request_run("r")
+    retry, manual, late_retry, newest = (store.request_run("r") for _ in range(4))
     now = utcnow()
-    with store.engine.begin() as connection:  # the retry comes due after the manual run
-        for run_id, back in ((retry, 1), (manual, 10)):
-            connection.execute(
-                update(runs_table)
-                .where(runs_table.c.id == run_id)
-                .values(due_at=now - timedelta(seconds=back))
-            )
-        retried = {"trigger": "retry", "attempt": 2}
-        connection.execute(update(runs_table).where(runs_table.c.id == retry).values(retried))
-    claimed = {c.run.id: c for c in store.claim(me(store.scheduler_id), request(2, now))[0]}
-    assert sorted(claimed) == [retry, manual]
+    with store.engine.begin() as connection:
+        for run_id in (retry, late_retry):
+            again = {"trigger": "retry", "attempt": 2}
+            connection.execute(update(runs_table).where(runs_table.c.id == run_id).values(again))
+    claimed = {c.run.id: c for c in store.claim(me(store.scheduler_id), request(4, now))[0]}
+    assert sorted(claimed) == [retry, manual, late_retry, newest]
 
-    def finished(run_id: int, state: RunState, after: float) -> Finished:
-        at = now + timedelta(seconds=after)
+    def finished(run_id: int, state: RunState, start: float, end: float) -> Finished:
+        began, at = now + timedelta(seconds=start), now + timedelta(seconds=end)
         code = 0 if state is RunState.SUCCEEDED else 7
         outcome = Outcome(run_id, Ending.EXITED, at, exit_code=code)
-        settlement = runs.Settlement(run_id, state, None, at, code)
+        settlement = runs.Settlement(run_id, state, None, at, code, started_at=began)
         return Finished(claimed[run_id].run, claimed[run_id].epoch, settlement, outcome, now)
 
-    store.record_and_claim(
-        me(store.scheduler_id), [], [finished(manual, RunState.SUCCEEDED, 1)], None
-    )
-    store.record_and_claim(me(store.scheduler_id), [], [finished(retry, RunState.FAILED, 2)], None)
-    job = store.get_job("r")
-    assert job is not None and (job["last_run_id"], job["last_state"]) == (retry, "failed"), job
+    def record(*done: Finished) -> tuple[object, object]:
+        store.record_and_claim(me(store.scheduler_id), [], list(done), None)
+        job = store.get_job("r")
+        assert job is not None
+        return job["last_run_id"], job["last_state"]
+
+    assert record(finished(manual, RunState.SUCCEEDED, 1, 2)) == (manual, "succeeded")
+    assert record(finished(retry, RunState.FAILED, 3, 4)) == (retry, "failed")
+    assert record(finished(newest, RunState.SUCCEEDED, 6, 7)) == (newest, "succeeded")
+    assert record(finished(late_retry, RunState.FAILED, 5, 6)) == (newest, "succeeded")
     store.close()
 
 
