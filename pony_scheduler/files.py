@@ -406,38 +406,64 @@ def open_run_output(home: str | os.PathLike[str], path: str | None) -> int:
     return fd
 
 
-def unlink_output(path: str, home: str) -> None:
-    """Remove a run's output file, HOME/runs/JOB/N.log or HOME/runs/.db-KEY/JOB/N.log of
-    this `home` only (by its text, as open_run_output reads: the path comes from the
-    database, which must not become a way to delete a file elsewhere, review finding),
-    never through a symbolic link: runs/ and each directory below it are opened with
-    O_NOFOLLOW and the file unlinked relative to the last (review finding: a link at
-    runs/.db-KEY/JOB made `pb job remove` delete the files it pointed to).  Nothing to
-    do when the file, or a directory on its way, is not there (or is a file: its output
-    was never created).  Raises UnsafePath for a link on the way or a path that is not
-    one of this home's run outputs, OSError otherwise."""
-    relative = below_runs(home, path)
-    parts = relative.split("/") if relative else []
-    if not (len(parts) == 2 or (len(parts) == 3 and parts[0].startswith(".db-"))):
-        raise UnsafePath(path, f"is not a run's output file below {home}/runs", "leave it")
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    dir_fd = os.open(os.path.join(home, "runs"), flags)
+def output_dir(home: str, db: str) -> str:
+    """Where runs' output files go: HOME/runs for the home's own database (HOME/pony.db,
+    however spelled), HOME/runs/.db-KEY for any other, KEY a hash of its URL without
+    the password (keeper/dbtag.py).  Run ids are a database's own: two databases used in
+    one home (a move to PostgreSQL, a second SQLite file) wrote their run 1's output to
+    one file, and one showed, and removing a job in one deleted, the other's (review
+    finding).  No job is named .db-* (a name starts with a letter or a digit).  Readers
+    take each run's path from its row, so runs written before keep theirs."""
+    from pony_scheduler.config import db_url
+    from pony_scheduler.keeper.dbtag import key_of
+    from pony_scheduler.store.engine import safe_url
+
+    runs_dir = os.path.join(home, "runs")
+    own = db_url(os.path.join(home, "pony.db"))
+    prefix = "sqlite:///"
+    if db == own or (
+        db.startswith(prefix)
+        and os.path.realpath(db[len(prefix) :]) == os.path.realpath(own[len(prefix) :])
+    ):
+        return runs_dir
+    return os.path.join(runs_dir, f".db-{key_of(safe_url(db))}")
+
+
+def unlink_output(path: str, directory: str, run_id: int) -> None:
+    """Remove run `run_id`'s output file, which must be DIRECTORY/JOB/RUN_ID.log, where
+    DIRECTORY is this home's and this database's (output_dir), compared by real path:
+    the path comes from the database, which must not become a way to delete any other
+    file (review findings: a forged path deleted a file outside the home, another job's
+    output, another database's).  Never through a symbolic link: DIRECTORY and JOB are
+    opened with O_NOFOLLOW and the file unlinked relative to JOB (review finding: a link
+    at runs/.db-KEY/JOB made `pb job remove` delete the files it pointed to).  Nothing to
+    do when it, or JOB, is not there (or JOB is a file: its output was never created).
+    Raises UnsafePath for a link on the way or a path that is not that file, OSError
+    otherwise."""
+    job_dir, name = os.path.split(path)
+    parent, job = os.path.split(job_dir)
     try:
-        for part in parts[:-1]:
-            try:
-                next_fd = os.open(part, flags, dir_fd=dir_fd)
-            except FileNotFoundError:
-                return
-            except NotADirectoryError:
-                if stat.S_ISLNK(os.lstat(part, dir_fd=dir_fd).st_mode):
-                    raise UnsafePath(
-                        path, "is reached through a symbolic link", "remove the link"
-                    ) from None
-                return  # a file where the job's directory would be: no output was made
-            os.close(dir_fd)
-            dir_fd = next_fd
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(parts[-1], dir_fd=dir_fd)
+        ours = os.path.realpath(parent) == os.path.realpath(directory)
+    except ValueError:  # an embedded NUL (review finding: a traceback at every start)
+        ours = False
+    if not ours or name != f"{run_id}.log" or not job or job.startswith(".") or "\0" in path:
+        raise UnsafePath(path, f"is not run {run_id}'s output file in {directory}", "")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dir_fd = os.open(os.path.realpath(directory), flags)
+    try:
+        try:
+            job_fd = os.open(job, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            if stat.S_ISLNK(os.lstat(job, dir_fd=dir_fd).st_mode):
+                raise UnsafePath(path, "is reached through a symbolic link", "") from None
+            return  # a file where the job's directory would be: no output was made
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=job_fd)
+        finally:
+            os.close(job_fd)
     finally:
         os.close(dir_fd)
 

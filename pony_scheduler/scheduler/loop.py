@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.durations import format_duration
 from pony_scheduler.errors import PonyError
+from pony_scheduler.files import output_dir
 from pony_scheduler.keeper.client import KeeperError
 from pony_scheduler.keeper.protocol import KILL_GRACE_S, LeaseTerms
 from pony_scheduler.lifecycle.runtime import ServiceRuntime
@@ -71,32 +72,6 @@ class InFlight:
     run: Run
     epoch: int  # the fencing token it was claimed under
     claimed_at: datetime
-
-
-def output_dir(home: str, db: str) -> str:
-    """Where runs' output files go: HOME/runs for the home's own database (HOME/pony.db),
-    HOME/runs/.db-KEY for any other, KEY a hash of its URL without the password
-    (keeper/dbtag.py).  Run ids are a database's own: two databases used in one home (a
-    move to PostgreSQL, a second SQLite file) wrote their run 1's output to one file, and
-    one showed, and removing a job in one deleted, the other's (review finding).  No job
-    is named .db-* (a name starts with a letter or a digit).  Readers take each run's
-    path from its row, so runs written before keep theirs."""
-    from pony_scheduler.config import db_url
-    from pony_scheduler.keeper.dbtag import key_of
-    from pony_scheduler.store.engine import safe_url
-
-    runs_dir = os.path.join(home, "runs")
-    own = db_url(os.path.join(home, "pony.db"))
-    if (
-        db == own
-        or (  # the same file spelled another way (`..`, a link): the same
-            db.startswith("sqlite:///")
-            and os.path.realpath(db[len("sqlite:///") :])
-            == os.path.realpath(own[len("sqlite:///") :])
-        )
-    ):
-        return runs_dir
-    return os.path.join(runs_dir, f".db-{key_of(safe_url(db))}")
 
 
 class WorkLoop:

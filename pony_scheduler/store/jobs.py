@@ -133,7 +133,7 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
 
 class JobQueries(ClockQueries):
     engine: Engine
-    home: str | None  # Store: whose runs/ a removal may delete output files in
+    output_dir: str | None  # Store: where a removal may delete output files (files.py)
 
     def add_job(self, name: str, values: dict[str, Any], actor: Actor | None = None) -> int:
         """Insert job `name`, audited as `actor`'s; returns its id.  Raises PonyError if
@@ -270,8 +270,8 @@ class JobQueries(ClockQueries):
             ).all()
             if not rows:
                 return 0
-            for _, path in rows:
-                if path and (why := _unlink(path, self.home)):
+            for run_id, path in rows:
+                if path and (why := _unlink(path, self.output_dir, run_id)):
                     left.append(f"{path}: {why}")
             connection.execute(delete(runs).where(settled, runs.c.id <= rows[-1][0]))
         return len(rows)
@@ -634,18 +634,18 @@ def _insert_for_jobs(connection: Connection, row: dict[str, Any], ids: list[int]
     return insert_ignore(connection, runs).from_select(names, source)
 
 
-def _unlink(path: str, home: str | None) -> str:
-    """Remove an output file of `home`, never through a link (files.unlink_output): ''
-    when it is gone (or never was), else why not."""
+def _unlink(path: str, directory: str | None, run_id: int) -> str:
+    """Remove run `run_id`'s output file from `directory` (files.unlink_output): '' when
+    it is gone (or never was), else why not."""
     from pony_scheduler.files import unlink_output
     from pony_scheduler.pathtrust import UnsafePath
 
-    if home is None:
-        return "no home given to remove it from"
+    if directory is None:
+        return "not removed: no output directory given"
     try:
-        unlink_output(path, home)
+        unlink_output(path, directory, run_id)
     except UnsafePath as exc:
-        return str(exc).removeprefix(f"{path} ")
+        return "not removed: " + str(exc).removeprefix(f"{path} ").removesuffix("; ")
     except OSError as exc:
         return exc.strerror or str(exc)
     return ""

@@ -75,9 +75,9 @@ class Store(JobQueries, OwnershipQueries, HistoryQueries, AuditQueries):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.scheduler_id: str | None = None
-        # The home whose runs/ this process may delete output files in (a removed job's):
-        # set by the CLI and the scheduler; None leaves every file alone.
-        self.home: str | None = None
+        # Where this process may delete a removed job's output files (files.output_dir of
+        # its home and this database): set by the CLI and the scheduler; None: nowhere.
+        self.output_dir: str | None = None
         self._watch: FileWatch | None = None
 
     @classmethod

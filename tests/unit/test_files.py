@@ -377,39 +377,46 @@ def test_job_directories_of_another_database_are_checked_too(home: Path, tmp_pat
 
 
 def test_an_output_file_is_removed_never_through_a_link(home: Path, tmp_path: Path) -> None:
-    """Only this home's run outputs, never through a link (review findings: a link at
-    runs/.db-KEY/JOB, and a path forged in the database, made pb job remove delete files
-    outside the home)."""
+    """Only run N's own file, DIRECTORY/JOB/N.log of this home and database, never
+    through a link (review findings: a link at runs/.db-KEY/JOB, and paths forged in the
+    database, made pb job remove delete files outside the home, another job's, another
+    database's; a NUL gave a traceback at every start)."""
     from pony_scheduler.files import unlink_output
 
+    runs = home / "runs"
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "1.log").write_text("precious")
-    (victim / "secret").write_text("precious")
-    other = home / "runs" / ".db-0123456789abcdef"
+    other = runs / ".db-0123456789abcdef"
     other.mkdir(parents=True)
     (other / "a").symlink_to(victim, target_is_directory=True)
     with pytest.raises(UnsafePath, match="is reached through a symbolic link"):
-        unlink_output(f"{other}/a/1.log", str(home))
-    (tmp_path / "elsewhere" / "runs").mkdir(parents=True)
-    (tmp_path / "elsewhere" / "runs" / "victim").symlink_to(victim)
-    (home / "pony.db").write_text("the database")
-    for forged in (
-        f"{tmp_path}/elsewhere/runs/victim/secret",  # another home's runs/, by text
-        f"{home}/runs/../pony.db",
-        f"{home}/runs/job/../../pony.db",
-        f"{home}/runs/a/b/c/1.log",
-        f"{home}/runs/1.log",
-    ):
-        with pytest.raises(UnsafePath, match="is not a run's output file below"):
-            unlink_output(forged, str(home))
+        unlink_output(f"{other}/a/1.log", str(other), 1)
     assert (victim / "1.log").read_text() == "precious"
-    assert (victim / "secret").read_text() == "precious"
+    (home / "pony.db").write_text("the database")
+    (runs / "j2").mkdir()
+    for name in ("4.log", "results.csv"):
+        (runs / "j2" / name).write_text("keep me")
+    for forged, run_id in (
+        (f"{tmp_path}/victim/1.log", 1),  # elsewhere
+        (f"{runs}/../pony.db", 1),
+        (f"{runs}/j1/../../pony.db", 1),
+        (f"{runs}/j2/4.log", 5),  # another run's
+        (f"{runs}/j2/results.csv", 4),  # not a run's output
+        (f"{other}/j2/4.log", 4),  # another database's directory
+        (f"{runs}/.db-x/4.log", 4),
+        (f"{runs}/j\0/4.log", 4),
+    ):
+        with pytest.raises(UnsafePath, match="is not run"):
+            unlink_output(forged, str(runs), run_id)
     assert (home / "pony.db").read_text() == "the database"
-    (home / "runs" / "b").mkdir()
-    (home / "runs" / "b" / "2.log").write_text("")
-    unlink_output(f"{home}/runs/b/2.log", str(home))
-    assert not (home / "runs" / "b" / "2.log").exists()
-    unlink_output(f"{home}/runs/b/2.log", str(home))  # gone already: nothing to do
-    (home / "runs" / "c").write_text("a job wrote this")  # the run's file was never made
-    unlink_output(f"{home}/runs/c/3.log", str(home))
+    assert sorted(p.name for p in (runs / "j2").iterdir()) == ["4.log", "results.csv"]
+    unlink_output(f"{runs}/j2/4.log", str(runs), 4)
+    assert not (runs / "j2" / "4.log").exists()
+    unlink_output(f"{runs}/j2/4.log", str(runs), 4)  # gone already: nothing to do
+    (runs / "c").write_text("a job wrote this")  # the run's file was never made
+    unlink_output(f"{runs}/c/3.log", str(runs), 3)
+    (tmp_path / "homelink").symlink_to(home, target_is_directory=True)
+    (runs / "j2" / "6.log").write_text("")
+    unlink_output(f"{tmp_path}/homelink/runs/j2/6.log", str(runs), 6)  # the same home
+    assert not (runs / "j2" / "6.log").exists()

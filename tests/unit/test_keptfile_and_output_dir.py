@@ -1,13 +1,13 @@
 """keeper.kept's rewrites (keeper/keptfile.py) and where a database's run output goes
-(scheduler/loop.py, output_dir)."""
+(files.py, output_dir)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from pony_scheduler.files import output_dir
 from pony_scheduler.keeper import keptfile
-from pony_scheduler.scheduler.loop import output_dir
 
 
 def test_forgetting_a_session_keeps_every_other_entry_however_long_the_file(
