@@ -466,10 +466,16 @@ def job_remove(ctx: click.Context, name: str) -> None:
     removal = open_store(ctx).remove_job(name)
     click.echo(f"✓ Job {name} removed")
     if removal.left:
+        from pony_scheduler.store.jobs import REFUSED
         from pony_scheduler.textsafe import for_log  # paths: no control character shown
 
         for left in removal.left:
-            click.echo(f"⚠ Output file left on disk, remove it by hand: {for_log(left)}", err=True)
+            what = (  # a path not this run's output here (forged, another home's): no advice
+                "Output path"
+                if f": {REFUSED}" in left
+                else "Output file left on disk, remove it by hand:"
+            )
+            click.echo(f"⚠ {what} {for_log(left)}", err=True)
     for run_id in removal.running:
         click.echo(
             f"⚠ Run {run_id} of {name} is still running: it goes on to its end, then its "

@@ -35,6 +35,7 @@ from pony_scheduler.scheduler.runs import Capacity, Claimed, Ending, Outcome, Ru
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line, utcnow
 from pony_scheduler.store.engine import SQLITE_BUSY_TIMEOUT_MS
+from pony_scheduler.store.jobs import REFUSED
 from pony_scheduler.store.runs import ClaimRequest, Finished
 from pony_scheduler.store.transitions import Claimant
 
@@ -470,8 +471,11 @@ class WorkLoop:
             self.upcoming_dirty = self.kicked = True
         if self.store.removals_pending():
             for left in self.store.purge_removed(budget_s=PURGE_BUDGET_S).left:
+                refused = f": {REFUSED}" in left  # not the run's own file here: no advice
                 log.warning(
-                    "Output file of a removed job left on disk, remove it by hand: %s", left
+                    "Output %s of a removed job %s",
+                    "path" if refused else "file",
+                    left if refused else f"left on disk, remove it by hand: {left}",
                 )
         self.events.emit(
             "heartbeat",

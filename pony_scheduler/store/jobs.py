@@ -634,6 +634,11 @@ def _insert_for_jobs(connection: Connection, row: dict[str, Any], ids: list[int]
     return insert_ignore(connection, runs).from_select(names, source)
 
 
+# Why a path was left because it is not the run's own file here (a forged or foreign
+# path): the caller says so, rather than telling the admin to remove it by hand.
+REFUSED = "left alone, "
+
+
 def _unlink(path: str, directory: str | None, run_id: int) -> str:
     """Remove run `run_id`'s output file from `directory` (files.unlink_output): '' when
     it is gone (or never was), else why not."""
@@ -641,11 +646,11 @@ def _unlink(path: str, directory: str | None, run_id: int) -> str:
     from pony_scheduler.pathtrust import UnsafePath
 
     if directory is None:
-        return "not removed: no output directory given"
+        return f"{REFUSED}no output directory given"
     try:
         unlink_output(path, directory, run_id)
     except UnsafePath as exc:
-        return "not removed: " + str(exc).removeprefix(f"{path} ").removesuffix("; ")
+        return REFUSED + str(exc).removeprefix(f"{path} ").removesuffix("; ")
     except OSError as exc:
         return exc.strerror or str(exc)
     return ""

@@ -377,6 +377,28 @@ def test_a_rotated_password_is_the_same_database(pb: Pb, home: Path, pg_url: str
     pb("scheduler", "stop", check=True)
 
 
+def test_a_forged_output_path_is_left_alone_and_named_as_such(pb: Pb, home: Path) -> None:
+    """A run's output path changed in the database (another user of a shared database,
+    by hand) to another file of the home: `pb job remove` deletes neither it nor what it
+    names, and says it was left alone rather than "remove it by hand" (review finding:
+    it told the admin to delete pony.db)."""
+    import sqlite3
+
+    pb("scheduler", "start", check=True)
+    pb("job", "add", "j", "--manual", "--", "echo", "j", check=True)
+    assert pb("job", "run", "j", "--wait", timeout=120).code == 0
+    (home / "runs" / "j" / "notes.txt").write_text("keep me")
+    forged = f"{home}/runs/j/notes.txt"
+    with sqlite3.connect(home / "pony.db") as connection:
+        connection.execute("UPDATE runs SET output_path = ?", (forged,))
+    removed = pb("job", "remove", "j")
+    assert removed.code == 0, removed.all
+    assert f"⚠ Output path {forged}: left alone, is not run 1's output file in " in removed.err
+    assert "remove it by hand" not in removed.err
+    assert (home / "runs" / "j" / "notes.txt").read_text() == "keep me"
+    assert (home / "pony.db").exists()
+
+
 def test_an_output_path_that_cannot_be_removed_is_no_poison_pill(
     pb: Pb, home: Path, tmp_path: Path
 ) -> None:
