@@ -414,17 +414,12 @@ def output_dir(home: str, db: str) -> str:
     one file, and one showed, and removing a job in one deleted, the other's (review
     finding).  No job is named .db-* (a name starts with a letter or a digit).  Readers
     take each run's path from its row, so runs written before keep theirs."""
-    from pony_scheduler.config import db_url
     from pony_scheduler.keeper.dbtag import key_of
-    from pony_scheduler.store.engine import safe_url
+    from pony_scheduler.store.engine import safe_url, sqlite_file
 
     runs_dir = os.path.join(home, "runs")
-    own = db_url(os.path.join(home, "pony.db"))
-    prefix = "sqlite:///"
-    if db == own or (
-        db.startswith(prefix)
-        and os.path.realpath(db[len(prefix) :]) == os.path.realpath(own[len(prefix) :])
-    ):
+    file = sqlite_file(db)
+    if file is not None and os.path.realpath(file) == os.path.realpath(f"{home}/pony.db"):
         return runs_dir
     return os.path.join(runs_dir, f".db-{key_of(safe_url(db))}")
 
@@ -442,11 +437,13 @@ def unlink_output(path: str, directory: str, run_id: int) -> None:
     otherwise."""
     job_dir, name = os.path.split(path)
     parent, job = os.path.split(job_dir)
-    try:
-        ours = os.path.realpath(parent) == os.path.realpath(directory)
-    except ValueError:  # an embedded NUL (review finding: a traceback at every start)
-        ours = False
-    if not ours or name != f"{run_id}.log" or not job or job.startswith(".") or "\0" in path:
+    if (
+        "\0" in path  # os calls raise ValueError (review finding: a traceback at every start)
+        or name != f"{run_id}.log"
+        or not job
+        or job.startswith(".")
+        or os.path.realpath(parent) != os.path.realpath(directory)
+    ):
         raise UnsafePath(path, f"is not run {run_id}'s output file in {directory}", "")
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     dir_fd = os.open(os.path.realpath(directory), flags)

@@ -459,11 +459,13 @@ def changed_job(
                 f"schedule cannot be evaluated ({exc}); give a new one"
             ) from None
         sched.check_jitter(schedule, jitter, now)
+        # The stored schedule, restated or not: its next run stays in its slot (review
+        # finding: `--cron '* * * * *' --jitter 59s` re-ran the slot that had just run).
         if (
             current is not None
             and row is not None
             and not row.get("error")
-            and (schedule is current or _same_slots(schedule, current))
+            and sched.with_offset(schedule, 0.0) == sched.with_offset(current, 0.0)
         ):
             slot = _next_slot(row, current)
             if slot is not None:
@@ -477,18 +479,6 @@ def changed_job(
             # refused can still be edited otherwise (pb job show warns of it).
             check_kept_limits({**row, **values})
     return values
-
-
-def _same_slots(new: Schedule, current: Schedule) -> bool:
-    """Whether an edit's schedule is the stored one restated (its offset aside): the next
-    run then stays in its slot as for --jitter alone (review finding: `--cron '* * * * *'
-    --jitter 59s` re-ran the slot that had just run)."""
-    return (new.kind, new.expr, new.tz, new.anchor) == (
-        current.kind,
-        current.expr,
-        current.tz,
-        current.anchor,
-    )
 
 
 def _next_slot(row: dict[str, Any], current: Schedule) -> datetime | None:

@@ -38,9 +38,6 @@ def open_store(ctx: click.Context, *, create: bool = False) -> Store:
         _refuse_a_missing_database(settings)
     ensure_home(settings.home)
     store = Store.open(settings.db, upgrade=False, create=True)  # the scheduler migrates
-    from pony_scheduler.files import output_dir
-
-    store.output_dir = output_dir(settings.home_dir, settings.db)  # a removal deletes there
     ctx.meta["pony_scheduler.store"] = store
     ctx.call_on_close(store.close)
     return store

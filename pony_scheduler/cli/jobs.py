@@ -463,19 +463,20 @@ def job_next(
 @click.pass_context
 def job_remove(ctx: click.Context, name: str) -> None:
     """Remove job NAME and its history."""
-    removal = open_store(ctx).remove_job(name)
+    from pony_scheduler.cli.options import settings_from
+    from pony_scheduler.files import output_dir
+
+    store = open_store(ctx)
+    settings = settings_from(ctx, db=ctx.meta.get("db"))
+    store.output_dir = output_dir(settings.home_dir, settings.db)  # where it may delete
+    removal = store.remove_job(name)
     click.echo(f"✓ Job {name} removed")
     if removal.left:
-        from pony_scheduler.store.jobs import REFUSED
+        from pony_scheduler.store.jobs import left_line
         from pony_scheduler.textsafe import for_log  # paths: no control character shown
 
         for left in removal.left:
-            what = (  # a path not this run's output here (forged, another home's): no advice
-                "Output path"
-                if f": {REFUSED}" in left
-                else "Output file left on disk, remove it by hand:"
-            )
-            click.echo(f"⚠ {what} {for_log(left)}", err=True)
+            click.echo(f"⚠ {for_log(left_line(left))}", err=True)
     for run_id in removal.running:
         click.echo(
             f"⚠ Run {run_id} of {name} is still running: it goes on to its end, then its "

@@ -36,29 +36,26 @@ def add(home_fd: int, sids: Iterable[int], run_ids: Iterable[int] = ()) -> None:
 def forget(home_fd: int, sid: int) -> None:
     """Drop session `sid` (its PID was handed out again, so none of its processes is
     left), keeping the other lines; OSError."""
-    words = _words(home_fd)
-    if words is None:
-        return
-    sids = {int(word) for word in words if word.isdigit()} - {sid}
-    runs = {int(w[1:]) for w in words if w[:1] == "r" and w[1:].isdigit()}
-    _rewrite(home_fd, sids, runs)
+    entries = _entries(home_fd)
+    if entries is not None:
+        _rewrite(home_fd, entries[0] - {sid}, entries[1])
 
 
 def load(home_fd: int, live_sids: set[int], live_runs: set[int]) -> tuple[set[int], set[int]]:
     """(sessions, run ids) kept that still have a process (`live_sids`, `live_runs`);
     rewrites the file with only those (removes it when none are left)."""
-    words = _words(home_fd)
-    if words is None:
+    entries = _entries(home_fd)
+    if entries is None:
         return set(), set()
-    sids = {int(word) for word in words if word.isdigit()} & live_sids
-    runs = {int(w[1:]) for w in words if w[:1] == "r" and w[1:].isdigit()} & live_runs
+    sids, runs = entries[0] & live_sids, entries[1] & live_runs
     _rewrite(home_fd, sids, runs)
     return sids, runs
 
 
-def _words(home_fd: int) -> list[str] | None:
-    """Every word of the file, however long it grew (review finding: reading only its
-    first MiB, a rewrite dropped the entries after it), or None when there is none."""
+def _entries(home_fd: int) -> tuple[set[int], set[int]] | None:
+    """(sessions, run ids) of the whole file, however long it grew (review finding:
+    reading only its first MiB, a rewrite dropped the entries after it), or None when
+    there is none."""
     try:
         fd = os.open(KEPT_FILE, os.O_RDONLY | FLAGS, dir_fd=home_fd)
     except FileNotFoundError:
@@ -69,7 +66,9 @@ def _words(home_fd: int) -> list[str] | None:
             chunks.append(chunk)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("ascii", "replace").split()
+    words = b"".join(chunks).decode("ascii", "replace").split()
+    sids = {int(word) for word in words if word.isdigit()}
+    return sids, {int(w[1:]) for w in words if w[:1] == "r" and w[1:].isdigit()}
 
 
 def _rewrite(home_fd: int, sids: set[int], runs: set[int]) -> None:

@@ -35,7 +35,7 @@ from pony_scheduler.scheduler.runs import Capacity, Claimed, Ending, Outcome, Ru
 from pony_scheduler.store import Store
 from pony_scheduler.store.common import first_line, utcnow
 from pony_scheduler.store.engine import SQLITE_BUSY_TIMEOUT_MS
-from pony_scheduler.store.jobs import REFUSED
+from pony_scheduler.store.jobs import left_line
 from pony_scheduler.store.runs import ClaimRequest, Finished
 from pony_scheduler.store.transitions import Claimant
 
@@ -82,7 +82,8 @@ class WorkLoop:
         self.events = events
         self.me = Claimant("", socket.gethostname(), host.host_id())
         settings = runtime.settings
-        self.output_dir = output_dir(str(settings.home), settings.db)  # joined once per run
+        # Where runs write, and where a removal may delete: one place for both.
+        self.output_dir = store.output_dir = output_dir(settings.home_dir, settings.db)
         self.account_memory = settings.memory_accounting == "always"
         self.clock = DatabaseClock(store, runtime)
         self.executor = Executor(
@@ -471,12 +472,7 @@ class WorkLoop:
             self.upcoming_dirty = self.kicked = True
         if self.store.removals_pending():
             for left in self.store.purge_removed(budget_s=PURGE_BUDGET_S).left:
-                refused = f": {REFUSED}" in left  # not the run's own file here: no advice
-                log.warning(
-                    "Output %s of a removed job %s",
-                    "path" if refused else "file",
-                    left if refused else f"left on disk, remove it by hand: {left}",
-                )
+                log.warning("Of a removed job: %s", left_line(left))
         self.events.emit(
             "heartbeat",
             {

@@ -149,13 +149,11 @@ def describe(settings: Settings) -> dict[str, Any]:
 
 def run(runtime: ServiceRuntime) -> None:
     from pony_scheduler.events import EventClient
-    from pony_scheduler.files import output_dir
     from pony_scheduler.scheduler.loop import WorkLoop
     from pony_scheduler.store import Store
 
     log.info("Opening database %s", describe(runtime.settings)["dbPath"])
     store = Store.open(runtime.settings.db)
-    store.output_dir = output_dir(runtime.settings.home_dir, runtime.settings.db)
     events = EventClient(runtime.settings.socket)
     try:
         events.start()

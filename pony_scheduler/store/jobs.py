@@ -635,8 +635,16 @@ def _insert_for_jobs(connection: Connection, row: dict[str, Any], ids: list[int]
 
 
 # Why a path was left because it is not the run's own file here (a forged or foreign
-# path): the caller says so, rather than telling the admin to remove it by hand.
+# path): it is named as such, rather than as a file to remove by hand.
 REFUSED = "left alone, "
+
+
+def left_line(left: str) -> str:
+    """How `pb job remove` and the scheduler's log name an output file a removal left
+    ("PATH: why", Purged.left): a refused path is never one to remove by hand."""
+    if f": {REFUSED}" in left:
+        return f"Output path {left}"
+    return f"Output file left on disk, remove it by hand: {left}"
 
 
 def _unlink(path: str, directory: str | None, run_id: int) -> str:

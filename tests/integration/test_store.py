@@ -3,6 +3,7 @@ migrations."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from pony_scheduler.errors import PonyError
@@ -146,29 +147,41 @@ def settled_run(job_id: int, now: datetime, minutes: int, state: str) -> dict[st
     }
 
 
+@contextlib.contextmanager
+def older_schema(
+    db_url: str, job: str, revision: str
+) -> Iterator[tuple[Connection, int, datetime]]:
+    """A database made by the current code with job `job`: the body writes rows into
+    it (connection, the job's id, now), then it is taken down to `revision`."""
+    from alembic import command
+
+    store = Store.open(db_url)
+    job_id = store.add_job(job, job_values())
+    store.close()
+    engine = create_engine(db_url)
+    config = migrate._config()
+    try:
+        with engine.begin() as connection:
+            yield connection, job_id, utcnow()
+            config.attributes["connection"] = connection
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
 def test_upgrading_from_the_first_schemas_keeps_every_run(tmp_path: Path) -> None:
     """An SQLite database at 0002 (the first with jobs and runs) upgraded to head by
     Store.open keeps its runs: a batch ALTER rebuilds `jobs`, and with foreign keys on
     its DROP deleted every run (ON DELETE CASCADE) - a review found the whole history
     gone after an upgrade from a pre-keeper release.  (PostgreSQL alters in place.)"""
     db_url = f"sqlite:///{tmp_path / 'old.db'}"
-    from alembic import command
     from sqlalchemy import insert
 
     from pony_scheduler.store.tables import runs
 
-    store = Store.open(db_url)
-    job_id = store.add_job("kept", job_values())
-    store.close()
-    now = utcnow()
-    engine = create_engine(db_url)
-    config = migrate._config()
-    with engine.begin() as connection:
+    with older_schema(db_url, "kept", "0002") as (connection, job_id, now):
         for minutes in (3, 2, 1):
             connection.execute(insert(runs).values(settled_run(job_id, now, minutes, "succeeded")))
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0002")
-    engine.dispose()
     store = Store.open(db_url)
     try:
         assert migrate.current_revision(store.engine) == migrate.HEAD
@@ -647,18 +660,11 @@ def test_0009_gives_a_last_result_its_duration(db_url: str) -> None:
     """A database at 0008 whose job's last result has no duration (0003 filled it
     without one, 0006 cleared it; review finding) upgraded: the duration of that run,
     from its start to its end, as `pb runs` shows it."""
-    from alembic import command
     from sqlalchemy import insert, update
 
     from pony_scheduler.store.tables import jobs, runs
 
-    store = Store.open(db_url)
-    job_id = store.add_job("j", job_values())
-    store.close()
-    now = utcnow()
-    engine = create_engine(db_url)
-    config = migrate._config()
-    with engine.begin() as connection:
+    with older_schema(db_url, "j", "0008") as (connection, job_id, now):
         row = {
             **settled_run(job_id, now, 1, "succeeded"),
             "started_at": now - timedelta(seconds=1.5),
@@ -668,11 +674,8 @@ def test_0009_gives_a_last_result_its_duration(db_url: str) -> None:
         connection.execute(
             update(jobs).where(jobs.c.id == job_id).values({**last, "last_duration_s": None})
         )
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0008")
     store = Store.open(db_url)
     assert migrate.current_revision(store.engine) == migrate.HEAD
     job = store.get_job("j")
     assert job is not None and job["last_duration_s"] == 1.5, job
     store.close()
-    engine.dispose()
